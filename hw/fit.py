@@ -1,0 +1,244 @@
+"""Resource plan and fit check: the on-chip memories and multipliers that `docs/architecture.md` gives a model
+on an accelerator configuration, counted in a target FPGA's memory blocks and multiplier blocks.
+
+`check_fit(model, accel, target)` raises `FitError`, naming every resource that overflows and by how much.
+Memories are counted at block granularity (each memory in its cheapest block aspect ratio); multipliers at
+one block per product that fits a block's operands. Figures are the architecture's plan, before synthesis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible
+
+__all__ = ["MemoryBlock", "Target", "TARGETS", "target", "Memory", "onchip_memories", "Multipliers",
+           "multipliers", "FitReport", "FitError", "fit_report", "check_fit"]
+
+
+@dataclass(frozen=True)
+class MemoryBlock:
+    """A kind of block RAM: its name, how many the target has, and its (width, depth) aspect ratios."""
+
+    name: str
+    count: int
+    shapes: tuple[tuple[int, int], ...]
+
+    @property
+    def bits(self) -> int:
+        return self.shapes[0][0] * self.shapes[0][1]
+
+    def blocks_for(self, width: int, depth: int) -> int:
+        return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in self.shapes)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An FPGA: its memory block kinds (filled largest-first in this order) and its multiplier block."""
+
+    name: str
+    description: str
+    memory_blocks: tuple[MemoryBlock, ...]
+    multiplier_name: str
+    multiplier_count: int
+    multiplier_widths: tuple[int, int]  # signed operand widths one multiplier block takes
+
+    def multipliers_for(self, a: int, b: int) -> int:
+        """Blocks for one signed a × b product."""
+        wide, narrow = max(a, b), min(a, b)
+        big, small = self.multiplier_widths
+        return math.ceil(wide / big) * math.ceil(narrow / small)
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target for target in [
+        Target("ulx3s-85f", "ULX3S with a Lattice LFE5U-85F (ECP5)",
+               (MemoryBlock("DP16KD", 208, ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384),
+                                            (36, 512))),),
+               "MULT18X18D", 156, (18, 18)),
+        Target("zcu104", "ZCU104 with a Xilinx XCZU7EV (Zynq UltraScale+)",
+               (MemoryBlock("URAM288", 96, ((72, 4096),)),
+                MemoryBlock("RAMB36E2", 312, ((36, 1024), (72, 512), (18, 2048), (9, 4096), (4, 8192),
+                                              (2, 16384), (1, 32768)))),
+               "DSP48E2", 1728, (27, 18)),
+    ]
+}
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ConfigError("target", name, f"unknown; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One on-chip memory of the plan: `count` copies of `depth` words of `width` bits."""
+
+    name: str
+    width: int
+    depth: int
+    count: int = 1
+    purpose: str = ""
+
+    @property
+    def bytes(self) -> int:
+        return self.count * self.width * self.depth // 8
+
+
+def _words(total_bits: int, width: int) -> int:
+    return max(1, math.ceil(total_bits / width))
+
+
+def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory]:
+    """The on-chip memories of docs/architecture.md for `model` on `accel`."""
+    t, d = model.num_tokens, model.embed_dim
+    rows = accel.tokens_per_block(model)
+    lanes, ow, acc, rw = accel.vector_lanes, accel.operand_width, accel.accumulator_width, accel.residual_width
+    stream_width = accel.array_rows * ow
+    has_moe = bool(model.moe_blocks)
+    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, one block of raw
+    # scores and of probabilities), the MLP (one block of hidden activations and, in MoE blocks, the wide
+    # combine accumulator of every token) and the task heads (a band of four input rows for the 3×3 convs).
+    attention_bits = 3 * t * d * ow + rows * t * (acc + ow)
+    mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
+    mlp_bits += t * d * acc if has_moe else 0
+    head_bits = max(4 * conv.width * conv.in_channels * ow for conv in model.head_layers(0))
+    moe_layers = len(model.moe_blocks)
+    router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
+        * model.num_experts * d * ow
+    router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
+    feed_width = accel.weight_feed_bytes * 8
+    index_bits = max(1, (t - 1).bit_length())
+    memories = [
+        Memory("residual", lanes * rw, _words(t * d * rw, lanes * rw), purpose="residual stream, every token"),
+        Memory("activation", stream_width, _words(t * d * ow, stream_width),
+               purpose="LayerNorm output / attention output: the array's streamed operand"),
+        Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
+               purpose="attention Q/Kᵀ/V/scores/P, or MLP hidden + combine accumulator, or head line band"),
+        Memory("accumulator", accel.array_cols * acc, rows, purpose="GEMM engine partial sums, M × C tile"),
+        Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,
+               purpose="ping/pong weight slabs from the loader"),
+        Memory("router_weights", router_width, _words(router_weights, router_width),
+               purpose="per-task router weights" + (", every MoE layer" if accel.router_weights_resident
+                                                    else ", current layer, double-buffered")),
+        Memory("expert_queues", index_bits + accel.requant_multiplier_width, max(1, t * model.top_k),
+               purpose="per-expert token indices and gate weights"),
+        Memory("row_buffer", lanes * max(rw, acc), _words(2 * max(d, t) * max(rw, acc), lanes * max(rw, acc)),
+               purpose="LayerNorm / softmax row under processing, double-buffered"),
+    ]
+    return [memory for memory in memories if memory.depth > 0]
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """Multiplier blocks by unit."""
+
+    by_unit: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_unit.values())
+
+
+def multipliers(accel: AcceleratorConfig, target: Target) -> Multipliers:
+    """Multiplier blocks of the plan on `target`: the array, the router, requantization and vector units
+    (per lane: LayerNorm 2, softmax exponential 1, GELU 1, gate-weighted combine 1)."""
+    rw, ow = accel.residual_width, accel.operand_width
+    return Multipliers({
+        "systolic array": accel.macs_per_cycle * target.multipliers_for(ow, ow),
+        "router": accel.router_macs_per_cycle * target.multipliers_for(rw, ow),
+        "requantization": accel.requant_lanes * target.multipliers_for(accel.accumulator_width,
+                                                                       accel.requant_multiplier_width),
+        "vector units": accel.vector_lanes * 5 * target.multipliers_for(rw, 16),
+    })
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Where each memory goes, and what is used against what the target has."""
+
+    model: str
+    accel: str
+    target: str
+    memories: list[tuple[Memory, str, int]]  # (memory, block kind, blocks)
+    blocks_used: dict[str, int]
+    blocks_available: dict[str, int]
+    multipliers: Multipliers
+    multipliers_available: int
+    multiplier_name: str
+
+    @property
+    def onchip_bytes(self) -> int:
+        return sum(memory.bytes for memory, _, _ in self.memories)
+
+    @property
+    def problems(self) -> list[str]:
+        problems = []
+        for kind, used in self.blocks_used.items():
+            have = self.blocks_available[kind]
+            if used > have:
+                biggest = sorted((m for m in self.memories if m[1] == kind), key=lambda m: -m[2])[:3]
+                detail = ", ".join(f"{m.name} {blocks}" for m, _, blocks in biggest)
+                problems.append(f"on-chip memory needs {used} {kind} blocks, {have} available: over by "
+                                f"{used - have} (largest: {detail})")
+        if self.multipliers.total > self.multipliers_available:
+            detail = ", ".join(f"{unit} {count}" for unit, count in self.multipliers.by_unit.items())
+            problems.append(f"multipliers: needs {self.multipliers.total} {self.multiplier_name}, "
+                            f"{self.multipliers_available} available: over by "
+                            f"{self.multipliers.total - self.multipliers_available} ({detail})")
+        return problems
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "accel": self.accel, "target": self.target, "fits": self.fits,
+            "problems": self.problems, "onchip_bytes": self.onchip_bytes,
+            "memories": [{"name": m.name, "width": m.width, "depth": m.depth, "count": m.count,
+                          "bytes": m.bytes, "block": kind, "blocks": blocks, "purpose": m.purpose}
+                         for m, kind, blocks in self.memories],
+            "blocks_used": self.blocks_used, "blocks_available": self.blocks_available,
+            "multipliers": self.multipliers.by_unit, "multipliers_total": self.multipliers.total,
+            "multipliers_available": self.multipliers_available, "multiplier_name": self.multiplier_name,
+        }
+
+
+class FitError(ValueError):
+    """A model and accelerator configuration do not fit a target; the message lists every overflow."""
+
+    def __init__(self, report: FitReport):
+        self.report = report
+        super().__init__(f"{report.model} on accelerator {report.accel} does not fit {report.target}: "
+                         + "; ".join(report.problems))
+
+
+def fit_report(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> FitReport:
+    """Place every memory of the plan (largest first, into the first block kind with room, the last kind
+    taking the overflow) and count multipliers."""
+    check_compatible(model, accel)
+    remaining = {kind.name: kind.count for kind in target.memory_blocks}
+    used = {kind.name: 0 for kind in target.memory_blocks}
+    placed = []
+    for memory in sorted(onchip_memories(model, accel), key=lambda m: -m.bytes):
+        for position, kind in enumerate(target.memory_blocks):
+            blocks = memory.count * kind.blocks_for(memory.width, memory.depth)
+            if blocks <= remaining[kind.name] or position == len(target.memory_blocks) - 1:
+                remaining[kind.name] -= blocks
+                used[kind.name] += blocks
+                placed.append((memory, kind.name, blocks))
+                break
+    return FitReport(model.name, accel.name, target.name, placed, used,
+                     {kind.name: kind.count for kind in target.memory_blocks},
+                     multipliers(accel, target), target.multiplier_count, target.multiplier_name)
+
+
+def check_fit(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> FitReport:
+    """The fit report, or `FitError` naming what overflows and by how much."""
+    report = fit_report(model, accel, target)
+    if not report.fits:
+        raise FitError(report)
+    return report

@@ -1,0 +1,1 @@
+"""The `m3vit` command line: a thin layer over library functions of `golden`, `hw` and `firmware`."""

@@ -1,0 +1,152 @@
+"""`m3vit`: the command line. Each subcommand parses its arguments and calls a library function that the
+tests call too; errors in what the user gave (a bad preset, a configuration that does not fit) are printed
+as one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
+                           ConfigError, accelerator_preset, model_preset)
+from golden.costs import model_info
+from hw.fit import TARGETS, FitError, fit_report, target
+
+
+def _format_info(info: dict) -> str:
+    config = info["config"]
+    lines = [
+        f"M³ViT preset {info['preset']}",
+        f"  image {config['image_size'][0]}×{config['image_size'][1]}×{config['in_channels']}, "
+        f"patch {config['patch_size']}, {info['tokens']} tokens (cls included)",
+        f"  embed {config['embed_dim']}, depth {config['depth']}, {config['num_heads']} heads of "
+        f"{info['head_dim']}, dense MLP hidden {config['mlp_hidden']}",
+        f"  MoE blocks {config['moe_blocks']}: {config['num_experts']} experts of hidden "
+        f"{config['expert_hidden']}, top-{config['top_k']}, gate {config['gate']}",
+        "  tasks " + ", ".join(f"{t['name']} ({t['classes']})" for t in config["tasks"])
+        + f"; heads {config['head_convs']} convs of {config['head_channels']} channels",
+        "Per single-task inference (multiply-accumulates):",
+        f"  backbone                 {info['backbone_macs']:>16,}",
+    ]
+    lines += [f"    {kind:<22} {macs:>16,}" for kind, macs in info["backbone_macs_by_kind"].items()]
+    lines += [
+        f"  backbone, all experts    {info['backbone_macs_all_experts']:>16,}",
+        f"  task head ({info['head_task']:<8})     {info['head_macs']:>16,}",
+        f"Parameters                 {info['params']:>16,}  (backbone {info['params_backbone']:,}, "
+        f"heads {info['params_heads']:,})",
+        f"Backbone int8 weight bytes {info['weight_bytes']:>16,}",
+        f"One expert's weight bytes  {info['expert_weight_bytes']:>16,}  (both layers)",
+    ]
+    return "\n".join(lines)
+
+
+def _format_fit(report: dict) -> str:
+    lines = [f"{report['model']} on accelerator {report['accel']}, target {report['target']}: "
+             + ("fits" if report["fits"] else "does NOT fit")]
+    for memory in report["memories"]:
+        lines.append(f"  {memory['name']:<15} {memory['count']}× {memory['depth']:>6} × {memory['width']:>4} bit "
+                     f"{memory['bytes']:>10,} B  {memory['blocks']:>4} {memory['block']}")
+    used = ", ".join(f"{n} {u}/{report['blocks_available'][n]}" for n, u in report["blocks_used"].items())
+    lines.append(f"  memory blocks: {used}; on-chip {report['onchip_bytes']:,} bytes")
+    units = ", ".join(f"{unit} {count}" for unit, count in report["multipliers"].items())
+    lines.append(f"  {report['multiplier_name']}: {report['multipliers_total']}/{report['multipliers_available']} "
+                 f"({units})")
+    lines += [f"  problem: {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
+
+
+def fit_table() -> str:
+    """Markdown table of every model preset × accelerator preset × target (docs/architecture.md)."""
+    rows = ["| model | accel | target | on-chip KiB | memory blocks used / available | multipliers | fits |",
+            "|---|---|---|---:|---|---|---|"]
+    for model_name, model in MODEL_PRESETS.items():
+        for accel_name, accel in ACCELERATOR_PRESETS.items():
+            for target_name, fpga in TARGETS.items():
+                report = fit_report(model, accel, fpga)
+                blocks = ", ".join(f"{kind} {used}/{report.blocks_available[kind]}"
+                                   for kind, used in report.blocks_used.items())
+                rows.append(f"| {model_name} | {accel_name} | {target_name} | {report.onchip_bytes / 1024:,.0f} | "
+                            f"{blocks} | {report.multipliers.total}/{report.multipliers_available} "
+                            f"{report.multiplier_name} | {'yes' if report.fits else 'no'} |")
+    return "\n".join(rows)
+
+
+def cmd_info(args) -> int:
+    info = model_info(model_preset(args.preset), args.task)
+    print(json.dumps(info, indent=2) if args.json else _format_info(info))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    if args.table:
+        print(fit_table())
+        return 0
+    report = fit_report(model_preset(args.preset), accelerator_preset(args.accel), target(args.target))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else _format_fit(report.to_dict()))
+    return 0 if report.fits else 1
+
+
+def cmd_bench_float(args) -> int:
+    from golden.bench import bench_float
+    result = bench_float(model_preset(args.preset), task=args.task, repeats=args.repeats, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['preset']} task {result['task']}: float forward {result['float_seconds'] * 1e3:.1f} ms "
+              f"(best of {result['repeats']}, {result['threads']} threads)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def preset_args(sub):
+        sub.add_argument("--preset", default=DEFAULT_MODEL_PRESET,
+                         help=f"model preset: {', '.join(MODEL_PRESETS)} (default {DEFAULT_MODEL_PRESET})")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+
+    info = commands.add_parser("info", help="model dimensions, multiply-accumulates, parameters, weight bytes")
+    preset_args(info)
+    info.add_argument("--task", default=0, help="task (index or name) whose head is counted (default 0)")
+    info.set_defaults(run=cmd_info)
+
+    fit = commands.add_parser("fit", help="check that a model and an accelerator fit a target FPGA")
+    preset_args(fit)
+    fit.add_argument("--accel", default=DEFAULT_ACCELERATOR_PRESET,
+                     help=f"accelerator preset ({', '.join(ACCELERATOR_PRESETS)}) or RxC")
+    fit.add_argument("--target", default="zcu104", help=f"target: {', '.join(TARGETS)}")
+    fit.add_argument("--table", action="store_true", help="markdown table of every preset on every target")
+    fit.set_defaults(run=cmd_fit)
+
+    bench = commands.add_parser("bench", help="benchmarks (not tests)")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
+    preset_args(float_bench)
+    float_bench.add_argument("--task", default=0)
+    float_bench.add_argument("--repeats", type=int, default=3)
+    float_bench.add_argument("--seed", type=int, default=0)
+    float_bench.set_defaults(run=cmd_bench_float)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "task", None), str) and args.task.isdigit():
+        args.task = int(args.task)
+    try:
+        return args.run(args)
+    except (ConfigError, FitError) as error:
+        print(f"m3vit: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        print("m3vit: error: this command needs torch: install the optional group with `pdm install -G float`",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
