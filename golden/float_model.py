@@ -12,6 +12,7 @@ This is the only module of `golden` that imports torch.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "LN_EPS", "CHECKPOINT_FORMAT"]
+__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "time_inference", "LN_EPS",
+           "CHECKPOINT_FORMAT"]
 
 LN_EPS = 1e-6
 CHECKPOINT_FORMAT = "m3vit-float-1"
@@ -310,6 +312,22 @@ class M3ViT(nn.Module):
         if not intermediates:
             return output
         return M3ViTOutput(output, blocks, routing)
+
+
+def time_inference(config: ModelConfig, *, task: int | str = 0, repeats: int = 3, seed: int = 0) -> dict:
+    """Best-of-`repeats` wall time of one float inference of a seeded random model on one image (a benchmark,
+    for `m3vit bench float`; never called by the tests)."""
+    network = M3ViT.random(config, seed)
+    image = torch.randn(1, config.in_channels, *config.image_size, generator=torch.Generator().manual_seed(seed))
+    times = []
+    with torch.inference_mode():
+        network(image, task)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network(image, task)
+            times.append(time.perf_counter() - start)
+    return {"preset": config.name, "task": config.tasks[config.task_index(task)].name, "repeats": repeats,
+            "threads": torch.get_num_threads(), "float_seconds": min(times)}
 
 
 def _torch_load(path):

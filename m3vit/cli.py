@@ -88,8 +88,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_bench_float(args) -> int:
-    from golden.bench import bench_float
-    result = bench_float(model_preset(args.preset), task=args.task, repeats=args.repeats, seed=args.seed)
+    from golden.float_model import time_inference
+    result = time_inference(model_preset(args.preset), task=args.task, repeats=args.repeats, seed=args.seed)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,0 +1,69 @@
+"""The `m3vit` command line: thin over the library, clear errors, exit codes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from m3vit.cli import fit_table, main
+
+
+def _json(capsys, *argv):
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_json_default_preset(capsys):
+    info = _json(capsys, "info", "--json")
+    assert info["preset"] == "m3vit-tiny-cityscapes"
+    assert info["backbone_macs"] == 782_719_488
+    assert info["backbone_macs_all_experts"] > info["backbone_macs"]
+
+
+def test_info_text_names_every_kind(capsys):
+    assert main(["info", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    for word in ("patch_embed", "qkv", "attention", "proj", "dense_mlp", "router", "experts", "Parameters"):
+        assert word in out
+
+
+def test_info_task_head_by_name(capsys):
+    semseg = _json(capsys, "info", "--json", "--task", "semseg")["head_macs"]
+    depth = _json(capsys, "info", "--json", "--task", "1")["head_macs"]
+    assert semseg > depth
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["info", "--preset", "nope"], "model preset = 'nope': unknown"),
+    (["info", "--task", "7"], "task = 7: must be a task index"),
+    (["fit", "--target", "arty"], "target = 'arty'"),
+    (["fit", "--accel", "16x16", "--preset", "m3vit-tiny-cityscapes", "--target", "zcu104"], None),
+])
+def test_errors_are_one_line(capsys, argv, words):
+    code = main(argv)
+    err = capsys.readouterr().err
+    if words is None:
+        assert code == 0 and err == ""
+    else:
+        assert code == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_that_does_not_fit_exits_1(capsys):
+    assert main(["fit", "--accel", "16x16", "--target", "ulx3s-85f"]) == 1
+    assert "problem: multipliers" in capsys.readouterr().out
+
+
+def test_fit_table_covers_every_combination():
+    table = fit_table().splitlines()
+    assert len(table) == 2 + 4 * 4 * 2
+
+
+def test_console_script_runs():
+    script = shutil.which("m3vit", path=os.path.dirname(sys.executable))
+    assert script, "the m3vit console script is not installed in this environment"
+    result = subprocess.run([script, "info", "--json", "--preset", "tiny"], capture_output=True, text=True,
+                            check=True)
+    assert json.loads(result.stdout)["preset"] == "tiny"

@@ -1,0 +1,91 @@
+"""The fit check: block counting, what fits where, and errors that say what overflows by how much."""
+
+import pytest
+
+from golden.config import ConfigError, accelerator_preset, model_preset
+from hw.fit import TARGETS, FitError, MemoryBlock, check_fit, fit_report, onchip_memories, target
+
+ECP5 = TARGETS["ulx3s-85f"]
+TINY = model_preset("m3vit-tiny-cityscapes")
+
+
+@pytest.mark.parametrize("width, depth, blocks", [
+    (18, 1024, 1), (18, 1025, 2), (36, 512, 1), (36, 513, 2), (1, 16384, 1), (16, 2048, 2),
+    (72, 100, 2), (8, 4096, 2), (128, 1548, 15),
+])
+def test_dp16kd_counting(width, depth, blocks):
+    dp16kd, = ECP5.memory_blocks
+    assert dp16kd.blocks_for(width, depth) == blocks
+
+
+def test_targets_as_specified():
+    assert ECP5.memory_blocks[0].count == 208 and ECP5.multiplier_count == 156
+    assert ECP5.memory_blocks[0].bits == 18 * 1024
+    zcu = TARGETS["zcu104"]
+    assert zcu.multiplier_count == 1728
+    uram, bram = zcu.memory_blocks
+    assert uram.count * uram.bits == 96 * 288 * 1024  # 27 Mbit
+    assert bram.count * bram.bits == 312 * 36 * 1024  # 11 Mbit
+
+
+def test_multiplier_blocks_per_product():
+    assert ECP5.multipliers_for(8, 8) == 1 and ECP5.multipliers_for(18, 18) == 1
+    assert ECP5.multipliers_for(32, 16) == 2 and ECP5.multipliers_for(32, 32) == 4
+    assert TARGETS["zcu104"].multipliers_for(27, 18) == 1 and TARGETS["zcu104"].multipliers_for(32, 16) == 2
+
+
+def test_tiny_on_8x8_fits_ulx3s():
+    report = check_fit(TINY, accelerator_preset("8x8"), ECP5)
+    assert report.fits and report.multipliers.by_unit["systolic array"] == 64
+    assert report.blocks_used["DP16KD"] <= 208
+
+
+def test_16x16_on_ulx3s_names_both_overflows():
+    with pytest.raises(FitError) as error:
+        check_fit(TINY, accelerator_preset("16x16"), ECP5)
+    message = str(error.value)
+    assert "does not fit ulx3s-85f" in message
+    report = error.value.report
+    over = report.multipliers.total - 156
+    assert f"needs {report.multipliers.total} MULT18X18D, 156 available: over by {over}" in message
+    assert "systolic array 256" in message
+    used = report.blocks_used["DP16KD"]
+    assert used > 208 and f"needs {used} DP16KD blocks, 208 available: over by {used - 208}" in message
+
+
+def test_only_overflowing_resources_are_named():
+    # Plenty of memory blocks, too few multipliers.
+    small = target("ulx3s-85f")
+    few_multipliers = type(small)(small.name, small.description, small.memory_blocks, small.multiplier_name, 100,
+                                  small.multiplier_widths)
+    with pytest.raises(FitError) as error:
+        check_fit(model_preset("tiny"), accelerator_preset("8x8"), few_multipliers)
+    assert "multipliers" in str(error.value) and "on-chip memory" not in str(error.value)
+
+
+def test_residual_memory_size():
+    # 129 tokens × 192 × 16 bits, and double-buffered weight slabs of the configured size.
+    memories = {m.name: m for m in onchip_memories(TINY, accelerator_preset("16x16"))}
+    assert memories["residual"].bytes == 129 * 192 * 2
+    assert memories["weights"].count == 2 and memories["weights"].bytes == 2 * 72 * 1024
+
+
+def test_small_models_do_not_fit_ulx3s_but_fit_zcu104():
+    small = model_preset("m3vit-small-nyud")
+    assert not fit_report(small, accelerator_preset("8x8"), ECP5).fits
+    assert check_fit(small, accelerator_preset("16x16"), TARGETS["zcu104"]).fits
+
+
+def test_incompatible_accelerator_is_a_config_error_first():
+    with pytest.raises(ConfigError, match="accumulator_width"):
+        fit_report(TINY, accelerator_preset("8x8").replace(accumulator_width=20), ECP5)
+
+
+def test_unknown_target():
+    with pytest.raises(ConfigError, match="target = 'arty': unknown; choose one of ulx3s-85f, zcu104"):
+        target("arty")
+
+
+def test_memory_block_aspect_choice():
+    block = MemoryBlock("toy", 1, ((2, 4), (4, 2)))
+    assert block.blocks_for(4, 2) == 1 and block.blocks_for(2, 4) == 1 and block.blocks_for(4, 4) == 2

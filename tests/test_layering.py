@@ -1,0 +1,46 @@
+"""Dependencies point one way (golden ← hw ← firmware), and torch lives only beside the float model."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FORBIDDEN = {"golden": {"hw", "firmware", "m3vit"}, "hw": {"firmware", "m3vit"}, "firmware": {"m3vit"}}
+TORCH_ALLOWED = {"golden/float_model.py"}
+
+
+def _imports(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_dependencies_point_one_way(package):
+    for path in (ROOT / package).rglob("*.py"):
+        bad = set(_imports(path)) & FORBIDDEN[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_torch_only_beside_the_float_model():
+    for package in ("golden", "hw", "firmware", "m3vit"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "torch" in set(_imports(path)):
+                assert str(path.relative_to(ROOT)) in TORCH_ALLOWED, f"{path} imports torch"
+
+
+def test_generator_runs_without_torch():
+    # Block torch, then use the configuration, cost model, fit check and the CLI.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import golden.config, golden.costs, hw.fit, firmware\n"
+            "from m3vit.cli import main\n"
+            "assert main(['info', '--preset', 'tiny', '--json']) == 0\n"
+            "assert main(['bench', 'float', '--preset', 'tiny']) == 2\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "needs torch" in result.stderr
