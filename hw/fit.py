@@ -35,7 +35,8 @@ class MemoryBlock:
 
 @dataclass(frozen=True)
 class Target:
-    """An FPGA: its memory block kinds (filled largest-first in this order) and its multiplier block."""
+    """An FPGA: its memory block kinds (the last one takes what does not fit elsewhere) and its multiplier
+    block."""
 
     name: str
     description: str
@@ -217,20 +218,19 @@ class FitError(ValueError):
 
 
 def fit_report(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> FitReport:
-    """Place every memory of the plan (largest first, into the first block kind with room, the last kind
-    taking the overflow) and count multipliers."""
+    """Place every memory of the plan, largest first, into the block kind that spends the fewest bits on it
+    and still has room (the last kind takes any overflow), and count multipliers."""
     check_compatible(model, accel)
     remaining = {kind.name: kind.count for kind in target.memory_blocks}
     used = {kind.name: 0 for kind in target.memory_blocks}
     placed = []
     for memory in sorted(onchip_memories(model, accel), key=lambda m: -m.bytes):
-        for position, kind in enumerate(target.memory_blocks):
-            blocks = memory.count * kind.blocks_for(memory.width, memory.depth)
-            if blocks <= remaining[kind.name] or position == len(target.memory_blocks) - 1:
-                remaining[kind.name] -= blocks
-                used[kind.name] += blocks
-                placed.append((memory, kind.name, blocks))
-                break
+        costs = [(memory.count * kind.blocks_for(memory.width, memory.depth), kind) for kind in target.memory_blocks]
+        roomy = [(blocks, kind) for blocks, kind in costs if blocks <= remaining[kind.name]]
+        blocks, kind = min(roomy, key=lambda c: c[0] * c[1].bits) if roomy else costs[-1]
+        remaining[kind.name] -= blocks
+        used[kind.name] += blocks
+        placed.append((memory, kind.name, blocks))
     return FitReport(model.name, accel.name, target.name, placed, used,
                      {kind.name: kind.count for kind in target.memory_blocks},
                      multipliers(accel, target), target.multiplier_count, target.multiplier_name)
