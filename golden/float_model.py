@@ -16,17 +16,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .images import structured_images
 
-__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "time_inference", "LN_EPS",
-           "CHECKPOINT_FORMAT"]
+__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "time_inference", "calibrate",
+           "numpy_weights", "quantize_model", "float_inference", "LN_EPS", "CHECKPOINT_FORMAT",
+           "OUTLIER_RATIO", "ROUTER_MARGIN"]
 
 LN_EPS = 1e-6
 CHECKPOINT_FORMAT = "m3vit-float-1"
+OUTLIER_RATIO = 12.0      # max/rms of the residual stream after block 0 in a trained M³ViT-tiny
+ROUTER_MARGIN = 0.15      # median top-k margin (k-th minus (k+1)-th logit) of a trained router
+
+
+def _no_probe(name, tensor):
+    return tensor
 
 
 class CheckpointError(ValueError):
@@ -78,11 +87,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
 
-    def forward(self, x):
+    def forward(self, x, probe=_no_probe, prefix=""):
         b, t, d = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        attention = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
-        return self.proj((attention @ v).transpose(1, 2).reshape(b, t, d))
+        q = probe(f"{prefix}.q", q * self.scale)
+        probe(f"{prefix}.k", k)
+        probe(f"{prefix}.v", v)
+        attention = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return self.proj(probe(f"{prefix}.attn_out", (attention @ v).transpose(1, 2).reshape(b, t, d)))
 
 
 class Mlp(nn.Module):
@@ -91,8 +103,9 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x, task=None):
-        return self.fc2(F.gelu(self.fc1(x))), None
+    def forward(self, x, task=None, probe=_no_probe, prefix=""):
+        hidden = probe(f"{prefix}.gelu", F.gelu(probe(f"{prefix}.fc1", self.fc1(x))))
+        return self.fc2(hidden), None
 
 
 class Experts(nn.Module):
@@ -108,9 +121,13 @@ class Experts(nn.Module):
         self.h4toh.weight = nn.Parameter(torch.empty(e, d, h))
         self.h4toh.bias = nn.Parameter(torch.empty(e, d))
 
+    def hidden(self, index: int, x):
+        """(fc1 output, GELU of it) of expert `index` for tokens x [N, d]."""
+        pre = x @ self.htoh4.weight[index].T + self.htoh4.bias[index]
+        return pre, F.gelu(pre)
+
     def expert(self, index: int, x):
-        hidden = F.gelu(x @ self.htoh4.weight[index].T + self.htoh4.bias[index])
-        return hidden @ self.h4toh.weight[index].T + self.h4toh.bias[index]
+        return self.hidden(index, x)[1] @ self.h4toh.weight[index].T + self.h4toh.bias[index]
 
 
 class Gate(nn.Module):
@@ -128,10 +145,16 @@ class MoE(nn.Module):
         self.experts = Experts(config)
         self.gate = nn.ModuleList(Gate(config) for _ in config.tasks)
 
-    def forward(self, x, task: int):
+    def forward(self, x, task: int, probe=_no_probe, prefix=""):
         b, t, d = x.shape
         tokens = x.reshape(b * t, d)
-        ids, weights = route(tokens @ self.gate[task].w_gate, self.top_k, self.gate_variant)
+        if probe is not _no_probe:  # calibration sees every expert on every token
+            for expert in range(self.experts.htoh4.weight.shape[0]):
+                pre, hidden = self.experts.hidden(expert, tokens)
+                probe(f"{prefix}.experts.{expert}.fc1", pre)
+                probe(f"{prefix}.experts.{expert}.gelu", hidden)
+        logits = probe(f"{prefix}.router_logits", tokens @ self.gate[task].w_gate)
+        ids, weights = route(logits, self.top_k, self.gate_variant)
         out = torch.zeros_like(tokens)
         for expert in torch.unique(ids).tolist():  # expert by expert, as the accelerator computes
             token, slot = torch.nonzero(ids == expert, as_tuple=True)
@@ -147,10 +170,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.embed_dim, eps=LN_EPS)
         self.mlp = MoE(config) if moe else Mlp(config.embed_dim, config.mlp_hidden)
 
-    def forward(self, x, task: int):
-        x = x + self.attn(self.norm1(x))
-        mlp, routing = self.mlp(self.norm2(x), task)
-        return x + mlp, routing
+    def forward(self, x, task: int, probe=_no_probe, prefix=""):
+        x = probe(f"{prefix}.mid", x + self.attn(probe(f"{prefix}.norm1", self.norm1(x)), probe, prefix))
+        mlp, routing = self.mlp(probe(f"{prefix}.norm2", self.norm2(x)), task, probe, prefix)
+        return probe(f"{prefix}.out", x + mlp), routing
 
 
 class PupHead(nn.Module):
@@ -170,15 +193,16 @@ class PupHead(nn.Module):
                 setattr(self, f"syncbn_fc_{index}", nn.BatchNorm2d(conv.out_channels))
         self.convs = len(layers) - 1
 
-    def forward(self, tokens):
+    def forward(self, tokens, probe=_no_probe, prefix=""):
         b, _, d = tokens.shape
-        x = self.norm(tokens[:, 1:]).transpose(1, 2).reshape(b, d, *self.grid)
+        x = probe(f"{prefix}.norm", self.norm(tokens[:, 1:])).transpose(1, 2).reshape(b, d, *self.grid)
         between, after = self.upsamples
         for index in range(self.convs):
             x = F.relu(getattr(self, f"syncbn_fc_{index}")(getattr(self, f"conv_{index}")(x)))
+            probe(f"{prefix}.conv_{index}", x)
             if index < between:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = getattr(self, f"conv_{self.convs}")(x)
+        x = probe(f"{prefix}.conv_{self.convs}", getattr(self, f"conv_{self.convs}")(x))
         for _ in range(after):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return x
@@ -227,6 +251,39 @@ class M3ViT(nn.Module):
                     buffer.normal_(0.0, 0.1, generator=generator)
                 elif name.endswith("running_var"):
                     buffer.uniform_(0.5, 1.5, generator=generator)
+        return model.eval()
+
+    @classmethod
+    def trained_like(cls, config: ModelConfig, seed: int = 0) -> "M3ViT":
+        """A seeded random model shaped like a trained one where that matters to quantization (a random
+        one flatters it): one outlier channel in the residual stream, max/rms ≈ `OUTLIER_RATIO` after block 0
+        (as far as the embed dim allows: one channel can reach at most sqrt(D)), damped by the LayerNorms' γ
+        as training learns to; and every router scaled, layer by layer, so its median top-k logit margin on
+        structured images is `ROUTER_MARGIN` (a few percent of tokens then fall under 0.01)."""
+        model = cls.random(config, seed)
+        images = torch.from_numpy(structured_images(config, 4, seed + 7919))
+        channel = int(torch.randint(config.embed_dim, (1,), generator=torch.Generator().manual_seed(seed)))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+                    parameter[channel] = 0.1
+            bias = model.patch_embed.proj.bias
+            target = min(OUTLIER_RATIO, 0.9 * math.sqrt(config.embed_dim))
+            low, high = 0.0, 1000.0
+            for _ in range(30):  # bisect the outlier's size for the max/rms ratio after block 0
+                bias[channel] = (low + high) / 2
+                out = model(images, 0, intermediates=True).blocks[0]
+                ratio = float(out.abs().max() / out.pow(2).mean().sqrt())
+                low, high = (bias[channel].item(), high) if ratio < target else (low, bias[channel].item())
+            for block in config.moe_blocks:
+                for task in range(config.num_tasks):
+                    gate = model.blocks[block].mlp.gate[task].w_gate
+                    inputs = {}
+                    model(images, task, probe=lambda n, t: inputs.setdefault(n, t))
+                    logits = inputs[f"blocks.{block}.norm2"].reshape(-1, config.embed_dim) @ gate
+                    if config.top_k < config.num_experts:
+                        top = torch.topk(logits, config.top_k + 1, dim=-1).values
+                        gate *= ROUTER_MARGIN / float((top[:, -2] - top[:, -1]).median())
         return model.eval()
 
     @classmethod
@@ -292,21 +349,24 @@ class M3ViT(nn.Module):
         cls = self.cls_token.expand(image.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
-    def forward(self, image: torch.Tensor, task: int | str = 0, *, intermediates: bool = False):
+    def forward(self, image: torch.Tensor, task: int | str = 0, *, intermediates: bool = False, probe=None):
         """The task head's output [B, classes, H, W] for images [B, C, H, W] (or one image [C, H, W]); with
-        `intermediates`, an `M3ViTOutput` holding every block's output and every MoE layer's routing too."""
+        `intermediates`, an `M3ViTOutput` holding every block's output and every MoE layer's routing too.
+        `probe(name, tensor)`, if given, sees every tensor the quantizer calibrates (names as in
+        `golden.quantized.array_spec`'s prefixes) and returns it."""
+        probe = probe or _no_probe
         task = self.config.task_index(task)
         single = image.dim() == 3
         if single:
             image = image.unsqueeze(0)
-        x = self.embed(image)
+        x = probe("embed", self.embed(image))
         blocks, routing = [], {}
         for index, block in enumerate(self.blocks):
-            x, layer_routing = block(x, task)
+            x, layer_routing = block(x, task, probe, f"blocks.{index}")
             blocks.append(x)
             if layer_routing is not None:
                 routing[index] = layer_routing
-        output = self.heads[task](x)
+        output = self.heads[task](x, probe, f"heads.{task}")
         if single:
             output = output.squeeze(0)
         if not intermediates:
@@ -328,6 +388,74 @@ def time_inference(config: ModelConfig, *, task: int | str = 0, repeats: int = 3
             times.append(time.perf_counter() - start)
     return {"preset": config.name, "task": config.tasks[config.task_index(task)].name, "repeats": repeats,
             "threads": torch.get_num_threads(), "float_seconds": min(times)}
+
+
+def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | None = None) -> dict[str, float]:
+    """Clip magnitudes of every tensor the quantizer needs, over float images [N, C, H, W] run with every task
+    in `tasks` (default all): by probe name, plus `image`, `residual` (the whole residual stream) and
+    `blocks.{b}.norm2_router` (the router's input). The clip is max |x|, or with `percentile` the largest
+    per-batch `percentile`-th percentile of |x| for the int8 activations (`PERCENTILE_CLIPPED`); the residual
+    stream, the router's input and the images always keep their maximum."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"calibration needs a non-empty batch of images [N, C, H, W], got shape {images.shape}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("calibration images contain NaN or inf")
+    maxima: dict[str, float] = {"image": float(np.abs(images).max())}
+    clipped: dict[str, float] = {}
+
+    def probe(name, tensor):
+        magnitude = tensor.detach().abs().flatten().float()
+        maxima[name] = max(maxima.get(name, 0.0), float(magnitude.max()))
+        if percentile is not None and name.rsplit(".", 1)[-1] in PERCENTILE_CLIPPED:
+            rank = max(1, min(magnitude.numel(), round(magnitude.numel() * percentile / 100)))
+            clipped[name] = max(clipped.get(name, 0.0), float(magnitude.kthvalue(rank).values))
+        return tensor
+
+    config = model.config
+    with torch.no_grad():
+        for task in range(config.num_tasks) if tasks is None else tasks:
+            model(torch.from_numpy(images), task, probe=probe)
+    clips = {**maxima, **clipped}
+    residual = [maxima["embed"]] + [maxima[f"blocks.{b}.{n}"] for b in range(config.depth) for n in ("mid", "out")]
+    clips["residual"] = max(residual)
+    for block in config.moe_blocks:
+        clips[f"blocks.{block}.norm2_router"] = maxima[f"blocks.{block}.norm2"]
+    return clips
+
+
+PERCENTILE_CLIPPED = {"norm1", "norm2", "q", "k", "v", "attn_out", "gelu", "norm"}
+
+
+def numpy_weights(model: M3ViT) -> dict[str, np.ndarray]:
+    """The state dict (parameters and batch-norm statistics) as float64 NumPy arrays, official names."""
+    return {name: value.detach().double().numpy() for name, value in model.state_dict().items()
+            if value.is_floating_point()}
+
+
+def quantize_model(model: M3ViT, images: np.ndarray, percentile: float | None = None):
+    """Calibrate on float images [N, C, H, W] and quantize: the `QuantizedModel` of `model`."""
+    from .quantize import quantize
+    return quantize(model.config, numpy_weights(model), calibrate(model, images, percentile=percentile))
+
+
+def float_inference(model: M3ViT, image: np.ndarray, task: int | str = 0) -> dict:
+    """One float inference on a float image [C, H, W], as NumPy: `output` [classes, H, W], `blocks` [depth, T,
+    D], `routing` {block: (expert ids [T, k], gate weights [T, k])}, `logits` {block: [T, E]}."""
+    logits = {}
+
+    def probe(name, tensor):
+        if name.endswith(".router_logits"):
+            logits[int(name.split(".")[1])] = tensor.detach().double().numpy()
+        return tensor
+
+    with torch.no_grad():
+        result = model(torch.from_numpy(np.asarray(image, np.float32)), task, intermediates=True, probe=probe)
+    return {"output": result.output.double().numpy(),
+            "blocks": np.stack([b[0].double().numpy() for b in result.blocks]),
+            "routing": {b: (r.expert_ids[0].numpy(), r.gate_weights[0].double().numpy())
+                        for b, r in result.routing.items()},
+            "logits": logits}
 
 
 def _torch_load(path):
