@@ -65,15 +65,16 @@ class _Recorder:
 
 
 def linear(x: np.ndarray, model: QuantizedModel, prefix: str, bits: int, *, lower: int | None = None,
-           index: int | None = None, product=ops.exact_matmul) -> np.ndarray:
-    """requantize(product(x, weight) + bias) with the per-column multipliers and shifts of layer `prefix` (of
-    expert `index` for batched expert weights); `product` is x @ weight unless given (3×3 convolutions)."""
+           experts: np.ndarray | None = None, product=ops.exact_matmul) -> np.ndarray:
+    """requantize(product(x, weight) + bias) with the per-column multipliers and shifts of layer `prefix`;
+    `product` is x @ weight unless given (3×3 convolutions). For batched expert weights, `experts` selects
+    the experts and x is [experts, rows, K]."""
     def get(name):
         array = model[f"{prefix}.{name}"]
-        return array if index is None else array[index]
+        return array if experts is None else array[experts][..., None, :]
 
-    acc = product(x, get("weight")) + get("bias")
-    return ops.requantize(acc, get("multiplier"), get("shift"), bits, lower=lower)
+    acc = product(x, model[f"{prefix}.weight"] if experts is None else model[f"{prefix}.weight"][experts])
+    return ops.requantize(acc + get("bias"), get("multiplier"), get("shift"), bits, lower=lower)
 
 
 def _norm(x: np.ndarray, model: QuantizedModel, *prefixes_bits: tuple[str, int]) -> list[np.ndarray]:
@@ -81,14 +82,14 @@ def _norm(x: np.ndarray, model: QuantizedModel, *prefixes_bits: tuple[str, int])
     return ops.layernorm(x, int(model["norm.eps"]), outputs)
 
 
-def _mlp_hidden(x, model, prefix, scalars, index=None):
-    """fc1 → int16 in Q.f → GELU → int8 hidden."""
+def _mlp_hidden(x, model, prefix, scalars, experts=None):
+    """fc1 → int16 in Q.f → GELU → int8 hidden (for a batch of experts, x is [experts, rows, D])."""
     def get(name):
         array = model[f"{scalars}.{name}"]
-        return int(array if index is None else array[index])
+        return array if experts is None else array[experts][:, None, None]
 
     fraction_bits = get("gelu_fraction_bits")
-    z = linear(x, model, prefix, 16, index=index)
+    z = linear(x, model, prefix, 16, experts=experts)
     return ops.requantize(ops.gelu(z, fraction_bits), get("hidden_multiplier"), get("hidden_shift"), 8)
 
 
@@ -109,23 +110,29 @@ def _attention(x8, model, p, config, record):
 
 
 def _moe(x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRouting]:
-    t, k = x8.shape[0], config.top_k
+    t, k, d = x8.shape[0], config.top_k, config.embed_dim
     router = model[f"{p}.router.weight"][task]
     logits = record(f"{p}.router_logits", ops.exact_matmul(x16, router))
-    record.count("router", t, config.embed_dim, config.num_experts)
+    record.count("router", t, d, config.num_experts)
     ids, weights = ops.route(logits, k, config.gate, int(model[f"{p}.router.exp_multiplier"][task]),
                              int(model[f"{p}.router.exp_shift"][task]))
-    outputs = np.zeros((t, k, config.embed_dim), dtype=np.int32)
-    expert_tokens = []
-    for expert in range(config.num_experts):  # expert by expert, gathering its tokens in ascending order
-        token, slot = np.nonzero(ids == expert)
-        expert_tokens.append(token.astype(np.int32))
-        if not len(token):
-            continue
-        hidden = _mlp_hidden(x8[token], model, f"{p}.experts.fc1", f"{p}.experts", expert)
-        y = linear(hidden, model, f"{p}.experts.fc2", RESIDUAL_BITS + ops.COMBINE_FRACTION_BITS, index=expert)
-        outputs[token, slot] = y
-        record.count("experts", len(token), config.embed_dim, config.expert_hidden, 2)
+    # Group the (token, slot) pairs expert by expert, tokens ascending within each expert.
+    order = np.argsort(ids.ravel(), kind="stable")
+    expert_of = ids.ravel()[order]
+    counts = np.bincount(expert_of, minlength=config.num_experts)
+    active = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    row = np.arange(len(order)) - starts[expert_of]
+    batch = np.searchsorted(active, expert_of)
+    tokens = order // k
+    gathered = np.zeros((len(active), counts.max(), d), dtype=np.int8)
+    gathered[batch, row] = x8[tokens]
+    hidden = _mlp_hidden(gathered, model, f"{p}.experts.fc1", f"{p}.experts", active)
+    y = linear(hidden, model, f"{p}.experts.fc2", RESIDUAL_BITS + ops.COMBINE_FRACTION_BITS, experts=active)
+    outputs = np.zeros((t, k, d), dtype=np.int32)
+    outputs[tokens, order % k] = y[batch, row]
+    record.count("experts", t * k, d, config.expert_hidden, 2)
+    expert_tokens = np.split(tokens.astype(np.int32), starts[1:-1])
     routing = LayerRouting(ids, weights, expert_tokens)
     return record(f"{p}.moe_out", ops.combine(outputs, weights, RESIDUAL_BITS)), routing
 

@@ -87,8 +87,11 @@ def isqrt(n: np.ndarray) -> np.ndarray:
 @integer_only
 def round_shift(x: np.ndarray, shift) -> np.ndarray:
     """x / 2^shift rounded half to even (shift ≥ 0, a scalar or broadcast elementwise): the one rounding of
-    the integer path. As hardware does it: add 2^(shift−1) − 1 plus the lowest kept bit, shift arithmetically."""
-    x = np.asarray(x, dtype=np.int64)
+    the integer path. As hardware does it: add 2^(shift−1) − 1 plus the lowest kept bit, shift arithmetically.
+    Computed in int64, or in int32 for int32 input whose magnitudes the caller keeps below 2^30."""
+    x = np.asarray(x)
+    if x.dtype != np.int32:
+        x = x.astype(np.int64)
     if np.ndim(shift) == 0:
         shift = int(shift)
         if shift < 0:
@@ -99,8 +102,9 @@ def round_shift(x: np.ndarray, shift) -> np.ndarray:
     shift = np.asarray(shift, dtype=np.int64)
     if (shift < 0).any():
         raise ValueError("round_shift by a negative amount")
-    bias = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)) - 1 + ((x >> shift) & 1), 0)
-    return (x + bias) >> shift
+    if (shift == 0).any():
+        return np.where(shift == 0, x, round_shift(x, np.maximum(shift, 1)))
+    return (x + ((np.int64(1) << (shift - 1)) - 1) + ((x >> shift) & 1)) >> shift
 
 
 @integer_only
@@ -109,7 +113,7 @@ def saturate(x: np.ndarray, bits: int, *, lower: int | None = None) -> np.ndarra
     high = (1 << (bits - 1)) - 1
     low = -(1 << (bits - 1)) if lower is None else lower
     dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32 if bits <= 32 else np.int64
-    return np.clip(np.asarray(x, dtype=np.int64), low, high).astype(dtype)
+    return np.clip(np.asarray(x), low, high).astype(dtype)
 
 
 @integer_only
@@ -144,6 +148,11 @@ def quantize_multiplier(real: float | np.ndarray) -> tuple[np.ndarray, np.ndarra
 _FLOAT32_EXACT = 1 << 24
 
 
+def _magnitude(array: np.ndarray) -> int:
+    """max |x| of an integer array, as a Python int (no widened copy)."""
+    return max(-int(array.min()), int(array.max())) if array.size else 0
+
+
 @integer_only
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The exact integer product a @ b (batched like np.matmul) as int64.
@@ -156,7 +165,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     k = a.shape[-1]
     if b.shape[-2] != k:
         raise ValueError(f"exact_matmul: shapes {a.shape} and {b.shape} do not chain")
-    largest = int(np.abs(a, dtype=np.int64).max(initial=0)) * int(np.abs(b, dtype=np.int64).max(initial=0))
+    largest = _magnitude(a) * _magnitude(b)
     if largest == 0:
         return np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), np.int64)
     step = max(1, (_FLOAT32_EXACT - 1) // largest)
@@ -253,17 +262,19 @@ GELU_TABLE = _gelu_table()
 
 
 @integer_only
-def gelu(z: np.ndarray, fraction_bits: int) -> np.ndarray:
-    """GELU of int16 z in Q.fraction_bits (5 ≤ fraction_bits ≤ 15), in the same format:
+def gelu(z: np.ndarray, fraction_bits) -> np.ndarray:
+    """GELU of int16 z in Q.fraction_bits (5 ≤ fraction_bits ≤ 15; a scalar or broadcast), same format:
     ReLU(z) − δ(|z|), δ from a 1/32-step table with linear interpolation (Edge-MoE's form), zero past 5.5."""
-    a = np.abs(np.asarray(z, dtype=np.int64))
-    step = fraction_bits - GELU_STEP_BITS
-    index = np.minimum(a >> step, len(GELU_TABLE) - 2)
-    fraction = np.where(a >> step >= len(GELU_TABLE) - 2, 0, a & ((1 << step) - 1))
+    z = np.asarray(z, dtype=np.int64)
+    a = np.abs(z)
+    step = np.asarray(fraction_bits, dtype=np.int64) - GELU_STEP_BITS
+    whole = a >> step
+    last = len(GELU_TABLE) - 2
+    index = np.minimum(whole, last)
+    fraction = np.where(whole >= last, 0, a & ((np.int64(1) << step) - 1))
     low = GELU_TABLE[index]
     delta15 = low + round_shift((GELU_TABLE[index + 1] - low) * fraction, step)
-    delta = round_shift(delta15, 15 - fraction_bits)
-    return np.maximum(z, 0) - delta
+    return np.maximum(z, 0) - round_shift(delta15, 15 - np.asarray(fraction_bits, dtype=np.int64))
 
 
 @integer_only
@@ -302,12 +313,12 @@ def combine(expert_outputs: np.ndarray, weights: np.ndarray, residual_bits: int)
 def upsample2x(x: np.ndarray, bits: int) -> np.ndarray:
     """Bilinear ×2 of feature maps [..., H, W] (align_corners=False): each output is (9a + 3b + 3c + d)/16 of
     its four nearest inputs (edges replicated), rounded half to even once; exact integer weights."""
-    x = np.asarray(x, dtype=np.int64)
+    x = np.asarray(x, dtype=np.int32)  # 16 · 2^15 stays far below 2^30
 
     def axis_taps(v, axis):
         v = np.moveaxis(v, axis, 0)
-        out = np.empty((2 * v.shape[0],) + v.shape[1:], dtype=np.int64)
-        out[0::2] = 3 * v
+        out = np.empty((2 * v.shape[0],) + v.shape[1:], dtype=np.int32)
+        np.multiply(v, 3, out=out[0::2])
         out[1::2] = out[0::2]
         out[0:1] += v[:1]
         out[2::2] += v[:-1]
@@ -315,6 +326,8 @@ def upsample2x(x: np.ndarray, bits: int) -> np.ndarray:
         out[-1:] += v[-1:]
         return np.moveaxis(out, 0, axis)
 
+    if bits > 16:
+        raise ValueError(f"upsample2x: bits = {bits}, at most 16")
     both = axis_taps(axis_taps(x, x.ndim - 2), x.ndim - 1)
     return saturate(round_shift(both, 4), bits)
 
@@ -324,21 +337,27 @@ def conv3x3(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The exact 3×3, stride-1, zero-padded convolution of x [C, H, W] with weight [C·9, N] (K in (channel,
     ky, kx) order, as `im2col3x3` makes the rows): int64 [H·W, N], equal to im2col3x3(x) @ weight.
 
-    Computed tap by tap (nine float32 products with K = C, each partial sum below 2^24, asserted), summed
-    in float64, which is exact far beyond these sums; the hardware does the im2col product instead."""
+    Computed tap by tap: float32 products with K = C, summed in float32 over as many taps as keep every
+    partial sum below 2^24 (from the operands' actual maxima, asserted), then in float64, exact far beyond
+    these sums. The hardware does the im2col product instead; the integers are the same."""
     c, h, w = x.shape
     n = weight.shape[1]
-    largest = int(np.abs(x, dtype=np.int64).max(initial=0)) * int(np.abs(weight, dtype=np.int64).max(initial=0))
-    assert c * largest < _FLOAT32_EXACT, "conv3x3: a tap's partial sums could exceed 2^24"
+    largest = _magnitude(x) * _magnitude(weight)
+    per_tap = c * largest
+    assert per_tap < _FLOAT32_EXACT, "conv3x3: a tap's partial sums could exceed 2^24"
+    group = max(1, (_FLOAT32_EXACT - 1) // max(per_tap, 1))  # taps summed in float32, exactly
     row = w + 2
     padded = np.zeros(((h + 2) * row + 2, c), np.float32)
     padded[:(h + 2) * row].reshape(h + 2, row, c)[1:-1, 1:-1] = x.transpose(1, 2, 0)
-    taps = np.asarray(weight, np.float32).reshape(c, 3, 3, n)
+    taps = np.asarray(weight, np.float32).reshape(c, 9, n)
     total = np.zeros((h * row, n), dtype=np.float64)
-    for ky in range(3):
-        for kx in range(3):
-            start = ky * row + kx
-            total += padded[start:start + h * row] @ taps[:, ky, kx]
+    for first in range(0, 9, group):
+        partial = None
+        for tap in range(first, min(first + group, 9)):
+            start = (tap // 3) * row + tap % 3
+            product = padded[start:start + h * row] @ taps[:, tap]
+            partial = product if partial is None else np.add(partial, product, out=partial)
+        total += partial
     return total.reshape(h, row, n)[:, :w].reshape(h * w, n).astype(np.int64)
 
 

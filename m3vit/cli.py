@@ -11,7 +11,15 @@ import sys
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
                            ConfigError, accelerator_preset, model_preset)
 from golden.costs import model_info
+from golden.quantize import QuantizationError
+from golden.quantized import QuantizedFileError
 from hw.fit import TARGETS, FitError, fit_report, target
+
+try:
+    from golden.float_model import CheckpointError
+except ModuleNotFoundError:  # torch is an optional group
+    class CheckpointError(ValueError):
+        pass
 
 
 def _format_info(info: dict) -> str:
@@ -98,6 +106,50 @@ def cmd_bench_float(args) -> int:
     return 0
 
 
+def _format_golden(report: dict) -> str:
+    lines = [f"{report['preset']}: integer golden model against float ({report['test_images']} held-out images, "
+             f"{report['calibration_images']} calibration images, seed {report['seed']})",
+             f"  snr_db {report['snr_db']:.1f}   router_agreement {report['router_agreement']:.3f}   "
+             f"head_snr_db {report['head_snr_db']:.1f}",
+             f"  golden {report['golden_seconds'] * 1e3:.0f} ms, float {report['float_seconds'] * 1e3:.0f} ms "
+             f"per inference: {report['time_ratio']:.2f}×"]
+    bins = report["margin_bins"]
+    for task, figures in report["tasks"].items():
+        lines.append(f"  task {task}: SNR per block " + " ".join(f"{x:.1f}" for x in figures["snr_db_per_block"])
+                     + f"; head {figures['head_snr_db']:.1f} dB")
+        lines.append("    MoE block  agreement  margin median  margins in " + " ".join(
+            f"[{lo},{hi})" for lo, hi in zip(bins, bins[1:])))
+        for block, agreement in figures["router_agreement"].items():
+            histogram = figures["margin_histogram"].get(block, [])
+            lines.append(f"    {block:>9}  {agreement:9.3f}  {figures['margin_median'].get(block, 0):13.3f}  "
+                         + " ".join(f"{count:>5}" for count in histogram))
+    return "\n".join(lines)
+
+
+def cmd_golden(args) -> int:
+    from golden.fidelity import measure
+    tasks = None if args.task is None else [args.task]
+    report = measure(model_preset(args.preset), tasks=tasks, seed=args.seed, checkpoint=args.checkpoint,
+                     test_images=args.images)
+    if args.json or "snr_db" not in report:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_format_golden(report))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from golden.float_model import M3ViT, quantize_model
+    from golden.fidelity import CALIBRATION_SEED
+    from golden.images import structured_images
+    config = model_preset(args.preset)
+    network = M3ViT.trained_like(config, args.seed)
+    quantized = quantize_model(network, structured_images(config, args.images, CALIBRATION_SEED + args.seed))
+    quantized.save(args.output)
+    print(f"wrote {args.output}: {config.name}, {len(quantized.arrays)} arrays")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--table", action="store_true", help="markdown table of every preset on every target")
     fit.set_defaults(run=cmd_fit)
 
+    golden = commands.add_parser("golden", help="fidelity and speed of the integer golden model against float")
+    preset_args(golden)
+    golden.add_argument("--task", default=None, help="task index or name (default: every task)")
+    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--checkpoint", default=None,
+                        help="float checkpoint (official names or `M3ViT.save`), or a quantized .npz file")
+    golden.add_argument("--images", type=int, default=8, help="held-out images per task (default 8)")
+    golden.set_defaults(run=cmd_golden)
+
+    quantize = commands.add_parser("quantize", help="quantize the seeded trained-like model to a file")
+    preset_args(quantize)
+    quantize.add_argument("--seed", type=int, default=0)
+    quantize.add_argument("--images", type=int, default=16, help="calibration images (default 16)")
+    quantize.add_argument("-o", "--output", required=True)
+    quantize.set_defaults(run=cmd_quantize)
+
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
@@ -137,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         args.task = int(args.task)
     try:
         return args.run(args)
-    except (ConfigError, FitError) as error:
+    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError) as error:
         print(f"m3vit: error: {error}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:

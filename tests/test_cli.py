@@ -67,3 +67,25 @@ def test_console_script_runs():
     result = subprocess.run([script, "info", "--json", "--preset", "tiny"], capture_output=True, text=True,
                             check=True)
     assert json.loads(result.stdout)["preset"] == "tiny"
+
+
+def test_golden_report_on_tiny(capsys):
+    report = _json(capsys, "golden", "--preset", "tiny", "--images", "2", "--json")
+    for key in ("snr_db", "router_agreement", "head_snr_db", "golden_seconds", "float_seconds"):
+        assert isinstance(report[key], float), key
+    assert report["snr_db"] > 25 and 0.8 <= report["router_agreement"] <= 1
+    assert set(report["tasks"]) == {"semseg", "depth"}
+    assert len(report["tasks"]["depth"]["snr_db_per_block"]) == 4
+    assert main(["golden", "--preset", "tiny", "--images", "1", "--task", "depth"]) == 0
+    out = capsys.readouterr().out
+    assert "router_agreement" in out and "task depth" in out and "task semseg" not in out
+
+
+def test_quantize_then_golden_from_the_file(tmp_path, capsys):
+    path = tmp_path / "tiny.npz"
+    assert main(["quantize", "--preset", "tiny", "--images", "2", "-o", str(path)]) == 0
+    capsys.readouterr()
+    report = _json(capsys, "golden", "--preset", "tiny", "--checkpoint", str(path), "--json")
+    assert report["golden_seconds"] > 0
+    assert main(["golden", "--preset", "m3vit-tiny-cityscapes", "--checkpoint", str(path)]) == 2
+    assert "quantized for tiny" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""Fidelity and speed of the integer golden model against the float model (`m3vit golden`).
+
+A trained-like seeded float model (or a checkpoint) is calibrated on structured images and quantized; float
+and integer inference then run on held-out structured images of every task, and the report gives the
+backbone's SNR (overall and per block), the routers' agreement with the float routing per MoE layer with the
+float model's top-k margin histogram beside it, the task heads' SNR, and the wall time of one inference of
+each, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .images import structured_images
+from .model import run
+from .quantize import quantize_image
+from .quantized import QuantizedModel
+
+__all__ = ["measure", "snr_db", "MARGIN_BINS", "CALIBRATION_SEED", "TEST_SEED"]
+
+MARGIN_BINS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, float("inf"))
+CALIBRATION_SEED, TEST_SEED = 1000, 2000
+
+
+def snr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """10·log10(Σ reference² / Σ (reference − approximation)²); inf when they are equal."""
+    reference = np.asarray(reference, np.float64)
+    error = float(((reference - np.asarray(approximation, np.float64)) ** 2).sum())
+    return float("inf") if error == 0 else float(10 * np.log10(float((reference ** 2).sum()) / error))
+
+
+def _best_time(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None):
+    from .float_model import M3ViT, _torch_load
+
+    if checkpoint is None:
+        return M3ViT.trained_like(config, seed)
+    data = _torch_load(checkpoint)
+    if isinstance(data, dict) and "format" in data:
+        return M3ViT.load(checkpoint)
+    model = M3ViT(config)
+    model.load_official_state_dict(data)
+    return model.eval()
+
+
+def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 0,
+            checkpoint: str | Path | None = None, calibration_images: int = 16, test_images: int = 8,
+            repeats: int = 3) -> dict:
+    """The fidelity report of `config` for `tasks` (default all; timing uses the first). A quantized-model
+    file as `checkpoint` (`.npz`) has no float model beside it: the report then holds the integer model's
+    figures only."""
+    tasks = list(range(config.num_tasks)) if tasks is None else [config.task_index(t) for t in tasks]
+    test = structured_images(config, test_images, TEST_SEED + seed)
+    if checkpoint is not None and str(checkpoint).endswith(".npz"):
+        quantized = QuantizedModel.load(checkpoint, expect=config)
+        image = quantize_image(quantized, test[0])
+        return {"preset": config.name, "checkpoint": str(checkpoint),
+                "golden_seconds": _best_time(lambda: run(quantized, image, tasks[0]), repeats)}
+
+    from .float_model import float_inference, quantize_model
+    network = _load_float(config, seed, checkpoint)
+    quantized = quantize_model(network, structured_images(config, calibration_images, CALIBRATION_SEED + seed))
+    residual_scale = quantized.scales["residual"]
+    per_task = {}
+    for task in tasks:
+        head_ref, head_int, blocks_ref, blocks_int = [], [], [], []
+        agreement = {b: [] for b in config.moe_blocks}
+        margins = {b: [] for b in config.moe_blocks}
+        for image in test:
+            reference = float_inference(network, image, task)
+            result = run(quantized, quantize_image(quantized, image), task, intermediates=True)
+            blocks_ref.append(reference["blocks"])
+            blocks_int.append(np.stack([result.tensors[f"blocks.{b}.out"] for b in range(config.depth)]))
+            head_ref.append(reference["output"])
+            head_int.append(result.output * quantized.scales[f"heads.{task}.output"])
+            for block in config.moe_blocks:
+                float_ids = np.sort(reference["routing"][block][0], axis=-1)
+                int_ids = np.sort(result.routing[block].expert_ids, axis=-1)
+                agreement[block].append((float_ids == int_ids).all(-1))
+                if config.top_k < config.num_experts:
+                    top = -np.sort(-reference["logits"][block], axis=-1)
+                    margins[block].append(top[:, config.top_k - 1] - top[:, config.top_k])
+        blocks_ref, blocks_int = np.stack(blocks_ref), np.stack(blocks_int) * residual_scale
+        per_task[config.tasks[task].name] = {
+            "snr_db": snr_db(blocks_ref[:, -1], blocks_int[:, -1]),
+            "snr_db_per_block": [snr_db(blocks_ref[:, b], blocks_int[:, b]) for b in range(config.depth)],
+            "head_snr_db": snr_db(np.stack(head_ref), np.stack(head_int)),
+            "router_agreement": {b: float(np.concatenate(v).mean()) for b, v in agreement.items()},
+            "margin_median": {b: float(np.median(np.concatenate(v))) for b, v in margins.items() if v},
+            "margin_histogram": {b: np.histogram(np.concatenate(v), MARGIN_BINS)[0].tolist()
+                                 for b, v in margins.items() if v},
+        }
+    image = test[0]
+    golden_seconds, float_seconds = _time_both(network, quantized, image, quantize_image(quantized, image),
+                                               tasks[0], repeats)
+    reports = per_task.values()
+    return {
+        "preset": config.name, "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "calibration_images": calibration_images, "test_images": test_images,
+        "snr_db": min(t["snr_db"] for t in reports),
+        "router_agreement": min((a for t in reports for a in t["router_agreement"].values()), default=1.0),
+        "head_snr_db": min(t["head_snr_db"] for t in reports),
+        "golden_seconds": golden_seconds, "float_seconds": float_seconds,
+        "time_ratio": golden_seconds / float_seconds,
+        "margin_bins": [str(b) for b in MARGIN_BINS],
+        "tasks": per_task,
+    }
+
+
+def _time_both(network, quantized, image, image_int, task, repeats):
+    """Best-of-`repeats` wall time of one float and one integer inference of `task`, interleaved."""
+    from .float_model import float_output
+
+    golden, floating = [], []
+    run(quantized, image_int, task)
+    float_output(network, image, task)
+    for _ in range(repeats):
+        golden.append(_best_time(lambda: run(quantized, image_int, task), 1))
+        floating.append(_best_time(lambda: float_output(network, image, task), 1))
+    return min(golden), min(floating)

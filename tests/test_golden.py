@@ -1,0 +1,190 @@
+"""The quantizer, the quantized-model file and the whole integer golden model on the `tiny` preset."""
+
+import numpy as np
+import pytest
+import torch
+
+from golden import ops
+from golden.config import model_preset
+from golden.costs import backbone_macs, head_macs
+from golden.fidelity import snr_db
+from golden.float_model import M3ViT, calibrate, float_inference, numpy_weights, quantize_model
+from golden.images import structured_images
+from golden.model import run
+from golden.quantize import QuantizationError, quantize, quantize_image
+from golden.quantized import FORMAT, QuantizedFileError, QuantizedModel, array_spec
+
+TINY = model_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def network():
+    return M3ViT.trained_like(TINY, seed=1)
+
+
+@pytest.fixture(scope="module")
+def quantized(network):
+    return quantize_model(network, structured_images(TINY, 8, 11))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return structured_images(TINY, 4, 22)
+
+
+def test_structured_images_are_reproducible_and_not_noise():
+    a, b = structured_images(TINY, 4, 5), structured_images(TINY, 4, 5)
+    assert np.array_equal(a, b) and not np.array_equal(a, structured_images(TINY, 4, 6))
+    # Neighbouring pixels correlate strongly (smooth structure), unlike noise.
+    x = a.reshape(-1, 32)
+    assert np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1] > 0.5
+
+
+def test_every_array_matches_the_spec(quantized):
+    spec = array_spec(TINY)
+    assert set(quantized.arrays) == set(spec)
+    for name, (shape, dtype) in spec.items():
+        assert quantized[name].shape == shape and quantized[name].dtype == dtype, name
+    for name in spec:
+        if name.endswith(".multiplier") or name.endswith("_multiplier"):
+            m = quantized[name]
+            assert ((m >= 1 << 14) & (m < 1 << 15)).all(), name
+
+
+def test_golden_run_shapes_routing_and_counts(quantized, images):
+    image = quantize_image(quantized, images[0])
+    result = run(quantized, image, "depth", intermediates=True)
+    assert result.output.dtype == np.int16 and result.output.shape == (1, 32, 32)
+    assert result.backbone.dtype == np.int16 and result.backbone.shape == (17, 32)
+    assert set(result.routing) == set(TINY.moe_blocks)
+    for routing in result.routing.values():
+        assert routing.expert_ids.shape == (17, 2) and routing.gate_weights.shape == (17, 2)
+        for expert, tokens in enumerate(routing.expert_tokens):
+            assert list(tokens) == sorted(tokens)
+            assert sorted(tokens.tolist()) == sorted(np.nonzero((routing.expert_ids == expert).any(-1))[0].tolist())
+        assert routing.active_experts == [e for e in range(4) if len(routing.expert_tokens[e])]
+    # Multiply-accumulates counted by the golden model equal the analytic cost model.
+    macs = backbone_macs(TINY)
+    for kind in ("patch_embed", "qkv", "attention", "proj", "dense_mlp", "router", "experts"):
+        assert result.macs[kind] == macs[kind], kind
+    assert result.macs["head"] == head_macs(TINY, "depth")
+    for name, tensor in result.tensors.items():
+        assert np.issubdtype(tensor.dtype, np.integer), name
+
+
+def test_golden_is_deterministic_and_rejects_bad_input(quantized, images):
+    image = quantize_image(quantized, images[1])
+    a, b = run(quantized, image, 0), run(quantized, image, 0)
+    assert np.array_equal(a.output, b.output) and np.array_equal(a.backbone, b.backbone)
+    with pytest.raises(ValueError, match="int8 of shape"):
+        run(quantized, image.astype(np.int16), 0)
+    with pytest.raises(ValueError, match="task = 5"):
+        run(quantized, image, 5)
+
+
+def test_extreme_images_saturate_cleanly(quantized):
+    for value in (-128, 127):
+        result = run(quantized, np.full((3, 32, 32), value, np.int8), 0)
+        assert result.output.dtype == np.int16
+
+
+def test_tiny_integer_model_tracks_float(network, quantized, images):
+    for task in range(TINY.num_tasks):
+        refs, ints, agree = [], [], []
+        for image in images:
+            reference = float_inference(network, image, task)
+            result = run(quantized, quantize_image(quantized, image), task)
+            refs.append(reference["blocks"][-1])
+            ints.append(result.backbone * quantized.scales["residual"])
+            for block in TINY.moe_blocks:
+                agree.append((np.sort(reference["routing"][block][0], -1)
+                              == np.sort(result.routing[block].expert_ids, -1)).all(-1).mean())
+        assert snr_db(np.stack(refs), np.stack(ints)) > 30
+        assert np.mean(agree) > 0.9
+
+
+def test_file_round_trip(tmp_path, quantized):
+    path = tmp_path / "tiny.npz"
+    quantized.save(path)
+    loaded = QuantizedModel.load(path, expect=TINY)
+    assert loaded.config == TINY and loaded.scales == quantized.scales
+    assert all(np.array_equal(loaded[n], quantized[n]) and loaded[n].dtype == quantized[n].dtype
+               for n in quantized.arrays)
+
+
+def _rewrite(path, quantized, meta=None, arrays=None):
+    import json
+    meta = meta or {"format": FORMAT, "config": TINY.to_dict(), "scales": quantized.scales}
+    arrays = dict(quantized.arrays if arrays is None else arrays)
+    with open(path, "wb") as file:
+        np.savez(file, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def test_corrupt_files_get_clear_errors(tmp_path, quantized):
+    good = tmp_path / "good.npz"
+    quantized.save(good)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(QuantizedFileError, match="not a readable quantized-model file"):
+        QuantizedModel.load(truncated)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    with pytest.raises(QuantizedFileError, match="no __meta__ header"):
+        QuantizedModel.load(foreign)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(QuantizedFileError, match="not a readable"):
+        QuantizedModel.load(text)
+    old = tmp_path / "old.npz"
+    _rewrite(old, quantized, meta={"format": "m3vit-quantized-0", "config": TINY.to_dict()})
+    with pytest.raises(QuantizedFileError, match="format 'm3vit-quantized-0', expected 'm3vit-quantized-1'"):
+        QuantizedModel.load(old)
+    with pytest.raises(QuantizedFileError, match="quantized for tiny .* expected m3vit-tiny-cityscapes"):
+        QuantizedModel.load(good, expect=model_preset("m3vit-tiny-cityscapes"))
+    broken = dict(quantized.arrays)
+    del broken["blocks.0.qkv.weight"]
+    broken["blocks.1.router.weight"] = broken["blocks.1.router.weight"].astype(np.int16)
+    broken["blocks.2.proj.bias"] = broken["blocks.2.proj.bias"][:5]
+    bad = tmp_path / "bad.npz"
+    _rewrite(bad, quantized, arrays=broken)
+    with pytest.raises(QuantizedFileError) as error:
+        QuantizedModel.load(bad)
+    message = str(error.value)
+    assert "1 missing arrays: blocks.0.qkv.weight" in message
+    assert "blocks.1.router.weight: ((2, 32, 4), dtype('int16')), expected ((2, 32, 4), int8)" in message
+    assert "blocks.2.proj.bias: ((5,), dtype('int32')), expected ((32,), int32)" in message
+    invalid = tmp_path / "invalid.npz"
+    _rewrite(invalid, quantized, meta={"format": FORMAT, "config": {**TINY.to_dict(), "top_k": 9}})
+    with pytest.raises(QuantizedFileError, match="invalid config in header .*top_k = 9"):
+        QuantizedModel.load(invalid)
+
+
+def test_quantizer_errors(network):
+    weights = numpy_weights(network)
+    clips = calibrate(network, structured_images(TINY, 2, 3))
+    bad = dict(weights)
+    bad["blocks.2.attn.qkv.weight"] = bad["blocks.2.attn.qkv.weight"].copy()
+    bad["blocks.2.attn.qkv.weight"][0, 0] = np.nan
+    with pytest.raises(QuantizationError, match="weight blocks.2.attn.qkv.weight contains NaN or inf"):
+        quantize(TINY, bad, clips)
+    partial = {k: v for k, v in clips.items() if not k.startswith("blocks.3.experts.1.")}
+    with pytest.raises(QuantizationError, match="no statistics for blocks.3.experts.1.fc1: it saw no data"):
+        quantize(TINY, weights, partial)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        calibrate(network, np.zeros((0, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        calibrate(network, np.full((1, 3, 32, 32), np.inf, np.float32))
+
+
+def test_trained_like_shape(network):
+    images = torch.from_numpy(structured_images(TINY, 4, TINY.depth))
+    with torch.no_grad():
+        out = network(images, 0, intermediates=True).blocks[0]
+    ratio = float(out.abs().max() / out.pow(2).mean().sqrt())
+    assert ratio > 3  # one outlier channel: at most sqrt(32) ≈ 5.7 for embed 32
+    margins = []
+    for block in TINY.moe_blocks:
+        result = float_inference(network, structured_images(TINY, 1, 40)[0], 0)
+        top = -np.sort(-result["logits"][block], -1)
+        margins.append(top[:, 1] - top[:, 2])
+    assert 0.03 < np.median(np.concatenate(margins)) < 0.6
