@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from golden import ops
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible
 
 __all__ = ["MemoryBlock", "Target", "TARGETS", "target", "Memory", "onchip_memories", "Multipliers",
@@ -104,7 +105,8 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     # combine accumulator of every token) and the task heads (a band of four input rows for the 3×3 convs).
     attention_bits = 3 * t * d * ow + rows * t * (acc + ow)
     mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
-    mlp_bits += t * d * acc if has_moe else 0
+    combine_bits = rw + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 1  # docs/numerics.md, section 8
+    mlp_bits += t * d * combine_bits if has_moe else 0
     head_bits = max(4 * conv.width * conv.in_channels * ow for conv in model.head_layers(0))
     moe_layers = len(model.moe_blocks)
     router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
