@@ -16,7 +16,7 @@ import numpy as np
 from . import ops
 from .quantized import QuantizedModel
 
-__all__ = ["run", "GoldenResult", "LayerRouting", "linear"]
+__all__ = ["run", "GoldenResult", "LayerRouting", "ExpertQueues", "expert_queues", "linear"]
 
 RESIDUAL_BITS = 16
 
@@ -109,6 +109,36 @@ def _attention(x8, model, p, config, record):
     return record(f"{p}.attn_out", out.transpose(1, 0, 2).reshape(t, d))
 
 
+@dataclass
+class ExpertQueues:
+    """The (token, slot) pairs of a layer's routing grouped expert by expert, tokens ascending within each
+    expert: what the router's queues hold and the GEMM engine gathers. Entry i is token `tokens[i]`'s slot
+    `slots[i]`, the `row[i]`-th entry of expert `active[batch[i]]`."""
+
+    counts: np.ndarray        # tokens per expert [E]
+    active: np.ndarray        # the ascending non-empty experts
+    tokens: np.ndarray
+    slots: np.ndarray
+    batch: np.ndarray
+    row: np.ndarray
+
+    @property
+    def expert_tokens(self) -> list[np.ndarray]:
+        return np.split(self.tokens.astype(np.int32), np.cumsum(self.counts)[:-1])
+
+
+def expert_queues(ids: np.ndarray, num_experts: int) -> ExpertQueues:
+    """Group the expert ids [T, k] of one layer expert by expert (a stable counting sort)."""
+    k = ids.shape[-1]
+    order = np.argsort(ids.ravel(), kind="stable")
+    expert_of = ids.ravel()[order]
+    counts = np.bincount(expert_of, minlength=num_experts)
+    active = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    return ExpertQueues(counts, active, order // k, order % k, np.searchsorted(active, expert_of),
+                        np.arange(len(order)) - starts[expert_of])
+
+
 def _moe(x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRouting]:
     t, k, d = x8.shape[0], config.top_k, config.embed_dim
     router = model[f"{p}.router.weight"][task]
@@ -116,24 +146,16 @@ def _moe(x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRout
     record.count("router", t, d, config.num_experts)
     ids, weights = ops.route(logits, k, config.gate, int(model[f"{p}.router.exp_multiplier"][task]),
                              int(model[f"{p}.router.exp_shift"][task]))
-    # Group the (token, slot) pairs expert by expert, tokens ascending within each expert.
-    order = np.argsort(ids.ravel(), kind="stable")
-    expert_of = ids.ravel()[order]
-    counts = np.bincount(expert_of, minlength=config.num_experts)
-    active = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    row = np.arange(len(order)) - starts[expert_of]
-    batch = np.searchsorted(active, expert_of)
-    tokens = order // k
-    gathered = np.zeros((len(active), counts.max(), d), dtype=np.int8)
-    gathered[batch, row] = x8[tokens]
+    queues = expert_queues(ids, config.num_experts)
+    active = queues.active
+    gathered = np.zeros((len(active), queues.counts.max(), d), dtype=np.int8)
+    gathered[queues.batch, queues.row] = x8[queues.tokens]
     hidden = _mlp_hidden(gathered, model, f"{p}.experts.fc1", f"{p}.experts", active)
     y = linear(hidden, model, f"{p}.experts.fc2", RESIDUAL_BITS + ops.COMBINE_FRACTION_BITS, experts=active)
     outputs = np.zeros((t, k, d), dtype=np.int32)
-    outputs[tokens, order % k] = y[batch, row]
+    outputs[queues.tokens, queues.slots] = y[queues.batch, queues.row]
     record.count("experts", t * k, d, config.expert_hidden, 2)
-    expert_tokens = np.split(tokens.astype(np.int32), starts[1:-1])
-    routing = LayerRouting(ids, weights, expert_tokens)
+    routing = LayerRouting(ids, weights, queues.expert_tokens)
     return record(f"{p}.moe_out", ops.combine(outputs, weights, RESIDUAL_BITS)), routing
 
 

@@ -89,3 +89,18 @@ def test_quantize_then_golden_from_the_file(tmp_path, capsys):
     assert report["golden_seconds"] > 0
     assert main(["golden", "--preset", "m3vit-tiny-cityscapes", "--checkpoint", str(path)]) == 2
     assert "quantized for tiny" in capsys.readouterr().err
+
+
+def test_golden_from_an_official_state_dict(tmp_path, capsys):
+    import torch
+
+    from golden.config import model_preset
+    from golden.float_model import M3ViT
+    path = tmp_path / "official.pth"
+    torch.save({"model": M3ViT.random(model_preset("tiny"), 3).state_dict()}, path)
+    report = _json(capsys, "golden", "--preset", "tiny", "--checkpoint", str(path), "--images", "1", "--json")
+    assert report["checkpoint"] == str(path) and report["snr_db"] > 25
+    broken = tmp_path / "broken.pth"
+    torch.save({"cls_token": torch.zeros(1)}, broken)
+    assert main(["golden", "--preset", "tiny", "--checkpoint", str(broken)]) == 2
+    assert "state dict does not match tiny" in capsys.readouterr().err

@@ -188,3 +188,38 @@ def test_trained_like_shape(network):
         top = -np.sort(-result["logits"][block], -1)
         margins.append(top[:, 1] - top[:, 2])
     assert 0.03 < np.median(np.concatenate(margins)) < 0.6
+
+
+@pytest.mark.parametrize("case", ["all to one", "spread", "one token", "k equals E"])
+def test_expert_queues(case):
+    from golden.model import expert_queues
+    rng = np.random.default_rng(len(case))
+    ids = {"all to one": np.tile([[2, 0]], (9, 1)),
+           "spread": np.array([rng.permutation(16)[:2] for _ in range(40)]),
+           "one token": np.array([[3, 1]]),
+           "k equals E": np.tile([[1, 0, 3, 2]], (5, 1))}[case]
+    experts = 4 if case != "spread" else 16
+    queues = expert_queues(ids, experts)
+    for expert in range(experts):
+        tokens = queues.expert_tokens[expert]
+        assert tokens.tolist() == sorted(np.nonzero((ids == expert).any(-1))[0].tolist())
+    assert queues.active.tolist() == sorted(set(ids.ravel().tolist()))
+    assert queues.counts.sum() == ids.size
+    assert np.array_equal(ids[queues.tokens, queues.slots], queues.active[queues.batch])
+    if case == "all to one":
+        assert queues.counts.tolist() == [9, 0, 9, 0] and queues.expert_tokens[2].tolist() == list(range(9))
+
+
+def test_golden_all_tokens_to_one_expert(quantized, images):
+    # Make expert 3 win every token of every MoE layer for task 0: its router column dominates.
+    arrays = dict(quantized.arrays)
+    for block in TINY.moe_blocks:
+        weight = arrays[f"blocks.{block}.router.weight"].copy()
+        weight[0] = 0
+        arrays[f"blocks.{block}.router.weight"] = weight
+    forced = QuantizedModel(TINY, arrays, quantized.scales)
+    result = run(forced, quantize_image(forced, images[0]), 0)
+    for routing in result.routing.values():
+        # All logits equal: experts 0 and 1 win every token, in that order.
+        assert (routing.expert_ids == [0, 1]).all()
+        assert routing.active_experts == [0, 1] and len(routing.expert_tokens[0]) == TINY.num_tokens
