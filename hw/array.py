@@ -1,0 +1,143 @@
+"""The weight-stationary systolic array (docs/architecture.md, section 2).
+
+`SystolicArray(rows=R, cols=C)` multiplies a streamed row x [R] by a stationary tile W [R, C] each cycle:
+out[c] = Σ_r x[r]·W[r, c], exactly, in `accumulator_width` bits. Every processing element holds two weight
+banks; a streamed row names the bank it multiplies with, so a tile can be loaded into one bank while the
+other computes, and consecutive tiles stream back to back.
+
+Ports (all `lib.stream` signatures with `always_ready`: the array is a rigid pipeline and never stalls; a
+cycle without `valid` is a bubble):
+- `load`: one row of a tile per cycle: `data` [C], its `row` index and `bank`. Row r of bank b may be
+  loaded from the cycle after the last streamed row that uses bank b's previous tile entered the array; it
+  must have entered at least one cycle before the first streamed row that uses it.
+- `stream_in`: one streamed row per cycle: `data` [R] and `bank`.
+- `out`: `data` [C], the products of the row that entered `latency` = R + C + 1 cycles earlier, in order.
+
+Timing inside: row r of the streamed operand is delayed r cycles (skew); PE (r, c) sees it r + c cycles
+after it entered, registers the product one cycle later and adds the partial sum from above the cycle
+after; column c is delayed C − 1 − c cycles at the bottom (deskew) so the C results of a row leave together.
+Load rows are skewed by column and travel down their column one row per cycle, so each PE's bank is written
+r + c + 1 cycles after its row entered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Cat, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SystolicArray"]
+
+
+class SystolicArray(wiring.Component):
+    class Signature(wiring.Signature):
+        """The array's ports for `rows` × `cols` operands of `operand_width` bits and accumulators of
+        `accumulator_width` bits."""
+
+        def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32):
+            for name, value, low in (("rows", rows, 1), ("cols", cols, 1), ("operand_width", operand_width, 2)):
+                if not isinstance(value, int) or value < low:
+                    raise ValueError(f"SystolicArray {name} = {value!r}: must be an integer ≥ {low}")
+            needed = 2 * operand_width + max(0, rows - 1).bit_length()
+            if not isinstance(accumulator_width, int) or accumulator_width < needed:
+                raise ValueError(f"SystolicArray accumulator_width = {accumulator_width!r}: {rows} products of "
+                                 f"{operand_width}-bit operands need at least {needed} bits")
+            self.rows, self.cols = rows, cols
+            self.operand_width, self.accumulator_width = operand_width, accumulator_width
+            operand = signed(operand_width)
+            super().__init__({
+                "load": In(stream.Signature(data.StructLayout({
+                    "data": data.ArrayLayout(operand, cols),
+                    "row": unsigned(max(1, (rows - 1).bit_length())),
+                    "bank": unsigned(1),
+                }), always_ready=True)),
+                "stream_in": In(stream.Signature(data.StructLayout({
+                    "data": data.ArrayLayout(operand, rows),
+                    "bank": unsigned(1),
+                }), always_ready=True)),
+                "out": Out(stream.Signature(data.ArrayLayout(signed(accumulator_width), cols),
+                                            always_ready=True)),
+            })
+
+    def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32):
+        super().__init__(self.Signature(rows, cols, operand_width, accumulator_width))
+        self.rows, self.cols = rows, cols
+        self.operand_width, self.accumulator_width = operand_width, accumulator_width
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a streamed row entering to its results leaving."""
+        return self.rows + self.cols + 1
+
+    @staticmethod
+    def model(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The results of streamed rows x [M, R] against a tile W [R, C]: the exact products, int64 [M, C]."""
+        return np.asarray(x, np.int64) @ np.asarray(weights, np.int64)
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self.rows, self.cols
+        ow, aw = self.operand_width, self.accumulator_width
+
+        def delayed(value, cycles, name):
+            """`value` through `cycles` registers."""
+            for stage in range(cycles):
+                register = Signal.like(value, name=f"{name}_d{stage}")
+                m.d.sync += register.eq(value)
+                value = register
+            return value
+
+        # Streamed operand: row r delayed r cycles, then one register per PE moving right.
+        x = [[Signal(signed(ow), name=f"x_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        x_bank = [[Signal(name=f"xbank_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        for r in range(rows):
+            m.d.sync += [
+                x[r][0].eq(delayed(self.stream_in.payload.data[r], r, f"skew_x{r}")),
+                x_bank[r][0].eq(delayed(self.stream_in.payload.bank, r, f"skew_xbank{r}")),
+            ]
+            for c in range(1, cols):
+                m.d.sync += [x[r][c].eq(x[r][c - 1]), x_bank[r][c].eq(x_bank[r][c - 1])]
+
+        # Weight loading: column c delayed c cycles, then down the column one row per cycle.
+        load = self.load
+        row_width = len(load.payload.row)
+        products = {}
+        for c in range(cols):
+            data_in = delayed(load.payload.data[c], c, f"skew_w{c}")
+            row_in = delayed(load.payload.row, c, f"skew_wrow{c}")
+            bank_in = delayed(load.payload.bank, c, f"skew_wbank{c}")
+            valid_in = delayed(load.valid, c, f"skew_wvalid{c}")
+            for r in range(rows):
+                w_data = Signal(signed(ow), name=f"lw_{r}_{c}")
+                w_row = Signal(row_width, name=f"lwrow_{r}_{c}")
+                w_bank = Signal(name=f"lwbank_{r}_{c}")
+                w_valid = Signal(name=f"lwvalid_{r}_{c}")
+                m.d.sync += [w_data.eq(data_in), w_row.eq(row_in), w_bank.eq(bank_in), w_valid.eq(valid_in)]
+                data_in, row_in, bank_in, valid_in = w_data, w_row, w_bank, w_valid
+                banks = [Signal(signed(ow), name=f"w{b}_{r}_{c}") for b in range(2)]
+                with m.If(w_valid & (w_row == r)):
+                    with m.If(w_bank):
+                        m.d.sync += banks[1].eq(w_data)
+                    with m.Else():
+                        m.d.sync += banks[0].eq(w_data)
+                weight = Signal(signed(ow), name=f"w_{r}_{c}")
+                m.d.comb += weight.eq(banks[0])
+                with m.If(x_bank[r][c]):
+                    m.d.comb += weight.eq(banks[1])
+                product = Signal(signed(2 * ow), name=f"p_{r}_{c}")
+                m.d.sync += product.eq(x[r][c] * weight)
+                products[r, c] = product
+
+        # Partial sums down each column, then deskew.
+        outputs = []
+        for c in range(cols):
+            above = 0
+            for r in range(rows):
+                total = Signal(signed(aw), name=f"psum_{r}_{c}")
+                m.d.sync += total.eq(above + products[r, c])
+                above = total
+            outputs.append(delayed(above, cols - 1 - c, f"deskew{c}"))
+        m.d.comb += self.out.payload.eq(Cat(*outputs))
+        m.d.comb += self.out.valid.eq(delayed(self.stream_in.valid, self.latency, "valid"))
+        return m

@@ -1,0 +1,1 @@
+"""Simulation helpers shared by the tests and benchmarks of every unit."""
