@@ -1,0 +1,361 @@
+"""The GEMM engine (docs/architecture.md, section 3): Y = out(X·W + b) on the systolic array.
+
+One command computes Y [M, N] = X [M, K] · W [K, N] tile by tile: for each N tile j (C columns), for each K
+tile i (R rows), the R × C weight tile enters one array bank while the previous tile streams, then the M rows
+of X's K tile i stream through it; partial sums accumulate in an accumulator memory (two banks, one per N
+tile in flight), and a finished N tile drains through bias, requantization and saturation to the output
+stream while the next one computes. Results leave N tile by N tile, rows in order, C values per beat.
+
+Memories are outside the engine, behind read ports:
+- X: words of R operands, K-tile-major: row m's K tile i at `x_base + i·x_stride + m` (`x_stride` a
+  constant, at least the largest M). With `gather`, row m reads X row `index[list_base + m]` instead.
+- W: words of C operands, in the order the array consumes them: tile (j, i) row r at `w_base + (j·KT + i)·R + r`
+  (rows past K may hold anything: the engine zeroes the lanes of X past K).
+- P: one word per N tile at `p_base + j`: per column `bias` (int32), `multiplier` and `shift`.
+Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to even, saturate), exactly
+`golden.ops.requantize`; `RAW` emits acc + bias unrounded (attention scores); `relu` clamps at 0 in every
+mode. Results leave with `latency` ≈ R + C + 6 cycles after their row streamed, through a 4-deep FIFO.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory, ReadPort
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from .array import SystolicArray
+
+__all__ = ["GemmEngine", "GemmMode", "gemm_model", "pack_x", "pack_w", "pack_params", "tiles"]
+
+
+class GemmMode(enum.IntEnum):
+    INT8 = 0
+    INT16 = 1
+    INT18 = 2
+    RAW = 3
+
+    @property
+    def bits(self) -> int | None:
+        return {GemmMode.INT8: 8, GemmMode.INT16: 16, GemmMode.INT18: 18}.get(self)
+
+
+def tiles(size: int, tile: int) -> int:
+    return -(-size // tile)
+
+
+def _bits(value: int) -> int:
+    return max(1, (value - 1).bit_length())
+
+
+class GemmEngine(wiring.Component):
+    class Signature(wiring.Signature):
+        """Ports of an engine around an `rows` × `cols` array for matrices up to `max_m` × `max_k` × `max_n`,
+        with memories of `x_depth`, `w_depth`, `p_depth` and `index_depth` words."""
+
+        def __init__(self, rows, cols, *, max_m, max_k, max_n, x_depth, w_depth, p_depth, index_depth,
+                     operand_width=8, accumulator_width=32, multiplier_width=16):
+            for name, value in (("max_m", max_m), ("max_k", max_k), ("max_n", max_n), ("x_depth", x_depth),
+                                ("w_depth", w_depth), ("p_depth", p_depth), ("index_depth", index_depth)):
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"GemmEngine {name} = {value!r}: must be a positive integer")
+            operand = signed(operand_width)
+            self.column = data.StructLayout({
+                "bias": signed(accumulator_width),
+                "multiplier": unsigned(multiplier_width),
+                "shift": unsigned(6),
+            })
+            self.command = data.StructLayout({
+                "m": unsigned(_bits(max_m + 1)),
+                "k_tiles": unsigned(_bits(tiles(max_k, rows) + 1)),
+                "k_last": unsigned(_bits(rows + 1)),       # valid lanes of the last K tile, 1..R
+                "n_tiles": unsigned(_bits(tiles(max_n, cols) + 1)),
+                "x_base": unsigned(_bits(x_depth)),
+                "w_base": unsigned(_bits(w_depth)),
+                "p_base": unsigned(_bits(p_depth)),
+                "gather": unsigned(1),
+                "list_base": unsigned(_bits(index_depth)),
+                "mode": unsigned(2),
+                "relu": unsigned(1),
+            })
+            self.result = data.StructLayout({
+                "row": unsigned(_bits(max_m)),
+                "tile": unsigned(_bits(tiles(max_n, cols))),
+                "data": data.ArrayLayout(signed(accumulator_width), cols),
+            })
+            super().__init__({
+                "command": In(stream.Signature(self.command)),
+                "x_read": In(ReadPort.Signature(addr_width=_bits(x_depth), shape=data.ArrayLayout(operand, rows))),
+                "w_read": In(ReadPort.Signature(addr_width=_bits(w_depth), shape=data.ArrayLayout(operand, cols))),
+                "p_read": In(ReadPort.Signature(addr_width=_bits(p_depth), shape=data.ArrayLayout(self.column, cols))),
+                "index_read": In(ReadPort.Signature(addr_width=_bits(index_depth), shape=unsigned(_bits(max_m)))),
+                "out": Out(stream.Signature(self.result)),
+                "busy": Out(1),
+            })
+
+    def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
+                 w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
+                 operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16):
+        self.rows, self.cols = rows, cols
+        self.max_m, self.max_k, self.max_n = max_m, max_k, max_n
+        self.x_stride = x_stride or max_m
+        if self.x_stride < max_m:
+            raise ValueError(f"GemmEngine x_stride = {x_stride}: must be at least max_m ({max_m})")
+        self.x_depth = self.x_stride * tiles(max_k, rows)
+        self.w_depth = w_depth or tiles(max_k, rows) * tiles(max_n, cols) * rows
+        self.p_depth = p_depth or tiles(max_n, cols)
+        self.index_depth = index_depth or max_m
+        self.operand_width, self.accumulator_width = operand_width, accumulator_width
+        self.multiplier_width = multiplier_width
+        super().__init__(self.Signature(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n, x_depth=self.x_depth,
+                                        w_depth=self.w_depth, p_depth=self.p_depth, index_depth=self.index_depth,
+                                        operand_width=operand_width, accumulator_width=accumulator_width,
+                                        multiplier_width=multiplier_width))
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols, aw = self.rows, self.cols, self.accumulator_width
+        m.submodules.array = array = SystolicArray(rows, cols, self.operand_width, aw)
+
+        command = Signal(self.signature.command)
+        m_rows = command.m
+        total_tiles = Signal(range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1))
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
+
+        # --- Counters of the three overlapping walks over the tiles t = j·KT + i ----------------------------
+        loaded = Signal.like(total_tiles)      # tiles whose every row has entered the array
+        streamed = Signal.like(total_tiles)    # tiles whose every row has entered the array's stream input
+        drained = Signal(range(tiles(self.max_n, cols) + 1))   # N tiles drained out of the accumulator
+        n_tiles_done = Signal.like(drained)    # N tiles fully accumulated
+
+        # Loader: R rows of tile `load_t` into bank load_t mod 2, one per cycle.
+        load_t = Signal.like(total_tiles)
+        load_r = Signal(range(rows))
+        loading = Signal()
+        load_address = Signal.like(self.w_read.addr)
+        can_load = (load_t < total_tiles) & ((load_t < 2) | (streamed >= load_t - 1))
+        m.d.comb += [self.w_read.addr.eq(load_address), self.w_read.en.eq(1)]
+        issue_load = Signal()
+        m.d.comb += issue_load.eq(busy & (loading | can_load))
+        with m.If(issue_load):
+            m.d.sync += [load_address.eq(load_address + 1), loading.eq(load_r != rows - 1)]
+            m.d.sync += load_r.eq(Mux(load_r == rows - 1, 0, load_r + 1))
+            with m.If(load_r == rows - 1):
+                m.d.sync += load_t.eq(load_t + 1)
+        # The word read this cycle enters the array next cycle.
+        load_valid = Signal()
+        load_row = Signal.like(load_r)
+        load_bank = Signal()
+        load_last = Signal()
+        m.d.sync += [load_valid.eq(issue_load), load_row.eq(load_r), load_bank.eq(load_t[0]),
+                     load_last.eq(issue_load & (load_r == rows - 1))]
+        m.d.comb += [array.load.valid.eq(load_valid), array.load.payload.row.eq(load_row),
+                     array.load.payload.bank.eq(load_bank), array.load.payload.data.eq(self.w_read.data)]
+        # A tile may stream from the cycle after its last row entered.
+        with m.If(load_last):
+            m.d.sync += loaded.eq(loaded + 1)
+
+        # Streamer: the M rows of tile `stream_t` (N tile j, K tile i).
+        stream_t = Signal.like(total_tiles)
+        stream_i = Signal.like(command.k_tiles)
+        stream_j = Signal.like(command.n_tiles)
+        stream_m = Signal.like(m_rows)
+        streaming = Signal()
+        bank_free = (stream_i != 0) | (stream_m != 0) | (stream_j < drained + 2)
+        can_stream = (stream_t < total_tiles) & (loaded > stream_t) & bank_free
+        issue_row = Signal()
+        m.d.comb += issue_row.eq(busy & (streaming | can_stream))
+        last_row = stream_m == m_rows - 1
+        with m.If(issue_row):
+            m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
+            with m.If(last_row):
+                m.d.sync += [stream_t.eq(stream_t + 1), streamed.eq(streamed + 1)]
+                with m.If(stream_i == command.k_tiles - 1):
+                    m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1)]
+                with m.Else():
+                    m.d.sync += stream_i.eq(stream_i + 1)
+
+        # Stage 1: the gather index (or the row itself); stage 2: the X word; stage 3: into the array.
+        m.d.comb += [self.index_read.addr.eq(command.list_base + stream_m), self.index_read.en.eq(1)]
+        side = data.StructLayout({"valid": 1, "m": unsigned(len(stream_m)), "i": unsigned(len(stream_i)),
+                                  "j": unsigned(len(stream_j)), "bank": 1, "first": 1, "last": 1})
+        stage1 = Signal(side)
+        m.d.sync += [stage1.valid.eq(issue_row), stage1.m.eq(stream_m), stage1.i.eq(stream_i),
+                     stage1.j.eq(stream_j), stage1.bank.eq(stream_t[0]), stage1.first.eq(stream_i == 0),
+                     stage1.last.eq(stream_i == command.k_tiles - 1)]
+        source_row = Mux(command.gather, self.index_read.data, stage1.m)
+        m.d.comb += [self.x_read.addr.eq(command.x_base + stage1.i * self.x_stride + source_row),
+                     self.x_read.en.eq(1)]
+        stage2 = Signal(side)
+        m.d.sync += stage2.eq(stage1)
+        for r in range(rows):
+            keep = (stage2.i != command.k_tiles - 1) | (r < command.k_last)
+            m.d.comb += array.stream_in.payload.data[r].eq(Mux(keep, self.x_read.data[r], 0))
+        m.d.comb += [array.stream_in.valid.eq(stage2.valid), array.stream_in.payload.bank.eq(stage2.bank)]
+
+        # Sideband alongside the array, to meet its results.
+        delayed = [stage2]
+        for stage in range(array.latency):
+            register = Signal(side, name=f"side{stage}")
+            m.d.sync += register.eq(delayed[-1])
+            delayed.append(register)
+        before, arriving = delayed[-2], delayed[-1]
+
+        # Accumulator memory: two banks of max_m rows, bank = N tile mod 2.
+        accumulator_layout = data.ArrayLayout(signed(aw), cols)
+        m.submodules.accumulator = accumulator = Memory(shape=accumulator_layout, depth=2 * self.max_m, init=[])
+        write = accumulator.write_port()
+        accumulate_read = accumulator.read_port(transparent_for=(write,))
+        drain_read = accumulator.read_port()
+        m.d.comb += [accumulate_read.addr.eq(before.j[0] * self.max_m + before.m), accumulate_read.en.eq(1)]
+        m.d.comb += [write.addr.eq(arriving.j[0] * self.max_m + arriving.m), write.en.eq(arriving.valid)]
+        for c in range(cols):
+            previous = Mux(arriving.first, 0, accumulate_read.data[c])
+            m.d.comb += write.data[c].eq(previous + array.out.payload[c])
+        with m.If(arriving.valid & arriving.last & (arriving.m == m_rows - 1)):
+            m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
+
+        # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=4)
+        drain_m = Signal.like(m_rows)
+        draining = Signal()
+        in_flight = Signal(range(4))
+        params_ready = Signal()
+        m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
+        params = Signal(data.ArrayLayout(self.signature.column, cols))
+        with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
+            m.d.sync += [draining.eq(1), drain_m.eq(0)]
+        with m.If(draining & ~params_ready):
+            m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
+        room = fifo.level + in_flight < fifo.depth
+        issue_drain = Signal()
+        m.d.comb += issue_drain.eq(draining & params_ready & room)
+        m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
+        drain_last = drain_m == m_rows - 1
+        with m.If(issue_drain):
+            m.d.sync += drain_m.eq(drain_m + 1)
+            with m.If(drain_last):
+                m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
+        # Pipeline: read (1 cycle), product (1 cycle), round and saturate into the FIFO.
+        read_valid, read_row, read_tile = Signal(), Signal.like(drain_m), Signal.like(drained)
+        m.d.sync += [read_valid.eq(issue_drain), read_row.eq(drain_m), read_tile.eq(drained)]
+        product_valid, product_row, product_tile = Signal(), Signal.like(drain_m), Signal.like(drained)
+        m.d.sync += [product_valid.eq(read_valid), product_row.eq(read_row), product_tile.eq(read_tile)]
+        biased = [Signal(signed(aw + 1), name=f"biased{c}") for c in range(cols)]
+        products = [Signal(signed(aw + 1 + self.multiplier_width + 1), name=f"product{c}") for c in range(cols)]
+        shifts = [Signal(6, name=f"shift{c}") for c in range(cols)]
+        for c in range(cols):
+            m.d.comb += biased[c].eq(drain_read.data[c] + params[c].bias)
+            m.d.sync += [products[c].eq(Mux(command.mode == GemmMode.RAW, biased[c],
+                                            biased[c] * params[c].multiplier)),
+                         shifts[c].eq(Mux(command.mode == GemmMode.RAW, 0, params[c].shift))]
+        result = Signal(self.signature.result)
+        m.d.comb += [result.row.eq(product_row), result.tile.eq(product_tile)]
+        for c in range(cols):
+            m.d.comb += result.data[c].eq(_saturate(m, _round_shift(m, products[c], shifts[c], c), command, aw, c))
+        m.d.comb += [fifo.w_en.eq(product_valid), fifo.w_data.eq(result)]
+        m.d.sync += in_flight.eq(in_flight + issue_drain - product_valid)
+        m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.out.ready)]
+
+        # Commands.
+        with m.If(self.command.valid & self.command.ready):
+            payload = self.command.payload
+            empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
+            m.d.sync += [
+                command.eq(payload), busy.eq(~empty),
+                total_tiles.eq(payload.k_tiles * payload.n_tiles),
+                load_address.eq(payload.w_base),
+                loaded.eq(0), streamed.eq(0), drained.eq(0), n_tiles_done.eq(0),
+                load_t.eq(0), load_r.eq(0), loading.eq(0),
+                stream_t.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
+            ]
+        with m.If(busy & (drained == command.n_tiles) & ~read_valid & ~product_valid):
+            m.d.sync += busy.eq(0)
+        return m
+
+
+def _round_shift(m, value, shift, lane):
+    """value / 2^shift rounded half to even, exactly `golden.ops.round_shift`: add 2^(shift−1) − 1 and the
+    lowest kept bit, shift arithmetically (shift 0 passes value through)."""
+    width = len(value) + 2
+    half_minus_one = Signal(unsigned(width), name=f"half{lane}")
+    result = Signal(signed(width), name=f"rounded{lane}")
+    m.d.comb += [
+        half_minus_one.eq(Mux(shift == 0, 0, (Const(1, width) << (shift - 1).as_unsigned()[:len(shift)]) - 1)),
+        result.eq(Mux(shift == 0, value, (value + half_minus_one + (value >> shift)[0]) >> shift)),
+    ]
+    return result
+
+
+def _saturate(m, value, command, aw, lane):
+    """Clamp to the mode's signed range (to 0 from below with `relu`); RAW clamps to the accumulator."""
+    result = Signal(signed(aw), name=f"saturated{lane}")
+    with m.Switch(command.mode):
+        for mode in GemmMode:
+            with m.Case(mode):
+                bits = mode.bits or aw
+                top, bottom = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+                with m.If(value > top):
+                    m.d.comb += result.eq(top)
+                with m.Elif(command.relu & (value < 0)):
+                    m.d.comb += result.eq(0)
+                with m.Elif(value < bottom):
+                    m.d.comb += result.eq(bottom)
+                with m.Else():
+                    m.d.comb += result.eq(value)
+    return result
+
+
+# --- Memory images and the reference ------------------------------------------------------------------------
+
+def pack_x(x: np.ndarray, rows: int, stride: int) -> np.ndarray:
+    """X [M, K] → the X memory image: K tile i of row m at word i·stride + m, zero-padded. [words, R]."""
+    m_rows, k = x.shape
+    image = np.zeros((tiles(k, rows) * stride, rows), dtype=np.int64)
+    for i in range(tiles(k, rows)):
+        part = x[:, i * rows:(i + 1) * rows]
+        image[i * stride:i * stride + m_rows, :part.shape[1]] = part
+    return image
+
+
+def pack_w(w: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """W [K, N] → the W memory image in consumption order: tile (j, i) row r at word (j·KT + i)·R + r,
+    zero-padded. [words, C]."""
+    k, n = w.shape
+    kt, nt = tiles(k, rows), tiles(n, cols)
+    padded = np.zeros((kt * rows, nt * cols), dtype=np.int64)
+    padded[:k, :n] = w
+    return padded.reshape(kt, rows, nt, cols).transpose(2, 0, 1, 3).reshape(nt * kt * rows, cols)
+
+
+def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, cols: int) -> list[list[dict]]:
+    """Per-column parameters → one word per N tile: [[{bias, multiplier, shift} × C] × NT] (padding columns
+    get multiplier 2^14, shift 14: identity)."""
+    n = len(bias)
+    words = []
+    for j in range(tiles(n, cols)):
+        word = []
+        for c in range(cols):
+            col = j * cols + c
+            word.append({"bias": int(bias[col]), "multiplier": int(multiplier[col]), "shift": int(shift[col])}
+                        if col < n else {"bias": 0, "multiplier": 1 << 14, "shift": 14})
+        words.append(word)
+    return words
+
+
+def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+               mode: GemmMode, relu: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
+    """What the engine emits, from the golden operations: requantize(X[rows] @ W + b) or X·W + b (RAW)."""
+    x = np.asarray(x) if rows is None else np.asarray(x)[np.asarray(rows)]
+    acc = ops.exact_matmul(x.astype(np.int16), np.asarray(w, np.int8)) + np.asarray(bias, np.int64)
+    if mode == GemmMode.RAW:
+        return ops.saturate(acc, 32, lower=0 if relu else None).astype(np.int64)
+    return ops.requantize(acc, multiplier, shift, mode.bits, lower=0 if relu else None).astype(np.int64)

@@ -1,0 +1,84 @@
+"""A GEMM engine with its X, W, parameter and index memories, and the testbench routine that runs one
+matrix product on it: shared by the tests (many cases per elaborated design) and the benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+
+from hw.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
+
+__all__ = ["GemmBench", "run_gemm"]
+
+
+class GemmBench(Elaboratable):
+    """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`."""
+
+    def __init__(self, engine: GemmEngine):
+        self.engine = engine
+        sig = engine.signature
+        self.x = Memory(shape=sig.members["x_read"].signature.members["data"].shape, depth=engine.x_depth, init=[])
+        self.w = Memory(shape=sig.members["w_read"].signature.members["data"].shape, depth=engine.w_depth, init=[])
+        self.p = Memory(shape=sig.members["p_read"].signature.members["data"].shape, depth=engine.p_depth, init=[])
+        self.index = Memory(shape=sig.members["index_read"].signature.members["data"].shape,
+                            depth=engine.index_depth, init=[])
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.engine
+        for name in ("x", "w", "p", "index"):
+            memory = getattr(self, name)
+            m.submodules[name] = memory
+            wiring.connect(m, memory.read_port(), getattr(self.engine, f"{name}_read"))
+        return m
+
+
+async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
+                   rows=None, rng=None, ready_probability=1.0, timeout=200_000):
+    """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
+    `ready` low at random (probability 1 − `ready_probability`). With `rows`, X rows are gathered by that
+    index list. Returns (Y, cycles from the command to the last result)."""
+    engine = bench.engine
+    r, c = engine.rows, engine.cols
+    m_rows = len(rows) if rows is not None else x.shape[0]
+    k, n = w.shape
+    for address, word in enumerate(pack_x(x, r, engine.x_stride)):
+        ctx.set(bench.x.data[address], [int(v) for v in word])
+    for address, word in enumerate(pack_w(w, r, c)):
+        ctx.set(bench.w.data[address], [int(v) for v in word])
+    for address, word in enumerate(pack_params(bias, multiplier, shift, c)):
+        ctx.set(bench.p.data[address], word)
+    if rows is not None:
+        for address, row in enumerate(rows):
+            ctx.set(bench.index.data[address], int(row))
+    k_tiles = tiles(k, r)
+    ctx.set(engine.command.payload, {
+        "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
+        "x_base": 0, "w_base": 0, "p_base": 0, "gather": rows is not None, "list_base": 0,
+        "mode": int(mode), "relu": int(relu),
+    })
+    ctx.set(engine.command.valid, 1)
+    while not ctx.get(engine.command.ready):
+        await ctx.tick()
+    await ctx.tick()
+    ctx.set(engine.command.valid, 0)
+    result = np.zeros((m_rows, tiles(n, c) * c), dtype=np.int64)
+    expected = m_rows * tiles(n, c)
+    seen, cycles = 0, 1
+    while seen < expected:
+        ready = rng is None or rng.random() < ready_probability
+        ctx.set(engine.out.ready, ready)
+        if ready and ctx.get(engine.out.valid):
+            beat = ctx.get(engine.out.payload)
+            result[beat.row, beat.tile * c:(beat.tile + 1) * c] = [int(v) for v in beat.data]
+            seen += 1
+        await ctx.tick()
+        cycles += 1
+        if cycles > timeout:
+            raise TimeoutError(f"GEMM {m_rows}×{k}×{n}: {seen} of {expected} results after {timeout} cycles")
+    ctx.set(engine.out.ready, 0)
+    while ctx.get(engine.busy):
+        await ctx.tick()
+    return result[:, :n], cycles
