@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 from amaranth import Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "to_rtlil"]
+__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -20,3 +26,31 @@ def to_verilog(component: wiring.Component, name: str) -> str:
 
 def to_rtlil(component: wiring.Component, name: str) -> str:
     return rtlil.convert(component, name=name, ports=ports(component))
+
+
+# Yosys's Verilog backend extends and truncates operands implicitly (legal Verilog); Verilator reports each as
+# a WIDTH warning. Every other warning stays fatal.
+LINT_FLAGS = ("--lint-only", "-Wno-WIDTH")
+
+
+class LintError(RuntimeError):
+    """Verilator rejected a design; the message holds its report."""
+
+
+def _verilator() -> str:
+    found = shutil.which("verilator-cli") or shutil.which("verilator-cli", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise LintError("verilator-cli not found: install the project's environment (pdm install)")
+    return found
+
+
+def lint(verilog_text: str, top: str) -> str:
+    """Run `verilator-cli --lint-only` on `verilog_text` with top module `top`; its report, or `LintError`."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"{top}.v"
+        path.write_text(verilog_text)
+        result = subprocess.run([_verilator(), *LINT_FLAGS, "--top-module", top, str(path)],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LintError(f"verilator-cli --lint-only failed on {top}:\n{result.stderr}{result.stdout}")
+    return result.stderr + result.stdout

@@ -118,6 +118,16 @@ class GemmEngine(wiring.Component):
                                         operand_width=operand_width, accumulator_width=accumulator_width,
                                         multiplier_width=multiplier_width))
 
+    @classmethod
+    def for_model(cls, model, accel) -> "GemmEngine":
+        """The engine `accel` builds for the backbone of `model`: M up to one token block, K and N up to the
+        largest of the backbone's matrix products (attention included)."""
+        largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
+        largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
+        return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
+                   max_n=largest_n, operand_width=accel.operand_width, accumulator_width=accel.accumulator_width,
+                   multiplier_width=accel.requant_multiplier_width + 1)
+
     def elaborate(self, platform):
         m = Module()
         rows, cols, aw = self.rows, self.cols, self.accumulator_width

@@ -150,6 +150,22 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_elaborate(args) -> int:
+    from pathlib import Path
+
+    from hw.export import to_rtlil, to_verilog
+    from hw.gemm import GemmEngine
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    units = {"gemm": lambda: GemmEngine.for_model(model, accel)}
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    name = f"{args.unit}_{accel.array_rows}x{accel.array_cols}"
+    (output / f"{name}.v").write_text(to_verilog(units[args.unit](), name))
+    (output / f"{name}.il").write_text(to_rtlil(units[args.unit](), name))
+    print(f"wrote {output / name}.v and .il ({args.unit} for {model.name} on a {args.array} array)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--images", type=int, default=16, help="calibration images (default 16)")
     quantize.add_argument("-o", "--output", required=True)
     quantize.set_defaults(run=cmd_quantize)
+
+    elaborate = commands.add_parser("elaborate", help="write a unit's Verilog and RTLIL")
+    elaborate.add_argument("unit", choices=["gemm"])
+    elaborate.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
+    elaborate.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
+    elaborate.add_argument("-o", "--output", required=True, help="output directory")
+    elaborate.set_defaults(run=cmd_elaborate)
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)

@@ -104,3 +104,10 @@ def test_golden_from_an_official_state_dict(tmp_path, capsys):
     torch.save({"cls_token": torch.zeros(1)}, broken)
     assert main(["golden", "--preset", "tiny", "--checkpoint", str(broken)]) == 2
     assert "state dict does not match tiny" in capsys.readouterr().err
+
+
+def test_elaborate_gemm(tmp_path, capsys):
+    assert main(["elaborate", "gemm", "--preset", "tiny", "--array", "2x3", "-o", str(tmp_path)]) == 0
+    verilog = (tmp_path / "gemm_2x3.v").read_text()
+    assert "module gemm_2x3" in verilog and (tmp_path / "gemm_2x3.il").read_text().startswith("attribute")
+    assert main(["elaborate", "gemm", "--array", "0x3", "-o", str(tmp_path)]) == 2

@@ -6,7 +6,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from golden import ops
-from hw.export import to_verilog
+from hw.export import LintError, lint, to_verilog
 from hw.gemm import GemmEngine, GemmMode, gemm_model
 from hw.sim.gemm import GemmBench, run_gemm
 
@@ -116,6 +116,12 @@ def test_cycles_follow_the_dataflow_bound():
         assert bound <= spent <= bound + rows + 2 * (rows + cols) + m + 12
 
 
-def test_verilog_elaborates():
+def test_verilog_of_the_4x4_engine_lints():
     text = to_verilog(GemmEngine(4, 4, max_m=40, max_k=40, max_n=40), "gemm_engine")
     assert "module gemm_engine" in text
+    lint(text, "gemm_engine")
+
+
+def test_lint_fails_on_broken_verilog():
+    with pytest.raises(LintError, match="failed on broken"):
+        lint("module broken(input a); assign b = a; endmodule", "broken")
