@@ -16,8 +16,14 @@ __all__ = ["ports", "to_verilog", "to_rtlil", "lint", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
-    """The component's port signals, leaving out constants (the `ready` of an `always_ready` stream)."""
-    return [value for _, _, value in component.signature.flatten(component) if isinstance(value, Signal)]
+    """The component's port signals (the signals under `lib.data` views included), leaving out constants
+    (the `ready` of an `always_ready` stream)."""
+    signals = []
+    for _, _, value in component.signature.flatten(component):
+        value = value.as_value() if hasattr(value, "as_value") else value
+        if isinstance(value, Signal):
+            signals.append(value)
+    return signals
 
 
 def to_verilog(component: wiring.Component, name: str) -> str:

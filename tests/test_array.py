@@ -89,4 +89,6 @@ def test_narrow_accumulator_is_rejected():
 
 def test_verilog_elaborates():
     text = to_verilog(SystolicArray(3, 5), "systolic_array")
-    assert "module systolic_array" in text and "stream_in__payload" in text
+    header = text[text.index("module systolic_array("):].split(")", 1)[0]
+    for port in ("stream_in__payload", "load__payload", "out__payload", "out__valid"):
+        assert port in header

@@ -6,7 +6,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from golden import ops
-from hw.export import LintError, lint, to_verilog
+from hw.export import LintError, lint, ports, to_verilog
 from hw.gemm import GemmEngine, GemmMode, gemm_model
 from hw.sim.gemm import GemmBench, run_gemm
 
@@ -117,8 +117,12 @@ def test_cycles_follow_the_dataflow_bound():
 
 
 def test_verilog_of_the_4x4_engine_lints():
-    text = to_verilog(GemmEngine(4, 4, max_m=40, max_k=40, max_n=40), "gemm_engine")
-    assert "module gemm_engine" in text
+    engine = GemmEngine(4, 4, max_m=40, max_k=40, max_n=40)
+    text = to_verilog(engine, "gemm_engine")
+    header = text[text.index("module gemm_engine("):].split(")", 1)[0]
+    for port in ("command__payload", "x_read__data", "w_read__data", "p_read__data", "out__payload", "out__valid"):
+        assert port in header, f"{port} is not a port of the exported engine"
+    assert len(ports(engine)) + 2 == header.count(",") + 1  # and clk, rst
     lint(text, "gemm_engine")
 
 
