@@ -10,7 +10,7 @@ from amaranth.lib.memory import Memory
 
 from hw.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
 
-__all__ = ["GemmBench", "run_gemm"]
+__all__ = ["GemmBench", "GemmModelBench", "run_gemm"]
 
 
 class GemmBench(Elaboratable):
@@ -33,6 +33,20 @@ class GemmBench(Elaboratable):
             m.submodules[name] = memory
             wiring.connect(m, memory.read_port(), getattr(self.engine, f"{name}_read"))
         return m
+
+
+class GemmModelBench:
+    """The same memories as `GemmBench`, in Python, for the verilated engine (`hw.sim.verilator`)."""
+
+    def __init__(self, engine: GemmEngine):
+        from hw.sim.verilator import ModelMemory, Verilated, VerilatorContext
+        self.engine = engine
+        members = engine.signature.members
+        for name, depth in (("x", engine.x_depth), ("w", engine.w_depth), ("p", engine.p_depth),
+                            ("index", engine.index_depth)):
+            setattr(self, name, ModelMemory(members[f"{name}_read"].signature.members["data"].shape, depth))
+        self.context = VerilatorContext(Verilated(engine, "gemm"), [
+            (self.x, engine.x_read), (self.w, engine.w_read), (self.p, engine.p_read), (self.index, engine.index_read)])
 
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,

@@ -1,0 +1,68 @@
+"""The Verilator harness against Amaranth's simulator: the same testbench routine, the same results and the
+same cycle counts, on a small engine; then many cases at a size the Python simulator would take minutes for."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden import ops
+from hw.gemm import GemmEngine, GemmMode, gemm_model
+from hw.sim.gemm import GemmBench, GemmModelBench, run_gemm
+from hw.sim.verilator import run
+
+
+def _cases(rng, count, top):
+    cases = []
+    for index in range(count):
+        m, k, n = (int(rng.integers(1, top + 1)) for _ in range(3))
+        x, w = rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
+        if index == 0:
+            x[:], w[:] = -128, -128
+        bias = rng.integers(-(1 << 16), 1 << 16, n)
+        multiplier, shift = ops.quantize_multiplier(rng.uniform(1e-4, 1e-2, n))
+        mode = list(GemmMode)[index % 4]
+        gather = np.sort(rng.choice(m, size=int(rng.integers(1, m + 1)), replace=False)) if index % 3 == 2 else None
+        cases.append((x, w, bias, multiplier, shift, mode, index % 5 == 1, gather))
+    return cases
+
+
+def _drive(bench, cases, seed, ready_probability):
+    async def testbench(ctx):
+        rng = np.random.default_rng(seed)
+        for x, w, bias, multiplier, shift, mode, relu, gather in cases:
+            got, cycles = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, mode, relu=relu, rows=gather,
+                                         rng=rng, ready_probability=ready_probability)
+            results.append((got, cycles))
+    results = []
+    return testbench, results
+
+
+def test_same_results_and_cycles_as_the_python_simulator():
+    rng = np.random.default_rng(11)
+    cases = _cases(rng, 8, 10)
+    engine = GemmEngine(3, 5, max_m=10, max_k=10, max_n=10)
+    python_bench = GemmBench(engine)
+    testbench, python_results = _drive(python_bench, cases, 3, 0.6)
+    simulator = Simulator(python_bench)
+    simulator.add_clock(1e-8)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    fast_bench = GemmModelBench(GemmEngine(3, 5, max_m=10, max_k=10, max_n=10))
+    testbench, fast_results = _drive(fast_bench, cases, 3, 0.6)
+    run(fast_bench.context, testbench)
+    for (python_y, python_cycles), (fast_y, fast_cycles), case in zip(python_results, fast_results, cases):
+        assert np.array_equal(python_y, fast_y)
+        assert python_cycles == fast_cycles
+        assert np.array_equal(fast_y, gemm_model(*case[:7], rows=case[7]))
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 5), (4, 4)])
+def test_many_cases_up_to_40_cubed(rows, cols):
+    rng = np.random.default_rng(rows * 7 + cols)
+    cases = _cases(rng, 100, 40)
+    bench = GemmModelBench(GemmEngine(rows, cols, max_m=40, max_k=40, max_n=40))
+    testbench, results = _drive(bench, cases, rows, 0.7)
+    run(bench.context, testbench)
+    failures = [i for i, ((y, _), case) in enumerate(zip(results, cases))
+                if not np.array_equal(y, gemm_model(*case[:7], rows=case[7]))]
+    assert len(results) == len(cases) and not failures, f"cases {failures} differ"
