@@ -4,7 +4,8 @@ Amaranth async testbench, so one testbench routine drives either simulator.
 
 `Verilated(component)` builds (or reuses, by a hash of the Verilog) the library; `run(verilated, testbench)`
 runs an async testbench function against it. Ports are addressed by the component's own port objects; their
-values are converted exactly as Amaranth's simulator does (layouts to and from `lib.data.Const`). Memories
+values are packed as Amaranth's simulator packs them (ints, lists for array layouts, dicts for struct
+layouts) and read back as ints, lists and attribute-accessible dicts. Memories
 that a testbench fills live outside the design, in Python (`ModelMemory`), behind the component's read ports:
 each cycle the data of the address presented before the clock edge appears after it (a synchronous read
 port, as `lib.memory` builds one).
@@ -29,27 +30,104 @@ CACHE = Path(os.environ.get("M3VIT_VERILATOR_CACHE", Path.home() / ".cache" / "m
 
 _SHIM = """
 #include <cstdint>
+#include <vector>
 #include "V{top}.h"
 #include "verilated.h"
 double sc_time_stamp() {{ return 0; }}
-extern "C" {{
-void *sim_new() {{ return new V{top}; }}
-void sim_delete(void *h) {{ delete static_cast<V{top} *>(h); }}
-void sim_eval(void *h) {{ static_cast<V{top} *>(h)->eval(); }}
-void sim_set(void *h, int port, const uint32_t *w) {{
-  V{top} *t = static_cast<V{top} *>(h);
+
+struct Memory {{ int addr, en, data, words; std::vector<uint32_t> storage; }};
+struct Sim {{ V{top} top; std::vector<Memory> memories; }};
+
+static void set_port(V{top} *t, int port, const uint32_t *w) {{
   switch (port) {{
 {setters}
   }}
 }}
-void sim_get(void *h, int port, uint32_t *w) {{
-  V{top} *t = static_cast<V{top} *>(h);
+static void get_port(V{top} *t, int port, uint32_t *w) {{
   switch (port) {{
 {getters}
   }}
 }}
+
+extern "C" {{
+void *sim_new() {{ return new Sim; }}
+void sim_delete(void *h) {{ delete static_cast<Sim *>(h); }}
+void sim_eval(void *h) {{ static_cast<Sim *>(h)->top.eval(); }}
+void sim_set(void *h, int port, const uint32_t *w) {{ set_port(&static_cast<Sim *>(h)->top, port, w); }}
+void sim_get(void *h, int port, uint32_t *w) {{ get_port(&static_cast<Sim *>(h)->top, port, w); }}
+int sim_add_memory(void *h, int addr, int en, int data, int words, int depth) {{
+  Sim *s = static_cast<Sim *>(h);
+  s->memories.push_back(Memory{{addr, en, data, words, std::vector<uint32_t>((size_t)words * depth)}});
+  return (int)s->memories.size() - 1;
+}}
+void sim_store(void *h, int memory, int address, const uint32_t *w) {{
+  Memory &m = static_cast<Sim *>(h)->memories[memory];
+  for (int i = 0; i < m.words; i++) m.storage[(size_t)address * m.words + i] = w[i];
+}}
+/* One rising edge: sample every memory's read address, clock, then present the words read. */
+void sim_tick(void *h, int clock, int cycles) {{
+  Sim *s = static_cast<Sim *>(h);
+  uint32_t one = 1, zero = 0, address[2], enable[2];
+  for (int cycle = 0; cycle < cycles; cycle++) {{
+    s->top.eval();
+    std::vector<int> reads(s->memories.size(), -1);
+    for (size_t i = 0; i < s->memories.size(); i++) {{
+      Memory &m = s->memories[i];
+      get_port(&s->top, m.en, enable);
+      get_port(&s->top, m.addr, address);
+      if (enable[0] & 1) reads[i] = (int)address[0];
+    }}
+    set_port(&s->top, clock, &one);
+    s->top.eval();
+    for (size_t i = 0; i < s->memories.size(); i++) {{
+      Memory &m = s->memories[i];
+      if (reads[i] >= 0) {{
+        size_t depth = m.storage.size() / m.words;
+        static std::vector<uint32_t> blank;
+        if ((size_t)reads[i] < depth) set_port(&s->top, m.data, &m.storage[(size_t)reads[i] * m.words]);
+        else {{ blank.assign(m.words, 0); set_port(&s->top, m.data, blank.data()); }}
+      }}
+    }}
+    set_port(&s->top, clock, &zero);
+    s->top.eval();
+  }}
+}}
 }}
 """
+
+
+def _pack(shape, value) -> int:
+    """The bits of `value` (an int, a list for an array layout, a dict for a struct layout) in `shape`, as
+    `shape.const(value)` would give them, without building Amaranth constants (the memory fills are large)."""
+    if isinstance(shape, data.ArrayLayout):
+        width = data.Layout.cast(shape.elem_shape).size if isinstance(shape.elem_shape, data.Layout) \
+            else Shape.cast(shape.elem_shape).width
+        return sum(_pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
+    if isinstance(shape, data.StructLayout):
+        return sum(_pack(field.shape, value[name]) << field.offset for name, field in shape)
+    width = Shape.cast(shape).width
+    return int(value) & ((1 << width) - 1)
+
+
+class _Struct(dict):
+    """An unpacked struct: fields as attributes too (`beat.row`), like `lib.data.Const`."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _unpack(shape, raw: int):
+    """The inverse of `_pack`: ints, lists and attribute-accessible dicts."""
+    if isinstance(shape, data.ArrayLayout):
+        elem = shape.elem_shape
+        width = elem.size if isinstance(elem, data.Layout) else Shape.cast(elem).width
+        return [_unpack(elem, (raw >> (i * width)) & ((1 << width) - 1)) for i in range(shape.length)]
+    if isinstance(shape, data.StructLayout):
+        return _Struct({name: _unpack(field.shape, (raw >> field.offset) & ((1 << field.width) - 1))
+                        for name, field in shape})
+    cast = Shape.cast(shape)
+    if cast.signed and raw >> (cast.width - 1):
+        raw -= 1 << cast.width
+    return raw
 
 
 def _accessors(index: int, name: str, width: int) -> tuple[str, str]:
@@ -75,7 +153,7 @@ class Verilated:
         self._clock = len(signals)
         self._reset = len(signals) + 1
         layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1), ("rst", 1)]
-        key = hashlib.sha256((verilog + repr(layout)).encode()).hexdigest()[:16]
+        key = hashlib.sha256((verilog + repr(layout) + _SHIM).encode()).hexdigest()[:16]
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
         if not library.exists():
@@ -84,13 +162,18 @@ class Verilated:
         self._lib.sim_new.restype = ctypes.c_void_p
         for function in ("sim_delete", "sim_eval"):
             getattr(self._lib, function).argtypes = [ctypes.c_void_p]
-        self._lib.sim_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
-        self._lib.sim_get.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
+        words = ctypes.POINTER(ctypes.c_uint32)
+        self._lib.sim_set.argtypes = [ctypes.c_void_p, ctypes.c_int, words]
+        self._lib.sim_get.argtypes = [ctypes.c_void_p, ctypes.c_int, words]
+        self._lib.sim_add_memory.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 5
+        self._lib.sim_store.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, words]
+        self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._handle = self._lib.sim_new()
         self._words = (ctypes.c_uint32 * 64)()
         self._raw(self._reset, 0)
         self._raw(self._clock, 0)
         self._lib.sim_eval(self._handle)
+        self._dirty = False
         self.cycles = 0
 
     def __del__(self):
@@ -112,29 +195,29 @@ class Verilated:
 
     def set(self, port, value) -> None:
         index, signal = self._signal(port)
-        shape = port.shape()
-        raw = shape.const(value).as_value().value if isinstance(shape, data.Layout) else int(value)
-        self._raw(index, raw & ((1 << len(signal)) - 1))
-        self._lib.sim_eval(self._handle)
+        self._raw(index, _pack(port.shape(), value))
+        self._dirty = True
 
     def get(self, port):
         index, signal = self._signal(port)
+        if self._dirty:
+            self._lib.sim_eval(self._handle)
+            self._dirty = False
         self._lib.sim_get(self._handle, index, self._words)
         raw = sum(self._words[w] << (32 * w) for w in range((len(signal) + 31) // 32))
-        shape = port.shape()
-        if isinstance(shape, data.Layout):
-            return data.Const(shape, raw)
-        if signal.shape().signed and raw >> (len(signal) - 1):
-            raw -= 1 << len(signal)
-        return raw
+        return _unpack(port.shape(), raw)
 
-    def tick(self) -> None:
-        self._lib.sim_eval(self._handle)
-        self._raw(self._clock, 1)
-        self._lib.sim_eval(self._handle)
-        self._raw(self._clock, 0)
-        self._lib.sim_eval(self._handle)
-        self.cycles += 1
+    def tick(self, cycles: int = 1) -> None:
+        """`cycles` rising edges; memories added with `add_memory` serve their read ports on each."""
+        self._lib.sim_tick(self._handle, self._clock, cycles)
+        self._dirty = False
+        self.cycles += cycles
+
+    def add_memory(self, memory: "ModelMemory", port) -> None:
+        """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
+        addr, en, data_port = (self._signal(member)[0] for member in (port.addr, port.en, port.data))
+        words = (memory.width + 31) // 32
+        memory.attach(self, self._lib.sim_add_memory(self._handle, addr, en, data_port, words, memory.depth), words)
 
 
 def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]]) -> None:
@@ -168,8 +251,9 @@ def _executable(name: str) -> str:
 
 
 class ModelMemory:
-    """A memory outside the verilated design: `data[i]` is word i (set through `ctx.set` like an Amaranth
-    `MemoryData` row); `connect` serves one of the component's read ports from it."""
+    """A memory outside the verilated design, serving one of its read ports natively (a synchronous read
+    port, as `lib.memory` builds one); `data[i]` is word i, set through `ctx.set` like an Amaranth
+    `MemoryData` row."""
 
     class _Word:
         def __init__(self, memory, address):
@@ -184,25 +268,30 @@ class ModelMemory:
 
     def __init__(self, shape, depth: int):
         self.shape, self.depth = shape, depth
-        self.words = [0] * depth
+        self.width = shape.size if isinstance(shape, data.Layout) else Shape.cast(shape).width
         self.data = self._Rows(self)
+        self._model = None
+
+    def attach(self, model: Verilated, index: int, words: int) -> None:
+        self._model, self._index, self._buffer = model, index, (ctypes.c_uint32 * words)()
 
     def store(self, address: int, value) -> None:
-        shape = self.shape
-        if isinstance(shape, data.Layout):
-            raw, width = shape.const(value).as_value().value, shape.size
-        else:
-            raw, width = int(value), Shape.cast(shape).width
-        self.words[address] = raw & ((1 << width) - 1)
+        if not 0 <= address < self.depth:
+            raise IndexError(f"address {address} outside a memory of {self.depth} words")
+        raw = _pack(self.shape, value)
+        for word in range(len(self._buffer)):
+            self._buffer[word] = (raw >> (32 * word)) & 0xFFFFFFFF
+        self._model._lib.sim_store(self._model._handle, self._index, address, self._buffer)
 
 
 class VerilatorContext:
-    """What an async testbench sees: `set`, `get`, `tick` on a `Verilated` model, and the model memories
-    behind its read ports (`read_ports`: pairs of (ModelMemory, the component's read-port interface))."""
+    """What an async testbench sees: `set`, `get`, `tick` on a `Verilated` model, with `ModelMemory`s behind
+    its read ports (`read_ports`: pairs of (ModelMemory, the component's read-port interface))."""
 
     def __init__(self, model: Verilated, read_ports=()):
         self.model = model
-        self.read_ports = list(read_ports)
+        for memory, port in read_ports:
+            model.add_memory(memory, port)
 
     def set(self, target, value) -> None:
         if isinstance(target, ModelMemory._Word):
@@ -214,18 +303,7 @@ class VerilatorContext:
         return self.model.get(target)
 
     async def tick(self):
-        latched = []
-        for memory, port in self.read_ports:
-            enabled = self.model.get(port.en)
-            address = self.model.get(port.addr)
-            latched.append((memory, port, enabled, address))
         self.model.tick()
-        for memory, port, enabled, address in latched:
-            if enabled:
-                word = memory.words[address] if address < memory.depth else 0
-                index, signal = self.model._signal(port.data)
-                self.model._raw(index, word)
-        self.model._lib.sim_eval(self.model._handle)
 
 
 def run(context: VerilatorContext, testbench) -> None:
