@@ -166,6 +166,25 @@ def cmd_elaborate(args) -> int:
     return 0
 
 
+def cmd_bench_gemm(args) -> int:
+    from hw.bench import bench_gemm
+    model = model_preset(args.preset)
+    result = bench_gemm(model, accelerator_preset(args.array), task=model.task_index(args.task))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"GEMM engine on a {result['array']} array, {result['preset']} backbone (task {result['task']}), "
+          f"cycles from the fast simulator")
+    print(f"  {'name':<16} {'M':>5} {'K':>5} {'N':>5} {'count':>5} {'cycles':>8} {'floor':>8} {'bound':>8} "
+          f"{'util':>6}  exact")
+    for s in result["shapes"]:
+        print(f"  {s['name']:<16} {s['m']:>5} {s['k']:>5} {s['n']:>5} {s['count']:>5} {s['cycles']:>8} "
+              f"{s['floor']:>8} {s['bound']:>8} {s['utilization']:>6.3f}  {s['bit_exact']}")
+    print(f"  backbone: {result['backbone_cycles']:,} cycles, overall utilization "
+          f"{result['overall_utilization']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)
+    gemm_bench = benches.add_parser("gemm", help="cycles and utilization of every backbone GEMM (fast simulator)")
+    preset_args(gemm_bench)
+    gemm_bench.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
+    gemm_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    gemm_bench.set_defaults(run=cmd_bench_gemm)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

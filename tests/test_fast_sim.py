@@ -3,12 +3,15 @@ same cycle counts, on a small engine; then many cases at a size the Python simul
 
 import numpy as np
 import pytest
+from amaranth import Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from golden import ops
 from hw.gemm import GemmEngine, GemmMode, gemm_model
 from hw.sim.gemm import GemmBench, GemmModelBench, run_gemm
-from hw.sim.verilator import run
+from hw.sim.verilator import Verilated, VerilatorContext, run
 
 
 def _cases(rng, count, top):
@@ -66,3 +69,37 @@ def test_many_cases_up_to_40_cubed(rows, cols):
     failures = [i for i, ((y, _), case) in enumerate(zip(results, cases))
                 if not np.array_equal(y, gemm_model(*case[:7], rows=case[7]))]
     assert len(results) == len(cases) and not failures, f"cases {failures} differ"
+
+
+class _Wide(wiring.Component):
+    """A registered 100-bit signed pass-through and a struct output: ports wider than 64 bits."""
+
+    value: In(signed(100))
+    doubled: Out(signed(101))
+    pair: Out(data.StructLayout({"low": unsigned(70), "high": signed(40)}))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.doubled.eq(self.value * 2)
+        m.d.comb += [self.pair.low.eq(self.value[:70]), self.pair.high.eq(self.value[60:])]
+        return m
+
+
+def test_wide_ports_through_verilator():
+    component = _Wide()
+    context = VerilatorContext(Verilated(component, "wide"))
+    values = [(1 << 99) - 1, 5, -(1 << 99), -3, 0, 123456789123456789123456789]
+    seen = []
+
+    async def testbench(ctx):
+        for value in values:
+            ctx.set(component.value, value)
+            pair = ctx.get(component.pair)
+            assert pair.low == value & ((1 << 70) - 1)
+            high = (value >> 60) & ((1 << 40) - 1)
+            assert pair.high == (high - (1 << 40) if high >> 39 else high)
+            await ctx.tick()
+            seen.append(ctx.get(component.doubled))
+
+    run(context, testbench)
+    assert seen == [2 * v for v in values]

@@ -182,8 +182,9 @@ class Verilated:
             self._lib.sim_delete(handle)
             self._handle = None
 
-    def _raw(self, index: int, value: int) -> None:
-        for word in range((max(1, value.bit_length()) + 31) // 32 + 1):
+    def _raw(self, index: int, value: int, width: int = 1) -> None:
+        """Set port `index` (`width` bits) to the unsigned `value`, every word of it."""
+        for word in range((width + 31) // 32):
             self._words[word] = (value >> (32 * word)) & 0xFFFFFFFF
         self._lib.sim_set(self._handle, index, self._words)
 
@@ -195,7 +196,7 @@ class Verilated:
 
     def set(self, port, value) -> None:
         index, signal = self._signal(port)
-        self._raw(index, _pack(port.shape(), value))
+        self._raw(index, _pack(port.shape(), value), len(signal))
         self._dirty = True
 
     def get(self, port):
