@@ -403,7 +403,8 @@ ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
                           requant_lanes=4),
         # ZCU104 class: a whole m3vit-tiny expert matrix per slab, all of its 129 tokens in one block.
         AcceleratorConfig(name="16x16", array_rows=16, array_cols=16, weight_buffer_bytes=72 * 1024,
-                          token_block=192, dram_data_width=128, router_macs_per_cycle=128, vector_lanes=16, requant_lanes=8),
+                          token_block=192, dram_data_width=128, router_macs_per_cycle=128, vector_lanes=16,
+                          requant_lanes=8),
         AcceleratorConfig(name="32x32", array_rows=32, array_cols=32, weight_buffer_bytes=144 * 1024,
                           token_block=192, dram_data_width=256, router_macs_per_cycle=128, vector_lanes=32,
                           requant_lanes=16),

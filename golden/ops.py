@@ -211,7 +211,7 @@ def exp2_lut(fraction_bits: int, amplitude: int) -> np.ndarray:
 @integer_only
 def exp_neg(d: np.ndarray, multiplier: int, shift: int, table: np.ndarray, fraction_bits: int,
             out_shift: int) -> np.ndarray:
-    """amplitude · exp(−d · s) for d ≥ 0, as integers: u = round_shift(d · multiplier, shift) is d · s · log2(e)
+    """amplitude · exp(−d · s) for d ≥ 0, as integers: u = round_shift(d · multiplier, shift) is d·s·log2(e)
     in Q.fraction_bits; the result is round_shift(table[u mod 2^F], out_shift + u // 2^F) (0 once the
     shift passes 62)."""
     u = round_shift(np.asarray(d, dtype=np.int64) * multiplier, shift)

@@ -105,7 +105,7 @@ class QuantizedModel:
         array's presence, shape and dtype. Any problem is a `QuantizedFileError` that names it."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
                 contents = {name: archive[name] for name in archive.files}
         except FileNotFoundError:
             raise
@@ -140,7 +140,8 @@ def _check_arrays(config: ModelConfig, arrays: dict[str, np.ndarray]) -> list[st
     missing = sorted(set(spec) - set(arrays))
     unexpected = sorted(set(arrays) - set(spec))
     if missing:
-        problems.append(f"{len(missing)} missing arrays: {', '.join(missing[:8])}" + (" …" if len(missing) > 8 else ""))
+        more = " …" if len(missing) > 8 else ""
+        problems.append(f"{len(missing)} missing arrays: {', '.join(missing[:8])}{more}")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected arrays: {', '.join(unexpected[:8])}")
     for name in sorted(set(spec) & set(arrays)):

@@ -14,7 +14,10 @@ Memories are outside the engine, behind read ports:
 - P: one word per N tile at `p_base + j`: per column `bias` (int32), `multiplier` and `shift`.
 Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to even, saturate), exactly
 `golden.ops.requantize`; `RAW` emits acc + bias unrounded (attention scores); `relu` clamps at 0 in every
-mode. Results leave with `latency` ≈ R + C + 6 cycles after their row streamed, through a 4-deep FIFO.
+mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
+`gate[list_base + m]` and adds it into the combine memory at (token `index[list_base + m]`, N tile j), word
+`token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port transparent to the engine's writes).
+Results leave about R + C + 6 cycles after their row streamed, through a 4-deep FIFO.
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ import numpy as np
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory, ReadPort
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
+from golden.config import ConfigError
 
 from .array import SystolicArray
 
-__all__ = ["GemmEngine", "GemmMode", "gemm_model", "pack_x", "pack_w", "pack_params", "tiles"]
+__all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
+           "COMBINE_WIDTH", "GATE_WIDTH"]
+
+GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
+COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
 
 
 class GemmMode(enum.IntEnum):
@@ -40,10 +48,11 @@ class GemmMode(enum.IntEnum):
     INT16 = 1
     INT18 = 2
     RAW = 3
+    COMBINE = 4   # expert fc2: requantize to 18 bits, × gate weight, scatter-accumulate by token
 
     @property
     def bits(self) -> int | None:
-        return {GemmMode.INT8: 8, GemmMode.INT16: 16, GemmMode.INT18: 18}.get(self)
+        return {GemmMode.INT8: 8, GemmMode.INT16: 16, GemmMode.INT18: 18, GemmMode.COMBINE: 18}.get(self)
 
 
 def tiles(size: int, tile: int) -> int:
@@ -51,7 +60,13 @@ def tiles(size: int, tile: int) -> int:
 
 
 def _bits(value: int) -> int:
+    """Bits of a field that holds 0 … value − 1 (at least one)."""
     return max(1, (value - 1).bit_length())
+
+
+def _address(depth: int) -> int:
+    """Address bits of a `lib.memory.Memory` of `depth` words (0 for one word)."""
+    return (depth - 1).bit_length()
 
 
 class GemmEngine(wiring.Component):
@@ -59,7 +74,7 @@ class GemmEngine(wiring.Component):
         """Ports of an engine around an `rows` × `cols` array for matrices up to `max_m` × `max_k` × `max_n`,
         with memories of `x_depth`, `w_depth`, `p_depth` and `index_depth` words."""
 
-        def __init__(self, rows, cols, *, max_m, max_k, max_n, x_depth, w_depth, p_depth, index_depth,
+        def __init__(self, rows, cols, *, max_m, max_k, max_n, x_depth, x_rows, w_depth, p_depth, index_depth,
                      operand_width=8, accumulator_width=32, multiplier_width=16):
             for name, value in (("max_m", max_m), ("max_k", max_k), ("max_n", max_n), ("x_depth", x_depth),
                                 ("w_depth", w_depth), ("p_depth", p_depth), ("index_depth", index_depth)):
@@ -81,7 +96,7 @@ class GemmEngine(wiring.Component):
                 "p_base": unsigned(_bits(p_depth)),
                 "gather": unsigned(1),
                 "list_base": unsigned(_bits(index_depth)),
-                "mode": unsigned(2),
+                "mode": unsigned(3),
                 "relu": unsigned(1),
             })
             self.result = data.StructLayout({
@@ -89,12 +104,22 @@ class GemmEngine(wiring.Component):
                 "tile": unsigned(_bits(tiles(max_n, cols))),
                 "data": data.ArrayLayout(signed(accumulator_width), cols),
             })
+            combine_depth = x_rows * tiles(max_n, cols)
+            combine = data.ArrayLayout(signed(COMBINE_WIDTH), cols)
+
+            def read(depth, shape):
+                return ReadPort.Signature(addr_width=_address(depth), shape=shape)
+
             super().__init__({
                 "command": In(stream.Signature(self.command)),
-                "x_read": In(ReadPort.Signature(addr_width=_bits(x_depth), shape=data.ArrayLayout(operand, rows))),
-                "w_read": In(ReadPort.Signature(addr_width=_bits(w_depth), shape=data.ArrayLayout(operand, cols))),
-                "p_read": In(ReadPort.Signature(addr_width=_bits(p_depth), shape=data.ArrayLayout(self.column, cols))),
-                "index_read": In(ReadPort.Signature(addr_width=_bits(index_depth), shape=unsigned(_bits(max_m)))),
+                "x_read": In(read(x_depth, data.ArrayLayout(operand, rows))),
+                "w_read": In(read(w_depth, data.ArrayLayout(operand, cols))),
+                "p_read": In(read(p_depth, data.ArrayLayout(self.column, cols))),
+                "index_read": In(read(index_depth, unsigned(_bits(x_rows)))),
+                "scatter_read": In(read(index_depth, unsigned(_bits(x_rows)))),
+                "gate_read": In(read(index_depth, unsigned(GATE_WIDTH))),
+                "combine_read": In(read(combine_depth, combine)),
+                "combine_write": In(WritePort.Signature(addr_width=_address(combine_depth), shape=combine)),
                 "out": Out(stream.Signature(self.result)),
                 "busy": Out(1),
             })
@@ -113,20 +138,25 @@ class GemmEngine(wiring.Component):
         self.index_depth = index_depth or max_m
         self.operand_width, self.accumulator_width = operand_width, accumulator_width
         self.multiplier_width = multiplier_width
+        self.combine_depth = self.x_stride * tiles(max_n, cols)
         super().__init__(self.Signature(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n, x_depth=self.x_depth,
+                                        x_rows=self.x_stride,
                                         w_depth=self.w_depth, p_depth=self.p_depth, index_depth=self.index_depth,
                                         operand_width=operand_width, accumulator_width=accumulator_width,
                                         multiplier_width=multiplier_width))
 
     @classmethod
     def for_model(cls, model, accel) -> "GemmEngine":
-        """The engine `accel` builds for the backbone of `model`: M up to one token block, K and N up to the
-        largest of the backbone's matrix products (attention included)."""
+        """The engine `accel` builds for the backbone of `model`: M up to one token block, gathered from all
+        tokens, K and N up to the largest of the backbone's matrix products (attention included)."""
+        if accel.weight_feed_bytes != accel.array_cols * accel.operand_width // 8:
+            raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes,
+                              "this GEMM engine loads one array row per cycle: it must equal array_cols")
         largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
-                   max_n=largest_n, operand_width=accel.operand_width, accumulator_width=accel.accumulator_width,
-                   multiplier_width=accel.requant_multiplier_width + 1)
+                   max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
+                   accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width + 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -270,8 +300,29 @@ class GemmEngine(wiring.Component):
         m.d.comb += [result.row.eq(product_row), result.tile.eq(product_tile)]
         for c in range(cols):
             m.d.comb += result.data[c].eq(_saturate(m, _round_shift(m, products[c], shifts[c], c), command, aw, c))
-        m.d.comb += [fifo.w_en.eq(product_valid), fifo.w_data.eq(result)]
+        combining = command.mode == GemmMode.COMBINE
+        m.d.comb += [fifo.w_en.eq(product_valid & ~combining), fifo.w_data.eq(result)]
         m.d.sync += in_flight.eq(in_flight + issue_drain - product_valid)
+
+        # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row;
+        # the combine word of (token, tile) is read as the product is rounded and written, plus y·g, next.
+        for port in (self.scatter_read, self.gate_read):
+            m.d.comb += [port.addr.eq(command.list_base + drain_m), port.en.eq(issue_drain)]
+        token, gate = Signal.like(self.scatter_read.data), Signal.like(self.gate_read.data)
+        with m.If(read_valid):
+            m.d.sync += [token.eq(self.scatter_read.data), gate.eq(self.gate_read.data)]
+        n_stride = tiles(self.max_n, cols)
+        combine_address = Signal.like(self.combine_read.addr)
+        m.d.comb += [combine_address.eq(token * n_stride + product_tile),
+                     self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
+        weighted_valid = Signal()
+        weighted_address = Signal.like(combine_address)
+        weighted = [Signal(signed(COMBINE_WIDTH), name=f"weighted{c}") for c in range(cols)]
+        m.d.sync += [weighted_valid.eq(product_valid & combining), weighted_address.eq(combine_address)]
+        for c in range(cols):
+            m.d.sync += weighted[c].eq(result.data[c] * gate)
+            m.d.comb += self.combine_write.data[c].eq(self.combine_read.data[c] + weighted[c])
+        m.d.comb += [self.combine_write.addr.eq(weighted_address), self.combine_write.en.eq(weighted_valid)]
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]
 
@@ -287,7 +338,7 @@ class GemmEngine(wiring.Component):
                 load_t.eq(0), load_r.eq(0), loading.eq(0),
                 stream_t.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
             ]
-        with m.If(busy & (drained == command.n_tiles) & ~read_valid & ~product_valid):
+        with m.If(busy & (drained == command.n_tiles) & ~read_valid & ~product_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m
 
@@ -306,12 +357,13 @@ def _round_shift(m, value, shift, lane):
 
 
 def _saturate(m, value, command, aw, lane):
-    """Clamp to the mode's signed range (to 0 from below with `relu`); RAW clamps to the accumulator."""
+    """Clamp to the mode's signed range (to 0 from below with `relu`); RAW (and any code that names no
+    mode) clamps to the accumulator."""
     result = Signal(signed(aw), name=f"saturated{lane}")
     with m.Switch(command.mode):
-        for mode in GemmMode:
-            with m.Case(mode):
-                bits = mode.bits or aw
+        for mode in [*(mode for mode in GemmMode if mode.bits), None]:
+            with m.Case(mode) if mode is not None else m.Default():
+                bits = mode.bits if mode is not None else aw
                 top, bottom = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 with m.If(value > top):
                     m.d.comb += result.eq(top)
@@ -369,3 +421,20 @@ def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.nd
     if mode == GemmMode.RAW:
         return ops.saturate(acc, 32, lower=0 if relu else None).astype(np.int64)
     return ops.requantize(acc, multiplier, shift, mode.bits, lower=0 if relu else None).astype(np.int64)
+
+
+def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                  routing_ids: np.ndarray, gate_weights: np.ndarray) -> np.ndarray:
+    """The combine accumulator after every expert's COMBINE command, from the golden operations: for token t
+    Σ_j y_{e_j}(t)·g_j, y the expert's fc2 output requantized to 18 bits. experts[e] = (W, bias, multiplier,
+    shift, token list); returns int64 [T, N]. `golden.ops.combine` rounds it once into the residual."""
+    t = len(routing_ids)
+    n = experts[0][0].shape[1]
+    total = np.zeros((t, n), dtype=np.int64)
+    for e, (w, bias, multiplier, shift, tokens) in enumerate(experts):
+        if not len(tokens):
+            continue
+        y = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=tokens)
+        slot = np.argmax(routing_ids[tokens] == e, axis=1)
+        total[tokens] += y * gate_weights[tokens, slot][:, None]
+    return total

@@ -129,3 +129,53 @@ def test_verilog_of_the_4x4_engine_lints():
 def test_lint_fails_on_broken_verilog():
     with pytest.raises(LintError, match="failed on broken"):
         lint("module broken(input a); assign b = a; endmodule", "broken")
+
+
+@pytest.mark.parametrize("experts, k, tokens, n", [(4, 2, 9, 6), (6, 1, 7, 9), (3, 3, 5, 4)])
+def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, k, tokens, n):
+    """A whole MoE layer's fc2 expert by expert in COMBINE mode (experts with no token skipped, one token,
+    many), then the golden model's single rounding: bit-exact with `golden.ops.combine`."""
+    from hw.gemm import combine_model
+    rng = np.random.default_rng(experts * 10 + k)
+    hidden = 7
+    x = rng.integers(-128, 128, (tokens, hidden))
+    spare = k <= experts - 2                                # then expert E−1 gets no token, E−2 exactly one
+    ids = np.array([rng.permutation(experts - 2 if spare else experts)[:k] for _ in range(tokens)])
+    if spare:
+        ids[0, -1] = experts - 2
+    gates = rng.integers(0, 1 << 15, (tokens, k))
+    gates[1] = 1 << 15
+    layers = []
+    for e in range(experts):
+        w = rng.integers(-128, 128, (hidden, n))
+        bias = rng.integers(-4000, 4000, n)
+        multiplier, shift = ops.quantize_multiplier(rng.uniform(0.5, 4.0, n))
+        layers.append((w, bias, multiplier, shift, np.nonzero((ids == e).any(-1))[0]))
+    engine = GemmEngine(3, 4, max_m=tokens, max_k=hidden, max_n=n)
+    bench = GemmBench(engine)
+    combined = {}
+
+    async def testbench(ctx):
+        for e, (w, bias, multiplier, shift, members) in enumerate(layers):
+            slots = np.argmax(ids[members] == e, axis=1)
+            await run_gemm(ctx, bench, x, w, bias, multiplier, shift, GemmMode.COMBINE, rows=members,
+                           gates=gates[members, slots])
+        nt = -(-n // 4)
+        combined["acc"] = np.array([[int(v) for v in ctx.get(bench.combine.data[t * nt + j])]
+                                    for t in range(tokens) for j in range(nt)]).reshape(tokens, nt * 4)[:, :n]
+
+    simulator = Simulator(bench)
+    simulator.add_clock(1e-8)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    expected = combine_model(x, layers, ids, gates)
+    assert np.array_equal(combined["acc"], expected)
+    if spare:
+        assert len(layers[-1][-1]) == 0 and len(layers[-2][-1]) == 1
+    # One rounding into the residual: the golden model's combine of the same expert outputs.
+    outputs = np.zeros((tokens, k, n), dtype=np.int64)
+    for e, (w, bias, multiplier, shift, members) in enumerate(layers):
+        if len(members):
+            slots = np.argmax(ids[members] == e, axis=1)
+            outputs[members, slots] = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=members)
+    assert np.array_equal(ops.saturate(ops.round_shift(combined["acc"], 17), 16), ops.combine(outputs, gates, 16))

@@ -18,20 +18,25 @@ class GemmBench(Elaboratable):
 
     def __init__(self, engine: GemmEngine):
         self.engine = engine
-        sig = engine.signature
-        self.x = Memory(shape=sig.members["x_read"].signature.members["data"].shape, depth=engine.x_depth, init=[])
-        self.w = Memory(shape=sig.members["w_read"].signature.members["data"].shape, depth=engine.w_depth, init=[])
-        self.p = Memory(shape=sig.members["p_read"].signature.members["data"].shape, depth=engine.p_depth, init=[])
-        self.index = Memory(shape=sig.members["index_read"].signature.members["data"].shape,
-                            depth=engine.index_depth, init=[])
+        shape = lambda port: engine.signature.members[port].signature.members["data"].shape  # noqa: E731
+        self.x = Memory(shape=shape("x_read"), depth=engine.x_depth, init=[])
+        self.w = Memory(shape=shape("w_read"), depth=engine.w_depth, init=[])
+        self.p = Memory(shape=shape("p_read"), depth=engine.p_depth, init=[])
+        self.index = Memory(shape=shape("index_read"), depth=engine.index_depth, init=[])
+        self.gate = Memory(shape=shape("gate_read"), depth=engine.index_depth, init=[])
+        self.combine = Memory(shape=shape("combine_read"), depth=engine.combine_depth, init=[])
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = self.engine
-        for name in ("x", "w", "p", "index"):
-            memory = getattr(self, name)
-            m.submodules[name] = memory
-            wiring.connect(m, memory.read_port(), getattr(self.engine, f"{name}_read"))
+        m.submodules.engine = engine = self.engine
+        for name, port in (("x", "x_read"), ("w", "w_read"), ("p", "p_read"), ("index", "index_read"),
+                           ("index", "scatter_read"), ("gate", "gate_read")):
+            wiring.connect(m, getattr(self, name).read_port(), getattr(engine, port))
+        write = self.combine.write_port()
+        wiring.connect(m, write, engine.combine_write)
+        wiring.connect(m, self.combine.read_port(transparent_for=(write,)), engine.combine_read)
+        for name in ("x", "w", "p", "index", "gate", "combine"):
+            m.submodules[name] = getattr(self, name)
         return m
 
 
@@ -50,10 +55,11 @@ class GemmModelBench:
 
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
-                   rows=None, rng=None, ready_probability=1.0, timeout=200_000):
+                   rows=None, gates=None, rng=None, ready_probability=1.0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`). With `rows`, X rows are gathered by that
-    index list. Returns (Y, cycles from the command to the last result)."""
+    index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). Returns
+    (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
     r, c = engine.rows, engine.cols
     m_rows = len(rows) if rows is not None else x.shape[0]
@@ -67,6 +73,9 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     if rows is not None:
         for address, row in enumerate(rows):
             ctx.set(bench.index.data[address], int(row))
+    if gates is not None:
+        for address, gate in enumerate(gates):
+            ctx.set(bench.gate.data[address], int(gate))
     k_tiles = tiles(k, r)
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
@@ -79,7 +88,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     await ctx.tick()
     ctx.set(engine.command.valid, 0)
     result = np.zeros((m_rows, tiles(n, c) * c), dtype=np.int64)
-    expected = m_rows * tiles(n, c)
+    expected = 0 if mode == GemmMode.COMBINE else m_rows * tiles(n, c)
     seen, cycles = 0, 1
     while seen < expected:
         ready = rng is None or rng.random() < ready_probability
@@ -95,4 +104,5 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     ctx.set(engine.out.ready, 0)
     while ctx.get(engine.busy):
         await ctx.tick()
-    return result[:, :n], cycles
+        cycles += 1
+    return (None if mode == GemmMode.COMBINE else result[:, :n]), cycles
