@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -39,6 +39,7 @@ from .array import SystolicArray
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
+DRAIN_STAGES = 5                                                      # read, bias, product, round, shift
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
 
@@ -263,10 +264,10 @@ class GemmEngine(wiring.Component):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=4)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=DRAIN_STAGES + 3)
         drain_m = Signal.like(m_rows)
         draining = Signal()
-        in_flight = Signal(range(4))
+        in_flight = Signal(range(DRAIN_STAGES + 2))
         params_ready = Signal()
         m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(self.signature.column, cols))
@@ -283,42 +284,57 @@ class GemmEngine(wiring.Component):
             m.d.sync += drain_m.eq(drain_m + 1)
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
-        # Pipeline: read (1 cycle), product (1 cycle), round and saturate into the FIFO.
-        read_valid, read_row, read_tile = Signal(), Signal.like(drain_m), Signal.like(drained)
-        m.d.sync += [read_valid.eq(issue_drain), read_row.eq(drain_m), read_tile.eq(drained)]
-        product_valid, product_row, product_tile = Signal(), Signal.like(drain_m), Signal.like(drained)
-        m.d.sync += [product_valid.eq(read_valid), product_row.eq(read_row), product_tile.eq(read_tile)]
-        biased = [Signal(signed(aw + 1), name=f"biased{c}") for c in range(cols)]
-        products = [Signal(signed(aw + 1 + self.multiplier_width + 1), name=f"product{c}") for c in range(cols)]
-        shifts = [Signal(6, name=f"shift{c}") for c in range(cols)]
-        for c in range(cols):
-            m.d.comb += biased[c].eq(drain_read.data[c] + params[c].bias)
-            m.d.sync += [products[c].eq(Mux(command.mode == GemmMode.RAW, biased[c],
-                                            biased[c] * params[c].multiplier)),
-                         shifts[c].eq(Mux(command.mode == GemmMode.RAW, 0, params[c].shift))]
+        # Pipeline, one register per step so the requantizer meets timing on FPGA DSP blocks: read, add the
+        # bias, multiply, add the rounding term, shift, saturate into the FIFO.
+        stages = [(issue_drain, drain_m, drained)]
+        for stage in range(DRAIN_STAGES):
+            valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
+            m.d.sync += [valid.eq(stages[-1][0]), row.eq(stages[-1][1]), tile.eq(stages[-1][2])]
+            stages.append((valid, row, tile))
+        raw = command.mode == GemmMode.RAW
+        final_valid, final_row, final_tile = stages[-1]
         result = Signal(self.signature.result)
-        m.d.comb += [result.row.eq(product_row), result.tile.eq(product_tile)]
+        m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile)]
+        product_width = aw + 1 + self.multiplier_width + 1
         for c in range(cols):
-            m.d.comb += result.data[c].eq(_saturate(m, _round_shift(m, products[c], shifts[c], c), command, aw, c))
+            biased = Signal(signed(aw + 1), name=f"biased{c}")
+            product = Signal(signed(product_width), name=f"product{c}")
+            rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
+            shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(3)]
+            m.d.sync += [
+                biased.eq(drain_read.data[c] + params[c].bias),
+                shift[0].eq(Mux(raw, 0, params[c].shift)),
+                product.eq(Mux(raw, biased, biased * params[c].multiplier)),
+                shift[1].eq(shift[0]),
+                rounded.eq(product + _rounding_term(product, shift[1])),
+                shift[2].eq(shift[1]),
+                shifted.eq(rounded >> shift[2]),
+            ]
+            m.d.comb += result.data[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
-        m.d.comb += [fifo.w_en.eq(product_valid & ~combining), fifo.w_data.eq(result)]
-        m.d.sync += in_flight.eq(in_flight + issue_drain - product_valid)
+        m.d.comb += [fifo.w_en.eq(final_valid & ~combining), fifo.w_data.eq(result)]
+        m.d.sync += in_flight.eq(in_flight + issue_drain - final_valid)
 
         # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row;
         # the combine word of (token, tile) is read as the product is rounded and written, plus y·g, next.
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(command.list_base + drain_m), port.en.eq(issue_drain)]
         token, gate = Signal.like(self.scatter_read.data), Signal.like(self.gate_read.data)
-        with m.If(read_valid):
-            m.d.sync += [token.eq(self.scatter_read.data), gate.eq(self.gate_read.data)]
+        token_pipe, gate_pipe = [self.scatter_read.data], [self.gate_read.data]
+        for stage in range(DRAIN_STAGES - 1):
+            token_pipe.append(Signal.like(token, name=f"token{stage}"))
+            gate_pipe.append(Signal.like(gate, name=f"gate{stage}"))
+            m.d.sync += [token_pipe[-1].eq(token_pipe[-2]), gate_pipe[-1].eq(gate_pipe[-2])]
+        m.d.comb += [token.eq(token_pipe[-1]), gate.eq(gate_pipe[-1])]
         n_stride = tiles(self.max_n, cols)
         combine_address = Signal.like(self.combine_read.addr)
-        m.d.comb += [combine_address.eq(token * n_stride + product_tile),
+        m.d.comb += [combine_address.eq(token * n_stride + final_tile),
                      self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
         weighted_valid = Signal()
         weighted_address = Signal.like(combine_address)
         weighted = [Signal(signed(COMBINE_WIDTH), name=f"weighted{c}") for c in range(cols)]
-        m.d.sync += [weighted_valid.eq(product_valid & combining), weighted_address.eq(combine_address)]
+        m.d.sync += [weighted_valid.eq(final_valid & combining), weighted_address.eq(combine_address)]
         for c in range(cols):
             m.d.sync += weighted[c].eq(result.data[c] * gate)
             m.d.comb += self.combine_write.data[c].eq(self.combine_read.data[c] + weighted[c])
@@ -338,22 +354,17 @@ class GemmEngine(wiring.Component):
                 load_t.eq(0), load_r.eq(0), loading.eq(0),
                 stream_t.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
             ]
-        with m.If(busy & (drained == command.n_tiles) & ~read_valid & ~product_valid & ~weighted_valid):
+        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:])).any()
+        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m
 
 
-def _round_shift(m, value, shift, lane):
-    """value / 2^shift rounded half to even, exactly `golden.ops.round_shift`: add 2^(shift−1) − 1 and the
-    lowest kept bit, shift arithmetically (shift 0 passes value through)."""
-    width = len(value) + 2
-    half_minus_one = Signal(unsigned(width), name=f"half{lane}")
-    result = Signal(signed(width), name=f"rounded{lane}")
-    m.d.comb += [
-        half_minus_one.eq(Mux(shift == 0, 0, (Const(1, width) << (shift - 1).as_unsigned()[:len(shift)]) - 1)),
-        result.eq(Mux(shift == 0, value, (value + half_minus_one + (value >> shift)[0]) >> shift)),
-    ]
-    return result
+def _rounding_term(value, shift):
+    """What `golden.ops.round_shift` adds before shifting: 2^(shift−1) − 1 plus bit `shift` of value (the
+    lowest kept bit), so that the arithmetic shift that follows rounds half to even; 0 for shift 0."""
+    half_minus_one = (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1
+    return Mux(shift == 0, 0, half_minus_one[:len(value)] + (value >> shift)[0])
 
 
 def _saturate(m, value, command, aw, lane):

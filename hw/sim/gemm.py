@@ -57,7 +57,8 @@ class GemmModelBench:
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
                    rows=None, gates=None, rng=None, ready_probability=1.0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
-    `ready` low at random (probability 1 − `ready_probability`). With `rows`, X rows are gathered by that
+    `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
+    random stall). With `rows`, X rows are gathered by that
     index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). Returns
     (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
@@ -82,6 +83,9 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
         "x_base": 0, "w_base": 0, "p_base": 0, "gather": rows is not None, "list_base": 0,
         "mode": int(mode), "relu": int(relu),
     })
+    if rng is not None and ready_probability < 1:  # the command arrives after a random stall
+        for _ in range(int(rng.integers(0, 8))):
+            await ctx.tick()
     ctx.set(engine.command.valid, 1)
     while not ctx.get(engine.command.ready):
         await ctx.tick()
