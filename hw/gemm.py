@@ -210,9 +210,13 @@ class GemmEngine(wiring.Component):
         stream_m = Signal.like(m_rows)
         streaming = Signal()
         bank_free = (stream_i != 0) | (stream_m != 0) | (stream_j < drained + 2)
-        can_stream = (stream_t < total_tiles) & (loaded > stream_t) & bank_free
+        # A row is revisited no sooner than every M cycles; with M = 1 keep two cycles between visits, for the
+        # accumulator's read-add-write.
+        issued_last = Signal()
+        can_stream = (stream_t < total_tiles) & (loaded > stream_t) & bank_free & ~(issued_last & (m_rows == 1))
         issue_row = Signal()
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
+        m.d.sync += issued_last.eq(issue_row)
         last_row = stream_m == m_rows - 1
         with m.If(issue_row):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
@@ -256,11 +260,17 @@ class GemmEngine(wiring.Component):
         accumulate_read = accumulator.read_port(transparent_for=(write,))
         drain_read = accumulator.read_port()
         m.d.comb += [accumulate_read.addr.eq(before.j[0] * self.max_m + before.m), accumulate_read.en.eq(1)]
-        m.d.comb += [write.addr.eq(arriving.j[0] * self.max_m + arriving.m), write.en.eq(arriving.valid)]
+        # The array's results and the row read back are registered, then added and written a cycle later:
+        # the next visit of a row is at least two cycles later (see the streamer), so its read (transparent
+        # to this write) is never issued before the write.
+        settled = Signal(side)
+        results = Signal(accumulator_layout)
+        previous = Signal(accumulator_layout)
+        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulate_read.data)]
+        m.d.comb += [write.addr.eq(settled.j[0] * self.max_m + settled.m), write.en.eq(settled.valid)]
         for c in range(cols):
-            previous = Mux(arriving.first, 0, accumulate_read.data[c])
-            m.d.comb += write.data[c].eq(previous + array.out.payload[c])
-        with m.If(arriving.valid & arriving.last & (arriving.m == m_rows - 1)):
+            m.d.comb += write.data[c].eq(Mux(settled.first, 0, previous[c]) + results[c])
+        with m.If(settled.valid & settled.last & (settled.m == m_rows - 1)):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
