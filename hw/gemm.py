@@ -218,25 +218,28 @@ class GemmEngine(wiring.Component):
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
         m.d.sync += issued_last.eq(issue_row)
         last_row = stream_m == m_rows - 1
+        tile_base = Signal.like(self.x_read.addr)   # x_base + i·x_stride, kept by addition
         with m.If(issue_row):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
             with m.If(last_row):
                 m.d.sync += [stream_t.eq(stream_t + 1), streamed.eq(streamed + 1)]
                 with m.If(stream_i == command.k_tiles - 1):
-                    m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1)]
+                    m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1), tile_base.eq(command.x_base)]
                 with m.Else():
-                    m.d.sync += stream_i.eq(stream_i + 1)
+                    m.d.sync += [stream_i.eq(stream_i + 1), tile_base.eq(tile_base + self.x_stride)]
 
         # Stage 1: the gather index (or the row itself); stage 2: the X word; stage 3: into the array.
         m.d.comb += [self.index_read.addr.eq(command.list_base + stream_m), self.index_read.en.eq(1)]
         side = data.StructLayout({"valid": 1, "m": unsigned(len(stream_m)), "i": unsigned(len(stream_i)),
                                   "j": unsigned(len(stream_j)), "bank": 1, "first": 1, "last": 1})
         stage1 = Signal(side)
+        stage1_base = Signal.like(tile_base)
+        m.d.sync += stage1_base.eq(tile_base)
         m.d.sync += [stage1.valid.eq(issue_row), stage1.m.eq(stream_m), stage1.i.eq(stream_i),
                      stage1.j.eq(stream_j), stage1.bank.eq(stream_t[0]), stage1.first.eq(stream_i == 0),
                      stage1.last.eq(stream_i == command.k_tiles - 1)]
         source_row = Mux(command.gather, self.index_read.data, stage1.m)
-        m.d.comb += [self.x_read.addr.eq(command.x_base + stage1.i * self.x_stride + source_row),
+        m.d.comb += [self.x_read.addr.eq(stage1_base + source_row),
                      self.x_read.en.eq(1)]
         stage2 = Signal(side)
         m.d.sync += stage2.eq(stage1)
@@ -330,16 +333,20 @@ class GemmEngine(wiring.Component):
         # the combine word of (token, tile) is read as the product is rounded and written, plus y·g, next.
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(command.list_base + drain_m), port.en.eq(issue_drain)]
-        token, gate = Signal.like(self.scatter_read.data), Signal.like(self.gate_read.data)
-        token_pipe, gate_pipe = [self.scatter_read.data], [self.gate_read.data]
-        for stage in range(DRAIN_STAGES - 1):
-            token_pipe.append(Signal.like(token, name=f"token{stage}"))
-            gate_pipe.append(Signal.like(gate, name=f"gate{stage}"))
-            m.d.sync += [token_pipe[-1].eq(token_pipe[-2]), gate_pipe[-1].eq(gate_pipe[-2])]
-        m.d.comb += [token.eq(token_pipe[-1]), gate.eq(gate_pipe[-1])]
+        # The token's word offset (token · NT_max) is multiplied out in the first register after the read.
         n_stride = tiles(self.max_n, cols)
+        offset_pipe = [Signal.like(self.combine_read.addr, name="token_offset0")]
+        gate_pipe = [self.gate_read.data]
+        m.d.sync += offset_pipe[0].eq(self.scatter_read.data * n_stride)
+        for stage in range(DRAIN_STAGES - 1):
+            gate_pipe.append(Signal.like(self.gate_read.data, name=f"gate{stage}"))
+            m.d.sync += gate_pipe[-1].eq(gate_pipe[-2])
+            if stage < DRAIN_STAGES - 2:
+                offset_pipe.append(Signal.like(offset_pipe[0], name=f"token_offset{stage + 1}"))
+                m.d.sync += offset_pipe[-1].eq(offset_pipe[-2])
+        gate = gate_pipe[-1]
         combine_address = Signal.like(self.combine_read.addr)
-        m.d.comb += [combine_address.eq(token * n_stride + final_tile),
+        m.d.comb += [combine_address.eq(offset_pipe[-1] + final_tile),
                      self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
         weighted_valid = Signal()
         weighted_address = Signal.like(combine_address)
@@ -363,6 +370,7 @@ class GemmEngine(wiring.Component):
                 loaded.eq(0), streamed.eq(0), drained.eq(0), n_tiles_done.eq(0),
                 load_t.eq(0), load_r.eq(0), loading.eq(0),
                 stream_t.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
+                tile_base.eq(payload.x_base),
             ]
         in_pipeline = Cat(*(valid for valid, _, _ in stages[1:])).any()
         with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~weighted_valid):
