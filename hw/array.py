@@ -8,8 +8,8 @@ other computes, and consecutive tiles stream back to back.
 Ports (all `lib.stream` signatures with `always_ready`: the array is a rigid pipeline and never stalls; a
 cycle without `valid` is a bubble):
 - `load`: one row of a tile per cycle: `data` [C], its `row` index and `bank`. Row r of bank b may be
-  loaded from the cycle after the last streamed row that uses bank b's previous tile entered the array; it
-  must have entered at least one cycle before the first streamed row that uses it.
+  loaded from the cycle before the last streamed row that uses bank b's previous tile enters the array; it
+  must have entered at least two cycles before the first streamed row that uses it.
 - `stream_in`: one streamed row per cycle: `data` [R] and `bank`.
 - `out`: `data` [C], the products of the row that entered `latency` = R + C + 1 cycles earlier, in order.
 
@@ -23,7 +23,7 @@ r + c + 1 cycles after its row entered.
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -91,10 +91,12 @@ class SystolicArray(wiring.Component):
         # Streamed operand: row r delayed r cycles, then one register per PE moving right.
         x = [[Signal(signed(ow), name=f"x_{r}_{c}") for c in range(cols)] for r in range(rows)]
         x_bank = [[Signal(name=f"xbank_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        skewed_bank = []
         for r in range(rows):
+            skewed_bank.append(delayed(self.stream_in.payload.bank, r, f"skew_xbank{r}"))
             m.d.sync += [
                 x[r][0].eq(delayed(self.stream_in.payload.data[r], r, f"skew_x{r}")),
-                x_bank[r][0].eq(delayed(self.stream_in.payload.bank, r, f"skew_xbank{r}")),
+                x_bank[r][0].eq(skewed_bank[r]),
             ]
             for c in range(1, cols):
                 m.d.sync += [x[r][c].eq(x[r][c - 1]), x_bank[r][c].eq(x_bank[r][c - 1])]
@@ -121,10 +123,11 @@ class SystolicArray(wiring.Component):
                         m.d.sync += banks[1].eq(w_data)
                     with m.Else():
                         m.d.sync += banks[0].eq(w_data)
+                # The bank is chosen a cycle ahead, with the bank of the row arriving next, so both
+                # multiplier operands come straight from registers (the DSP block's input registers).
                 weight = Signal(signed(ow), name=f"w_{r}_{c}")
-                m.d.comb += weight.eq(banks[0])
-                with m.If(x_bank[r][c]):
-                    m.d.comb += weight.eq(banks[1])
+                arriving_bank = x_bank[r][c - 1] if c else skewed_bank[r]
+                m.d.sync += weight.eq(Mux(arriving_bank, banks[1], banks[0]))
                 product = Signal(signed(2 * ow), name=f"p_{r}_{c}")
                 m.d.sync += product.eq(x[r][c] * weight)
                 products[r, c] = product

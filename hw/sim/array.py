@@ -26,9 +26,9 @@ class TilePlan:
 def plan_tiles(tiles: list[tuple[np.ndarray, np.ndarray]], rows: int, gaps: list[int] | None = None,
                spacing: list[int] | None = None) -> TilePlan:
     """Back-to-back schedule of `tiles` = [(W [R, C], X [M, R]), …] on a rows-deep array: tile t uses bank
-    t mod 2; its R load rows enter one per cycle, starting once the tile before the previous one has
-    finished streaming and the load port is free; its rows stream once its load is in and the previous
-    tile has finished. So a tile costs max(M, R) cycles. `gaps[t]` extra idle cycles (bubbles) before tile t
+    t mod 2; its R load rows enter one per cycle, from the cycle before the last row of the tile before the
+    previous one enters (and once the load port is free); its rows stream from the second cycle after its
+    last load row and once the previous tile has finished. So a tile costs max(M, R) cycles. `gaps[t]` extra idle cycles (bubbles) before tile t
     streams and `spacing[t]` bubbles after each of its rows, to test that bubbles are harmless."""
     gaps = gaps or [0] * len(tiles)
     spacing = spacing or [0] * len(tiles)
@@ -38,9 +38,9 @@ def plan_tiles(tiles: list[tuple[np.ndarray, np.ndarray]], rows: int, gaps: list
         if t >= 1:
             start = max(start, load_start[t - 1] + rows)
         if t >= 2:
-            start = max(start, stream_end[t - 2])
+            start = max(start, stream_end[t - 2] - 1)
         load_start.append(start)
-        begin = max(start + rows, stream_end[t - 1] if t else 0) + gaps[t]
+        begin = max(start + rows + 1, stream_end[t - 1] if t else 0) + gaps[t]
         stream_start.append(begin)
         stream_end.append(begin + len(x) * (1 + spacing[t]) - spacing[t])
     total = stream_end[-1] if tiles else 0
