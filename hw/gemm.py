@@ -39,7 +39,7 @@ from .array import SystolicArray
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 5                                                      # read, bias, product, round, shift
+DRAIN_STAGES = 6                                           # read, bias, product, round, shift, saturate
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
 
@@ -298,7 +298,7 @@ class GemmEngine(wiring.Component):
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA DSP blocks: read, add the
-        # bias, multiply, add the rounding term, shift, saturate into the FIFO.
+        # bias, multiply, add the rounding term, shift, saturate; then into the FIFO (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
@@ -306,8 +306,9 @@ class GemmEngine(wiring.Component):
             stages.append((valid, row, tile))
         raw = command.mode == GemmMode.RAW
         final_valid, final_row, final_tile = stages[-1]
+        lanes = Signal(data.ArrayLayout(signed(aw), cols))
         result = Signal(self.signature.result)
-        m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile)]
+        m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile), result.data.eq(lanes)]
         product_width = aw + 1 + self.multiplier_width + 1
         for c in range(cols):
             biased = Signal(signed(aw + 1), name=f"biased{c}")
@@ -324,7 +325,7 @@ class GemmEngine(wiring.Component):
                 shift[2].eq(shift[1]),
                 shifted.eq(rounded >> shift[2]),
             ]
-            m.d.comb += result.data[c].eq(_saturate(m, shifted, command, aw, c))
+            m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
         m.d.comb += [fifo.w_en.eq(final_valid & ~combining), fifo.w_data.eq(result)]
         m.d.sync += in_flight.eq(in_flight + issue_drain - final_valid)
