@@ -7,9 +7,10 @@ other computes, and consecutive tiles stream back to back.
 
 Ports (all `lib.stream` signatures with `always_ready`: the array is a rigid pipeline and never stalls; a
 cycle without `valid` is a bubble):
-- `load`: one row of a tile per cycle: `data` [C], its `row` index and `bank`. Row r of bank b may be
-  loaded from the cycle before the last streamed row that uses bank b's previous tile enters the array; it
-  must have entered at least two cycles before the first streamed row that uses it.
+- `load`: `load_rows` rows of a tile per cycle: `data` [load_rows][C], the index of the first `row` (a
+  multiple of load_rows) and the `bank`. Row r of bank b may be loaded from the cycle before the last
+  streamed row that uses bank b's previous tile enters the array; it must have entered at least two cycles
+  before the first streamed row that uses it. A tile takes ⌈R / load_rows⌉ load cycles.
 - `stream_in`: one streamed row per cycle: `data` [R] and `bank`.
 - `out`: `data` [C], the products of the row that entered `latency` = R + C + 1 cycles earlier, in order.
 
@@ -35,20 +36,24 @@ class SystolicArray(wiring.Component):
         """The array's ports for `rows` × `cols` operands of `operand_width` bits and accumulators of
         `accumulator_width` bits."""
 
-        def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32):
-            for name, value, low in (("rows", rows, 1), ("cols", cols, 1), ("operand_width", operand_width, 2)):
+        def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32,
+                     load_rows: int = 1):
+            for name, value, low in (("rows", rows, 1), ("cols", cols, 1), ("operand_width", operand_width, 2),
+                                     ("load_rows", load_rows, 1)):
                 if not isinstance(value, int) or value < low:
                     raise ValueError(f"SystolicArray {name} = {value!r}: must be an integer ≥ {low}")
+            if load_rows > rows:
+                raise ValueError(f"SystolicArray load_rows = {load_rows}: at most rows ({rows})")
             needed = 2 * operand_width + max(0, rows - 1).bit_length()
             if not isinstance(accumulator_width, int) or accumulator_width < needed:
                 raise ValueError(f"SystolicArray accumulator_width = {accumulator_width!r}: {rows} products of "
                                  f"{operand_width}-bit operands need at least {needed} bits")
-            self.rows, self.cols = rows, cols
+            self.rows, self.cols, self.load_rows = rows, cols, load_rows
             self.operand_width, self.accumulator_width = operand_width, accumulator_width
             operand = signed(operand_width)
             super().__init__({
                 "load": In(stream.Signature(data.StructLayout({
-                    "data": data.ArrayLayout(operand, cols),
+                    "data": data.ArrayLayout(data.ArrayLayout(operand, cols), load_rows),
                     "row": unsigned(max(1, (rows - 1).bit_length())),
                     "bank": unsigned(1),
                 }), always_ready=True)),
@@ -60,9 +65,10 @@ class SystolicArray(wiring.Component):
                                             always_ready=True)),
             })
 
-    def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32):
-        super().__init__(self.Signature(rows, cols, operand_width, accumulator_width))
-        self.rows, self.cols = rows, cols
+    def __init__(self, rows: int, cols: int, operand_width: int = 8, accumulator_width: int = 32,
+                 load_rows: int = 1):
+        super().__init__(self.Signature(rows, cols, operand_width, accumulator_width, load_rows))
+        self.rows, self.cols, self.load_rows = rows, cols, load_rows
         self.operand_width, self.accumulator_width = operand_width, accumulator_width
 
     @property
@@ -101,28 +107,32 @@ class SystolicArray(wiring.Component):
             for c in range(1, cols):
                 m.d.sync += [x[r][c].eq(x[r][c - 1]), x_bank[r][c].eq(x_bank[r][c - 1])]
 
-        # Weight loading: column c delayed c cycles, then down the column one row per cycle.
+        # Weight loading: column c delayed c cycles, then down the column one row stage per cycle, the
+        # `load_rows` rows of a beat side by side; PE row r takes lane r mod load_rows of the beat whose first
+        # row is r − r mod load_rows.
         load = self.load
+        lanes = self.load_rows
         row_width = len(load.payload.row)
         products = {}
         for c in range(cols):
-            data_in = delayed(load.payload.data[c], c, f"skew_w{c}")
+            data_in = [delayed(load.payload.data[lane][c], c, f"skew_w{c}_{lane}") for lane in range(lanes)]
             row_in = delayed(load.payload.row, c, f"skew_wrow{c}")
             bank_in = delayed(load.payload.bank, c, f"skew_wbank{c}")
             valid_in = delayed(load.valid, c, f"skew_wvalid{c}")
             for r in range(rows):
-                w_data = Signal(signed(ow), name=f"lw_{r}_{c}")
+                w_data = [Signal(signed(ow), name=f"lw_{r}_{c}_{lane}") for lane in range(lanes)]
                 w_row = Signal(row_width, name=f"lwrow_{r}_{c}")
                 w_bank = Signal(name=f"lwbank_{r}_{c}")
                 w_valid = Signal(name=f"lwvalid_{r}_{c}")
-                m.d.sync += [w_data.eq(data_in), w_row.eq(row_in), w_bank.eq(bank_in), w_valid.eq(valid_in)]
+                m.d.sync += [w_row.eq(row_in), w_bank.eq(bank_in), w_valid.eq(valid_in)]
+                m.d.sync += [register.eq(value) for register, value in zip(w_data, data_in)]
                 data_in, row_in, bank_in, valid_in = w_data, w_row, w_bank, w_valid
                 banks = [Signal(signed(ow), name=f"w{b}_{r}_{c}") for b in range(2)]
-                with m.If(w_valid & (w_row == r)):
+                with m.If(w_valid & (w_row == r - r % lanes)):
                     with m.If(w_bank):
-                        m.d.sync += banks[1].eq(w_data)
+                        m.d.sync += banks[1].eq(w_data[r % lanes])
                     with m.Else():
-                        m.d.sync += banks[0].eq(w_data)
+                        m.d.sync += banks[0].eq(w_data[r % lanes])
                 # The bank is chosen a cycle ahead, with the bank of the row arriving next, so both
                 # multiplier operands come straight from registers (the DSP block's input registers).
                 weight = Signal(signed(ow), name=f"w_{r}_{c}")

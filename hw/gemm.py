@@ -9,8 +9,9 @@ stream while the next one computes. Results leave N tile by N tile, rows in orde
 Memories are outside the engine, behind read ports:
 - X: words of R operands, K-tile-major: row m's K tile i at `x_base + i·x_stride + m` (`x_stride` a
   constant, at least the largest M). With `gather`, row m reads X row `index[list_base + m]` instead.
-- W: words of C operands, in the order the array consumes them: tile (j, i) row r at `w_base + (j·KT + i)·R + r`
-  (rows past K may hold anything: the engine zeroes the lanes of X past K).
+- W: words of `load_rows` × C operands (the weight feed), in the order the array consumes them: tile (j, i)
+  rows q·load_rows … at `w_base + (j·KT + i)·⌈R / load_rows⌉ + q` (rows past K may hold anything: the engine
+  zeroes the lanes of X past K). A tile loads in ⌈R / load_rows⌉ cycles, hidden behind M ≥ that many rows.
 - P: one word per N tile at `p_base + j`: per column `bias` (int32), `multiplier` and `shift`.
 Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to even, saturate), exactly
 `golden.ops.requantize`; `RAW` emits acc + bias unrounded (attention scores); `relu` clamps at 0 in every
@@ -32,7 +33,6 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
-from golden.config import ConfigError
 
 from .array import SystolicArray
 
@@ -76,7 +76,7 @@ class GemmEngine(wiring.Component):
         with memories of `x_depth`, `w_depth`, `p_depth` and `index_depth` words."""
 
         def __init__(self, rows, cols, *, max_m, max_k, max_n, x_depth, x_rows, w_depth, p_depth, index_depth,
-                     operand_width=8, accumulator_width=32, multiplier_width=16):
+                     operand_width=8, accumulator_width=32, multiplier_width=16, load_rows=1):
             for name, value in (("max_m", max_m), ("max_k", max_k), ("max_n", max_n), ("x_depth", x_depth),
                                 ("w_depth", w_depth), ("p_depth", p_depth), ("index_depth", index_depth)):
                 if not isinstance(value, int) or value < 1:
@@ -114,7 +114,7 @@ class GemmEngine(wiring.Component):
             super().__init__({
                 "command": In(stream.Signature(self.command)),
                 "x_read": In(read(x_depth, data.ArrayLayout(operand, rows))),
-                "w_read": In(read(w_depth, data.ArrayLayout(operand, cols))),
+                "w_read": In(read(w_depth, data.ArrayLayout(data.ArrayLayout(operand, cols), load_rows))),
                 "p_read": In(read(p_depth, data.ArrayLayout(self.column, cols))),
                 "index_read": In(read(index_depth, unsigned(_bits(x_rows)))),
                 "scatter_read": In(read(index_depth, unsigned(_bits(x_rows)))),
@@ -127,14 +127,19 @@ class GemmEngine(wiring.Component):
 
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
-                 operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16):
+                 operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
+                 load_rows: int = 1):
         self.rows, self.cols = rows, cols
         self.max_m, self.max_k, self.max_n = max_m, max_k, max_n
         self.x_stride = x_stride or max_m
         if self.x_stride < max_m:
             raise ValueError(f"GemmEngine x_stride = {x_stride}: must be at least max_m ({max_m})")
         self.x_depth = self.x_stride * tiles(max_k, rows)
-        self.w_depth = w_depth or tiles(max_k, rows) * tiles(max_n, cols) * rows
+        if not isinstance(load_rows, int) or not 1 <= load_rows <= rows:
+            raise ValueError(f"GemmEngine load_rows = {load_rows!r}: must be from 1 to rows ({rows})")
+        self.load_rows = load_rows
+        self.load_beats = tiles(rows, load_rows)
+        self.w_depth = w_depth or tiles(max_k, rows) * tiles(max_n, cols) * self.load_beats
         self.p_depth = p_depth or tiles(max_n, cols)
         self.index_depth = index_depth or max_m
         self.operand_width, self.accumulator_width = operand_width, accumulator_width
@@ -144,25 +149,24 @@ class GemmEngine(wiring.Component):
                                         x_rows=self.x_stride,
                                         w_depth=self.w_depth, p_depth=self.p_depth, index_depth=self.index_depth,
                                         operand_width=operand_width, accumulator_width=accumulator_width,
-                                        multiplier_width=multiplier_width))
+                                        multiplier_width=multiplier_width, load_rows=load_rows))
 
     @classmethod
     def for_model(cls, model, accel) -> "GemmEngine":
         """The engine `accel` builds for the backbone of `model`: M up to one token block, gathered from all
         tokens, K and N up to the largest of the backbone's matrix products (attention included)."""
-        if accel.weight_feed_bytes != accel.array_cols * accel.operand_width // 8:
-            raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes,
-                              "this GEMM engine loads one array row per cycle: it must equal array_cols")
         largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
-                   accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width + 1)
+                   accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width + 1,
+                   load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8))
 
     def elaborate(self, platform):
         m = Module()
         rows, cols, aw = self.rows, self.cols, self.accumulator_width
-        m.submodules.array = array = SystolicArray(rows, cols, self.operand_width, aw)
+        m.submodules.array = array = SystolicArray(rows, cols, self.operand_width, aw, self.load_rows)
+        beats = self.load_beats
 
         command = Signal(self.signature.command)
         m_rows = command.m
@@ -176,9 +180,9 @@ class GemmEngine(wiring.Component):
         drained = Signal(range(tiles(self.max_n, cols) + 1))   # N tiles drained out of the accumulator
         n_tiles_done = Signal.like(drained)    # N tiles fully accumulated
 
-        # Loader: R rows of tile `load_t` into bank load_t mod 2, one per cycle.
+        # Loader: tile `load_t` into bank load_t mod 2, `load_rows` rows per cycle.
         load_t = Signal.like(total_tiles)
-        load_r = Signal(range(rows))
+        load_r = Signal(range(beats))                          # the beat of the tile being loaded
         loading = Signal()
         load_address = Signal.like(self.w_read.addr)
         can_load = (load_t < total_tiles) & ((load_t < 2) | (streamed >= load_t - 1))
@@ -186,17 +190,17 @@ class GemmEngine(wiring.Component):
         issue_load = Signal()
         m.d.comb += issue_load.eq(busy & (loading | can_load))
         with m.If(issue_load):
-            m.d.sync += [load_address.eq(load_address + 1), loading.eq(load_r != rows - 1)]
-            m.d.sync += load_r.eq(Mux(load_r == rows - 1, 0, load_r + 1))
-            with m.If(load_r == rows - 1):
+            m.d.sync += [load_address.eq(load_address + 1), loading.eq(load_r != beats - 1)]
+            m.d.sync += load_r.eq(Mux(load_r == beats - 1, 0, load_r + 1))
+            with m.If(load_r == beats - 1):
                 m.d.sync += load_t.eq(load_t + 1)
         # The word read this cycle enters the array next cycle.
         load_valid = Signal()
-        load_row = Signal.like(load_r)
+        load_row = Signal.like(array.load.payload.row)
         load_bank = Signal()
         load_last = Signal()
-        m.d.sync += [load_valid.eq(issue_load), load_row.eq(load_r), load_bank.eq(load_t[0]),
-                     load_last.eq(issue_load & (load_r == rows - 1))]
+        m.d.sync += [load_valid.eq(issue_load), load_row.eq(load_r * self.load_rows), load_bank.eq(load_t[0]),
+                     load_last.eq(issue_load & (load_r == beats - 1))]
         m.d.comb += [array.load.valid.eq(load_valid), array.load.payload.row.eq(load_row),
                      array.load.payload.bank.eq(load_bank), array.load.payload.data.eq(self.w_read.data)]
         # A tile may stream from the cycle after its last row entered.
@@ -418,14 +422,17 @@ def pack_x(x: np.ndarray, rows: int, stride: int) -> np.ndarray:
     return image
 
 
-def pack_w(w: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """W [K, N] → the W memory image in consumption order: tile (j, i) row r at word (j·KT + i)·R + r,
-    zero-padded. [words, C]."""
+def pack_w(w: np.ndarray, rows: int, cols: int, load_rows: int = 1) -> np.ndarray:
+    """W [K, N] → the W memory image in consumption order: tile (j, i) beat q (rows q·load_rows … + load_rows − 1)
+    at word (j·KT + i)·⌈R / load_rows⌉ + q, zero-padded. [words, load_rows, C]."""
     k, n = w.shape
     kt, nt = tiles(k, rows), tiles(n, cols)
-    padded = np.zeros((kt * rows, nt * cols), dtype=np.int64)
-    padded[:k, :n] = w
-    return padded.reshape(kt, rows, nt, cols).transpose(2, 0, 1, 3).reshape(nt * kt * rows, cols)
+    beats = tiles(rows, load_rows)
+    padded = np.zeros((kt, beats * load_rows, nt, cols), dtype=np.int64)
+    full = np.zeros((kt * rows, nt * cols), dtype=np.int64)
+    full[:k, :n] = w
+    padded[:, :rows] = full.reshape(kt, rows, nt, cols)
+    return padded.transpose(2, 0, 1, 3).reshape(nt * kt * beats, load_rows, cols)
 
 
 def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, cols: int) -> list[list[dict]]:

@@ -19,7 +19,8 @@ def _simulate(array: SystolicArray, plan) -> tuple[list[np.ndarray], list[int]]:
             ctx.set(array.load.valid, load is not None)
             if load is not None:
                 row, bank, weights = load
-                ctx.set(array.load.payload, {"row": row, "bank": bank, "data": [int(v) for v in weights]})
+                ctx.set(array.load.payload, {"row": row, "bank": bank,
+                                             "data": [[int(v) for v in lane] for lane in weights]})
             item = plan.streams[cycle] if cycle < plan.cycles else None
             ctx.set(array.stream_in.valid, item is not None)
             if item is not None:
@@ -49,25 +50,26 @@ def _random_tiles(rng, rows, cols, sizes, extreme=None):
     return tiles
 
 
-@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 5), (4, 4), (5, 3), (1, 4)])
-def test_tiles_back_to_back(rows, cols):
+@pytest.mark.parametrize("rows, cols, load_rows", [(2, 2, 1), (3, 5, 1), (4, 4, 1), (5, 3, 1), (1, 4, 1),
+                                                   (4, 4, 2), (5, 3, 2), (4, 3, 4), (6, 2, 4)])
+def test_tiles_back_to_back(rows, cols, load_rows):
     rng = np.random.default_rng(rows * 10 + cols)
     sizes = [1, rows, 2 * rows + 1, 1, 1, 3, rows + 2, 2]
     tiles = _random_tiles(rng, rows, cols, sizes)
     tiles += _random_tiles(rng, rows, cols, [3], extreme=-128)      # the largest sum
     tiles += _random_tiles(rng, rows, cols, [2], extreme=127)
-    array = SystolicArray(rows, cols)
-    plan = plan_tiles(tiles, rows)
+    array = SystolicArray(rows, cols, load_rows=load_rows)
+    plan = plan_tiles(tiles, rows, load_rows=load_rows)
     outputs, cycles = _simulate(array, plan)
     expected = np.concatenate([SystolicArray.model(x, w) for w, x in tiles])
     assert np.array_equal(np.array(outputs), expected)
     # Results leave `latency` cycles after their rows entered, in order.
     entered = [i for i, item in enumerate(plan.streams) if item is not None]
     assert cycles == [i + array.latency for i in entered]
-    # A tile costs max(M, R) cycles once the pipeline runs.
+    # A tile costs max(M, ⌈R / load_rows⌉) cycles once the pipeline runs.
     starts = plan.first_row
     for t in range(2, len(tiles)):
-        assert starts[t] - starts[t - 1] == max(len(tiles[t - 1][1]), rows)
+        assert starts[t] - starts[t - 1] == max(len(tiles[t - 1][1]), -(-rows // load_rows))
 
 
 def test_bubbles_between_and_within_tiles():
@@ -85,6 +87,8 @@ def test_narrow_accumulator_is_rejected():
         SystolicArray.Signature(4, 4, accumulator_width=16)
     with pytest.raises(ValueError, match="rows = 0"):
         SystolicArray.Signature(0, 4)
+    with pytest.raises(ValueError, match="load_rows = 5: at most rows"):
+        SystolicArray.Signature(4, 4, load_rows=5)
 
 
 def test_verilog_elaborates():

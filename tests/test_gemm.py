@@ -27,8 +27,8 @@ def _case(rng, max_m, max_k, max_n, kind):
     return x, w, bias, multiplier, shift
 
 
-def _run_cases(rows, cols, cases, *, max_m, max_k, max_n, seed, ready_probability=1.0):
-    engine = GemmEngine(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n)
+def _run_cases(rows, cols, cases, *, max_m, max_k, max_n, seed, ready_probability=1.0, load_rows=1):
+    engine = GemmEngine(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n, load_rows=load_rows)
     bench = GemmBench(engine)
     failures, cycles = [], []
 
@@ -114,6 +114,24 @@ def test_cycles_follow_the_dataflow_bound():
         m, (k, n) = len(x), w.shape
         bound = (k // rows) * (n // cols) * max(m, rows)
         assert bound <= spent <= bound + rows + 2 * (rows + cols) + m + 12
+
+
+@pytest.mark.parametrize("load_rows", [2, 4])
+def test_wider_weight_feed(load_rows):
+    """load_rows array rows enter per cycle: bit-exact, and a tile with M rows costs max(M, R / load_rows)."""
+    rng = np.random.default_rng(load_rows)
+    cases = []
+    for index in range(10):
+        x, w, bias, multiplier, shift = _case(rng, 10, 12, 9, ["random", "min"][index % 2])
+        cases.append((x, w, bias, multiplier, shift, MODES[index % 4], False, None))
+    for m in (1, 2, 3):  # short tiles: the feed rate sets their cost
+        x, w = rng.integers(-128, 128, (m, 16)), rng.integers(-128, 128, (16, 8))
+        multiplier, shift = ops.quantize_multiplier(np.full(8, 0.01))
+        cases.append((x, w, np.zeros(8, int), multiplier, shift, GemmMode.INT8, False, None))
+    cycles = _run_cases(4, 4, cases, max_m=10, max_k=16, max_n=9, seed=9, load_rows=load_rows)
+    for (x, w, *_), spent in zip(cases[-3:], cycles[-3:]):
+        tiles_count = (16 // 4) * (8 // 4)
+        assert spent <= tiles_count * max(len(x), 2, 4 // load_rows) + 40
 
 
 def test_verilog_of_the_4x4_engine_lints():

@@ -67,8 +67,8 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     k, n = w.shape
     for address, word in enumerate(pack_x(x, r, engine.x_stride)):
         ctx.set(bench.x.data[address], [int(v) for v in word])
-    for address, word in enumerate(pack_w(w, r, c)):
-        ctx.set(bench.w.data[address], [int(v) for v in word])
+    for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
+        ctx.set(bench.w.data[address], [[int(v) for v in row] for row in word])
     for address, word in enumerate(pack_params(bias, multiplier, shift, c)):
         ctx.set(bench.p.data[address], word)
     if rows is not None:
