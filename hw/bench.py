@@ -63,5 +63,6 @@ def bench_gemm(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, seed
     run(bench.context, testbench)
     weighted_floor = sum(s["floor"] * s["count"] for s in shapes)
     weighted_cycles = sum(s["cycles"] * s["count"] for s in shapes)
-    return {"array": f"{r}x{c}", "preset": model.name, "task": task, "shapes": shapes,
+    return {"array": f"{r}x{c}", "weight_feed_bytes": accel.weight_feed_bytes, "preset": model.name,
+            "task": task, "shapes": shapes,
             "backbone_cycles": weighted_cycles, "overall_utilization": weighted_floor / weighted_cycles}

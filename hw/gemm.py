@@ -288,10 +288,13 @@ class GemmEngine(wiring.Component):
         params_ready = Signal()
         m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(self.signature.column, cols))
+        halves = [Signal(aw + self.multiplier_width + 2, name=f"half{c}") for c in range(cols)]
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
+            for c in range(cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
+                m.d.sync += halves[c].eq(_half_minus_one(self.p_read.data[c].shift))
         room = fifo.level + in_flight < fifo.depth
         issue_drain = Signal()
         m.d.comb += issue_drain.eq(draining & params_ready & room)
@@ -320,12 +323,15 @@ class GemmEngine(wiring.Component):
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
             shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(3)]
+            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(2)]
             m.d.sync += [
                 biased.eq(drain_read.data[c] + params[c].bias),
                 shift[0].eq(Mux(raw, 0, params[c].shift)),
                 product.eq(Mux(raw, biased, biased * params[c].multiplier)),
+                half[0].eq(Mux(raw, 0, halves[c])),
                 shift[1].eq(shift[0]),
-                rounded.eq(product + _rounding_term(product, shift[1])),
+                half[1].eq(half[0]),
+                rounded.eq(product + half[1] + Mux(shift[1] == 0, 0, (product >> shift[1])[0])),
                 shift[2].eq(shift[1]),
                 shifted.eq(rounded >> shift[2]),
             ]
@@ -383,11 +389,10 @@ class GemmEngine(wiring.Component):
         return m
 
 
-def _rounding_term(value, shift):
-    """What `golden.ops.round_shift` adds before shifting: 2^(shift−1) − 1 plus bit `shift` of value (the
-    lowest kept bit), so that the arithmetic shift that follows rounds half to even; 0 for shift 0."""
-    half_minus_one = (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1
-    return Mux(shift == 0, 0, half_minus_one[:len(value)] + (value >> shift)[0])
+def _half_minus_one(shift):
+    """2^(shift−1) − 1 (0 for shift 0): with the lowest kept bit, what `golden.ops.round_shift` adds before
+    the arithmetic shift so that it rounds half to even."""
+    return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
 
 
 def _saturate(m, value, command, aw, lane):

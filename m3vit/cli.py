@@ -169,12 +169,15 @@ def cmd_elaborate(args) -> int:
 def cmd_bench_gemm(args) -> int:
     from hw.bench import bench_gemm
     model = model_preset(args.preset)
-    result = bench_gemm(model, accelerator_preset(args.array), task=model.task_index(args.task))
+    accel = accelerator_preset(args.array)
+    if args.weight_feed is not None:
+        accel = accel.replace(weight_feed_bytes=args.weight_feed)
+    result = bench_gemm(model, accel, task=model.task_index(args.task))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"GEMM engine on a {result['array']} array, {result['preset']} backbone (task {result['task']}), "
-          f"cycles from the fast simulator")
+    print(f"GEMM engine on a {result['array']} array ({result['weight_feed_bytes']} weight bytes per cycle), "
+          f"{result['preset']} backbone (task {result['task']}), cycles from the fast simulator")
     print(f"  {'name':<16} {'M':>5} {'K':>5} {'N':>5} {'count':>5} {'cycles':>8} {'floor':>8} {'bound':>8} "
           f"{'util':>6}  exact")
     for s in result["shapes"]:
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     preset_args(gemm_bench)
     gemm_bench.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     gemm_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    gemm_bench.add_argument("--weight-feed", type=int, default=None,
+                            help="weight bytes per cycle into the array (default: the preset's)")
     gemm_bench.set_defaults(run=cmd_bench_gemm)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
