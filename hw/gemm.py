@@ -39,7 +39,8 @@ from .array import SystolicArray
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 6                                           # read, bias, product, round, shift, saturate
+DRAIN_STAGES = 7                            # read, bias, partial products, product, round, shift, saturate
+PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
 
@@ -305,7 +306,8 @@ class GemmEngine(wiring.Component):
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA DSP blocks: read, add the
-        # bias, multiply, add the rounding term, shift, saturate; then into the FIFO (or the combine).
+        # bias, two partial products, their sum, add the rounding term, shift, saturate; then into the FIFO
+        # (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
@@ -318,22 +320,32 @@ class GemmEngine(wiring.Component):
         m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile), result.data.eq(lanes)]
         product_width = aw + 1 + self.multiplier_width + 1
         for c in range(cols):
-            biased = Signal(signed(aw + 1), name=f"biased{c}")
+            # One stage per step; the product in two halves that each fit one 18 × 18 DSP multiplier with
+            # its output register, added in the next stage.
+            biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(2)]
+            low = Signal(unsigned(PARTIAL + self.multiplier_width), name=f"low{c}")
+            high = Signal(signed(product_width), name=f"high{c}")
             product = Signal(signed(product_width), name=f"product{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(3)]
-            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(2)]
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(4)]
+            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(3)]
+            multiplier = params[c].multiplier
             m.d.sync += [
-                biased.eq(drain_read.data[c] + params[c].bias),
+                biased[0].eq(drain_read.data[c] + params[c].bias),
                 shift[0].eq(Mux(raw, 0, params[c].shift)),
-                product.eq(Mux(raw, biased, biased * params[c].multiplier)),
                 half[0].eq(Mux(raw, 0, halves[c])),
+                low.eq(biased[0][:PARTIAL] * multiplier),
+                high.eq(biased[0][PARTIAL:].as_signed() * multiplier),
+                biased[1].eq(biased[0]),
                 shift[1].eq(shift[0]),
                 half[1].eq(half[0]),
-                rounded.eq(product + half[1] + Mux(shift[1] == 0, 0, (product >> shift[1])[0])),
+                product.eq(Mux(raw, biased[1], (high << PARTIAL) + low)),
                 shift[2].eq(shift[1]),
-                shifted.eq(rounded >> shift[2]),
+                half[2].eq(half[1]),
+                rounded.eq(product + half[2] + Mux(shift[2] == 0, 0, (product >> shift[2])[0])),
+                shift[3].eq(shift[2]),
+                shifted.eq(rounded >> shift[3]),
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
