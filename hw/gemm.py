@@ -39,7 +39,7 @@ from .array import SystolicArray
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 7                            # read, bias, partial products, product, round, shift, saturate
+DRAIN_STAGES = 8                # read, bias, partial products, product, + half, + kept bit, shift, saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -306,8 +306,8 @@ class GemmEngine(wiring.Component):
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA DSP blocks: read, add the
-        # bias, two partial products, their sum, add the rounding term, shift, saturate; then into the FIFO
-        # (or the combine).
+        # bias, two partial products, their sum, add 2^(shift−1) − 1, add the lowest kept bit, shift,
+        # saturate; then into the FIFO (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
@@ -326,9 +326,11 @@ class GemmEngine(wiring.Component):
             low = Signal(unsigned(PARTIAL + self.multiplier_width), name=f"low{c}")
             high = Signal(signed(product_width), name=f"high{c}")
             product = Signal(signed(product_width), name=f"product{c}")
+            halfway = Signal(signed(product_width + 1), name=f"halfway{c}")
+            kept = Signal(name=f"kept{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(4)]
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(5)]
             half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(3)]
             multiplier = params[c].multiplier
             m.d.sync += [
@@ -343,9 +345,12 @@ class GemmEngine(wiring.Component):
                 product.eq(Mux(raw, biased[1], (high << PARTIAL) + low)),
                 shift[2].eq(shift[1]),
                 half[2].eq(half[1]),
-                rounded.eq(product + half[2] + Mux(shift[2] == 0, 0, (product >> shift[2])[0])),
+                halfway.eq(product + half[2]),
+                kept.eq(Mux(shift[2] == 0, 0, (product >> shift[2])[0])),
                 shift[3].eq(shift[2]),
-                shifted.eq(rounded >> shift[3]),
+                rounded.eq(halfway + kept),
+                shift[4].eq(shift[3]),
+                shifted.eq(rounded >> shift[4]),
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
@@ -376,7 +381,8 @@ class GemmEngine(wiring.Component):
         weighted = [Signal(signed(COMBINE_WIDTH), name=f"weighted{c}") for c in range(cols)]
         m.d.sync += [weighted_valid.eq(final_valid & combining), weighted_address.eq(combine_address)]
         for c in range(cols):
-            m.d.sync += weighted[c].eq(result.data[c] * gate)
+            # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
+            m.d.sync += weighted[c].eq(lanes[c][:GemmMode.COMBINE.bits].as_signed() * gate)
             m.d.comb += self.combine_write.data[c].eq(self.combine_read.data[c] + weighted[c])
         m.d.comb += [self.combine_write.addr.eq(weighted_address), self.combine_write.en.eq(weighted_valid)]
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
