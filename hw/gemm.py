@@ -18,7 +18,7 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
 `gate[list_base + m]` and adds it into the combine memory at (token `index[list_base + m]`, N tile j), word
 `token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port transparent to the engine's writes).
-Results leave about R + C + 6 cycles after their row streamed, through a 4-deep FIFO.
+Results leave about R + C + 14 cycles after their row streamed, through a small FIFO.
 """
 
 from __future__ import annotations
@@ -171,67 +171,82 @@ class GemmEngine(wiring.Component):
 
         command = Signal(self.signature.command)
         m_rows = command.m
-        total_tiles = Signal(range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1))
+        tile_count = range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1)
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
 
-        # --- Counters of the three overlapping walks over the tiles t = j·KT + i ----------------------------
-        loaded = Signal.like(total_tiles)      # tiles whose every row has entered the array
-        streamed = Signal.like(total_tiles)    # tiles whose every row has entered the array's stream input
+        # --- The three overlapping walks over the tiles t = j·KT + i ------------------------------------------
+        # Their conditions are kept as credit counters, tested against zero (no comparators on the paths
+        # that start a tile):
+        #   load_left    tiles still to load             load_credit   a bank is free: streamed + 2 − loading
+        #   stream_left  tiles still to stream           ready         loaded − streaming tiles
+        #   bank_credit  accumulator banks free: drained + 2 − N tiles started
         drained = Signal(range(tiles(self.max_n, cols) + 1))   # N tiles drained out of the accumulator
         n_tiles_done = Signal.like(drained)    # N tiles fully accumulated
+        load_left, stream_left, ready = (Signal(tile_count, name=n) for n in ("load_left", "stream_left", "ready"))
+        load_credit, bank_credit = Signal(range(3)), Signal(range(3))
+        load_done, stream_done, n_started, drain_done = Signal(), Signal(), Signal(), Signal()
 
-        # Loader: tile `load_t` into bank load_t mod 2, `load_rows` rows per cycle.
-        load_t = Signal.like(total_tiles)
+        # Loader: tile after tile into bank (tile parity), `load_rows` rows per cycle.
+        load_bank = Signal()                                   # parity of the tile being loaded
         load_r = Signal(range(beats))                          # the beat of the tile being loaded
         loading = Signal()
         load_address = Signal.like(self.w_read.addr)
-        can_load = (load_t < total_tiles) & ((load_t < 2) | (streamed >= load_t - 1))
+        can_load = (load_left != 0) & (load_credit != 0)
         m.d.comb += [self.w_read.addr.eq(load_address), self.w_read.en.eq(1)]
         issue_load = Signal()
-        m.d.comb += issue_load.eq(busy & (loading | can_load))
+        m.d.comb += [issue_load.eq(busy & (loading | can_load)), load_done.eq(issue_load & (load_r == beats - 1))]
         with m.If(issue_load):
             m.d.sync += [load_address.eq(load_address + 1), loading.eq(load_r != beats - 1)]
             m.d.sync += load_r.eq(Mux(load_r == beats - 1, 0, load_r + 1))
             with m.If(load_r == beats - 1):
-                m.d.sync += load_t.eq(load_t + 1)
+                m.d.sync += load_bank.eq(~load_bank)
         # The word read this cycle enters the array next cycle.
         load_valid = Signal()
         load_row = Signal.like(array.load.payload.row)
-        load_bank = Signal()
+        entering_bank = Signal()
         load_last = Signal()
-        m.d.sync += [load_valid.eq(issue_load), load_row.eq(load_r * self.load_rows), load_bank.eq(load_t[0]),
-                     load_last.eq(issue_load & (load_r == beats - 1))]
+        m.d.sync += [load_valid.eq(issue_load), load_row.eq(load_r * self.load_rows), entering_bank.eq(load_bank),
+                     load_last.eq(load_done)]
         m.d.comb += [array.load.valid.eq(load_valid), array.load.payload.row.eq(load_row),
-                     array.load.payload.bank.eq(load_bank), array.load.payload.data.eq(self.w_read.data)]
-        # A tile may stream from the cycle after its last row entered.
-        with m.If(load_last):
-            m.d.sync += loaded.eq(loaded + 1)
+                     array.load.payload.bank.eq(entering_bank), array.load.payload.data.eq(self.w_read.data)]
 
-        # Streamer: the M rows of tile `stream_t` (N tile j, K tile i).
-        stream_t = Signal.like(total_tiles)
+        # Streamer: the M rows of the current tile (N tile j, K tile i, parity stream_bank).
+        stream_bank = Signal()
         stream_i = Signal.like(command.k_tiles)
         stream_j = Signal.like(command.n_tiles)
         stream_m = Signal.like(m_rows)
         streaming = Signal()
-        bank_free = (stream_i != 0) | (stream_m != 0) | (stream_j < drained + 2)
+        bank_free = (stream_i != 0) | (stream_m != 0) | (bank_credit != 0)
         # A row is revisited no sooner than every M cycles; with M = 1 keep two cycles between visits, for the
         # accumulator's read-add-write.
         issued_last = Signal()
-        can_stream = (stream_t < total_tiles) & (loaded > stream_t) & bank_free & ~(issued_last & (m_rows == 1))
+        single_row = Signal()
+        can_stream = (stream_left != 0) & (ready != 0) & bank_free & ~(issued_last & single_row)
         issue_row = Signal()
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
         m.d.sync += issued_last.eq(issue_row)
         last_row = stream_m == m_rows - 1
+        m.d.comb += [stream_done.eq(issue_row & last_row),
+                     n_started.eq(issue_row & (stream_i == 0) & (stream_m == 0))]
         tile_base = Signal.like(self.x_read.addr)   # x_base + i·x_stride, kept by addition
         with m.If(issue_row):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
             with m.If(last_row):
-                m.d.sync += [stream_t.eq(stream_t + 1), streamed.eq(streamed + 1)]
+                m.d.sync += stream_bank.eq(~stream_bank)
                 with m.If(stream_i == command.k_tiles - 1):
                     m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1), tile_base.eq(command.x_base)]
                 with m.Else():
                     m.d.sync += [stream_i.eq(stream_i + 1), tile_base.eq(tile_base + self.x_stride)]
+
+        # The credit counters (a tile may stream from the cycle after its last load row entered).
+        m.d.sync += [
+            load_left.eq(load_left - load_done),
+            stream_left.eq(stream_left - stream_done),
+            ready.eq(ready + load_last - stream_done),
+            load_credit.eq(load_credit + stream_done - load_done),
+            bank_credit.eq(bank_credit + drain_done - n_started),
+        ]
 
         # Stage 1: the gather index (or the row itself); stage 2: the X word; stage 3: into the array.
         m.d.comb += [self.index_read.addr.eq(command.list_base + stream_m), self.index_read.en.eq(1)]
@@ -241,7 +256,7 @@ class GemmEngine(wiring.Component):
         stage1_base = Signal.like(tile_base)
         m.d.sync += stage1_base.eq(tile_base)
         m.d.sync += [stage1.valid.eq(issue_row), stage1.m.eq(stream_m), stage1.i.eq(stream_i),
-                     stage1.j.eq(stream_j), stage1.bank.eq(stream_t[0]), stage1.first.eq(stream_i == 0),
+                     stage1.j.eq(stream_j), stage1.bank.eq(stream_bank), stage1.first.eq(stream_i == 0),
                      stage1.last.eq(stream_i == command.k_tiles - 1)]
         source_row = Mux(command.gather, self.index_read.data, stage1.m)
         m.d.comb += [self.x_read.addr.eq(stage1_base + source_row),
@@ -301,6 +316,7 @@ class GemmEngine(wiring.Component):
         m.d.comb += issue_drain.eq(draining & params_ready & room)
         m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
         drain_last = drain_m == m_rows - 1
+        m.d.comb += drain_done.eq(issue_drain & drain_last)
         with m.If(issue_drain):
             m.d.sync += drain_m.eq(drain_m + 1)
             with m.If(drain_last):
@@ -392,13 +408,14 @@ class GemmEngine(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
             empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
+            total = payload.k_tiles * payload.n_tiles
             m.d.sync += [
-                command.eq(payload), busy.eq(~empty),
-                total_tiles.eq(payload.k_tiles * payload.n_tiles),
+                command.eq(payload), busy.eq(~empty), single_row.eq(payload.m == 1),
                 load_address.eq(payload.w_base),
-                loaded.eq(0), streamed.eq(0), drained.eq(0), n_tiles_done.eq(0),
-                load_t.eq(0), load_r.eq(0), loading.eq(0),
-                stream_t.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
+                load_left.eq(total), stream_left.eq(total), ready.eq(0), load_credit.eq(2), bank_credit.eq(2),
+                drained.eq(0), n_tiles_done.eq(0),
+                load_bank.eq(0), load_r.eq(0), loading.eq(0),
+                stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
                 tile_base.eq(payload.x_base),
             ]
         in_pipeline = Cat(*(valid for valid, _, _ in stages[1:])).any()
