@@ -12,7 +12,7 @@ from amaranth import Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -43,7 +43,8 @@ class LintError(RuntimeError):
     """Verilator rejected a design; the message holds its report."""
 
 
-def _verilator() -> str:
+def verilator() -> str:
+    """The path of `verilator-cli` (from the project's environment, also when it is not on PATH)."""
     found = shutil.which("verilator-cli") or shutil.which("verilator-cli", path=str(Path(sys.executable).parent))
     if found is None:
         raise LintError("verilator-cli not found: install the project's environment (pdm install)")
@@ -55,7 +56,7 @@ def lint(verilog_text: str, top: str) -> str:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"{top}.v"
         path.write_text(verilog_text)
-        result = subprocess.run([_verilator(), *LINT_FLAGS, "--top-module", top, str(path)],
+        result = subprocess.run([verilator(), *LINT_FLAGS, "--top-module", top, str(path)],
                                 capture_output=True, text=True)
     if result.returncode != 0:
         raise LintError(f"verilator-cli --lint-only failed on {top}:\n{result.stderr}{result.stdout}")

