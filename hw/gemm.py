@@ -18,7 +18,7 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
 `gate[list_base + m]` and adds it into the combine memory at (token `index[list_base + m]`, N tile j), word
 `token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port transparent to the engine's writes).
-Results leave about R + C + 14 cycles after their row streamed, through a small FIFO.
+Results leave about R + C + 15 cycles after their row streamed, through a small FIFO.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .array import SystolicArray
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 8                # read, bias, partial products, product, + half, + kept bit, shift, saturate
+DRAIN_STAGES = 9   # read, register, + bias, partial products, product, + half, + kept bit, shift, saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -321,9 +321,9 @@ class GemmEngine(wiring.Component):
             m.d.sync += drain_m.eq(drain_m + 1)
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
-        # Pipeline, one register per step so the requantizer meets timing on FPGA DSP blocks: read, add the
-        # bias, two partial products, their sum, add 2^(shift−1) − 1, add the lowest kept bit, shift,
-        # saturate; then into the FIFO (or the combine).
+        # Pipeline, one register per step so the requantizer meets timing on FPGA block RAMs and DSP blocks:
+        # read, register, add the bias, two partial products, their sum, add 2^(shift−1) − 1, add the lowest
+        # kept bit, shift, saturate; then into the FIFO (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
@@ -336,8 +336,11 @@ class GemmEngine(wiring.Component):
         m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile), result.data.eq(lanes)]
         product_width = aw + 1 + self.multiplier_width + 1
         for c in range(cols):
-            # One stage per step; the product in two halves that each fit one 18 × 18 DSP multiplier with
-            # its output register, added in the next stage.
+            # One stage per step, the row's parameters travelling with it; the product in two halves that
+            # each fit one 18 × 18 DSP multiplier with its output register, added in the next stage.
+            read = Signal(signed(aw), name=f"read{c}")
+            bias = Signal.like(params[c].bias, name=f"bias{c}")
+            multiplier = [Signal.like(params[c].multiplier, name=f"multiplier{c}_{stage}") for stage in range(2)]
             biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(2)]
             low = Signal(unsigned(PARTIAL + self.multiplier_width), name=f"low{c}")
             high = Signal(signed(product_width), name=f"high{c}")
@@ -346,27 +349,22 @@ class GemmEngine(wiring.Component):
             kept = Signal(name=f"kept{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(5)]
-            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(3)]
-            multiplier = params[c].multiplier
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(6)]
+            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(4)]
             m.d.sync += [
-                biased[0].eq(drain_read.data[c] + params[c].bias),
-                shift[0].eq(Mux(raw, 0, params[c].shift)),
-                half[0].eq(Mux(raw, 0, halves[c])),
-                low.eq(biased[0][:PARTIAL] * multiplier),
-                high.eq(biased[0][PARTIAL:].as_signed() * multiplier),
-                biased[1].eq(biased[0]),
-                shift[1].eq(shift[0]),
+                # the accumulator word straight into a register (the block RAM's output register)
+                read.eq(drain_read.data[c]), bias.eq(params[c].bias), multiplier[0].eq(params[c].multiplier),
+                shift[0].eq(Mux(raw, 0, params[c].shift)), half[0].eq(Mux(raw, 0, halves[c])),
+                biased[0].eq(read + bias), multiplier[1].eq(multiplier[0]), shift[1].eq(shift[0]),
                 half[1].eq(half[0]),
-                product.eq(Mux(raw, biased[1], (high << PARTIAL) + low)),
-                shift[2].eq(shift[1]),
-                half[2].eq(half[1]),
-                halfway.eq(product + half[2]),
-                kept.eq(Mux(shift[2] == 0, 0, (product >> shift[2])[0])),
-                shift[3].eq(shift[2]),
-                rounded.eq(halfway + kept),
-                shift[4].eq(shift[3]),
-                shifted.eq(rounded >> shift[4]),
+                low.eq(biased[0][:PARTIAL] * multiplier[1]),
+                high.eq(biased[0][PARTIAL:].as_signed() * multiplier[1]),
+                biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
+                product.eq(Mux(raw, biased[1], (high << PARTIAL) + low)), shift[3].eq(shift[2]), half[3].eq(half[2]),
+                halfway.eq(product + half[3]),
+                kept.eq(Mux(shift[3] == 0, 0, (product >> shift[3])[0])), shift[4].eq(shift[3]),
+                rounded.eq(halfway + kept), shift[5].eq(shift[4]),
+                shifted.eq(rounded >> shift[5]),
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
