@@ -263,8 +263,10 @@ class GemmEngine(wiring.Component):
                      self.x_read.en.eq(1)]
         stage2 = Signal(side)
         m.d.sync += stage2.eq(stage1)
+        # Lanes of the last K tile past K are zeroed: the per-lane mask is set once per command.
+        lane_valid = Signal(rows)
         for r in range(rows):
-            keep = (stage2.i != command.k_tiles - 1) | (r < command.k_last)
+            keep = ~stage2.last | lane_valid[r]
             m.d.comb += array.stream_in.payload.data[r].eq(Mux(keep, self.x_read.data[r], 0))
         m.d.comb += [array.stream_in.valid.eq(stage2.valid), array.stream_in.payload.bank.eq(stage2.bank)]
 
@@ -409,6 +411,7 @@ class GemmEngine(wiring.Component):
             total = payload.k_tiles * payload.n_tiles
             m.d.sync += [
                 command.eq(payload), busy.eq(~empty), single_row.eq(payload.m == 1),
+                lane_valid.eq(Cat(*(payload.k_last > r for r in range(rows)))),
                 load_address.eq(payload.w_base),
                 load_left.eq(total), stream_left.eq(total), ready.eq(0), load_credit.eq(2), bank_credit.eq(2),
                 drained.eq(0), n_tiles_done.eq(0),
