@@ -43,11 +43,11 @@ def _best_time(function, repeats: int) -> float:
 
 
 def _load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None):
-    from .float_model import M3ViT, _torch_load
+    from .float_model import M3ViT, read_checkpoint
 
     if checkpoint is None:
         return M3ViT.trained_like(config, seed)
-    data = _torch_load(checkpoint)
+    data = read_checkpoint(checkpoint)
     if isinstance(data, dict) and "format" in data:
         return M3ViT.load(checkpoint)
     model = M3ViT(config)

@@ -25,8 +25,8 @@ from .config import ModelConfig
 from .images import structured_images
 
 __all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "time_inference", "calibrate",
-           "numpy_weights", "quantize_model", "float_inference", "float_output", "LN_EPS", "CHECKPOINT_FORMAT",
-           "OUTLIER_RATIO", "ROUTER_MARGIN"]
+           "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",
+           "CHECKPOINT_FORMAT", "OUTLIER_RATIO", "ROUTER_MARGIN"]
 
 LN_EPS = 1e-6
 CHECKPOINT_FORMAT = "m3vit-float-1"
@@ -289,7 +289,7 @@ class M3ViT(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "M3ViT":
         """A model saved with `save` (its config and state dict in one file)."""
-        data = _torch_load(path)
+        data = read_checkpoint(path)
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not an M³ViT float checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
         config = ModelConfig.from_dict(data["config"])
@@ -469,7 +469,8 @@ def float_inference(model: M3ViT, image: np.ndarray, task: int | str = 0) -> dic
             "logits": logits}
 
 
-def _torch_load(path):
+def read_checkpoint(path):
+    """The contents of a torch checkpoint file (tensors only, no pickled code), or `CheckpointError`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -464,8 +464,8 @@ def pack_x(x: np.ndarray, rows: int, stride: int) -> np.ndarray:
 
 
 def pack_w(w: np.ndarray, rows: int, cols: int, load_rows: int = 1) -> np.ndarray:
-    """W [K, N] → the W memory image in consumption order: tile (j, i) beat q (rows q·load_rows … + load_rows − 1)
-    at word (j·KT + i)·⌈R / load_rows⌉ + q, zero-padded. [words, load_rows, C]."""
+    """W [K, N] → the W memory image in consumption order: tile (j, i) beat q (rows q·load_rows to
+    q·load_rows + load_rows − 1) at word (j·KT + i)·⌈R / load_rows⌉ + q, zero-padded. [words, load_rows, C]."""
     k, n = w.shape
     kt, nt = tiles(k, rows), tiles(n, cols)
     beats = tiles(rows, load_rows)

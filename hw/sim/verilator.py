@@ -170,7 +170,7 @@ class Verilated:
         self._lib.sim_store.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, words]
         self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._handle = self._lib.sim_new()
-        self._words = (ctypes.c_uint32 * 64)()
+        self._words = (ctypes.c_uint32 * max(2, (max(len(s) for s in signals) + 31) // 32))()
         self._raw(self._reset, 0)
         self._raw(self._clock, 0)
         self._lib.sim_eval(self._handle)
