@@ -27,11 +27,11 @@ class TilePlan:
 def plan_tiles(tiles: list[tuple[np.ndarray, np.ndarray]], rows: int, gaps: list[int] | None = None,
                spacing: list[int] | None = None, load_rows: int = 1) -> TilePlan:
     """Back-to-back schedule of `tiles` = [(W [R, C], X [M, R]), …] on a rows-deep array: tile t uses bank
-    t mod 2; its R load rows enter one per cycle, from the cycle before the last row of the tile before the
+    t mod 2; its ⌈R / load_rows⌉ load beats enter one per cycle, from the cycle before the last row of the tile before the
     previous one enters (and once the load port is free); its rows stream from the second cycle after its
     last load row and once the previous tile has finished. So a tile costs max(M, ⌈R / load_rows⌉) cycles.
-    `gaps[t]` extra idle cycles (bubbles) before tile t
-    streams and `spacing[t]` bubbles after each of its rows, to test that bubbles are harmless."""
+    `gaps[t]` extra idle cycles (bubbles) before tile t streams and `spacing[t]` bubbles after each of its
+    rows, to test that bubbles are harmless."""
     gaps = gaps or [0] * len(tiles)
     spacing = spacing or [0] * len(tiles)
     beats = -(-rows // load_rows)
