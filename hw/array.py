@@ -15,7 +15,7 @@ cycle without `valid` is a bubble):
 - `out`: `data` [C], the products of the row that entered `latency` = R + C + 1 cycles earlier, in order.
 
 Timing inside: row r of the streamed operand is delayed r cycles (skew); PE (r, c) sees it r + c cycles
-after it entered, registers the product one cycle later and adds the partial sum from above the cycle
+after it entered, registers the product one cycle later (`Multiplier`) and adds the partial sum from above the cycle
 after; column c is delayed C − 1 − c cycles at the bottom (deskew) so the C results of a row leave together.
 Load rows are skewed by column and travel down their column one row per cycle, so each PE's bank is written
 r + c + 1 cycles after its row entered.
@@ -27,6 +27,8 @@ import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from .multiplier import Multiplier
 
 __all__ = ["SystolicArray"]
 
@@ -97,15 +99,12 @@ class SystolicArray(wiring.Component):
         # Streamed operand: row r delayed r cycles, then one register per PE moving right.
         x = [[Signal(signed(ow), name=f"x_{r}_{c}") for c in range(cols)] for r in range(rows)]
         x_bank = [[Signal(name=f"xbank_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        skewed_bank = []
+        x_arriving, bank_arriving = [], []    # what PE (r, c) registers next
         for r in range(rows):
-            skewed_bank.append(delayed(self.stream_in.payload.bank, r, f"skew_xbank{r}"))
-            m.d.sync += [
-                x[r][0].eq(delayed(self.stream_in.payload.data[r], r, f"skew_x{r}")),
-                x_bank[r][0].eq(skewed_bank[r]),
-            ]
-            for c in range(1, cols):
-                m.d.sync += [x[r][c].eq(x[r][c - 1]), x_bank[r][c].eq(x_bank[r][c - 1])]
+            x_arriving.append([delayed(self.stream_in.payload.data[r], r, f"skew_x{r}"), *x[r][:-1]])
+            bank_arriving.append([delayed(self.stream_in.payload.bank, r, f"skew_xbank{r}"), *x_bank[r][:-1]])
+            for c in range(cols):
+                m.d.sync += [x[r][c].eq(x_arriving[r][c]), x_bank[r][c].eq(bank_arriving[r][c])]
 
         # Weight loading: column c delayed c cycles, then down the column one row stage per cycle, the
         # `load_rows` rows of a beat side by side; PE row r takes lane r mod load_rows of the beat whose first
@@ -133,14 +132,12 @@ class SystolicArray(wiring.Component):
                         m.d.sync += banks[1].eq(w_data[r % lanes])
                     with m.Else():
                         m.d.sync += banks[0].eq(w_data[r % lanes])
-                # The bank is chosen a cycle ahead, with the bank of the row arriving next, so both
-                # multiplier operands come straight from registers (the DSP block's input registers).
-                weight = Signal(signed(ow), name=f"w_{r}_{c}")
-                arriving_bank = x_bank[r][c - 1] if c else skewed_bank[r]
-                m.d.sync += weight.eq(Mux(arriving_bank, banks[1], banks[0]))
-                product = Signal(signed(2 * ow), name=f"p_{r}_{c}")
-                m.d.sync += product.eq(x[r][c] * weight)
-                products[r, c] = product
+                # The bank is chosen a cycle ahead, with the bank of the row arriving next: the multiplier
+                # registers both operands as x[r][c] takes the row (the DSP block's input registers).
+                multiplier = m.submodules[f"multiplier_{r}_{c}"] = Multiplier(signed(ow), signed(ow))
+                m.d.comb += [multiplier.a.eq(x_arriving[r][c]),
+                             multiplier.b.eq(Mux(bank_arriving[r][c], banks[1], banks[0]))]
+                products[r, c] = multiplier.p
 
         # Partial sums down each column, then deskew.
         outputs = []

@@ -26,12 +26,14 @@ def ports(component: wiring.Component) -> list[Signal]:
     return signals
 
 
-def to_verilog(component: wiring.Component, name: str) -> str:
-    return verilog.convert(component, name=name, ports=ports(component))
+def to_verilog(component: wiring.Component, name: str, platform=None) -> str:
+    """Verilog of `component` as module `name`; with a vendor `platform`, its primitives (DSP blocks)."""
+    return verilog.convert(component, name=name, ports=ports(component), platform=platform)
 
 
-def to_rtlil(component: wiring.Component, name: str) -> str:
-    return rtlil.convert(component, name=name, ports=ports(component))
+def to_rtlil(component: wiring.Component, name: str, platform=None) -> str:
+    """RTLIL of `component` as module `name`; with a vendor `platform`, its primitives (DSP blocks)."""
+    return rtlil.convert(component, name=name, ports=ports(component), platform=platform)
 
 
 # Yosys's Verilog backend extends and truncates operands implicitly (legal Verilog); Verilator reports each as

@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from .array import SystolicArray
+from .multiplier import Multiplier
 
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
@@ -193,8 +194,8 @@ class GemmEngine(wiring.Component):
         loading = Signal()
         load_address = Signal.like(self.w_read.addr)
         can_load = (load_left != 0) & (load_credit != 0)
-        m.d.comb += [self.w_read.addr.eq(load_address), self.w_read.en.eq(1)]
         issue_load = Signal()
+        m.d.comb += [self.w_read.addr.eq(load_address), self.w_read.en.eq(issue_load)]
         m.d.comb += [issue_load.eq(busy & (loading | can_load)), load_done.eq(issue_load & (load_r == beats - 1))]
         with m.If(issue_load):
             m.d.sync += [load_address.eq(load_address + 1), loading.eq(load_r != beats - 1)]
@@ -339,13 +340,16 @@ class GemmEngine(wiring.Component):
         product_width = aw + 1 + self.multiplier_width + 1
         for c in range(cols):
             # One stage per step, the row's parameters travelling with it; the product in two halves that
-            # each fit one 18 × 18 DSP multiplier with its output register, added in the next stage.
+            # each fit one 18 × 18 DSP multiplier with its registers (`Multiplier`), added in the next stage.
             read = Signal(signed(aw), name=f"read{c}")
             bias = Signal.like(params[c].bias, name=f"bias{c}")
-            multiplier = [Signal.like(params[c].multiplier, name=f"multiplier{c}_{stage}") for stage in range(2)]
+            multiplier = Signal.like(params[c].multiplier, name=f"multiplier{c}")
+            biasing = Signal(signed(aw + 1), name=f"biasing{c}")
             biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(2)]
-            low = Signal(unsigned(PARTIAL + self.multiplier_width), name=f"low{c}")
-            high = Signal(signed(product_width), name=f"high{c}")
+            low = m.submodules[f"requantize_low{c}"] = Multiplier(unsigned(PARTIAL), multiplier.shape())
+            high = m.submodules[f"requantize_high{c}"] = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
+            m.d.comb += [biasing.eq(read + bias), low.a.eq(biasing[:PARTIAL]), low.b.eq(multiplier),
+                         high.a.eq(biasing[PARTIAL:]), high.b.eq(multiplier)]
             product = Signal(signed(product_width), name=f"product{c}")
             halfway = Signal(signed(product_width + 1), name=f"halfway{c}")
             kept = Signal(name=f"kept{c}")
@@ -355,14 +359,11 @@ class GemmEngine(wiring.Component):
             half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(4)]
             m.d.sync += [
                 # the accumulator word straight into a register (the block RAM's output register)
-                read.eq(drain_read.data[c]), bias.eq(params[c].bias), multiplier[0].eq(params[c].multiplier),
+                read.eq(drain_read.data[c]), bias.eq(params[c].bias), multiplier.eq(params[c].multiplier),
                 shift[0].eq(Mux(raw, 0, params[c].shift)), half[0].eq(Mux(raw, 0, halves[c])),
-                biased[0].eq(read + bias), multiplier[1].eq(multiplier[0]), shift[1].eq(shift[0]),
-                half[1].eq(half[0]),
-                low.eq(biased[0][:PARTIAL] * multiplier[1]),
-                high.eq(biased[0][PARTIAL:].as_signed() * multiplier[1]),
+                biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(half[0]),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
-                product.eq(Mux(raw, biased[1], (high << PARTIAL) + low)), shift[3].eq(shift[2]), half[3].eq(half[2]),
+                product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)), shift[3].eq(shift[2]), half[3].eq(half[2]),
                 halfway.eq(product + half[3]),
                 kept.eq(Mux(shift[3] == 0, 0, (product >> shift[3])[0])), shift[4].eq(shift[3]),
                 rounded.eq(halfway + kept), shift[5].eq(shift[4]),
@@ -373,8 +374,8 @@ class GemmEngine(wiring.Component):
         m.d.comb += [fifo.w_en.eq(final_valid & ~combining), fifo.w_data.eq(result)]
         m.d.sync += in_flight.eq(in_flight + issue_drain - final_valid)
 
-        # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row;
-        # the combine word of (token, tile) is read as the product is rounded and written, plus y·g, next.
+        # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row and
+        # travel with it down the output path.
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(command.list_base + drain_m), port.en.eq(issue_drain)]
         # The token's word offset (token · NT_max) is multiplied out in the first register after the read.
@@ -388,18 +389,21 @@ class GemmEngine(wiring.Component):
             if stage < DRAIN_STAGES - 2:
                 offset_pipe.append(Signal.like(offset_pipe[0], name=f"token_offset{stage + 1}"))
                 m.d.sync += offset_pipe[-1].eq(offset_pipe[-2])
-        gate = gate_pipe[-1]
+        # The rounded row (`lanes`) and its gate enter the DSP blocks' input registers while the combine word
+        # is read; y·g and the word meet the cycle after and are written back.
         combine_address = Signal.like(self.combine_read.addr)
-        m.d.comb += [combine_address.eq(offset_pipe[-1] + final_tile),
-                     self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
-        weighted_valid = Signal()
+        m.d.sync += combine_address.eq(offset_pipe[-1] + final_tile)
+        m.d.comb += [self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
+        reading_valid, weighted_valid = Signal(), Signal()
         weighted_address = Signal.like(combine_address)
-        weighted = [Signal(signed(COMBINE_WIDTH), name=f"weighted{c}") for c in range(cols)]
-        m.d.sync += [weighted_valid.eq(final_valid & combining), weighted_address.eq(combine_address)]
+        m.d.sync += [reading_valid.eq(final_valid & combining), weighted_valid.eq(reading_valid),
+                     weighted_address.eq(combine_address)]
         for c in range(cols):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
-            m.d.sync += weighted[c].eq(lanes[c][:GemmMode.COMBINE.bits].as_signed() * gate)
-            m.d.comb += self.combine_write.data[c].eq(self.combine_read.data[c] + weighted[c])
+            weighted = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits),
+                                                                    gate_pipe[-1].shape())
+            m.d.comb += [weighted.a.eq(lanes[c][:GemmMode.COMBINE.bits]), weighted.b.eq(gate_pipe[-1]),
+                         self.combine_write.data[c].eq(self.combine_read.data[c] + weighted.p)]
         m.d.comb += [self.combine_write.addr.eq(weighted_address), self.combine_write.en.eq(weighted_valid)]
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]
@@ -420,7 +424,7 @@ class GemmEngine(wiring.Component):
                 tile_base.eq(payload.x_base),
             ]
         in_pipeline = Cat(*(valid for valid, _, _ in stages[1:])).any()
-        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~weighted_valid):
+        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m
 

@@ -14,6 +14,7 @@ from golden.costs import model_info
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
 from hw.fit import TARGETS, FitError, fit_report, target
+from hw.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 try:
     from golden.float_model import CheckpointError
@@ -150,19 +151,46 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _unit(args):
+    """The unit the arguments name, sized for the model preset and the accelerator, and its module name."""
+    from hw.gemm import GemmEngine
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    units = {"gemm": lambda: GemmEngine.for_model(model, accel)}
+    return units[args.unit](), f"{args.unit}_{accel.array_rows}x{accel.array_cols}", model
+
+
 def cmd_elaborate(args) -> int:
     from pathlib import Path
 
     from hw.export import to_rtlil, to_verilog
-    from hw.gemm import GemmEngine
-    model, accel = model_preset(args.preset), accelerator_preset(args.array)
-    units = {"gemm": lambda: GemmEngine.for_model(model, accel)}
+    from hw.synth import platform
+    board = platform(args.target) if args.target else None
+    component, name, model = _unit(args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    name = f"{args.unit}_{accel.array_rows}x{accel.array_cols}"
-    (output / f"{name}.v").write_text(to_verilog(units[args.unit](), name))
-    (output / f"{name}.il").write_text(to_rtlil(units[args.unit](), name))
-    print(f"wrote {output / name}.v and .il ({args.unit} for {model.name} on a {args.array} array)")
+    (output / f"{name}.v").write_text(to_verilog(component, name, platform=board))
+    (output / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
+    print(f"wrote {output / name}.v and .il ({args.unit} for {model.name} on a {args.array} array"
+          f"{f', primitives of {args.target}' if args.target else ''})")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from hw.synth import platform, synthesize
+    platform(args.target)   # an unknown target fails before the unit is built
+    component, name, model = _unit(args)
+    result = synthesize(component, name, args.target, args.freq, keep=args.output)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    verdict = "meets" if result.fmax_mhz >= args.freq else "misses"
+    print(f"{name} ({model.name}) on {args.target}, out of context: Fmax {result.fmax_mhz:.2f} MHz "
+          f"({verdict} {args.freq:g} MHz)")
+    print("  cells: " + ", ".join(f"{cell} {count:,}" for cell, count in result.cells.items() if count))
+    print("  placed: " + ", ".join(f"{kind} {value['used']:,}/{value['available']:,}"
+                                   for kind, value in result.utilization.items()))
+    print("  critical path: " + " → ".join(f"{kind} {delay:.2f} ns ({where})"
+                                           for delay, kind, where in result.critical_path))
     return 0
 
 
@@ -231,7 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     elaborate.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
     elaborate.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     elaborate.add_argument("-o", "--output", required=True, help="output directory")
+    elaborate.add_argument("--target", default=None,
+                           help=f"use the DSP primitives of a target ({', '.join(PLACE_AND_ROUTE_TARGETS)}); "
+                                "default: portable logic")
     elaborate.set_defaults(run=cmd_elaborate)
+
+    synth = commands.add_parser("synth", help="synthesize, place and route a unit out of context: Fmax, resources")
+    synth.add_argument("unit", choices=["gemm"])
+    synth.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
+    synth.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
+    synth.add_argument("--target", default="ulx3s-85f", help=f"target: {', '.join(PLACE_AND_ROUTE_TARGETS)}")
+    synth.add_argument("--freq", type=float, default=125.0, help="clock constraint in MHz (default 125)")
+    synth.add_argument("-o", "--output", default=None, help="keep the netlists and logs in this directory")
+    synth.add_argument("--json", action="store_true", help="print JSON")
+    synth.set_defaults(run=cmd_synth)
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)
@@ -257,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         args.task = int(args.task)
     try:
         return args.run(args)
-    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError) as error:
+    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError) as error:
         print(f"m3vit: error: {error}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:

@@ -111,3 +111,20 @@ def test_elaborate_gemm(tmp_path, capsys):
     verilog = (tmp_path / "gemm_2x3.v").read_text()
     assert "module gemm_2x3" in verilog and (tmp_path / "gemm_2x3.il").read_text().startswith("attribute")
     assert main(["elaborate", "gemm", "--array", "0x3", "-o", str(tmp_path)]) == 2
+    assert "MULT18X18D" not in verilog
+
+
+def test_elaborate_gemm_for_ecp5_uses_its_dsp_blocks(tmp_path, capsys):
+    """A 2×3 engine: 6 array multipliers, 2 per lane in the requantizer, 1 per lane for the combine."""
+    assert main(["elaborate", "gemm", "--preset", "tiny", "--array", "2x3", "--target", "ulx3s-85f",
+                 "-o", str(tmp_path)]) == 0
+    verilog = (tmp_path / "gemm_2x3.v").read_text()
+    assert verilog.count("MULT18X18D #(") == 2 * 3 + 3 * 2 + 3 * 1
+    assert "primitives of ulx3s-85f" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["synth", "gemm", "--target", "zcu104"],
+                                  ["elaborate", "gemm", "--target", "zcu104", "-o", "unused"]])
+def test_no_place_and_route_for_zcu104(capsys, argv):
+    assert main(argv) == 2
+    assert "target = 'zcu104': no open place-and-route flow; choose one of ulx3s-85f" in capsys.readouterr().err

