@@ -172,6 +172,8 @@ class GemmEngine(wiring.Component):
 
         command = Signal(self.signature.command)
         m_rows = command.m
+        m_last = Signal.like(m_rows)                 # M − 1 and KT − 1, kept from the command
+        k_last_tile = Signal.like(command.k_tiles)
         tile_count = range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1)
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
@@ -227,7 +229,7 @@ class GemmEngine(wiring.Component):
         issue_row = Signal()
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
         m.d.sync += issued_last.eq(issue_row)
-        last_row = stream_m == m_rows - 1
+        last_row = stream_m == m_last
         m.d.comb += [stream_done.eq(issue_row & last_row),
                      n_started.eq(issue_row & (stream_i == 0) & (stream_m == 0))]
         tile_base = Signal.like(self.x_read.addr)   # x_base + i·x_stride, kept by addition
@@ -235,19 +237,22 @@ class GemmEngine(wiring.Component):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
             with m.If(last_row):
                 m.d.sync += stream_bank.eq(~stream_bank)
-                with m.If(stream_i == command.k_tiles - 1):
+                with m.If(stream_i == k_last_tile):
                     m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1), tile_base.eq(command.x_base)]
                 with m.Else():
                     m.d.sync += [stream_i.eq(stream_i + 1), tile_base.eq(tile_base + self.x_stride)]
 
-        # The credit counters (a tile may stream from the cycle after its last load row entered).
-        m.d.sync += [
-            load_left.eq(load_left - load_done),
-            stream_left.eq(stream_left - stream_done),
-            ready.eq(ready + load_last - stream_done),
-            load_credit.eq(load_credit + stream_done - load_done),
-            bank_credit.eq(bank_credit + drain_done - n_started),
-        ]
+        # The credit counters (a tile may stream from the cycle after its last load row entered). Each is
+        # counted up and down from its register alone; the late control signals only choose (no carry chain
+        # after the issue logic's fan-out).
+        def count(counter, up, down):
+            m.d.sync += counter.eq(Mux(up == down, counter, Mux(up, counter + 1, counter - 1)))
+
+        count(load_left, 0, load_done)
+        count(stream_left, 0, stream_done)
+        count(ready, load_last, stream_done)
+        count(load_credit, stream_done, load_done)
+        count(bank_credit, drain_done, n_started)
 
         # Stage 1: the gather index (or the row itself); stage 2: the X word; stage 3: into the array.
         m.d.comb += [self.index_read.addr.eq(command.list_base + stream_m), self.index_read.en.eq(1)]
@@ -258,7 +263,7 @@ class GemmEngine(wiring.Component):
         m.d.sync += stage1_base.eq(tile_base)
         m.d.sync += [stage1.valid.eq(issue_row), stage1.m.eq(stream_m), stage1.i.eq(stream_i),
                      stage1.j.eq(stream_j), stage1.bank.eq(stream_bank), stage1.first.eq(stream_i == 0),
-                     stage1.last.eq(stream_i == command.k_tiles - 1)]
+                     stage1.last.eq(stream_i == k_last_tile)]
         source_row = Mux(command.gather, self.index_read.data, stage1.m)
         m.d.comb += [self.x_read.addr.eq(stage1_base + source_row),
                      self.x_read.en.eq(1)]
@@ -296,14 +301,14 @@ class GemmEngine(wiring.Component):
         m.d.comb += [write.addr.eq(settled.j[0] * self.max_m + settled.m), write.en.eq(settled.valid)]
         for c in range(cols):
             m.d.comb += write.data[c].eq(Mux(settled.first, 0, previous[c]) + results[c])
-        with m.If(settled.valid & settled.last & (settled.m == m_rows - 1)):
+        with m.If(settled.valid & settled.last & (settled.m == m_last)):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=DRAIN_STAGES + 3)
         drain_m = Signal.like(m_rows)
         draining = Signal()
-        in_flight = Signal(range(DRAIN_STAGES + 2))
+        free = Signal(range(DRAIN_STAGES + 4), init=DRAIN_STAGES + 3)   # FIFO places not taken or promised
         params_ready = Signal()
         m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(self.signature.column, cols))
@@ -314,11 +319,11 @@ class GemmEngine(wiring.Component):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
             for c in range(cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
                 m.d.sync += halves[c].eq(_half_minus_one(self.p_read.data[c].shift))
-        room = fifo.level + in_flight < fifo.depth
+        room = free != 0
         issue_drain = Signal()
         m.d.comb += issue_drain.eq(draining & params_ready & room)
         m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
-        drain_last = drain_m == m_rows - 1
+        drain_last = drain_m == m_last
         m.d.comb += drain_done.eq(issue_drain & drain_last)
         with m.If(issue_drain):
             m.d.sync += drain_m.eq(drain_m + 1)
@@ -363,7 +368,8 @@ class GemmEngine(wiring.Component):
                 shift[0].eq(Mux(raw, 0, params[c].shift)), half[0].eq(Mux(raw, 0, halves[c])),
                 biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(half[0]),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
-                product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)), shift[3].eq(shift[2]), half[3].eq(half[2]),
+                product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)),
+                shift[3].eq(shift[2]), half[3].eq(half[2]),
                 halfway.eq(product + half[3]),
                 kept.eq(Mux(shift[3] == 0, 0, (product >> shift[3])[0])), shift[4].eq(shift[3]),
                 rounded.eq(halfway + kept), shift[5].eq(shift[4]),
@@ -372,7 +378,14 @@ class GemmEngine(wiring.Component):
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
         m.d.comb += [fifo.w_en.eq(final_valid & ~combining), fifo.w_data.eq(result)]
-        m.d.sync += in_flight.eq(in_flight + issue_drain - final_valid)
+        # A place is promised when a row issues, and given back when a row leaves the FIFO or, in COMBINE
+        # mode, leaves the pipeline without entering it: the new count is chosen among precomputed ones.
+        returned = Cat(fifo.r_en & fifo.r_rdy, final_valid & combining)
+        with m.Switch(Cat(issue_drain, returned)):
+            for events in range(8):
+                gained = ((events >> 1) & 1) + ((events >> 2) & 1) - (events & 1)
+                with m.Case(events):
+                    m.d.sync += free.eq(free + gained)
 
         # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row and
         # travel with it down the output path.
@@ -415,6 +428,7 @@ class GemmEngine(wiring.Component):
             total = payload.k_tiles * payload.n_tiles
             m.d.sync += [
                 command.eq(payload), busy.eq(~empty), single_row.eq(payload.m == 1),
+                m_last.eq(payload.m - 1), k_last_tile.eq(payload.k_tiles - 1),
                 lane_valid.eq(Cat(*(payload.k_last > r for r in range(rows)))),
                 load_address.eq(payload.w_base),
                 load_left.eq(total), stream_left.eq(total), ready.eq(0), load_credit.eq(2), bank_credit.eq(2),

@@ -13,8 +13,9 @@ from hw.synth import platform, synthesize
 
 
 def _extremes(shape):
-    low, high = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed else (0, (1 << shape.width) - 1)
-    return low, high
+    if shape.signed:
+        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    return 0, (1 << shape.width) - 1
 
 
 @pytest.mark.parametrize("a_shape, b_shape", [(signed(8), signed(8)), (unsigned(17), unsigned(17)),
