@@ -11,7 +11,7 @@ from golden.fixtures import ROUTING_FIXTURE
 
 from .gemm import GemmEngine, GemmMode, gemm_model, tiles
 
-__all__ = ["backbone_gemms", "bench_gemm"]
+__all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader"]
 
 
 def backbone_gemms(model: ModelConfig, task: int = 0) -> list[dict]:
@@ -34,16 +34,16 @@ def backbone_gemms(model: ModelConfig, task: int = 0) -> list[dict]:
     return shapes
 
 
-def bench_gemm(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, seed: int = 0) -> dict:
-    """Cycles of every backbone GEMM on the engine `accel` builds for `model`, measured in the fast
-    simulator with random int8 operands, each result checked against the golden model."""
+def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dict], seed: int = 0) -> list[dict]:
+    """Add to each shape (`m`, `k`, `n`) the cycles the engine `accel` builds for `model` takes for it, measured
+    in the fast simulator with random int8 operands, the floor ⌈M·K·N / (R·C)⌉, the dataflow's bound,
+    utilization, and whether the result equals the golden model's."""
     from .sim.gemm import GemmModelBench, run_gemm
     from .sim.verilator import run
 
     engine = GemmEngine.for_model(model, accel)
     bench = GemmModelBench(engine)
     r, c = accel.array_rows, accel.array_cols
-    shapes = backbone_gemms(model, task)
     rng = np.random.default_rng(seed)
 
     async def testbench(ctx):
@@ -61,8 +61,68 @@ def bench_gemm(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, seed
                                                                            GemmMode.INT8))))
 
     run(bench.context, testbench)
+    return shapes
+
+
+def bench_gemm(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, seed: int = 0) -> dict:
+    """Cycles of every backbone GEMM (`backbone_gemms`) on the engine `accel` builds for `model`."""
+    shapes = measure_gemms(model, accel, backbone_gemms(model, task), seed)
+    r, c = accel.array_rows, accel.array_cols
     weighted_floor = sum(s["floor"] * s["count"] for s in shapes)
     weighted_cycles = sum(s["cycles"] * s["count"] for s in shapes)
     return {"array": f"{r}x{c}", "weight_feed_bytes": accel.weight_feed_bytes, "preset": model.name,
             "task": task, "shapes": shapes,
             "backbone_cycles": weighted_cycles, "overall_utilization": weighted_floor / weighted_cycles}
+
+
+def bench_loader(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, bandwidths=(8, 16, 32),
+                 latency: int = 24, seed: int = 0) -> dict:
+    """One MoE layer's expert sequence through the weight path (fast simulator) against a DRAM model of
+    `latency` cycles to the first beat, at each bandwidth in bytes per cycle: the bus is the accelerator's or,
+    for more bytes per cycle, as wide as needed; the consumer holds each buffer for the cycles the GEMM engine
+    takes for that expert matrix at the routing fixture's token count (measured). Compares the total with
+    the ideal double-buffered schedule L₁ + Σ max(Cᵢ, Lᵢ₊₁)."""
+    from .layout import expert_layer_layout
+    from .loader import WeightPath
+    from .sim.dram import AXI4ReadModel
+    from .sim.loader import ideal_cycles, run_loads
+    from .sim.verilator import Verilated, VerilatorContext, run
+
+    tokens = ROUTING_FIXTURE[task]
+    active = sorted(tokens)
+    d, h = model.embed_dim, model.expert_hidden
+    shapes = measure_gemms(model, accel, [{"m": tokens[e], "k": k, "n": n, "expert": e}
+                                          for e in active for k, n in ((d, h), (h, d))], seed)
+    computes = [shape["cycles"] for shape in shapes]
+    rows = []
+    for bandwidth in bandwidths:
+        bus = max(accel.dram_bytes_per_beat, bandwidth)
+        config = accel.replace(dram_data_width=8 * bus)
+        layout = expert_layer_layout(model, config)
+        base = 1 << 20
+        image = np.random.default_rng(seed).integers(0, 256, base + layout.bytes, dtype=np.uint8)
+        dram = AXI4ReadModel(image, bus, latency=latency, beats_per_cycle=bandwidth / bus)
+        path = WeightPath.for_config(model, config)
+        loads = layout.loads(active, base)
+        buffers = [i % config.weight_buffers for i in range(len(loads))]
+        result = {}
+
+        async def testbench(ctx, path=path, dram=dram, loads=loads, buffers=buffers):
+            ctx.set(path.layer_base, base)
+            ctx.set(path.read.en, 0)
+            result["run"] = await run_loads(ctx, path, dram, [(path.experts, active)], buffers, computes)
+
+        run(VerilatorContext(Verilated(path, "weight_path")), testbench)
+        load_cycles = [-(-load.length // bandwidth) for load in loads]
+        ideal = ideal_cycles(load_cycles, computes)
+        rows.append({"bandwidth": bandwidth, "bus_bytes": bus, "cycles": result["run"].cycles,
+                     "ideal_cycles": ideal, "ratio": result["run"].cycles / ideal,
+                     "compute_cycles": sum(computes), "load_cycles": sum(load_cycles),
+                     "bytes_read": dram.bytes_read, "active_expert_bytes": sum(load.length for load in loads),
+                     "max_bursts_in_flight": dram.max_in_flight})
+    layout = expert_layer_layout(model, accel)
+    return {"preset": model.name, "array": f"{accel.array_rows}x{accel.array_cols}", "task": task,
+            "active_experts": active, "latency": latency, "outstanding": accel.dram_outstanding,
+            "rows": rows,
+            "weight_buffer_bytes": accel.weight_buffers * accel.weight_buffer_bytes,
+            "all_experts_bytes": model.num_experts * (layout.fc1.slab_bytes + layout.fc2.slab_bytes)}

@@ -216,6 +216,27 @@ def cmd_bench_gemm(args) -> int:
     return 0
 
 
+def cmd_bench_loader(args) -> int:
+    from hw.bench import bench_loader
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    result = bench_loader(model, accel, task=model.task_index(args.task), latency=args.latency)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"Weight path on a {result['array']} accelerator, {result['preset']} MoE layer (task {result['task']}, "
+          f"experts {result['active_experts']}), DRAM latency {result['latency']} cycles, "
+          f"{result['outstanding']} bursts in flight; cycles from the fast simulator")
+    print(f"  {'B/cycle':>7} {'bus':>4} {'cycles':>8} {'ideal':>8} {'ratio':>6} {'compute':>8} {'load':>8} "
+          f"{'bytes read':>10} {'active bytes':>12}")
+    for row in result["rows"]:
+        print(f"  {row['bandwidth']:>7} {row['bus_bytes']:>4} {row['cycles']:>8} {row['ideal_cycles']:>8} "
+              f"{row['ratio']:>6.3f} {row['compute_cycles']:>8} {row['load_cycles']:>8} {row['bytes_read']:>10} "
+              f"{row['active_expert_bytes']:>12}")
+    print(f"  on-chip weight buffers: {result['weight_buffer_bytes']:,} bytes; all of a layer's experts: "
+          f"{result['all_experts_bytes']:,} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     gemm_bench.add_argument("--weight-feed", type=int, default=None,
                             help="weight bytes per cycle into the array (default: the preset's)")
     gemm_bench.set_defaults(run=cmd_bench_gemm)
+    loader_bench = benches.add_parser("loader", help="the expert weight loader against the ideal double-buffered "
+                                                     "schedule at 8, 16, 32 bytes per cycle (fast simulator)")
+    preset_args(loader_bench)
+    loader_bench.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
+    loader_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    loader_bench.add_argument("--latency", type=int, default=24, help="DRAM cycles to a burst's first beat")
+    loader_bench.set_defaults(run=cmd_bench_loader)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

@@ -14,13 +14,14 @@ __all__ = ["GemmBench", "GemmModelBench", "run_gemm"]
 
 
 class GemmBench(Elaboratable):
-    """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`."""
+    """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`; with `weights`
+    (a component with a `read` port, as `hw.loader.WeightPath`), W comes from it instead (`w` is None)."""
 
-    def __init__(self, engine: GemmEngine):
-        self.engine = engine
+    def __init__(self, engine: GemmEngine, weights=None):
+        self.engine, self.weights = engine, weights
         shape = lambda port: engine.signature.members[port].signature.members["data"].shape  # noqa: E731
         self.x = Memory(shape=shape("x_read"), depth=engine.x_depth, init=[])
-        self.w = Memory(shape=shape("w_read"), depth=engine.w_depth, init=[])
+        self.w = Memory(shape=shape("w_read"), depth=engine.w_depth, init=[]) if weights is None else None
         self.p = Memory(shape=shape("p_read"), depth=engine.p_depth, init=[])
         self.index = Memory(shape=shape("index_read"), depth=engine.index_depth, init=[])
         self.gate = Memory(shape=shape("gate_read"), depth=engine.index_depth, init=[])
@@ -31,12 +32,17 @@ class GemmBench(Elaboratable):
         m.submodules.engine = engine = self.engine
         for name, port in (("x", "x_read"), ("w", "w_read"), ("p", "p_read"), ("index", "index_read"),
                            ("index", "scatter_read"), ("gate", "gate_read")):
-            wiring.connect(m, getattr(self, name).read_port(), getattr(engine, port))
+            if getattr(self, name) is not None:
+                wiring.connect(m, getattr(self, name).read_port(), getattr(engine, port))
+        if self.weights is not None:
+            m.submodules.weights = self.weights
+            wiring.connect(m, self.weights.read, engine.w_read)
         write = self.combine.write_port()
         wiring.connect(m, write, engine.combine_write)
         wiring.connect(m, self.combine.read_port(transparent_for=(write,)), engine.combine_read)
         for name in ("x", "w", "p", "index", "gate", "combine"):
-            m.submodules[name] = getattr(self, name)
+            if getattr(self, name) is not None:
+                m.submodules[name] = getattr(self, name)
         return m
 
 
@@ -55,10 +61,11 @@ class GemmModelBench:
 
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
-                   rows=None, gates=None, rng=None, ready_probability=1.0, timeout=200_000):
+                   rows=None, gates=None, rng=None, ready_probability=1.0, w_base=0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
-    random stall). With `rows`, X rows are gathered by that
+    random stall). W is written to the bench's W memory at 0, or, when it has none, is already in the
+    weight buffer at `w_base`. With `rows`, X rows are gathered by that
     index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). Returns
     (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
@@ -67,8 +74,9 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     k, n = w.shape
     for address, word in enumerate(pack_x(x, r, engine.x_stride)):
         ctx.set(bench.x.data[address], [int(v) for v in word])
-    for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
-        ctx.set(bench.w.data[address], [[int(v) for v in row] for row in word])
+    if bench.w is not None:
+        for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
+            ctx.set(bench.w.data[address], [[int(v) for v in row] for row in word])
     for address, word in enumerate(pack_params(bias, multiplier, shift, c)):
         ctx.set(bench.p.data[address], word)
     if rows is not None:
@@ -80,7 +88,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     k_tiles = tiles(k, r)
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
-        "x_base": 0, "w_base": 0, "p_base": 0, "gather": rows is not None, "list_base": 0,
+        "x_base": 0, "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
         "mode": int(mode), "relu": int(relu),
     })
     if rng is not None and ready_probability < 1:  # the command arrives after a random stall

@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import os
 import subprocess
+from enum import Enum
 from pathlib import Path
 
 from amaranth import Shape, Signal
@@ -107,7 +108,7 @@ def _pack(shape, value) -> int:
     if isinstance(shape, data.StructLayout):
         return sum(_pack(field.shape, value[name]) << field.offset for name, field in shape)
     width = Shape.cast(shape).width
-    return int(value) & ((1 << width) - 1)
+    return int(value.value if isinstance(value, Enum) else value) & ((1 << width) - 1)
 
 
 class _Struct(dict):
