@@ -404,11 +404,11 @@ ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
         # ZCU104 class: a whole m3vit-tiny expert matrix per slab, all of its 129 tokens in one block; four
         # bursts in flight cover the DRAM latency at a full 16-32 bytes per cycle (the PS's HP ports take more).
         AcceleratorConfig(name="16x16", array_rows=16, array_cols=16, weight_buffer_bytes=72 * 1024,
-                          token_block=192, dram_data_width=128, dram_outstanding=4, router_macs_per_cycle=128, vector_lanes=16,
-                          requant_lanes=8),
+                          token_block=192, dram_data_width=128, dram_outstanding=4, router_macs_per_cycle=128,
+                          vector_lanes=16, requant_lanes=8),
         AcceleratorConfig(name="32x32", array_rows=32, array_cols=32, weight_buffer_bytes=144 * 1024,
-                          token_block=192, dram_data_width=256, dram_outstanding=4, router_macs_per_cycle=128, vector_lanes=32,
-                          requant_lanes=16),
+                          token_block=192, dram_data_width=256, dram_outstanding=4, router_macs_per_cycle=128,
+                          vector_lanes=32, requant_lanes=16),
     ]
 }
 DEFAULT_ACCELERATOR_PRESET = "16x16"

@@ -17,7 +17,7 @@ __all__ = [
     "exact_matmul", "layernorm", "exp2_lut", "exp_neg", "softmax_rows", "row_multipliers", "gelu",
     "route", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
-    "ATTENTION_P_MAX", "ROUTER_EXP_BITS", "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS",
+    "ATTENTION_P_MAX", "ROUTER_EXP_BITS", "ROUTER_TABLE", "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS",
 ]
 
 MULTIPLIER_BITS = 15          # requantization multipliers lie in [2^14, 2^15): 16-bit signed, always positive
@@ -224,7 +224,7 @@ def exp_neg(d: np.ndarray, multiplier: int, shift: int, table: np.ndarray, fract
 _ATTENTION_LUT_SHIFT = 15
 _ATTENTION_LUT = exp2_lut(ATTENTION_EXP_BITS, ATTENTION_P_MAX << _ATTENTION_LUT_SHIFT)
 _ROUTER_LUT_SHIFT = 15
-_ROUTER_LUT = exp2_lut(ROUTER_EXP_BITS, 1 << (GATE_BITS + _ROUTER_LUT_SHIFT))
+ROUTER_TABLE = exp2_lut(ROUTER_EXP_BITS, 1 << (GATE_BITS + _ROUTER_LUT_SHIFT))   # e of the router, a ROM
 
 
 @integer_only
@@ -286,7 +286,7 @@ def route(logits: np.ndarray, top_k: int, gate: str, multiplier: int, shift: int
     logits = np.asarray(logits, dtype=np.int64)
     ids = np.argsort(-logits, axis=-1, kind="stable")[..., :top_k]
     d = logits.max(-1, keepdims=True) - logits
-    e = exp_neg(d, multiplier, shift, _ROUTER_LUT, ROUTER_EXP_BITS, 0)
+    e = exp_neg(d, multiplier, shift, ROUTER_TABLE, ROUTER_EXP_BITS, 0)
     winners = np.take_along_axis(e, ids, -1)
     if gate == "vmoe":
         total = e.sum(-1, keepdims=True)

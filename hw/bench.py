@@ -11,7 +11,7 @@ from golden.fixtures import ROUTING_FIXTURE
 
 from .gemm import GemmEngine, GemmMode, gemm_model, tiles
 
-__all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader"]
+__all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader", "bench_router"]
 
 
 def backbone_gemms(model: ModelConfig, task: int = 0) -> list[dict]:
@@ -126,3 +126,46 @@ def bench_loader(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ba
             "rows": rows,
             "weight_buffer_bytes": accel.weight_buffers * accel.weight_buffer_bytes,
             "all_experts_bytes": model.num_experts * (layout.fc1.slab_bytes + layout.fc2.slab_bytes)}
+
+
+def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, macs=(16, 64, 128),
+                 seed: int = 0) -> dict:
+    """Cycles for the router to route all tokens of one MoE layer (fast simulator, random int16 tokens and
+    int8 router weights, checked against the golden router), at each number of multiply-accumulates per cycle,
+    against the layer's expert compute on the GEMM engine `accel` builds (the routing fixture's token counts,
+    measured)."""
+    from .router import Router
+    from .sim.router import route_layer, write_router
+    from .sim.verilator import Verilated, VerilatorContext, run
+
+    tokens = ROUTING_FIXTURE[task]
+    d, h = model.embed_dim, model.expert_hidden
+    shapes = measure_gemms(model, accel, [{"m": tokens[e], "k": k, "n": n}
+                                          for e in sorted(tokens) for k, n in ((d, h), (h, d))], seed)
+    expert_cycles = sum(shape["cycles"] for shape in shapes)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(1 << 15), 1 << 15, (model.num_tokens, d))
+    weights = rng.integers(-127, 128, (1, model.num_tasks, d, model.num_experts))
+    multipliers = np.full((1, model.num_tasks), 1 << 14)
+    shifts = np.full((1, model.num_tasks), 30)
+    logits = ops.exact_matmul(x.astype(np.int16), weights[0, task].astype(np.int8))
+    expected_ids, expected_weights = ops.route(logits, model.top_k, model.gate, 1 << 14, 30)
+    rows = []
+    for count in macs:
+        router = Router.for_model(model, accel.replace(router_macs_per_cycle=count))
+        result = {}
+
+        async def testbench(ctx, router=router):
+            ctx.set(router.queue_read.en, 1)
+            await write_router(ctx, router, weights, multipliers, shifts)
+            result["layer"] = await route_layer(ctx, router, 0, task, x)
+
+        run(VerilatorContext(Verilated(router, "router")), testbench)
+        layer = result["layer"]
+        rows.append({"macs_per_cycle": count, "cycles": layer.cycles,
+                     "cycles_per_token": layer.cycles / model.num_tokens,
+                     "fraction_of_moe_layer": layer.cycles / expert_cycles,
+                     "bit_exact": bool(np.array_equal(layer.ids, expected_ids)
+                                       and np.array_equal(layer.weights, expected_weights))})
+    return {"preset": model.name, "array": f"{accel.array_rows}x{accel.array_cols}", "task": task,
+            "tokens": model.num_tokens, "expert_cycles": expert_cycles, "rows": rows}

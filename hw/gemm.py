@@ -451,18 +451,23 @@ def _half_minus_one(shift):
 
 def _saturate(m, value, command, aw, lane):
     """Clamp to the mode's signed range (to 0 from below with `relu`); RAW (and any code that names no
-    mode) clamps to the accumulator."""
+    mode) clamps to the accumulator. Whether the value fits b bits is whether its bits from b − 1 up are all
+    equal (a reduction, no comparator's carry chain); the sign says on which side it left the range."""
     result = Signal(signed(aw), name=f"saturated{lane}")
+    fits = Signal(name=f"fits{lane}")
+    sign = value[-1]
     with m.Switch(command.mode):
         for mode in [*(mode for mode in GemmMode if mode.bits), None]:
             with m.Case(mode) if mode is not None else m.Default():
                 bits = mode.bits if mode is not None else aw
+                upper = value[bits - 1:]
+                m.d.comb += fits.eq(upper.all() | ~upper.any())
                 top, bottom = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
-                with m.If(value > top):
+                with m.If(~fits & ~sign):
                     m.d.comb += result.eq(top)
-                with m.Elif(command.relu & (value < 0)):
+                with m.Elif(command.relu & sign):
                     m.d.comb += result.eq(0)
-                with m.Elif(value < bottom):
+                with m.Elif(~fits):
                     m.d.comb += result.eq(bottom)
                 with m.Else():
                     m.d.comb += result.eq(value)

@@ -151,11 +151,17 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+UNITS = ("gemm", "loader", "router")
+
+
 def _unit(args):
     """The unit the arguments name, sized for the model preset and the accelerator, and its module name."""
     from hw.gemm import GemmEngine
+    from hw.loader import WeightPath
+    from hw.router import Router
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
-    units = {"gemm": lambda: GemmEngine.for_model(model, accel)}
+    units = {"gemm": lambda: GemmEngine.for_model(model, accel), "loader": lambda: WeightPath.for_config(model, accel),
+             "router": lambda: Router.for_model(model, accel)}
     return units[args.unit](), f"{args.unit}_{accel.array_rows}x{accel.array_cols}", model
 
 
@@ -237,6 +243,23 @@ def cmd_bench_loader(args) -> int:
     return 0
 
 
+def cmd_bench_router(args) -> int:
+    from hw.bench import bench_router
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    result = bench_router(model, accel, task=model.task_index(args.task))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"Router for {result['preset']} (task {result['task']}): {result['tokens']} tokens of one MoE layer, "
+          f"against {result['expert_cycles']:,} cycles of expert compute on a {result['array']} array "
+          f"(fast simulator)")
+    print(f"  {'MACs/cycle':>10} {'cycles':>8} {'per token':>9} {'fraction':>8}  exact")
+    for row in result["rows"]:
+        print(f"  {row['macs_per_cycle']:>10} {row['cycles']:>8} {row['cycles_per_token']:>9.1f} "
+              f"{row['fraction_of_moe_layer']:>8.3f}  {row['bit_exact']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.set_defaults(run=cmd_quantize)
 
     elaborate = commands.add_parser("elaborate", help="write a unit's Verilog and RTLIL")
-    elaborate.add_argument("unit", choices=["gemm"])
+    elaborate.add_argument("unit", choices=UNITS)
     elaborate.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
     elaborate.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     elaborate.add_argument("-o", "--output", required=True, help="output directory")
@@ -286,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     elaborate.set_defaults(run=cmd_elaborate)
 
     synth = commands.add_parser("synth", help="synthesize, place and route a unit out of context: Fmax, resources")
-    synth.add_argument("unit", choices=["gemm"])
+    synth.add_argument("unit", choices=UNITS)
     synth.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
     synth.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     synth.add_argument("--target", default="ulx3s-85f", help=f"target: {', '.join(PLACE_AND_ROUTE_TARGETS)}")
@@ -311,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     loader_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
     loader_bench.add_argument("--latency", type=int, default=24, help="DRAM cycles to a burst's first beat")
     loader_bench.set_defaults(run=cmd_bench_loader)
+    router_bench = benches.add_parser("router", help="cycles to route one MoE layer at 16, 64, 128 MACs per cycle "
+                                                     "against the layer's expert compute (fast simulator)")
+    preset_args(router_bench)
+    router_bench.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
+    router_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    router_bench.set_defaults(run=cmd_bench_router)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

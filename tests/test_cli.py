@@ -128,3 +128,10 @@ def test_elaborate_gemm_for_ecp5_uses_its_dsp_blocks(tmp_path, capsys):
 def test_no_place_and_route_for_zcu104(capsys, argv):
     assert main(argv) == 2
     assert "target = 'zcu104': no open place-and-route flow; choose one of ulx3s-85f" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unit, port", [("loader", "axi__araddr"), ("router", "queue_read__addr")])
+def test_elaborate_loader_and_router(tmp_path, unit, port):
+    assert main(["elaborate", unit, "--preset", "tiny", "--array", "4x4", "-o", str(tmp_path)]) == 0
+    verilog = (tmp_path / f"{unit}_4x4.v").read_text()
+    assert f"module {unit}_4x4" in verilog and port in verilog

@@ -1,0 +1,118 @@
+"""The router against `golden.ops.route` and `golden.model.expert_queues`: ids, gate weights, the expert list
+and the queues, bit for bit, for several expert counts, k, both gate variants and task switching."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden import ops
+from golden.config import accelerator_preset, model_preset
+from golden.model import expert_queues
+from hw.export import lint, to_verilog
+from hw.router import Router
+from hw.sim.router import route_layer, write_router
+
+LAYERS, TASKS = 2, 3
+
+
+def _golden(tokens, weights, multiplier, shift, k, gate):
+    logits = ops.exact_matmul(tokens.astype(np.int16), weights.astype(np.int8))
+    ids, gates = ops.route(logits, k, gate, int(multiplier), int(shift))
+    queues = expert_queues(ids, weights.shape[1])
+    bases = np.concatenate([[0], np.cumsum(queues.counts)[:-1]])
+    experts = [(int(e), int(bases[e]), int(queues.counts[e])) for e in queues.active]
+    queue = [(int(t), int(gates[t, s])) for t, s in zip(queues.tokens, queues.slots)]
+    return ids, gates, experts, queue
+
+
+def _run(router, jobs, weights, multipliers, shifts, **stalls):
+    """Route each (layer, task, tokens) job in one simulation; returns the routed layers."""
+    results = []
+
+    async def testbench(ctx):
+        rng = np.random.default_rng(1)
+        ctx.set(router.queue_read.en, 1)
+        await write_router(ctx, router, weights, multipliers, shifts)
+        for layer, task, tokens in jobs:
+            results.append(await route_layer(ctx, router, layer, task, tokens, rng=rng, **stalls))
+
+    simulator = Simulator(router)
+    simulator.add_clock(1e-8)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    return results
+
+
+def _check(router, jobs, weights, multipliers, shifts, results):
+    for (layer, task, tokens), got in zip(jobs, results):
+        if task >= router.tasks:
+            assert got.error and len(got.ids) == 0
+            continue
+        ids, gates, experts, queue = _golden(tokens, weights[layer, task], multipliers[layer, task],
+                                             shifts[layer, task], router.top_k, router.gate)
+        assert not got.error
+        assert np.array_equal(got.ids, ids) and np.array_equal(got.weights, gates)
+        assert got.experts == experts
+        assert got.queue == queue
+
+
+def _tables(rng, dim, experts):
+    weights = rng.integers(-127, 128, (LAYERS, TASKS, dim, experts))
+    multipliers = rng.integers(1 << 14, 1 << 15, (LAYERS, TASKS))
+    shifts = rng.integers(22, 34, (LAYERS, TASKS))
+    return weights, multipliers, shifts
+
+
+@pytest.mark.parametrize("experts, top_k, gate, dim, macs", [
+    (2, 1, "vmoe", 12, 8), (4, 2, "noisy", 20, 8), (4, 4, "vmoe", 9, 4), (16, 2, "vmoe", 24, 32),
+    (16, 4, "noisy", 16, 128), (64, 2, "vmoe", 8, 16), (64, 4, "noisy", 6, 128), (16, 1, "noisy", 5, 3)])
+def test_routes_and_queues_are_bit_exact(experts, top_k, gate, dim, macs):
+    rng = np.random.default_rng(experts * 100 + top_k * 10 + dim)
+    router = Router(embed_dim=dim, experts=experts, top_k=top_k, gate=gate, tasks=TASKS, layers=LAYERS,
+                    max_tokens=9, macs=macs)
+    weights, multipliers, shifts = _tables(rng, dim, experts)
+    jobs = []
+    for index in range(6):   # switching layers and tasks
+        tokens = rng.integers(-(1 << 15), 1 << 15, (int(rng.integers(1, 10)), dim))
+        if index == 1:
+            tokens[:] = rng.choice([-(1 << 15), (1 << 15) - 1], tokens.shape)
+        jobs.append((index % LAYERS, (index * 2) % TASKS, tokens))
+    _check(router, jobs, weights, multipliers, shifts, _run(router, jobs, weights, multipliers, shifts))
+
+
+def test_edges_ties_one_expert_one_token_and_a_bad_task():
+    rng = np.random.default_rng(3)
+    experts, top_k, dim = 8, 2, 10
+    router = Router(embed_dim=dim, experts=experts, top_k=top_k, gate="vmoe", tasks=TASKS, layers=LAYERS,
+                    max_tokens=9, macs=16)
+    weights, multipliers, shifts = _tables(rng, dim, experts)
+    weights[0, 0] = 0                        # every logit equal: experts 0 and 1 win, equal weights
+    weights[1, 1] = 0
+    weights[1, 1, :, 5] = 127                # positive tokens all go to expert 5 first
+    positive = rng.integers(1, 1 << 15, (9, dim))
+    jobs = [(0, 0, rng.integers(-(1 << 15), 1 << 15, (9, dim))),
+            (1, 1, positive),
+            (0, TASKS, positive),            # a task the model does not have
+            (1, 2, positive[:1]),            # one token only, and the error cleared
+            (0, 1, np.full((9, dim), (1 << 15) - 1)), (0, 1, np.full((9, dim), -(1 << 15)))]
+    results = _run(router, jobs, weights, multipliers, shifts)
+    _check(router, jobs, weights, multipliers, shifts, results)
+    assert np.all(results[0].ids == [0, 1]) and np.all(results[0].weights == (1 << 15) // experts)
+    assert np.all(results[1].ids[:, 0] == 5)
+    assert results[2].error and not results[3].error
+
+
+def test_random_stalls_and_back_pressure():
+    rng = np.random.default_rng(5)
+    experts, dim = 16, 12
+    router = Router(embed_dim=dim, experts=experts, top_k=2, gate="noisy", tasks=TASKS, layers=LAYERS,
+                    max_tokens=9, macs=32)
+    weights, multipliers, shifts = _tables(rng, dim, experts)
+    jobs = [(i % LAYERS, i % TASKS, rng.integers(-(1 << 15), 1 << 15, (9, dim))) for i in range(4)]
+    results = _run(router, jobs, weights, multipliers, shifts, valid_probability=0.4, ready_probability=0.3)
+    _check(router, jobs, weights, multipliers, shifts, results)
+
+
+def test_router_verilog_passes_lint():
+    router = Router.for_model(model_preset("tiny"), accelerator_preset("4x4"))
+    lint(to_verilog(router, "router"), "router")
