@@ -18,7 +18,7 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
 `gate[list_base + m]` and adds it into the combine memory at (token `index[list_base + m]`, N tile j), word
 `token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port transparent to the engine's writes).
-Results leave about R + C + 15 cycles after their row streamed, through a small FIFO.
+Results leave about R + C + 16 cycles after their row streamed, through a small FIFO.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .multiplier import Multiplier
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 9   # read, register, + bias, partial products, product, + half, + kept bit, shift, saturate
+DRAIN_STAGES = 10  # read, register, + bias, partial products, product, + half, + kept bit, shift, range, saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -288,19 +288,26 @@ class GemmEngine(wiring.Component):
         accumulator_layout = data.ArrayLayout(signed(aw), cols)
         m.submodules.accumulator = accumulator = Memory(shape=accumulator_layout, depth=2 * self.max_m, init=[])
         write = accumulator.write_port()
-        accumulate_read = accumulator.read_port(transparent_for=(write,))
+        accumulate_read = accumulator.read_port()
         drain_read = accumulator.read_port()
         m.d.comb += [accumulate_read.addr.eq(before.j[0] * self.max_m + before.m), accumulate_read.en.eq(1)]
         # The array's results and the row read back are registered, then added and written a cycle later:
-        # the next visit of a row is at least two cycles later (see the streamer), so its read (transparent
-        # to this write) is never issued before the write.
+        # the next visit of a row is at least two cycles later (see the streamer), so its read is never
+        # issued before the write, at the latest in the same cycle. Then the block RAM returns the old word;
+        # the word being written is kept and chosen instead, after the block RAM's output register (which
+        # a transparent read port would put a multiplexer in front of).
         settled = Signal(side)
         results = Signal(accumulator_layout)
         previous = Signal(accumulator_layout)
-        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulate_read.data)]
+        collided = [Signal(name=f"collided{stage}") for stage in range(2)]
+        written = [Signal(accumulator_layout, name=f"written{stage}") for stage in range(2)]
+        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulate_read.data),
+                     collided[0].eq(write.en & (write.addr == accumulate_read.addr)), written[0].eq(write.data),
+                     collided[1].eq(collided[0]), written[1].eq(written[0])]
         m.d.comb += [write.addr.eq(settled.j[0] * self.max_m + settled.m), write.en.eq(settled.valid)]
         for c in range(cols):
-            m.d.comb += write.data[c].eq(Mux(settled.first, 0, previous[c]) + results[c])
+            before_sum = Mux(collided[1], written[1][c], previous[c])
+            m.d.comb += write.data[c].eq(Mux(settled.first, 0, before_sum) + results[c])
         with m.If(settled.valid & settled.last & (settled.m == m_last)):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
@@ -331,7 +338,7 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA block RAMs and DSP blocks:
         # read, register, add the bias, two partial products, their sum, add 2^(shift−1) − 1, add the lowest
-        # kept bit, shift, saturate; then into the FIFO (or the combine).
+        # kept bit, shift, the range check, saturate; then into the FIFO (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
@@ -451,26 +458,30 @@ def _half_minus_one(shift):
 
 def _saturate(m, value, command, aw, lane):
     """Clamp to the mode's signed range (to 0 from below with `relu`); RAW (and any code that names no
-    mode) clamps to the accumulator. Whether the value fits b bits is whether its bits from b − 1 up are all
-    equal (a reduction, no comparator's carry chain); the sign says on which side it left the range."""
+    mode) clamps to the accumulator. Two steps, one register apart: whether the value fits b bits (its bits
+    from b − 1 up all equal: a reduction, no comparator's carry chain), then the choice; the sign says on
+    which side it left the range. The result is a register later than `value`."""
+    fits, held = Signal(name=f"fits{lane}"), Signal.like(value, name=f"held{lane}")
+    with m.Switch(command.mode):
+        for mode in [*(mode for mode in GemmMode if mode.bits), None]:
+            with m.Case(mode) if mode is not None else m.Default():
+                upper = value[(mode.bits if mode is not None else aw) - 1:]
+                m.d.sync += fits.eq(upper.all() | ~upper.any())
+    m.d.sync += held.eq(value)
     result = Signal(signed(aw), name=f"saturated{lane}")
-    fits = Signal(name=f"fits{lane}")
-    sign = value[-1]
+    sign = held[-1]
     with m.Switch(command.mode):
         for mode in [*(mode for mode in GemmMode if mode.bits), None]:
             with m.Case(mode) if mode is not None else m.Default():
                 bits = mode.bits if mode is not None else aw
-                upper = value[bits - 1:]
-                m.d.comb += fits.eq(upper.all() | ~upper.any())
-                top, bottom = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 with m.If(~fits & ~sign):
-                    m.d.comb += result.eq(top)
+                    m.d.comb += result.eq((1 << (bits - 1)) - 1)
                 with m.Elif(command.relu & sign):
                     m.d.comb += result.eq(0)
                 with m.Elif(~fits):
-                    m.d.comb += result.eq(bottom)
+                    m.d.comb += result.eq(-(1 << (bits - 1)))
                 with m.Else():
-                    m.d.comb += result.eq(value)
+                    m.d.comb += result.eq(held)
     return result
 
 

@@ -151,17 +151,18 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-UNITS = ("gemm", "loader", "router")
+UNITS = ("gemm", "loader", "router", "gelu")
 
 
 def _unit(args):
     """The unit the arguments name, sized for the model preset and the accelerator, and its module name."""
     from hw.gemm import GemmEngine
     from hw.loader import WeightPath
+    from hw.gelu import Gelu
     from hw.router import Router
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     units = {"gemm": lambda: GemmEngine.for_model(model, accel), "loader": lambda: WeightPath.for_config(model, accel),
-             "router": lambda: Router.for_model(model, accel)}
+             "router": lambda: Router.for_model(model, accel), "gelu": lambda: Gelu(accel.vector_lanes)}
     return units[args.unit](), f"{args.unit}_{accel.array_rows}x{accel.array_cols}", model
 
 

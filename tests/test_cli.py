@@ -130,8 +130,9 @@ def test_no_place_and_route_for_zcu104(capsys, argv):
     assert "target = 'zcu104': no open place-and-route flow; choose one of ulx3s-85f" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("unit, port", [("loader", "axi__araddr"), ("router", "queue_read__addr")])
-def test_elaborate_loader_and_router(tmp_path, unit, port):
+@pytest.mark.parametrize("unit, port", [("loader", "axi__araddr"), ("router", "queue_read__addr"),
+                                        ("gelu", "input__payload")])
+def test_elaborate_other_units(tmp_path, unit, port):
     assert main(["elaborate", unit, "--preset", "tiny", "--array", "4x4", "-o", str(tmp_path)]) == 0
     verilog = (tmp_path / f"{unit}_4x4.v").read_text()
     assert f"module {unit}_4x4" in verilog and port in verilog

@@ -1,0 +1,108 @@
+"""GELU on `lanes` int16 values per cycle, bit for bit `golden.ops.gelu` (docs/numerics.md, section 8).
+
+GELU(z) = ReLU(z) − δ(|z|), δ from a 1/32-step table with linear interpolation: for z in Q.f (5 ≤ f ≤ 15),
+the table index is |z| >> (f − 5) (the last interval's end clamps it), the fraction the bits shifted out,
+δ in Q.15 = T[i] + round_shift((T[i+1] − T[i]) · fraction, f − 5), then round_shift(δ, 15 − f). A 177-word
+table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (its two read ports); one small
+multiplier per lane.
+
+`input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
+same beats in order, `LATENCY` = 6 cycles later when nothing stalls. The pipeline stops as a whole while the
+output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+__all__ = ["Gelu"]
+
+LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
+MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
+
+
+def _round_shift(value, amount):
+    """`golden.ops.round_shift` by a variable amount (half to even, arithmetic for signed values)."""
+    half = Mux(amount == 0, 0, ((Const(1, 32) << amount) >> 1) - 1)
+    kept = Mux(amount == 0, 0, (value >> amount)[0])
+    return (value + half + kept) >> amount
+
+
+class Gelu(wiring.Component):
+    LATENCY = 6
+
+    def __init__(self, lanes: int = 16, width: int = 16):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"Gelu lanes = {lanes!r}: must be a positive integer")
+        if width != 16:
+            raise ValueError(f"Gelu width = {width!r}: the numerics put GELU's input in int16")
+        self.lanes, self.width = lanes, width
+        super().__init__({
+            "input": In(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(width), lanes), "fraction_bits": unsigned(4)}))),
+            "output": Out(stream.Signature(data.ArrayLayout(signed(width), lanes))),
+            "error": Out(1),
+        })
+
+    @staticmethod
+    def model(z, fraction_bits):
+        return ops.gelu(z, fraction_bits)
+
+    def elaborate(self, platform):
+        m = Module()
+        table = [int(v) for v in ops.GELU_TABLE]
+        low_width = max(table).bit_length()
+        differences = [table[i + 1] - table[i] for i in range(LAST_INDEX + 1)]
+        difference_width = max(abs(d) for d in differences).bit_length() + 1
+        rom = [table[i] | ((differences[i] & ((1 << difference_width) - 1)) << low_width)
+               for i in range(LAST_INDEX + 1)]
+        # one block RAM (two read ports) serves two lanes
+        reads = []
+        for pair in range(-(-self.lanes // 2)):
+            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(low_width + difference_width),
+                                                           depth=len(rom), init=rom)
+            reads += [memory.read_port(), memory.read_port()]
+
+        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
+        advance = Signal()
+        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
+                     self.output.valid.eq(valid[-1])]
+        f = [Signal(4, name=f"fraction_bits{stage}") for stage in range(self.LATENCY)]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(self.input.valid), f[0].eq(self.input.payload.fraction_bits)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)]
+            m.d.sync += [f[i].eq(f[i - 1]) for i in range(1, self.LATENCY)]
+            with m.If(self.input.valid & (self.input.payload.fraction_bits < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
+                m.d.sync += self.error.eq(1)
+        step = [(f[i] - MIN_FRACTION_BITS)[:4] for i in range(self.LATENCY)]
+        for lane in range(self.lanes):
+            z = self.input.payload.data[lane]
+            magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
+            relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
+            index = Signal(range(LAST_INDEX + 1), name=f"index{lane}")
+            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(2)]
+            entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 3
+            low = Signal(unsigned(low_width), name=f"low{lane}")
+            product = Signal(signed(difference_width + 11), name=f"product{lane}")
+            delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
+            whole = magnitude >> step[0]
+            m.d.comb += [reads[lane].addr.eq(index), reads[lane].en.eq(advance), entry.eq(reads[lane].data)]
+            with m.If(advance):
+                m.d.sync += [
+                    magnitude.eq(Mux(z < 0, -z, z)), relu[0].eq(Mux(z < 0, 0, z)),                     # stage 1
+                    index.eq(Mux(whole >= LAST_INDEX, LAST_INDEX, whole)),                              # stage 2
+                    fraction[0].eq(Mux(whole >= LAST_INDEX, 0, magnitude & ((1 << step[0]) - 1))),
+                    fraction[1].eq(fraction[0]),                                                        # stage 3
+                    low.eq(entry[:low_width]),                                                          # stage 4
+                    product.eq(entry[low_width:].as_signed() * fraction[1]),
+                    delta15.eq(low + _round_shift(product, step[3])),                                   # stage 5
+                ]
+                m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
+                m.d.sync += self.output.payload[lane].eq(                                               # stage 6
+                    relu[-1] - _round_shift(delta15, (MAX_FRACTION_BITS - f[4])[:4]))
+        return m
