@@ -29,13 +29,12 @@ import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
 from .array import SystolicArray
-from .bram import RegisteredReadMemory
 from .multiplier import Multiplier
 
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
@@ -287,28 +286,28 @@ class GemmEngine(wiring.Component):
 
         # Accumulator memory: two banks of max_m rows, bank = N tile mod 2.
         accumulator_layout = data.ArrayLayout(signed(aw), cols)
-        m.submodules.accumulator = accumulator = RegisteredReadMemory(accumulator_layout.size, 2 * self.max_m,
-                                                                      reads=2)
-        accumulate_address, drain_address = accumulator.read_addr
-        m.d.comb += accumulate_address.eq(before.j[0] * self.max_m + before.m)
-        # The array's results are registered and the row read back leaves the block RAM's output register
-        # with them; they are added and written. The next visit of a row is at least two cycles later (see
-        # the streamer), so its read is never issued before the write, at the latest in the same cycle: then
-        # the block RAM may return either word, and the word being written, kept, is chosen instead.
+        m.submodules.accumulator = accumulator = Memory(shape=accumulator_layout, depth=2 * self.max_m, init=[])
+        write = accumulator.write_port()
+        accumulate_read = accumulator.read_port()
+        drain_read = accumulator.read_port()
+        m.d.comb += [accumulate_read.addr.eq(before.j[0] * self.max_m + before.m), accumulate_read.en.eq(1)]
+        # The array's results and the row read back are registered, then added and written a cycle later:
+        # the next visit of a row is at least two cycles later (see the streamer), so its read is never
+        # issued before the write, at the latest in the same cycle. Then the block RAM returns the old word;
+        # the word being written is kept and chosen instead, after the block RAM's output register (which
+        # a transparent read port would put a multiplexer in front of).
         settled = Signal(side)
         results = Signal(accumulator_layout)
-        previous = accumulator_layout(accumulator.read_data[0])       # registered: the row read at `before`
-        written = Signal(accumulator_layout)
+        previous = Signal(accumulator_layout)
         collided = [Signal(name=f"collided{stage}") for stage in range(2)]
-        bypass = [Signal(accumulator_layout, name=f"bypass{stage}") for stage in range(2)]
-        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload),
-                     collided[0].eq(accumulator.write_en & (accumulator.write_addr == accumulate_address)),
-                     bypass[0].eq(written), collided[1].eq(collided[0]), bypass[1].eq(bypass[0])]
-        m.d.comb += [accumulator.write_addr.eq(settled.j[0] * self.max_m + settled.m),
-                     accumulator.write_en.eq(settled.valid), accumulator.write_data.eq(written)]
+        written = [Signal(accumulator_layout, name=f"written{stage}") for stage in range(2)]
+        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulate_read.data),
+                     collided[0].eq(write.en & (write.addr == accumulate_read.addr)), written[0].eq(write.data),
+                     collided[1].eq(collided[0]), written[1].eq(written[0])]
+        m.d.comb += [write.addr.eq(settled.j[0] * self.max_m + settled.m), write.en.eq(settled.valid)]
         for c in range(cols):
-            before_sum = Mux(collided[1], bypass[1][c], previous[c])
-            m.d.comb += written[c].eq(Mux(settled.first, 0, before_sum) + results[c])
+            before_sum = Mux(collided[1], written[1][c], previous[c])
+            m.d.comb += write.data[c].eq(Mux(settled.first, 0, before_sum) + results[c])
         with m.If(settled.valid & settled.last & (settled.m == m_last)):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
@@ -330,8 +329,7 @@ class GemmEngine(wiring.Component):
         room = free != 0
         issue_drain = Signal()
         m.d.comb += issue_drain.eq(draining & params_ready & room)
-        m.d.comb += drain_address.eq(drained[0] * self.max_m + drain_m)
-        drained_words = accumulator_layout(accumulator.read_data[1])       # registered: the read's first step
+        m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
         drain_last = drain_m == m_last
         m.d.comb += drain_done.eq(issue_drain & drain_last)
         with m.If(issue_drain):
@@ -355,7 +353,7 @@ class GemmEngine(wiring.Component):
         for c in range(cols):
             # One stage per step, the row's parameters travelling with it; the product in two halves that
             # each fit one 18 × 18 DSP multiplier with its registers (`Multiplier`), added in the next stage.
-            read = drained_words[c]                  # the block RAM output register's word
+            read = Signal(signed(aw), name=f"read{c}")
             bias = Signal.like(params[c].bias, name=f"bias{c}")
             multiplier = Signal.like(params[c].multiplier, name=f"multiplier{c}")
             biasing = Signal(signed(aw + 1), name=f"biasing{c}")
@@ -372,7 +370,8 @@ class GemmEngine(wiring.Component):
             shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(6)]
             half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(4)]
             m.d.sync += [
-                bias.eq(params[c].bias), multiplier.eq(params[c].multiplier),
+                # the accumulator word straight into a register (the block RAM's output register)
+                read.eq(drain_read.data[c]), bias.eq(params[c].bias), multiplier.eq(params[c].multiplier),
                 shift[0].eq(Mux(raw, 0, params[c].shift)), half[0].eq(Mux(raw, 0, halves[c])),
                 biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(half[0]),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
