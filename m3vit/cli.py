@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
@@ -201,6 +202,25 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _report(args, result: dict, title: str, columns, rows, footer=()) -> int:
+    """`result` as JSON with --json; else `title`, `rows` (dicts) as a table of `columns` ((heading, key,
+    format spec) each; the spec's alignment and width set the heading's), and `footer` lines."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+
+    def cell(value, spec):
+        return format(str(value) if isinstance(value, bool) else value, spec)
+
+    print(title)
+    print("  " + " ".join(format(heading, re.match(r"[<>]?\d*", spec).group()) for heading, _, spec in columns))
+    for row in rows:
+        print("  " + " ".join(cell(row[key], spec) for _, key, spec in columns))
+    for line in footer:
+        print("  " + line)
+    return 0
+
+
 def cmd_bench_gemm(args) -> int:
     from hw.bench import bench_gemm
     model = model_preset(args.preset)
@@ -208,57 +228,48 @@ def cmd_bench_gemm(args) -> int:
     if args.weight_feed is not None:
         accel = accel.replace(weight_feed_bytes=args.weight_feed)
     result = bench_gemm(model, accel, task=model.task_index(args.task))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"GEMM engine on a {result['array']} array ({result['weight_feed_bytes']} weight bytes per cycle), "
-          f"{result['preset']} backbone (task {result['task']}), cycles from the fast simulator")
-    print(f"  {'name':<16} {'M':>5} {'K':>5} {'N':>5} {'count':>5} {'cycles':>8} {'floor':>8} {'bound':>8} "
-          f"{'util':>6}  exact")
-    for s in result["shapes"]:
-        print(f"  {s['name']:<16} {s['m']:>5} {s['k']:>5} {s['n']:>5} {s['count']:>5} {s['cycles']:>8} "
-              f"{s['floor']:>8} {s['bound']:>8} {s['utilization']:>6.3f}  {s['bit_exact']}")
-    print(f"  backbone: {result['backbone_cycles']:,} cycles, overall utilization "
-          f"{result['overall_utilization']:.3f}")
-    return 0
+    return _report(
+        args, result,
+        f"GEMM engine on a {result['array']} array ({result['weight_feed_bytes']} weight bytes per cycle), "
+        f"{result['preset']} backbone (task {result['task']}), cycles from the fast simulator",
+        [("name", "name", "<16"), ("M", "m", ">5"), ("K", "k", ">5"), ("N", "n", ">5"), ("count", "count", ">5"),
+         ("cycles", "cycles", ">8"), ("floor", "floor", ">8"), ("bound", "bound", ">8"),
+         ("util", "utilization", ">6.3f"), ("exact", "bit_exact", ">5")],
+        result["shapes"],
+        [f"backbone: {result['backbone_cycles']:,} cycles, overall utilization {result['overall_utilization']:.3f}"])
 
 
 def cmd_bench_loader(args) -> int:
     from hw.bench import bench_loader
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_loader(model, accel, task=model.task_index(args.task), latency=args.latency)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"Weight path on a {result['array']} accelerator, {result['preset']} MoE layer (task {result['task']}, "
-          f"experts {result['active_experts']}), DRAM latency {result['latency']} cycles, "
-          f"{result['outstanding']} bursts in flight; cycles from the fast simulator")
-    print(f"  {'B/cycle':>7} {'bus':>4} {'cycles':>8} {'ideal':>8} {'ratio':>6} {'compute':>8} {'load':>8} "
-          f"{'bytes read':>10} {'active bytes':>12}")
-    for row in result["rows"]:
-        print(f"  {row['bandwidth']:>7} {row['bus_bytes']:>4} {row['cycles']:>8} {row['ideal_cycles']:>8} "
-              f"{row['ratio']:>6.3f} {row['compute_cycles']:>8} {row['load_cycles']:>8} {row['bytes_read']:>10} "
-              f"{row['active_expert_bytes']:>12}")
-    print(f"  on-chip weight buffers: {result['weight_buffer_bytes']:,} bytes; all of a layer's experts: "
-          f"{result['all_experts_bytes']:,} bytes")
-    return 0
+    return _report(
+        args, result,
+        f"Weight path on a {result['array']} accelerator, {result['preset']} MoE layer (task {result['task']}, "
+        f"experts {result['active_experts']}), DRAM latency {result['latency']} cycles, "
+        f"{result['outstanding']} bursts in flight; cycles from the fast simulator",
+        [("B/cycle", "bandwidth", ">7"), ("bus", "bus_bytes", ">4"), ("cycles", "cycles", ">8"),
+         ("ideal", "ideal_cycles", ">8"), ("ratio", "ratio", ">6.4f"), ("compute", "compute_cycles", ">8"),
+         ("load", "load_cycles", ">8"), ("bytes read", "bytes_read", ">10"),
+         ("active bytes", "active_expert_bytes", ">12")],
+        result["rows"],
+        [f"on-chip weight buffers: {result['weight_buffer_bytes']:,} bytes; all of a layer's experts: "
+         f"{result['all_experts_bytes']:,} bytes"])
 
 
 def cmd_bench_router(args) -> int:
     from hw.bench import bench_router
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_router(model, accel, task=model.task_index(args.task))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"Router for {result['preset']} (task {result['task']}): {result['tokens']} tokens of one MoE layer, "
-          f"against {result['expert_cycles']:,} cycles of expert compute on a {result['array']} array "
-          f"(fast simulator)")
-    print(f"  {'MACs/cycle':>10} {'cycles':>8} {'per token':>9} {'fraction':>8}  exact")
-    for row in result["rows"]:
-        print(f"  {row['macs_per_cycle']:>10} {row['cycles']:>8} {row['cycles_per_token']:>9.1f} "
-              f"{row['fraction_of_moe_layer']:>8.3f}  {row['bit_exact']}")
-    return 0
+    return _report(
+        args, result,
+        f"Router for {result['preset']} (task {result['task']}): {result['tokens']} tokens of one MoE layer, "
+        f"against {result['expert_cycles']:,} cycles of expert compute on a {result['array']} array "
+        f"(fast simulator)",
+        [("MACs/cycle", "macs_per_cycle", ">10"), ("cycles", "cycles", ">8"),
+         ("per token", "cycles_per_token", ">9.1f"), ("fraction", "fraction_of_moe_layer", ">8.3f"),
+         ("exact", "bit_exact", ">5")],
+        result["rows"])
 
 
 def build_parser() -> argparse.ArgumentParser:
