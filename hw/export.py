@@ -12,7 +12,7 @@ from amaranth import Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "find_tool", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -45,9 +45,14 @@ class LintError(RuntimeError):
     """Verilator rejected a design; the message holds its report."""
 
 
+def find_tool(name: str) -> str | None:
+    """The path of command `name`, on PATH or beside this Python (the project's environment), or None."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 def verilator() -> str:
     """The path of `verilator-cli` (from the project's environment, also when it is not on PATH)."""
-    found = shutil.which("verilator-cli") or shutil.which("verilator-cli", path=str(Path(sys.executable).parent))
+    found = find_tool("verilator-cli")
     if found is None:
         raise LintError("verilator-cli not found: install the project's environment (pdm install)")
     return found

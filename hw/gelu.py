@@ -13,24 +13,18 @@ output is not taken. An f outside 5…15 sets the sticky `error` (its beat's out
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
+from .arith import round_shift
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
 MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
-
-
-def _round_shift(value, amount):
-    """`golden.ops.round_shift` by a variable amount (half to even, arithmetic for signed values)."""
-    half = Mux(amount == 0, 0, ((Const(1, 32) << amount) >> 1) - 1)
-    kept = Mux(amount == 0, 0, (value >> amount)[0])
-    return (value + half + kept) >> amount
 
 
 class Gelu(wiring.Component):
@@ -100,9 +94,9 @@ class Gelu(wiring.Component):
                     fraction[1].eq(fraction[0]),                                                        # stage 3
                     low.eq(entry[:low_width]),                                                          # stage 4
                     product.eq(entry[low_width:].as_signed() * fraction[1]),
-                    delta15.eq(low + _round_shift(product, step[3])),                                   # stage 5
+                    delta15.eq(low + round_shift(product, step[3])),                                   # stage 5
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
                 m.d.sync += self.output.payload[lane].eq(                                               # stage 6
-                    relu[-1] - _round_shift(delta15, (MAX_FRACTION_BITS - f[4])[:4]))
+                    relu[-1] - round_shift(delta15, (MAX_FRACTION_BITS - f[4])[:4]))
         return m

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
+from .arith import half_minus_one, index_bits
 from .array import SystolicArray
 from .multiplier import Multiplier
 
@@ -62,11 +63,6 @@ def tiles(size: int, tile: int) -> int:
     return -(-size // tile)
 
 
-def _bits(value: int) -> int:
-    """Bits of a field that holds 0 … value − 1 (at least one)."""
-    return max(1, (value - 1).bit_length())
-
-
 def _address(depth: int) -> int:
     """Address bits of a `lib.memory.Memory` of `depth` words (0 for one word)."""
     return (depth - 1).bit_length()
@@ -90,21 +86,21 @@ class GemmEngine(wiring.Component):
                 "shift": unsigned(6),
             })
             self.command = data.StructLayout({
-                "m": unsigned(_bits(max_m + 1)),
-                "k_tiles": unsigned(_bits(tiles(max_k, rows) + 1)),
-                "k_last": unsigned(_bits(rows + 1)),       # valid lanes of the last K tile, 1..R
-                "n_tiles": unsigned(_bits(tiles(max_n, cols) + 1)),
-                "x_base": unsigned(_bits(x_depth)),
-                "w_base": unsigned(_bits(w_depth)),
-                "p_base": unsigned(_bits(p_depth)),
+                "m": unsigned(index_bits(max_m + 1)),
+                "k_tiles": unsigned(index_bits(tiles(max_k, rows) + 1)),
+                "k_last": unsigned(index_bits(rows + 1)),       # valid lanes of the last K tile, 1..R
+                "n_tiles": unsigned(index_bits(tiles(max_n, cols) + 1)),
+                "x_base": unsigned(index_bits(x_depth)),
+                "w_base": unsigned(index_bits(w_depth)),
+                "p_base": unsigned(index_bits(p_depth)),
                 "gather": unsigned(1),
-                "list_base": unsigned(_bits(index_depth)),
+                "list_base": unsigned(index_bits(index_depth)),
                 "mode": unsigned(3),
                 "relu": unsigned(1),
             })
             self.result = data.StructLayout({
-                "row": unsigned(_bits(max_m)),
-                "tile": unsigned(_bits(tiles(max_n, cols))),
+                "row": unsigned(index_bits(max_m)),
+                "tile": unsigned(index_bits(tiles(max_n, cols))),
                 "data": data.ArrayLayout(signed(accumulator_width), cols),
             })
             combine_depth = x_rows * tiles(max_n, cols)
@@ -118,8 +114,8 @@ class GemmEngine(wiring.Component):
                 "x_read": In(read(x_depth, data.ArrayLayout(operand, rows))),
                 "w_read": In(read(w_depth, data.ArrayLayout(data.ArrayLayout(operand, cols), load_rows))),
                 "p_read": In(read(p_depth, data.ArrayLayout(self.column, cols))),
-                "index_read": In(read(index_depth, unsigned(_bits(x_rows)))),
-                "scatter_read": In(read(index_depth, unsigned(_bits(x_rows)))),
+                "index_read": In(read(index_depth, unsigned(index_bits(x_rows)))),
+                "scatter_read": In(read(index_depth, unsigned(index_bits(x_rows)))),
                 "gate_read": In(read(index_depth, unsigned(GATE_WIDTH))),
                 "combine_read": In(read(combine_depth, combine)),
                 "combine_write": In(WritePort.Signature(addr_width=_address(combine_depth), shape=combine)),
@@ -325,7 +321,7 @@ class GemmEngine(wiring.Component):
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
             for c in range(cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
-                m.d.sync += halves[c].eq(_half_minus_one(self.p_read.data[c].shift))
+                m.d.sync += halves[c].eq(half_minus_one(self.p_read.data[c].shift))
         room = free != 0
         issue_drain = Signal()
         m.d.comb += issue_drain.eq(draining & params_ready & room)
@@ -448,12 +444,6 @@ class GemmEngine(wiring.Component):
         with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m
-
-
-def _half_minus_one(shift):
-    """2^(shift−1) − 1 (0 for shift 0): with the lowest kept bit, what `golden.ops.round_shift` adds before
-    the arithmetic shift so that it rounds half to even."""
-    return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
 
 
 def _saturate(m, value, command, aw, lane):

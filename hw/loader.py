@@ -22,6 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AcceleratorConfig, ModelConfig
 
+from .arith import index_bits
 from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 
@@ -37,15 +38,10 @@ class BufferState(enum.Enum, shape=2):
     HELD = 3
 
 
-def _bits(count: int) -> int:
-    """Bits of an index into `count` things (at least one)."""
-    return max(1, (count - 1).bit_length())
-
-
 def descriptor_layout(addr_width: int, buffers: int) -> data.StructLayout:
     """`length` bytes (0 … 2^24 − 1) from DRAM byte `address` (a bus-word multiple) into slab `buffer`."""
     return data.StructLayout({"address": unsigned(addr_width), "length": unsigned(LENGTH_BITS),
-                              "buffer": unsigned(_bits(buffers))})
+                              "buffer": unsigned(index_bits(buffers))})
 
 
 class WeightLoader(wiring.Component):
@@ -99,8 +95,8 @@ class WeightLoader(wiring.Component):
             "descriptor": In(stream.Signature(descriptor_layout(addr_width, buffers))),
             "axi": Out(AXI4Read.Signature(addr_width, bus_bytes * 8)),
             "full": Out(buffers),
-            "take": In(stream.Signature(unsigned(_bits(buffers)))),
-            "release": In(stream.Signature(unsigned(_bits(buffers)), always_ready=True)),
+            "take": In(stream.Signature(unsigned(index_bits(buffers)))),
+            "release": In(stream.Signature(unsigned(index_bits(buffers)), always_ready=True)),
             "read": Out(ReadPort.Signature(addr_width=(buffers * self.buffer_span - 1).bit_length(),
                                            shape=data.ArrayLayout(data.ArrayLayout(operand, cols), load_rows))),
             "idle": Out(1),
@@ -124,7 +120,7 @@ class WeightLoader(wiring.Component):
         beat_index = range(self.memory_depth * lanes + 1)    # bus beats into a buffer
 
         # --- Descriptors → bursts (AR channel) --------------------------------------------------------------
-        burst = data.StructLayout({"buffer": unsigned(_bits(self.buffers)),
+        burst = data.StructLayout({"buffer": unsigned(index_bits(self.buffers)),
                                    "beat": unsigned(Shape.cast(beat_index).width),     # its first, in the buffer
                                    "length": unsigned(8),                              # ARLEN: beats − 1
                                    "last": unsigned(1),                                # ends its descriptor
@@ -261,7 +257,7 @@ class ExpertSchedule(wiring.Component):
                       for matrix, offset in ((layout.fc1, 0), (layout.fc2, layout.fc2_offset))
                       for slab in matrix.slabs]
         super().__init__({
-            "experts": In(stream.Signature(unsigned(_bits(layout.experts)))),
+            "experts": In(stream.Signature(unsigned(index_bits(layout.experts)))),
             "layer_base": In(addr_width),
             "dense": In(stream.Signature(data.StructLayout({"address": unsigned(addr_width),
                                                             "length": unsigned(LENGTH_BITS)}))),

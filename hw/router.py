@@ -35,15 +35,11 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
+from .arith import index_bits, round_shift
 __all__ = ["Router", "QUOTIENT_BITS"]
 
 QUOTIENT_BITS = 33        # 2^62 // S with 2^30 ≤ S: at most 2^32
 EXP_BITS = 31             # e ≤ 2^30
-
-
-def _bits(count: int) -> int:
-    """Bits of an index into `count` things (at least one)."""
-    return max(1, (count - 1).bit_length())
 
 
 def _select(values, index):
@@ -51,13 +47,6 @@ def _select(values, index):
     shape = values[0].shape()
     selected = Cat(*values).word_select(index, shape.width)
     return selected.as_signed() if shape.signed else selected
-
-
-def _round_shift(value, amount):
-    """`golden.ops.round_shift` of a non-negative value by a variable amount: half to even."""
-    half = Mux(amount == 0, 0, ((Const(1, 64) << amount) >> 1) - 1)
-    kept = Mux(amount == 0, 0, (value >> amount)[0])
-    return (value + half + kept) >> amount
 
 
 class Router(wiring.Component):
@@ -79,24 +68,25 @@ class Router(wiring.Component):
         self.groups = -(-experts // self.group_experts)
         self.chunks = -(-embed_dim // self.lanes)
         self.logit_width = input_width + 8 + max(0, embed_dim - 1).bit_length() + 1
-        token, expert = unsigned(_bits(max_tokens)), unsigned(_bits(experts))
+        token, expert = unsigned(index_bits(max_tokens)), unsigned(index_bits(experts))
         weight = unsigned(ops.GATE_BITS + 1)
         self.weights_depth = layers * tasks * self.groups * self.chunks
         super().__init__({
             "command": In(stream.Signature(data.StructLayout({
-                "layer": unsigned(_bits(layers)), "task": unsigned(8), "tokens": unsigned(_bits(max_tokens + 1))}))),
+                "layer": unsigned(index_bits(layers)), "task": unsigned(8),
+                "tokens": unsigned(index_bits(max_tokens + 1))}))),
             "tokens": In(stream.Signature(data.ArrayLayout(signed(input_width), self.lanes))),
-            "weights_write": Out(WritePort.Signature(addr_width=_bits(self.weights_depth),
+            "weights_write": Out(WritePort.Signature(addr_width=index_bits(self.weights_depth),
                                                     shape=data.ArrayLayout(signed(8), macs))),
-            "params_write": Out(WritePort.Signature(addr_width=_bits(layers * tasks), shape=data.StructLayout({
+            "params_write": Out(WritePort.Signature(addr_width=index_bits(layers * tasks), shape=data.StructLayout({
                 "multiplier": unsigned(ops.MULTIPLIER_BITS + 1), "shift": unsigned(6)}))),
             "routes": Out(stream.Signature(data.StructLayout({
                 "token": token, "experts": data.ArrayLayout(expert, top_k),
                 "weights": data.ArrayLayout(weight, top_k)}))),
             "experts": Out(stream.Signature(data.StructLayout({
-                "expert": expert, "base": unsigned(_bits(max_tokens * top_k)),
-                "count": unsigned(_bits(max_tokens + 1))}))),
-            "queue_read": Out(ReadPort.Signature(addr_width=_bits(max_tokens * top_k),
+                "expert": expert, "base": unsigned(index_bits(max_tokens * top_k)),
+                "count": unsigned(index_bits(max_tokens + 1))}))),
+            "queue_read": Out(ReadPort.Signature(addr_width=index_bits(max_tokens * top_k),
                                                  shape=data.StructLayout({"token": token, "weight": weight}))),
             "busy": Out(1),
             "error": Out(1),
@@ -170,7 +160,8 @@ class Router(wiring.Component):
                 m.d.comb += token_filled.eq(1 << capture_half)
 
         # --- Stage 1: logits ---------------------------------------------------------------------------------
-        mac_half, mac_group, mac_chunk = Signal(), Signal(range(max(G, 2))), Signal(range(max(C, 2)))  # no 0-bit counters
+        # (counters of at least one bit: a 0-bit signal becomes an empty range in the Verilog)
+        mac_half, mac_group, mac_chunk = Signal(), Signal(range(max(G, 2))), Signal(range(max(C, 2)))
         issuing, writing = Signal(), Signal()
         write_index = Signal(range(Eg + 1))
         settle = Signal(range(4))
@@ -247,7 +238,7 @@ class Router(wiring.Component):
             with m.If(exp_index == E - 1):
                 m.d.sync += exp_issue.eq(0)
         # pipeline: read → d·multiplier → u → table, whole → e → sort and sum
-        stage = data.StructLayout({"valid": 1, "last": 1, "expert": unsigned(_bits(E)), "logit": signed(lw)})
+        stage = data.StructLayout({"valid": 1, "last": 1, "expert": unsigned(index_bits(E)), "logit": signed(lw)})
         p = [Signal(stage, name=f"exp_stage{i}") for i in range(6)]
         m.d.sync += [p[0].valid.eq(exp_issue), p[0].last.eq(exp_index == E - 1), p[0].expert.eq(exp_index)]
         m.d.sync += [p[1].valid.eq(p[0].valid), p[1].last.eq(p[0].last), p[1].expert.eq(p[0].expert),
@@ -263,13 +254,13 @@ class Router(wiring.Component):
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         m.d.comb += distance.eq(l_max[exp_half] - p[1].logit)
         m.d.sync += [scaled.eq(distance * multiplier),                                    # into p[2]
-                     exponent.eq(_round_shift(scaled, shift)),                            # into p[3]
+                     exponent.eq(round_shift(scaled, shift)),                            # into p[3]
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),               # into p[4]
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
-                     e_value.eq(Mux(whole > 62, 0, _round_shift(table_value, whole[:6])))]  # into p[5]
-        total = Signal(unsigned(EXP_BITS + _bits(E) + 1))
+                     e_value.eq(Mux(whole > 62, 0, round_shift(table_value, whole[:6])))]  # into p[5]
+        total = Signal(unsigned(EXP_BITS + index_bits(E) + 1))
         top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
-        top_expert = [Signal(unsigned(_bits(E)), name=f"top_expert{j}") for j in range(k)]
+        top_expert = [Signal(unsigned(index_bits(E)), name=f"top_expert{j}") for j in range(k)]
         top_e = [Signal(unsigned(EXP_BITS), name=f"top_e{j}") for j in range(k)]
         filled_slots = Signal(range(k + 1))
         arriving = p[5]
@@ -295,7 +286,7 @@ class Router(wiring.Component):
 
         # --- Stage 3: 2^62 // S and the gate weights ---------------------------------------------------------
         divisor = Signal.like(total)
-        remainder = Signal(unsigned(EXP_BITS + _bits(E) + 2))
+        remainder = Signal(unsigned(EXP_BITS + index_bits(E) + 2))
         quotient = Signal(unsigned(QUOTIENT_BITS))
         step = Signal(range(QUOTIENT_BITS + 1))
         winners_expert = [Signal.like(top_expert[j], name=f"winner_expert{j}") for j in range(k)]
@@ -327,7 +318,7 @@ class Router(wiring.Component):
             m.d.sync += product.eq(winner_e * quotient)
             for j in range(k):
                 with m.If(weight_index == j + 1):
-                    m.d.sync += gate_weights[j].eq(_round_shift(product, 62 - ops.GATE_BITS))
+                    m.d.sync += gate_weights[j].eq(round_shift(product, 62 - ops.GATE_BITS))
             with m.If(weight_index == k):
                 m.d.sync += [weighting.eq(0), emitting.eq(1)]
         # the route out; its record kept for the queues; the chosen experts counted

@@ -9,9 +9,7 @@ An 8×8 GEMM engine takes about 8 minutes on 2 cores.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from amaranth.lib import wiring
 
 from golden.config import ConfigError
 
-from .export import to_rtlil
+from .export import find_tool, to_rtlil
 
 __all__ = ["SynthResult", "SynthError", "synthesize", "platform", "PLACE_AND_ROUTE_TARGETS"]
 
@@ -71,7 +69,7 @@ def platform(target: str):
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    found = find_tool(name)
     if found is None:
         raise SynthError(f"{name} not found: install the project's environment (pdm install)")
     return found

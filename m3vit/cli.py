@@ -332,26 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)
-    gemm_bench = benches.add_parser("gemm", help="cycles and utilization of every backbone GEMM (fast simulator)")
-    preset_args(gemm_bench)
-    gemm_bench.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
-    gemm_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    def hardware_bench(name, help, run, array=DEFAULT_ACCELERATOR_PRESET):
+        """A bench of one unit: model preset, accelerator, the task whose routing fixture sizes the experts."""
+        sub = benches.add_parser(name, help=help)
+        preset_args(sub)
+        sub.add_argument("--array", default=array, help=f"accelerator preset or RxC (default {array})")
+        sub.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+        sub.set_defaults(run=run)
+        return sub
+
+    gemm_bench = hardware_bench("gemm", "cycles and utilization of every backbone GEMM (fast simulator)",
+                                cmd_bench_gemm)
     gemm_bench.add_argument("--weight-feed", type=int, default=None,
                             help="weight bytes per cycle into the array (default: the preset's)")
-    gemm_bench.set_defaults(run=cmd_bench_gemm)
-    loader_bench = benches.add_parser("loader", help="the expert weight loader against the ideal double-buffered "
-                                                     "schedule at 8, 16, 32 bytes per cycle (fast simulator)")
-    preset_args(loader_bench)
-    loader_bench.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
-    loader_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
+    loader_bench = hardware_bench("loader", "the expert weight loader against the ideal double-buffered schedule "
+                                            "at 8, 16, 32 bytes per cycle (fast simulator)", cmd_bench_loader, "16x16")
     loader_bench.add_argument("--latency", type=int, default=24, help="DRAM cycles to a burst's first beat")
-    loader_bench.set_defaults(run=cmd_bench_loader)
-    router_bench = benches.add_parser("router", help="cycles to route one MoE layer at 16, 64, 128 MACs per cycle "
-                                                     "against the layer's expert compute (fast simulator)")
-    preset_args(router_bench)
-    router_bench.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
-    router_bench.add_argument("--task", default=0, help="task whose routing fixture sizes the experts")
-    router_bench.set_defaults(run=cmd_bench_router)
+    hardware_bench("router", "cycles to route one MoE layer at 16, 64, 128 MACs per cycle against the layer's "
+                             "expert compute (fast simulator)", cmd_bench_router, "16x16")
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.sim.dram import AXI4ReadModel
+from hw.sim.verilator import pack
 
 __all__ = ["LoaderRun", "run_loads", "ideal_cycles", "buffer_words"]
 
@@ -27,16 +28,6 @@ def buffer_words(unit, raw: list[int]) -> np.ndarray:
     """Read-port words (ints of load_rows·C·operand bits) → their bytes, uint8 [words, feed_bytes]."""
     return np.array([list(word.to_bytes(unit.feed_bytes, "little")) for word in raw], dtype=np.uint8).reshape(
         -1, unit.feed_bytes)
-
-
-def _word(value) -> int:
-    """A read-port word as the simulators return it (nested lists of signed operands) → its raw bits."""
-    raw, shift = 0, 0
-    for lane in value:
-        for element in lane:
-            raw |= (int(element) & 0xFF) << shift
-            shift += 8
-    return raw
 
 
 async def run_loads(ctx, unit, dram: AXI4ReadModel, feeds: list[tuple[object, list]], buffers: list[int],
@@ -88,7 +79,7 @@ async def run_loads(ctx, unit, dram: AXI4ReadModel, feeds: list[tuple[object, li
         await ctx.tick()
         dram.advance()
         if reading:
-            received.append(_word(ctx.get(unit.read.data)))
+            received.append(pack(unit.read.data.shape(), ctx.get(unit.read.data)))
         offered = [count + took for count, took in zip(offered, accepted)]
         if take_now:
             run.taken.append(cycle)

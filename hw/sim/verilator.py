@@ -26,7 +26,7 @@ from amaranth.lib import data, wiring
 from hw.export import ports, to_verilog
 from hw.export import verilator as verilator_path
 
-__all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "CACHE"]
+__all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "pack", "unpack", "CACHE"]
 
 CACHE = Path(os.environ.get("M3VIT_VERILATOR_CACHE", Path.home() / ".cache" / "m3vit-verilator"))
 
@@ -98,15 +98,15 @@ void sim_tick(void *h, int clock, int cycles) {{
 """
 
 
-def _pack(shape, value) -> int:
+def pack(shape, value) -> int:
     """The bits of `value` (an int, a list for an array layout, a dict for a struct layout) in `shape`, as
     `shape.const(value)` would give them, without building Amaranth constants (the memory fills are large)."""
     if isinstance(shape, data.ArrayLayout):
         width = data.Layout.cast(shape.elem_shape).size if isinstance(shape.elem_shape, data.Layout) \
             else Shape.cast(shape.elem_shape).width
-        return sum(_pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
+        return sum(pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
     if isinstance(shape, data.StructLayout):
-        return sum(_pack(field.shape, value[name]) << field.offset for name, field in shape)
+        return sum(pack(field.shape, value[name]) << field.offset for name, field in shape)
     width = Shape.cast(shape).width
     return int(value.value if isinstance(value, Enum) else value) & ((1 << width) - 1)
 
@@ -117,14 +117,14 @@ class _Struct(dict):
     __getattr__ = dict.__getitem__
 
 
-def _unpack(shape, raw: int):
-    """The inverse of `_pack`: ints, lists and attribute-accessible dicts."""
+def unpack(shape, raw: int):
+    """The inverse of `pack`: ints, lists and attribute-accessible dicts."""
     if isinstance(shape, data.ArrayLayout):
         elem = shape.elem_shape
         width = elem.size if isinstance(elem, data.Layout) else Shape.cast(elem).width
-        return [_unpack(elem, (raw >> (i * width)) & ((1 << width) - 1)) for i in range(shape.length)]
+        return [unpack(elem, (raw >> (i * width)) & ((1 << width) - 1)) for i in range(shape.length)]
     if isinstance(shape, data.StructLayout):
-        return _Struct({name: _unpack(field.shape, (raw >> field.offset) & ((1 << field.width) - 1))
+        return _Struct({name: unpack(field.shape, (raw >> field.offset) & ((1 << field.width) - 1))
                         for name, field in shape})
     cast = Shape.cast(shape)
     if cast.signed and raw >> (cast.width - 1):
@@ -198,7 +198,7 @@ class Verilated:
 
     def set(self, port, value) -> None:
         index, signal = self._signal(port)
-        self._raw(index, _pack(port.shape(), value), len(signal))
+        self._raw(index, pack(port.shape(), value), len(signal))
         self._dirty = True
 
     def get(self, port):
@@ -208,7 +208,7 @@ class Verilated:
             self._dirty = False
         self._lib.sim_get(self._handle, index, self._words)
         raw = sum(self._words[w] << (32 * w) for w in range((len(signal) + 31) // 32))
-        return _unpack(port.shape(), raw)
+        return unpack(port.shape(), raw)
 
     def tick(self, cycles: int = 1) -> None:
         """`cycles` rising edges; memories added with `add_memory` serve their read ports on each."""
@@ -272,7 +272,7 @@ class ModelMemory:
     def store(self, address: int, value) -> None:
         if not 0 <= address < self.depth:
             raise IndexError(f"address {address} outside a memory of {self.depth} words")
-        raw = _pack(self.shape, value)
+        raw = pack(self.shape, value)
         for word in range(len(self._buffer)):
             self._buffer[word] = (raw >> (32 * word)) & 0xFFFFFFFF
         self._model._lib.sim_store(self._model._handle, self._index, address, self._buffer)

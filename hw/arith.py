@@ -1,0 +1,27 @@
+"""Small arithmetic shared by the units: field widths and the one rounding of the integer path."""
+
+from __future__ import annotations
+
+from amaranth import Const, Mux, Value
+
+__all__ = ["index_bits", "half_minus_one", "round_shift"]
+
+
+def index_bits(count: int) -> int:
+    """Bits of a field that holds 0 … count − 1 (at least one)."""
+    return max(1, (count - 1).bit_length())
+
+
+def half_minus_one(shift):
+    """2^(shift−1) − 1 (0 for shift 0): with the lowest kept bit, what `golden.ops.round_shift` adds before
+    the arithmetic shift so that it rounds half to even."""
+    shift = Value.cast(shift)
+    return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
+
+
+def round_shift(value, shift):
+    """`golden.ops.round_shift` in logic: `value` / 2^`shift` rounded half to even (arithmetic for signed
+    values), `shift` a signal or a constant up to 63."""
+    shift = Value.cast(shift)
+    kept = Mux(shift == 0, 0, (value >> shift)[0])
+    return (value + half_minus_one(shift) + kept) >> shift
