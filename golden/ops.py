@@ -17,7 +17,7 @@ __all__ = [
     "exact_matmul", "layernorm", "exp2_lut", "exp_neg", "softmax_rows", "row_multipliers", "gelu",
     "route", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
-    "ATTENTION_P_MAX", "ROUTER_EXP_BITS", "ROUTER_TABLE", "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS",
+    "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE", "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS",
 ]
 
 MULTIPLIER_BITS = 15          # requantization multipliers lie in [2^14, 2^15): 16-bit signed, always positive
@@ -221,8 +221,8 @@ def exp_neg(d: np.ndarray, multiplier: int, shift: int, table: np.ndarray, fract
     return np.where(out_shift + whole > 62, 0, round_shift(table[fraction], amount))
 
 
-_ATTENTION_LUT_SHIFT = 15
-_ATTENTION_LUT = exp2_lut(ATTENTION_EXP_BITS, ATTENTION_P_MAX << _ATTENTION_LUT_SHIFT)
+ATTENTION_TABLE_SHIFT = 15
+ATTENTION_TABLE = exp2_lut(ATTENTION_EXP_BITS, ATTENTION_P_MAX << ATTENTION_TABLE_SHIFT)   # P before its shift: a ROM
 _ROUTER_LUT_SHIFT = 15
 ROUTER_TABLE = exp2_lut(ROUTER_EXP_BITS, 1 << (GATE_BITS + _ROUTER_LUT_SHIFT))   # e of the router, a ROM
 
@@ -235,7 +235,7 @@ def softmax_rows(scores: np.ndarray, multiplier: int, shift: int) -> tuple[np.nd
     difference into base-2 exponent units in Q.6 (the head scale and log2(e) folded in)."""
     scores = np.asarray(scores, dtype=np.int64)
     d = scores.max(-1, keepdims=True) - scores
-    p = exp_neg(d, multiplier, shift, _ATTENTION_LUT, ATTENTION_EXP_BITS, _ATTENTION_LUT_SHIFT)
+    p = exp_neg(d, multiplier, shift, ATTENTION_TABLE, ATTENTION_EXP_BITS, ATTENTION_TABLE_SHIFT)
     return p.astype(np.int8), p.sum(-1).astype(np.int32)
 
 

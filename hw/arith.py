@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Mux, Value
+from amaranth import Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "round_shift"]
+__all__ = ["index_bits", "half_minus_one", "round_shift", "bit_length"]
 
 
 def index_bits(count: int) -> int:
@@ -25,3 +25,13 @@ def round_shift(value, shift):
     shift = Value.cast(shift)
     kept = Mux(shift == 0, 0, (value >> shift)[0])
     return (value + half_minus_one(shift) + kept) >> shift
+
+
+def bit_length(m, value, name: str) -> Signal:
+    """The bit length of an unsigned `value` (0 for 0), `golden.ops.bit_length` in logic: a priority encoder
+    added to `m`'s combinational domain under its current conditions."""
+    length = Signal(range(len(value) + 1), name=name)
+    for bit in range(len(value)):
+        with m.If(value[bit]):
+            m.d.comb += length.eq(bit + 1)
+    return length

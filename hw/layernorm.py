@@ -1,0 +1,295 @@
+"""LayerNorm over rows of the residual stream, bit for bit `golden.ops.layernorm` (docs/numerics.md, section 6).
+
+Three parts work on three rows at once, rows kept in a two-row buffer:
+1. **Sums** (`lanes` values per cycle): each beat is written into the row buffer while S = Σx and Q = Σx²
+   accumulate (one squarer per lane, an adder tree, four stages).
+2. **Statistics** (one row at a time, sequential): v = D·Q − S² + eps, e = max(0, ⌈(bitlen(v) − 32)/2⌉),
+   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps: 32-33 for a normalised v, up to 63
+   for rows of nearly equal values), its integer square root r bit by bit (one step per result bit), and
+   S·r. About 60 cycles for a typical row; it overlaps the next row's sums and the previous row's output.
+3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
+   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Seven stages; the pipeline stops as
+   a whole while the output is not taken.
+
+So a row costs max(⌈D / lanes⌉, statistics) cycles once the pipeline is full.
+
+Ports: `command` {rows, set, eps, shifts[outputs]} normalises `rows` rows with parameter set `set` (each
+output's shift sh_o and the model's eps as the numerics give them). `input`: ⌈D / lanes⌉ beats per row of
+`lanes` signed `width`-bit values (lanes past D ignored). `output`: per beat {y[outputs][lanes], last of row}
+(lanes past D zero). `params_write`: per set, ⌈D / lanes⌉ words of {gamma[outputs][lanes] int16,
+beta[outputs][lanes] int`BETA_BITS`} (channel beat·lanes + lane), written before use. `busy` until the
+command's last row has left.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory, WritePort
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from .arith import bit_length, index_bits, round_shift
+from .rows import BankState, RowBuffer, lane_mask, pick
+
+__all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
+
+GAMMA_BITS = 16          # G < 2^15 (docs/numerics.md, section 6)
+BETA_BITS = 48           # B: beyond ±2^47 every output saturates (|x̂·G| < 2^33, sh ≤ 63 − … checked on write)
+NORMALISED_BITS = 18     # x̂ in Q.12: |x̂| ≤ √D · 2^12 < 2^17 for D ≤ 1024
+DIVIDEND_BITS = 62       # 2^62 // v'
+SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
+
+
+class LayerNorm(wiring.Component):
+    SUM_STAGES = 3         # side registers: the beat, its squares, the adder trees (then the accumulators)
+    NORMALISE_STAGES = 7
+
+    def __init__(self, dim: int, lanes: int = 16, *, output_bits=(8,), width: int = 16, param_sets: int = 1,
+                 max_rows: int = 4096):
+        for name, value in (("dim", dim), ("lanes", lanes), ("param_sets", param_sets), ("max_rows", max_rows)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LayerNorm {name} = {value!r}: must be a positive integer")
+        if dim < 2 or dim > 1024:
+            raise ValueError(f"LayerNorm dim = {dim}: must be from 2 to 1024 (x̂ is {NORMALISED_BITS} bits)")
+        if not 2 <= width <= 16:
+            raise ValueError(f"LayerNorm width = {width!r}: the numerics normalise rows of at most 16 bits")
+        output_bits = tuple(output_bits)
+        if not output_bits or any(not isinstance(b, int) or not 2 <= b <= 32 for b in output_bits):
+            raise ValueError(f"LayerNorm output_bits = {output_bits!r}: one or more widths from 2 to 32")
+        self.dim, self.lanes, self.width, self.output_bits = dim, lanes, width, output_bits
+        self.param_sets, self.max_rows = param_sets, max_rows
+        self.beats = -(-dim // lanes)
+        self.sum_width = width + dim.bit_length()                          # S, signed
+        self.square_width = 2 * width - 1 + dim.bit_length()               # Q, unsigned: x² ≤ 2^(2·width − 2)
+        self.v_width = (dim * dim << (2 * width - 2)).bit_length() + 1     # v = D·Q − S² + eps ≥ 0
+        self.max_e = max(0, -(-(self.v_width - 32) // 2))
+        outputs = len(output_bits)
+        lane_values = lambda shape: data.ArrayLayout(data.ArrayLayout(shape, lanes), outputs)
+        self.params_layout = data.StructLayout({"gamma": lane_values(signed(GAMMA_BITS)),
+                                                "beta": lane_values(signed(BETA_BITS))})
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({
+                "rows": unsigned(index_bits(max_rows + 1)), "set": unsigned(index_bits(param_sets)),
+                "eps": unsigned(self.v_width - 1), "shifts": data.ArrayLayout(unsigned(6), outputs)}))),
+            "input": In(stream.Signature(data.ArrayLayout(signed(width), lanes))),
+            "output": Out(stream.Signature(data.StructLayout({
+                "data": data.StructLayout({f"y{o}": data.ArrayLayout(signed(b), lanes)
+                                           for o, b in enumerate(output_bits)}),
+                "last": 1}))),
+            "params_write": Out(WritePort.Signature(addr_width=index_bits(param_sets * self.beats),
+                                                    shape=self.params_layout)),
+            "busy": Out(1),
+        })
+
+    @classmethod
+    def for_model(cls, model, accel) -> "LayerNorm":
+        """The unit `accel` builds for `model`'s LayerNorms: two outputs, the array's operand and the router's
+        input (used by the MoE blocks' LayerNorm₂, ignored elsewhere); one parameter set per norm of the
+        backbone (two per block) and of each task head."""
+        return cls(model.embed_dim, accel.vector_lanes, output_bits=(accel.operand_width, accel.residual_width),
+                   width=accel.residual_width, param_sets=2 * model.depth + model.num_tasks,
+                   max_rows=model.num_tokens)
+
+    @staticmethod
+    def model(x, eps, outputs):
+        """`golden.ops.layernorm`: x [rows, D] int16, outputs [(gamma [D], beta [D], shift, bits)]."""
+        return ops.layernorm(x, eps, outputs)
+
+    def params_words(self, outputs) -> list[dict]:
+        """One parameter set [(gamma [D], beta [D])] per output → its ⌈D / lanes⌉ words for `params_write`
+        (channels past D zero). A gamma or beta too wide for the unit raises ValueError."""
+        if len(outputs) != len(self.output_bits):
+            raise ValueError(f"LayerNorm: {len(outputs)} outputs' parameters for a unit of "
+                             f"{len(self.output_bits)} outputs")
+        words = []
+        for beat in range(self.beats):
+            word = {"gamma": [], "beta": []}
+            for o, (gamma, beta) in enumerate(outputs):
+                for name, values, bits in (("gamma", gamma, GAMMA_BITS), ("beta", beta, BETA_BITS)):
+                    values = [int(v) for v in values]
+                    if len(values) != self.dim:
+                        raise ValueError(f"LayerNorm {name} of output {o}: {len(values)} values for D = {self.dim}")
+                    lanes = values[beat * self.lanes:(beat + 1) * self.lanes]
+                    lanes += [0] * (self.lanes - len(lanes))
+                    if any(not -(1 << (bits - 1)) <= v < 1 << (bits - 1) for v in lanes):
+                        raise ValueError(f"LayerNorm {name} of output {o}: a value outside {bits}-bit signed")
+                    word[name].append(lanes)
+            words.append(word)
+        return words
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, beats, dim = self.lanes, self.beats, self.dim
+        outputs = len(self.output_bits)
+        m.submodules.params = params = Memory(shape=self.params_layout, depth=self.param_sets * beats, init=[])
+        wiring.connect(m, wiring.flipped(self.params_write), params.write_port())
+        params_read = params.read_port()
+
+        command = Signal.like(self.command.payload)
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
+        sums = [Signal(signed(self.sum_width), name=f"bank{b}_sum") for b in range(2)]
+        squares = [Signal(unsigned(self.square_width), name=f"bank{b}_squares") for b in range(2)]
+        recips = [Signal(unsigned(32), name=f"bank{b}_r") for b in range(2)]
+        offsets = [Signal(signed(self.sum_width + 32), name=f"bank{b}_offset") for b in range(2)]   # S·r
+        exponents = [Signal(range(self.max_e + 1), name=f"bank{b}_e") for b in range(2)]
+        set_base = Signal(range(self.param_sets * beats))
+        with m.If(self.command.valid & self.command.ready):
+            m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0),
+                         set_base.eq(self.command.payload.set * beats)]
+
+        # --- 1. Sums -----------------------------------------------------------------------------------------
+        rows = RowBuffer(m, "rows", self.input, length=dim, lanes=lanes, shape=signed(self.width), fill=0,
+                         rows=command.rows, enable=busy)
+        state = rows.state
+        # stages: the beat, its squares, the two adder trees, into the bank's accumulators
+        side = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
+        sides = [Signal(side, name=f"sum_side{s}") for s in range(self.SUM_STAGES)]
+        m.d.sync += [sides[0].valid.eq(rows.taking), sides[0].first.eq(rows.first), sides[0].last.eq(rows.last),
+                     sides[0].bank.eq(rows.bank)]
+        m.d.sync += [sides[s].eq(sides[s - 1]) for s in range(1, self.SUM_STAGES)]
+        values = Signal.like(rows.masked)
+        values2 = Signal.like(rows.masked)
+        lane_squares = Signal(data.ArrayLayout(unsigned(2 * self.width - 1), lanes))
+        beat_sum = Signal(signed(self.sum_width))
+        beat_squares = Signal(unsigned(self.square_width))
+        m.d.sync += [values.eq(rows.masked), values2.eq(values)]
+        for lane in range(lanes):
+            m.d.sync += lane_squares[lane].eq(values[lane] * values[lane])
+        m.d.sync += [beat_sum.eq(sum(values2[lane] for lane in range(lanes))),
+                     beat_squares.eq(sum(lane_squares[lane] for lane in range(lanes)))]
+        final = sides[-1]
+        for b in range(2):
+            with m.If(final.valid & (final.bank == b)):
+                m.d.sync += [sums[b].eq(Mux(final.first, 0, sums[b]) + beat_sum),
+                             squares[b].eq(Mux(final.first, 0, squares[b]) + beat_squares)]
+                with m.If(final.last):
+                    m.d.sync += state[b].eq(BankState.REDUCED)
+
+        # --- 2. Statistics -------------------------------------------------------------------------------------
+        stats_bank = Signal()
+        s = Signal(signed(self.sum_width))
+        q = Signal(unsigned(self.square_width))
+        operand = Signal(unsigned(32))                  # S · operand: S itself, then r
+        product = Signal(signed(self.sum_width + 33))
+        v = Signal(unsigned(self.v_width))
+        e = Signal(range(self.max_e + 1))
+        divisor = Signal(unsigned(32))
+        remainder = Signal(unsigned(33))
+        quotient = Signal(unsigned(DIVIDEND_BITS + 1))
+        step = Signal(range(DIVIDEND_BITS + 1))
+        root = Signal(unsigned(DIVIDEND_BITS + 1))      # ends as r ≤ 2^31; scaled by up to 2^31 on the way
+        root_bit = Signal(unsigned(DIVIDEND_BITS + 1))  # 4^j
+        m.d.sync += product.eq(s * operand)
+        with m.FSM(name="statistics"):
+            with m.State("IDLE"):
+                summed = pick(stats_bank, sums)
+                with m.If(pick(stats_bank, state) == BankState.REDUCED):
+                    m.d.sync += [s.eq(summed), q.eq(pick(stats_bank, squares)),
+                                 operand.eq(Mux(summed < 0, -summed, summed))]
+                    rows.set_state(m, stats_bank, BankState.STATISTICS)
+                    m.next = "SQUARE"
+            with m.State("SQUARE"):        # product ← S · |S| (registered)
+                m.next = "VARIANCE"
+            with m.State("VARIANCE"):
+                m.d.sync += v.eq(Mux(s < 0, q * dim + product, q * dim - product) + command.eps)   # product: S·|S|
+                m.next = "EXPONENT"
+            with m.State("EXPONENT"):
+                length = bit_length(m, v, "v_length")
+                m.d.sync += e.eq(Mux(length > 32, (length - 31) >> 1, 0))
+                m.next = "NORMALISE"
+            with m.State("NORMALISE"):
+                m.d.sync += divisor.eq(v >> (e << 1))
+                m.next = "DIVIDE_START"
+            with m.State("DIVIDE_START"):
+                top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
+                m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
+                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(DIVIDEND_BITS - top)]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                fits = remainder >= divisor
+                left = Mux(fits, remainder - divisor, remainder)
+                m.d.sync += [quotient.eq(Cat(fits, quotient)), remainder.eq(left << 1), step.eq(step - 1)]
+                with m.If(step == 0):
+                    m.next = "ROOT_START"
+            with m.State("ROOT_START"):
+                pair = Signal(range(DIVIDEND_BITS // 2 + 1), name="root_top")   # 4^pair ≤ quotient < 4^(pair+1)
+                m.d.comb += pair.eq((bit_length(m, quotient, "quotient_length") - 1) >> 1)
+                m.d.sync += [root.eq(0), root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (pair << 1))]
+                m.next = "ROOT"
+            with m.State("ROOT"):
+                trial = root + root_bit
+                fits = quotient >= trial
+                m.d.sync += [quotient.eq(Mux(fits, quotient - trial, quotient)),
+                             root.eq(Mux(fits, (root >> 1) + root_bit, root >> 1)), root_bit.eq(root_bit >> 2)]
+                with m.If(root_bit[:2] != 0):
+                    m.next = "OFFSET"
+            with m.State("OFFSET"):         # product ← S · r
+                m.d.sync += operand.eq(root[:32])
+                m.next = "OFFSET_WAIT"
+            with m.State("OFFSET_WAIT"):
+                m.next = "DONE"
+            with m.State("DONE"):
+                for b in range(2):
+                    with m.If(stats_bank == b):
+                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e)]
+                rows.set_state(m, stats_bank, BankState.READY)
+                m.d.sync += stats_bank.eq(~stats_bank)
+                m.next = "IDLE"
+
+        # --- 3. Normalise --------------------------------------------------------------------------------------
+        out_rows = Signal.like(command.rows)
+        advance = Signal()
+        valid = [Signal(name=f"normalise{stage}_valid") for stage in range(self.NORMALISE_STAGES)]
+        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.output.valid.eq(valid[-1])]
+        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read.en.eq(advance)]
+        side = data.StructLayout({"bank": 1, "beat": unsigned(len(rows.read_beat)), "last": 1})
+        sides = [Signal(side, name=f"normalise_side{stage}") for stage in range(self.NORMALISE_STAGES)]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank),
+                         sides[0].beat.eq(rows.read_beat), sides[0].last.eq(rows.read_last)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
+            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
+        # the parameter word is read to arrive with x̂ (stage 4)
+        m.d.comb += [params_read.addr.eq(set_base + sides[2].beat), params_read.en.eq(advance)]
+        row_r = pick(sides[0].bank, recips)
+        row_offset = pick(sides[1].bank, offsets)
+        row_shift = SHIFT_BASE + pick(sides[2].bank, exponents)
+        # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
+        # pipeline must not see them overwritten by the next row's statistics.
+        rows.set_state(m, sides[2].bank, BankState.FREE, advance & valid[2] & sides[2].last)
+        shifts = [Signal(6, name=f"shift{o}") for o in range(outputs)]
+        m.d.comb += [shifts[o].eq(command.shifts[o]) for o in range(outputs)]
+        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        for lane in range(lanes):
+            scaled = Signal(signed(self.width + 33), name=f"scaled{lane}")            # x·r
+            centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
+                             name=f"centred{lane}")
+            normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}")    # x̂
+            with m.If(advance):
+                m.d.sync += [scaled.eq(rows.read.data[lane] * row_r),                               # stage 2
+                             centred.eq(scaled * dim - row_offset),                                 # stage 3
+                             normalised.eq(round_shift(centred, row_shift))]                        # stage 4
+            for o, bits in enumerate(self.output_bits):
+                affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}")
+                rounded = Signal(signed(BETA_BITS + 1), name=f"rounded{o}_{lane}")
+                y = self.output.payload.data[f"y{o}"][lane]
+                high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+                with m.If(advance):
+                    m.d.sync += [
+                        affine.eq(normalised * params_read.data.gamma[o][lane] + params_read.data.beta[o][lane]),
+                        rounded.eq(round_shift(affine, shifts[o])),                                  # stage 6
+                        y.eq(Mux(edge_lanes[lane], Mux(rounded > high, high, Mux(rounded < low, low, rounded)),
+                                 0)),                                                                # stage 7
+                    ]
+        m.d.comb += self.output.payload.last.eq(sides[-1].last)
+        with m.If(advance & valid[-1] & sides[-1].last):
+            m.d.sync += out_rows.eq(out_rows + 1)
+            with m.If(out_rows + 1 == command.rows):
+                m.d.sync += busy.eq(0)
+        with m.If(self.command.valid & self.command.ready):
+            m.d.sync += out_rows.eq(0)
+            rows.reset(m)
+        return m

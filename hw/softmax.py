@@ -1,0 +1,222 @@
+"""The attention softmax over rows of raw int32 scores, bit for bit `golden.ops.softmax_rows` and
+`golden.ops.row_multipliers` (docs/numerics.md, section 5).
+
+Rows of `length` scores (the keys, T) go through a two-row buffer:
+1. **Maximum** (`lanes` scores per cycle): each beat is written into the row buffer while the row maximum
+   accumulates (a comparator tree, two stages).
+2. **Exponentials** (`lanes` per cycle, the row read back): d = max − x, u = round_shift(d · m_exp, s_exp) in
+   Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) from a 64-entry table (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
+   so P ∈ [0, 127] with the row maximum exactly 127. Five stages; the pipeline stops as a whole while the
+   output is not taken.
+3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
+   restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
+   the row's requantization multiplier and shift for attention·V. About 20 cycles a row.
+
+So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
+
+Ports: `command` {rows, exp_multiplier, exp_shift, out_multiplier, out_shift} (the head's scalars as the
+quantizer gives them). `input`: ⌈T / lanes⌉ beats per row of `lanes` signed 32-bit scores (lanes past T
+ignored). `output`: per beat {p[lanes] (int8, lanes past T zero), last of row}. `scales`: per row
+{multiplier, shift} for attention·V's output path; a row's last beat leaves only when its row scale can be
+computed (the previous row's has been taken). `busy` until the command's last row and scale have left.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from .arith import bit_length, index_bits, round_shift
+from .rows import BankState, RowBuffer, lane_mask, pick
+
+__all__ = ["Softmax"]
+
+TABLE_WIDTH = max(int(v) for v in ops.ATTENTION_TABLE).bit_length()     # 22
+ZERO_WHOLE = 8                      # ⌊u / 64⌋ ≥ 8: the shift passes 22, P = 0
+RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
+DIVISION_STEPS_PER_CYCLE = 2
+
+
+class Softmax(wiring.Component):
+    MAX_STAGES = 2
+    EXP_STAGES = 5
+
+    def __init__(self, length: int, lanes: int = 16, *, score_width: int = 32, max_rows: int = 4096):
+        for name, value in (("length", length), ("lanes", lanes), ("max_rows", max_rows)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Softmax {name} = {value!r}: must be a positive integer")
+        if not 2 <= score_width <= 32:
+            raise ValueError(f"Softmax score_width = {score_width!r}: scores are at most int32")
+        self.length, self.lanes, self.score_width, self.max_rows = length, lanes, score_width, max_rows
+        self.beats = -(-length // lanes)
+        self.sum_width = (ops.ATTENTION_P_MAX * length).bit_length()
+        multiplier = unsigned(ops.MULTIPLIER_BITS + 1)
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({
+                "rows": unsigned(index_bits(max_rows + 1)),
+                "exp_multiplier": multiplier, "exp_shift": unsigned(6),
+                "out_multiplier": multiplier, "out_shift": unsigned(6)}))),
+            "input": In(stream.Signature(data.ArrayLayout(signed(score_width), lanes))),
+            "output": Out(stream.Signature(data.StructLayout({"p": data.ArrayLayout(signed(8), lanes), "last": 1}))),
+            "scales": Out(stream.Signature(data.StructLayout({"multiplier": multiplier, "shift": unsigned(7)}))),
+            "busy": Out(1),
+        })
+
+    @classmethod
+    def for_model(cls, model, accel) -> "Softmax":
+        """The unit `accel` builds for `model`: rows of all T keys, up to a token block of them per head."""
+        return cls(model.num_tokens, accel.vector_lanes, score_width=accel.accumulator_width,
+                   max_rows=accel.tokens_per_block(model))
+
+    @staticmethod
+    def model(scores, exp_multiplier, exp_shift, out_multiplier, out_shift):
+        """(P [rows, T] int8, multipliers [rows], shifts [rows]) from the golden operations."""
+        p, sums = ops.softmax_rows(scores, exp_multiplier, exp_shift)
+        multipliers, shifts = ops.row_multipliers(sums, out_multiplier, out_shift)
+        return p, multipliers, shifts
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, width = self.lanes, self.score_width
+        command = Signal.like(self.command.payload)
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
+        with m.If(self.command.valid & self.command.ready):
+            m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0)]
+
+        # --- 1. Maximum --------------------------------------------------------------------------------------
+        lowest = -(1 << (width - 1))
+        rows = RowBuffer(m, "rows", self.input, length=self.length, lanes=lanes, shape=signed(width),
+                         fill=lowest, rows=command.rows, enable=busy)
+        maxima = [Signal(signed(width), name=f"bank{b}_max") for b in range(2)]
+        side = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
+        sides = [Signal(side, name=f"max_side{s}") for s in range(self.MAX_STAGES)]
+        m.d.sync += [sides[0].valid.eq(rows.taking), sides[0].first.eq(rows.first), sides[0].last.eq(rows.last),
+                     sides[0].bank.eq(rows.bank)]
+        m.d.sync += [sides[s].eq(sides[s - 1]) for s in range(1, self.MAX_STAGES)]
+        values = Signal.like(rows.masked)
+        beat_max = Signal(signed(width))
+        m.d.sync += [values.eq(rows.masked), beat_max.eq(_maximum(list(values)))]
+        final = sides[-1]
+        for b in range(2):
+            with m.If(final.valid & (final.bank == b)):
+                running = Mux(final.first, lowest, maxima[b])
+                m.d.sync += maxima[b].eq(Mux(beat_max > running, beat_max, running))
+        rows.set_state(m, final.bank, BankState.READY, final.valid & final.last)
+
+        # --- 2. Exponentials -----------------------------------------------------------------------------------
+        advance = Signal()
+        valid = [Signal(name=f"exp{stage}_valid") for stage in range(self.EXP_STAGES)]
+        side = data.StructLayout({"bank": 1, "last": 1})
+        sides = [Signal(side, name=f"exp_side{stage}") for stage in range(self.EXP_STAGES)]
+        scale_free = Signal()              # the row scale can take a row's sum
+        leaving = valid[-1] & (~sides[-1].last | scale_free)
+        m.d.comb += [advance.eq(~valid[-1] | (self.output.ready & leaving)), self.output.valid.eq(leaving)]
+        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read.en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank), sides[0].last.eq(rows.read_last)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.EXP_STAGES)]
+            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.EXP_STAGES)]
+        # the bank's maximum is read at stage 1; the bank is free after that
+        rows.set_state(m, sides[0].bank, BankState.FREE, advance & valid[0] & sides[0].last)
+        row_max = pick(sides[0].bank, maxima)
+        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        table = [int(v) for v in ops.ATTENTION_TABLE]
+        reads = []
+        for pair in range(-(-lanes // 2)):
+            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(TABLE_WIDTH), depth=len(table), init=table)
+            reads += [memory.read_port(), memory.read_port()]
+        beat_p = []
+        for lane in range(lanes):
+            distance = Signal(unsigned(width + 1), name=f"distance{lane}")                 # d = max − x
+            product = Signal(unsigned(width + 1 + len(command.exp_multiplier)), name=f"product{lane}")
+            exponent = Signal(unsigned(len(product)), name=f"exponent{lane}")              # u, combinational
+            whole = Signal(range(ZERO_WHOLE + 1), name=f"whole{lane}")
+            p = self.output.payload.p[lane]
+            m.d.comb += [exponent.eq(round_shift(product, command.exp_shift)),
+                         reads[lane].addr.eq(exponent[:ops.ATTENTION_EXP_BITS]), reads[lane].en.eq(advance)]
+            upper = exponent[ops.ATTENTION_EXP_BITS:]
+            with m.If(advance):
+                m.d.sync += [
+                    distance.eq(row_max - rows.read.data[lane]),                                    # stage 2
+                    product.eq(distance * command.exp_multiplier),                                 # stage 3
+                    whole.eq(Mux(upper >= ZERO_WHOLE, ZERO_WHOLE, upper)),                         # stage 4 (+ T[u])
+                ]
+                shifted = round_shift(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole[:3])
+                m.d.sync += p.eq(Mux(edge_lanes[lane] & (whole != ZERO_WHOLE), shifted, 0))           # stage 5
+            beat_p.append(p)
+        m.d.comb += self.output.payload.last.eq(sides[-1].last)
+
+        # --- 3. Row scale ----------------------------------------------------------------------------------------
+        beat_sum = sum(p.as_unsigned() for p in beat_p)
+        row_sum = Signal(unsigned(self.sum_width))
+        taken = self.output.valid & self.output.ready
+        with m.If(taken):
+            m.d.sync += row_sum.eq(Mux(sides[-1].last, 0, row_sum + beat_sum))
+        total = Signal(unsigned(self.sum_width))
+        remainder = Signal(unsigned(self.sum_width + 1))
+        quotient = Signal(unsigned(RECIPROCAL_BITS))
+        step = Signal(range(RECIPROCAL_BITS + 1))
+        product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
+        excess = Signal(range(len(product) + 1))            # k = max(0, bitlen(product) − 15)
+        rounded = Signal(unsigned(len(product)))
+        rows_out = Signal.like(command.rows)
+        m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
+        m.d.comb += self.scales.payload.shift.eq(
+            command.out_shift + 32 - excess - rounded[ops.MULTIPLIER_BITS])
+        with m.FSM(name="row_scale"):
+            with m.State("IDLE"):
+                m.d.comb += scale_free.eq(1)
+                with m.If(taken & sides[-1].last):
+                    top = Signal(range(self.sum_width + 1), name="sum_top")
+                    m.d.comb += top.eq(bit_length(m, row_sum + beat_sum, "sum_length") - 1)
+                    # 2^32 // S: the first quotient bit that can be 1 is 32 − top
+                    m.d.sync += [total.eq(row_sum + beat_sum), remainder.eq(Const(1, self.sum_width + 1) << top),
+                                 quotient.eq(0), step.eq(32 - top)]
+                    m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                part, left, bits = remainder, None, []
+                for _ in range(DIVISION_STEPS_PER_CYCLE):
+                    fits = part >= total
+                    left = Mux(fits, part - total, part)
+                    bits.append(fits)
+                    part = (left << 1)[:len(remainder)]
+                # an odd count of steps ends after the first half of a cycle
+                ends_half = step == 0
+                m.d.sync += [quotient.eq(Mux(ends_half, Cat(bits[0], quotient), Cat(bits[1], bits[0], quotient))),
+                             remainder.eq(part), step.eq(Mux(ends_half, 0, step - 2))]
+                with m.If(ends_half | (step == 1)):
+                    m.next = "MULTIPLY"
+            with m.State("MULTIPLY"):
+                m.d.sync += product.eq(quotient * command.out_multiplier)
+                m.next = "NORMALISE"
+            with m.State("NORMALISE"):
+                length = bit_length(m, product, "product_length")
+                m.d.sync += excess.eq(Mux(length > ops.MULTIPLIER_BITS, length - ops.MULTIPLIER_BITS, 0))
+                m.next = "ROUND"
+            with m.State("ROUND"):
+                m.d.sync += rounded.eq(round_shift(product, excess))
+                m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.scales.valid.eq(1)
+                with m.If(self.scales.ready):
+                    m.d.sync += rows_out.eq(rows_out + 1)
+                    with m.If(rows_out + 1 == command.rows):
+                        m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+        with m.If(self.command.valid & self.command.ready):
+            m.d.sync += rows_out.eq(0)
+            rows.reset(m)
+        return m
+
+
+def _maximum(values):
+    """The largest of signed values, as a comparator tree (combinational)."""
+    while len(values) > 1:
+        pairs = [Mux(a > b, a, b) for a, b in zip(values[::2], values[1::2])]
+        values = pairs + ([values[-1]] if len(values) % 2 else [])
+    return values[0]
