@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "round_shift", "bit_length"]
+__all__ = ["index_bits", "half_minus_one", "round_shift", "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -35,3 +35,11 @@ def bit_length(m, value, name: str) -> Signal:
         with m.If(value[bit]):
             m.d.comb += length.eq(bit + 1)
     return length
+
+
+def tree_sum(values):
+    """The sum of `values` as a balanced adder tree (log depth, where `sum()` would chain them)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [a + b for a, b in zip(values[::2], values[1::2])] + ([values[-1]] if len(values) % 2 else [])
+    return values[0]

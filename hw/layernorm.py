@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, index_bits, round_shift
+from .arith import bit_length, index_bits, round_shift, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -123,9 +123,17 @@ class LayerNorm(wiring.Component):
         m = Module()
         lanes, beats, dim = self.lanes, self.beats, self.dim
         outputs = len(self.output_bits)
-        m.submodules.params = params = Memory(shape=self.params_layout, depth=self.param_sets * beats, init=[])
-        wiring.connect(m, wiring.flipped(self.params_write), params.write_port())
-        params_read = params.read_port()
+        # one parameter memory per output (words of a few thousand bits are more than the simulator compiles)
+        output_params = data.StructLayout({"gamma": data.ArrayLayout(signed(GAMMA_BITS), lanes),
+                                           "beta": data.ArrayLayout(signed(BETA_BITS), lanes)})
+        params_reads = []
+        for o in range(outputs):
+            memory = m.submodules[f"params{o}"] = Memory(shape=output_params, depth=self.param_sets * beats, init=[])
+            write = memory.write_port()
+            m.d.comb += [write.addr.eq(self.params_write.addr), write.en.eq(self.params_write.en),
+                         write.data.gamma.eq(self.params_write.data.gamma[o]),
+                         write.data.beta.eq(self.params_write.data.beta[o])]
+            params_reads.append(memory.read_port())
 
         command = Signal.like(self.command.payload)
         busy = Signal()
@@ -158,8 +166,8 @@ class LayerNorm(wiring.Component):
         m.d.sync += [values.eq(rows.masked), values2.eq(values)]
         for lane in range(lanes):
             m.d.sync += lane_squares[lane].eq(values[lane] * values[lane])
-        m.d.sync += [beat_sum.eq(sum(values2[lane] for lane in range(lanes))),
-                     beat_squares.eq(sum(lane_squares[lane] for lane in range(lanes)))]
+        m.d.sync += [beat_sum.eq(tree_sum(values2[lane] for lane in range(lanes))),
+                     beat_squares.eq(tree_sum(lane_squares[lane] for lane in range(lanes)))]
         final = sides[-1]
         for b in range(2):
             with m.If(final.valid & (final.bank == b)):
@@ -253,7 +261,8 @@ class LayerNorm(wiring.Component):
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
             m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
         # the parameter word is read to arrive with x̂ (stage 4)
-        m.d.comb += [params_read.addr.eq(set_base + sides[2].beat), params_read.en.eq(advance)]
+        for read in params_reads:
+            m.d.comb += [read.addr.eq(set_base + sides[2].beat), read.en.eq(advance)]
         row_r = pick(sides[0].bank, recips)
         row_offset = pick(sides[1].bank, offsets)
         row_shift = SHIFT_BASE + pick(sides[2].bank, exponents)
@@ -279,7 +288,7 @@ class LayerNorm(wiring.Component):
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 with m.If(advance):
                     m.d.sync += [
-                        affine.eq(normalised * params_read.data.gamma[o][lane] + params_read.data.beta[o][lane]),
+                        affine.eq(normalised * params_reads[o].data.gamma[lane] + params_reads[o].data.beta[lane]),
                         rounded.eq(round_shift(affine, shifts[o])),                                  # stage 6
                         y.eq(Mux(edge_lanes[lane], Mux(rounded > high, high, Mux(rounded < low, low, rounded)),
                                  0)),                                                                # stage 7

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, index_bits, round_shift
+from .arith import bit_length, index_bits, round_shift, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax"]
@@ -152,7 +152,7 @@ class Softmax(wiring.Component):
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
 
         # --- 3. Row scale ----------------------------------------------------------------------------------------
-        beat_sum = sum(p.as_unsigned() for p in beat_p)
+        beat_sum = tree_sum(p.as_unsigned() for p in beat_p)
         row_sum = Signal(unsigned(self.sum_width))
         taken = self.output.valid & self.output.ready
         with m.If(taken):

@@ -1,0 +1,81 @@
+"""The residual addition, bit for bit `golden.model`'s: x ← sat(x + a) on the residual stream's format.
+
+The addend a is either a value already in the residual format (the projection's and dense fc2's output, the
+position embedding: `combine` = 0) or a row of the expert combine accumulator (`combine` = 1), which is first
+rounded once and saturated as `golden.ops.combine` does: sat(round_shift(acc, 15 + 2)).
+
+`input` (stream): {residual[lanes], addend[lanes] (`COMBINE_WIDTH` bits), combine}; `output` (stream):
+[lanes] of the residual format, the same beats in order `LATENCY` = 2 cycles later when nothing stalls. The
+pipeline stops as a whole while the output is not taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from .arith import round_shift
+from .gemm import COMBINE_WIDTH
+
+__all__ = ["ResidualAdd"]
+
+COMBINE_SHIFT = ops.GATE_BITS + ops.COMBINE_FRACTION_BITS
+
+
+def _saturate(value, bits):
+    high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    return Mux(value > high, high, Mux(value < low, low, value))
+
+
+class ResidualAdd(wiring.Component):
+    LATENCY = 2
+
+    def __init__(self, lanes: int = 16, width: int = 16):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"ResidualAdd lanes = {lanes!r}: must be a positive integer")
+        if not isinstance(width, int) or not 2 <= width <= 32:
+            raise ValueError(f"ResidualAdd width = {width!r}: the residual stream has 2 to 32 bits")
+        self.lanes, self.width = lanes, width
+        super().__init__({
+            "input": In(stream.Signature(data.StructLayout({
+                "residual": data.ArrayLayout(signed(width), lanes),
+                "addend": data.ArrayLayout(signed(COMBINE_WIDTH), lanes),
+                "combine": 1}))),
+            "output": Out(stream.Signature(data.ArrayLayout(signed(width), lanes))),
+        })
+
+    @classmethod
+    def for_model(cls, model, accel) -> "ResidualAdd":
+        return cls(accel.vector_lanes, accel.residual_width)
+
+    def model(self, residual, addend, combine: bool):
+        """x + a with saturation, a first rounded from the combine accumulator when `combine`."""
+        addend = np.asarray(addend, np.int64)
+        if combine:
+            addend = ops.saturate(ops.round_shift(addend, COMBINE_SHIFT), self.width)
+        return ops.saturate(np.asarray(residual, np.int64) + addend, self.width)
+
+    def elaborate(self, platform):
+        m = Module()
+        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
+        advance = Signal()
+        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
+                     self.output.valid.eq(valid[-1])]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(self.input.valid), valid[1].eq(valid[0])]
+        for lane in range(self.lanes):
+            residual = Signal(signed(self.width), name=f"residual{lane}")
+            addend = Signal(signed(self.width), name=f"addend{lane}")
+            a = self.input.payload.addend[lane]
+            with m.If(advance):
+                m.d.sync += [
+                    residual.eq(self.input.payload.residual[lane]),                                 # stage 1
+                    addend.eq(_saturate(Mux(self.input.payload.combine, round_shift(a, COMBINE_SHIFT), a),
+                                        self.width)),
+                    self.output.payload[lane].eq(_saturate(residual + addend, self.width)),          # stage 2
+                ]
+        return m
