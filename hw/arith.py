@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "round_shift", "bit_length", "tree_sum"]
+__all__ = ["index_bits", "half_minus_one", "rounding_sum", "round_shift", "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -19,12 +19,22 @@ def half_minus_one(shift):
     return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
 
 
-def round_shift(value, shift):
+def rounding_sum(value, shift, half=None):
+    """value + 2^(shift−1) − 1 + (bit `shift` of value): `round_shift` before its final shift, for callers that
+    saturate against thresholds and keep only a few bits of the shift. `half` is 2^(shift−1) − 1 when the
+    caller holds it in a register (set per command or per row), so the per-element logic is one adder and a
+    bit select rather than a decoder and a barrel shifter."""
+    value, shift = Value.cast(value), Value.cast(shift)
+    beyond = value[-1] if value.shape().signed else 0      # the sign, for shifts past the top bit
+    offset = shift[:index_bits(len(value))]
+    kept = Mux(shift == 0, 0, Mux(shift >= len(value), beyond, value.bit_select(offset, 1)))
+    return value + (half_minus_one(shift) if half is None else half) + kept
+
+
+def round_shift(value, shift, half=None):
     """`golden.ops.round_shift` in logic: `value` / 2^`shift` rounded half to even (arithmetic for signed
-    values), `shift` a signal or a constant up to 63."""
-    shift = Value.cast(shift)
-    kept = Mux(shift == 0, 0, (value >> shift)[0])
-    return (value + half_minus_one(shift) + kept) >> shift
+    values), `shift` a signal or a constant up to 63; `half` as in `rounding_sum`."""
+    return rounding_sum(value, shift, half) >> Value.cast(shift)
 
 
 def bit_length(m, value, name: str) -> Signal:

@@ -12,7 +12,9 @@ Memories are outside the engine, behind read ports:
 - W: words of `load_rows` × C operands (the weight feed), in the order the array consumes them: tile (j, i)
   rows q·load_rows … at `w_base + (j·KT + i)·⌈R / load_rows⌉ + q` (rows past K may hold anything: the engine
   zeroes the lanes of X past K). A tile loads in ⌈R / load_rows⌉ cycles, hidden behind M ≥ that many rows.
-- P: one word per N tile at `p_base + j`: per column `bias` (int32), `multiplier` and `shift`.
+- P: one word per N tile at `p_base + j`: per column `bias` (int32), `multiplier` and `shift`. With
+  `row_scaled`, the multiplier and shift come per row instead, row m's at `m` of the row-scale read port
+  (attention·V: the softmax unit's row scales).
 Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to even, saturate), exactly
 `golden.ops.requantize`; `RAW` emits acc + bias unrounded (attention scores); `relu` clamps at 0 in every
 mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
@@ -97,7 +99,9 @@ class GemmEngine(wiring.Component):
                 "list_base": unsigned(index_bits(index_depth)),
                 "mode": unsigned(3),
                 "relu": unsigned(1),
+                "row_scaled": unsigned(1),     # multiplier and shift per row (attention·V) instead of per column
             })
+            self.row_scale = data.StructLayout({"multiplier": unsigned(multiplier_width), "shift": unsigned(6)})
             self.result = data.StructLayout({
                 "row": unsigned(index_bits(max_m)),
                 "tile": unsigned(index_bits(tiles(max_n, cols))),
@@ -114,6 +118,7 @@ class GemmEngine(wiring.Component):
                 "x_read": In(read(x_depth, data.ArrayLayout(operand, rows))),
                 "w_read": In(read(w_depth, data.ArrayLayout(data.ArrayLayout(operand, cols), load_rows))),
                 "p_read": In(read(p_depth, data.ArrayLayout(self.column, cols))),
+                "row_read": In(read(max_m, self.row_scale)),
                 "index_read": In(read(index_depth, unsigned(index_bits(x_rows)))),
                 "scatter_read": In(read(index_depth, unsigned(index_bits(x_rows)))),
                 "gate_read": In(read(index_depth, unsigned(GATE_WIDTH))),
@@ -316,12 +321,19 @@ class GemmEngine(wiring.Component):
         m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(self.signature.column, cols))
         halves = [Signal(aw + self.multiplier_width + 2, name=f"half{c}") for c in range(cols)]
+        # The product has product_width bits and |product| < 2^(product_width − 2): any shift from product_width
+        # on rounds it to 0, so shifts are clamped there (and 2^(shift−1) − 1 fits the rounding adder).
+        product_width = aw + 1 + self.multiplier_width + 1
+
+        def clamped(shift):
+            return Mux(shift > product_width, product_width, shift)
+
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
             for c in range(cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
-                m.d.sync += halves[c].eq(half_minus_one(self.p_read.data[c].shift))
+                m.d.sync += halves[c].eq(half_minus_one(clamped(self.p_read.data[c].shift)))
         room = free != 0
         issue_drain = Signal()
         m.d.comb += issue_drain.eq(draining & params_ready & room)
@@ -345,7 +357,14 @@ class GemmEngine(wiring.Component):
         lanes = Signal(data.ArrayLayout(signed(aw), cols))
         result = Signal(self.signature.result)
         m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile), result.data.eq(lanes)]
-        product_width = aw + 1 + self.multiplier_width + 1
+        # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word; its
+        # 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
+        row_scaled = command.row_scaled & ~raw
+        m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(issue_drain)]
+        row_shift = Signal(range(product_width + 1))
+        m.d.sync += row_shift.eq(clamped(self.row_read.data.shift))
+        row_half = Signal.like(halves[0])
+        m.d.comb += row_half.eq(half_minus_one(row_shift))
         for c in range(cols):
             # One stage per step, the row's parameters travelling with it; the product in two halves that
             # each fit one 18 × 18 DSP multiplier with its registers (`Multiplier`), added in the next stage.
@@ -367,9 +386,11 @@ class GemmEngine(wiring.Component):
             half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(4)]
             m.d.sync += [
                 # the accumulator word straight into a register (the block RAM's output register)
-                read.eq(drain_read.data[c]), bias.eq(params[c].bias), multiplier.eq(params[c].multiplier),
-                shift[0].eq(Mux(raw, 0, params[c].shift)), half[0].eq(Mux(raw, 0, halves[c])),
-                biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(half[0]),
+                read.eq(drain_read.data[c]), bias.eq(params[c].bias),
+                multiplier.eq(Mux(row_scaled, self.row_read.data.multiplier, params[c].multiplier)),
+                shift[0].eq(Mux(raw, 0, clamped(Mux(row_scaled, self.row_read.data.shift, params[c].shift)))),
+                half[0].eq(Mux(raw, 0, halves[c])),
+                biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(Mux(row_scaled, row_half, half[0])),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
                 product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)),
                 shift[3].eq(shift[2]), half[3].eq(half[2]),

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, index_bits, round_shift, tree_sum
+from .arith import bit_length, half_minus_one, index_bits, rounding_sum, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -143,6 +143,7 @@ class LayerNorm(wiring.Component):
         recips = [Signal(unsigned(32), name=f"bank{b}_r") for b in range(2)]
         offsets = [Signal(signed(self.sum_width + 32), name=f"bank{b}_offset") for b in range(2)]   # S·r
         exponents = [Signal(range(self.max_e + 1), name=f"bank{b}_e") for b in range(2)]
+        row_halves = [Signal(SHIFT_BASE + self.max_e, name=f"bank{b}_half") for b in range(2)]   # 2^(18+e) − 1
         set_base = Signal(range(self.param_sets * beats))
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0),
@@ -242,7 +243,8 @@ class LayerNorm(wiring.Component):
             with m.State("DONE"):
                 for b in range(2):
                     with m.If(stats_bank == b):
-                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e)]
+                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e),
+                                     row_halves[b].eq(half_minus_one(SHIFT_BASE + e))]
                 rows.set_state(m, stats_bank, BankState.READY)
                 m.d.sync += stats_bank.eq(~stats_bank)
                 m.next = "IDLE"
@@ -265,33 +267,47 @@ class LayerNorm(wiring.Component):
             m.d.comb += [read.addr.eq(set_base + sides[2].beat), read.en.eq(advance)]
         row_r = pick(sides[0].bank, recips)
         row_offset = pick(sides[1].bank, offsets)
-        row_shift = SHIFT_BASE + pick(sides[2].bank, exponents)
         # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
         # pipeline must not see them overwritten by the next row's statistics.
         rows.set_state(m, sides[2].bank, BankState.FREE, advance & valid[2] & sides[2].last)
-        shifts = [Signal(6, name=f"shift{o}") for o in range(outputs)]
-        m.d.comb += [shifts[o].eq(command.shifts[o]) for o in range(outputs)]
+        # Per output, set with the command: 2^(sh−1) − 1 and the saturation threshold 2^(sh+b−1) (capped past
+        # the sum's range), so each lane rounds with one adder and saturates by comparison.
+        rounding_width = BETA_BITS + 2
+        out_halves = [Signal(rounding_width, name=f"half{o}") for o in range(outputs)]
+        thresholds = [Signal(rounding_width + 1, name=f"threshold{o}") for o in range(outputs)]
+        with m.If(self.command.valid & self.command.ready):
+            for o, bits in enumerate(self.output_bits):
+                shift = self.command.payload.shifts[o]
+                top = shift + (bits - 1)
+                m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
+                             thresholds[o].eq(Const(1, rounding_width + 1) <<
+                                              Mux(top > rounding_width - 1, rounding_width - 1, top))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        row_e = pick(sides[2].bank, exponents)
+        row_half = pick(sides[2].bank, row_halves)
         for lane in range(lanes):
             scaled = Signal(signed(self.width + 33), name=f"scaled{lane}")            # x·r
             centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
                              name=f"centred{lane}")
             normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}")    # x̂
+            # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
+            kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
             with m.If(advance):
                 m.d.sync += [scaled.eq(rows.read.data[lane] * row_r),                               # stage 2
                              centred.eq(scaled * dim - row_offset),                                 # stage 3
-                             normalised.eq(round_shift(centred, row_shift))]                        # stage 4
+                             normalised.eq(((centred + row_half + kept) >> SHIFT_BASE) >> row_e)]   # stage 4
             for o, bits in enumerate(self.output_bits):
                 affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}")
-                rounded = Signal(signed(BETA_BITS + 1), name=f"rounded{o}_{lane}")
+                rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}")
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+                shift = command.shifts[o]
+                saturated = Mux(rounded >= thresholds[o], high, Mux(rounded < -thresholds[o], low, rounded >> shift))
                 with m.If(advance):
                     m.d.sync += [
                         affine.eq(normalised * params_reads[o].data.gamma[lane] + params_reads[o].data.beta[lane]),
-                        rounded.eq(round_shift(affine, shifts[o])),                                  # stage 6
-                        y.eq(Mux(edge_lanes[lane], Mux(rounded > high, high, Mux(rounded < low, low, rounded)),
-                                 0)),                                                                # stage 7
+                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 6
+                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 7
                     ]
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
         with m.If(advance & valid[-1] & sides[-1].last):

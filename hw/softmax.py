@@ -6,7 +6,7 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
    accumulates (a comparator tree, two stages).
 2. **Exponentials** (`lanes` per cycle, the row read back): d = max − x, u = round_shift(d · m_exp, s_exp) in
    Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) from a 64-entry table (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
-   so P ∈ [0, 127] with the row maximum exactly 127. Five stages; the pipeline stops as a whole while the
+   so P ∈ [0, 127] with the row maximum exactly 127. Six stages; the pipeline stops as a whole while the
    output is not taken.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
@@ -30,20 +30,19 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, index_bits, round_shift, tree_sum
+from .arith import bit_length, half_minus_one, index_bits, round_shift, rounding_sum, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax"]
 
 TABLE_WIDTH = max(int(v) for v in ops.ATTENTION_TABLE).bit_length()     # 22
-ZERO_WHOLE = 8                      # ⌊u / 64⌋ ≥ 8: the shift passes 22, P = 0
 RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
 DIVISION_STEPS_PER_CYCLE = 2
 
 
 class Softmax(wiring.Component):
     MAX_STAGES = 2
-    EXP_STAGES = 5
+    EXP_STAGES = 6
 
     def __init__(self, length: int, lanes: int = 16, *, score_width: int = 32, max_rows: int = 4096):
         for name, value in (("length", length), ("lanes", lanes), ("max_rows", max_rows)):
@@ -125,29 +124,41 @@ class Softmax(wiring.Component):
         rows.set_state(m, sides[0].bank, BankState.FREE, advance & valid[0] & sides[0].last)
         row_max = pick(sides[0].bank, maxima)
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        # Per command: 2^(s−1) − 1 and the sum from which ⌊u / 64⌋ ≥ 8 (P = 0), 2^(s + 9), capped past the
+        # product's range; so each lane rounds with one adder and keeps only u's low nine bits.
+        product_width = width + 1 + len(command.exp_multiplier)
+        exp_half = Signal(product_width, name="exp_half")
+        zero_from = Signal(product_width + 2, name="zero_from")
+        with m.If(self.command.valid & self.command.ready):
+            top = self.command.payload.exp_shift + (ops.ATTENTION_EXP_BITS + 3)
+            m.d.sync += [exp_half.eq(half_minus_one(self.command.payload.exp_shift)),
+                         zero_from.eq(Const(1, product_width + 2) << Mux(top > product_width + 1, product_width + 1, top))]
         table = [int(v) for v in ops.ATTENTION_TABLE]
         reads = []
-        for pair in range(-(-lanes // 2)):
-            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(TABLE_WIDTH), depth=len(table), init=table)
+        for pair in range(-(-lanes // 2)):     # a block RAM (two read ports) for two lanes
+            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(TABLE_WIDTH), depth=len(table), init=table,
+                                                           attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
         beat_p = []
         for lane in range(lanes):
             distance = Signal(unsigned(width + 1), name=f"distance{lane}")                 # d = max − x
-            product = Signal(unsigned(width + 1 + len(command.exp_multiplier)), name=f"product{lane}")
-            exponent = Signal(unsigned(len(product)), name=f"exponent{lane}")              # u, combinational
-            whole = Signal(range(ZERO_WHOLE + 1), name=f"whole{lane}")
+            product = Signal(unsigned(product_width), name=f"product{lane}")
+            rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}")         # before the shift
+            exponent = Signal(ops.ATTENTION_EXP_BITS + 3, name=f"exponent{lane}")          # u's low nine bits
+            zero = Signal(name=f"zero{lane}")
+            whole = Signal(3, name=f"whole{lane}")
             p = self.output.payload.p[lane]
-            m.d.comb += [exponent.eq(round_shift(product, command.exp_shift)),
+            m.d.comb += [exponent.eq(rounding >> command.exp_shift),
                          reads[lane].addr.eq(exponent[:ops.ATTENTION_EXP_BITS]), reads[lane].en.eq(advance)]
-            upper = exponent[ops.ATTENTION_EXP_BITS:]
             with m.If(advance):
                 m.d.sync += [
                     distance.eq(row_max - rows.read.data[lane]),                                    # stage 2
                     product.eq(distance * command.exp_multiplier),                                 # stage 3
-                    whole.eq(Mux(upper >= ZERO_WHOLE, ZERO_WHOLE, upper)),                         # stage 4 (+ T[u])
+                    rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
+                    whole.eq(exponent[ops.ATTENTION_EXP_BITS:]), zero.eq(rounding >= zero_from),   # stage 5 (+ T[u])
                 ]
-                shifted = round_shift(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole[:3])
-                m.d.sync += p.eq(Mux(edge_lanes[lane] & (whole != ZERO_WHOLE), shifted, 0))           # stage 5
+                shifted = round_shift(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole)
+                m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, shifted, 0))                       # stage 6
             beat_p.append(p)
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
 

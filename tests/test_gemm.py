@@ -197,3 +197,33 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
             slots = np.argmax(ids[members] == e, axis=1)
             outputs[members, slots] = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=members)
     assert np.array_equal(ops.saturate(ops.round_shift(combined["acc"], 17), 16), ops.combine(outputs, gates, 16))
+
+
+def test_per_row_scales_like_attention_times_v():
+    """`row_scaled`: each row requantized with its own multiplier and shift (the softmax unit's row scales),
+    shifts from 0 to 63 included, with back-pressure."""
+    rng = np.random.default_rng(8)
+    engine = GemmEngine(3, 5, max_m=12, max_k=14, max_n=9)
+    bench = GemmBench(engine)
+    failures = []
+
+    async def testbench(ctx):
+        for case in range(8):
+            m, k, n = int(rng.integers(1, 13)), int(rng.integers(1, 15)), int(rng.integers(1, 10))
+            x, w = rng.integers(0, 128, (m, k)), rng.integers(-128, 128, (k, n))
+            if case == 0:
+                x[:], w[:] = 127, -128
+            multipliers = rng.integers(1 << 14, 1 << 15, m)
+            shifts = rng.integers(0, 64, m) if case % 2 else rng.integers(8, 20, m)
+            expected = gemm_model(x, w, np.zeros(n, int), multipliers[:, None], shifts[:, None], GemmMode.INT8)
+            zeros = np.zeros(n, int)
+            got, _ = await run_gemm(ctx, bench, x, w, zeros, zeros, zeros, GemmMode.INT8,
+                                    row_scales=(multipliers, shifts), rng=rng, ready_probability=0.5)
+            if not np.array_equal(got, expected):
+                failures.append((m, k, n))
+
+    simulator = Simulator(bench)
+    simulator.add_clock(1e-8)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    assert not failures

@@ -23,6 +23,7 @@ class GemmBench(Elaboratable):
         self.x = Memory(shape=shape("x_read"), depth=engine.x_depth, init=[])
         self.w = Memory(shape=shape("w_read"), depth=engine.w_depth, init=[]) if weights is None else None
         self.p = Memory(shape=shape("p_read"), depth=engine.p_depth, init=[])
+        self.row = Memory(shape=shape("row_read"), depth=engine.max_m, init=[])
         self.index = Memory(shape=shape("index_read"), depth=engine.index_depth, init=[])
         self.gate = Memory(shape=shape("gate_read"), depth=engine.index_depth, init=[])
         self.combine = Memory(shape=shape("combine_read"), depth=engine.combine_depth, init=[])
@@ -30,8 +31,8 @@ class GemmBench(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = engine = self.engine
-        for name, port in (("x", "x_read"), ("w", "w_read"), ("p", "p_read"), ("index", "index_read"),
-                           ("index", "scatter_read"), ("gate", "gate_read")):
+        for name, port in (("x", "x_read"), ("w", "w_read"), ("p", "p_read"), ("row", "row_read"),
+                           ("index", "index_read"), ("index", "scatter_read"), ("gate", "gate_read")):
             if getattr(self, name) is not None:
                 wiring.connect(m, getattr(self, name).read_port(), getattr(engine, port))
         if self.weights is not None:
@@ -40,7 +41,7 @@ class GemmBench(Elaboratable):
         write = self.combine.write_port()
         wiring.connect(m, write, engine.combine_write)
         wiring.connect(m, self.combine.read_port(transparent_for=(write,)), engine.combine_read)
-        for name in ("x", "w", "p", "index", "gate", "combine"):
+        for name in ("x", "w", "p", "row", "index", "gate", "combine"):
             if getattr(self, name) is not None:
                 m.submodules[name] = getattr(self, name)
         return m
@@ -54,19 +55,22 @@ class GemmModelBench:
         self.engine = engine
         members = engine.signature.members
         for name, depth in (("x", engine.x_depth), ("w", engine.w_depth), ("p", engine.p_depth),
-                            ("index", engine.index_depth)):
+                            ("row", engine.max_m), ("index", engine.index_depth)):
             setattr(self, name, ModelMemory(members[f"{name}_read"].signature.members["data"].shape, depth))
         self.context = VerilatorContext(Verilated(engine, "gemm"), [
-            (self.x, engine.x_read), (self.w, engine.w_read), (self.p, engine.p_read), (self.index, engine.index_read)])
+            (self.x, engine.x_read), (self.w, engine.w_read), (self.p, engine.p_read), (self.row, engine.row_read),
+            (self.index, engine.index_read)])
 
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
-                   rows=None, gates=None, rng=None, ready_probability=1.0, w_base=0, timeout=200_000):
+                   rows=None, gates=None, row_scales=None, rng=None, ready_probability=1.0, w_base=0,
+                   timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
     random stall). W is written to the bench's W memory at 0, or, when it has none, is already in the
     weight buffer at `w_base`. With `rows`, X rows are gathered by that
-    index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). Returns
+    index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). With
+    `row_scales` = (multipliers [M], shifts [M]) the requantization is per row (`multiplier`, `shift` unused). Returns
     (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
     r, c = engine.rows, engine.cols
@@ -85,11 +89,14 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     if gates is not None:
         for address, gate in enumerate(gates):
             ctx.set(bench.gate.data[address], int(gate))
+    if row_scales is not None:
+        for address, (row_multiplier, row_shift) in enumerate(zip(*row_scales)):
+            ctx.set(bench.row.data[address], {"multiplier": int(row_multiplier), "shift": int(row_shift)})
     k_tiles = tiles(k, r)
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
         "x_base": 0, "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
-        "mode": int(mode), "relu": int(relu),
+        "mode": int(mode), "relu": int(relu), "row_scaled": row_scales is not None,
     })
     if rng is not None and ready_probability < 1:  # the command arrives after a random stall
         for _ in range(int(rng.integers(0, 8))):
