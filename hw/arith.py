@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from amaranth import Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "rounding_sum", "round_shift", "bit_length", "tree_sum"]
+__all__ = ["index_bits", "half_minus_one", "rounding_sum", "round_shift", "shift_right", "times_constant",
+           "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -53,3 +54,25 @@ def tree_sum(values):
     while len(values) > 1:
         values = [a + b for a, b in zip(values[::2], values[1::2])] + ([values[-1]] if len(values) % 2 else [])
     return values[0]
+
+
+def shift_right(value, amount, width: int):
+    """The low `width` bits of `value` >> `amount` (arithmetic for a signed value), as a logarithmic shifter
+    that carries only the bits the output can still reach: after the stage of amount bit k, `width` + 2^k − 1
+    bits. About 6·width + 63 two-input multiplexers for a 6-bit amount, where Yosys's own shifter of a wide
+    value builds the whole width at every stage."""
+    value, amount = Value.cast(value), Value.cast(amount)
+    current = value
+    for k in reversed(range(len(amount))):
+        step = 1 << k
+        current = Mux(amount[k], current >> step, current)[:width + step - 1]
+        if value.shape().signed:
+            current = current.as_signed()
+    return current[:width]
+
+
+def times_constant(value, constant: int):
+    """`value` · `constant` (a non-negative integer) as a sum of shifted copies: adders, not a multiplier."""
+    value = Value.cast(value)
+    terms = [value << bit for bit in range(constant.bit_length()) if constant >> bit & 1]
+    return tree_sum(terms) if terms else Const(0)

@@ -59,7 +59,7 @@ class Gelu(wiring.Component):
         reads = []
         for pair in range(-(-self.lanes // 2)):
             memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(low_width + difference_width),
-                                                           depth=len(rom), init=rom)
+                                                           depth=len(rom), init=rom, attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
 
         valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -36,14 +36,16 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, index_bits
+from .arith import half_minus_one, index_bits, rounding_sum, shift_right
 from .array import SystolicArray
+from .gelu import Gelu
 from .multiplier import Multiplier
 
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
 DRAIN_STAGES = 10  # read, register, + bias, partial products, product, + half, + kept bit, shift, range, saturate
+GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 2   # GELU, × hidden multiplier, + half, shift and saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -55,10 +57,13 @@ class GemmMode(enum.IntEnum):
     INT18 = 2
     RAW = 3
     COMBINE = 4   # expert fc2: requantize to 18 bits, × gate weight, scatter-accumulate by token
+    GELU = 5      # fc1: requantize to int16 in Q.f, GELU, requantize (per command) to the int8 hidden activation
 
     @property
     def bits(self) -> int | None:
-        return {GemmMode.INT8: 8, GemmMode.INT16: 16, GemmMode.INT18: 18, GemmMode.COMBINE: 18}.get(self)
+        """Bits of the first requantization (GELU's input for GELU)."""
+        return {GemmMode.INT8: 8, GemmMode.INT16: 16, GemmMode.INT18: 18, GemmMode.COMBINE: 18,
+                GemmMode.GELU: 16}.get(self)
 
 
 def tiles(size: int, tile: int) -> int:
@@ -100,6 +105,9 @@ class GemmEngine(wiring.Component):
                 "mode": unsigned(3),
                 "relu": unsigned(1),
                 "row_scaled": unsigned(1),     # multiplier and shift per row (attention·V) instead of per column
+                "gelu_fraction_bits": unsigned(4),                 # GELU: its input's Q.f
+                "hidden_multiplier": unsigned(multiplier_width),   # GELU: its output's requantization to int8
+                "hidden_shift": unsigned(6),
             })
             self.row_scale = data.StructLayout({"multiplier": unsigned(multiplier_width), "shift": unsigned(6)})
             self.result = data.StructLayout({
@@ -126,6 +134,7 @@ class GemmEngine(wiring.Component):
                 "combine_write": In(WritePort.Signature(addr_width=_address(combine_depth), shape=combine)),
                 "out": Out(stream.Signature(self.result)),
                 "busy": Out(1),
+                "error": Out(1),               # sticky: a GELU command with a fraction-bit count below 5
             })
 
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
@@ -313,10 +322,11 @@ class GemmEngine(wiring.Component):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=DRAIN_STAGES + 3)
+        places = DRAIN_STAGES + GELU_STAGES + 3          # the output FIFO covers the longest path (GELU)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=places)
         drain_m = Signal.like(m_rows)
         draining = Signal()
-        free = Signal(range(DRAIN_STAGES + 4), init=DRAIN_STAGES + 3)   # FIFO places not taken or promised
+        free = Signal(range(places + 1), init=places)   # FIFO places not taken or promised
         params_ready = Signal()
         m.d.comb += [self.p_read.addr.eq(command.p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(self.signature.column, cols))
@@ -401,7 +411,37 @@ class GemmEngine(wiring.Component):
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
-        m.d.comb += [fifo.w_en.eq(final_valid & ~combining), fifo.w_data.eq(result)]
+
+        # GELU (fc1): the int16 row through the GELU unit, then y = sat8(round_shift(g · m_h, s_h)) with the
+        # command's hidden multiplier and shift (2^(s_h−1) − 1 and the saturation threshold 2^(s_h+7) set with
+        # the command); the row and tile travel beside it.
+        gelu_mode = command.mode == GemmMode.GELU
+        m.submodules.gelu = gelu = Gelu(cols)
+        m.d.comb += [gelu.input.valid.eq(final_valid & gelu_mode), gelu.input.payload.fraction_bits.eq(
+            command.gelu_fraction_bits), gelu.output.ready.eq(1), self.error.eq(gelu.error)]
+        hidden_width = 16 + self.multiplier_width + 1                     # g · m_h, signed
+        hidden_half = Signal(hidden_width)
+        hidden_threshold = Signal(hidden_width + 1)
+        gelu_side = [(final_valid & gelu_mode, final_row, final_tile)]
+        for stage in range(GELU_STAGES):
+            valid, row, tile = Signal(name=f"gelu{stage}_valid"), Signal.like(final_row), Signal.like(final_tile)
+            m.d.sync += [valid.eq(gelu_side[-1][0]), row.eq(gelu_side[-1][1]), tile.eq(gelu_side[-1][2])]
+            gelu_side.append((valid, row, tile))
+        hidden = Signal(self.signature.result)
+        m.d.comb += [hidden.row.eq(gelu_side[-1][1]), hidden.tile.eq(gelu_side[-1][2])]
+        for c in range(cols):
+            m.d.comb += gelu.input.payload.data[c].eq(lanes[c])
+            scaled = m.submodules[f"hidden{c}"] = Multiplier(signed(16), unsigned(self.multiplier_width))
+            m.d.comb += [scaled.a.eq(gelu.output.payload[c]), scaled.b.eq(command.hidden_multiplier)]
+            rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{c}")
+            shift = Mux(command.hidden_shift > hidden_width, hidden_width, command.hidden_shift)
+            m.d.sync += [
+                rounding.eq(rounding_sum(scaled.p, shift, hidden_half)),
+                hidden.data[c].eq(Mux(rounding >= hidden_threshold, 127, Mux(rounding < -hidden_threshold, -128,
+                                                                               shift_right(rounding, shift, 8).as_signed()))),
+            ]
+        m.d.comb += [fifo.w_en.eq(Mux(gelu_mode, gelu_side[-1][0], final_valid & ~combining)),
+                     fifo.w_data.eq(Mux(gelu_mode, hidden, result))]
         # A place is promised when a row issues, and given back when a row leaves the FIFO or, in COMBINE
         # mode, leaves the pipeline without entering it: the new count is chosen among precomputed ones.
         returned = Cat(fifo.r_en & fifo.r_rdy, final_valid & combining)
@@ -448,6 +488,10 @@ class GemmEngine(wiring.Component):
         # Commands.
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
+            hidden_shift = Mux(payload.hidden_shift > hidden_width, hidden_width, payload.hidden_shift)
+            top = hidden_shift + 7                          # 2^(s+7): capped past the sum's range
+            m.d.sync += [hidden_half.eq(half_minus_one(hidden_shift)),
+                         hidden_threshold.eq(Const(1, hidden_width + 1) << Mux(top > hidden_width, hidden_width, top))]
             empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
             total = payload.k_tiles * payload.n_tiles
             m.d.sync += [
@@ -461,7 +505,7 @@ class GemmEngine(wiring.Component):
                 stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
                 tile_base.eq(payload.x_base),
             ]
-        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:])).any()
+        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:] + gelu_side[1:])).any()
         with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m
@@ -537,13 +581,18 @@ def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, col
 
 
 def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-               mode: GemmMode, relu: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
-    """What the engine emits, from the golden operations: requantize(X[rows] @ W + b) or X·W + b (RAW)."""
+               mode: GemmMode, relu: bool = False, rows: np.ndarray | None = None, gelu=None) -> np.ndarray:
+    """What the engine emits, from the golden operations: requantize(X[rows] @ W + b) or X·W + b (RAW); for
+    GELU, requantize(gelu(requantize(X·W + b, 16), f), m_h, s_h, 8) with `gelu` = (f, m_h, s_h)."""
     x = np.asarray(x) if rows is None else np.asarray(x)[np.asarray(rows)]
     acc = ops.exact_matmul(x.astype(np.int16), np.asarray(w, np.int8)) + np.asarray(bias, np.int64)
     if mode == GemmMode.RAW:
         return ops.saturate(acc, 32, lower=0 if relu else None).astype(np.int64)
-    return ops.requantize(acc, multiplier, shift, mode.bits, lower=0 if relu else None).astype(np.int64)
+    y = ops.requantize(acc, multiplier, shift, mode.bits, lower=0 if relu else None)
+    if mode == GemmMode.GELU:
+        fraction_bits, hidden_multiplier, hidden_shift = gelu
+        y = ops.requantize(ops.gelu(y, fraction_bits), hidden_multiplier, hidden_shift, 8)
+    return y.astype(np.int64)
 
 
 def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, half_minus_one, index_bits, rounding_sum, tree_sum
+from .arith import bit_length, half_minus_one, index_bits, rounding_sum, shift_right, times_constant, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -86,11 +86,10 @@ class LayerNorm(wiring.Component):
     @classmethod
     def for_model(cls, model, accel) -> "LayerNorm":
         """The unit `accel` builds for `model`'s LayerNorms: two outputs, the array's operand and the router's
-        input (used by the MoE blocks' LayerNorm₂, ignored elsewhere); one parameter set per norm of the
-        backbone (two per block) and of each task head."""
+        input (used by the MoE blocks' LayerNorm₂, ignored elsewhere); two parameter sets, the norm running and
+        the next one, loaded from DRAM by the controller (the instruction's γ/β address)."""
         return cls(model.embed_dim, accel.vector_lanes, output_bits=(accel.operand_width, accel.residual_width),
-                   width=accel.residual_width, param_sets=2 * model.depth + model.num_tasks,
-                   max_rows=model.num_tokens)
+                   width=accel.residual_width, param_sets=2, max_rows=model.num_tokens)
 
     @staticmethod
     def model(x, eps, outputs):
@@ -203,31 +202,32 @@ class LayerNorm(wiring.Component):
             with m.State("SQUARE"):        # product ← S · |S| (registered)
                 m.next = "VARIANCE"
             with m.State("VARIANCE"):
-                m.d.sync += v.eq(Mux(s < 0, q * dim + product, q * dim - product) + command.eps)   # product: S·|S|
+                scaled_q = times_constant(q, dim)
+                m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + command.eps)   # product: S·|S|
                 m.next = "EXPONENT"
             with m.State("EXPONENT"):
                 length = bit_length(m, v, "v_length")
                 m.d.sync += e.eq(Mux(length > 32, (length - 31) >> 1, 0))
                 m.next = "NORMALISE"
             with m.State("NORMALISE"):
-                m.d.sync += divisor.eq(v >> (e << 1))
+                m.d.sync += divisor.eq(shift_right(v, e << 1, len(divisor)))
                 m.next = "DIVIDE_START"
             with m.State("DIVIDE_START"):
                 top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
                 m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
-                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(DIVIDEND_BITS - top)]
+                first_bit = Signal(range(DIVIDEND_BITS + 1), name="first_quotient_bit")
+                m.d.comb += first_bit.eq(DIVIDEND_BITS - top)
+                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(first_bit),
+                             # the quotient is below 2^(63 − top): its root starts from 4^⌊(62 − top)/2⌋
+                             root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (first_bit >> 1 << 1))]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 fits = remainder >= divisor
                 left = Mux(fits, remainder - divisor, remainder)
                 m.d.sync += [quotient.eq(Cat(fits, quotient)), remainder.eq(left << 1), step.eq(step - 1)]
                 with m.If(step == 0):
-                    m.next = "ROOT_START"
-            with m.State("ROOT_START"):
-                pair = Signal(range(DIVIDEND_BITS // 2 + 1), name="root_top")   # 4^pair ≤ quotient < 4^(pair+1)
-                m.d.comb += pair.eq((bit_length(m, quotient, "quotient_length") - 1) >> 1)
-                m.d.sync += [root.eq(0), root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (pair << 1))]
-                m.next = "ROOT"
+                    m.d.sync += root.eq(0)
+                    m.next = "ROOT"
             with m.State("ROOT"):
                 trial = root + root_bit
                 fits = quotient >= trial
@@ -294,15 +294,17 @@ class LayerNorm(wiring.Component):
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
             with m.If(advance):
                 m.d.sync += [scaled.eq(rows.read.data[lane] * row_r),                               # stage 2
-                             centred.eq(scaled * dim - row_offset),                                 # stage 3
-                             normalised.eq(((centred + row_half + kept) >> SHIFT_BASE) >> row_e)]   # stage 4
+                             centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 3
+                             normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 4
+                                                       row_e, NORMALISED_BITS))]
             for o, bits in enumerate(self.output_bits):
                 affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}")
                 rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}")
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 shift = command.shifts[o]
-                saturated = Mux(rounded >= thresholds[o], high, Mux(rounded < -thresholds[o], low, rounded >> shift))
+                saturated = Mux(rounded >= thresholds[o], high,
+                                Mux(rounded < -thresholds[o], low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
                         affine.eq(normalised * params_reads[o].data.gamma[lane] + params_reads[o].data.beta[lane]),

@@ -30,14 +30,19 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, half_minus_one, index_bits, round_shift, rounding_sum, tree_sum
+from .arith import bit_length, half_minus_one, index_bits, rounding_sum, shift_right, tree_sum
 from .rows import BankState, RowBuffer, lane_mask, pick
 
-__all__ = ["Softmax"]
+__all__ = ["Softmax", "score_bits"]
 
 TABLE_WIDTH = max(int(v) for v in ops.ATTENTION_TABLE).bit_length()     # 22
 RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
 DIVISION_STEPS_PER_CYCLE = 2
+
+
+def score_bits(head_dim: int) -> int:
+    """Signed bits of a Q·Kᵀ score: hd products of two int8 values, |q·k| ≤ hd · 2^14."""
+    return (head_dim << 14).bit_length() + 1
 
 
 class Softmax(wiring.Component):
@@ -67,8 +72,9 @@ class Softmax(wiring.Component):
 
     @classmethod
     def for_model(cls, model, accel) -> "Softmax":
-        """The unit `accel` builds for `model`: rows of all T keys, up to a token block of them per head."""
-        return cls(model.num_tokens, accel.vector_lanes, score_width=accel.accumulator_width,
+        """The unit `accel` builds for `model`: rows of all T keys (scores as wide as Q·Kᵀ can make them), up to
+        a token block of them per head."""
+        return cls(model.num_tokens, accel.vector_lanes, score_width=score_bits(model.head_dim),
                    max_rows=accel.tokens_per_block(model))
 
     @staticmethod
@@ -148,7 +154,7 @@ class Softmax(wiring.Component):
             zero = Signal(name=f"zero{lane}")
             whole = Signal(3, name=f"whole{lane}")
             p = self.output.payload.p[lane]
-            m.d.comb += [exponent.eq(rounding >> command.exp_shift),
+            m.d.comb += [exponent.eq(shift_right(rounding, command.exp_shift, len(exponent))),
                          reads[lane].addr.eq(exponent[:ops.ATTENTION_EXP_BITS]), reads[lane].en.eq(advance)]
             with m.If(advance):
                 m.d.sync += [
@@ -157,7 +163,8 @@ class Softmax(wiring.Component):
                     rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
                     whole.eq(exponent[ops.ATTENTION_EXP_BITS:]), zero.eq(rounding >= zero_from),   # stage 5 (+ T[u])
                 ]
-                shifted = round_shift(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole)
+                entry_sum = rounding_sum(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole)
+                shifted = shift_right(entry_sum >> ops.ATTENTION_TABLE_SHIFT, whole, 8)
                 m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, shifted, 0))                       # stage 6
             beat_p.append(p)
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
@@ -174,7 +181,7 @@ class Softmax(wiring.Component):
         step = Signal(range(RECIPROCAL_BITS + 1))
         product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
         excess = Signal(range(len(product) + 1))            # k = max(0, bitlen(product) − 15)
-        rounded = Signal(unsigned(len(product)))
+        rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1))     # ≤ 2^15: the carry sets the top bit
         rows_out = Signal.like(command.rows)
         m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
         m.d.comb += self.scales.payload.shift.eq(
@@ -210,7 +217,7 @@ class Softmax(wiring.Component):
                 m.d.sync += excess.eq(Mux(length > ops.MULTIPLIER_BITS, length - ops.MULTIPLIER_BITS, 0))
                 m.next = "ROUND"
             with m.State("ROUND"):
-                m.d.sync += rounded.eq(round_shift(product, excess))
+                m.d.sync += rounded.eq(shift_right(rounding_sum(product, excess), excess, len(rounded)))
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.scales.valid.eq(1)

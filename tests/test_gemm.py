@@ -227,3 +227,37 @@ def test_per_row_scales_like_attention_times_v():
     simulator.add_testbench(testbench)
     simulator.run()
     assert not failures
+
+
+def test_gelu_mode_like_fc1():
+    """GELU: requantize to int16 in Q.f, GELU, requantize to int8 with the command's hidden multiplier and
+    shift, exactly as the golden MLP; f from 5 to 15, saturation of the hidden activation both ways, and
+    back-pressure; a fraction-bit count below 5 sets the error."""
+    rng = np.random.default_rng(9)
+    engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8)
+    bench = GemmBench(engine)
+    failures = []
+
+    async def testbench(ctx):
+        for case in range(10):
+            m, k, n = int(rng.integers(1, 11)), int(rng.integers(1, 13)), int(rng.integers(1, 9))
+            x, w = rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
+            bias = rng.integers(-(1 << 16), 1 << 16, n)
+            multiplier, shift = ops.quantize_multiplier(rng.uniform(1e-3, 3e-1, n))
+            gelu = (5 + case % 11, int(rng.integers(1 << 14, 1 << 15)), int(rng.integers(4, 20)) if case else 2)
+            expected = gemm_model(x, w, bias, multiplier, shift, GemmMode.GELU, gelu=gelu)
+            got, _ = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, GemmMode.GELU, gelu=gelu, rng=rng,
+                                    ready_probability=0.6 if case % 2 else 1.0)
+            if not np.array_equal(got, expected):
+                failures.append((case, m, k, n, gelu))
+        assert not ctx.get(engine.error)
+        x = np.ones((1, 2), int)
+        await run_gemm(ctx, bench, x, np.ones((2, 2), int), np.zeros(2, int), np.full(2, 1 << 14), np.full(2, 14),
+                       GemmMode.GELU, gelu=(4, 1 << 14, 14))
+        assert ctx.get(engine.error)
+
+    simulator = Simulator(bench)
+    simulator.add_clock(1e-8)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    assert not failures
