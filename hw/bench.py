@@ -11,7 +11,9 @@ from golden.fixtures import ROUTING_FIXTURE
 
 from .gemm import GemmEngine, GemmMode, gemm_model, tiles
 
-__all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader", "bench_router"]
+__all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader", "bench_router", "bench_vector"]
+
+GELU_PARAMETERS = (8, 1 << 14, 14)      # fraction bits, hidden multiplier and shift of a measured GELU GEMM
 
 
 def backbone_gemms(model: ModelConfig, task: int = 0) -> list[dict]:
@@ -37,7 +39,8 @@ def backbone_gemms(model: ModelConfig, task: int = 0) -> list[dict]:
 def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dict], seed: int = 0) -> list[dict]:
     """Add to each shape (`m`, `k`, `n`) the cycles the engine `accel` builds for `model` takes for it, measured
     in the fast simulator with random int8 operands, the floor ⌈M·K·N / (R·C)⌉, the dataflow's bound,
-    utilization, and whether the result equals the golden model's."""
+    utilization, and whether the result equals the golden model's. A shape's `mode` (default INT8) is the
+    output mode it runs in (GELU with `GELU_PARAMETERS`)."""
     from .sim.gemm import GemmModelBench, run_gemm
     from .sim.verilator import run
 
@@ -52,13 +55,13 @@ def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dic
             x, w = rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
             bias = rng.integers(-(1 << 16), 1 << 16, n)
             multiplier, shift = ops.quantize_multiplier(np.full(n, 1e-3))
-            result, cycles = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, GemmMode.INT8)
+            mode = shape.get("mode", GemmMode.INT8)
+            result, cycles = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, mode, gelu=GELU_PARAMETERS)
             floor = -(-m * k * n // (r * c))
+            expected = gemm_model(x, w, bias, multiplier, shift, mode, gelu=GELU_PARAMETERS)
             shape.update(cycles=cycles, floor=floor,
                          bound=tiles(k, r) * tiles(n, c) * max(m, accel.weight_load_cycles),
-                         utilization=floor / cycles,
-                         bit_exact=bool(np.array_equal(result, gemm_model(x, w, bias, multiplier, shift,
-                                                                           GemmMode.INT8))))
+                         utilization=floor / cycles, bit_exact=bool(np.array_equal(result, expected)))
 
     run(bench.context, testbench)
     return shapes
@@ -169,3 +172,136 @@ def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ma
                                        and np.array_equal(layer.weights, expected_weights))})
     return {"preset": model.name, "array": f"{accel.array_rows}x{accel.array_cols}", "task": task,
             "tokens": model.num_tokens, "expert_cycles": expert_cycles, "rows": rows}
+
+
+def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> dict:
+    """Cycles of the vector units on one block's rows, measured in the Python simulator with random inputs
+    (checked against the golden operations): LayerNorm of T rows (two outputs), the softmax of one head's
+    T rows, and the residual addition of T rows (plain, and from the combine accumulator)."""
+    from .layernorm import LayerNorm
+    from .residual import ResidualAdd
+    from .sim import simulate
+    from .sim.vector import normalise_rows, row_beats, softmax_rows, stream_through, write_norm
+    from .softmax import Softmax, score_bits
+
+    rng = np.random.default_rng(seed)
+    t, d = model.num_tokens, model.embed_dim
+    cycles, exact = {}, {}
+
+    norm = LayerNorm.for_model(model, accel)
+    x = rng.integers(-(1 << 15), 1 << 15, (t, d))
+    outputs = [(rng.integers(-(1 << 15) + 1, 1 << 15, d), rng.integers(-(1 << 30), 1 << 30, d), 22, bits)
+               for bits in norm.output_bits]
+
+    async def normalise(ctx):
+        await write_norm(ctx, norm, 0, [(g, b) for g, b, _, _ in outputs])
+        y, cycles["layernorm"] = await normalise_rows(ctx, norm, x, 1, [sh for _, _, sh, _ in outputs])
+        exact["layernorm"] = all(np.array_equal(a, b) for a, b in zip(y, ops.layernorm(x, 1, outputs)))
+
+    simulate(norm, normalise)
+
+    softmax = Softmax.for_model(model, accel)
+    bound = 1 << (score_bits(model.head_dim) - 1)
+    scores = rng.integers(-bound, bound, (t, t))
+    scalars = (20000, 22, 30000, 12)
+
+    async def exponentials(ctx):
+        p, multipliers, shifts, cycles["softmax_head"] = await softmax_rows(ctx, softmax, scores, *scalars)
+        expected = Softmax.model(scores, *scalars)
+        exact["softmax"] = all(np.array_equal(a, b) for a, b in zip((p, multipliers, shifts), expected))
+
+    simulate(softmax, exponentials)
+
+    residual = ResidualAdd.for_model(model, accel)
+    beats = row_beats(rng.integers(-(1 << 15), 1 << 15, (t, d)), residual.lanes)
+    for combine in (False, True):
+        bound = 1 << (34 if combine else 15)          # the combine accumulator, or a residual-format addend
+        addends = row_beats(rng.integers(-bound, bound, (t, d)), residual.lanes)
+        payloads = [{"residual": [int(v) for v in a], "addend": [int(v) for v in b], "combine": combine}
+                    for a, b in zip(beats, addends)]
+
+        async def add(ctx, payloads=payloads, combine=combine, addends=addends):
+            run = await stream_through(ctx, residual.input, payloads,
+                                       {"output": (residual.output, lambda p: [int(v) for v in p])},
+                                       expected={"output": len(payloads)})
+            cycles["combine" if combine else "residual"] = run.cycles
+            exact["combine" if combine else "residual"] = np.array_equal(
+                np.array(run.received["output"]), residual.model(beats, addends, combine))
+
+        simulate(residual, add)
+    return {"cycles": cycles, "bit_exact": exact}
+
+
+def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -> dict:
+    """`synth_ecp5` cell counts of each vector unit and of the GEMM engine `accel` builds (GELU inside its
+    output path at C lanes: also reported alone)."""
+    from .gelu import Gelu
+    from .layernorm import LayerNorm
+    from .residual import ResidualAdd
+    from .softmax import Softmax
+    from .synth import cell_counts
+
+    units = {"layernorm": LayerNorm.for_model(model, accel), "softmax": Softmax.for_model(model, accel),
+             "gelu": Gelu(accel.array_cols), "residual": ResidualAdd.for_model(model, accel),
+             "gemm_engine": GemmEngine.for_model(model, accel)}
+    return {name: cell_counts(unit, name, target) for name, unit in units.items()}
+
+
+def bench_vector(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, synth_accel: AcceleratorConfig |
+                 None = None, target: str = "ulx3s-85f", seed: int = 0) -> dict:
+    """Each vector operation of one dense and one MoE block: its cycles (measured), its share of the block's
+    cycles (the block's GEMMs measured on the engine `accel` builds, plus the vector work the schedule does
+    not hide), and whether the schedule of docs/architecture.md hides it behind GEMM work. With
+    `synth_accel`, the units' and that accelerator's GEMM engine's cells after `synth_ecp5` on `target`."""
+    t, d, heads = model.num_tokens, model.embed_dim, model.num_heads
+    tokens = ROUTING_FIXTURE[task]
+    shapes = [{"name": "qkv", "m": t, "k": d, "n": 3 * d}, {"name": "attention_qk", "m": t, "k": model.head_dim, "n": t},
+              {"name": "attention_av", "m": t, "k": t, "n": model.head_dim}, {"name": "proj", "m": t, "k": d, "n": d},
+              {"name": "dense_fc2", "m": t, "k": model.mlp_hidden, "n": d}]
+    for mode in (GemmMode.GELU, GemmMode.INT8):
+        shapes.append({"name": f"dense_fc1_{mode.name.lower()}", "m": t, "k": d, "n": model.mlp_hidden, "mode": mode})
+        for expert, count in sorted(tokens.items()):
+            shapes.append({"name": f"expert{expert}_fc1_{mode.name.lower()}", "m": count, "k": d,
+                           "n": model.expert_hidden, "mode": mode})
+    for expert, count in sorted(tokens.items()):
+        shapes.append({"name": f"expert{expert}_fc2", "m": count, "k": model.expert_hidden, "n": d})
+    measured = {shape["name"]: shape for shape in measure_gemms(model, accel, shapes, seed)}
+    gemm = {name: shape["cycles"] for name, shape in measured.items()}
+    attention = gemm["qkv"] + heads * (gemm["attention_qk"] + gemm["attention_av"]) + gemm["proj"]
+    experts = sorted(tokens)
+    blocks = {
+        "dense": {"gemm": attention + gemm["dense_fc1_gelu"] + gemm["dense_fc2"],
+                  "gelu": gemm["dense_fc1_gelu"] - gemm["dense_fc1_int8"]},
+        "moe": {"gemm": attention + sum(gemm[f"expert{e}_fc1_gelu"] + gemm[f"expert{e}_fc2"] for e in experts),
+                "gelu": sum(gemm[f"expert{e}_fc1_gelu"] - gemm[f"expert{e}_fc1_int8"] for e in experts)},
+    }
+    vector = _vector_cycles(model, accel, seed)
+    cycles = vector["cycles"]
+    softmax_hidden = cycles["softmax_head"] <= gemm["attention_qk"]
+    # softmax of head h runs during Q·Kᵀ of head h + 1: the last head's, and any excess, stay exposed
+    softmax_exposed = cycles["softmax_head"] + (heads - 1) * max(0, cycles["softmax_head"] - gemm["attention_qk"])
+    rows = []
+    for block, work in blocks.items():
+        ops_of_block = [("layernorm1", cycles["layernorm"], False, cycles["layernorm"]),
+                        ("softmax", heads * cycles["softmax_head"], softmax_hidden, softmax_exposed),
+                        ("residual_add_proj", cycles["residual"], True, 0),
+                        ("layernorm2", cycles["layernorm"], False, cycles["layernorm"]),
+                        ("gelu", work["gelu"], True, work["gelu"])]
+        ops_of_block.append(("residual_add_fc2", cycles["residual"], True, 0) if block == "dense" else
+                            ("combine_residual_add", cycles["combine"], False, cycles["combine"]))
+        total = work["gemm"] + sum(exposed for *_, exposed in ops_of_block)
+        for op, spent, overlapped, exposed in ops_of_block:
+            rows.append({"block": block, "op": op, "cycles": spent, "exposed_cycles": exposed,
+                         "fraction_of_block": spent / total, "overlapped": overlapped})
+        work["total"] = total
+    result = {"preset": model.name, "array": f"{accel.array_rows}x{accel.array_cols}", "lanes": accel.vector_lanes,
+              "task": task, "gemm_cycles": gemm, "blocks": blocks, "rows": rows,
+              "bit_exact": {**vector["bit_exact"], "gemm": all(s["bit_exact"] for s in measured.values())}}
+    if synth_accel is not None:
+        cells = _unit_resources(model, synth_accel, target)
+        vector_luts = sum(cells[name]["LUT4"] for name in ("layernorm", "softmax", "gelu"))
+        result["synthesis"] = {"target": target, "array": f"{synth_accel.array_rows}x{synth_accel.array_cols}",
+                               "lanes": synth_accel.vector_lanes, "cells": cells,
+                               "softmax_gelu_layernorm_lut4": vector_luts,
+                               "fraction_of_engine_lut4": vector_luts / cells["gemm_engine"]["LUT4"]}
+    return result

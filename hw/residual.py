@@ -53,11 +53,12 @@ class ResidualAdd(wiring.Component):
         return cls(accel.vector_lanes, accel.residual_width)
 
     def model(self, residual, addend, combine: bool):
-        """x + a with saturation, a first rounded from the combine accumulator when `combine`."""
+        """sat(x + sat(a)), a first rounded from the combine accumulator when `combine` (`golden.model`'s
+        residual additions; an addend already in the residual format passes its saturation unchanged)."""
         addend = np.asarray(addend, np.int64)
         if combine:
-            addend = ops.saturate(ops.round_shift(addend, COMBINE_SHIFT), self.width)
-        return ops.saturate(np.asarray(residual, np.int64) + addend, self.width)
+            addend = ops.round_shift(addend, COMBINE_SHIFT)
+        return ops.saturate(np.asarray(residual, np.int64) + ops.saturate(addend, self.width), self.width)
 
     def elaborate(self, platform):
         m = Module()

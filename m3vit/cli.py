@@ -277,6 +277,33 @@ def cmd_bench_router(args) -> int:
         result["rows"])
 
 
+def cmd_bench_vector(args) -> int:
+    from hw.bench import bench_vector
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    synth_accel = None if args.no_synth else accelerator_preset(args.synth_array)
+    result = bench_vector(model, accel, task=model.task_index(args.task), synth_accel=synth_accel)
+    footer = [f"{block} block: {work['gemm']:,} GEMM cycles, {work['total']:,} in all"
+              for block, work in result["blocks"].items()]
+    footer.append("bit-exact: " + ", ".join(f"{name} {ok}" for name, ok in result["bit_exact"].items()))
+    if "synthesis" in result:
+        synthesis = result["synthesis"]
+        footer.append(f"synth_ecp5 ({synthesis['target']}, {synthesis['array']} preset, "
+                      f"{synthesis['lanes']} vector lanes; GELU at the engine's {synthesis['array']} columns):")
+        for name, cells in synthesis["cells"].items():
+            footer.append(f"  {name:<12} " + ", ".join(f"{cell} {count:,}" for cell, count in cells.items()
+                                                      if count))
+        footer.append(f"softmax + GELU + LayerNorm: {synthesis['softmax_gelu_layernorm_lut4']:,} LUT4, "
+                      f"{synthesis['fraction_of_engine_lut4']:.2f} of the engine's")
+    return _report(
+        args, result,
+        f"Vector units for {result['preset']} at {result['lanes']} lanes, against the block's GEMMs on a "
+        f"{result['array']} array (task {result['task']}; GEMMs in the fast simulator, units in the Python one)",
+        [("block", "block", "<6"), ("op", "op", "<21"), ("cycles", "cycles", ">8"),
+         ("exposed", "exposed_cycles", ">8"), ("fraction", "fraction_of_block", ">8.4f"),
+         ("overlapped", "overlapped", ">10")],
+        result["rows"], footer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -355,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     loader_bench.add_argument("--latency", type=int, default=24, help="DRAM cycles to a burst's first beat")
     hardware_bench("router", "cycles to route one MoE layer at 16, 64, 128 MACs per cycle against the layer's "
                              "expert compute (fast simulator)", cmd_bench_router, "16x16")
+    vector_bench = hardware_bench("vector", "cycles of the vector units per dense and MoE block against the block's "
+                                            "GEMMs, and their cells after synth_ecp5 beside the GEMM engine's",
+                                  cmd_bench_vector, "16x16")
+    vector_bench.add_argument("--synth-array", default="8x8", help="accelerator preset synthesized (default 8x8)")
+    vector_bench.add_argument("--no-synth", action="store_true", help="cycles only")
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)
