@@ -13,14 +13,14 @@ output is not taken. An f outside 5…15 sets the sticky `error` (its beat's out
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, rounding_sum, shift_right
+from .arith import round_shift
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
@@ -74,16 +74,6 @@ class Gelu(wiring.Component):
             with m.If(self.input.valid & (self.input.payload.fraction_bits < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
         step = [(f[i] - MIN_FRACTION_BITS)[:4] for i in range(self.LATENCY)]
-        # Shared by the lanes, registered a stage before use: the fraction mask and the table's end at the
-        # beat's step, and the two roundings' 2^(shift−1) − 1; each lane then shifts only the bits it keeps.
-        mask, last = Signal(10), Signal(self.width + 1)
-        step_half, out_half = Signal(10), Signal(10)
-        out_shift = (MAX_FRACTION_BITS - f[4])[:4]
-        with m.If(advance):
-            incoming = (self.input.payload.fraction_bits - MIN_FRACTION_BITS)[:4]
-            m.d.sync += [mask.eq((Const(1, 11) << incoming) - 1), last.eq(Const(LAST_INDEX, 9) << incoming),
-                         step_half.eq(half_minus_one(step[2])),
-                         out_half.eq(half_minus_one((MAX_FRACTION_BITS - f[3])[:4]))]
         for lane in range(self.lanes):
             z = self.input.payload.data[lane]
             magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
@@ -94,20 +84,19 @@ class Gelu(wiring.Component):
             low = Signal(unsigned(low_width), name=f"low{lane}")
             product = Signal(signed(difference_width + 11), name=f"product{lane}")
             delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
-            beyond = magnitude >= last                                   # |z| past the table's last interval
-            interpolated = shift_right(rounding_sum(product, step[3], step_half), step[3], difference_width + 1)
+            whole = magnitude >> step[0]
             m.d.comb += [reads[lane].addr.eq(index), reads[lane].en.eq(advance), entry.eq(reads[lane].data)]
             with m.If(advance):
                 m.d.sync += [
                     magnitude.eq(Mux(z < 0, -z, z)), relu[0].eq(Mux(z < 0, 0, z)),                     # stage 1
-                    index.eq(Mux(beyond, LAST_INDEX, shift_right(magnitude, step[0], len(index)))),     # stage 2
-                    fraction[0].eq(Mux(beyond, 0, magnitude & mask)),
+                    index.eq(Mux(whole >= LAST_INDEX, LAST_INDEX, whole)),                              # stage 2
+                    fraction[0].eq(Mux(whole >= LAST_INDEX, 0, magnitude & ((1 << step[0]) - 1))),
                     fraction[1].eq(fraction[0]),                                                        # stage 3
                     low.eq(entry[:low_width]),                                                          # stage 4
                     product.eq(entry[low_width:].as_signed() * fraction[1]),
-                    delta15.eq(low + interpolated.as_signed()),                                         # stage 5
+                    delta15.eq(low + round_shift(product, step[3])),                                   # stage 5
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
                 m.d.sync += self.output.payload[lane].eq(                                               # stage 6
-                    relu[-1] - shift_right(rounding_sum(delta15, out_shift, out_half), out_shift, len(delta15)))
+                    relu[-1] - round_shift(delta15, (MAX_FRACTION_BITS - f[4])[:4]))
         return m

@@ -140,8 +140,12 @@ class GemmEngine(wiring.Component):
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
                  operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
-                 load_rows: int = 1):
+                 load_rows: int = 1, gelu_lanes: int | None = None):
         self.rows, self.cols = rows, cols
+        self.gelu_lanes = cols if gelu_lanes is None else gelu_lanes
+        if not isinstance(self.gelu_lanes, int) or not 1 <= self.gelu_lanes <= cols:
+            raise ValueError(f"GemmEngine gelu_lanes = {gelu_lanes!r}: must be from 1 to cols ({cols})")
+        self.gelu_chunks = tiles(cols, self.gelu_lanes)
         self.max_m, self.max_k, self.max_n = max_m, max_k, max_n
         self.x_stride = x_stride or max_m
         if self.x_stride < max_m:
@@ -166,13 +170,15 @@ class GemmEngine(wiring.Component):
     @classmethod
     def for_model(cls, model, accel) -> "GemmEngine":
         """The engine `accel` builds for the backbone of `model`: M up to one token block, gathered from all
-        tokens, K and N up to the largest of the backbone's matrix products (attention included)."""
+        tokens, K and N up to the largest of the backbone's matrix products (attention included); GELU at the
+        accelerator's `requant_lanes` values per cycle."""
         largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width + 1,
-                   load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8))
+                   load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8),
+                   gelu_lanes=min(accel.requant_lanes, accel.array_cols))
 
     def elaborate(self, platform):
         m = Module()
@@ -322,7 +328,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
-        places = DRAIN_STAGES + GELU_STAGES + 3          # the output FIFO covers the longest path (GELU)
+        places = DRAIN_STAGES + GELU_STAGES + self.gelu_chunks + 3     # covers the longest path (GELU)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=places)
         drain_m = Signal.like(m_rows)
         draining = Signal()
@@ -346,7 +352,14 @@ class GemmEngine(wiring.Component):
                 m.d.sync += halves[c].eq(half_minus_one(clamped(self.p_read.data[c].shift)))
         room = free != 0
         issue_drain = Signal()
-        m.d.comb += issue_drain.eq(draining & params_ready & room)
+        # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
+        gelu_mode = command.mode == GemmMode.GELU
+        spacing = Signal(range(max(self.gelu_chunks, 2)))
+        m.d.comb += issue_drain.eq(draining & params_ready & room & (spacing == 0))
+        with m.If(issue_drain & gelu_mode):
+            m.d.sync += spacing.eq(self.gelu_chunks - 1)
+        with m.Elif(spacing != 0):
+            m.d.sync += spacing.eq(spacing - 1)
         m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
         drain_last = drain_m == m_last
         m.d.comb += drain_done.eq(issue_drain & drain_last)
@@ -412,35 +425,58 @@ class GemmEngine(wiring.Component):
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE
 
-        # GELU (fc1): the int16 row through the GELU unit, then y = sat8(round_shift(g · m_h, s_h)) with the
-        # command's hidden multiplier and shift (2^(s_h−1) − 1 and the saturation threshold 2^(s_h+7) set with
-        # the command); the row and tile travel beside it.
-        gelu_mode = command.mode == GemmMode.GELU
-        m.submodules.gelu = gelu = Gelu(cols)
-        m.d.comb += [gelu.input.valid.eq(final_valid & gelu_mode), gelu.input.payload.fraction_bits.eq(
-            command.gelu_fraction_bits), gelu.output.ready.eq(1), self.error.eq(gelu.error)]
+        # GELU (fc1): the row's int16 values through the GELU unit `gelu_lanes` at a time (rows issue at most
+        # one per ⌈C / gelu_lanes⌉ cycles in this mode: fc1's K ≥ that many tiles keeps the drain hidden), then
+        # y = sat8(round_shift(g · m_h, s_h)) with the command's hidden multiplier and shift (2^(s_h−1) − 1 and
+        # the saturation threshold 2^(s_h+7) set with the command); the chunks are gathered back into a row.
+        lanes_g, chunks = self.gelu_lanes, self.gelu_chunks
+        m.submodules.gelu = gelu = Gelu(lanes_g)
+        pending = Signal(data.ArrayLayout(signed(16), chunks * lanes_g))       # the row, shifted out a chunk a cycle
+        pending_row, pending_tile = Signal.like(final_row), Signal.like(final_tile)
+        chunk = Signal(range(max(chunks, 2)))
+        serializing = Signal()
+        with m.If(final_valid & gelu_mode):
+            m.d.sync += [pending.eq(Cat(*(lanes[c][:16] for c in range(cols)))), pending_row.eq(final_row),
+                         pending_tile.eq(final_tile), chunk.eq(0), serializing.eq(1)]
+        with m.Elif(serializing):
+            m.d.sync += [pending.eq(pending.as_value() >> (16 * lanes_g)), chunk.eq(chunk + 1)]
+            with m.If(chunk == chunks - 1):
+                m.d.sync += serializing.eq(0)
+        m.d.comb += [gelu.input.valid.eq(serializing), gelu.input.payload.fraction_bits.eq(command.gelu_fraction_bits),
+                     gelu.output.ready.eq(1), self.error.eq(gelu.error)]
+        m.d.comb += [gelu.input.payload.data[g].eq(pending[g]) for g in range(lanes_g)]
         hidden_width = 16 + self.multiplier_width + 1                     # g · m_h, signed
         hidden_half = Signal(hidden_width)
         hidden_threshold = Signal(hidden_width + 1)
-        gelu_side = [(final_valid & gelu_mode, final_row, final_tile)]
+        gelu_layout = data.StructLayout({"valid": 1, "row": len(final_row), "tile": len(final_tile), "last": 1})
+        gelu_side = [Signal(gelu_layout, name="gelu_side_in")]
+        m.d.comb += [gelu_side[0].valid.eq(serializing), gelu_side[0].row.eq(pending_row),
+                     gelu_side[0].tile.eq(pending_tile), gelu_side[0].last.eq(chunk == chunks - 1)]
         for stage in range(GELU_STAGES):
-            valid, row, tile = Signal(name=f"gelu{stage}_valid"), Signal.like(final_row), Signal.like(final_tile)
-            m.d.sync += [valid.eq(gelu_side[-1][0]), row.eq(gelu_side[-1][1]), tile.eq(gelu_side[-1][2])]
-            gelu_side.append((valid, row, tile))
-        hidden = Signal(self.signature.result)
-        m.d.comb += [hidden.row.eq(gelu_side[-1][1]), hidden.tile.eq(gelu_side[-1][2])]
-        for c in range(cols):
-            m.d.comb += gelu.input.payload.data[c].eq(lanes[c])
-            scaled = m.submodules[f"hidden{c}"] = Multiplier(signed(16), unsigned(self.multiplier_width))
-            m.d.comb += [scaled.a.eq(gelu.output.payload[c]), scaled.b.eq(command.hidden_multiplier)]
-            rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{c}")
+            gelu_side.append(Signal(gelu_layout, name=f"gelu_side{stage}"))
+            m.d.sync += gelu_side[-1].eq(gelu_side[-2])
+        out_chunk = Signal(data.ArrayLayout(signed(8), lanes_g))
+        for g in range(lanes_g):
+            scaled = m.submodules[f"hidden{g}"] = Multiplier(signed(16), unsigned(self.multiplier_width))
+            m.d.comb += [scaled.a.eq(gelu.output.payload[g]), scaled.b.eq(command.hidden_multiplier)]
+            rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{g}")
             shift = Mux(command.hidden_shift > hidden_width, hidden_width, command.hidden_shift)
             m.d.sync += [
                 rounding.eq(rounding_sum(scaled.p, shift, hidden_half)),
-                hidden.data[c].eq(Mux(rounding >= hidden_threshold, 127, Mux(rounding < -hidden_threshold, -128,
-                                                                               shift_right(rounding, shift, 8).as_signed()))),
+                out_chunk[g].eq(Mux(rounding >= hidden_threshold, 127,
+                                    Mux(rounding < -hidden_threshold, -128, shift_right(rounding, shift, 8)))),
             ]
-        m.d.comb += [fifo.w_en.eq(Mux(gelu_mode, gelu_side[-1][0], final_valid & ~combining)),
+        # chunks gathered into the row: the newest at the top, the row complete with its last chunk
+        gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes_g))
+        row_out = Cat(gathered.as_value()[8 * lanes_g:], out_chunk.as_value()) if chunks > 1 else out_chunk.as_value()
+        gelu_out = gelu_side[-1]
+        with m.If(gelu_out.valid):
+            m.d.sync += gathered.eq(row_out)
+        assembled = Signal(data.ArrayLayout(signed(8), chunks * lanes_g))
+        hidden = Signal(self.signature.result)
+        m.d.comb += [assembled.eq(row_out), hidden.row.eq(gelu_out.row), hidden.tile.eq(gelu_out.tile)]
+        m.d.comb += [hidden.data[c].eq(assembled[c]) for c in range(cols)]
+        m.d.comb += [fifo.w_en.eq(Mux(gelu_mode, gelu_out.valid & gelu_out.last, final_valid & ~combining)),
                      fifo.w_data.eq(Mux(gelu_mode, hidden, result))]
         # A place is promised when a row issues, and given back when a row leaves the FIFO or, in COMBINE
         # mode, leaves the pipeline without entering it: the new count is chosen among precomputed ones.
@@ -505,7 +541,7 @@ class GemmEngine(wiring.Component):
                 stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
                 tile_base.eq(payload.x_base),
             ]
-        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:] + gelu_side[1:])).any()
+        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:]), serializing, *(side.valid for side in gelu_side[1:])).any()
         with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m

@@ -115,11 +115,12 @@ def test_elaborate_gemm(tmp_path, capsys):
 
 
 def test_elaborate_gemm_for_ecp5_uses_its_dsp_blocks(tmp_path, capsys):
-    """A 2×3 engine: 6 array multipliers, 2 per lane in the requantizer, 1 per lane for the combine."""
+    """A 2×3 engine: 6 array multipliers, 2 per lane in the requantizer, 1 per lane for the combine, 1 per GELU
+    lane (`requant_lanes` = 2 here) for the hidden requantization."""
     assert main(["elaborate", "gemm", "--preset", "tiny", "--array", "2x3", "--target", "ulx3s-85f",
                  "-o", str(tmp_path)]) == 0
     verilog = (tmp_path / "gemm_2x3.v").read_text()
-    assert verilog.count("MULT18X18D #(") == 2 * 3 + 3 * 2 + 3 * 1
+    assert verilog.count("MULT18X18D #(") == 2 * 3 + 3 * 2 + 3 * 1 + 2
     assert "primitives of ulx3s-85f" in capsys.readouterr().out
 
 

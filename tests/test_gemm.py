@@ -229,12 +229,14 @@ def test_per_row_scales_like_attention_times_v():
     assert not failures
 
 
-def test_gelu_mode_like_fc1():
+@pytest.mark.parametrize("gelu_lanes", [3, 2, 1])
+def test_gelu_mode_like_fc1(gelu_lanes):
     """GELU: requantize to int16 in Q.f, GELU, requantize to int8 with the command's hidden multiplier and
     shift, exactly as the golden MLP; f from 5 to 15, saturation of the hidden activation both ways, and
-    back-pressure; a fraction-bit count below 5 sets the error."""
-    rng = np.random.default_rng(9)
-    engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8)
+    back-pressure, with the GELU path as wide as the array or narrower (rows serialized through it); a
+    fraction-bit count below 5 sets the error."""
+    rng = np.random.default_rng(9 + gelu_lanes)
+    engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8, gelu_lanes=gelu_lanes)
     bench = GemmBench(engine)
     failures = []
 
