@@ -146,15 +146,21 @@ class Multipliers:
 
 
 def multipliers(accel: AcceleratorConfig, target: Target) -> Multipliers:
-    """Multiplier blocks of the plan on `target`: the array, the router, requantization and vector units
-    (per lane: LayerNorm 2, softmax exponential 1, GELU 1, gate-weighted combine 1)."""
-    rw, ow = accel.residual_width, accel.operand_width
+    """Multiplier blocks of the units as built, on `target`: the array; the GEMM output path (per column the
+    requantizer's acc × m and the gate weight's y × g, per GELU lane its interpolation and the hidden
+    requantization); the router (its MACs and about seven exponent and gate-weight products); the vector
+    units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m; once LayerNorm's S·|S| / S·r and
+    the softmax's row scale)."""
+    rw, ow, acc, mw = accel.residual_width, accel.operand_width, accel.accumulator_width, accel.requant_multiplier_width
+    m = target.multipliers_for
+    gelu_lanes = min(accel.requant_lanes, accel.array_cols)
+    score = 2 * ow + 8                                      # Q·Kᵀ scores of up to 2^8 dimensions
+    per_lane = m(rw, rw) + m(rw, 32) + 2 * m(18, 16) + m(score + 1, mw + 1)
     return Multipliers({
-        "systolic array": accel.macs_per_cycle * target.multipliers_for(ow, ow),
-        "router": accel.router_macs_per_cycle * target.multipliers_for(rw, ow),
-        "requantization": accel.requant_lanes * target.multipliers_for(accel.accumulator_width,
-                                                                       accel.requant_multiplier_width),
-        "vector units": accel.vector_lanes * 5 * target.multipliers_for(rw, 16),
+        "systolic array": accel.macs_per_cycle * m(ow, ow),
+        "GEMM output path": accel.array_cols * (m(acc + 1, mw + 1) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
+        "router": accel.router_macs_per_cycle * m(rw, ow) + 7,
+        "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
     })
 
 

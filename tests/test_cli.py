@@ -137,3 +137,10 @@ def test_elaborate_other_units(tmp_path, unit, port):
     assert main(["elaborate", unit, "--preset", "tiny", "--array", "4x4", "-o", str(tmp_path)]) == 0
     verilog = (tmp_path / f"{unit}_4x4.v").read_text()
     assert f"module {unit}_4x4" in verilog and port in verilog
+
+
+@pytest.mark.parametrize("unit", ["layernorm", "softmax", "residual", "gelu"])
+def test_elaborate_vector_units(unit, tmp_path, capsys):
+    assert main(["elaborate", unit, "--preset", "tiny", "--array", "4x4", "-o", str(tmp_path)]) == 0
+    assert f"module {unit}_4x4" in (tmp_path / f"{unit}_4x4.v").read_text()
+    assert f"{unit} for tiny" in capsys.readouterr().out
