@@ -153,11 +153,7 @@ class LayerNorm(wiring.Component):
                          rows=command.rows, enable=busy)
         state = rows.state
         # stages: the beat, its squares, the two adder trees, into the bank's accumulators
-        side = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
-        sides = [Signal(side, name=f"sum_side{s}") for s in range(self.SUM_STAGES)]
-        m.d.sync += [sides[0].valid.eq(rows.taking), sides[0].first.eq(rows.first), sides[0].last.eq(rows.last),
-                     sides[0].bank.eq(rows.bank)]
-        m.d.sync += [sides[s].eq(sides[s - 1]) for s in range(1, self.SUM_STAGES)]
+        sides = rows.intake_sides(m, "sum_side", self.SUM_STAGES)
         values = Signal.like(rows.masked)
         values2 = Signal.like(rows.masked)
         lane_squares = Signal(data.ArrayLayout(unsigned(2 * self.width - 1), lanes))

@@ -76,6 +76,16 @@ class RowBuffer:
                 m.d.sync += self.read_bank.eq(~self.read_bank)
         m.d.comb += self.read.addr.eq(self.read_bank * beats + self.read_beat)
 
+    def intake_sides(self, m, name: str, stages: int) -> list[Signal]:
+        """{valid, first, last, bank} of the beat taken, through `stages` registers: what the unit's reduction
+        pipeline carries beside the beat's values (the last one meets the reduced beat)."""
+        layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
+        sides = [Signal(layout, name=f"{name}{stage}") for stage in range(stages)]
+        m.d.sync += [sides[0].valid.eq(self.taking), sides[0].first.eq(self.first), sides[0].last.eq(self.last),
+                     sides[0].bank.eq(self.bank)]
+        m.d.sync += [sides[stage].eq(sides[stage - 1]) for stage in range(1, stages)]
+        return sides
+
     def set_state(self, m, bank, state: BankState, condition=Const(1)):
         """state[bank] ← `state` at the next edge where `condition` holds."""
         for b in range(2):

@@ -98,11 +98,7 @@ class Softmax(wiring.Component):
         rows = RowBuffer(m, "rows", self.input, length=self.length, lanes=lanes, shape=signed(width),
                          fill=lowest, rows=command.rows, enable=busy)
         maxima = [Signal(signed(width), name=f"bank{b}_max") for b in range(2)]
-        side = data.StructLayout({"valid": 1, "first": 1, "last": 1, "bank": 1})
-        sides = [Signal(side, name=f"max_side{s}") for s in range(self.MAX_STAGES)]
-        m.d.sync += [sides[0].valid.eq(rows.taking), sides[0].first.eq(rows.first), sides[0].last.eq(rows.last),
-                     sides[0].bank.eq(rows.bank)]
-        m.d.sync += [sides[s].eq(sides[s - 1]) for s in range(1, self.MAX_STAGES)]
+        sides = rows.intake_sides(m, "max_side", self.MAX_STAGES)
         values = Signal.like(rows.masked)
         beat_max = Signal(signed(width))
         m.d.sync += [values.eq(rows.masked), beat_max.eq(_maximum(list(values)))]
