@@ -394,14 +394,15 @@ DEFAULT_MODEL_PRESET = "m3vit-tiny-cityscapes"
 
 ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
     config.name: config for config in [
-        # ULX3S-85F class: small slabs, tokens in blocks of 32 rows; vector units one or two values a cycle (their
-        # share of a block stays near 1 % beside a 4×4 or 8×8 array, and their logic is what the FPGA has left).
+        # ULX3S-85F class: small slabs, tokens in blocks of 32 rows; the vector units take one value a cycle and
+        # GELU one or two (beside a 4×4 or 8×8 array their share of a block stays at a few per cent, the softmax
+        # hidden behind Q·Kᵀ, and their logic is what the FPGA has left after the array).
         AcceleratorConfig(name="4x4", array_rows=4, array_cols=4, weight_buffer_bytes=16 * 1024,
                           token_block=32, dram_data_width=64, router_macs_per_cycle=16, vector_lanes=1,
                           requant_lanes=2),
         AcceleratorConfig(name="8x8", array_rows=8, array_cols=8, weight_buffer_bytes=36 * 1024,
-                          token_block=32, dram_data_width=64, router_macs_per_cycle=32, vector_lanes=2,
-                          requant_lanes=4),
+                          token_block=32, dram_data_width=64, router_macs_per_cycle=32, vector_lanes=1,
+                          requant_lanes=2),
         # ZCU104 class: a whole m3vit-tiny expert matrix per slab, all of its 129 tokens in one block; four
         # bursts in flight cover the DRAM latency at a full 16-32 bytes per cycle (the PS's HP ports take more).
         AcceleratorConfig(name="16x16", array_rows=16, array_cols=16, weight_buffer_bytes=72 * 1024,

@@ -233,8 +233,8 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
 
 
 def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -> dict:
-    """`synth_ecp5` cell counts of each vector unit and of the GEMM engine `accel` builds (GELU inside its
-    output path at C lanes: also reported alone)."""
+    """`synth_ecp5` cell counts of each vector unit and of the GEMM engine `accel` builds (GELU is inside its
+    output path, at `requant_lanes`: also reported alone)."""
     from .gelu import Gelu
     from .layernorm import LayerNorm
     from .residual import ResidualAdd
@@ -242,7 +242,7 @@ def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -
     from .synth import cell_counts
 
     units = {"layernorm": LayerNorm.for_model(model, accel), "softmax": Softmax.for_model(model, accel),
-             "gelu": Gelu(accel.array_cols), "residual": ResidualAdd.for_model(model, accel),
+             "gelu": Gelu(min(accel.requant_lanes, accel.array_cols)), "residual": ResidualAdd.for_model(model, accel),
              "gemm_engine": GemmEngine.for_model(model, accel)}
     return {name: cell_counts(unit, name, target) for name, unit in units.items()}
 

@@ -328,7 +328,10 @@ class GemmEngine(wiring.Component):
             m.d.sync += n_tiles_done.eq(n_tiles_done + 1)
 
         # Drain: rows of N tile `drained` through bias and requantization into the output FIFO.
-        places = DRAIN_STAGES + GELU_STAGES + self.gelu_chunks + 3     # covers the longest path (GELU)
+        # FIFO places: a row holds one from its issue until it leaves the FIFO, so they cover the rows a path
+        # holds at its rate: one per cycle through the drain, one per ⌈C / gelu_lanes⌉ cycles through GELU.
+        gelu_path = DRAIN_STAGES + 1 + self.gelu_chunks + GELU_STAGES
+        places = max(DRAIN_STAGES, -(-gelu_path // self.gelu_chunks)) + 3
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=places)
         drain_m = Signal.like(m_rows)
         draining = Signal()

@@ -288,7 +288,7 @@ def cmd_bench_vector(args) -> int:
     if "synthesis" in result:
         synthesis = result["synthesis"]
         footer.append(f"synth_ecp5 ({synthesis['target']}, {synthesis['array']} preset, "
-                      f"{synthesis['lanes']} vector lanes; GELU at the engine's {synthesis['array']} columns):")
+                      f"{synthesis['lanes']} vector lanes; GELU, inside the engine, at its requant_lanes):")
         for name, cells in synthesis["cells"].items():
             footer.append(f"  {name:<12} " + ", ".join(f"{cell} {count:,}" for cell, count in cells.items()
                                                       if count))
