@@ -7,7 +7,7 @@ table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (
 multiplier per lane.
 
 `input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
-same beats in order, `LATENCY` = 6 cycles later when nothing stalls. The pipeline stops as a whole while the
+same beats in order, `LATENCY` = 9 cycles later when nothing stalls (one adder, shifter or lookup a stage). The pipeline stops as a whole while the
 output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
 """
 
@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import round_shift
+from .arith import rounding_sum
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
@@ -28,7 +28,7 @@ MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
 
 
 class Gelu(wiring.Component):
-    LATENCY = 6
+    LATENCY = 9
 
     def __init__(self, lanes: int = 16, width: int = 16):
         if not isinstance(lanes, int) or lanes < 1:
@@ -78,25 +78,30 @@ class Gelu(wiring.Component):
             z = self.input.payload.data[lane]
             magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
             relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
+            whole = Signal(unsigned(self.width), name=f"whole{lane}")
             index = Signal(range(LAST_INDEX + 1), name=f"index{lane}")
-            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(2)]
-            entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 3
-            low = Signal(unsigned(low_width), name=f"low{lane}")
+            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(3)]
+            entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 4
+            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(2)]
             product = Signal(signed(difference_width + 11), name=f"product{lane}")
+            interpolation = Signal(signed(difference_width + 12), name=f"interpolation{lane}")   # before its shift
             delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
-            whole = magnitude >> step[0]
+            delta = Signal(signed(low_width + 3), name=f"delta{lane}")                           # before its shift
+            beyond = whole >= LAST_INDEX
             m.d.comb += [reads[lane].addr.eq(index), reads[lane].en.eq(advance), entry.eq(reads[lane].data)]
             with m.If(advance):
                 m.d.sync += [
                     magnitude.eq(Mux(z < 0, -z, z)), relu[0].eq(Mux(z < 0, 0, z)),                     # stage 1
-                    index.eq(Mux(whole >= LAST_INDEX, LAST_INDEX, whole)),                              # stage 2
-                    fraction[0].eq(Mux(whole >= LAST_INDEX, 0, magnitude & ((1 << step[0]) - 1))),
-                    fraction[1].eq(fraction[0]),                                                        # stage 3
-                    low.eq(entry[:low_width]),                                                          # stage 4
-                    product.eq(entry[low_width:].as_signed() * fraction[1]),
-                    delta15.eq(low + round_shift(product, step[3])),                                   # stage 5
+                    whole.eq(magnitude >> step[0]), fraction[0].eq(magnitude & ((1 << step[0]) - 1)),   # stage 2
+                    index.eq(Mux(beyond, LAST_INDEX, whole)), fraction[1].eq(Mux(beyond, 0, fraction[0])),  # 3
+                    fraction[2].eq(fraction[1]),                                                        # stage 4
+                    low[0].eq(entry[:low_width]),                                                       # stage 5
+                    product.eq(entry[low_width:].as_signed() * fraction[2]),
+                    low[1].eq(low[0]), interpolation.eq(rounding_sum(product, step[4])),                # stage 6
+                    delta15.eq(low[1] + (interpolation >> step[5])),                                    # stage 7
+                    delta.eq(rounding_sum(delta15, (MAX_FRACTION_BITS - f[6])[:4])),                    # stage 8
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
-                m.d.sync += self.output.payload[lane].eq(                                               # stage 6
-                    relu[-1] - round_shift(delta15, (MAX_FRACTION_BITS - f[4])[:4]))
+                m.d.sync += self.output.payload[lane].eq(                                               # stage 9
+                    relu[-1] - (delta >> (MAX_FRACTION_BITS - f[7])[:4]))
         return m
