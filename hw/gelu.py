@@ -7,7 +7,8 @@ table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (
 multiplier per lane.
 
 `input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
-same beats in order, `LATENCY` = 9 cycles later when nothing stalls (one adder, shifter or lookup a stage). The pipeline stops as a whole while the
+same beats in order, `LATENCY` = 10 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
+a stage; the table's word is registered before the multiplier). The pipeline stops as a whole while the
 output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
 """
 
@@ -28,7 +29,7 @@ MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
 
 
 class Gelu(wiring.Component):
-    LATENCY = 9
+    LATENCY = 10
 
     def __init__(self, lanes: int = 16, width: int = 16):
         if not isinstance(lanes, int) or lanes < 1:
@@ -80,9 +81,10 @@ class Gelu(wiring.Component):
             relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
             whole = Signal(unsigned(self.width), name=f"whole{lane}")
             index = Signal(range(LAST_INDEX + 1), name=f"index{lane}")
-            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(3)]
+            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(4)]
             entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 4
-            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(2)]
+            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(3)]
+            difference = Signal(signed(difference_width), name=f"difference{lane}")
             product = Signal(signed(difference_width + 11), name=f"product{lane}")
             interpolation = Signal(signed(difference_width + 12), name=f"interpolation{lane}")   # before its shift
             delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
@@ -95,13 +97,14 @@ class Gelu(wiring.Component):
                     whole.eq(magnitude >> step[0]), fraction[0].eq(magnitude & ((1 << step[0]) - 1)),   # stage 2
                     index.eq(Mux(beyond, LAST_INDEX, whole)), fraction[1].eq(Mux(beyond, 0, fraction[0])),  # 3
                     fraction[2].eq(fraction[1]),                                                        # stage 4
-                    low[0].eq(entry[:low_width]),                                                       # stage 5
-                    product.eq(entry[low_width:].as_signed() * fraction[2]),
-                    low[1].eq(low[0]), interpolation.eq(rounding_sum(product, step[4])),                # stage 6
-                    delta15.eq(low[1] + (interpolation >> step[5])),                                    # stage 7
-                    delta.eq(rounding_sum(delta15, (MAX_FRACTION_BITS - f[6])[:4])),                    # stage 8
+                    low[0].eq(entry[:low_width]), difference.eq(entry[low_width:]),                     # stage 5
+                    fraction[3].eq(fraction[2]),
+                    low[1].eq(low[0]), product.eq(difference * fraction[3]),                            # stage 6
+                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[5])),                # stage 7
+                    delta15.eq(low[2] + (interpolation >> step[6])),                                    # stage 8
+                    delta.eq(rounding_sum(delta15, (MAX_FRACTION_BITS - f[7])[:4])),                    # stage 9
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
-                m.d.sync += self.output.payload[lane].eq(                                               # stage 9
-                    relu[-1] - (delta >> (MAX_FRACTION_BITS - f[7])[:4]))
+                m.d.sync += self.output.payload[lane].eq(                                               # stage 10
+                    relu[-1] - (delta >> (MAX_FRACTION_BITS - f[8])[:4]))
         return m
