@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "rounding_sum", "round_shift", "shift_right", "times_constant",
+__all__ = ["index_bits", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right", "times_constant",
            "bit_length", "tree_sum"]
 
 
@@ -20,16 +20,21 @@ def half_minus_one(shift):
     return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
 
 
+def kept_bit(value, shift):
+    """Bit `shift` of `value` (0 for shift 0; the sign past the top bit): the lowest bit `round_shift` keeps,
+    which decides a tie towards even."""
+    value, shift = Value.cast(value), Value.cast(shift)
+    beyond = value[-1] if value.shape().signed else 0
+    offset = shift[:index_bits(len(value))]
+    return Mux(shift == 0, 0, Mux(shift >= len(value), beyond, value.bit_select(offset, 1)))
+
+
 def rounding_sum(value, shift, half=None):
     """value + 2^(shift−1) − 1 + (bit `shift` of value): `round_shift` before its final shift, for callers that
     saturate against thresholds and keep only a few bits of the shift. `half` is 2^(shift−1) − 1 when the
     caller holds it in a register (set per command or per row), so the per-element logic is one adder and a
     bit select rather than a decoder and a barrel shifter."""
-    value, shift = Value.cast(value), Value.cast(shift)
-    beyond = value[-1] if value.shape().signed else 0      # the sign, for shifts past the top bit
-    offset = shift[:index_bits(len(value))]
-    kept = Mux(shift == 0, 0, Mux(shift >= len(value), beyond, value.bit_select(offset, 1)))
-    return value + (half_minus_one(shift) if half is None else half) + kept
+    return value + (half_minus_one(shift) if half is None else half) + kept_bit(value, shift)
 
 
 def round_shift(value, shift, half=None):

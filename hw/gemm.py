@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, index_bits, rounding_sum, shift_right
+from .arith import half_minus_one, index_bits, kept_bit, shift_right
 from .array import SystolicArray
 from .gelu import Gelu
 from .multiplier import Multiplier
@@ -45,7 +45,7 @@ __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "p
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
 DRAIN_STAGES = 10  # read, register, + bias, partial products, product, + half, + kept bit, shift, range, saturate
-GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 2   # GELU, × hidden multiplier, + half, shift and saturate
+GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 3   # GELU, × m_h, the kept bit, + half, shift and saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -451,6 +451,7 @@ class GemmEngine(wiring.Component):
         hidden_width = 16 + self.multiplier_width + 1                     # g · m_h, signed
         hidden_half = Signal(hidden_width)
         hidden_threshold = Signal(hidden_width + 1)
+        hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
         gelu_layout = data.StructLayout({"valid": 1, "row": len(final_row), "tile": len(final_tile), "last": 1})
         gelu_side = [Signal(gelu_layout, name="gelu_side_in")]
         m.d.comb += [gelu_side[0].valid.eq(serializing), gelu_side[0].row.eq(pending_row),
@@ -462,12 +463,14 @@ class GemmEngine(wiring.Component):
         for g in range(lanes_g):
             scaled = m.submodules[f"hidden{g}"] = Multiplier(signed(16), unsigned(self.multiplier_width))
             m.d.comb += [scaled.a.eq(gelu.output.payload[g]), scaled.b.eq(command.hidden_multiplier)]
+            product = Signal(signed(hidden_width), name=f"hidden_product{g}")
+            kept = Signal(name=f"hidden_kept{g}")
             rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{g}")
-            shift = Mux(command.hidden_shift > hidden_width, hidden_width, command.hidden_shift)
             m.d.sync += [
-                rounding.eq(rounding_sum(scaled.p, shift, hidden_half)),
+                product.eq(scaled.p), kept.eq(kept_bit(scaled.p, hidden_shift)),
+                rounding.eq(product + hidden_half + kept),
                 out_chunk[g].eq(Mux(rounding >= hidden_threshold, 127,
-                                    Mux(rounding < -hidden_threshold, -128, shift_right(rounding, shift, 8)))),
+                                    Mux(rounding < -hidden_threshold, -128, shift_right(rounding, hidden_shift, 8)))),
             ]
         # chunks gathered into the row: the newest at the top, the row complete with its last chunk
         gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes_g))
@@ -527,9 +530,9 @@ class GemmEngine(wiring.Component):
         # Commands.
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
-            hidden_shift = Mux(payload.hidden_shift > hidden_width, hidden_width, payload.hidden_shift)
-            top = hidden_shift + 7                          # 2^(s+7): capped past the sum's range
-            m.d.sync += [hidden_half.eq(half_minus_one(hidden_shift)),
+            clamped_shift = Mux(payload.hidden_shift > hidden_width, hidden_width, payload.hidden_shift)
+            top = clamped_shift + 7                         # 2^(s+7): capped past the sum's range
+            m.d.sync += [hidden_shift.eq(clamped_shift), hidden_half.eq(half_minus_one(clamped_shift)),
                          hidden_threshold.eq(Const(1, hidden_width + 1) << Mux(top > hidden_width, hidden_width, top))]
             empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
             total = payload.k_tiles * payload.n_tiles
