@@ -345,7 +345,9 @@ class GemmEngine(wiring.Component):
         product_width = aw + 1 + self.multiplier_width + 1
 
         def clamped(shift):
-            return Mux(shift > product_width, product_width, shift)
+            """min(shift, product_width) as a pattern match (LUTs, no comparator's carry chain)."""
+            over = shift.matches(*(format(v, f"0{len(shift)}b") for v in range(product_width + 1, 1 << len(shift))))
+            return Mux(over, product_width, shift)
 
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0)]
@@ -385,7 +387,7 @@ class GemmEngine(wiring.Component):
         m.d.comb += [result.row.eq(final_row), result.tile.eq(final_tile), result.data.eq(lanes)]
         # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word; its
         # 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
-        row_scaled = command.row_scaled & ~raw
+        row_scaled = Signal()                                 # set with the command (RAW has no scales)
         m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(issue_drain)]
         row_shift = Signal(range(product_width + 1))
         m.d.sync += row_shift.eq(clamped(self.row_read.data.shift))
@@ -414,9 +416,10 @@ class GemmEngine(wiring.Component):
                 # the accumulator word straight into a register (the block RAM's output register)
                 read.eq(drain_read.data[c]), bias.eq(params[c].bias),
                 multiplier.eq(Mux(row_scaled, self.row_read.data.multiplier, params[c].multiplier)),
-                shift[0].eq(Mux(raw, 0, clamped(Mux(row_scaled, self.row_read.data.shift, params[c].shift)))),
+                shift[0].eq(Mux(raw, 0, clamped(params[c].shift))),
                 half[0].eq(Mux(raw, 0, halves[c])),
-                biased[0].eq(biasing), shift[1].eq(shift[0]), half[1].eq(Mux(row_scaled, row_half, half[0])),
+                biased[0].eq(biasing), shift[1].eq(Mux(row_scaled, row_shift, shift[0])),
+                half[1].eq(Mux(row_scaled, row_half, half[0])),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
                 product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)),
                 shift[3].eq(shift[2]), half[3].eq(half[2]),
@@ -530,6 +533,7 @@ class GemmEngine(wiring.Component):
         # Commands.
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
+            m.d.sync += row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW))
             clamped_shift = Mux(payload.hidden_shift > hidden_width, hidden_width, payload.hidden_shift)
             top = clamped_shift + 7                         # 2^(s+7): capped past the sum's range
             m.d.sync += [hidden_shift.eq(clamped_shift), hidden_half.eq(half_minus_one(clamped_shift)),
