@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth import Const, Mux, Signal, Value
+from amaranth import Cat, Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right", "times_constant",
+__all__ = ["index_bits", "at_least", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right", "times_constant",
            "bit_length", "tree_sum"]
 
 
@@ -13,11 +13,32 @@ def index_bits(count: int) -> int:
     return max(1, (count - 1).bit_length())
 
 
-def half_minus_one(shift):
-    """2^(shift−1) − 1 (0 for shift 0): with the lowest kept bit, what `golden.ops.round_shift` adds before
-    the arithmetic shift so that it rounds half to even."""
+def at_least(value, bound: int):
+    """value ≥ `bound` (a constant) for an unsigned value, as a match against a few prefix patterns: LUTs, no
+    comparator's carry chain."""
+    value = Value.cast(value)
+    width = len(value)
+    if bound <= 0:
+        return Const(1)
+    if bound >= 1 << width:
+        return Const(0)
+    patterns, low = [], bound
+    while low < 1 << width:            # [low, 2^width) as aligned blocks, each a prefix pattern
+        size = low & -low if low else 1 << width
+        while low + size > 1 << width:
+            size >>= 1
+        free = size.bit_length() - 1
+        patterns.append(format(low >> free, f"0{width - free}b") + "-" * free if width > free else "-" * width)
+        low += size
+    return value.matches(*patterns)
+
+
+def half_minus_one(shift, width: int = 64):
+    """2^(shift−1) − 1 (0 for shift 0), its low `width` bits: with the lowest kept bit, what
+    `golden.ops.round_shift` adds before the arithmetic shift so that it rounds half to even. Bit i is
+    shift ≥ i + 2: a thermometer code, a small function of the shift per bit."""
     shift = Value.cast(shift)
-    return Mux(shift == 0, 0, (Const(1, 64) << (shift - 1).as_unsigned()[:len(shift)]) - 1)
+    return Cat(*(at_least(shift, i + 2) for i in range(width)))
 
 
 def kept_bit(value, shift):

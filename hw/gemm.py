@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, index_bits, kept_bit, shift_right
+from .arith import at_least, half_minus_one, index_bits, kept_bit, shift_right
 from .array import SystolicArray
 from .gelu import Gelu
 from .multiplier import Multiplier
@@ -345,9 +345,8 @@ class GemmEngine(wiring.Component):
         product_width = aw + 1 + self.multiplier_width + 1
 
         def clamped(shift):
-            """min(shift, product_width) as a pattern match (LUTs, no comparator's carry chain)."""
-            over = shift.matches(*(format(v, f"0{len(shift)}b") for v in range(product_width + 1, 1 << len(shift))))
-            return Mux(over, product_width, shift)
+            """min(shift, product_width), without a comparator's carry chain."""
+            return Mux(at_least(shift, product_width + 1), product_width, shift)
 
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0)]
