@@ -40,7 +40,8 @@ def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dic
     """Add to each shape (`m`, `k`, `n`) the cycles the engine `accel` builds for `model` takes for it, measured
     in the fast simulator with random int8 operands, the floor ⌈M·K·N / (R·C)⌉, the dataflow's bound,
     utilization, and whether the result equals the golden model's. A shape's `mode` (default INT8) is the
-    output mode it runs in (GELU with `GELU_PARAMETERS`)."""
+    output mode it runs in (GELU with `GELU_PARAMETERS`). M beyond the engine's token block runs block by
+    block (one command per block of rows, as the controller issues them): the cycles are their sum."""
     from .sim.gemm import GemmModelBench, run_gemm
     from .sim.verilator import run
 
@@ -56,11 +57,18 @@ def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dic
             bias = rng.integers(-(1 << 16), 1 << 16, n)
             multiplier, shift = ops.quantize_multiplier(np.full(n, 1e-3))
             mode = shape.get("mode", GemmMode.INT8)
-            result, cycles = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, mode, gelu=GELU_PARAMETERS)
+            parts, cycles = [], 0
+            for start in range(0, m, engine.max_m):
+                part, spent = await run_gemm(ctx, bench, x[start:start + engine.max_m], w, bias, multiplier, shift,
+                                             mode, gelu=GELU_PARAMETERS)
+                parts.append(part)
+                cycles += spent
+            result = np.concatenate(parts)
             floor = -(-m * k * n // (r * c))
             expected = gemm_model(x, w, bias, multiplier, shift, mode, gelu=GELU_PARAMETERS)
+            blocks = [min(engine.max_m, m - start) for start in range(0, m, engine.max_m)]
             shape.update(cycles=cycles, floor=floor,
-                         bound=tiles(k, r) * tiles(n, c) * max(m, accel.weight_load_cycles),
+                         bound=sum(tiles(k, r) * tiles(n, c) * max(b, accel.weight_load_cycles) for b in blocks),
                          utilization=floor / cycles, bit_exact=bool(np.array_equal(result, expected)))
 
     run(bench.context, testbench)
@@ -205,10 +213,14 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
     scores = rng.integers(-bound, bound, (t, t))
     scalars = (20000, 22, 30000, 12)
 
-    async def exponentials(ctx):
-        p, multipliers, shifts, cycles["softmax_head"] = await softmax_rows(ctx, softmax, scores, *scalars)
-        expected = Softmax.model(scores, *scalars)
-        exact["softmax"] = all(np.array_equal(a, b) for a, b in zip((p, multipliers, shifts), expected))
+    async def exponentials(ctx):     # a head's rows, a query block (the unit's `max_rows`) at a time
+        results, cycles["softmax_head"] = [], 0
+        for start in range(0, t, softmax.max_rows):
+            *result, spent = await softmax_rows(ctx, softmax, scores[start:start + softmax.max_rows], *scalars)
+            results.append(result)
+            cycles["softmax_head"] += spent
+        got = [np.concatenate(part) for part in zip(*results)]
+        exact["softmax"] = all(np.array_equal(a, b) for a, b in zip(got, Softmax.model(scores, *scalars)))
 
     simulate(softmax, exponentials)
 

@@ -69,6 +69,11 @@ async def stream_through(ctx, source, beats: list, sinks: dict, *, busy=None, ex
     return run
 
 
+def _check_rows(unit, rows: int):
+    if not 1 <= rows <= unit.max_rows:
+        raise ValueError(f"{type(unit).__name__}: {rows} rows in one command; the unit takes 1 to {unit.max_rows}")
+
+
 async def _command(ctx, unit, payload: dict):
     ctx.set(unit.command.payload, payload)
     ctx.set(unit.command.valid, 1)
@@ -90,6 +95,7 @@ async def write_norm(ctx, unit, parameter_set: int, outputs):
 
 async def normalise_rows(ctx, unit, x: np.ndarray, eps: int, shifts, parameter_set: int = 0, **stalls):
     """LayerNorm of rows x [n, D] with a parameter set written before; returns ([y_o [n, D]], cycles)."""
+    _check_rows(unit, len(x))
     await _command(ctx, unit, {"rows": len(x), "set": parameter_set, "eps": int(eps),
                                "shifts": [int(s) for s in shifts]})
     outputs = len(unit.output_bits)
@@ -104,6 +110,7 @@ async def normalise_rows(ctx, unit, x: np.ndarray, eps: int, shifts, parameter_s
 async def softmax_rows(ctx, unit, scores: np.ndarray, exp_multiplier: int, exp_shift: int, out_multiplier: int,
                        out_shift: int, **stalls):
     """The softmax unit on score rows [n, T]: returns (P [n, T], row multipliers [n], row shifts [n], cycles)."""
+    _check_rows(unit, len(scores))
     await _command(ctx, unit, {"rows": len(scores), "exp_multiplier": int(exp_multiplier),
                                "exp_shift": int(exp_shift), "out_multiplier": int(out_multiplier),
                                "out_shift": int(out_shift)})
