@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "at_least", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right", "times_constant",
+__all__ = ["index_bits", "at_least", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right",
+           "times_constant",
            "bit_length", "tree_sum"]
 
 

@@ -267,7 +267,8 @@ def bench_vector(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, sy
     `synth_accel`, the units' and that accelerator's GEMM engine's cells after `synth_ecp5` on `target`."""
     t, d, heads = model.num_tokens, model.embed_dim, model.num_heads
     tokens = ROUTING_FIXTURE[task]
-    shapes = [{"name": "qkv", "m": t, "k": d, "n": 3 * d}, {"name": "attention_qk", "m": t, "k": model.head_dim, "n": t},
+    shapes = [{"name": "qkv", "m": t, "k": d, "n": 3 * d},
+              {"name": "attention_qk", "m": t, "k": model.head_dim, "n": t},
               {"name": "attention_av", "m": t, "k": t, "n": model.head_dim}, {"name": "proj", "m": t, "k": d, "n": d},
               {"name": "dense_fc2", "m": t, "k": model.mlp_hidden, "n": d}]
     for mode in (GemmMode.GELU, GemmMode.INT8):

@@ -550,7 +550,8 @@ class GemmEngine(wiring.Component):
                 stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
                 tile_base.eq(payload.x_base),
             ]
-        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:]), serializing, *(side.valid for side in gelu_side[1:])).any()
+        in_pipeline = Cat(*(valid for valid, _, _ in stages[1:]), serializing,
+                          *(side.valid for side in gelu_side[1:])).any()
         with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
             m.d.sync += busy.eq(0)
         return m

@@ -14,7 +14,8 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 So a row costs max(⌈D / lanes⌉, statistics) cycles once the pipeline is full.
 
 Ports: `command` {rows, set, eps, shifts[outputs]} normalises `rows` rows with parameter set `set` (each
-output's shift sh_o and the model's eps as the numerics give them). `input`: ⌈D / lanes⌉ beats per row of
+output's shift sh_o and the model's eps as the numerics give them; eps ≥ 1, as the quantizer makes it: with eps 0
+a row of equal values has no inverse square root). `input`: ⌈D / lanes⌉ beats per row of
 `lanes` signed `width`-bit values (lanes past D ignored). `output`: per beat {y[outputs][lanes], last of row}
 (lanes past D zero). `params_write`: per set, ⌈D / lanes⌉ words of {gamma[outputs][lanes] int16,
 beta[outputs][lanes] int`BETA_BITS`} (channel beat·lanes + lane), written before use. `busy` until the

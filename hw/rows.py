@@ -2,9 +2,9 @@
 unit reduces it (sums, maximum), waits for its per-row statistics, then is read back beat by beat.
 
 `RowBuffer` is built inside a unit's `elaborate`: two banks of ⌈length / lanes⌉ words in one `Memory`, each bank
-FREE → FILLING → REDUCED → STATISTICS → READY → READING → FREE. The unit marks REDUCED (its reduction pipeline
-saw the row's last beat), STATISTICS/READY (its per-row computation), and frees a bank once its read-back no
-longer needs the bank's per-row registers.
+FREE → FILLING → REDUCED → STATISTICS → READY → READING → FREE. The unit marks REDUCED (its reduction
+pipeline saw the row's last beat), STATISTICS/READY (its per-row computation), and frees a bank once its
+read-back no longer needs the bank's per-row registers.
 """
 
 from __future__ import annotations

@@ -134,7 +134,8 @@ class Softmax(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             top = self.command.payload.exp_shift + (ops.ATTENTION_EXP_BITS + 3)
             m.d.sync += [exp_half.eq(half_minus_one(self.command.payload.exp_shift)),
-                         zero_from.eq(Const(1, product_width + 2) << Mux(top > product_width + 1, product_width + 1, top))]
+                         zero_from.eq(Const(1, product_width + 2) <<
+                                      Mux(top > product_width + 1, product_width + 1, top))]
         table = [int(v) for v in ops.ATTENTION_TABLE]
         reads = []
         for pair in range(-(-lanes // 2)):     # a block RAM (two read ports) for two lanes

@@ -2,42 +2,29 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden import ops
 from golden.config import accelerator_preset
 from hw.export import lint, to_verilog
 from hw.gelu import Gelu
+from hw.sim import simulate
+from hw.sim.vector import stream_through
 
 
 def _run(unit, beats, rng, valid_probability=1.0, ready_probability=1.0):
     """Stream (values [lanes], f) beats through; return the output beats in order."""
-    received = []
+    got = {}
 
     async def testbench(ctx):
-        sent = 0
-        cycles = 0
-        while len(received) < len(beats):
-            offering = sent < len(beats) and rng.random() < valid_probability
-            ctx.set(unit.input.valid, offering)
-            if offering:
-                values, f = beats[sent]
-                ctx.set(unit.input.payload, {"data": [int(v) for v in values], "fraction_bits": f})
-            ready = rng.random() < ready_probability
-            ctx.set(unit.output.ready, ready)
-            took = offering and ctx.get(unit.input.ready)
-            if ready and ctx.get(unit.output.valid):
-                received.append([int(v) for v in ctx.get(unit.output.payload)])
-            await ctx.tick()
-            sent += bool(took)
-            cycles += 1
-            assert cycles < 50 * len(beats) + 100
+        payloads = [{"data": [int(v) for v in values], "fraction_bits": f} for values, f in beats]
+        got["run"] = await stream_through(ctx, unit.input, payloads,
+                                          {"output": (unit.output, lambda p: [int(v) for v in p])},
+                                          expected={"output": len(beats)}, rng=rng,
+                                          valid_probability=valid_probability, ready_probability=ready_probability,
+                                          timeout=50 * len(beats) + 100)
 
-    simulator = Simulator(unit)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
-    return np.array(received, dtype=np.int64)
+    simulate(unit, testbench)
+    return np.array(got["run"].received["output"], dtype=np.int64)
 
 
 def _beats(values, lanes, fs):
@@ -82,10 +69,7 @@ def test_fraction_bits_outside_the_range_set_error():
             await ctx.tick()
             assert ctx.get(unit.error) == error
 
-    simulator = Simulator(unit)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(unit, testbench)
 
 
 def test_gelu_verilog_passes_lint():
