@@ -44,7 +44,8 @@ from .multiplier import Multiplier
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 10  # read, register, + bias, partial products, product, + half, + kept bit, shift, range, saturate
+DRAIN_STAGES = 11  # read, register, + bias, partial products, their register, product, + half, + kept bit, shift,
+                   # range, saturate
 GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 3   # GELU, × m_h, the kept bit, + half, shift and saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
@@ -399,7 +400,7 @@ class GemmEngine(wiring.Component):
             bias = Signal.like(params[c].bias, name=f"bias{c}")
             multiplier = Signal.like(params[c].multiplier, name=f"multiplier{c}")
             biasing = Signal(signed(aw + 1), name=f"biasing{c}")
-            biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(2)]
+            biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(3)]
             low = m.submodules[f"requantize_low{c}"] = Multiplier(unsigned(PARTIAL), multiplier.shape())
             high = m.submodules[f"requantize_high{c}"] = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
             m.d.comb += [biasing.eq(read + bias), low.a.eq(biasing[:PARTIAL]), low.b.eq(multiplier),
@@ -409,8 +410,12 @@ class GemmEngine(wiring.Component):
             kept = Signal(name=f"kept{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(6)]
-            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(4)]
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(7)]
+            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(5)]
+            # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit
+            # far from its adder in the placement)
+            partial_low = Signal.like(low.p, name=f"partial_low{c}")
+            partial_high = Signal.like(high.p, name=f"partial_high{c}")
             m.d.sync += [
                 # the accumulator word straight into a register (the block RAM's output register)
                 read.eq(drain_read.data[c]), bias.eq(params[c].bias),
@@ -420,12 +425,14 @@ class GemmEngine(wiring.Component):
                 biased[0].eq(biasing), shift[1].eq(Mux(row_scaled, row_shift, shift[0])),
                 half[1].eq(Mux(row_scaled, row_half, half[0])),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
-                product.eq(Mux(raw, biased[1], (high.p << PARTIAL) + low.p)),
-                shift[3].eq(shift[2]), half[3].eq(half[2]),
-                halfway.eq(product + half[3]),
-                kept.eq(Mux(shift[3] == 0, 0, (product >> shift[3])[0])), shift[4].eq(shift[3]),
-                rounded.eq(halfway + kept), shift[5].eq(shift[4]),
-                shifted.eq(rounded >> shift[5]),
+                partial_low.eq(low.p), partial_high.eq(high.p),
+                biased[2].eq(biased[1]), shift[3].eq(shift[2]), half[3].eq(half[2]),
+                product.eq(Mux(raw, biased[2], (partial_high << PARTIAL) + partial_low)),
+                shift[4].eq(shift[3]), half[4].eq(half[3]),
+                halfway.eq(product + half[4]),
+                kept.eq(kept_bit(product, shift[4])), shift[5].eq(shift[4]),
+                rounded.eq(halfway + kept), shift[6].eq(shift[5]),
+                shifted.eq(rounded >> shift[6]),
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
         combining = command.mode == GemmMode.COMBINE

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from golden import ops
 from hw.export import LintError, lint, ports, to_verilog
-from hw.gemm import GemmEngine, GemmMode, gemm_model
+from hw.gemm import DRAIN_STAGES, GemmEngine, GemmMode, gemm_model
 from hw.sim.gemm import GemmBench, run_gemm
 
 
@@ -113,7 +113,7 @@ def test_cycles_follow_the_dataflow_bound():
     for (x, w, *_), spent in zip(cases, cycles):
         m, (k, n) = len(x), w.shape
         bound = (k // rows) * (n // cols) * max(m, rows)
-        assert bound <= spent <= bound + rows + 2 * (rows + cols) + m + 12
+        assert bound <= spent <= bound + rows + 2 * (rows + cols) + m + DRAIN_STAGES + 2
 
 
 @pytest.mark.parametrize("load_rows", [2, 4])
