@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "at_least", "half_minus_one", "kept_bit", "rounding_sum", "round_shift", "shift_right",
-           "times_constant",
-           "bit_length", "tree_sum"]
+__all__ = ["index_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
+           "rounding_sum", "round_shift", "shift_right", "times_constant", "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -32,6 +31,17 @@ def at_least(value, bound: int):
         patterns.append(format(low >> free, f"0{width - free}b") + "-" * free if width > free else "-" * width)
         low += size
     return value.matches(*patterns)
+
+
+def at_most(value, limit: int):
+    """min(value, `limit`) for an unsigned value and a constant limit, without a comparator's carry chain."""
+    return Mux(at_least(value, limit + 1), limit, value)
+
+
+def capped_power_of_two(exponent, cap: int):
+    """2^min(exponent, cap), `cap` + 1 bits: a saturation threshold 2^(shift + bits − 1) that, capped just past
+    a sum's range, never fires there."""
+    return Const(1, cap + 1) << at_most(exponent, cap)
 
 
 def half_minus_one(shift, width: int = 64):

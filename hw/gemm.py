@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import at_least, half_minus_one, index_bits, kept_bit, shift_right
+from .arith import at_most, capped_power_of_two, half_minus_one, index_bits, kept_bit, shift_right
 from .array import SystolicArray
 from .gelu import Gelu
 from .multiplier import Multiplier
@@ -346,8 +346,7 @@ class GemmEngine(wiring.Component):
         product_width = aw + 1 + self.multiplier_width + 1
 
         def clamped(shift):
-            """min(shift, product_width), without a comparator's carry chain."""
-            return Mux(at_least(shift, product_width + 1), product_width, shift)
+            return at_most(shift, product_width)
 
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0)]
@@ -540,10 +539,9 @@ class GemmEngine(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
             m.d.sync += row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW))
-            clamped_shift = Mux(payload.hidden_shift > hidden_width, hidden_width, payload.hidden_shift)
-            top = clamped_shift + 7                         # 2^(s+7): capped past the sum's range
+            clamped_shift = at_most(payload.hidden_shift, hidden_width)
             m.d.sync += [hidden_shift.eq(clamped_shift), hidden_half.eq(half_minus_one(clamped_shift)),
-                         hidden_threshold.eq(Const(1, hidden_width + 1) << Mux(top > hidden_width, hidden_width, top))]
+                         hidden_threshold.eq(capped_power_of_two(clamped_shift + 7, hidden_width))]   # 2^(s+7)
             empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
             total = payload.k_tiles * payload.n_tiles
             m.d.sync += [

@@ -31,7 +31,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, half_minus_one, index_bits, rounding_sum, shift_right, times_constant, tree_sum
+from .arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
+                    times_constant, tree_sum)
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -275,10 +276,8 @@ class LayerNorm(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             for o, bits in enumerate(self.output_bits):
                 shift = self.command.payload.shifts[o]
-                top = shift + (bits - 1)
                 m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
-                             thresholds[o].eq(Const(1, rounding_width + 1) <<
-                                              Mux(top > rounding_width - 1, rounding_width - 1, top))]
+                             thresholds[o].eq(capped_power_of_two(shift + (bits - 1), rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         row_e = pick(sides[2].bank, exponents)
         row_half = pick(sides[2].bank, row_halves)

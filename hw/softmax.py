@@ -30,7 +30,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import bit_length, half_minus_one, index_bits, rounding_sum, shift_right, tree_sum
+from .arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
+                    tree_sum)
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax", "score_bits"]
@@ -134,8 +135,7 @@ class Softmax(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             top = self.command.payload.exp_shift + (ops.ATTENTION_EXP_BITS + 3)
             m.d.sync += [exp_half.eq(half_minus_one(self.command.payload.exp_shift)),
-                         zero_from.eq(Const(1, product_width + 2) <<
-                                      Mux(top > product_width + 1, product_width + 1, top))]
+                         zero_from.eq(capped_power_of_two(top, product_width + 1))]
         table = [int(v) for v in ops.ATTENTION_TABLE]
         reads = []
         for pair in range(-(-lanes // 2)):     # a block RAM (two read ports) for two lanes

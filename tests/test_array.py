@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hw.array import SystolicArray
 from hw.export import to_verilog
+from hw.sim import simulate
 from hw.sim.array import plan_tiles
 
 
@@ -31,10 +31,7 @@ def _simulate(array: SystolicArray, plan) -> tuple[list[np.ndarray], list[int]]:
                 cycles.append(cycle)
             await ctx.tick()
 
-    simulator = Simulator(array)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(array, testbench)
     return outputs, cycles
 
 

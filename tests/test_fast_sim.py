@@ -6,10 +6,10 @@ import pytest
 from amaranth import Module, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from golden import ops
 from hw.gemm import GemmEngine, GemmMode, gemm_model
+from hw.sim import simulate
 from hw.sim.gemm import GemmBench, GemmModelBench, run_gemm
 from hw.sim.verilator import Verilated, VerilatorContext, run
 
@@ -46,10 +46,7 @@ def test_same_results_and_cycles_as_the_python_simulator():
     engine = GemmEngine(3, 5, max_m=10, max_k=10, max_n=10)
     python_bench = GemmBench(engine)
     testbench, python_results = _drive(python_bench, cases, 3, 0.6)
-    simulator = Simulator(python_bench)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(python_bench, testbench)
     fast_bench = GemmModelBench(GemmEngine(3, 5, max_m=10, max_k=10, max_n=10))
     testbench, fast_results = _drive(fast_bench, cases, 3, 0.6)
     run(fast_bench.context, testbench)

@@ -3,11 +3,11 @@ ragged edges, extremes, saturation, every output mode, gather, and random back-p
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden import ops
 from hw.export import LintError, lint, ports, to_verilog
 from hw.gemm import DRAIN_STAGES, GemmEngine, GemmMode, gemm_model
+from hw.sim import simulate
 from hw.sim.gemm import GemmBench, run_gemm
 
 
@@ -42,10 +42,7 @@ def _run_cases(rows, cols, cases, *, max_m, max_k, max_n, seed, ready_probabilit
             if not np.array_equal(got, expected):
                 failures.append((x.shape, w.shape, mode, relu, gather is not None))
 
-    simulator = Simulator(bench)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(bench, testbench)
     assert not failures, f"{len(failures)} of {len(cases)} cases differ: {failures[:5]}"
     return cycles
 
@@ -182,10 +179,7 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
         combined["acc"] = np.array([[int(v) for v in ctx.get(bench.combine.data[t * nt + j])]
                                     for t in range(tokens) for j in range(nt)]).reshape(tokens, nt * 4)[:, :n]
 
-    simulator = Simulator(bench)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(bench, testbench)
     expected = combine_model(x, layers, ids, gates)
     assert np.array_equal(combined["acc"], expected)
     if spare:
@@ -222,10 +216,7 @@ def test_per_row_scales_like_attention_times_v():
             if not np.array_equal(got, expected):
                 failures.append((m, k, n))
 
-    simulator = Simulator(bench)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(bench, testbench)
     assert not failures
 
 
@@ -258,8 +249,5 @@ def test_gelu_mode_like_fc1(gelu_lanes):
                        GemmMode.GELU, gelu=(4, 1 << 14, 14))
         assert ctx.get(engine.error)
 
-    simulator = Simulator(bench)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(bench, testbench)
     assert not failures

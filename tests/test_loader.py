@@ -9,15 +9,9 @@ from golden.config import accelerator_preset, model_preset
 from hw.export import lint, to_verilog
 from hw.layout import expert_layer_layout
 from hw.loader import WeightLoader, WeightPath
+from hw.sim import simulate
 from hw.sim.dram import AXI4ReadModel, AXIProtocolError
 from hw.sim.loader import ideal_cycles, run_loads
-
-
-def _simulate(unit, testbench):
-    simulator = Simulator(unit)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
 
 
 def _descriptor(address, length, buffer):
@@ -60,7 +54,7 @@ def test_buffers_hold_the_dram_bytes(bus_bytes, cols, load_rows, buffers, stall)
                                         read_words=words, rng=rng, feed_gaps=stall, timeout=40_000)
         assert not ctx.get(loader.error) and ctx.get(loader.idle)
 
-    _simulate(loader, testbench)
+    simulate(loader, testbench)
     for (address, length, _), read in zip(loads, result["run"].words):
         padded = np.zeros((len(read), stride), dtype=np.uint8)
         padded[:, :loader.feed_bytes] = read
@@ -92,7 +86,7 @@ def test_bad_descriptors_raise_error_and_empty_loads_are_full_at_once():
         assert np.array_equal(run.words[1].reshape(-1), image[64:128])
         assert dram.bytes_read == 64
 
-    _simulate(loader, testbench)
+    simulate(loader, testbench)
 
 
 def test_consumer_and_loader_rules_are_asserted():
@@ -110,7 +104,7 @@ def test_consumer_and_loader_rules_are_asserted():
             await ctx.tick()
 
         with pytest.raises(AssertionError, match="release of a buffer not held|reads a slab buffer it does not hold"):
-            _simulate(loader, testbench)
+            simulate(loader, testbench)
 
 
 def test_dram_model_catches_a_burst_across_4k():
@@ -139,7 +133,7 @@ def _expert_run(model, accel, active, computes, *, latency, beats_per_cycle, sta
         feeds = [(path.dense, [{"address": a, "length": n} for a, n in dense]), (path.experts, list(active))]
         result["run"] = await run_loads(ctx, path, dram, feeds, buffers, computes, timeout=200_000)
 
-    _simulate(path, testbench)
+    simulate(path, testbench)
     return result["run"], dram, loads
 
 
@@ -267,7 +261,7 @@ def test_fast_harness_matches_the_python_simulator():
                                         [i % 2 for i in range(len(loads))], [30] * len(loads), read_words=words))
 
         if simulator == "python":
-            _simulate(path, testbench)
+            simulate(path, testbench)
         else:
             run(VerilatorContext(Verilated(path, "weight_path")), testbench)
     python, fast = runs

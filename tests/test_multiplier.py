@@ -5,10 +5,10 @@ import pytest
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from hw.export import to_rtlil
 from hw.multiplier import Multiplier
+from hw.sim import simulate
 from hw.synth import platform, synthesize
 
 
@@ -36,10 +36,7 @@ def test_products_two_cycles_later(a_shape, b_shape):
             await ctx.tick()
             seen.append(ctx.get(multiplier.p))
 
-    simulator = Simulator(multiplier)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(multiplier, testbench)
     expected = [a * b for a, b in pairs]
     assert np.array_equal(np.array(seen[Multiplier.LATENCY - 1:][:len(pairs)], dtype=np.int64),
                           np.array(expected, dtype=np.int64))

@@ -3,13 +3,13 @@ and the queues, bit for bit, for several expert counts, k, both gate variants an
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden import ops
 from golden.config import accelerator_preset, model_preset
 from golden.model import expert_queues
 from hw.export import lint, to_verilog
 from hw.router import Router
+from hw.sim import simulate
 from hw.sim.router import route_layer, write_router
 
 LAYERS, TASKS = 2, 3
@@ -36,10 +36,7 @@ def _run(router, jobs, weights, multipliers, shifts, **stalls):
         for layer, task, tokens in jobs:
             results.append(await route_layer(ctx, router, layer, task, tokens, rng=rng, **stalls))
 
-    simulator = Simulator(router)
-    simulator.add_clock(1e-8)
-    simulator.add_testbench(testbench)
-    simulator.run()
+    simulate(router, testbench)
     return results
 
 
