@@ -100,3 +100,26 @@ def test_wide_ports_through_verilator():
 
     run(context, testbench)
     assert seen == [2 * v for v in values]
+
+
+def test_build_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import hw.sim.verilator as verilator
+    monkeypatch.setattr(verilator, "CACHE", tmp_path)
+    monkeypatch.setattr(verilator, "CACHE_ENTRIES", 3)
+    hour_ago = time.time() - 3600
+    builds = [tmp_path / f"unit-{index}" for index in range(5)]
+    for age, build in enumerate(builds):
+        build.mkdir()
+        os.utime(build, (hour_ago - age, hour_ago - age))
+    fresh = tmp_path / "unit-fresh"
+    fresh.mkdir()
+    verilator._prune(keep=builds[4])
+    # Kept: the build just made (the oldest by time), then the two most recently used; one used a moment
+    # ago is never removed (another process may be loading it).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-0", "unit-4", "unit-fresh"]
+    Verilated(_Wide(), "wide")  # a real build: its library stays, Verilator's object files go
+    (build,) = tmp_path.glob("wide-*")
+    assert (build / "model.so").exists() and not (build / "obj").exists()

@@ -16,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
+import time
 from enum import Enum
 from pathlib import Path
 
@@ -29,6 +31,9 @@ from hw.export import verilator as verilator_path
 __all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "pack", "unpack", "CACHE"]
 
 CACHE = Path(os.environ.get("M3VIT_VERILATOR_CACHE", Path.home() / ".cache" / "m3vit-verilator"))
+# Builds kept in CACHE (the least recently used beyond this are removed; each keeps its library and
+# Verilog, a few MB, not Verilator's object files).
+CACHE_ENTRIES = 64
 
 _SHIM = """
 #include <cstdint>
@@ -160,6 +165,8 @@ class Verilated:
         library = directory / "model.so"
         if not library.exists():
             _build(directory, name, verilog, layout)
+            _prune(keep=directory)
+        os.utime(directory)
         self._lib = ctypes.CDLL(str(library))
         self._lib.sim_new.restype = ctypes.c_void_p
         for function in ("sim_delete", "sim_eval"):
@@ -242,6 +249,23 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
             raise RuntimeError(f"Verilator build of {top} failed ({command[0]}):\n{result.stdout[-3000:]}"
                                f"{result.stderr[-3000:]}")
     (directory / "model.tmp.so").rename(directory / "model.so")
+    shutil.rmtree(directory / "obj")
+
+
+def _prune(keep: Path) -> None:
+    """Remove the least recently used builds beyond `CACHE_ENTRIES` (never `keep`, nor a build used in the
+    last minute: another process may be about to load it)."""
+    builds = []
+    for entry in CACHE.iterdir():
+        try:
+            if entry.is_dir() and entry != keep:
+                builds.append((entry.stat().st_mtime, entry))
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+    builds.sort(reverse=True)
+    for used, entry in builds[CACHE_ENTRIES - 1:]:
+        if time.time() - used > 60:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class ModelMemory:
