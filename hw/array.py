@@ -12,11 +12,13 @@ cycle without `valid` is a bubble):
   streamed row that uses bank b's previous tile enters the array; it must have entered at least two cycles
   before the first streamed row that uses it. A tile takes ⌈R / load_rows⌉ load cycles.
 - `stream_in`: one streamed row per cycle: `data` [R] and `bank`.
-- `out`: `data` [C], the products of the row that entered `latency` = R + C + 1 cycles earlier, in order.
+- `out`: `data` [C], the products of the row that entered `latency` = R + C + 2 cycles earlier, in order.
 
 Timing inside: row r of the streamed operand is delayed r cycles (skew); PE (r, c) sees it r + c cycles
-after it entered, registers the product one cycle later (`Multiplier`) and adds the partial sum from above the cycle
-after; column c is delayed C − 1 − c cycles at the bottom (deskew) so the C results of a row leave together.
+after it entered, registers the product one cycle later (`Multiplier`), lands it in a register beside the DSP
+block the cycle after (a DSP output may sit far from its adder in the placement) and adds the partial sum from
+above the cycle after that; column c is delayed C − 1 − c cycles at the bottom (deskew) so the C results of a
+row leave together.
 Load rows are skewed by column and travel down their column one row per cycle, so each PE's bank is written
 r + c + 1 cycles after its row entered.
 """
@@ -73,10 +75,14 @@ class SystolicArray(wiring.Component):
         self.rows, self.cols, self.load_rows = rows, cols, load_rows
         self.operand_width, self.accumulator_width = operand_width, accumulator_width
 
+    @staticmethod
+    def latency_of(rows: int, cols: int) -> int:
+        """Cycles from a streamed row entering an `rows` × `cols` array to its results leaving."""
+        return rows + cols + 2
+
     @property
     def latency(self) -> int:
-        """Cycles from a streamed row entering to its results leaving."""
-        return self.rows + self.cols + 1
+        return self.latency_of(self.rows, self.cols)
 
     @staticmethod
     def model(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -137,7 +143,9 @@ class SystolicArray(wiring.Component):
                 multiplier = m.submodules[f"multiplier_{r}_{c}"] = Multiplier(signed(ow), signed(ow))
                 m.d.comb += [multiplier.a.eq(x_arriving[r][c]),
                              multiplier.b.eq(Mux(bank_arriving[r][c], banks[1], banks[0]))]
-                products[r, c] = multiplier.p
+                landed = Signal.like(multiplier.p, name=f"product_{r}_{c}")
+                m.d.sync += landed.eq(multiplier.p)
+                products[r, c] = landed
 
         # Partial sums down each column, then deskew.
         outputs = []

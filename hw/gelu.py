@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import rounding_sum
+from .arith import half_minus_one, rounding_sum
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
@@ -67,14 +67,23 @@ class Gelu(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
                      self.output.valid.eq(valid[-1])]
-        f = [Signal(4, name=f"fraction_bits{stage}") for stage in range(self.LATENCY)]
+        # Per beat, its shifts travel with it: step = f − 5 (the interpolation's) and tail = 15 − f (δ's), and a
+        # stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
+        f = self.input.payload.fraction_bits
+        step = [Signal(4, name=f"step{stage}") for stage in range(7)]
+        tail = [Signal(4, name=f"tail{stage}") for stage in range(9)]
+        step_half = Signal(1 << 4, name="step_half")        # for stage 7
+        tail_half = Signal(1 << 4, name="tail_half")        # for stage 9
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.input.valid), f[0].eq(self.input.payload.fraction_bits)]
+            m.d.sync += [valid[0].eq(self.input.valid), step[0].eq((f - MIN_FRACTION_BITS)[:4]),
+                         tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)]
-            m.d.sync += [f[i].eq(f[i - 1]) for i in range(1, self.LATENCY)]
-            with m.If(self.input.valid & (self.input.payload.fraction_bits < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
+            m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
+            m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
+            m.d.sync += [step_half.eq(half_minus_one(step[4], len(step_half))),
+                         tail_half.eq(half_minus_one(tail[6], len(tail_half)))]
+            with m.If(self.input.valid & (f < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
-        step = [(f[i] - MIN_FRACTION_BITS)[:4] for i in range(self.LATENCY)]
         for lane in range(self.lanes):
             z = self.input.payload.data[lane]
             magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
@@ -100,11 +109,11 @@ class Gelu(wiring.Component):
                     low[0].eq(entry[:low_width]), difference.eq(entry[low_width:]),                     # stage 5
                     fraction[3].eq(fraction[2]),
                     low[1].eq(low[0]), product.eq(difference * fraction[3]),                            # stage 6
-                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[5])),                # stage 7
+                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[5], step_half)),     # stage 7
                     delta15.eq(low[2] + (interpolation >> step[6])),                                    # stage 8
-                    delta.eq(rounding_sum(delta15, (MAX_FRACTION_BITS - f[7])[:4])),                    # stage 9
+                    delta.eq(rounding_sum(delta15, tail[7], tail_half)),                               # stage 9
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
                 m.d.sync += self.output.payload[lane].eq(                                               # stage 10
-                    relu[-1] - (delta >> (MAX_FRACTION_BITS - f[8])[:4]))
+                    relu[-1] - (delta >> tail[8]))
         return m

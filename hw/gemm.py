@@ -44,9 +44,11 @@ from .multiplier import Multiplier
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 11  # read, register, + bias, partial products, their register, product, + half, + kept bit, shift,
-                   # range, saturate
-GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 3   # GELU, × m_h, the kept bit, + half, shift and saturate
+DRAIN_STAGES = 13  # read, register, + bias, the DSPs' input and product registers, partial products' register,
+                   # product, + half, + kept bit, shift by bytes, shift by bits, range, saturate
+STREAM_STAGES = 3  # from a row's issue to the array's input: the index read, the source row, the X word read
+GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 5   # GELU, × m_h, its register, the kept bit, + half,
+                                                      # range and shift, saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
@@ -193,11 +195,16 @@ class GemmEngine(wiring.Component):
         k_last_tile = Signal.like(command.k_tiles)
         tile_count = range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1)
         busy = Signal()
+        # The command's mode as one flag per mode, and its saturation width as one flag per width, set with the
+        # command (no mode decoded on the data path).
+        modes = {mode: Signal(name=f"{mode.name.lower()}_mode") for mode in GemmMode}
+        ranges = {bits: Signal(name=f"saturate{bits}") for bits in sorted({mode.bits for mode in GemmMode
+                                                                            if mode.bits})}
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
 
         # --- The three overlapping walks over the tiles t = j·KT + i ------------------------------------------
-        # Their conditions are kept as credit counters, tested against zero (no comparators on the paths
-        # that start a tile):
+        # Their conditions are kept as credit counters, each with a register that says it is not zero (no
+        # comparator on the paths that start a tile):
         #   load_left    tiles still to load             load_credit   a bank is free: streamed + 2 − loading
         #   stream_left  tiles still to stream           ready         loaded − streaming tiles
         #   bank_credit  accumulator banks free: drained + 2 − N tiles started
@@ -212,7 +219,8 @@ class GemmEngine(wiring.Component):
         load_r = Signal(range(beats))                          # the beat of the tile being loaded
         loading = Signal()
         load_address = Signal.like(self.w_read.addr)
-        can_load = (load_left != 0) & (load_credit != 0)
+        load_pending, load_credited = Signal(), Signal()         # load_left ≠ 0, load_credit ≠ 0
+        can_load = load_pending & load_credited
         issue_load = Signal()
         m.d.comb += [self.w_read.addr.eq(load_address), self.w_read.en.eq(issue_load)]
         m.d.comb += [issue_load.eq(busy & (loading | can_load)), load_done.eq(issue_load & (load_r == beats - 1))]
@@ -237,21 +245,26 @@ class GemmEngine(wiring.Component):
         stream_j = Signal.like(command.n_tiles)
         stream_m = Signal.like(m_rows)
         streaming = Signal()
-        bank_free = (stream_i != 0) | (stream_m != 0) | (bank_credit != 0)
+        # stream_left ≠ 0, ready ≠ 0, bank_credit ≠ 0
+        stream_pending, tile_ready, bank_credited = Signal(), Signal(), Signal()
+        within = Signal()              # inside an N tile: stream_i ≠ 0 or stream_m ≠ 0 (its bank is taken)
+        last_row = Signal()            # stream_m = M − 1
+        m_before_last = Signal.like(m_rows)                     # M − 2 (all ones for M = 1: never reached)
+        bank_free = within | bank_credited
         # A row is revisited no sooner than every M cycles; with M = 1 keep two cycles between visits, for the
         # accumulator's read-add-write.
         issued_last = Signal()
         single_row = Signal()
-        can_stream = (stream_left != 0) & (ready != 0) & bank_free & ~(issued_last & single_row)
+        can_stream = stream_pending & tile_ready & bank_free & ~(issued_last & single_row)
         issue_row = Signal()
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
         m.d.sync += issued_last.eq(issue_row)
-        last_row = stream_m == m_last
-        m.d.comb += [stream_done.eq(issue_row & last_row),
-                     n_started.eq(issue_row & (stream_i == 0) & (stream_m == 0))]
+        m.d.comb += [stream_done.eq(issue_row & last_row), n_started.eq(issue_row & ~within)]
         tile_base = Signal.like(self.x_read.addr)   # x_base + i·x_stride, kept by addition
         with m.If(issue_row):
-            m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row)]
+            m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row),
+                         within.eq(~last_row | (stream_i != k_last_tile)),
+                         last_row.eq(Mux(last_row, single_row, stream_m == m_before_last))]
             with m.If(last_row):
                 m.d.sync += stream_bank.eq(~stream_bank)
                 with m.If(stream_i == k_last_tile):
@@ -260,18 +273,20 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [stream_i.eq(stream_i + 1), tile_base.eq(tile_base + self.x_stride)]
 
         # The credit counters (a tile may stream from the cycle after its last load row entered). Each is
-        # counted up and down from its register alone; the late control signals only choose (no carry chain
-        # after the issue logic's fan-out).
-        def count(counter, up, down):
+        # counted up and down from its register alone, and so is its flag; the late control signals only
+        # choose (no carry chain or comparator after the issue logic's fan-out).
+        def count(counter, nonzero, up, down):
             m.d.sync += counter.eq(Mux(up == down, counter, Mux(up, counter + 1, counter - 1)))
+            m.d.sync += nonzero.eq(Mux(up == down, nonzero, up | (counter != 1)))
 
-        count(load_left, 0, load_done)
-        count(stream_left, 0, stream_done)
-        count(ready, load_last, stream_done)
-        count(load_credit, stream_done, load_done)
-        count(bank_credit, drain_done, n_started)
+        count(load_left, load_pending, 0, load_done)
+        count(stream_left, stream_pending, 0, stream_done)
+        count(ready, tile_ready, load_last, stream_done)
+        count(load_credit, load_credited, stream_done, load_done)
+        count(bank_credit, bank_credited, drain_done, n_started)
 
-        # Stage 1: the gather index (or the row itself); stage 2: the X word; stage 3: into the array.
+        # Stage 1: the gather index read (or the row itself); stage 2: the source row registered (a block RAM's
+        # output never meets an adder); stage 3: the X word; stage 4: into the array.
         m.d.comb += [self.index_read.addr.eq(command.list_base + stream_m), self.index_read.en.eq(1)]
         side = data.StructLayout({"valid": 1, "m": unsigned(len(stream_m)), "i": unsigned(len(stream_i)),
                                   "j": unsigned(len(stream_j)), "bank": 1, "first": 1, "last": 1})
@@ -281,11 +296,13 @@ class GemmEngine(wiring.Component):
         m.d.sync += [stage1.valid.eq(issue_row), stage1.m.eq(stream_m), stage1.i.eq(stream_i),
                      stage1.j.eq(stream_j), stage1.bank.eq(stream_bank), stage1.first.eq(stream_i == 0),
                      stage1.last.eq(stream_i == k_last_tile)]
-        source_row = Mux(command.gather, self.index_read.data, stage1.m)
-        m.d.comb += [self.x_read.addr.eq(stage1_base + source_row),
-                     self.x_read.en.eq(1)]
+        source = Signal(side, name="source")
+        source_base, source_row = Signal.like(tile_base), Signal.like(self.x_read.addr)
+        m.d.sync += [source.eq(stage1), source_base.eq(stage1_base),
+                     source_row.eq(Mux(command.gather, self.index_read.data, stage1.m))]
+        m.d.comb += [self.x_read.addr.eq(source_base + source_row), self.x_read.en.eq(1)]
         stage2 = Signal(side)
-        m.d.sync += stage2.eq(stage1)
+        m.d.sync += stage2.eq(source)
         # Lanes of the last K tile past K are zeroed: the per-lane mask is set once per command.
         lane_valid = Signal(rows)
         for r in range(rows):
@@ -301,27 +318,40 @@ class GemmEngine(wiring.Component):
             delayed.append(register)
         before, arriving = delayed[-2], delayed[-1]
 
-        # Accumulator memory: two banks of max_m rows, bank = N tile mod 2.
+        # Accumulator memory: two banks of max_m rows, bank = N tile mod 2, the bank the address's top bit (no
+        # adder in front of the address ports; block RAM depths come in powers of two anyway).
         accumulator_layout = data.ArrayLayout(signed(aw), cols)
-        m.submodules.accumulator = accumulator = Memory(shape=accumulator_layout, depth=2 * self.max_m, init=[])
+        row_bits = index_bits(self.max_m)
+
+        def accumulator_row(tile, row):
+            return Cat(row[:row_bits], tile[0])
+        # Each read port is an asynchronous read and a register (`accumulated`, `drained_word`) that synthesis
+        # folds into the block RAM; `no_rw_check` leaves a read of the row being written undefined rather than
+        # emulating the old word in logic (a multiplexer on every bit, a register on every written bit): the
+        # drain never reads the bank being written, and the accumulation chooses the written word itself.
+        m.submodules.accumulator = accumulator = Memory(shape=accumulator_layout, depth=2 << row_bits, init=[],
+                                                        attrs={"no_rw_check": 1})
         write = accumulator.write_port()
-        accumulate_read = accumulator.read_port()
-        drain_read = accumulator.read_port()
-        m.d.comb += [accumulate_read.addr.eq(before.j[0] * self.max_m + before.m), accumulate_read.en.eq(1)]
+        accumulate_read = accumulator.read_port(domain="comb")
+        drain_read = accumulator.read_port(domain="comb")
+        accumulated, drained_word = Signal(accumulator_layout), Signal(accumulator_layout)
+        accumulate_address = Signal.like(accumulate_read.addr)
+        m.d.comb += [accumulate_address.eq(accumulator_row(before.j, before.m)),
+                     accumulate_read.addr.eq(accumulate_address)]
+        m.d.sync += [accumulated.eq(accumulate_read.data), drained_word.eq(drain_read.data)]
         # The array's results and the row read back are registered, then added and written a cycle later:
         # the next visit of a row is at least two cycles later (see the streamer), so its read is never
-        # issued before the write, at the latest in the same cycle. Then the block RAM returns the old word;
-        # the word being written is kept and chosen instead, after the block RAM's output register (which
-        # a transparent read port would put a multiplexer in front of).
+        # issued before the write, at the latest in the same cycle. Then the word being written is kept and
+        # chosen instead of the block RAM's, after its output register.
         settled = Signal(side)
         results = Signal(accumulator_layout)
         previous = Signal(accumulator_layout)
         collided = [Signal(name=f"collided{stage}") for stage in range(2)]
         written = [Signal(accumulator_layout, name=f"written{stage}") for stage in range(2)]
-        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulate_read.data),
-                     collided[0].eq(write.en & (write.addr == accumulate_read.addr)), written[0].eq(write.data),
+        m.d.sync += [settled.eq(arriving), results.eq(array.out.payload), previous.eq(accumulated),
+                     collided[0].eq(write.en & (write.addr == accumulate_address)), written[0].eq(write.data),
                      collided[1].eq(collided[0]), written[1].eq(written[0])]
-        m.d.comb += [write.addr.eq(settled.j[0] * self.max_m + settled.m), write.en.eq(settled.valid)]
+        m.d.comb += [write.addr.eq(accumulator_row(settled.j, settled.m)), write.en.eq(settled.valid)]
         for c in range(cols):
             before_sum = Mux(collided[1], written[1][c], previous[c])
             m.d.comb += write.data[c].eq(Mux(settled.first, 0, before_sum) + results[c])
@@ -357,14 +387,14 @@ class GemmEngine(wiring.Component):
         room = free != 0
         issue_drain = Signal()
         # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
-        gelu_mode = command.mode == GemmMode.GELU
+        gelu_mode = modes[GemmMode.GELU]
         spacing = Signal(range(max(self.gelu_chunks, 2)))
         m.d.comb += issue_drain.eq(draining & params_ready & room & (spacing == 0))
         with m.If(issue_drain & gelu_mode):
             m.d.sync += spacing.eq(self.gelu_chunks - 1)
         with m.Elif(spacing != 0):
             m.d.sync += spacing.eq(spacing - 1)
-        m.d.comb += [drain_read.addr.eq(drained[0] * self.max_m + drain_m), drain_read.en.eq(1)]
+        m.d.comb += drain_read.addr.eq(accumulator_row(drained, drain_m))
         drain_last = drain_m == m_last
         m.d.comb += drain_done.eq(issue_drain & drain_last)
         with m.If(issue_drain):
@@ -372,14 +402,15 @@ class GemmEngine(wiring.Component):
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA block RAMs and DSP blocks:
-        # read, register, add the bias, two partial products, their sum, add 2^(shift−1) − 1, add the lowest
-        # kept bit, shift, the range check, saturate; then into the FIFO (or the combine).
+        # read, register, add the bias, two partial products (through the DSPs' input and output registers and
+        # one beside them), their sum, add 2^(shift−1) − 1, add the lowest kept bit, shift by bytes, by bits, the
+        # range check, saturate; then into the FIFO (or the combine).
         stages = [(issue_drain, drain_m, drained)]
         for stage in range(DRAIN_STAGES):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
             m.d.sync += [valid.eq(stages[-1][0]), row.eq(stages[-1][1]), tile.eq(stages[-1][2])]
             stages.append((valid, row, tile))
-        raw = command.mode == GemmMode.RAW
+        raw = modes[GemmMode.RAW]
         final_valid, final_row, final_tile = stages[-1]
         lanes = Signal(data.ArrayLayout(signed(aw), cols))
         result = Signal(self.signature.result)
@@ -398,43 +429,48 @@ class GemmEngine(wiring.Component):
             read = Signal(signed(aw), name=f"read{c}")
             bias = Signal.like(params[c].bias, name=f"bias{c}")
             multiplier = Signal.like(params[c].multiplier, name=f"multiplier{c}")
-            biasing = Signal(signed(aw + 1), name=f"biasing{c}")
-            biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(3)]
+            biased = [Signal(signed(aw + 1), name=f"biased{c}_{stage}") for stage in range(4)]
+            scale = Signal.like(multiplier, name=f"scale{c}")         # the multiplier beside biased[0]
             low = m.submodules[f"requantize_low{c}"] = Multiplier(unsigned(PARTIAL), multiplier.shape())
             high = m.submodules[f"requantize_high{c}"] = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
-            m.d.comb += [biasing.eq(read + bias), low.a.eq(biasing[:PARTIAL]), low.b.eq(multiplier),
-                         high.a.eq(biasing[PARTIAL:]), high.b.eq(multiplier)]
+            # the biased word leaves a fabric register for the DSP blocks (no adder in front of their inputs)
+            m.d.comb += [low.a.eq(biased[0][:PARTIAL]), low.b.eq(scale),
+                         high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
             product = Signal(signed(product_width), name=f"product{c}")
             halfway = Signal(signed(product_width + 1), name=f"halfway{c}")
             kept = Signal(name=f"kept{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
+            coarse = Signal(signed(product_width + 1), name=f"coarse{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(7)]
-            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(5)]
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(9)]
+            half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(6)]
             # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit
             # far from its adder in the placement)
             partial_low = Signal.like(low.p, name=f"partial_low{c}")
             partial_high = Signal.like(high.p, name=f"partial_high{c}")
             m.d.sync += [
                 # the accumulator word straight into a register (the block RAM's output register)
-                read.eq(drain_read.data[c]), bias.eq(params[c].bias),
+                read.eq(drained_word[c]), bias.eq(params[c].bias),
                 multiplier.eq(Mux(row_scaled, self.row_read.data.multiplier, params[c].multiplier)),
                 shift[0].eq(Mux(raw, 0, clamped(params[c].shift))),
                 half[0].eq(Mux(raw, 0, halves[c])),
-                biased[0].eq(biasing), shift[1].eq(Mux(row_scaled, row_shift, shift[0])),
+                biased[0].eq(read + bias), scale.eq(multiplier), shift[1].eq(Mux(row_scaled, row_shift, shift[0])),
                 half[1].eq(Mux(row_scaled, row_half, half[0])),
                 biased[1].eq(biased[0]), shift[2].eq(shift[1]), half[2].eq(half[1]),
-                partial_low.eq(low.p), partial_high.eq(high.p),
                 biased[2].eq(biased[1]), shift[3].eq(shift[2]), half[3].eq(half[2]),
-                product.eq(Mux(raw, biased[2], (partial_high << PARTIAL) + partial_low)),
-                shift[4].eq(shift[3]), half[4].eq(half[3]),
-                halfway.eq(product + half[4]),
-                kept.eq(kept_bit(product, shift[4])), shift[5].eq(shift[4]),
-                rounded.eq(halfway + kept), shift[6].eq(shift[5]),
-                shifted.eq(rounded >> shift[6]),
+                partial_low.eq(low.p), partial_high.eq(high.p),
+                biased[3].eq(biased[2]), shift[4].eq(shift[3]), half[4].eq(half[3]),
+                product.eq(Mux(raw, biased[3], (partial_high << PARTIAL) + partial_low)),
+                shift[5].eq(shift[4]), half[5].eq(half[4]),
+                halfway.eq(product + half[5]),
+                kept.eq(kept_bit(product, shift[5])), shift[6].eq(shift[5]),
+                rounded.eq(halfway + kept), shift[7].eq(shift[6]),
+                # the shift in two steps: by whole bytes, then by the rest
+                coarse.eq(rounded >> Cat(Const(0, 3), shift[7][3:])), shift[8].eq(shift[7]),
+                shifted.eq(coarse >> shift[8][:3]),
             ]
-            m.d.sync += lanes[c].eq(_saturate(m, shifted, command, aw, c))
-        combining = command.mode == GemmMode.COMBINE
+            m.d.sync += lanes[c].eq(_saturate(m, shifted, ranges, command.relu, aw, c))
+        combining = modes[GemmMode.COMBINE]
 
         # GELU (fc1): the row's int16 values through the GELU unit `gelu_lanes` at a time (rows issue at most
         # one per ⌈C / gelu_lanes⌉ cycles in this mode: fc1's K ≥ that many tiles keeps the drain hidden), then
@@ -458,7 +494,8 @@ class GemmEngine(wiring.Component):
         m.d.comb += [gelu.input.payload.data[g].eq(pending[g]) for g in range(lanes_g)]
         hidden_width = 16 + self.multiplier_width + 1                     # g · m_h, signed
         hidden_half = Signal(hidden_width)
-        hidden_threshold = Signal(hidden_width + 1)
+        hidden_threshold = Signal(hidden_width + 1)                                   # 2^(s_h+7)
+        hidden_floor = Signal(signed(hidden_width + 2))                               # −2^(s_h+7)
         hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
         gelu_layout = data.StructLayout({"valid": 1, "row": len(final_row), "tile": len(final_tile), "last": 1})
         gelu_side = [Signal(gelu_layout, name="gelu_side_in")]
@@ -471,14 +508,20 @@ class GemmEngine(wiring.Component):
         for g in range(lanes_g):
             scaled = m.submodules[f"hidden{g}"] = Multiplier(signed(16), unsigned(self.multiplier_width))
             m.d.comb += [scaled.a.eq(gelu.output.payload[g]), scaled.b.eq(command.hidden_multiplier)]
-            product = Signal(signed(hidden_width), name=f"hidden_product{g}")
+            product = [Signal(signed(hidden_width), name=f"hidden_product{g}_{stage}") for stage in range(2)]
             kept = Signal(name=f"hidden_kept{g}")
             rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{g}")
+            above, below = Signal(name=f"hidden_above{g}"), Signal(name=f"hidden_below{g}")
+            shifted = Signal(signed(8), name=f"hidden_shifted{g}")
             m.d.sync += [
-                product.eq(scaled.p), kept.eq(kept_bit(scaled.p, hidden_shift)),
-                rounding.eq(product + hidden_half + kept),
-                out_chunk[g].eq(Mux(rounding >= hidden_threshold, 127,
-                                    Mux(rounding < -hidden_threshold, -128, shift_right(rounding, hidden_shift, 8)))),
+                # the DSP block's product lands in a register beside it first
+                product[0].eq(scaled.p),
+                product[1].eq(product[0]), kept.eq(kept_bit(product[0], hidden_shift)),
+                rounding.eq(product[1] + hidden_half + kept),
+                # the range check and the shift side by side, then the choice
+                above.eq(rounding >= hidden_threshold), below.eq(rounding < hidden_floor),
+                shifted.eq(shift_right(rounding, hidden_shift, 8)),
+                out_chunk[g].eq(Mux(above, 127, Mux(below, -128, shifted))),
             ]
         # chunks gathered into the row: the newest at the top, the row complete with its last chunk
         gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes_g))
@@ -490,8 +533,10 @@ class GemmEngine(wiring.Component):
         hidden = Signal(self.signature.result)
         m.d.comb += [assembled.eq(row_out), hidden.row.eq(gelu_out.row), hidden.tile.eq(gelu_out.tile)]
         m.d.comb += [hidden.data[c].eq(assembled[c]) for c in range(cols)]
-        m.d.comb += [fifo.w_en.eq(Mux(gelu_mode, gelu_out.valid & gelu_out.last, final_valid & ~combining)),
-                     fifo.w_data.eq(Mux(gelu_mode, hidden, result))]
+        # the FIFO's write enable from a register: the rows that will arrive next cycle
+        writing = Signal()
+        m.d.sync += writing.eq(Mux(gelu_mode, gelu_side[-2].valid & gelu_side[-2].last, stages[-2][0] & ~combining))
+        m.d.comb += [fifo.w_en.eq(writing), fifo.w_data.eq(Mux(gelu_mode, hidden, result))]
         # A place is promised when a row issues, and given back when a row leaves the FIFO or, in COMBINE
         # mode, leaves the pipeline without entering it: the new count is chosen among precomputed ones.
         returned = Cat(fifo.r_en & fifo.r_rdy, final_valid & combining)
@@ -505,33 +550,39 @@ class GemmEngine(wiring.Component):
         # travel with it down the output path.
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(command.list_base + drain_m), port.en.eq(issue_drain)]
-        # The token's word offset (token · NT_max) is multiplied out in the first register after the read.
+        # The token is registered off the read, then its word offset (token · NT_max) multiplied out.
         n_stride = tiles(self.max_n, cols)
+        token = Signal.like(self.scatter_read.data)
         offset_pipe = [Signal.like(self.combine_read.addr, name="token_offset0")]
         gate_pipe = [self.gate_read.data]
-        m.d.sync += offset_pipe[0].eq(self.scatter_read.data * n_stride)
+        m.d.sync += [token.eq(self.scatter_read.data), offset_pipe[0].eq(token * n_stride)]
         for stage in range(DRAIN_STAGES - 1):
             gate_pipe.append(Signal.like(self.gate_read.data, name=f"gate{stage}"))
             m.d.sync += gate_pipe[-1].eq(gate_pipe[-2])
-            if stage < DRAIN_STAGES - 2:
+            if stage < DRAIN_STAGES - 3:
                 offset_pipe.append(Signal.like(offset_pipe[0], name=f"token_offset{stage + 1}"))
                 m.d.sync += offset_pipe[-1].eq(offset_pipe[-2])
         # The rounded row (`lanes`) and its gate enter the DSP blocks' input registers while the combine word
-        # is read; y·g and the word meet the cycle after and are written back.
+        # is read; y·g and the word land in registers the cycle after, are added and written back the next
+        # (each token's word is written once per command: no read-after-write hazard to forward).
         combine_address = Signal.like(self.combine_read.addr)
         m.d.sync += combine_address.eq(offset_pipe[-1] + final_tile)
         m.d.comb += [self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
-        reading_valid, weighted_valid = Signal(), Signal()
-        weighted_address = Signal.like(combine_address)
+        reading_valid, weighted_valid, writing_valid = Signal(), Signal(), Signal()
+        weighted_address, writing_address = Signal.like(combine_address), Signal.like(combine_address)
         m.d.sync += [reading_valid.eq(final_valid & combining), weighted_valid.eq(reading_valid),
-                     weighted_address.eq(combine_address)]
+                     writing_valid.eq(weighted_valid), weighted_address.eq(combine_address),
+                     writing_address.eq(weighted_address)]
         for c in range(cols):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
             weighted = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits),
                                                                     gate_pipe[-1].shape())
+            stored = Signal.like(self.combine_read.data[c], name=f"stored{c}")
+            product = Signal.like(weighted.p, name=f"weighted{c}")
             m.d.comb += [weighted.a.eq(lanes[c][:GemmMode.COMBINE.bits]), weighted.b.eq(gate_pipe[-1]),
-                         self.combine_write.data[c].eq(self.combine_read.data[c] + weighted.p)]
-        m.d.comb += [self.combine_write.addr.eq(weighted_address), self.combine_write.en.eq(weighted_valid)]
+                         self.combine_write.data[c].eq(stored + product)]
+            m.d.sync += [stored.eq(self.combine_read.data[c]), product.eq(weighted.p)]
+        m.d.comb += [self.combine_write.addr.eq(writing_address), self.combine_write.en.eq(writing_valid)]
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]
 
@@ -539,9 +590,13 @@ class GemmEngine(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
             m.d.sync += row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW))
+            m.d.sync += [flag.eq(payload.mode == mode) for mode, flag in modes.items()]
+            m.d.sync += [flag.eq(Cat(*(payload.mode == mode for mode in GemmMode if mode.bits == bits)).any())
+                         for bits, flag in ranges.items()]
             clamped_shift = at_most(payload.hidden_shift, hidden_width)
+            threshold = capped_power_of_two(clamped_shift + 7, hidden_width)
             m.d.sync += [hidden_shift.eq(clamped_shift), hidden_half.eq(half_minus_one(clamped_shift)),
-                         hidden_threshold.eq(capped_power_of_two(clamped_shift + 7, hidden_width))]   # 2^(s+7)
+                         hidden_threshold.eq(threshold), hidden_floor.eq(-threshold)]
             empty = (payload.m == 0) | (payload.k_tiles == 0) | (payload.n_tiles == 0)
             total = payload.k_tiles * payload.n_tiles
             m.d.sync += [
@@ -550,6 +605,8 @@ class GemmEngine(wiring.Component):
                 lane_valid.eq(Cat(*(payload.k_last > r for r in range(rows)))),
                 load_address.eq(payload.w_base),
                 load_left.eq(total), stream_left.eq(total), ready.eq(0), load_credit.eq(2), bank_credit.eq(2),
+                load_pending.eq(1), stream_pending.eq(1), tile_ready.eq(0), load_credited.eq(1), bank_credited.eq(1),
+                within.eq(0), last_row.eq(payload.m == 1), m_before_last.eq(payload.m - 2),
                 drained.eq(0), n_tiles_done.eq(0),
                 load_bank.eq(0), load_r.eq(0), loading.eq(0),
                 stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
@@ -557,37 +614,42 @@ class GemmEngine(wiring.Component):
             ]
         in_pipeline = Cat(*(valid for valid, _, _ in stages[1:]), serializing,
                           *(side.valid for side in gelu_side[1:])).any()
-        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~reading_valid & ~weighted_valid):
+        combining_now = Cat(reading_valid, weighted_valid, writing_valid).any()
+        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~combining_now):
             m.d.sync += busy.eq(0)
         return m
 
 
-def _saturate(m, value, command, aw, lane):
-    """Clamp to the mode's signed range (to 0 from below with `relu`); RAW (and any code that names no
-    mode) clamps to the accumulator. Two steps, one register apart: whether the value fits b bits (its bits
-    from b − 1 up all equal: a reduction, no comparator's carry chain), then the choice; the sign says on
-    which side it left the range. The result is a register later than `value`."""
+def _each_range(m, ranges, aw):
+    """The widths b of `ranges` (b → the command's flag for it, at most one set), then `aw` when none is set,
+    each yielded inside its `m.If` / `m.Elif` / `m.Else`."""
+    for index, (bits, flag) in enumerate([*ranges.items(), (aw, None)]):
+        with m.Else() if flag is None else m.If(flag) if index == 0 else m.Elif(flag):
+            yield bits
+
+
+def _saturate(m, value, ranges, relu, aw, lane):
+    """Clamp to the command's signed range of b bits (to 0 from below with `relu`), b from `ranges` (flags
+    set per command; none set, for RAW or a code that names no mode: the accumulator's width). Two steps, one
+    register apart: whether the value fits b bits (its bits from b − 1 up all equal: a reduction, no
+    comparator's carry chain), then the choice; the sign says on which side it left the range. The result
+    is a register later than `value`."""
     fits, held = Signal(name=f"fits{lane}"), Signal.like(value, name=f"held{lane}")
-    with m.Switch(command.mode):
-        for mode in [*(mode for mode in GemmMode if mode.bits), None]:
-            with m.Case(mode) if mode is not None else m.Default():
-                upper = value[(mode.bits if mode is not None else aw) - 1:]
-                m.d.sync += fits.eq(upper.all() | ~upper.any())
-    m.d.sync += held.eq(value)
     result = Signal(signed(aw), name=f"saturated{lane}")
+    m.d.sync += held.eq(value)
+    for bits in _each_range(m, ranges, aw):
+        upper = value[bits - 1:]
+        m.d.sync += fits.eq(upper.all() | ~upper.any())
     sign = held[-1]
-    with m.Switch(command.mode):
-        for mode in [*(mode for mode in GemmMode if mode.bits), None]:
-            with m.Case(mode) if mode is not None else m.Default():
-                bits = mode.bits if mode is not None else aw
-                with m.If(~fits & ~sign):
-                    m.d.comb += result.eq((1 << (bits - 1)) - 1)
-                with m.Elif(command.relu & sign):
-                    m.d.comb += result.eq(0)
-                with m.Elif(~fits):
-                    m.d.comb += result.eq(-(1 << (bits - 1)))
-                with m.Else():
-                    m.d.comb += result.eq(held)
+    for bits in _each_range(m, ranges, aw):
+        with m.If(~fits & ~sign):
+            m.d.comb += result.eq((1 << (bits - 1)) - 1)
+        with m.Elif(relu & sign):
+            m.d.comb += result.eq(0)
+        with m.Elif(~fits):
+            m.d.comb += result.eq(-(1 << (bits - 1)))
+        with m.Else():
+            m.d.comb += result.eq(held)
     return result
 
 

@@ -252,7 +252,7 @@ class LayerNorm(wiring.Component):
         advance = Signal()
         valid = [Signal(name=f"normalise{stage}_valid") for stage in range(self.NORMALISE_STAGES)]
         m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.output.valid.eq(valid[-1])]
-        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read.en.eq(advance)]
+        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         side = data.StructLayout({"bank": 1, "beat": unsigned(len(rows.read_beat)), "last": 1})
         sides = [Signal(side, name=f"normalise_side{stage}") for stage in range(self.NORMALISE_STAGES)]
         with m.If(advance):
@@ -289,7 +289,7 @@ class LayerNorm(wiring.Component):
             # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
             with m.If(advance):
-                m.d.sync += [scaled.eq(rows.read.data[lane] * row_r),                               # stage 2
+                m.d.sync += [scaled.eq(rows.read_data[lane] * row_r),                               # stage 2
                              centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 3
                              normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 4
                                                        row_e, NORMALISED_BITS))]

@@ -33,13 +33,22 @@ def pick(bank, pair):
 class RowBuffer:
     """Rows of `length` values of `shape`, `lanes` per beat, from the stream `input` (lanes past the row's end
     replaced by `fill`), at most `rows` of them while `enable`. Read back with `issue` (a beat of the bank
-    `read_bank`, in order; `read_last` on a row's last beat)."""
+    `read_bank`, in order; `read_last` on a row's last beat): the beat is in `read_data` a cycle later, when
+    `read_enable` was set (it holds otherwise)."""
 
     def __init__(self, m, name: str, input, *, length: int, lanes: int, shape, fill: int, rows, enable):
         self.beats = beats = -(-length // lanes)
         self.edge = length - (beats - 1) * lanes                        # valid lanes of the last beat
-        memory = m.submodules[name] = Memory(shape=data.ArrayLayout(shape, lanes), depth=2 * beats, init=[])
-        write, self.read = memory.write_port(), memory.read_port()
+        # A row is written into one bank while the other is read: never the same word, so the read of a word
+        # being written is left undefined (`no_rw_check`: no logic emulating the old word); the read is an
+        # asynchronous port and a register, which synthesis folds into the block RAM.
+        memory = m.submodules[name] = Memory(shape=data.ArrayLayout(shape, lanes), depth=2 * beats, init=[],
+                                             attrs={"no_rw_check": 1})
+        write, read = memory.write_port(), memory.read_port(domain="comb")
+        self.read_enable = Signal(name=f"{name}_read_enable")
+        self.read_data = Signal(data.ArrayLayout(shape, lanes), name=f"{name}_read_data")
+        with m.If(self.read_enable):
+            m.d.sync += self.read_data.eq(read.data)
         self.state = [Signal(BankState, name=f"{name}_bank{b}") for b in range(2)]
 
         # intake: a row starts in a free bank (one still FILLING may hold a complete row not yet reduced)
@@ -74,7 +83,7 @@ class RowBuffer:
             self.set_state(m, self.read_bank, BankState.READING)
             with m.If(self.read_last):
                 m.d.sync += self.read_bank.eq(~self.read_bank)
-        m.d.comb += self.read.addr.eq(self.read_bank * beats + self.read_beat)
+        m.d.comb += read.addr.eq(self.read_bank * beats + self.read_beat)
 
     def intake_sides(self, m, name: str, stages: int) -> list[Signal]:
         """{valid, first, last, bank} of the beat taken, through `stages` registers: what the unit's reduction

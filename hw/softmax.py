@@ -118,7 +118,7 @@ class Softmax(wiring.Component):
         scale_free = Signal()              # the row scale can take a row's sum
         leaving = valid[-1] & (~sides[-1].last | scale_free)
         m.d.comb += [advance.eq(~valid[-1] | (self.output.ready & leaving)), self.output.valid.eq(leaving)]
-        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read.en.eq(advance)]
+        m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         with m.If(advance):
             m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank), sides[0].last.eq(rows.read_last)]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.EXP_STAGES)]
@@ -155,7 +155,7 @@ class Softmax(wiring.Component):
                          reads[lane].addr.eq(exponent[:ops.ATTENTION_EXP_BITS]), reads[lane].en.eq(advance)]
             with m.If(advance):
                 m.d.sync += [
-                    distance.eq(row_max - rows.read.data[lane]),                                    # stage 2
+                    distance.eq(row_max - rows.read_data[lane]),                                    # stage 2
                     product.eq(distance * command.exp_multiplier),                                 # stage 3
                     rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
                     whole.eq(exponent[ops.ATTENTION_EXP_BITS:]), zero.eq(rounding >= zero_from),   # stage 5 (+ T[u])

@@ -192,7 +192,7 @@ def cmd_synth(args) -> int:
     from hw.synth import platform, synthesize
     platform(args.target)   # an unknown target fails before the unit is built
     component, name, model = _unit(args)
-    result = synthesize(component, name, args.target, args.freq, keep=args.output)
+    result = synthesize(component, name, args.target, args.freq, seed=args.seed, keep=args.output)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     synth.add_argument("--target", default="ulx3s-85f", help=f"target: {', '.join(PLACE_AND_ROUTE_TARGETS)}")
     synth.add_argument("--freq", type=float, default=125.0, help="clock constraint in MHz (default 125)")
+    synth.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
     synth.add_argument("-o", "--output", default=None, help="keep the netlists and logs in this directory")
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
