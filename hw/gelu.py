@@ -7,9 +7,9 @@ table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (
 multiplier per lane.
 
 `input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
-same beats in order, `LATENCY` = 10 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
-a stage; the table's word is registered before the multiplier). The pipeline stops as a whole while the
-output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
+same beats in order, `LATENCY` = 11 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
+a stage; the table's word lands in a register beside the block RAM, then in one before the multiplier). The
+pipeline stops as a whole while the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
 
 
 class Gelu(wiring.Component):
-    LATENCY = 10
+    LATENCY = 11
 
     def __init__(self, lanes: int = 16, width: int = 16):
         if not isinstance(lanes, int) or lanes < 1:
@@ -70,18 +70,18 @@ class Gelu(wiring.Component):
         # Per beat, its shifts travel with it: step = f − 5 (the interpolation's) and tail = 15 − f (δ's), and a
         # stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
         f = self.input.payload.fraction_bits
-        step = [Signal(4, name=f"step{stage}") for stage in range(7)]
-        tail = [Signal(4, name=f"tail{stage}") for stage in range(9)]
-        step_half = Signal(1 << 4, name="step_half")        # for stage 7
-        tail_half = Signal(1 << 4, name="tail_half")        # for stage 9
+        step = [Signal(4, name=f"step{stage}") for stage in range(8)]
+        tail = [Signal(4, name=f"tail{stage}") for stage in range(10)]
+        step_half = Signal(1 << 4, name="step_half")        # for stage 8
+        tail_half = Signal(1 << 4, name="tail_half")        # for stage 10
         with m.If(advance):
             m.d.sync += [valid[0].eq(self.input.valid), step[0].eq((f - MIN_FRACTION_BITS)[:4]),
                          tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)]
             m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
             m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
-            m.d.sync += [step_half.eq(half_minus_one(step[4], len(step_half))),
-                         tail_half.eq(half_minus_one(tail[6], len(tail_half)))]
+            m.d.sync += [step_half.eq(half_minus_one(step[5], len(step_half))),
+                         tail_half.eq(half_minus_one(tail[7], len(tail_half)))]
             with m.If(self.input.valid & (f < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
         for lane in range(self.lanes):
@@ -90,8 +90,9 @@ class Gelu(wiring.Component):
             relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
             whole = Signal(unsigned(self.width), name=f"whole{lane}")
             index = Signal(range(LAST_INDEX + 1), name=f"index{lane}")
-            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(4)]
+            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(5)]
             entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 4
+            word = Signal.like(entry, name=f"word{lane}")
             low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(3)]
             difference = Signal(signed(difference_width), name=f"difference{lane}")
             product = Signal(signed(difference_width + 11), name=f"product{lane}")
@@ -106,14 +107,15 @@ class Gelu(wiring.Component):
                     whole.eq(magnitude >> step[0]), fraction[0].eq(magnitude & ((1 << step[0]) - 1)),   # stage 2
                     index.eq(Mux(beyond, LAST_INDEX, whole)), fraction[1].eq(Mux(beyond, 0, fraction[0])),  # 3
                     fraction[2].eq(fraction[1]),                                                        # stage 4
-                    low[0].eq(entry[:low_width]), difference.eq(entry[low_width:]),                     # stage 5
-                    fraction[3].eq(fraction[2]),
-                    low[1].eq(low[0]), product.eq(difference * fraction[3]),                            # stage 6
-                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[5], step_half)),     # stage 7
-                    delta15.eq(low[2] + (interpolation >> step[6])),                                    # stage 8
-                    delta.eq(rounding_sum(delta15, tail[7], tail_half)),                               # stage 9
+                    word.eq(entry), fraction[3].eq(fraction[2]),                                        # stage 5
+                    low[0].eq(word[:low_width]), difference.eq(word[low_width:]),                       # stage 6
+                    fraction[4].eq(fraction[3]),
+                    low[1].eq(low[0]), product.eq(difference * fraction[4]),                            # stage 7
+                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[6], step_half)),     # stage 8
+                    delta15.eq(low[2] + (interpolation >> step[7])),                                    # stage 9
+                    delta.eq(rounding_sum(delta15, tail[8], tail_half)),                               # stage 10
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
-                m.d.sync += self.output.payload[lane].eq(                                               # stage 10
-                    relu[-1] - (delta >> tail[8]))
+                m.d.sync += self.output.payload[lane].eq(                                               # stage 11
+                    relu[-1] - (delta >> tail[9]))
         return m

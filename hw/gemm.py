@@ -30,7 +30,7 @@ import enum
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
@@ -363,7 +363,8 @@ class GemmEngine(wiring.Component):
         # holds at its rate: one per cycle through the drain, one per ⌈C / gelu_lanes⌉ cycles through GELU.
         gelu_path = DRAIN_STAGES + 1 + self.gelu_chunks + GELU_STAGES
         places = max(DRAIN_STAGES, -(-gelu_path // self.gelu_chunks)) + 3
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(self.out.payload.as_value()), depth=places)
+        # (in LUT RAM, read asynchronously: no wide output register whose enable fans out from the FIFO's level)
+        m.submodules.fifo = fifo = SyncFIFO(width=len(self.out.payload.as_value()), depth=places)
         drain_m = Signal.like(m_rows)
         draining = Signal()
         free = Signal(range(places + 1), init=places)   # FIFO places not taken or promised
