@@ -9,7 +9,8 @@ multiplier per lane.
 `input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
 same beats in order, `LATENCY` = 11 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
 a stage; the table's word lands in a register beside the block RAM, then in one before the multiplier). The
-pipeline stops as a whole while the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
+pipeline stops as a whole while the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's
+output is meaningless).
 """
 
 from __future__ import annotations

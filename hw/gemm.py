@@ -20,7 +20,7 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode. `COMBINE` (expert fc2) emits nothing: it requantizes to 18 bits, multiplies row m by the gate weight at
 `gate[list_base + m]` and adds it into the combine memory at (token `index[list_base + m]`, N tile j), word
 `token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port transparent to the engine's writes).
-Results leave about R + C + 16 cycles after their row streamed, through a small FIFO.
+Results leave about R + C + 19 cycles after their row streamed, through a small FIFO.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import enum
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
@@ -195,11 +194,12 @@ class GemmEngine(wiring.Component):
         k_last_tile = Signal.like(command.k_tiles)
         tile_count = range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1)
         busy = Signal()
-        # The command's mode as one flag per mode, and its saturation width as one flag per width, set with the
-        # command (no mode decoded on the data path).
+        # The command's mode as one flag per mode, and its saturation width as one flag per width (the
+        # accumulator's for RAW and codes that name no mode: exactly one set), set with the command (no mode
+        # decoded on the data path).
         modes = {mode: Signal(name=f"{mode.name.lower()}_mode") for mode in GemmMode}
-        ranges = {bits: Signal(name=f"saturate{bits}") for bits in sorted({mode.bits for mode in GemmMode
-                                                                            if mode.bits})}
+        widths = sorted({mode.bits for mode in GemmMode if mode.bits})
+        ranges = [(bits, Signal(name=f"saturate{bits}")) for bits in widths] + [(aw, Signal(name="saturate_raw"))]
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
 
         # --- The three overlapping walks over the tiles t = j·KT + i ------------------------------------------
@@ -363,8 +363,12 @@ class GemmEngine(wiring.Component):
         # holds at its rate: one per cycle through the drain, one per ⌈C / gelu_lanes⌉ cycles through GELU.
         gelu_path = DRAIN_STAGES + 1 + self.gelu_chunks + GELU_STAGES
         places = max(DRAIN_STAGES, -(-gelu_path // self.gelu_chunks)) + 3
-        # (in LUT RAM, read asynchronously: no wide output register whose enable fans out from the FIFO's level)
-        m.submodules.fifo = fifo = SyncFIFO(width=len(self.out.payload.as_value()), depth=places)
+        # The FIFO is LUT RAM written from a register and read asynchronously; the drain issues no row without a
+        # place for it (`free`), so a write needs no room check (no wide enable from the FIFO's level).
+        m.submodules.fifo = fifo = Memory(shape=len(self.out.payload.as_value()), depth=places, init=[])
+        fifo_write, fifo_read = fifo.write_port(), fifo.read_port(domain="comb")
+        produce, consume = Signal(range(places)), Signal(range(places))
+        fifo_rows, holding, leaving = Signal(range(places + 1)), Signal(), Signal()   # holding: fifo_rows ≠ 0
         drain_m = Signal.like(m_rows)
         draining = Signal()
         free = Signal(range(places + 1), init=places)   # FIFO places not taken or promised
@@ -537,10 +541,13 @@ class GemmEngine(wiring.Component):
         # the FIFO's write enable from a register: the rows that will arrive next cycle
         writing = Signal()
         m.d.sync += writing.eq(Mux(gelu_mode, gelu_side[-2].valid & gelu_side[-2].last, stages[-2][0] & ~combining))
-        m.d.comb += [fifo.w_en.eq(writing), fifo.w_data.eq(Mux(gelu_mode, hidden, result))]
+        m.d.comb += [fifo_write.addr.eq(produce), fifo_write.en.eq(writing),
+                     fifo_write.data.eq(Mux(gelu_mode, hidden, result))]
+        with m.If(writing):
+            m.d.sync += produce.eq(Mux(produce == places - 1, 0, produce + 1))
         # A place is promised when a row issues, and given back when a row leaves the FIFO or, in COMBINE
         # mode, leaves the pipeline without entering it: the new count is chosen among precomputed ones.
-        returned = Cat(fifo.r_en & fifo.r_rdy, final_valid & combining)
+        returned = Cat(leaving, final_valid & combining)
         with m.Switch(Cat(issue_drain, returned)):
             for events in range(8):
                 gained = ((events >> 1) & 1) + ((events >> 2) & 1) - (events & 1)
@@ -584,16 +591,20 @@ class GemmEngine(wiring.Component):
                          self.combine_write.data[c].eq(stored + product)]
             m.d.sync += [stored.eq(self.combine_read.data[c]), product.eq(weighted.p)]
         m.d.comb += [self.combine_write.addr.eq(writing_address), self.combine_write.en.eq(writing_valid)]
-        m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(self.out.ready)]
+        m.d.comb += [fifo_read.addr.eq(consume), self.out.valid.eq(holding), self.out.payload.eq(fifo_read.data),
+                     leaving.eq(self.out.ready & holding)]
+        with m.If(leaving):
+            m.d.sync += consume.eq(Mux(consume == places - 1, 0, consume + 1))
+        count(fifo_rows, holding, writing, leaving)
 
         # Commands.
         with m.If(self.command.valid & self.command.ready):
             payload = self.command.payload
             m.d.sync += row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW))
             m.d.sync += [flag.eq(payload.mode == mode) for mode, flag in modes.items()]
-            m.d.sync += [flag.eq(Cat(*(payload.mode == mode for mode in GemmMode if mode.bits == bits)).any())
-                         for bits, flag in ranges.items()]
+            named = [Cat(*(payload.mode == mode for mode in GemmMode if mode.bits == bits)).any() for bits in widths]
+            m.d.sync += [flag.eq(is_named) for (_, flag), is_named in zip(ranges, named)]
+            m.d.sync += ranges[-1][1].eq(~Cat(*named).any())
             clamped_shift = at_most(payload.hidden_shift, hidden_width)
             threshold = capped_power_of_two(clamped_shift + 7, hidden_width)
             m.d.sync += [hidden_shift.eq(clamped_shift), hidden_half.eq(half_minus_one(clamped_shift)),
@@ -621,36 +632,31 @@ class GemmEngine(wiring.Component):
         return m
 
 
-def _each_range(m, ranges, aw):
-    """The widths b of `ranges` (b → the command's flag for it, at most one set), then `aw` when none is set,
-    each yielded inside its `m.If` / `m.Elif` / `m.Else`."""
-    for index, (bits, flag) in enumerate([*ranges.items(), (aw, None)]):
-        with m.Else() if flag is None else m.If(flag) if index == 0 else m.Elif(flag):
-            yield bits
-
-
 def _saturate(m, value, ranges, relu, aw, lane):
-    """Clamp to the command's signed range of b bits (to 0 from below with `relu`), b from `ranges` (flags
-    set per command; none set, for RAW or a code that names no mode: the accumulator's width). Two steps, one
-    register apart: whether the value fits b bits (its bits from b − 1 up all equal: a reduction, no
-    comparator's carry chain), then the choice; the sign says on which side it left the range. The result
-    is a register later than `value`."""
+    """Clamp to the command's signed range of b bits (to 0 from below with `relu`): `ranges` lists (b, flag),
+    the flags set per command, exactly one set. Two steps, one register apart: whether the value fits b bits
+    (its bits from b − 1 up all equal: a reduction, no comparator's carry chain; each width's check in parallel,
+    the command's chosen by its flag), then the choice; the sign says on which side it left the range. The
+    result is a register later than `value`."""
     fits, held = Signal(name=f"fits{lane}"), Signal.like(value, name=f"held{lane}")
     result = Signal(signed(aw), name=f"saturated{lane}")
     m.d.sync += held.eq(value)
-    for bits in _each_range(m, ranges, aw):
+    checks = []
+    for bits, flag in ranges:
         upper = value[bits - 1:]
-        m.d.sync += fits.eq(upper.all() | ~upper.any())
+        checks.append(flag & (upper.all() | ~upper.any()))
+    m.d.sync += fits.eq(Cat(*checks).any())
     sign = held[-1]
-    for bits in _each_range(m, ranges, aw):
-        with m.If(~fits & ~sign):
-            m.d.comb += result.eq((1 << (bits - 1)) - 1)
-        with m.Elif(relu & sign):
-            m.d.comb += result.eq(0)
-        with m.Elif(~fits):
-            m.d.comb += result.eq(-(1 << (bits - 1)))
-        with m.Else():
-            m.d.comb += result.eq(held)
+    for index, (bits, flag) in enumerate(ranges):
+        with m.If(flag) if index == 0 else m.Elif(flag) if index < len(ranges) - 1 else m.Else():
+            with m.If(~fits & ~sign):
+                m.d.comb += result.eq((1 << (bits - 1)) - 1)
+            with m.Elif(relu & sign):
+                m.d.comb += result.eq(0)
+            with m.Elif(~fits):
+                m.d.comb += result.eq(-(1 << (bits - 1)))
+            with m.Else():
+                m.d.comb += result.eq(held)
     return result
 
 
