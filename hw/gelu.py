@@ -7,10 +7,10 @@ table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (
 multiplier per lane.
 
 `input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
-same beats in order, `LATENCY` = 11 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
-a stage; the table's word lands in a register beside the block RAM, then in one before the multiplier). The
-pipeline stops as a whole while the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's
-output is meaningless).
+same beats in order, `LATENCY` = 13 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
+a stage; the table's word lands in a register beside the block RAM, then in one before the multiplier; each
+rounding adds 2^(s−1) − 1 while it picks the kept bit, then adds that bit). The pipeline stops as a whole while
+the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, rounding_sum
+from .arith import half_minus_one, kept_bit
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
@@ -30,7 +30,7 @@ MIN_FRACTION_BITS, MAX_FRACTION_BITS = ops.GELU_STEP_BITS, 15
 
 
 class Gelu(wiring.Component):
-    LATENCY = 11
+    LATENCY = 13
 
     def __init__(self, lanes: int = 16, width: int = 16):
         if not isinstance(lanes, int) or lanes < 1:
@@ -71,10 +71,10 @@ class Gelu(wiring.Component):
         # Per beat, its shifts travel with it: step = f − 5 (the interpolation's) and tail = 15 − f (δ's), and a
         # stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
         f = self.input.payload.fraction_bits
-        step = [Signal(4, name=f"step{stage}") for stage in range(8)]
-        tail = [Signal(4, name=f"tail{stage}") for stage in range(10)]
+        step = [Signal(4, name=f"step{stage}") for stage in range(9)]
+        tail = [Signal(4, name=f"tail{stage}") for stage in range(12)]
         step_half = Signal(1 << 4, name="step_half")        # for stage 8
-        tail_half = Signal(1 << 4, name="tail_half")        # for stage 10
+        tail_half = Signal(1 << 4, name="tail_half")        # for stage 11
         with m.If(advance):
             m.d.sync += [valid[0].eq(self.input.valid), step[0].eq((f - MIN_FRACTION_BITS)[:4]),
                          tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
@@ -82,7 +82,7 @@ class Gelu(wiring.Component):
             m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
             m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
             m.d.sync += [step_half.eq(half_minus_one(step[5], len(step_half))),
-                         tail_half.eq(half_minus_one(tail[7], len(tail_half)))]
+                         tail_half.eq(half_minus_one(tail[8], len(tail_half)))]
             with m.If(self.input.valid & (f < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
         for lane in range(self.lanes):
@@ -94,12 +94,15 @@ class Gelu(wiring.Component):
             fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(5)]
             entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 4
             word = Signal.like(entry, name=f"word{lane}")
-            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(3)]
+            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(4)]
             difference = Signal(signed(difference_width), name=f"difference{lane}")
             product = Signal(signed(difference_width + 11), name=f"product{lane}")
             interpolation = Signal(signed(difference_width + 12), name=f"interpolation{lane}")   # before its shift
+            halfway = Signal.like(interpolation, name=f"halfway{lane}")
             delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
             delta = Signal(signed(low_width + 3), name=f"delta{lane}")                           # before its shift
+            delta_halfway = Signal.like(delta, name=f"delta_halfway{lane}")
+            kept = [Signal(name=f"kept{lane}_{stage}") for stage in range(2)]
             beyond = whole >= LAST_INDEX
             m.d.comb += [reads[lane].addr.eq(index), reads[lane].en.eq(advance), entry.eq(reads[lane].data)]
             with m.If(advance):
@@ -112,11 +115,14 @@ class Gelu(wiring.Component):
                     low[0].eq(word[:low_width]), difference.eq(word[low_width:]),                       # stage 6
                     fraction[4].eq(fraction[3]),
                     low[1].eq(low[0]), product.eq(difference * fraction[4]),                            # stage 7
-                    low[2].eq(low[1]), interpolation.eq(rounding_sum(product, step[6], step_half)),     # stage 8
-                    delta15.eq(low[2] + (interpolation >> step[7])),                                    # stage 9
-                    delta.eq(rounding_sum(delta15, tail[8], tail_half)),                               # stage 10
+                    low[2].eq(low[1]), halfway.eq(product + step_half),                                 # stage 8
+                    kept[0].eq(kept_bit(product, step[6])),
+                    low[3].eq(low[2]), interpolation.eq(halfway + kept[0]),                             # stage 9
+                    delta15.eq(low[3] + (interpolation >> step[8])),                                    # stage 10
+                    delta_halfway.eq(delta15 + tail_half), kept[1].eq(kept_bit(delta15, tail[9])),      # stage 11
+                    delta.eq(delta_halfway + kept[1]),                                                  # stage 12
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
-                m.d.sync += self.output.payload[lane].eq(                                               # stage 11
-                    relu[-1] - (delta >> tail[9]))
+                m.d.sync += self.output.payload[lane].eq(                                               # stage 13
+                    relu[-1] - (delta >> tail[11]))
         return m

@@ -43,8 +43,9 @@ from .multiplier import Multiplier
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
            "COMBINE_WIDTH", "GATE_WIDTH"]
 
-DRAIN_STAGES = 13  # read, register, + bias, the DSPs' input and product registers, partial products' register,
-                   # product, + half, + kept bit, shift by bytes, shift by bits, range, saturate
+DRAIN_STAGES = 14  # read, register, + bias, the DSPs' input and product registers, partial products' register,
+                   # product, + half (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, shift by
+                   # bits, range, saturate
 STREAM_STAGES = 3  # from a row's issue to the array's input: the index read, the source row, the X word read
 GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 5   # GELU, × m_h, its register, the kept bit, + half,
                                                       # range and shift, saturate
@@ -444,10 +445,12 @@ class GemmEngine(wiring.Component):
             product = Signal(signed(product_width), name=f"product{c}")
             halfway = Signal(signed(product_width + 1), name=f"halfway{c}")
             kept = Signal(name=f"kept{c}")
+            byte = Signal(8, name=f"byte{c}")                     # the byte of the product holding the kept bit
+            halfway_held = Signal.like(halfway, name=f"halfway_held{c}")
             rounded = Signal(signed(product_width + 1), name=f"rounded{c}")
             coarse = Signal(signed(product_width + 1), name=f"coarse{c}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{c}")
-            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(9)]
+            shift = [Signal(6, name=f"shift{c}_{stage}") for stage in range(10)]
             half = [Signal.like(halves[c], name=f"half{c}_{stage}") for stage in range(6)]
             # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit
             # far from its adder in the placement)
@@ -467,12 +470,15 @@ class GemmEngine(wiring.Component):
                 biased[3].eq(biased[2]), shift[4].eq(shift[3]), half[4].eq(half[3]),
                 product.eq(Mux(raw, biased[3], (partial_high << PARTIAL) + partial_low)),
                 shift[5].eq(shift[4]), half[5].eq(half[4]),
-                halfway.eq(product + half[5]),
-                kept.eq(kept_bit(product, shift[5])), shift[6].eq(shift[5]),
-                rounded.eq(halfway + kept), shift[7].eq(shift[6]),
+                # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
+                halfway.eq(product + half[5]), shift[6].eq(shift[5]),
+                byte.eq(Cat(product, product[-1].replicate(max(0, 64 - product_width))).word_select(shift[5][3:], 8)),
+                halfway_held.eq(halfway), kept.eq(Mux(shift[6] == 0, 0, byte.bit_select(shift[6][:3], 1))),
+                shift[7].eq(shift[6]),
+                rounded.eq(halfway_held + kept), shift[8].eq(shift[7]),
                 # the shift in two steps: by whole bytes, then by the rest
-                coarse.eq(rounded >> Cat(Const(0, 3), shift[7][3:])), shift[8].eq(shift[7]),
-                shifted.eq(coarse >> shift[8][:3]),
+                coarse.eq(rounded >> Cat(Const(0, 3), shift[8][3:])), shift[9].eq(shift[8]),
+                shifted.eq(coarse >> shift[9][:3]),
             ]
             m.d.sync += lanes[c].eq(_saturate(m, shifted, ranges, command.relu, aw, c))
         combining = modes[GemmMode.COMBINE]
@@ -634,18 +640,24 @@ class GemmEngine(wiring.Component):
 
 def _saturate(m, value, ranges, relu, aw, lane):
     """Clamp to the command's signed range of b bits (to 0 from below with `relu`): `ranges` lists (b, flag),
-    the flags set per command, exactly one set. Two steps, one register apart: whether the value fits b bits
-    (its bits from b − 1 up all equal: a reduction, no comparator's carry chain; each width's check in parallel,
-    the command's chosen by its flag), then the choice; the sign says on which side it left the range. The
-    result is a register later than `value`."""
-    fits, held = Signal(name=f"fits{lane}"), Signal.like(value, name=f"held{lane}")
+    the flags set per command, exactly one set. Two steps, one register apart: first, for each span of bits
+    between the widths' sign positions b − 1, whether it is all ones and whether all zeros (reductions, no
+    comparator's carry chain); then whether the value fits b bits (its bits from b − 1 up all equal: the
+    spans' flags), and the choice; the sign says on which side it left the range. The result is a register
+    later than `value`."""
+    held = Signal.like(value, name=f"held{lane}")
     result = Signal(signed(aw), name=f"saturated{lane}")
     m.d.sync += held.eq(value)
+    starts = sorted({bits - 1 for bits, _ in ranges if bits - 1 < len(value)})
+    ones, zeros = Signal(len(starts), name=f"ones{lane}"), Signal(len(starts), name=f"zeros{lane}")
+    for index, start in enumerate(starts):
+        span = value[start:starts[index + 1] if index + 1 < len(starts) else len(value)]
+        m.d.sync += [ones[index].eq(span.all()), zeros[index].eq(~span.any())]
     checks = []
     for bits, flag in ranges:
-        upper = value[bits - 1:]
-        checks.append(flag & (upper.all() | ~upper.any()))
-    m.d.sync += fits.eq(Cat(*checks).any())
+        first = starts.index(bits - 1) if bits - 1 < len(value) else len(starts)
+        checks.append(flag & (ones[first:].all() | zeros[first:].all()))
+    fits = Cat(*checks).any()
     sign = held[-1]
     for index, (bits, flag) in enumerate(ranges):
         with m.If(flag) if index == 0 else m.Elif(flag) if index < len(ranges) - 1 else m.Else():
