@@ -384,13 +384,14 @@ class GemmEngine(wiring.Component):
         def clamped(shift):
             return at_most(shift, product_width)
 
+        drain_last = Signal()                         # drain_m = M − 1, a flag kept like the streamer's
         with m.If(busy & (drained < n_tiles_done) & ~params_ready & ~draining):
-            m.d.sync += [draining.eq(1), drain_m.eq(0)]
+            m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
             for c in range(cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
                 m.d.sync += halves[c].eq(half_minus_one(clamped(self.p_read.data[c].shift)))
-        room = free != 0
+        room = Signal(init=1)                         # free ≠ 0
         issue_drain = Signal()
         # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
         gelu_mode = modes[GemmMode.GELU]
@@ -401,10 +402,9 @@ class GemmEngine(wiring.Component):
         with m.Elif(spacing != 0):
             m.d.sync += spacing.eq(spacing - 1)
         m.d.comb += drain_read.addr.eq(accumulator_row(drained, drain_m))
-        drain_last = drain_m == m_last
         m.d.comb += drain_done.eq(issue_drain & drain_last)
         with m.If(issue_drain):
-            m.d.sync += drain_m.eq(drain_m + 1)
+            m.d.sync += [drain_m.eq(drain_m + 1), drain_last.eq(~drain_last & (drain_m == m_before_last))]
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
         # Pipeline, one register per step so the requantizer meets timing on FPGA block RAMs and DSP blocks:
@@ -558,7 +558,7 @@ class GemmEngine(wiring.Component):
             for events in range(8):
                 gained = ((events >> 1) & 1) + ((events >> 2) & 1) - (events & 1)
                 with m.Case(events):
-                    m.d.sync += free.eq(free + gained)
+                    m.d.sync += [free.eq(free + gained), room.eq(free + gained != 0)]
 
         # Scatter-accumulate (COMBINE): row m's token and gate weight are read with the accumulator row and
         # travel with it down the output path.
@@ -633,7 +633,10 @@ class GemmEngine(wiring.Component):
         in_pipeline = Cat(*(valid for valid, _, _ in stages[1:]), serializing,
                           *(side.valid for side in gelu_side[1:])).any()
         combining_now = Cat(reading_valid, weighted_valid, writing_valid).any()
-        with m.If(busy & (drained == command.n_tiles) & ~in_pipeline & ~combining_now):
+        # registered: the pipeline was empty in the previous cycle and no row issued then
+        emptied = Signal()
+        m.d.sync += emptied.eq(~(issue_drain | in_pipeline | combining_now))
+        with m.If(busy & (drained == command.n_tiles) & emptied):
             m.d.sync += busy.eq(0)
         return m
 
