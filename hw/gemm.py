@@ -195,10 +195,11 @@ class GemmEngine(wiring.Component):
         k_last_tile = Signal.like(command.k_tiles)
         tile_count = range(tiles(self.max_k, rows) * tiles(self.max_n, cols) + 1)
         busy = Signal()
-        # The command's mode as one flag per mode, and its saturation width as one flag per width (the
-        # accumulator's for RAW and codes that name no mode: exactly one set), set with the command (no mode
-        # decoded on the data path).
-        modes = {mode: Signal(name=f"{mode.name.lower()}_mode") for mode in GemmMode}
+        # The modes the output path tells apart as flags, and the command's saturation width as one flag per
+        # width (the accumulator's for RAW and codes that name no mode: exactly one set), set with the command
+        # (no mode decoded on the data path).
+        modes = {mode: Signal(name=f"{mode.name.lower()}_mode") for mode in (GemmMode.RAW, GemmMode.COMBINE,
+                                                                              GemmMode.GELU)}
         widths = sorted({mode.bits for mode in GemmMode if mode.bits})
         ranges = [(bits, Signal(name=f"saturate{bits}")) for bits in widths] + [(aw, Signal(name="saturate_raw"))]
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
