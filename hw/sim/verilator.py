@@ -249,7 +249,7 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
             raise RuntimeError(f"Verilator build of {top} failed ({command[0]}):\n{result.stdout[-3000:]}"
                                f"{result.stderr[-3000:]}")
     (directory / "model.tmp.so").rename(directory / "model.so")
-    shutil.rmtree(directory / "obj")
+    shutil.rmtree(directory / "obj", ignore_errors=True)   # another process may have built it too
 
 
 def _prune(keep: Path) -> None:
