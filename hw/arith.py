@@ -5,7 +5,8 @@ from __future__ import annotations
 from amaranth import Cat, Const, Mux, Signal, Value
 
 __all__ = ["index_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
-           "rounding_sum", "round_shift", "shift_right", "times_constant", "bit_length", "tree_sum"]
+           "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right", "times_constant",
+           "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -59,6 +60,20 @@ def kept_bit(value, shift):
     beyond = value[-1] if value.shape().signed else 0
     offset = shift[:index_bits(len(value))]
     return Mux(shift == 0, 0, Mux(shift >= len(value), beyond, value.bit_select(offset, 1)))
+
+
+def kept_byte(value, shift):
+    """The first of two steps of `kept_bit` for a 6-bit `shift`: the byte of `value` (sign-extended to 64 bits)
+    that holds bit `shift`. `kept_bit_of_byte` picks the bit from it a register later."""
+    value, shift = Value.cast(value), Value.cast(shift)
+    sign = value[-1] if value.shape().signed else Const(0)
+    return Cat(value, sign.replicate(max(0, 64 - len(value)))).word_select(shift[3:6], 8)
+
+
+def kept_bit_of_byte(byte, shift):
+    """The second step: bit `shift` of the value from its `kept_byte` (0 for shift 0), as `kept_bit` gives it."""
+    shift = Value.cast(shift)
+    return Mux(shift == 0, 0, Value.cast(byte).bit_select(shift[:3], 1))
 
 
 def rounding_sum(value, shift, half=None):

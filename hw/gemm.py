@@ -35,7 +35,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import at_most, capped_power_of_two, half_minus_one, index_bits, kept_bit, shift_right
+from .arith import (at_most, capped_power_of_two, half_minus_one, index_bits, kept_bit, kept_bit_of_byte,
+                    kept_byte, shift_right)
 from .array import SystolicArray
 from .gelu import Gelu
 from .multiplier import Multiplier
@@ -473,8 +474,8 @@ class GemmEngine(wiring.Component):
                 shift[5].eq(shift[4]), half[5].eq(half[4]),
                 # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
                 halfway.eq(product + half[5]), shift[6].eq(shift[5]),
-                byte.eq(Cat(product, product[-1].replicate(max(0, 64 - product_width))).word_select(shift[5][3:], 8)),
-                halfway_held.eq(halfway), kept.eq(Mux(shift[6] == 0, 0, byte.bit_select(shift[6][:3], 1))),
+                byte.eq(kept_byte(product, shift[5])),
+                halfway_held.eq(halfway), kept.eq(kept_bit_of_byte(byte, shift[6])),
                 shift[7].eq(shift[6]),
                 rounded.eq(halfway_held + kept), shift[8].eq(shift[7]),
                 # the shift in two steps: by whole bytes, then by the rest
