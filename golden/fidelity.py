@@ -1,7 +1,7 @@
 """Fidelity and speed of the integer golden model against the float model (`m3vit golden`).
 
-A trained-like seeded float model (or a checkpoint) is calibrated on structured images and quantized; float
-and integer inference then run on held-out structured images of every task, and the report gives the
+A trained-like seeded float model (or a checkpoint) is calibrated on natural images (or the user's) and
+quantized; float and integer inference then run on held-out images of every task, and the report gives the
 backbone's SNR (overall and per block), the routers' agreement with the float routing per MoE layer with the
 float model's top-k margin histogram beside it, the task heads' SNR, and the wall time of one inference of
 each, measured in the same run.
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
-from .images import structured_images
+from .images import natural_images
 from .model import run
 from .quantize import quantize_image
 from .quantized import QuantizedModel
 
-__all__ = ["measure", "snr_db", "MARGIN_BINS", "CALIBRATION_SEED", "TEST_SEED"]
+__all__ = ["measure", "load_float", "snr_db", "MARGIN_BINS", "CALIBRATION_SEED", "TEST_SEED"]
 
 MARGIN_BINS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, float("inf"))
 CALIBRATION_SEED, TEST_SEED = 1000, 2000
@@ -42,27 +42,31 @@ def _best_time(function, repeats: int) -> float:
     return min(times)
 
 
-def _load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None):
+def load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None, backbone_only: bool = False):
+    """(the float model, what loading its checkpoint did or None): the seeded trained-like model, or a
+    checkpoint (`M3ViT.save`'s format, or official names: a backbone-only one gets seeded random heads)."""
     from .float_model import M3ViT, read_checkpoint
 
     if checkpoint is None:
-        return M3ViT.trained_like(config, seed)
+        return M3ViT.trained_like(config, seed), None
     data = read_checkpoint(checkpoint)
     if isinstance(data, dict) and "format" in data:
-        return M3ViT.load(checkpoint)
-    model = M3ViT(config)
-    model.load_official_state_dict(data)
-    return model.eval()
+        return M3ViT.load(checkpoint), None
+    model = M3ViT.random(config, seed)
+    report = model.load_official_state_dict(data, backbone_only=backbone_only)
+    return model.eval(), report
 
 
 def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 0,
-            checkpoint: str | Path | None = None, calibration_images: int = 16, test_images: int = 8,
+            checkpoint: str | Path | None = None, backbone_only: bool = False, calibration: np.ndarray | None = None,
+            test: np.ndarray | None = None, calibration_images: int = 16, test_images: int = 8,
             repeats: int = 3) -> dict:
-    """The fidelity report of `config` for `tasks` (default all; timing uses the first). A quantized-model
-    file as `checkpoint` (`.npz`) has no float model beside it: the report then holds the integer model's
-    figures only."""
+    """The fidelity report of `config` for `tasks` (default all; timing uses the first). `calibration` and
+    `test` are float images [N, C, H, W] (default: seeded natural images, `calibration_images` and
+    `test_images` of them). A quantized-model file as `checkpoint` (`.npz`) has no float model beside it: the
+    report then holds the integer model's figures only."""
     tasks = list(range(config.num_tasks)) if tasks is None else [config.task_index(t) for t in tasks]
-    test = structured_images(config, test_images, TEST_SEED + seed)
+    test = natural_images(config, test_images, TEST_SEED + seed) if test is None else test
     if checkpoint is not None and str(checkpoint).endswith(".npz"):
         quantized = QuantizedModel.load(checkpoint, expect=config)
         image = quantize_image(quantized, test[0])
@@ -70,8 +74,10 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
                 "golden_seconds": _best_time(lambda: run(quantized, image, tasks[0]), repeats)}
 
     from .float_model import float_inference, quantize_model
-    network = _load_float(config, seed, checkpoint)
-    quantized = quantize_model(network, structured_images(config, calibration_images, CALIBRATION_SEED + seed))
+    network, loaded = load_float(config, seed, checkpoint, backbone_only)
+    if calibration is None:
+        calibration = natural_images(config, calibration_images, CALIBRATION_SEED + seed)
+    quantized = quantize_model(network, calibration)
     residual_scale = quantized.scales["residual"]
     per_task = {}
     for task in tasks:
@@ -106,10 +112,19 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
     golden_seconds, float_seconds = _time_both(network, quantized, image, quantize_image(quantized, image),
                                                tasks[0], repeats)
     reports = per_task.values()
+    per_layer = {block: {task: figures["router_agreement"][block] for task, figures in per_task.items()}
+                 for block in config.moe_blocks}
+    worst = min(((agreement, block, task) for block, by_task in per_layer.items()
+                 for task, agreement in by_task.items()), default=None)
     return {
         "preset": config.name, "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint),
-        "calibration_images": calibration_images, "test_images": test_images,
+        "checkpoint_report": None if loaded is None else loaded.summary(),
+        "calibration_images": len(calibration), "test_images": len(test),
         "snr_db": min(t["snr_db"] for t in reports),
+        "snr_db_per_block": {block: min(t["snr_db_per_block"][block] for t in reports)
+                             for block in range(config.depth)},
+        "router_agreement_per_layer": per_layer,
+        "worst_layer": None if worst is None else {"block": worst[1], "task": worst[2], "agreement": worst[0]},
         "router_agreement": min((a for t in reports for a in t["router_agreement"].values()), default=1.0),
         "head_snr_db": min(t["head_snr_db"] for t in reports),
         "golden_seconds": golden_seconds, "float_seconds": float_seconds,

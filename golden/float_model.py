@@ -24,14 +24,12 @@ from torch import nn
 from .config import ModelConfig
 from .images import structured_images
 
-__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "route", "time_inference", "calibrate",
+__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "CheckpointReport", "map_checkpoint", "route", "time_inference", "calibrate",
            "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",
-           "CHECKPOINT_FORMAT", "OUTLIER_RATIO", "ROUTER_MARGIN"]
+           "CHECKPOINT_FORMAT"]
 
 LN_EPS = 1e-6
 CHECKPOINT_FORMAT = "m3vit-float-1"
-OUTLIER_RATIO = 12.0      # max/rms of the residual stream after block 0 in a trained M³ViT-tiny
-ROUTER_MARGIN = 0.15      # median top-k margin (k-th minus (k+1)-th logit) of a trained router
 
 
 def _no_probe(name, tensor):
@@ -255,35 +253,12 @@ class M3ViT(nn.Module):
 
     @classmethod
     def trained_like(cls, config: ModelConfig, seed: int = 0) -> "M3ViT":
-        """A seeded random model shaped like a trained one where that matters to quantization (a random
-        one flatters it): one outlier channel in the residual stream, max/rms ≈ `OUTLIER_RATIO` after block 0
-        (as far as the embed dim allows: one channel can reach at most sqrt(D)), damped by the LayerNorms' γ
-        as training learns to; and every router scaled, layer by layer, so its median top-k logit margin on
-        structured images is `ROUTER_MARGIN` (a few percent of tokens then fall under 0.01)."""
+        """A seeded random model shaped like a trained one where that matters to quantization (a random one
+        flatters it): the activation tails and the routing measured on a trained M³ViT-tiny, reached block by
+        block on natural images (`golden.trained_like`)."""
+        from .trained_like import shape_like_trained
         model = cls.random(config, seed)
-        images = torch.from_numpy(structured_images(config, 4, seed + 7919))
-        channel = int(torch.randint(config.embed_dim, (1,), generator=torch.Generator().manual_seed(seed)))
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
-                    parameter[channel] = 0.1
-            bias = model.patch_embed.proj.bias
-            target = min(OUTLIER_RATIO, 0.9 * math.sqrt(config.embed_dim))
-            low, high = 0.0, 1000.0
-            for _ in range(30):  # bisect the outlier's size for the max/rms ratio after block 0
-                bias[channel] = (low + high) / 2
-                out = model(images, 0, intermediates=True).blocks[0]
-                ratio = float(out.abs().max() / out.pow(2).mean().sqrt())
-                low, high = (bias[channel].item(), high) if ratio < target else (low, bias[channel].item())
-            for block in config.moe_blocks:
-                for task in range(config.num_tasks):
-                    gate = model.blocks[block].mlp.gate[task].w_gate
-                    inputs = {}
-                    model(images, task, probe=lambda n, t: inputs.setdefault(n, t))
-                    logits = inputs[f"blocks.{block}.norm2"].reshape(-1, config.embed_dim) @ gate
-                    if config.top_k < config.num_experts:
-                        top = torch.topk(logits, config.top_k + 1, dim=-1).values
-                        gate *= ROUTER_MARGIN / float((top[:, -2] - top[:, -1]).median())
+        shape_like_trained(model, seed)
         return model.eval()
 
     @classmethod
@@ -301,42 +276,39 @@ class M3ViT(nn.Module):
         torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
                     "state_dict": self.state_dict()}, path)
 
-    def load_official_state_dict(self, state_dict: dict, *, backbone_only: bool = False) -> None:
-        """Load weights named as the official M³ViT code names them, strictly: missing keys, unexpected keys
-        and wrong shapes are reported together in one `CheckpointError`. A dict wrapping the weights under
-        `model` or `state_dict` (as training scripts save them) is unwrapped. With `backbone_only`, the task
-        heads keep their weights and head keys in the file are ignored."""
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
-        if not isinstance(state_dict, dict):
-            raise CheckpointError(f"state dict must be a mapping of names to tensors, not {type(state_dict).__name__}")
-        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    def load_official_state_dict(self, state_dict: dict, *, backbone_only: bool = False) -> "CheckpointReport":
+        """Load weights named as the official M³ViT code names them (`map_checkpoint` says how names map and
+        what is ignored). Missing keys and wrong shapes are reported together in one `CheckpointError`. With
+        `backbone_only`, the task heads keep their weights and head keys in the file are ignored."""
+        mapped, report = map_checkpoint(state_dict, self.config, backbone_only=backbone_only)
         ours = self.state_dict()
         if backbone_only:
             ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("heads.")}
-        missing = sorted(set(ours) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(ours))
+        missing = sorted(set(ours) - set(mapped))
         wrong = []
-        for key in sorted(set(ours) & set(state_dict)):
-            value = state_dict[key]
+        for key in sorted(set(ours) & set(mapped)):
+            value = mapped[key]
             if not isinstance(value, torch.Tensor):
                 wrong.append(f"{key}: not a tensor ({type(value).__name__})")
             elif tuple(value.shape) != tuple(ours[key].shape):
                 wrong.append(f"{key}: shape {tuple(value.shape)}, expected {tuple(ours[key].shape)}")
+            elif value.is_floating_point() != ours[key].is_floating_point():
+                wrong.append(f"{key}: dtype {value.dtype}, expected {ours[key].dtype}")
             elif value.is_floating_point() and not torch.isfinite(value).all():
                 wrong.append(f"{key}: contains NaN or inf")
         problems = []
         if missing:
-            problems.append(f"{len(missing)} missing: " + ", ".join(missing))
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected))
+            shown = ", ".join(missing[:12]) + (f", … ({len(missing) - 12} more)" if len(missing) > 12 else "")
+            problems.append(f"{len(missing)} missing: {shown}")
         if wrong:
-            problems.append(f"{len(wrong)} wrong: " + "; ".join(wrong))
+            problems.append(f"{len(wrong)} wrong: " + "; ".join(wrong[:12]))
         if problems:
-            raise CheckpointError(f"state dict does not match {self.config.name}: " + " | ".join(problems))
-        self.load_state_dict(state_dict, strict=not backbone_only)
+            hint = (" (a backbone-only checkpoint? give --backbone-only)"
+                    if missing and all(k.startswith("heads.") for k in missing) else "")
+            raise CheckpointError(f"state dict does not match {self.config.name}: " + " | ".join(problems)
+                                  + f" (mapped {report.mapped} keys; ignored {len(report.ignored)}){hint}")
+        self.load_state_dict({k: mapped[k] for k in ours}, strict=not backbone_only)
+        return report
 
     # Inference ---------------------------------------------------------------------------------------------
 
@@ -390,12 +362,14 @@ def time_inference(config: ModelConfig, *, task: int | str = 0, repeats: int = 3
             "threads": torch.get_num_threads(), "float_seconds": min(times)}
 
 
-def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | None = None) -> dict[str, float]:
+def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | None = None) -> dict:
     """Clip magnitudes of every tensor the quantizer needs, over float images [N, C, H, W] run with every task
     in `tasks` (default all): by probe name, plus `image`, `residual` (the whole residual stream) and
     `blocks.{b}.norm2_router` (the router's input). The clip is max |x|, or with `percentile` the largest
     per-batch `percentile`-th percentile of |x| for the int8 activations (`PERCENTILE_CLIPPED`); the residual
-    stream, the router's input and the images always keep their maximum."""
+    stream, the router's input and the images always keep their maximum. The tensors the quantizer scales per
+    channel (`PER_CHANNEL`) also get `{name}.channels`: max |x| of each channel (the last axis; V's heads
+    joined), a float64 array."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"calibration needs a non-empty batch of images [N, C, H, W], got shape {images.shape}")
@@ -403,10 +377,16 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
         raise ValueError("calibration images contain NaN or inf")
     maxima: dict[str, float] = {"image": float(np.abs(images).max())}
     clipped: dict[str, float] = {}
+    channels: dict[str, np.ndarray] = {}
 
     def probe(name, tensor):
         magnitude = tensor.detach().abs().flatten().float()
         maxima[name] = max(maxima.get(name, 0.0), float(magnitude.max()))
+        kind = name.rsplit(".", 1)[-1]
+        if kind in PER_CHANNEL:
+            per_token = tensor.detach().transpose(1, 2).flatten(2) if kind == "v" else tensor.detach()  # heads
+            largest = per_token.abs().reshape(-1, per_token.shape[-1]).amax(0).double().numpy()
+            channels[f"{name}.channels"] = np.maximum(channels.get(f"{name}.channels", 0.0), largest)
         if percentile is not None and name.rsplit(".", 1)[-1] in PERCENTILE_CLIPPED:
             rank = max(1, min(magnitude.numel(), round(magnitude.numel() * percentile / 100)))
             clipped[name] = max(clipped.get(name, 0.0), float(magnitude.kthvalue(rank).values))
@@ -416,7 +396,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
     with torch.no_grad():
         for task in range(config.num_tasks) if tasks is None else tasks:
             model(torch.from_numpy(images), task, probe=probe)
-    clips = {**maxima, **clipped}
+    clips = {**maxima, **clipped, **channels}
     residual = [maxima["embed"]] + [maxima[f"blocks.{b}.{n}"] for b in range(config.depth) for n in ("mid", "out")]
     clips["residual"] = max(residual)
     for block in config.moe_blocks:
@@ -425,6 +405,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
 
 
 PERCENTILE_CLIPPED = {"norm1", "norm2", "q", "k", "v", "attn_out", "gelu", "norm"}
+PER_CHANNEL = {"norm1", "norm2", "v", "attn_out", "fc1", "gelu"}
 
 
 def numpy_weights(model: M3ViT) -> dict[str, np.ndarray]:
@@ -467,6 +448,74 @@ def float_inference(model: M3ViT, image: np.ndarray, task: int | str = 0) -> dic
             "routing": {b: (r.expert_ids[0].numpy(), r.gate_weights[0].double().numpy())
                         for b, r in result.routing.items()},
             "logits": logits}
+
+
+@dataclass
+class CheckpointReport:
+    """What loading a checkpoint did: keys mapped onto the model, prefixes stripped, keys ignored (they take no
+    part in inference), and whether the heads kept their own (seeded random) weights."""
+
+    mapped: int
+    prefixes: list[str]
+    ignored: list[str]
+    heads_from_checkpoint: bool
+
+    def summary(self) -> str:
+        ignored = (f"; ignored {len(self.ignored)} that take no part in inference: "
+                   + ", ".join(self.ignored[:6]) + (" …" if len(self.ignored) > 6 else "")) if self.ignored else ""
+        stripped = f" (prefixes stripped: {', '.join(self.prefixes)})" if self.prefixes else ""
+        heads = "" if self.heads_from_checkpoint else "; the task heads have seeded random weights (backbone only)"
+        return f"checkpoint: {self.mapped} keys mapped{stripped}{ignored}{heads}"
+
+
+CHECKPOINT_PREFIXES = ("module.", "backbone.", "encoder.")
+_TRAINING_ENTRIES = ("state_dict", "model")
+
+
+def map_checkpoint(checkpoint, config: ModelConfig, *, backbone_only: bool = False) -> tuple[dict, CheckpointReport]:
+    """Map a checkpoint's keys onto this model's names: a training checkpoint's `state_dict` or `model` entry is
+    taken (its other entries, such as optimizer state, are ignored); `module.` (DataParallel), `backbone.` and
+    `encoder.` prefixes are stripped; the official multi-task model's `decoders.<task name>.` heads become
+    `heads.<task index>.`; with `backbone_only` every head key is ignored. Keys that name nothing of this model
+    (a backbone classifier, a final norm, batch-norm counters) are ignored and listed."""
+    ignored: list[str] = []
+    if isinstance(checkpoint, dict):
+        for entry in _TRAINING_ENTRIES:
+            if isinstance(checkpoint.get(entry), dict):
+                ignored += [f"{key} (training state)" for key in checkpoint if key != entry]
+                checkpoint = checkpoint[entry]
+                break
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"a checkpoint must hold a mapping of names to tensors, not {type(checkpoint).__name__}")
+    names = set(M3ViT(config).state_dict())
+    tasks = {task.name: index for index, task in enumerate(config.tasks)}
+    prefixes: list[str] = []
+    mapped = {}
+    for key, value in checkpoint.items():
+        if not isinstance(key, str):
+            ignored.append(repr(key))
+            continue
+        name = key
+        changed = True
+        while changed:
+            changed = False
+            for prefix in CHECKPOINT_PREFIXES:
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+                    changed = True
+                    if prefix not in prefixes:
+                        prefixes.append(prefix)
+        if name.startswith("decoders."):
+            task, _, rest = name[len("decoders."):].partition(".")
+            if task in tasks:
+                name = f"heads.{tasks[task]}.{rest}"
+        if backbone_only and name.startswith(("heads.", "decoders.")):
+            ignored.append(f"{key} (head; backbone only)")
+        elif name in names:
+            mapped[name] = value
+        else:
+            ignored.append(key)
+    return mapped, CheckpointReport(len(mapped), prefixes, ignored, not backbone_only)
 
 
 def read_checkpoint(path):

@@ -83,12 +83,15 @@ def _norm(x: np.ndarray, model: QuantizedModel, *prefixes_bits: tuple[str, int])
 
 
 def _mlp_hidden(x, model, prefix, scalars, experts=None):
-    """fc1 → int16 in Q.f → GELU → int8 hidden (for a batch of experts, x is [experts, rows, D])."""
+    """fc1 → int16, column c in Q.f_c → GELU → int8 hidden (for a batch of experts, x is [experts, rows, D]).
+    The hidden's scale per channel is 2^-f_c times the requantization's (a power of two per channel)."""
     def get(name):
         array = model[f"{scalars}.{name}"]
         return array if experts is None else array[experts][:, None, None]
 
-    fraction_bits = get("gelu_fraction_bits")
+    fraction_bits = model[f"{prefix}.fraction_bits"]
+    if experts is not None:
+        fraction_bits = fraction_bits[experts][:, None, :]
     z = linear(x, model, prefix, 16, experts=experts)
     return ops.requantize(ops.gelu(z, fraction_bits), get("hidden_multiplier"), get("hidden_shift"), 8)
 

@@ -18,10 +18,12 @@ __all__ = [
     "route", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
     "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE",
-    "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS",
+    "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
 ]
 
 MULTIPLIER_BITS = 15          # requantization multipliers lie in [2^14, 2^15): 16-bit signed, always positive
+SHIFT_BITS, MAX_SHIFT = 6, 62  # a requantization shift: 0…62 in 6 bits
+FRACTION_FIELD_BITS, MAX_FRACTION_BITS = 4, 15   # GELU's input format Q.f, 5 ≤ f ≤ 15, in 4 bits
 LN_FRACTION_BITS = 12         # normalised LayerNorm value x̂ in Q.12
 LN_NORM_BITS = 31             # 1/sqrt(v) as r · 2^-(31 + e)
 ATTENTION_EXP_BITS = 6        # fraction bits of the attention softmax's base-2 exponent (a 64-entry table)
@@ -141,7 +143,7 @@ def quantize_multiplier(real: float | np.ndarray) -> tuple[np.ndarray, np.ndarra
     carry = multiplier >= (1 << MULTIPLIER_BITS)
     multiplier = np.where(carry, multiplier >> 1, multiplier)
     shift = np.where(carry, shift - 1, shift)
-    if np.any(shift < 0) or np.any(shift > 62):
+    if np.any(shift < 0) or np.any(shift > MAX_SHIFT):
         raise ValueError(f"requantization scale {real} is out of the representable range")
     return multiplier, shift
 

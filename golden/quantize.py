@@ -21,6 +21,7 @@ __all__ = ["quantize", "quantize_image", "QuantizationError", "BN_EPS", "LN_EPS"
 LN_EPS = 1e-6
 BN_EPS = 1e-5
 INT8_MAX, INT16_MAX = 127, 32767
+SMOOTHING = (0.9, 0.9)    # SmoothQuant's α for LayerNorm₁ → qkv and LayerNorm₂ → fc1 (None: off)
 LOG2E = math.log2(math.e)
 
 
@@ -55,6 +56,10 @@ class _Builder:
             raise QuantizationError(f"calibration has no statistics for {name}: it saw no data there")
         return self.clips[name]
 
+    def channel_clip(self, name: str) -> np.ndarray:
+        """max |x| per channel of tensor `name` (calibration's `{name}.channels`)."""
+        return np.asarray(self.clip(f"{name}.channels"), dtype=np.float64)
+
     def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float) -> None:
         """Store one linear layer: w float [.., K, N], b float [.., N], requantizing to `out_scale`."""
         column_max = np.abs(w).max(axis=-2)
@@ -86,12 +91,27 @@ class _Builder:
         for name, value in values.items():
             self.arrays[f"{prefix}.{name}"] = np.asarray(value, dtype=np.int32)
 
-    def mlp_scalars(self, fc1_clip: float, gelu_clip: float) -> tuple[int, float, tuple]:
-        """Q-format of fc1's output (GELU's input) and the hidden int8 scale with its multiplier."""
-        fraction_bits = 15 - max(0, math.ceil(math.log2(max(fc1_clip, 1e-12) * 1.0001)))
-        fraction_bits = min(15, max(ops.GELU_STEP_BITS, fraction_bits))
-        hidden_scale = _scale(gelu_clip, INT8_MAX, "GELU output")
-        return fraction_bits, hidden_scale, _multiplier(2.0 ** -fraction_bits / hidden_scale, "GELU output")
+    def mlp_scalars(self, fc1_max: np.ndarray, gelu_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """fc1's output (GELU's input) column by column in Q.f_c, f_c as large as keeps the column's range in
+        int16; the hidden's requantization (one multiplier) to int8 and its scale per channel, 2^-f_c times one
+        factor: a power of two per channel, folded into fc2's rows. Returns (f [h], hidden scales [h],
+        (multiplier, shift))."""
+        fraction_bits = 15 - np.maximum(0, np.ceil(np.log2(np.maximum(fc1_max, 1e-12) * 1.0001)))
+        fraction_bits = np.clip(fraction_bits, ops.GELU_STEP_BITS, 15).astype(np.int64)
+        factor = _scale(float((gelu_max * 2.0 ** fraction_bits).max()), INT8_MAX, "GELU output")
+        return fraction_bits, 2.0 ** -fraction_bits * factor, _multiplier(1 / factor, "GELU output")
+
+
+def smoothing(activation_max: np.ndarray, weight_row_max: np.ndarray, alpha: float | None) -> np.ndarray:
+    """Per-channel factors s of a LayerNorm output feeding a matrix product: the output is divided by s (γ and
+    β are) and the weight rows multiplied by it, which changes nothing in float and moves the activation's
+    outlier channels into the per-column-scaled int8 weights (SmoothQuant: s = max|x|^α / max|w|^(1−α),
+    normalised to a geometric mean of 1). `alpha` None: no smoothing (s = 1)."""
+    if alpha is None:
+        return np.ones_like(activation_max)
+    a, w = np.maximum(activation_max, 1e-12), np.maximum(weight_row_max, 1e-12)
+    factors = a ** alpha / w ** (1 - alpha)
+    return factors / np.exp(np.log(factors).mean())
 
 
 def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[str, float]) -> QuantizedModel:
@@ -115,55 +135,76 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
 
     for b in range(config.depth):
         p = f"blocks.{b}"
-        s_ln1 = _scale(q.clip(f"{p}.norm1"), INT8_MAX, f"{p}.norm1")
-        q.put_norm(f"{p}.norm1", q.weight(f"{p}.norm1.weight"), q.weight(f"{p}.norm1.bias"), s_ln1)
-        s_q, s_k, s_v = (_scale(q.clip(f"{p}.{n}"), INT8_MAX, f"{p}.{n}") for n in "qkv")
-        out_scales = np.repeat([s_q * hd ** 0.5, s_k, s_v], d)  # the head scale is folded into Q's
-        q.put_linear(f"{p}.qkv", q.weight(f"{p}.attn.qkv.weight").T, q.weight(f"{p}.attn.qkv.bias"), s_ln1,
-                     out_scales)
-        s_attn = _scale(q.clip(f"{p}.attn_out"), INT8_MAX, f"{p}.attn_out")
+        # LayerNorm₁ → qkv, smoothed per channel
+        qkv_w = q.weight(f"{p}.attn.qkv.weight").T                                        # [D, 3D]
+        norm1_max = q.channel_clip(f"{p}.norm1")
+        s1 = smoothing(norm1_max, np.abs(qkv_w).max(axis=1), SMOOTHING[0])
+        s_ln1 = _scale(float((norm1_max / s1).max()), INT8_MAX, f"{p}.norm1")
+        q.put_norm(f"{p}.norm1", q.weight(f"{p}.norm1.weight") / s1, q.weight(f"{p}.norm1.bias") / s1, s_ln1)
+        s_q, s_k = (_scale(q.clip(f"{p}.{n}"), INT8_MAX, f"{p}.{n}") for n in "qk")
+        # V per channel; the attention output per channel at V's scales times one factor (what attention·V's
+        # per-row requantization can give), folded into proj's rows
+        v_max, attention_max = q.channel_clip(f"{p}.v"), q.channel_clip(f"{p}.attn_out")
+        s_v = np.maximum(v_max, 1e-12) / INT8_MAX
+        ratio = float((attention_max / np.maximum(v_max, 1e-12)).max())
+        s_attn = s_v * max(ratio, 1e-12)
+        out_scales = np.concatenate([np.full(d, s_q * hd ** 0.5), np.full(d, s_k), s_v])  # head scale in Q's
+        q.put_linear(f"{p}.qkv", qkv_w * s1[:, None], q.weight(f"{p}.attn.qkv.bias"), s_ln1, out_scales)
         exp_m, exp_s = _multiplier(s_q * s_k * LOG2E * 2 ** ops.ATTENTION_EXP_BITS, f"{p} softmax")
-        out_m, out_s = _multiplier(s_v / s_attn, f"{p} attention output")
+        out_m, out_s = _multiplier(1 / max(ratio, 1e-12), f"{p} attention output")
         q.put_scalars(f"{p}.attn", exp_multiplier=exp_m, exp_shift=exp_s, out_multiplier=out_m, out_shift=out_s)
-        q.put_linear(f"{p}.proj", q.weight(f"{p}.attn.proj.weight").T, q.weight(f"{p}.attn.proj.bias"), s_attn, s_res)
-        s_ln2 = _scale(q.clip(f"{p}.norm2"), INT8_MAX, f"{p}.norm2")
+        q.put_linear(f"{p}.proj", q.weight(f"{p}.attn.proj.weight").T * s_attn[:, None],
+                     q.weight(f"{p}.attn.proj.bias"), 1.0, s_res)
+        # LayerNorm₂ → fc1 (every expert), smoothed per channel; the router's output of the same LayerNorm not
         gamma2, beta2 = q.weight(f"{p}.norm2.weight"), q.weight(f"{p}.norm2.bias")
-        q.put_norm(f"{p}.norm2", gamma2, beta2, s_ln2)
+        if config.is_moe(b):
+            fc1_w = q.weight(f"{p}.mlp.experts.htoh4.weight").transpose(0, 2, 1)          # [E, d, h]
+            fc1_rows = np.abs(fc1_w).max(axis=(0, 2))
+        else:
+            fc1_w = q.weight(f"{p}.mlp.fc1.weight").T                                      # [d, h]
+            fc1_rows = np.abs(fc1_w).max(axis=1)
+        norm2_max = q.channel_clip(f"{p}.norm2")
+        s2 = smoothing(norm2_max, fc1_rows, SMOOTHING[1])
+        s_ln2 = _scale(float((norm2_max / s2).max()), INT8_MAX, f"{p}.norm2")
+        q.put_norm(f"{p}.norm2", gamma2 / s2, beta2 / s2, s_ln2)
+        fc1_w = fc1_w * s2[:, None]
         if config.is_moe(b):
             s_router = _scale(q.clip(f"{p}.norm2_router"), INT16_MAX, f"{p} router input")
             q.put_norm(f"{p}.norm2_router", gamma2, beta2, s_router)
-            _quantize_moe(q, p, config, s_ln2, s_router, s_res)
+            _quantize_moe(q, p, config, fc1_w, s_ln2, s_router, s_res)
         else:
-            fraction_bits, s_hidden, (hm, hs) = q.mlp_scalars(q.clip(f"{p}.fc1"), q.clip(f"{p}.gelu"))
-            q.put_linear(f"{p}.fc1", q.weight(f"{p}.mlp.fc1.weight").T, q.weight(f"{p}.mlp.fc1.bias"), s_ln2,
-                         2.0 ** -fraction_bits)
-            q.put_scalars(f"{p}.mlp", gelu_fraction_bits=fraction_bits, hidden_multiplier=hm, hidden_shift=hs)
-            q.put_linear(f"{p}.fc2", q.weight(f"{p}.mlp.fc2.weight").T, q.weight(f"{p}.mlp.fc2.bias"), s_hidden,
-                         s_res)
+            fraction_bits, s_hidden, (hm, hs) = q.mlp_scalars(q.channel_clip(f"{p}.fc1"), q.channel_clip(f"{p}.gelu"))
+            q.put_linear(f"{p}.fc1", fc1_w, q.weight(f"{p}.mlp.fc1.bias"), s_ln2, 2.0 ** -fraction_bits)
+            q.arrays[f"{p}.fc1.fraction_bits"] = fraction_bits.astype(np.int32)
+            q.put_scalars(f"{p}.mlp", hidden_multiplier=hm, hidden_shift=hs)
+            q.put_linear(f"{p}.fc2", q.weight(f"{p}.mlp.fc2.weight").T * s_hidden[:, None],
+                         q.weight(f"{p}.mlp.fc2.bias"), 1.0, s_res)
 
     for task in range(config.num_tasks):
         _quantize_head(q, task, config, s_res)
     return QuantizedModel(config, q.arrays, q.scales)
 
 
-def _quantize_moe(q: _Builder, p: str, config: ModelConfig, s_in: float, s_router: float, s_res: float) -> None:
+def _quantize_moe(q: _Builder, p: str, config: ModelConfig, fc1_w: np.ndarray, s_in: float, s_router: float,
+                  s_res: float) -> None:
     e_count = config.num_experts
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
     q.arrays[f"{p}.router.weight"] = np.clip(np.round(gates / router_scales[:, None, None]), -127, 127).astype(np.int8)
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)
-    scalars = [q.mlp_scalars(q.clip(f"{p}.experts.{e}.fc1"), q.clip(f"{p}.experts.{e}.gelu")) for e in range(e_count)]
-    fraction_bits = np.array([s[0] for s in scalars])
-    hidden_scales = np.array([s[1] for s in scalars])
-    q.put_scalars(f"{p}.experts", gelu_fraction_bits=fraction_bits,
-                  hidden_multiplier=[s[2][0] for s in scalars], hidden_shift=[s[2][1] for s in scalars])
-    fc1_w = q.weight(f"{p}.mlp.experts.htoh4.weight").transpose(0, 2, 1)   # [E, d, h]
+    scalars = [q.mlp_scalars(q.channel_clip(f"{p}.experts.{e}.fc1"), q.channel_clip(f"{p}.experts.{e}.gelu"))
+               for e in range(e_count)]
+    fraction_bits = np.stack([s[0] for s in scalars])                                  # [E, h]
+    hidden_scales = np.stack([s[1] for s in scalars])                                  # [E, h]
+    q.put_scalars(f"{p}.experts", hidden_multiplier=[s[2][0] for s in scalars],
+                  hidden_shift=[s[2][1] for s in scalars])
     fc2_w = q.weight(f"{p}.mlp.experts.h4toh.weight").transpose(0, 2, 1)   # [E, h, d]
     q.put_linear(f"{p}.experts.fc1", fc1_w, q.weight(f"{p}.mlp.experts.htoh4.bias"), s_in,
-                 (2.0 ** -fraction_bits)[:, None])
-    q.put_linear(f"{p}.experts.fc2", fc2_w, q.weight(f"{p}.mlp.experts.h4toh.bias"), hidden_scales[:, None],
-                 s_res / 2 ** ops.COMBINE_FRACTION_BITS)
+                 2.0 ** -fraction_bits)
+    q.arrays[f"{p}.experts.fc1.fraction_bits"] = fraction_bits.astype(np.int32)
+    q.put_linear(f"{p}.experts.fc2", fc2_w * hidden_scales[:, :, None], q.weight(f"{p}.mlp.experts.h4toh.bias"),
+                 1.0, s_res / 2 ** ops.COMBINE_FRACTION_BITS)
 
 
 def _quantize_head(q: _Builder, task: int, config: ModelConfig, s_res: float) -> None:

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, ModelConfig
+from .ops import GELU_STEP_BITS, MAX_FRACTION_BITS, MAX_SHIFT, MULTIPLIER_BITS
 
-__all__ = ["QuantizedModel", "QuantizedFileError", "array_spec", "FORMAT"]
+__all__ = ["QuantizedModel", "QuantizedFileError", "array_spec", "value_problems", "FORMAT"]
 
-FORMAT = "m3vit-quantized-1"
+FORMAT = "m3vit-quantized-2"
 
 
 class QuantizedFileError(ValueError):
@@ -63,12 +64,13 @@ def array_spec(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], type]]:
             spec[f"{p}.router.weight"] = ((config.num_tasks, d, e), np.int8)
             spec.update(_scalars(f"{p}.router", "exp_multiplier", "exp_shift", lead=(config.num_tasks,)))
             spec.update(_linear(f"{p}.experts.fc1", d, h, (e,)))
-            spec.update(_scalars(f"{p}.experts", "gelu_fraction_bits", "hidden_multiplier", "hidden_shift",
-                                 lead=(e,)))
+            spec[f"{p}.experts.fc1.fraction_bits"] = ((e, h), np.int32)
+            spec.update(_scalars(f"{p}.experts", "hidden_multiplier", "hidden_shift", lead=(e,)))
             spec.update(_linear(f"{p}.experts.fc2", h, d, (e,)))
         else:
             spec.update(_linear(f"{p}.fc1", d, config.mlp_hidden))
-            spec.update(_scalars(f"{p}.mlp", "gelu_fraction_bits", "hidden_multiplier", "hidden_shift"))
+            spec[f"{p}.fc1.fraction_bits"] = ((config.mlp_hidden,), np.int32)
+            spec.update(_scalars(f"{p}.mlp", "hidden_multiplier", "hidden_shift"))
             spec.update(_linear(f"{p}.fc2", config.mlp_hidden, d))
     for task in range(config.num_tasks):
         spec.update(_norm(f"heads.{task}.norm", d))
@@ -86,7 +88,7 @@ class QuantizedModel:
     scales: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        problems = _check_arrays(self.config, self.arrays)
+        problems = _check_arrays(self.config, self.arrays) or value_problems(self.config, self.arrays)
         if problems:
             raise ValueError(f"quantized {self.config.name} is inconsistent: " + "; ".join(problems))
 
@@ -101,37 +103,113 @@ class QuantizedModel:
 
     @classmethod
     def load(cls, path: str | Path, *, expect: ModelConfig | None = None) -> "QuantizedModel":
-        """Load and check a file: its format version, its config (equal to `expect` if given) and every
-        array's presence, shape and dtype. Any problem is a `QuantizedFileError` that names it."""
+        """Load and check a file: its archive's member names and declared sizes against its config before any
+        array is read (a small file cannot make the loader read gigabytes), its format version, its config
+        (equal to `expect` if given), every array's presence, shape and dtype, and every value against what
+        the hardware takes (`value_problems`). Any problem is a `QuantizedFileError` that names it."""
         path = Path(path)
         try:
-            with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
-                contents = {name: archive[name] for name in archive.files}
+            with open(path, "rb") as file:
+                with zipfile.ZipFile(file) as archive:
+                    members = {info.filename: info.file_size for info in archive.infolist()}
+                    if "__meta__.npy" not in members:
+                        raise QuantizedFileError(f"{path}: no __meta__ header: not an M³ViT quantized model")
+                    if members["__meta__.npy"] > MAX_META_BYTES:
+                        raise QuantizedFileError(f"{path}: __meta__ declares {members['__meta__.npy']:,} bytes "
+                                                 f"(at most {MAX_META_BYTES:,})")
+                    meta = _meta(path, np.load(archive.open("__meta__.npy"), allow_pickle=False))
+                    config = _config(path, meta, expect)
+                    spec = array_spec(config)
+                    _check_members(path, members, spec)
+                    contents = {name.removesuffix(".npy"): np.load(archive.open(name), allow_pickle=False)
+                                for name in members if name != "__meta__.npy"}
         except FileNotFoundError:
+            raise
+        except QuantizedFileError:
             raise
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
             raise QuantizedFileError(f"{path}: not a readable quantized-model file ({type(error).__name__}: "
                                      f"{error})") from error
-        if "__meta__" not in contents:
-            raise QuantizedFileError(f"{path}: no __meta__ header: not an M³ViT quantized model")
-        try:
-            meta = json.loads(contents.pop("__meta__").tobytes().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise QuantizedFileError(f"{path}: corrupt __meta__ header ({error})") from error
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else None
-            raise QuantizedFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
-        try:
-            config = ModelConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ConfigError) as error:
-            raise QuantizedFileError(f"{path}: invalid config in header ({error})") from error
-        if expect is not None and config != expect:
-            raise QuantizedFileError(f"{path}: quantized for {config.name} {config.to_dict()}, "
-                                     f"expected {expect.name} {expect.to_dict()}")
-        problems = _check_arrays(config, contents)
+        problems = _check_arrays(config, contents) or value_problems(config, contents)
         if problems:
             raise QuantizedFileError(f"{path}: " + "; ".join(problems))
         return cls(config, contents, dict(meta.get("scales", {})))
+
+
+MAX_META_BYTES = 1 << 20
+_NPY_HEADER_BYTES = 4096          # a .npy member's header, beside its data
+
+
+def _meta(path, header: np.ndarray) -> dict:
+    try:
+        meta = json.loads(np.asarray(header, np.uint8).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+        raise QuantizedFileError(f"{path}: corrupt __meta__ header ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise QuantizedFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _config(path, meta: dict, expect: ModelConfig | None) -> ModelConfig:
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ConfigError) as error:
+        raise QuantizedFileError(f"{path}: invalid config in header ({error})") from error
+    if expect is not None and config != expect:
+        raise QuantizedFileError(f"{path}: quantized for {config.name} {config.to_dict()}, "
+                                 f"expected {expect.name} {expect.to_dict()}")
+    return config
+
+
+def _check_members(path, members: dict[str, int], spec: dict) -> None:
+    """Every member is `<array>.npy` of an array the config has, declaring no more bytes than its shape."""
+    for name, size in members.items():
+        array = name.removesuffix(".npy")
+        if name == "__meta__.npy":
+            continue
+        if not name.endswith(".npy") or array not in spec:
+            raise QuantizedFileError(f"{path}: unexpected member {name!r} in the archive")
+        shape, dtype = spec[array]
+        largest = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + _NPY_HEADER_BYTES
+        if size > largest:
+            raise QuantizedFileError(f"{path}: member {name} declares {size:,} bytes, more than its shape "
+                                     f"{shape} of {np.dtype(dtype)} takes ({largest:,} with its header)")
+
+
+def value_problems(config: ModelConfig, arrays: dict[str, np.ndarray]) -> list[str]:
+    """Every value outside what the hardware takes, one message per array naming its first bad value:
+    requantization multipliers in [2^14, 2^15), shifts 0…62, GELU fraction bits 5…15, LayerNorm γ in int16
+    and β within ±2^47, eps ≥ 1, and biases that cannot overflow int32 with K worst-case products."""
+    problems = []
+
+    def check(name, values, low, high, what):
+        bad = (values < low) | (values > high)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            problems.append(f"{name}{list(index) if index else ''} = {int(values[bad].flat[0])}: {what} must lie "
+                            f"in {low}…{high}")
+
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.endswith("multiplier"):
+            check(name, values, 1 << (MULTIPLIER_BITS - 1), (1 << MULTIPLIER_BITS) - 1, "a multiplier")
+        elif leaf.endswith("shift"):
+            check(name, values, 0, MAX_SHIFT, "a shift")
+        elif leaf == "fraction_bits":
+            check(name, values, GELU_STEP_BITS, MAX_FRACTION_BITS, "GELU's fraction bits")
+        elif leaf == "gamma":
+            check(name, values, -(1 << 15), (1 << 15) - 1, "a LayerNorm γ")
+        elif leaf == "beta":
+            check(name, values, -(1 << 47), 1 << 47, "a LayerNorm β")
+        elif name == "norm.eps":
+            check(name, values, 1, 1 << 47, "LayerNorm's eps")
+        elif leaf == "bias" and f"{name[:-5]}.weight" in arrays:
+            k = arrays[f"{name[:-5]}.weight"].shape[-2]
+            room = (1 << 31) - 1 - k * (1 << 14)
+            check(name, values.astype(np.int64), -room, room, f"with K = {k} products, a bias")
+    return problems
 
 
 def _check_arrays(config: ModelConfig, arrays: dict[str, np.ndarray]) -> list[str]:

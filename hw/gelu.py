@@ -6,16 +6,17 @@ the table index is |z| >> (f − 5) (the last interval's end clamps it), the fra
 table holds T[i] and T[i+1] − T[i] side by side, one block RAM for two lanes (its two read ports); one small
 multiplier per lane.
 
-`input` (stream): {data: [lanes] signed(16), fraction_bits: f}; `output` (stream): [lanes] signed(16), the
-same beats in order, `LATENCY` = 13 cycles later when nothing stalls (one adder, shifter, lookup or multiplier
-a stage; the table's word lands in a register beside the block RAM, then in one before the multiplier; each
-rounding adds 2^(s−1) − 1 while it picks the kept bit, then adds that bit). The pipeline stops as a whole while
-the output is not taken. An f outside 5…15 sets the sticky `error` (its beat's output is meaningless).
+`input` (stream): {data: [lanes] signed(16), fraction_bits: [lanes] f}, each lane in its own Q.f (the GEMM
+engine gives each column of fc1 its own); `output` (stream): [lanes] signed(16), the same beats in order,
+`LATENCY` = 13 cycles later when nothing stalls (one adder, shifter, lookup or multiplier a stage; the table's
+word lands in a register beside the block RAM, then in one before the multiplier; each rounding adds
+2^(s−1) − 1 while it picks the kept bit, then adds that bit). The pipeline stops as a whole while the output is
+not taken. An f outside 5…15 in any lane sets the sticky `error` (that lane's output is meaningless).
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -40,7 +41,8 @@ class Gelu(wiring.Component):
         self.lanes, self.width = lanes, width
         super().__init__({
             "input": In(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(signed(width), lanes), "fraction_bits": unsigned(4)}))),
+                "data": data.ArrayLayout(signed(width), lanes),
+                "fraction_bits": data.ArrayLayout(unsigned(4), lanes)}))),
             "output": Out(stream.Signature(data.ArrayLayout(signed(width), lanes))),
             "error": Out(1),
         })
@@ -68,25 +70,27 @@ class Gelu(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
                      self.output.valid.eq(valid[-1])]
-        # Per beat, its shifts travel with it: step = f − 5 (the interpolation's) and tail = 15 − f (δ's), and a
-        # stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
-        f = self.input.payload.fraction_bits
-        step = [Signal(4, name=f"step{stage}") for stage in range(9)]
-        tail = [Signal(4, name=f"tail{stage}") for stage in range(12)]
-        step_half = Signal(1 << 4, name="step_half")        # for stage 8
-        tail_half = Signal(1 << 4, name="tail_half")        # for stage 11
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.input.valid), step[0].eq((f - MIN_FRACTION_BITS)[:4]),
-                         tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
+            m.d.sync += [valid[0].eq(self.input.valid)]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)]
-            m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
-            m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
-            m.d.sync += [step_half.eq(half_minus_one(step[5], len(step_half))),
-                         tail_half.eq(half_minus_one(tail[8], len(tail_half)))]
-            with m.If(self.input.valid & (f < MIN_FRACTION_BITS)):   # 4 bits: ≤ 15
+            fractions = self.input.payload.fraction_bits
+            with m.If(self.input.valid & Cat(*(f < MIN_FRACTION_BITS for f in fractions)).any()):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
         for lane in range(self.lanes):
             z = self.input.payload.data[lane]
+            # The lane's shifts travel with its value: step = f − 5 (the interpolation's) and tail = 15 − f
+            # (δ's), and a stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
+            f = self.input.payload.fraction_bits[lane]
+            step = [Signal(4, name=f"step{lane}_{stage}") for stage in range(9)]
+            tail = [Signal(4, name=f"tail{lane}_{stage}") for stage in range(12)]
+            step_half = Signal(1 << 4, name=f"step_half{lane}")        # for stage 8
+            tail_half = Signal(1 << 4, name=f"tail_half{lane}")        # for stage 11
+            with m.If(advance):
+                m.d.sync += [step[0].eq((f - MIN_FRACTION_BITS)[:4]), tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
+                m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
+                m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
+                m.d.sync += [step_half.eq(half_minus_one(step[5], len(step_half))),
+                             tail_half.eq(half_minus_one(tail[8], len(tail_half)))]
             magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
             relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
             whole = Signal(unsigned(self.width), name=f"whole{lane}")

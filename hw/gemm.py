@@ -95,6 +95,7 @@ class GemmEngine(wiring.Component):
                 "bias": signed(accumulator_width),
                 "multiplier": unsigned(multiplier_width),
                 "shift": unsigned(6),
+                "fraction_bits": unsigned(4),        # GELU mode: the column's Q.f (5…15), GELU's input format
             })
             self.command = data.StructLayout({
                 "m": unsigned(index_bits(max_m + 1)),
@@ -109,7 +110,6 @@ class GemmEngine(wiring.Component):
                 "mode": unsigned(3),
                 "relu": unsigned(1),
                 "row_scaled": unsigned(1),     # multiplier and shift per row (attention·V) instead of per column
-                "gelu_fraction_bits": unsigned(4),                 # GELU: its input's Q.f
                 "hidden_multiplier": unsigned(multiplier_width),   # GELU: its output's requantization to int8
                 "hidden_shift": unsigned(6),
             })
@@ -138,7 +138,7 @@ class GemmEngine(wiring.Component):
                 "combine_write": In(WritePort.Signature(addr_width=_address(combine_depth), shape=combine)),
                 "out": Out(stream.Signature(self.result)),
                 "busy": Out(1),
-                "error": Out(1),               # sticky: a GELU command with a fraction-bit count below 5
+                "error": Out(1),               # sticky: a GELU command with a column's fraction-bit count below 5
             })
 
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
@@ -418,6 +418,13 @@ class GemmEngine(wiring.Component):
             valid, row, tile = Signal(name=f"drain{stage}_valid"), Signal.like(drain_m), Signal.like(drained)
             m.d.sync += [valid.eq(stages[-1][0]), row.eq(stages[-1][1]), tile.eq(stages[-1][2])]
             stages.append((valid, row, tile))
+        # GELU mode: each column's Q.f travels with the row (the next tile's parameters may load meanwhile)
+        fraction_layout = data.ArrayLayout(unsigned(4), cols)
+        fraction_pipe = [Signal(fraction_layout, name="fraction_bits_issued")]
+        m.d.comb += [fraction_pipe[0][c].eq(params[c].fraction_bits) for c in range(cols)]
+        for stage in range(DRAIN_STAGES):
+            fraction_pipe.append(Signal(fraction_layout, name=f"fraction_bits{stage}"))
+            m.d.sync += fraction_pipe[-1].eq(fraction_pipe[-2])
         raw = modes[GemmMode.RAW]
         final_valid, final_row, final_tile = stages[-1]
         lanes = Signal(data.ArrayLayout(signed(aw), cols))
@@ -492,19 +499,23 @@ class GemmEngine(wiring.Component):
         lanes_g, chunks = self.gelu_lanes, self.gelu_chunks
         m.submodules.gelu = gelu = Gelu(lanes_g)
         pending = Signal(data.ArrayLayout(signed(16), chunks * lanes_g))       # the row, shifted out a chunk a cycle
+        pending_f = Signal(data.ArrayLayout(unsigned(4), chunks * lanes_g))    # its columns' Q.f, alike
         pending_row, pending_tile = Signal.like(final_row), Signal.like(final_tile)
         chunk = Signal(range(max(chunks, 2)))
         serializing = Signal()
         with m.If(final_valid & gelu_mode):
-            m.d.sync += [pending.eq(Cat(*(lanes[c][:16] for c in range(cols)))), pending_row.eq(final_row),
-                         pending_tile.eq(final_tile), chunk.eq(0), serializing.eq(1)]
+            # columns past C (the last chunk's spare lanes) take f = 15, a valid count
+            m.d.sync += [pending.eq(Cat(*(lanes[c][:16] for c in range(cols)))),
+                         pending_f.eq(Cat(fraction_pipe[-1], *([Const(15, 4)] * (chunks * lanes_g - cols)))),
+                         pending_row.eq(final_row), pending_tile.eq(final_tile), chunk.eq(0), serializing.eq(1)]
         with m.Elif(serializing):
-            m.d.sync += [pending.eq(pending.as_value() >> (16 * lanes_g)), chunk.eq(chunk + 1)]
+            m.d.sync += [pending.eq(pending.as_value() >> (16 * lanes_g)),
+                         pending_f.eq(pending_f.as_value() >> (4 * lanes_g)), chunk.eq(chunk + 1)]
             with m.If(chunk == chunks - 1):
                 m.d.sync += serializing.eq(0)
-        m.d.comb += [gelu.input.valid.eq(serializing), gelu.input.payload.fraction_bits.eq(command.gelu_fraction_bits),
-                     gelu.output.ready.eq(1), self.error.eq(gelu.error)]
+        m.d.comb += [gelu.input.valid.eq(serializing), gelu.output.ready.eq(1), self.error.eq(gelu.error)]
         m.d.comb += [gelu.input.payload.data[g].eq(pending[g]) for g in range(lanes_g)]
+        m.d.comb += [gelu.input.payload.fraction_bits[g].eq(pending_f[g]) for g in range(lanes_g)]
         hidden_width = 16 + self.multiplier_width + 1                     # g · m_h, signed
         hidden_half = Signal(hidden_width)
         hidden_threshold = Signal(hidden_width + 1)                                   # 2^(s_h+7)
@@ -702,17 +713,21 @@ def pack_w(w: np.ndarray, rows: int, cols: int, load_rows: int = 1) -> np.ndarra
     return padded.transpose(2, 0, 1, 3).reshape(nt * kt * beats, load_rows, cols)
 
 
-def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, cols: int) -> list[list[dict]]:
-    """Per-column parameters → one word per N tile: [[{bias, multiplier, shift} × C] × NT] (padding columns
-    get multiplier 2^14, shift 14: identity)."""
+def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, cols: int,
+                fraction_bits=15) -> list[list[dict]]:
+    """Per-column parameters → one word per N tile: [[{bias, multiplier, shift, fraction_bits} × C] × NT]
+    (`fraction_bits`: GELU mode's Q.f per column, a scalar or [N]; padding columns get multiplier 2^14, shift
+    14: identity, and f = 15)."""
     n = len(bias)
+    fraction_bits = np.broadcast_to(np.asarray(fraction_bits), (n,))
     words = []
     for j in range(tiles(n, cols)):
         word = []
         for c in range(cols):
             col = j * cols + c
-            word.append({"bias": int(bias[col]), "multiplier": int(multiplier[col]), "shift": int(shift[col])}
-                        if col < n else {"bias": 0, "multiplier": 1 << 14, "shift": 14})
+            word.append({"bias": int(bias[col]), "multiplier": int(multiplier[col]), "shift": int(shift[col]),
+                         "fraction_bits": int(fraction_bits[col])}
+                        if col < n else {"bias": 0, "multiplier": 1 << 14, "shift": 14, "fraction_bits": 15})
         words.append(word)
     return words
 
@@ -720,7 +735,8 @@ def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, col
 def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
                mode: GemmMode, relu: bool = False, rows: np.ndarray | None = None, gelu=None) -> np.ndarray:
     """What the engine emits, from the golden operations: requantize(X[rows] @ W + b) or X·W + b (RAW); for
-    GELU, requantize(gelu(requantize(X·W + b, 16), f), m_h, s_h, 8) with `gelu` = (f, m_h, s_h)."""
+    GELU, requantize(gelu(requantize(X·W + b, 16), f), m_h, s_h, 8) with `gelu` = (f, m_h, s_h), f per column
+    ([N]) or one for all."""
     x = np.asarray(x) if rows is None else np.asarray(x)[np.asarray(rows)]
     acc = ops.exact_matmul(x.astype(np.int16), np.asarray(w, np.int8)) + np.asarray(bias, np.int64)
     if mode == GemmMode.RAW:

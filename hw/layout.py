@@ -5,8 +5,10 @@ A weight matrix W [K × N] (the transpose of the official `[out, in]` weights) f
 `load_rows` rows per cycle is stored as:
 
 - a **header**: per output column n (N padded to whole N tiles), 8 bytes little-endian: the int32 bias, then a
-  uint32 holding the requantization multiplier (bits 0-23) and shift (bits 24-31); padding columns hold the
-  identity (multiplier 2^14, shift 14); padded to a bus word;
+  uint32 `PARAMETER_WORD`: the requantization multiplier (bits 0-15, in [2^14, 2^15)), its shift (bits 16-21,
+  0…62) and, for fc1 (GELU mode), the column's fraction-bit count f (bits 22-25, 5…15; 15 elsewhere), the
+  fields of the GEMM engine's column parameters; padding columns hold the identity (multiplier 2^14, shift
+  14, f 15); padded to a bus word;
 - its **slabs**: runs of whole N tiles, each at most `weight_buffer_bytes`, each starting on a bus word. Within a
   slab, N tile by N tile, K tile by K tile, ⌈R / load_rows⌉ **feed words** per tile: feed word q of
   tile (j, i) holds rows i·R + q·load_rows … + load_rows − 1 of columns j·C … j·C + C − 1, element
@@ -27,13 +29,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden import ops
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 __all__ = ["Slab", "MatrixLayout", "ExpertLayerLayout", "Load", "matrix_layout", "expert_layer_layout",
-           "dense_layouts", "word_stride", "HEADER_COLUMN_BYTES"]
+           "dense_layouts", "word_stride", "parameter_words", "HEADER_COLUMN_BYTES", "PARAMETER_WORD"]
 
 HEADER_COLUMN_BYTES = 8
-IDENTITY_MULTIPLIER, IDENTITY_SHIFT = 1 << 14, 14
+IDENTITY_MULTIPLIER, IDENTITY_SHIFT, DEFAULT_FRACTION_BITS = 1 << 14, 14, ops.MAX_FRACTION_BITS
+# The header's second word, field by field (least significant first): (name, bits, smallest, largest value).
+PARAMETER_WORD = (("multiplier", ops.MULTIPLIER_BITS + 1, 1 << (ops.MULTIPLIER_BITS - 1), (1 << ops.MULTIPLIER_BITS) - 1),
+                  ("shift", ops.SHIFT_BITS, 0, ops.MAX_SHIFT),
+                  ("fraction_bits", ops.FRACTION_FIELD_BITS, 0, ops.MAX_FRACTION_BITS))
+
+
+def parameter_words(**fields: np.ndarray) -> np.ndarray:
+    """Pack per-column parameters into `PARAMETER_WORD`s (uint32), refusing a value outside its field's range."""
+    word, position = 0, 0
+    for name, bits, smallest, largest in PARAMETER_WORD:
+        values = np.asarray(fields[name], np.int64)
+        bad = (values < smallest) | (values > largest)
+        if bad.any():
+            raise ValueError(f"{name} = {int(values[bad][0])} (column {int(np.flatnonzero(bad)[0])}): the header "
+                             f"field holds {smallest}…{largest}")
+        word = word | (values << position)
+        position += bits
+    return np.asarray(word, np.int64).astype(np.uint32)
 
 
 def _tiles(size: int, tile: int) -> int:
@@ -96,22 +117,32 @@ class MatrixLayout:
         """Bytes of all slabs (what the loader reads for this matrix)."""
         return sum(slab.length for slab in self.slabs)
 
-    def pack(self, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """The matrix's bytes, header and slabs: uint8 [`bytes`]."""
+    def pack(self, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+             fraction_bits=DEFAULT_FRACTION_BITS) -> np.ndarray:
+        """The matrix's bytes, header and slabs: uint8 [`bytes`]. `fraction_bits`: fc1's Q.f per column (or
+        one for all). Any value outside what its field holds is refused with a `ValueError` naming it."""
         w = np.asarray(w)
         if w.shape != (self.k, self.n):
             raise ValueError(f"{self.name}: weights of shape {w.shape}, the layout is for {(self.k, self.n)}")
+        fraction_bits = np.broadcast_to(np.asarray(fraction_bits), (self.n,))
         for name, values in (("bias", bias), ("multiplier", multiplier), ("shift", shift)):
             if np.shape(values) != (self.n,):
                 raise ValueError(f"{self.name}: {name} of shape {np.shape(values)}, expected ({self.n},)")
         if w.min(initial=0) < -128 or w.max(initial=0) > 127:
             raise ValueError(f"{self.name}: weights outside int8")
+        bias = np.asarray(bias, np.int64)
+        if bias.min(initial=0) < -(1 << 31) or bias.max(initial=0) >= 1 << 31:
+            raise ValueError(f"{self.name}: a bias outside int32")
         image = np.zeros(self.bytes, dtype=np.uint8)
         columns = self.n_tiles * self.cols
         header = np.zeros((columns, 2), dtype=np.uint32)
-        header[:, 1] = IDENTITY_MULTIPLIER | (IDENTITY_SHIFT << 24)
-        header[:self.n, 0] = np.asarray(bias, np.int64).astype(np.int32).view(np.uint32)
-        header[:self.n, 1] = (np.asarray(multiplier, np.int64) & 0xFFFFFF) | (np.asarray(shift, np.int64) << 24)
+        header[:, 1] = parameter_words(multiplier=IDENTITY_MULTIPLIER, shift=IDENTITY_SHIFT,
+                                       fraction_bits=DEFAULT_FRACTION_BITS)
+        header[:self.n, 0] = bias.astype(np.int32).view(np.uint32)
+        try:
+            header[:self.n, 1] = parameter_words(multiplier=multiplier, shift=shift, fraction_bits=fraction_bits)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from None
         image[:columns * HEADER_COLUMN_BYTES] = header.astype("<u4").view(np.uint8).reshape(-1)
         words = self.feed_words(w)
         for slab in self.slabs:

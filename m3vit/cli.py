@@ -12,6 +12,7 @@ import sys
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
                            ConfigError, accelerator_preset, model_preset)
 from golden.costs import model_info
+from golden.images import ImageError
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
 from hw.fit import TARGETS, FitError, fit_report, target
@@ -109,12 +110,16 @@ def cmd_bench_float(args) -> int:
 
 
 def _format_golden(report: dict) -> str:
+    worst = report["worst_layer"]
     lines = [f"{report['preset']}: integer golden model against float ({report['test_images']} held-out images, "
-             f"{report['calibration_images']} calibration images, seed {report['seed']})",
-             f"  snr_db {report['snr_db']:.1f}   router_agreement {report['router_agreement']:.3f}   "
-             f"head_snr_db {report['head_snr_db']:.1f}",
-             f"  golden {report['golden_seconds'] * 1e3:.0f} ms, float {report['float_seconds'] * 1e3:.0f} ms "
-             f"per inference: {report['time_ratio']:.2f}×"]
+             f"{report['calibration_images']} calibration images, seed {report['seed']})"]
+    if report["checkpoint_report"]:
+        lines.append(f"  {report['checkpoint_report']}")
+    lines += [f"  snr_db {report['snr_db']:.1f}   router_agreement {report['router_agreement']:.3f}"
+              + (f" (worst: block {worst['block']}, {worst['task']})" if worst else "")
+              + f"   head_snr_db {report['head_snr_db']:.1f}",
+              f"  golden {report['golden_seconds'] * 1e3:.0f} ms, float {report['float_seconds'] * 1e3:.0f} ms "
+              f"per inference: {report['time_ratio']:.2f}×"]
     bins = report["margin_bins"]
     for task, figures in report["tasks"].items():
         lines.append(f"  task {task}: SNR per block " + " ".join(f"{x:.1f}" for x in figures["snr_db_per_block"])
@@ -128,11 +133,19 @@ def _format_golden(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _images(args, which: str, config):
+    from golden.images import load_images
+    source = getattr(args, which)
+    return None if source is None else load_images(source, config, args.normalize)
+
+
 def cmd_golden(args) -> int:
     from golden.fidelity import measure
+    config = model_preset(args.preset)
     tasks = None if args.task is None else [args.task]
-    report = measure(model_preset(args.preset), tasks=tasks, seed=args.seed, checkpoint=args.checkpoint,
-                     test_images=args.images)
+    report = measure(config, tasks=tasks, seed=args.seed, checkpoint=args.checkpoint,
+                     backbone_only=args.backbone_only, calibration=_images(args, "calibration", config),
+                     test=_images(args, "test", config), test_images=args.images)
     if args.json or "snr_db" not in report:
         print(json.dumps(report, indent=2))
     else:
@@ -141,14 +154,21 @@ def cmd_golden(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from golden.float_model import M3ViT, quantize_model
-    from golden.fidelity import CALIBRATION_SEED
-    from golden.images import structured_images
+    from golden.fidelity import CALIBRATION_SEED, load_float
+    from golden.float_model import quantize_model
+    from golden.images import natural_images
     config = model_preset(args.preset)
-    network = M3ViT.trained_like(config, args.seed)
-    quantized = quantize_model(network, structured_images(config, args.images, CALIBRATION_SEED + args.seed))
+    network, loaded = load_float(config, args.seed, args.checkpoint, args.backbone_only)
+    calibration = _images(args, "calibration", config)
+    if calibration is None:
+        calibration = natural_images(config, args.images, CALIBRATION_SEED + args.seed)
+    quantized = quantize_model(network, calibration)
     quantized.save(args.output)
-    print(f"wrote {args.output}: {config.name}, {len(quantized.arrays)} arrays")
+    source = "the seeded trained-like model" if args.checkpoint is None else args.checkpoint
+    print(f"wrote {args.output}: {config.name} from {source}, calibrated on {len(calibration)} images, "
+          f"{len(quantized.arrays)} arrays")
+    if loaded is not None:
+        print(loaded.summary())
     return 0
 
 
@@ -326,19 +346,31 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--table", action="store_true", help="markdown table of every preset on every target")
     fit.set_defaults(run=cmd_fit)
 
+    def model_source_args(sub):
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--checkpoint", default=None,
+                         help="float checkpoint (official names, a training checkpoint, or `M3ViT.save`); "
+                              "golden also takes a quantized .npz file")
+        sub.add_argument("--backbone-only", action="store_true",
+                         help="the checkpoint holds the backbone only: the task heads get seeded random weights")
+        sub.add_argument("--calibration", default=None,
+                         help="calibration images: a .npy of float images [N, 3, H, W] or a directory of "
+                              "PNG/JPEG files (default: built-in natural images)")
+        sub.add_argument("--normalize", default="none", choices=("none", "imagenet"),
+                         help="how the user's images are normalised before the model (default none: [0, 1])")
+
     golden = commands.add_parser("golden", help="fidelity and speed of the integer golden model against float")
     preset_args(golden)
     golden.add_argument("--task", default=None, help="task index or name (default: every task)")
-    golden.add_argument("--seed", type=int, default=0)
-    golden.add_argument("--checkpoint", default=None,
-                        help="float checkpoint (official names or `M3ViT.save`), or a quantized .npz file")
-    golden.add_argument("--images", type=int, default=8, help="held-out images per task (default 8)")
+    model_source_args(golden)
+    golden.add_argument("--test", default=None, help="held-out test images, as --calibration")
+    golden.add_argument("--images", type=int, default=8, help="built-in held-out images per task (default 8)")
     golden.set_defaults(run=cmd_golden)
 
-    quantize = commands.add_parser("quantize", help="quantize the seeded trained-like model to a file")
+    quantize = commands.add_parser("quantize", help="quantize the seeded trained-like model or a checkpoint")
     preset_args(quantize)
-    quantize.add_argument("--seed", type=int, default=0)
-    quantize.add_argument("--images", type=int, default=16, help="calibration images (default 16)")
+    model_source_args(quantize)
+    quantize.add_argument("--images", type=int, default=16, help="built-in calibration images (default 16)")
     quantize.add_argument("-o", "--output", required=True)
     quantize.set_defaults(run=cmd_quantize)
 
@@ -403,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         args.task = int(args.task)
     try:
         return args.run(args)
-    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError) as error:
+    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError,
+            ImageError) as error:
         print(f"m3vit: error: {error}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:

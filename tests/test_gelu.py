@@ -1,4 +1,5 @@
-"""The GELU unit against `golden.ops.gelu`: every int16 value and fraction-bit count, stalls, back-pressure."""
+"""The GELU unit against `golden.ops.gelu`: every int16 value and fraction-bit count, each lane in its own
+Q.f, stalls, back-pressure."""
 
 import numpy as np
 import pytest
@@ -12,11 +13,11 @@ from hw.sim.vector import stream_through
 
 
 def _run(unit, beats, rng, valid_probability=1.0, ready_probability=1.0):
-    """Stream (values [lanes], f) beats through; return the output beats in order."""
+    """Stream (values [lanes], f [lanes]) beats through; return the output beats in order."""
     got = {}
 
     async def testbench(ctx):
-        payloads = [{"data": [int(v) for v in values], "fraction_bits": f} for values, f in beats]
+        payloads = [{"data": [int(v) for v in values], "fraction_bits": [int(f) for f in fs]} for values, fs in beats]
         got["run"] = await stream_through(ctx, unit.input, payloads,
                                           {"output": (unit.output, lambda p: [int(v) for v in p])},
                                           expected={"output": len(beats)}, rng=rng,
@@ -28,12 +29,13 @@ def _run(unit, beats, rng, valid_probability=1.0, ready_probability=1.0):
 
 
 def _beats(values, lanes, fs):
+    """Beats of `lanes` values, lane l of beat i in Q.f with f = fs[(i + l) % len(fs)]: the lanes' counts differ."""
     values = np.asarray(values).reshape(-1, lanes)
-    return [(row, int(fs[i % len(fs)])) for i, row in enumerate(values)]
+    return [(row, np.array([fs[(i + lane) % len(fs)] for lane in range(lanes)])) for i, row in enumerate(values)]
 
 
 def test_every_int16_value_at_every_fraction_bits():
-    """All 65,536 inputs, spread over f = 5 … 15 (each f sees every residue of the table walk)."""
+    """All 65,536 inputs, spread over f = 5 … 15 lane by lane (each f sees every residue of the table walk)."""
     lanes = 16
     unit = Gelu(lanes)
     rng = np.random.default_rng(0)
@@ -51,7 +53,7 @@ def test_random_values_with_stalls_and_back_pressure(lanes):
     values = rng.integers(-(1 << 15), 1 << 15, 60 * lanes)
     values[:lanes] = -(1 << 15)
     values[lanes:2 * lanes] = (1 << 15) - 1
-    fs = rng.integers(5, 16, 60)
+    fs = rng.integers(5, 16, 61)
     beats = _beats(values, lanes, fs)
     got = _run(unit, beats, rng, valid_probability=0.5, ready_probability=0.4)
     expected = np.stack([ops.gelu(row.astype(np.int64), f) for row, f in beats])
@@ -63,8 +65,8 @@ def test_fraction_bits_outside_the_range_set_error():
 
     async def testbench(ctx):
         ctx.set(unit.output.ready, 1)
-        for f, error in ((15, 0), (4, 1), (9, 1)):
-            ctx.set(unit.input.payload, {"data": [1, 2], "fraction_bits": f})
+        for fs, error in (((15, 5), 0), ((9, 4), 1), ((9, 9), 1)):   # sticky
+            ctx.set(unit.input.payload, {"data": [1, 2], "fraction_bits": list(fs)})
             ctx.set(unit.input.valid, 1)
             await ctx.tick()
             assert ctx.get(unit.error) == error

@@ -229,10 +229,11 @@ def test_per_row_scales_like_attention_times_v():
 
 @pytest.mark.parametrize("gelu_lanes", [3, 2, 1])
 def test_gelu_mode_like_fc1(gelu_lanes):
-    """GELU: requantize to int16 in Q.f, GELU, requantize to int8 with the command's hidden multiplier and
-    shift, exactly as the golden MLP; f from 5 to 15, saturation of the hidden activation both ways, and
-    back-pressure, with the GELU path as wide as the array or narrower (rows serialized through it); a
-    fraction-bit count below 5 sets the error."""
+    """GELU: requantize to int16, each column in its own Q.f, GELU, requantize to int8 with the command's hidden
+    multiplier and shift, exactly as the golden MLP; f from 5 to 15 changing column by column (and tile by tile
+    while rows are in flight), saturation of the hidden activation both ways, and back-pressure, with the GELU
+    path as wide as the array or narrower (rows serialized through it); a column's fraction-bit count below 5
+    sets the error."""
     rng = np.random.default_rng(9 + gelu_lanes)
     engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8, gelu_lanes=gelu_lanes)
     bench = GemmBench(engine)
@@ -244,7 +245,8 @@ def test_gelu_mode_like_fc1(gelu_lanes):
             x, w = rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
             bias = rng.integers(-(1 << 16), 1 << 16, n)
             multiplier, shift = ops.quantize_multiplier(rng.uniform(1e-3, 3e-1, n))
-            gelu = (5 + case % 11, int(rng.integers(1 << 14, 1 << 15)), int(rng.integers(4, 20)) if case else 2)
+            fraction_bits = (5 + case + np.arange(n)) % 11 + 5 if case % 3 else np.full(n, 5 + case % 11)
+            gelu = (fraction_bits, int(rng.integers(1 << 14, 1 << 15)), int(rng.integers(4, 20)) if case else 2)
             expected = gemm_model(x, w, bias, multiplier, shift, GemmMode.GELU, gelu=gelu)
             got, _ = await run_gemm(ctx, bench, x, w, bias, multiplier, shift, GemmMode.GELU, gelu=gelu, rng=rng,
                                     ready_probability=0.6 if case % 2 else 1.0)
@@ -253,7 +255,7 @@ def test_gelu_mode_like_fc1(gelu_lanes):
         assert not ctx.get(engine.error)
         x = np.ones((1, 2), int)
         await run_gemm(ctx, bench, x, np.ones((2, 2), int), np.zeros(2, int), np.full(2, 1 << 14), np.full(2, 14),
-                       GemmMode.GELU, gelu=(4, 1 << 14, 14))
+                       GemmMode.GELU, gelu=(np.array([9, 4]), 1 << 14, 14))
         assert ctx.get(engine.error)
 
     simulate(bench, testbench)

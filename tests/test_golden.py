@@ -9,7 +9,7 @@ from golden.config import model_preset
 from golden.costs import backbone_macs, head_macs
 from golden.fidelity import snr_db
 from golden.float_model import M3ViT, calibrate, float_inference, numpy_weights, quantize_model
-from golden.images import structured_images
+from golden.images import natural_images, structured_images
 from golden.model import run
 from golden.quantize import QuantizationError, quantize, quantize_image
 from golden.quantized import FORMAT, QuantizedFileError, QuantizedModel, array_spec
@@ -24,12 +24,12 @@ def network():
 
 @pytest.fixture(scope="module")
 def quantized(network):
-    return quantize_model(network, structured_images(TINY, 8, 11))
+    return quantize_model(network, natural_images(TINY, 8, 11))
 
 
 @pytest.fixture(scope="module")
 def images():
-    return structured_images(TINY, 4, 22)
+    return natural_images(TINY, 4, 22)
 
 
 def test_structured_images_are_reproducible_and_not_noise():
@@ -99,7 +99,8 @@ def test_tiny_integer_model_tracks_float(network, quantized, images):
             for block in TINY.moe_blocks:
                 agree.append((np.sort(reference["routing"][block][0], -1)
                               == np.sort(result.routing[block].expert_ids, -1)).all(-1).mean())
-        assert snr_db(np.stack(refs), np.stack(ints)) > 30
+        # the trained-like model's heavy tails (as far as an embed width of 32 allows) cost a few dB
+        assert snr_db(np.stack(refs), np.stack(ints)) > 20
         assert np.mean(agree) > 0.9
 
 
@@ -137,7 +138,7 @@ def test_corrupt_files_get_clear_errors(tmp_path, quantized):
         QuantizedModel.load(text)
     old = tmp_path / "old.npz"
     _rewrite(old, quantized, meta={"format": "m3vit-quantized-0", "config": TINY.to_dict()})
-    with pytest.raises(QuantizedFileError, match="format 'm3vit-quantized-0', expected 'm3vit-quantized-1'"):
+    with pytest.raises(QuantizedFileError, match=f"format 'm3vit-quantized-0', expected '{FORMAT}'"):
         QuantizedModel.load(old)
     with pytest.raises(QuantizedFileError, match="quantized for tiny .* expected m3vit-tiny-cityscapes"):
         QuantizedModel.load(good, expect=model_preset("m3vit-tiny-cityscapes"))
@@ -168,7 +169,7 @@ def test_quantizer_errors(network):
     with pytest.raises(QuantizationError, match="weight blocks.2.attn.qkv.weight contains NaN or inf"):
         quantize(TINY, bad, clips)
     partial = {k: v for k, v in clips.items() if not k.startswith("blocks.3.experts.1.")}
-    with pytest.raises(QuantizationError, match="no statistics for blocks.3.experts.1.fc1: it saw no data"):
+    with pytest.raises(QuantizationError, match="no statistics for blocks.3.experts.1.fc1.channels: it saw no data"):
         quantize(TINY, weights, partial)
     with pytest.raises(ValueError, match="non-empty batch"):
         calibrate(network, np.zeros((0, 3, 32, 32), np.float32))
@@ -177,14 +178,14 @@ def test_quantizer_errors(network):
 
 
 def test_trained_like_shape(network):
-    images = torch.from_numpy(structured_images(TINY, 4, TINY.depth))
+    images = torch.from_numpy(natural_images(TINY, 4, TINY.depth))
     with torch.no_grad():
         out = network(images, 0, intermediates=True).blocks[0]
     ratio = float(out.abs().max() / out.pow(2).mean().sqrt())
     assert ratio > 3  # one outlier channel: at most sqrt(32) ≈ 5.7 for embed 32
     margins = []
     for block in TINY.moe_blocks:
-        result = float_inference(network, structured_images(TINY, 1, 40)[0], 0)
+        result = float_inference(network, natural_images(TINY, 1, 40)[0], 0)
         top = -np.sort(-result["logits"][block], -1)
         margins.append(top[:, 1] - top[:, 2])
     assert 0.03 < np.median(np.concatenate(margins)) < 0.6
@@ -223,3 +224,49 @@ def test_golden_all_tokens_to_one_expert(quantized, images):
         # All logits equal: experts 0 and 1 win every token, in that order.
         assert (routing.expert_ids == [0, 1]).all()
         assert routing.active_experts == [0, 1] and len(routing.expert_tokens[0]) == TINY.num_tokens
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("blocks.0.qkv.multiplier", 1 << 15, r"blocks.0.qkv.multiplier\[0\] = 32768: a multiplier must lie in 16384…32767"),
+    ("blocks.2.proj.shift", 63, r"blocks.2.proj.shift\[0\] = 63: a shift must lie in 0…62"),
+    ("blocks.1.experts.fc1.fraction_bits", 4, r"blocks.1.experts.fc1.fraction_bits\[0, 0\] = 4: GELU's fraction bits"),
+    ("blocks.0.fc1.fraction_bits", 16, r"blocks.0.fc1.fraction_bits\[0\] = 16"),
+    ("blocks.3.norm1.gamma", 1 << 15, r"blocks.3.norm1.gamma\[0\] = 32768: a LayerNorm γ"),
+    ("norm.eps", 0, r"norm.eps = 0: LayerNorm's eps must lie in 1…"),
+    ("blocks.0.attn.exp_shift", -1, r"blocks.0.attn.exp_shift = -1: a shift"),
+    ("blocks.1.router.exp_multiplier", 5, r"blocks.1.router.exp_multiplier\[0\] = 5: a multiplier"),
+    ("patch.bias", (1 << 31) - 1, r"patch.bias\[0\] = 2147483647: with K = 192 products, a bias"),
+])
+def test_values_the_hardware_cannot_take_are_refused(tmp_path, quantized, name, value, words):
+    arrays = dict(quantized.arrays)
+    changed = arrays[name].copy()
+    changed.flat[0] = value
+    arrays[name] = changed
+    path = tmp_path / "values.npz"
+    _rewrite(path, quantized, arrays=arrays)
+    with pytest.raises(QuantizedFileError, match=words):
+        QuantizedModel.load(path)
+    with pytest.raises(ValueError, match=words):
+        QuantizedModel(TINY, arrays, quantized.scales)
+
+
+def test_archive_members_are_checked_before_they_are_read(tmp_path, quantized):
+    import zipfile
+    good, big = tmp_path / "good.npz", tmp_path / "big.npz"
+    quantized.save(good)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(big, "w") as archive:
+        for info in source.infolist():   # one member far larger than its array's shape: never read
+            large = info.filename == "blocks.0.qkv.weight.npy"
+            archive.writestr(info.filename, b"0" * (1 << 20) if large else source.read(info))
+    with pytest.raises(QuantizedFileError, match=r"member blocks.0.qkv.weight.npy declares 1,048,576 bytes"):
+        QuantizedModel.load(big)
+    stray = tmp_path / "stray.npz"
+    quantized.save(stray)
+    with zipfile.ZipFile(stray, "a") as archive:
+        archive.writestr("../escape.npy", b"x")
+    with pytest.raises(QuantizedFileError, match="unexpected member '../escape.npy'"):
+        QuantizedModel.load(stray)
+    meta = tmp_path / "meta.npz"
+    np.savez(meta, __meta__=np.zeros(2 << 20, np.uint8))
+    with pytest.raises(QuantizedFileError, match="__meta__ declares"):
+        QuantizedModel.load(meta)

@@ -25,8 +25,9 @@ def test_slabs_are_the_engines_w_image(accel):
         bias = rng.integers(-2**31, 2**31, n)
         multiplier = rng.integers(1 << 14, 1 << 15, n)
         shift = rng.integers(0, 63, n)
+        fraction_bits = rng.integers(5, 16, n)
         layout = matrix_layout(k, n, accel)
-        image = layout.pack(w, bias, multiplier, shift)
+        image = layout.pack(w, bias, multiplier, shift, fraction_bits)
         load_rows = accel.weight_feed_bytes // accel.array_cols
         words = pack_w(w, accel.array_rows, accel.array_cols, load_rows)   # [words, load_rows, C]
         per_tile = layout.k_tiles * layout.beats
@@ -43,8 +44,10 @@ def test_slabs_are_the_engines_w_image(accel):
             assert not stored[:, load_rows * accel.array_cols:].any() and not body[count * layout.word_stride:].any()
         header = image[:layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES].view("<u4").reshape(-1, 2)
         assert np.array_equal(header[:n, 0].view(np.int32), bias)
-        assert np.array_equal(header[:n, 1] & 0xFFFFFF, multiplier) and np.array_equal(header[:n, 1] >> 24, shift)
-        assert np.all(header[n:, 1] == (1 << 14) | (14 << 24))
+        assert np.array_equal(header[:n, 1] & 0xFFFF, multiplier)
+        assert np.array_equal((header[:n, 1] >> 16) & 0x3F, shift)
+        assert np.array_equal(header[:n, 1] >> 22, fraction_bits)
+        assert np.all(header[n:, 1] == (1 << 14) | (14 << 16) | (15 << 22))
         assert layout.header_bytes % bus == 0
 
 
@@ -77,3 +80,14 @@ def test_pack_rejects_wrong_shapes_and_values():
         layout.pack(np.zeros((8, 9)), ones, ones, ones)
     with pytest.raises(ValueError, match="outside int8"):
         layout.pack(np.full((8, 8), 128), ones, ones, ones)
+    good = np.zeros((8, 8), int), np.zeros(8, int), np.full(8, 1 << 14), np.full(8, 14)
+    for field, value, words in (("multiplier", 1 << 15, "multiplier = 32768 .column 3.: the header field holds"),
+                                ("multiplier", (1 << 14) - 1, "multiplier = 16383"), ("shift", 63, "shift = 63"),
+                                ("shift", -1, "shift = -1"), ("fraction_bits", 16, "fraction_bits = 16")):
+        arrays = dict(zip(("w", "bias", "multiplier", "shift"), good), fraction_bits=np.full(8, 15))
+        arrays[field] = arrays[field].copy()
+        arrays[field][3] = value
+        with pytest.raises(ValueError, match=words):
+            layout.pack(arrays["w"], arrays["bias"], arrays["multiplier"], arrays["shift"], arrays["fraction_bits"])
+    with pytest.raises(ValueError, match="bias outside int32"):
+        layout.pack(good[0], np.full(8, 1 << 31), *good[2:])

@@ -63,7 +63,7 @@ class GemmModelBench:
 
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
-                   rows=None, gates=None, row_scales=None, gelu=(0, 0, 0), rng=None, ready_probability=1.0,
+                   rows=None, gates=None, row_scales=None, gelu=(15, 0, 0), rng=None, ready_probability=1.0,
                    w_base=0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
@@ -71,7 +71,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     weight buffer at `w_base`. With `rows`, X rows are gathered by that
     index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). With
     `row_scales` = (multipliers [M], shifts [M]) the requantization is per row (`multiplier`, `shift` unused);
-    GELU mode takes `gelu` = (fraction bits, hidden multiplier, hidden shift). Returns
+    GELU mode takes `gelu` = (fraction bits, one or per column [N], hidden multiplier, hidden shift). Returns
     (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
     r, c = engine.rows, engine.cols
@@ -82,7 +82,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     if bench.w is not None:
         for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
             ctx.set(bench.w.data[address], [[int(v) for v in row] for row in word])
-    for address, word in enumerate(pack_params(bias, multiplier, shift, c)):
+    for address, word in enumerate(pack_params(bias, multiplier, shift, c, gelu[0] if mode == GemmMode.GELU else 15)):
         ctx.set(bench.p.data[address], word)
     if rows is not None:
         for address, row in enumerate(rows):
@@ -98,7 +98,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
         "x_base": 0, "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
         "mode": int(mode), "relu": int(relu), "row_scaled": row_scales is not None,
-        "gelu_fraction_bits": int(gelu[0]), "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]),
+        "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]),
     })
     if rng is not None and ready_probability < 1:  # the command arrives after a random stall
         for _ in range(int(rng.integers(0, 8))):
