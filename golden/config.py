@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from . import ops
+
 __all__ = [
     "ConfigError", "TaskConfig", "HeadConv", "ModelConfig", "AcceleratorConfig", "GATE_VARIANTS",
     "MODEL_PRESETS", "ACCELERATOR_PRESETS", "DEFAULT_MODEL_PRESET", "DEFAULT_ACCELERATOR_PRESET",
@@ -252,7 +254,7 @@ class AcceleratorConfig:
     router_weights_resident: bool = True  # every MoE layer's per-task router weights held on chip
     residual_width: int = 16              # bits of the residual stream, LayerNorm input and router input
     vector_lanes: int = 16                # elements per cycle of LayerNorm / softmax / GELU / combine units
-    requant_lanes: int = 4                # accumulators requantized per cycle
+    requant_lanes: int = 4                # GELU lanes in the GEMM engine's output path (values per cycle)
     requant_multiplier_width: int = 16    # bits of the requantization multiplier
 
     def __post_init__(self):
@@ -271,8 +273,14 @@ class AcceleratorConfig:
         if self.requant_multiplier_width > 32:
             raise ConfigError("requant_multiplier_width", self.requant_multiplier_width, "must be at most 32 bits")
         _int("residual_width", self.residual_width, minimum=self.operand_width)
-        if self.residual_width > 32:
-            raise ConfigError("residual_width", self.residual_width, "must be at most 32 bits")
+        if self.residual_width != ops.RESIDUAL_BITS:
+            raise ConfigError("residual_width", self.residual_width,
+                              f"the numerics fix the residual stream at {ops.RESIDUAL_BITS} bits (docs/numerics.md, "
+                              "section 1); the golden model, LayerNorm and the router are built for that")
+        if self.requant_multiplier_width != ops.MULTIPLIER_BITS + 1:
+            raise ConfigError("requant_multiplier_width", self.requant_multiplier_width,
+                              f"the numerics' multipliers lie in [2^{ops.MULTIPLIER_BITS - 1}, 2^{ops.MULTIPLIER_BITS}): "
+                              f"a {ops.MULTIPLIER_BITS + 1}-bit signed field (docs/numerics.md, section 2)")
         if self.weight_buffers < 2:
             raise ConfigError("weight_buffers", self.weight_buffers,
                               "must be at least 2 so loading overlaps compute (ping/pong)")

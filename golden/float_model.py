@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .images import structured_images
 
 __all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "CheckpointReport", "map_checkpoint", "route", "time_inference", "calibrate",
            "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",

@@ -18,7 +18,7 @@ from .quantized import QuantizedModel
 
 __all__ = ["run", "GoldenResult", "LayerRouting", "ExpertQueues", "expert_queues", "linear"]
 
-RESIDUAL_BITS = 16
+RESIDUAL_BITS = ops.RESIDUAL_BITS
 
 
 @dataclass

@@ -18,7 +18,7 @@ __all__ = [
     "route", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
     "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE",
-    "COMBINE_FRACTION_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
+    "COMBINE_FRACTION_BITS", "RESIDUAL_BITS", "COMBINE_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
 ]
 
 MULTIPLIER_BITS = 15          # requantization multipliers lie in [2^14, 2^15): 16-bit signed, always positive
@@ -32,6 +32,8 @@ ROUTER_EXP_BITS = 8           # fraction bits of the router softmax's base-2 exp
 GATE_BITS = 15                # gate weights in unsigned Q1.15: 1.0 is 2^15
 GELU_STEP_BITS = 5            # the GELU correction table has a step of 1/32
 COMBINE_FRACTION_BITS = 2     # expert outputs enter the combine at a quarter of the residual's step
+RESIDUAL_BITS = 16            # the residual stream, LayerNorm's input and the router's input (section 1)
+COMBINE_BITS = RESIDUAL_BITS + COMBINE_FRACTION_BITS + GATE_BITS + 2   # Σ y·g: 18 × 16-bit products, Σg ≤ 2^15 + k/2
 
 
 def integer_only(function):

@@ -105,7 +105,7 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     # combine accumulator of every token) and the task heads (a band of four input rows for the 3×3 convs).
     attention_bits = 3 * t * d * ow + rows * t * (acc + ow)
     mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
-    combine_bits = rw + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 1  # docs/numerics.md, section 8
+    combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
     mlp_bits += t * d * combine_bits if has_moe else 0
     head_bits = max(4 * conv.width * conv.in_channels * ow for conv in model.head_layers(0))
     moe_layers = len(model.moe_blocks)

@@ -52,7 +52,7 @@ GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 5   # GELU, × m_h, its regist
                                                       # range and shift, saturate
 PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
 GATE_WIDTH = ops.GATE_BITS + 1                                          # Q1.15: 1.0 is 2^15
-COMBINE_WIDTH = 16 + ops.COMBINE_FRACTION_BITS + ops.GATE_BITS + 2     # docs/numerics.md, section 8
+COMBINE_WIDTH = ops.COMBINE_BITS     # docs/numerics.md, section 8
 
 
 class GemmMode(enum.IntEnum):

@@ -68,6 +68,8 @@ ACCEL_ERRORS = [
     ({"token_block": 0}, "token_block", "at least 1"),
     ({"router_macs_per_cycle": 0}, "router_macs_per_cycle", "at least 1"),
     ({"residual_width": 4}, "residual_width", "at least 8"),
+    ({"residual_width": 20}, "residual_width", "fix the residual stream at 16 bits"),
+    ({"requant_multiplier_width": 24}, "requant_multiplier_width", "16-bit signed field"),
     ({"router_weights_resident": 1}, "router_weights_resident", "bool"),
 ]
 

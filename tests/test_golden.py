@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from golden import ops
 from golden.config import model_preset
 from golden.costs import backbone_macs, head_macs
 from golden.fidelity import snr_db
