@@ -2,7 +2,6 @@
 (`golden.fixtures`, from shared/reference/m3vit.md), on images it was not shaped on."""
 
 import numpy as np
-import pytest
 import torch
 
 from golden.config import model_preset
@@ -16,17 +15,15 @@ CITYSCAPES = model_preset("m3vit-tiny-cityscapes")
 TOLERANCE = 0.25
 
 
-@pytest.fixture(scope="module")
-def model():
-    return M3ViT.trained_like(CITYSCAPES, 0)
+def test_trained_like_model_has_the_trained_tails_and_routing():
+    """One test, so one worker builds the model (about 30 s)."""
+    model = M3ViT.trained_like(CITYSCAPES, 0)
+    images = natural_images(CITYSCAPES, 8, CALIBRATION_SEED)     # the calibration images of `m3vit golden`
+    _check_tails(model, images)
+    _check_routing(model, images)
 
 
-@pytest.fixture(scope="module")
-def images():
-    return natural_images(CITYSCAPES, 8, CALIBRATION_SEED)     # the calibration images of `m3vit golden`
-
-
-def test_every_tensor_of_every_block_has_the_trained_tails(model, images):
+def _check_tails(model, images):
     measured = activation_tails(model, images)
     expected = {"embed"} | {f"blocks.{b}.{t}" for b in range(CITYSCAPES.depth)
                             for t in ("norm1", "v", "attn_out", "mid", "norm2", "out")}
@@ -44,7 +41,7 @@ def test_every_tensor_of_every_block_has_the_trained_tails(model, images):
     assert not misses
 
 
-def test_targets_are_the_tables(model):
+def test_targets_are_the_tables():
     assert tail_targets(CITYSCAPES, 0, "norm1") == TRAINED_TAILS["norm1"]["dense"]
     assert tail_targets(CITYSCAPES, 1, "norm1") == TRAINED_TAILS["norm1"]["moe"]
     assert tail_targets(CITYSCAPES, None, "embed") == TRAINED_TAILS["embed"]
@@ -52,7 +49,7 @@ def test_targets_are_the_tables(model):
     assert np.allclose(tiny, np.array(TRAINED_TAILS["gelu"]) * np.sqrt(32 / 192))
 
 
-def test_routing_is_like_a_trained_routers(model, images):
+def _check_routing(model, images):
     logits = {block: [[], []] for block in CITYSCAPES.moe_blocks}
     for task in range(CITYSCAPES.num_tasks):
         for image in images[:4]:
