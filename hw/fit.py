@@ -159,7 +159,7 @@ def multipliers(accel: AcceleratorConfig, target: Target) -> Multipliers:
     per_lane = m(rw, rw) + m(rw, 32) + 2 * m(18, 16) + m(score + 1, mw + 1)
     return Multipliers({
         "systolic array": accel.macs_per_cycle * m(ow, ow),
-        "GEMM output path": accel.array_cols * (m(acc + 1, mw + 1) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
+        "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
         "router": accel.router_macs_per_cycle * m(rw, ow) + 7,
         "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
     })

@@ -180,7 +180,7 @@ class GemmEngine(wiring.Component):
         largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
-                   accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width + 1,
+                   accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,
                    load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8),
                    gelu_lanes=min(accel.requant_lanes, accel.array_cols))
 
