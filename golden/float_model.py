@@ -23,8 +23,8 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "CheckpointReport", "map_checkpoint", "route", "time_inference", "calibrate",
-           "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",
+__all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "CheckpointReport", "map_checkpoint", "route",
+           "time_inference", "calibrate", "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",
            "CHECKPOINT_FORMAT"]
 
 LN_EPS = 1e-6
@@ -279,8 +279,8 @@ class M3ViT(nn.Module):
         """Load weights named as the official M³ViT code names them (`map_checkpoint` says how names map and
         what is ignored). Missing keys and wrong shapes are reported together in one `CheckpointError`. With
         `backbone_only`, the task heads keep their weights and head keys in the file are ignored."""
-        mapped, report = map_checkpoint(state_dict, self.config, backbone_only=backbone_only)
         ours = self.state_dict()
+        mapped, report = map_checkpoint(state_dict, self.config, set(ours), backbone_only=backbone_only)
         if backbone_only:
             ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
         missing = sorted(set(ours) - set(mapped))
@@ -386,7 +386,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
             per_token = tensor.detach().transpose(1, 2).flatten(2) if kind == "v" else tensor.detach()  # heads
             largest = per_token.abs().reshape(-1, per_token.shape[-1]).amax(0).double().numpy()
             channels[f"{name}.channels"] = np.maximum(channels.get(f"{name}.channels", 0.0), largest)
-        if percentile is not None and name.rsplit(".", 1)[-1] in PERCENTILE_CLIPPED:
+        if percentile is not None and kind in PERCENTILE_CLIPPED:
             rank = max(1, min(magnitude.numel(), round(magnitude.numel() * percentile / 100)))
             clipped[name] = max(clipped.get(name, 0.0), float(magnitude.kthvalue(rank).values))
         return tensor
@@ -471,8 +471,9 @@ CHECKPOINT_PREFIXES = ("module.", "backbone.", "encoder.")
 _TRAINING_ENTRIES = ("state_dict", "model")
 
 
-def map_checkpoint(checkpoint, config: ModelConfig, *, backbone_only: bool = False) -> tuple[dict, CheckpointReport]:
-    """Map a checkpoint's keys onto this model's names: a training checkpoint's `state_dict` or `model` entry is
+def map_checkpoint(checkpoint, config: ModelConfig, names: set[str], *,
+                   backbone_only: bool = False) -> tuple[dict, CheckpointReport]:
+    """Map a checkpoint's keys onto `names`, the model's own: a training checkpoint's `state_dict` or `model` entry is
     taken (its other entries, such as optimizer state, are ignored); `module.` (DataParallel), `backbone.` and
     `encoder.` prefixes are stripped; the official multi-task model's `decoders.<task name>.` heads become
     `heads.<task index>.`; with `backbone_only` every head key is ignored. Keys that name nothing of this model
@@ -486,7 +487,6 @@ def map_checkpoint(checkpoint, config: ModelConfig, *, backbone_only: bool = Fal
                 break
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"a checkpoint must hold a mapping of names to tensors, not {type(checkpoint).__name__}")
-    names = set(M3ViT(config).state_dict())
     tasks = {task.name: index for index, task in enumerate(config.tasks)}
     prefixes: list[str] = []
     mapped = {}

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import ops
 from .config import ModelConfig
-from .quantized import QuantizedModel
+from .quantized import QuantizedModel, bias_room
 
 __all__ = ["quantize", "quantize_image", "QuantizationError", "BN_EPS", "LN_EPS"]
 
@@ -68,7 +68,7 @@ class _Builder:
         acc_scale = in_scale * w_scale
         bias = np.round(b / acc_scale)
         k = w.shape[-2]
-        room = (1 << 31) - 1 - k * (1 << 14)
+        room = bias_room(k)
         if np.abs(bias).max(initial=0) > room:
             raise QuantizationError(f"{prefix}: a bias of {np.abs(bias).max():.0f} accumulator steps overflows "
                                     f"int32 together with K = {k} products")
@@ -93,13 +93,34 @@ class _Builder:
 
     def mlp_scalars(self, fc1_max: np.ndarray, gelu_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """fc1's output (GELU's input) column by column in Q.f_c, f_c as large as keeps the column's range in
-        int16; the hidden's requantization (one multiplier) to int8 and its scale per channel, 2^-f_c times one
-        factor: a power of two per channel, folded into fc2's rows. Returns (f [h], hidden scales [h],
-        (multiplier, shift))."""
+        int16; the hidden's requantization (one multiplier per MLP, over the last axis) to int8 and its scale per
+        channel, 2^-f_c times one factor: a power of two per channel, folded into fc2's rows. Returns
+        (f [..., h], hidden scales [..., h], (multipliers [...], shifts [...]))."""
         fraction_bits = 15 - np.maximum(0, np.ceil(np.log2(np.maximum(fc1_max, 1e-12) * 1.0001)))
         fraction_bits = np.clip(fraction_bits, ops.GELU_STEP_BITS, 15).astype(np.int64)
-        factor = _scale(float((gelu_max * 2.0 ** fraction_bits).max()), INT8_MAX, "GELU output")
-        return fraction_bits, 2.0 ** -fraction_bits * factor, _multiplier(1 / factor, "GELU output")
+        largest = (gelu_max * 2.0 ** fraction_bits).max(axis=-1)
+        factor = np.array([_scale(float(v), INT8_MAX, "GELU output") for v in np.ravel(largest)]).reshape(largest.shape)
+        return fraction_bits, 2.0 ** -fraction_bits * factor[..., None], _multiplier(1 / factor, "GELU output")
+
+    def put_mlp(self, fc1: str, fc2: str, scalars: str, fc1_w, fc1_b, fc2_w, fc2_b, fc1_max, gelu_max,
+                in_scale: float, out_scale: float) -> None:
+        """An MLP (or a layer's experts, with a leading axis): fc1 into Q.f_c per column, the hidden's
+        requantization, fc2 with the hidden's per-channel scales folded into its rows."""
+        fraction_bits, hidden_scales, (multiplier, shift) = self.mlp_scalars(fc1_max, gelu_max)
+        self.put_linear(fc1, fc1_w, fc1_b, in_scale, 2.0 ** -fraction_bits)
+        self.arrays[f"{fc1}.fraction_bits"] = fraction_bits.astype(np.int32)
+        self.put_scalars(scalars, hidden_multiplier=multiplier, hidden_shift=shift)
+        self.put_linear(fc2, fc2_w * hidden_scales[..., :, None], fc2_b, 1.0, out_scale)
+
+    def put_smoothed_norm(self, prefix: str, gamma, beta, weight_row_max: np.ndarray, alpha) -> np.ndarray:
+        """A LayerNorm output feeding a matrix product, smoothed per channel (`smoothing`) and quantized to
+        int8 per tensor; returns the factors s the next weights' rows take."""
+        activation_max = self.channel_clip(prefix)
+        factors = smoothing(activation_max, weight_row_max, alpha)
+        scale = _scale(float((activation_max / factors).max()), INT8_MAX, prefix)
+        self.put_norm(prefix, gamma / factors, beta / factors, scale)
+        self.scales[prefix] = scale
+        return factors
 
 
 def smoothing(activation_max: np.ndarray, weight_row_max: np.ndarray, alpha: float | None) -> np.ndarray:
@@ -137,74 +158,57 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
         p = f"blocks.{b}"
         # LayerNorm₁ → qkv, smoothed per channel
         qkv_w = q.weight(f"{p}.attn.qkv.weight").T                                        # [D, 3D]
-        norm1_max = q.channel_clip(f"{p}.norm1")
-        s1 = smoothing(norm1_max, np.abs(qkv_w).max(axis=1), SMOOTHING[0])
-        s_ln1 = _scale(float((norm1_max / s1).max()), INT8_MAX, f"{p}.norm1")
-        q.put_norm(f"{p}.norm1", q.weight(f"{p}.norm1.weight") / s1, q.weight(f"{p}.norm1.bias") / s1, s_ln1)
+        s1 = q.put_smoothed_norm(f"{p}.norm1", q.weight(f"{p}.norm1.weight"), q.weight(f"{p}.norm1.bias"),
+                                 np.abs(qkv_w).max(axis=1), SMOOTHING[0])
         s_q, s_k = (_scale(q.clip(f"{p}.{n}"), INT8_MAX, f"{p}.{n}") for n in "qk")
         # V per channel; the attention output per channel at V's scales times one factor (what attention·V's
         # per-row requantization can give), folded into proj's rows
         v_max, attention_max = q.channel_clip(f"{p}.v"), q.channel_clip(f"{p}.attn_out")
         s_v = np.maximum(v_max, 1e-12) / INT8_MAX
-        ratio = float((attention_max / np.maximum(v_max, 1e-12)).max())
-        s_attn = s_v * max(ratio, 1e-12)
+        ratio = max(float((attention_max / np.maximum(v_max, 1e-12)).max()), 1e-12)
         out_scales = np.concatenate([np.full(d, s_q * hd ** 0.5), np.full(d, s_k), s_v])  # head scale in Q's
-        q.put_linear(f"{p}.qkv", qkv_w * s1[:, None], q.weight(f"{p}.attn.qkv.bias"), s_ln1, out_scales)
+        q.put_linear(f"{p}.qkv", qkv_w * s1[:, None], q.weight(f"{p}.attn.qkv.bias"), q.scales[f"{p}.norm1"],
+                     out_scales)
         exp_m, exp_s = _multiplier(s_q * s_k * LOG2E * 2 ** ops.ATTENTION_EXP_BITS, f"{p} softmax")
-        out_m, out_s = _multiplier(1 / max(ratio, 1e-12), f"{p} attention output")
+        out_m, out_s = _multiplier(1 / ratio, f"{p} attention output")
         q.put_scalars(f"{p}.attn", exp_multiplier=exp_m, exp_shift=exp_s, out_multiplier=out_m, out_shift=out_s)
-        q.put_linear(f"{p}.proj", q.weight(f"{p}.attn.proj.weight").T * s_attn[:, None],
+        q.put_linear(f"{p}.proj", q.weight(f"{p}.attn.proj.weight").T * (s_v * ratio)[:, None],
                      q.weight(f"{p}.attn.proj.bias"), 1.0, s_res)
         # LayerNorm₂ → fc1 (every expert), smoothed per channel; the router's output of the same LayerNorm not
         gamma2, beta2 = q.weight(f"{p}.norm2.weight"), q.weight(f"{p}.norm2.bias")
-        if config.is_moe(b):
-            fc1_w = q.weight(f"{p}.mlp.experts.htoh4.weight").transpose(0, 2, 1)          # [E, d, h]
-            fc1_rows = np.abs(fc1_w).max(axis=(0, 2))
-        else:
-            fc1_w = q.weight(f"{p}.mlp.fc1.weight").T                                      # [d, h]
-            fc1_rows = np.abs(fc1_w).max(axis=1)
-        norm2_max = q.channel_clip(f"{p}.norm2")
-        s2 = smoothing(norm2_max, fc1_rows, SMOOTHING[1])
-        s_ln2 = _scale(float((norm2_max / s2).max()), INT8_MAX, f"{p}.norm2")
-        q.put_norm(f"{p}.norm2", gamma2 / s2, beta2 / s2, s_ln2)
-        fc1_w = fc1_w * s2[:, None]
-        if config.is_moe(b):
+        moe = config.is_moe(b)
+        mlp = "mlp.experts" if moe else "mlp"
+        fc1 = ("htoh4", "h4toh") if moe else ("fc1", "fc2")
+        fc1_w = np.swapaxes(q.weight(f"{p}.{mlp}.{fc1[0]}.weight"), -1, -2)           # [(E,) d, h]
+        fc2_w = np.swapaxes(q.weight(f"{p}.{mlp}.{fc1[1]}.weight"), -1, -2)           # [(E,) h, d]
+        s2 = q.put_smoothed_norm(f"{p}.norm2", gamma2, beta2, np.abs(fc1_w).reshape(-1, d, fc1_w.shape[-1])
+                                 .max(axis=(0, 2)), SMOOTHING[1])
+        if moe:
             s_router = _scale(q.clip(f"{p}.norm2_router"), INT16_MAX, f"{p} router input")
             q.put_norm(f"{p}.norm2_router", gamma2, beta2, s_router)
-            _quantize_moe(q, p, config, fc1_w, s_ln2, s_router, s_res)
+            _quantize_router(q, p, config, s_router)
+            experts = range(config.num_experts)
+            fc1_max = np.stack([q.channel_clip(f"{p}.experts.{e}.fc1") for e in experts])
+            gelu_max = np.stack([q.channel_clip(f"{p}.experts.{e}.gelu") for e in experts])
+            names, out_scale = (f"{p}.experts.fc1", f"{p}.experts.fc2", f"{p}.experts"), \
+                s_res / 2 ** ops.COMBINE_FRACTION_BITS
         else:
-            fraction_bits, s_hidden, (hm, hs) = q.mlp_scalars(q.channel_clip(f"{p}.fc1"), q.channel_clip(f"{p}.gelu"))
-            q.put_linear(f"{p}.fc1", fc1_w, q.weight(f"{p}.mlp.fc1.bias"), s_ln2, 2.0 ** -fraction_bits)
-            q.arrays[f"{p}.fc1.fraction_bits"] = fraction_bits.astype(np.int32)
-            q.put_scalars(f"{p}.mlp", hidden_multiplier=hm, hidden_shift=hs)
-            q.put_linear(f"{p}.fc2", q.weight(f"{p}.mlp.fc2.weight").T * s_hidden[:, None],
-                         q.weight(f"{p}.mlp.fc2.bias"), 1.0, s_res)
+            fc1_max, gelu_max = q.channel_clip(f"{p}.fc1"), q.channel_clip(f"{p}.gelu")
+            names, out_scale = (f"{p}.fc1", f"{p}.fc2", f"{p}.mlp"), s_res
+        q.put_mlp(*names, fc1_w * s2[:, None], q.weight(f"{p}.{mlp}.{fc1[0]}.bias"), fc2_w,
+                  q.weight(f"{p}.{mlp}.{fc1[1]}.bias"), fc1_max, gelu_max, q.scales[f"{p}.norm2"], out_scale)
 
     for task in range(config.num_tasks):
         _quantize_head(q, task, config, s_res)
     return QuantizedModel(config, q.arrays, q.scales)
 
 
-def _quantize_moe(q: _Builder, p: str, config: ModelConfig, fc1_w: np.ndarray, s_in: float, s_router: float,
-                  s_res: float) -> None:
-    e_count = config.num_experts
+def _quantize_router(q: _Builder, p: str, config: ModelConfig, s_router: float) -> None:
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
     q.arrays[f"{p}.router.weight"] = np.clip(np.round(gates / router_scales[:, None, None]), -127, 127).astype(np.int8)
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)
-    scalars = [q.mlp_scalars(q.channel_clip(f"{p}.experts.{e}.fc1"), q.channel_clip(f"{p}.experts.{e}.gelu"))
-               for e in range(e_count)]
-    fraction_bits = np.stack([s[0] for s in scalars])                                  # [E, h]
-    hidden_scales = np.stack([s[1] for s in scalars])                                  # [E, h]
-    q.put_scalars(f"{p}.experts", hidden_multiplier=[s[2][0] for s in scalars],
-                  hidden_shift=[s[2][1] for s in scalars])
-    fc2_w = q.weight(f"{p}.mlp.experts.h4toh.weight").transpose(0, 2, 1)   # [E, h, d]
-    q.put_linear(f"{p}.experts.fc1", fc1_w, q.weight(f"{p}.mlp.experts.htoh4.bias"), s_in,
-                 2.0 ** -fraction_bits)
-    q.arrays[f"{p}.experts.fc1.fraction_bits"] = fraction_bits.astype(np.int32)
-    q.put_linear(f"{p}.experts.fc2", fc2_w * hidden_scales[:, :, None], q.weight(f"{p}.mlp.experts.h4toh.bias"),
-                 1.0, s_res / 2 ** ops.COMBINE_FRACTION_BITS)
 
 
 def _quantize_head(q: _Builder, task: int, config: ModelConfig, s_res: float) -> None:

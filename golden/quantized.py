@@ -21,7 +21,7 @@ import numpy as np
 from .config import ConfigError, ModelConfig
 from .ops import GELU_STEP_BITS, MAX_FRACTION_BITS, MAX_SHIFT, MULTIPLIER_BITS
 
-__all__ = ["QuantizedModel", "QuantizedFileError", "array_spec", "value_problems", "FORMAT"]
+__all__ = ["QuantizedModel", "QuantizedFileError", "array_spec", "value_problems", "bias_room", "FORMAT"]
 
 FORMAT = "m3vit-quantized-2"
 
@@ -177,6 +177,11 @@ def _check_members(path, members: dict[str, int], spec: dict) -> None:
                                      f"{shape} of {np.dtype(dtype)} takes ({largest:,} with its header)")
 
 
+def bias_room(k: int) -> int:
+    """The largest |bias| (accumulator steps) that K int8 products of at most 2^14 cannot overflow int32 beside."""
+    return (1 << 31) - 1 - k * (1 << 14)
+
+
 def value_problems(config: ModelConfig, arrays: dict[str, np.ndarray]) -> list[str]:
     """Every value outside what the hardware takes, one message per array naming its first bad value:
     requantization multipliers in [2^14, 2^15), shifts 0…62, GELU fraction bits 5…15, LayerNorm γ in int16
@@ -207,7 +212,7 @@ def value_problems(config: ModelConfig, arrays: dict[str, np.ndarray]) -> list[s
             check(name, values, 1, 1 << 47, "LayerNorm's eps")
         elif leaf == "bias" and f"{name[:-5]}.weight" in arrays:
             k = arrays[f"{name[:-5]}.weight"].shape[-2]
-            room = (1 << 31) - 1 - k * (1 << 14)
+            room = bias_room(k)
             check(name, values.astype(np.int64), -room, room, f"with K = {k} products, a bias")
     return problems
 

@@ -39,6 +39,7 @@ from .arith import (at_most, capped_power_of_two, half_minus_one, index_bits, ke
                     kept_byte, shift_right)
 from .array import SystolicArray
 from .gelu import Gelu
+from .layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
 from .multiplier import Multiplier
 
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",
@@ -714,7 +715,7 @@ def pack_w(w: np.ndarray, rows: int, cols: int, load_rows: int = 1) -> np.ndarra
 
 
 def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, cols: int,
-                fraction_bits=15) -> list[list[dict]]:
+                fraction_bits=DEFAULT_FRACTION_BITS) -> list[list[dict]]:
     """Per-column parameters → one word per N tile: [[{bias, multiplier, shift, fraction_bits} × C] × NT]
     (`fraction_bits`: GELU mode's Q.f per column, a scalar or [N]; padding columns get multiplier 2^14, shift
     14: identity, and f = 15)."""
@@ -727,7 +728,8 @@ def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, col
             col = j * cols + c
             word.append({"bias": int(bias[col]), "multiplier": int(multiplier[col]), "shift": int(shift[col]),
                          "fraction_bits": int(fraction_bits[col])}
-                        if col < n else {"bias": 0, "multiplier": 1 << 14, "shift": 14, "fraction_bits": 15})
+                        if col < n else {"bias": 0, "multiplier": IDENTITY_MULTIPLIER, "shift": IDENTITY_SHIFT,
+                                         "fraction_bits": DEFAULT_FRACTION_BITS})
         words.append(word)
     return words
 

@@ -38,7 +38,8 @@ __all__ = ["Slab", "MatrixLayout", "ExpertLayerLayout", "Load", "matrix_layout",
 HEADER_COLUMN_BYTES = 8
 IDENTITY_MULTIPLIER, IDENTITY_SHIFT, DEFAULT_FRACTION_BITS = 1 << 14, 14, ops.MAX_FRACTION_BITS
 # The header's second word, field by field (least significant first): (name, bits, smallest, largest value).
-PARAMETER_WORD = (("multiplier", ops.MULTIPLIER_BITS + 1, 1 << (ops.MULTIPLIER_BITS - 1), (1 << ops.MULTIPLIER_BITS) - 1),
+PARAMETER_WORD = (("multiplier", ops.MULTIPLIER_BITS + 1, 1 << (ops.MULTIPLIER_BITS - 1),
+                   (1 << ops.MULTIPLIER_BITS) - 1),
                   ("shift", ops.SHIFT_BITS, 0, ops.MAX_SHIFT),
                   ("fraction_bits", ops.FRACTION_FIELD_BITS, 0, ops.MAX_FRACTION_BITS))
 

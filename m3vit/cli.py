@@ -12,7 +12,7 @@ import sys
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
                            ConfigError, accelerator_preset, model_preset)
 from golden.costs import model_info
-from golden.images import ImageError
+from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
 from hw.fit import TARGETS, FitError, fit_report, target
@@ -134,7 +134,6 @@ def _format_golden(report: dict) -> str:
 
 
 def _images(args, which: str, config):
-    from golden.images import load_images
     source = getattr(args, which)
     return None if source is None else load_images(source, config, args.normalize)
 

@@ -82,7 +82,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     if bench.w is not None:
         for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
             ctx.set(bench.w.data[address], [[int(v) for v in row] for row in word])
-    for address, word in enumerate(pack_params(bias, multiplier, shift, c, gelu[0] if mode == GemmMode.GELU else 15)):
+    for address, word in enumerate(pack_params(bias, multiplier, shift, c, gelu[0])):
         ctx.set(bench.p.data[address], word)
     if rows is not None:
         for address, row in enumerate(rows):
