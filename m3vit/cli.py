@@ -15,8 +15,8 @@ from golden.costs import model_info
 from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
-from hw.fit import TARGETS, FitError, fit_report, target
-from hw.synth import PLACE_AND_ROUTE_TARGETS, SynthError
+from hw.flow.fit import TARGETS, FitError, fit_report, target
+from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 try:
     from golden.float_model import CheckpointError
@@ -176,13 +176,13 @@ UNITS = ("gemm", "loader", "router", "gelu", "layernorm", "softmax", "residual")
 
 def _unit(args):
     """The unit the arguments name, sized for the model preset and the accelerator, and its module name."""
-    from hw.gemm import GemmEngine
-    from hw.loader import WeightPath
-    from hw.gelu import Gelu
-    from hw.layernorm import LayerNorm
-    from hw.residual import ResidualAdd
-    from hw.router import Router
-    from hw.softmax import Softmax
+    from hw.compute.gemm import GemmEngine
+    from hw.memory.loader import WeightPath
+    from hw.vector.gelu import Gelu
+    from hw.vector.layernorm import LayerNorm
+    from hw.vector.residual import ResidualAdd
+    from hw.moe.router import Router
+    from hw.vector.softmax import Softmax
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     units = {"gemm": lambda: GemmEngine.for_model(model, accel), "loader": lambda: WeightPath.for_config(model, accel),
              "router": lambda: Router.for_model(model, accel), "gelu": lambda: Gelu(accel.vector_lanes),
@@ -194,8 +194,8 @@ def _unit(args):
 def cmd_elaborate(args) -> int:
     from pathlib import Path
 
-    from hw.export import to_rtlil, to_verilog
-    from hw.synth import platform
+    from hw.flow.export import to_rtlil, to_verilog
+    from hw.flow.synth import platform
     board = platform(args.target) if args.target else None
     component, name, model = _unit(args)
     output = Path(args.output)
@@ -208,7 +208,7 @@ def cmd_elaborate(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from hw.synth import platform, synthesize
+    from hw.flow.synth import platform, synthesize
     platform(args.target)   # an unknown target fails before the unit is built
     component, name, model = _unit(args)
     result = synthesize(component, name, args.target, args.freq, seed=args.seed, keep=args.output)
@@ -246,7 +246,7 @@ def _report(args, result: dict, title: str, columns, rows, footer=()) -> int:
 
 
 def cmd_bench_gemm(args) -> int:
-    from hw.bench import bench_gemm
+    from hw.flow.bench import bench_gemm
     model = model_preset(args.preset)
     accel = accelerator_preset(args.array)
     if args.weight_feed is not None:
@@ -264,7 +264,7 @@ def cmd_bench_gemm(args) -> int:
 
 
 def cmd_bench_loader(args) -> int:
-    from hw.bench import bench_loader
+    from hw.flow.bench import bench_loader
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_loader(model, accel, task=model.task_index(args.task), latency=args.latency)
     return _report(
@@ -282,7 +282,7 @@ def cmd_bench_loader(args) -> int:
 
 
 def cmd_bench_router(args) -> int:
-    from hw.bench import bench_router
+    from hw.flow.bench import bench_router
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_router(model, accel, task=model.task_index(args.task))
     return _report(
@@ -297,7 +297,7 @@ def cmd_bench_router(args) -> int:
 
 
 def cmd_bench_vector(args) -> int:
-    from hw.bench import bench_vector
+    from hw.flow.bench import bench_vector
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     synth_accel = None if args.no_synth else accelerator_preset(args.synth_array)
     result = bench_vector(model, accel, task=model.task_index(args.task), synth_accel=synth_accel)

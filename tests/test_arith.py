@@ -4,7 +4,7 @@ import numpy as np
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.arith import kept_bit, kept_bit_of_byte, kept_byte
+from hw.common.arith import kept_bit, kept_bit_of_byte, kept_byte
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():

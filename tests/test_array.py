@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hw.array import SystolicArray
-from hw.export import to_verilog
+from hw.compute.array import SystolicArray
+from hw.flow.export import to_verilog
 from hw.sim import simulate
 from hw.sim.array import plan_tiles
 

@@ -11,11 +11,11 @@ from golden.float_model import M3ViT, quantize_model
 from golden.images import structured_images
 from golden.model import run
 from golden.quantize import quantize_image
-from hw.gemm import GemmEngine, GemmMode
+from hw.compute.gemm import GemmEngine, GemmMode
 from hw.sim import simulate
 from hw.sim.gemm import GemmBench, run_gemm
 from hw.sim.vector import softmax_rows
-from hw.softmax import Softmax
+from hw.vector.softmax import Softmax
 
 TINY = model_preset("tiny")
 

@@ -8,7 +8,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
-from hw.gemm import GemmEngine, GemmMode, gemm_model
+from hw.compute.gemm import GemmEngine, GemmMode, gemm_model
 from hw.sim import simulate
 from hw.sim.gemm import GemmBench, GemmModelBench, run_gemm
 from hw.sim.verilator import Verilated, VerilatorContext, run

@@ -3,7 +3,7 @@
 import pytest
 
 from golden.config import ConfigError, accelerator_preset, model_preset
-from hw.fit import TARGETS, FitError, MemoryBlock, check_fit, fit_report, onchip_memories, target
+from hw.flow.fit import TARGETS, FitError, MemoryBlock, check_fit, fit_report, onchip_memories, target
 
 ECP5 = TARGETS["ulx3s-85f"]
 TINY = model_preset("m3vit-tiny-cityscapes")

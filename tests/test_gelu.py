@@ -6,8 +6,8 @@ import pytest
 
 from golden import ops
 from golden.config import accelerator_preset
-from hw.export import lint, to_verilog
-from hw.gelu import Gelu
+from hw.flow.export import lint, to_verilog
+from hw.vector.gelu import Gelu
 from hw.sim import simulate
 from hw.sim.vector import stream_through
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from golden import ops
-from hw.export import LintError, lint, ports, to_verilog
-from hw.array import SystolicArray
-from hw.gemm import DRAIN_STAGES, STREAM_STAGES, GemmEngine, GemmMode, gemm_model
+from hw.flow.export import LintError, lint, ports, to_verilog
+from hw.compute.array import SystolicArray
+from hw.compute.gemm import DRAIN_STAGES, STREAM_STAGES, GemmEngine, GemmMode, gemm_model
 from hw.sim import simulate
 from hw.sim.gemm import GemmBench, run_gemm
 
@@ -157,7 +157,7 @@ def test_lint_fails_on_broken_verilog():
 def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, k, tokens, n):
     """A whole MoE layer's fc2 expert by expert in COMBINE mode (experts with no token skipped, one token,
     many), then the golden model's single rounding: bit-exact with `golden.ops.combine`."""
-    from hw.gemm import combine_model
+    from hw.compute.gemm import combine_model
     rng = np.random.default_rng(experts * 10 + k)
     hidden = 7
     x = rng.integers(-128, 128, (tokens, hidden))

@@ -10,6 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FORBIDDEN = {"golden": {"hw", "firmware", "m3vit"}, "hw": {"firmware", "m3vit"}, "firmware": {"m3vit"}}
 TORCH_ALLOWED = {"golden/float_model.py", "golden/trained_like.py"}   # the float model and its shaping
+# hw/ by role, lowest first: a package imports only from itself and the packages before it.
+HW_ORDER = ["common", "memory", "vector", "compute", "moe", "control", "flow", "sim"]
 
 
 def _imports(path):
@@ -18,6 +20,37 @@ def _imports(path):
             yield from (alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module.split(".")[0]
+
+
+def _hw_targets(path):
+    """The hw packages `path` imports from, relative imports resolved."""
+    package = path.relative_to(ROOT).parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            names = [base + (node.module.split(".") if node.module else [])]
+        else:
+            continue
+        for name in names:
+            if name[0] == "hw" and len(name) > 1:
+                yield name[1]
+
+
+def test_hw_is_packages_by_role():
+    loose = [p.name for p in (ROOT / "hw").glob("*.py") if p.name != "__init__.py"]
+    assert not loose, f"modules directly in hw/: {loose}"
+    packages = sorted(p.name for p in (ROOT / "hw").iterdir() if (p / "__init__.py").exists())
+    assert set(packages) <= set(HW_ORDER), f"hw packages not in HW_ORDER: {set(packages) - set(HW_ORDER)}"
+
+
+@pytest.mark.parametrize("package", [p for p in HW_ORDER if (ROOT / "hw" / p).exists()])
+def test_hw_packages_import_downwards(package):
+    for path in (ROOT / "hw" / package).rglob("*.py"):
+        for target in _hw_targets(path):
+            assert HW_ORDER.index(target) <= HW_ORDER.index(package), \
+                f"{path.relative_to(ROOT)} (hw.{package}) imports hw.{target}, which sits above it"
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -37,7 +70,7 @@ def test_torch_only_beside_the_float_model():
 def test_generator_runs_without_torch():
     # Block torch, then use the configuration, cost model, fit check and the CLI.
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import golden.config, golden.costs, hw.fit, firmware\n"
+            "import golden.config, golden.costs, hw.flow.fit, firmware\n"
             "from m3vit.cli import main\n"
             "assert main(['info', '--preset', 'tiny', '--json']) == 0\n"
             "assert main(['bench', 'float', '--preset', 'tiny']) == 2\n")

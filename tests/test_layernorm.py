@@ -6,8 +6,8 @@ from amaranth.hdl import Fragment
 
 from golden import ops
 from golden.config import accelerator_preset, model_preset
-from hw.export import lint, to_verilog
-from hw.layernorm import BETA_BITS, LayerNorm
+from hw.flow.export import lint, to_verilog
+from hw.vector.layernorm import BETA_BITS, LayerNorm
 from hw.sim import simulate
 from hw.sim.vector import normalise_rows, write_norm
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from golden.config import AcceleratorConfig, ConfigError, accelerator_preset, model_preset
-from hw.gemm import pack_w
-from hw.layout import HEADER_COLUMN_BYTES, dense_layouts, expert_layer_layout, matrix_layout
+from hw.compute.gemm import pack_w
+from hw.memory.layout import HEADER_COLUMN_BYTES, dense_layouts, expert_layer_layout, matrix_layout
 
 
 def _accel(name, **changes):

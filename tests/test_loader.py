@@ -6,9 +6,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from golden.config import accelerator_preset, model_preset
-from hw.export import lint, to_verilog
-from hw.layout import expert_layer_layout
-from hw.loader import WeightLoader, WeightPath
+from hw.flow.export import lint, to_verilog
+from hw.memory.layout import expert_layer_layout
+from hw.memory.loader import WeightLoader, WeightPath
 from hw.sim import simulate
 from hw.sim.dram import AXI4ReadModel, AXIProtocolError
 from hw.sim.loader import ideal_cycles, run_loads
@@ -171,7 +171,7 @@ def test_loader_verilog_passes_lint():
 def test_loader_feeds_the_gemm_engine_bit_exact():
     """Two active experts of a tiny layer: each slab, as the loader leaves it in a buffer, is the stationary
     operand of a gathered GEMM on a 4×4 engine; every result equals the golden model's."""
-    from hw.gemm import GemmEngine, GemmMode, gemm_model
+    from hw.compute.gemm import GemmEngine, GemmMode, gemm_model
     from hw.sim.gemm import GemmBench, run_gemm
 
     model, accel = model_preset("tiny"), accelerator_preset("4x4")

@@ -6,10 +6,10 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.export import to_rtlil
-from hw.multiplier import Multiplier
+from hw.flow.export import to_rtlil
+from hw.compute.multiplier import Multiplier
 from hw.sim import simulate
-from hw.synth import platform, synthesize
+from hw.flow.synth import platform, synthesize
 
 
 def _extremes(shape):

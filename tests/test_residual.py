@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from golden import ops
-from hw.export import lint, to_verilog
-from hw.gemm import COMBINE_WIDTH
-from hw.residual import ResidualAdd
+from hw.flow.export import lint, to_verilog
+from hw.compute.gemm import COMBINE_WIDTH
+from hw.vector.residual import ResidualAdd
 from hw.sim import simulate
 from hw.sim.vector import stream_through
 

@@ -7,8 +7,8 @@ import pytest
 from golden import ops
 from golden.config import accelerator_preset, model_preset
 from golden.model import expert_queues
-from hw.export import lint, to_verilog
-from hw.router import Router
+from hw.flow.export import lint, to_verilog
+from hw.moe.router import Router
 from hw.sim import simulate
 from hw.sim.router import route_layer, write_router
 

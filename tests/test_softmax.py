@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from golden.config import accelerator_preset, model_preset
-from hw.export import lint, to_verilog
+from hw.flow.export import lint, to_verilog
 from hw.sim import simulate
 from hw.sim.vector import softmax_rows
-from hw.softmax import Softmax
+from hw.vector.softmax import Softmax
 
 
 def _edge_rows(rng, length):

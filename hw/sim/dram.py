@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.axi import BOUNDARY_BYTES, Burst, Response
+from hw.memory.axi import BOUNDARY_BYTES, Burst, Response
 
 __all__ = ["AXI4ReadModel", "AXIProtocolError"]
 

@@ -8,14 +8,14 @@ from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
-from hw.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
+from hw.compute.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
 
 __all__ = ["GemmBench", "GemmModelBench", "run_gemm"]
 
 
 class GemmBench(Elaboratable):
     """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`; with `weights`
-    (a component with a `read` port, as `hw.loader.WeightPath`), W comes from it instead (`w` is None)."""
+    (a component with a `read` port, as `hw.memory.loader.WeightPath`), W comes from it instead (`w` is None)."""
 
     def __init__(self, engine: GemmEngine, weights=None):
         self.engine, self.weights = engine, weights

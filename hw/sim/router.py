@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.router import Router
+from hw.moe.router import Router
 
 __all__ = ["RoutedLayer", "write_router", "route_layer", "weight_words"]
 

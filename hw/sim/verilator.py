@@ -25,8 +25,8 @@ from pathlib import Path
 from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
-from hw.export import ports, to_verilog
-from hw.export import verilator as verilator_path
+from hw.flow.export import ports, to_verilog
+from hw.flow.export import verilator as verilator_path
 
 __all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "pack", "unpack", "CACHE"]
 

@@ -9,7 +9,7 @@ from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 from golden.fixtures import ROUTING_FIXTURE
 
-from .gemm import GemmEngine, GemmMode, gemm_model, tiles
+from ..compute.gemm import GemmEngine, GemmMode, gemm_model, tiles
 
 __all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader", "bench_router", "bench_vector"]
 
@@ -93,8 +93,8 @@ def bench_loader(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ba
     for more bytes per cycle, as wide as needed; the consumer holds each buffer for the cycles the GEMM engine
     takes for that expert matrix at the routing fixture's token count (measured). Compares the total with
     the ideal double-buffered schedule L₁ + Σ max(Cᵢ, Lᵢ₊₁)."""
-    from .layout import expert_layer_layout
-    from .loader import WeightPath
+    from ..memory.layout import expert_layer_layout
+    from ..memory.loader import WeightPath
     from .sim.dram import AXI4ReadModel
     from .sim.loader import ideal_cycles, run_loads
     from .sim.verilator import Verilated, VerilatorContext, run
@@ -145,7 +145,7 @@ def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ma
     int8 router weights, checked against the golden router), at each number of multiply-accumulates per cycle,
     against the layer's expert compute on the GEMM engine `accel` builds (the routing fixture's token counts,
     measured)."""
-    from .router import Router
+    from ..moe.router import Router
     from .sim.router import route_layer, write_router
     from .sim.verilator import Verilated, VerilatorContext, run
 
@@ -186,11 +186,11 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
     """Cycles of the vector units on one block's rows, measured in the Python simulator with random inputs
     (checked against the golden operations): LayerNorm of T rows (two outputs), the softmax of one head's
     T rows, and the residual addition of T rows (plain, and from the combine accumulator)."""
-    from .layernorm import LayerNorm
-    from .residual import ResidualAdd
+    from ..vector.layernorm import LayerNorm
+    from ..vector.residual import ResidualAdd
     from .sim import simulate
     from .sim.vector import normalise_rows, row_beats, softmax_rows, stream_through, write_norm
-    from .softmax import Softmax, score_bits
+    from ..vector.softmax import Softmax, score_bits
 
     rng = np.random.default_rng(seed)
     t, d = model.num_tokens, model.embed_dim
@@ -247,10 +247,10 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
 def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -> dict:
     """`synth_ecp5` cell counts of each vector unit and of the GEMM engine `accel` builds (GELU is inside its
     output path, at `requant_lanes`: also reported alone)."""
-    from .gelu import Gelu
-    from .layernorm import LayerNorm
-    from .residual import ResidualAdd
-    from .softmax import Softmax
+    from ..vector.gelu import Gelu
+    from ..vector.layernorm import LayerNorm
+    from ..vector.residual import ResidualAdd
+    from ..vector.softmax import Softmax
     from .synth import cell_counts
 
     units = {"layernorm": LayerNorm.for_model(model, accel), "softmax": Softmax.for_model(model, accel),

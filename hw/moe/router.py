@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
-from .arith import index_bits, round_shift
+from ..common.arith import index_bits, round_shift
 __all__ = ["Router", "QUOTIENT_BITS"]
 
 QUOTIENT_BITS = 33        # 2^62 // S with 2^30 ≤ S: at most 2^32

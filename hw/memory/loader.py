@@ -2,7 +2,7 @@
 
 `WeightLoader` fills slab buffers from DRAM through an AXI4 read master, one descriptor per slab, and hands
 full buffers to a consumer (the GEMM engine's controller) through a take/release handshake. `ExpertSchedule`
-turns a layer's ascending list of active experts into the descriptors of their slabs (`hw.layout`), so
+turns a layer's ascending list of active experts into the descriptors of their slabs (`hw.memory.layout`), so
 inactive experts are never read and each active one is read once.
 
 Buffer states, per slab buffer: EMPTY → (descriptor accepted) LOADING → (its last beat written) FULL →
@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AcceleratorConfig, ModelConfig
 
-from .arith import index_bits
+from ..common.arith import index_bits
 from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 
@@ -245,7 +245,7 @@ class ExpertSchedule(wiring.Component):
     runs on across layers, and the consumer takes buffers in the same order).
 
     - `experts` (stream of expert ids, ascending, from the router): one descriptor per slab of the expert's fc1
-      then its fc2, at `layer_base` + e·`expert_bytes` + the slab's offset (`hw.layout`); the id is consumed
+      then its fc2, at `layer_base` + e·`expert_bytes` + the slab's offset (`hw.memory.layout`); the id is consumed
       with its last slab. Experts the router did not name are never loaded.
     - `dense` (stream of {address, length}): a dense matrix's slab, through the same buffers; taken between
       experts, never inside one expert's slabs.

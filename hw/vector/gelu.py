@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import half_minus_one, kept_bit
+from ..common.arith import half_minus_one, kept_bit
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0

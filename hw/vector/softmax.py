@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
+from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
                     tree_sum)
 from .rows import BankState, RowBuffer, lane_mask, pick
 

@@ -16,7 +16,7 @@ A weight matrix W [K × N] (the transpose of the official `[out, in]` weights) f
   DRAM, the next power of two of its load_rows·C bytes, so bus beats always hold whole words (no padding
   for power-of-two arrays).
 
-So a slab is the GEMM engine's W memory image (`hw.gemm.pack_w`) for its N tiles, byte for byte, and a slab
+So a slab is the GEMM engine's W memory image (`hw.compute.gemm.pack_w`) for its N tiles, byte for byte, and a slab
 buffer holds it at feed-word addresses 0, 1, 2, …
 
 An MoE layer stores its E experts back to back, expert e at `e · expert_bytes` from the layer's base: fc1

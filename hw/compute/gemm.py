@@ -35,11 +35,11 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import (at_most, capped_power_of_two, half_minus_one, index_bits, kept_bit, kept_bit_of_byte,
+from ..common.arith import (at_most, capped_power_of_two, half_minus_one, index_bits, kept_bit, kept_bit_of_byte,
                     kept_byte, shift_right)
 from .array import SystolicArray
-from .gelu import Gelu
-from .layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
+from ..vector.gelu import Gelu
+from ..memory.layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
 from .multiplier import Multiplier
 
 __all__ = ["GemmEngine", "GemmMode", "gemm_model", "combine_model", "pack_x", "pack_w", "pack_params", "tiles",

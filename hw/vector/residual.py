@@ -4,7 +4,7 @@ The addend a is either a value already in the residual format (the projection's 
 position embedding: `combine` = 0) or a row of the expert combine accumulator (`combine` = 1), which is first
 rounded once and saturated as `golden.ops.combine` does: sat(round_shift(acc, 15 + 2)).
 
-`input` (stream): {residual[lanes], addend[lanes] (`COMBINE_WIDTH` bits), combine}; `output` (stream):
+`input` (stream): {residual[lanes], addend[lanes] (`ops.COMBINE_BITS` bits), combine}; `output` (stream):
 [lanes] of the residual format, the same beats in order `LATENCY` = 2 cycles later when nothing stalls. The
 pipeline stops as a whole while the output is not taken.
 """
@@ -18,8 +18,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from .arith import round_shift
-from .gemm import COMBINE_WIDTH
+from ..common.arith import round_shift
+
 
 __all__ = ["ResidualAdd"]
 
@@ -43,7 +43,7 @@ class ResidualAdd(wiring.Component):
         super().__init__({
             "input": In(stream.Signature(data.StructLayout({
                 "residual": data.ArrayLayout(signed(width), lanes),
-                "addend": data.ArrayLayout(signed(COMBINE_WIDTH), lanes),
+                "addend": data.ArrayLayout(signed(ops.COMBINE_BITS), lanes),
                 "combine": 1}))),
             "output": Out(stream.Signature(data.ArrayLayout(signed(width), lanes))),
         })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,19 @@ def ports(component: wiring.Component) -> list[Signal]:
     return signals
 
 
+def _locate_yosys():
+    """With `AMARANTH_USE_YOSYS=system` (the project's env file: the pinned YoWASP Yosys), Amaranth runs `$YOSYS`
+    by name from PATH; outside `pdm run` the environment's bin/ may not be on PATH, so the name is resolved
+    beside this Python too. Without the variable, Amaranth uses its built-in Yosys."""
+    if os.environ.get("AMARANTH_USE_YOSYS") == "system":
+        found = find_tool(os.environ.get("YOSYS", "yosys"))
+        if found:
+            os.environ["YOSYS"] = found
+
+
 def to_verilog(component: wiring.Component, name: str, platform=None) -> str:
     """Verilog of `component` as module `name`; with a vendor `platform`, its primitives (DSP blocks)."""
+    _locate_yosys()
     return verilog.convert(component, name=name, ports=ports(component), platform=platform)
 
 
