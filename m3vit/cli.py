@@ -246,7 +246,7 @@ def _report(args, result: dict, title: str, columns, rows, footer=()) -> int:
 
 
 def cmd_bench_gemm(args) -> int:
-    from hw.flow.bench import bench_gemm
+    from hw.sim.bench import bench_gemm
     model = model_preset(args.preset)
     accel = accelerator_preset(args.array)
     if args.weight_feed is not None:
@@ -264,7 +264,7 @@ def cmd_bench_gemm(args) -> int:
 
 
 def cmd_bench_loader(args) -> int:
-    from hw.flow.bench import bench_loader
+    from hw.sim.bench import bench_loader
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_loader(model, accel, task=model.task_index(args.task), latency=args.latency)
     return _report(
@@ -282,7 +282,7 @@ def cmd_bench_loader(args) -> int:
 
 
 def cmd_bench_router(args) -> int:
-    from hw.flow.bench import bench_router
+    from hw.sim.bench import bench_router
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     result = bench_router(model, accel, task=model.task_index(args.task))
     return _report(
@@ -297,7 +297,7 @@ def cmd_bench_router(args) -> int:
 
 
 def cmd_bench_vector(args) -> int:
-    from hw.flow.bench import bench_vector
+    from hw.sim.bench import bench_vector
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
     synth_accel = None if args.no_synth else accelerator_preset(args.synth_array)
     result = bench_vector(model, accel, task=model.task_index(args.task), synth_accel=synth_accel)

@@ -42,8 +42,8 @@ def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dic
     utilization, and whether the result equals the golden model's. A shape's `mode` (default INT8) is the
     output mode it runs in (GELU with `GELU_PARAMETERS`). M beyond the engine's token block runs block by
     block (one command per block of rows, as the controller issues them): the cycles are their sum."""
-    from .sim.gemm import GemmModelBench, run_gemm
-    from .sim.verilator import run
+    from .gemm import GemmModelBench, run_gemm
+    from .verilator import run
 
     engine = GemmEngine.for_model(model, accel)
     bench = GemmModelBench(engine)
@@ -95,9 +95,9 @@ def bench_loader(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ba
     the ideal double-buffered schedule L₁ + Σ max(Cᵢ, Lᵢ₊₁)."""
     from ..memory.layout import expert_layer_layout
     from ..memory.loader import WeightPath
-    from .sim.dram import AXI4ReadModel
-    from .sim.loader import ideal_cycles, run_loads
-    from .sim.verilator import Verilated, VerilatorContext, run
+    from .dram import AXI4ReadModel
+    from .loader import ideal_cycles, run_loads
+    from .verilator import Verilated, VerilatorContext, run
 
     tokens = ROUTING_FIXTURE[task]
     active = sorted(tokens)
@@ -146,8 +146,8 @@ def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ma
     against the layer's expert compute on the GEMM engine `accel` builds (the routing fixture's token counts,
     measured)."""
     from ..moe.router import Router
-    from .sim.router import route_layer, write_router
-    from .sim.verilator import Verilated, VerilatorContext, run
+    from .router import route_layer, write_router
+    from .verilator import Verilated, VerilatorContext, run
 
     tokens = ROUTING_FIXTURE[task]
     d, h = model.embed_dim, model.expert_hidden
@@ -188,8 +188,8 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
     T rows, and the residual addition of T rows (plain, and from the combine accumulator)."""
     from ..vector.layernorm import LayerNorm
     from ..vector.residual import ResidualAdd
-    from .sim import simulate
-    from .sim.vector import normalise_rows, row_beats, softmax_rows, stream_through, write_norm
+    from . import simulate
+    from .vector import normalise_rows, row_beats, softmax_rows, stream_through, write_norm
     from ..vector.softmax import Softmax, score_bits
 
     rng = np.random.default_rng(seed)
@@ -251,7 +251,7 @@ def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -
     from ..vector.layernorm import LayerNorm
     from ..vector.residual import ResidualAdd
     from ..vector.softmax import Softmax
-    from .synth import cell_counts
+    from ..flow.synth import cell_counts
 
     units = {"layernorm": LayerNorm.for_model(model, accel), "softmax": Softmax.for_model(model, accel),
              "gelu": Gelu(min(accel.requant_lanes, accel.array_cols)), "residual": ResidualAdd.for_model(model, accel),

@@ -1,0 +1,90 @@
+"""The GEMM engine's accumulator: partial sums of two N tiles in flight, and the read port the drain empties."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ...common.arith import index_bits
+from ...common.pipeline import delay_line
+from .geometry import GemmGeometry
+
+__all__ = ["Accumulator"]
+
+
+class Accumulator(wiring.Component):
+    """Adds the array's results into a memory of two banks of `max_m` rows (bank = N tile mod 2).
+
+    `tag` is the tag of the row entering the array this cycle (`OperandStreamer.tag`); `results` are the array's
+    outputs `array_latency` cycles later. A row of the first K tile is written as it comes, a later K tile's is
+    added to what the row holds; the word is written 3 cycles after the results arrive. `tiles_done` counts the
+    N tiles whose last K tile's last row (m = M − 1) has been written, from 0 at `start` (`command` read then).
+
+    Drain side: `drain_tile`, `drain_row` address a word (combinationally); `drained_word` holds it the next
+    cycle. The drain must not read a bank while rows are written into it (the sequencer's bank credits hold
+    this); a row is revisited no sooner than two cycles later (the sequencer keeps M = 1 rows apart).
+    """
+
+    def __init__(self, geometry: GemmGeometry, array_latency: int):
+        self.geometry = g = geometry
+        self.array_latency = array_latency
+        super().__init__({
+            "start": In(1),
+            "command": In(g.command),
+            "tag": In(g.tag),
+            "results": In(g.accumulator_word),
+            "drain_tile": In(index_bits(g.n_tiles_max + 1)),
+            "drain_row": In(index_bits(g.max_m + 1)),
+            "drained_word": Out(g.accumulator_word),
+            "tiles_done": Out(range(g.n_tiles_max + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        m_last = Signal.like(self.command.m)
+        before, arriving = delay_line(m, self.tag, self.array_latency, "tag")[-2:]
+
+        # The bank is the address's top bit (no adder in front of the address ports; block RAM depths come in
+        # powers of two anyway).
+        row_bits = index_bits(g.max_m)
+
+        def address(tile, row):
+            return Cat(row[:row_bits], tile[0])
+        # Each read port is an asynchronous read and a register (`accumulated`, `drained_word`) that synthesis
+        # folds into the block RAM; `no_rw_check` leaves a read of the row being written undefined rather than
+        # emulating the old word in logic (a multiplexer on every bit, a register on every written bit): the
+        # drain never reads the bank being written, and the accumulation chooses the written word itself.
+        m.submodules.memory = memory = Memory(shape=g.accumulator_word, depth=2 << row_bits, init=[],
+                                              attrs={"no_rw_check": 1})
+        write = memory.write_port()
+        accumulate_read = memory.read_port(domain="comb")
+        drain_read = memory.read_port(domain="comb")
+        accumulated = Signal(g.accumulator_word)
+        accumulate_address = Signal.like(accumulate_read.addr)
+        m.d.comb += [accumulate_address.eq(address(before.j, before.m)), accumulate_read.addr.eq(accumulate_address),
+                     drain_read.addr.eq(address(self.drain_tile, self.drain_row))]
+        m.d.sync += [accumulated.eq(accumulate_read.data), self.drained_word.eq(drain_read.data)]
+        # The array's results and the row read back are registered, then added and written a cycle later: the
+        # next visit of a row is at least two cycles later, so its read is never issued before the write, at
+        # the latest in the same cycle. Then the word being written is kept and chosen instead of the block
+        # RAM's, after its output register.
+        settled = Signal(g.tag)
+        results = Signal(g.accumulator_word)
+        previous = Signal(g.accumulator_word)
+        collided = [Signal(name=f"collided{stage}") for stage in range(2)]
+        written = [Signal(g.accumulator_word, name=f"written{stage}") for stage in range(2)]
+        m.d.sync += [settled.eq(arriving), results.eq(self.results), previous.eq(accumulated),
+                     collided[0].eq(write.en & (write.addr == accumulate_address)), written[0].eq(write.data),
+                     collided[1].eq(collided[0]), written[1].eq(written[0])]
+        m.d.comb += [write.addr.eq(address(settled.j, settled.m)), write.en.eq(settled.valid)]
+        for c in range(g.cols):
+            before_sum = Mux(collided[1], written[1][c], previous[c])
+            m.d.comb += write.data[c].eq(Mux(settled.first, 0, before_sum) + results[c])
+        with m.If(settled.valid & settled.last & (settled.m == m_last)):
+            m.d.sync += self.tiles_done.eq(self.tiles_done + 1)
+        with m.If(self.start):
+            m.d.sync += [m_last.eq(self.command.m - 1), self.tiles_done.eq(0)]
+        return m

@@ -1,0 +1,79 @@
+"""The GEMM engine's combine scatter (COMBINE, expert fc2): y·g added into each token's combine word."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.memory import WritePort
+from amaranth.lib.wiring import In, Out
+
+from ...common.arith import index_bits
+from ...common.pipeline import delay_line
+from ..multiplier import Multiplier
+from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
+
+__all__ = ["CombineScatter"]
+
+
+class CombineScatter(wiring.Component):
+    """For each row m of an expert's fc2 output (its values already requantized to 18 bits), adds y·g into the
+    combine memory at token t = `index[list_base + m]`, N tile j: word t·NT_max + j, g = `gate[list_base + m]`
+    (Q1.15).
+
+    The token and the gate are read when the row issues into the drain (`issue`, row m on `row`; `scatter_read`
+    and `gate_read`, data a cycle later) and travel with it; the row arrives on `result` (`valid` for one
+    cycle) `DRAIN_STAGES` cycles later. Then the combine word is read (`combine_read`: data a cycle after its
+    address, and it must return a word written two or more cycles earlier) while y and g enter the multipliers'
+    input registers; y·g and the word land in registers the cycle after, and are added and written
+    (`combine_write`) the next, 3 cycles after the row arrived. A token list holds each token at most once,
+    so a word is written once per command and no read meets a pending write. `active` says a row is between
+    the read and the write; `command` is read in the cycle `start` is set.
+    """
+
+    def __init__(self, geometry: GemmGeometry):
+        self.geometry = g = geometry
+        super().__init__({
+            "start": In(1),
+            "command": In(g.command),
+            "issue": In(1),
+            "row": In(index_bits(g.max_m + 1)),
+            "result": In(g.drained_row),
+            "scatter_read": In(g.read_port("index")),
+            "gate_read": In(g.read_port("gate")),
+            "combine_read": In(g.read_port("combine")),
+            "combine_write": In(WritePort.Signature(addr_width=g.combine_address_width, shape=g.combine_word)),
+            "active": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        list_base = Signal.like(self.command.list_base)
+        with m.If(self.start):
+            m.d.sync += list_base.eq(self.command.list_base)
+        for port in (self.scatter_read, self.gate_read):
+            m.d.comb += [port.addr.eq(list_base + self.row), port.en.eq(self.issue)]
+        # The token is registered off the read, then its word offset (token · NT_max) multiplied out.
+        token = Signal.like(self.scatter_read.data)
+        offset = Signal.like(self.combine_read.addr, name="token_offset")
+        m.d.sync += [token.eq(self.scatter_read.data), offset.eq(token * g.n_tiles_max)]
+        offset = delay_line(m, offset, DRAIN_STAGES - 3, "token_offset")[-1]
+        gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate")[-1]
+        combine_address = Signal.like(self.combine_read.addr)
+        m.d.sync += combine_address.eq(offset + self.result.tile)
+        m.d.comb += [self.combine_read.addr.eq(combine_address), self.combine_read.en.eq(1)]
+        reading, weighted, writing = Signal(), Signal(), Signal()
+        weighted_address, writing_address = Signal.like(combine_address), Signal.like(combine_address)
+        m.d.sync += [reading.eq(self.result.valid), weighted.eq(reading), writing.eq(weighted),
+                     weighted_address.eq(combine_address), writing_address.eq(weighted_address)]
+        for c in range(g.cols):
+            # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
+            multiplier = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits), gate.shape())
+            stored = Signal.like(self.combine_read.data[c], name=f"stored{c}")
+            product = Signal.like(multiplier.p, name=f"weighted{c}")
+            m.d.comb += [multiplier.a.eq(self.result.data[c][:GemmMode.COMBINE.bits]), multiplier.b.eq(gate),
+                         self.combine_write.data[c].eq(stored + product)]
+            m.d.sync += [stored.eq(self.combine_read.data[c]), product.eq(multiplier.p)]
+        m.d.comb += [self.combine_write.addr.eq(writing_address), self.combine_write.en.eq(writing),
+                     self.active.eq(Cat(reading, weighted, writing).any())]
+        return m

@@ -1,0 +1,64 @@
+"""The GEMM engine's output FIFO: result rows to the `out` stream, places promised when a row issues."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ...common.pipeline import credit_counter
+from .geometry import GemmGeometry
+
+__all__ = ["OutputFifo"]
+
+
+class OutputFifo(wiring.Component):
+    """`GemmGeometry.fifo_places` rows of LUT RAM between the output path and the `out` stream.
+
+    A place is promised when a row issues into the output path (`promise`, one-cycle pulse) and given back
+    when a row leaves on `out` or when a promised row will never come (`release`: COMBINE rows leave the path
+    into the combine memory). `room` (a register) says a place is free; the path issues no row without one,
+    so a write never finds the FIFO full and needs no check. `arriving` announces a row on `data` in the
+    next cycle, which is written then. `out` is a `lib.stream` (valid held, payload stable until ready), rows
+    in the order written.
+    """
+
+    def __init__(self, geometry: GemmGeometry):
+        self.geometry = g = geometry
+        self.places = g.fifo_places
+        super().__init__({
+            "arriving": In(1),
+            "data": In(g.result),
+            "promise": In(1),
+            "release": In(1),
+            "room": Out(1, init=1),
+            "out": Out(stream.Signature(g.result)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        places = self.places
+        # LUT RAM written from a register and read asynchronously
+        m.submodules.memory = memory = Memory(shape=len(self.data.as_value()), depth=places, init=[])
+        write, read = memory.write_port(), memory.read_port(domain="comb")
+        produce, consume = Signal(range(places)), Signal(range(places))
+        rows, holding, leaving = Signal(range(places + 1)), Signal(), Signal()   # holding: rows ≠ 0
+        free = Signal(range(places + 1), init=places)   # places not taken or promised
+        writing = Signal()                              # the write enable from a register
+        m.d.sync += writing.eq(self.arriving)
+        m.d.comb += [write.addr.eq(produce), write.en.eq(writing), write.data.eq(self.data)]
+        with m.If(writing):
+            m.d.sync += produce.eq(Mux(produce == places - 1, 0, produce + 1))
+        # the new count of free places chosen among precomputed ones
+        with m.Switch(Cat(self.promise, leaving, self.release)):
+            for events in range(8):
+                gained = ((events >> 1) & 1) + ((events >> 2) & 1) - (events & 1)
+                with m.Case(events):
+                    m.d.sync += [free.eq(free + gained), self.room.eq(free + gained != 0)]
+        m.d.comb += [read.addr.eq(consume), self.out.valid.eq(holding), self.out.payload.eq(read.data),
+                     leaving.eq(self.out.ready & holding)]
+        with m.If(leaving):
+            m.d.sync += consume.eq(Mux(consume == places - 1, 0, consume + 1))
+        credit_counter(m, rows, holding, writing, leaving)
+        return m

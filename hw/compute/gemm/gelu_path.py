@@ -1,0 +1,117 @@
+"""The GEMM engine's GELU path (fc1): requantized rows through GELU and into the int8 hidden activation."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from ...common.arith import at_most, capped_power_of_two, half_minus_one, kept_bit, shift_right
+from ...common.pipeline import delay_line
+from ...vector.gelu import Gelu
+from ..multiplier import Multiplier
+from .geometry import FRACTION_WIDTH, GELU_STAGES, GemmGeometry
+
+__all__ = ["GeluPath"]
+
+
+class GeluPath(wiring.Component):
+    """y = sat8(round_shift(gelu(z, f_c) · m_h, s_h)) for a row z of int16 values in their columns' Q.f_c, with
+    the command's hidden multiplier m_h and shift s_h (2^(s_h−1) − 1 and the saturation threshold 2^(s_h+7) set
+    when the command is taken).
+
+    A row on `row` (valid one cycle; its `data` already requantized to int16) enters the `Gelu` unit
+    `gelu_lanes` values a cycle, so rows must come at least ⌈C / gelu_lanes⌉ cycles apart (the drain spaces them);
+    columns past C take f = 15. The chunks are gathered back into a row: it is on `hidden` (combinationally)
+    `LATENCY` = ⌈C / gelu_lanes⌉ + `GELU_STAGES` cycles after it came, in the cycle after `arriving`.
+    `active` says a row is inside; `error` is `Gelu.error` (a column's f below 5), sticky. `command` is read in
+    the cycle `start` is set.
+    """
+
+    def __init__(self, geometry: GemmGeometry):
+        self.geometry = g = geometry
+        self.LATENCY = g.gelu_chunks + GELU_STAGES
+        super().__init__({
+            "start": In(1),
+            "command": In(g.command),
+            "row": In(g.drained_row),
+            "hidden": Out(g.result),
+            "arriving": Out(1),
+            "active": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        lanes, chunks = g.gelu_lanes, g.gelu_chunks
+        row = self.row
+        m.submodules.gelu = gelu = Gelu(lanes)
+        pending = Signal(data.ArrayLayout(signed(16), chunks * lanes))     # the row, shifted out a chunk a cycle
+        pending_f = Signal(data.ArrayLayout(unsigned(FRACTION_WIDTH), chunks * lanes))   # its columns' Q.f, alike
+        pending_row, pending_tile = Signal.like(row.row), Signal.like(row.tile)
+        chunk = Signal(range(max(chunks, 2)))
+        serializing = Signal()
+        with m.If(row.valid):
+            m.d.sync += [pending.eq(Cat(*(row.data[c][:16] for c in range(g.cols)))),
+                         pending_f.eq(Cat(row.fraction_bits,
+                                          *([Const(ops.MAX_FRACTION_BITS, FRACTION_WIDTH)] * (chunks * lanes - g.cols)))),
+                         pending_row.eq(row.row), pending_tile.eq(row.tile), chunk.eq(0), serializing.eq(1)]
+        with m.Elif(serializing):
+            m.d.sync += [pending.eq(pending.as_value() >> (16 * lanes)),
+                         pending_f.eq(pending_f.as_value() >> (FRACTION_WIDTH * lanes)), chunk.eq(chunk + 1)]
+            with m.If(chunk == chunks - 1):
+                m.d.sync += serializing.eq(0)
+        m.d.comb += [gelu.input.valid.eq(serializing), gelu.output.ready.eq(1), self.error.eq(gelu.error)]
+        m.d.comb += [gelu.input.payload.data[lane].eq(pending[lane]) for lane in range(lanes)]
+        m.d.comb += [gelu.input.payload.fraction_bits[lane].eq(pending_f[lane]) for lane in range(lanes)]
+
+        hidden_width = 16 + g.multiplier_width + 1                       # g · m_h, signed
+        hidden_multiplier = Signal.like(self.command.hidden_multiplier)
+        hidden_half = Signal(hidden_width)
+        hidden_threshold = Signal(hidden_width + 1)                                   # 2^(s_h+7)
+        hidden_floor = Signal(signed(hidden_width + 2))                               # −2^(s_h+7)
+        hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
+        with m.If(self.start):
+            clamped_shift = at_most(self.command.hidden_shift, hidden_width)
+            threshold = capped_power_of_two(clamped_shift + 7, hidden_width)
+            m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
+                         hidden_half.eq(half_minus_one(clamped_shift)), hidden_threshold.eq(threshold),
+                         hidden_floor.eq(-threshold)]
+        side_layout = data.StructLayout({"valid": 1, "row": len(row.row), "tile": len(row.tile), "last": 1})
+        side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side")
+        m.d.comb += [side[0].valid.eq(serializing), side[0].row.eq(pending_row), side[0].tile.eq(pending_tile),
+                     side[0].last.eq(chunk == chunks - 1)]
+        out_chunk = Signal(data.ArrayLayout(signed(8), lanes))
+        for lane in range(lanes):
+            scaled = m.submodules[f"hidden{lane}"] = Multiplier(signed(16), unsigned(g.multiplier_width))
+            m.d.comb += [scaled.a.eq(gelu.output.payload[lane]), scaled.b.eq(hidden_multiplier)]
+            product = [Signal(signed(hidden_width), name=f"hidden_product{lane}_{stage}") for stage in range(2)]
+            kept = Signal(name=f"hidden_kept{lane}")
+            rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{lane}")
+            above, below = Signal(name=f"hidden_above{lane}"), Signal(name=f"hidden_below{lane}")
+            shifted = Signal(signed(8), name=f"hidden_shifted{lane}")
+            m.d.sync += [
+                # the DSP block's product lands in a register beside it first
+                product[0].eq(scaled.p),
+                product[1].eq(product[0]), kept.eq(kept_bit(product[0], hidden_shift)),
+                rounding.eq(product[1] + hidden_half + kept),
+                # the range check and the shift side by side, then the choice
+                above.eq(rounding >= hidden_threshold), below.eq(rounding < hidden_floor),
+                shifted.eq(shift_right(rounding, hidden_shift, 8)),
+                out_chunk[lane].eq(Mux(above, 127, Mux(below, -128, shifted))),
+            ]
+        # chunks gathered into the row: the newest at the top, the row complete with its last chunk
+        gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes))
+        row_out = Cat(gathered.as_value()[8 * lanes:], out_chunk.as_value()) if chunks > 1 else out_chunk.as_value()
+        out = side[-1]
+        with m.If(out.valid):
+            m.d.sync += gathered.eq(row_out)
+        assembled = Signal(data.ArrayLayout(signed(8), chunks * lanes))
+        m.d.comb += [assembled.eq(row_out), self.hidden.row.eq(out.row), self.hidden.tile.eq(out.tile)]
+        m.d.comb += [self.hidden.data[c].eq(assembled[c]) for c in range(g.cols)]
+        m.d.comb += [self.arriving.eq(side[-2].valid & side[-2].last),
+                     self.active.eq(Cat(serializing, *(stage.valid for stage in side[1:])).any())]
+        return m

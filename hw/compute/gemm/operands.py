@@ -1,0 +1,64 @@
+"""The GEMM engine's operand streamer: an issued row's X word, gathered or direct, into the array."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..array import SystolicArray
+from .geometry import STREAM_STAGES, GemmGeometry
+
+__all__ = ["OperandStreamer"]
+
+
+class OperandStreamer(wiring.Component):
+    """Reads the X word of each issued row and streams it into the array, `LATENCY` = `STREAM_STAGES` cycles
+    after the row's `issue` (a `TileSequencer` tag, `tile_base` its X base).
+
+    Stage 1 reads the gather index `index[list_base + m]` (`index_read`, data a cycle later); stage 2 registers
+    the source row (m itself, or the index with `gather`) so a block RAM's output never meets an adder; stage 3
+    reads X at tile_base + source row (`x_read`); the word enters the array's `to_array` port with the tag on
+    `tag`. Lanes past K in the last K tile are zeroed (the command's `k_last`), so W rows past K may hold
+    anything. `command` is read in the cycle `start` is set.
+    """
+    LATENCY = STREAM_STAGES
+
+    def __init__(self, geometry: GemmGeometry):
+        self.geometry = g = geometry
+        array = SystolicArray.Signature(g.rows, g.cols, g.operand_width, g.accumulator_width, g.load_rows)
+        super().__init__({
+            "start": In(1),
+            "command": In(g.command),
+            "issue": In(g.tag),
+            "tile_base": In(g.address_width("x")),
+            "index_read": In(g.read_port("index")),
+            "x_read": In(g.read_port("x")),
+            "to_array": Out(array.members["stream_in"].signature.flip()),
+            "tag": Out(g.tag),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        list_base, gather = Signal.like(self.command.list_base), Signal()
+        lane_valid = Signal(g.rows)              # lanes of the last K tile within K, set once per command
+        with m.If(self.start):
+            m.d.sync += [list_base.eq(self.command.list_base), gather.eq(self.command.gather),
+                         lane_valid.eq(Cat(*(self.command.k_last > r for r in range(g.rows))))]
+
+        issue = self.issue
+        m.d.comb += [self.index_read.addr.eq(list_base + issue.m), self.index_read.en.eq(1)]
+        stage1, source, stage2 = Signal(g.tag), Signal(g.tag, name="source"), self.tag
+        stage1_base, source_base = Signal.like(self.tile_base), Signal.like(self.tile_base)
+        source_row = Signal.like(self.x_read.addr)
+        m.d.sync += [stage1.eq(issue), stage1_base.eq(self.tile_base),
+                     source.eq(stage1), source_base.eq(stage1_base),
+                     source_row.eq(Mux(gather, self.index_read.data, stage1.m)),
+                     stage2.eq(source)]
+        m.d.comb += [self.x_read.addr.eq(source_base + source_row), self.x_read.en.eq(1)]
+        for r in range(g.rows):
+            keep = ~stage2.last | lane_valid[r]
+            m.d.comb += self.to_array.payload.data[r].eq(Mux(keep, self.x_read.data[r], 0))
+        m.d.comb += [self.to_array.valid.eq(stage2.valid), self.to_array.payload.bank.eq(stage2.bank)]
+        return m

@@ -1,0 +1,150 @@
+"""One lane of the GEMM engine's requantizer: bias, multiplier, rounding shift and saturation of one column."""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from ...common.arith import at_most, kept_bit_of_byte, kept_byte
+from ...common.pipeline import delay_line
+from ..multiplier import Multiplier
+from .geometry import GemmGeometry
+
+__all__ = ["RequantizerLane", "PARTIAL"]
+
+PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
+
+
+class RequantizerLane(wiring.Component):
+    """y = saturate(round_shift((word + bias) · multiplier, shift)), exactly `golden.ops.requantize` with the
+    rounding half to even, `LATENCY` = 13 cycles after `word`.
+
+    Cycle 0 (with `word`): `bias`, the column's `multiplier`, `shift` and `half` = 2^(min(shift, P)−1) − 1 (P the
+    product's width), the row's `row_multiplier`, and the command's flags; cycle 1: the row's `row_shift`
+    (clamped to P) and `row_half`. `row_scaled` takes the row's multiplier and shift instead of the column's;
+    `raw` passes word + bias unscaled (no rounding). `saturate` is one-hot over `GemmGeometry.saturation_widths`:
+    the signed width the value is clamped to (the last, the accumulator's, for RAW); `relu` clamps at 0 too.
+    The flags hold for the whole command.
+
+    Stages, one register each so the lane meets timing on FPGA block RAMs and DSP blocks: the word, + bias, the
+    two partial products (through the DSPs' input and output registers and one beside them), their sum,
+    + 2^(shift−1) − 1 (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
+    check, saturate.
+    """
+    LATENCY = 13
+
+    def __init__(self, geometry: GemmGeometry):
+        self.geometry = g = geometry
+        self.widths = g.saturation_widths
+        half = g.product_width
+        super().__init__({
+            "word": In(signed(g.accumulator_width)),
+            "bias": In(signed(g.accumulator_width)),
+            "multiplier": In(unsigned(g.multiplier_width)),
+            "shift": In(unsigned(ops.SHIFT_BITS)),
+            "half": In(unsigned(half)),
+            "row_multiplier": In(unsigned(g.multiplier_width)),
+            "row_shift": In(range(g.product_width + 1)),
+            "row_half": In(unsigned(half)),
+            "row_scaled": In(1),
+            "raw": In(1),
+            "relu": In(1),
+            "saturate": In(len(self.widths)),
+            "value": Out(signed(g.accumulator_width)),
+        })
+
+    @staticmethod
+    def model(word, bias, multiplier, shift, bits, raw=False, relu=False):
+        """What `value` becomes: `bits` is the saturation width (the accumulator's for RAW)."""
+        lower = 0 if relu else None
+        acc = np.asarray(word, np.int64) + bias
+        if raw:
+            return ops.saturate(acc, bits, lower=lower)
+        return ops.requantize(acc, multiplier, shift, bits, lower=lower)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        aw, pw = g.accumulator_width, g.product_width
+        raw, row_scaled = self.raw, self.row_scaled
+
+        read = Signal(signed(aw))
+        bias = Signal.like(self.bias)
+        multiplier = Signal.like(self.multiplier)
+        biased = delay_line(m, Signal(signed(aw + 1), name="biased"), 3, "biased")
+        scale = Signal.like(multiplier)         # the multiplier beside biased[0]
+        # The product in two halves that each fit one 18 × 18 DSP multiplier with its registers, added in the
+        # next stage; the biased word leaves a fabric register for the DSP blocks (no adder at their inputs).
+        low = m.submodules.low = Multiplier(unsigned(PARTIAL), multiplier.shape())
+        high = m.submodules.high = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
+        m.d.comb += [low.a.eq(biased[0][:PARTIAL]), low.b.eq(scale), high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
+        # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit far
+        # from its adder in the placement)
+        partial_low, partial_high = Signal.like(low.p), Signal.like(high.p)
+        product = Signal(signed(pw))
+        halfway = Signal(signed(pw + 1))
+        kept = Signal()
+        byte = Signal(8)                        # the byte of the product holding the kept bit
+        halfway_held = Signal.like(halfway)
+        rounded, coarse, shifted = (Signal(signed(pw + 1), name=n) for n in ("rounded", "coarse", "shifted"))
+        # the shift and 2^(shift−1) − 1 travel with the value; the row's replace the column's at stage 1
+        shift_column, half_column = Signal(ops.SHIFT_BITS), Signal.like(self.half)
+        shift = [shift_column, *delay_line(m, Mux(row_scaled, self.row_shift, shift_column), 9, "shift")[1:]]
+        half = [half_column, *delay_line(m, Mux(row_scaled, self.row_half, half_column), 5, "half")[1:]]
+        m.d.sync += [
+            # the accumulator word straight into a register (the block RAM's output register)
+            read.eq(self.word), bias.eq(self.bias),
+            multiplier.eq(Mux(row_scaled, self.row_multiplier, self.multiplier)),
+            shift[0].eq(Mux(raw, 0, at_most(self.shift, pw))),
+            half[0].eq(Mux(raw, 0, self.half)),
+            biased[0].eq(read + bias), scale.eq(multiplier),
+            partial_low.eq(low.p), partial_high.eq(high.p),
+            product.eq(Mux(raw, biased[3], (partial_high << PARTIAL) + partial_low)),
+            # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
+            halfway.eq(product + half[5]),
+            byte.eq(kept_byte(product, shift[5])),
+            halfway_held.eq(halfway), kept.eq(kept_bit_of_byte(byte, shift[6])),
+            rounded.eq(halfway_held + kept),
+            # the shift in two steps: by whole bytes, then by the rest
+            coarse.eq(rounded >> Cat(Const(0, 3), shift[8][3:])),
+            shifted.eq(coarse >> shift[9][:3]),
+        ]
+        m.d.sync += self.value.eq(self._saturate(m, shifted))
+        return m
+
+    def _saturate(self, m, value):
+        """Clamp to the command's signed range of b bits (to 0 from below with `relu`), b chosen by the one-hot
+        `saturate`. Two steps, one register apart: first, for each span of bits between the widths' sign
+        positions b − 1, whether it is all ones and whether all zeros (reductions, no comparator's carry chain);
+        then whether the value fits b bits (its bits from b − 1 up all equal: the spans' flags), and the choice;
+        the sign says on which side it left the range. The result is a register later than `value`."""
+        ranges = list(zip(self.widths, self.saturate))
+        held = Signal.like(value, name="held")
+        result = Signal(signed(self.geometry.accumulator_width), name="saturated")
+        m.d.sync += held.eq(value)
+        starts = sorted({bits - 1 for bits, _ in ranges if bits - 1 < len(value)})
+        ones, zeros = Signal(len(starts), name="ones"), Signal(len(starts), name="zeros")
+        for index, start in enumerate(starts):
+            span = value[start:starts[index + 1] if index + 1 < len(starts) else len(value)]
+            m.d.sync += [ones[index].eq(span.all()), zeros[index].eq(~span.any())]
+        checks = []
+        for bits, flag in ranges:
+            first = starts.index(bits - 1) if bits - 1 < len(value) else len(starts)
+            checks.append(flag & (ones[first:].all() | zeros[first:].all()))
+        fits = Cat(*checks).any()
+        sign = held[-1]
+        for index, (bits, flag) in enumerate(ranges):
+            with m.If(flag) if index == 0 else m.Elif(flag) if index < len(ranges) - 1 else m.Else():
+                with m.If(~fits & ~sign):
+                    m.d.comb += result.eq((1 << (bits - 1)) - 1)
+                with m.Elif(self.relu & sign):
+                    m.d.comb += result.eq(0)
+                with m.Elif(~fits):
+                    m.d.comb += result.eq(-(1 << (bits - 1)))
+                with m.Else():
+                    m.d.comb += result.eq(held)
+        return result
