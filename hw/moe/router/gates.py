@@ -1,0 +1,92 @@
+"""The router's third stage: 2^62 // S and the k gate weights, the route out and its record kept."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import WritePort
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from ...common.arith import index_bits, round_shift
+from .geometry import EXP_BITS, QUOTIENT_BITS, RouterGeometry, select
+
+__all__ = ["GateWeights"]
+
+
+class GateWeights(wiring.Component):
+    """Gate weights g_j = round_shift(e_j · (2^62 // S), 47) of a token's k winners, S the sum of all E
+    exponentials (`vmoe`) or of the k winners' (`noisy`).
+
+    A token's `winners` are taken when the stage is idle; 2^62 // S by restoring division (33 quotient bits:
+    S ≥ 2^30, the winner's own term), then the k products, then the route leaves on `routes` (a stream:
+    {token, experts best first, weights}, held until taken) and, as it is taken, its record is written at the
+    token's index (`record_write`) and `taken` pulses. Tokens are numbered from 0 at `start`; `routed`
+    counts the routes taken. About k + 36 cycles per token; `idle` when no token is inside.
+    """
+
+    def __init__(self, geometry: RouterGeometry):
+        self.geometry = g = geometry
+        super().__init__({
+            "start": In(1),
+            "winners": In(stream.Signature(g.winners)),
+            "routes": Out(stream.Signature(g.route)),
+            "record_write": In(WritePort.Signature(addr_width=(g.max_tokens - 1).bit_length(), shape=g.record)),
+            "taken": Out(1),
+            "routed": Out(range(g.max_tokens + 1)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        k = g.top_k
+        winners = self.winners.payload
+        divisor = Signal.like(winners.total)
+        remainder = Signal(unsigned(EXP_BITS + index_bits(g.experts) + 2))
+        quotient = Signal(unsigned(QUOTIENT_BITS))
+        step = Signal(range(QUOTIENT_BITS + 1))
+        winners_expert = [Signal(g.expert, name=f"winner_expert{j}") for j in range(k)]
+        winners_e = [Signal(unsigned(EXP_BITS), name=f"winner_e{j}") for j in range(k)]
+        gate_weights = [Signal(g.weight, name=f"gate_weight{j}") for j in range(k)]
+        dividing, weighting, emitting = Signal(), Signal(), Signal()
+        weight_index = Signal(range(k + 1))
+        routed = self.routed
+        m.d.comb += [self.idle.eq(~dividing & ~weighting & ~emitting), self.winners.ready.eq(self.idle)]
+        with m.If(self.winners.valid & self.winners.ready):
+            s_noisy = sum(winners.e[j] for j in range(k))
+            m.d.sync += [dividing.eq(1), step.eq(0), quotient.eq(0),
+                         divisor.eq(s_noisy if g.gate == "noisy" else winners.total),
+                         # the dividend's bits above the quotient's: 2^62 >> 33 = 2^29 < S
+                         remainder.eq(1 << (62 - QUOTIENT_BITS))]
+            m.d.sync += [winners_expert[j].eq(winners.experts[j]) for j in range(k)]
+            m.d.sync += [winners_e[j].eq(winners.e[j]) for j in range(k)]
+        with m.If(dividing):
+            trial = Signal.like(remainder)
+            m.d.comb += trial.eq(remainder << 1)            # the dividend's remaining bits are 0
+            fits = trial >= divisor
+            m.d.sync += [remainder.eq(Mux(fits, trial - divisor, trial)), quotient.eq(Cat(fits, quotient)),
+                         step.eq(step + 1)]
+            with m.If(step == QUOTIENT_BITS - 1):
+                m.d.sync += [dividing.eq(0), weighting.eq(1), weight_index.eq(0)]
+        product = Signal(unsigned(EXP_BITS + QUOTIENT_BITS))
+        with m.If(weighting):
+            m.d.sync += [weight_index.eq(weight_index + 1), product.eq(select(winners_e, weight_index) * quotient)]
+            for j in range(k):
+                with m.If(weight_index == j + 1):
+                    m.d.sync += gate_weights[j].eq(round_shift(product, 62 - ops.GATE_BITS))
+            with m.If(weight_index == k):
+                m.d.sync += [weighting.eq(0), emitting.eq(1)]
+
+        routes, record = self.routes, self.record_write
+        m.d.comb += [routes.valid.eq(emitting), routes.payload.token.eq(routed), self.taken.eq(emitting & routes.ready),
+                     record.addr.eq(routed), record.en.eq(self.taken)]
+        for j in range(k):
+            m.d.comb += [routes.payload.experts[j].eq(winners_expert[j]), routes.payload.weights[j].eq(gate_weights[j]),
+                         record.data.experts[j].eq(winners_expert[j]), record.data.weights[j].eq(gate_weights[j])]
+        with m.If(self.taken):
+            m.d.sync += [emitting.eq(0), routed.eq(routed + 1)]
+        with m.If(self.start):
+            m.d.sync += routed.eq(0)
+        return m

@@ -1,0 +1,104 @@
+"""The router's second stage: each logit's exponential, their sum, and the top k."""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from ...common.arith import index_bits, round_shift
+from ...common.pipeline import delay_line
+from .geometry import EXP_BITS, RouterGeometry
+
+__all__ = ["ExponentTopK"]
+
+
+class ExponentTopK(wiring.Component):
+    """For a token's E logits (half h of the logits memory, once `full[h]`): e = 2^30·exp(−(l_max − l)·s) from a
+    256-entry table (`golden.ops.router_exponentials`), their sum over all E, and the k largest logits by a
+    k-deep insertion sorter with strictly-greater comparisons (equal logits keep the lower index).
+
+    One logit per cycle in ascending expert order through `logit_read` (data a cycle after the address); the
+    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, e, then the sorter: the
+    token's `winners` (a stream: valid until taken; no new token starts meanwhile) are out E + 7 cycles after
+    it starts. `released` pulses bit h when the half's last logit has been read. `params` (the layer's and
+    task's exponent multiplier and shift) and `l_max` hold while a token passes.
+    """
+
+    def __init__(self, geometry: RouterGeometry):
+        self.geometry = g = geometry
+        super().__init__({
+            "full": In(2),
+            "released": Out(2),
+            "l_max": In(data.ArrayLayout(signed(g.logit_width), 2)),
+            "params": In(g.exponent_params),
+            "logit_read": In(ReadPort.Signature(addr_width=(2 * g.experts - 1).bit_length(),
+                                                shape=signed(g.logit_width))),
+            "winners": Out(stream.Signature(g.winners)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        E, k, lw = g.experts, g.top_k, g.logit_width
+        exp_half = Signal()
+        exp_busy, exp_issue = Signal(), Signal()
+        exp_index = Signal(range(max(E, 2)))
+        winners_ready = self.winners.valid
+        m.d.comb += [self.logit_read.addr.eq(exp_half * E + exp_index), self.logit_read.en.eq(1)]
+        start_exp = ~exp_busy & self.full.bit_select(exp_half, 1) & ~winners_ready
+        with m.If(start_exp):
+            m.d.sync += [exp_busy.eq(1), exp_issue.eq(1), exp_index.eq(0)]
+        with m.If(exp_issue):
+            m.d.sync += exp_index.eq(exp_index + 1)
+            with m.If(exp_index == E - 1):
+                m.d.sync += exp_issue.eq(0)
+        # pipeline: read → d·multiplier → u → table, whole → e → sort and sum
+        stage = data.StructLayout({"valid": 1, "last": 1, "expert": unsigned(index_bits(E)), "logit": signed(lw)})
+        issued, read = Signal(stage, name="exp_issued"), Signal(stage, name="exp_read")
+        m.d.sync += [issued.valid.eq(exp_issue), issued.last.eq(exp_index == E - 1), issued.expert.eq(exp_index)]
+        m.d.sync += [read.valid.eq(issued.valid), read.last.eq(issued.last), read.expert.eq(issued.expert),
+                     read.logit.eq(self.logit_read.data)]
+        arriving = delay_line(m, read, 4, "exp_stage")[-1]
+        distance = Signal(unsigned(lw))
+        scaled = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
+        exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
+        table_value = Signal(unsigned(EXP_BITS))
+        whole = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
+        e_value = Signal(unsigned(EXP_BITS))
+        table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
+        m.d.comb += distance.eq(self.l_max[exp_half] - read.logit)
+        m.d.sync += [scaled.eq(distance * self.params.multiplier),
+                     exponent.eq(round_shift(scaled, self.params.shift)),
+                     table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
+                     whole.eq(exponent >> ops.ROUTER_EXP_BITS),
+                     e_value.eq(Mux(whole > 62, 0, round_shift(table_value, whole[:6])))]
+
+        winners = self.winners.payload
+        top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
+        top_expert, top_e, total = winners.experts, winners.e, winners.total
+        filled_slots = Signal(range(k + 1))
+        with m.If(arriving.valid):
+            first = arriving.expert == 0
+            m.d.sync += total.eq(Mux(first, 0, total) + e_value)
+            # slot j takes the new entry if it beats slot j (or j is empty) and not slot j − 1; else the entry
+            # of slot j − 1 if the new one beat that; else it keeps its own.
+            beats = [first | (filled_slots <= j) | (arriving.logit > top_logit[j]) for j in range(k)]
+            for j in range(k):
+                previous_beaten = beats[j - 1] & ~(first & (j > 0)) if j else Const(0)
+                with m.If(beats[j] & ~previous_beaten):
+                    m.d.sync += [top_logit[j].eq(arriving.logit), top_expert[j].eq(arriving.expert),
+                                 top_e[j].eq(e_value)]
+                with m.Elif(previous_beaten & ~first):
+                    m.d.sync += [top_logit[j].eq(top_logit[j - 1]), top_expert[j].eq(top_expert[j - 1]),
+                                 top_e[j].eq(top_e[j - 1])]
+            m.d.sync += filled_slots.eq(Mux(first, 1, Mux(filled_slots == k, k, filled_slots + 1)))
+            with m.If(arriving.last):
+                m.d.sync += [exp_busy.eq(0), exp_half.eq(~exp_half), winners_ready.eq(1)]
+                m.d.comb += self.released.eq(1 << exp_half)
+        with m.If(self.winners.valid & self.winners.ready):
+            m.d.sync += winners_ready.eq(0)
+        return m
