@@ -13,6 +13,7 @@ from golden import ops
 
 from ...common.arith import index_bits
 from ...vector.gelu import Gelu
+from ..array import SystolicArray
 from ..multiplier import Multiplier
 
 __all__ = ["GemmMode", "GemmGeometry", "tiles", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES", "GATE_WIDTH",
@@ -238,6 +239,12 @@ class GemmGeometry:
             "combine": (self.combine_depth, self.combine_word),
         }[name]
         return ReadPort.Signature(addr_width=_address(depth), shape=shape)
+
+    @property
+    def array(self) -> SystolicArray.Signature:
+        """The signature of the engine's systolic array."""
+        return SystolicArray.Signature(self.rows, self.cols, self.operand_width, self.accumulator_width,
+                                       self.load_rows)
 
     def address_width(self, name: str) -> int:
         """Address bits of the memory behind read port `name`."""

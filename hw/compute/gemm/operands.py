@@ -6,7 +6,6 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..array import SystolicArray
 from .geometry import STREAM_STAGES, GemmGeometry
 
 __all__ = ["OperandStreamer"]
@@ -26,7 +25,6 @@ class OperandStreamer(wiring.Component):
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
-        array = SystolicArray.Signature(g.rows, g.cols, g.operand_width, g.accumulator_width, g.load_rows)
         super().__init__({
             "start": In(1),
             "command": In(g.command),
@@ -34,7 +32,7 @@ class OperandStreamer(wiring.Component):
             "tile_base": In(g.address_width("x")),
             "index_read": In(g.read_port("index")),
             "x_read": In(g.read_port("x")),
-            "to_array": Out(array.members["stream_in"].signature.flip()),
+            "to_array": Out(g.array.members["stream_in"].signature.flip()),
             "tag": Out(g.tag),
         })
 

@@ -7,7 +7,6 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ...common.pipeline import credit_counter
-from ..array import SystolicArray
 from .geometry import GemmGeometry
 
 __all__ = ["TileSequencer"]
@@ -41,14 +40,13 @@ class TileSequencer(wiring.Component):
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
-        array = SystolicArray.Signature(g.rows, g.cols, g.operand_width, g.accumulator_width, g.load_rows)
         super().__init__({
             "start": In(1),
             "command": In(g.command),
             "busy": In(1),
             "tile_drained": In(1),
             "w_read": In(g.read_port("w")),
-            "load": Out(array.members["load"].signature.flip()),
+            "load": Out(g.array.members["load"].signature.flip()),
             "issue": Out(g.tag),
             "tile_base": Out(g.address_width("x")),
         })

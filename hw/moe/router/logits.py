@@ -7,7 +7,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
-from ...common.arith import index_bits
 from .geometry import RouterGeometry, select
 
 __all__ = ["LogitUnit"]
