@@ -80,3 +80,17 @@ def test_generator_runs_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "needs torch" in result.stderr
+
+
+MAX_MODULE_LINES, MAX_ELABORATE_LINES = 400, 150
+
+
+def test_hw_modules_and_elaborates_stay_small():
+    for path in (ROOT / "hw").rglob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)}: over {MAX_MODULE_LINES} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name == "elaborate":
+                length = node.end_lineno - node.lineno + 1
+                assert length <= MAX_ELABORATE_LINES, \
+                    f"{path.relative_to(ROOT)}:{node.lineno}: elaborate has {length} lines"

@@ -175,77 +175,7 @@ class LayerNorm(wiring.Component):
                     m.d.sync += state[b].eq(BankState.REDUCED)
 
         # --- 2. Statistics -------------------------------------------------------------------------------------
-        stats_bank = Signal()
-        s = Signal(signed(self.sum_width))
-        q = Signal(unsigned(self.square_width))
-        operand = Signal(unsigned(32))                  # S · operand: S itself, then r
-        product = Signal(signed(self.sum_width + 33))
-        v = Signal(unsigned(self.v_width))
-        e = Signal(range(self.max_e + 1))
-        divisor = Signal(unsigned(32))
-        remainder = Signal(unsigned(33))
-        quotient = Signal(unsigned(DIVIDEND_BITS + 1))
-        step = Signal(range(DIVIDEND_BITS + 1))
-        root = Signal(unsigned(DIVIDEND_BITS + 1))      # ends as r ≤ 2^31; scaled by up to 2^31 on the way
-        root_bit = Signal(unsigned(DIVIDEND_BITS + 1))  # 4^j
-        m.d.sync += product.eq(s * operand)
-        with m.FSM(name="statistics"):
-            with m.State("IDLE"):
-                summed = pick(stats_bank, sums)
-                with m.If(pick(stats_bank, state) == BankState.REDUCED):
-                    m.d.sync += [s.eq(summed), q.eq(pick(stats_bank, squares)),
-                                 operand.eq(Mux(summed < 0, -summed, summed))]
-                    rows.set_state(m, stats_bank, BankState.STATISTICS)
-                    m.next = "SQUARE"
-            with m.State("SQUARE"):        # product ← S · |S| (registered)
-                m.next = "VARIANCE"
-            with m.State("VARIANCE"):
-                scaled_q = times_constant(q, dim)
-                m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + command.eps)   # product: S·|S|
-                m.next = "EXPONENT"
-            with m.State("EXPONENT"):
-                length = bit_length(m, v, "v_length")
-                m.d.sync += e.eq(Mux(length > 32, (length - 31) >> 1, 0))
-                m.next = "NORMALISE"
-            with m.State("NORMALISE"):
-                m.d.sync += divisor.eq(shift_right(v, e << 1, len(divisor)))
-                m.next = "DIVIDE_START"
-            with m.State("DIVIDE_START"):
-                top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
-                m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
-                first_bit = Signal(range(DIVIDEND_BITS + 1), name="first_quotient_bit")
-                m.d.comb += first_bit.eq(DIVIDEND_BITS - top)
-                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(first_bit),
-                             # the quotient is below 2^(63 − top): its root starts from 4^⌊(62 − top)/2⌋
-                             root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (first_bit >> 1 << 1))]
-                m.next = "DIVIDE"
-            with m.State("DIVIDE"):
-                fits = remainder >= divisor
-                left = Mux(fits, remainder - divisor, remainder)
-                m.d.sync += [quotient.eq(Cat(fits, quotient)), remainder.eq(left << 1), step.eq(step - 1)]
-                with m.If(step == 0):
-                    m.d.sync += root.eq(0)
-                    m.next = "ROOT"
-            with m.State("ROOT"):
-                trial = root + root_bit
-                fits = quotient >= trial
-                m.d.sync += [quotient.eq(Mux(fits, quotient - trial, quotient)),
-                             root.eq(Mux(fits, (root >> 1) + root_bit, root >> 1)), root_bit.eq(root_bit >> 2)]
-                with m.If(root_bit[:2] != 0):
-                    m.next = "OFFSET"
-            with m.State("OFFSET"):         # product ← S · r
-                m.d.sync += operand.eq(root[:32])
-                m.next = "OFFSET_WAIT"
-            with m.State("OFFSET_WAIT"):
-                m.next = "DONE"
-            with m.State("DONE"):
-                for b in range(2):
-                    with m.If(stats_bank == b):
-                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e),
-                                     row_halves[b].eq(half_minus_one(SHIFT_BASE + e))]
-                rows.set_state(m, stats_bank, BankState.READY)
-                m.d.sync += stats_bank.eq(~stats_bank)
-                m.next = "IDLE"
+        self._statistics(m, rows, command.eps, sums, squares, recips, offsets, exponents, row_halves)
 
         # --- 3. Normalise --------------------------------------------------------------------------------------
         out_rows = Signal.like(command.rows)
@@ -316,3 +246,80 @@ class LayerNorm(wiring.Component):
             m.d.sync += out_rows.eq(0)
             rows.reset(m)
         return m
+
+    def _statistics(self, m, rows, eps, sums, squares, recips, offsets, exponents, row_halves):
+        """One row at a time, from the bank `rows` marks REDUCED: v = D·Q − S² + eps, e, 2^62 // (v >> 2e) by
+        restoring division, its integer square root r bit by bit, and S·r; then r, S·r, e and 2^(18+e) − 1
+        into the bank's registers and the bank READY."""
+        dim, state = self.dim, rows.state
+        stats_bank = Signal()
+        s = Signal(signed(self.sum_width))
+        q = Signal(unsigned(self.square_width))
+        operand = Signal(unsigned(32))                  # S · operand: S itself, then r
+        product = Signal(signed(self.sum_width + 33))
+        v = Signal(unsigned(self.v_width))
+        e = Signal(range(self.max_e + 1))
+        divisor = Signal(unsigned(32))
+        remainder = Signal(unsigned(33))
+        quotient = Signal(unsigned(DIVIDEND_BITS + 1))
+        step = Signal(range(DIVIDEND_BITS + 1))
+        root = Signal(unsigned(DIVIDEND_BITS + 1))      # ends as r ≤ 2^31; scaled by up to 2^31 on the way
+        root_bit = Signal(unsigned(DIVIDEND_BITS + 1))  # 4^j
+        m.d.sync += product.eq(s * operand)
+        with m.FSM(name="statistics"):
+            with m.State("IDLE"):
+                summed = pick(stats_bank, sums)
+                with m.If(pick(stats_bank, state) == BankState.REDUCED):
+                    m.d.sync += [s.eq(summed), q.eq(pick(stats_bank, squares)),
+                                 operand.eq(Mux(summed < 0, -summed, summed))]
+                    rows.set_state(m, stats_bank, BankState.STATISTICS)
+                    m.next = "SQUARE"
+            with m.State("SQUARE"):        # product ← S · |S| (registered)
+                m.next = "VARIANCE"
+            with m.State("VARIANCE"):
+                scaled_q = times_constant(q, dim)
+                m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + eps)   # product: S·|S|
+                m.next = "EXPONENT"
+            with m.State("EXPONENT"):
+                length = bit_length(m, v, "v_length")
+                m.d.sync += e.eq(Mux(length > 32, (length - 31) >> 1, 0))
+                m.next = "NORMALISE"
+            with m.State("NORMALISE"):
+                m.d.sync += divisor.eq(shift_right(v, e << 1, len(divisor)))
+                m.next = "DIVIDE_START"
+            with m.State("DIVIDE_START"):
+                top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
+                m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
+                first_bit = Signal(range(DIVIDEND_BITS + 1), name="first_quotient_bit")
+                m.d.comb += first_bit.eq(DIVIDEND_BITS - top)
+                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(first_bit),
+                             # the quotient is below 2^(63 − top): its root starts from 4^⌊(62 − top)/2⌋
+                             root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (first_bit >> 1 << 1))]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                fits = remainder >= divisor
+                left = Mux(fits, remainder - divisor, remainder)
+                m.d.sync += [quotient.eq(Cat(fits, quotient)), remainder.eq(left << 1), step.eq(step - 1)]
+                with m.If(step == 0):
+                    m.d.sync += root.eq(0)
+                    m.next = "ROOT"
+            with m.State("ROOT"):
+                trial = root + root_bit
+                fits = quotient >= trial
+                m.d.sync += [quotient.eq(Mux(fits, quotient - trial, quotient)),
+                             root.eq(Mux(fits, (root >> 1) + root_bit, root >> 1)), root_bit.eq(root_bit >> 2)]
+                with m.If(root_bit[:2] != 0):
+                    m.next = "OFFSET"
+            with m.State("OFFSET"):         # product ← S · r
+                m.d.sync += operand.eq(root[:32])
+                m.next = "OFFSET_WAIT"
+            with m.State("OFFSET_WAIT"):
+                m.next = "DONE"
+            with m.State("DONE"):
+                for b in range(2):
+                    with m.If(stats_bank == b):
+                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e),
+                                     row_halves[b].eq(half_minus_one(SHIFT_BASE + e))]
+                rows.set_state(m, stats_bank, BankState.READY)
+                m.d.sync += stats_bank.eq(~stats_bank)
+                m.next = "IDLE"
