@@ -15,12 +15,15 @@ from typing import NamedTuple
 from . import ops
 
 __all__ = [
-    "ConfigError", "TaskConfig", "HeadConv", "ModelConfig", "AcceleratorConfig", "GATE_VARIANTS",
+    "ConfigError", "MAX_ARRAY_SIDE", "TaskConfig", "HeadConv", "ModelConfig", "AcceleratorConfig", "GATE_VARIANTS",
     "MODEL_PRESETS", "ACCELERATOR_PRESETS", "DEFAULT_MODEL_PRESET", "DEFAULT_ACCELERATOR_PRESET",
     "model_preset", "accelerator_preset", "check_compatible", "largest_dot_product", "accumulator_bits_needed",
 ]
 
 GATE_VARIANTS = ("vmoe", "noisy")
+
+
+MAX_ARRAY_SIDE = 128   # rows or columns of a systolic array: 16,384 multipliers, beyond any target's DSPs
 
 
 class ConfigError(ValueError):
@@ -263,6 +266,10 @@ class AcceleratorConfig:
         for name in ("array_rows", "array_cols", "weight_buffers", "weight_buffer_bytes", "dram_max_burst",
                      "dram_outstanding", "router_macs_per_cycle", "vector_lanes", "requant_lanes"):
             _int(name, getattr(self, name))
+        for name in ("array_rows", "array_cols"):
+            if getattr(self, name) > MAX_ARRAY_SIDE:
+                raise ConfigError(name, getattr(self, name), f"must be at most {MAX_ARRAY_SIDE} (the generator's cap: "
+                                  f"{MAX_ARRAY_SIDE}×{MAX_ARRAY_SIDE} multipliers are several times the largest FPGA's)")
         _int("operand_width", self.operand_width, minimum=2)
         if self.operand_width > 16:
             raise ConfigError("operand_width", self.operand_width, "must be at most 16 bits")

@@ -9,16 +9,20 @@ each, measured in the same run.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .config import ModelConfig
+from .errors import CheckpointError
 from .images import natural_images
 from .model import run
 from .quantize import quantize_image
 from .quantized import QuantizedModel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["measure", "load_float", "snr_db", "MARGIN_BINS", "CALIBRATION_SEED", "TEST_SEED"]
 
@@ -48,10 +52,16 @@ def load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None, ba
     from .float_model import M3ViT, read_checkpoint
 
     if checkpoint is None:
+        log.info(f"building the trained-like {config.name} (seed {seed})")
         return M3ViT.trained_like(config, seed), None
+    log.info(f"reading {checkpoint}")
     data = read_checkpoint(checkpoint)
     if isinstance(data, dict) and "format" in data:
-        return M3ViT.load(checkpoint), None
+        network = M3ViT.load(checkpoint)
+        if network.config != config:
+            raise CheckpointError(f"{checkpoint}: holds a model of preset {network.config.name!r}, not {config.name!r} "
+                                  "(choose it with --preset)")
+        return network, None
     model = M3ViT.random(config, seed)
     report = model.load_official_state_dict(data, backbone_only=backbone_only)
     return model.eval(), report
@@ -77,6 +87,7 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
     network, loaded = load_float(config, seed, checkpoint, backbone_only)
     if calibration is None:
         calibration = natural_images(config, calibration_images, CALIBRATION_SEED + seed)
+    log.info(f"calibrating and quantizing on {len(calibration)} images")
     quantized = quantize_model(network, calibration)
     residual_scale = quantized.scales["residual"]
     per_task = {}
@@ -84,7 +95,8 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
         head_ref, head_int, blocks_ref, blocks_int = [], [], [], []
         agreement = {b: [] for b in config.moe_blocks}
         margins = {b: [] for b in config.moe_blocks}
-        for image in test:
+        for index, image in enumerate(test):
+            log.info(f"task {config.tasks[task].name}: image {index + 1} of {len(test)}, float and integer")
             reference = float_inference(network, image, task)
             result = run(quantized, quantize_image(quantized, image), task, intermediates=True)
             blocks_ref.append(reference["blocks"])

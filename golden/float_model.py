@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .errors import CheckpointError
+from .files import atomic_open
 
 __all__ = ["M3ViT", "M3ViTOutput", "Routing", "CheckpointError", "CheckpointReport", "map_checkpoint", "route",
            "time_inference", "calibrate", "numpy_weights", "quantize_model", "float_inference", "float_output", "read_checkpoint", "LN_EPS",
@@ -33,10 +35,6 @@ CHECKPOINT_FORMAT = "m3vit-float-1"
 
 def _no_probe(name, tensor):
     return tensor
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or state dict does not match the model; the message lists every problem at once."""
 
 
 @dataclass
@@ -272,8 +270,9 @@ class M3ViT(nn.Module):
         return model.eval()
 
     def save(self, path: str | Path) -> None:
-        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                    "state_dict": self.state_dict()}, path)
+        with atomic_open(path) as file:
+            torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                        "state_dict": self.state_dict()}, file)
 
     def load_official_state_dict(self, state_dict: dict, *, backbone_only: bool = False) -> "CheckpointReport":
         """Load weights named as the official M³ViT code names them (`map_checkpoint` says how names map and

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, ModelConfig
+from .files import atomic_open
 from .ops import GELU_STEP_BITS, MAX_FRACTION_BITS, MAX_SHIFT, MULTIPLIER_BITS
 
 __all__ = ["QuantizedModel", "QuantizedFileError", "array_spec", "value_problems", "bias_room", "FORMAT"]
@@ -98,7 +99,7 @@ class QuantizedModel:
     def save(self, path: str | Path) -> None:
         meta = {"format": FORMAT, "config": self.config.to_dict(), "scales": self.scales}
         header = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as file:
+        with atomic_open(path) as file:
             np.savez(file, __meta__=header, **self.arrays)
 
     @classmethod

