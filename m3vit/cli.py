@@ -20,6 +20,7 @@ from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
 from hw.flow.fit import TARGETS, FitError, fit_report, target
+from hw.flow.formal import PROOFS, FormalError
 from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 from golden.errors import CheckpointError
@@ -316,6 +317,22 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_prove(args) -> int:
+    """Exit status 1 if a rule fails (its trace kept with -o)."""
+    from hw.flow.formal import prove_unit
+    for unit in PROOFS if args.unit == "all" else [args.unit]:
+        try:
+            result = prove_unit(unit, args.depth, keep=None if args.output is None else Path(args.output) / unit)
+        except FormalError as error:
+            print(f"m3vit: {error}", file=sys.stderr)
+            return 1
+        reach = (f"all {result.covers} output stalls reached" if result.covers_reached == result.covers else
+                 f"{result.covers_reached} of {result.covers} output stalls reached (the others hold vacuously "
+                 "at this depth)")
+        print(f"{unit}: handshake rules hold to depth {result.depth} ({reach}; {result.seconds:.0f} s)")
+    return 0
+
+
 def _report(args, result: dict, title: str, columns, rows, footer=()) -> int:
     """`result` as JSON with --json; else `title`, `rows` (dicts) as a table of `columns` ((heading, key,
     format spec) each; the spec's alignment and width set the heading's), and `footer` lines."""
@@ -486,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthesize the unit even if the whole accelerator does not fit the target")
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
+
+    prove = commands.add_parser("prove", help="bounded proofs of a unit's handshake rules (SymbiYosys, Boolector)")
+    prove.add_argument("unit", choices=(*PROOFS, "all"), help="the unit, at its smallest configuration")
+    prove.add_argument("--depth", type=_count, default=24, help="cycles from reset (default 24, as in CI)")
+    prove.add_argument("-o", "--output", type=_output_directory, default=None,
+                       help="keep the proof's files (and a failure's trace) in this directory")
+    prove.set_defaults(run=cmd_prove)
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value
 
-__all__ = ["index_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
+__all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
            "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right", "times_constant",
            "bit_length", "tree_sum"]
 
@@ -12,6 +12,11 @@ __all__ = ["index_bits", "at_least", "at_most", "capped_power_of_two", "half_min
 def index_bits(count: int) -> int:
     """Bits of a field that holds 0 … count − 1 (at least one)."""
     return max(1, (count - 1).bit_length())
+
+
+def address_bits(depth: int) -> int:
+    """Address bits of a `lib.memory.Memory` of `depth` words (0 for one word)."""
+    return (depth - 1).bit_length()
 
 
 def at_least(value, bound: int):

@@ -14,7 +14,8 @@ __all__ = ["OutputFifo"]
 
 
 class OutputFifo(wiring.Component):
-    """`GemmGeometry.fifo_places` rows of LUT RAM between the output path and the `out` stream.
+    """`places` rows (default `GemmGeometry.fifo_places`) of LUT RAM between the output path and the `out`
+    stream.
 
     A place is promised when a row issues into the output path (`promise`, one-cycle pulse) and given back
     when a row leaves on `out` or when a promised row will never come (`release`: COMBINE rows leave the path
@@ -24,9 +25,11 @@ class OutputFifo(wiring.Component):
     in the order written.
     """
 
-    def __init__(self, geometry: GemmGeometry):
+    def __init__(self, geometry: GemmGeometry, places: int | None = None):
         self.geometry = g = geometry
-        self.places = g.fifo_places
+        self.places = g.fifo_places if places is None else places
+        if not isinstance(self.places, int) or self.places < 2:
+            raise ValueError(f"OutputFifo places = {places!r}: must be an integer of at least 2")
         super().__init__({
             "arriving": In(1),
             "data": In(g.result),

@@ -11,7 +11,7 @@ from amaranth.lib.memory import ReadPort
 
 from golden import ops
 
-from ...common.arith import index_bits
+from ...common.arith import address_bits, index_bits
 from ...vector.gelu import Gelu
 from ..array import SystolicArray
 from ..multiplier import Multiplier
@@ -47,11 +47,6 @@ class GemmMode(enum.IntEnum):
 
 def tiles(size: int, tile: int) -> int:
     return -(-size // tile)
-
-
-def _address(depth: int) -> int:
-    """Address bits of a `lib.memory.Memory` of `depth` words (0 for one word)."""
-    return (depth - 1).bit_length()
 
 
 def _positive(name, value):
@@ -238,7 +233,7 @@ class GemmGeometry:
             "gate": (self.index_depth, unsigned(GATE_WIDTH)),
             "combine": (self.combine_depth, self.combine_word),
         }[name]
-        return ReadPort.Signature(addr_width=_address(depth), shape=shape)
+        return ReadPort.Signature(addr_width=address_bits(depth), shape=shape)
 
     @property
     def array(self) -> SystolicArray.Signature:
@@ -252,4 +247,4 @@ class GemmGeometry:
 
     @property
     def combine_address_width(self) -> int:
-        return _address(self.combine_depth)
+        return address_bits(self.combine_depth)

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import index_bits, round_shift
+from ...common.arith import address_bits, index_bits, round_shift
 from .geometry import EXP_BITS, QUOTIENT_BITS, RouterGeometry, select
 
 __all__ = ["GateWeights"]
@@ -32,7 +32,7 @@ class GateWeights(wiring.Component):
             "start": In(1),
             "winners": In(stream.Signature(g.winners)),
             "routes": Out(stream.Signature(g.route)),
-            "record_write": In(WritePort.Signature(addr_width=(g.max_tokens - 1).bit_length(), shape=g.record)),
+            "record_write": In(WritePort.Signature(addr_width=address_bits(g.max_tokens), shape=g.record)),
             "taken": Out(1),
             "routed": Out(range(g.max_tokens + 1)),
             "idle": Out(1),

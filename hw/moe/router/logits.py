@@ -7,13 +7,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
+from ...common.arith import address_bits
 from .geometry import RouterGeometry, select
 
 __all__ = ["LogitUnit"]
-
-
-def _address(depth):
-    return (depth - 1).bit_length()
 
 
 class LogitUnit(wiring.Component):
@@ -39,8 +36,8 @@ class LogitUnit(wiring.Component):
             "command": In(g.command),
             "routing": In(1),
             "tokens": In(stream.Signature(g.token_beat)),
-            "weights_read": In(ReadPort.Signature(addr_width=_address(g.weights_depth), shape=g.weight_word)),
-            "logit_write": In(WritePort.Signature(addr_width=_address(2 * g.experts), shape=signed(g.logit_width))),
+            "weights_read": In(ReadPort.Signature(addr_width=address_bits(g.weights_depth), shape=g.weight_word)),
+            "logit_write": In(WritePort.Signature(addr_width=address_bits(2 * g.experts), shape=signed(g.logit_width))),
             "l_max": Out(data.ArrayLayout(signed(g.logit_width), 2)),
             "full": In(2),
             "done": Out(2),

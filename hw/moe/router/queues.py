@@ -7,6 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
+from ...common.arith import address_bits
 from .geometry import RouterGeometry, select
 
 __all__ = ["QueueBuilder"]
@@ -32,8 +33,8 @@ class QueueBuilder(wiring.Component):
             "gates_idle": In(1),
             "taken": In(1),
             "route_experts": In(data.ArrayLayout(g.expert, g.top_k)),
-            "record_read": In(ReadPort.Signature(addr_width=(g.max_tokens - 1).bit_length(), shape=g.record)),
-            "queue_write": In(WritePort.Signature(addr_width=(g.queue_depth - 1).bit_length(),
+            "record_read": In(ReadPort.Signature(addr_width=address_bits(g.max_tokens), shape=g.record)),
+            "queue_write": In(WritePort.Signature(addr_width=address_bits(g.queue_depth),
                                                    shape=g.queue_entry)),
             "experts": Out(stream.Signature(g.expert_entry)),
             "done": Out(1),

@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out, flipped
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
-from ...common.arith import index_bits
+from ...common.arith import address_bits
 from .gates import GateWeights
 from .geometry import QUOTIENT_BITS, RouterGeometry
 from .logits import LogitUnit
@@ -55,11 +55,11 @@ class Router(wiring.Component):
         super().__init__({
             "command": In(stream.Signature(g.command)),
             "tokens": In(stream.Signature(g.token_beat)),
-            "weights_write": Out(WritePort.Signature(addr_width=index_bits(g.weights_depth), shape=g.weight_word)),
-            "params_write": Out(WritePort.Signature(addr_width=index_bits(layers * tasks), shape=g.exponent_params)),
+            "weights_write": Out(WritePort.Signature(addr_width=address_bits(g.weights_depth), shape=g.weight_word)),
+            "params_write": Out(WritePort.Signature(addr_width=address_bits(layers * tasks), shape=g.exponent_params)),
             "routes": Out(stream.Signature(g.route)),
             "experts": Out(stream.Signature(g.expert_entry)),
-            "queue_read": Out(ReadPort.Signature(addr_width=index_bits(g.queue_depth), shape=g.queue_entry)),
+            "queue_read": Out(ReadPort.Signature(addr_width=address_bits(g.queue_depth), shape=g.queue_entry)),
             "busy": Out(1),
             "error": Out(1),
         })

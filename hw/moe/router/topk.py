@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import index_bits, round_shift
+from ...common.arith import address_bits, index_bits, round_shift
 from ...common.pipeline import delay_line
 from .geometry import EXP_BITS, RouterGeometry
 
@@ -35,7 +35,7 @@ class ExponentTopK(wiring.Component):
             "released": Out(2),
             "l_max": In(data.ArrayLayout(signed(g.logit_width), 2)),
             "params": In(g.exponent_params),
-            "logit_read": In(ReadPort.Signature(addr_width=(2 * g.experts - 1).bit_length(),
+            "logit_read": In(ReadPort.Signature(addr_width=address_bits(2 * g.experts),
                                                 shape=signed(g.logit_width))),
             "winners": Out(stream.Signature(g.winners)),
         })
