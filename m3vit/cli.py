@@ -317,6 +317,17 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_interfaces(args) -> int:
+    from hw.flow.interfaces import interface_rows, interface_table
+    model, accel = model_preset(args.preset), accelerator_preset(args.array)
+    if args.json:
+        print(json.dumps([dict(zip(("unit", "port", "kind", "payload"), row)) for row in interface_rows(model, accel)],
+                         indent=2))
+    else:
+        print(interface_table(model, accel))
+    return 0
+
+
 def cmd_prove(args) -> int:
     """Exit status 1 if a rule fails (its trace kept with -o)."""
     from hw.flow.formal import prove_unit
@@ -503,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthesize the unit even if the whole accelerator does not fit the target")
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
+
+    interfaces = commands.add_parser("interfaces", help="every unit's ports, read from their signatures (markdown)")
+    preset_args(interfaces)
+    interfaces.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
+    interfaces.set_defaults(run=cmd_interfaces)
 
     prove = commands.add_parser("prove", help="bounded proofs of a unit's handshake rules (SymbiYosys, Boolector)")
     prove.add_argument("unit", choices=(*PROOFS, "all"), help="the unit, at its smallest configuration")

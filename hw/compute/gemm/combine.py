@@ -27,14 +27,13 @@ class CombineScatter(wiring.Component):
     input registers; y·g and the word land in registers the cycle after, and are added and written
     (`combine_write`) the next, 3 cycles after the row arrived. A token list holds each token at most once,
     so a word is written once per command and no read meets a pending write. `active` says a row is between
-    the read and the write; `command` is read in the cycle `start` is set.
+    the read and the write.
     """
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
         super().__init__({
-            "start": In(1),
-            "command": In(g.command),
+            "list_base": In(g.command["list_base"].shape),    # the command's, held while it runs
             "issue": In(1),
             "row": In(index_bits(g.max_m + 1)),
             "result": In(g.drained_row),
@@ -48,9 +47,7 @@ class CombineScatter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        list_base = Signal.like(self.command.list_base)
-        with m.If(self.start):
-            m.d.sync += list_base.eq(self.command.list_base)
+        list_base = self.list_base
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(list_base + self.row), port.en.eq(self.issue)]
         # The token is registered off the read, then its word offset (token · NT_max) multiplied out.

@@ -41,6 +41,8 @@ class Drain(wiring.Component):
             "busy": In(1),
             "tiles_done": In(range(g.n_tiles_max + 1)),
             "room": In(1),
+            "single_row": In(1),                            # the command's M = 1 and M − 2 (the sequencer's)
+            "m_before_last": In(g.command["m"].shape),
             "p_read": In(g.read_port("p")),
             "row_read": In(g.read_port("row")),
             "drain_tile": Out(index_bits(g.n_tiles_max + 1)),
@@ -59,7 +61,7 @@ class Drain(wiring.Component):
         flags, pw = self.flags, g.product_width
         drained, drain_m = self.drain_tile, self.drain_row
         p_base = Signal.like(self.command.p_base)
-        single_row, m_before_last = Signal(), Signal.like(self.command.m)
+        single_row, m_before_last = self.single_row, self.m_before_last
         draining, params_ready, drain_last = Signal(), Signal(), Signal()    # drain_last: drain_m = M − 1
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols))
@@ -113,7 +115,6 @@ class Drain(wiring.Component):
                      self.active.eq(Cat(*(stage.valid for stage in stages[1:])).any())]
 
         with m.If(self.start):
-            m.d.sync += [p_base.eq(self.command.p_base), single_row.eq(self.command.m == 1),
-                         m_before_last.eq(self.command.m - 2), drained.eq(0)]
+            m.d.sync += [p_base.eq(self.command.p_base), drained.eq(0)]
         return m
 

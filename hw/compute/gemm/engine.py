@@ -126,7 +126,7 @@ class GemmEngine(wiring.Component):
 
         # The command: taken when not busy; its mode decoded into flags once.
         busy, start = Signal(), Signal()
-        n_tiles = Signal.like(self.command.payload.n_tiles)
+        n_tiles, list_base = Signal.like(self.command.payload.n_tiles), Signal.like(self.command.payload.list_base)
         flags = Signal(g.flags)
         payload = self.command.payload
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy), start.eq(self.command.valid & ~busy)]
@@ -139,10 +139,11 @@ class GemmEngine(wiring.Component):
                 flags.row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW)),
                 flags.saturate.eq(Cat(*named, ~Cat(*named).any())),
                 busy.eq((payload.m != 0) & (payload.k_tiles != 0) & (payload.n_tiles != 0)),
-                n_tiles.eq(payload.n_tiles),
+                n_tiles.eq(payload.n_tiles), list_base.eq(payload.list_base),
             ]
-        for stage in (sequencer, operands, accumulator, drain, gelu_path, combine):
+        for stage in (sequencer, operands, accumulator, drain, gelu_path):
             m.d.comb += [stage.start.eq(start), stage.command.eq(payload)]
+        m.d.comb += [operands.list_base.eq(list_base), combine.list_base.eq(list_base)]
 
         # Operands into the array, results into the accumulator.
         m.d.comb += [sequencer.busy.eq(busy), sequencer.tile_drained.eq(drain.tile_drained)]
@@ -155,6 +156,7 @@ class GemmEngine(wiring.Component):
         m.d.comb += [accumulator.tag.eq(operands.tag), accumulator.results.eq(array.out.payload)]
 
         # The drain, then GELU or the combine, then the FIFO.
+        m.d.comb += [drain.single_row.eq(sequencer.single_row), drain.m_before_last.eq(sequencer.m_before_last)]
         m.d.comb += [drain.flags.eq(flags), drain.busy.eq(busy), drain.tiles_done.eq(accumulator.tiles_done),
                      drain.room.eq(fifo.room), accumulator.drain_tile.eq(drain.drain_tile),
                      accumulator.drain_row.eq(drain.drain_row), drain.word.eq(accumulator.drained_word)]

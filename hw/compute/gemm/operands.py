@@ -19,7 +19,7 @@ class OperandStreamer(wiring.Component):
     the source row (m itself, or the index with `gather`) so a block RAM's output never meets an adder; stage 3
     reads X at tile_base + source row (`x_read`); the word enters the array's `to_array` port with the tag on
     `tag`. Lanes past K in the last K tile are zeroed (the command's `k_last`), so W rows past K may hold
-    anything. `command` is read in the cycle `start` is set.
+    anything. `command` is read in the cycle `start` is set; `list_base` holds from the next.
     """
     LATENCY = STREAM_STAGES
 
@@ -28,6 +28,7 @@ class OperandStreamer(wiring.Component):
         super().__init__({
             "start": In(1),
             "command": In(g.command),
+            "list_base": In(g.command["list_base"].shape),    # the command's, held while it runs
             "issue": In(g.tag),
             "tile_base": In(g.address_width("x")),
             "index_read": In(g.read_port("index")),
@@ -39,10 +40,10 @@ class OperandStreamer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
-        list_base, gather = Signal.like(self.command.list_base), Signal()
+        list_base, gather = self.list_base, Signal()
         lane_valid = Signal(g.rows)              # lanes of the last K tile within K, set once per command
         with m.If(self.start):
-            m.d.sync += [list_base.eq(self.command.list_base), gather.eq(self.command.gather),
+            m.d.sync += [gather.eq(self.command.gather),
                          lane_valid.eq(Cat(*(self.command.k_last > r for r in range(g.rows))))]
 
         issue = self.issue

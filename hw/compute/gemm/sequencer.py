@@ -49,6 +49,8 @@ class TileSequencer(wiring.Component):
             "load": Out(g.array.members["load"].signature.flip()),
             "issue": Out(g.tag),
             "tile_base": Out(g.address_width("x")),
+            "single_row": Out(1),                           # the command's M = 1, kept
+            "m_before_last": Out(g.command["m"].shape),    # M − 2, kept (all ones for M = 1: never reached)
         })
 
     def elaborate(self, platform):
@@ -94,12 +96,12 @@ class TileSequencer(wiring.Component):
         stream_pending, tile_ready, bank_credited = Signal(), Signal(), Signal()
         within = Signal()              # inside an N tile: stream_i ≠ 0 or stream_m ≠ 0 (its bank is taken)
         last_row = Signal()            # stream_m = M − 1
-        m_before_last = Signal.like(command.m)                  # M − 2 (all ones for M = 1: never reached)
+        m_before_last = self.m_before_last
         bank_free = within | bank_credited
         # A row is revisited no sooner than every M cycles; with M = 1 keep two cycles between visits, for the
         # accumulator's read-add-write.
         issued_last = Signal()
-        single_row = Signal()
+        single_row = self.single_row
         can_stream = stream_pending & tile_ready & bank_free & ~(issued_last & single_row)
         issue_row = Signal()
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
