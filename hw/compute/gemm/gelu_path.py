@@ -71,15 +71,16 @@ class GeluPath(wiring.Component):
         hidden_width = 16 + g.multiplier_width + 1                       # g · m_h, signed
         hidden_multiplier = Signal.like(self.command.hidden_multiplier)
         hidden_half = Signal(hidden_width)
-        hidden_threshold = Signal(hidden_width + 1)                                   # 2^(s_h+7)
-        hidden_floor = Signal(signed(hidden_width + 2))                               # −2^(s_h+7)
+        # |rounding| ≥ 2^t (t = min(s_h + 7, width), the saturation threshold) as a mask of the bits from t up:
+        # a positive value is ≥ 2^t when one of them is set, a negative one < −2^t when one of them is clear
+        # (reductions, no comparator's carry chain)
+        range_mask = Signal(hidden_width)
         hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
         with m.If(self.start):
             clamped_shift = at_most(self.command.hidden_shift, hidden_width)
-            threshold = capped_power_of_two(clamped_shift + 7, hidden_width)
+            below_threshold = capped_power_of_two(clamped_shift + 7, hidden_width) - 1
             m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
-                         hidden_half.eq(half_minus_one(clamped_shift)), hidden_threshold.eq(threshold),
-                         hidden_floor.eq(-threshold)]
+                         hidden_half.eq(half_minus_one(clamped_shift)), range_mask.eq(~below_threshold)]
         side_layout = data.StructLayout({"valid": 1, "row": len(row.row), "tile": len(row.tile), "last": 1})
         side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side")
         m.d.comb += [side[0].valid.eq(serializing), side[0].row.eq(pending_row), side[0].tile.eq(pending_tile),
@@ -99,7 +100,8 @@ class GeluPath(wiring.Component):
                 product[1].eq(product[0]), kept.eq(kept_bit(product[0], hidden_shift)),
                 rounding.eq(product[1] + hidden_half + kept),
                 # the range check and the shift side by side, then the choice
-                above.eq(rounding >= hidden_threshold), below.eq(rounding < hidden_floor),
+                above.eq(~rounding[-1] & (rounding[:hidden_width] & range_mask).any()),
+                below.eq(rounding[-1] & (~rounding[:hidden_width] & range_mask).any()),
                 shifted.eq(shift_right(rounding, hidden_shift, 8)),
                 out_chunk[lane].eq(Mux(above, 127, Mux(below, -128, shifted))),
             ]
