@@ -13,7 +13,7 @@ from amaranth import Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "find_tool", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -63,12 +63,18 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
+def require_tool(name: str, error=RuntimeError, group: str = "") -> str:
+    """`find_tool(name)`, or `error` saying to install the project's environment (with `group` if given)."""
+    found = find_tool(name)
+    if found is None:
+        raise error(f"{name} not found: install the project's environment{f' with its {group} group' if group else ''}"
+                    " (pdm install)")
+    return found
+
+
 def verilator() -> str:
     """The path of `verilator-cli` (from the project's environment, also when it is not on PATH)."""
-    found = find_tool("verilator-cli")
-    if found is None:
-        raise LintError("verilator-cli not found: install the project's environment (pdm install)")
-    return found
+    return require_tool("verilator-cli", LintError)
 
 
 def lint(verilog_text: str, top: str) -> str:

@@ -33,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 from ..memory.axi import BOUNDARY_BYTES, Burst
 from amaranth.back import rtlil
 
-from .export import find_tool, ports
+from .export import ports, require_tool
 
 __all__ = ["prove", "prove_unit", "ProofResult", "FormalError", "stream_rules", "axi_read_rules",
            "loader_consumer_rules", "fifo_contract_rules", "PROOFS", "CI_DEPTH"]
@@ -215,10 +215,7 @@ def _with_source(lines):
 
 
 def _tool(name: str) -> str:
-    found = find_tool(name)
-    if found is None:
-        raise FormalError(f"{name} not found: install the project's environment with its test group (pdm install)")
-    return found
+    return require_tool(name, FormalError, "test")
 
 
 def prove(component: wiring.Component, name: str, depth: int, rules, keep: Path | None = None) -> ProofResult:

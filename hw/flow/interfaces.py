@@ -65,6 +65,7 @@ def interface_rows(model: ModelConfig, accel: AcceleratorConfig) -> list[tuple[s
     """(unit, port, kind, payload) of every port of every unit `accel` builds for `model`."""
     rows = []
     for unit, component in _units(model, accel).items():
+        component._MustUse__silence = True        # built for its signature only, never elaborated
         for name, member in component.signature.members.items():
             rows.append((unit, name, *_kind(member)))
     return rows

@@ -19,7 +19,7 @@ from amaranth.lib import wiring
 
 from golden.config import ConfigError
 
-from .export import find_tool, to_rtlil
+from .export import require_tool, to_rtlil
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ def platform(target: str):
 
 
 def _tool(name: str) -> str:
-    found = find_tool(name)
-    if found is None:
-        raise SynthError(f"{name} not found: install the project's environment (pdm install)")
-    return found
+    return require_tool(name, SynthError)
 
 
 def _run(command: list[str], directory: Path, log_file: str) -> None:

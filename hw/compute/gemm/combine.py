@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from ...common.arith import index_bits
@@ -40,7 +39,7 @@ class CombineScatter(wiring.Component):
             "scatter_read": In(g.read_port("index")),
             "gate_read": In(g.read_port("gate")),
             "combine_read": In(g.read_port("combine")),
-            "combine_write": In(WritePort.Signature(addr_width=g.combine_address_width, shape=g.combine_word)),
+            "combine_write": In(g.combine_write),
             "active": Out(1),
         })
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out, flipped
 
 from ..array import SystolicArray
@@ -80,7 +79,7 @@ class GemmEngine(wiring.Component):
                 "scatter_read": In(g.read_port("index")),
                 "gate_read": In(g.read_port("gate")),
                 "combine_read": In(g.read_port("combine")),
-                "combine_write": In(WritePort.Signature(addr_width=g.combine_address_width, shape=g.combine_word)),
+                "combine_write": In(g.combine_write),
                 "out": Out(stream.Signature(g.result)),
                 "busy": Out(1),
                 "error": Out(1),

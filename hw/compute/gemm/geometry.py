@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from amaranth import signed, unsigned
 from amaranth.lib import data
-from amaranth.lib.memory import ReadPort
+from amaranth.lib.memory import ReadPort, WritePort
 
 from golden import ops
 
@@ -246,5 +246,6 @@ class GemmGeometry:
         return self.read_port(name).addr_width
 
     @property
-    def combine_address_width(self) -> int:
-        return address_bits(self.combine_depth)
+    def combine_write(self) -> WritePort.Signature:
+        """The signature of the combine memory's write port."""
+        return WritePort.Signature(addr_width=address_bits(self.combine_depth), shape=self.combine_word)
