@@ -8,6 +8,8 @@ generated from these objects; nothing else holds a model or accelerator dimensio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,6 +20,7 @@ __all__ = [
     "ConfigError", "MAX_ARRAY_SIDE", "TaskConfig", "HeadConv", "ModelConfig", "AcceleratorConfig", "GATE_VARIANTS",
     "MODEL_PRESETS", "ACCELERATOR_PRESETS", "DEFAULT_MODEL_PRESET", "DEFAULT_ACCELERATOR_PRESET",
     "model_preset", "accelerator_preset", "check_compatible", "largest_dot_product", "accumulator_bits_needed",
+    "config_hash",
 ]
 
 GATE_VARIANTS = ("vmoe", "noisy")
@@ -379,6 +382,15 @@ def check_compatible(model: ModelConfig, accel: AcceleratorConfig) -> None:
     if accel.dram_max_burst * accel.dram_bytes_per_beat > 4096:
         raise ConfigError("dram_max_burst", accel.dram_max_burst,
                           f"a burst of {accel.dram_max_burst} × {accel.dram_bytes_per_beat} bytes crosses 4 KiB")
+
+
+def config_hash(model: ModelConfig, accel: AcceleratorConfig) -> int:
+    """32 bits that name the pair (the first four bytes of the SHA-256 of their canonical JSON, big-endian):
+    the hardware reports the hash it was generated from (`CONFIG_HASH`), the driver refuses a program and a
+    DRAM image built for another."""
+    text = json.dumps({"model": model.to_dict(), "accelerator": accel.to_dict()}, sort_keys=True,
+                      separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 # Presets --------------------------------------------------------------------------------------------------

@@ -14,19 +14,21 @@ import sys
 from pathlib import Path
 
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
-                           ConfigError, accelerator_preset, model_preset)
+                           ConfigError, accelerator_preset, check_compatible, model_preset)
 from golden.costs import model_info
 from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
 from hw.flow.fit import TARGETS, FitError, fit_report, target
 from hw.flow.formal import PROOFS, FormalError
+from hw.control.isa import IsaError
 from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 from golden.errors import CheckpointError
 from golden.files import atomic_open
 
-USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError)
+USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError,
+               IsaError)
 MAX_SEED = 2 ** 32 - 1
 
 
@@ -328,6 +330,17 @@ def cmd_interfaces(args) -> int:
     return 0
 
 
+def cmd_header(args) -> int:
+    from firmware.header import c_header
+    model, accel = model_preset(args.preset), accelerator_preset(args.accel)
+    check_compatible(model, accel)
+    text = c_header(model, accel)
+    with atomic_open(args.output, "w") as file:
+        file.write(text)
+    print(f"wrote {args.output}: instruction set, host registers and DRAM layout of {model.name} on {accel.name}")
+    return 0
+
+
 def cmd_prove(args) -> int:
     """Exit status 1 if a rule fails (its trace kept with -o)."""
     from hw.flow.formal import prove_unit
@@ -519,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     preset_args(interfaces)
     interfaces.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
     interfaces.set_defaults(run=cmd_interfaces)
+
+    header = commands.add_parser("header", help="the C header of a configuration: instructions, registers, DRAM layout")
+    header.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model preset")
+    header.add_argument("--accel", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
+    header.add_argument("-o", "--output", type=_output_file, required=True, help="the header file (.h)")
+    header.set_defaults(run=cmd_header)
 
     prove = commands.add_parser("prove", help="bounded proofs of a unit's handshake rules (SymbiYosys, Boolector)")
     prove.add_argument("unit", choices=(*PROOFS, "all"), help="the unit, at its smallest configuration")

@@ -1,0 +1,1 @@
+"""control: the instruction set, the host registers, the controller"""

@@ -1,0 +1,201 @@
+"""The instruction set: fixed 128-bit instructions, one executable source for the controller's decoder, the
+firmware's assembler and the generated C header.
+
+An instruction is `InstructionSet(model, accel).layout`: bits 0-3 the `Opcode`, bits 4-127 its operands (a
+`data.UnionLayout` with one `data.StructLayout` per opcode, fields from bit 4 up in the order listed). Field
+widths come from the configuration: on-chip addresses (`base`, `x_base`, …) are word addresses as wide as the
+deepest memory of the plan (`hw.memory.plan`), row counts hold the token count, GEMM tile counts the model's
+largest K and N. `InstructionSet` refuses a configuration whose operands do not fit 124 bits.
+
+Numeric constants that stay fixed for a run of instructions (GELU's hidden requantization, a LayerNorm's eps
+and shifts, the softmax's exponent and output scales) are set by `CONFIG_*` instructions and hold until the
+next one of the same kind, so the compute instructions carry only shapes and addresses.
+"""
+
+from __future__ import annotations
+
+from amaranth import Shape, unsigned
+from amaranth.lib import data, enum
+
+from golden.config import AcceleratorConfig, ModelConfig
+
+from ..common.arith import address_bits, index_bits
+from ..compute.gemm.geometry import GemmMode, tiles
+from ..memory.loader import LENGTH_BITS
+from ..memory.plan import onchip_memories
+from ..vector.layernorm import LayerNorm
+from ..vector.softmax import Softmax
+
+__all__ = ["INSTRUCTION_BITS", "OPCODE_BITS", "DRAM_ADDRESS_BITS", "Opcode", "Space", "Region", "ErrorCause",
+           "InstructionSet", "IsaError", "MEANINGS"]
+
+INSTRUCTION_BITS = 128
+OPCODE_BITS = 4
+DRAM_ADDRESS_BITS = 32
+
+
+class IsaError(ValueError):
+    """A configuration the instruction set cannot encode, or an instruction that is not one."""
+
+
+class Opcode(enum.Enum, shape=OPCODE_BITS):
+    """0, 14 and 15 are not instructions: the controller stops with `ErrorCause.BAD_OPCODE`."""
+    LOAD = 1             # DRAM → an on-chip memory (weights through the loader, parameters, the image)
+    GEMM = 2             # one matrix product on the engine
+    LAYERNORM = 3        # rows of the residual → the activation memory (and the router)
+    SOFTMAX = 4          # rows of scores → P, and their row scales
+    ROUTE = 5            # the router on the next LayerNorm's rows, with the task in the TASK register
+    EXPERTS = 6          # repeat the next `body` instructions once per active expert
+    COMBINE = 7          # round the combine accumulator once and add it into the residual
+    STORE = 8            # an on-chip memory → DRAM
+    SYNC = 9             # wait until every unit is idle
+    HALT = 10            # SYNC, then stop and raise done
+    CONFIG_GELU = 11     # GELU's hidden requantization for the GEMMs that follow
+    CONFIG_NORM = 12     # eps and output shifts for the LayerNorms that follow
+    CONFIG_SOFTMAX = 13  # exponent and output scales for the softmaxes that follow
+
+
+class Space(enum.Enum, shape=3):
+    """The on-chip memories an instruction names (docs/architecture.md, section 9)."""
+    RESIDUAL = 0
+    ACTIVATION = 1
+    SCRATCH = 2
+    WEIGHTS = 3      # the loader's slab buffers
+    PARAMS = 4       # GEMM column parameters (a matrix header)
+    NORMS = 5        # LayerNorm γ/β
+    ROUTER = 6       # router weights and exponent scales
+    ROUTES = 7       # the routing record of the last ROUTE (per token: experts, gate weights)
+
+
+class Region(enum.Enum, shape=2):
+    """What a LOAD or STORE address is an offset from: the host's region registers."""
+    MODEL = 0        # MODEL_ADDR: weights, parameters, router weights
+    IMAGE = 1        # IMAGE_ADDR: the input
+    OUTPUT = 2       # OUTPUT_ADDR: results written by STORE
+
+
+class ErrorCause(enum.Enum, shape=4):
+    """The `ERROR` register: the first fault of a run; the run ends with done at once."""
+    NONE = 0
+    BAD_OPCODE = 1       # an opcode that is no instruction
+    BAD_TASK = 2         # the TASK register names no task of the model
+    DRAM_READ = 3        # a read response other than OKAY (program fetch or a LOAD)
+    DRAM_WRITE = 4       # a write response other than OKAY (STORE)
+    QUEUE_OVERFLOW = 5   # an expert's tokens exceed the token block
+    BAD_OPERAND = 6      # an operand outside its memory, an EXPERTS body longer than its buffer, a bad region
+    GELU_RANGE = 7       # a GELU column with fewer than 5 fraction bits
+
+
+MEANINGS = {
+    Opcode.LOAD: {"region": "the region register address is from", "address": "DRAM byte offset (a bus-word multiple)", "bytes": "bytes to copy",
+                  "memory": "destination memory", "base": "its first word",
+                  "per_expert": "inside EXPERTS: add the expert's index × the loop's stride to address"},
+    Opcode.GEMM: {"m": "rows (tokens)", "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile",
+                  "n_tiles": "N tiles", "source": "memory of X", "x_base": "word of X's K tile 0",
+                  "stationary": "memory of W (WEIGHTS, or SCRATCH for Kᵀ and V)", "w_base": "W's first word",
+                  "p_base": "word of N tile 0's column parameters in PARAMS",
+                  "destination": "memory of Y", "d_base": "word of Y's row 0, N tile 0",
+                  "d_stride": "words from one N tile of Y to the next", "mode": "output mode (GemmMode)",
+                  "gather": "rows by the current expert's token list (inside EXPERTS)", "relu": "clamp at 0",
+                  "row_scaled": "multiplier and shift per row from the last SOFTMAX",
+                  "residual": "add Y into the residual as its rows leave"},
+    Opcode.LAYERNORM: {"rows": "rows", "set": "γ/β parameter set", "source": "residual word of row 0",
+                       "destination": "activation word of row 0", "route": "also stream the rows to the router"},
+    Opcode.SOFTMAX: {"rows": "rows of scores", "source": "scratch word of the first score row",
+                     "destination": "scratch word of the first P row"},
+    Opcode.ROUTE: {"layer": "MoE layer (router weights)", "tokens": "tokens of the next LAYERNORM with route"},
+    Opcode.EXPERTS: {"body": "instructions that follow, repeated per active expert", "stride": "DRAM bytes "
+                     "from one expert's weights to the next (per_expert LOADs)"},
+    Opcode.COMBINE: {"rows": "rows", "source": "scratch word of the combine accumulator's row 0",
+                     "destination": "residual word of row 0"},
+    Opcode.STORE: {"memory": "source memory", "base": "its first word", "region": "the region register address is from",
+                   "address": "DRAM byte offset",
+                   "bytes": "bytes to write"},
+    Opcode.CONFIG_GELU: {"multiplier": "hidden requantization multiplier", "shift": "its shift"},
+    Opcode.CONFIG_NORM: {"eps": "ε in the variance's scale", "shifts": "output shifts (int8, int16)"},
+    Opcode.CONFIG_SOFTMAX: {"exp_multiplier": "score → exponent scale", "exp_shift": "its shift",
+                            "out_multiplier": "P·V output scale before 1/ΣP", "out_shift": "its shift"},
+}
+
+
+class InstructionSet:
+    """The instruction layouts of `accel` running `model`; `operands[opcode]` is that opcode's layout."""
+
+    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, body_depth: int = 16):
+        if not isinstance(body_depth, int) or body_depth < 1:
+            raise IsaError(f"body_depth = {body_depth!r}: the EXPERTS body buffer holds at least one instruction")
+        self.model, self.accel, self.body_depth = model, accel, body_depth
+        t, d = model.num_tokens, model.embed_dim
+        hidden = max(model.mlp_hidden, model.expert_hidden if model.moe_blocks else 0)
+        max_k = max(model.patch_dim, d, hidden, t)
+        max_n = max(3 * d, hidden, t)
+        n_tiles = tiles(max_n, accel.array_cols)
+        depths = {memory.name: memory.depth for memory in onchip_memories(model, accel)}
+        word = lambda *names: unsigned(address_bits(max(depths[name] for name in names)))
+        self.address_width = address_bits(max(depths.values()))
+        rows = unsigned(index_bits(t + 1))
+        address = unsigned(self.address_width)
+        dram = unsigned(DRAM_ADDRESS_BITS)
+        layernorm = LayerNorm.for_model(model, accel)
+        softmax = Softmax.for_model(model, accel)
+        for unit in (layernorm, softmax):
+            unit._MustUse__silence = True      # built for its command layout only
+        norm_command = layernorm.signature.members["command"].signature.members["payload"].shape
+        softmax_command = softmax.signature.members["command"].signature.members["payload"].shape
+        operands = {
+            Opcode.LOAD: {"region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS), "memory": Space, "base": address,
+                          "per_expert": 1},
+            Opcode.GEMM: {"m": rows, "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
+                          "k_last": unsigned(index_bits(accel.array_rows + 1)),
+                          "n_tiles": unsigned(index_bits(n_tiles + 1)),
+                          "source": Space, "x_base": word("activation", "scratch"), "stationary": Space,
+                          "w_base": word("weights", "scratch"), "p_base": unsigned(address_bits(n_tiles)),
+                          "destination": Space, "d_base": word("residual", "activation", "scratch"), "d_stride": rows,
+                          "mode": GemmMode, "gather": 1, "relu": 1, "row_scaled": 1, "residual": 1},
+            Opcode.LAYERNORM: {"rows": rows, "set": norm_command["set"].shape, "source": word("residual"),
+                               "destination": word("activation"), "route": 1},
+            Opcode.SOFTMAX: {"rows": rows, "source": word("scratch"), "destination": word("scratch")},
+            Opcode.ROUTE: {"layer": unsigned(index_bits(len(model.moe_blocks))), "tokens": rows},
+            Opcode.EXPERTS: {"body": unsigned(index_bits(body_depth + 1)), "stride": dram},
+            Opcode.COMBINE: {"rows": rows, "source": word("scratch"), "destination": word("residual")},
+            Opcode.STORE: {"memory": Space, "base": address, "region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS)},
+            Opcode.SYNC: {},
+            Opcode.HALT: {},
+            Opcode.CONFIG_GELU: {"multiplier": unsigned(accel.requant_multiplier_width),
+                                 "shift": unsigned(6)},
+            Opcode.CONFIG_NORM: {"eps": norm_command["eps"].shape, "shifts": norm_command["shifts"].shape},
+            Opcode.CONFIG_SOFTMAX: {name: field.shape for name, field in softmax_command
+                                    if name != "rows"},
+        }
+        payload = INSTRUCTION_BITS - OPCODE_BITS
+        self.operands = {}
+        for opcode, fields in operands.items():
+            layout = data.StructLayout(fields)
+            if layout.size > payload:
+                raise IsaError(f"{opcode.name} needs {layout.size} operand bits for {model.name} on {accel.name}, "
+                               f"more than an instruction's {payload}: the on-chip memories are too deep "
+                               f"({self.address_width}-bit addresses)")
+            self.operands[opcode] = layout
+        self.layout = data.StructLayout({
+            "opcode": Opcode,
+            "operands": data.UnionLayout({**{op.name.lower(): layout for op, layout in self.operands.items()},
+                                          "bits": unsigned(payload)}),
+        })
+        assert self.layout.size == INSTRUCTION_BITS
+
+    def fields(self, opcode: Opcode) -> list[tuple[str, int, int, object]]:
+        """(name, bit offset in the instruction, width, shape) of every scalar field of `opcode`; arrays are
+        named `name[i]`."""
+        return list(_leaves(self.operands[opcode], OPCODE_BITS, ""))
+
+
+def _leaves(shape, offset: int, name: str):
+    if isinstance(shape, data.ArrayLayout):
+        width = Shape.cast(shape.elem_shape).width
+        for i in range(shape.length):
+            yield from _leaves(shape.elem_shape, offset + i * width, f"{name}[{i}]")
+    elif isinstance(shape, data.StructLayout):
+        for member, field in shape:
+            yield from _leaves(field.shape, offset + field.offset, f"{name}.{member}" if name else member)
+    else:
+        yield name, offset, Shape.cast(shape).width, shape

@@ -1,0 +1,75 @@
+"""The plan of on-chip memories (docs/architecture.md, section 9): every memory of the accelerator, its word width
+and depth, from a model and an accelerator configuration. The fit check counts them in a target's blocks; the
+instruction set sizes its address fields from them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from golden import ops
+from golden.config import AcceleratorConfig, ModelConfig
+
+__all__ = ["Memory", "onchip_memories"]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One on-chip memory of the plan: `count` copies of `depth` words of `width` bits."""
+
+    name: str
+    width: int
+    depth: int
+    count: int = 1
+    purpose: str = ""
+
+    @property
+    def bytes(self) -> int:
+        return self.count * self.width * self.depth // 8
+
+
+def _words(total_bits: int, width: int) -> int:
+    return max(1, math.ceil(total_bits / width))
+
+
+def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory]:
+    """The on-chip memories of docs/architecture.md for `model` on `accel`."""
+    t, d = model.num_tokens, model.embed_dim
+    rows = accel.tokens_per_block(model)
+    lanes, ow, acc, rw = accel.vector_lanes, accel.operand_width, accel.accumulator_width, accel.residual_width
+    stream_width = accel.array_rows * ow
+    has_moe = bool(model.moe_blocks)
+    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, one block of raw
+    # scores and of probabilities), the MLP (one block of hidden activations and, in MoE blocks, the wide
+    # combine accumulator of every token) and the task heads (a band of four input rows for the 3×3 convs).
+    attention_bits = 3 * t * d * ow + rows * t * (acc + ow)
+    mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
+    combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
+    mlp_bits += t * d * combine_bits if has_moe else 0
+    head_bits = max(4 * conv.width * conv.in_channels * ow for conv in model.head_layers(0))
+    moe_layers = len(model.moe_blocks)
+    router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
+        * model.num_experts * d * ow
+    router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
+    feed_width = accel.weight_feed_bytes * 8
+    index_bits = max(1, (t - 1).bit_length())
+    memories = [
+        Memory("residual", lanes * rw, _words(t * d * rw, lanes * rw), purpose="residual stream, every token"),
+        Memory("activation", stream_width, _words(t * d * ow, stream_width),
+               purpose="LayerNorm output / attention output: the array's streamed operand"),
+        Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
+               purpose="attention Q/Kᵀ/V/scores/P, or MLP hidden + combine accumulator, or head line band"),
+        Memory("accumulator", accel.array_cols * acc, 2 << max(1, (rows - 1).bit_length()),
+               purpose="GEMM engine partial sums, M × C tile, two banks of a power of two rows"),
+        Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,
+               purpose="ping/pong weight slabs from the loader"),
+        Memory("router_weights", router_width, _words(router_weights, router_width),
+               purpose="per-task router weights" + (", every MoE layer" if accel.router_weights_resident
+                                                    else ", current layer, double-buffered")),
+        Memory("expert_queues", index_bits + accel.requant_multiplier_width, max(1, t * model.top_k),
+               purpose="per-expert token indices and gate weights"),
+        Memory("row_buffer", lanes * max(rw, acc), _words(2 * max(d, t) * max(rw, acc), lanes * max(rw, acc)),
+               purpose="LayerNorm / softmax row under processing, double-buffered"),
+    ]
+    return [memory for memory in memories if memory.depth > 0]
