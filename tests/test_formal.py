@@ -7,7 +7,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import Out
 
 from hw.flow import formal
-from hw.memory.axi import AXI4Read, Burst
+from hw.memory.axi import AXI4Read, AXI4Write, Burst
 
 # units whose outputs first stall later than the CI depth (their rules hold vacuously there, as their covers
 # show; `m3vit prove UNIT --depth N` runs deeper): a GEMM result needs a tile's load, the array and the 14-stage
@@ -54,9 +54,35 @@ class _Crossing(wiring.Component):
         return m
 
 
+class _ShortBurst(wiring.Component):
+    """An AXI write master that announces 2-beat bursts and raises WLAST on every beat (`good`: on every
+    second)."""
+    axi: Out(AXI4Write.Signature(addr_width=16, data_width=64))
+
+    def __init__(self, good=False):
+        self.good = good
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        second = Signal()
+        with m.If(self.axi.wvalid & self.axi.wready):
+            m.d.sync += second.eq(~second)
+        outputs = {"awvalid": 1, "awaddr": 0, "awlen": 1, "awsize": 3, "awburst": Burst.INCR, "awid": 0, "awcache": 0,
+                   "awprot": 0, "wvalid": 1, "wdata": 0, "wstrb": 0xFF, "wlast": second if self.good else 1,
+                   "bready": 1}
+        m.d.comb += [getattr(self.axi, name).eq(value) for name, value in outputs.items()]
+        return m
+
+
+def test_a_correct_write_master_passes():
+    formal.prove(_ShortBurst(good=True), "good", 8, [formal.axi_write_rules("axi", 2)])
+
+
 @pytest.mark.parametrize("dut, rules, message", [
     (_Dropping, [formal.stream_rules], "valid and payload held"),
     (_Crossing, [formal.axi_read_rules("axi", 2)], "4 KiB"),
+    (_ShortBurst, [formal.axi_write_rules("axi", 2)], "WLAST on exactly a burst's last beat"),
 ])
 def test_a_broken_rule_fails(dut, rules, message):
     with pytest.raises(formal.FormalError, match="FAIL") as error:

@@ -36,7 +36,7 @@ from amaranth.back import rtlil
 from .export import ports, require_tool
 
 __all__ = ["prove", "prove_unit", "ProofResult", "FormalError", "stream_rules", "axi_read_rules",
-           "loader_consumer_rules", "fifo_contract_rules", "PROOFS", "CI_DEPTH"]
+           "axi_write_rules", "loader_consumer_rules", "fifo_contract_rules", "PROOFS", "CI_DEPTH"]
 
 
 class FormalError(RuntimeError):
@@ -91,6 +91,41 @@ def stream_rules(m, dut):
     return covers
 
 
+def _address_rules(m, axi, channel: str, size: int, started):
+    """AR or AW (`channel` "ar" / "aw"): VALID and the request held until READY; INCR bursts of the bus width,
+    aligned, within 4 KiB."""
+    name = channel.upper()
+    signal = lambda field: getattr(axi, f"{channel}{field}")
+    valid, ready, address, length = signal("valid"), signal("ready"), signal("addr"), signal("len")
+    stalled = _past(m, valid & ~ready, f"{channel}_stalled")
+    for field in ("addr", "len", "size", "burst", "id", "cache", "prot"):
+        held = _past(m, signal(field), f"{channel}_held_{field}")
+        m.d.comb += Assert(~started | ~stalled | (valid & (signal(field) == held)),
+                           f"{name}: {name}VALID and the request held until {name}READY")
+    with m.If(valid):
+        m.d.comb += [
+            Assert(signal("burst") == Burst.INCR, f"{name}: INCR bursts"),
+            Assert(signal("size") == size, f"{name}: {name}SIZE is the bus width"),
+            Assert(address[:size] == 0, f"{name}: {name}ADDR aligned to the bus"),
+            Assert(address[:12] + ((length + 1) << size) <= BOUNDARY_BYTES, f"{name}: no burst crosses 4 KiB"),
+        ]
+
+
+def _burst_lengths(m, outstanding: int, taken, done, length, prefix: str):
+    """The lengths of up to `outstanding` accepted bursts, oldest first (a shift register): `taken` pushes
+    `length`, `done` pops the oldest. Returns (lengths, count)."""
+    lengths = [Signal(8, name=f"{prefix}_length{slot}") for slot in range(outstanding)]
+    count = Signal(range(outstanding + 1), name=f"{prefix}_count")
+    m.d.comb += Assume(~taken | (count < outstanding) | done)   # a slave takes what it can track
+    with m.If(done):
+        m.d.sync += [lengths[slot].eq(lengths[slot + 1]) for slot in range(outstanding - 1)]
+    for slot in range(outstanding):
+        with m.If(taken & (count - done == slot)):
+            m.d.sync += lengths[slot].eq(length)
+    m.d.sync += count.eq(count + taken - done)
+    return lengths, count
+
+
 def axi_read_rules(port_name: str, outstanding: int = 4, zero_data: bool = False):
     """The AXI4 read master rules for `dut.<port_name>`, with up to `outstanding` bursts in flight (the
     harness's model of the slave keeps their lengths). Covers a request waiting while a burst is in flight.
@@ -102,35 +137,14 @@ def axi_read_rules(port_name: str, outstanding: int = 4, zero_data: bool = False
         beat_bytes = signature.data_width // 8
         size = (beat_bytes - 1).bit_length()
         started = _started(m)
-        request = [axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.arid, axi.arcache, axi.arprot]
-        stalled = _past(m, axi.arvalid & ~axi.arready, "ar_stalled")
-        for index, value in enumerate(request):
-            held = _past(m, value, f"ar_held{index}")
-            m.d.comb += Assert(~started | ~stalled | (axi.arvalid & (value == held)),
-                               "AR: ARVALID and the request held until ARREADY")
-        offset = axi.araddr[:12]
-        with m.If(axi.arvalid):
-            m.d.comb += [
-                Assert(axi.arburst == Burst.INCR, "AR: INCR bursts"),
-                Assert(axi.arsize == size, "AR: ARSIZE is the bus width"),
-                Assert(axi.araddr[:size] == 0, "AR: ARADDR aligned to the bus"),
-                Assert(offset + ((axi.arlen + 1) << size) <= BOUNDARY_BYTES, "AR: no burst crosses 4 KiB"),
-            ]
+        _address_rules(m, axi, "ar", size, started)
         # The slave: bursts answered in order, ARLEN + 1 beats each, RLAST on the last, R held until taken.
-        lengths = [Signal(8, name=f"burst_length{slot}") for slot in range(outstanding)]
-        count = Signal(range(outstanding + 1))
         beat = Signal(8)
         ar_taken, r_taken = axi.arvalid & axi.arready, axi.rvalid & axi.rready
         r_done = r_taken & axi.rlast
-        m.d.comb += Assume(~ar_taken | (count < outstanding) | r_done)   # a slave takes what it can track
+        lengths, count = _burst_lengths(m, outstanding, ar_taken, r_done, axi.arlen, "read")
         with m.If(r_taken):
-            m.d.sync += beat.eq(beat + 1)
-        with m.If(r_done):
-            m.d.sync += [beat.eq(0)] + [lengths[slot].eq(lengths[slot + 1]) for slot in range(outstanding - 1)]
-        for slot in range(outstanding):
-            with m.If(ar_taken & (count - r_done == slot)):
-                m.d.sync += lengths[slot].eq(axi.arlen)
-        m.d.sync += count.eq(count + ar_taken - r_done)
+            m.d.sync += beat.eq(Mux(axi.rlast, 0, beat + 1))
         r_stalled = _past(m, axi.rvalid & ~axi.rready, "r_stalled")
         r_payload = axi.rdata, axi.rresp, axi.rlast, axi.rid
         r_held = [_past(m, value, f"r_held{index}") for index, value in enumerate(r_payload)]
@@ -145,6 +159,49 @@ def axi_read_rules(port_name: str, outstanding: int = 4, zero_data: bool = False
         ]
         if zero_data:
             m.d.comb += Assume(axi.rdata == 0)
+        return 1
+    return rules
+
+
+def axi_write_rules(port_name: str, outstanding: int = 4, zero_data: bool = False):
+    """The AXI4 write master rules for `dut.<port_name>`: AW as AR (`axi_read_rules`); WVALID and the beat held
+    until WREADY; WLAST on exactly the last beat of each burst; BREADY high while a response is awaited. The
+    harness's slave takes W beats only for bursts whose AW it has taken (a slave may), answers each burst once
+    its beats are in, and tracks up to `outstanding`. Covers a W beat waiting while a response is awaited."""
+
+    def rules(m, dut):
+        axi = getattr(dut, port_name)
+        size = (dut.signature.members[port_name].signature.data_width // 8 - 1).bit_length()
+        started = _started(m)
+        _address_rules(m, axi, "aw", size, started)
+        w_stalled = _past(m, axi.wvalid & ~axi.wready, "w_stalled")
+        for field in ("wdata", "wstrb", "wlast"):
+            held = _past(m, getattr(axi, field), f"w_held_{field}")
+            m.d.comb += Assert(~started | ~w_stalled | (axi.wvalid & (getattr(axi, field) == held)),
+                               "W: WVALID and the beat held until WREADY")
+        aw_taken, w_taken = axi.awvalid & axi.awready, axi.wvalid & axi.wready
+        w_done = w_taken & axi.wlast
+        lengths, count = _burst_lengths(m, outstanding, aw_taken, w_done, axi.awlen, "write")
+        beat = Signal(8, name="write_beat")
+        with m.If(w_taken):
+            m.d.sync += beat.eq(Mux(axi.wlast, 0, beat + 1))
+        answers = Signal(range(outstanding + 1), name="responses_owed")   # bursts written, not yet answered
+        b_taken = axi.bvalid & axi.bready
+        m.d.sync += answers.eq(answers + w_done - b_taken)
+        b_stalled = _past(m, axi.bvalid & ~axi.bready, "b_stalled")
+        b_held = [_past(m, value, f"b_held{index}") for index, value in enumerate((axi.bresp, axi.bid))]
+        m.d.comb += [
+            Assume(~axi.wready | (count != 0)),
+            Assume(~axi.bvalid | (answers != 0)),
+            Assume(~axi.bvalid | (axi.bid == 0)),
+            Assume(~(w_done & (answers == outstanding))),
+            Assume(~started | ~b_stalled | (axi.bvalid & (axi.bresp == b_held[0]) & (axi.bid == b_held[1]))),
+            Assert(~w_taken | (axi.wlast == (beat == lengths[0])), "W: WLAST on exactly a burst's last beat"),
+            Assert((answers == 0) | axi.bready, "B: BREADY high while a response is awaited"),
+            Cover(axi.wvalid & ~axi.wready & (answers != 0), "W: a beat waits while a response is awaited"),
+        ]
+        if zero_data:
+            m.d.comb += Assume(axi.wdata == 0)
         return 1
     return rules
 
@@ -256,6 +313,7 @@ def _proofs():
     from ..compute.gemm.fifo import OutputFifo
     from ..compute.gemm.geometry import GemmGeometry
     from ..memory.loader import WeightLoader
+    from ..memory.writer import StoreWriter
     from ..moe.router import Router, RouterGeometry
     from ..moe.router.topk import ExponentTopK
     from ..vector.gelu import Gelu
@@ -270,6 +328,8 @@ def _proofs():
     return {
         "loader": (lambda: WeightLoader(**loader),
                    [stream_rules, axi_read_rules("axi", 2, zero_data=True), loader_consumer_rules]),
+        "writer": (lambda: StoreWriter(bus_bytes=8, max_burst=2, outstanding=2, addr_width=12),
+                   [stream_rules, axi_write_rules("axi", 2)]),
         "gemm": (lambda: GemmEngine(2, 2, max_m=3, max_k=4, max_n=4), [stream_rules]),
         "gemm-fifo": (lambda: OutputFifo(GemmGeometry(1, 1, 2, 2, 2, operand_width=2, accumulator_width=4)),
                       [stream_rules, fifo_contract_rules]),
@@ -282,7 +342,7 @@ def _proofs():
     }
 
 
-PROOFS = ("loader", "gemm", "gemm-fifo", "router", "router-topk", "layernorm", "softmax", "gelu", "residual")
+PROOFS = ("loader", "writer", "gemm", "gemm-fifo", "router", "router-topk", "layernorm", "softmax", "gelu", "residual")
 CI_DEPTH = 24
 
 

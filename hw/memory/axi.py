@@ -1,18 +1,20 @@
-"""AXI4 (AMBA AXI4, IHI 0022) read channels as a `wiring.Signature`, from the master's side.
+"""AXI4 (AMBA AXI4, IHI 0022) channels as `wiring.Signature`s, from the master's side.
 
 `AXI4Read.Signature(addr_width, data_width, id_width)`: the AR channel (`arvalid`, `arready`, `araddr`,
 `arlen`, `arsize`, `arburst`, `arid`, and `arcache`/`arprot` for interconnects that want them) and the R
 channel (`rvalid`, `rready`, `rdata`, `rresp`, `rlast`, `rid`). Members keep the specification's names, flat
 rather than as `lib.stream` channels, so the exported ports (`<name>__araddr`, …) map one to one onto an
-interconnect's or a memory controller's AXI4 slave port.
+interconnect's or a memory controller's AXI4 slave port. `AXI4Write.Signature`: the AW, W (`wdata`, `wstrb`,
+`wlast`) and B channels; `AXI4.Signature`: both, one master port.
 """
 
 from __future__ import annotations
 
+from amaranth import Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4Read", "Burst", "Response", "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
+__all__ = ["AXI4", "AXI4Read", "AXI4Write", "next_burst", "Burst", "Response", "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
 
 BOUNDARY_BYTES = 4096    # no burst may cross a 4 KiB address boundary
 MAX_BURST_BEATS = 256    # INCR bursts: ARLEN + 1 ≤ 256
@@ -31,35 +33,81 @@ class Response(enum.Enum, shape=2):
     DECERR = 3
 
 
+def _read_members(addr_width, data_width, id_width) -> dict:
+    return {
+        "arvalid": Out(1), "arready": In(1),
+        "araddr": Out(addr_width), "arlen": Out(8), "arsize": Out(3), "arburst": Out(Burst),
+        "arid": Out(id_width), "arcache": Out(4), "arprot": Out(3),
+        "rvalid": In(1), "rready": Out(1),
+        "rdata": In(data_width), "rresp": In(Response), "rlast": In(1), "rid": In(id_width),
+    }
+
+
+def _write_members(addr_width, data_width, id_width) -> dict:
+    return {
+        "awvalid": Out(1), "awready": In(1),
+        "awaddr": Out(addr_width), "awlen": Out(8), "awsize": Out(3), "awburst": Out(Burst),
+        "awid": Out(id_width), "awcache": Out(4), "awprot": Out(3),
+        "wvalid": Out(1), "wready": In(1), "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
+        "bvalid": In(1), "bready": Out(1), "bresp": In(Response), "bid": In(id_width),
+    }
+
+
+class _Signature(wiring.Signature):
+    """A master port for `data_width`-bit beats (a power of two from 8 to 1024 bits)."""
+
+    _members = None
+
+    def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1):
+        kind = type(self).__qualname__.split(".")[0]
+        if not isinstance(addr_width, int) or not 12 <= addr_width <= 64:
+            raise ValueError(f"{kind} addr_width = {addr_width!r}: must be an integer from 12 to 64")
+        if not isinstance(data_width, int) or data_width < 8 or data_width & (data_width - 1) or data_width > 1024:
+            raise ValueError(f"{kind} data_width = {data_width!r}: must be a power of two from 8 to 1024")
+        if not isinstance(id_width, int) or not 1 <= id_width <= 16:
+            raise ValueError(f"{kind} id_width = {id_width!r}: must be an integer from 1 to 16")
+        self.addr_width, self.data_width, self.id_width = addr_width, data_width, id_width
+        members = {}
+        for build in type(self)._members:
+            members.update(build(addr_width, data_width, id_width))
+        super().__init__(members)
+
+    @property
+    def beat_bytes(self) -> int:
+        return self.data_width // 8
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and (self.addr_width, self.data_width, self.id_width)
+                == (other.addr_width, other.data_width, other.id_width))
+
+    def __repr__(self):
+        return f"{type(self).__qualname__}({self.addr_width}, {self.data_width}, {self.id_width})"
+
+
 class AXI4Read:
-    class Signature(wiring.Signature):
-        """AXI4 read address and read data channels, master side, for `data_width`-bit beats (64, 128, 256,
-        … a power of two of at least 8 bits)."""
+    class Signature(_Signature):
+        """AXI4 read address and read data channels, master side."""
+        _members = (_read_members,)
 
-        def __init__(self, addr_width: int = 32, data_width: int = 128, id_width: int = 1):
-            if not isinstance(addr_width, int) or not 12 <= addr_width <= 64:
-                raise ValueError(f"AXI4Read addr_width = {addr_width!r}: must be an integer from 12 to 64")
-            if not isinstance(data_width, int) or data_width < 8 or data_width & (data_width - 1) \
-                    or data_width > 1024:
-                raise ValueError(f"AXI4Read data_width = {data_width!r}: must be a power of two from 8 to 1024")
-            if not isinstance(id_width, int) or not 1 <= id_width <= 16:
-                raise ValueError(f"AXI4Read id_width = {id_width!r}: must be an integer from 1 to 16")
-            self.addr_width, self.data_width, self.id_width = addr_width, data_width, id_width
-            super().__init__({
-                "arvalid": Out(1), "arready": In(1),
-                "araddr": Out(addr_width), "arlen": Out(8), "arsize": Out(3), "arburst": Out(Burst),
-                "arid": Out(id_width), "arcache": Out(4), "arprot": Out(3),
-                "rvalid": In(1), "rready": Out(1),
-                "rdata": In(data_width), "rresp": In(Response), "rlast": In(1), "rid": In(id_width),
-            })
 
-        @property
-        def beat_bytes(self) -> int:
-            return self.data_width // 8
+class AXI4Write:
+    class Signature(_Signature):
+        """AXI4 write address, write data and write response channels, master side."""
+        _members = (_write_members,)
 
-        def __eq__(self, other):
-            return (type(other) is type(self) and (self.addr_width, self.data_width, self.id_width)
-                    == (other.addr_width, other.data_width, other.id_width))
 
-        def __repr__(self):
-            return f"AXI4Read.Signature({self.addr_width}, {self.data_width}, {self.id_width})"
+class AXI4:
+    class Signature(_Signature):
+        """A whole AXI4 master port: read and write channels."""
+        _members = (_read_members, _write_members)
+
+
+def next_burst(m, address, beats_left, max_burst: int, size: int):
+    """The beats of the next INCR burst from byte `address` with `beats_left` beats of 2^`size` bytes to go:
+    min(beats_left, max_burst, the beats to the next 4 KiB boundary). Returns (beats, whether it is the last)."""
+    to_boundary = (BOUNDARY_BYTES - address[:12]) >> size
+    wanted = Signal(range(max_burst + 1))
+    beats = Signal(range(max_burst + 1))
+    m.d.comb += [wanted.eq(Mux(beats_left < max_burst, beats_left, max_burst)),
+                 beats.eq(Mux(to_boundary < wanted, to_boundary, wanted))]
+    return beats, beats == beats_left

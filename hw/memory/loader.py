@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import index_bits
-from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response
+from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, next_burst
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 
 __all__ = ["WeightLoader", "ExpertSchedule", "WeightPath", "BufferState", "descriptor_layout", "LENGTH_BITS"]
@@ -152,12 +152,7 @@ class WeightLoader(wiring.Component):
                          beats_left.eq((descriptor.length + bus - 1) >> size), next_beat.eq(0),
                          tail.eq(Mux(descriptor.length[:size] == 0, bus, descriptor.length[:size]))]
 
-        to_boundary = (BOUNDARY_BYTES - address[:12]) >> size
-        wanted = Signal(range(self.max_burst + 1))         # min(beats left, max_burst, beats to 4 KiB)
-        length = Signal(range(self.max_burst + 1))
-        m.d.comb += wanted.eq(Mux(beats_left < self.max_burst, beats_left, self.max_burst))
-        m.d.comb += length.eq(Mux(to_boundary < wanted, to_boundary, wanted))
-        last_burst = length == beats_left
+        length, last_burst = next_burst(m, address, beats_left, self.max_burst, size)
         issue = active & (~axi.arvalid | axi.arready) & (in_flight.level < self.outstanding)
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)

@@ -127,3 +127,110 @@ class AXI4ReadModel:
             raise AXIProtocolError(f"{where}: past the end of the {len(self.image)}-byte image")
         self.bursts += 1
         return _Burst(address, beats, self.cycle + self.latency)
+
+
+class AXI4WriteModel:
+    """A DRAM behind an AXI4 write port, for simulation, in the same style as `AXI4ReadModel`: call
+    `drive(ctx, port)` before each clock edge and `advance()` after it.
+
+    AWREADY and WREADY are low with probability `aw_stall` / `w_stall` each cycle; a burst's response comes
+    `latency` cycles after its last beat and BVALID is withheld with probability `b_stall`, then held until
+    BREADY. W beats may come before their burst's AW (AXI4 allows it). A burst that touches a byte in
+    `fail` (a range) is not written and answers SLVERR. It checks the master's rules and raises
+    `AXIProtocolError`: AW and W held until accepted, INCR bursts of the bus width, aligned, within 4 KiB and the
+    image, WLAST on exactly the burst's last beat. `bytes_written` counts strobed bytes."""
+
+    def __init__(self, image: np.ndarray, bus_bytes: int, *, latency: int = 4, aw_stall: float = 0.0,
+                 w_stall: float = 0.0, b_stall: float = 0.0, fail: range | None = None, seed: int = 0):
+        if latency < 1:
+            raise ValueError(f"latency = {latency}: at least one cycle")
+        self.image = image
+        self.bus_bytes, self.latency = bus_bytes, latency
+        self.aw_stall, self.w_stall, self.b_stall, self.fail = aw_stall, w_stall, b_stall, fail
+        self.rng = np.random.default_rng(seed)
+        self.bytes_written = 0
+        self.bursts = 0
+        self.cycle = 0
+        self._bursts: deque[list] = deque()     # [address, beats, beats received, failed]
+        self._beats: deque[tuple] = deque()     # W beats not yet matched to a burst: (data, strobe, last)
+        self._responses: deque[tuple] = deque()  # (ready_at, failed)
+        self._response = None                   # on BVALID, held until BREADY
+        self._aw = self._w = None               # this cycle's offers
+        self._aw_waiting = self._w_waiting = None
+        self._ready = (False, False)
+        self._b_taken = False
+
+    def drive(self, ctx, port) -> None:
+        self._ready = (bool(self.rng.random() >= self.aw_stall), bool(self.rng.random() >= self.w_stall))
+        ctx.set(port.awready, self._ready[0])
+        ctx.set(port.wready, self._ready[1])
+        if self._response is None and self._responses and self._responses[0][0] <= self.cycle \
+                and self.rng.random() >= self.b_stall:
+            self._response = self._responses.popleft()[1]
+        ctx.set(port.bvalid, self._response is not None)
+        ctx.set(port.bresp, Response.SLVERR if self._response else Response.OKAY)
+        ctx.set(port.bid, 0)
+        self._aw = self._offer(ctx.get(port.awvalid), (ctx.get(port.awaddr), ctx.get(port.awlen),
+                                                       ctx.get(port.awsize), ctx.get(port.awburst)),
+                               self._aw_waiting, "AW")
+        self._w = self._offer(ctx.get(port.wvalid), (ctx.get(port.wdata), ctx.get(port.wstrb), ctx.get(port.wlast)),
+                              self._w_waiting, "W")
+        self._b_taken = self._response is not None and bool(ctx.get(port.bready))
+
+    def _offer(self, valid, payload, waiting, channel):
+        if valid:
+            if waiting is not None and payload != waiting:
+                raise AXIProtocolError(f"cycle {self.cycle}: {channel} payload changed from {waiting} to {payload} "
+                                       f"before {channel}READY")
+            return payload
+        if waiting is not None:
+            raise AXIProtocolError(f"cycle {self.cycle}: {channel}VALID dropped before {channel}READY")
+        return None
+
+    def advance(self) -> None:
+        aw_ready, w_ready = self._ready
+        self._aw_waiting = None if self._aw is None or aw_ready else self._aw
+        self._w_waiting = None if self._w is None or w_ready else self._w
+        if self._aw is not None and aw_ready:
+            self._bursts.append(self._check(*self._aw))
+        if self._w is not None and w_ready:
+            self._beats.append(self._w)
+        while self._bursts and self._beats:
+            self._write(self._bursts[0], *self._beats.popleft())
+            if self._bursts[0][2] == self._bursts[0][1]:
+                burst = self._bursts.popleft()
+                self._responses.append((self.cycle + self.latency, burst[3]))
+        if self._b_taken:
+            self._response = None
+        self.cycle += 1
+
+    def _check(self, address, awlen, awsize, awburst) -> list:
+        beats = awlen + 1
+        where = f"cycle {self.cycle}: write burst at {address:#x}, {beats} beats"
+        if awburst not in (Burst.INCR, Burst.INCR.value):
+            raise AXIProtocolError(f"{where}: AWBURST {awburst}, expected INCR")
+        if 1 << awsize != self.bus_bytes:
+            raise AXIProtocolError(f"{where}: AWSIZE {awsize} ({1 << awsize} bytes) on a {self.bus_bytes}-byte bus")
+        if address % self.bus_bytes:
+            raise AXIProtocolError(f"{where}: not aligned to the {self.bus_bytes}-byte beat")
+        end = address + beats * self.bus_bytes
+        if address // BOUNDARY_BYTES != (end - 1) // BOUNDARY_BYTES:
+            raise AXIProtocolError(f"{where}: crosses a 4 KiB boundary")
+        if end > len(self.image):
+            raise AXIProtocolError(f"{where}: past the end of the {len(self.image)}-byte image")
+        self.bursts += 1
+        failed = self.fail is not None and address < self.fail.stop and self.fail.start < end
+        return [address, beats, 0, failed]
+
+    def _write(self, burst, wdata, wstrb, wlast) -> None:
+        address, beats, received, failed = burst
+        if bool(wlast) != (received == beats - 1):
+            raise AXIProtocolError(f"cycle {self.cycle}: WLAST {int(wlast)} on beat {received + 1} of a "
+                                   f"{beats}-beat burst at {address:#x}")
+        base = address + received * self.bus_bytes
+        for byte in range(self.bus_bytes):
+            if wstrb >> byte & 1:
+                if not failed:
+                    self.image[base + byte] = wdata >> (8 * byte) & 0xFF
+                self.bytes_written += 1
+        burst[2] += 1
