@@ -14,7 +14,7 @@ from amaranth import Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4", "AXI4Read", "AXI4Write", "next_burst", "Burst", "Response", "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
+__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "next_burst", "Burst", "Response", "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
 
 BOUNDARY_BYTES = 4096    # no burst may cross a 4 KiB address boundary
 MAX_BURST_BEATS = 256    # INCR bursts: ARLEN + 1 ≤ 256
@@ -111,3 +111,30 @@ def next_burst(m, address, beats_left, max_burst: int, size: int):
     m.d.comb += [wanted.eq(Mux(beats_left < max_burst, beats_left, max_burst)),
                  beats.eq(Mux(to_boundary < wanted, to_boundary, wanted))]
     return beats, beats == beats_left
+
+
+class AXI4Lite:
+    class Signature(wiring.Signature):
+        """AXI4-Lite, master side (a slave takes it `flip()`ped): AW, W, B, AR, R with the specification's names,
+        `data_width` 32 or 64."""
+
+        def __init__(self, addr_width: int = 8, data_width: int = 32):
+            if not isinstance(addr_width, int) or not 2 <= addr_width <= 64:
+                raise ValueError(f"AXI4Lite addr_width = {addr_width!r}: must be an integer from 2 to 64")
+            if data_width not in (32, 64):
+                raise ValueError(f"AXI4Lite data_width = {data_width!r}: must be 32 or 64")
+            self.addr_width, self.data_width = addr_width, data_width
+            super().__init__({
+                "awvalid": Out(1), "awready": In(1), "awaddr": Out(addr_width), "awprot": Out(3),
+                "wvalid": Out(1), "wready": In(1), "wdata": Out(data_width), "wstrb": Out(data_width // 8),
+                "bvalid": In(1), "bready": Out(1), "bresp": In(Response),
+                "arvalid": Out(1), "arready": In(1), "araddr": Out(addr_width), "arprot": Out(3),
+                "rvalid": In(1), "rready": Out(1), "rdata": In(data_width), "rresp": In(Response),
+            })
+
+        def __eq__(self, other):
+            return type(other) is type(self) and (self.addr_width, self.data_width) == (other.addr_width,
+                                                                                       other.data_width)
+
+        def __repr__(self):
+            return f"AXI4Lite.Signature({self.addr_width}, {self.data_width})"
