@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import BOUNDARY_BYTES, AXI4Write, Burst, Response, next_burst
 from .loader import LENGTH_BITS
+from .reader import transfer_layout
 
 __all__ = ["StoreWriter"]
 
@@ -39,8 +40,7 @@ class StoreWriter(wiring.Component):
         self.bus_bytes, self.max_burst, self.outstanding = bus_bytes, max_burst, outstanding
         self.addr_width = addr_width
         super().__init__({
-            "command": In(stream.Signature(data.StructLayout({"address": unsigned(addr_width),
-                                                              "length": unsigned(LENGTH_BITS)}))),
+            "command": In(stream.Signature(transfer_layout(addr_width))),
             "data": In(stream.Signature(unsigned(8 * bus_bytes))),
             "axi": Out(AXI4Write.Signature(addr_width, 8 * bus_bytes)),
             "idle": Out(1),
