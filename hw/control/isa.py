@@ -84,6 +84,7 @@ class ErrorCause(enum.Enum, shape=4):
     QUEUE_OVERFLOW = 5   # an expert's tokens exceed the token block
     BAD_OPERAND = 6      # an operand outside its memory, an EXPERTS body longer than its buffer, a bad region
     GELU_RANGE = 7       # a GELU column with fewer than 5 fraction bits
+    UNSUPPORTED = 8      # an instruction (or an operand) this hardware does not execute yet (architecture §11)
 
 
 MEANINGS = {
@@ -130,7 +131,10 @@ class InstructionSet:
         max_k = max(model.patch_dim, d, hidden, t)
         max_n = max(3 * d, hidden, t)
         n_tiles = tiles(max_n, accel.array_cols)
-        depths = {memory.name: memory.depth for memory in onchip_memories(model, accel)}
+        plan = {memory.name: memory for memory in onchip_memories(model, accel)}
+        depths = {name: memory.depth for name, memory in plan.items()}
+        # the slab buffers side by side, each at a power-of-two span (`WeightLoader.read`)
+        depths["weights"] = plan["weights"].count << address_bits(plan["weights"].depth)
         word = lambda *names: unsigned(address_bits(max(depths[name] for name in names)))
         self.address_width = address_bits(max(depths.values()))
         rows = unsigned(index_bits(t + 1))

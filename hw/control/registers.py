@@ -48,7 +48,8 @@ COUNTERS = (
     ("BUSY_VECTOR", "cycles LayerNorm or the softmax is busy"),
     ("DRAM_READ_BYTES", "bytes read from DRAM (whole beats)"),
     ("DRAM_WRITE_BYTES", "bytes written to DRAM (strobed bytes)"),
-    ("DRAM_STALL_CYCLES", "cycles an AXI request or beat waits on the DRAM"),
+    ("DRAM_STALL_CYCLES", "cycles with a read burst in flight and no beat arriving, or a request or write beat "
+                          "waiting for DRAM to take it"),
     ("INSTRUCTIONS", "instructions issued (an EXPERTS body counts once per expert)"),
 )
 

@@ -4,7 +4,7 @@ Master 0 (the controller's program fetch) wins whenever it requests; the others 
 the one after the last served). A granted master's AR passes through until ARREADY; its index goes into a FIFO,
 and R beats return to the master at the FIFO's head until RLAST (the port's bursts answer in order: one ID).
 The FIFO holds `depth` bursts: at most that many are in flight on the shared port (the masters' own limits
-apply below it). Every master sees the AXI4 rules kept: its ARREADY only while it is granted, its RVALID only
+apply below it); `pending` is high while a burst is in flight. Every master sees the AXI4 rules kept: its ARREADY only while it is granted, its RVALID only
 for its own beats.
 """
 
@@ -29,7 +29,7 @@ class ReadArbiter(wiring.Component):
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"ReadArbiter depth = {depth!r}: at least one burst in flight")
         self.masters, self.depth = masters, depth
-        super().__init__({"inputs": In(signature).array(masters), "bus": Out(signature)})
+        super().__init__({"inputs": In(signature).array(masters), "bus": Out(signature), "pending": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -72,5 +72,5 @@ class ReadArbiter(wiring.Component):
                          port.rlast.eq(bus.rlast), port.rid.eq(bus.rid)]
             with m.If(mine):
                 m.d.comb += bus.rready.eq(port.rready)
-        m.d.comb += order.r_en.eq(bus.rvalid & bus.rready & bus.rlast)
+        m.d.comb += [order.r_en.eq(bus.rvalid & bus.rready & bus.rlast), self.pending.eq(order.r_rdy)]
         return m

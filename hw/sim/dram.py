@@ -6,7 +6,7 @@ calls `drive(ctx, port)` before `await ctx.tick()` and `advance()` after it.
 Timing: the first beat of a burst is available `latency` cycles after its AR handshake; beats leave at most
 `beats_per_cycle` (≤ 1) per cycle on average, bursts in order; ARREADY is low with probability `ar_stall` and
 RVALID withheld with probability `r_stall` each cycle (seeded). Once RVALID is high it stays high, with the
-same beat, until accepted, as the slave's rules require.
+same beat, until accepted, as the slave's rules require. Beats of bytes in `fail` (a range) answer SLVERR.
 
 It checks the master's rules and raises `AXIProtocolError` on a violation: ARVALID held until accepted with
 ARADDR/ARLEN/ARSIZE/ARBURST stable, INCR bursts of the full bus width, addresses aligned to the beat, no burst
@@ -40,14 +40,14 @@ class _Burst:
 
 class AXI4ReadModel:
     def __init__(self, image: np.ndarray, bus_bytes: int, *, latency: int = 8, beats_per_cycle: float = 1.0,
-                 ar_stall: float = 0.0, r_stall: float = 0.0, seed: int = 0):
+                 ar_stall: float = 0.0, r_stall: float = 0.0, fail: range | None = None, seed: int = 0):
         if not 0 < beats_per_cycle <= 1:
             raise ValueError(f"beats_per_cycle = {beats_per_cycle}: must be in (0, 1]")
         if latency < 1:
             raise ValueError(f"latency = {latency}: at least one cycle")
         self.image = np.asarray(image, dtype=np.uint8)
         self.bus_bytes, self.latency, self.beats_per_cycle = bus_bytes, latency, beats_per_cycle
-        self.ar_stall, self.r_stall = ar_stall, r_stall
+        self.ar_stall, self.r_stall, self.fail = ar_stall, r_stall, fail
         self.rng = np.random.default_rng(seed)
         self.bytes_read = 0
         self.bursts = 0
@@ -72,14 +72,15 @@ class AXI4ReadModel:
                 and self.rng.random() >= self.r_stall:
             head = pending[0]
             address = head.address + head.sent * self.bus_bytes
+            failed = self.fail is not None and address < self.fail.stop and self.fail.start < address + self.bus_bytes
             self._beat = (int.from_bytes(self.image[address:address + self.bus_bytes].tobytes(), "little"),
-                          head.sent == head.beats - 1)
+                          head.sent == head.beats - 1, failed)
             self._credit -= 1.0
         ctx.set(port.rvalid, self._beat is not None)
         if self._beat is not None:
             ctx.set(port.rdata, self._beat[0])
             ctx.set(port.rlast, self._beat[1])
-            ctx.set(port.rresp, Response.OKAY)
+            ctx.set(port.rresp, Response.SLVERR if self._beat[2] else Response.OKAY)
             ctx.set(port.rid, 0)
         self._request = None
         if ctx.get(port.arvalid):

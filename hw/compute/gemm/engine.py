@@ -96,17 +96,18 @@ class GemmEngine(wiring.Component):
         super().__init__(self.Signature(self.geometry))
 
     @classmethod
-    def for_model(cls, model, accel) -> "GemmEngine":
+    def for_model(cls, model, accel, **sizes) -> "GemmEngine":
         """The engine `accel` builds for the backbone of `model`: M up to one token block, gathered from all
         tokens, K and N up to the largest of the backbone's matrix products (attention included); GELU at the
-        accelerator's `requant_lanes` values per cycle."""
+        accelerator's `requant_lanes` values per cycle. `sizes` sets memory depths the top level chooses
+        (`w_depth`, `p_depth`, `index_depth`)."""
         largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,
                    load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8),
-                   gelu_lanes=min(accel.requant_lanes, accel.array_cols))
+                   gelu_lanes=min(accel.requant_lanes, accel.array_cols), **sizes)
 
     model = staticmethod(gemm_model)
 

@@ -1,0 +1,67 @@
+"""The driver's transport over Amaranth's simulator: the `Accelerator` with DRAM models on its AXI4 port
+(`hw.sim.dram`, with latency and random stalls) and an AXI4-Lite master on its host port.
+
+`simulate(accelerator, host, dram_bytes, **dram)` runs `await host(transport)` in a testbench and returns its
+result; every simulated cycle serves the DRAM, whatever the host is doing. `dram`: `latency` (cycles to a
+burst's first beat), `stall` (the probability of a stall on each AXI4 channel each cycle), `seed`, and
+`fail_reads` / `fail_writes` (byte ranges that answer SLVERR).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hw.sim import simulate as run_simulation
+from hw.sim.axilite import AXILiteMaster
+from hw.sim.dram import AXI4ReadModel, AXI4WriteModel
+
+__all__ = ["PysimTransport", "simulate"]
+
+
+class PysimTransport:
+    def __init__(self, ctx, accelerator, dram_bytes: int, *, latency: int = 8, stall: float = 0.0, seed: int = 0,
+                 fail_reads: range | None = None, fail_writes: range | None = None):
+        self.ctx, self.accelerator = ctx, accelerator
+        self.dram = np.zeros(dram_bytes, np.uint8)
+        bus = accelerator.bus.beat_bytes
+        self.reads = AXI4ReadModel(self.dram, bus, latency=latency, ar_stall=stall, r_stall=stall, fail=fail_reads,
+                                   seed=seed)
+        self.writes = AXI4WriteModel(self.dram, bus, latency=max(1, latency // 2), aw_stall=stall, w_stall=stall,
+                                     b_stall=stall, fail=fail_writes, seed=seed + 1)
+        self.host = AXILiteMaster(ctx, accelerator.host, self.tick)
+        self.cycles = 0
+
+    async def tick(self) -> None:
+        self.reads.drive(self.ctx, self.accelerator.axi)
+        self.writes.drive(self.ctx, self.accelerator.axi)
+        await self.ctx.tick()
+        self.reads.advance()
+        self.writes.advance()
+        self.cycles += 1
+
+    async def read32(self, offset: int) -> int:
+        return await self.host.read(offset)
+
+    async def write32(self, offset: int, value: int) -> None:
+        await self.host.write(offset, value)
+
+    async def write_dram(self, address: int, data: bytes) -> None:
+        self.dram[address:address + len(data)] = np.frombuffer(bytes(data), np.uint8)
+
+    async def read_dram(self, address: int, length: int) -> bytes:
+        return self.dram[address:address + length].tobytes()
+
+    async def wait(self, cycles: int) -> None:
+        for _ in range(cycles):
+            await self.tick()
+
+
+def simulate(accelerator, host, dram_bytes: int, **dram):
+    """Run `await host(transport)` against `accelerator` in the Python simulator; its return value."""
+    result = {}
+
+    async def testbench(ctx):
+        result["value"] = await host(PysimTransport(ctx, accelerator, dram_bytes, **dram))
+
+    run_simulation(accelerator, testbench)
+    return result["value"]

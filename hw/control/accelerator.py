@@ -1,0 +1,187 @@
+"""The accelerator's top level: the controller, the host registers, the GEMM engine, the weight loader, the data
+paths and the on-chip memories, behind one AXI4 master port to DRAM and one AXI4-Lite slave port for the host.
+
+`Accelerator.for_model(model, accel)` builds it for `model` on `accel` (`check_top_level` says what else it
+needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Verilog):
+- `axi` (`AXI4.Signature`, master): reads shared a burst at a time by program fetch (first), the load path and
+  the weight loader (`ReadArbiter`); writes by the store path (`StoreWriter`).
+- `host` (`AXI4Lite.Signature`, slave): the registers of `hw.control.registers` (`HostRegisters`).
+- `irq`: STATUS.done while CONTROL.irq_enable.
+A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
+has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
+returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
+it). What runs so far: LOAD, GEMM (INT8, INT16, INT18, GELU; from ACTIVATION or SCRATCH with weights from a
+slab buffer, into ACTIVATION, SCRATCH or RESIDUAL, optionally added into it), STORE, SYNC, HALT and
+CONFIG_GELU; the other instructions end the run with `ErrorCause.UNSUPPORTED`.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, ResetInserter, Shape, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible, config_hash
+
+from ..compute.gemm import GemmEngine
+from ..memory.arbiter import ReadArbiter
+from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
+from ..memory.layout import PARAMETER_WORD
+from ..memory.loader import WeightLoader
+from ..memory.reader import StreamReader
+from ..memory.writer import StoreWriter
+from .controller import Controller
+from .datapath import LoadPath, OutputPath, StorePath
+from .host import HostRegisters
+from .isa import InstructionSet, Opcode, Space
+from .memories import check_top_level, onchip_spaces
+from .registers import COUNTERS
+
+__all__ = ["Accelerator"]
+
+
+def _join(m, port, bus, signature):
+    """Connect `port` (a master with `signature`'s members) to the same members of the wider master `bus`."""
+    for name, member in signature.members.items():
+        outward, inward = getattr(bus, name), getattr(port, name)
+        m.d.comb += outward.eq(inward) if member.flow == Out else inward.eq(outward)
+
+
+class Accelerator(wiring.Component):
+    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8):
+        try:
+            check_compatible(model, accel)
+            check_top_level(model, accel)
+        except ConfigError:
+            self._MustUse__silence = True             # never built, so never elaborated
+            raise
+        self.model, self.accel, self.addr_width = model, accel, addr_width
+        self.isa = InstructionSet(model, accel)
+        self.spaces = onchip_spaces(model, accel)
+        self.config_hash = config_hash(model, accel)
+        self.loader = WeightLoader.for_config(accel, addr_width)
+        self.engine = GemmEngine.for_model(model, accel, w_depth=self.loader.buffers * self.loader.buffer_span)
+        self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
+        self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
+        self.fetch_reader = StreamReader.for_config(accel, addr_width)
+        self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
+                                 Shape.cast(self.isa.operands[Opcode.GEMM]["d_stride"].shape).width)
+        self.controller = Controller(
+            self.isa, self.spaces, engine_command=self.engine.signature.command,
+            load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
+            job=self.output.job.shape(), buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
+            bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
+        self.host_registers = HostRegisters(self.config_hash)
+        self.bus = AXI4.Signature(addr_width, 8 * accel.dram_bytes_per_beat)
+        super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1)})
+
+    @classmethod
+    def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Accelerator":
+        return cls(model, accel)
+
+    def _memories(self, m):
+        """The on-chip memories and their ports, wired to the paths and the engine."""
+        engine, output, load, store, controller = self.engine, self.output, self.load_path, self.store_path, \
+            self.controller
+        x_data = {}
+        for space, memory in self.spaces.items():
+            name = space.name.lower()
+            storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
+            write = storage.write_port()
+            writers = [getattr(load, name)] + ([getattr(output, name)] if hasattr(output, name) else [])
+            m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
+                         write.data.eq(writers[0].data)]
+            for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
+                with m.If(other.en):
+                    m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
+            if hasattr(store, name):
+                wiring.connect(m, storage.read_port(), getattr(store, name))
+            if space in (Space.ACTIVATION, Space.SCRATCH):
+                reader = storage.read_port()
+                m.d.comb += [reader.addr.eq(engine.x_read.addr), reader.en.eq(engine.x_read.en)]
+                x_data[space] = reader.data
+            if space == Space.RESIDUAL:
+                wiring.connect(m, storage.read_port(), output.residual_read)
+            if space == Space.PARAMS:
+                reader = storage.read_port()
+                m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en)]
+                fields = sum(bits for _, bits, _, _ in PARAMETER_WORD)
+                m.d.comb += engine.p_read.data.eq(Cat(*(Cat(reader.data[64 * c:64 * c + 32],
+                                                            reader.data[64 * c + 32:64 * c + 32 + fields])
+                                                        for c in range(self.accel.array_cols))))
+        m.d.comb += engine.x_read.data.eq(Mux(controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
+                                              x_data[Space.ACTIVATION]))
+
+    def elaborate(self, platform):
+        m = Module()
+        host, controller, engine, loader = self.host_registers, self.controller, self.engine, self.loader
+        clear = controller.clear | host.soft_reset
+        m.submodules.host = host
+        m.submodules.controller = ResetInserter(host.soft_reset)(controller)
+        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output"):
+            m.submodules[name] = ResetInserter(clear)(getattr(self, name))
+        m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
+            self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
+        wiring.connect(m, wiring.flipped(self.host), host.bus)
+        m.d.comb += self.irq.eq(host.irq)
+
+        # DRAM: fetch first, then the load path and the loader, on one read port; the store path writes.
+        for index, master in enumerate((self.fetch_reader.axi, self.load_path.axi, loader.axi)):
+            wiring.connect(m, master, arbiter.inputs[index])
+        _join(m, arbiter.bus, self.axi, AXI4Read.Signature(self.addr_width, self.bus.data_width))
+        _join(m, self.store_path.axi, self.axi, AXI4Write.Signature(self.addr_width, self.bus.data_width))
+
+        # The controller, the host and the units.
+        for name in ("program_addr", "model_addr", "image_addr", "output_addr"):
+            m.d.comb += getattr(controller, name).eq(getattr(host, name))
+        m.d.comb += [controller.start.eq(host.start), host.busy.eq(controller.busy), host.done.eq(controller.done),
+                     host.error.eq(controller.error), host.cause.eq(controller.cause),
+                     host.error_pc.eq(controller.error_pc)]
+        wiring.connect(m, controller.fetch, self.fetch_reader.command)
+        wiring.connect(m, self.fetch_reader.data, controller.program)
+        wiring.connect(m, controller.load, self.load_path.command)
+        wiring.connect(m, controller.descriptor, loader.descriptor)
+        wiring.connect(m, controller.take, loader.take)
+        wiring.connect(m, controller.release, loader.release)
+        wiring.connect(m, controller.gemm, engine.command)
+        wiring.connect(m, controller.store, self.store_path.command)
+        gemm_active = engine.busy | engine.out.valid | self.output.active
+        m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
+                     controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
+                     controller.loader_idle.eq(loader.idle), controller.loader_error.eq(loader.error),
+                     controller.slab_full.eq(loader.full), controller.gemm_active.eq(gemm_active),
+                     controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
+                     controller.store_error.eq(self.store_path.error)]
+        wiring.connect(m, engine.out, self.output.result)
+        m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
+        wiring.connect(m, loader.read, engine.w_read)
+        for port in ("row_read", "index_read", "scatter_read", "gate_read", "combine_read"):
+            m.d.comb += getattr(engine, port).data.eq(0)      # gather, row scales and COMBINE: not yet wired
+        self._memories(m)
+        self._counters(m, gemm_active, arbiter.pending)
+        return m
+
+    def _counters(self, m, gemm_active, reading):
+        """CYCLES and the performance counters of `registers.COUNTERS`, counted from start to done."""
+        host, controller, axi = self.host_registers, self.controller, self.axi
+        counting = controller.busy
+        cycles = Signal(64)
+        counters = {name: Signal(32, name=name.lower()) for name, _ in COUNTERS}
+        written = Signal(range(self.bus.beat_bytes + 1))
+        m.d.comb += written.eq(sum(axi.wstrb[i] for i in range(self.bus.beat_bytes)))
+        events = {
+            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": 0, "BUSY_VECTOR": 0,
+            "DRAM_READ_BYTES": Mux(axi.rvalid & axi.rready, self.bus.beat_bytes, 0),
+            "DRAM_WRITE_BYTES": Mux(axi.wvalid & axi.wready, written, 0),
+            "DRAM_STALL_CYCLES": (axi.arvalid & ~axi.arready) | (reading & ~axi.rvalid)
+            | (axi.awvalid & ~axi.awready) | (axi.wvalid & ~axi.wready),
+            "INSTRUCTIONS": controller.issued,
+        }
+        with m.If(controller.clear):
+            m.d.sync += [cycles.eq(0)] + [counter.eq(0) for counter in counters.values()]
+        with m.Elif(counting):
+            m.d.sync += [cycles.eq(cycles + 1)] + [counters[name].eq(counters[name] + events[name])
+                                                   for name in counters]
+        m.d.comb += [host.cycles.eq(cycles)] + [getattr(host, name.lower()).eq(counter)
+                                                 for name, counter in counters.items()]

@@ -1,0 +1,304 @@
+"""The controller: fetches the program from DRAM and issues its instructions in order, one a cycle at most, each
+once the unit it needs is free and the memories it names are safe (a scoreboard).
+
+Run: `start` (when not `busy`) pulses `clear` (the top level resets the units with it), then instructions are
+fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer, as room allows.
+The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first fault: its
+`cause` (`ErrorCause`) and `error_pc` (the index of the instruction at fault, or being issued when a unit
+reported it) are kept until the next start. A fault stops issue at once; transfers in flight finish, so the
+AXI4 ports are quiet when `done` rises, and nothing waits forever.
+
+Issue rules (docs/architecture.md, section 11):
+- `LOAD` to WEIGHTS: a descriptor to the loader (taken once the slab buffer `base / span` is empty); to
+  ACTIVATION, SCRATCH, RESIDUAL or PARAMS: a command to the load path, once no unit in flight reads or writes
+  that memory. Addresses are offsets from the region registers; bus-aligned, whole words, inside the memory.
+- `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, PARAMS or its
+  destination or reads its destination, and its slab buffer (`w_base / span`) is full; the buffer is taken
+  with the command and released when the product is written. GELU's hidden requantization is the last
+  `CONFIG_GELU`'s.
+- `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
+  words and of bus words.
+- `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
+A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only in a cycle where the unit's
+`ready` is known high (each `ready` is a register there), so it is taken the cycle it is raised.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ..common.arith import index_bits
+from ..common.gearbox import Gearbox
+from ..compute.gemm.geometry import GemmMode
+from ..memory.loader import descriptor_layout
+from ..memory.reader import transfer_layout
+from .datapath import GEMM_DESTINATIONS, LOADABLE, STORABLE
+from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
+from .memories import OnChip
+
+__all__ = ["Controller"]
+
+
+class Controller(wiring.Component):
+    def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
+                 load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
+                 buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32, fetch_depth: int = 8,
+                 fetch_chunk: int = 4):
+        if not 1 <= fetch_chunk <= fetch_depth:
+            raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
+        self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
+        self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
+        self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
+        super().__init__({
+            "start": In(1), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
+            "output_addr": In(32),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "cause": Out(ErrorCause), "error_pc": Out(32),
+            "clear": Out(1), "issued": Out(1),
+            "fetch": Out(stream.Signature(transfer_layout(addr_width))),
+            "program": In(stream.Signature(unsigned(8 * bus_bytes))),
+            "fetch_idle": In(1), "fetch_error": In(1),
+            "load": Out(stream.Signature(load_command)), "load_busy": In(1), "load_error": In(1),
+            "descriptor": Out(stream.Signature(descriptor_layout(addr_width, buffers))),
+            "loader_idle": In(1), "loader_error": In(1), "slab_full": In(buffers),
+            "take": Out(stream.Signature(unsigned(index_bits(buffers)))),
+            "release": Out(stream.Signature(unsigned(index_bits(buffers)))),
+            "gemm": Out(stream.Signature(engine_command)), "gemm_active": In(1), "gemm_error": In(1),
+            "gemm_source": Out(Space), "output_start": Out(1), "output_job": Out(job),
+            "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
+        })
+
+    # --- program fetch -----------------------------------------------------------------------------------------
+    def _fetch(self, m, running, popped):
+        """Instructions into a buffer; returns the buffer (a `SyncFIFO` of instruction words) and `drained`."""
+        m.submodules.gearbox = gearbox = Gearbox(8 * self.bus_bytes, INSTRUCTION_BITS)
+        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS, depth=self.fetch_depth)
+        wiring.connect(m, wiring.flipped(self.program), gearbox.input)
+        m.d.comb += [buffer.w_data.eq(gearbox.output.payload), buffer.w_en.eq(gearbox.output.valid),
+                     gearbox.output.ready.eq(1)]       # room reserved when the chunk was asked for
+        fetched = Signal(32)                          # instructions asked for
+        reserved = Signal(range(self.fetch_depth + 1))
+        chunk = self.fetch_chunk
+        m.d.comb += [self.fetch.valid.eq(running & (reserved <= self.fetch_depth - chunk)),
+                     self.fetch.payload.address.eq(self.program_addr + (fetched << 4)),
+                     self.fetch.payload.length.eq(chunk * INSTRUCTION_BITS // 8)]
+        asked = self.fetch.valid & self.fetch.ready
+        m.d.sync += reserved.eq(reserved + Mux(asked, chunk, 0) - popped)
+        with m.If(asked):
+            m.d.sync += fetched.eq(fetched + chunk)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [fetched.eq(0), reserved.eq(0)]
+        drained = self.fetch_idle & ~self.program.valid & ~gearbox.output.valid & ~buffer.r_rdy
+        return buffer, drained
+
+    # --- the scoreboard --------------------------------------------------------------------------------------
+    def _scoreboard(self, m):
+        """(reading, writing): per `Space`, whether a unit in flight reads / writes it, and the registers the
+        issue logic sets to say which spaces an issued unit touches."""
+        touched = {name: Signal(Space, name=f"{name}_space") for name in ("load", "gemm_source", "gemm_dest",
+                                                                          "store")}
+        reading = Signal(8)
+        writing = Signal(8)
+        for space in Space:
+            m.d.comb += [
+                writing[space.value].eq((self.load_busy & (touched["load"] == space))
+                                        | (self.gemm_active & (touched["gemm_dest"] == space))),
+                reading[space.value].eq((self.store_busy & (touched["store"] == space))
+                                        | (self.gemm_active & ((touched["gemm_source"] == space)
+                                                               | Const(space == Space.PARAMS)))),
+            ]
+        m.d.comb += self.gemm_source.eq(touched["gemm_source"])
+        return reading, writing, touched
+
+    def _dram_address(self, m, operands, name):
+        """The DRAM address of a LOAD or STORE (its region register + offset), and whether the region exists
+        and the address is bus-aligned."""
+        address = Signal(32, name=f"{name}_address")
+        good = Signal(name=f"{name}_address_good")
+        with m.Switch(operands.region):
+            for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
+                                 (Region.OUTPUT, self.output_addr)):
+                with m.Case(region):
+                    m.d.comb += [address.eq(base + operands.address),
+                                 good.eq(address[:(self.bus_bytes - 1).bit_length()] == 0)]
+        return address, good
+
+    def _fits(self, m, operands, space: Space, multiple: int):
+        """`bytes` is a whole number of the memory's words and of `multiple`, and base + words ≤ depth."""
+        memory = self.spaces[space]
+        whole = max(memory.word_bytes, multiple)
+        words = operands.bytes >> (memory.word_bytes - 1).bit_length()
+        return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
+
+    def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
+               idle, present):
+        """Decode the instruction at the buffer's head (`present`); `issue` it when it may go, or report a
+        `fault`. Sets the unit commands and the scoreboard's registers."""
+        def refuse(cause):
+            m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
+
+        def go(ready=1):
+            m.d.comb += issue.eq(present & ready)
+
+        span_bits = (self.buffer_span - 1).bit_length()
+        with m.Switch(word.opcode):
+            with m.Case(Opcode.LOAD):
+                ops = word.operands.load
+                address, good = self._dram_address(m, ops, "load")
+                buffer = ops.base >> span_bits
+                with m.If(ops.per_expert):
+                    refuse(ErrorCause.UNSUPPORTED)
+                with m.Elif(~good):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(ops.memory == Space.WEIGHTS):
+                    m.d.comb += [self.descriptor.payload.address.eq(address),
+                                 self.descriptor.payload.length.eq(ops.bytes),
+                                 self.descriptor.payload.buffer.eq(buffer)]
+                    with m.If((ops.base[:span_bits] != 0) | (buffer >= self.buffers)):
+                        refuse(ErrorCause.BAD_OPERAND)
+                    with m.Else():
+                        go(self.descriptor.ready)
+                        m.d.comb += self.descriptor.valid.eq(issue)
+                for space in LOADABLE:
+                    with m.Elif(ops.memory == space):
+                        m.d.comb += [self.load.payload.address.eq(address), self.load.payload.length.eq(ops.bytes),
+                                     self.load.payload.memory.eq(space), self.load.payload.base.eq(ops.base)]
+                        with m.If(~self._fits(m, ops, space, 1)):
+                            refuse(ErrorCause.BAD_OPERAND)
+                        with m.Else():
+                            go(self.load.ready & ~reading[space.value] & ~writing[space.value])
+                            m.d.comb += self.load.valid.eq(issue)
+                            with m.If(issue):
+                                m.d.sync += touched["load"].eq(space)
+                with m.Else():
+                    refuse(ErrorCause.UNSUPPORTED)
+            with m.Case(Opcode.GEMM):
+                self._gemm(m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, holding,
+                           held, span_bits)
+            with m.Case(Opcode.STORE):
+                ops = word.operands.store
+                address, good = self._dram_address(m, ops, "store")
+                with m.If(~good):
+                    refuse(ErrorCause.BAD_OPERAND)
+                for space in STORABLE:
+                    with m.Elif(ops.memory == space):
+                        m.d.comb += [self.store.payload.memory.eq(space), self.store.payload.base.eq(ops.base),
+                                     self.store.payload.address.eq(address), self.store.payload.length.eq(ops.bytes)]
+                        with m.If(~self._fits(m, ops, space, self.bus_bytes)):
+                            refuse(ErrorCause.BAD_OPERAND)
+                        with m.Else():
+                            go(self.store.ready & ~writing[space.value])
+                            m.d.comb += self.store.valid.eq(issue)
+                            with m.If(issue):
+                                m.d.sync += touched["store"].eq(space)
+                with m.Else():
+                    refuse(ErrorCause.UNSUPPORTED)
+            with m.Case(Opcode.SYNC):
+                go(idle)
+            with m.Case(Opcode.HALT):
+                go(idle)
+                m.d.comb += halt.eq(issue)
+            with m.Case(Opcode.CONFIG_GELU):
+                go()
+                with m.If(issue):
+                    m.d.sync += hidden.eq(word.operands.config_gelu)
+            with m.Case(*(op for op in Opcode if op not in (Opcode.LOAD, Opcode.GEMM, Opcode.STORE, Opcode.SYNC,
+                                                            Opcode.HALT, Opcode.CONFIG_GELU))):
+                refuse(ErrorCause.UNSUPPORTED)
+            with m.Default():
+                refuse(ErrorCause.BAD_OPCODE)
+
+    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, holding, held, span_bits):
+        buffer = ops.w_base >> span_bits
+        command = self.gemm.payload
+        m.d.comb += [command.m.eq(ops.m), command.k_tiles.eq(ops.k_tiles), command.k_last.eq(ops.k_last),
+                     command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
+                     command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
+                     command.gather.eq(0), command.list_base.eq(0), command.row_scaled.eq(0),
+                     command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
+                     self.take.payload.eq(buffer),
+                     self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
+                     self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual)]
+        source_ok = (ops.source == Space.ACTIVATION) | (ops.source == Space.SCRATCH)
+        destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
+        mode_ok = (ops.mode != GemmMode.COMBINE) & (ops.mode != GemmMode.RAW)
+        with m.If(~source_ok | (ops.stationary != Space.WEIGHTS) | ~destination_ok | ops.gather | ops.row_scaled
+                  | ~mode_ok):
+            refuse(ErrorCause.UNSUPPORTED)
+        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL)) | (buffer >= self.buffers)
+                    | (ops.w_base[:span_bits] != 0)):
+            refuse(ErrorCause.BAD_OPERAND)
+        with m.Else():
+            free = ~self.gemm_active & ~holding & ~writing.bit_select(ops.source.as_value(), 1) \
+                & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
+                & ~reading.bit_select(ops.destination.as_value(), 1)
+            go(free & self.gemm.ready & self.take.ready)
+            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue), self.output_start.eq(issue)]
+            with m.If(issue):
+                m.d.sync += [touched["gemm_source"].eq(ops.source), touched["gemm_dest"].eq(ops.destination),
+                             holding.eq(1), held.eq(buffer)]
+
+    def elaborate(self, platform):
+        m = Module()
+        isa = self.isa
+        running = Signal()
+        popped = Signal()
+        buffer, drained = self._fetch(m, running, popped)
+        reading, writing, touched = self._scoreboard(m)
+        word = data.View(isa.layout, buffer.r_data)
+        pc = Signal(32)
+        hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
+                                           "shift": unsigned(6)}))
+        holding, held = Signal(), Signal(index_bits(self.buffers))
+        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~holding & ~self.store_busy
+        fault = Signal()
+        fault_cause = Signal(ErrorCause)
+        issue = Signal()
+        halt = Signal()
+
+        # Release the slab buffer a GEMM held once its product is written.
+        m.d.comb += self.release.payload.eq(held)
+        with m.If(holding & ~self.gemm_active & ~self.output_start):
+            m.d.comb += self.release.valid.eq(1)
+            m.d.sync += holding.eq(0)
+
+        self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
+                    idle, running & buffer.r_rdy)
+        m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
+                     buffer.r_en.eq(Mux(running, issue, buffer.r_rdy))]
+        with m.If(issue):
+            m.d.sync += pc.eq(pc + 1)
+
+        # Faults reported by the units, in the order their transfers go.
+        unit_fault = Signal(ErrorCause)
+        with m.If(self.fetch_error | self.load_error | self.loader_error):
+            m.d.comb += unit_fault.eq(ErrorCause.DRAM_READ)
+        with m.Elif(self.store_error):
+            m.d.comb += unit_fault.eq(ErrorCause.DRAM_WRITE)
+        with m.Elif(self.gemm_error):
+            m.d.comb += unit_fault.eq(ErrorCause.GELU_RANGE)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.comb += self.clear.eq(1)
+                    m.d.sync += [self.busy.eq(1), self.done.eq(0), self.error.eq(0), self.cause.eq(ErrorCause.NONE),
+                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(unit_fault != ErrorCause.NONE):
+                    m.d.sync += [self.error.eq(1), self.cause.eq(unit_fault), self.error_pc.eq(pc)]
+                    m.next = "STOP"
+                with m.Elif(fault):
+                    m.d.sync += [self.error.eq(1), self.cause.eq(fault_cause), self.error_pc.eq(pc)]
+                    m.next = "STOP"
+                with m.Elif(halt):
+                    m.next = "STOP"
+            with m.State("STOP"):
+                with m.If(idle & drained):
+                    m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
+        return m

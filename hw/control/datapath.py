@@ -1,0 +1,238 @@
+"""The top level's data paths between DRAM, the on-chip memories and the GEMM engine's output.
+
+- `LoadPath`: `LOAD` into ACTIVATION, SCRATCH, RESIDUAL or PARAMS. A command {address, length, memory, base}
+  is taken when the path is idle; its bytes (a whole number of the memory's words) come through a
+  `StreamReader` and a `Gearbox` to the memory's word width and are written to words `base`, `base` + 1, ….
+  `busy` from the cycle after the command until its last word is written.
+- `StorePath`: `STORE` from ACTIVATION, SCRATCH or RESIDUAL: {memory, base, address, length} (length a whole
+  number of words and of bus words) read from word `base` on through the memory's read port into a `Gearbox`
+  and the `StoreWriter`. `busy` until the last write response.
+- `OutputPath`: the GEMM engine's result rows into ACTIVATION, SCRATCH (int8) or RESIDUAL (int16), row t of
+  N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
+  to it (`ResidualAdd`) before it is written back. Every beat takes 3 cycles, one a cycle; `active` while a
+  beat is in the pipeline.
+Memory ports are `lib.memory` port signatures, connected by the top level.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+
+from golden import ops
+
+from ..common.arith import address_bits
+from ..common.gearbox import Gearbox
+from ..memory.axi import AXI4Read, AXI4Write
+from ..memory.reader import StreamReader
+from ..memory.writer import StoreWriter
+from ..vector.residual import ResidualAdd
+from .isa import Space
+from .memories import OnChip
+
+__all__ = ["LoadPath", "StorePath", "OutputPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
+
+LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS)
+STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
+GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
+
+
+def _port_name(space: Space) -> str:
+    return space.name.lower()
+
+
+class LoadPath(wiring.Component):
+    def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
+        self.spaces = {space: spaces[space] for space in LOADABLE}
+        self.reader = reader
+        self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({
+                "address": unsigned(reader.addr_width), "length": unsigned(24), "memory": Space,
+                "base": unsigned(self.address_width)}))),
+            "axi": Out(AXI4Read.Signature(reader.addr_width, 8 * reader.bus_bytes)),
+            **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
+                                                         shape=unsigned(8 * memory.word_bytes)))
+               for space, memory in self.spaces.items()},
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = reader = self.reader
+        wiring.connect(m, reader.axi, wiring.flipped(self.axi))
+        m.d.comb += self.error.eq(reader.error)
+        command = self.command.payload
+        target = Signal(Space)
+        address = Signal(self.address_width)
+        words_left = Signal(24)
+        m.d.comb += [self.command.ready.eq(~self.busy & reader.command.ready),
+                     reader.command.payload.address.eq(command.address),
+                     reader.command.payload.length.eq(command.length),
+                     reader.command.valid.eq(self.command.valid & ~self.busy)]
+        accepted = self.command.valid & self.command.ready
+        gearboxes = {}
+        for space, memory in self.spaces.items():
+            gearboxes.setdefault(memory.word_bytes, []).append(space)
+        word_valid = Signal()
+        for width, spaces in gearboxes.items():
+            gearbox = m.submodules[f"gearbox{width}"] = Gearbox(8 * reader.bus_bytes, 8 * width)
+            chosen = Cat(*(target == space for space in spaces)).any()
+            m.d.comb += [gearbox.input.payload.eq(reader.data.payload),
+                         gearbox.input.valid.eq(reader.data.valid & chosen), gearbox.output.ready.eq(1)]
+            with m.If(chosen):
+                m.d.comb += [reader.data.ready.eq(gearbox.input.ready), word_valid.eq(gearbox.output.valid)]
+            for space in spaces:
+                port = getattr(self, _port_name(space))
+                m.d.comb += [port.addr.eq(address), port.data.eq(gearbox.output.payload),
+                             port.en.eq(gearbox.output.valid & (target == space) & (words_left != 0))]
+        with m.If(word_valid & (words_left != 0)):
+            m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
+        with m.If(accepted):
+            m.d.sync += [self.busy.eq(1), target.eq(command.memory), address.eq(command.base)]
+            with m.Switch(command.memory):
+                for space, memory in self.spaces.items():
+                    with m.Case(space):
+                        shift = (memory.word_bytes - 1).bit_length()
+                        m.d.sync += words_left.eq((command.length + memory.word_bytes - 1) >> shift)
+        with m.Elif(self.busy & reader.idle & ~reader.data.valid & ~word_valid):
+            m.d.sync += self.busy.eq(0)
+        return m
+
+
+class StorePath(wiring.Component):
+    def __init__(self, spaces: dict[Space, OnChip], writer: StoreWriter):
+        self.spaces = {space: spaces[space] for space in STORABLE}
+        self.writer = writer
+        self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({
+                "memory": Space, "base": unsigned(self.address_width), "address": unsigned(writer.addr_width),
+                "length": unsigned(24)}))),
+            "axi": Out(AXI4Write.Signature(writer.addr_width, 8 * writer.bus_bytes)),
+            **{_port_name(space): In(ReadPort.Signature(addr_width=address_bits(memory.depth),
+                                                        shape=unsigned(8 * memory.word_bytes)))
+               for space, memory in self.spaces.items()},
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.writer = writer = self.writer
+        wiring.connect(m, writer.axi, wiring.flipped(self.axi))
+        m.d.comb += self.error.eq(writer.error)
+        command = self.command.payload
+        source = Signal(Space)
+        address = Signal(self.address_width)
+        words_left = Signal(24)
+        m.d.comb += [self.command.ready.eq(~self.busy & writer.command.ready),
+                     writer.command.payload.address.eq(command.address),
+                     writer.command.payload.length.eq(command.length),
+                     writer.command.valid.eq(self.command.valid & ~self.busy)]
+        accepted = self.command.valid & self.command.ready
+
+        # Words out of the memory: `word_valid` while the read port holds an untaken word.
+        word_valid = Signal()
+        fetch = Signal()
+        gearboxes = {}
+        for space, memory in self.spaces.items():
+            gearboxes.setdefault(memory.word_bytes, []).append(space)
+        taken = Signal()
+        beats_valid = Signal()
+        for width, spaces in gearboxes.items():
+            gearbox = m.submodules[f"gearbox{width}"] = Gearbox(8 * width, 8 * writer.bus_bytes)
+            chosen = Cat(*(source == space for space in spaces)).any()
+            m.d.comb += gearbox.input.valid.eq(word_valid & chosen)
+            for space in spaces:
+                port = getattr(self, _port_name(space))
+                m.d.comb += [port.addr.eq(address), port.en.eq(fetch & (source == space))]
+                with m.If(source == space):
+                    m.d.comb += gearbox.input.payload.eq(port.data)
+            with m.If(chosen):
+                m.d.comb += [taken.eq(gearbox.input.ready), writer.data.valid.eq(gearbox.output.valid),
+                             writer.data.payload.eq(gearbox.output.payload),
+                             gearbox.output.ready.eq(writer.data.ready), beats_valid.eq(gearbox.output.valid)]
+        m.d.comb += fetch.eq(self.busy & (words_left != 0) & (~word_valid | taken))
+        with m.If(fetch):
+            m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
+        with m.Elif(taken):
+            m.d.sync += word_valid.eq(0)
+
+        with m.If(accepted):
+            m.d.sync += [self.busy.eq(1), source.eq(command.memory), address.eq(command.base)]
+            with m.Switch(command.memory):
+                for space, memory in self.spaces.items():
+                    with m.Case(space):
+                        m.d.sync += words_left.eq(command.length >> (memory.word_bytes - 1).bit_length())
+        with m.Elif(self.busy & (words_left == 0) & ~word_valid & ~beats_valid & writer.idle):
+            m.d.sync += self.busy.eq(0)
+        return m
+
+
+class OutputPath(wiring.Component):
+    LATENCY = 1 + ResidualAdd.LATENCY     # the residual word's read, then the addition
+
+    def __init__(self, spaces: dict[Space, OnChip], result: data.StructLayout, cols: int, stride_width: int):
+        self.spaces = {space: spaces[space] for space in GEMM_DESTINATIONS}
+        self.cols = cols
+        self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
+        residual = self.spaces[Space.RESIDUAL]
+        super().__init__({
+            "result": In(stream.Signature(result)),
+            "start": In(1),
+            "job": In(data.StructLayout({"destination": Space, "d_base": unsigned(self.address_width),
+                                         "d_stride": unsigned(stride_width), "residual": 1})),
+            "residual_read": In(ReadPort.Signature(addr_width=address_bits(residual.depth),
+                                                   shape=unsigned(8 * residual.word_bytes))),
+            **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
+                                                         shape=unsigned(8 * memory.word_bytes)))
+               for space, memory in self.spaces.items()},
+            "active": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cols, width = self.cols, ops.RESIDUAL_BITS
+        m.submodules.add = add = ResidualAdd(cols, width)
+        job = Signal.like(self.job)
+        tile, offset = Signal.like(self.result.payload.tile), Signal(self.address_width)
+        with m.If(self.start):
+            m.d.sync += [job.eq(self.job), tile.eq(0), offset.eq(0)]
+        beat = self.result.payload
+        m.d.comb += self.result.ready.eq(1)
+        arriving = self.result.valid
+        next_tile = beat.tile != tile
+        address = Signal(self.address_width)
+        m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
+        with m.If(arriving & next_tile):
+            m.d.sync += [tile.eq(beat.tile), offset.eq(offset + job.d_stride)]
+        m.d.comb += [self.residual_read.addr.eq(address), self.residual_read.en.eq(arriving)]
+
+        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
+        addresses = [Signal(self.address_width, name=f"address{stage}") for stage in range(self.LATENCY)]
+        values = [Signal(data.ArrayLayout(signed(32), cols), name=f"values{stage}") for stage in range(self.LATENCY)]
+        m.d.sync += [valid[0].eq(arriving), addresses[0].eq(address), values[0].eq(beat.data)]
+        for stage in range(1, self.LATENCY):
+            m.d.sync += [valid[stage].eq(valid[stage - 1]), addresses[stage].eq(addresses[stage - 1]),
+                         values[stage].eq(values[stage - 1])]
+        residual_now = Signal(data.ArrayLayout(signed(width), cols))
+        m.d.comb += [residual_now.eq(self.residual_read.data), add.output.ready.eq(1),
+                     add.input.valid.eq(valid[0] & job.residual), add.input.payload.combine.eq(0)]
+        for lane in range(cols):
+            m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
+                         add.input.payload.addend[lane].eq(values[0][lane])]
+        result = values[-1]
+        for space in self.spaces:
+            port = getattr(self, _port_name(space))
+            bits = 8 if space != Space.RESIDUAL else width
+            m.d.comb += [port.addr.eq(addresses[-1]), port.en.eq(valid[-1] & (job.destination == space)),
+                         port.data.eq(Cat(*(result[lane][:bits] for lane in range(cols))))]
+            if space == Space.RESIDUAL:
+                with m.If(job.residual):
+                    m.d.comb += port.data.eq(add.output.payload.as_value())
+        m.d.comb += self.active.eq(Cat(*valid).any())
+        return m

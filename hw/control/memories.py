@@ -1,0 +1,63 @@
+"""The on-chip memories the instructions name (`Space`), their word formats and depths: one source for the top
+level, which builds them, and the firmware, which lays out what `LOAD` brings in and reads what `STORE` writes.
+
+Word formats (little-endian bytes in DRAM, lane 0 first):
+- `ACTIVATION`, `SCRATCH`: R int8 operands, K-tile-major X of the GEMM engine: row t's K tile i at word
+  `base + i·T + t` (T the token count, the engine's `x_stride`);
+- `RESIDUAL`: C int16 values, N-tile-major in the same way: token t's columns j·C … at word `j·T + t` (a GEMM
+  output row's tile is one word);
+- `PARAMS`: one GEMM N tile's column parameters, C × (int32 bias, 32-bit parameter word), the DRAM matrix
+  header's bytes as they are (`hw.memory.layout`);
+- `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from golden.config import AcceleratorConfig, ConfigError, ModelConfig
+
+from ..compute.gemm.geometry import tiles
+from ..memory.layout import HEADER_COLUMN_BYTES
+from ..memory.plan import onchip_memories
+from .isa import Space
+
+__all__ = ["OnChip", "onchip_spaces", "check_top_level"]
+
+
+@dataclass(frozen=True)
+class OnChip:
+    space: Space
+    word_bytes: int
+    depth: int
+
+    @property
+    def bytes(self) -> int:
+        return self.word_bytes * self.depth
+
+
+def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
+    """What this top level needs beyond `check_compatible`, as `ConfigError`s naming the parameter."""
+    r, c = accel.array_rows, accel.array_cols
+    if r != c or r & (r - 1):
+        raise ConfigError("array_rows × array_cols", f"{r}x{c}", "the top level wires a GEMM's output tiles "
+                          "into the next one's K tiles, so it needs a square array of a power-of-two side")
+    if accel.tokens_per_block(model) != model.num_tokens:
+        raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
+                          f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
+
+
+def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, OnChip]:
+    """The loadable and storable memories of the top level for `model` on `accel`."""
+    r, c, t = accel.array_rows, accel.array_cols, model.num_tokens
+    plan = {memory.name: memory for memory in onchip_memories(model, accel)}
+    hidden = max(model.mlp_hidden, model.expert_hidden if model.moe_blocks else 0)
+    x_words = lambda k: t * tiles(k, r)    # noqa: E731: an X of K columns, K-tile-major
+    n_tiles = tiles(max(3 * model.embed_dim, hidden, t), c)
+    return {
+        Space.ACTIVATION: OnChip(Space.ACTIVATION, r, x_words(model.embed_dim)),
+        Space.SCRATCH: OnChip(Space.SCRATCH, r, max(plan["scratch"].depth, x_words(model.patch_dim),
+                                                    x_words(hidden))),
+        Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),
+        Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, n_tiles),
+    }

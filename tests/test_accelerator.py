@@ -1,0 +1,197 @@
+"""The whole accelerator, run by the real host driver over the Python simulator: compiled programs bit-exact
+against the golden model (DRAM latency and random stalls on every AXI4 channel included), runs back to back,
+every fault ending the run with its cause and no hang, the scoreboard holding a GEMM until its slab is in."""
+
+import numpy as np
+import pytest
+
+from firmware.assembler import Assembler
+from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program
+from firmware.driver import Driver, DriverError
+from firmware.image import DramMap, residual_from_bytes
+from firmware.sim import PysimTransport, simulate
+from golden.config import ConfigError, accelerator_preset, model_preset
+from golden.float_model import M3ViT, quantize_model
+from golden.images import natural_images
+from golden.model import run
+from golden.quantize import quantize_image
+from hw.control.accelerator import Accelerator
+from hw.control.isa import ErrorCause, Opcode, Region, Space
+from hw.control.memories import onchip_spaces
+from hw.flow.export import lint, to_verilog
+from hw.sim import simulate as run_simulation
+
+TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
+DRAM_BYTES = 1 << 17
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    return quantize_model(M3ViT.trained_like(TINY, seed=1), natural_images(TINY, 8, 11))
+
+
+@pytest.fixture(scope="module")
+def golden(quantized):
+    images = [quantize_image(quantized, image) for image in natural_images(TINY, 2, 5)]
+    return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
+
+
+def _run(programs, **dram):
+    """Run `programs` one after another on one accelerator (no reset between them); their `RunResult`s."""
+    async def host(transport):
+        driver = Driver(transport, TINY, ACCEL)
+        await driver.connect()
+        return [await driver.run(program) for program in programs]
+    return simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, **dram)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_patch_embedding_is_bit_exact(quantized, golden, stall):
+    images, tensors = golden
+    program = patch_embedding_program(quantized, ACCEL, images[0])
+    (result,) = _run([program], latency=12, stall=stall, seed=3)
+    assert result.ok, result.cause
+    assert np.array_equal(residual_from_bytes(result.outputs["embed"], TINY, ACCEL), tensors[0]["embed"])
+    counters = result.counters
+    loaded = sum(int(line.split("bytes=")[1].split()[0]) for line in program.text.splitlines()
+                 if line.startswith("LOAD"))
+    assert loaded <= counters["DRAM_READ_BYTES"] <= loaded + 8 * 16 * len(program.words)
+    assert counters["DRAM_WRITE_BYTES"] == program.output_bytes
+    assert counters["INSTRUCTIONS"] == len(program.words)
+    assert 0 < counters["BUSY_GEMM"] < result.cycles and 0 < counters["BUSY_LOADER"] < result.cycles
+
+
+def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
+    """Block 0's MLP (fc1 with GELU into SCRATCH, fc2 added into the residual) on two images, then the patch
+    embedding, one run after another without a reset."""
+    images, tensors = golden
+    programs = [mlp_program(quantized, ACCEL, 0, t["blocks.0.norm2"], t["blocks.0.mid"]) for t in tensors]
+    programs.append(patch_embedding_program(quantized, ACCEL, images[1]))
+    results = _run(programs, latency=20, stall=0.2, seed=4)
+    assert all(result.ok for result in results), [result.cause for result in results]
+    for result, t in zip(results, tensors):
+        assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), t["blocks.0.out"])
+    assert np.array_equal(residual_from_bytes(results[2].outputs["embed"], TINY, ACCEL), tensors[1]["embed"])
+    assert results[0].counters["INSTRUCTIONS"] == len(programs[0].words)   # counters restart every run
+
+
+def _echo(quantized, payload: bytes) -> Program:
+    """IMAGE → ACTIVATION → OUTPUT: the load and store paths alone."""
+    builder = ProgramBuilder(quantized, ACCEL)
+    offset = builder.place(Region.IMAGE, payload)
+    builder.load(Region.IMAGE, offset, len(payload), Space.ACTIVATION, 0)
+    builder.store("echo", Space.ACTIVATION, 0, len(payload))
+    builder.halt()
+    return builder.build()
+
+
+def _faulty(quantized, text: str, raw: dict | None = None) -> Program:
+    """A program from assembler text; `raw` = {instruction index: a word that replaces it}."""
+    asm = Assembler(ProgramBuilder(quantized, ACCEL).isa)
+    words = asm.assemble(text)
+    for index, word in (raw or {}).items():
+        words[index] = word
+    return Program(words, bytes(4096), bytes(4096), 4096, text)
+
+
+def _region_three(quantized) -> int:
+    asm = Assembler(ProgramBuilder(quantized, ACCEL).isa)
+    word = asm.encode(Opcode.LOAD, bytes=8, memory=Space.ACTIVATION)
+    offset = next(o for name, o, _, _ in asm.isa.fields(Opcode.LOAD) if name == "region")
+    return word | 3 << offset
+
+
+_DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
+FAULTS = [
+    ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
+    ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
+    ("LAYERNORM, not built yet", "SYNC\nLAYERNORM rows=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("misaligned LOAD", "LOAD region=IMAGE address=4 bytes=8 memory=ACTIVATION\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("LOAD past the memory", f"LOAD region=IMAGE bytes=8 memory=ACTIVATION base={_DEPTH - 1}\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("STORE of half a bus word", "STORE memory=ACTIVATION region=OUTPUT bytes=4\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("LOAD from region 3", "SYNC\nLOAD\nHALT", "region3", ErrorCause.BAD_OPERAND, 1, {}),
+    ("GEMM of a gather", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 source=ACTIVATION stationary=WEIGHTS gather=1\n"
+     "HALT", None, ErrorCause.UNSUPPORTED, 0, {}),
+    ("DRAM read error", "LOAD region=IMAGE bytes=64 memory=ACTIVATION\nSYNC\nHALT", None, ErrorCause.DRAM_READ,
+     None, {"fail_reads": "image"}),
+    ("DRAM write error", "STORE memory=ACTIVATION region=OUTPUT bytes=64\nSYNC\nHALT", None,
+     ErrorCause.DRAM_WRITE, None, {"fail_writes": "output"}),
+]
+
+
+@pytest.mark.parametrize("name, text, raw, cause, pc, failing", FAULTS, ids=[f[0] for f in FAULTS])
+def test_a_fault_ends_the_run_with_its_cause_and_the_next_run_works(quantized, name, text, raw, cause, pc,
+                                                                    failing):
+    if raw == "region3":
+        raw = {1: _region_three(quantized)}
+    program = _faulty(quantized, text, raw)
+    payload = bytes(range(256)) * 2
+    echo = _echo(quantized, payload)
+    layout = Driver(None, TINY, ACCEL).dram_map(program)
+    regions = {"image": range(layout.image, layout.image + 4096), "output": range(layout.output, layout.output + 4096)}
+    dram = {key: regions[value] for key, value in failing.items()}
+    faulty, after = _run([program, echo], latency=6, **dram)
+    assert faulty.cause is cause
+    if pc is not None:
+        assert faulty.error_pc == pc
+    assert after.ok and after.outputs["echo"] == payload
+
+
+def test_driver_refuses_hardware_of_another_configuration():
+    async def host(transport):
+        await Driver(transport, TINY, accelerator_preset("8x8")).connect()
+
+    with pytest.raises(DriverError, match="CONFIG_HASH"):
+        simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES)
+
+
+def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
+    """With a slow DRAM the GEMM right behind its slab's LOAD is held by the scoreboard until the buffer is
+    full: watched cycle by cycle, the engine takes no command while its buffer is not full."""
+    images, tensors = golden
+    program = patch_embedding_program(quantized, ACCEL, images[0])
+    accelerator = Accelerator.for_model(TINY, ACCEL)
+    seen = {"commands": 0, "early": 0}
+
+    class Watching(PysimTransport):
+        async def tick(self):
+            engine, loader = accelerator.engine, accelerator.loader
+            if self.ctx.get(engine.command.valid) and self.ctx.get(engine.command.ready):
+                seen["commands"] += 1
+                seen["early"] += not self.ctx.get(loader.full)
+            await super().tick()
+
+    result = {}
+
+    async def testbench(ctx):
+        transport = Watching(ctx, accelerator, DRAM_BYTES, latency=60)
+        result["run"] = await Driver(transport, TINY, ACCEL).run(program)
+
+    run_simulation(accelerator, testbench)
+    assert result["run"].ok and seen == {"commands": 1, "early": 0}
+    assert np.array_equal(residual_from_bytes(result["run"].outputs["embed"], TINY, ACCEL), tensors[0]["embed"])
+
+
+@pytest.mark.parametrize("accel, parameter", [("4x8", "array_rows × array_cols"), ("3x3", "array_rows × array_cols")])
+def test_top_level_refuses_what_it_cannot_wire(accel, parameter):
+    with pytest.raises(ConfigError, match=parameter.replace("×", ".")):
+        Accelerator.for_model(TINY, accelerator_preset(accel))
+
+
+def test_top_level_refuses_token_blocks():
+    with pytest.raises(ConfigError, match="token_block"):
+        Accelerator.for_model(model_preset("m3vit-tiny-cityscapes"), accelerator_preset("8x8"))
+
+
+def test_dram_map_keeps_regions_apart():
+    layout = DramMap.for_program(100, 5000, 10, 3000, 128)
+    assert layout.program == 0 < layout.model < layout.image < layout.output < layout.size
+    assert all(address % 4096 == 0 for address in (layout.model, layout.image, layout.output, layout.size))
+    assert layout.model >= 100 + 128 and layout.image - layout.model >= 5000
+
+
+def test_verilog_elaborates_and_lints():
+    lint(to_verilog(Accelerator.for_model(TINY, ACCEL), "accelerator"), "accelerator")
