@@ -320,9 +320,11 @@ def cmd_synth(args) -> int:
 
 
 def cmd_interfaces(args) -> int:
-    from hw.flow.interfaces import interface_rows, interface_table
+    from hw.flow.interfaces import instruction_table, interface_rows, interface_table
     model, accel = model_preset(args.preset), accelerator_preset(args.array)
-    if args.json:
+    if args.instructions:
+        print(instruction_table(model, accel))
+    elif args.json:
         print(json.dumps([dict(zip(("unit", "port", "kind", "payload"), row)) for row in interface_rows(model, accel)],
                          indent=2))
     else:
@@ -531,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     interfaces = commands.add_parser("interfaces", help="every unit's ports, read from their signatures (markdown)")
     preset_args(interfaces)
     interfaces.add_argument("--array", default="16x16", help="accelerator preset or RxC (default 16x16)")
+    interfaces.add_argument("--instructions", action="store_true",
+                            help="the instruction set and the host registers instead (markdown)")
     interfaces.set_defaults(run=cmd_interfaces)
 
     header = commands.add_parser("header", help="the C header of a configuration: instructions, registers, DRAM layout")

@@ -9,7 +9,7 @@ from firmware.assembler import Assembler
 from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program
 from firmware.driver import Driver, DriverError
 from firmware.image import DramMap, residual_from_bytes
-from firmware.sim import PysimTransport, simulate
+from firmware.sim import SimulatorTransport, simulate
 from golden.config import ConfigError, accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
@@ -156,7 +156,7 @@ def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     accelerator = Accelerator.for_model(TINY, ACCEL)
     seen = {"commands": 0, "early": 0}
 
-    class Watching(PysimTransport):
+    class Watching(SimulatorTransport):
         async def tick(self):
             engine, loader = accelerator.engine, accelerator.loader
             if self.ctx.get(engine.command.valid) and self.ctx.get(engine.command.ready):
@@ -195,3 +195,20 @@ def test_dram_map_keeps_regions_apart():
 
 def test_verilog_elaborates_and_lints():
     lint(to_verilog(Accelerator.for_model(TINY, ACCEL), "accelerator"), "accelerator")
+
+
+def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, golden):
+    """Block 0's MLP in both simulators through the same driver and DRAM model: the same cycles, counters and
+    bytes."""
+    _, tensors = golden
+    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.norm2"], tensors[0]["blocks.0.mid"])
+
+    async def host(transport):
+        return await Driver(transport, TINY, ACCEL).run(program)
+
+    results = [simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, latency=9,
+                        stall=0.1, seed=7) for simulator in ("pysim", "verilator")]
+    assert results[0].ok and results[1].ok
+    assert results[0].cycles == results[1].cycles and results[0].counters == results[1].counters
+    assert results[0].output == results[1].output
+    assert np.array_equal(residual_from_bytes(results[1].outputs["out"], TINY, ACCEL), tensors[0]["blocks.0.out"])

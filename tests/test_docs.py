@@ -25,3 +25,9 @@ def _shown(name):
 def test_architecture_shows_the_interfaces_of_the_signatures():
     expected = interface_table(model_preset("m3vit-tiny-cityscapes"), accelerator_preset("16x16"))
     assert _shown("interfaces").strip() == expected.strip(), "regenerate with `m3vit interfaces`"
+
+
+def test_architecture_shows_the_instruction_set_and_registers():
+    from hw.flow.interfaces import instruction_table
+    expected = instruction_table(model_preset("m3vit-tiny-cityscapes"), accelerator_preset("16x16"))
+    assert _shown("instructions").strip() == expected.strip(), "regenerate with `m3vit interfaces --instructions`"

@@ -49,6 +49,14 @@ def _join(m, port, bus, signature):
 
 
 class Accelerator(wiring.Component):
+    class Signature(wiring.Signature):
+        """The top level's ports for `accel`: `axi` (AXI4 master, `addr_width`-bit addresses, the DRAM bus of
+        `accel`), `host` (AXI4-Lite slave, 8-bit byte addresses, 32-bit data) and `irq`."""
+
+        def __init__(self, accel: AcceleratorConfig, addr_width: int = 32):
+            self.bus = AXI4.Signature(addr_width, 8 * accel.dram_bytes_per_beat)
+            super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1)})
+
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8):
         try:
             check_compatible(model, accel)
@@ -73,8 +81,9 @@ class Accelerator(wiring.Component):
             job=self.output.job.shape(), buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
-        self.bus = AXI4.Signature(addr_width, 8 * accel.dram_bytes_per_beat)
-        super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1)})
+        signature = self.Signature(accel, addr_width)
+        self.bus = signature.bus
+        super().__init__(signature)
 
     @classmethod
     def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Accelerator":
