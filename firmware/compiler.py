@@ -1,15 +1,15 @@
 """The program compiler: a `QuantizedModel`'s layers become instructions (`hw.control.isa`) and the bytes they
 load (the MODEL and IMAGE regions, `firmware.image`), for one `AcceleratorConfig`.
 
-`ProgramBuilder` emits the pieces: `load`, `linear` (a matrix: its header into PARAMS, its slabs into the
+`ProgramBuilder` emits the pieces: `load`, `layernorm` (its γ/β into the unit's next parameter set), `linear` (a matrix: its header into PARAMS, its slabs into the
 loader's buffers one slab ahead of the GEMM that uses it, so each load hides behind the previous slab's
 product), `store`, `halt`. `build()` returns a `Program`. The compiled programs so far:
 - `patch_embedding_program(model, accel, image)`: the position embedding into RESIDUAL, the image's patch rows
   (laid out by the firmware, the patch embedding's X) into SCRATCH, the patch embedding added into RESIDUAL
   rows 1 … P, RESIDUAL to OUTPUT: `golden.model.run`'s `embed` tensor;
-- `mlp_program(model, accel, block, x8, residual)`: a dense block's MLP on LayerNorm₂'s output `x8` and the
-  residual stream `residual` (from the golden model while LayerNorm is not run on the accelerator): fc1 with
-  GELU into SCRATCH, fc2 added into RESIDUAL, RESIDUAL to OUTPUT: the block's `out` tensor.
+- `mlp_program(model, accel, block, residual)`: a dense block's second half from its residual stream (the
+  golden model's `mid` while attention does not run on the accelerator): LayerNorm₂, fc1 with GELU into
+  SCRATCH, fc2 added into RESIDUAL; outputs the block's `norm2` and `out` tensors.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from hw.control.isa import InstructionSet, Opcode, Region, Space
 from hw.control.memories import check_top_level, onchip_spaces
 from hw.memory.layout import HEADER_COLUMN_BYTES, matrix_layout
 from hw.memory.loader import WeightLoader
+from hw.vector.layernorm import LayerNorm
 
 from .assembler import Assembler
 from .image import residual_bytes, x_bytes
@@ -66,6 +67,9 @@ class ProgramBuilder:
         self.outputs = {}
         self.lines: list[str] = []
         self.next_buffer = 0
+        self.layernorm_unit = LayerNorm.for_model(model, accel)
+        self.layernorm_unit._MustUse__silence = True  # built for its parameter layout only
+        self.next_norm_set = 0
 
     # --- regions -------------------------------------------------------------------------------------------
     def place(self, region: Region, data: bytes) -> int:
@@ -125,6 +129,24 @@ class ProgramBuilder:
                       d_base=d_base + slab.first_tile * t, d_stride=t, mode=mode, relu=int(relu),
                       residual=int(residual))
 
+    def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int) -> None:
+        """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
+        `norms` (the int8 output's norm, then optionally the router's int16 copy), through the unit's next
+        parameter set."""
+        q, unit = self.quantized, self.layernorm_unit
+        d = self.model.embed_dim
+        params = [(q[f"{p}.gamma"], q[f"{p}.beta"]) for p in norms]
+        params += [(np.zeros(d, np.int64), np.zeros(d, np.int64))] * (2 - len(norms))
+        word_bytes = self.spaces[Space.NORMS].word_bytes
+        image = b"".join(int(unit.params_layout.const(word).as_bits()).to_bytes(word_bytes, "little")
+                         for word in unit.params_words(params))
+        offset = self.place(Region.MODEL, image)
+        norm_set, self.next_norm_set = self.next_norm_set, 1 - self.next_norm_set
+        self.load(Region.MODEL, offset, len(image), Space.NORMS, norm_set * unit.beats)
+        shifts = [int(q[f"{p}.shift"]) for p in norms] + [0] * (2 - len(norms))
+        self.emit(Opcode.CONFIG_NORM, eps=int(q["norm.eps"]), **{f"shifts[{i}]": s for i, s in enumerate(shifts)})
+        self.emit(Opcode.LAYERNORM, rows=rows, set=norm_set, source=source, destination=destination)
+
     def halt(self) -> None:
         self.emit(Opcode.HALT)
 
@@ -156,24 +178,24 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
     return builder.build()
 
 
-def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, x8: np.ndarray,
-                residual: np.ndarray) -> Program:
-    """Dense block `block`'s MLP: residual + fc2(GELU(fc1(x8))); output `out` [T, D] int16."""
+def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
+    """Dense block `block`'s second half from its residual stream `residual` (the golden `mid`, while attention
+    does not run on the accelerator): LayerNorm₂ into ACTIVATION, fc1 with GELU into SCRATCH, fc2 added into
+    RESIDUAL. Outputs `norm2` (ACTIVATION, K-tile-major) and `out` [T, D] int16."""
     builder = ProgramBuilder(quantized, accel)
     model, t = builder.model, builder.model.num_tokens
     if model.is_moe(block):
         raise CompileError(f"block {block} of {model.name} has experts: mlp_program compiles a dense MLP")
     start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
     builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
-    x = builder.place(Region.IMAGE, x_bytes(x8, accel, t))
-    builder.load(Region.IMAGE, x, tiles(model.embed_dim, accel.array_rows) * t * accel.array_rows,
-                 Space.ACTIVATION, 0)
     p = f"blocks.{block}"
+    builder.layernorm([f"{p}.norm2"], rows=t, source=0, destination=0)
     gelu = (int(quantized[f"{p}.mlp.hidden_multiplier"]), int(quantized[f"{p}.mlp.hidden_shift"]))
     builder.linear(f"{p}.fc1", source=Space.ACTIVATION, x_base=0, m=t, destination=Space.SCRATCH, d_base=0,
                    mode=GemmMode.GELU, gelu=gelu)
     builder.linear(f"{p}.fc2", source=Space.SCRATCH, x_base=0, m=t, destination=Space.RESIDUAL, d_base=0,
                    mode=GemmMode.INT16, residual=True)
+    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, accel.array_rows) * t * accel.array_rows)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()

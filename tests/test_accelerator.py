@@ -8,7 +8,7 @@ import pytest
 from firmware.assembler import Assembler
 from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program
 from firmware.driver import Driver, DriverError
-from firmware.image import DramMap, residual_from_bytes
+from firmware.image import DramMap, residual_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, simulate
 from golden.config import ConfigError, accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
@@ -62,14 +62,16 @@ def test_patch_embedding_is_bit_exact(quantized, golden, stall):
 
 
 def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
-    """Block 0's MLP (fc1 with GELU into SCRATCH, fc2 added into the residual) on two images, then the patch
-    embedding, one run after another without a reset."""
+    """Block 0's second half (LayerNorm₂, fc1 with GELU into SCRATCH, fc2 added into the residual) on two
+    images, then the patch embedding, one run after another without a reset."""
     images, tensors = golden
-    programs = [mlp_program(quantized, ACCEL, 0, t["blocks.0.norm2"], t["blocks.0.mid"]) for t in tensors]
+    programs = [mlp_program(quantized, ACCEL, 0, t["blocks.0.mid"]) for t in tensors]
     programs.append(patch_embedding_program(quantized, ACCEL, images[1]))
     results = _run(programs, latency=20, stall=0.2, seed=4)
     assert all(result.ok for result in results), [result.cause for result in results]
     for result, t in zip(results, tensors):
+        assert np.array_equal(np.frombuffer(result.outputs["norm2"], np.int8),
+                              np.frombuffer(x_bytes(t["blocks.0.norm2"], ACCEL, TINY.num_tokens), np.int8))
         assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), t["blocks.0.out"])
     assert np.array_equal(residual_from_bytes(results[2].outputs["embed"], TINY, ACCEL), tensors[1]["embed"])
     assert results[0].counters["INSTRUCTIONS"] == len(programs[0].words)   # counters restart every run
@@ -105,7 +107,10 @@ _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
 FAULTS = [
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
-    ("LAYERNORM, not built yet", "SYNC\nLAYERNORM rows=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("SOFTMAX, not built yet", "SYNC\nSOFTMAX rows=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("LAYERNORM for the router", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.UNSUPPORTED, 0, {}),
+    ("LAYERNORM past the last token", f"LAYERNORM rows=3 source={TINY.num_tokens - 2}\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
     ("misaligned LOAD", "LOAD region=IMAGE address=4 bytes=8 memory=ACTIVATION\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("LOAD past the memory", f"LOAD region=IMAGE bytes=8 memory=ACTIVATION base={_DEPTH - 1}\nHALT", None,
@@ -201,7 +206,7 @@ def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, g
     """Block 0's MLP in both simulators through the same driver and DRAM model: the same cycles, counters and
     bytes."""
     _, tensors = golden
-    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.norm2"], tensors[0]["blocks.0.mid"])
+    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
 
     async def host(transport):
         return await Driver(transport, TINY, ACCEL).run(program)

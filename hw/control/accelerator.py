@@ -11,8 +11,9 @@ A run: the host writes the region registers and TASK, then CONTROL.start; STATUS
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
 it). What runs so far: LOAD, GEMM (INT8, INT16, INT18, GELU; from ACTIVATION or SCRATCH with weights from a
-slab buffer, into ACTIVATION, SCRATCH or RESIDUAL, optionally added into it), STORE, SYNC, HALT and
-CONFIG_GELU; the other instructions end the run with `ErrorCause.UNSUPPORTED`.
+slab buffer, into ACTIVATION, SCRATCH or RESIDUAL, optionally added into it), LAYERNORM (its int8 output; not
+yet the router's copy), STORE, SYNC, HALT, CONFIG_GELU and CONFIG_NORM; the other instructions end the run with
+`ErrorCause.UNSUPPORTED`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ..memory.layout import PARAMETER_WORD
 from ..memory.loader import WeightLoader
 from ..memory.reader import StreamReader
 from ..memory.writer import StoreWriter
+from ..vector.layernorm import LayerNorm
 from .controller import Controller
-from .datapath import LoadPath, OutputPath, StorePath
+from .datapath import LoadPath, NormPath, OutputPath, StorePath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
 from .memories import check_top_level, onchip_spaces
@@ -73,12 +75,14 @@ class Accelerator(wiring.Component):
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
+        self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens)
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
                                  Shape.cast(self.isa.operands[Opcode.GEMM]["d_stride"].shape).width)
         self.controller = Controller(
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
-            job=self.output.job.shape(), buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
+            job=self.output.job.shape(), norm_command=self.norm_path.command.payload.shape(),
+            tokens=model.num_tokens, buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
         signature = self.Signature(accel, addr_width)
@@ -90,15 +94,14 @@ class Accelerator(wiring.Component):
         return cls(model, accel)
 
     def _memories(self, m):
-        """The on-chip memories and their ports, wired to the paths and the engine."""
-        engine, output, load, store, controller = self.engine, self.output, self.load_path, self.store_path, \
-            self.controller
+        """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
+        engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
-        for space, memory in self.spaces.items():
-            name = space.name.lower()
+        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS):
+            memory, name = self.spaces[space], space.name.lower()
             storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
             write = storage.write_port()
-            writers = [getattr(load, name)] + ([getattr(output, name)] if hasattr(output, name) else [])
+            writers = [getattr(unit, name) for unit in (load, output, norm) if hasattr(unit, name)]
             m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
                          write.data.eq(writers[0].data)]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
@@ -110,8 +113,11 @@ class Accelerator(wiring.Component):
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.x_read.addr), reader.en.eq(engine.x_read.en)]
                 x_data[space] = reader.data
-            if space == Space.RESIDUAL:
-                wiring.connect(m, storage.read_port(), output.residual_read)
+            if space == Space.RESIDUAL:      # the residual addition and LayerNorm, never at once
+                reader = storage.read_port()
+                m.d.comb += [reader.addr.eq(Mux(norm.busy, norm.residual_read.addr, output.residual_read.addr)),
+                             reader.en.eq(norm.residual_read.en | output.residual_read.en),
+                             norm.residual_read.data.eq(reader.data), output.residual_read.data.eq(reader.data)]
             if space == Space.PARAMS:
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en)]
@@ -119,7 +125,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += engine.p_read.data.eq(Cat(*(Cat(reader.data[64 * c:64 * c + 32],
                                                             reader.data[64 * c + 32:64 * c + 32 + fields])
                                                         for c in range(self.accel.array_cols))))
-        m.d.comb += engine.x_read.data.eq(Mux(controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
+        wiring.connect(m, load.norms, norm.params)
+        m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
                                               x_data[Space.ACTIVATION]))
 
     def elaborate(self, platform):
@@ -128,7 +135,7 @@ class Accelerator(wiring.Component):
         clear = controller.clear | host.soft_reset
         m.submodules.host = host
         m.submodules.controller = ResetInserter(host.soft_reset)(controller)
-        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output"):
+        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path"):
             m.submodules[name] = ResetInserter(clear)(getattr(self, name))
         m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
@@ -155,13 +162,14 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.release, loader.release)
         wiring.connect(m, controller.gemm, engine.command)
         wiring.connect(m, controller.store, self.store_path.command)
+        wiring.connect(m, controller.norm, self.norm_path.command)
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
                      controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
                      controller.loader_idle.eq(loader.idle), controller.loader_error.eq(loader.error),
                      controller.slab_full.eq(loader.full), controller.gemm_active.eq(gemm_active),
                      controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
-                     controller.store_error.eq(self.store_path.error)]
+                     controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
         wiring.connect(m, loader.read, engine.w_read)
@@ -180,7 +188,8 @@ class Accelerator(wiring.Component):
         written = Signal(range(self.bus.beat_bytes + 1))
         m.d.comb += written.eq(sum(axi.wstrb[i] for i in range(self.bus.beat_bytes)))
         events = {
-            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": 0, "BUSY_VECTOR": 0,
+            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": 0,
+            "BUSY_VECTOR": self.norm_path.busy,
             "DRAM_READ_BYTES": Mux(axi.rvalid & axi.rready, self.bus.beat_bytes, 0),
             "DRAM_WRITE_BYTES": Mux(axi.wvalid & axi.wready, written, 0),
             "DRAM_STALL_CYCLES": (axi.arvalid & ~axi.arready) | (reading & ~axi.rvalid)

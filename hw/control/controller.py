@@ -16,6 +16,8 @@ Issue rules (docs/architecture.md, section 11):
   destination or reads its destination, and its slab buffer (`w_base / span`) is full; the buffer is taken
   with the command and released when the product is written. GELU's hidden requantization is the last
   `CONFIG_GELU`'s.
+- `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
+  ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
@@ -45,11 +47,13 @@ __all__ = ["Controller"]
 class Controller(wiring.Component):
     def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
                  load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
+                 norm_command: data.StructLayout, tokens: int,
                  buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32, fetch_depth: int = 8,
                  fetch_chunk: int = 4):
         if not 1 <= fetch_chunk <= fetch_depth:
             raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
+        self.norm_command, self.tokens = norm_command, tokens
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
         super().__init__({
@@ -68,6 +72,7 @@ class Controller(wiring.Component):
             "gemm": Out(stream.Signature(engine_command)), "gemm_active": In(1), "gemm_error": In(1),
             "gemm_source": Out(Space), "output_start": Out(1), "output_job": Out(job),
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
+            "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
         })
 
     # --- program fetch -----------------------------------------------------------------------------------------
@@ -104,10 +109,12 @@ class Controller(wiring.Component):
         for space in Space:
             m.d.comb += [
                 writing[space.value].eq((self.load_busy & (touched["load"] == space))
-                                        | (self.gemm_active & (touched["gemm_dest"] == space))),
+                                        | (self.gemm_active & (touched["gemm_dest"] == space))
+                                        | (self.norm_busy & Const(space == Space.ACTIVATION))),
                 reading[space.value].eq((self.store_busy & (touched["store"] == space))
                                         | (self.gemm_active & ((touched["gemm_source"] == space)
-                                                               | Const(space == Space.PARAMS)))),
+                                                               | Const(space == Space.PARAMS)))
+                                        | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))),
             ]
         m.d.comb += self.gemm_source.eq(touched["gemm_source"])
         return reading, writing, touched
@@ -133,7 +140,7 @@ class Controller(wiring.Component):
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
     def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
-               idle, present):
+               idle, present, norm_config):
         """Decode the instruction at the buffer's head (`present`); `issue` it when it may go, or report a
         `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
@@ -204,8 +211,27 @@ class Controller(wiring.Component):
                 go()
                 with m.If(issue):
                     m.d.sync += hidden.eq(word.operands.config_gelu)
+            with m.Case(Opcode.CONFIG_NORM):
+                go()
+                with m.If(issue):
+                    m.d.sync += norm_config.eq(word.operands.config_norm)
+            with m.Case(Opcode.LAYERNORM):
+                ops = word.operands.layernorm
+                command = self.norm.payload
+                m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
+                             command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
+                             command.destination.eq(ops.destination)]
+                with m.If(ops.route):
+                    refuse(ErrorCause.UNSUPPORTED)
+                with m.Elif((ops.source + ops.rows > self.tokens) | (ops.destination + ops.rows > self.tokens)):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Else():
+                    go(self.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
+                       & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value])
+                    m.d.comb += self.norm.valid.eq(issue)
             with m.Case(*(op for op in Opcode if op not in (Opcode.LOAD, Opcode.GEMM, Opcode.STORE, Opcode.SYNC,
-                                                            Opcode.HALT, Opcode.CONFIG_GELU))):
+                                                            Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM,
+                                                            Opcode.LAYERNORM))):
                 refuse(ErrorCause.UNSUPPORTED)
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
@@ -252,7 +278,9 @@ class Controller(wiring.Component):
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
         holding, held = Signal(), Signal(index_bits(self.buffers))
-        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~holding & ~self.store_busy
+        norm_config = Signal(data.StructLayout({name: field.shape for name, field in self.norm_command
+                                                if name in ("eps", "shifts")}))
+        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~holding & ~self.store_busy & ~self.norm_busy
         fault = Signal()
         fault_cause = Signal(ErrorCause)
         issue = Signal()
@@ -265,7 +293,7 @@ class Controller(wiring.Component):
             m.d.sync += holding.eq(0)
 
         self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
-                    idle, running & buffer.r_rdy)
+                    idle, running & buffer.r_rdy, norm_config)
         m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
                      buffer.r_en.eq(Mux(running, issue, buffer.r_rdy))]
         with m.If(issue):

@@ -32,9 +32,9 @@ from ..vector.residual import ResidualAdd
 from .isa import Space
 from .memories import OnChip
 
-__all__ = ["LoadPath", "StorePath", "OutputPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
+__all__ = ["LoadPath", "StorePath", "OutputPath", "NormPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
 
-LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS)
+LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS)
 STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
 
@@ -235,4 +235,88 @@ class OutputPath(wiring.Component):
                 with m.If(job.residual):
                     m.d.comb += port.data.eq(add.output.payload.as_value())
         m.d.comb += self.active.eq(Cat(*valid).any())
+        return m
+
+
+class NormPath(wiring.Component):
+    """`LAYERNORM`: rows of RESIDUAL through the `LayerNorm` unit into ACTIVATION. A command {rows, set, eps,
+    shifts, source, destination} is taken when the path is idle: row `source` + r is read tile by tile (words
+    `j·T + source + r`), its int8 output written K tile by K tile (words `destination + i·T + r`). `busy` until
+    the last word is written. The unit's parameter memory is written through `params` (word `set·beats + beat`,
+    the bytes of `LayerNorm.params_layout`)."""
+
+    def __init__(self, spaces: dict[Space, OnChip], layernorm, tokens: int):
+        self.layernorm, self.tokens = layernorm, tokens
+        self.residual_space, self.activation_space = spaces[Space.RESIDUAL], spaces[Space.ACTIVATION]
+        self.norms = spaces[Space.NORMS]
+        self.row_width = address_bits(tokens + 1)
+        command = layernorm.signature.members["command"].signature.members["payload"].shape
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({
+                **{name: field.shape for name, field in command},
+                "source": unsigned(self.row_width), "destination": unsigned(self.row_width)}))),
+            "residual_read": In(ReadPort.Signature(addr_width=address_bits(self.residual_space.depth),
+                                                   shape=unsigned(8 * self.residual_space.word_bytes))),
+            "activation": In(WritePort.Signature(addr_width=address_bits(self.activation_space.depth),
+                                                 shape=unsigned(8 * self.activation_space.word_bytes))),
+            "params": Out(WritePort.Signature(addr_width=address_bits(self.norms.depth),
+                                              shape=unsigned(8 * self.norms.word_bytes))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.layernorm = norm = self.layernorm
+        t = self.tokens
+        residual_words, activation_words = self.residual_space.word_bytes // 2, self.activation_space.word_bytes
+        m.d.comb += [norm.params_write.addr.eq(self.params.addr), norm.params_write.en.eq(self.params.en),
+                     norm.params_write.data.eq(self.params.data)]
+        command = self.command.payload
+        m.d.comb += [self.command.ready.eq(~self.busy & norm.command.ready),
+                     norm.command.valid.eq(self.command.valid & ~self.busy)]
+        for name in ("rows", "set", "eps", "shifts"):
+            m.d.comb += getattr(norm.command.payload, name).eq(getattr(command, name))
+        accepted = self.command.valid & self.command.ready
+        tiles_in = -(-norm.dim // residual_words)          # RESIDUAL words of a row
+        tiles_out = -(-norm.dim // activation_words)       # ACTIVATION words of a row
+
+        # Rows of RESIDUAL, word by word, into the unit.
+        m.submodules.widen_in = gear_in = Gearbox(16 * residual_words, 16 * norm.lanes)
+        rows_left, row, tile = Signal(self.row_width), Signal(self.row_width), Signal(range(tiles_in + 1))
+        word_valid, fetch = Signal(), Signal()
+        m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | gear_in.input.ready)),
+                     self.residual_read.addr.eq(tile * t + row), self.residual_read.en.eq(fetch),
+                     gear_in.input.valid.eq(word_valid), gear_in.input.payload.eq(self.residual_read.data)]
+        m.d.comb += [norm.input.valid.eq(gear_in.output.valid), norm.input.payload.eq(gear_in.output.payload),
+                     gear_in.output.ready.eq(norm.input.ready)]
+        with m.If(fetch):
+            m.d.sync += word_valid.eq(1)
+            with m.If(tile == tiles_in - 1):
+                m.d.sync += [tile.eq(0), row.eq(row + 1), rows_left.eq(rows_left - 1)]
+            with m.Else():
+                m.d.sync += tile.eq(tile + 1)
+        with m.Elif(gear_in.input.ready):
+            m.d.sync += word_valid.eq(0)
+
+        # The int8 output, K tile by K tile, into ACTIVATION.
+        m.submodules.widen_out = gear_out = Gearbox(8 * norm.lanes, 8 * activation_words)
+        out_row, out_tile = Signal(self.row_width), Signal(range(tiles_out + 1))
+        words_left = Signal(range(t * tiles_out + 1))
+        m.d.comb += [gear_out.input.valid.eq(norm.output.valid), gear_out.input.payload.eq(norm.output.payload.data.y0),
+                     norm.output.ready.eq(gear_out.input.ready), gear_out.output.ready.eq(1),
+                     self.activation.addr.eq(out_tile * t + out_row), self.activation.data.eq(gear_out.output.payload),
+                     self.activation.en.eq(gear_out.output.valid)]
+        with m.If(gear_out.output.valid):
+            m.d.sync += words_left.eq(words_left - 1)
+            with m.If(out_tile == tiles_out - 1):
+                m.d.sync += [out_tile.eq(0), out_row.eq(out_row + 1)]
+            with m.Else():
+                m.d.sync += out_tile.eq(out_tile + 1)
+
+        with m.If(accepted):
+            m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
+                         tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
+                         words_left.eq(command.rows * tiles_out)]
+        with m.Elif(self.busy & (words_left == 0)):
+            m.d.sync += self.busy.eq(0)
         return m

@@ -8,6 +8,8 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
   output row's tile is one word);
 - `PARAMS`: one GEMM N tile's column parameters, C × (int32 bias, 32-bit parameter word), the DRAM matrix
   header's bytes as they are (`hw.memory.layout`);
+- `NORMS`: LayerNorm's parameters, set s's beat b at word s·⌈D / lanes⌉ + b (`LayerNorm.params_layout`: γ and β
+  of its two outputs for `vector_lanes` channels);
 - `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`.
 """
 
@@ -42,6 +44,10 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
     if r != c or r & (r - 1):
         raise ConfigError("array_rows × array_cols", f"{r}x{c}", "the top level wires a GEMM's output tiles "
                           "into the next one's K tiles, so it needs a square array of a power-of-two side")
+    for name, size in (("array_rows", r), ("vector_lanes", accel.vector_lanes)):
+        if model.embed_dim % size or accel.vector_lanes & (accel.vector_lanes - 1):
+            raise ConfigError(name, size, f"the top level moves rows of {model.embed_dim} values in words of "
+                              f"{size}: it needs the embedding a multiple of it, and lanes a power of two")
     if accel.tokens_per_block(model) != model.num_tokens:
         raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
                           f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
@@ -60,4 +66,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
                                                     x_words(hidden))),
         Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),
         Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, n_tiles),
+        # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
+        # its two outputs, `LayerNorm.params_layout`
+        Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
     }
