@@ -13,6 +13,7 @@ Every error names the line and the field.
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass, field
 
 from amaranth.lib import data
@@ -145,10 +146,10 @@ class Assembler:
             number = int(value, 0) if isinstance(value, str) else value
         except ValueError:
             raise AssemblerError(f"{opcode.name} {name} = {value!r}: not an integer") from None
-        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 1 << width:
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral) or not 0 <= number < 1 << width:
             raise AssemblerError(f"{opcode.name} {name} = {value!r}: must be an integer from 0 to "
                                  f"{(1 << width) - 1} ({width} bits)")
-        return number
+        return int(number)
 
 
 def _place(nested: dict, name: str, value) -> None:

@@ -31,11 +31,22 @@ from hw.vector.layernorm import LayerNorm
 from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
-__all__ = ["Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "mlp_program"]
+__all__ = ["Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
+           "mlp_program"]
 
 
 class CompileError(ValueError):
     """A program the accelerator cannot run (a region too large, a layer that does not fit)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a run of a GEMM's N tiles goes: `tiles` of them into `memory`, N tile j (of the run) row t at word
+    `base + j·stride + t`."""
+    tiles: int
+    memory: Space
+    base: int
+    stride: int
 
 
 @dataclass
@@ -93,15 +104,18 @@ class ProgramBuilder:
         self.output_bytes = offset + length
 
     # --- a matrix product -----------------------------------------------------------------------------------
-    def linear(self, prefix: str, *, source: Space, x_base: int, m: int, destination: Space, d_base: int,
-               mode: GemmMode, residual: bool = False, gelu: tuple[int, int] | None = None, relu: bool = False):
+    def linear(self, prefix: str, *, source: Space, x_base: int, m: int, outputs: list[Output], mode: GemmMode,
+               residual: bool = False, gelu: tuple[int, int] | None = None, relu: bool = False):
         """Y = out(X · W + b) for layer `prefix` of the model: X rows 0 … m − 1 of `source` from `x_base`
-        (K-tile-major, T words a tile), Y rows into `destination` from `d_base` (N-tile-major, T words a tile).
-        `gelu`: (hidden multiplier, hidden shift)."""
-        q, accel, t = self.quantized, self.accel, self.model.num_tokens
+        (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into its own
+        memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift)."""
+        q, accel = self.quantized, self.accel
         weight = q[f"{prefix}.weight"]
         k, n = weight.shape
         layout = matrix_layout(k, n, accel, prefix)
+        if sum(output.tiles for output in outputs) != layout.n_tiles:
+            raise CompileError(f"{prefix}: outputs of {sum(o.tiles for o in outputs)} N tiles for a matrix of "
+                               f"{layout.n_tiles}")
         fraction_bits = q[f"{prefix}.fraction_bits"] if f"{prefix}.fraction_bits" in q.arrays else 15
         image = layout.pack(weight, q[f"{prefix}.bias"], q[f"{prefix}.multiplier"], q[f"{prefix}.shift"],
                             fraction_bits)
@@ -119,15 +133,22 @@ class ProgramBuilder:
         self.load(Region.MODEL, offset, layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES, Space.PARAMS, 0)
         if gelu is not None:
             self.emit(Opcode.CONFIG_GELU, multiplier=gelu[0], shift=gelu[1])
+        starts = [sum(output.tiles for output in outputs[:i]) for i in range(len(outputs))]
         for index, (slab, buffer) in enumerate(zip(layout.slabs, buffers)):
             if index + ahead < len(loads):
                 address, length, next_buffer = loads[index + ahead]
                 self.load(Region.MODEL, address, length, Space.WEIGHTS, next_buffer * self.span)
-            self.emit(Opcode.GEMM, m=m, k_tiles=layout.k_tiles, k_last=k - (layout.k_tiles - 1) * accel.array_rows,
-                      n_tiles=slab.tiles, source=source, x_base=x_base, stationary=Space.WEIGHTS,
-                      w_base=buffer * self.span, p_base=slab.first_tile, destination=destination,
-                      d_base=d_base + slab.first_tile * t, d_stride=t, mode=mode, relu=int(relu),
-                      residual=int(residual))
+            end = slab.first_tile + slab.tiles
+            parts = [(max(slab.first_tile, start), min(end, start + output.tiles), start, output)
+                     for start, output in zip(starts, outputs) if start < end and start + output.tiles > slab.first_tile]
+            for part, (first, last, start, output) in enumerate(parts):
+                self.emit(Opcode.GEMM, m=m, k_tiles=layout.k_tiles,
+                          k_last=k - (layout.k_tiles - 1) * accel.array_rows, n_tiles=last - first, source=source,
+                          x_base=x_base, stationary=Space.WEIGHTS,
+                          w_base=buffer * self.span + (first - slab.first_tile) * layout.k_tiles * layout.beats,
+                          p_base=first, destination=output.memory,
+                          d_base=output.base + (first - start) * output.stride, d_stride=output.stride, mode=mode,
+                          relu=int(relu), residual=int(residual), keep=int(part < len(parts) - 1))
 
     def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int) -> None:
         """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
@@ -146,6 +167,11 @@ class ProgramBuilder:
         shifts = [int(q[f"{p}.shift"]) for p in norms] + [0] * (2 - len(norms))
         self.emit(Opcode.CONFIG_NORM, eps=int(q["norm.eps"]), **{f"shifts[{i}]": s for i, s in enumerate(shifts)})
         self.emit(Opcode.LAYERNORM, rows=rows, set=norm_set, source=source, destination=destination)
+
+    def tokens_out(self, memory: Space, base: int, columns: int | None = None) -> Output:
+        """An output of `columns` (default D) columns for every token: N tiles T words apart from `base`."""
+        columns = self.model.embed_dim if columns is None else columns
+        return Output(tiles(columns, self.accel.array_cols), memory, base, self.model.num_tokens)
 
     def halt(self) -> None:
         self.emit(Opcode.HALT)
@@ -171,9 +197,30 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
     patches = builder.place(Region.IMAGE, x_bytes(rows, accel, t))
     builder.load(Region.IMAGE, patches, tiles(model.patch_dim, accel.array_rows) * t * accel.array_rows,
                  Space.SCRATCH, 0)
-    builder.linear("patch", source=Space.SCRATCH, x_base=0, m=model.num_patches, destination=Space.RESIDUAL,
-                   d_base=1, mode=GemmMode.INT16, residual=True)
+    builder.linear("patch", source=Space.SCRATCH, x_base=0, m=model.num_patches,
+                   outputs=[builder.tokens_out(Space.RESIDUAL, 1)], mode=GemmMode.INT16, residual=True)
     builder.store("embed", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def qkv_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
+    """Block `block`'s first steps from its input residual stream: LayerNorm₁ into ACTIVATION, then the qkv
+    product in three parts (one slab kept across them) into SCRATCH: Q, K and V, each T × D K-tile-major.
+    Outputs `norm1`, `q`, `k`, `v`."""
+    builder = ProgramBuilder(quantized, accel)
+    model, t = builder.model, builder.model.num_tokens
+    start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
+    builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
+    p = f"blocks.{block}"
+    builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
+    words = t * tiles(model.embed_dim, accel.array_rows)          # one T × D operand in SCRATCH
+    builder.linear(f"{p}.qkv", source=Space.ACTIVATION, x_base=0, m=t,
+                   outputs=[builder.tokens_out(Space.SCRATCH, part * words) for part in range(3)], mode=GemmMode.INT8)
+    length = words * accel.array_rows
+    builder.store("norm1", Space.ACTIVATION, 0, length)
+    for part, name in enumerate("qkv"):
+        builder.store(name, Space.SCRATCH, part * words, length)
     builder.halt()
     return builder.build()
 
@@ -191,9 +238,9 @@ def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm2"], rows=t, source=0, destination=0)
     gelu = (int(quantized[f"{p}.mlp.hidden_multiplier"]), int(quantized[f"{p}.mlp.hidden_shift"]))
-    builder.linear(f"{p}.fc1", source=Space.ACTIVATION, x_base=0, m=t, destination=Space.SCRATCH, d_base=0,
-                   mode=GemmMode.GELU, gelu=gelu)
-    builder.linear(f"{p}.fc2", source=Space.SCRATCH, x_base=0, m=t, destination=Space.RESIDUAL, d_base=0,
+    builder.linear(f"{p}.fc1", source=Space.ACTIVATION, x_base=0, m=t,
+                   outputs=[builder.tokens_out(Space.SCRATCH, 0, model.mlp_hidden)], mode=GemmMode.GELU, gelu=gelu)
+    builder.linear(f"{p}.fc2", source=Space.SCRATCH, x_base=0, m=t, outputs=[builder.tokens_out(Space.RESIDUAL, 0)],
                    mode=GemmMode.INT16, residual=True)
     builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, accel.array_rows) * t * accel.array_rows)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))

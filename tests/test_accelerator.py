@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from firmware.assembler import Assembler
-from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program
+from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program, qkv_program
 from firmware.driver import Driver, DriverError
 from firmware.image import DramMap, residual_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, simulate
@@ -75,6 +75,18 @@ def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
         assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), t["blocks.0.out"])
     assert np.array_equal(residual_from_bytes(results[2].outputs["embed"], TINY, ACCEL), tensors[1]["embed"])
     assert results[0].counters["INSTRUCTIONS"] == len(programs[0].words)   # counters restart every run
+
+
+def test_layernorm_and_qkv_in_three_parts_are_bit_exact(quantized, golden):
+    """Block 1's LayerNorm₁ and its qkv product split into Q, K and V (the slab kept across the three GEMMs)."""
+    _, tensors = golden
+    t, d = TINY.num_tokens, TINY.embed_dim
+    program = qkv_program(quantized, ACCEL, 1, tensors[1]["blocks.0.out"])
+    (result,) = _run([program], latency=15, stall=0.25, seed=9)
+    assert result.ok, result.cause
+    assert result.outputs["norm1"] == x_bytes(tensors[1]["blocks.1.norm1"], ACCEL, t)
+    for part, name in enumerate("qkv"):
+        assert result.outputs[name] == x_bytes(tensors[1]["blocks.1.qkv"][:, part * d:(part + 1) * d], ACCEL, t)
 
 
 def _echo(quantized, payload: bytes) -> Program:

@@ -14,8 +14,9 @@ Issue rules (docs/architecture.md, section 11):
   that memory. Addresses are offsets from the region registers; bus-aligned, whole words, inside the memory.
 - `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, PARAMS or its
   destination or reads its destination, and its slab buffer (`w_base / span`) is full; the buffer is taken
-  with the command and released when the product is written. GELU's hidden requantization is the last
-  `CONFIG_GELU`'s.
+  with the command and released when the product is written, unless the GEMM `keep`s it for the next GEMM,
+  which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
+  requantization is the last `CONFIG_GELU`'s.
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
@@ -26,6 +27,8 @@ A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only 
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
@@ -139,7 +142,7 @@ class Controller(wiring.Component):
         words = operands.bytes >> (memory.word_bytes - 1).bit_length()
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
-    def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
+    def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                idle, present, norm_config):
         """Decode the instruction at the buffer's head (`present`); `issue` it when it may go, or report a
         `fault`. Sets the unit commands and the scoreboard's registers."""
@@ -182,8 +185,8 @@ class Controller(wiring.Component):
                 with m.Else():
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.GEMM):
-                self._gemm(m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, holding,
-                           held, span_bits)
+                self._gemm(m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
+                           span_bits)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
                 address, good = self._dram_address(m, ops, "store")
@@ -236,7 +239,7 @@ class Controller(wiring.Component):
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
 
-    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, holding, held, span_bits):
+    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits):
         buffer = ops.w_base >> span_bits
         command = self.gemm.payload
         m.d.comb += [command.m.eq(ops.m), command.k_tiles.eq(ops.k_tiles), command.k_last.eq(ops.k_last),
@@ -253,18 +256,21 @@ class Controller(wiring.Component):
         with m.If(~source_ok | (ops.stationary != Space.WEIGHTS) | ~destination_ok | ops.gather | ops.row_scaled
                   | ~mode_ok):
             refuse(ErrorCause.UNSUPPORTED)
-        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL)) | (buffer >= self.buffers)
-                    | (ops.w_base[:span_bits] != 0)):
+        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL)) | (buffer >= self.buffers)):
             refuse(ErrorCause.BAD_OPERAND)
         with m.Else():
-            free = ~self.gemm_active & ~holding & ~writing.bit_select(ops.source.as_value(), 1) \
+            # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
+            # is not this one is released first).
+            reuse = slab.holding & (slab.held == buffer)
+            m.d.comb += slab.other_wanted.eq(slab.holding & ~reuse)
+            free = ~self.gemm_active & ~writing.bit_select(ops.source.as_value(), 1) \
                 & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
                 & ~reading.bit_select(ops.destination.as_value(), 1)
-            go(free & self.gemm.ready & self.take.ready)
-            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue), self.output_start.eq(issue)]
+            go(free & self.gemm.ready & (reuse | (~slab.holding & self.take.ready)))
+            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & ~reuse), self.output_start.eq(issue)]
             with m.If(issue):
                 m.d.sync += [touched["gemm_source"].eq(ops.source), touched["gemm_dest"].eq(ops.destination),
-                             holding.eq(1), held.eq(buffer)]
+                             slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
 
     def elaborate(self, platform):
         m = Module()
@@ -277,22 +283,24 @@ class Controller(wiring.Component):
         pc = Signal(32)
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
-        holding, held = Signal(), Signal(index_bits(self.buffers))
+        slab = SimpleNamespace(holding=Signal(name="slab_holding"), held=Signal(index_bits(self.buffers), name="slab_held"),
+                               releasing=Signal(name="slab_releasing"), other_wanted=Signal(name="slab_other_wanted"))
         norm_config = Signal(data.StructLayout({name: field.shape for name, field in self.norm_command
                                                 if name in ("eps", "shifts")}))
-        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~holding & ~self.store_busy & ~self.norm_busy
+        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
+            & ~self.store_busy & ~self.norm_busy
         fault = Signal()
         fault_cause = Signal(ErrorCause)
         issue = Signal()
         halt = Signal()
 
-        # Release the slab buffer a GEMM held once its product is written.
-        m.d.comb += self.release.payload.eq(held)
-        with m.If(holding & ~self.gemm_active & ~self.output_start):
+        # Release the slab buffer a GEMM held once its product is written (unless it keeps it for the next).
+        m.d.comb += self.release.payload.eq(slab.held)
+        with m.If(slab.holding & ~self.gemm_active & ~self.output_start & (slab.releasing | slab.other_wanted)):
             m.d.comb += self.release.valid.eq(1)
-            m.d.sync += holding.eq(0)
+            m.d.sync += slab.holding.eq(0)
 
-        self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, holding, held,
+        self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                     idle, running & buffer.r_rdy, norm_config)
         m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
                      buffer.r_en.eq(Mux(running, issue, buffer.r_rdy))]
@@ -313,7 +321,7 @@ class Controller(wiring.Component):
                 with m.If(self.start):
                     m.d.comb += self.clear.eq(1)
                     m.d.sync += [self.busy.eq(1), self.done.eq(0), self.error.eq(0), self.cause.eq(ErrorCause.NONE),
-                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0)]
+                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
