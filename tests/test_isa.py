@@ -198,5 +198,5 @@ def test_header_command(tmp_path):
 
 def test_header_command_refuses_a_configuration_it_cannot_encode(tmp_path, capsys):
     assert main(["header", "--preset", "m3vit-small-nyud", "--accel", "4x4", "-o", str(tmp_path / "a.h")]) == 2
-    assert "GEMM needs 125 operand bits" in capsys.readouterr().err
+    assert "GEMM needs 126 operand bits" in capsys.readouterr().err
     assert not (tmp_path / "a.h").exists()
