@@ -16,6 +16,8 @@ from golden.images import natural_images
 from golden.model import run
 from golden.quantize import quantize_image
 from hw.control.accelerator import Accelerator
+from hw.compute.gemm.geometry import GemmMode, tiles
+from hw.compute.gemm.images import pack_w
 from hw.control.isa import ErrorCause, Opcode, Region, Space
 from hw.control.memories import onchip_spaces
 from hw.flow.export import lint, to_verilog
@@ -87,6 +89,33 @@ def test_layernorm_and_qkv_in_three_parts_are_bit_exact(quantized, golden):
     assert result.outputs["norm1"] == x_bytes(tensors[1]["blocks.1.norm1"], ACCEL, t)
     for part, name in enumerate("qkv"):
         assert result.outputs[name] == x_bytes(tensors[1]["blocks.1.qkv"][:, part * d:(part + 1) * d], ACCEL, t)
+
+
+def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
+    """Attention's operand paths: W from SCRATCH (as Kᵀ and V will be), the raw int32 product into SCORES, ragged
+    K and N, the extreme operands."""
+    rng = np.random.default_rng(3)
+    t, k, n, r = TINY.num_tokens, 7, 17, ACCEL.array_rows
+    x, w = rng.integers(-128, 128, (t, k)), rng.integers(-128, 128, (k, n))
+    x[0], w[:, 0] = -128, -128
+    x[1], w[:, 1] = 127, -128
+    builder = ProgramBuilder(quantized, ACCEL)
+    offset = builder.place(Region.IMAGE, x_bytes(x, ACCEL, t))
+    builder.load(Region.IMAGE, offset, tiles(k, r) * t * r, Space.ACTIVATION, 0)
+    weights = pack_w(w, r, r).astype(np.int8).tobytes()
+    offset = builder.place(Region.IMAGE, weights)
+    builder.load(Region.IMAGE, offset, len(weights), Space.SCRATCH, 100)
+    header = bytes(8 * r * tiles(n, r))                       # bias 0
+    builder.load(Region.MODEL, builder.place(Region.MODEL, header), len(header), Space.PARAMS, 0)
+    builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(k, r), k_last=k - (tiles(k, r) - 1) * r, n_tiles=tiles(n, r),
+                 source=Space.ACTIVATION, stationary=Space.SCRATCH, w_base=100, destination=Space.SCORES, d_stride=t,
+                 mode=GemmMode.RAW)
+    builder.store("scores", Space.SCORES, 0, t * tiles(n, r) * 4 * r)
+    builder.halt()
+    (result,) = _run([builder.build()], latency=10, stall=0.2)
+    assert result.ok, result.cause
+    scores = np.frombuffer(result.outputs["scores"], "<i4").reshape(tiles(n, r), t, r).transpose(1, 0, 2)
+    assert np.array_equal(scores.reshape(t, -1)[:, :n], x @ w)
 
 
 def _echo(quantized, payload: bytes) -> Program:

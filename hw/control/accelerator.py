@@ -71,7 +71,8 @@ class Accelerator(wiring.Component):
         self.spaces = onchip_spaces(model, accel)
         self.config_hash = config_hash(model, accel)
         self.loader = WeightLoader.for_config(accel, addr_width)
-        self.engine = GemmEngine.for_model(model, accel, w_depth=self.loader.buffers * self.loader.buffer_span)
+        self.engine = GemmEngine.for_model(model, accel, w_depth=max(self.loader.buffers * self.loader.buffer_span,
+                                                                     self.spaces[Space.SCRATCH].depth))
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
@@ -97,7 +98,7 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
-        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS):
+        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES):
             memory, name = self.spaces[space], space.name.lower()
             storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
             write = storage.write_port()
@@ -113,6 +114,9 @@ class Accelerator(wiring.Component):
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.x_read.addr), reader.en.eq(engine.x_read.en)]
                 x_data[space] = reader.data
+            if space == Space.SCRATCH:       # the stationary operand of attention: Kᵀ and V
+                stationary = storage.read_port()
+                m.d.comb += [stationary.addr.eq(engine.w_read.addr), stationary.en.eq(engine.w_read.en)]
             if space == Space.RESIDUAL:      # the residual addition and LayerNorm, never at once
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(Mux(norm.busy, norm.residual_read.addr, output.residual_read.addr)),
@@ -126,6 +130,9 @@ class Accelerator(wiring.Component):
                                                             reader.data[64 * c + 32:64 * c + 32 + fields])
                                                         for c in range(self.accel.array_cols))))
         wiring.connect(m, load.norms, norm.params)
+        from_slab = self.controller.gemm_stationary == Space.WEIGHTS
+        m.d.comb += [self.loader.read.addr.eq(engine.w_read.addr), self.loader.read.en.eq(engine.w_read.en & from_slab),
+                     engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
         m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
                                               x_data[Space.ACTIVATION]))
 
@@ -172,7 +179,6 @@ class Accelerator(wiring.Component):
                      controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
-        wiring.connect(m, loader.read, engine.w_read)
         for port in ("row_read", "index_read", "scatter_read", "gate_read", "combine_read"):
             m.d.comb += getattr(engine, port).data.eq(0)      # gather, row scales and COMBINE: not yet wired
         self._memories(m)

@@ -73,7 +73,7 @@ class Controller(wiring.Component):
             "take": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "release": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "gemm": Out(stream.Signature(engine_command)), "gemm_active": In(1), "gemm_error": In(1),
-            "gemm_source": Out(Space), "output_start": Out(1), "output_job": Out(job),
+            "gemm_source": Out(Space), "gemm_stationary": Out(Space), "output_start": Out(1), "output_job": Out(job),
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
         })
@@ -105,10 +105,10 @@ class Controller(wiring.Component):
     def _scoreboard(self, m):
         """(reading, writing): per `Space`, whether a unit in flight reads / writes it, and the registers the
         issue logic sets to say which spaces an issued unit touches."""
-        touched = {name: Signal(Space, name=f"{name}_space") for name in ("load", "gemm_source", "gemm_dest",
-                                                                          "store")}
-        reading = Signal(8)
-        writing = Signal(8)
+        touched = {name: Signal(Space, name=f"{name}_space")
+                   for name in ("load", "gemm_source", "gemm_stationary", "gemm_dest", "store")}
+        reading = Signal(len(Space))
+        writing = Signal(len(Space))
         for space in Space:
             m.d.comb += [
                 writing[space.value].eq((self.load_busy & (touched["load"] == space))
@@ -116,10 +116,11 @@ class Controller(wiring.Component):
                                         | (self.norm_busy & Const(space == Space.ACTIVATION))),
                 reading[space.value].eq((self.store_busy & (touched["store"] == space))
                                         | (self.gemm_active & ((touched["gemm_source"] == space)
+                                                               | (touched["gemm_stationary"] == space)
                                                                | Const(space == Space.PARAMS)))
                                         | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))),
             ]
-        m.d.comb += self.gemm_source.eq(touched["gemm_source"])
+        m.d.comb += [self.gemm_source.eq(touched["gemm_source"]), self.gemm_stationary.eq(touched["gemm_stationary"])]
         return reading, writing, touched
 
     def _dram_address(self, m, operands, name):
@@ -251,26 +252,33 @@ class Controller(wiring.Component):
                      self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
                      self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual)]
         source_ok = (ops.source == Space.ACTIVATION) | (ops.source == Space.SCRATCH)
+        from_slab = ops.stationary == Space.WEIGHTS
         destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-        mode_ok = (ops.mode != GemmMode.COMBINE) & (ops.mode != GemmMode.RAW)
-        with m.If(~source_ok | (ops.stationary != Space.WEIGHTS) | ~destination_ok | ops.gather | ops.row_scaled
-                  | ~mode_ok):
+        with m.If(~source_ok | ~(from_slab | (ops.stationary == Space.SCRATCH)) | ~destination_ok | ops.gather
+                  | ops.row_scaled | (ops.mode == GemmMode.COMBINE)):
             refuse(ErrorCause.UNSUPPORTED)
-        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL)) | (buffer >= self.buffers)):
+        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL))
+                    | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
+                    | (from_slab & (buffer >= self.buffers))):
             refuse(ErrorCause.BAD_OPERAND)
         with m.Else():
             # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
-            # is not this one is released first).
+            # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
             reuse = slab.holding & (slab.held == buffer)
-            m.d.comb += slab.other_wanted.eq(slab.holding & ~reuse)
+            m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
             free = ~self.gemm_active & ~writing.bit_select(ops.source.as_value(), 1) \
+                & ~writing.bit_select(ops.stationary.as_value(), 1) \
                 & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
                 & ~reading.bit_select(ops.destination.as_value(), 1)
-            go(free & self.gemm.ready & (reuse | (~slab.holding & self.take.ready)))
-            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & ~reuse), self.output_start.eq(issue)]
+            slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
+            go(free & self.gemm.ready & slab_ready)
+            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & from_slab & ~reuse),
+                         self.output_start.eq(issue)]
             with m.If(issue):
                 m.d.sync += [touched["gemm_source"].eq(ops.source), touched["gemm_dest"].eq(ops.destination),
-                             slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
+                             touched["gemm_stationary"].eq(ops.stationary)]
+                with m.If(from_slab):
+                    m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
 
     def elaborate(self, platform):
         m = Module()

@@ -7,7 +7,8 @@
 - `StorePath`: `STORE` from ACTIVATION, SCRATCH or RESIDUAL: {memory, base, address, length} (length a whole
   number of words and of bus words) read from word `base` on through the memory's read port into a `Gearbox`
   and the `StoreWriter`. `busy` until the last write response.
-- `OutputPath`: the GEMM engine's result rows into ACTIVATION, SCRATCH (int8) or RESIDUAL (int16), row t of
+- `OutputPath`: the GEMM engine's result rows into ACTIVATION, SCRATCH (int8), RESIDUAL (int16) or SCORES
+  (int32), row t of
   N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
   to it (`ResidualAdd`) before it is written back. Every beat takes 3 cycles, one a cycle; `active` while a
   beat is in the pipeline.
@@ -35,8 +36,8 @@ from .memories import OnChip
 __all__ = ["LoadPath", "StorePath", "OutputPath", "NormPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS)
-STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
-GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL)
+STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
+GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
 
 
 def _port_name(space: Space) -> str:
@@ -228,7 +229,7 @@ class OutputPath(wiring.Component):
         result = values[-1]
         for space in self.spaces:
             port = getattr(self, _port_name(space))
-            bits = 8 if space != Space.RESIDUAL else width
+            bits = {Space.RESIDUAL: width, Space.SCORES: 32}.get(space, 8)
             m.d.comb += [port.addr.eq(addresses[-1]), port.en.eq(valid[-1] & (job.destination == space)),
                          port.data.eq(Cat(*(result[lane][:bits] for lane in range(cols))))]
             if space == Space.RESIDUAL:

@@ -55,7 +55,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     CONFIG_SOFTMAX = 13  # exponent and output scales for the softmaxes that follow
 
 
-class Space(enum.Enum, shape=3):
+class Space(enum.Enum, shape=4):
     """The on-chip memories an instruction names (docs/architecture.md, section 9)."""
     RESIDUAL = 0
     ACTIVATION = 1
@@ -65,6 +65,8 @@ class Space(enum.Enum, shape=3):
     NORMS = 5        # LayerNorm γ/β
     ROUTER = 6       # router weights and exponent scales
     ROUTES = 7       # the routing record of the last ROUTE (per token: experts, gate weights)
+    SCORES = 8       # one head's attention scores, int32 (a RAW GEMM's output, the softmax's input)
+    ROW_SCALES = 9   # the softmax's per-row output scales, read by a `row_scaled` GEMM
 
 
 class Region(enum.Enum, shape=2):
@@ -93,7 +95,8 @@ MEANINGS = {
                   "per_expert": "inside EXPERTS: add the expert's index × the loop's stride to address"},
     Opcode.GEMM: {"m": "rows (tokens)", "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile",
                   "n_tiles": "N tiles", "source": "memory of X", "x_base": "word of X's K tile 0",
-                  "stationary": "memory of W (WEIGHTS, or SCRATCH for Kᵀ and V)", "w_base": "W's first word",
+                  "stationary": "memory of W (WEIGHTS, or SCRATCH for Kᵀ and V)",
+                  "w_base": "W's first word (in WEIGHTS: buffer · span + offset)",
                   "p_base": "word of N tile 0's column parameters in PARAMS",
                   "destination": "memory of Y", "d_base": "word of Y's row 0, N tile 0",
                   "d_stride": "words from one N tile of Y to the next", "mode": "output mode (GemmMode)",

@@ -8,6 +8,8 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
   output row's tile is one word);
 - `PARAMS`: one GEMM N tile's column parameters, C × (int32 bias, 32-bit parameter word), the DRAM matrix
   header's bytes as they are (`hw.memory.layout`);
+- `SCORES`: one head's attention scores, C int32 a word, N-tile-major: query t's keys j·C … at word `j·T + t`;
+- `ROW_SCALES`: per query row, the softmax's multiplier (bits 0-15) and shift (bits 16-21) for attention·V;
 - `NORMS`: LayerNorm's parameters, set s's beat b at word s·⌈D / lanes⌉ + b (`LayerNorm.params_layout`: γ and β
   of its two outputs for `vector_lanes` channels);
 - `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`.
@@ -48,6 +50,9 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
         if model.embed_dim % size or accel.vector_lanes & (accel.vector_lanes - 1):
             raise ConfigError(name, size, f"the top level moves rows of {model.embed_dim} values in words of "
                               f"{size}: it needs the embedding a multiple of it, and lanes a power of two")
+    if accel.weight_feed_bytes != c * accel.operand_width // 8:
+        raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes, "the top level streams attention's Kᵀ and V "
+                          "from SCRATCH one row a cycle, so the array must load one row a cycle")
     if accel.tokens_per_block(model) != model.num_tokens:
         raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
                           f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
@@ -69,4 +74,6 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
         # its two outputs, `LayerNorm.params_layout`
         Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
+        Space.SCORES: OnChip(Space.SCORES, 4 * c, t * tiles(t, c)),
+        Space.ROW_SCALES: OnChip(Space.ROW_SCALES, 4, t),
     }
