@@ -22,7 +22,7 @@ from golden import ops
 from golden.config import AcceleratorConfig, check_compatible
 from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode, tiles
-from hw.control.isa import InstructionSet, Opcode, Region, Space
+from hw.control.isa import InstructionSet, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import check_top_level, onchip_spaces
 from hw.memory.layout import HEADER_COLUMN_BYTES, matrix_layout
 from hw.memory.loader import WeightLoader
@@ -104,7 +104,7 @@ class ProgramBuilder:
         self.output_bytes = offset + length
 
     # --- a matrix product -----------------------------------------------------------------------------------
-    def linear(self, prefix: str, *, source: Space, x_base: int, m: int, outputs: list[Output], mode: GemmMode,
+    def linear(self, prefix: str, *, source: Operand, x_base: int, m: int, outputs: list[Output], mode: GemmMode,
                residual: bool = False, gelu: tuple[int, int] | None = None, relu: bool = False):
         """Y = out(X · W + b) for layer `prefix` of the model: X rows 0 … m − 1 of `source` from `x_base`
         (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into its own
@@ -144,7 +144,7 @@ class ProgramBuilder:
             for part, (first, last, start, output) in enumerate(parts):
                 self.emit(Opcode.GEMM, m=m, k_tiles=layout.k_tiles,
                           k_last=k - (layout.k_tiles - 1) * accel.array_rows, n_tiles=last - first, source=source,
-                          x_base=x_base, stationary=Space.WEIGHTS,
+                          x_base=x_base, stationary=Stationary.WEIGHTS,
                           w_base=buffer * self.span + (first - slab.first_tile) * layout.k_tiles * layout.beats,
                           p_base=first, destination=output.memory,
                           d_base=output.base + (first - start) * output.stride, d_stride=output.stride, mode=mode,
@@ -197,7 +197,7 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
     patches = builder.place(Region.IMAGE, x_bytes(rows, accel, t))
     builder.load(Region.IMAGE, patches, tiles(model.patch_dim, accel.array_rows) * t * accel.array_rows,
                  Space.SCRATCH, 0)
-    builder.linear("patch", source=Space.SCRATCH, x_base=0, m=model.num_patches,
+    builder.linear("patch", source=Operand.SCRATCH, x_base=0, m=model.num_patches,
                    outputs=[builder.tokens_out(Space.RESIDUAL, 1)], mode=GemmMode.INT16, residual=True)
     builder.store("embed", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
@@ -215,7 +215,7 @@ def qkv_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
     words = t * tiles(model.embed_dim, accel.array_rows)          # one T × D operand in SCRATCH
-    builder.linear(f"{p}.qkv", source=Space.ACTIVATION, x_base=0, m=t,
+    builder.linear(f"{p}.qkv", source=Operand.ACTIVATION, x_base=0, m=t,
                    outputs=[builder.tokens_out(Space.SCRATCH, part * words) for part in range(3)], mode=GemmMode.INT8)
     length = words * accel.array_rows
     builder.store("norm1", Space.ACTIVATION, 0, length)
@@ -238,9 +238,9 @@ def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm2"], rows=t, source=0, destination=0)
     gelu = (int(quantized[f"{p}.mlp.hidden_multiplier"]), int(quantized[f"{p}.mlp.hidden_shift"]))
-    builder.linear(f"{p}.fc1", source=Space.ACTIVATION, x_base=0, m=t,
+    builder.linear(f"{p}.fc1", source=Operand.ACTIVATION, x_base=0, m=t,
                    outputs=[builder.tokens_out(Space.SCRATCH, 0, model.mlp_hidden)], mode=GemmMode.GELU, gelu=gelu)
-    builder.linear(f"{p}.fc2", source=Space.SCRATCH, x_base=0, m=t, outputs=[builder.tokens_out(Space.RESIDUAL, 0)],
+    builder.linear(f"{p}.fc2", source=Operand.SCRATCH, x_base=0, m=t, outputs=[builder.tokens_out(Space.RESIDUAL, 0)],
                    mode=GemmMode.INT16, residual=True)
     builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, accel.array_rows) * t * accel.array_rows)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))

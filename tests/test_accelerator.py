@@ -18,7 +18,7 @@ from golden.quantize import quantize_image
 from hw.control.accelerator import Accelerator
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.compute.gemm.images import pack_w
-from hw.control.isa import ErrorCause, Opcode, Region, Space
+from hw.control.isa import ErrorCause, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import onchip_spaces
 from hw.flow.export import lint, to_verilog
 from hw.sim import simulate as run_simulation
@@ -108,7 +108,7 @@ def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
     header = bytes(8 * r * tiles(n, r))                       # bias 0
     builder.load(Region.MODEL, builder.place(Region.MODEL, header), len(header), Space.PARAMS, 0)
     builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(k, r), k_last=k - (tiles(k, r) - 1) * r, n_tiles=tiles(n, r),
-                 source=Space.ACTIVATION, stationary=Space.SCRATCH, w_base=100, destination=Space.SCORES, d_stride=t,
+                 source=Operand.ACTIVATION, stationary=Stationary.SCRATCH, w_base=100, destination=Space.SCORES, d_stride=t,
                  mode=GemmMode.RAW)
     builder.store("scores", Space.SCORES, 0, t * tiles(n, r) * 4 * r)
     builder.halt()

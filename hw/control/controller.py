@@ -41,7 +41,7 @@ from ..compute.gemm.geometry import GemmMode
 from ..memory.loader import descriptor_layout
 from ..memory.reader import transfer_layout
 from .datapath import GEMM_DESTINATIONS, LOADABLE, STORABLE
-from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
+from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
 from .memories import OnChip
 
 __all__ = ["Controller"]
@@ -251,11 +251,11 @@ class Controller(wiring.Component):
                      self.take.payload.eq(buffer),
                      self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
                      self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual)]
-        source_ok = (ops.source == Space.ACTIVATION) | (ops.source == Space.SCRATCH)
-        from_slab = ops.stationary == Space.WEIGHTS
+        source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
+        from_slab = ops.stationary == Stationary.WEIGHTS
+        stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
         destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-        with m.If(~source_ok | ~(from_slab | (ops.stationary == Space.SCRATCH)) | ~destination_ok | ops.gather
-                  | ops.row_scaled | (ops.mode == GemmMode.COMBINE)):
+        with m.If(~destination_ok | ops.gather | ops.row_scaled | (ops.mode == GemmMode.COMBINE)):
             refuse(ErrorCause.UNSUPPORTED)
         with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL))
                     | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
@@ -266,8 +266,7 @@ class Controller(wiring.Component):
             # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
             reuse = slab.holding & (slab.held == buffer)
             m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
-            free = ~self.gemm_active & ~writing.bit_select(ops.source.as_value(), 1) \
-                & ~writing.bit_select(ops.stationary.as_value(), 1) \
+            free = ~self.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
                 & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
                 & ~reading.bit_select(ops.destination.as_value(), 1)
             slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
@@ -275,8 +274,8 @@ class Controller(wiring.Component):
             m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & from_slab & ~reuse),
                          self.output_start.eq(issue)]
             with m.If(issue):
-                m.d.sync += [touched["gemm_source"].eq(ops.source), touched["gemm_dest"].eq(ops.destination),
-                             touched["gemm_stationary"].eq(ops.stationary)]
+                m.d.sync += [touched["gemm_source"].eq(source), touched["gemm_dest"].eq(ops.destination),
+                             touched["gemm_stationary"].eq(stationary)]
                 with m.If(from_slab):
                     m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
 

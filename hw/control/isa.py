@@ -26,7 +26,7 @@ from ..memory.plan import onchip_memories
 from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
 
-__all__ = ["INSTRUCTION_BITS", "OPCODE_BITS", "DRAM_ADDRESS_BITS", "Opcode", "Space", "Region", "ErrorCause",
+__all__ = ["INSTRUCTION_BITS", "OPCODE_BITS", "DRAM_ADDRESS_BITS", "Opcode", "Space", "Operand", "Stationary", "Region", "ErrorCause",
            "InstructionSet", "IsaError", "MEANINGS"]
 
 INSTRUCTION_BITS = 128
@@ -69,6 +69,18 @@ class Space(enum.Enum, shape=4):
     ROW_SCALES = 9   # the softmax's per-row output scales, read by a `row_scaled` GEMM
 
 
+class Operand(enum.Enum, shape=1):
+    """Where a GEMM's streamed operand X is."""
+    ACTIVATION = 0
+    SCRATCH = 1
+
+
+class Stationary(enum.Enum, shape=1):
+    """Where a GEMM's stationary operand W is: a slab buffer, or SCRATCH (attention's Kᵀ and V)."""
+    WEIGHTS = 0
+    SCRATCH = 1
+
+
 class Region(enum.Enum, shape=2):
     """What a LOAD or STORE address is an offset from: the host's region registers."""
     MODEL = 0        # MODEL_ADDR: weights, parameters, router weights
@@ -95,7 +107,7 @@ MEANINGS = {
                   "per_expert": "inside EXPERTS: add the expert's index × the loop's stride to address"},
     Opcode.GEMM: {"m": "rows (tokens)", "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile",
                   "n_tiles": "N tiles", "source": "memory of X", "x_base": "word of X's K tile 0",
-                  "stationary": "memory of W (WEIGHTS, or SCRATCH for Kᵀ and V)",
+                  "stationary": "memory of W (a slab buffer, or SCRATCH for Kᵀ and V)",
                   "w_base": "W's first word (in WEIGHTS: buffer · span + offset)",
                   "p_base": "word of N tile 0's column parameters in PARAMS",
                   "destination": "memory of Y", "d_base": "word of Y's row 0, N tile 0",
@@ -156,7 +168,7 @@ class InstructionSet:
             Opcode.GEMM: {"m": rows, "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
                           "k_last": unsigned(index_bits(accel.array_rows + 1)),
                           "n_tiles": unsigned(index_bits(n_tiles + 1)),
-                          "source": Space, "x_base": word("activation", "scratch"), "stationary": Space,
+                          "source": Operand, "x_base": word("activation", "scratch"), "stationary": Stationary,
                           "w_base": word("weights", "scratch"), "p_base": unsigned(address_bits(n_tiles)),
                           "destination": Space, "d_base": word("residual", "activation", "scratch"), "d_stride": rows,
                           "mode": GemmMode, "gather": 1, "relu": 1, "row_scaled": 1, "residual": 1, "keep": 1},
