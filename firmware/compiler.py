@@ -31,7 +31,7 @@ from hw.vector.layernorm import LayerNorm
 from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
-__all__ = ["Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
+__all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
            "mlp_program"]
 
 
@@ -42,11 +42,13 @@ class CompileError(ValueError):
 @dataclass(frozen=True)
 class Output:
     """Where a run of a GEMM's N tiles goes: `tiles` of them into `memory`, N tile j (of the run) row t at word
-    `base + j·stride + t`."""
+    `base + j·stride + t`; `transposed` (SCRATCH, int8): as the W of a product with K = `stride`·C, row t's
+    tile j in lane t mod C of words `base + ((t / C)·stride + j)·C + q` (qkv's K as Kᵀ)."""
     tiles: int
     memory: Space
     base: int
     stride: int
+    transposed: bool = False
 
 
 @dataclass
@@ -147,8 +149,10 @@ class ProgramBuilder:
                           x_base=x_base, stationary=Stationary.WEIGHTS,
                           w_base=buffer * self.span + (first - slab.first_tile) * layout.k_tiles * layout.beats,
                           p_base=first, destination=output.memory,
-                          d_base=output.base + (first - start) * output.stride, d_stride=output.stride, mode=mode,
-                          relu=int(relu), residual=int(residual), keep=int(part < len(parts) - 1))
+                          d_base=output.base + (first - start) * (accel.array_cols if output.transposed
+                                                                  else output.stride),
+                          d_stride=output.stride, mode=mode, relu=int(relu), residual=int(residual),
+                          keep=int(part < len(parts) - 1), transpose=int(output.transposed))
 
     def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int) -> None:
         """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
@@ -204,23 +208,52 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
     return builder.build()
 
 
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where attention's operands lie in SCRATCH (word addresses): Q (T × D, K-tile-major), Kᵀ per head (the W of
+    Q·Kᵀ: `head_dim / R` K tiles by ⌈T / C⌉ key tiles, `kt_words` words a head), V (the W of P·V: N tile j of
+    dimensions at `v + j·t_padded`, keys in rows) and P (T × T, K-tile-major)."""
+    q: int
+    kt: int
+    kt_words: int
+    v: int
+    t_padded: int
+    p: int
+    end: int
+
+    @classmethod
+    def for_model(cls, model, accel) -> "AttentionLayout":
+        t, d, r, c = model.num_tokens, model.embed_dim, accel.array_rows, accel.array_cols
+        q_words = t * tiles(d, r)
+        kt_words = tiles(t, c) * model.head_dim
+        t_padded = tiles(t, r) * r
+        kt = q_words
+        v = kt + model.num_heads * kt_words
+        p = v + tiles(d, c) * t_padded
+        return cls(0, kt, kt_words, v, t_padded, p, p + t * tiles(t, r))
+
+
 def qkv_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
     """Block `block`'s first steps from its input residual stream: LayerNorm₁ into ACTIVATION, then the qkv
-    product in three parts (one slab kept across them) into SCRATCH: Q, K and V, each T × D K-tile-major.
-    Outputs `norm1`, `q`, `k`, `v`."""
+    product in parts (one slab kept across them) into SCRATCH (`AttentionLayout`): Q, each head's K transposed
+    (Kᵀ, through the corner-turn), V. Outputs `norm1`, `q`, `kt` and `v` as they lie in SCRATCH."""
     builder = ProgramBuilder(quantized, accel)
-    model, t = builder.model, builder.model.num_tokens
+    model, t, c = builder.model, builder.model.num_tokens, accel.array_cols
+    layout = AttentionLayout.for_model(model, accel)
     start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
     builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
-    words = t * tiles(model.embed_dim, accel.array_rows)          # one T × D operand in SCRATCH
-    builder.linear(f"{p}.qkv", source=Operand.ACTIVATION, x_base=0, m=t,
-                   outputs=[builder.tokens_out(Space.SCRATCH, part * words) for part in range(3)], mode=GemmMode.INT8)
-    length = words * accel.array_rows
-    builder.store("norm1", Space.ACTIVATION, 0, length)
-    for part, name in enumerate("qkv"):
-        builder.store(name, Space.SCRATCH, part * words, length)
+    head_tiles = tiles(model.head_dim, c)
+    outputs = [Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.q, t)]
+    outputs += [Output(head_tiles, Space.SCRATCH, layout.kt + h * layout.kt_words, head_tiles, transposed=True)
+                for h in range(model.num_heads)]
+    outputs.append(Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.v, layout.t_padded))
+    builder.linear(f"{p}.qkv", source=Operand.ACTIVATION, x_base=0, m=t, outputs=outputs, mode=GemmMode.INT8)
+    r = accel.array_rows
+    builder.store("norm1", Space.ACTIVATION, 0, layout.kt * r)
+    for name, begin, end in (("q", layout.q, layout.kt), ("kt", layout.kt, layout.v), ("v", layout.v, layout.p)):
+        builder.store(name, Space.SCRATCH, begin, (end - begin) * r)
     builder.halt()
     return builder.build()
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from firmware.assembler import Assembler
-from firmware.compiler import Program, ProgramBuilder, mlp_program, patch_embedding_program, qkv_program
+from firmware.compiler import (AttentionLayout, Program, ProgramBuilder, mlp_program, patch_embedding_program,
+                               qkv_program)
 from firmware.driver import Driver, DriverError
 from firmware.image import DramMap, residual_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, simulate
@@ -79,16 +80,22 @@ def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
     assert results[0].counters["INSTRUCTIONS"] == len(programs[0].words)   # counters restart every run
 
 
-def test_layernorm_and_qkv_in_three_parts_are_bit_exact(quantized, golden):
-    """Block 1's LayerNorm₁ and its qkv product split into Q, K and V (the slab kept across the three GEMMs)."""
+def test_layernorm_and_qkv_with_k_transposed_are_bit_exact(quantized, golden):
+    """Block 1's LayerNorm₁ and its qkv product in parts from one kept slab: Q, each head's K through the
+    corner-turn into the layout of Q·Kᵀ's stationary operand, V in the layout of P·V's."""
     _, tensors = golden
-    t, d = TINY.num_tokens, TINY.embed_dim
+    t, d, hd, r = TINY.num_tokens, TINY.embed_dim, TINY.head_dim, ACCEL.array_rows
+    layout = AttentionLayout.for_model(TINY, ACCEL)
     program = qkv_program(quantized, ACCEL, 1, tensors[1]["blocks.0.out"])
     (result,) = _run([program], latency=15, stall=0.25, seed=9)
     assert result.ok, result.cause
+    qkv = tensors[1]["blocks.1.qkv"]
     assert result.outputs["norm1"] == x_bytes(tensors[1]["blocks.1.norm1"], ACCEL, t)
-    for part, name in enumerate("qkv"):
-        assert result.outputs[name] == x_bytes(tensors[1]["blocks.1.qkv"][:, part * d:(part + 1) * d], ACCEL, t)
+    assert result.outputs["q"] == x_bytes(qkv[:, :d], ACCEL, t)
+    assert result.outputs["kt"] == b"".join(pack_w(qkv[:, d + h * hd:d + (h + 1) * hd].T, r, r).astype(np.int8)
+                                            .tobytes() for h in range(TINY.num_heads))
+    v = np.frombuffer(result.outputs["v"], np.int8).reshape(d // r, layout.t_padded, r).transpose(1, 0, 2)
+    assert np.array_equal(v.reshape(layout.t_padded, d)[:t], qkv[:, 2 * d:]) and not v[t:].any()
 
 
 def test_raw_product_with_the_stationary_operand_in_scratch(quantized):

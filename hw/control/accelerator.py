@@ -77,8 +77,9 @@ class Accelerator(wiring.Component):
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
         self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens)
+        gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
-                                 Shape.cast(self.isa.operands[Opcode.GEMM]["d_stride"].shape).width)
+                                 Shape.cast(gemm["d_stride"].shape).width, Shape.cast(gemm["m"].shape).width)
         self.controller = Controller(
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),

@@ -250,7 +250,8 @@ class Controller(wiring.Component):
                      command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
                      self.take.payload.eq(buffer),
                      self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
-                     self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual)]
+                     self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual),
+                     self.output_job.transpose.eq(ops.transpose), self.output_job.rows.eq(ops.m)]
         source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
         from_slab = ops.stationary == Stationary.WEIGHTS
         stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
@@ -258,6 +259,7 @@ class Controller(wiring.Component):
         with m.If(~destination_ok | ops.gather | ops.row_scaled | (ops.mode == GemmMode.COMBINE)):
             refuse(ErrorCause.UNSUPPORTED)
         with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL))
+                    | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                     | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
                     | (from_slab & (buffer >= self.buffers))):
             refuse(ErrorCause.BAD_OPERAND)

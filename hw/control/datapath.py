@@ -11,7 +11,8 @@
   (int32), row t of
   N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
   to it (`ResidualAdd`) before it is written back. Every beat takes 3 cycles, one a cycle; `active` while a
-  beat is in the pipeline.
+  beat is in the pipeline. With `transpose` the rows go through the `CornerTurn` into SCRATCH instead (qkv's K
+  into Kᵀ, `d_stride` the K tiles of the head, `rows` the GEMM's M).
 Memory ports are `lib.memory` port signatures, connected by the top level.
 """
 
@@ -30,6 +31,7 @@ from ..memory.axi import AXI4Read, AXI4Write
 from ..memory.reader import StreamReader
 from ..memory.writer import StoreWriter
 from ..vector.residual import ResidualAdd
+from .corner import CornerTurn
 from .isa import Space
 from .memories import OnChip
 
@@ -177,16 +179,20 @@ class StorePath(wiring.Component):
 class OutputPath(wiring.Component):
     LATENCY = 1 + ResidualAdd.LATENCY     # the residual word's read, then the addition
 
-    def __init__(self, spaces: dict[Space, OnChip], result: data.StructLayout, cols: int, stride_width: int):
+    def __init__(self, spaces: dict[Space, OnChip], result: data.StructLayout, cols: int, stride_width: int,
+                 rows_width: int):
         self.spaces = {space: spaces[space] for space in GEMM_DESTINATIONS}
         self.cols = cols
         self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
         residual = self.spaces[Space.RESIDUAL]
+        self.corner = CornerTurn(cols, result, address_bits(self.spaces[Space.SCRATCH].depth), rows_width,
+                                 stride_width)
         super().__init__({
             "result": In(stream.Signature(result)),
             "start": In(1),
             "job": In(data.StructLayout({"destination": Space, "d_base": unsigned(self.address_width),
-                                         "d_stride": unsigned(stride_width), "residual": 1})),
+                                         "d_stride": unsigned(stride_width), "residual": 1, "transpose": 1,
+                                         "rows": unsigned(rows_width)})),
             "residual_read": In(ReadPort.Signature(addr_width=address_bits(residual.depth),
                                                    shape=unsigned(8 * residual.word_bytes))),
             **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
@@ -199,13 +205,17 @@ class OutputPath(wiring.Component):
         m = Module()
         cols, width = self.cols, ops.RESIDUAL_BITS
         m.submodules.add = add = ResidualAdd(cols, width)
+        m.submodules.corner = corner = self.corner
         job = Signal.like(self.job)
         tile, offset = Signal.like(self.result.payload.tile), Signal(self.address_width)
         with m.If(self.start):
             m.d.sync += [job.eq(self.job), tile.eq(0), offset.eq(0)]
         beat = self.result.payload
-        m.d.comb += self.result.ready.eq(1)
-        arriving = self.result.valid
+        m.d.comb += [corner.start.eq(self.start), corner.job.base.eq(self.job.d_base),
+                     corner.job.stride.eq(self.job.d_stride), corner.job.rows.eq(self.job.rows),
+                     corner.result.payload.eq(beat), corner.result.valid.eq(self.result.valid & job.transpose),
+                     self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1))]
+        arriving = self.result.valid & ~job.transpose
         next_tile = beat.tile != tile
         address = Signal(self.address_width)
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
@@ -235,7 +245,10 @@ class OutputPath(wiring.Component):
             if space == Space.RESIDUAL:
                 with m.If(job.residual):
                     m.d.comb += port.data.eq(add.output.payload.as_value())
-        m.d.comb += self.active.eq(Cat(*valid).any())
+            if space == Space.SCRATCH:
+                with m.If(corner.write.en):
+                    m.d.comb += [port.addr.eq(corner.write.addr), port.data.eq(corner.write.data), port.en.eq(1)]
+        m.d.comb += self.active.eq(Cat(*valid).any() | corner.active)
         return m
 
 
