@@ -32,7 +32,7 @@ from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
 __all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
-           "mlp_program"]
+           "dense_block_program", "mlp_program"]
 
 
 class CompileError(ValueError):
@@ -233,49 +233,100 @@ class AttentionLayout:
         return cls(0, kt, kt_words, v, t_padded, p, p + t * tiles(t, r))
 
 
-def qkv_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
-    """Block `block`'s first steps from its input residual stream: LayerNorm₁ into ACTIVATION, then the qkv
-    product in parts (one slab kept across them) into SCRATCH (`AttentionLayout`): Q, each head's K transposed
-    (Kᵀ, through the corner-turn), V. Outputs `norm1`, `q`, `kt` and `v` as they lie in SCRATCH."""
-    builder = ProgramBuilder(quantized, accel)
-    model, t, c = builder.model, builder.model.num_tokens, accel.array_cols
+def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> None:
+    """Attention of block `block` on RESIDUAL: LayerNorm₁, qkv (Q, Kᵀ through the corner-turn, V), per head Q·Kᵀ
+    into SCORES, the softmax into P and the row scales, P·V (row-scaled) into the head's columns of ACTIVATION,
+    then proj added into RESIDUAL. With `store`, Q, Kᵀ and V are stored as they lie in SCRATCH (`q`, `kt`, `v`)."""
+    model, accel, q = builder.model, builder.accel, builder.quantized
+    t, c, r, hd = model.num_tokens, accel.array_cols, accel.array_rows, model.head_dim
     layout = AttentionLayout.for_model(model, accel)
-    start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
-    builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
-    head_tiles = tiles(model.head_dim, c)
+    head_tiles = tiles(hd, c)
     outputs = [Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.q, t)]
     outputs += [Output(head_tiles, Space.SCRATCH, layout.kt + h * layout.kt_words, head_tiles, transposed=True)
                 for h in range(model.num_heads)]
     outputs.append(Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.v, layout.t_padded))
     builder.linear(f"{p}.qkv", source=Operand.ACTIVATION, x_base=0, m=t, outputs=outputs, mode=GemmMode.INT8)
-    r = accel.array_rows
-    builder.store("norm1", Space.ACTIVATION, 0, layout.kt * r)
-    for name, begin, end in (("q", layout.q, layout.kt), ("kt", layout.kt, layout.v), ("v", layout.v, layout.p)):
-        builder.store(name, Space.SCRATCH, begin, (end - begin) * r)
+    if store:
+        for name, begin, end in (("q", layout.q, layout.kt), ("kt", layout.kt, layout.v), ("v", layout.v, layout.p)):
+            builder.store(name, Space.SCRATCH, begin, (end - begin) * r)
+    # Q·Kᵀ and P·V add no bias: one header of zeros serves both.
+    zeros = bytes(HEADER_COLUMN_BYTES * c * max(tiles(t, c), head_tiles))
+    builder.load(Region.MODEL, builder.place(Region.MODEL, zeros), len(zeros), Space.PARAMS, 0)
+    builder.emit(Opcode.CONFIG_SOFTMAX, **{name: int(q[f"{p}.attn.{name}"]) for name in
+                                          ("exp_multiplier", "exp_shift", "out_multiplier", "out_shift")})
+    key_tiles = tiles(t, r)
+    for h in range(model.num_heads):
+        builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(hd, r), k_last=hd - (tiles(hd, r) - 1) * r, n_tiles=tiles(t, c),
+                     source=Operand.SCRATCH, x_base=layout.q + h * tiles(hd, r) * t, stationary=Stationary.SCRATCH,
+                     w_base=layout.kt + h * layout.kt_words, destination=Space.SCORES, d_stride=t, mode=GemmMode.RAW)
+        builder.emit(Opcode.SOFTMAX, rows=t, source=0, destination=layout.p)
+        builder.emit(Opcode.GEMM, m=t, k_tiles=key_tiles, k_last=t - (key_tiles - 1) * r, n_tiles=head_tiles,
+                     source=Operand.SCRATCH, x_base=layout.p, stationary=Stationary.SCRATCH,
+                     w_base=layout.v + h * head_tiles * layout.t_padded, destination=Space.ACTIVATION,
+                     d_base=h * head_tiles * t, d_stride=t, mode=GemmMode.INT8, row_scaled=1)
+    builder.linear(f"{p}.proj", source=Operand.ACTIVATION, x_base=0, m=t,
+                   outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.INT16, residual=True)
+
+
+def _dense_mlp(builder: ProgramBuilder, block: int) -> None:
+    """LayerNorm₂, fc1 with GELU into SCRATCH, fc2 added into RESIDUAL."""
+    model, q, t = builder.model, builder.quantized, builder.model.num_tokens
+    p = f"blocks.{block}"
+    builder.layernorm([f"{p}.norm2"], rows=t, source=0, destination=0)
+    gelu = (int(q[f"{p}.mlp.hidden_multiplier"]), int(q[f"{p}.mlp.hidden_shift"]))
+    builder.linear(f"{p}.fc1", source=Operand.ACTIVATION, x_base=0, m=t,
+                   outputs=[builder.tokens_out(Space.SCRATCH, 0, model.mlp_hidden)], mode=GemmMode.GELU, gelu=gelu)
+    builder.linear(f"{p}.fc2", source=Operand.SCRATCH, x_base=0, m=t, outputs=[builder.tokens_out(Space.RESIDUAL, 0)],
+                   mode=GemmMode.INT16, residual=True)
+
+
+def _start(quantized: QuantizedModel, accel: AcceleratorConfig, residual: np.ndarray) -> ProgramBuilder:
+    builder = ProgramBuilder(quantized, accel)
+    start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
+    builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
+    return builder
+
+
+def qkv_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
+    """Block `block`'s attention from its input residual stream, with Q, Kᵀ and V stored as they lie in SCRATCH
+    (`AttentionLayout`): outputs `q`, `kt`, `v` and `mid` [T, D] int16."""
+    builder = _start(quantized, accel, residual)
+    _attention(builder, block, store=True)
+    builder.store("mid", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def dense_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
+                        residual: np.ndarray) -> Program:
+    """Dense block `block` from its input residual stream: attention, then the MLP. Outputs `attn_out`
+    (ACTIVATION, K-tile-major), `mid` and `out` [T, D] int16."""
+    model = quantized.config
+    if model.is_moe(block):
+        raise CompileError(f"block {block} of {model.name} has experts: dense_block_program compiles a dense block")
+    builder = _start(quantized, accel, residual)
+    _attention(builder, block)
+    t, r = model.num_tokens, accel.array_rows
+    builder.store("attn_out", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
+    builder.store("mid", Space.RESIDUAL, 0, _residual_length(builder))
+    _dense_mlp(builder, block)
+    builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()
 
 
 def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
-    """Dense block `block`'s second half from its residual stream `residual` (the golden `mid`, while attention
-    does not run on the accelerator): LayerNorm₂ into ACTIVATION, fc1 with GELU into SCRATCH, fc2 added into
-    RESIDUAL. Outputs `norm2` (ACTIVATION, K-tile-major) and `out` [T, D] int16."""
-    builder = ProgramBuilder(quantized, accel)
-    model, t = builder.model, builder.model.num_tokens
+    """Dense block `block`'s second half from its residual stream after attention (`mid`): LayerNorm₂, fc1 with
+    GELU into SCRATCH, fc2 added into RESIDUAL. Outputs `norm2` (ACTIVATION, K-tile-major) and `out` [T, D]."""
+    model = quantized.config
     if model.is_moe(block):
         raise CompileError(f"block {block} of {model.name} has experts: mlp_program compiles a dense MLP")
-    start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
-    builder.load(Region.IMAGE, start, _residual_length(builder), Space.RESIDUAL, 0)
-    p = f"blocks.{block}"
-    builder.layernorm([f"{p}.norm2"], rows=t, source=0, destination=0)
-    gelu = (int(quantized[f"{p}.mlp.hidden_multiplier"]), int(quantized[f"{p}.mlp.hidden_shift"]))
-    builder.linear(f"{p}.fc1", source=Operand.ACTIVATION, x_base=0, m=t,
-                   outputs=[builder.tokens_out(Space.SCRATCH, 0, model.mlp_hidden)], mode=GemmMode.GELU, gelu=gelu)
-    builder.linear(f"{p}.fc2", source=Operand.SCRATCH, x_base=0, m=t, outputs=[builder.tokens_out(Space.RESIDUAL, 0)],
-                   mode=GemmMode.INT16, residual=True)
-    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, accel.array_rows) * t * accel.array_rows)
+    builder = _start(quantized, accel, residual)
+    _dense_mlp(builder, block)
+    t, r = model.num_tokens, accel.array_rows
+    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()

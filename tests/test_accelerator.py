@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from firmware.assembler import Assembler
-from firmware.compiler import (AttentionLayout, Program, ProgramBuilder, mlp_program, patch_embedding_program,
-                               qkv_program)
+from firmware.compiler import (AttentionLayout, Program, ProgramBuilder, dense_block_program, mlp_program,
+                               patch_embedding_program, qkv_program)
 from firmware.driver import Driver, DriverError
 from firmware.image import DramMap, residual_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, simulate
@@ -39,13 +39,13 @@ def golden(quantized):
     return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
 
 
-def _run(programs, **dram):
+def _run(programs, simulator="pysim", **dram):
     """Run `programs` one after another on one accelerator (no reset between them); their `RunResult`s."""
     async def host(transport):
         driver = Driver(transport, TINY, ACCEL)
         await driver.connect()
         return [await driver.run(program) for program in programs]
-    return simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, **dram)
+    return simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3])
@@ -80,9 +80,10 @@ def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
     assert results[0].counters["INSTRUCTIONS"] == len(programs[0].words)   # counters restart every run
 
 
-def test_layernorm_and_qkv_with_k_transposed_are_bit_exact(quantized, golden):
-    """Block 1's LayerNorm₁ and its qkv product in parts from one kept slab: Q, each head's K through the
-    corner-turn into the layout of Q·Kᵀ's stationary operand, V in the layout of P·V's."""
+def test_attention_operands_and_result_are_bit_exact(quantized, golden):
+    """Block 1's attention: LayerNorm₁, qkv in parts from one kept slab (Q; each head's K through the corner-turn
+    into the layout of Q·Kᵀ's stationary operand; V in the layout of P·V's), then per head Q·Kᵀ, the softmax and
+    P·V with its row scales, and proj into the residual."""
     _, tensors = golden
     t, d, hd, r = TINY.num_tokens, TINY.embed_dim, TINY.head_dim, ACCEL.array_rows
     layout = AttentionLayout.for_model(TINY, ACCEL)
@@ -90,12 +91,23 @@ def test_layernorm_and_qkv_with_k_transposed_are_bit_exact(quantized, golden):
     (result,) = _run([program], latency=15, stall=0.25, seed=9)
     assert result.ok, result.cause
     qkv = tensors[1]["blocks.1.qkv"]
-    assert result.outputs["norm1"] == x_bytes(tensors[1]["blocks.1.norm1"], ACCEL, t)
     assert result.outputs["q"] == x_bytes(qkv[:, :d], ACCEL, t)
     assert result.outputs["kt"] == b"".join(pack_w(qkv[:, d + h * hd:d + (h + 1) * hd].T, r, r).astype(np.int8)
                                             .tobytes() for h in range(TINY.num_heads))
     v = np.frombuffer(result.outputs["v"], np.int8).reshape(d // r, layout.t_padded, r).transpose(1, 0, 2)
     assert np.array_equal(v.reshape(layout.t_padded, d)[:t], qkv[:, 2 * d:]) and not v[t:].any()
+    assert np.array_equal(residual_from_bytes(result.outputs["mid"], TINY, ACCEL), tensors[1]["blocks.1.mid"])
+
+
+def test_a_whole_dense_block_is_bit_exact_in_verilator(quantized, golden):
+    """Block 2 (dense) from its input residual stream: attention and MLP, every instruction on the accelerator."""
+    _, tensors = golden
+    program = dense_block_program(quantized, ACCEL, 2, tensors[0]["blocks.1.out"])
+    (result,) = _run([program], simulator="verilator", latency=10, stall=0.1, seed=11)
+    assert result.ok, result.cause
+    assert result.outputs["attn_out"] == x_bytes(tensors[0]["blocks.2.attn_out"], ACCEL, TINY.num_tokens)
+    assert np.array_equal(residual_from_bytes(result.outputs["mid"], TINY, ACCEL), tensors[0]["blocks.2.mid"])
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), tensors[0]["blocks.2.out"])
 
 
 def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
@@ -155,7 +167,13 @@ _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
 FAULTS = [
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
-    ("SOFTMAX, not built yet", "SYNC\nSOFTMAX rows=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("ROUTE, not built yet", "SYNC\nROUTE tokens=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("SOFTMAX past the last token", f"SOFTMAX rows=3 source={TINY.num_tokens - 1}\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("a transposed GEMM into RESIDUAL", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=RESIDUAL transpose=1\n"
+     "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("a raw GEMM into ACTIVATION", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=ACTIVATION mode=RAW\nHALT",
+     None, ErrorCause.BAD_OPERAND, 0, {}),
     ("LAYERNORM for the router", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.UNSUPPORTED, 0, {}),
     ("LAYERNORM past the last token", f"LAYERNORM rows=3 source={TINY.num_tokens - 2}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),

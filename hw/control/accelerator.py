@@ -33,8 +33,10 @@ from ..memory.loader import WeightLoader
 from ..memory.reader import StreamReader
 from ..memory.writer import StoreWriter
 from ..vector.layernorm import LayerNorm
+from ..vector.softmax import Softmax
 from .controller import Controller
 from .datapath import LoadPath, NormPath, OutputPath, StorePath
+from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
 from .memories import check_top_level, onchip_spaces
@@ -77,6 +79,7 @@ class Accelerator(wiring.Component):
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
         self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens)
+        self.softmax_path = SoftmaxPath(self.spaces, Softmax.for_model(model, accel), model.num_tokens)
         gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
                                  Shape.cast(gemm["d_stride"].shape).width, Shape.cast(gemm["m"].shape).width)
@@ -84,6 +87,7 @@ class Accelerator(wiring.Component):
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
             job=self.output.job.shape(), norm_command=self.norm_path.command.payload.shape(),
+            softmax_command=self.softmax_path.command.payload.shape(),
             tokens=model.num_tokens, buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
@@ -99,11 +103,11 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
-        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES):
+        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES):
             memory, name = self.spaces[space], space.name.lower()
             storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
             write = storage.write_port()
-            writers = [getattr(unit, name) for unit in (load, output, norm) if hasattr(unit, name)]
+            writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path) if hasattr(unit, name)]
             m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
                          write.data.eq(writers[0].data)]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
@@ -123,6 +127,12 @@ class Accelerator(wiring.Component):
                 m.d.comb += [reader.addr.eq(Mux(norm.busy, norm.residual_read.addr, output.residual_read.addr)),
                              reader.en.eq(norm.residual_read.en | output.residual_read.en),
                              norm.residual_read.data.eq(reader.data), output.residual_read.data.eq(reader.data)]
+            if space == Space.SCORES:
+                wiring.connect(m, storage.read_port(), self.softmax_path.scores_read)
+            if space == Space.ROW_SCALES:
+                reader = storage.read_port()
+                m.d.comb += [reader.addr.eq(engine.row_read.addr), reader.en.eq(engine.row_read.en),
+                             engine.row_read.data.eq(reader.data[:ROW_SCALE.size])]
             if space == Space.PARAMS:
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en)]
@@ -143,7 +153,8 @@ class Accelerator(wiring.Component):
         clear = controller.clear | host.soft_reset
         m.submodules.host = host
         m.submodules.controller = ResetInserter(host.soft_reset)(controller)
-        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path"):
+        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
+                     "softmax_path"):
             m.submodules[name] = ResetInserter(clear)(getattr(self, name))
         m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
@@ -171,16 +182,18 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.gemm, engine.command)
         wiring.connect(m, controller.store, self.store_path.command)
         wiring.connect(m, controller.norm, self.norm_path.command)
+        wiring.connect(m, controller.softmax, self.softmax_path.command)
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
                      controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
                      controller.loader_idle.eq(loader.idle), controller.loader_error.eq(loader.error),
                      controller.slab_full.eq(loader.full), controller.gemm_active.eq(gemm_active),
                      controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
-                     controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy)]
+                     controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy),
+                     controller.softmax_busy.eq(self.softmax_path.busy)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
-        for port in ("row_read", "index_read", "scatter_read", "gate_read", "combine_read"):
+        for port in ("index_read", "scatter_read", "gate_read", "combine_read"):
             m.d.comb += getattr(engine, port).data.eq(0)      # gather, row scales and COMBINE: not yet wired
         self._memories(m)
         self._counters(m, gemm_active, arbiter.pending)
@@ -196,7 +209,7 @@ class Accelerator(wiring.Component):
         m.d.comb += written.eq(sum(axi.wstrb[i] for i in range(self.bus.beat_bytes)))
         events = {
             "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": 0,
-            "BUSY_VECTOR": self.norm_path.busy,
+            "BUSY_VECTOR": self.norm_path.busy | self.softmax_path.busy,
             "DRAM_READ_BYTES": Mux(axi.rvalid & axi.rready, self.bus.beat_bytes, 0),
             "DRAM_WRITE_BYTES": Mux(axi.wvalid & axi.wready, written, 0),
             "DRAM_STALL_CYCLES": (axi.arvalid & ~axi.arready) | (reading & ~axi.rvalid)

@@ -19,6 +19,8 @@ Issue rules (docs/architecture.md, section 11):
   requantization is the last `CONFIG_GELU`'s.
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
+- `SOFTMAX`: when the softmax path is free, no unit in flight writes SCORES, and none reads or writes SCRATCH or
+  ROW_SCALES; with the scales of the last `CONFIG_SOFTMAX`. A `row_scaled` GEMM waits while ROW_SCALES is written.
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
@@ -50,13 +52,13 @@ __all__ = ["Controller"]
 class Controller(wiring.Component):
     def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
                  load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
-                 norm_command: data.StructLayout, tokens: int,
+                 norm_command: data.StructLayout, softmax_command: data.StructLayout, tokens: int,
                  buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32, fetch_depth: int = 8,
                  fetch_chunk: int = 4):
         if not 1 <= fetch_chunk <= fetch_depth:
             raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
-        self.norm_command, self.tokens = norm_command, tokens
+        self.norm_command, self.softmax_command, self.tokens = norm_command, softmax_command, tokens
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
         super().__init__({
@@ -76,6 +78,7 @@ class Controller(wiring.Component):
             "gemm_source": Out(Space), "gemm_stationary": Out(Space), "output_start": Out(1), "output_job": Out(job),
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
+            "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
         })
 
     # --- program fetch -----------------------------------------------------------------------------------------
@@ -107,18 +110,23 @@ class Controller(wiring.Component):
         issue logic sets to say which spaces an issued unit touches."""
         touched = {name: Signal(Space, name=f"{name}_space")
                    for name in ("load", "gemm_source", "gemm_stationary", "gemm_dest", "store")}
+        touched["gemm_scaled"] = Signal(name="gemm_scaled")
         reading = Signal(len(Space))
         writing = Signal(len(Space))
         for space in Space:
             m.d.comb += [
                 writing[space.value].eq((self.load_busy & (touched["load"] == space))
                                         | (self.gemm_active & (touched["gemm_dest"] == space))
-                                        | (self.norm_busy & Const(space == Space.ACTIVATION))),
+                                        | (self.norm_busy & Const(space == Space.ACTIVATION))
+                                        | (self.softmax_busy & Const(space in (Space.SCRATCH, Space.ROW_SCALES)))),
                 reading[space.value].eq((self.store_busy & (touched["store"] == space))
                                         | (self.gemm_active & ((touched["gemm_source"] == space)
                                                                | (touched["gemm_stationary"] == space)
                                                                | Const(space == Space.PARAMS)))
-                                        | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))),
+                                        | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))
+                                        | (self.softmax_busy & Const(space == Space.SCORES))
+                                        | (self.gemm_active & touched["gemm_scaled"]
+                                           & Const(space == Space.ROW_SCALES))),
             ]
         m.d.comb += [self.gemm_source.eq(touched["gemm_source"]), self.gemm_stationary.eq(touched["gemm_stationary"])]
         return reading, writing, touched
@@ -144,7 +152,7 @@ class Controller(wiring.Component):
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
     def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-               idle, present, norm_config):
+               idle, present, norm_config, softmax_config):
         """Decode the instruction at the buffer's head (`present`); `issue` it when it may go, or report a
         `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
@@ -233,9 +241,28 @@ class Controller(wiring.Component):
                     go(self.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value])
                     m.d.comb += self.norm.valid.eq(issue)
+            with m.Case(Opcode.CONFIG_SOFTMAX):
+                go()
+                with m.If(issue):
+                    m.d.sync += softmax_config.eq(word.operands.config_softmax)
+            with m.Case(Opcode.SOFTMAX):
+                ops = word.operands.softmax
+                command = self.softmax.payload
+                m.d.comb += [command.rows.eq(ops.rows), command.source.eq(ops.source),
+                             command.destination.eq(ops.destination)]
+                m.d.comb += [getattr(command, name).eq(getattr(softmax_config, name))
+                             for name, _ in softmax_config.shape()]
+                with m.If(ops.source + ops.rows > self.tokens):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Else():
+                    go(self.softmax.ready & ~writing[Space.SCORES.value] & ~writing[Space.SCRATCH.value]
+                       & ~reading[Space.SCRATCH.value] & ~writing[Space.ROW_SCALES.value]
+                       & ~reading[Space.ROW_SCALES.value])
+                    m.d.comb += self.softmax.valid.eq(issue)
             with m.Case(*(op for op in Opcode if op not in (Opcode.LOAD, Opcode.GEMM, Opcode.STORE, Opcode.SYNC,
                                                             Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM,
-                                                            Opcode.LAYERNORM))):
+                                                            Opcode.LAYERNORM, Opcode.CONFIG_SOFTMAX,
+                                                            Opcode.SOFTMAX))):
                 refuse(ErrorCause.UNSUPPORTED)
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
@@ -246,7 +273,7 @@ class Controller(wiring.Component):
         m.d.comb += [command.m.eq(ops.m), command.k_tiles.eq(ops.k_tiles), command.k_last.eq(ops.k_last),
                      command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
                      command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
-                     command.gather.eq(0), command.list_base.eq(0), command.row_scaled.eq(0),
+                     command.gather.eq(0), command.list_base.eq(0), command.row_scaled.eq(ops.row_scaled),
                      command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
                      self.take.payload.eq(buffer),
                      self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
@@ -256,7 +283,7 @@ class Controller(wiring.Component):
         from_slab = ops.stationary == Stationary.WEIGHTS
         stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
         destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-        with m.If(~destination_ok | ops.gather | ops.row_scaled | (ops.mode == GemmMode.COMBINE)):
+        with m.If(~destination_ok | ops.gather | (ops.mode == GemmMode.COMBINE)):
             refuse(ErrorCause.UNSUPPORTED)
         with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL))
                     | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
@@ -269,6 +296,7 @@ class Controller(wiring.Component):
             reuse = slab.holding & (slab.held == buffer)
             m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
             free = ~self.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
+                & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
                 & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
                 & ~reading.bit_select(ops.destination.as_value(), 1)
             slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
@@ -277,7 +305,7 @@ class Controller(wiring.Component):
                          self.output_start.eq(issue)]
             with m.If(issue):
                 m.d.sync += [touched["gemm_source"].eq(source), touched["gemm_dest"].eq(ops.destination),
-                             touched["gemm_stationary"].eq(stationary)]
+                             touched["gemm_stationary"].eq(stationary), touched["gemm_scaled"].eq(ops.row_scaled)]
                 with m.If(from_slab):
                     m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
 
@@ -296,8 +324,10 @@ class Controller(wiring.Component):
                                releasing=Signal(name="slab_releasing"), other_wanted=Signal(name="slab_other_wanted"))
         norm_config = Signal(data.StructLayout({name: field.shape for name, field in self.norm_command
                                                 if name in ("eps", "shifts")}))
+        softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
+                                                   if name not in ("rows", "source", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
-            & ~self.store_busy & ~self.norm_busy
+            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy
         fault = Signal()
         fault_cause = Signal(ErrorCause)
         issue = Signal()
@@ -310,7 +340,7 @@ class Controller(wiring.Component):
             m.d.sync += slab.holding.eq(0)
 
         self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-                    idle, running & buffer.r_rdy, norm_config)
+                    idle, running & buffer.r_rdy, norm_config, softmax_config)
         m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
                      buffer.r_en.eq(Mux(running, issue, buffer.r_rdy))]
         with m.If(issue):

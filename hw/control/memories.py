@@ -50,6 +50,9 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
         if model.embed_dim % size or accel.vector_lanes & (accel.vector_lanes - 1):
             raise ConfigError(name, size, f"the top level moves rows of {model.embed_dim} values in words of "
                               f"{size}: it needs the embedding a multiple of it, and lanes a power of two")
+    if accel.vector_lanes > c:
+        raise ConfigError("vector_lanes", accel.vector_lanes, f"the top level feeds the softmax from words of {c} "
+                          "scores, so it needs at most as many vector lanes as the array has columns")
     if accel.weight_feed_bytes != c * accel.operand_width // 8:
         raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes, "the top level streams attention's Kᵀ and V "
                           "from SCRATCH one row a cycle, so the array must load one row a cycle")
