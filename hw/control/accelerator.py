@@ -10,10 +10,10 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
-it). What runs so far: LOAD, GEMM (INT8, INT16, INT18, GELU; from ACTIVATION or SCRATCH with weights from a
-slab buffer, into ACTIVATION, SCRATCH or RESIDUAL, optionally added into it), LAYERNORM (its int8 output; not
-yet the router's copy), STORE, SYNC, HALT, CONFIG_GELU and CONFIG_NORM; the other instructions end the run with
-`ErrorCause.UNSUPPORTED`.
+it). What runs so far: LOAD, GEMM (every mode but COMBINE; X from ACTIVATION or SCRATCH, W from a slab buffer
+or SCRATCH; into ACTIVATION, SCRATCH, RESIDUAL (optionally added into it) or SCORES; K transposed; row-scaled),
+LAYERNORM (its int8 output), SOFTMAX, STORE, SYNC, HALT and the CONFIG instructions; ROUTE, EXPERTS, COMBINE, a
+gathering GEMM and a LAYERNORM for the router end the run with `ErrorCause.UNSUPPORTED`.
 """
 
 from __future__ import annotations

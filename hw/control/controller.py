@@ -41,7 +41,7 @@ from ..common.arith import index_bits
 from ..common.gearbox import Gearbox
 from ..compute.gemm.geometry import GemmMode
 from ..memory.loader import descriptor_layout
-from ..memory.reader import transfer_layout
+from ..memory.transfer import transfer_layout
 from .datapath import GEMM_DESTINATIONS, LOADABLE, STORABLE
 from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
 from .memories import OnChip

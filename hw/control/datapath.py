@@ -46,43 +46,68 @@ def _port_name(space: Space) -> str:
     return space.name.lower()
 
 
-class LoadPath(wiring.Component):
-    def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
-        self.spaces = {space: spaces[space] for space in LOADABLE}
-        self.reader = reader
+class _TransferPath(wiring.Component):
+    """What the load and store paths share: a DRAM transfer unit (`unit`, started with each command, which is
+    taken while the path is idle), a port per memory (`port`: a write or a read port signature), and the words
+    of the transfer, counted from the command's `base`."""
+
+    def __init__(self, spaces: dict[Space, OnChip], kept, unit, axi, port):
+        self.spaces = {space: spaces[space] for space in kept}
+        self.unit = unit
         self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
         super().__init__({
             "command": In(stream.Signature(data.StructLayout({
-                "address": unsigned(reader.addr_width), "length": unsigned(24), "memory": Space,
-                "base": unsigned(self.address_width)}))),
-            "axi": Out(AXI4Read.Signature(reader.addr_width, 8 * reader.bus_bytes)),
-            **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
-                                                         shape=unsigned(8 * memory.word_bytes)))
+                "memory": Space, "base": unsigned(self.address_width), "address": unsigned(unit.addr_width),
+                "length": unsigned(24)}))),
+            "axi": Out(axi(unit.addr_width, 8 * unit.bus_bytes)),
+            **{_port_name(space): In(port(addr_width=address_bits(memory.depth), shape=unsigned(8 * memory.word_bytes)))
                for space, memory in self.spaces.items()},
             "busy": Out(1),
             "error": Out(1),
         })
 
+    def _front(self, m):
+        """The unit started with each command; returns (the command's memory, the next word's address, the
+        words left, the command's acceptance)."""
+        m.submodules.unit = unit = self.unit
+        wiring.connect(m, unit.axi, wiring.flipped(self.axi))
+        m.d.comb += self.error.eq(unit.error)
+        command = self.command.payload
+        space, address, words_left = Signal(Space), Signal(self.address_width), Signal(24)
+        m.d.comb += [self.command.ready.eq(~self.busy & unit.command.ready),
+                     unit.command.payload.address.eq(command.address), unit.command.payload.length.eq(command.length),
+                     unit.command.valid.eq(self.command.valid & ~self.busy)]
+        accepted = self.command.valid & self.command.ready
+        with m.If(accepted):
+            m.d.sync += [self.busy.eq(1), space.eq(command.memory), address.eq(command.base)]
+            with m.Switch(command.memory):
+                for chosen, memory in self.spaces.items():
+                    with m.Case(chosen):
+                        shift = (memory.word_bytes - 1).bit_length()
+                        m.d.sync += words_left.eq((command.length + memory.word_bytes - 1) >> shift)
+        return space, address, words_left, accepted
+
+    def _gearboxes(self, m, bus_to_words: bool) -> dict:
+        """A `Gearbox` between bus words and each memory word width: {width: (gearbox, spaces of that width)}."""
+        widths = {}
+        for space, memory in self.spaces.items():
+            widths.setdefault(memory.word_bytes, []).append(space)
+        bus = 8 * self.unit.bus_bytes
+        return {width: (Gearbox(bus, 8 * width) if bus_to_words else Gearbox(8 * width, bus), spaces)
+                for width, spaces in widths.items()}
+
+
+class LoadPath(_TransferPath):
+    def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
+        super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature)
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.reader = reader = self.reader
-        wiring.connect(m, reader.axi, wiring.flipped(self.axi))
-        m.d.comb += self.error.eq(reader.error)
-        command = self.command.payload
-        target = Signal(Space)
-        address = Signal(self.address_width)
-        words_left = Signal(24)
-        m.d.comb += [self.command.ready.eq(~self.busy & reader.command.ready),
-                     reader.command.payload.address.eq(command.address),
-                     reader.command.payload.length.eq(command.length),
-                     reader.command.valid.eq(self.command.valid & ~self.busy)]
-        accepted = self.command.valid & self.command.ready
-        gearboxes = {}
-        for space, memory in self.spaces.items():
-            gearboxes.setdefault(memory.word_bytes, []).append(space)
+        reader = self.unit
+        target, address, words_left, accepted = self._front(m)
         word_valid = Signal()
-        for width, spaces in gearboxes.items():
-            gearbox = m.submodules[f"gearbox{width}"] = Gearbox(8 * reader.bus_bytes, 8 * width)
+        for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=True).items():
+            m.submodules[f"gearbox{width}"] = gearbox
             chosen = Cat(*(target == space for space in spaces)).any()
             m.d.comb += [gearbox.input.payload.eq(reader.data.payload),
                          gearbox.input.valid.eq(reader.data.valid & chosen), gearbox.output.ready.eq(1)]
@@ -94,60 +119,23 @@ class LoadPath(wiring.Component):
                              port.en.eq(gearbox.output.valid & (target == space) & (words_left != 0))]
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
-        with m.If(accepted):
-            m.d.sync += [self.busy.eq(1), target.eq(command.memory), address.eq(command.base)]
-            with m.Switch(command.memory):
-                for space, memory in self.spaces.items():
-                    with m.Case(space):
-                        shift = (memory.word_bytes - 1).bit_length()
-                        m.d.sync += words_left.eq((command.length + memory.word_bytes - 1) >> shift)
-        with m.Elif(self.busy & reader.idle & ~reader.data.valid & ~word_valid):
+        with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~word_valid):
             m.d.sync += self.busy.eq(0)
         return m
 
 
-class StorePath(wiring.Component):
+class StorePath(_TransferPath):
     def __init__(self, spaces: dict[Space, OnChip], writer: StoreWriter):
-        self.spaces = {space: spaces[space] for space in STORABLE}
-        self.writer = writer
-        self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
-        super().__init__({
-            "command": In(stream.Signature(data.StructLayout({
-                "memory": Space, "base": unsigned(self.address_width), "address": unsigned(writer.addr_width),
-                "length": unsigned(24)}))),
-            "axi": Out(AXI4Write.Signature(writer.addr_width, 8 * writer.bus_bytes)),
-            **{_port_name(space): In(ReadPort.Signature(addr_width=address_bits(memory.depth),
-                                                        shape=unsigned(8 * memory.word_bytes)))
-               for space, memory in self.spaces.items()},
-            "busy": Out(1),
-            "error": Out(1),
-        })
+        super().__init__(spaces, STORABLE, writer, AXI4Write.Signature, ReadPort.Signature)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.writer = writer = self.writer
-        wiring.connect(m, writer.axi, wiring.flipped(self.axi))
-        m.d.comb += self.error.eq(writer.error)
-        command = self.command.payload
-        source = Signal(Space)
-        address = Signal(self.address_width)
-        words_left = Signal(24)
-        m.d.comb += [self.command.ready.eq(~self.busy & writer.command.ready),
-                     writer.command.payload.address.eq(command.address),
-                     writer.command.payload.length.eq(command.length),
-                     writer.command.valid.eq(self.command.valid & ~self.busy)]
-        accepted = self.command.valid & self.command.ready
-
+        writer = self.unit
+        source, address, words_left, accepted = self._front(m)
         # Words out of the memory: `word_valid` while the read port holds an untaken word.
-        word_valid = Signal()
-        fetch = Signal()
-        gearboxes = {}
-        for space, memory in self.spaces.items():
-            gearboxes.setdefault(memory.word_bytes, []).append(space)
-        taken = Signal()
-        beats_valid = Signal()
-        for width, spaces in gearboxes.items():
-            gearbox = m.submodules[f"gearbox{width}"] = Gearbox(8 * width, 8 * writer.bus_bytes)
+        word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()
+        for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
+            m.submodules[f"gearbox{width}"] = gearbox
             chosen = Cat(*(source == space for space in spaces)).any()
             m.d.comb += gearbox.input.valid.eq(word_valid & chosen)
             for space in spaces:
@@ -164,14 +152,7 @@ class StorePath(wiring.Component):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
         with m.Elif(taken):
             m.d.sync += word_valid.eq(0)
-
-        with m.If(accepted):
-            m.d.sync += [self.busy.eq(1), source.eq(command.memory), address.eq(command.base)]
-            with m.Switch(command.memory):
-                for space, memory in self.spaces.items():
-                    with m.Case(space):
-                        m.d.sync += words_left.eq(command.length >> (memory.word_bytes - 1).bit_length())
-        with m.Elif(self.busy & (words_left == 0) & ~word_valid & ~beats_valid & writer.idle):
+        with m.If(~accepted & self.busy & (words_left == 0) & ~word_valid & ~beats_valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
 

@@ -21,7 +21,7 @@ from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import address_bits, index_bits
 from ..compute.gemm.geometry import GemmMode, tiles
-from ..memory.loader import LENGTH_BITS
+from ..memory.transfer import LENGTH_BITS
 from ..memory.plan import onchip_memories
 from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax

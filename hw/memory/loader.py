@@ -25,10 +25,9 @@ from golden.config import AcceleratorConfig, ModelConfig
 from ..common.arith import index_bits
 from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, next_burst
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
+from .transfer import LENGTH_BITS
 
 __all__ = ["WeightLoader", "ExpertSchedule", "WeightPath", "BufferState", "descriptor_layout", "LENGTH_BITS"]
-
-LENGTH_BITS = 24
 
 
 class BufferState(enum.Enum, shape=2):

@@ -23,7 +23,7 @@ import numpy as np
 
 from hw.memory.axi import BOUNDARY_BYTES, Burst, Response
 
-__all__ = ["AXI4ReadModel", "AXIProtocolError"]
+__all__ = ["AXI4ReadModel", "AXI4WriteModel", "AXIProtocolError", "check_burst"]
 
 
 class AXIProtocolError(AssertionError):
@@ -36,6 +36,26 @@ class _Burst:
     beats: int
     ready_at: int
     sent: int = 0
+
+
+def check_burst(channel: str, cycle: int, address: int, length: int, size: int, burst, bus_bytes: int,
+                image_bytes: int) -> int:
+    """The AXI4 rules of one AR or AW request (`channel` "AR" / "AW") against a bus of `bus_bytes` and an image
+    of `image_bytes`: raises `AXIProtocolError` naming the broken one; returns the burst's beats."""
+    beats = length + 1
+    where = f"cycle {cycle}: {channel} burst at {address:#x}, {beats} beats"
+    if burst not in (Burst.INCR, Burst.INCR.value):
+        raise AXIProtocolError(f"{where}: {channel}BURST {burst}, expected INCR")
+    if 1 << size != bus_bytes:
+        raise AXIProtocolError(f"{where}: {channel}SIZE {size} ({1 << size} bytes) on a {bus_bytes}-byte bus")
+    if address % bus_bytes:
+        raise AXIProtocolError(f"{where}: not aligned to the {bus_bytes}-byte beat")
+    end = address + beats * bus_bytes
+    if address // BOUNDARY_BYTES != (end - 1) // BOUNDARY_BYTES:
+        raise AXIProtocolError(f"{where}: crosses a 4 KiB boundary")
+    if end > image_bytes:
+        raise AXIProtocolError(f"{where}: past the end of the {image_bytes}-byte image")
+    return beats
 
 
 class AXI4ReadModel:
@@ -113,19 +133,7 @@ class AXI4ReadModel:
 
     def _check(self, request) -> _Burst:
         address, arlen, arsize, arburst = request
-        beats = arlen + 1
-        where = f"cycle {self.cycle}: burst at {address:#x}, {beats} beats"
-        if arburst not in (Burst.INCR, Burst.INCR.value):
-            raise AXIProtocolError(f"{where}: ARBURST {arburst}, expected INCR")
-        if 1 << arsize != self.bus_bytes:
-            raise AXIProtocolError(f"{where}: ARSIZE {arsize} ({1 << arsize} bytes) on a {self.bus_bytes}-byte bus")
-        if address % self.bus_bytes:
-            raise AXIProtocolError(f"{where}: not aligned to the {self.bus_bytes}-byte beat")
-        end = address + beats * self.bus_bytes
-        if address // BOUNDARY_BYTES != (end - 1) // BOUNDARY_BYTES:
-            raise AXIProtocolError(f"{where}: crosses a 4 KiB boundary")
-        if end > len(self.image):
-            raise AXIProtocolError(f"{where}: past the end of the {len(self.image)}-byte image")
+        beats = check_burst("AR", self.cycle, address, arlen, arsize, arburst, self.bus_bytes, len(self.image))
         self.bursts += 1
         return _Burst(address, beats, self.cycle + self.latency)
 
@@ -206,20 +214,9 @@ class AXI4WriteModel:
         self.cycle += 1
 
     def _check(self, address, awlen, awsize, awburst) -> list:
-        beats = awlen + 1
-        where = f"cycle {self.cycle}: write burst at {address:#x}, {beats} beats"
-        if awburst not in (Burst.INCR, Burst.INCR.value):
-            raise AXIProtocolError(f"{where}: AWBURST {awburst}, expected INCR")
-        if 1 << awsize != self.bus_bytes:
-            raise AXIProtocolError(f"{where}: AWSIZE {awsize} ({1 << awsize} bytes) on a {self.bus_bytes}-byte bus")
-        if address % self.bus_bytes:
-            raise AXIProtocolError(f"{where}: not aligned to the {self.bus_bytes}-byte beat")
-        end = address + beats * self.bus_bytes
-        if address // BOUNDARY_BYTES != (end - 1) // BOUNDARY_BYTES:
-            raise AXIProtocolError(f"{where}: crosses a 4 KiB boundary")
-        if end > len(self.image):
-            raise AXIProtocolError(f"{where}: past the end of the {len(self.image)}-byte image")
+        beats = check_burst("AW", self.cycle, address, awlen, awsize, awburst, self.bus_bytes, len(self.image))
         self.bursts += 1
+        end = address + beats * self.bus_bytes
         failed = self.fail is not None and address < self.fail.stop and self.fail.start < end
         return [address, beats, 0, failed]
 
