@@ -23,16 +23,17 @@ from golden.config import AcceleratorConfig, check_compatible
 from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import InstructionSet, Opcode, Operand, Region, Space, Stationary
-from hw.control.memories import check_top_level, onchip_spaces
+from hw.control.memories import check_top_level, onchip_spaces, router_geometry
 from hw.memory.layout import HEADER_COLUMN_BYTES, matrix_layout
 from hw.memory.loader import WeightLoader
+from hw.sim.router import weight_words
 from hw.vector.layernorm import LayerNorm
 
 from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
 __all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
-           "dense_block_program", "mlp_program"]
+           "dense_block_program", "mlp_program", "route_program"]
 
 
 class CompileError(ValueError):
@@ -154,7 +155,7 @@ class ProgramBuilder:
                           d_stride=output.stride, mode=mode, relu=int(relu), residual=int(residual),
                           keep=int(part < len(parts) - 1), transpose=int(output.transposed))
 
-    def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int) -> None:
+    def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int, route: bool = False) -> None:
         """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
         `norms` (the int8 output's norm, then optionally the router's int16 copy), through the unit's next
         parameter set."""
@@ -170,7 +171,20 @@ class ProgramBuilder:
         self.load(Region.MODEL, offset, len(image), Space.NORMS, norm_set * unit.beats)
         shifts = [int(q[f"{p}.shift"]) for p in norms] + [0] * (2 - len(norms))
         self.emit(Opcode.CONFIG_NORM, eps=int(q["norm.eps"]), **{f"shifts[{i}]": s for i, s in enumerate(shifts)})
-        self.emit(Opcode.LAYERNORM, rows=rows, set=norm_set, source=source, destination=destination)
+        self.emit(Opcode.LAYERNORM, rows=rows, set=norm_set, source=source, destination=destination, route=int(route))
+
+    def router_weights(self) -> None:
+        """Every MoE layer's router weights and exponent scales, for every task, into the router (resident)."""
+        q, g = self.quantized, router_geometry(self.model, self.accel)
+        weights, params = bytearray(), bytearray()
+        for block in self.model.moe_blocks:
+            p = f"blocks.{block}.router"
+            for task in range(self.model.num_tasks):
+                for word in weight_words(g, q[f"{p}.weight"][task]):
+                    weights += np.asarray(word, np.int64).astype(np.int8).tobytes()
+                params += (int(q[f"{p}.exp_multiplier"][task]) | int(q[f"{p}.exp_shift"][task]) << 16).to_bytes(4, "little")
+        for memory, image in ((Space.ROUTER, bytes(weights)), (Space.ROUTER_PARAMS, bytes(params))):
+            self.load(Region.MODEL, self.place(Region.MODEL, image), len(image), memory, 0)
 
     def tokens_out(self, memory: Space, base: int, columns: int | None = None) -> Output:
         """An output of `columns` (default D) columns for every token: N tiles T words apart from `base`."""
@@ -328,5 +342,24 @@ def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
     t, r = model.num_tokens, accel.array_rows
     builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def route_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
+    """MoE block `block`'s routing from its residual stream after attention (`mid`): the router weights in,
+    ROUTE with the task in TASK, LayerNorm₂ with its int16 copy streamed to the router. Outputs `routes` (per token
+    its k experts, best first, then its k Q1.15 gate weights, one ROUTES word each) and `norm2`."""
+    model = quantized.config
+    if not model.is_moe(block):
+        raise CompileError(f"block {block} of {model.name} is dense: it has no router")
+    builder = _start(quantized, accel, residual)
+    builder.router_weights()
+    t, r = model.num_tokens, accel.array_rows
+    builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
+    builder.layernorm([f"blocks.{block}.norm2", f"blocks.{block}.norm2_router"], rows=t, source=0, destination=0,
+                      route=True)
+    builder.store("routes", Space.ROUTES, 0, t * builder.spaces[Space.ROUTES].word_bytes)
+    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
     builder.halt()
     return builder.build()

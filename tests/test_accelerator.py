@@ -7,7 +7,7 @@ import pytest
 
 from firmware.assembler import Assembler
 from firmware.compiler import (AttentionLayout, Program, ProgramBuilder, dense_block_program, mlp_program,
-                               patch_embedding_program, qkv_program)
+                               patch_embedding_program, qkv_program, route_program)
 from firmware.driver import Driver, DriverError
 from firmware.image import DramMap, residual_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, simulate
@@ -39,12 +39,13 @@ def golden(quantized):
     return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
 
 
-def _run(programs, simulator="pysim", **dram):
-    """Run `programs` one after another on one accelerator (no reset between them); their `RunResult`s."""
+def _run(programs, simulator="pysim", tasks=None, **dram):
+    """Run `programs` one after another on one accelerator (no reset between them), with `tasks` in TASK (0 by
+    default); their `RunResult`s."""
     async def host(transport):
         driver = Driver(transport, TINY, ACCEL)
         await driver.connect()
-        return [await driver.run(program) for program in programs]
+        return [await driver.run(program, task) for program, task in zip(programs, tasks or [0] * len(programs))]
     return simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
@@ -137,6 +138,32 @@ def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
     assert np.array_equal(scores.reshape(t, -1)[:, :n], x @ w)
 
 
+def _routes(result, k=TINY.top_k, experts=TINY.num_experts):
+    """The ROUTES words as (expert ids, gate weights) [T, k]."""
+    bits = (experts - 1).bit_length()
+    words = [int(w) for w in np.frombuffer(result.outputs["routes"], "<u8")]
+    ids = [[w >> (i * bits) & ((1 << bits) - 1) for i in range(k)] for w in words]
+    weights = [[w >> (k * bits + 16 * i) & 0xFFFF for i in range(k)] for w in words]
+    return np.array(ids), np.array(weights)
+
+
+def test_routing_of_every_task_back_to_back_and_a_bad_task(quantized):
+    """Block 1's LayerNorm₂ with its int16 copy streamed to the router, ROUTE with the task in TASK: the same
+    program for task 0, then task 1, then task 2 (outside the model: BAD_TASK, no hang), then task 0 again."""
+    image = quantize_image(quantized, natural_images(TINY, 1, 6)[0])
+    goldens = [run(quantized, image, task, intermediates=True) for task in range(TINY.num_tasks)]
+    program = route_program(quantized, ACCEL, 1, goldens[0].tensors["blocks.1.mid"])
+    results = _run([program] * 4, tasks=[0, 1, 2, 0], latency=9, stall=0.15, seed=12)
+    for result, task in zip(results[:2] + results[3:], (0, 1, 0)):
+        assert result.ok, result.cause
+        ids, weights = _routes(result)
+        assert np.array_equal(ids, goldens[task].routing[1].expert_ids)
+        assert np.array_equal(weights, goldens[task].routing[1].gate_weights)
+        assert result.outputs["norm2"] == x_bytes(goldens[task].tensors["blocks.1.norm2"], ACCEL, TINY.num_tokens)
+        assert 0 < result.counters["BUSY_ROUTER"] < result.cycles
+    assert results[2].cause is ErrorCause.BAD_TASK
+
+
 def _echo(quantized, payload: bytes) -> Program:
     """IMAGE → ACTIVATION → OUTPUT: the load and store paths alone."""
     builder = ProgramBuilder(quantized, ACCEL)
@@ -167,14 +194,15 @@ _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
 FAULTS = [
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
-    ("ROUTE, not built yet", "SYNC\nROUTE tokens=3\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("EXPERTS, not built yet", "SYNC\nEXPERTS body=1\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("LAYERNORM for the router with no ROUTE", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.BAD_OPERAND, 0,
+     {}),
     ("SOFTMAX past the last token", f"SOFTMAX rows=3 source={TINY.num_tokens - 1}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("a transposed GEMM into RESIDUAL", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=RESIDUAL transpose=1\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a raw GEMM into ACTIVATION", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=ACTIVATION mode=RAW\nHALT",
      None, ErrorCause.BAD_OPERAND, 0, {}),
-    ("LAYERNORM for the router", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.UNSUPPORTED, 0, {}),
     ("LAYERNORM past the last token", f"LAYERNORM rows=3 source={TINY.num_tokens - 2}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("misaligned LOAD", "LOAD region=IMAGE address=4 bytes=8 memory=ACTIVATION\nHALT", None,

@@ -12,8 +12,8 @@ has halted or faulted (ERROR, ERROR_PC). The performance counters count from sta
 returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
 it). What runs so far: LOAD, GEMM (every mode but COMBINE; X from ACTIVATION or SCRATCH, W from a slab buffer
 or SCRATCH; into ACTIVATION, SCRATCH, RESIDUAL (optionally added into it) or SCORES; K transposed; row-scaled),
-LAYERNORM (its int8 output), SOFTMAX, STORE, SYNC, HALT and the CONFIG instructions; ROUTE, EXPERTS, COMBINE, a
-gathering GEMM and a LAYERNORM for the router end the run with `ErrorCause.UNSUPPORTED`.
+LAYERNORM (and its int16 copy to the router), SOFTMAX, ROUTE, STORE, SYNC, HALT and the CONFIG instructions;
+EXPERTS, COMBINE and a gathering GEMM end the run with `ErrorCause.UNSUPPORTED`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..memory.reader import StreamReader
 from ..memory.writer import StoreWriter
 from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
+from ..moe.router import Router
 from .controller import Controller
 from .datapath import LoadPath, NormPath, OutputPath, StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
@@ -78,7 +79,9 @@ class Accelerator(wiring.Component):
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
-        self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens)
+        self.router = Router.for_model(model, accel)
+        self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens,
+                                  self.router.signature.members["tokens"].signature.members["payload"].shape)
         self.softmax_path = SoftmaxPath(self.spaces, Softmax.for_model(model, accel), model.num_tokens)
         gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
@@ -88,6 +91,7 @@ class Accelerator(wiring.Component):
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
             job=self.output.job.shape(), norm_command=self.norm_path.command.payload.shape(),
             softmax_command=self.softmax_path.command.payload.shape(),
+            route_command=self.router.command.payload.shape(), tasks=model.num_tasks,
             tokens=model.num_tokens, buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
@@ -103,13 +107,15 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
-        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES):
+        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES,
+                      Space.ROUTES):
             memory, name = self.spaces[space], space.name.lower()
             storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
             write = storage.write_port()
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path) if hasattr(unit, name)]
-            m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
-                         write.data.eq(writers[0].data)]
+            if writers:
+                m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
+                             write.data.eq(writers[0].data)]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
@@ -129,6 +135,10 @@ class Accelerator(wiring.Component):
                              norm.residual_read.data.eq(reader.data), output.residual_read.data.eq(reader.data)]
             if space == Space.SCORES:
                 wiring.connect(m, storage.read_port(), self.softmax_path.scores_read)
+            if space == Space.ROUTES:        # the routing record, as the routes leave the router
+                routes = self.router.routes
+                m.d.comb += [routes.ready.eq(1), write.en.eq(routes.valid), write.addr.eq(routes.payload.token),
+                             write.data.eq(Cat(routes.payload.experts, routes.payload.weights))]
             if space == Space.ROW_SCALES:
                 reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.row_read.addr), reader.en.eq(engine.row_read.en),
@@ -141,6 +151,9 @@ class Accelerator(wiring.Component):
                                                             reader.data[64 * c + 32:64 * c + 32 + fields])
                                                         for c in range(self.accel.array_cols))))
         wiring.connect(m, load.norms, norm.params)
+        for space, port in ((Space.ROUTER, self.router.weights_write), (Space.ROUTER_PARAMS, self.router.params_write)):
+            source = getattr(load, space.name.lower())
+            m.d.comb += [port.addr.eq(source.addr), port.en.eq(source.en), port.data.eq(source.data)]
         from_slab = self.controller.gemm_stationary == Space.WEIGHTS
         m.d.comb += [self.loader.read.addr.eq(engine.w_read.addr), self.loader.read.en.eq(engine.w_read.en & from_slab),
                      engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
@@ -154,7 +167,7 @@ class Accelerator(wiring.Component):
         m.submodules.host = host
         m.submodules.controller = ResetInserter(host.soft_reset)(controller)
         for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
-                     "softmax_path"):
+                     "softmax_path", "router"):
             m.submodules[name] = ResetInserter(clear)(getattr(self, name))
         m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
@@ -183,6 +196,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.store, self.store_path.command)
         wiring.connect(m, controller.norm, self.norm_path.command)
         wiring.connect(m, controller.softmax, self.softmax_path.command)
+        wiring.connect(m, controller.route, self.router.command)
+        # the router's rows from LayerNorm; a router that refused its task (BAD_TASK) lets them drain
+        router_tokens = self.norm_path.router_tokens
+        m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
+                     router_tokens.ready.eq(self.router.tokens.ready | self.router.error),
+                     self.router.experts.ready.eq(1)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
                      controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
@@ -190,7 +209,8 @@ class Accelerator(wiring.Component):
                      controller.slab_full.eq(loader.full), controller.gemm_active.eq(gemm_active),
                      controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
                      controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy),
-                     controller.softmax_busy.eq(self.softmax_path.busy)]
+                     controller.softmax_busy.eq(self.softmax_path.busy), controller.router_busy.eq(self.router.busy),
+                     controller.router_error.eq(self.router.error), controller.task.eq(host.task)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
         for port in ("index_read", "scatter_read", "gate_read", "combine_read"):
@@ -208,7 +228,7 @@ class Accelerator(wiring.Component):
         written = Signal(range(self.bus.beat_bytes + 1))
         m.d.comb += written.eq(sum(axi.wstrb[i] for i in range(self.bus.beat_bytes)))
         events = {
-            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": 0,
+            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": self.router.busy,
             "BUSY_VECTOR": self.norm_path.busy | self.softmax_path.busy,
             "DRAM_READ_BYTES": Mux(axi.rvalid & axi.rready, self.bus.beat_bytes, 0),
             "DRAM_WRITE_BYTES": Mux(axi.wvalid & axi.wready, written, 0),

@@ -21,6 +21,9 @@ Issue rules (docs/architecture.md, section 11):
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `SOFTMAX`: when the softmax path is free, no unit in flight writes SCORES, and none reads or writes SCRATCH or
   ROW_SCALES; with the scales of the last `CONFIG_SOFTMAX`. A `row_scaled` GEMM waits while ROW_SCALES is written.
+- `ROUTE`: the router on the next LAYERNORM with `route`, with the task in TASK (outside the model: BAD_TASK); when
+  the router is idle and nothing reads or writes ROUTES. A LAYERNORM with `route` needs a ROUTE waiting for its
+  rows (else BAD_OPERAND).
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
@@ -52,17 +55,19 @@ __all__ = ["Controller"]
 class Controller(wiring.Component):
     def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
                  load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
-                 norm_command: data.StructLayout, softmax_command: data.StructLayout, tokens: int,
+                 norm_command: data.StructLayout, softmax_command: data.StructLayout, route_command: data.StructLayout,
+                 tokens: int, tasks: int,
                  buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32, fetch_depth: int = 8,
                  fetch_chunk: int = 4):
         if not 1 <= fetch_chunk <= fetch_depth:
             raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
         self.norm_command, self.softmax_command, self.tokens = norm_command, softmax_command, tokens
+        self.tasks = tasks
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
         super().__init__({
-            "start": In(1), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
+            "start": In(1), "task": In(32), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
             "output_addr": In(32),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cause": Out(ErrorCause), "error_pc": Out(32),
             "clear": Out(1), "issued": Out(1),
@@ -79,6 +84,7 @@ class Controller(wiring.Component):
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
             "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
+            "route": Out(stream.Signature(route_command)), "router_busy": In(1), "router_error": In(1),
         })
 
     # --- program fetch -----------------------------------------------------------------------------------------
@@ -118,7 +124,8 @@ class Controller(wiring.Component):
                 writing[space.value].eq((self.load_busy & (touched["load"] == space))
                                         | (self.gemm_active & (touched["gemm_dest"] == space))
                                         | (self.norm_busy & Const(space == Space.ACTIVATION))
-                                        | (self.softmax_busy & Const(space in (Space.SCRATCH, Space.ROW_SCALES)))),
+                                        | (self.softmax_busy & Const(space in (Space.SCRATCH, Space.ROW_SCALES)))
+                                        | (self.router_busy & Const(space == Space.ROUTES))),
                 reading[space.value].eq((self.store_busy & (touched["store"] == space))
                                         | (self.gemm_active & ((touched["gemm_source"] == space)
                                                                | (touched["gemm_stationary"] == space)
@@ -232,9 +239,9 @@ class Controller(wiring.Component):
                 command = self.norm.payload
                 m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
                              command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
-                             command.destination.eq(ops.destination)]
-                with m.If(ops.route):
-                    refuse(ErrorCause.UNSUPPORTED)
+                             command.destination.eq(ops.destination), command.route.eq(ops.route)]
+                with m.If(ops.route & ~self.router_busy):        # the router's copy needs a ROUTE waiting
+                    refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif((ops.source + ops.rows > self.tokens) | (ops.destination + ops.rows > self.tokens)):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
@@ -259,10 +266,21 @@ class Controller(wiring.Component):
                        & ~reading[Space.SCRATCH.value] & ~writing[Space.ROW_SCALES.value]
                        & ~reading[Space.ROW_SCALES.value])
                     m.d.comb += self.softmax.valid.eq(issue)
+            with m.Case(Opcode.ROUTE):
+                ops = word.operands.route
+                m.d.comb += [self.route.payload.layer.eq(ops.layer), self.route.payload.task.eq(self.task),
+                             self.route.payload.tokens.eq(ops.tokens)]
+                with m.If(self.task >= self.tasks):
+                    refuse(ErrorCause.BAD_TASK)
+                with m.Elif(ops.tokens > self.tokens):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Else():
+                    go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value])
+                    m.d.comb += self.route.valid.eq(issue)
             with m.Case(*(op for op in Opcode if op not in (Opcode.LOAD, Opcode.GEMM, Opcode.STORE, Opcode.SYNC,
                                                             Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM,
                                                             Opcode.LAYERNORM, Opcode.CONFIG_SOFTMAX,
-                                                            Opcode.SOFTMAX))):
+                                                            Opcode.SOFTMAX, Opcode.ROUTE))):
                 refuse(ErrorCause.UNSUPPORTED)
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
@@ -327,7 +345,7 @@ class Controller(wiring.Component):
         softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
                                                    if name not in ("rows", "source", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
-            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy
+            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy
         fault = Signal()
         fault_cause = Signal(ErrorCause)
         issue = Signal()
@@ -354,6 +372,8 @@ class Controller(wiring.Component):
             m.d.comb += unit_fault.eq(ErrorCause.DRAM_WRITE)
         with m.Elif(self.gemm_error):
             m.d.comb += unit_fault.eq(ErrorCause.GELU_RANGE)
+        with m.Elif(self.router_error):
+            m.d.comb += unit_fault.eq(ErrorCause.BAD_TASK)
 
         with m.FSM():
             with m.State("IDLE"):

@@ -18,7 +18,7 @@ Memory ports are `lib.memory` port signatures, connected by the top level.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -37,8 +37,9 @@ from .memories import OnChip
 
 __all__ = ["LoadPath", "StorePath", "OutputPath", "NormPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
 
-LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS)
-STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
+LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
+            Space.ROUTER_PARAMS)
+STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROUTES)
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
 
 
@@ -236,12 +237,13 @@ class OutputPath(wiring.Component):
 class NormPath(wiring.Component):
     """`LAYERNORM`: rows of RESIDUAL through the `LayerNorm` unit into ACTIVATION. A command {rows, set, eps,
     shifts, source, destination} is taken when the path is idle: row `source` + r is read tile by tile (words
-    `j·T + source + r`), its int8 output written K tile by K tile (words `destination + i·T + r`). `busy` until
-    the last word is written. The unit's parameter memory is written through `params` (word `set·beats + beat`,
+    `j·T + source + r`), its int8 output written K tile by K tile (words `destination + i·T + r`); with `route`
+    its int16 output also leaves on `router_tokens` (the router's beats). `busy` until the last word is written
+    and the last beat taken. The unit's parameter memory is written through `params` (word `set·beats + beat`,
     the bytes of `LayerNorm.params_layout`)."""
 
-    def __init__(self, spaces: dict[Space, OnChip], layernorm, tokens: int):
-        self.layernorm, self.tokens = layernorm, tokens
+    def __init__(self, spaces: dict[Space, OnChip], layernorm, tokens: int, router_beat: data.ArrayLayout):
+        self.layernorm, self.tokens, self.router_beat = layernorm, tokens, router_beat
         self.residual_space, self.activation_space = spaces[Space.RESIDUAL], spaces[Space.ACTIVATION]
         self.norms = spaces[Space.NORMS]
         self.row_width = address_bits(tokens + 1)
@@ -249,7 +251,8 @@ class NormPath(wiring.Component):
         super().__init__({
             "command": In(stream.Signature(data.StructLayout({
                 **{name: field.shape for name, field in command},
-                "source": unsigned(self.row_width), "destination": unsigned(self.row_width)}))),
+                "source": unsigned(self.row_width), "destination": unsigned(self.row_width), "route": 1}))),
+            "router_tokens": Out(stream.Signature(router_beat)),
             "residual_read": In(ReadPort.Signature(addr_width=address_bits(self.residual_space.depth),
                                                    shape=unsigned(8 * self.residual_space.word_bytes))),
             "activation": In(WritePort.Signature(addr_width=address_bits(self.activation_space.depth),
@@ -297,8 +300,18 @@ class NormPath(wiring.Component):
         m.submodules.widen_out = gear_out = Gearbox(8 * norm.lanes, 8 * activation_words)
         out_row, out_tile = Signal(self.row_width), Signal(range(tiles_out + 1))
         words_left = Signal(range(t * tiles_out + 1))
-        m.d.comb += [gear_out.input.valid.eq(norm.output.valid), gear_out.input.payload.eq(norm.output.payload.data.y0),
-                     norm.output.ready.eq(gear_out.input.ready), gear_out.output.ready.eq(1),
+        # With `route`, the int16 output goes to the router too: a beat leaves when both can take it.
+        route = Signal()
+        m.submodules.to_router = gear_router = Gearbox(16 * norm.lanes, Shape.cast(self.router_beat).width)
+        m.d.comb += [gear_router.input.payload.eq(norm.output.payload.data.y1),
+                     gear_router.input.valid.eq(norm.output.valid & route & gear_out.input.ready),
+                     self.router_tokens.valid.eq(gear_router.output.valid),
+                     self.router_tokens.payload.eq(gear_router.output.payload),
+                     gear_router.output.ready.eq(self.router_tokens.ready)]
+        m.d.comb += [gear_out.input.valid.eq(norm.output.valid & (~route | gear_router.input.ready)),
+                     gear_out.input.payload.eq(norm.output.payload.data.y0),
+                     norm.output.ready.eq(gear_out.input.ready & (~route | gear_router.input.ready)),
+                     gear_out.output.ready.eq(1),
                      self.activation.addr.eq(out_tile * t + out_row), self.activation.data.eq(gear_out.output.payload),
                      self.activation.en.eq(gear_out.output.valid)]
         with m.If(gear_out.output.valid):
@@ -311,7 +324,7 @@ class NormPath(wiring.Component):
         with m.If(accepted):
             m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
                          tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
-                         words_left.eq(command.rows * tiles_out)]
-        with m.Elif(self.busy & (words_left == 0)):
+                         words_left.eq(command.rows * tiles_out), route.eq(command.route)]
+        with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid):
             m.d.sync += self.busy.eq(0)
         return m

@@ -67,6 +67,7 @@ class Space(enum.Enum, shape=4):
     ROUTES = 7       # the routing record of the last ROUTE (per token: experts, gate weights)
     SCORES = 8       # one head's attention scores, int32 (a RAW GEMM's output, the softmax's input)
     ROW_SCALES = 9   # the softmax's per-row output scales, read by a `row_scaled` GEMM
+    ROUTER_PARAMS = 10   # the router's exponent multiplier and shift per (layer, task)
 
 
 class Operand(enum.Enum, shape=1):

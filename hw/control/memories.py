@@ -10,6 +10,8 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
   header's bytes as they are (`hw.memory.layout`);
 - `SCORES`: one head's attention scores, C int32 a word, N-tile-major: query t's keys j·C … at word `j·T + t`;
 - `ROW_SCALES`: per query row, the softmax's multiplier (bits 0-15) and shift (bits 16-21) for attention·V;
+- `ROUTER`, `ROUTER_PARAMS`: the router's weights and exponent scales, in its own words (`Router`);
+- `ROUTES`: the routing record of the last ROUTE, token t at word t: its k experts then its k gate weights;
 - `NORMS`: LayerNorm's parameters, set s's beat b at word s·⌈D / lanes⌉ + b (`LayerNorm.params_layout`: γ and β
   of its two outputs for `vector_lanes` channels);
 - `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`.
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from amaranth.lib import data
+
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 from ..compute.gemm.geometry import tiles
 from ..memory.layout import HEADER_COLUMN_BYTES
 from ..memory.plan import onchip_memories
+from ..moe.router.geometry import RouterGeometry
 from .isa import Space
 
-__all__ = ["OnChip", "onchip_spaces", "check_top_level"]
+__all__ = ["OnChip", "onchip_spaces", "check_top_level", "router_geometry"]
 
 
 @dataclass(frozen=True)
@@ -79,4 +84,22 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
         Space.SCORES: OnChip(Space.SCORES, 4 * c, t * tiles(t, c)),
         Space.ROW_SCALES: OnChip(Space.ROW_SCALES, 4, t),
+        **_router_spaces(model, accel),
     }
+
+
+def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeometry:
+    return RouterGeometry(model.embed_dim, model.num_experts, model.top_k, model.gate, model.num_tasks,
+                          max(1, len(model.moe_blocks)), model.num_tokens, accel.router_macs_per_cycle,
+                          accel.residual_width)
+
+
+def _router_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, OnChip]:
+    """The router's weights (a word of `router_macs_per_cycle` int8 per group and chunk of each (layer, task)),
+    its exponent scales (one word per (layer, task)) and the routing record (a word per token: its k experts and
+    Q1.15 gate weights, `route_word` bits in a power of two of bytes)."""
+    g = router_geometry(model, accel)
+    record = data.Layout.cast(g.record).size
+    return {Space.ROUTER: OnChip(Space.ROUTER, g.macs, g.weights_depth),
+            Space.ROUTER_PARAMS: OnChip(Space.ROUTER_PARAMS, 4, g.layers * g.tasks),
+            Space.ROUTES: OnChip(Space.ROUTES, 1 << (-(-record // 8) - 1).bit_length(), model.num_tokens)}
