@@ -47,10 +47,17 @@ class SimulatorTransport:
     async def write32(self, offset: int, value: int) -> None:
         await self.host.write(offset, value)
 
+    def _check(self, address: int, length: int) -> None:
+        if address < 0 or address + length > len(self.dram):
+            raise ValueError(f"DRAM access of {length} bytes at {address:#x}: the simulated DRAM holds "
+                             f"{len(self.dram)} bytes (give `simulate` at least the program's DramMap.size)")
+
     async def write_dram(self, address: int, data: bytes) -> None:
+        self._check(address, len(data))
         self.dram[address:address + len(data)] = np.frombuffer(bytes(data), np.uint8)
 
     async def read_dram(self, address: int, length: int) -> bytes:
+        self._check(address, length)
         return self.dram[address:address + length].tobytes()
 
     async def wait(self, cycles: int) -> None:

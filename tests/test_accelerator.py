@@ -285,6 +285,16 @@ def test_top_level_refuses_token_blocks():
         Accelerator.for_model(model_preset("m3vit-tiny-cityscapes"), accelerator_preset("8x8"))
 
 
+def test_a_dram_too_small_for_the_program_is_named(quantized):
+    program = _echo(quantized, bytes(64))
+
+    async def host(transport):
+        return await Driver(transport, TINY, ACCEL).run(program)
+
+    with pytest.raises(ValueError, match="the simulated DRAM holds 4096 bytes"):
+        simulate(Accelerator.for_model(TINY, ACCEL), host, 4096)
+
+
 def test_dram_map_keeps_regions_apart():
     layout = DramMap.for_program(100, 5000, 10, 3000, 128)
     assert layout.program == 0 < layout.model < layout.image < layout.output < layout.size
