@@ -26,7 +26,7 @@ from hw.control.isa import InstructionSet, Opcode, Operand, Region, Space, Stati
 from hw.control.memories import check_top_level, onchip_spaces, router_geometry
 from hw.memory.layout import HEADER_COLUMN_BYTES, matrix_layout
 from hw.memory.loader import WeightLoader
-from hw.sim.router import weight_words
+from hw.moe.router.geometry import weight_words
 from hw.vector.layernorm import LayerNorm
 
 from .assembler import Assembler
@@ -296,6 +296,17 @@ def _dense_mlp(builder: ProgramBuilder, block: int) -> None:
                    mode=GemmMode.INT16, residual=True)
 
 
+def _activation_length(builder: ProgramBuilder) -> int:
+    """Bytes of a T × D operand in ACTIVATION."""
+    model, accel = builder.model, builder.accel
+    return model.num_tokens * tiles(model.embed_dim, accel.array_rows) * accel.array_rows
+
+
+def _dense(model, block: int, what: str) -> None:
+    if model.is_moe(block):
+        raise CompileError(f"block {block} of {model.name} has experts: {what} compiles a dense block")
+
+
 def _start(quantized: QuantizedModel, accel: AcceleratorConfig, residual: np.ndarray) -> ProgramBuilder:
     builder = ProgramBuilder(quantized, accel)
     start = builder.place(Region.IMAGE, residual_bytes(residual, accel))
@@ -317,13 +328,10 @@ def dense_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, blo
                         residual: np.ndarray) -> Program:
     """Dense block `block` from its input residual stream: attention, then the MLP. Outputs `attn_out`
     (ACTIVATION, K-tile-major), `mid` and `out` [T, D] int16."""
-    model = quantized.config
-    if model.is_moe(block):
-        raise CompileError(f"block {block} of {model.name} has experts: dense_block_program compiles a dense block")
+    _dense(quantized.config, block, "dense_block_program")
     builder = _start(quantized, accel, residual)
     _attention(builder, block)
-    t, r = model.num_tokens, accel.array_rows
-    builder.store("attn_out", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
+    builder.store("attn_out", Space.ACTIVATION, 0, _activation_length(builder))
     builder.store("mid", Space.RESIDUAL, 0, _residual_length(builder))
     _dense_mlp(builder, block)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
@@ -334,13 +342,10 @@ def dense_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, blo
 def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int, residual: np.ndarray) -> Program:
     """Dense block `block`'s second half from its residual stream after attention (`mid`): LayerNorm₂, fc1 with
     GELU into SCRATCH, fc2 added into RESIDUAL. Outputs `norm2` (ACTIVATION, K-tile-major) and `out` [T, D]."""
-    model = quantized.config
-    if model.is_moe(block):
-        raise CompileError(f"block {block} of {model.name} has experts: mlp_program compiles a dense MLP")
+    _dense(quantized.config, block, "mlp_program")
     builder = _start(quantized, accel, residual)
     _dense_mlp(builder, block)
-    t, r = model.num_tokens, accel.array_rows
-    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
+    builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()
@@ -355,11 +360,11 @@ def route_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: in
         raise CompileError(f"block {block} of {model.name} is dense: it has no router")
     builder = _start(quantized, accel, residual)
     builder.router_weights()
-    t, r = model.num_tokens, accel.array_rows
+    t = model.num_tokens
     builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
     builder.layernorm([f"blocks.{block}.norm2", f"blocks.{block}.norm2_router"], rows=t, source=0, destination=0,
                       route=True)
     builder.store("routes", Space.ROUTES, 0, t * builder.spaces[Space.ROUTES].word_bytes)
-    builder.store("norm2", Space.ACTIVATION, 0, tiles(model.embed_dim, r) * t * r)
+    builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
     builder.halt()
     return builder.build()

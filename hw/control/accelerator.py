@@ -197,10 +197,10 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.norm, self.norm_path.command)
         wiring.connect(m, controller.softmax, self.softmax_path.command)
         wiring.connect(m, controller.route, self.router.command)
-        # the router's rows from LayerNorm; a router that refused its task (BAD_TASK) lets them drain
+        # the router's rows from LayerNorm (the controller refuses a task outside the model before ROUTE)
         router_tokens = self.norm_path.router_tokens
         m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
-                     router_tokens.ready.eq(self.router.tokens.ready | self.router.error),
+                     router_tokens.ready.eq(self.router.tokens.ready),
                      self.router.experts.ready.eq(1)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
@@ -210,7 +210,7 @@ class Accelerator(wiring.Component):
                      controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
                      controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy),
                      controller.softmax_busy.eq(self.softmax_path.busy), controller.router_busy.eq(self.router.busy),
-                     controller.router_error.eq(self.router.error), controller.task.eq(host.task)]
+                     controller.task.eq(host.task)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
         for port in ("index_read", "scatter_read", "gate_read", "combine_read"):

@@ -84,7 +84,7 @@ class Controller(wiring.Component):
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
             "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
-            "route": Out(stream.Signature(route_command)), "router_busy": In(1), "router_error": In(1),
+            "route": Out(stream.Signature(route_command)), "router_busy": In(1),
         })
 
     # --- program fetch -----------------------------------------------------------------------------------------
@@ -226,14 +226,12 @@ class Controller(wiring.Component):
             with m.Case(Opcode.HALT):
                 go(idle)
                 m.d.comb += halt.eq(issue)
-            with m.Case(Opcode.CONFIG_GELU):
-                go()
-                with m.If(issue):
-                    m.d.sync += hidden.eq(word.operands.config_gelu)
-            with m.Case(Opcode.CONFIG_NORM):
-                go()
-                with m.If(issue):
-                    m.d.sync += norm_config.eq(word.operands.config_norm)
+            for opcode, register in ((Opcode.CONFIG_GELU, hidden), (Opcode.CONFIG_NORM, norm_config),
+                                     (Opcode.CONFIG_SOFTMAX, softmax_config)):
+                with m.Case(opcode):
+                    go()
+                    with m.If(issue):
+                        m.d.sync += register.eq(getattr(word.operands, opcode.name.lower()))
             with m.Case(Opcode.LAYERNORM):
                 ops = word.operands.layernorm
                 command = self.norm.payload
@@ -248,10 +246,6 @@ class Controller(wiring.Component):
                     go(self.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value])
                     m.d.comb += self.norm.valid.eq(issue)
-            with m.Case(Opcode.CONFIG_SOFTMAX):
-                go()
-                with m.If(issue):
-                    m.d.sync += softmax_config.eq(word.operands.config_softmax)
             with m.Case(Opcode.SOFTMAX):
                 ops = word.operands.softmax
                 command = self.softmax.payload
@@ -277,10 +271,7 @@ class Controller(wiring.Component):
                 with m.Else():
                     go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value])
                     m.d.comb += self.route.valid.eq(issue)
-            with m.Case(*(op for op in Opcode if op not in (Opcode.LOAD, Opcode.GEMM, Opcode.STORE, Opcode.SYNC,
-                                                            Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM,
-                                                            Opcode.LAYERNORM, Opcode.CONFIG_SOFTMAX,
-                                                            Opcode.SOFTMAX, Opcode.ROUTE))):
+            with m.Case(Opcode.EXPERTS, Opcode.COMBINE):      # the experts: not built yet
                 refuse(ErrorCause.UNSUPPORTED)
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
@@ -372,8 +363,6 @@ class Controller(wiring.Component):
             m.d.comb += unit_fault.eq(ErrorCause.DRAM_WRITE)
         with m.Elif(self.gemm_error):
             m.d.comb += unit_fault.eq(ErrorCause.GELU_RANGE)
-        with m.Elif(self.router_error):
-            m.d.comb += unit_fault.eq(ErrorCause.BAD_TASK)
 
         with m.FSM():
             with m.State("IDLE"):

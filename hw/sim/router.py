@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw.moe.router import Router
+from hw.moe.router.geometry import weight_words
 
-__all__ = ["RoutedLayer", "write_router", "route_layer", "weight_words"]
+__all__ = ["RoutedLayer", "write_router", "route_layer"]
 
 
 @dataclass
@@ -23,16 +24,6 @@ class RoutedLayer:
     queue: list[tuple[int, int]]
     cycles: int
     error: bool
-
-
-def weight_words(router: Router, weights: np.ndarray) -> list[list[int]]:
-    """Router weights of one (layer, task), W [D, E] int8, as the router's words in address order (group by
-    group, chunk by chunk; lane e'·d' + j is W[chunk·d' + j, group·E' + e'], zero past D and E)."""
-    groups, chunks, width, lanes = router.groups, router.chunks, router.group_experts, router.lanes
-    padded = np.zeros((chunks * lanes, groups * width), dtype=np.int64)
-    padded[:weights.shape[0], :weights.shape[1]] = weights
-    tiles = padded.reshape(chunks, lanes, groups, width).transpose(2, 0, 3, 1)   # [g, c, e', j]
-    return [[int(v) for v in word] for word in tiles.reshape(groups * chunks, width * lanes)]
 
 
 async def write_router(ctx, router: Router, weights: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from amaranth import Cat, signed, unsigned
 from amaranth.lib import data
 
@@ -11,7 +12,7 @@ from golden import ops
 
 from ...common.arith import index_bits
 
-__all__ = ["RouterGeometry", "QUOTIENT_BITS", "EXP_BITS", "select"]
+__all__ = ["RouterGeometry", "QUOTIENT_BITS", "EXP_BITS", "select", "weight_words"]
 
 QUOTIENT_BITS = 33        # 2^62 // S with 2^30 ≤ S: at most 2^32
 EXP_BITS = 31             # e ≤ 2^30
@@ -136,3 +137,14 @@ class RouterGeometry:
     @property
     def queue_depth(self) -> int:
         return self.max_tokens * self.top_k
+
+
+def weight_words(router, weights: np.ndarray) -> list[list[int]]:
+    """Router weights of one (layer, task), W [D, E] int8, as the words of `router` (a `Router` or its
+    `RouterGeometry`) in address order (group by group, chunk by chunk; lane e'·d' + j is W[chunk·d' + j,
+    group·E' + e'], zero past D and E): what the firmware loads and the testbenches write."""
+    groups, chunks, width, lanes = router.groups, router.chunks, router.group_experts, router.lanes
+    padded = np.zeros((chunks * lanes, groups * width), dtype=np.int64)
+    padded[:weights.shape[0], :weights.shape[1]] = weights
+    tiles = padded.reshape(chunks, lanes, groups, width).transpose(2, 0, 3, 1)   # [g, c, e', j]
+    return [[int(v) for v in word] for word in tiles.reshape(groups * chunks, width * lanes)]
