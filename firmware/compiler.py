@@ -33,7 +33,7 @@ from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
 __all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
-           "dense_block_program", "mlp_program", "route_program"]
+           "dense_block_program", "mlp_program", "route_program", "moe_block_program", "backbone_program"]
 
 
 class CompileError(ValueError):
@@ -97,8 +97,10 @@ class ProgramBuilder:
     def emit(self, opcode: Opcode, **fields) -> None:
         self.lines.append(str(self.assembler.decode(self.assembler.encode(opcode, **fields))))
 
-    def load(self, region: Region, offset: int, length: int, memory: Space, base: int) -> None:
-        self.emit(Opcode.LOAD, region=region, address=offset, bytes=length, memory=memory, base=base)
+    def load(self, region: Region, offset: int, length: int, memory: Space, base: int, *,
+             per_expert: bool = False) -> None:
+        self.emit(Opcode.LOAD, region=region, address=offset, bytes=length, memory=memory, base=base,
+                  per_expert=int(per_expert))
 
     def store(self, name: str, memory: Space, base: int, length: int) -> None:
         offset = self.output_bytes + (-self.output_bytes % self.bus)
@@ -107,22 +109,37 @@ class ProgramBuilder:
         self.output_bytes = offset + length
 
     # --- a matrix product -----------------------------------------------------------------------------------
-    def linear(self, prefix: str, *, source: Operand, x_base: int, m: int, outputs: list[Output], mode: GemmMode,
-               residual: bool = False, gelu: tuple[int, int] | None = None, relu: bool = False):
-        """Y = out(X · W + b) for layer `prefix` of the model: X rows 0 … m − 1 of `source` from `x_base`
-        (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into its own
-        memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift)."""
-        q, accel = self.quantized, self.accel
-        weight = q[f"{prefix}.weight"]
-        k, n = weight.shape
-        layout = matrix_layout(k, n, accel, prefix)
+    def matrix(self, prefix: str, expert: int | None = None):
+        """The DRAM image of layer `prefix`'s matrix (expert `expert`'s of a batch): its `MatrixLayout` and
+        bytes (header, then slabs)."""
+        q = self.quantized
+
+        def get(name):
+            array = q[f"{prefix}.{name}"]
+            return array if expert is None else array[expert]
+        weight = get("weight")
+        layout = matrix_layout(*weight.shape, self.accel, prefix)
+        fraction_bits = get("fraction_bits") if f"{prefix}.fraction_bits" in q.arrays else 15
+        return layout, layout.pack(weight, get("bias"), get("multiplier"), get("shift"), fraction_bits).tobytes()
+
+    def linear(self, prefix: str, **product) -> None:
+        """Y = out(X · W + b) for layer `prefix` of the model, its matrix placed in MODEL (`product`'s
+        arguments)."""
+        layout, image = self.matrix(prefix)
+        self.product(prefix, layout, self.place(Region.MODEL, image), **product)
+
+    def product(self, prefix: str, layout, offset: int, *, source: Operand, x_base: int, m: int,
+                outputs: list[Output], mode: GemmMode, residual: bool = False, gelu: tuple[int, int] | None = None,
+                hidden: int | None = None, relu: bool = False, per_expert: bool = False, gather: bool = False):
+        """Y = out(X · W + b) for the matrix at MODEL `offset` (its `layout`): X rows 0 … m − 1 of `source` from
+        `x_base` (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into
+        its own memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift) by CONFIG_GELU;
+        `hidden`: the MODEL offset of a HIDDEN word to LOAD instead. Inside EXPERTS: `per_expert` loads (the
+        loop's stride apart) and `gather`ed X rows (m is then the expert's count)."""
+        accel, k = self.accel, layout.k
         if sum(output.tiles for output in outputs) != layout.n_tiles:
             raise CompileError(f"{prefix}: outputs of {sum(o.tiles for o in outputs)} N tiles for a matrix of "
                                f"{layout.n_tiles}")
-        fraction_bits = q[f"{prefix}.fraction_bits"] if f"{prefix}.fraction_bits" in q.arrays else 15
-        image = layout.pack(weight, q[f"{prefix}.bias"], q[f"{prefix}.multiplier"], q[f"{prefix}.shift"],
-                            fraction_bits)
-        offset = self.place(Region.MODEL, image.tobytes())
         buffers = []
         for slab in layout.slabs:
             buffers.append(self.next_buffer)
@@ -132,15 +149,19 @@ class ProgramBuilder:
         # scoreboard holds a LOAD into PARAMS while a GEMM reads them).
         ahead = min(len(loads), self.buffers - 1)
         for address, length, buffer in loads[:ahead]:
-            self.load(Region.MODEL, address, length, Space.WEIGHTS, buffer * self.span)
-        self.load(Region.MODEL, offset, layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES, Space.PARAMS, 0)
+            self.load(Region.MODEL, address, length, Space.WEIGHTS, buffer * self.span, per_expert=per_expert)
+        if hidden is not None:
+            self.load(Region.MODEL, hidden, self.spaces[Space.HIDDEN].bytes, Space.HIDDEN, 0, per_expert=per_expert)
+        self.load(Region.MODEL, offset, layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES, Space.PARAMS, 0,
+                  per_expert=per_expert)
         if gelu is not None:
             self.emit(Opcode.CONFIG_GELU, multiplier=gelu[0], shift=gelu[1])
         starts = [sum(output.tiles for output in outputs[:i]) for i in range(len(outputs))]
         for index, (slab, buffer) in enumerate(zip(layout.slabs, buffers)):
             if index + ahead < len(loads):
                 address, length, next_buffer = loads[index + ahead]
-                self.load(Region.MODEL, address, length, Space.WEIGHTS, next_buffer * self.span)
+                self.load(Region.MODEL, address, length, Space.WEIGHTS, next_buffer * self.span,
+                          per_expert=per_expert)
             end = slab.first_tile + slab.tiles
             parts = [(max(slab.first_tile, start), min(end, start + output.tiles), start, output)
                      for start, output in zip(starts, outputs) if start < end and start + output.tiles > slab.first_tile]
@@ -153,7 +174,7 @@ class ProgramBuilder:
                           d_base=output.base + (first - start) * (accel.array_cols if output.transposed
                                                                   else output.stride),
                           d_stride=output.stride, mode=mode, relu=int(relu), residual=int(residual),
-                          keep=int(part < len(parts) - 1), transpose=int(output.transposed))
+                          keep=int(part < len(parts) - 1), transpose=int(output.transposed), gather=int(gather))
 
     def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int, route: bool = False) -> None:
         """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
@@ -186,6 +207,24 @@ class ProgramBuilder:
         for memory, image in ((Space.ROUTER, bytes(weights)), (Space.ROUTER_PARAMS, bytes(params))):
             self.load(Region.MODEL, self.place(Region.MODEL, image), len(image), memory, 0)
 
+    def experts(self, body) -> None:
+        """EXPERTS around the instructions `body()` emits (repeated per active expert), `stride` bytes apart;
+        refused when the body is longer than the controller's body buffer."""
+        start = len(self.lines)
+        stride = body()
+        length = len(self.lines) - start
+        if length > self.isa.body_depth:
+            raise CompileError(f"an EXPERTS body of {length} instructions: the controller's body buffer holds "
+                               f"{self.isa.body_depth}")
+        self.lines.insert(start, str(self.assembler.decode(self.assembler.encode(Opcode.EXPERTS, body=length,
+                                                                                 stride=stride))))
+
+    def hidden_word(self, multiplier: int, shift: int) -> bytes:
+        """A HIDDEN word: GELU's hidden requantization in CONFIG_GELU's operand layout."""
+        layout = self.isa.operands[Opcode.CONFIG_GELU]
+        value = int(layout.const({"multiplier": multiplier, "shift": shift}).as_bits())
+        return value.to_bytes(self.spaces[Space.HIDDEN].bytes, "little")
+
     def tokens_out(self, memory: Space, base: int, columns: int | None = None) -> Output:
         """An output of `columns` (default D) columns for every token: N tiles T words apart from `base`."""
         columns = self.model.embed_dim if columns is None else columns
@@ -208,8 +247,16 @@ def _residual_length(builder: ProgramBuilder) -> int:
 def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray) -> Program:
     """The patch embedding and position embedding of `image` (int8 [C, H, W]); output `embed` [T, D] int16."""
     builder = ProgramBuilder(quantized, accel)
-    model, t = builder.model, builder.model.num_tokens
-    position = builder.place(Region.MODEL, residual_bytes(quantized["embed.position"], accel))
+    _embedding(builder, image)
+    builder.store("embed", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def _embedding(builder: ProgramBuilder, image: np.ndarray) -> None:
+    """The position embedding into RESIDUAL, the image's patch rows into SCRATCH, the patch embedding added."""
+    model, accel, t = builder.model, builder.accel, builder.model.num_tokens
+    position = builder.place(Region.MODEL, residual_bytes(builder.quantized["embed.position"], accel))
     builder.load(Region.MODEL, position, _residual_length(builder), Space.RESIDUAL, 0)
     rows = ops.patches(np.asarray(image), model.patch_size)
     patches = builder.place(Region.IMAGE, x_bytes(rows, accel, t))
@@ -217,9 +264,6 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
                  Space.SCRATCH, 0)
     builder.linear("patch", source=Operand.SCRATCH, x_base=0, m=model.num_patches,
                    outputs=[builder.tokens_out(Space.RESIDUAL, 1)], mode=GemmMode.INT16, residual=True)
-    builder.store("embed", Space.RESIDUAL, 0, _residual_length(builder))
-    builder.halt()
-    return builder.build()
 
 
 @dataclass(frozen=True)
@@ -296,6 +340,44 @@ def _dense_mlp(builder: ProgramBuilder, block: int) -> None:
                    mode=GemmMode.INT16, residual=True)
 
 
+def _padded(data: bytes, bus: int) -> bytes:
+    return data + bytes(-len(data) % bus)
+
+
+def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
+    """LayerNorm₂ with its int16 copy to the router (ROUTE with the task in TASK), each active expert (EXPERTS:
+    fc1 with GELU on its gathered tokens into SCRATCH, fc2 scattered gate-weighted into the combine
+    accumulator), then COMBINE into RESIDUAL. The experts' images lie one after another in MODEL, each fc1,
+    fc2 and its HIDDEN word."""
+    model, q, t = builder.model, builder.quantized, builder.model.num_tokens
+    p = f"blocks.{block}"
+    builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
+    builder.layernorm([f"{p}.norm2", f"{p}.norm2_router"], rows=t, source=0, destination=0, route=True)
+    images = []
+    for expert in range(model.num_experts):
+        (fc1, fc1_image), (fc2, fc2_image) = (builder.matrix(f"{p}.experts.{name}", expert) for name in ("fc1", "fc2"))
+        hidden = builder.hidden_word(int(q[f"{p}.experts.hidden_multiplier"][expert]),
+                                     int(q[f"{p}.experts.hidden_shift"][expert]))
+        images.append([_padded(image, builder.bus) for image in (fc1_image, fc2_image, hidden)])
+    first = builder.place(Region.MODEL, b"".join(b"".join(parts) for parts in images))
+    fc1_bytes, fc2_bytes, _ = (len(part) for part in images[0])
+
+    def body():
+        builder.product(f"{p}.experts.fc1", fc1, first, source=Operand.ACTIVATION, x_base=0, m=t,
+                        outputs=[builder.tokens_out(Space.SCRATCH, 0, model.expert_hidden)], mode=GemmMode.GELU,
+                        hidden=first + fc1_bytes + fc2_bytes, per_expert=True, gather=True)
+        builder.product(f"{p}.experts.fc2", fc2, first + fc1_bytes, source=Operand.SCRATCH, x_base=0, m=t,
+                        outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.COMBINE, per_expert=True)
+        return sum(len(part) for part in images[0])
+    builder.experts(body)
+    builder.emit(Opcode.COMBINE, rows=t)
+
+
+def _block(builder: ProgramBuilder, block: int) -> None:
+    _attention(builder, block)
+    (_moe_mlp if builder.model.is_moe(block) else _dense_mlp)(builder, block)
+
+
 def _activation_length(builder: ProgramBuilder) -> int:
     """Bytes of a T × D operand in ACTIVATION."""
     model, accel = builder.model, builder.accel
@@ -346,6 +428,40 @@ def mlp_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
     builder = _start(quantized, accel, residual)
     _dense_mlp(builder, block)
     builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
+    builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def moe_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: int,
+                      residual: np.ndarray) -> Program:
+    """MoE block `block` from its input residual stream: attention, routing, the experts, the combine. Outputs
+    `routes` (as `route_program`'s), `norm2` and `out` [T, D] int16."""
+    model = quantized.config
+    if not model.is_moe(block):
+        raise CompileError(f"block {block} of {model.name} is dense: moe_block_program compiles a block with experts")
+    builder = _start(quantized, accel, residual)
+    builder.router_weights()
+    _block(builder, block)
+    builder.store("routes", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
+    builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
+    builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
+    builder.halt()
+    return builder.build()
+
+
+def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray) -> Program:
+    """The whole backbone on `image` (int8 [C, H, W]): the patch embedding, then every block. Outputs `out` (the
+    backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block."""
+    model = quantized.config
+    builder = ProgramBuilder(quantized, accel)
+    if model.moe_blocks:
+        builder.router_weights()
+    _embedding(builder, image)
+    for block in range(model.depth):
+        _block(builder, block)
+        if model.is_moe(block):
+            builder.store(f"routes.{block}", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()

@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible, config_hash
 
 from ..compute.gemm import GemmEngine
+from ..compute.gemm.geometry import tiles
 from ..memory.arbiter import ReadArbiter
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
 from ..memory.layout import PARAMETER_WORD
@@ -36,7 +37,7 @@ from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
 from ..moe.router import Router
 from .controller import Controller
-from .datapath import LoadPath, NormPath, OutputPath, StorePath
+from .datapath import CombineDrain, LoadPath, NormPath, OutputPath, StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
@@ -74,24 +75,31 @@ class Accelerator(wiring.Component):
         self.spaces = onchip_spaces(model, accel)
         self.config_hash = config_hash(model, accel)
         self.loader = WeightLoader.for_config(accel, addr_width)
+        self.router = Router.for_model(model, accel)
         self.engine = GemmEngine.for_model(model, accel, w_depth=max(self.loader.buffers * self.loader.buffer_span,
-                                                                     self.spaces[Space.SCRATCH].depth))
+                                                                     self.spaces[Space.SCRATCH].depth),
+                                           index_depth=self.router.geometry.queue_depth)
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
-        self.router = Router.for_model(model, accel)
         self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens,
                                   self.router.signature.members["tokens"].signature.members["payload"].shape)
         self.softmax_path = SoftmaxPath(self.spaces, Softmax.for_model(model, accel), model.num_tokens)
         gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
                                  Shape.cast(gemm["d_stride"].shape).width, Shape.cast(gemm["m"].shape).width)
+        geometry = self.engine.geometry
+        self.combine_drain = CombineDrain(self.output.combined_row, geometry.combine_word, tokens=model.num_tokens,
+                                          tiles=tiles(model.embed_dim, accel.array_cols),
+                                          tiles_max=geometry.n_tiles_max)
         self.controller = Controller(
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
             job=self.output.job.shape(), norm_command=self.norm_path.command.payload.shape(),
             softmax_command=self.softmax_path.command.payload.shape(),
             route_command=self.router.command.payload.shape(), tasks=model.num_tasks,
+            expert_entry=self.router.experts.payload.shape(),
+            combine_command=self.combine_drain.command.payload.shape(), experts=model.num_experts,
             tokens=model.num_tokens, buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
@@ -112,7 +120,9 @@ class Accelerator(wiring.Component):
             memory, name = self.spaces[space], space.name.lower()
             storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
             write = storage.write_port()
-            writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path) if hasattr(unit, name)]
+            # a unit's write port into a memory is named after its Space
+            writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
+                       if name in unit.signature.members]
             if writers:
                 m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
                              write.data.eq(writers[0].data)]
@@ -150,7 +160,10 @@ class Accelerator(wiring.Component):
                 m.d.comb += engine.p_read.data.eq(Cat(*(Cat(reader.data[64 * c:64 * c + 32],
                                                             reader.data[64 * c + 32:64 * c + 32 + fields])
                                                         for c in range(self.accel.array_cols))))
-        wiring.connect(m, load.norms, norm.params)
+        wiring.connect(m, load.norms, norm.norms)
+        m.d.comb += [self.controller.hidden_write.data.eq(load.hidden.data),
+                     self.controller.hidden_write.en.eq(load.hidden.en)]
+        self._experts(m)
         for space, port in ((Space.ROUTER, self.router.weights_write), (Space.ROUTER_PARAMS, self.router.params_write)):
             source = getattr(load, space.name.lower())
             m.d.comb += [port.addr.eq(source.addr), port.en.eq(source.en), port.data.eq(source.data)]
@@ -160,6 +173,27 @@ class Accelerator(wiring.Component):
         m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
                                               x_data[Space.ACTIVATION]))
 
+    def _experts(self, m):
+        """The router's token queues behind the engine's gather (fc1) or scatter and gate (COMBINE fc2) reads;
+        the combine accumulator, written by the engine, drained and cleared by `CombineDrain`."""
+        engine, queue, drain = self.engine, self.router.queue_read, self.combine_drain
+        gathering = self.controller.gemm_gathers
+        m.d.comb += [queue.addr.eq(Mux(gathering, engine.index_read.addr, engine.scatter_read.addr)),
+                     queue.en.eq(Mux(gathering, engine.index_read.en, engine.scatter_read.en)),
+                     engine.index_read.data.eq(queue.data.token), engine.scatter_read.data.eq(queue.data.token),
+                     engine.gate_read.data.eq(queue.data.weight)]
+        m.submodules.combine = storage = Memory(shape=engine.geometry.combine_word, depth=drain.depth, init=[])
+        write, read = storage.write_port(), storage.read_port()
+        with m.If(drain.busy):
+            m.d.comb += [write.addr.eq(drain.write.addr), write.en.eq(drain.write.en), write.data.eq(drain.write.data),
+                         read.addr.eq(drain.read.addr), read.en.eq(drain.read.en)]
+        with m.Else():
+            m.d.comb += [write.addr.eq(engine.combine_write.addr), write.en.eq(engine.combine_write.en),
+                         write.data.eq(engine.combine_write.data),
+                         read.addr.eq(engine.combine_read.addr), read.en.eq(engine.combine_read.en)]
+        m.d.comb += [engine.combine_read.data.eq(read.data), drain.read.data.eq(read.data)]
+        wiring.connect(m, drain.rows, self.output.combined)
+
     def elaborate(self, platform):
         m = Module()
         host, controller, engine, loader = self.host_registers, self.controller, self.engine, self.loader
@@ -167,7 +201,7 @@ class Accelerator(wiring.Component):
         m.submodules.host = host
         m.submodules.controller = ResetInserter(host.soft_reset)(controller)
         for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
-                     "softmax_path", "router"):
+                     "softmax_path", "router", "combine_drain"):
             m.submodules[name] = ResetInserter(clear)(getattr(self, name))
         m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
@@ -197,11 +231,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.norm, self.norm_path.command)
         wiring.connect(m, controller.softmax, self.softmax_path.command)
         wiring.connect(m, controller.route, self.router.command)
+        wiring.connect(m, self.router.experts, controller.experts)
+        wiring.connect(m, controller.combine, self.combine_drain.command)
         # the router's rows from LayerNorm (the controller refuses a task outside the model before ROUTE)
         router_tokens = self.norm_path.router_tokens
         m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
-                     router_tokens.ready.eq(self.router.tokens.ready),
-                     self.router.experts.ready.eq(1)]
+                     router_tokens.ready.eq(self.router.tokens.ready)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
                      controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
@@ -210,11 +245,10 @@ class Accelerator(wiring.Component):
                      controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
                      controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy),
                      controller.softmax_busy.eq(self.softmax_path.busy), controller.router_busy.eq(self.router.busy),
+                     controller.combine_busy.eq(self.combine_drain.busy),
                      controller.task.eq(host.task)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]
-        for port in ("index_read", "scatter_read", "gate_read", "combine_read"):
-            m.d.comb += getattr(engine, port).data.eq(0)      # gather, row scales and COMBINE: not yet wired
         self._memories(m)
         self._counters(m, gemm_active, arbiter.pending)
         return m

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory, WritePort
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import index_bits
@@ -56,14 +57,14 @@ class Controller(wiring.Component):
     def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
                  load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
                  norm_command: data.StructLayout, softmax_command: data.StructLayout, route_command: data.StructLayout,
-                 tokens: int, tasks: int,
-                 buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32, fetch_depth: int = 8,
-                 fetch_chunk: int = 4):
+                 expert_entry: data.StructLayout, combine_command: data.StructLayout, tokens: int, tasks: int,
+                 experts: int, buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32,
+                 fetch_depth: int = 8, fetch_chunk: int = 4):
         if not 1 <= fetch_chunk <= fetch_depth:
             raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
         self.norm_command, self.softmax_command, self.tokens = norm_command, softmax_command, tokens
-        self.tasks = tasks
+        self.tasks, self.num_experts, self.expert_entry, self.body_depth = tasks, experts, expert_entry, isa.body_depth
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
         super().__init__({
@@ -85,6 +86,10 @@ class Controller(wiring.Component):
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
             "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
             "route": Out(stream.Signature(route_command)), "router_busy": In(1),
+            "experts": In(stream.Signature(expert_entry)), "gemm_gathers": Out(1),
+            "combine": Out(stream.Signature(combine_command)), "combine_busy": In(1),
+            "hidden_write": Out(WritePort.Signature(addr_width=1,
+                                                    shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
     # --- program fetch -----------------------------------------------------------------------------------------
@@ -117,6 +122,7 @@ class Controller(wiring.Component):
         touched = {name: Signal(Space, name=f"{name}_space")
                    for name in ("load", "gemm_source", "gemm_stationary", "gemm_dest", "store")}
         touched["gemm_scaled"] = Signal(name="gemm_scaled")
+        touched["gemm_gathers"] = Signal(name="gemm_gathers")
         reading = Signal(len(Space))
         writing = Signal(len(Space))
         for space in Space:
@@ -125,7 +131,8 @@ class Controller(wiring.Component):
                                         | (self.gemm_active & (touched["gemm_dest"] == space))
                                         | (self.norm_busy & Const(space == Space.ACTIVATION))
                                         | (self.softmax_busy & Const(space in (Space.SCRATCH, Space.ROW_SCALES)))
-                                        | (self.router_busy & Const(space == Space.ROUTES))),
+                                        | (self.router_busy & Const(space == Space.ROUTES))
+                                        | (self.combine_busy & Const(space == Space.RESIDUAL))),
                 reading[space.value].eq((self.store_busy & (touched["store"] == space))
                                         | (self.gemm_active & ((touched["gemm_source"] == space)
                                                                | (touched["gemm_stationary"] == space)
@@ -133,21 +140,23 @@ class Controller(wiring.Component):
                                         | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))
                                         | (self.softmax_busy & Const(space == Space.SCORES))
                                         | (self.gemm_active & touched["gemm_scaled"]
-                                           & Const(space == Space.ROW_SCALES))),
+                                           & Const(space == Space.ROW_SCALES))
+                                        | (self.combine_busy & Const(space == Space.RESIDUAL))),
             ]
-        m.d.comb += [self.gemm_source.eq(touched["gemm_source"]), self.gemm_stationary.eq(touched["gemm_stationary"])]
+        m.d.comb += [self.gemm_source.eq(touched["gemm_source"]), self.gemm_stationary.eq(touched["gemm_stationary"]),
+                     self.gemm_gathers.eq(touched["gemm_gathers"])]
         return reading, writing, touched
 
-    def _dram_address(self, m, operands, name):
-        """The DRAM address of a LOAD or STORE (its region register + offset), and whether the region exists
-        and the address is bus-aligned."""
+    def _dram_address(self, m, operands, name, extra=0):
+        """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
+        exists and the address is bus-aligned."""
         address = Signal(32, name=f"{name}_address")
         good = Signal(name=f"{name}_address_good")
         with m.Switch(operands.region):
             for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
                                  (Region.OUTPUT, self.output_addr)):
                 with m.Case(region):
-                    m.d.comb += [address.eq(base + operands.address),
+                    m.d.comb += [address.eq(base + operands.address + extra),
                                  good.eq(address[:(self.bus_bytes - 1).bit_length()] == 0)]
         return address, good
 
@@ -159,9 +168,9 @@ class Controller(wiring.Component):
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
     def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-               idle, present, norm_config, softmax_config):
-        """Decode the instruction at the buffer's head (`present`); `issue` it when it may go, or report a
-        `fault`. Sets the unit commands and the scoreboard's registers."""
+               idle, present, norm_config, softmax_config, loop):
+        """Decode the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's); `issue`
+        it when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
@@ -172,10 +181,10 @@ class Controller(wiring.Component):
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
-                address, good = self._dram_address(m, ops, "load")
+                address, good = self._dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 buffer = ops.base >> span_bits
-                with m.If(ops.per_expert):
-                    refuse(ErrorCause.UNSUPPORTED)
+                with m.If(ops.per_expert & ~loop.active):
+                    refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(~good):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(ops.memory == Space.WEIGHTS):
@@ -202,7 +211,7 @@ class Controller(wiring.Component):
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.GEMM):
                 self._gemm(m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
-                           span_bits)
+                           span_bits, loop)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
                 address, good = self._dram_address(m, ops, "store")
@@ -229,7 +238,7 @@ class Controller(wiring.Component):
             for opcode, register in ((Opcode.CONFIG_GELU, hidden), (Opcode.CONFIG_NORM, norm_config),
                                      (Opcode.CONFIG_SOFTMAX, softmax_config)):
                 with m.Case(opcode):
-                    go()
+                    go(~writing[Space.HIDDEN.value] if opcode == Opcode.CONFIG_GELU else 1)
                     with m.If(issue):
                         m.d.sync += register.eq(getattr(word.operands, opcode.name.lower()))
             with m.Case(Opcode.LAYERNORM):
@@ -271,18 +280,42 @@ class Controller(wiring.Component):
                 with m.Else():
                     go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value])
                     m.d.comb += self.route.valid.eq(issue)
-            with m.Case(Opcode.EXPERTS, Opcode.COMBINE):      # the experts: not built yet
-                refuse(ErrorCause.UNSUPPORTED)
+            with m.Case(Opcode.EXPERTS):
+                ops = word.operands.experts
+                with m.If(loop.active | (ops.body > self.body_depth)):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(ops.body == 0):
+                    go()
+                with m.Else():
+                    go(loop.expert_ready | loop.no_more)
+                    m.d.comb += loop.enter.eq(issue)
+            with m.Case(Opcode.COMBINE):
+                ops = word.operands.combine
+                with m.If(ops.rows > self.tokens):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Else():
+                    go(self.combine.ready & ~self.gemm_active & ~self.combine_busy
+                       & ~writing[Space.RESIDUAL.value] & ~reading[Space.RESIDUAL.value])
+                    m.d.comb += [self.combine.valid.eq(issue), self.combine.payload.rows.eq(ops.rows),
+                                 self.output_start.eq(issue), self.output_job.destination.eq(Space.RESIDUAL),
+                                 self.output_job.d_stride.eq(self.tokens), self.output_job.residual.eq(1),
+                                 self.output_job.combine.eq(1)]
+                    with m.If(issue):
+                        m.d.sync += touched["gemm_dest"].eq(Space.RESIDUAL)
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
 
-    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits):
+    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop):
         buffer = ops.w_base >> span_bits
         command = self.gemm.payload
-        m.d.comb += [command.m.eq(ops.m), command.k_tiles.eq(ops.k_tiles), command.k_last.eq(ops.k_last),
+        combining = ops.mode == GemmMode.COMBINE
+        listed = ops.gather | combining         # rows by the current expert's token list
+        m.d.comb += [command.m.eq(Mux(listed, loop.count, ops.m)), command.k_tiles.eq(ops.k_tiles),
+                     command.k_last.eq(ops.k_last),
                      command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
                      command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
-                     command.gather.eq(0), command.list_base.eq(0), command.row_scaled.eq(ops.row_scaled),
+                     command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
+                     command.row_scaled.eq(ops.row_scaled),
                      command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
                      self.take.payload.eq(buffer),
                      self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
@@ -292,9 +325,10 @@ class Controller(wiring.Component):
         from_slab = ops.stationary == Stationary.WEIGHTS
         stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
         destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-        with m.If(~destination_ok | ops.gather | (ops.mode == GemmMode.COMBINE)):
+        with m.If(~destination_ok):
             refuse(ErrorCause.UNSUPPORTED)
-        with m.Elif((ops.residual & (ops.destination != Space.RESIDUAL))
+        with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
+                    | (ops.residual & (ops.destination != Space.RESIDUAL))
                     | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                     | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
                     | (from_slab & (buffer >= self.buffers))):
@@ -307,16 +341,77 @@ class Controller(wiring.Component):
             free = ~self.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
                 & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
                 & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
-                & ~reading.bit_select(ops.destination.as_value(), 1)
+                & ~reading.bit_select(ops.destination.as_value(), 1) & ~(listed & self.router_busy) \
+                & ~(combining & self.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
             slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
             go(free & self.gemm.ready & slab_ready)
             m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & from_slab & ~reuse),
                          self.output_start.eq(issue)]
             with m.If(issue):
                 m.d.sync += [touched["gemm_source"].eq(source), touched["gemm_dest"].eq(ops.destination),
-                             touched["gemm_stationary"].eq(stationary), touched["gemm_scaled"].eq(ops.row_scaled)]
+                             touched["gemm_stationary"].eq(stationary), touched["gemm_scaled"].eq(ops.row_scaled),
+                             touched["gemm_gathers"].eq(ops.gather)]
                 with m.If(from_slab):
                     m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
+
+    # --- the EXPERTS loop --------------------------------------------------------------------------------------
+    def _loop(self, m):
+        """The loop's state, the body buffer (its instructions as the first iteration issues them) and the
+        active experts of the last ROUTE (a FIFO the router fills, cleared by the next ROUTE and at start)."""
+        entry = self.expert_entry
+        loop = SimpleNamespace(
+            active=Signal(name="loop_active"),        # in an EXPERTS body (between iterations included)
+            replay=Signal(name="loop_replay"),        # the body comes from the body buffer
+            waiting=Signal(name="loop_waiting"),      # between iterations: the next expert is not known yet
+            skipping=Signal(name="loop_skipping"),    # no active expert: the body is dropped unissued
+            length=Signal(range(self.body_depth + 1), name="loop_length"),
+            index=Signal(range(self.body_depth + 1), name="loop_index"),
+            first_pc=Signal(32, name="loop_first_pc"), stride=Signal(32, name="loop_stride"),
+            expert=Signal(entry["expert"].shape, name="loop_expert"), base=Signal(entry["base"].shape, name="loop_base"),
+            count=Signal(entry["count"].shape, name="loop_count"), offset=Signal(32, name="loop_offset"),
+            enter=Signal(name="loop_enter"), advance=Signal(name="loop_advance"))
+        restart = Signal()
+        m.d.comb += restart.eq((self.start & ~self.busy) | (self.route.valid & self.route.ready))
+        queue = SyncFIFO(width=data.Layout.cast(entry).size, depth=self.num_experts)
+        m.submodules.active_experts = ResetInserter(restart)(queue)
+        m.d.comb += [queue.w_data.eq(self.experts.payload), queue.w_en.eq(self.experts.valid),
+                     self.experts.ready.eq(queue.w_rdy)]
+        head = data.View(entry, queue.r_data)
+        loop.expert_ready = queue.r_rdy
+        loop.no_more = ~queue.r_rdy & ~self.router_busy
+        m.d.comb += [queue.r_en.eq(loop.advance), loop.offset.eq(loop.expert * loop.stride)]
+        with m.If(loop.advance):
+            m.d.sync += [loop.expert.eq(head.expert), loop.base.eq(head.base), loop.count.eq(head.count)]
+        m.submodules.body = body = Memory(shape=INSTRUCTION_BITS, depth=self.body_depth, init=[])
+        loop.body_write, loop.body_read = body.write_port(), body.read_port(domain="comb")
+        m.d.comb += loop.body_read.addr.eq(loop.index)
+        return loop
+
+    def _iterate(self, m, loop, issue, skipped, fetched, pc):
+        """Enter, repeat and leave the EXPERTS body: the first iteration issues from the fetch buffer and copies
+        the body into the body buffer, the next ones replay it, one per active expert, in the router's order."""
+        ops = data.View(self.isa.layout, fetched).operands.experts
+        last = loop.index == loop.length - 1
+        m.d.comb += [loop.body_write.addr.eq(loop.index), loop.body_write.data.eq(fetched),
+                     loop.body_write.en.eq(issue & loop.active & ~loop.replay)]
+        with m.If(loop.enter):
+            m.d.comb += loop.advance.eq(loop.expert_ready)
+            m.d.sync += [loop.length.eq(ops.body), loop.stride.eq(ops.stride), loop.index.eq(0),
+                         loop.first_pc.eq(pc + 1), loop.active.eq(loop.expert_ready),
+                         loop.skipping.eq(~loop.expert_ready)]
+        with m.Elif(skipped):
+            m.d.sync += loop.index.eq(loop.index + 1)
+            with m.If(last):
+                m.d.sync += loop.skipping.eq(0)
+        with m.Elif(issue & loop.active):
+            m.d.sync += loop.index.eq(Mux(last, 0, loop.index + 1))
+            with m.If(last):
+                m.d.sync += loop.waiting.eq(1)
+        with m.Elif(loop.waiting & loop.expert_ready):
+            m.d.comb += loop.advance.eq(1)
+            m.d.sync += [loop.waiting.eq(0), loop.replay.eq(1), pc.eq(loop.first_pc)]
+        with m.Elif(loop.waiting & loop.no_more):
+            m.d.sync += [loop.waiting.eq(0), loop.replay.eq(0), loop.active.eq(0)]
 
     def elaborate(self, platform):
         m = Module()
@@ -325,8 +420,9 @@ class Controller(wiring.Component):
         popped = Signal()
         buffer, drained = self._fetch(m, running, popped)
         reading, writing, touched = self._scoreboard(m)
-        word = data.View(isa.layout, buffer.r_data)
         pc = Signal(32)
+        loop = self._loop(m)
+        word = data.View(isa.layout, Mux(loop.replay, loop.body_read.data, buffer.r_data))
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
         slab = SimpleNamespace(holding=Signal(name="slab_holding"), held=Signal(index_bits(self.buffers), name="slab_held"),
@@ -336,7 +432,7 @@ class Controller(wiring.Component):
         softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
                                                    if name not in ("rows", "source", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
-            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy
+            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy & ~self.combine_busy
         fault = Signal()
         fault_cause = Signal(ErrorCause)
         issue = Signal()
@@ -348,12 +444,17 @@ class Controller(wiring.Component):
             m.d.comb += self.release.valid.eq(1)
             m.d.sync += slab.holding.eq(0)
 
+        present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, buffer.r_rdy)
         self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-                    idle, running & buffer.r_rdy, norm_config, softmax_config)
+                    idle, present, norm_config, softmax_config, loop)
+        skipped = running & loop.skipping & buffer.r_rdy
         m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
-                     buffer.r_en.eq(Mux(running, issue, buffer.r_rdy))]
-        with m.If(issue):
+                     buffer.r_en.eq(Mux(running, (issue & ~loop.replay) | skipped, buffer.r_rdy))]
+        with m.If(issue | skipped):
             m.d.sync += pc.eq(pc + 1)
+        self._iterate(m, loop, issue, skipped, buffer.r_data, pc)
+        with m.If(self.hidden_write.en):
+            m.d.sync += hidden.eq(self.hidden_write.data)
 
         # Faults reported by the units, in the order their transfers go.
         unit_fault = Signal(ErrorCause)
@@ -369,7 +470,8 @@ class Controller(wiring.Component):
                 with m.If(self.start):
                     m.d.comb += self.clear.eq(1)
                     m.d.sync += [self.busy.eq(1), self.done.eq(0), self.error.eq(0), self.cause.eq(ErrorCause.NONE),
-                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0)]
+                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0),
+                                 loop.active.eq(0), loop.replay.eq(0), loop.waiting.eq(0), loop.skipping.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += running.eq(1)

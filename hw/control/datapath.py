@@ -12,7 +12,10 @@
   N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
   to it (`ResidualAdd`) before it is written back. Every beat takes 3 cycles, one a cycle; `active` while a
   beat is in the pipeline. With `transpose` the rows go through the `CornerTurn` into SCRATCH instead (qkv's K
-  into Kᵀ, `d_stride` the K tiles of the head, `rows` the GEMM's M).
+  into Kᵀ, `d_stride` the K tiles of the head, `rows` the GEMM's M). With `combine` (COMBINE) the rows come
+  from `combined` instead (the combine accumulator's rows, `CombineDrain`), rounded as `ResidualAdd` does.
+- `CombineDrain`: the combine accumulator, read token by token (N-tile-major) into the output path and
+  cleared behind the read; after a reset it clears every word first.
 Memory ports are `lib.memory` port signatures, connected by the top level.
 """
 
@@ -35,10 +38,11 @@ from .corner import CornerTurn
 from .isa import Space
 from .memories import OnChip
 
-__all__ = ["LoadPath", "StorePath", "OutputPath", "NormPath", "LOADABLE", "STORABLE", "GEMM_DESTINATIONS"]
+__all__ = ["LoadPath", "StorePath", "OutputPath", "CombineDrain", "NormPath", "LOADABLE", "STORABLE",
+           "GEMM_DESTINATIONS"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
-            Space.ROUTER_PARAMS)
+            Space.ROUTER_PARAMS, Space.HIDDEN)
 STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROUTES)
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
 
@@ -61,7 +65,8 @@ class _TransferPath(wiring.Component):
                 "memory": Space, "base": unsigned(self.address_width), "address": unsigned(unit.addr_width),
                 "length": unsigned(24)}))),
             "axi": Out(axi(unit.addr_width, 8 * unit.bus_bytes)),
-            **{_port_name(space): In(port(addr_width=address_bits(memory.depth), shape=unsigned(8 * memory.word_bytes)))
+            **{_port_name(space): In(port(addr_width=max(1, address_bits(memory.depth)),   # HIDDEN: one word
+                                          shape=unsigned(8 * memory.word_bytes)))
                for space, memory in self.spaces.items()},
             "busy": Out(1),
             "error": Out(1),
@@ -169,12 +174,15 @@ class OutputPath(wiring.Component):
         residual = self.spaces[Space.RESIDUAL]
         self.corner = CornerTurn(cols, result, address_bits(self.spaces[Space.SCRATCH].depth), rows_width,
                                  stride_width)
+        self.combined_row = data.StructLayout({"row": result["row"].shape, "tile": result["tile"].shape,
+                                               "data": data.ArrayLayout(signed(ops.COMBINE_BITS), cols)})
         super().__init__({
             "result": In(stream.Signature(result)),
+            "combined": In(stream.Signature(self.combined_row)),
             "start": In(1),
             "job": In(data.StructLayout({"destination": Space, "d_base": unsigned(self.address_width),
                                          "d_stride": unsigned(stride_width), "residual": 1, "transpose": 1,
-                                         "rows": unsigned(rows_width)})),
+                                         "combine": 1, "rows": unsigned(rows_width)})),
             "residual_read": In(ReadPort.Signature(addr_width=address_bits(residual.depth),
                                                    shape=unsigned(8 * residual.word_bytes))),
             **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
@@ -192,12 +200,19 @@ class OutputPath(wiring.Component):
         tile, offset = Signal.like(self.result.payload.tile), Signal(self.address_width)
         with m.If(self.start):
             m.d.sync += [job.eq(self.job), tile.eq(0), offset.eq(0)]
-        beat = self.result.payload
         m.d.comb += [corner.start.eq(self.start), corner.job.base.eq(self.job.d_base),
                      corner.job.stride.eq(self.job.d_stride), corner.job.rows.eq(self.job.rows),
-                     corner.result.payload.eq(beat), corner.result.valid.eq(self.result.valid & job.transpose),
-                     self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1))]
-        arriving = self.result.valid & ~job.transpose
+                     corner.result.payload.eq(self.result.payload),
+                     corner.result.valid.eq(self.result.valid & job.transpose),
+                     self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1)), self.combined.ready.eq(1)]
+        beat = Signal(self.combined_row)
+        arriving = Signal()
+        with m.If(job.combine):
+            m.d.comb += [beat.eq(self.combined.payload), arriving.eq(self.combined.valid)]
+        with m.Else():
+            m.d.comb += [beat.row.eq(self.result.payload.row), beat.tile.eq(self.result.payload.tile),
+                         arriving.eq(self.result.valid & ~job.transpose)]
+            m.d.comb += [beat.data[lane].eq(self.result.payload.data[lane]) for lane in range(cols)]
         next_tile = beat.tile != tile
         address = Signal(self.address_width)
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
@@ -207,14 +222,14 @@ class OutputPath(wiring.Component):
 
         valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
         addresses = [Signal(self.address_width, name=f"address{stage}") for stage in range(self.LATENCY)]
-        values = [Signal(data.ArrayLayout(signed(32), cols), name=f"values{stage}") for stage in range(self.LATENCY)]
+        values = [Signal(beat.data.shape(), name=f"values{stage}") for stage in range(self.LATENCY)]
         m.d.sync += [valid[0].eq(arriving), addresses[0].eq(address), values[0].eq(beat.data)]
         for stage in range(1, self.LATENCY):
             m.d.sync += [valid[stage].eq(valid[stage - 1]), addresses[stage].eq(addresses[stage - 1]),
                          values[stage].eq(values[stage - 1])]
         residual_now = Signal(data.ArrayLayout(signed(width), cols))
         m.d.comb += [residual_now.eq(self.residual_read.data), add.output.ready.eq(1),
-                     add.input.valid.eq(valid[0] & job.residual), add.input.payload.combine.eq(0)]
+                     add.input.valid.eq(valid[0] & job.residual), add.input.payload.combine.eq(job.combine)]
         for lane in range(cols):
             m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
                          add.input.payload.addend[lane].eq(values[0][lane])]
@@ -239,13 +254,13 @@ class NormPath(wiring.Component):
     shifts, source, destination} is taken when the path is idle: row `source` + r is read tile by tile (words
     `j·T + source + r`), its int8 output written K tile by K tile (words `destination + i·T + r`); with `route`
     its int16 output also leaves on `router_tokens` (the router's beats). `busy` until the last word is written
-    and the last beat taken. The unit's parameter memory is written through `params` (word `set·beats + beat`,
-    the bytes of `LayerNorm.params_layout`)."""
+    and the last beat taken. The unit's parameter memory (NORMS) is written through `norms` (word
+    `set·beats + beat`, the bytes of `LayerNorm.params_layout`)."""
 
     def __init__(self, spaces: dict[Space, OnChip], layernorm, tokens: int, router_beat: data.ArrayLayout):
         self.layernorm, self.tokens, self.router_beat = layernorm, tokens, router_beat
         self.residual_space, self.activation_space = spaces[Space.RESIDUAL], spaces[Space.ACTIVATION]
-        self.norms = spaces[Space.NORMS]
+        self.norms_space = spaces[Space.NORMS]
         self.row_width = address_bits(tokens + 1)
         command = layernorm.signature.members["command"].signature.members["payload"].shape
         super().__init__({
@@ -257,8 +272,8 @@ class NormPath(wiring.Component):
                                                    shape=unsigned(8 * self.residual_space.word_bytes))),
             "activation": In(WritePort.Signature(addr_width=address_bits(self.activation_space.depth),
                                                  shape=unsigned(8 * self.activation_space.word_bytes))),
-            "params": Out(WritePort.Signature(addr_width=address_bits(self.norms.depth),
-                                              shape=unsigned(8 * self.norms.word_bytes))),
+            "norms": Out(WritePort.Signature(addr_width=address_bits(self.norms_space.depth),
+                                              shape=unsigned(8 * self.norms_space.word_bytes))),
             "busy": Out(1),
         })
 
@@ -267,8 +282,8 @@ class NormPath(wiring.Component):
         m.submodules.layernorm = norm = self.layernorm
         t = self.tokens
         residual_words, activation_words = self.residual_space.word_bytes // 2, self.activation_space.word_bytes
-        m.d.comb += [norm.params_write.addr.eq(self.params.addr), norm.params_write.en.eq(self.params.en),
-                     norm.params_write.data.eq(self.params.data)]
+        m.d.comb += [norm.params_write.addr.eq(self.norms.addr), norm.params_write.en.eq(self.norms.en),
+                     norm.params_write.data.eq(self.norms.data)]
         command = self.command.payload
         m.d.comb += [self.command.ready.eq(~self.busy & norm.command.ready),
                      norm.command.valid.eq(self.command.valid & ~self.busy)]
@@ -327,4 +342,55 @@ class NormPath(wiring.Component):
                          words_left.eq(command.rows * tiles_out), route.eq(command.route)]
         with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid):
             m.d.sync += self.busy.eq(0)
+        return m
+
+
+class CombineDrain(wiring.Component):
+    """`COMBINE`: the combine accumulator into the output path and cleared. The accumulator holds token t's N
+    tile j at word t·`tiles_max` + j (the GEMM engine's `CombineScatter` adds into it). A command {rows} is
+    taken when the drain is idle: for N tile j = 0 … `tiles` − 1, for token t = 0 … rows − 1, the word is read
+    (`read`, data a cycle later) and written 0 (`write`) in the same cycle, and leaves on `rows` ({row, tile,
+    data}, the output path's `combined`, which always takes it) the cycle after. After a reset the drain
+    first writes 0 to all `depth` words, so a run never adds into a stale sum. `busy` while clearing or
+    draining."""
+
+    def __init__(self, row: data.StructLayout, word: data.ArrayLayout, *, tokens: int, tiles: int, tiles_max: int):
+        self.tokens, self.tiles, self.tiles_max = tokens, tiles, tiles_max
+        self.depth = tokens * tiles_max
+        super().__init__({
+            "command": In(stream.Signature(data.StructLayout({"rows": unsigned(address_bits(tokens + 1))}))),
+            "read": In(ReadPort.Signature(addr_width=address_bits(self.depth), shape=word)),
+            "write": In(WritePort.Signature(addr_width=address_bits(self.depth), shape=word)),
+            "rows": Out(stream.Signature(row)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        clearing = Signal(init=1)
+        draining = Signal()
+        address = Signal(range(self.depth))
+        row, tile = Signal.like(self.command.payload.rows), Signal(range(self.tiles))
+        rows = Signal.like(self.command.payload.rows)
+        m.d.comb += [self.command.ready.eq(~self.busy), self.busy.eq(clearing | draining | self.rows.valid),
+                     self.read.addr.eq(address), self.read.en.eq(draining),
+                     self.write.addr.eq(address), self.write.en.eq(clearing | draining), self.write.data.eq(0),
+                     self.rows.payload.data.eq(self.read.data)]
+        m.d.sync += self.rows.valid.eq(draining)
+        with m.If(draining):
+            m.d.sync += [self.rows.payload.row.eq(row), self.rows.payload.tile.eq(tile)]
+        with m.If(clearing):
+            m.d.sync += address.eq(address + 1)
+            with m.If(address == self.depth - 1):
+                m.d.sync += [clearing.eq(0), address.eq(0)]
+        with m.Elif(self.command.valid & self.command.ready):
+            rows_now = self.command.payload.rows
+            m.d.sync += [draining.eq(rows_now != 0), rows.eq(rows_now), row.eq(0), tile.eq(0), address.eq(0)]
+        with m.Elif(draining):
+            with m.If(row == rows - 1):
+                m.d.sync += [row.eq(0), tile.eq(tile + 1), address.eq(tile + 1)]
+                with m.If(tile == self.tiles - 1):
+                    m.d.sync += draining.eq(0)
+            with m.Else():
+                m.d.sync += [row.eq(row + 1), address.eq(address + self.tiles_max)]
         return m

@@ -46,7 +46,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     SOFTMAX = 4          # rows of scores → P, and their row scales
     ROUTE = 5            # the router on the next LayerNorm's rows, with the task in the TASK register
     EXPERTS = 6          # repeat the next `body` instructions once per active expert
-    COMBINE = 7          # round the combine accumulator once and add it into the residual
+    COMBINE = 7          # round the combine accumulator once, add it into the residual, clear it
     STORE = 8            # an on-chip memory → DRAM
     SYNC = 9             # wait until every unit is idle
     HALT = 10            # SYNC, then stop and raise done
@@ -68,6 +68,7 @@ class Space(enum.Enum, shape=4):
     SCORES = 8       # one head's attention scores, int32 (a RAW GEMM's output, the softmax's input)
     ROW_SCALES = 9   # the softmax's per-row output scales, read by a `row_scaled` GEMM
     ROUTER_PARAMS = 10   # the router's exponent multiplier and shift per (layer, task)
+    HIDDEN = 11      # GELU's hidden requantization, as CONFIG_GELU sets it (a LOAD: per expert, from DRAM)
 
 
 class Operand(enum.Enum, shape=1):
@@ -106,14 +107,14 @@ MEANINGS = {
     Opcode.LOAD: {"region": "the region register address is from", "address": "DRAM byte offset (a bus-word multiple)", "bytes": "bytes to copy",
                   "memory": "destination memory", "base": "its first word",
                   "per_expert": "inside EXPERTS: add the expert's index × the loop's stride to address"},
-    Opcode.GEMM: {"m": "rows (tokens)", "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile",
+    Opcode.GEMM: {"m": "rows (tokens); a gathering or COMBINE GEMM runs the expert's token count instead", "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile",
                   "n_tiles": "N tiles", "source": "memory of X", "x_base": "word of X's K tile 0",
                   "stationary": "memory of W (a slab buffer, or SCRATCH for Kᵀ and V)",
                   "w_base": "W's first word (in WEIGHTS: buffer · span + offset)",
                   "p_base": "word of N tile 0's column parameters in PARAMS",
                   "destination": "memory of Y", "d_base": "word of Y's row 0, N tile 0",
                   "d_stride": "words from one N tile of Y to the next", "mode": "output mode (GemmMode)",
-                  "gather": "rows by the current expert's token list (inside EXPERTS)", "relu": "clamp at 0",
+                  "gather": "X rows by the current expert's token list (inside EXPERTS)", "relu": "clamp at 0",
                   "row_scaled": "multiplier and shift per row from the last SOFTMAX",
                   "residual": "add Y into the residual as its rows leave",
                   "keep": "keep the slab buffer for the next GEMM (another part of the same slab)",
@@ -125,8 +126,7 @@ MEANINGS = {
     Opcode.ROUTE: {"layer": "MoE layer (router weights)", "tokens": "tokens of the next LAYERNORM with route"},
     Opcode.EXPERTS: {"body": "instructions that follow, repeated per active expert", "stride": "DRAM bytes "
                      "from one expert's weights to the next (per_expert LOADs)"},
-    Opcode.COMBINE: {"rows": "rows", "source": "scratch word of the combine accumulator's row 0",
-                     "destination": "residual word of row 0"},
+    Opcode.COMBINE: {"rows": "tokens: combine rows 0 … rows − 1, rounded, added into RESIDUAL rows 0 …, cleared"},
     Opcode.STORE: {"memory": "source memory", "base": "its first word", "region": "the region register address is from",
                    "address": "DRAM byte offset",
                    "bytes": "bytes to write"},
@@ -180,7 +180,7 @@ class InstructionSet:
             Opcode.SOFTMAX: {"rows": rows, "source": word("scratch"), "destination": word("scratch")},
             Opcode.ROUTE: {"layer": unsigned(index_bits(len(model.moe_blocks))), "tokens": rows},
             Opcode.EXPERTS: {"body": unsigned(index_bits(body_depth + 1)), "stride": dram},
-            Opcode.COMBINE: {"rows": rows, "source": word("scratch"), "destination": word("residual")},
+            Opcode.COMBINE: {"rows": rows},
             Opcode.STORE: {"memory": Space, "base": address, "region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS)},
             Opcode.SYNC: {},
             Opcode.HALT: {},

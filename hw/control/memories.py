@@ -14,7 +14,10 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
 - `ROUTES`: the routing record of the last ROUTE, token t at word t: its k experts then its k gate weights;
 - `NORMS`: LayerNorm's parameters, set s's beat b at word s·⌈D / lanes⌉ + b (`LayerNorm.params_layout`: γ and β
   of its two outputs for `vector_lanes` channels);
-- `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`.
+- `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`;
+- `HIDDEN`: one word, GELU's hidden requantization (multiplier bits 0-15, shift bits 16-21), the register
+  `CONFIG_GELU` sets (an expert's own, by a per-expert LOAD inside EXPERTS).
+The combine accumulator is not named: the GEMM engine adds into it, `COMBINE` drains and clears it.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
         Space.SCORES: OnChip(Space.SCORES, 4 * c, t * tiles(t, c)),
         Space.ROW_SCALES: OnChip(Space.ROW_SCALES, 4, t),
+        Space.HIDDEN: OnChip(Space.HIDDEN, 4, 1),
         **_router_spaces(model, accel),
     }
 
