@@ -1,12 +1,13 @@
-"""The driver's transport over a simulator: the `Accelerator` with DRAM models on its AXI4 port (`hw.sim.dram`,
-with latency and random stalls) and an AXI4-Lite master on its host port, in Amaranth's simulator (`pysim`) or
-Verilator (`verilator`, `hw.sim.verilator`: the same testbench calls, 1,000× faster on big designs, a build of
-a minute or two the first time).
+"""The driver's transports over a simulator: the `Accelerator` with a DRAM on its AXI4 port and an AXI4-Lite master
+on its host port, in Amaranth's simulator (`pysim`: the DRAM models of `hw.sim.dram`, in Python) or Verilator
+(`verilator`: `hw.sim.verilator`, the same DRAM timing and rules served natively each cycle, so a run of a
+million cycles takes seconds; a build of a minute or two the first time).
 
-`simulate(accelerator, host, dram_bytes, simulator="pysim", **dram)` runs `await host(transport)` in a testbench
-and returns its result; every simulated cycle serves the DRAM, whatever the host is doing. `dram`: `latency` (cycles to a
-burst's first beat), `stall` (the probability of a stall on each AXI4 channel each cycle), `seed`, and
-`fail_reads` / `fail_writes` (byte ranges that answer SLVERR).
+`simulate(accelerator, host, dram_bytes, simulator="pysim", **dram)` runs `await host(transport)` and returns its
+result; every simulated cycle serves the DRAM, whatever the host is doing. `dram`: `latency` (cycles to a read
+burst's first beat; write responses take half), `stall` (the probability of a stall on each AXI4 channel each
+cycle; each simulator draws its own), `seed`, and `fail_reads` / `fail_writes` (byte ranges that answer SLVERR).
+With no stalls both simulators see the same DRAM, cycle for cycle.
 """
 
 from __future__ import annotations
@@ -17,21 +18,40 @@ from hw.sim import simulate as run_simulation
 from hw.sim.axilite import AXILiteMaster
 from hw.sim.dram import AXI4ReadModel, AXI4WriteModel
 
-__all__ = ["SimulatorTransport", "simulate", "SIMULATORS"]
+__all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "SIMULATORS"]
 
 
-class SimulatorTransport:
+class _Transport:
+    """The host's side of a transport: registers over AXI4-Lite, `wait`; DRAM access is the subclass's."""
+
+    def __init__(self, ctx, accelerator):
+        self.ctx, self.accelerator = ctx, accelerator
+        self.host = AXILiteMaster(ctx, accelerator.host, self.tick)
+        self.cycles = 0
+
+    async def read32(self, offset: int) -> int:
+        return await self.host.read(offset)
+
+    async def write32(self, offset: int, value: int) -> None:
+        await self.host.write(offset, value)
+
+    async def wait(self, cycles: int) -> None:
+        for _ in range(cycles):
+            await self.tick()
+
+
+class SimulatorTransport(_Transport):
+    """Amaranth's simulator, the DRAM in Python (`AXI4ReadModel`, `AXI4WriteModel`) over `dram`."""
+
     def __init__(self, ctx, accelerator, dram_bytes: int, *, latency: int = 8, stall: float = 0.0, seed: int = 0,
                  fail_reads: range | None = None, fail_writes: range | None = None):
-        self.ctx, self.accelerator = ctx, accelerator
+        super().__init__(ctx, accelerator)
         self.dram = np.zeros(dram_bytes, np.uint8)
         bus = accelerator.bus.beat_bytes
         self.reads = AXI4ReadModel(self.dram, bus, latency=latency, ar_stall=stall, r_stall=stall, fail=fail_reads,
                                    seed=seed)
         self.writes = AXI4WriteModel(self.dram, bus, latency=max(1, latency // 2), aw_stall=stall, w_stall=stall,
                                      b_stall=stall, fail=fail_writes, seed=seed + 1)
-        self.host = AXILiteMaster(ctx, accelerator.host, self.tick)
-        self.cycles = 0
 
     async def tick(self) -> None:
         self.reads.drive(self.ctx, self.accelerator.axi)
@@ -40,12 +60,6 @@ class SimulatorTransport:
         self.reads.advance()
         self.writes.advance()
         self.cycles += 1
-
-    async def read32(self, offset: int) -> int:
-        return await self.host.read(offset)
-
-    async def write32(self, offset: int, value: int) -> None:
-        await self.host.write(offset, value)
 
     def _check(self, address: int, length: int) -> None:
         if address < 0 or address + length > len(self.dram):
@@ -60,9 +74,30 @@ class SimulatorTransport:
         self._check(address, length)
         return self.dram[address:address + length].tobytes()
 
+
+class VerilatorTransport(_Transport):
+    """Verilator, the DRAM native in the verilated model (`Verilated.add_dram`); `wait` runs in one call."""
+
+    def __init__(self, ctx, accelerator, dram_bytes: int, *, latency: int = 8, stall: float = 0.0, seed: int = 0,
+                 fail_reads: range | None = None, fail_writes: range | None = None):
+        super().__init__(ctx, accelerator)
+        self.model = ctx.model
+        self.model.add_dram(accelerator.axi, dram_bytes, read_latency=latency, write_latency=max(1, latency // 2),
+                            stall=stall, seed=seed, fail_reads=fail_reads, fail_writes=fail_writes)
+
+    async def tick(self) -> None:
+        await self.ctx.tick()
+        self.cycles += 1
+
     async def wait(self, cycles: int) -> None:
-        for _ in range(cycles):
-            await self.tick()
+        self.model.tick(cycles)
+        self.cycles += cycles
+
+    async def write_dram(self, address: int, data: bytes) -> None:
+        self.model.write_dram(address, data)
+
+    async def read_dram(self, address: int, length: int) -> bytes:
+        return self.model.read_dram(address, length)
 
 
 SIMULATORS = ("pysim", "verilator")
@@ -74,12 +109,14 @@ def simulate(accelerator, host, dram_bytes: int, simulator: str = "pysim", **dra
         raise ValueError(f"simulator {simulator!r}: one of {', '.join(SIMULATORS)}")
     result = {}
 
-    async def testbench(ctx):
-        result["value"] = await host(SimulatorTransport(ctx, accelerator, dram_bytes, **dram))
-
     if simulator == "pysim":
+        async def testbench(ctx):
+            result["value"] = await host(SimulatorTransport(ctx, accelerator, dram_bytes, **dram))
         run_simulation(accelerator, testbench)
     else:
         from hw.sim.verilator import Verilated, VerilatorContext, run
+
+        async def testbench(ctx):
+            result["value"] = await host(VerilatorTransport(ctx, accelerator, dram_bytes, **dram))
         run(VerilatorContext(Verilated(accelerator, "accelerator")), testbench)
     return result["value"]
