@@ -33,7 +33,8 @@ from .assembler import Assembler
 from .image import residual_bytes, x_bytes
 
 __all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
-           "dense_block_program", "mlp_program", "route_program", "moe_block_program", "backbone_program"]
+           "dense_block_program", "mlp_program", "route_program", "moe_block_program", "backbone_program",
+           "CHECKPOINTS"]
 
 
 class CompileError(ValueError):
@@ -373,11 +374,6 @@ def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
     builder.emit(Opcode.COMBINE, rows=t)
 
 
-def _block(builder: ProgramBuilder, block: int) -> None:
-    _attention(builder, block)
-    (_moe_mlp if builder.model.is_moe(block) else _dense_mlp)(builder, block)
-
-
 def _activation_length(builder: ProgramBuilder) -> int:
     """Bytes of a T × D operand in ACTIVATION."""
     model, accel = builder.model, builder.accel
@@ -442,7 +438,8 @@ def moe_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block
         raise CompileError(f"block {block} of {model.name} is dense: moe_block_program compiles a block with experts")
     builder = _start(quantized, accel, residual)
     builder.router_weights()
-    _block(builder, block)
+    _attention(builder, block)
+    _moe_mlp(builder, block)
     builder.store("routes", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
     builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
@@ -450,18 +447,34 @@ def moe_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block
     return builder.build()
 
 
-def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray) -> Program:
+CHECKPOINTS = {"embed": "the patch embedding", "mid": "attention", "norm2": "LayerNorm₂", "routes": "the routing",
+               "out": "the MLP"}
+
+
+def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, *,
+                     checkpoints: bool = False) -> Program:
     """The whole backbone on `image` (int8 [C, H, W]): the patch embedding, then every block. Outputs `out` (the
-    backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block."""
+    backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block; with
+    `checkpoints`, also `golden.run`'s intermediates `embed` and per block `blocks.{b}.mid`, `.norm2` and `.out`
+    (`CHECKPOINTS` says which operation each ends), stored as they are made."""
     model = quantized.config
     builder = ProgramBuilder(quantized, accel)
+    residual, activation = _residual_length(builder), _activation_length(builder)
     if model.moe_blocks:
         builder.router_weights()
     _embedding(builder, image)
+    if checkpoints:
+        builder.store("embed", Space.RESIDUAL, 0, residual)
     for block in range(model.depth):
-        _block(builder, block)
+        _attention(builder, block)
+        if checkpoints:
+            builder.store(f"blocks.{block}.mid", Space.RESIDUAL, 0, residual)
+        (_moe_mlp if model.is_moe(block) else _dense_mlp)(builder, block)
         if model.is_moe(block):
             builder.store(f"routes.{block}", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
+        if checkpoints:
+            builder.store(f"blocks.{block}.norm2", Space.ACTIVATION, 0, activation)
+            builder.store(f"blocks.{block}.out", Space.RESIDUAL, 0, residual)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
     return builder.build()

@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from amaranth.lib import data as data_layout
 
 from golden.config import AcceleratorConfig, ModelConfig
 from hw.compute.gemm.images import pack_x
 from hw.compute.gemm.geometry import tiles
+from hw.control.isa import Space
+from hw.control.memories import onchip_spaces, router_geometry
 
-__all__ = ["x_bytes", "residual_bytes", "residual_from_bytes", "DramMap", "REGION_ALIGNMENT"]
+__all__ = ["x_bytes", "residual_bytes", "residual_from_bytes", "routes_from_bytes", "DramMap", "REGION_ALIGNMENT"]
 
 REGION_ALIGNMENT = 4096
 
@@ -40,6 +43,22 @@ def residual_from_bytes(data: bytes, model: ModelConfig, accel: AcceleratorConfi
     t, d, c = model.num_tokens, model.embed_dim, accel.array_cols
     words = np.frombuffer(data, dtype="<i2").reshape(tiles(d, c), t, c)
     return words.transpose(1, 0, 2).reshape(t, -1)[:, :d].astype(np.int16)
+
+
+def routes_from_bytes(data: bytes, model: ModelConfig, accel: AcceleratorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The routing record STORE writes from ROUTES (a word per token: its k experts, best first, then their Q1.15
+    gate weights) as (expert ids, gate weights), both [T, k]."""
+    geometry = router_geometry(model, accel)
+    word_bytes = onchip_spaces(model, accel)[Space.ROUTES].word_bytes
+    record = data_layout.Layout.cast(geometry.record)
+    words = [int.from_bytes(data[i:i + word_bytes], "little") for i in range(0, len(data), word_bytes)]
+    fields = {}
+    for name in ("experts", "weights"):
+        field = record[name]
+        width = field.width // model.top_k
+        fields[name] = np.array([[word >> (field.offset + i * width) & ((1 << width) - 1) for i in range(model.top_k)]
+                                 for word in words[:model.num_tokens]])
+    return fields["experts"], fields["weights"]
 
 
 def _align(value: int) -> int:

@@ -12,13 +12,17 @@ With no stalls both simulators see the same DRAM, cycle for cycle.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from hw.control.accelerator import Accelerator
 from hw.sim import simulate as run_simulation
 from hw.sim.axilite import AXILiteMaster
 from hw.sim.dram import AXI4ReadModel, AXI4WriteModel
+from hw.sim.native_dram import NativeDram
 
-__all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "SIMULATORS"]
+__all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "accelerator_for", "SIMULATORS"]
 
 
 class _Transport:
@@ -76,14 +80,15 @@ class SimulatorTransport(_Transport):
 
 
 class VerilatorTransport(_Transport):
-    """Verilator, the DRAM native in the verilated model (`Verilated.add_dram`); `wait` runs in one call."""
+    """Verilator, the DRAM native in the verilated model (`hw.sim.native_dram`); `wait` runs in one call."""
 
     def __init__(self, ctx, accelerator, dram_bytes: int, *, latency: int = 8, stall: float = 0.0, seed: int = 0,
                  fail_reads: range | None = None, fail_writes: range | None = None):
         super().__init__(ctx, accelerator)
         self.model = ctx.model
-        self.model.add_dram(accelerator.axi, dram_bytes, read_latency=latency, write_latency=max(1, latency // 2),
-                            stall=stall, seed=seed, fail_reads=fail_reads, fail_writes=fail_writes)
+        self.dram = NativeDram(self.model, accelerator.axi, dram_bytes, read_latency=latency,
+                               write_latency=max(1, latency // 2), stall=stall, seed=seed, fail_reads=fail_reads,
+                               fail_writes=fail_writes)
 
     async def tick(self) -> None:
         await self.ctx.tick()
@@ -94,13 +99,20 @@ class VerilatorTransport(_Transport):
         self.cycles += cycles
 
     async def write_dram(self, address: int, data: bytes) -> None:
-        self.model.write_dram(address, data)
+        self.dram.write(address, data)
 
     async def read_dram(self, address: int, length: int) -> bytes:
-        return self.model.read_dram(address, length)
+        return self.dram.read(address, length)
 
 
 SIMULATORS = ("pysim", "verilator")
+
+
+@functools.lru_cache(maxsize=2)
+def accelerator_for(model, accel) -> Accelerator:
+    """`Accelerator.for_model(model, accel)`, one per process for each pair: a simulation may reuse it, and the
+    fast simulator converts it to Verilog once."""
+    return Accelerator.for_model(model, accel)
 
 
 def simulate(accelerator, host, dram_bytes: int, simulator: str = "pysim", **dram):

@@ -343,6 +343,44 @@ def cmd_header(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """A backbone inference per task on the simulated accelerator against the golden model; exit status 1 if a
+    task is not bit-exact."""
+    from firmware.run import run_backbone
+    from golden.images import natural_images
+    from golden.quantize import quantize_image
+    from hw.control.memories import check_top_level
+    model, accel = model_preset(args.preset), accelerator_preset(args.accel)
+    check_compatible(model, accel)
+    check_top_level(model, accel)
+    tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
+    if args.quantized is not None:
+        from golden.quantized import QuantizedModel
+        quantized = QuantizedModel.load(args.quantized, expect=model)
+    else:
+        from golden.fidelity import CALIBRATION_SEED, load_float
+        from golden.float_model import quantize_model
+        network, _ = load_float(model, args.seed, None)
+        quantized = quantize_model(network, natural_images(model, 16, CALIBRATION_SEED + args.seed))
+    image = quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
+    reports = run_backbone(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency)
+    rows = [{**report, "result": "PASS" if report["bit_exact"] else "FAIL",
+             **{f"{unit}_share": cycles / report["cycles"] for unit, cycles in report["busy"].items()},
+             "read": f"{report['dram_read_bytes']:,}/{report['expected_read_bytes']:,}"} for report in reports]
+    footer = [f"task {report['task']}: first mismatch: {report['first_mismatch']}" for report in reports
+              if "first_mismatch" in report]
+    _report(args, {"preset": model.name, "accel": accel.name, "simulator": args.sim, "tasks": reports},
+            f"{model.name} backbone on {accel.name} ({args.sim}, DRAM latency {args.latency}): each task against "
+            f"the golden model, bit for bit", [
+                ("task", "task_name", "<8"), ("result", "result", "<6"), ("cycles", "cycles", ">10,"),
+                ("floor", "floor_cycles", ">10,"), ("util", "utilization", ">5.3f"),
+                ("gemm", "gemm_share", ">5.2f"), ("loader", "loader_share", ">6.2f"),
+                ("router", "router_share", ">6.2f"), ("vector", "vector_share", ">6.2f"),
+                ("read/expected B", "read", ">22"), ("written B", "dram_write_bytes", ">9,"),
+                ("wall s", "wall_seconds", ">7.1f")], rows, footer)
+    return 0 if all(report["bit_exact"] for report in reports) else 1
+
+
 def cmd_prove(args) -> int:
     """Exit status 1 if a rule fails (its trace kept with -o)."""
     from hw.flow.formal import prove_unit
@@ -543,6 +581,24 @@ def build_parser() -> argparse.ArgumentParser:
     header.add_argument("-o", "--output", type=_output_file, required=True, help="the header file (.h)")
     header.set_defaults(run=cmd_header)
 
+    def run_args(sub, preset, accel):
+        sub.add_argument("--preset", default=preset, help=f"model preset (default {preset})")
+        sub.add_argument("--accel", default=accel, help=f"accelerator preset or RxC (default {accel})")
+        sub.add_argument("--task", default="all", help="task index or name, or all (default all)")
+        sub.add_argument("--sim", default="verilator", choices=("pysim", "verilator"),
+                         help="simulator (default verilator)")
+        sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
+        sub.add_argument("--quantized", type=_existing_file, default=None,
+                         help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
+        sub.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
+        sub.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(run=cmd_run)
+
+    run = commands.add_parser("run", help="a whole backbone inference per task on the simulated accelerator, "
+                                          "against the golden model bit for bit")
+    run_args(run, "tiny", "4x4")
+
     prove = commands.add_parser("prove", help="bounded proofs of a unit's handshake rules (SymbiYosys, Boolector)")
     prove.add_argument("unit", choices=(*PROOFS, "all"), help="the unit, at its smallest configuration")
     prove.add_argument("--depth", type=_count, default=24, help="cycles from reset (default 24, as in CI)")
@@ -575,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   cmd_bench_vector, "16x16")
     vector_bench.add_argument("--synth-array", default="8x8", help="accelerator preset synthesized (default 8x8)")
     vector_bench.add_argument("--no-synth", action="store_true", help="cycles only")
+    run_args(benches.add_parser("run", help="`m3vit run` on a realistic configuration: cycles, utilization, DRAM "
+                                            "bytes and busy shares per task (fast simulator)"),
+             "m3vit-tiny-cityscapes", "16x16")
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from firmware.assembler import Assembler
-from firmware.compiler import (AttentionLayout, Program, ProgramBuilder, dense_block_program, mlp_program,
-                               patch_embedding_program, qkv_program, route_program)
+from firmware.compiler import (AttentionLayout, CompileError, Program, ProgramBuilder, backbone_program,
+                               dense_block_program, mlp_program, moe_block_program, patch_embedding_program,
+                               qkv_program, route_program)
 from firmware.driver import Driver, DriverError
-from firmware.image import DramMap, residual_from_bytes, x_bytes
-from firmware.sim import SimulatorTransport, simulate
+from firmware.image import DramMap, residual_from_bytes, routes_from_bytes, x_bytes
+from firmware.sim import SimulatorTransport, accelerator_for, simulate
 from golden.config import ConfigError, accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
@@ -25,7 +26,7 @@ from hw.flow.export import lint, to_verilog
 from hw.sim import simulate as run_simulation
 
 TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
-DRAM_BYTES = 1 << 17
+DRAM_BYTES = 1 << 18
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def _run(programs, simulator="pysim", tasks=None, **dram):
         driver = Driver(transport, TINY, ACCEL)
         await driver.connect()
         return [await driver.run(program, task) for program, task in zip(programs, tasks or [0] * len(programs))]
-    return simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
+    return simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3])
@@ -138,15 +139,6 @@ def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
     assert np.array_equal(scores.reshape(t, -1)[:, :n], x @ w)
 
 
-def _routes(result, k=TINY.top_k, experts=TINY.num_experts):
-    """The ROUTES words as (expert ids, gate weights) [T, k]."""
-    bits = (experts - 1).bit_length()
-    words = [int(w) for w in np.frombuffer(result.outputs["routes"], "<u8")]
-    ids = [[w >> (i * bits) & ((1 << bits) - 1) for i in range(k)] for w in words]
-    weights = [[w >> (k * bits + 16 * i) & 0xFFFF for i in range(k)] for w in words]
-    return np.array(ids), np.array(weights)
-
-
 def test_routing_of_every_task_back_to_back_and_a_bad_task(quantized):
     """Block 1's LayerNorm₂ with its int16 copy streamed to the router, ROUTE with the task in TASK: the same
     program for task 0, then task 1, then task 2 (outside the model: BAD_TASK, no hang), then task 0 again."""
@@ -156,7 +148,7 @@ def test_routing_of_every_task_back_to_back_and_a_bad_task(quantized):
     results = _run([program] * 4, tasks=[0, 1, 2, 0], latency=9, stall=0.15, seed=12)
     for result, task in zip(results[:2] + results[3:], (0, 1, 0)):
         assert result.ok, result.cause
-        ids, weights = _routes(result)
+        ids, weights = routes_from_bytes(result.outputs["routes"], TINY, ACCEL)
         assert np.array_equal(ids, goldens[task].routing[1].expert_ids)
         assert np.array_equal(weights, goldens[task].routing[1].gate_weights)
         assert result.outputs["norm2"] == x_bytes(goldens[task].tensors["blocks.1.norm2"], ACCEL, TINY.num_tokens)
@@ -194,7 +186,13 @@ _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
 FAULTS = [
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
-    ("EXPERTS, not built yet", "SYNC\nEXPERTS body=1\nHALT", None, ErrorCause.UNSUPPORTED, 1, {}),
+    ("EXPERTS longer than its body buffer", "SYNC\nEXPERTS body=17\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
+    ("a per-expert LOAD outside EXPERTS", "LOAD region=MODEL bytes=8 memory=ACTIVATION per_expert=1\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("a COMBINE GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=RESIDUAL mode=COMBINE\n"
+     "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("COMBINE past the last token", f"COMBINE rows={TINY.num_tokens + 1}\nHALT", None, ErrorCause.BAD_OPERAND, 0,
+     {}),
     ("LAYERNORM for the router with no ROUTE", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.BAD_OPERAND, 0,
      {}),
     ("SOFTMAX past the last token", f"SOFTMAX rows=3 source={TINY.num_tokens - 1}\nHALT", None,
@@ -212,8 +210,8 @@ FAULTS = [
     ("STORE of half a bus word", "STORE memory=ACTIVATION region=OUTPUT bytes=4\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("LOAD from region 3", "SYNC\nLOAD\nHALT", "region3", ErrorCause.BAD_OPERAND, 1, {}),
-    ("GEMM of a gather", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 source=ACTIVATION stationary=WEIGHTS gather=1\n"
-     "HALT", None, ErrorCause.UNSUPPORTED, 0, {}),
+    ("a gathering GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 stationary=WEIGHTS gather=1\n"
+     "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("DRAM read error", "LOAD region=IMAGE bytes=64 memory=ACTIVATION\nSYNC\nHALT", None, ErrorCause.DRAM_READ,
      None, {"fail_reads": "image"}),
     ("DRAM write error", "STORE memory=ACTIVATION region=OUTPUT bytes=64\nSYNC\nHALT", None,
@@ -237,6 +235,79 @@ def test_a_fault_ends_the_run_with_its_cause_and_the_next_run_works(quantized, n
     if pc is not None:
         assert faulty.error_pc == pc
     assert after.ok and after.outputs["echo"] == payload
+
+
+def test_experts_with_no_active_expert_skip_their_body(quantized):
+    """EXPERTS with no ROUTE before it has no expert to run: its body (two instructions that would fault if they
+    issued) is dropped, and the program goes on after it."""
+    payload = bytes(range(64))
+    echo = _echo(quantized, payload)
+    builder = ProgramBuilder(quantized, ACCEL)
+
+    def body():
+        builder.emit(Opcode.GEMM, m=1, k_tiles=1, k_last=4, n_tiles=1, gather=1)
+        builder.emit(Opcode.LOAD, bytes=8, memory=Space.ACTIVATION, per_expert=1)
+        return 0
+    builder.experts(body)
+    program = builder.build()
+    program = Program(program.words[:3] + echo.words, echo.model, echo.image, echo.output_bytes, outputs=echo.outputs)
+    (result,) = _run([program], latency=5)
+    assert result.ok and result.outputs["echo"] == payload
+    assert result.counters["INSTRUCTIONS"] == 1 + len(echo.words)
+
+
+def test_the_compiler_refuses_an_experts_body_longer_than_the_buffer(quantized):
+    builder = ProgramBuilder(quantized, ACCEL)
+
+    def body():
+        for _ in range(builder.isa.body_depth + 1):
+            builder.emit(Opcode.SYNC)
+        return 0
+    with pytest.raises(CompileError, match=f"body buffer holds {builder.isa.body_depth}"):
+        builder.experts(body)
+
+
+def _check_backbone(result, golden):
+    assert result.ok, (result.cause, result.error_pc)
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), golden.backbone)
+    for block, routing in golden.routing.items():
+        ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], TINY, ACCEL)
+        assert np.array_equal(ids, routing.expert_ids) and np.array_equal(weights, routing.gate_weights)
+
+
+def test_an_moe_block_is_bit_exact_for_every_task_under_stalls(quantized):
+    """Block 1 (experts) from its input: attention, LayerNorm₂ streamed to the router, EXPERTS over the task's
+    active experts (each expert's slabs, parameters and hidden scale loaded once, fc1 on its gathered tokens, fc2
+    gate-weighted into the combine accumulator), COMBINE into the residual; every task, back to back, with DRAM
+    stalls on every channel."""
+    image = quantize_image(quantized, natural_images(TINY, 1, 8)[0])
+    goldens = [run(quantized, image, task, intermediates=True) for task in range(TINY.num_tasks)]
+    programs = [moe_block_program(quantized, ACCEL, 1, golden.tensors["blocks.0.out"]) for golden in goldens]
+    results = _run(programs, simulator="verilator", tasks=range(TINY.num_tasks), latency=11, stall=0.2, seed=5)
+    for result, golden in zip(results, goldens):
+        assert result.ok, (result.cause, result.error_pc)
+        assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), golden.tensors["blocks.1.out"])
+        ids, weights = routes_from_bytes(result.outputs["routes"], TINY, ACCEL)
+        assert np.array_equal(ids, golden.routing[1].expert_ids)
+        body = len(golden.routing[1].active_experts) - 1       # the body's replays, one per further expert
+        assert result.counters["INSTRUCTIONS"] == len(programs[0].words) + 7 * body
+
+
+def test_the_backbone_is_bit_exact_for_every_task_back_to_back_in_verilator(quantized):
+    """The whole backbone (patch embedding, dense and MoE blocks) from one program, every task one after another
+    on one accelerator, a task outside the model in between (BAD_TASK at the first ROUTE, done, no hang)."""
+    image = quantize_image(quantized, natural_images(TINY, 1, 9)[0])
+    goldens = [run(quantized, image, task) for task in range(TINY.num_tasks)]
+    program = backbone_program(quantized, ACCEL, image)
+    tasks = [*range(TINY.num_tasks), TINY.num_tasks, 0]
+    results = _run([program] * len(tasks), simulator="verilator", tasks=tasks, latency=10)
+    for result, task in zip(results, tasks):
+        if task < TINY.num_tasks:
+            _check_backbone(result, goldens[task])
+        else:
+            assert result.cause is ErrorCause.BAD_TASK
+    loaded = results[0].counters["DRAM_READ_BYTES"]
+    assert loaded < len(program.model) + len(program.image) + 16 * len(program.words)  # inactive experts stay in DRAM
 
 
 def test_driver_refuses_hardware_of_another_configuration():
@@ -307,16 +378,16 @@ def test_verilog_elaborates_and_lints():
 
 
 def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, golden):
-    """Block 0's MLP in both simulators through the same driver and DRAM model: the same cycles, counters and
-    bytes."""
+    """Block 0's MLP in both simulators through the same driver and the same DRAM timing (in Python; native in
+    Verilator): the same cycles, counters and bytes."""
     _, tensors = golden
     program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
 
     async def host(transport):
         return await Driver(transport, TINY, ACCEL).run(program)
 
-    results = [simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, latency=9,
-                        stall=0.1, seed=7) for simulator in ("pysim", "verilator")]
+    results = [simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, latency=9)
+               for simulator in ("pysim", "verilator")]
     assert results[0].ok and results[1].ok
     assert results[0].cycles == results[1].cycles and results[0].counters == results[1].counters
     assert results[0].output == results[1].output

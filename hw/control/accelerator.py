@@ -167,17 +167,17 @@ class Accelerator(wiring.Component):
         for space, port in ((Space.ROUTER, self.router.weights_write), (Space.ROUTER_PARAMS, self.router.params_write)):
             source = getattr(load, space.name.lower())
             m.d.comb += [port.addr.eq(source.addr), port.en.eq(source.en), port.data.eq(source.data)]
-        from_slab = self.controller.gemm_stationary == Space.WEIGHTS
+        from_slab = self.controller.gemm_touches.stationary == Space.WEIGHTS
         m.d.comb += [self.loader.read.addr.eq(engine.w_read.addr), self.loader.read.en.eq(engine.w_read.en & from_slab),
                      engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
-        m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_source == Space.SCRATCH, x_data[Space.SCRATCH],
+        m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_touches.source == Space.SCRATCH, x_data[Space.SCRATCH],
                                               x_data[Space.ACTIVATION]))
 
     def _experts(self, m):
         """The router's token queues behind the engine's gather (fc1) or scatter and gate (COMBINE fc2) reads;
         the combine accumulator, written by the engine, drained and cleared by `CombineDrain`."""
         engine, queue, drain = self.engine, self.router.queue_read, self.combine_drain
-        gathering = self.controller.gemm_gathers
+        gathering = self.controller.gemm_touches.gathers
         m.d.comb += [queue.addr.eq(Mux(gathering, engine.index_read.addr, engine.scatter_read.addr)),
                      queue.en.eq(Mux(gathering, engine.index_read.en, engine.scatter_read.en)),
                      engine.index_read.data.eq(queue.data.token), engine.scatter_read.data.eq(queue.data.token),

@@ -2,7 +2,7 @@
 once the unit it needs is free and the memories it names are safe (a scoreboard).
 
 Run: `start` (when not `busy`) pulses `clear` (the top level resets the units with it), then instructions are
-fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer, as room allows.
+fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer (`ProgramFetch`).
 The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first fault: its
 `cause` (`ErrorCause`) and `error_pc` (the index of the instruction at fault, or being issued when a unit
 reported it) are kept until the next start. A fault stops issue at once; transfers in flight finish, so the
@@ -16,7 +16,7 @@ Issue rules (docs/architecture.md, section 11):
   destination or reads its destination, and its slab buffer (`w_base / span`) is full; the buffer is taken
   with the command and released when the product is written, unless the GEMM `keep`s it for the next GEMM,
   which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
-  requantization is the last `CONFIG_GELU`'s.
+  requantization is HIDDEN's (the last `CONFIG_GELU`, or a LOAD into HIDDEN, which a GELU GEMM waits for).
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `SOFTMAX`: when the softmax path is free, no unit in flight writes SCORES, and none reads or writes SCRATCH or
@@ -26,6 +26,11 @@ Issue rules (docs/architecture.md, section 11):
   rows (else BAD_OPERAND).
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
+- `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
+  expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
+  COMBINE GEMM also once the combine drain is). Outside a body those are BAD_OPERAND, as a body longer than the
+  body buffer is.
+- `COMBINE`: when the engine, its output path and the combine drain are idle and nothing reads or writes RESIDUAL.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only in a cycle where the unit's
 `ready` is known high (each `ready` is a register there), so it is taken the cycle it is raised.
@@ -35,19 +40,20 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory, WritePort
+from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import index_bits
-from ..common.gearbox import Gearbox
 from ..compute.gemm.geometry import GemmMode
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
 from .datapath import GEMM_DESTINATIONS, LOADABLE, STORABLE
-from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
+from .isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
+from .fetch import ProgramFetch
+from .loop import ExpertsLoop
+from .scoreboard import GEMM_TOUCHES, Scoreboard
 from .memories import OnChip
 
 __all__ = ["Controller"]
@@ -60,13 +66,12 @@ class Controller(wiring.Component):
                  expert_entry: data.StructLayout, combine_command: data.StructLayout, tokens: int, tasks: int,
                  experts: int, buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32,
                  fetch_depth: int = 8, fetch_chunk: int = 4):
-        if not 1 <= fetch_chunk <= fetch_depth:
-            raise ValueError(f"Controller fetch_chunk = {fetch_chunk}: from 1 to fetch_depth ({fetch_depth})")
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
         self.norm_command, self.softmax_command, self.tokens = norm_command, softmax_command, tokens
         self.tasks, self.num_experts, self.expert_entry, self.body_depth = tasks, experts, expert_entry, isa.body_depth
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
-        self.addr_width, self.fetch_depth, self.fetch_chunk = addr_width, fetch_depth, fetch_chunk
+        self.addr_width = addr_width
+        self.fetcher = ProgramFetch(bus_bytes=bus_bytes, addr_width=addr_width, depth=fetch_depth, chunk=fetch_chunk)
         super().__init__({
             "start": In(1), "task": In(32), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
             "output_addr": In(32),
@@ -81,71 +86,16 @@ class Controller(wiring.Component):
             "take": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "release": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "gemm": Out(stream.Signature(engine_command)), "gemm_active": In(1), "gemm_error": In(1),
-            "gemm_source": Out(Space), "gemm_stationary": Out(Space), "output_start": Out(1), "output_job": Out(job),
+            "gemm_touches": Out(GEMM_TOUCHES), "output_start": Out(1), "output_job": Out(job),
             "store": Out(stream.Signature(store_command)), "store_busy": In(1), "store_error": In(1),
             "norm": Out(stream.Signature(norm_command)), "norm_busy": In(1),
             "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
             "route": Out(stream.Signature(route_command)), "router_busy": In(1),
-            "experts": In(stream.Signature(expert_entry)), "gemm_gathers": Out(1),
+            "experts": In(stream.Signature(expert_entry)),
             "combine": Out(stream.Signature(combine_command)), "combine_busy": In(1),
             "hidden_write": Out(WritePort.Signature(addr_width=1,
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
-
-    # --- program fetch -----------------------------------------------------------------------------------------
-    def _fetch(self, m, running, popped):
-        """Instructions into a buffer; returns the buffer (a `SyncFIFO` of instruction words) and `drained`."""
-        m.submodules.gearbox = gearbox = Gearbox(8 * self.bus_bytes, INSTRUCTION_BITS)
-        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS, depth=self.fetch_depth)
-        wiring.connect(m, wiring.flipped(self.program), gearbox.input)
-        m.d.comb += [buffer.w_data.eq(gearbox.output.payload), buffer.w_en.eq(gearbox.output.valid),
-                     gearbox.output.ready.eq(1)]       # room reserved when the chunk was asked for
-        fetched = Signal(32)                          # instructions asked for
-        reserved = Signal(range(self.fetch_depth + 1))
-        chunk = self.fetch_chunk
-        m.d.comb += [self.fetch.valid.eq(running & (reserved <= self.fetch_depth - chunk)),
-                     self.fetch.payload.address.eq(self.program_addr + (fetched << 4)),
-                     self.fetch.payload.length.eq(chunk * INSTRUCTION_BITS // 8)]
-        asked = self.fetch.valid & self.fetch.ready
-        m.d.sync += reserved.eq(reserved + Mux(asked, chunk, 0) - popped)
-        with m.If(asked):
-            m.d.sync += fetched.eq(fetched + chunk)
-        with m.If(self.start & ~self.busy):
-            m.d.sync += [fetched.eq(0), reserved.eq(0)]
-        drained = self.fetch_idle & ~self.program.valid & ~gearbox.output.valid & ~buffer.r_rdy
-        return buffer, drained
-
-    # --- the scoreboard --------------------------------------------------------------------------------------
-    def _scoreboard(self, m):
-        """(reading, writing): per `Space`, whether a unit in flight reads / writes it, and the registers the
-        issue logic sets to say which spaces an issued unit touches."""
-        touched = {name: Signal(Space, name=f"{name}_space")
-                   for name in ("load", "gemm_source", "gemm_stationary", "gemm_dest", "store")}
-        touched["gemm_scaled"] = Signal(name="gemm_scaled")
-        touched["gemm_gathers"] = Signal(name="gemm_gathers")
-        reading = Signal(len(Space))
-        writing = Signal(len(Space))
-        for space in Space:
-            m.d.comb += [
-                writing[space.value].eq((self.load_busy & (touched["load"] == space))
-                                        | (self.gemm_active & (touched["gemm_dest"] == space))
-                                        | (self.norm_busy & Const(space == Space.ACTIVATION))
-                                        | (self.softmax_busy & Const(space in (Space.SCRATCH, Space.ROW_SCALES)))
-                                        | (self.router_busy & Const(space == Space.ROUTES))
-                                        | (self.combine_busy & Const(space == Space.RESIDUAL))),
-                reading[space.value].eq((self.store_busy & (touched["store"] == space))
-                                        | (self.gemm_active & ((touched["gemm_source"] == space)
-                                                               | (touched["gemm_stationary"] == space)
-                                                               | Const(space == Space.PARAMS)))
-                                        | (self.norm_busy & Const(space in (Space.RESIDUAL, Space.NORMS)))
-                                        | (self.softmax_busy & Const(space == Space.SCORES))
-                                        | (self.gemm_active & touched["gemm_scaled"]
-                                           & Const(space == Space.ROW_SCALES))
-                                        | (self.combine_busy & Const(space == Space.RESIDUAL))),
-            ]
-        m.d.comb += [self.gemm_source.eq(touched["gemm_source"]), self.gemm_stationary.eq(touched["gemm_stationary"]),
-                     self.gemm_gathers.eq(touched["gemm_gathers"])]
-        return reading, writing, touched
 
     def _dram_address(self, m, operands, name, extra=0):
         """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
@@ -205,8 +155,7 @@ class Controller(wiring.Component):
                         with m.Else():
                             go(self.load.ready & ~reading[space.value] & ~writing[space.value])
                             m.d.comb += self.load.valid.eq(issue)
-                            with m.If(issue):
-                                m.d.sync += touched["load"].eq(space)
+                            m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space)]
                 with m.Else():
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.GEMM):
@@ -226,8 +175,7 @@ class Controller(wiring.Component):
                         with m.Else():
                             go(self.store.ready & ~writing[space.value])
                             m.d.comb += self.store.valid.eq(issue)
-                            with m.If(issue):
-                                m.d.sync += touched["store"].eq(space)
+                            m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
                 with m.Else():
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.SYNC):
@@ -288,7 +236,7 @@ class Controller(wiring.Component):
                     go()
                 with m.Else():
                     go(loop.expert_ready | loop.no_more)
-                    m.d.comb += loop.enter.eq(issue)
+                    m.d.comb += [loop.enter.eq(issue), loop.body.eq(ops.body), loop.stride.eq(ops.stride)]
             with m.Case(Opcode.COMBINE):
                 ops = word.operands.combine
                 with m.If(ops.rows > self.tokens):
@@ -300,8 +248,7 @@ class Controller(wiring.Component):
                                  self.output_start.eq(issue), self.output_job.destination.eq(Space.RESIDUAL),
                                  self.output_job.d_stride.eq(self.tokens), self.output_job.residual.eq(1),
                                  self.output_job.combine.eq(1)]
-                    with m.If(issue):
-                        m.d.sync += touched["gemm_dest"].eq(Space.RESIDUAL)
+                    m.d.comb += [touched.gemm_issued.eq(issue), touched.gemm.destination.eq(Space.RESIDUAL)]
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
 
@@ -346,83 +293,36 @@ class Controller(wiring.Component):
             slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
             go(free & self.gemm.ready & slab_ready)
             m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & from_slab & ~reuse),
-                         self.output_start.eq(issue)]
-            with m.If(issue):
-                m.d.sync += [touched["gemm_source"].eq(source), touched["gemm_dest"].eq(ops.destination),
-                             touched["gemm_stationary"].eq(stationary), touched["gemm_scaled"].eq(ops.row_scaled),
-                             touched["gemm_gathers"].eq(ops.gather)]
-                with m.If(from_slab):
-                    m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
-
-    # --- the EXPERTS loop --------------------------------------------------------------------------------------
-    def _loop(self, m):
-        """The loop's state, the body buffer (its instructions as the first iteration issues them) and the
-        active experts of the last ROUTE (a FIFO the router fills, cleared by the next ROUTE and at start)."""
-        entry = self.expert_entry
-        loop = SimpleNamespace(
-            active=Signal(name="loop_active"),        # in an EXPERTS body (between iterations included)
-            replay=Signal(name="loop_replay"),        # the body comes from the body buffer
-            waiting=Signal(name="loop_waiting"),      # between iterations: the next expert is not known yet
-            skipping=Signal(name="loop_skipping"),    # no active expert: the body is dropped unissued
-            length=Signal(range(self.body_depth + 1), name="loop_length"),
-            index=Signal(range(self.body_depth + 1), name="loop_index"),
-            first_pc=Signal(32, name="loop_first_pc"), stride=Signal(32, name="loop_stride"),
-            expert=Signal(entry["expert"].shape, name="loop_expert"), base=Signal(entry["base"].shape, name="loop_base"),
-            count=Signal(entry["count"].shape, name="loop_count"), offset=Signal(32, name="loop_offset"),
-            enter=Signal(name="loop_enter"), advance=Signal(name="loop_advance"))
-        restart = Signal()
-        m.d.comb += restart.eq((self.start & ~self.busy) | (self.route.valid & self.route.ready))
-        queue = SyncFIFO(width=data.Layout.cast(entry).size, depth=self.num_experts)
-        m.submodules.active_experts = ResetInserter(restart)(queue)
-        m.d.comb += [queue.w_data.eq(self.experts.payload), queue.w_en.eq(self.experts.valid),
-                     self.experts.ready.eq(queue.w_rdy)]
-        head = data.View(entry, queue.r_data)
-        loop.expert_ready = queue.r_rdy
-        loop.no_more = ~queue.r_rdy & ~self.router_busy
-        m.d.comb += [queue.r_en.eq(loop.advance), loop.offset.eq(loop.expert * loop.stride)]
-        with m.If(loop.advance):
-            m.d.sync += [loop.expert.eq(head.expert), loop.base.eq(head.base), loop.count.eq(head.count)]
-        m.submodules.body = body = Memory(shape=INSTRUCTION_BITS, depth=self.body_depth, init=[])
-        loop.body_write, loop.body_read = body.write_port(), body.read_port(domain="comb")
-        m.d.comb += loop.body_read.addr.eq(loop.index)
-        return loop
-
-    def _iterate(self, m, loop, issue, skipped, fetched, pc):
-        """Enter, repeat and leave the EXPERTS body: the first iteration issues from the fetch buffer and copies
-        the body into the body buffer, the next ones replay it, one per active expert, in the router's order."""
-        ops = data.View(self.isa.layout, fetched).operands.experts
-        last = loop.index == loop.length - 1
-        m.d.comb += [loop.body_write.addr.eq(loop.index), loop.body_write.data.eq(fetched),
-                     loop.body_write.en.eq(issue & loop.active & ~loop.replay)]
-        with m.If(loop.enter):
-            m.d.comb += loop.advance.eq(loop.expert_ready)
-            m.d.sync += [loop.length.eq(ops.body), loop.stride.eq(ops.stride), loop.index.eq(0),
-                         loop.first_pc.eq(pc + 1), loop.active.eq(loop.expert_ready),
-                         loop.skipping.eq(~loop.expert_ready)]
-        with m.Elif(skipped):
-            m.d.sync += loop.index.eq(loop.index + 1)
-            with m.If(last):
-                m.d.sync += loop.skipping.eq(0)
-        with m.Elif(issue & loop.active):
-            m.d.sync += loop.index.eq(Mux(last, 0, loop.index + 1))
-            with m.If(last):
-                m.d.sync += loop.waiting.eq(1)
-        with m.Elif(loop.waiting & loop.expert_ready):
-            m.d.comb += loop.advance.eq(1)
-            m.d.sync += [loop.waiting.eq(0), loop.replay.eq(1), pc.eq(loop.first_pc)]
-        with m.Elif(loop.waiting & loop.no_more):
-            m.d.sync += [loop.waiting.eq(0), loop.replay.eq(0), loop.active.eq(0)]
+                         self.output_start.eq(issue), touched.gemm_issued.eq(issue),
+                         touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
+                         touched.gemm.destination.eq(ops.destination), touched.gemm.row_scaled.eq(ops.row_scaled),
+                         touched.gemm.gathers.eq(ops.gather)]
+            with m.If(issue & from_slab):
+                m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
 
     def elaborate(self, platform):
         m = Module()
         isa = self.isa
         running = Signal()
-        popped = Signal()
-        buffer, drained = self._fetch(m, running, popped)
-        reading, writing, touched = self._scoreboard(m)
+        fetch = self.fetcher
+        m.submodules.fetch = ResetInserter(self.start & ~self.busy)(fetch)
+        wiring.connect(m, fetch.fetch, wiring.flipped(self.fetch))
+        wiring.connect(m, wiring.flipped(self.program), fetch.program)
+        m.d.comb += [fetch.running.eq(running), fetch.program_addr.eq(self.program_addr),
+                     fetch.reader_idle.eq(self.fetch_idle)]
+        m.submodules.scoreboard = touched = Scoreboard()
+        for unit in ("load_busy", "gemm_active", "store_busy", "norm_busy", "softmax_busy", "router_busy",
+                     "combine_busy"):
+            m.d.comb += getattr(touched, unit).eq(getattr(self, unit))
+        m.d.comb += self.gemm_touches.eq(touched.gemm_touches)
+        reading, writing = touched.reading, touched.writing
         pc = Signal(32)
-        loop = self._loop(m)
-        word = data.View(isa.layout, Mux(loop.replay, loop.body_read.data, buffer.r_data))
+        loop = ExpertsLoop(self.expert_entry, experts=self.num_experts, depth=self.body_depth)
+        m.submodules.loop = ResetInserter(self.start & ~self.busy)(loop)
+        wiring.connect(m, wiring.flipped(self.experts), loop.experts)
+        m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
+                     loop.fetched.eq(fetch.head), loop.first_pc.eq(pc + 1)]
+        word = data.View(isa.layout, Mux(loop.replay, loop.instruction, fetch.head))
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
         slab = SimpleNamespace(holding=Signal(name="slab_holding"), held=Signal(index_bits(self.buffers), name="slab_held"),
@@ -444,15 +344,17 @@ class Controller(wiring.Component):
             m.d.comb += self.release.valid.eq(1)
             m.d.sync += slab.holding.eq(0)
 
-        present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, buffer.r_rdy)
+        present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
         self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                     idle, present, norm_config, softmax_config, loop)
-        skipped = running & loop.skipping & buffer.r_rdy
-        m.d.comb += [popped.eq(buffer.r_en), self.issued.eq(issue),
-                     buffer.r_en.eq(Mux(running, (issue & ~loop.replay) | skipped, buffer.r_rdy))]
+        skipped = running & loop.skipping & fetch.head_valid
+        m.d.comb += [self.issued.eq(issue),      # after a fault or a HALT, the rest is popped unissued
+                     fetch.pop.eq(Mux(running, (issue & ~loop.replay) | skipped, fetch.head_valid))]
+        m.d.comb += [loop.issued.eq(issue), loop.dropped.eq(skipped)]
         with m.If(issue | skipped):
             m.d.sync += pc.eq(pc + 1)
-        self._iterate(m, loop, issue, skipped, buffer.r_data, pc)
+        with m.If(loop.jump):
+            m.d.sync += pc.eq(loop.jump_pc)
         with m.If(self.hidden_write.en):
             m.d.sync += hidden.eq(self.hidden_write.data)
 
@@ -470,8 +372,7 @@ class Controller(wiring.Component):
                 with m.If(self.start):
                     m.d.comb += self.clear.eq(1)
                     m.d.sync += [self.busy.eq(1), self.done.eq(0), self.error.eq(0), self.cause.eq(ErrorCause.NONE),
-                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0),
-                                 loop.active.eq(0), loop.replay.eq(0), loop.waiting.eq(0), loop.skipping.eq(0)]
+                                 self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
@@ -484,7 +385,7 @@ class Controller(wiring.Component):
                 with m.Elif(halt):
                     m.next = "STOP"
             with m.State("STOP"):
-                with m.If(idle & drained):
+                with m.If(idle & fetch.drained):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
         return m

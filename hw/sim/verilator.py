@@ -14,6 +14,7 @@ port, as `lib.memory` builds one).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
 from hw.flow.export import ports, to_verilog
+from .native_dram import DRAM_SOURCE
 from hw.flow.export import verilator as verilator_path
 
 log = logging.getLogger(__name__)
@@ -114,168 +116,10 @@ void sim_tick(void *h, int clock, int cycles) {{
 }}
 """
 
-# A DRAM behind an AXI4 port, served natively each cycle: `hw.sim.dram`'s read and write models, cycle for cycle
-# the same timing (latency, in-order bursts, W before AW allowed, responses held until taken) and the same master
-# rules checked; stalls from its own generator. Port indices: AR (valid ready addr len size burst), R (valid
-# ready data resp last id), AW (valid ready addr len size burst), W (valid ready data strb last), B (valid ready
-# resp id).
-_DRAM = r"""
-struct Burst { uint64_t address; int beats, received; int64_t ready_at; bool failed; };
-struct Dram {
-  int p[27]; int bus, words, read_latency, write_latency; double stall; uint64_t seed;
-  uint64_t fail_read[2], fail_write[2];
-  std::vector<uint8_t> image; int64_t cycle = 0; std::string error;
-  std::deque<Burst> reads, writes; std::deque<std::vector<uint32_t>> w_beats; std::deque<std::pair<int64_t, bool>> responses;
-  bool beat = false, beat_last = false, beat_failed = false, accepted = false, arready = false, awready = false;
-  bool wready = false, response = false, response_failed = false, b_taken = false;
-  std::vector<uint32_t> beat_data, request, waiting, aw, aw_waiting, w, w_waiting;
-  bool has_request = false, has_waiting = false, has_aw = false, has_aw_waiting = false, has_w = false;
-  bool has_w_waiting = false;
-  bool chance() { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-                  return (double)(seed >> 11) / 9007199254740992.0 >= stall; }
-};
-enum { ARV, ARR, ARA, ARL, ARS, ARB, RV, RR, RD, RRESP, RL, RID, AWV, AWR, AWA, AWL, AWS, AWB,
-       WV, WR, WD, WS, WL, BV, BR, BRESP, BID };
 
-static uint32_t get1(Sim *s, int port) { uint32_t w[2] = {0, 0}; get_port(&s->top, port, w); return w[0]; }
-static void set1(Sim *s, int port, uint32_t value) { uint32_t w[2] = {value, 0}; set_port(&s->top, port, w); }
-static bool overlaps(const uint64_t *range, uint64_t start, uint64_t end) { return start < range[1] && range[0] < end; }
 
-static bool check(Dram *d, const char *channel, const std::vector<uint32_t> &r, Burst &burst) {
-  uint64_t address = r[0]; int beats = (int)r[1] + 1; char where[160];
-  snprintf(where, sizeof where, "cycle %lld: %s burst at 0x%llx, %d beats", (long long)d->cycle, channel,
-           (unsigned long long)address, beats);
-  const char *broken = nullptr;
-  uint64_t end = address + (uint64_t)beats * d->bus;
-  if (r[3] != 1) broken = "not an INCR burst";
-  else if ((1u << r[2]) != (uint32_t)d->bus) broken = "a size other than the bus width";
-  else if (address % d->bus) broken = "not aligned to the beat";
-  else if (address / 4096 != (end - 1) / 4096) broken = "crosses a 4 KiB boundary";
-  else if (end > d->image.size()) broken = "past the end of the image";
-  if (broken) { d->error = std::string(where) + ": " + broken; return false; }
-  burst = Burst{address, beats, 0, 0, false};
-  return true;
-}
 
-static void dram_drive(Sim *s) {
-  Dram *d = s->dram;
-  if (!d->error.empty()) return;
-  std::vector<uint32_t> buffer(d->words + 2, 0);
-  d->arready = d->chance();
-  set1(s, d->p[ARR], d->arready);
-  if (!d->beat && !d->reads.empty() && d->reads.front().ready_at <= d->cycle && d->chance()) {
-    Burst &head = d->reads.front();
-    uint64_t address = head.address + (uint64_t)head.received * d->bus;
-    d->beat_data.assign(d->words, 0);
-    memcpy(d->beat_data.data(), &d->image[address], d->bus);
-    d->beat_last = head.received == head.beats - 1;
-    d->beat_failed = overlaps(d->fail_read, address, address + d->bus);
-    d->beat = true;
-  }
-  set1(s, d->p[RV], d->beat);
-  if (d->beat) {
-    set_port(&s->top, d->p[RD], d->beat_data.data());
-    set1(s, d->p[RL], d->beat_last); set1(s, d->p[RRESP], d->beat_failed ? 2 : 0); set1(s, d->p[RID], 0);
-  }
-  d->awready = d->chance(); d->wready = d->chance();
-  set1(s, d->p[AWR], d->awready); set1(s, d->p[WR], d->wready);
-  if (!d->response && !d->responses.empty() && d->responses.front().first <= d->cycle && d->chance()) {
-    d->response = true; d->response_failed = d->responses.front().second; d->responses.pop_front();
-  }
-  set1(s, d->p[BV], d->response); set1(s, d->p[BRESP], d->response_failed ? 2 : 0); set1(s, d->p[BID], 0);
-  s->top.eval();
-  auto offer = [&](int valid, std::initializer_list<int> fields, std::vector<uint32_t> &into, bool &has,
-                   const std::vector<uint32_t> &waiting, bool has_waiting, const char *channel) {
-    has = get1(s, d->p[valid]) & 1;
-    into.clear();
-    for (int field : fields) {
-      if (field == WD) { get_port(&s->top, d->p[WD], buffer.data()); into.insert(into.end(), buffer.begin(), buffer.begin() + d->words); }
-      else if (field == WS) { uint32_t w[2] = {0, 0}; get_port(&s->top, d->p[WS], w); into.push_back(w[0]); into.push_back(w[1]); }
-      else into.push_back(get1(s, d->p[field]));
-    }
-    char message[120];
-    if (has && has_waiting && into != waiting) {
-      snprintf(message, sizeof message, "cycle %lld: %s payload changed before %sREADY", (long long)d->cycle, channel, channel);
-      d->error = message;
-    } else if (!has && has_waiting) {
-      snprintf(message, sizeof message, "cycle %lld: %sVALID dropped before %sREADY", (long long)d->cycle, channel, channel);
-      d->error = message;
-    }
-  };
-  offer(ARV, {ARA, ARL, ARS, ARB}, d->request, d->has_request, d->waiting, d->has_waiting, "AR");
-  offer(AWV, {AWA, AWL, AWS, AWB}, d->aw, d->has_aw, d->aw_waiting, d->has_aw_waiting, "AW");
-  offer(WV, {WD, WS, WL}, d->w, d->has_w, d->w_waiting, d->has_w_waiting, "W");
-  d->accepted = d->beat && (get1(s, d->p[RR]) & 1);
-  d->b_taken = d->response && (get1(s, d->p[BR]) & 1);
-}
-
-static void dram_advance(Sim *s) {
-  Dram *d = s->dram;
-  if (!d->error.empty()) return;
-  Burst burst;
-  if (d->has_request && d->arready) {
-    if (!check(d, "AR", d->request, burst)) return;
-    burst.ready_at = d->cycle + d->read_latency;
-    d->reads.push_back(burst);
-    d->has_waiting = false;
-  } else { d->has_waiting = d->has_request; d->waiting = d->request; }
-  if (d->accepted) {
-    if (++d->reads.front().received == d->reads.front().beats) d->reads.pop_front();
-    d->beat = false;
-  }
-  d->has_aw_waiting = d->has_aw && !d->awready; d->aw_waiting = d->aw;
-  d->has_w_waiting = d->has_w && !d->wready; d->w_waiting = d->w;
-  if (d->has_aw && d->awready) {
-    if (!check(d, "AW", d->aw, burst)) return;
-    burst.failed = overlaps(d->fail_write, burst.address, burst.address + (uint64_t)burst.beats * d->bus);
-    d->writes.push_back(burst);
-  }
-  if (d->has_w && d->wready) d->w_beats.push_back(d->w);
-  while (!d->writes.empty() && !d->w_beats.empty()) {
-    Burst &head = d->writes.front();
-    std::vector<uint32_t> beat = d->w_beats.front(); d->w_beats.pop_front();
-    bool last = beat[d->words + 2] & 1;
-    if (last != (head.received == head.beats - 1)) {
-      char message[120];
-      snprintf(message, sizeof message, "cycle %lld: WLAST %d on beat %d of a %d-beat burst at 0x%llx",
-               (long long)d->cycle, (int)last, head.received + 1, head.beats, (unsigned long long)head.address);
-      d->error = message; return;
-    }
-    uint64_t base = head.address + (uint64_t)head.received * d->bus;
-    uint64_t strobe = (uint64_t)beat[d->words] | (uint64_t)beat[d->words + 1] << 32;
-    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(beat.data());
-    for (int byte = 0; byte < d->bus; byte++)
-      if ((strobe >> byte & 1) && !head.failed) d->image[base + byte] = bytes[byte];
-    if (++head.received == head.beats) { d->responses.push_back({d->cycle + d->write_latency, head.failed}); d->writes.pop_front(); }
-  }
-  if (d->b_taken) d->response = false;
-  d->cycle++;
-}
-
-static void dram_free(Dram *d) { delete d; }
-
-extern "C" {
-void sim_add_dram(void *h, const int *ports, int bus, int bytes, int read_latency, int write_latency, double stall,
-                  unsigned long long seed, const unsigned long long *fail) {
-  Sim *s = static_cast<Sim *>(h);
-  Dram *d = new Dram();
-  memcpy(d->p, ports, sizeof d->p);
-  d->bus = bus; d->words = (bus + 3) / 4; d->read_latency = read_latency; d->write_latency = write_latency;
-  d->stall = stall; d->seed = seed * 2654435761ULL + 1;
-  d->fail_read[0] = fail[0]; d->fail_read[1] = fail[1]; d->fail_write[0] = fail[2]; d->fail_write[1] = fail[3];
-  d->image.assign(bytes, 0);
-  dram_free(s->dram);
-  s->dram = d;
-}
-void sim_dram_write(void *h, unsigned long long address, const uint8_t *data, int length) {
-  memcpy(&static_cast<Sim *>(h)->dram->image[address], data, length);
-}
-void sim_dram_read(void *h, unsigned long long address, uint8_t *data, int length) {
-  memcpy(data, &static_cast<Sim *>(h)->dram->image[address], length);
-}
-const char *sim_dram_error(void *h) { return static_cast<Sim *>(h)->dram->error.c_str(); }
-}
-"""
+_ELABORATED: dict = {}     # (component, name) → (its ports, its Verilog): the last few of this process
 
 
 def pack(shape, value) -> int:
@@ -329,19 +173,26 @@ class Verilated:
 
     def __init__(self, component: wiring.Component, name: str = "top"):
         self.component = component
-        signals = ports(component)
-        verilog = to_verilog(component, name)
+        if (component, name) not in _ELABORATED:       # a component simulated again is not converted again
+            while len(_ELABORATED) >= 4:
+                del _ELABORATED[next(iter(_ELABORATED))]
+            _ELABORATED[component, name] = ports(component), to_verilog(component, name)
+        signals, verilog = _ELABORATED[component, name]
         self._ports = {id(signal): (index, signal) for index, signal in enumerate(signals)}
         self._clock = len(signals)
         self._reset = len(signals) + 1
         layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1), ("rst", 1)]
-        key = hashlib.sha256((verilog + repr(layout) + _SHIM + _DRAM).encode()).hexdigest()[:16]
+        key = hashlib.sha256((verilog + repr(layout) + _SHIM + DRAM_SOURCE).encode()).hexdigest()[:16]
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
         if not library.exists():
-            log.info(f"building the Verilator model of {name} (once per design, 10-60 s; cached in {CACHE})")
-            _build(directory, name, verilog, layout)
-            _prune(keep=directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(directory / "build.lock", "w") as lock:     # processes building one design take turns
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not library.exists():
+                    log.info(f"building the Verilator model of {name} (once per design, 10-60 s; cached in {CACHE})")
+                    _build(directory, name, verilog, layout)
+                    _prune(keep=directory)
         os.utime(directory)
         self._lib = ctypes.CDLL(str(library))
         self._lib.sim_new.restype = ctypes.c_void_p
@@ -353,15 +204,7 @@ class Verilated:
         self._lib.sim_add_memory.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 5
         self._lib.sim_store.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, words]
         self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        self._lib.sim_add_dram.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int,
-                                           ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.c_ulonglong,
-                                           ctypes.POINTER(ctypes.c_ulonglong)]
-        for function in ("sim_dram_write", "sim_dram_read"):
-            getattr(self._lib, function).argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_char_p,
-                                                     ctypes.c_int]
-        self._lib.sim_dram_error.argtypes = [ctypes.c_void_p]
-        self._lib.sim_dram_error.restype = ctypes.c_char_p
-        self._dram = None
+        self.dram = None
         self._handle = self._lib.sim_new()
         self._words = (ctypes.c_uint32 * max(2, (max(len(s) for s in signals) + 31) // 32))()
         self._raw(self._reset, 0)
@@ -381,6 +224,19 @@ class Verilated:
         for word in range((width + 31) // 32):
             self._words[word] = (value >> (32 * word)) & 0xFFFFFFFF
         self._lib.sim_set(self._handle, index, self._words)
+
+    @property
+    def library(self):
+        """The model's shared library (`ctypes.CDLL`) and its simulation `handle`, for native extensions
+        (`hw.sim.native_dram`)."""
+        return self._lib
+
+    @property
+    def handle(self):
+        return self._handle
+
+    def port_index(self, port) -> int:
+        return self._signal(port)[0]
 
     def _signal(self, port) -> tuple[int, Signal]:
         value = port.as_value() if hasattr(port, "as_value") else port
@@ -403,47 +259,13 @@ class Verilated:
         return unpack(port.shape(), raw)
 
     def tick(self, cycles: int = 1) -> None:
-        """`cycles` rising edges; memories added with `add_memory` and the DRAM of `add_dram` serve their ports
-        on each."""
+        """`cycles` rising edges; memories added with `add_memory` and a `NativeDram` serve their ports on
+        each."""
         self._lib.sim_tick(self._handle, self._clock, cycles)
         self._dirty = False
         self.cycles += cycles
-        if self._dram is not None:
-            error = self._lib.sim_dram_error(self._handle)
-            if error:
-                from .dram import AXIProtocolError
-                raise AXIProtocolError(error.decode())
-
-    def add_dram(self, port, size: int, *, read_latency: int = 8, write_latency: int = 4, stall: float = 0.0,
-                 seed: int = 0, fail_reads: range | None = None, fail_writes: range | None = None) -> None:
-        """Serve the component's AXI4 master `port` from a native DRAM of `size` bytes (`hw.sim.dram`'s timing
-        and rules, the same cycles when nothing stalls; `stall`: the probability of a stall on each channel
-        each cycle). `write_dram` / `read_dram` reach its bytes."""
-        names = ("arvalid arready araddr arlen arsize arburst rvalid rready rdata rresp rlast rid awvalid awready "
-                 "awaddr awlen awsize awburst wvalid wready wdata wstrb wlast bvalid bready bresp bid").split()
-        indices = (ctypes.c_int * len(names))(*(self._signal(getattr(port, name))[0] for name in names))
-        bus = len(port.rdata) // 8
-        fail = (ctypes.c_ulonglong * 4)(*(value for failed in (fail_reads, fail_writes)
-                                         for value in ((failed.start, failed.stop) if failed else (0, 0))))
-        self._lib.sim_add_dram(self._handle, indices, bus, size, read_latency, write_latency, stall, seed, fail)
-        self._dram = size
-
-    def _dram_range(self, address: int, length: int) -> None:
-        if self._dram is None:
-            raise RuntimeError("no DRAM: call add_dram first")
-        if address < 0 or address + length > self._dram:
-            raise ValueError(f"DRAM access of {length} bytes at {address:#x}: the simulated DRAM holds "
-                             f"{self._dram} bytes")
-
-    def write_dram(self, address: int, data: bytes) -> None:
-        self._dram_range(address, len(data))
-        self._lib.sim_dram_write(self._handle, address, bytes(data), len(data))
-
-    def read_dram(self, address: int, length: int) -> bytes:
-        self._dram_range(address, length)
-        buffer = ctypes.create_string_buffer(length)
-        self._lib.sim_dram_read(self._handle, address, buffer, length)
-        return buffer.raw
+        if self.dram is not None:
+            self.dram.check()
 
     def add_memory(self, memory: "ModelMemory", port) -> None:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
@@ -457,7 +279,7 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     (directory / f"{top}.v").write_text(verilog)
     accessors = [_accessors(i, name, width) for i, (name, width) in enumerate(layout)]
     (directory / "shim.cpp").write_text(_SHIM.format(top=top, setters="\n".join(a for a, _ in accessors),
-                                                     getters="\n".join(g for _, g in accessors)) + _DRAM)
+                                                     getters="\n".join(g for _, g in accessors)) + DRAM_SOURCE)
     verilator = verilator_path()
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()

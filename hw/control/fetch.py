@@ -1,0 +1,54 @@
+"""The controller's program fetch: instructions from DRAM into a buffer, a chunk at a time as room allows."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ..common.gearbox import Gearbox
+from ..memory.transfer import transfer_layout
+from .isa import INSTRUCTION_BITS
+
+__all__ = ["ProgramFetch"]
+
+
+class ProgramFetch(wiring.Component):
+    """While `running`, asks (`fetch`: {address, length}) for the next `chunk` instructions from `program_addr`
+    whenever the `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus
+    words that come back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
+    with `pop`. A reset starts again at `program_addr`. `drained`: nothing asked for is still to come
+    (`reader_idle`, the reader's) and the buffer is empty."""
+
+    def __init__(self, *, bus_bytes: int, addr_width: int, depth: int, chunk: int):
+        if not 1 <= chunk <= depth:
+            raise ValueError(f"ProgramFetch chunk = {chunk}: from 1 to depth ({depth})")
+        self.bus_bytes, self.depth, self.chunk = bus_bytes, depth, chunk
+        super().__init__({
+            "running": In(1), "program_addr": In(32),
+            "fetch": Out(stream.Signature(transfer_layout(addr_width))),
+            "program": In(stream.Signature(unsigned(8 * bus_bytes))), "reader_idle": In(1),
+            "head": Out(INSTRUCTION_BITS), "head_valid": Out(1), "pop": In(1), "drained": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.gearbox = gearbox = Gearbox(8 * self.bus_bytes, INSTRUCTION_BITS)
+        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS, depth=self.depth)
+        wiring.connect(m, wiring.flipped(self.program), gearbox.input)
+        m.d.comb += [buffer.w_data.eq(gearbox.output.payload), buffer.w_en.eq(gearbox.output.valid),
+                     gearbox.output.ready.eq(1),       # room reserved when the chunk was asked for
+                     self.head.eq(buffer.r_data), self.head_valid.eq(buffer.r_rdy), buffer.r_en.eq(self.pop)]
+        fetched = Signal(32)                          # instructions asked for
+        reserved = Signal(range(self.depth + 1))
+        chunk = self.chunk
+        m.d.comb += [self.fetch.valid.eq(self.running & (reserved <= self.depth - chunk)),
+                     self.fetch.payload.address.eq(self.program_addr + (fetched << 4)),
+                     self.fetch.payload.length.eq(chunk * INSTRUCTION_BITS // 8)]
+        asked = self.fetch.valid & self.fetch.ready
+        m.d.sync += reserved.eq(reserved + Mux(asked, chunk, 0) - (buffer.r_en & buffer.r_rdy))
+        with m.If(asked):
+            m.d.sync += fetched.eq(fetched + chunk)
+        m.d.comb += self.drained.eq(self.reader_idle & ~self.program.valid & ~gearbox.output.valid & ~buffer.r_rdy)
+        return m

@@ -1,0 +1,82 @@
+"""The EXPERTS loop of the controller: a body of instructions repeated once per active expert of the last ROUTE."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .isa import INSTRUCTION_BITS
+
+__all__ = ["ExpertsLoop"]
+
+
+class ExpertsLoop(wiring.Component):
+    """The active experts of the last ROUTE ({expert, base, count} from the router's `experts` stream, in its
+    ascending order; up to `experts` of them, forgotten at `restart`) and the body of the EXPERTS loop.
+
+    `enter` (with `body` ≥ 1, `stride` and the body's `first_pc`): if an expert is known (`expert_ready`), the
+    loop starts its first pass on it (`active`), else it `skipping`s the body: the controller pops `body`
+    instructions unissued, each with `dropped`. In the first pass the controller issues the body from its fetch
+    buffer and each issued one (`issued`, its word on `fetched`) is copied into the body buffer (`depth`
+    instructions); after the body's last, the loop is `waiting` until the next expert is known (a new pass:
+    `replay`, `instruction` the body's current word, `jump` to `first_pc`) or the router is done with none left
+    (`no_more`: the loop ends). `expert`, `base`, `count`: the current pass's expert and its token queue;
+    `offset`: `expert` · `stride`, what a per-expert LOAD adds to its address.
+    """
+
+    def __init__(self, entry: data.StructLayout, *, experts: int, depth: int):
+        self.entry, self.max_experts, self.depth = entry, experts, depth
+        super().__init__({
+            "experts": In(stream.Signature(entry)), "router_busy": In(1), "restart": In(1),
+            "enter": In(1), "body": In(range(depth + 1)), "stride": In(32), "first_pc": In(32),
+            "issued": In(1), "dropped": In(1), "fetched": In(INSTRUCTION_BITS),
+            "active": Out(1), "replay": Out(1), "waiting": Out(1), "skipping": Out(1),
+            "expert_ready": Out(1), "no_more": Out(1), "instruction": Out(INSTRUCTION_BITS),
+            "jump": Out(1), "jump_pc": Out(32),
+            "expert": Out(entry["expert"].shape), "base": Out(entry["base"].shape), "count": Out(entry["count"].shape),
+            "offset": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        queue = SyncFIFO(width=data.Layout.cast(self.entry).size, depth=self.max_experts)
+        m.submodules.active_experts = ResetInserter(self.restart)(queue)
+        m.d.comb += [queue.w_data.eq(self.experts.payload), queue.w_en.eq(self.experts.valid),
+                     self.experts.ready.eq(queue.w_rdy)]
+        head = data.View(self.entry, queue.r_data)
+        advance = Signal()
+        m.d.comb += [self.expert_ready.eq(queue.r_rdy), self.no_more.eq(~queue.r_rdy & ~self.router_busy),
+                     queue.r_en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count)]
+
+        length, index = Signal.like(self.body), Signal.like(self.body)
+        stride, first_pc = Signal(32), Signal(32)
+        m.d.comb += [self.offset.eq(self.expert * stride), self.jump_pc.eq(first_pc)]
+        m.submodules.body = body = Memory(shape=unsigned(INSTRUCTION_BITS), depth=self.depth, init=[])
+        write, read = body.write_port(), body.read_port(domain="comb")
+        m.d.comb += [read.addr.eq(index), self.instruction.eq(read.data),
+                     write.addr.eq(index), write.data.eq(self.fetched),
+                     write.en.eq(self.issued & self.active & ~self.replay)]
+        last = index == length - 1
+        with m.If(self.enter):
+            m.d.comb += advance.eq(queue.r_rdy)
+            m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
+                         self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
+        with m.Elif(self.dropped):
+            m.d.sync += index.eq(index + 1)
+            with m.If(last):
+                m.d.sync += self.skipping.eq(0)
+        with m.Elif(self.issued & self.active):
+            m.d.sync += index.eq(Mux(last, 0, index + 1))
+            with m.If(last):
+                m.d.sync += self.waiting.eq(1)
+        with m.Elif(self.waiting & queue.r_rdy):
+            m.d.comb += [advance.eq(1), self.jump.eq(1)]
+            m.d.sync += [self.waiting.eq(0), self.replay.eq(1)]
+        with m.Elif(self.waiting & self.no_more):
+            m.d.sync += [self.waiting.eq(0), self.replay.eq(0), self.active.eq(0)]
+        return m

@@ -1,0 +1,75 @@
+"""`m3vit run` and its library (`firmware.run`): a whole backbone per task on the simulated accelerator against
+the golden model, its figures, and the diagnosis that names the first operation whose result differs."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from firmware.compiler import backbone_program
+from firmware.run import expected_read_bytes, first_mismatch
+from golden.config import accelerator_preset, model_preset
+from golden.float_model import M3ViT, quantize_model
+from golden.images import natural_images
+from golden.model import run
+from golden.quantize import quantize_image
+from golden.quantized import QuantizedModel
+from m3vit.cli import main
+
+TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
+KEYS = {"task", "bit_exact", "cycles", "floor_cycles", "utilization", "dram_read_bytes", "expected_read_bytes",
+        "dram_write_bytes", "busy"}
+
+
+def test_m3vit_run_json_every_task_bit_exact(capsys):
+    """The README's main job on its defaults (tiny on 4×4, every task, Verilator), as JSON."""
+    assert main(["run", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [task["task"] for task in report["tasks"]] == list(range(TINY.num_tasks))
+    for task in report["tasks"]:
+        assert KEYS <= task.keys() and task["bit_exact"]
+        assert 0 < task["floor_cycles"] < task["cycles"] and task["utilization"] == task["floor_cycles"] / task["cycles"]
+        # fetch may run up to the instruction buffer (8) and a chunk (4) past HALT
+        assert task["expected_read_bytes"] <= task["dram_read_bytes"] <= task["expected_read_bytes"] + 16 * 12
+        assert set(task["busy"]) == {"gemm", "loader", "router", "vector"}
+        assert all(0 < cycles < task["cycles"] for cycles in task["busy"].values())
+
+
+def test_m3vit_run_table_and_bad_arguments(capsys):
+    assert main(["run", "--task", "depth", "--sim", "verilator"]) == 0
+    out = capsys.readouterr().out
+    assert "depth" in out and "PASS" in out and "semseg" not in out
+    assert main(["run", "--task", "9"]) == 2
+    assert "task" in capsys.readouterr().err
+    assert main(["run", "--accel", "4x8"]) == 2
+    assert "array_rows" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    return quantize_model(M3ViT.trained_like(TINY, seed=3), natural_images(TINY, 6, 13))
+
+
+def test_expected_read_bytes_counts_per_expert_loads_per_active_expert(quantized):
+    image = quantize_image(quantized, natural_images(TINY, 1, 2)[0])
+    program = backbone_program(quantized, ACCEL, image)
+    routing = run(quantized, image, 0).routing
+    once = expected_read_bytes(program, TINY, {block: dataclasses.replace(r, expert_tokens=r.expert_tokens[:1] + [
+        np.array([], np.int32)] * (TINY.num_experts - 1)) for block, r in routing.items()})
+    per_expert = [sum(int(line.split("bytes=")[1].split()[0]) for line in program.text.splitlines()
+                      if line.startswith("LOAD") and "per_expert=1" in line)]
+    extra = sum(len(r.active_experts) - 1 for r in routing.values())
+    # each MoE layer's body loads the same bytes, so one expert more is one body's loads more
+    assert expected_read_bytes(program, TINY, routing) - once == per_expert[0] // len(routing) * extra
+
+
+def test_first_mismatch_names_the_operation(quantized):
+    """A golden model whose block 2 projection has another bias: the run is compared with it, and the first
+    intermediate that differs is block 2's `mid`, made by attention."""
+    image = quantize_image(quantized, natural_images(TINY, 1, 4)[0])
+    arrays = dict(quantized.arrays)
+    arrays["blocks.2.proj.bias"] = arrays["blocks.2.proj.bias"] + 1000
+    other = QuantizedModel(TINY, arrays, quantized.scales)
+    assert first_mismatch(quantized, ACCEL, image, 1) == ""
+    assert first_mismatch(quantized, ACCEL, image, 1, reference=other) == "blocks.2.mid (attention)"
