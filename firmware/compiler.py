@@ -440,7 +440,7 @@ def moe_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block
     builder.router_weights()
     _attention(builder, block)
     _moe_mlp(builder, block)
-    builder.store("routes", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
+    builder.store("routes", Space.ROUTES, 0, builder.spaces[Space.ROUTES].bytes)
     builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
@@ -471,7 +471,7 @@ def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image:
             builder.store(f"blocks.{block}.mid", Space.RESIDUAL, 0, residual)
         (_moe_mlp if model.is_moe(block) else _dense_mlp)(builder, block)
         if model.is_moe(block):
-            builder.store(f"routes.{block}", Space.ROUTES, 0, model.num_tokens * builder.spaces[Space.ROUTES].word_bytes)
+            builder.store(f"routes.{block}", Space.ROUTES, 0, builder.spaces[Space.ROUTES].bytes)
         if checkpoints:
             builder.store(f"blocks.{block}.norm2", Space.ACTIVATION, 0, activation)
             builder.store(f"blocks.{block}.out", Space.RESIDUAL, 0, residual)
@@ -493,7 +493,7 @@ def route_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: in
     builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
     builder.layernorm([f"blocks.{block}.norm2", f"blocks.{block}.norm2_router"], rows=t, source=0, destination=0,
                       route=True)
-    builder.store("routes", Space.ROUTES, 0, t * builder.spaces[Space.ROUTES].word_bytes)
+    builder.store("routes", Space.ROUTES, 0, builder.spaces[Space.ROUTES].bytes)
     builder.store("norm2", Space.ACTIVATION, 0, _activation_length(builder))
     builder.halt()
     return builder.build()

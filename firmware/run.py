@@ -116,7 +116,7 @@ def run_backbone(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.
         floor = -(-sum(golden.macs.get(kind, 0) for kind in ARRAY_KINDS) // array)
         report = {
             "task": task, "task_name": model.tasks[task].name, "bit_exact": bool(bit_exact),
-            "error": result.cause.name, "cycles": result.cycles, "floor_cycles": floor,
+            "error": result.cause.name, "error_pc": result.error_pc, "cycles": result.cycles, "floor_cycles": floor,
             "utilization": floor / result.cycles if result.cycles else 0.0,
             "dram_read_bytes": result.counters["DRAM_READ_BYTES"],
             "expected_read_bytes": expected_read_bytes(program, model, golden.routing),

@@ -1,6 +1,7 @@
-"""The whole accelerator, run by the real host driver over the Python simulator: compiled programs bit-exact
-against the golden model (DRAM latency and random stalls on every AXI4 channel included), runs back to back,
-every fault ending the run with its cause and no hang, the scoreboard holding a GEMM until its slab is in."""
+"""The whole accelerator, run by the real host driver over the Python simulator and Verilator: compiled programs
+(up to the whole backbone, every task) bit-exact against the golden model (DRAM latency and random stalls on every
+AXI4 channel included), runs back to back, every fault ending the run with its cause and no hang, the scoreboard
+holding a GEMM until its slab is in, the EXPERTS loop."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from firmware.compiler import (AttentionLayout, CompileError, Program, ProgramBu
                                dense_block_program, mlp_program, moe_block_program, patch_embedding_program,
                                qkv_program, route_program)
 from firmware.driver import Driver, DriverError
-from firmware.image import DramMap, residual_from_bytes, routes_from_bytes, x_bytes
+from firmware.image import DramMap, residual_bytes, residual_from_bytes, routes_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, accelerator_for, simulate
 from golden.config import ConfigError, accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
@@ -50,11 +51,11 @@ def _run(programs, simulator="pysim", tasks=None, **dram):
     return simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
-@pytest.mark.parametrize("stall", [0.0, 0.3])
-def test_patch_embedding_is_bit_exact(quantized, golden, stall):
+@pytest.mark.parametrize("stall, simulator", [(0.0, "verilator"), (0.3, "pysim")])
+def test_patch_embedding_is_bit_exact(quantized, golden, stall, simulator):
     images, tensors = golden
     program = patch_embedding_program(quantized, ACCEL, images[0])
-    (result,) = _run([program], latency=12, stall=stall, seed=3)
+    (result,) = _run([program], simulator, latency=12, stall=stall, seed=3)
     assert result.ok, result.cause
     assert np.array_equal(residual_from_bytes(result.outputs["embed"], TINY, ACCEL), tensors[0]["embed"])
     counters = result.counters
@@ -72,7 +73,7 @@ def test_dense_mlp_and_back_to_back_runs_are_bit_exact(quantized, golden):
     images, tensors = golden
     programs = [mlp_program(quantized, ACCEL, 0, t["blocks.0.mid"]) for t in tensors]
     programs.append(patch_embedding_program(quantized, ACCEL, images[1]))
-    results = _run(programs, latency=20, stall=0.2, seed=4)
+    results = _run(programs, "verilator", latency=20, stall=0.2, seed=4)
     assert all(result.ok for result in results), [result.cause for result in results]
     for result, t in zip(results, tensors):
         assert np.array_equal(np.frombuffer(result.outputs["norm2"], np.int8),
@@ -392,3 +393,29 @@ def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, g
     assert results[0].cycles == results[1].cycles and results[0].counters == results[1].counters
     assert results[0].output == results[1].output
     assert np.array_equal(residual_from_bytes(results[1].outputs["out"], TINY, ACCEL), tensors[0]["blocks.0.out"])
+
+
+def test_a_norms_load_during_a_product_leaves_its_parameters_alone(quantized, golden):
+    """LayerNorm₂'s γ/β LOADed while the projection still reads its column parameters from PARAMS (the order the
+    compiler emits): the product and the LayerNorm after it are bit-exact. (The norm path's γ/β port once wrote
+    PARAMS too.)"""
+    from golden.model import _norm, linear
+    _, tensors = golden
+    mid = tensors[0]["blocks.1.mid"]
+    builder = ProgramBuilder(quantized, ACCEL)
+    builder.load(Region.IMAGE, builder.place(Region.IMAGE, residual_bytes(mid, ACCEL)),
+                 len(residual_bytes(mid, ACCEL)), Space.RESIDUAL, 0)
+    builder.layernorm(["blocks.1.norm1"], rows=TINY.num_tokens, source=0, destination=0)
+    builder.linear("blocks.1.proj", source=Operand.ACTIVATION, x_base=0, m=TINY.num_tokens,
+                   outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.INT16, residual=True)
+    builder.layernorm(["blocks.1.norm2"], rows=TINY.num_tokens, source=0, destination=0)
+    builder.store("out", Space.RESIDUAL, 0, len(residual_bytes(mid, ACCEL)))
+    builder.store("norm2", Space.ACTIVATION, 0, TINY.num_tokens * TINY.embed_dim)
+    builder.halt()
+    (result,) = _run([builder.build()], "verilator", latency=7)
+    (x8,) = _norm(mid, quantized, ("blocks.1.norm1", 8))
+    out = np.clip(mid.astype(np.int64) + linear(x8, quantized, "blocks.1.proj", 16), -32768, 32767)
+    (norm2,) = _norm(out, quantized, ("blocks.1.norm2", 8))
+    assert result.ok
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), out)
+    assert result.outputs["norm2"] == x_bytes(norm2, ACCEL, TINY.num_tokens)

@@ -101,9 +101,11 @@ def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeome
 def _router_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, OnChip]:
     """The router's weights (a word of `router_macs_per_cycle` int8 per group and chunk of each (layer, task)),
     its exponent scales (one word per (layer, task)) and the routing record (a word per token: its k experts and
-    Q1.15 gate weights, `route_word` bits in a power of two of bytes)."""
+    Q1.15 gate weights, `route_word` bits in a power of two of bytes; its depth a whole number of bus words, so
+    STORE takes it whole)."""
     g = router_geometry(model, accel)
     record = data.Layout.cast(g.record).size
+    word, bus = 1 << (-(-record // 8) - 1).bit_length(), accel.dram_bytes_per_beat
     return {Space.ROUTER: OnChip(Space.ROUTER, g.macs, g.weights_depth),
             Space.ROUTER_PARAMS: OnChip(Space.ROUTER_PARAMS, 4, g.layers * g.tasks),
-            Space.ROUTES: OnChip(Space.ROUTES, 1 << (-(-record // 8) - 1).bit_length(), model.num_tokens)}
+            Space.ROUTES: OnChip(Space.ROUTES, word, tiles(model.num_tokens, max(1, bus // word)) * max(1, bus // word))}
