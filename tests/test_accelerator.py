@@ -91,7 +91,7 @@ def test_attention_operands_and_result_are_bit_exact(quantized, golden):
     t, d, hd, r = TINY.num_tokens, TINY.embed_dim, TINY.head_dim, ACCEL.array_rows
     layout = AttentionLayout.for_model(TINY, ACCEL)
     program = qkv_program(quantized, ACCEL, 1, tensors[1]["blocks.0.out"])
-    (result,) = _run([program], latency=15, stall=0.25, seed=9)
+    (result,) = _run([program], "verilator", latency=15, stall=0.25, seed=9)
     assert result.ok, result.cause
     qkv = tensors[1]["blocks.1.qkv"]
     assert result.outputs["q"] == x_bytes(qkv[:, :d], ACCEL, t)
@@ -146,7 +146,7 @@ def test_routing_of_every_task_back_to_back_and_a_bad_task(quantized):
     image = quantize_image(quantized, natural_images(TINY, 1, 6)[0])
     goldens = [run(quantized, image, task, intermediates=True) for task in range(TINY.num_tasks)]
     program = route_program(quantized, ACCEL, 1, goldens[0].tensors["blocks.1.mid"])
-    results = _run([program] * 4, tasks=[0, 1, 2, 0], latency=9, stall=0.15, seed=12)
+    results = _run([program] * 4, "verilator", tasks=[0, 1, 2, 0], latency=9, stall=0.15, seed=12)
     for result, task in zip(results[:2] + results[3:], (0, 1, 0)):
         assert result.ok, result.cause
         ids, weights = routes_from_bytes(result.outputs["routes"], TINY, ACCEL)
@@ -231,7 +231,7 @@ def test_a_fault_ends_the_run_with_its_cause_and_the_next_run_works(quantized, n
     layout = Driver(None, TINY, ACCEL).dram_map(program)
     regions = {"image": range(layout.image, layout.image + 4096), "output": range(layout.output, layout.output + 4096)}
     dram = {key: regions[value] for key, value in failing.items()}
-    faulty, after = _run([program, echo], latency=6, **dram)
+    faulty, after = _run([program, echo], "verilator", latency=6, **dram)
     assert faulty.cause is cause
     if pc is not None:
         assert faulty.error_pc == pc
