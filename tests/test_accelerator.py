@@ -379,10 +379,10 @@ def test_verilog_elaborates_and_lints():
 
 
 def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, golden):
-    """Block 0's MLP in both simulators through the same driver and the same DRAM timing (in Python; native in
-    Verilator): the same cycles, counters and bytes."""
+    """Block 0 (attention and MLP) in both simulators through the same driver and the same DRAM timing (in Python;
+    native in Verilator): the same cycles, counters and bytes."""
     _, tensors = golden
-    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
+    program = dense_block_program(quantized, ACCEL, 0, tensors[0]["embed"])
 
     async def host(transport):
         return await Driver(transport, TINY, ACCEL).run(program)
