@@ -3,7 +3,7 @@ drains tokens 0 … rows − 1 N tile by N tile, one word a cycle, each word cle
 
 import numpy as np
 import pytest
-from amaranth import Module, signed, unsigned
+from amaranth import signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
