@@ -10,10 +10,10 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
-it). What runs so far: LOAD, GEMM (every mode but COMBINE; X from ACTIVATION or SCRATCH, W from a slab buffer
-or SCRATCH; into ACTIVATION, SCRATCH, RESIDUAL (optionally added into it) or SCORES; K transposed; row-scaled),
-LAYERNORM (and its int16 copy to the router), SOFTMAX, ROUTE, STORE, SYNC, HALT and the CONFIG instructions;
-EXPERTS, COMBINE and a gathering GEMM end the run with `ErrorCause.UNSUPPORTED`.
+it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
+(docs/architecture.md, section 11). The experts: the router's list of active experts drives the controller's
+EXPERTS loop, its token queues serve the engine's gather (fc1) and scatter and gate reads (COMBINE-mode fc2), and
+the engine adds into the combine accumulator, which `CombineDrain` empties into the residual at COMBINE.
 """
 
 from __future__ import annotations

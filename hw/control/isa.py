@@ -100,7 +100,7 @@ class ErrorCause(enum.Enum, shape=4):
     QUEUE_OVERFLOW = 5   # an expert's tokens exceed the token block
     BAD_OPERAND = 6      # an operand outside its memory, an EXPERTS body longer than its buffer, a bad region
     GELU_RANGE = 7       # a GELU column with fewer than 5 fraction bits
-    UNSUPPORTED = 8      # an instruction (or an operand) this hardware does not execute yet (architecture §11)
+    UNSUPPORTED = 8      # an operand this hardware has no path for: a LOAD, STORE or GEMM of a memory it cannot reach
 
 
 MEANINGS = {
