@@ -95,8 +95,10 @@ class ProgramBuilder:
         buffer.extend(data)
         return offset
 
-    def emit(self, opcode: Opcode, **fields) -> None:
-        self.lines.append(str(self.assembler.decode(self.assembler.encode(opcode, **fields))))
+    def emit(self, opcode: Opcode, *, at: int | None = None, **fields) -> None:
+        """Append an instruction (or insert it at line `at`), checked by the assembler."""
+        line = str(self.assembler.decode(self.assembler.encode(opcode, **fields)))
+        self.lines.insert(len(self.lines) if at is None else at, line)
 
     def load(self, region: Region, offset: int, length: int, memory: Space, base: int, *,
              per_expert: bool = False) -> None:
@@ -217,8 +219,7 @@ class ProgramBuilder:
         if length > self.isa.body_depth:
             raise CompileError(f"an EXPERTS body of {length} instructions: the controller's body buffer holds "
                                f"{self.isa.body_depth}")
-        self.lines.insert(start, str(self.assembler.decode(self.assembler.encode(Opcode.EXPERTS, body=length,
-                                                                                 stride=stride))))
+        self.emit(Opcode.EXPERTS, at=start, body=length, stride=stride)
 
     def hidden_word(self, multiplier: int, shift: int) -> bytes:
         """A HIDDEN word: GELU's hidden requantization in CONFIG_GELU's operand layout."""

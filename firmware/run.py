@@ -73,25 +73,23 @@ def first_mismatch(quantized: QuantizedModel, accel: AcceleratorConfig, image: n
                              simulator, latency)
     if not result.ok:
         return f"the run itself ({result.cause.name} at instruction {result.error_pc})"
-    for name in program.outputs:
-        kind = name.split(".")[-1] if name != "out" else "backbone"
-        if kind == "backbone":
-            continue
-        if name.startswith("routes."):
-            block = int(name.split(".")[1])
-            ids, weights = routes_from_bytes(result.outputs[name], model, accel)
-            same = np.array_equal(ids, golden.routing[block].expert_ids) and \
-                np.array_equal(weights, golden.routing[block].gate_weights)
-            label = CHECKPOINTS["routes"]
-        elif kind == "norm2":
-            same = result.outputs[name] == x_bytes(golden.tensors[name], accel, model.num_tokens)
-            label = CHECKPOINTS[kind]
-        else:
-            same = np.array_equal(residual_from_bytes(result.outputs[name], model, accel), golden.tensors[name])
-            label = CHECKPOINTS[kind]
-        if not same:
-            return f"{name} ({label})"
+    for name in program.outputs:       # in the order the program stores them
+        if not _agrees(name, result.outputs[name], golden, model, accel):
+            kind = name.split(".")[0] if name.startswith("routes.") else name.split(".")[-1]
+            return f"{name} ({CHECKPOINTS[kind]})"
     return ""
+
+
+def _agrees(name: str, stored: bytes, golden, model, accel) -> bool:
+    """Whether output `name` of a backbone program (`backbone_program`'s names) is the golden model's."""
+    if name.startswith("routes."):
+        routing = golden.routing[int(name.split(".")[1])]
+        ids, weights = routes_from_bytes(stored, model, accel)
+        return np.array_equal(ids, routing.expert_ids) and np.array_equal(weights, routing.gate_weights)
+    if name.endswith("norm2"):
+        return stored == x_bytes(golden.tensors[name], accel, model.num_tokens)
+    expected = golden.backbone if name == "out" else golden.tensors[name]
+    return np.array_equal(residual_from_bytes(stored, model, accel), expected)
 
 
 def run_backbone(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, tasks: list[int],
@@ -107,12 +105,8 @@ def run_backbone(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.
     reports = []
     for task, (result, seconds) in zip(tasks, results):
         golden = goldens[task]
-        bit_exact = result.ok and np.array_equal(residual_from_bytes(result.outputs["out"], model, accel),
-                                                 golden.backbone)
-        for block, routing in golden.routing.items():
-            if bit_exact:
-                ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], model, accel)
-                bit_exact = np.array_equal(ids, routing.expert_ids) and np.array_equal(weights, routing.gate_weights)
+        bit_exact = result.ok and all(_agrees(name, data, golden, model, accel)
+                                      for name, data in result.outputs.items())
         floor = -(-sum(golden.macs.get(kind, 0) for kind in ARRAY_KINDS) // array)
         report = {
             "task": task, "task_name": model.tasks[task].name, "bit_exact": bool(bit_exact),

@@ -19,7 +19,7 @@ import numpy as np
 from hw.control.accelerator import Accelerator
 from hw.sim import simulate as run_simulation
 from hw.sim.axilite import AXILiteMaster
-from hw.sim.dram import AXI4ReadModel, AXI4WriteModel
+from hw.sim.dram import AXI4ReadModel, AXI4WriteModel, check_access
 from hw.sim.native_dram import NativeDram
 
 __all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "accelerator_for", "SIMULATORS"]
@@ -65,17 +65,12 @@ class SimulatorTransport(_Transport):
         self.writes.advance()
         self.cycles += 1
 
-    def _check(self, address: int, length: int) -> None:
-        if address < 0 or address + length > len(self.dram):
-            raise ValueError(f"DRAM access of {length} bytes at {address:#x}: the simulated DRAM holds "
-                             f"{len(self.dram)} bytes (give `simulate` at least the program's DramMap.size)")
-
     async def write_dram(self, address: int, data: bytes) -> None:
-        self._check(address, len(data))
+        check_access(address, len(data), len(self.dram))
         self.dram[address:address + len(data)] = np.frombuffer(bytes(data), np.uint8)
 
     async def read_dram(self, address: int, length: int) -> bytes:
-        self._check(address, length)
+        check_access(address, length, len(self.dram))
         return self.dram[address:address + length].tobytes()
 
 

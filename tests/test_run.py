@@ -52,16 +52,21 @@ def quantized():
 
 
 def test_expected_read_bytes_counts_per_expert_loads_per_active_expert(quantized):
+    """With one active expert per layer instead of the real routing, the expected bytes drop by one EXPERTS body's
+    loads for each expert fewer (every MoE layer's body loads the same bytes)."""
     image = quantize_image(quantized, natural_images(TINY, 1, 2)[0])
     program = backbone_program(quantized, ACCEL, image)
     routing = run(quantized, image, 0).routing
-    once = expected_read_bytes(program, TINY, {block: dataclasses.replace(r, expert_tokens=r.expert_tokens[:1] + [
-        np.array([], np.int32)] * (TINY.num_experts - 1)) for block, r in routing.items()})
-    per_expert = [sum(int(line.split("bytes=")[1].split()[0]) for line in program.text.splitlines()
-                      if line.startswith("LOAD") and "per_expert=1" in line)]
-    extra = sum(len(r.active_experts) - 1 for r in routing.values())
-    # each MoE layer's body loads the same bytes, so one expert more is one body's loads more
-    assert expected_read_bytes(program, TINY, routing) - once == per_expert[0] // len(routing) * extra
+    empty = np.array([], np.int32)
+    single = {block: dataclasses.replace(r, expert_tokens=[r.expert_tokens[0]] + [empty] * (TINY.num_experts - 1))
+              for block, r in routing.items()}
+    assert all(len(r.active_experts) == 1 for r in single.values())
+    per_expert = [int(line.split("bytes=")[1].split()[0]) for line in program.text.splitlines()
+                  if line.startswith("LOAD") and "per_expert=1" in line]
+    body_bytes = sum(per_expert) // len(routing)
+    fewer = sum(len(r.active_experts) - 1 for r in routing.values())
+    assert fewer > 0
+    assert expected_read_bytes(program, TINY, routing) - expected_read_bytes(program, TINY, single) == body_bytes * fewer
 
 
 def test_first_mismatch_names_the_operation(quantized):

@@ -23,7 +23,7 @@ import numpy as np
 
 from hw.memory.axi import BOUNDARY_BYTES, Burst, Response
 
-__all__ = ["AXI4ReadModel", "AXI4WriteModel", "AXIProtocolError", "check_burst"]
+__all__ = ["AXI4ReadModel", "AXI4WriteModel", "AXIProtocolError", "check_burst", "check_access"]
 
 
 class AXIProtocolError(AssertionError):
@@ -36,6 +36,14 @@ class _Burst:
     beats: int
     ready_at: int
     sent: int = 0
+
+
+def check_access(address: int, length: int, size: int) -> None:
+    """A host's access of `length` bytes at `address` to a simulated DRAM of `size` bytes: `ValueError` if it
+    falls outside."""
+    if address < 0 or address + length > size:
+        raise ValueError(f"DRAM access of {length} bytes at {address:#x}: the simulated DRAM holds {size} bytes "
+                         "(give `simulate` at least the program's DramMap.size)")
 
 
 def check_burst(channel: str, cycle: int, address: int, length: int, size: int, burst, bus_bytes: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .dram import AXIProtocolError
+from .dram import AXIProtocolError, check_access
 
 __all__ = ["NativeDram", "DRAM_SOURCE"]
 
@@ -48,17 +48,12 @@ class NativeDram:
         if error:
             raise AXIProtocolError(error.decode())
 
-    def _range(self, address: int, length: int) -> None:
-        if address < 0 or address + length > self.size:
-            raise ValueError(f"DRAM access of {length} bytes at {address:#x}: the simulated DRAM holds "
-                             f"{self.size} bytes (give `simulate` at least the program's DramMap.size)")
-
     def write(self, address: int, data: bytes) -> None:
-        self._range(address, len(data))
+        check_access(address, len(data), self.size)
         self._lib.sim_dram_write(self._handle, address, bytes(data), len(data))
 
     def read(self, address: int, length: int) -> bytes:
-        self._range(address, length)
+        check_access(address, length, self.size)
         buffer = ctypes.create_string_buffer(length)
         self._lib.sim_dram_read(self._handle, address, buffer, length)
         return buffer.raw
