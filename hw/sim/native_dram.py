@@ -101,7 +101,7 @@ static bool check(Dram *d, const char *channel, const std::vector<uint32_t> &r, 
 
 static void dram_drive(Sim *s) {
   Dram *d = s->dram;
-  if (!d->error.empty()) return;
+  if (!d->error.empty()) { s->top.eval(); return; }
   std::vector<uint32_t> buffer(d->words + 2, 0);
   d->arready = d->chance();
   set1(s, d->p[ARR], d->arready);
@@ -195,6 +195,7 @@ static void dram_advance(Sim *s) {
 }
 
 static void dram_free(Dram *d) { delete d; }
+static bool dram_failed(const Dram *d) { return !d->error.empty(); }
 
 extern "C" {
 void sim_add_dram(void *h, const int *ports, int bus, int bytes, int read_latency, int write_latency, double stall,

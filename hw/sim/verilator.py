@@ -9,6 +9,11 @@ layouts) and read back as ints, lists and attribute-accessible dicts. Memories
 that a testbench fills live outside the design, in Python (`ModelMemory`), behind the component's read ports:
 each cycle the data of the address presented before the clock edge appears after it (a synchronous read
 port, as `lib.memory` builds one).
+
+The design is never reset: it is built without a reset (`hw.flow.export.simulation_verilog`) and its registers start at
+their initial values, as after a reset. Each cycle is two evaluations (the clock low with the inputs of the
+cycle, then high), and with no logic on a reset input Verilator's input-driven logic is only what the ports
+themselves drive.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
-from hw.flow.export import ports, to_verilog
+from hw.flow.export import ports, simulation_verilog
 from .native_dram import DRAM_SOURCE
 from hw.flow.export import verilator as verilator_path
 
@@ -39,6 +44,9 @@ CACHE = Path(os.environ.get("M3VIT_VERILATOR_CACHE", Path.home() / ".cache" / "m
 # Builds kept in CACHE (the least recently used beyond this are removed; each keeps its library and
 # Verilog, a few MB, not Verilator's object files).
 CACHE_ENTRIES = 64
+
+# -O1: -O2 builds slower and runs no faster (measured on the tiny accelerator).
+CXX_OPTIONS = "-O1"
 
 _SHIM = """
 #include <cstdint>
@@ -56,6 +64,7 @@ struct Sim {{ V{top} top; std::vector<Memory> memories; Dram *dram = nullptr; }}
 static void dram_drive(Sim *s);
 static void dram_advance(Sim *s);
 static void dram_free(Dram *d);
+static bool dram_failed(const Dram *d);
 
 static void set_port(V{top} *t, int port, const uint32_t *w) {{
   switch (port) {{
@@ -83,35 +92,47 @@ void sim_store(void *h, int memory, int address, const uint32_t *w) {{
   Memory &m = static_cast<Sim *>(h)->memories[memory];
   for (int i = 0; i < m.words; i++) m.storage[(size_t)address * m.words + i] = w[i];
 }}
-/* One rising edge: sample every memory's read address, clock, then present the words read. */
-void sim_tick(void *h, int clock, int cycles) {{
-  Sim *s = static_cast<Sim *>(h);
+/* One rising edge, two evaluations: the clock low with the DRAM's outputs for this cycle (the design's
+   combinational answer to them is what the DRAM and the memories sample), then the clock high. */
+static void tick(Sim *s, int clock) {{
   uint32_t one = 1, zero = 0, address[2], enable[2];
-  for (int cycle = 0; cycle < cycles; cycle++) {{
-    s->top.eval();
-    if (s->dram) dram_drive(s);
-    std::vector<int> reads(s->memories.size(), -1);
-    for (size_t i = 0; i < s->memories.size(); i++) {{
-      Memory &m = s->memories[i];
-      get_port(&s->top, m.en, enable);
-      get_port(&s->top, m.addr, address);
-      if (enable[0] & 1) reads[i] = (int)address[0];
-    }}
-    set_port(&s->top, clock, &one);
-    s->top.eval();
-    for (size_t i = 0; i < s->memories.size(); i++) {{
-      Memory &m = s->memories[i];
-      if (reads[i] >= 0) {{
-        size_t depth = m.storage.size() / m.words;
-        static std::vector<uint32_t> blank;
-        if ((size_t)reads[i] < depth) set_port(&s->top, m.data, &m.storage[(size_t)reads[i] * m.words]);
-        else {{ blank.assign(m.words, 0); set_port(&s->top, m.data, blank.data()); }}
-      }}
-    }}
-    set_port(&s->top, clock, &zero);
-    s->top.eval();
-    if (s->dram) dram_advance(s);
+  set_port(&s->top, clock, &zero);
+  if (s->dram) dram_drive(s); else s->top.eval();
+  std::vector<int> reads(s->memories.size(), -1);
+  for (size_t i = 0; i < s->memories.size(); i++) {{
+    Memory &m = s->memories[i];
+    get_port(&s->top, m.en, enable);
+    get_port(&s->top, m.addr, address);
+    if (enable[0] & 1) reads[i] = (int)address[0];
   }}
+  set_port(&s->top, clock, &one);
+  s->top.eval();
+  for (size_t i = 0; i < s->memories.size(); i++) {{
+    Memory &m = s->memories[i];
+    if (reads[i] >= 0) {{
+      size_t depth = m.storage.size() / m.words;
+      static std::vector<uint32_t> blank;
+      if ((size_t)reads[i] < depth) set_port(&s->top, m.data, &m.storage[(size_t)reads[i] * m.words]);
+      else {{ blank.assign(m.words, 0); set_port(&s->top, m.data, blank.data()); }}
+    }}
+  }}
+  if (!s->memories.empty()) s->top.eval();
+  if (s->dram) dram_advance(s);
+}}
+void sim_tick(void *h, int clock, int cycles) {{
+  for (int cycle = 0; cycle < cycles; cycle++) tick(static_cast<Sim *>(h), clock);
+}}
+/* Up to `cycles` rising edges, stopping after the first that leaves bit 0 of port `until` high (or at a DRAM
+   rule broken); the edges run. */
+long long sim_tick_until(void *h, int clock, int until, long long cycles) {{
+  Sim *s = static_cast<Sim *>(h);
+  uint32_t value[2];
+  for (long long cycle = 0; cycle < cycles; cycle++) {{
+    tick(s, clock);
+    get_port(&s->top, until, value);
+    if ((value[0] & 1) || (s->dram && dram_failed(s->dram))) return cycle + 1;
+  }}
+  return cycles;
 }}
 }}
 """
@@ -176,13 +197,12 @@ class Verilated:
         if (component, name) not in _ELABORATED:       # a component simulated again is not converted again
             while len(_ELABORATED) >= 4:
                 del _ELABORATED[next(iter(_ELABORATED))]
-            _ELABORATED[component, name] = ports(component), to_verilog(component, name)
+            _ELABORATED[component, name] = ports(component), simulation_verilog(component, name)
         signals, verilog = _ELABORATED[component, name]
         self._ports = {id(signal): (index, signal) for index, signal in enumerate(signals)}
         self._clock = len(signals)
-        self._reset = len(signals) + 1
-        layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1), ("rst", 1)]
-        key = hashlib.sha256((verilog + repr(layout) + _SHIM + DRAM_SOURCE).encode()).hexdigest()[:16]
+        layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1)]
+        key = hashlib.sha256((verilog + repr(layout) + CXX_OPTIONS + _SHIM + DRAM_SOURCE).encode()).hexdigest()[:16]
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
         if not library.exists():
@@ -205,10 +225,11 @@ class Verilated:
         self._lib.sim_add_memory.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 5
         self._lib.sim_store.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, words]
         self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._lib.sim_tick_until.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
+        self._lib.sim_tick_until.restype = ctypes.c_longlong
         self.dram = None
         self._handle = self._lib.sim_new()
         self._words = (ctypes.c_uint32 * max(2, (max(len(s) for s in signals) + 31) // 32))()
-        self._raw(self._reset, 0)
         self._raw(self._clock, 0)
         self._lib.sim_eval(self._handle)
         self._dirty = False
@@ -268,6 +289,16 @@ class Verilated:
         if self.dram is not None:
             self.dram.check()
 
+    def tick_until(self, port, cycles: int) -> int:
+        """Rising edges until one leaves the one-bit `port` high, at most `cycles`; how many ran. The whole loop
+        runs natively: Python sees none of the cycles."""
+        ran = self._lib.sim_tick_until(self._handle, self._clock, self._signal(port)[0], cycles)
+        self._dirty = False
+        self.cycles += ran
+        if self.dram is not None:
+            self.dram.check()
+        return ran
+
     def add_memory(self, memory: "ModelMemory", port) -> None:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
         addr, en, data_port = (self._signal(member)[0] for member in (port.addr, port.en, port.data))
@@ -285,8 +316,9 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()
     build = [verilator, "--cc", f"{top}.v", "--top-module", top, "--build", "-j", "2", "--Mdir", "obj",
-             "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-fPIC -O1", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
-    link = ["g++", "-shared", "-fPIC", "-O1", "-std=c++17", "-Iobj", f"-I{root}/include", f"-I{root}/include/vltstd",
+             "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", f"-fPIC {CXX_OPTIONS}",
+             "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
+    link = ["g++", "-shared", "-fPIC", CXX_OPTIONS, "-std=c++17", "-Iobj", f"-I{root}/include", f"-I{root}/include/vltstd",
             "shim.cpp", f"obj/V{top}__ALL.a", "obj/libverilated.a", "-pthread", "-o", "model.tmp.so"]
     for command in (build, link):
         result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
