@@ -55,13 +55,16 @@ class Output:
 
 @dataclass
 class Program:
-    """What the driver runs: instruction words, the MODEL and IMAGE regions' bytes, the OUTPUT region's size."""
+    """What the driver runs: instruction words, the MODEL and IMAGE regions' bytes, the OUTPUT region's size.
+    With `entry` > 0 the words before it are the start-up (what stays resident on chip, ending in HALT), run
+    once after the program is placed; every run starts at instruction `entry`."""
     words: list[int]
     model: bytes
     image: bytes
     output_bytes: int
     text: str = ""
     outputs: dict = field(default_factory=dict)    # name → (OUTPUT offset, bytes)
+    entry: int = 0
 
 
 class ProgramBuilder:
@@ -81,6 +84,7 @@ class ProgramBuilder:
         self.output_bytes = 0
         self.outputs = {}
         self.lines: list[str] = []
+        self.entry = 0
         self.next_buffer = 0
         self.layernorm_unit = LayerNorm.for_model(model, accel)
         self.layernorm_unit._MustUse__silence = True  # built for its parameter layout only
@@ -235,10 +239,15 @@ class ProgramBuilder:
     def halt(self) -> None:
         self.emit(Opcode.HALT)
 
+    def start_up(self) -> None:
+        """End the start-up here: a HALT, and runs enter after it (`Program.entry`)."""
+        self.halt()
+        self.entry = len(self.lines)
+
     def build(self) -> Program:
         text = "".join(f"{line}\n" for line in self.lines)
         return Program(self.assembler.assemble(text), bytes(self.regions[Region.MODEL]),
-                       bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs))
+                       bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry)
 
 
 def _residual_length(builder: ProgramBuilder) -> int:
@@ -454,7 +463,8 @@ CHECKPOINTS = {"embed": "the patch embedding", "mid": "attention", "norm2": "Lay
 
 def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, *,
                      checkpoints: bool = False) -> Program:
-    """The whole backbone on `image` (int8 [C, H, W]): the patch embedding, then every block. Outputs `out` (the
+    """The whole backbone on `image` (int8 [C, H, W]): a start-up that loads every MoE layer's router weights for
+    every task (resident: a task switch loads nothing), then the patch embedding and every block. Outputs `out` (the
     backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block; with
     `checkpoints`, also `golden.run`'s intermediates `embed` and per block `blocks.{b}.mid`, `.norm2` and `.out`
     (`CHECKPOINTS` says which operation each ends), stored as they are made."""
@@ -463,6 +473,7 @@ def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image:
     residual, activation = _residual_length(builder), _activation_length(builder)
     if model.moe_blocks:
         builder.router_weights()
+        builder.start_up()
     _embedding(builder, image)
     if checkpoints:
         builder.store("embed", Space.RESIDUAL, 0, residual)

@@ -3,12 +3,16 @@
 
 A transport gives the driver the host's view of the hardware, all `async`: `read32(offset)` /
 `write32(offset, value)` on the host registers (AXI4-Lite), `write_dram(address, data)` / `read_dram(address,
-length)` on the DRAM the accelerator masters, and `wait(cycles)` to let the hardware run.
+length)` on the DRAM the accelerator masters, `wait(cycles)` to let the hardware run, and `wait_irq(cycles)`
+to let it run until its interrupt is high (at most `cycles`; returns the cycles that ran).
 
 `Driver(transport, model, accel)`: `await connect()` reads ID and CONFIG_HASH and refuses hardware built for
-another configuration; `await run(program, task)` places the program and its regions in DRAM (`DramMap`),
-writes the region registers and TASK, starts, polls STATUS until done, and returns a `RunResult`: the OUTPUT
-region's bytes, ERROR and ERROR_PC, CYCLES and the performance counters.
+another configuration; `await place(program)` puts the program and its regions in DRAM (`DramMap`), writes the
+region registers and runs the program's start-up (what stays resident: the router weights); `await
+run(program, task)` places it if it is not placed, writes TASK, starts at the program's entry with the
+interrupt enabled, waits for the interrupt, checks STATUS.done, and returns a `RunResult`: the OUTPUT region's
+bytes, ERROR and ERROR_PC, CYCLES and the performance counters. Back-to-back runs of one program, of any tasks,
+write only TASK, PROGRAM_ADDR and CONTROL.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 
 from golden.config import AcceleratorConfig, ModelConfig, config_hash
 from hw.control.isa import ErrorCause
-from hw.control.registers import COUNTERS, ID_MAGIC, register
+from hw.control.registers import COUNTERS, ID_MAGIC, Control, Status, register
 
 from .assembler import Assembler
 from .compiler import Program
@@ -38,6 +42,7 @@ class RunResult:
     counters: dict[str, int]
     output: bytes
     outputs: dict[str, bytes] = field(default_factory=dict)
+    finished_at: int = 0        # the transport's cycle count when the host saw the run end (its interrupt)
 
     @property
     def ok(self) -> bool:
@@ -45,11 +50,13 @@ class RunResult:
 
 
 class Driver:
-    POLL_CYCLES = 64
+    START_WITH_IRQ = Control.const({"start": 1, "irq_enable": 1}).as_value().value
 
     def __init__(self, transport, model: ModelConfig, accel: AcceleratorConfig, *, prefetch_instructions: int = 8):
         self.transport, self.model, self.accel = transport, model, accel
         self.prefetch_bytes = 16 * prefetch_instructions
+        self.placed: Program | None = None          # the program in DRAM, its start-up run
+        self.start_up: RunResult | None = None
 
     async def _write(self, name: str, value: int) -> None:
         await self.transport.write32(register(name).offset, value)
@@ -71,26 +78,59 @@ class Driver:
         return DramMap.for_program(16 * len(program.words), len(program.model), len(program.image),
                                    program.output_bytes, self.prefetch_bytes)
 
-    async def run(self, program: Program, task: int = 0, *, timeout: int = 10_000_000) -> RunResult:
+    async def place(self, program: Program, *, timeout: int = 10_000_000) -> RunResult | None:
+        """Place `program` and its regions in DRAM, point the region registers at them and run its start-up (if
+        it has one); the start-up's result. `run` places a program it has not placed yet."""
         layout = self.dram_map(program)
         transport = self.transport
         await transport.write_dram(layout.program, Assembler.program_bytes(program.words))
         await transport.write_dram(layout.model, program.model)
         await transport.write_dram(layout.image, program.image)
         await transport.write_dram(layout.output, bytes(program.output_bytes))
-        for name, value in (("PROGRAM_ADDR", layout.program), ("MODEL_ADDR", layout.model),
-                            ("IMAGE_ADDR", layout.image), ("OUTPUT_ADDR", layout.output), ("TASK", task)):
+        for name, value in (("MODEL_ADDR", layout.model), ("IMAGE_ADDR", layout.image),
+                            ("OUTPUT_ADDR", layout.output)):
             await self._write(name, value)
-        await self._write("CONTROL", 1)
-        waited = 0
-        while not (await self._read("STATUS")) & 0b10:
-            if waited >= timeout:
-                raise DriverError(f"the accelerator did not finish within {timeout} cycles")
-            await transport.wait(self.POLL_CYCLES)
-            waited += self.POLL_CYCLES
+        self.placed, self.start_up = program, None
+        if program.entry:
+            await self._start(layout.program)
+            self.start_up = await self.finish(program, timeout)
+            if not self.start_up.ok:
+                raise DriverError(f"the start-up failed: {self.start_up.cause.name} at instruction "
+                                  f"{self.start_up.error_pc}")
+        return self.start_up
+
+    async def run(self, program: Program, task: int = 0, *, timeout: int = 10_000_000) -> RunResult:
+        """One run of `program` (placed first if it is not the one placed) for `task`: a task switch writes TASK
+        and nothing else."""
+        await self.start(program, task)
+        return await self.finish(program, timeout)
+
+    async def start(self, program: Program, task: int = 0) -> None:
+        """Start a run of `program` for `task` (placing it first if it is not the one placed); `finish` waits for
+        it."""
+        if self.placed is not program:
+            await self.place(program)
+        await self._write("TASK", task)
+        await self._start(self.dram_map(program).program + 16 * program.entry)
+
+    async def _start(self, address: int) -> None:
+        await self._write("PROGRAM_ADDR", address)
+        await self._write("CONTROL", self.START_WITH_IRQ)
+
+    async def counters(self) -> dict[str, int]:
+        """The performance counters as they stand (they count while a run is going)."""
+        return {name: await self._read(name) for name, _ in COUNTERS}
+
+    async def finish(self, program: Program, timeout: int = 10_000_000) -> RunResult:
+        """Wait (at most `timeout` cycles) for the run of `program` started last to end; its result."""
+        transport = self.transport
+        await transport.wait_irq(timeout)
+        finished_at = transport.cycles
+        if not await self._read("STATUS") >> Status["done"].offset & 1:
+            raise DriverError(f"the accelerator did not finish within {timeout} cycles")
         cycles = await self._read("CYCLES_LO") | await self._read("CYCLES_HI") << 32
-        counters = {name: await self._read(name) for name, _ in COUNTERS}
-        output = await transport.read_dram(layout.output, program.output_bytes)
+        counters = await self.counters()
+        output = await transport.read_dram(self.dram_map(program).output, program.output_bytes)
         return RunResult(ErrorCause(await self._read("ERROR")), await self._read("ERROR_PC"), cycles, counters,
                          output, {name: output[offset:offset + length]
-                                  for name, (offset, length) in program.outputs.items()})
+                                  for name, (offset, length) in program.outputs.items()}, finished_at)

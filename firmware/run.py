@@ -1,8 +1,10 @@
 """`m3vit run`: a whole backbone inference on the simulated accelerator, every task, against the golden model.
 
-`run_backbone(quantized, accel, image, tasks, simulator)` compiles the backbone once (`backbone_program`), runs it
-for each task in turn on one accelerator through the host driver, and compares the backbone output and every MoE
-layer's routing with `golden.model.run` bit for bit. Per task it reports the cycles, the MAC floor (the
+`run_backbone(quantized, accel, image, tasks, simulator)` compiles the backbone once (`backbone_program`), places it
+and runs its start-up (the resident router weights, reported apart), runs it for each task in turn on one
+accelerator through the host driver, back to back, and compares the backbone output and every MoE layer's routing
+with `golden.model.run` bit for bit; with several tasks it returns to the first and reports what the switch
+cost. Per task it reports the cycles, the MAC floor (the
 backbone's array multiply-accumulates over R·C: the router has MACs of its own) and the utilization, the busy
 cycles per unit, the DRAM bytes read against what the program must read (each LOAD once, a per-expert LOAD once
 per active expert, the program once; fetch may read up to a buffer of instructions past HALT) and written, and
@@ -24,18 +26,21 @@ from hw.control.registers import COUNTERS
 from .compiler import CHECKPOINTS, backbone_program
 from .driver import Driver
 from .image import residual_from_bytes, routes_from_bytes, x_bytes
-from .sim import accelerator_for, simulate
+from .sim import SIMULATORS, accelerator_for, simulate
 
-__all__ = ["run_backbone", "expected_read_bytes", "first_mismatch", "ARRAY_KINDS"]
+__all__ = ["run_backbone", "simulator_speed", "expected_read_bytes", "first_mismatch", "ARRAY_KINDS"]
 
 ARRAY_KINDS = ("patch_embed", "qkv", "attention", "proj", "dense_mlp", "experts")   # golden MACs on the array
 
 
-def expected_read_bytes(program, model, routing) -> int:
-    """The DRAM bytes `program` must read: every LOAD once, a per-expert LOAD once per active expert of its
-    layer (`routing`: golden routing by block), and the program's instructions once."""
-    total, layer = 16 * len(program.words), None
-    for line in program.text.splitlines():
+def expected_read_bytes(program, model, routing=None, *, start_up: bool = False) -> int:
+    """The DRAM bytes a run of `program` must read: every LOAD once, a per-expert LOAD once per active expert of
+    its layer (`routing`: golden routing by block), and the run's instructions once; with `start_up`, what the
+    program's start-up must read (its LOADs and instructions)."""
+    lines = program.text.splitlines()
+    lines = lines[:program.entry] if start_up else lines[program.entry:]
+    total, layer = 16 * len(lines), None
+    for line in lines:
         fields = dict(item.split("=", 1) for item in line.split()[1:])
         if line.startswith("ROUTE"):
             layer = int(fields["layer"])
@@ -45,16 +50,18 @@ def expected_read_bytes(program, model, routing) -> int:
     return total
 
 
-def _driven(accelerator, programs_tasks, dram_bytes, simulator, latency):
+def _driven(accelerator, program, tasks, dram_bytes, simulator, latency):
+    """The start-up's result, then per task in order (run back to back) its result and wall seconds."""
     async def host(transport):
         driver = Driver(transport, accelerator.model, accelerator.accel)
         await driver.connect()
+        start_up = await driver.place(program, timeout=1 << 40)
         results = []
-        for program, task in programs_tasks:
+        for task in tasks:
             start = time.perf_counter()
             result = await driver.run(program, task, timeout=1 << 40)
             results.append((result, time.perf_counter() - start))
-        return results
+        return start_up, results
     return simulate(accelerator, host, dram_bytes, simulator=simulator, latency=latency)
 
 
@@ -69,8 +76,8 @@ def first_mismatch(quantized: QuantizedModel, accel: AcceleratorConfig, image: n
     model = quantized.config
     golden = golden_run(reference or quantized, image, task, intermediates=True)
     program = backbone_program(quantized, accel, image, checkpoints=True)
-    ((result, _),) = _driven(accelerator_for(model, accel), [(program, task)], _dram_bytes(program, model, accel),
-                             simulator, latency)
+    _, ((result, _),) = _driven(accelerator_for(model, accel), program, [task], _dram_bytes(program, model, accel),
+                                simulator, latency)
     if not result.ok:
         return f"the run itself ({result.cause.name} at instruction {result.error_pc})"
     for name in program.outputs:       # in the order the program stores them
@@ -93,35 +100,85 @@ def _agrees(name: str, stored: bytes, golden, model, accel) -> bool:
 
 
 def run_backbone(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, tasks: list[int],
-                 simulator: str = "verilator", latency: int = 10) -> list[dict]:
-    """Per task, in order, one after another on one accelerator: the report described in the module's doc."""
+                 simulator: str = "verilator", latency: int = 10) -> dict:
+    """The start-up, then each task in order, back to back on one accelerator, then (for several tasks) the
+    first task again: {"start_up": its cycles and bytes, "tasks": per task the report described in the module's
+    doc, "switch": the cost of the last task switch}. The switch costs the host's cycles from the end of the
+    run before it to the end of the first task's second run, less that task's first run's cycles: whatever a
+    switch adds beyond the new task's own work (`switch_fraction`: of that run's cycles)."""
     model = quantized.config
     program = backbone_program(quantized, accel, image)
     goldens = {task: golden_run(quantized, image, task) for task in tasks}
     accelerator = accelerator_for(model, accel)
-    results = _driven(accelerator, [(program, task) for task in tasks], _dram_bytes(program, model, accel),
-                      simulator, latency)
-    array = accel.array_rows * accel.array_cols
-    reports = []
-    for task, (result, seconds) in zip(tasks, results):
-        golden = goldens[task]
-        bit_exact = result.ok and all(_agrees(name, data, golden, model, accel)
-                                      for name, data in result.outputs.items())
-        floor = -(-sum(golden.macs.get(kind, 0) for kind in ARRAY_KINDS) // array)
-        report = {
-            "task": task, "task_name": model.tasks[task].name, "bit_exact": bool(bit_exact),
-            "error": result.cause.name, "error_pc": result.error_pc, "cycles": result.cycles, "floor_cycles": floor,
-            "utilization": floor / result.cycles if result.cycles else 0.0,
-            "dram_read_bytes": result.counters["DRAM_READ_BYTES"],
-            "expected_read_bytes": expected_read_bytes(program, model, golden.routing),
-            "dram_write_bytes": result.counters["DRAM_WRITE_BYTES"],
-            "busy": {name.removeprefix("BUSY_").lower(): result.counters[name] for name, _ in COUNTERS
-                     if name.startswith("BUSY_")},
-            "dram_stall_cycles": result.counters["DRAM_STALL_CYCLES"],
-            "experts_used": {str(block): experts for block, experts in golden.experts_used.items()},
-            "wall_seconds": round(seconds, 3),
-        }
-        if not bit_exact:
-            report["first_mismatch"] = first_mismatch(quantized, accel, image, task, simulator, latency)
-        reports.append(report)
-    return reports
+    sequence = tasks + tasks[:1] if len(tasks) > 1 else tasks
+    start_up, results = _driven(accelerator, program, sequence, _dram_bytes(program, model, accel), simulator,
+                                latency)
+    reports = [_report(program, quantized, accel, image, task, goldens[task], result, seconds, simulator, latency)
+               for task, (result, seconds) in zip(sequence, results)]
+    summary = {"start_up": None, "tasks": reports[:len(tasks)], "switch": None}
+    if start_up is not None:
+        summary["start_up"] = {"cycles": start_up.cycles, "dram_read_bytes": start_up.counters["DRAM_READ_BYTES"],
+                               "expected_read_bytes": expected_read_bytes(program, model, start_up=True)}
+    if len(tasks) > 1:
+        (first, _), (before, _), (again, _) = results[0], results[-2], results[-1]
+        cycles = again.finished_at - before.finished_at - first.cycles
+        summary["switch"] = {"from": tasks[-1], "to": tasks[0], "switch_cycles": cycles,
+                             "switch_fraction": cycles / first.cycles, "cycles_again": again.cycles,
+                             "bit_exact_again": reports[-1]["bit_exact"]}
+    return summary
+
+
+def _report(program, quantized, accel, image, task, golden, result, seconds, simulator, latency) -> dict:
+    model = quantized.config
+    bit_exact = result.ok and all(_agrees(name, data, golden, model, accel) for name, data in result.outputs.items())
+    floor = -(-sum(golden.macs.get(kind, 0) for kind in ARRAY_KINDS) // (accel.array_rows * accel.array_cols))
+    report = {
+        "task": task, "task_name": model.tasks[task].name, "bit_exact": bool(bit_exact),
+        "error": result.cause.name, "error_pc": result.error_pc, "cycles": result.cycles, "floor_cycles": floor,
+        "utilization": floor / result.cycles if result.cycles else 0.0,
+        "dram_read_bytes": result.counters["DRAM_READ_BYTES"],
+        "expected_read_bytes": expected_read_bytes(program, model, golden.routing),
+        "dram_write_bytes": result.counters["DRAM_WRITE_BYTES"],
+        "busy": {name.removeprefix("BUSY_").lower(): result.counters[name] for name, _ in COUNTERS
+                 if name.startswith("BUSY_")},
+        "dram_stall_cycles": result.counters["DRAM_STALL_CYCLES"],
+        "experts_used": {str(block): experts for block, experts in golden.experts_used.items()},
+        "wall_seconds": round(seconds, 3),
+    }
+    if not bit_exact:
+        report["first_mismatch"] = first_mismatch(quantized, accel, image, task, simulator, latency)
+    return report
+
+
+def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, cycles: int = 20_000,
+                    task: int = 0, latency: int = 10) -> dict:
+    """Both simulators over the first `cycles` cycles of a backbone run of `task` (after the start-up), the same
+    design and the same host code: per simulator the cycles per second (`pysim_cycles_per_s`,
+    `fast_cycles_per_s`) and the seconds of everything before the run (elaboration, the fast simulator's
+    build when it is not cached); their `ratio`; and whether they agree on every performance counter at the
+    end (`counters_agree`: they simulate the same cycles)."""
+    model = quantized.config
+    program = backbone_program(quantized, accel, image)
+    accelerator = accelerator_for(model, accel)
+    measured = {}
+    for simulator in SIMULATORS:
+        async def host(transport):
+            driver = Driver(transport, model, accel)
+            await driver.connect()
+            await driver.start(program, task)
+            start = time.perf_counter()
+            ran = await transport.wait_irq(cycles)
+            return ran, time.perf_counter() - start, await driver.counters()
+        begin = time.perf_counter()
+        ran, seconds, counters = simulate(accelerator, host, _dram_bytes(program, model, accel), simulator=simulator,
+                                          latency=latency)
+        measured[simulator] = {"cycles": ran, "seconds": seconds, "counters": counters,
+                               "setup_seconds": time.perf_counter() - begin - seconds}
+    pysim, fast = measured["pysim"], measured["verilator"]
+    return {"preset": model.name, "accel": accel.name, "task": task, "cycles": fast["cycles"],
+            "pysim_cycles_per_s": pysim["cycles"] / pysim["seconds"], "fast_cycles_per_s": fast["cycles"] / fast["seconds"],
+            "ratio": (fast["cycles"] / fast["seconds"]) / (pysim["cycles"] / pysim["seconds"]),
+            "pysim_seconds": pysim["seconds"], "fast_seconds": fast["seconds"],
+            "pysim_setup_seconds": pysim["setup_seconds"], "fast_setup_seconds": fast["setup_seconds"],
+            "counters_agree": pysim["cycles"] == fast["cycles"] and pysim["counters"] == fast["counters"],
+            "counters": fast["counters"]}

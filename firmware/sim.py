@@ -43,6 +43,14 @@ class _Transport:
         for _ in range(cycles):
             await self.tick()
 
+    async def wait_irq(self, cycles: int) -> int:
+        """Cycles until the accelerator's `irq` is high after one, at most `cycles`; how many ran."""
+        for ran in range(1, cycles + 1):
+            await self.tick()
+            if self.ctx.get(self.accelerator.irq):
+                return ran
+        return cycles
+
 
 class SimulatorTransport(_Transport):
     """Amaranth's simulator, the DRAM in Python (`AXI4ReadModel`, `AXI4WriteModel`) over `dram`."""
@@ -92,6 +100,11 @@ class VerilatorTransport(_Transport):
     async def wait(self, cycles: int) -> None:
         self.model.tick(cycles)
         self.cycles += cycles
+
+    async def wait_irq(self, cycles: int) -> int:
+        ran = self.model.tick_until(self.accelerator.irq, cycles)
+        self.cycles += ran
+        return ran
 
     async def write_dram(self, address: int, data: bytes) -> None:
         self.dram.write(address, data)

@@ -343,10 +343,9 @@ def cmd_header(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    """A backbone inference per task on the simulated accelerator against the golden model; exit status 1 if a
-    task is not bit-exact."""
-    from firmware.run import run_backbone
+def _backbone_inputs(args):
+    """The model, accelerator, tasks, quantized model and image of `m3vit run` and the benches that share its
+    options."""
     from golden.images import natural_images
     from golden.quantize import quantize_image
     from hw.control.memories import check_top_level
@@ -362,14 +361,32 @@ def cmd_run(args) -> int:
         from golden.float_model import quantize_model
         network, _ = load_float(model, args.seed, None)
         quantized = quantize_model(network, natural_images(model, 16, CALIBRATION_SEED + args.seed))
-    image = quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
-    reports = run_backbone(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency)
+    return model, accel, tasks, quantized, quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
+
+
+def cmd_run(args) -> int:
+    """A backbone inference per task on the simulated accelerator against the golden model; exit status 1 if a
+    task is not bit-exact."""
+    from firmware.run import run_backbone
+    model, accel, tasks, quantized, image = _backbone_inputs(args)
+    summary = run_backbone(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency)
+    reports, start_up, switch = summary["tasks"], summary["start_up"], summary["switch"]
     rows = [{**report, "result": "PASS" if report["bit_exact"] else "FAIL",
              **{f"{unit}_share": cycles / report["cycles"] for unit, cycles in report["busy"].items()},
              "read": f"{report['dram_read_bytes']:,}/{report['expected_read_bytes']:,}"} for report in reports]
     footer = [f"task {report['task']}: first mismatch: {report['first_mismatch']}" for report in reports
               if "first_mismatch" in report]
-    _report(args, {"preset": model.name, "accel": accel.name, "simulator": args.sim, "tasks": reports},
+    if start_up:
+        footer.append(f"start-up (resident router weights, once): {start_up['cycles']:,} cycles, "
+                      f"read {start_up['dram_read_bytes']:,}/{start_up['expected_read_bytes']:,} B")
+    if switch:
+        footer.append(f"switch from task {switch['from']} back to task {switch['to']}: {switch['switch_cycles']:,} "
+                      f"cycles beyond the task's own ({switch['switch_fraction']:.5%}); its second run "
+                      f"{switch['cycles_again']:,} cycles, {'bit-exact' if switch['bit_exact_again'] else 'NOT bit-exact'}")
+    result = {"preset": model.name, "accel": accel.name, "simulator": args.sim, "tasks": reports,
+              "start_up": start_up, "switch": switch,
+              "switch_cycles": switch and switch["switch_cycles"], "switch_fraction": switch and switch["switch_fraction"]}
+    _report(args, result,
             f"{model.name} backbone on {accel.name} ({args.sim}, DRAM latency {args.latency}): each task against "
             f"the golden model, bit for bit", [
                 ("task", "task_name", "<8"), ("result", "result", "<6"), ("cycles", "cycles", ">10,"),
@@ -378,7 +395,18 @@ def cmd_run(args) -> int:
                 ("router", "router_share", ">6.2f"), ("vector", "vector_share", ">6.2f"),
                 ("read/expected B", "read", ">22"), ("written B", "dram_write_bytes", ">9,"),
                 ("wall s", "wall_seconds", ">7.1f")], rows, footer)
-    return 0 if all(report["bit_exact"] for report in reports) else 1
+    return 0 if all(report["bit_exact"] for report in reports) and (not switch or switch["bit_exact_again"]) else 1
+
+
+def cmd_bench_sim(args) -> int:
+    from firmware.run import simulator_speed
+    model, accel, tasks, quantized, image = _backbone_inputs(args)
+    result = simulator_speed(quantized, accel, image, args.cycles, tasks[0], args.latency)
+    return _report(args, result, f"{model.name} on {accel.name}, task {result['task']}: the first {result['cycles']:,} "
+                                 f"cycles of a backbone run in each simulator", [
+        ("pysim cycles/s", "pysim_cycles_per_s", ">14,.0f"), ("fast cycles/s", "fast_cycles_per_s", ">14,.0f"),
+        ("ratio", "ratio", ">7.0f"), ("fast set-up s", "fast_setup_seconds", ">13.1f"),
+        ("counters agree", "counters_agree", ">14")], [result])
 
 
 def cmd_prove(args) -> int:
@@ -581,12 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     header.add_argument("-o", "--output", type=_output_file, required=True, help="the header file (.h)")
     header.set_defaults(run=cmd_header)
 
-    def run_args(sub, preset, accel):
+    def run_args(sub, preset, accel, task="all"):
         sub.add_argument("--preset", default=preset, help=f"model preset (default {preset})")
         sub.add_argument("--accel", default=accel, help=f"accelerator preset or RxC (default {accel})")
-        sub.add_argument("--task", default="all", help="task index or name, or all (default all)")
-        sub.add_argument("--sim", default="verilator", choices=("pysim", "verilator"),
-                         help="simulator (default verilator)")
+        if task == "all":
+            sub.add_argument("--task", default="all", help="task index or name, or all (default all)")
+            sub.add_argument("--sim", default="verilator", choices=("pysim", "verilator"),
+                             help="simulator (default verilator)")
+        else:
+            sub.add_argument("--task", default=task, help=f"task index or name (default {task})")
         sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
         sub.add_argument("--quantized", type=_existing_file, default=None,
                          help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
@@ -634,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(benches.add_parser("run", help="`m3vit run` on a realistic configuration: cycles, utilization, DRAM "
                                             "bytes and busy shares per task (fast simulator)"),
              "m3vit-tiny-cityscapes", "16x16")
+    sim_bench = benches.add_parser("sim", help="the fast simulator against Amaranth's over the first cycles of a "
+                                               "backbone inference: cycles per second, ratio")
+    run_args(sim_bench, "tiny", "4x4", task="0")
+    sim_bench.add_argument("--cycles", type=_count, default=20_000, help="cycles simulated (default 20000)")
+    sim_bench.set_defaults(run=cmd_bench_sim)
     float_bench = benches.add_parser("float", help="wall time of one float-model inference (needs torch)")
     preset_args(float_bench)
     float_bench.add_argument("--task", default=0)

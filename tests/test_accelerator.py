@@ -319,6 +319,54 @@ def test_driver_refuses_hardware_of_another_configuration():
         simulate(Accelerator.for_model(TINY, ACCEL), host, DRAM_BYTES)
 
 
+def test_driver_places_a_program_once_and_a_task_switch_writes_task_only(quantized):
+    """The driver against a recording transport (a run ends at once, STATUS done): placing writes DRAM and the
+    region registers and runs the start-up from the program's first word; runs of any task after it write TASK,
+    PROGRAM_ADDR (the entry) and CONTROL, and no DRAM."""
+    import asyncio
+    from hw.control.registers import REGISTERS, Status
+    names = {reg.offset: reg.name for reg in REGISTERS}
+
+    class Recording:
+        def __init__(self):
+            self.writes, self.dram, self.cycles = [], 0, 0
+
+        async def write32(self, offset, value):
+            self.writes.append((names[offset], value))
+
+        async def read32(self, offset):
+            return 1 << Status["done"].offset if names[offset] == "STATUS" else 0
+
+        async def write_dram(self, address, data):
+            self.dram += 1
+
+        async def read_dram(self, address, length):
+            return bytes(length)
+
+        async def wait_irq(self, cycles):
+            self.cycles += 5
+            return 5
+
+    image = quantize_image(quantized, natural_images(TINY, 1, 2)[0])
+    program = backbone_program(quantized, ACCEL, image)
+    transport = Recording()
+    driver = Driver(transport, TINY, ACCEL)
+    base = driver.dram_map(program).program
+
+    async def host():
+        await driver.run(program, 1)
+        placing, transport.writes, placed_dram = transport.writes, [], transport.dram
+        await driver.run(program, 0)
+        return placing, placed_dram
+
+    placing, placed_dram = asyncio.run(host())
+    assert placed_dram == 4 and transport.dram == 4
+    assert [name for name, _ in placing[:3]] == ["MODEL_ADDR", "IMAGE_ADDR", "OUTPUT_ADDR"]
+    assert placing[3:5] == [("PROGRAM_ADDR", base), ("CONTROL", Driver.START_WITH_IRQ)]        # the start-up
+    assert transport.writes == [("TASK", 0), ("PROGRAM_ADDR", base + 16 * program.entry),
+                                ("CONTROL", Driver.START_WITH_IRQ)]
+
+
 def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     """With a slow DRAM the GEMM right behind its slab's LOAD is held by the scoreboard until the buffer is
     full: watched cycle by cycle, the engine takes no command while its buffer is not full."""

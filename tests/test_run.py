@@ -34,6 +34,15 @@ def test_m3vit_run_json_every_task_bit_exact(capsys):
         assert task["expected_read_bytes"] <= task["dram_read_bytes"] <= task["expected_read_bytes"] + 16 * 12
         assert set(task["busy"]) == {"gemm", "loader", "router", "vector"}
         assert all(0 < cycles < task["cycles"] for cycles in task["busy"].values())
+    start_up = report["start_up"]       # the resident router weights, read once before the first run
+    assert start_up["expected_read_bytes"] <= start_up["dram_read_bytes"] <= start_up["expected_read_bytes"] + 16 * 12
+    # back to the first task after the last: the same cycles and outputs, and nothing but the host's few
+    # register accesses between the two runs
+    switch = report["switch"]
+    assert (switch["from"], switch["to"]) == (TINY.num_tasks - 1, 0) and switch["bit_exact_again"]
+    assert switch["cycles_again"] == report["tasks"][0]["cycles"]
+    assert 0 < report["switch_cycles"] == switch["switch_cycles"] < 64
+    assert report["switch_fraction"] == switch["switch_cycles"] / report["tasks"][0]["cycles"] < 1e-3
 
 
 def test_m3vit_run_table_and_bad_arguments(capsys):
@@ -67,6 +76,30 @@ def test_expected_read_bytes_counts_per_expert_loads_per_active_expert(quantized
     fewer = sum(len(r.active_experts) - 1 for r in routing.values())
     assert fewer > 0
     assert expected_read_bytes(program, TINY, routing) - expected_read_bytes(program, TINY, single) == body_bytes * fewer
+
+
+def test_router_weights_are_read_by_the_start_up_only(quantized):
+    """The backbone's start-up loads every layer's router weights for every task; a run (from `entry`) loads
+    none, so a task switch reads nothing the new task does not use."""
+    image = quantize_image(quantized, natural_images(TINY, 1, 2)[0])
+    program = backbone_program(quantized, ACCEL, image)
+    lines = program.text.splitlines()
+    assert program.entry > 0 and lines[program.entry - 1].startswith("HALT")
+    router = {"memory=ROUTER", "memory=ROUTER_PARAMS"}
+    assert {field for line in lines[:program.entry] for field in line.split()} >= router
+    assert not any(field in router for line in lines[program.entry:] for field in line.split())
+    assert expected_read_bytes(program, TINY, start_up=True) == 16 * program.entry + sum(
+        int(line.split("bytes=")[1].split()[0]) for line in lines[:program.entry] if line.startswith("LOAD"))
+
+
+def test_bench_sim_both_simulators_agree(capsys):
+    """`m3vit bench sim` runs the same cycles in both simulators: the counters agree, and the fast one is
+    faster (its figure is a benchmark's, not a test's)."""
+    assert main(["bench", "sim", "--cycles", "2000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cycles"] == 2000 and result["counters_agree"]
+    assert result["counters"]["INSTRUCTIONS"] > 0 and result["counters"]["DRAM_READ_BYTES"] > 0
+    assert result["ratio"] == result["fast_cycles_per_s"] / result["pysim_cycles_per_s"] > 1
 
 
 def test_first_mismatch_names_the_operation(quantized):
