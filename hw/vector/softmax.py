@@ -160,7 +160,7 @@ class Softmax(wiring.Component):
                     rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
                     whole.eq(exponent[ops.ATTENTION_EXP_BITS:]), zero.eq(rounding >= zero_from),   # stage 5 (+ T[u])
                 ]
-                entry_sum = rounding_sum(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole)
+                entry_sum = rounding_sum(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole, table_half(whole))
                 shifted = shift_right(entry_sum >> ops.ATTENTION_TABLE_SHIFT, whole, 8)
                 m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, shifted, 0))                       # stage 6
             beat_p.append(p)
@@ -227,6 +227,14 @@ class Softmax(wiring.Component):
             m.d.sync += rows_out.eq(0)
             rows.reset(m)
         return m
+
+
+def table_half(whole):
+    """2^(14 + whole) − 1, the rounding addend of a shift by 15 + whole (whole: 3 bits), as all ones shifted
+    right by 7 − whole (~whole): a small shifter of a constant, where `half_minus_one` decodes a 64-bit
+    thermometer code per lane."""
+    top = ops.ATTENTION_TABLE_SHIFT - 1 + 7
+    return Const((1 << top) - 1, top) >> ~whole
 
 
 def _maximum(values):
