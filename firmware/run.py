@@ -6,9 +6,10 @@ accelerator through the host driver, back to back, and compares the backbone out
 with `golden.model.run` bit for bit; with several tasks it returns to the first and reports what the switch
 cost. Per task it reports the cycles, the MAC floor (the
 backbone's array multiply-accumulates over R·C: the router has MACs of its own) and the utilization, the busy
-cycles per unit, the DRAM bytes read against what the program must read (each LOAD once, a per-expert LOAD once
-per active expert, the program once; fetch may read up to a buffer of instructions past HALT) and written, and
-the wall time. On a mismatch `first_mismatch` runs the program again with its intermediates stored and names
+cycles per unit, what the GEMMs leave exposed (the cycles the engine is idle, by the unit that is busy: vector,
+router, loader, other) and the engine's own cycles beyond the floor (`gemm_overhead_cycles`), the DRAM bytes
+read against what the program must read (each LOAD once, a per-expert LOAD once per active expert, the program
+once; fetch may read up to a buffer of instructions past HALT) and written, and the wall time. On a mismatch `first_mismatch` runs the program again with its intermediates stored and names
 the first one that differs from the golden model's, and the operation that made it.
 """
 
@@ -141,6 +142,9 @@ def _report(program, quantized, accel, image, task, golden, result, seconds, sim
         "dram_write_bytes": result.counters["DRAM_WRITE_BYTES"],
         "busy": {name.removeprefix("BUSY_").lower(): result.counters[name] for name, _ in COUNTERS
                  if name.startswith("BUSY_")},
+        "exposed": {name.removeprefix("EXPOSED_").lower(): result.counters[name] for name, _ in COUNTERS
+                    if name.startswith("EXPOSED_")},
+        "gemm_overhead_cycles": result.counters["BUSY_GEMM"] - floor,
         "dram_stall_cycles": result.counters["DRAM_STALL_CYCLES"],
         "experts_used": {str(block): experts for block, experts in golden.experts_used.items()},
         "wall_seconds": round(seconds, 3),

@@ -376,6 +376,9 @@ def cmd_run(args) -> int:
              "read": f"{report['dram_read_bytes']:,}/{report['expected_read_bytes']:,}"} for report in reports]
     footer = [f"task {report['task']}: first mismatch: {report['first_mismatch']}" for report in reports
               if "first_mismatch" in report]
+    footer += [f"task {report['task']}: GEMM idle {report['cycles'] - report['busy']['gemm']:,} cycles (" + ", ".join(
+        f"{unit} {cycles:,}" for unit, cycles in report["exposed"].items()) + f"), GEMM beyond the floor "
+        f"{report['gemm_overhead_cycles']:,}" for report in reports]
     if start_up:
         footer.append(f"start-up (resident router weights, once): {start_up['cycles']:,} cycles, "
                       f"read {start_up['dram_read_bytes']:,}/{start_up['expected_read_bytes']:,} B")

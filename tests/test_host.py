@@ -75,7 +75,7 @@ def test_control_pulses_and_interrupt():
     simulate(dut, testbench)
 
 
-@pytest.mark.parametrize("offset", [0x2C, 0x58, 0xFC, 0x81])
+@pytest.mark.parametrize("offset", [0x2C, REGISTERS[-1].offset + 4, 0xFC, 0x81])   # a gap, past the last, the top, unaligned
 def test_unmapped_offsets_answer_slverr(offset):
     dut = HostRegisters(HASH)
 

@@ -261,9 +261,12 @@ class Accelerator(wiring.Component):
         counters = {name: Signal(32, name=name.lower()) for name, _ in COUNTERS}
         written = Signal(range(self.bus.beat_bytes + 1))
         m.d.comb += written.eq(sum(axi.wstrb[i] for i in range(self.bus.beat_bytes)))
+        vector, router, loader = self.norm_path.busy | self.softmax_path.busy, self.router.busy, ~self.loader.idle
         events = {
-            "BUSY_GEMM": gemm_active, "BUSY_LOADER": ~self.loader.idle, "BUSY_ROUTER": self.router.busy,
-            "BUSY_VECTOR": self.norm_path.busy | self.softmax_path.busy,
+            "BUSY_GEMM": gemm_active, "BUSY_LOADER": loader, "BUSY_ROUTER": router, "BUSY_VECTOR": vector,
+            "EXPOSED_VECTOR": ~gemm_active & vector, "EXPOSED_ROUTER": ~gemm_active & ~vector & router,
+            "EXPOSED_LOADER": ~gemm_active & ~vector & ~router & loader,
+            "EXPOSED_OTHER": ~gemm_active & ~vector & ~router & ~loader,
             "DRAM_READ_BYTES": Mux(axi.rvalid & axi.rready, self.bus.beat_bytes, 0),
             "DRAM_WRITE_BYTES": Mux(axi.wvalid & axi.wready, written, 0),
             "DRAM_STALL_CYCLES": (axi.arvalid & ~axi.arready) | (reading & ~axi.rvalid)

@@ -51,6 +51,13 @@ COUNTERS = (
     ("DRAM_STALL_CYCLES", "cycles with a read burst in flight and no beat arriving, or a request or write beat "
                           "waiting for DRAM to take it"),
     ("INSTRUCTIONS", "instructions issued (an EXPERTS body counts once per expert)"),
+    # The cycles the GEMM engine is not busy, each counted once, by the first unit that is: CYCLES = BUSY_GEMM +
+    # the four EXPOSED_ counters. What the GEMMs do not hide.
+    ("EXPOSED_VECTOR", "cycles the GEMM engine is idle while LayerNorm or the softmax is busy"),
+    ("EXPOSED_ROUTER", "cycles the GEMM engine is idle while the router is busy (and no vector unit)"),
+    ("EXPOSED_LOADER", "cycles the GEMM engine is idle while the loader is busy (and neither of the above)"),
+    ("EXPOSED_OTHER", "cycles the GEMM engine is idle and none of the above busy: fetch, issue, stores, the combine "
+                      "drain"),
 )
 
 REGISTERS = (
