@@ -3,7 +3,7 @@ same cycle counts, on a small engine; then many cases at a size the Python simul
 
 import numpy as np
 import pytest
-from amaranth import Module, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -123,3 +123,31 @@ def test_build_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
     Verilated(_Wide(), "wide")  # a real build: its library stays, Verilator's object files go
     (build,) = tmp_path.glob("wide-*")
     assert (build / "model.so").exists() and not (build / "obj").exists()
+
+
+class _Counter(wiring.Component):
+    """Counts from 3 each cycle; `reached` while the count is `target`."""
+    reached: Out(1)
+
+    def __init__(self, target):
+        self.target = target
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        count = Signal(8, init=3)
+        m.d.sync += count.eq(count + 1)
+        m.d.comb += self.reached.eq(count == self.target)
+        return m
+
+
+def test_tick_until_stops_after_the_edge_that_raises_the_port():
+    """The simulator's Verilog has no reset (registers start at their initial values); `tick_until` runs until
+    the port is high after an edge, or runs out."""
+    from hw.flow.export import simulation_verilog
+    verilog = simulation_verilog(_Counter(40), "counter")
+    assert "input clk" in verilog and "rst" not in verilog
+    model = Verilated(_Counter(40), "counter")
+    assert model.tick_until(model.component.reached, 10) == 10      # the count is 13
+    assert model.tick_until(model.component.reached, 100) == 27     # 40 after 27 more edges
+    assert model.get(model.component.reached) == 1 and model.cycles == 37
