@@ -210,9 +210,9 @@ class Verilated:
 def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{top}.v").write_text(verilog)
-    accessors = [accessors(i, name, width) for i, (name, width) in enumerate(layout)]
-    (directory / "shim.cpp").write_text(SHIM_SOURCE.format(top=top, setters="\n".join(a for a, _ in accessors),
-                                                     getters="\n".join(g for _, g in accessors)) + DRAM_SOURCE)
+    code = [accessors(i, name, width) for i, (name, width) in enumerate(layout)]
+    (directory / "shim.cpp").write_text(SHIM_SOURCE.format(top=top, setters="\n".join(a for a, _ in code),
+                                                           getters="\n".join(g for _, g in code)) + DRAM_SOURCE)
     verilator = verilator_path()
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()
