@@ -4,9 +4,10 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 1. **Sums** (`lanes` values per cycle): each beat is written into the row buffer while S = Σx and Q = Σx²
    accumulate (one squarer per lane, an adder tree, four stages).
 2. **Statistics** (one row at a time, sequential): v = D·Q − S² + eps, e = max(0, ⌈(bitlen(v) − 32)/2⌉),
-   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps: 32-33 for a normalised v, up to 63
-   for rows of nearly equal values), its integer square root r bit by bit (one step per result bit), and
-   S·r. About 60 cycles for a typical row; it overlaps the next row's sums and the previous row's output.
+   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle: 32-33 steps for a
+   normalised v, up to 63 for rows of nearly equal values), its integer square root r bit by bit (two result
+   bits a cycle), and S·r. About 33 cycles for a typical row; it overlaps the next row's sums and the previous
+   row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Seven stages; the pipeline stops as
    a whole while the output is not taken.
@@ -296,19 +297,30 @@ class LayerNorm(wiring.Component):
                              # the quotient is below 2^(63 − top): its root starts from 4^⌊(62 − top)/2⌋
                              root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (first_bit >> 1 << 1))]
                 m.next = "DIVIDE"
-            with m.State("DIVIDE"):
-                fits = remainder >= divisor
-                left = Mux(fits, remainder - divisor, remainder)
-                m.d.sync += [quotient.eq(Cat(fits, quotient)), remainder.eq(left << 1), step.eq(step - 1)]
-                with m.If(step == 0):
+            with m.State("DIVIDE"):        # two quotient bits a cycle (one when a single step is left)
+                part, bits = remainder, []
+                for _ in range(2):
+                    fits = part >= divisor
+                    bits.append(fits)
+                    part = (Mux(fits, part - divisor, part) << 1)[:len(remainder)]
+                ends_half = step == 0
+                m.d.sync += [quotient.eq(Mux(ends_half, Cat(bits[0], quotient), Cat(bits[1], bits[0], quotient))),
+                             remainder.eq(part), step.eq(Mux(ends_half, 0, step - 2))]
+                with m.If(ends_half | (step == 1)):
                     m.d.sync += root.eq(0)
                     m.next = "ROOT"
-            with m.State("ROOT"):
-                trial = root + root_bit
-                fits = quotient >= trial
-                m.d.sync += [quotient.eq(Mux(fits, quotient - trial, quotient)),
-                             root.eq(Mux(fits, (root >> 1) + root_bit, root >> 1)), root_bit.eq(root_bit >> 2)]
-                with m.If(root_bit[:2] != 0):
+            with m.State("ROOT"):          # two result bits a cycle (one when 4^0 is the next trial)
+                steps = [(quotient, root, root_bit)]
+                for _ in range(2):
+                    left, result, bit = steps[-1]
+                    trial = result + bit
+                    fits = left >= trial
+                    steps.append((Mux(fits, left - trial, left)[:len(quotient)],
+                                  Mux(fits, (result >> 1) + bit, result >> 1)[:len(root)], bit >> 2))
+                last = root_bit[:2] != 0            # the step just taken was the last
+                for register, one, two in zip((quotient, root, root_bit), steps[1], steps[2]):
+                    m.d.sync += register.eq(Mux(last, one, two))
+                with m.If(last | (steps[1][2][:2] != 0)):
                     m.next = "OFFSET"
             with m.State("OFFSET"):         # product ← S · r
                 m.d.sync += operand.eq(root[:32])
