@@ -111,8 +111,8 @@ class Verilated:
             with open(directory / "build.lock", "w") as lock:     # processes building one design take turns
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not library.exists():
-                    log.info(f"building the Verilator model of {name} (once per design: a minute for a unit, up to 15 for "
-                             f"a 16×16 accelerator; cached in {CACHE})")
+                    log.info(f"building the Verilator model of {name} (once per design: under a minute for a unit or "
+                             f"the tiny accelerator, two for a 16×16 one; cached in {CACHE})")
                     _build(directory, name, verilog, layout)
                     _prune(keep=directory)
         os.utime(directory)
