@@ -9,8 +9,9 @@ backbone's array multiply-accumulates over R·C: the router has MACs of its own)
 cycles per unit, what the GEMMs leave exposed (the cycles the engine is idle, by the unit that is busy: vector,
 router, loader, other) and the engine's own cycles beyond the floor (`gemm_overhead_cycles`), the DRAM bytes
 read against what the program must read (each LOAD once, a per-expert LOAD once per active expert, the program
-once; fetch may read up to a buffer of instructions past HALT) and written, and the wall time. On a mismatch `first_mismatch` runs the program again with its intermediates stored and names
-the first one that differs from the golden model's, and the operation that made it.
+once; fetch may read up to a buffer of instructions past HALT) and written, and the wall time. On a mismatch
+`first_mismatch` runs the program again with its intermediates stored and names the first one that differs from
+the golden model's, and the operation that made it.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: 
     design and the same host code: per simulator the cycles per second (`pysim_cycles_per_s`;
     `fast_cycles_per_s`, the median of `FAST_REPEATS` runs, each on a new instance: a run of a few hundredths
     of a second is at the mercy of the machine) and the seconds spent besides the measured cycles
-    (elaboration, the fast simulator's build when it is not cached, each run's set-up); their `ratio`; and whether they agree on
-    every performance counter at the end (`counters_agree`: they simulate the same cycles)."""
+    (elaboration, the fast simulator's build when it is not cached, each run's set-up); their `ratio`; and
+    whether they agree on every performance counter at the end (`counters_agree`: they simulate the same
+    cycles)."""
     model = quantized.config
     program = backbone_program(quantized, accel, image)
     accelerator = accelerator_for(model, accel)
@@ -181,12 +183,12 @@ def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: 
             runs.append(simulate(accelerator, host, _dram_bytes(program, model, accel), simulator=simulator,
                                  latency=latency))
         ran, seconds, counters = sorted(runs, key=lambda run: run[1])[repeats // 2]
-        measured[simulator] = {"cycles": ran, "seconds": seconds, "counters": counters,
+        measured[simulator] = {"cycles": ran, "seconds": seconds, "counters": counters, "speed": ran / seconds,
                                "setup_seconds": time.perf_counter() - begin - sum(run[1] for run in runs)}
     pysim, fast = measured["pysim"], measured["verilator"]
     return {"preset": model.name, "accel": accel.name, "task": task, "cycles": fast["cycles"],
-            "pysim_cycles_per_s": pysim["cycles"] / pysim["seconds"], "fast_cycles_per_s": fast["cycles"] / fast["seconds"],
-            "ratio": (fast["cycles"] / fast["seconds"]) / (pysim["cycles"] / pysim["seconds"]),
+            "pysim_cycles_per_s": pysim["speed"], "fast_cycles_per_s": fast["speed"],
+            "ratio": fast["speed"] / pysim["speed"],
             "pysim_seconds": pysim["seconds"], "fast_seconds": fast["seconds"],
             "pysim_setup_seconds": pysim["setup_seconds"], "fast_setup_seconds": fast["setup_seconds"],
             "counters_agree": pysim["cycles"] == fast["cycles"] and pysim["counters"] == fast["counters"],

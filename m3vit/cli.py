@@ -383,12 +383,13 @@ def cmd_run(args) -> int:
         footer.append(f"start-up (resident router weights, once): {start_up['cycles']:,} cycles, "
                       f"read {start_up['dram_read_bytes']:,}/{start_up['expected_read_bytes']:,} B")
     if switch:
+        again = "bit-exact" if switch["bit_exact_again"] else "NOT bit-exact"
         footer.append(f"switch from task {switch['from']} back to task {switch['to']}: {switch['switch_cycles']:,} "
                       f"cycles beyond the task's own ({switch['switch_fraction']:.5%}); its second run "
-                      f"{switch['cycles_again']:,} cycles, {'bit-exact' if switch['bit_exact_again'] else 'NOT bit-exact'}")
+                      f"{switch['cycles_again']:,} cycles, {again}")
     result = {"preset": model.name, "accel": accel.name, "simulator": args.sim, "tasks": reports,
-              "start_up": start_up, "switch": switch,
-              "switch_cycles": switch and switch["switch_cycles"], "switch_fraction": switch and switch["switch_fraction"]}
+              "start_up": start_up, "switch": switch, "switch_cycles": switch and switch["switch_cycles"],
+              "switch_fraction": switch and switch["switch_fraction"]}
     _report(args, result,
             f"{model.name} backbone on {accel.name} ({args.sim}, DRAM latency {args.latency}): each task against "
             f"the golden model, bit for bit", [
@@ -405,8 +406,9 @@ def cmd_bench_sim(args) -> int:
     from firmware.run import simulator_speed
     model, accel, tasks, quantized, image = _backbone_inputs(args)
     result = simulator_speed(quantized, accel, image, args.cycles, tasks[0], args.latency)
-    return _report(args, result, f"{model.name} on {accel.name}, task {result['task']}: the first {result['cycles']:,} "
-                                 f"cycles of a backbone run in each simulator", [
+    title = (f"{model.name} on {accel.name}, task {result['task']}: the first {result['cycles']:,} cycles of a "
+             f"backbone run in each simulator")
+    return _report(args, result, title, [
         ("pysim cycles/s", "pysim_cycles_per_s", ">14,.0f"), ("fast cycles/s", "fast_cycles_per_s", ">14,.0f"),
         ("ratio", "ratio", ">7.0f"), ("fast set-up s", "fast_setup_seconds", ">13.1f"),
         ("counters agree", "counters_agree", ">14")], [result])

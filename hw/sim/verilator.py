@@ -10,8 +10,8 @@ that a testbench fills live outside the design, in Python (`ModelMemory`), behin
 each cycle the data of the address presented before the clock edge appears after it (a synchronous read
 port, as `lib.memory` builds one).
 
-The design is never reset: it is built without a reset (`hw.flow.export.simulation_verilog`) and its registers start at
-their initial values, as after a reset. Each cycle is two evaluations (the clock low with the inputs of the
+The design is never reset: it is built without a reset (`hw.flow.export.simulation_verilog`) and its registers
+start at their initial values, as after a reset. Each cycle is two evaluations (the clock low with the inputs of the
 cycle, then high), and with no logic on a reset input Verilator's input-driven logic is only what the ports
 themselves drive.
 """
@@ -51,8 +51,6 @@ CACHE_ENTRIES = 64
 # (`--output-groups 0`: GCC takes longer over the same code in a few large files): a 16×16 accelerator's build
 # takes 88 s on one core where -O1 throughout, grouped, took 168 s.
 CXX_OPTIONS = "-O1"
-
-
 
 
 
@@ -106,7 +104,8 @@ class Verilated:
         self._ports = {id(signal): (index, signal) for index, signal in enumerate(signals)}
         self._clock = len(signals)
         layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1)]
-        key = hashlib.sha256((verilog + repr(layout) + CXX_OPTIONS + SHIM_SOURCE + DRAM_SOURCE).encode()).hexdigest()[:16]
+        source = verilog + repr(layout) + CXX_OPTIONS + SHIM_SOURCE + DRAM_SOURCE
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
         if not library.exists():
@@ -188,20 +187,21 @@ class Verilated:
         """`cycles` rising edges; memories added with `add_memory` and a `NativeDram` serve their ports on
         each."""
         self._lib.sim_tick(self._handle, self._clock, cycles)
-        self._dirty = False
-        self.cycles += cycles
-        if self.dram is not None:
-            self.dram.check()
+        self._ran(cycles)
 
     def tick_until(self, port, cycles: int) -> int:
         """Rising edges until one leaves the one-bit `port` high, at most `cycles`; how many ran. The whole loop
         runs natively: Python sees none of the cycles."""
         ran = self._lib.sim_tick_until(self._handle, self._clock, self._signal(port)[0], cycles)
+        self._ran(ran)
+        return ran
+
+    def _ran(self, cycles: int) -> None:
+        """After `cycles` native edges: the outputs are settled, and a DRAM rule broken on them raises."""
         self._dirty = False
-        self.cycles += ran
+        self.cycles += cycles
         if self.dram is not None:
             self.dram.check()
-        return ran
 
     def add_memory(self, memory: "ModelMemory", port) -> None:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
@@ -222,8 +222,9 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     build = [verilator, "--cc", f"{top}.v", "--top-module", top, "--build", "-j", "2", "--output-groups", "0",
              "--Mdir", "obj", "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-fPIC",
              "-MAKEFLAGS", f"CFG_CXXFLAGS_PCH_I=-include OPT_FAST={CXX_OPTIONS} OPT_GLOBAL={CXX_OPTIONS} OPT_SLOW=-O0"]
-    link = ["g++", "-shared", "-fPIC", CXX_OPTIONS, "-std=c++17", "-Iobj", f"-I{root}/include", f"-I{root}/include/vltstd",
-            "shim.cpp", f"obj/V{top}__ALL.a", "obj/libverilated.a", "-pthread", "-o", "model.tmp.so"]
+    link = ["g++", "-shared", "-fPIC", CXX_OPTIONS, "-std=c++17", "-Iobj", f"-I{root}/include",
+            f"-I{root}/include/vltstd", "shim.cpp", f"obj/V{top}__ALL.a", "obj/libverilated.a", "-pthread", "-o",
+            "model.tmp.so"]
     for command in (build, link):
         result = subprocess.run(command, cwd=directory, capture_output=True, text=True)
         if result.returncode != 0:
