@@ -3,7 +3,7 @@
 `Assembler(isa)` turns instructions into 128-bit words through the ISA's own `lib.data` layout and back:
 - `encode(opcode, **fields)` → int, `decode(word)` → `Instruction`;
 - `assemble(text)` → [int], `disassemble(words)` → text, one instruction per line:
-  `GEMM m=129 k_tiles=12 k_last=16 ... source=ACTIVATION mode=INT8` (fields by name in any order, omitted
+  `GEMM m=129 k_tiles=12 k_last=0 ... source=ACTIVATION mode=INT8` (fields by name in any order, omitted
   ones 0, enumerations by name, `#` starts a comment); `disassemble` writes every field, so
   `assemble(disassemble(w)) == w`;
 - `program_bytes(words)`: the program as the controller fetches it, 16 bytes per instruction, little-endian.

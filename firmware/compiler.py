@@ -23,13 +23,13 @@ from golden.config import AcceleratorConfig, check_compatible
 from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import InstructionSet, Opcode, Operand, Region, Space, Stationary
-from hw.control.memories import check_top_level, onchip_spaces, router_geometry
+from hw.control.memories import check_top_level, feed_rows, onchip_spaces, router_geometry
 from hw.memory.layout import HEADER_COLUMN_BYTES, matrix_layout
 from hw.memory.loader import WeightLoader
 from hw.moe.router.geometry import weight_words
 from hw.vector.layernorm import LayerNorm
 
-from .assembler import Assembler
+from .assembler import INSTRUCTION_BYTES, Assembler
 from .image import residual_bytes, x_bytes
 
 __all__ = ["AttentionLayout", "Output", "Program", "ProgramBuilder", "CompileError", "patch_embedding_program", "qkv_program",
@@ -86,6 +86,7 @@ class ProgramBuilder:
         self.lines: list[str] = []
         self.entry = 0
         self.next_buffer = 0
+        self.next_params = 0          # PARAMS' halves in turn, matrix by matrix
         self.layernorm_unit = LayerNorm.for_model(model, accel)
         self.layernorm_unit._MustUse__silence = True  # built for its parameter layout only
         self.next_norm_set = 0
@@ -152,15 +153,16 @@ class ProgramBuilder:
             buffers.append(self.next_buffer)
             self.next_buffer = (self.next_buffer + 1) % self.buffers
         loads = [(offset + slab.offset, slab.length, buffer) for slab, buffer in zip(layout.slabs, buffers)]
-        # The first slabs load while the previous matrix still computes; its parameters only after it (the
-        # scoreboard holds a LOAD into PARAMS while a GEMM reads them).
+        # The first slabs load while the previous matrix still computes, and so do its parameters, into the
+        # PARAMS half the previous matrix does not read.
         ahead = min(len(loads), self.buffers - 1)
         for address, length, buffer in loads[:ahead]:
             self.load(Region.MODEL, address, length, Space.WEIGHTS, buffer * self.span, per_expert=per_expert)
         if hidden is not None:
             self.load(Region.MODEL, hidden, self.spaces[Space.HIDDEN].bytes, Space.HIDDEN, 0, per_expert=per_expert)
-        self.load(Region.MODEL, offset, layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES, Space.PARAMS, 0,
-                  per_expert=per_expert)
+        params = self.params_half()
+        self.load(Region.MODEL, offset, layout.n_tiles * accel.array_cols * HEADER_COLUMN_BYTES, Space.PARAMS,
+                  params, per_expert=per_expert)
         if gelu is not None:
             self.emit(Opcode.CONFIG_GELU, multiplier=gelu[0], shift=gelu[1])
         starts = [sum(output.tiles for output in outputs[:i]) for i in range(len(outputs))]
@@ -174,14 +176,19 @@ class ProgramBuilder:
                      for start, output in zip(starts, outputs) if start < end and start + output.tiles > slab.first_tile]
             for part, (first, last, start, output) in enumerate(parts):
                 self.emit(Opcode.GEMM, m=m, k_tiles=layout.k_tiles,
-                          k_last=k - (layout.k_tiles - 1) * accel.array_rows, n_tiles=last - first, source=source,
+                          k_last=k % accel.array_rows, n_tiles=last - first, source=source,
                           x_base=x_base, stationary=Stationary.WEIGHTS,
                           w_base=buffer * self.span + (first - slab.first_tile) * layout.k_tiles * layout.beats,
-                          p_base=first, destination=output.memory,
+                          p_base=params + first, destination=output.memory,
                           d_base=output.base + (first - start) * (accel.array_cols if output.transposed
                                                                   else output.stride),
                           d_stride=output.stride, mode=mode, relu=int(relu), residual=int(residual),
                           keep=int(part < len(parts) - 1), transpose=int(output.transposed), gather=int(gather))
+
+    def params_half(self) -> int:
+        """The first PARAMS word of the next matrix's parameters: the halves in turn."""
+        half, self.next_params = self.next_params, 1 - self.next_params
+        return half * self.spaces[Space.PARAMS].depth // 2
 
     def layernorm(self, norms: list[str], *, rows: int, source: int, destination: int, route: bool = False) -> None:
         """LayerNorm of RESIDUAL rows `source` … into ACTIVATION rows `destination` … with the parameters of
@@ -240,8 +247,11 @@ class ProgramBuilder:
         self.emit(Opcode.HALT)
 
     def start_up(self) -> None:
-        """End the start-up here: a HALT, and runs enter after it (`Program.entry`)."""
+        """End the start-up here: a HALT, and runs enter after it (`Program.entry`), at a bus-aligned address
+        (HALTs pad the start-up to whole bus words: the program fetch reads whole bus words)."""
         self.halt()
+        while len(self.lines) * INSTRUCTION_BYTES % self.bus:
+            self.halt()
         self.entry = len(self.lines)
 
     def build(self) -> Program:
@@ -279,36 +289,40 @@ def _embedding(builder: ProgramBuilder, image: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """Where attention's operands lie in SCRATCH (word addresses): Q (T × D, K-tile-major), Kᵀ per head (the W of
-    Q·Kᵀ: `head_dim / R` K tiles by ⌈T / C⌉ key tiles, `kt_words` words a head), V (the W of P·V: N tile j of
-    dimensions at `v + j·t_padded`, keys in rows) and P (T × T, K-tile-major)."""
+    """Where attention's operands lie (word addresses): in SCRATCH Q (T × D, K-tile-major), Kᵀ per head (the W
+    of Q·Kᵀ: `head_dim / R` K tiles by ⌈T / C⌉ key tiles, `kt_words` words a head) and V (the W of P·V: N tile j
+    of dimensions at `v + j·t_padded`, keys in rows), up to `end`; Kᵀ and V start at multiples of `feed_rows`
+    words, as the stationary read takes them by feed word. P (T × T, K-tile-major) is in ACTIVATION at `p`, past
+    the attention output; head h's scores in SCORES half h mod 2, from word `scores_half · (h mod 2)`."""
     q: int
     kt: int
     kt_words: int
     v: int
     t_padded: int
-    p: int
     end: int
+    p: int
+    scores_half: int
 
     @classmethod
     def for_model(cls, model, accel) -> "AttentionLayout":
         t, d, r, c = model.num_tokens, model.embed_dim, accel.array_rows, accel.array_cols
-        q_words = t * tiles(d, r)
-        kt_words = tiles(t, c) * model.head_dim
+        rows = feed_rows(accel)
+        kt_words = -(-tiles(t, c) * model.head_dim // rows) * rows
         t_padded = tiles(t, r) * r
-        kt = q_words
+        kt = -(-t * tiles(d, r) // rows) * rows
         v = kt + model.num_heads * kt_words
-        p = v + tiles(d, c) * t_padded
-        return cls(0, kt, kt_words, v, t_padded, p, p + t * tiles(t, r))
+        return cls(0, kt, kt_words, v, t_padded, v + tiles(d, c) * t_padded, t * tiles(d, r), t * tiles(t, c))
 
 
 def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> None:
     """Attention of block `block` on RESIDUAL: LayerNorm₁, qkv (Q, Kᵀ through the corner-turn, V), per head Q·Kᵀ
     into SCORES, the softmax into P and the row scales, P·V (row-scaled) into the head's columns of ACTIVATION,
-    then proj added into RESIDUAL. With `store`, Q, Kᵀ and V are stored as they lie in SCRATCH (`q`, `kt`, `v`)."""
+    then proj added into RESIDUAL. With `store`, Q, Kᵀ and V are stored as they lie in SCRATCH (`q`, `kt`, `v`).
+    The heads' scores alternate between SCORES' halves and each head's Q·Kᵀ comes right after the softmax
+    before it, so the softmax runs beside the next head's product (the last head's has none to hide behind)."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     t, c, r, hd = model.num_tokens, accel.array_cols, accel.array_rows, model.head_dim
-    layout = AttentionLayout.for_model(model, accel)
+    layout, rows = AttentionLayout.for_model(model, accel), feed_rows(accel)     # w_base in SCRATCH: feed words
     p = f"blocks.{block}"
     builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
     head_tiles = tiles(hd, c)
@@ -318,22 +332,31 @@ def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> N
     outputs.append(Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.v, layout.t_padded))
     builder.linear(f"{p}.qkv", source=Operand.ACTIVATION, x_base=0, m=t, outputs=outputs, mode=GemmMode.INT8)
     if store:
-        for name, begin, end in (("q", layout.q, layout.kt), ("kt", layout.kt, layout.v), ("v", layout.v, layout.p)):
+        for name, begin, end in (("q", layout.q, layout.kt), ("kt", layout.kt, layout.v), ("v", layout.v, layout.end)):
             builder.store(name, Space.SCRATCH, begin, (end - begin) * r)
     # Q·Kᵀ and P·V add no bias: one header of zeros serves both.
     zeros = bytes(HEADER_COLUMN_BYTES * c * max(tiles(t, c), head_tiles))
-    builder.load(Region.MODEL, builder.place(Region.MODEL, zeros), len(zeros), Space.PARAMS, 0)
+    params = builder.params_half()
+    builder.load(Region.MODEL, builder.place(Region.MODEL, zeros), len(zeros), Space.PARAMS, params)
     builder.emit(Opcode.CONFIG_SOFTMAX, **{name: int(q[f"{p}.attn.{name}"]) for name in
                                           ("exp_multiplier", "exp_shift", "out_multiplier", "out_shift")})
     key_tiles = tiles(t, r)
-    for h in range(model.num_heads):
-        builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(hd, r), k_last=hd - (tiles(hd, r) - 1) * r, n_tiles=tiles(t, c),
+
+    def scores(h):
+        builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(hd, r), k_last=hd % r, n_tiles=tiles(t, c),
                      source=Operand.SCRATCH, x_base=layout.q + h * tiles(hd, r) * t, stationary=Stationary.SCRATCH,
-                     w_base=layout.kt + h * layout.kt_words, destination=Space.SCORES, d_stride=t, mode=GemmMode.RAW)
-        builder.emit(Opcode.SOFTMAX, rows=t, source=0, destination=layout.p)
-        builder.emit(Opcode.GEMM, m=t, k_tiles=key_tiles, k_last=t - (key_tiles - 1) * r, n_tiles=head_tiles,
-                     source=Operand.SCRATCH, x_base=layout.p, stationary=Stationary.SCRATCH,
-                     w_base=layout.v + h * head_tiles * layout.t_padded, destination=Space.ACTIVATION,
+                     w_base=(layout.kt + h * layout.kt_words) // rows, p_base=params, destination=Space.SCORES,
+                     d_base=h % 2 * layout.scores_half, d_stride=t, mode=GemmMode.RAW)
+
+    scores(0)
+    for h in range(model.num_heads):
+        builder.emit(Opcode.SOFTMAX, rows=t, source=0, half=h % 2, destination=layout.p)
+        if h + 1 < model.num_heads:
+            scores(h + 1)
+        builder.emit(Opcode.GEMM, m=t, k_tiles=key_tiles, k_last=t % r, n_tiles=head_tiles,
+                     source=Operand.ACTIVATION, x_base=layout.p, stationary=Stationary.SCRATCH,
+                     w_base=(layout.v + h * head_tiles * layout.t_padded) // rows, p_base=params,
+                     destination=Space.ACTIVATION,
                      d_base=h * head_tiles * t, d_stride=t, mode=GemmMode.INT8, row_scaled=1)
     builder.linear(f"{p}.proj", source=Operand.ACTIVATION, x_base=0, m=t,
                    outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.INT16, residual=True)

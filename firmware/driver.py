@@ -23,7 +23,7 @@ from golden.config import AcceleratorConfig, ModelConfig, config_hash
 from hw.control.isa import ErrorCause
 from hw.control.registers import COUNTERS, ID_MAGIC, Control, Status, register
 
-from .assembler import Assembler
+from .assembler import INSTRUCTION_BYTES, Assembler
 from .compiler import Program
 from .image import DramMap
 
@@ -110,8 +110,12 @@ class Driver:
         it."""
         if self.placed is not program:
             await self.place(program)
+        entry = self.dram_map(program).program + INSTRUCTION_BYTES * program.entry
+        if entry % self.accel.dram_bytes_per_beat:
+            raise DriverError(f"the program's entry (instruction {program.entry}, byte {entry}) is not aligned to "
+                              f"the {self.accel.dram_bytes_per_beat}-byte bus: the program fetch reads whole bus words")
         await self._write("TASK", task)
-        await self._start(self.dram_map(program).program + 16 * program.entry)
+        await self._start(entry)
 
     async def _start(self, address: int) -> None:
         await self._write("PROGRAM_ADDR", address)

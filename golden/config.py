@@ -431,10 +431,14 @@ ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
                           token_block=32, dram_data_width=64, router_macs_per_cycle=32, vector_lanes=1,
                           requant_lanes=2),
         # ZCU104 class: a whole m3vit-tiny expert matrix per slab, all of its 129 tokens in one block; four
-        # bursts in flight cover the DRAM latency at a full 16-32 bytes per cycle (the PS's HP ports take more).
+        # bursts in flight cover the DRAM latency at a full 32 bytes per cycle (a 256-bit port: at a 150 MHz
+        # fabric clock, 4.8 GB/s, which one 128-bit HP port at 300 MHz behind a width converter carries).
+        # Two array rows a weight feed word: an expert with fewer than 16 tokens waits 8 cycles for its next
+        # weight tile, not 16 (m3vit-tiny's experts take 1-51 tokens), and its weights stream in at the same
+        # pace (72 KiB in 2,304 cycles).
         AcceleratorConfig(name="16x16", array_rows=16, array_cols=16, weight_buffer_bytes=72 * 1024,
-                          token_block=192, dram_data_width=128, dram_outstanding=4, router_macs_per_cycle=128,
-                          vector_lanes=16, requant_lanes=8),
+                          token_block=192, dram_data_width=256, dram_outstanding=4, router_macs_per_cycle=128,
+                          vector_lanes=16, requant_lanes=8, weight_feed_bytes=32),
         AcceleratorConfig(name="32x32", array_rows=32, array_cols=32, weight_buffer_bytes=144 * 1024,
                           token_block=192, dram_data_width=256, dram_outstanding=4, router_macs_per_cycle=128,
                           vector_lanes=32, requant_lanes=16),

@@ -3,6 +3,8 @@
 AXI4 channel included), runs back to back, every fault ending the run with its cause and no hang, the scoreboard
 holding a GEMM until its slab is in, the EXPERTS loop."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -41,14 +43,14 @@ def golden(quantized):
     return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
 
 
-def _run(programs, simulator="pysim", tasks=None, **dram):
+def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, **dram):
     """Run `programs` one after another on one accelerator (no reset between them), with `tasks` in TASK (0 by
     default); their `RunResult`s."""
     async def host(transport):
-        driver = Driver(transport, TINY, ACCEL)
+        driver = Driver(transport, TINY, accel)
         await driver.connect()
         return [await driver.run(program, task) for program, task in zip(programs, tasks or [0] * len(programs))]
-    return simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, simulator=simulator, **dram)
+    return simulate(accelerator_for(TINY, accel), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
 @pytest.mark.parametrize("stall, simulator", [(0.0, "verilator"), (0.3, "pysim")])
@@ -109,6 +111,8 @@ def test_a_whole_dense_block_is_bit_exact_in_verilator(quantized, golden):
     (result,) = _run([program], simulator="verilator", latency=10, stall=0.1, seed=11)
     assert result.ok, result.cause
     assert result.outputs["attn_out"] == x_bytes(tensors[0]["blocks.2.attn_out"], ACCEL, TINY.num_tokens)
+    # a head's softmax runs beside the next head's Q·Kᵀ (the SCORES halves): not every vector cycle is exposed
+    assert result.counters["EXPOSED_VECTOR"] < result.counters["BUSY_VECTOR"]
     assert np.array_equal(residual_from_bytes(result.outputs["mid"], TINY, ACCEL), tensors[0]["blocks.2.mid"])
     assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), tensors[0]["blocks.2.out"])
 
@@ -129,7 +133,7 @@ def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
     builder.load(Region.IMAGE, offset, len(weights), Space.SCRATCH, 100)
     header = bytes(8 * r * tiles(n, r))                       # bias 0
     builder.load(Region.MODEL, builder.place(Region.MODEL, header), len(header), Space.PARAMS, 0)
-    builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(k, r), k_last=k - (tiles(k, r) - 1) * r, n_tiles=tiles(n, r),
+    builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(k, r), k_last=k % r, n_tiles=tiles(n, r),
                  source=Operand.ACTIVATION, stationary=Stationary.SCRATCH, w_base=100, destination=Space.SCORES, d_stride=t,
                  mode=GemmMode.RAW)
     builder.store("scores", Space.SCORES, 0, t * tiles(n, r) * 4 * r)
@@ -184,13 +188,19 @@ def _region_three(quantized) -> int:
 
 
 _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
+_PARAMS = onchip_spaces(TINY, ACCEL)[Space.PARAMS]
+_HALF = _PARAMS.depth // 2
 FAULTS = [
+    ("a PARAMS LOAD across its halves", f"LOAD region=MODEL bytes={2 * _PARAMS.word_bytes} memory=PARAMS "
+     f"base={_HALF - 1}\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("a GEMM's parameters across PARAMS' halves", f"GEMM m=1 k_tiles=1 k_last=0 n_tiles=2 p_base={_HALF - 1} "
+     "stationary=WEIGHTS destination=ACTIVATION\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
     ("EXPERTS longer than its body buffer", "SYNC\nEXPERTS body=17\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
     ("a per-expert LOAD outside EXPERTS", "LOAD region=MODEL bytes=8 memory=ACTIVATION per_expert=1\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
-    ("a COMBINE GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=RESIDUAL mode=COMBINE\n"
+    ("a COMBINE GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=RESIDUAL mode=COMBINE\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("COMBINE past the last token", f"COMBINE rows={TINY.num_tokens + 1}\nHALT", None, ErrorCause.BAD_OPERAND, 0,
      {}),
@@ -198,9 +208,9 @@ FAULTS = [
      {}),
     ("SOFTMAX past the last token", f"SOFTMAX rows=3 source={TINY.num_tokens - 1}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
-    ("a transposed GEMM into RESIDUAL", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=RESIDUAL transpose=1\n"
+    ("a transposed GEMM into RESIDUAL", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=RESIDUAL transpose=1\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
-    ("a raw GEMM into ACTIVATION", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 destination=ACTIVATION mode=RAW\nHALT",
+    ("a raw GEMM into ACTIVATION", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=ACTIVATION mode=RAW\nHALT",
      None, ErrorCause.BAD_OPERAND, 0, {}),
     ("LAYERNORM past the last token", f"LAYERNORM rows=3 source={TINY.num_tokens - 2}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
@@ -211,7 +221,7 @@ FAULTS = [
     ("STORE of half a bus word", "STORE memory=ACTIVATION region=OUTPUT bytes=4\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("LOAD from region 3", "SYNC\nLOAD\nHALT", "region3", ErrorCause.BAD_OPERAND, 1, {}),
-    ("a gathering GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=4 n_tiles=1 stationary=WEIGHTS gather=1\n"
+    ("a gathering GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 stationary=WEIGHTS gather=1\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("DRAM read error", "LOAD region=IMAGE bytes=64 memory=ACTIVATION\nSYNC\nHALT", None, ErrorCause.DRAM_READ,
      None, {"fail_reads": "image"}),
@@ -246,7 +256,7 @@ def test_experts_with_no_active_expert_skip_their_body(quantized):
     builder = ProgramBuilder(quantized, ACCEL)
 
     def body():
-        builder.emit(Opcode.GEMM, m=1, k_tiles=1, k_last=4, n_tiles=1, gather=1)
+        builder.emit(Opcode.GEMM, m=1, k_tiles=1, k_last=0, n_tiles=1, gather=1)
         builder.emit(Opcode.LOAD, bytes=8, memory=Space.ACTIVATION, per_expert=1)
         return 0
     builder.experts(body)
@@ -268,11 +278,11 @@ def test_the_compiler_refuses_an_experts_body_longer_than_the_buffer(quantized):
         builder.experts(body)
 
 
-def _check_backbone(result, golden):
+def _check_backbone(result, golden, accel=ACCEL):
     assert result.ok, (result.cause, result.error_pc)
-    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), golden.backbone)
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, accel), golden.backbone)
     for block, routing in golden.routing.items():
-        ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], TINY, ACCEL)
+        ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], TINY, accel)
         assert np.array_equal(ids, routing.expert_ids) and np.array_equal(weights, routing.gate_weights)
 
 
@@ -309,6 +319,17 @@ def test_the_backbone_is_bit_exact_for_every_task_back_to_back_in_verilator(quan
             assert result.cause is ErrorCause.BAD_TASK
     loaded = results[0].counters["DRAM_READ_BYTES"]
     assert loaded < len(program.model) + len(program.image) + 16 * len(program.words)  # inactive experts stay in DRAM
+
+
+def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word(quantized):
+    """A weight feed of two array rows a cycle: slab tiles load in half the cycles, and SCRATCH sits in two banks
+    so that attention's Kᵀ and V (the stationary operand there) come two rows a read too; under stalls."""
+    accel = ACCEL.replace(weight_feed_bytes=2 * ACCEL.array_cols)
+    image = quantize_image(quantized, natural_images(TINY, 1, 9)[0])
+    golden = run(quantized, image, 1)
+    (result,) = _run([backbone_program(quantized, accel, image)], "verilator", tasks=[1], accel=accel, latency=10,
+                     stall=0.1, seed=8)
+    _check_backbone(result, golden, accel)
 
 
 def test_driver_refuses_hardware_of_another_configuration():
@@ -365,6 +386,32 @@ def test_driver_places_a_program_once_and_a_task_switch_writes_task_only(quantiz
     assert placing[3:5] == [("PROGRAM_ADDR", base), ("CONTROL", Driver.START_WITH_IRQ)]        # the start-up
     assert transport.writes == [("TASK", 0), ("PROGRAM_ADDR", base + 16 * program.entry),
                                 ("CONTROL", Driver.START_WITH_IRQ)]
+    # an entry off the bus words is refused before anything is written (the compiler pads the start-up)
+    wide = ACCEL.replace(dram_data_width=256)
+    padded = backbone_program(quantized, wide, image)
+    assert padded.entry * 16 % 32 == 0 and padded.text.split("\n")[padded.entry - 1] == "HALT"
+    transport.writes, driver = [], Driver(transport, TINY, wide)
+    with pytest.raises(DriverError, match="not aligned to the 32-byte bus"):
+        asyncio.run(driver.start(dataclasses.replace(padded, entry=padded.entry - 1)))
+    starts = [value for name, value in transport.writes if name in ("PROGRAM_ADDR", "TASK")]
+    assert starts == [driver.dram_map(padded).program]            # the placing's start-up only
+
+
+def test_a_program_address_off_the_bus_words_ends_the_run_at_once(quantized):
+    """PROGRAM_ADDR not bus-aligned: BAD_OPERAND at instruction 0 with nothing fetched, and the next run works."""
+    payload = bytes(range(64))
+    echo = _echo(quantized, payload)
+
+    async def host(transport):
+        driver = Driver(transport, TINY, ACCEL)
+        await driver.connect()
+        await driver.place(echo)
+        await driver._start(driver.dram_map(echo).program + 4)
+        return await driver.finish(echo), await driver.run(echo)
+
+    bad, good = simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, simulator="verilator")
+    assert bad.cause is ErrorCause.BAD_OPERAND and bad.error_pc == 0 and bad.counters["INSTRUCTIONS"] == 0
+    assert good.ok and good.outputs["echo"] == payload
 
 
 def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
@@ -394,10 +441,39 @@ def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     assert np.array_equal(residual_from_bytes(result["run"].outputs["embed"], TINY, ACCEL), tensors[0]["embed"])
 
 
+def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden):
+    """fc2's column parameters go into the PARAMS half fc1 does not read: watched cycle by cycle, the load path
+    writes PARAMS while the engine runs fc1, and the result stays bit-exact."""
+    images, tensors = golden
+    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
+    accelerator = Accelerator.for_model(TINY, ACCEL)
+    seen = {"overlapped": 0}
+
+    class Watching(SimulatorTransport):
+        async def tick(self):
+            if self.ctx.get(accelerator.load_path.params.en) and self.ctx.get(accelerator.controller.gemm_active):
+                seen["overlapped"] += 1
+            await super().tick()
+
+    result = {}
+
+    async def testbench(ctx):
+        result["run"] = await Driver(Watching(ctx, accelerator, DRAM_BYTES, latency=8), TINY, ACCEL).run(program)
+
+    run_simulation(accelerator, testbench)
+    assert result["run"].ok and seen["overlapped"] > 0
+    assert np.array_equal(residual_from_bytes(result["run"].outputs["out"], TINY, ACCEL), tensors[0]["blocks.0.out"])
+
+
 @pytest.mark.parametrize("accel, parameter", [("4x8", "array_rows × array_cols"), ("3x3", "array_rows × array_cols")])
 def test_top_level_refuses_what_it_cannot_wire(accel, parameter):
     with pytest.raises(ConfigError, match=parameter.replace("×", ".")):
         Accelerator.for_model(TINY, accelerator_preset(accel))
+
+
+def test_top_level_refuses_a_weight_feed_of_three_rows():
+    with pytest.raises(ConfigError, match="weight_feed_bytes.*power-of-two number of array rows"):
+        Accelerator.for_model(TINY, ACCEL.replace(weight_feed_bytes=3 * ACCEL.array_cols))
 
 
 def test_top_level_refuses_token_blocks():

@@ -29,6 +29,7 @@ from ..compute.gemm import GemmEngine
 from ..compute.gemm.geometry import tiles
 from ..memory.arbiter import ReadArbiter
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
+from ..memory.interleaved import InterleavedMemory
 from ..memory.layout import PARAMETER_WORD
 from ..memory.loader import WeightLoader
 from ..memory.reader import StreamReader
@@ -41,7 +42,7 @@ from .datapath import CombineDrain, LoadPath, NormPath, OutputPath, StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
-from .memories import check_top_level, onchip_spaces
+from .memories import check_top_level, feed_rows, onchip_spaces
 from .registers import COUNTERS
 
 __all__ = ["Accelerator"]
@@ -76,8 +77,11 @@ class Accelerator(wiring.Component):
         self.config_hash = config_hash(model, accel)
         self.loader = WeightLoader.for_config(accel, addr_width)
         self.router = Router.for_model(model, accel)
-        self.engine = GemmEngine.for_model(model, accel, w_depth=max(self.loader.buffers * self.loader.buffer_span,
-                                                                     self.spaces[Space.SCRATCH].depth),
+        self.feed_rows = feed_rows(accel)
+        stationary_depth = max(self.loader.buffers * self.loader.buffer_span,     # slabs, or Kᵀ and V by feed word
+                               self.spaces[Space.SCRATCH].depth // self.feed_rows)
+        self.engine = GemmEngine.for_model(model, accel, w_depth=stationary_depth,
+                                           p_depth=self.spaces[Space.PARAMS].depth,
                                            index_depth=self.router.geometry.queue_depth)
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
@@ -118,8 +122,13 @@ class Accelerator(wiring.Component):
         for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES,
                       Space.ROUTES):
             memory, name = self.spaces[space], space.name.lower()
-            storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
-            write = storage.write_port()
+            if space == Space.SCRATCH:     # banked: the stationary read takes a feed word's rows at once
+                storage = m.submodules[name] = InterleavedMemory(8 * memory.word_bytes, memory.depth,
+                                                                 self.feed_rows, narrow_reads=2)
+                write, read_port = storage.write, iter((storage.read_0, storage.read_1)).__next__
+            else:
+                storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
+                write, read_port = storage.write_port(), storage.read_port
             # a unit's write port into a memory is named after its Space
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
                        if name in unit.signature.members]
@@ -130,13 +139,13 @@ class Accelerator(wiring.Component):
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
             if hasattr(store, name):
-                wiring.connect(m, storage.read_port(), getattr(store, name))
+                wiring.connect(m, read_port(), getattr(store, name))
             if space in (Space.ACTIVATION, Space.SCRATCH):
-                reader = storage.read_port()
+                reader = read_port()
                 m.d.comb += [reader.addr.eq(engine.x_read.addr), reader.en.eq(engine.x_read.en)]
                 x_data[space] = reader.data
             if space == Space.SCRATCH:       # the stationary operand of attention: Kᵀ and V
-                stationary = storage.read_port()
+                stationary = storage.wide
                 m.d.comb += [stationary.addr.eq(engine.w_read.addr), stationary.en.eq(engine.w_read.en)]
             if space == Space.RESIDUAL:      # the residual addition and LayerNorm, never at once
                 reader = storage.read_port()

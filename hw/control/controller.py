@@ -3,24 +3,29 @@ once the unit it needs is free and the memories it names are safe (a scoreboard)
 
 Run: `start` (when not `busy`) pulses `clear` (the top level resets the units with it), then instructions are
 fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer (`ProgramFetch`).
-The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first fault: its
-`cause` (`ErrorCause`) and `error_pc` (the index of the instruction at fault, or being issued when a unit
-reported it) are kept until the next start. A fault stops issue at once; transfers in flight finish, so the
+A `program_addr` that is not bus-aligned ends the run at once with BAD_OPERAND (the fetch reads whole bus
+words). The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first
+fault: its `cause` (`ErrorCause`) and `error_pc` (the index of the instruction at fault, or being issued when a
+unit reported it) are kept until the next start. A fault stops issue at once; transfers in flight finish, so the
 AXI4 ports are quiet when `done` rises, and nothing waits forever.
 
 Issue rules (docs/architecture.md, section 11):
 - `LOAD` to WEIGHTS: a descriptor to the loader (taken once the slab buffer `base / span` is empty); to
   ACTIVATION, SCRATCH, RESIDUAL or PARAMS: a command to the load path, once no unit in flight reads or writes
-  that memory. Addresses are offsets from the region registers; bus-aligned, whole words, inside the memory.
-- `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, PARAMS or its
-  destination or reads its destination, and its slab buffer (`w_base / span`) is full; the buffer is taken
+  that memory (PARAMS: that half; a LOAD into PARAMS lies in one half). Addresses are offsets from the region
+  registers; bus-aligned, whole words, inside the memory.
+- `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, its half of
+  PARAMS (its N tiles' parameters lie in one half) or its destination or reads its destination, and its slab
+  buffer (`w_base / span`) is full; the buffer is taken
   with the command and released when the product is written, unless the GEMM `keep`s it for the next GEMM,
   which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
   requantization is HIDDEN's (the last `CONFIG_GELU`, or a LOAD into HIDDEN, which a GELU GEMM waits for).
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
-- `SOFTMAX`: when the softmax path is free, no unit in flight writes SCORES, and none reads or writes SCRATCH or
-  ROW_SCALES; with the scales of the last `CONFIG_SOFTMAX`. A `row_scaled` GEMM waits while ROW_SCALES is written.
+- `SOFTMAX`: when the softmax path is free, no unit in flight writes its half of SCORES, and none reads or
+  writes ACTIVATION or ROW_SCALES; with the scales of the last `CONFIG_SOFTMAX`. A `row_scaled` GEMM waits while
+  ROW_SCALES is written. A GEMM into SCORES waits only for units on its own half (`d_base`'s), so the next
+  head's Q·Kᵀ runs beside a head's softmax.
 - `ROUTE`: the router on the next LAYERNORM with `route`, with the task in TASK (outside the model: BAD_TASK); when
   the router is idle and nothing reads or writes ROUTES. A LAYERNORM with `route` needs a ROUTE waiting for its
   rows (else BAD_OPERAND).
@@ -40,18 +45,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import index_bits
-from ..compute.gemm.geometry import GemmMode
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
-from .datapath import GEMM_DESTINATIONS, LOADABLE, STORABLE
-from .isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
+from .datapath import LOADABLE, STORABLE
+from .isa import ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
+from .gemm_issue import issue_gemm
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
 from .memories import OnChip
@@ -110,6 +115,11 @@ class Controller(wiring.Component):
                                  good.eq(address[:(self.bus_bytes - 1).bit_length()] == 0)]
         return address, good
 
+    def params_half_of(self, base, words):
+        """(the PARAMS half word `base` is in, whether `words` words from it reach into the other half)."""
+        half_words = self.spaces[Space.PARAMS].depth // 2
+        return base >= half_words, (base < half_words) & (base + words > half_words)
+
     def _fits(self, m, operands, space: Space, multiple: int):
         """`bytes` is a whole number of the memory's words and of `multiple`, and base + words ≤ depth."""
         memory = self.spaces[space]
@@ -133,6 +143,8 @@ class Controller(wiring.Component):
                 ops = word.operands.load
                 address, good = self._dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 buffer = ops.base >> span_bits
+                params_half, straddles = self.params_half_of(
+                    ops.base, ops.bytes >> (self.spaces[Space.PARAMS].word_bytes - 1).bit_length())
                 with m.If(ops.per_expert & ~loop.active):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(~good):
@@ -150,16 +162,21 @@ class Controller(wiring.Component):
                     with m.Elif(ops.memory == space):
                         m.d.comb += [self.load.payload.address.eq(address), self.load.payload.length.eq(ops.bytes),
                                      self.load.payload.memory.eq(space), self.load.payload.base.eq(ops.base)]
-                        with m.If(~self._fits(m, ops, space, 1)):
+                        with m.If(~self._fits(m, ops, space, 1) | (straddles if space == Space.PARAMS else 0)):
                             refuse(ErrorCause.BAD_OPERAND)
                         with m.Else():
-                            go(self.load.ready & ~reading[space.value] & ~writing[space.value])
+                            if space == Space.PARAMS:      # a half at a time: the other may be read meanwhile
+                                go(self.load.ready & ~touched.params_reading.bit_select(params_half, 1)
+                                   & ~touched.params_writing.bit_select(params_half, 1))
+                            else:
+                                go(self.load.ready & ~reading[space.value] & ~writing[space.value])
                             m.d.comb += self.load.valid.eq(issue)
-                            m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space)]
+                            m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
+                                         touched.load_half.eq(params_half)]
                 with m.Else():
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.GEMM):
-                self._gemm(m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
+                issue_gemm(self, m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
                            span_bits, loop)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
@@ -206,17 +223,18 @@ class Controller(wiring.Component):
             with m.Case(Opcode.SOFTMAX):
                 ops = word.operands.softmax
                 command = self.softmax.payload
-                m.d.comb += [command.rows.eq(ops.rows), command.source.eq(ops.source),
+                m.d.comb += [command.rows.eq(ops.rows), command.source.eq(ops.source), command.half.eq(ops.half),
                              command.destination.eq(ops.destination)]
                 m.d.comb += [getattr(command, name).eq(getattr(softmax_config, name))
                              for name, _ in softmax_config.shape()]
                 with m.If(ops.source + ops.rows > self.tokens):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
-                    go(self.softmax.ready & ~writing[Space.SCORES.value] & ~writing[Space.SCRATCH.value]
-                       & ~reading[Space.SCRATCH.value] & ~writing[Space.ROW_SCALES.value]
-                       & ~reading[Space.ROW_SCALES.value])
-                    m.d.comb += self.softmax.valid.eq(issue)
+                    go(self.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
+                       & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
+                       & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
+                    m.d.comb += [self.softmax.valid.eq(issue), touched.softmax_issued.eq(issue),
+                                 touched.softmax_half.eq(ops.half)]
             with m.Case(Opcode.ROUTE):
                 ops = word.operands.route
                 m.d.comb += [self.route.payload.layer.eq(ops.layer), self.route.payload.task.eq(self.task),
@@ -252,54 +270,6 @@ class Controller(wiring.Component):
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
 
-    def _gemm(self, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop):
-        buffer = ops.w_base >> span_bits
-        command = self.gemm.payload
-        combining = ops.mode == GemmMode.COMBINE
-        listed = ops.gather | combining         # rows by the current expert's token list
-        m.d.comb += [command.m.eq(Mux(listed, loop.count, ops.m)), command.k_tiles.eq(ops.k_tiles),
-                     command.k_last.eq(ops.k_last),
-                     command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
-                     command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
-                     command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
-                     command.row_scaled.eq(ops.row_scaled),
-                     command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
-                     self.take.payload.eq(buffer),
-                     self.output_job.destination.eq(ops.destination), self.output_job.d_base.eq(ops.d_base),
-                     self.output_job.d_stride.eq(ops.d_stride), self.output_job.residual.eq(ops.residual),
-                     self.output_job.transpose.eq(ops.transpose), self.output_job.rows.eq(ops.m)]
-        source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
-        from_slab = ops.stationary == Stationary.WEIGHTS
-        stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
-        destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-        with m.If(~destination_ok):
-            refuse(ErrorCause.UNSUPPORTED)
-        with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
-                    | (ops.residual & (ops.destination != Space.RESIDUAL))
-                    | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
-                    | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
-                    | (from_slab & (buffer >= self.buffers))):
-            refuse(ErrorCause.BAD_OPERAND)
-        with m.Else():
-            # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
-            # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
-            reuse = slab.holding & (slab.held == buffer)
-            m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
-            free = ~self.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
-                & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
-                & ~writing[Space.PARAMS.value] & ~writing.bit_select(ops.destination.as_value(), 1) \
-                & ~reading.bit_select(ops.destination.as_value(), 1) & ~(listed & self.router_busy) \
-                & ~(combining & self.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
-            slab_ready = Mux(from_slab, reuse | (~slab.holding & self.take.ready), ~slab.holding)
-            go(free & self.gemm.ready & slab_ready)
-            m.d.comb += [self.gemm.valid.eq(issue), self.take.valid.eq(issue & from_slab & ~reuse),
-                         self.output_start.eq(issue), touched.gemm_issued.eq(issue),
-                         touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
-                         touched.gemm.destination.eq(ops.destination), touched.gemm.row_scaled.eq(ops.row_scaled),
-                         touched.gemm.gathers.eq(ops.gather)]
-            with m.If(issue & from_slab):
-                m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
-
     def elaborate(self, platform):
         m = Module()
         isa = self.isa
@@ -330,7 +300,7 @@ class Controller(wiring.Component):
         norm_config = Signal(data.StructLayout({name: field.shape for name, field in self.norm_command
                                                 if name in ("eps", "shifts")}))
         softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
-                                                   if name not in ("rows", "source", "destination")}))
+                                                   if name not in ("rows", "source", "half", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
             & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy & ~self.combine_busy
         fault = Signal()
@@ -373,7 +343,11 @@ class Controller(wiring.Component):
                     m.d.comb += self.clear.eq(1)
                     m.d.sync += [self.busy.eq(1), self.done.eq(0), self.error.eq(0), self.cause.eq(ErrorCause.NONE),
                                  self.error_pc.eq(0), pc.eq(0), hidden.eq(0), slab.holding.eq(0)]
-                    m.next = "RUN"
+                    with m.If(self.program_addr[:(self.bus_bytes - 1).bit_length()] != 0):   # fetch: bus words
+                        m.d.sync += [self.error.eq(1), self.cause.eq(ErrorCause.BAD_OPERAND)]
+                        m.next = "STOP"
+                    with m.Else():
+                        m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
                 with m.If(unit_fault != ErrorCause.NONE):

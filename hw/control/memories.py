@@ -3,12 +3,18 @@ level, which builds them, and the firmware, which lays out what `LOAD` brings in
 
 Word formats (little-endian bytes in DRAM, lane 0 first):
 - `ACTIVATION`, `SCRATCH`: R int8 operands, K-tile-major X of the GEMM engine: row t's K tile i at word
-  `base + i·T + t` (T the token count, the engine's `x_stride`);
+  `base + i·T + t` (T the token count, the engine's `x_stride`); ACTIVATION holds a T × D operand and, past it,
+  one head's P (T × T) that the softmax writes; SCRATCH also holds attention's stationary Kᵀ
+  and V, a tile's R rows at consecutive words from a base that is a multiple of `feed_rows`, read by feed word
+  (a GEMM's `w_base` counts feed words there);
 - `RESIDUAL`: C int16 values, N-tile-major in the same way: token t's columns j·C … at word `j·T + t` (a GEMM
   output row's tile is one word);
-- `PARAMS`: one GEMM N tile's column parameters, C × (int32 bias, 32-bit parameter word), the DRAM matrix
-  header's bytes as they are (`hw.memory.layout`);
-- `SCORES`: one head's attention scores, C int32 a word, N-tile-major: query t's keys j·C … at word `j·T + t`;
+- `PARAMS`: one GEMM N tile's column parameters a word, C × (int32 bias, 32-bit parameter word), the DRAM
+  matrix header's bytes as they are (`hw.memory.layout`); two halves of the largest matrix's N tiles each, so
+  the next matrix's header loads into one half while a GEMM reads the other (the scoreboard keeps them apart);
+- `SCORES`: two halves of one head's attention scores each, C int32 a word, N-tile-major: query t's keys j·C …
+  at word `h·H + j·T + t` in half h (H = T·⌈T / C⌉ words a half), so one head's softmax reads a half while the
+  next head's Q·Kᵀ writes the other; the scoreboard keeps the halves apart;
 - `ROW_SCALES`: per query row, the softmax's multiplier (bits 0-15) and shift (bits 16-21) for attention·V;
 - `ROUTER`, `ROUTER_PARAMS`: the router's weights and exponent scales, in its own words (`Router`);
 - `ROUTES`: the routing record of the last ROUTE, token t at word t: its k experts then its k gate weights;
@@ -34,7 +40,7 @@ from ..memory.plan import onchip_memories
 from ..moe.router.geometry import RouterGeometry
 from .isa import Space
 
-__all__ = ["OnChip", "onchip_spaces", "check_top_level", "router_geometry"]
+__all__ = ["OnChip", "onchip_spaces", "check_top_level", "router_geometry", "feed_rows"]
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,10 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
     if accel.vector_lanes > c:
         raise ConfigError("vector_lanes", accel.vector_lanes, f"the top level feeds the softmax from words of {c} "
                           "scores, so it needs at most as many vector lanes as the array has columns")
-    if accel.weight_feed_bytes != c * accel.operand_width // 8:
-        raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes, "the top level streams attention's Kᵀ and V "
-                          "from SCRATCH one row a cycle, so the array must load one row a cycle")
+    if feed_rows(accel) & (feed_rows(accel) - 1):
+        raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes, "the top level reads attention's Kᵀ and V "
+                          "from SCRATCH in banks, a feed word's rows at once: it needs a power-of-two number of "
+                          "array rows a feed word")
     if accel.tokens_per_block(model) != model.num_tokens:
         raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
                           f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
@@ -77,19 +84,30 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
     x_words = lambda k: t * tiles(k, r)    # noqa: E731: an X of K columns, K-tile-major
     n_tiles = tiles(max(3 * model.embed_dim, hidden, t), c)
     return {
-        Space.ACTIVATION: OnChip(Space.ACTIVATION, r, x_words(model.embed_dim)),
-        Space.SCRATCH: OnChip(Space.SCRATCH, r, max(plan["scratch"].depth, x_words(model.patch_dim),
-                                                    x_words(hidden))),
+        # the attention output, then one head's P (T × T, K-tile-major)
+        Space.ACTIVATION: OnChip(Space.ACTIVATION, r, x_words(model.embed_dim) + x_words(t)),
+        Space.SCRATCH: OnChip(Space.SCRATCH, r, _whole(max(plan["scratch"].depth, x_words(model.patch_dim),
+                                                           x_words(hidden)), feed_rows(accel))),
         Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),
-        Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, n_tiles),
+        Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, 2 * n_tiles),     # two matrices, a half each
         # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
         # its two outputs, `LayerNorm.params_layout`
         Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
-        Space.SCORES: OnChip(Space.SCORES, 4 * c, t * tiles(t, c)),
+        Space.SCORES: OnChip(Space.SCORES, 4 * c, 2 * t * tiles(t, c)),        # two heads' scores, a half each
         Space.ROW_SCALES: OnChip(Space.ROW_SCALES, 4, t),
         Space.HIDDEN: OnChip(Space.HIDDEN, 4, 1),
         **_router_spaces(model, accel),
     }
+
+
+def feed_rows(accel: AcceleratorConfig) -> int:
+    """Array rows a weight feed word holds: SCRATCH's banks, word a in bank a mod feed_rows, so the stationary
+    read of Kᵀ and V takes a feed word (rows L·a … L·a + L − 1) at feed-word address a."""
+    return accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8)
+
+
+def _whole(words: int, multiple: int) -> int:
+    return -(-words // multiple) * multiple
 
 
 def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeometry:

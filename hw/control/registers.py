@@ -68,7 +68,7 @@ REGISTERS = (
     Register(0x10, "ERROR", "ro", "the first fault of the last run (ErrorCause)", ErrorRegister),
     Register(0x14, "ERROR_PC", "ro", "index of the instruction that faulted (0 for a fault at fetch of the first)"),
     Register(0x18, "TASK", "rw", "task id for the next run (ROUTE uses it; outside the model: BAD_TASK)"),
-    Register(0x1C, "PROGRAM_ADDR", "rw", "DRAM address of the first instruction (16-byte aligned)"),
+    Register(0x1C, "PROGRAM_ADDR", "rw", "DRAM address of the first instruction (bus-aligned, else BAD_OPERAND)"),
     Register(0x20, "MODEL_ADDR", "rw", "DRAM address the program's MODEL region starts at (weights, parameters)"),
     Register(0x24, "IMAGE_ADDR", "rw", "DRAM address of the IMAGE region (the input)"),
     Register(0x28, "OUTPUT_ADDR", "rw", "DRAM address of the OUTPUT region (STORE's results)"),

@@ -10,8 +10,8 @@ from .isa import Space
 
 __all__ = ["Scoreboard", "GEMM_TOUCHES"]
 
-GEMM_TOUCHES = data.StructLayout({"source": Space, "stationary": Space, "destination": Space, "row_scaled": 1,
-                                  "gathers": 1})
+GEMM_TOUCHES = data.StructLayout({"source": Space, "stationary": Space, "destination": Space, "scores_half": 1,
+                                  "params_half": 1, "row_scaled": 1, "gathers": 1})
 
 
 class Scoreboard(wiring.Component):
@@ -20,35 +20,54 @@ class Scoreboard(wiring.Component):
     `store_space`, `gemm_issued` with `gemm`) and holds while the unit is busy (`load_busy`, `store_busy`,
     `gemm_active`: the engine or its output path, a COMBINE's drain included); the other units always touch the
     same memories: LayerNorm reads RESIDUAL and NORMS and writes ACTIVATION, the softmax reads SCORES and writes
-    SCRATCH and ROW_SCALES, the router writes ROUTES, the combine drain reads and writes RESIDUAL, a GEMM always
-    reads PARAMS (and ROW_SCALES when row-scaled). `gemm_touches`: the last GEMM's (its source and stationary
+    ACTIVATION and ROW_SCALES, the router writes ROUTES, the combine drain reads and writes RESIDUAL, a GEMM always
+    reads PARAMS (and ROW_SCALES when row-scaled). SCORES and PARAMS are kept per half as well (`scores_reading`,
+    `scores_writing`, `params_reading`, `params_writing`, a bit per half): a GEMM into SCORES writes the half of
+    its `scores_half` and reads the PARAMS half of its `params_half`, the softmax reads the SCORES half of
+    `softmax_half` (registered with `softmax_issued`), a LOAD into PARAMS writes the half of `load_half`, a
+    STORE from SCORES reads both; bit SCORES or PARAMS of `reading` / `writing` is either half. `gemm_touches`: the last GEMM's (its source and stationary
     operand select the engine's read ports)."""
 
     def __init__(self):
         super().__init__({
             "load_busy": In(1), "gemm_active": In(1), "store_busy": In(1), "norm_busy": In(1),
             "softmax_busy": In(1), "router_busy": In(1), "combine_busy": In(1),
-            "load_issued": In(1), "load_space": In(Space), "store_issued": In(1), "store_space": In(Space),
-            "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES),
+            "load_issued": In(1), "load_space": In(Space), "load_half": In(1), "store_issued": In(1),
+            "store_space": In(Space),
+            "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES), "softmax_issued": In(1), "softmax_half": In(1),
             "reading": Out(len(Space)), "writing": Out(len(Space)), "gemm_touches": Out(GEMM_TOUCHES),
+            "scores_reading": Out(2), "scores_writing": Out(2), "params_reading": Out(2), "params_writing": Out(2),
         })
 
     def elaborate(self, platform):
         m = Module()
         load, store, gemm = Signal(Space), Signal(Space), self.gemm_touches
+        load_half = Signal()
         with m.If(self.load_issued):
-            m.d.sync += load.eq(self.load_space)
+            m.d.sync += [load.eq(self.load_space), load_half.eq(self.load_half)]
         with m.If(self.store_issued):
             m.d.sync += store.eq(self.store_space)
         with m.If(self.gemm_issued):
             m.d.sync += gemm.eq(self.gemm)
+        softmax_half = Signal()
+        with m.If(self.softmax_issued):
+            m.d.sync += softmax_half.eq(self.softmax_half)
+        for half in range(2):
+            m.d.comb += [
+                self.scores_writing[half].eq(self.gemm_active & (gemm.destination == Space.SCORES)
+                                             & (gemm.scores_half == half)),
+                self.scores_reading[half].eq((self.softmax_busy & (softmax_half == half))
+                                             | (self.store_busy & (store == Space.SCORES))),
+                self.params_writing[half].eq(self.load_busy & (load == Space.PARAMS) & (load_half == half)),
+                self.params_reading[half].eq(self.gemm_active & (gemm.params_half == half)),
+            ]
         for space in Space:
             always = lambda busy, spaces: busy & Const(space in spaces)    # noqa: E731
             m.d.comb += [
                 self.writing[space.value].eq((self.load_busy & (load == space))
                                              | (self.gemm_active & (gemm.destination == space))
                                              | always(self.norm_busy, (Space.ACTIVATION,))
-                                             | always(self.softmax_busy, (Space.SCRATCH, Space.ROW_SCALES))
+                                             | always(self.softmax_busy, (Space.ACTIVATION, Space.ROW_SCALES))
                                              | always(self.router_busy, (Space.ROUTES,))
                                              | always(self.combine_busy, (Space.RESIDUAL,))),
                 self.reading[space.value].eq((self.store_busy & (store == space))

@@ -1,11 +1,12 @@
-"""`SoftmaxPath`: `SOFTMAX` on one head's scores: rows of SCORES through the `Softmax` unit, P into SCRATCH as the
-streamed operand of P·V and each row's output scale into ROW_SCALES.
+"""`SoftmaxPath`: `SOFTMAX` on one head's scores: rows of SCORES through the `Softmax` unit, P into ACTIVATION as
+the streamed operand of P·V and each row's output scale into ROW_SCALES.
 
-A command {rows, exp_multiplier, exp_shift, out_multiplier, out_shift, source, destination} is taken when the
-path is idle. Score row `source` + r is read tile by tile (SCORES words `j·T + source + r`, C int32 each, the
-keys past T dropped), its P row (T int8) written K tile by K tile into SCRATCH words `destination + i·T + r`
-(R keys a word, keys past T zero) and its {multiplier, shift} into ROW_SCALES word r, where a `row_scaled` GEMM
-reads its row r (the shift capped at 63: the engine's requantizer caps it lower still). `busy` until the last word of the last row is written.
+A command {rows, exp_multiplier, exp_shift, out_multiplier, out_shift, source, half, destination} is taken when
+the path is idle. Score row `source` + r of SCORES half `half` is read tile by tile (SCORES words
+`half·H + j·T + source + r`, H the half's T·⌈T / C⌉ words, C int32 each, the keys past T dropped), its P row
+(T int8) written K tile by K tile into ACTIVATION words `destination + i·T + r` (R keys a word, keys past T zero)
+and its {multiplier, shift} into ROW_SCALES word r, where a `row_scaled` GEMM reads its row r (the shift capped
+at 63: the engine's requantizer caps it lower still). `busy` until the last word of the last row is written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROW_SCALE = data.StructLayout({"multiplier": unsigned(16), "shift": unsigned(6)}
 class SoftmaxPath(wiring.Component):
     def __init__(self, spaces: dict[Space, OnChip], softmax, tokens: int):
         self.softmax, self.tokens = softmax, tokens
-        self.scores_space, self.scratch_space = spaces[Space.SCORES], spaces[Space.SCRATCH]
+        self.scores_space, self.p_space = spaces[Space.SCORES], spaces[Space.ACTIVATION]
         self.scales_space = spaces[Space.ROW_SCALES]
         if softmax.lanes > self.scores_space.word_bytes // 4:
             raise ValueError(f"SoftmaxPath: {softmax.lanes} lanes read from words of {self.scores_space.word_bytes // 4} "
@@ -38,11 +39,12 @@ class SoftmaxPath(wiring.Component):
         super().__init__({
             "command": In(stream.Signature(data.StructLayout({
                 **{name: field.shape for name, field in command},
-                "source": unsigned(self.row_width), "destination": unsigned(address_bits(self.scratch_space.depth))}))),
+                "source": unsigned(self.row_width), "half": 1,
+                "destination": unsigned(address_bits(self.p_space.depth))}))),
             "scores_read": In(ReadPort.Signature(addr_width=address_bits(self.scores_space.depth),
                                                  shape=unsigned(8 * self.scores_space.word_bytes))),
-            "scratch": In(WritePort.Signature(addr_width=address_bits(self.scratch_space.depth),
-                                              shape=unsigned(8 * self.scratch_space.word_bytes))),
+            "activation": In(WritePort.Signature(addr_width=address_bits(self.p_space.depth),
+                                                 shape=unsigned(8 * self.p_space.word_bytes))),
             "row_scales": In(WritePort.Signature(addr_width=address_bits(self.scales_space.depth),
                                                  shape=unsigned(8 * self.scales_space.word_bytes))),
             "busy": Out(1),
@@ -52,7 +54,7 @@ class SoftmaxPath(wiring.Component):
         m = Module()
         m.submodules.softmax = softmax = self.softmax
         t, lanes = self.tokens, softmax.lanes
-        columns, operands = self.scores_space.word_bytes // 4, self.scratch_space.word_bytes
+        columns, operands = self.scores_space.word_bytes // 4, self.p_space.word_bytes
         command = self.command.payload
         m.d.comb += [self.command.ready.eq(~self.busy & softmax.command.ready),
                      softmax.command.valid.eq(self.command.valid & ~self.busy)]
@@ -66,8 +68,10 @@ class SoftmaxPath(wiring.Component):
         m.submodules.narrow = narrow = Gearbox(32 * columns, 32 * lanes)
         rows_left, row, tile = Signal(self.row_width), Signal(self.row_width), Signal(range(words_in + 1))
         word_valid, fetch = Signal(), Signal()
+        half = Signal()
         m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | narrow.input.ready)),
-                     self.scores_read.addr.eq(tile * t + row), self.scores_read.en.eq(fetch),
+                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + tile * t + row),
+                     self.scores_read.en.eq(fetch),
                      narrow.input.valid.eq(word_valid), narrow.input.payload.eq(self.scores_read.data)]
         with m.If(fetch):
             m.d.sync += word_valid.eq(1)
@@ -86,7 +90,7 @@ class SoftmaxPath(wiring.Component):
         with m.If(narrow.output.valid & narrow.output.ready):
             m.d.sync += beat_in.eq(Mux(beat_in == words_in * columns // lanes - 1, 0, beat_in + 1))
 
-        # P rows out, each padded with zero beats to whole SCRATCH words, K tile by K tile.
+        # P rows out, each padded with zero beats to whole ACTIVATION words, K tile by K tile.
         m.submodules.widen = widen = Gearbox(8 * lanes, 8 * operands)
         pad_beats = (-beats) % (operands // lanes)
         padding = Signal(range(pad_beats + 1))
@@ -96,8 +100,8 @@ class SoftmaxPath(wiring.Component):
         m.d.comb += [widen.input.valid.eq(Mux(padding != 0, 1, softmax.output.valid)),
                      widen.input.payload.eq(Mux(padding != 0, 0, softmax.output.payload.p.as_value())),
                      softmax.output.ready.eq((padding == 0) & widen.input.ready), widen.output.ready.eq(1),
-                     self.scratch.addr.eq(destination + out_tile * t + out_row),
-                     self.scratch.data.eq(widen.output.payload), self.scratch.en.eq(widen.output.valid)]
+                     self.activation.addr.eq(destination + out_tile * t + out_row),
+                     self.activation.data.eq(widen.output.payload), self.activation.en.eq(widen.output.valid)]
         with m.If(softmax.output.valid & softmax.output.ready & softmax.output.payload.last):
             m.d.sync += padding.eq(pad_beats)
         with m.If((padding != 0) & widen.input.ready):
@@ -122,6 +126,7 @@ class SoftmaxPath(wiring.Component):
 
         with m.If(accepted):
             m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
+                         half.eq(command.half),
                          tile.eq(0), beat_in.eq(0), out_row.eq(0), out_tile.eq(0), destination.eq(command.destination),
                          words_left.eq(command.rows * -(-t // operands)), scale_row.eq(0)]
         with m.Elif(self.busy & (words_left == 0) & ~softmax.busy & (padding == 0)):

@@ -40,10 +40,11 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     lanes, ow, acc, rw = accel.vector_lanes, accel.operand_width, accel.accumulator_width, accel.residual_width
     stream_width = accel.array_rows * ow
     has_moe = bool(model.moe_blocks)
-    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, one block of raw
-    # scores and of probabilities), the MLP (one block of hidden activations and, in MoE blocks, the wide
-    # combine accumulator of every token) and the task heads (a band of four input rows for the 3×3 convs).
-    attention_bits = 3 * t * d * ow + rows * t * (acc + ow)
+    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, and two heads' blocks
+    # of raw scores: one head's softmax reads one while the next head's Q·Kᵀ writes the other), the MLP (one
+    # block of hidden activations and, in MoE blocks, the wide combine accumulator of every token) and the task
+    # heads (a band of four input rows for the 3×3 convs). One head's probabilities go past the activations.
+    attention_bits = 3 * t * d * ow + 2 * rows * t * acc
     mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
     mlp_bits += t * d * combine_bits if has_moe else 0
@@ -56,10 +57,13 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     index_bits = max(1, (t - 1).bit_length())
     memories = [
         Memory("residual", lanes * rw, _words(t * d * rw, lanes * rw), purpose="residual stream, every token"),
-        Memory("activation", stream_width, _words(t * d * ow, stream_width),
-               purpose="LayerNorm output / attention output: the array's streamed operand"),
+        Memory("activation", stream_width, _words((t * d + rows * t) * ow, stream_width),
+               purpose="LayerNorm output / attention output and one head's P: the array's streamed operand"),
         Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
-               purpose="attention Q/Kᵀ/V/scores/P, or MLP hidden + combine accumulator, or head line band"),
+               purpose="attention Q/Kᵀ/V/two heads' scores, or MLP hidden + combine accumulator, or head line band"),
+        Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
+                                                    // accel.array_cols),
+               purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),
         Memory("accumulator", accel.array_cols * acc, 2 << max(1, (rows - 1).bit_length()),
                purpose="GEMM engine partial sums, M × C tile, two banks of a power of two rows"),
         Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,

@@ -1,0 +1,73 @@
+"""The controller's GEMM: its issue rule, its engine command and output job, and its slab buffer."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Mux
+
+from ..compute.gemm.geometry import GemmMode
+from .datapath import GEMM_DESTINATIONS
+from .isa import ErrorCause, Operand, Space, Stationary
+
+__all__ = ["issue_gemm"]
+
+
+def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop):
+    """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring):
+    its engine command, output job and slab buffer, issued when the rule allows, refused when an operand is
+    bad, and what it touches for the scoreboard."""
+    buffer = ops.w_base >> span_bits
+    command = ctrl.gemm.payload
+    combining = ops.mode == GemmMode.COMBINE
+    listed = ops.gather | combining         # rows by the current expert's token list
+    m.d.comb += [command.m.eq(Mux(listed, loop.count, ops.m)), command.k_tiles.eq(ops.k_tiles),
+                 command.k_last.eq(Mux(ops.k_last == 0, ctrl.isa.accel.array_rows, ops.k_last)),
+                 command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
+                 command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
+                 command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
+                 command.row_scaled.eq(ops.row_scaled),
+                 command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
+                 ctrl.take.payload.eq(buffer),
+                 ctrl.output_job.destination.eq(ops.destination), ctrl.output_job.d_base.eq(ops.d_base),
+                 ctrl.output_job.d_stride.eq(ops.d_stride), ctrl.output_job.residual.eq(ops.residual),
+                 ctrl.output_job.transpose.eq(ops.transpose), ctrl.output_job.rows.eq(ops.m)]
+    source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
+    from_slab = ops.stationary == Stationary.WEIGHTS
+    stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
+    destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
+    params_half, params_straddle = ctrl.params_half_of(ops.p_base, ops.n_tiles)
+    with m.If(~destination_ok):
+        refuse(ErrorCause.UNSUPPORTED)
+    with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
+                | (ops.residual & (ops.destination != Space.RESIDUAL))
+                | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
+                | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
+                | (from_slab & (buffer >= ctrl.buffers)) | params_straddle):
+        refuse(ErrorCause.BAD_OPERAND)
+    with m.Else():
+        # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
+        # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
+        reuse = slab.holding & (slab.held == buffer)
+        m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
+        # into SCORES: the half of d_base, which the softmax of the head before may still read
+        scores_half = ops.d_base >= ctrl.spaces[Space.SCORES].depth // 2
+        into_scores = ops.destination == Space.SCORES
+        destination_used = Mux(into_scores, touched.scores_writing.bit_select(scores_half, 1)
+                               | touched.scores_reading.bit_select(scores_half, 1),
+                               writing.bit_select(ops.destination.as_value(), 1)
+                               | reading.bit_select(ops.destination.as_value(), 1))
+        free = ~ctrl.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
+            & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
+            & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
+            & ~(listed & ctrl.router_busy) \
+            & ~(combining & ctrl.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
+        slab_ready = Mux(from_slab, reuse | (~slab.holding & ctrl.take.ready), ~slab.holding)
+        go(free & ctrl.gemm.ready & slab_ready)
+        m.d.comb += [ctrl.gemm.valid.eq(issue), ctrl.take.valid.eq(issue & from_slab & ~reuse),
+                     ctrl.output_start.eq(issue), touched.gemm_issued.eq(issue),
+                     touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
+                     touched.gemm.destination.eq(ops.destination), touched.gemm.scores_half.eq(scores_half),
+                     touched.gemm.params_half.eq(params_half),
+                     touched.gemm.row_scaled.eq(ops.row_scaled),
+                     touched.gemm.gathers.eq(ops.gather)]
+        with m.If(issue & from_slab):
+            m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
