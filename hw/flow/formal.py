@@ -320,6 +320,7 @@ def _proofs():
     from ..vector.layernorm import LayerNorm
     from ..vector.residual import ResidualAdd
     from ..vector.softmax import Softmax
+    from ..vector.upsample import Upsampler
 
     router = {"embed_dim": 2, "experts": 2, "top_k": 1, "gate": "vmoe", "tasks": 1, "layers": 1, "max_tokens": 2,
               "macs": 2}
@@ -339,10 +340,12 @@ def _proofs():
         "softmax": (lambda: Softmax(2, 2, max_rows=4), [stream_rules]),
         "gelu": (lambda: Gelu(1), [stream_rules]),
         "residual": (lambda: ResidualAdd(1), [stream_rules]),
+        "upsampler": (lambda: Upsampler(2, 4, 4), [stream_rules]),
     }
 
 
-PROOFS = ("loader", "writer", "gemm", "gemm-fifo", "router", "router-topk", "layernorm", "softmax", "gelu", "residual")
+PROOFS = ("loader", "writer", "gemm", "gemm-fifo", "router", "router-topk", "layernorm", "softmax", "gelu", "residual",
+          "upsampler")
 CI_DEPTH = 24
 
 
