@@ -5,7 +5,7 @@ Rows of one GEMM arrive N tile by N tile, rows in order, C int8 values each (`re
 engine's lanes). C consecutive rows of an N tile (a block of C keys; the last block of a tile may be shorter)
 fill one of two C × C buffers; a full block leaves as C words, one a cycle, word q holding dimension q of the
 tile for the block's keys (keys past the GEMM's `rows` zero): N tile i (dimensions i·C …) of key block j goes to
-words `base + (j·stride + i)·C + q`, the layout of a W of K = stride·C dimensions by N = keys, one row a cycle.
+words `base + (j·stride + i)·C + q`, the layout of a W of K = stride·C dimensions by N = keys, a row a word.
 A beat is taken while its buffer is free (`result.ready`); `active` while a block waits or leaves.
 """
 
