@@ -307,9 +307,9 @@ class AttentionLayout:
     def for_model(cls, model, accel) -> "AttentionLayout":
         t, d, r, c = model.num_tokens, model.embed_dim, accel.array_rows, accel.array_cols
         rows = feed_rows(accel)
-        kt_words = -(-tiles(t, c) * model.head_dim // rows) * rows
+        kt_words = tiles(tiles(t, c) * model.head_dim, rows) * rows
         t_padded = tiles(t, r) * r
-        kt = -(-t * tiles(d, r) // rows) * rows
+        kt = tiles(t * tiles(d, r), rows) * rows
         v = kt + model.num_heads * kt_words
         return cls(0, kt, kt_words, v, t_padded, v + tiles(d, c) * t_padded, t * tiles(d, r), t * tiles(t, c))
 

@@ -190,9 +190,12 @@ def _region_three(quantized) -> int:
 _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
 _PARAMS = onchip_spaces(TINY, ACCEL)[Space.PARAMS]
 _HALF = _PARAMS.depth // 2
+_SCORES_HALF = onchip_spaces(TINY, ACCEL)[Space.SCORES].depth // 2
 FAULTS = [
     ("a PARAMS LOAD across its halves", f"LOAD region=MODEL bytes={2 * _PARAMS.word_bytes} memory=PARAMS "
      f"base={_HALF - 1}\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("a GEMM into SCORES across its halves", f"GEMM m=1 k_tiles=1 k_last=0 n_tiles=2 d_stride={TINY.num_tokens} "
+     f"d_base={_SCORES_HALF - 1} destination=SCORES mode=RAW\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a GEMM's parameters across PARAMS' halves", f"GEMM m=1 k_tiles=1 k_last=0 n_tiles=2 p_base={_HALF - 1} "
      "stationary=WEIGHTS destination=ACTIVATION\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),

@@ -15,8 +15,8 @@ Issue rules (docs/architecture.md, section 11):
   that memory (PARAMS: that half; a LOAD into PARAMS lies in one half). Addresses are offsets from the region
   registers; bus-aligned, whole words, inside the memory.
 - `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, its half of
-  PARAMS (its N tiles' parameters lie in one half) or its destination or reads its destination, and its slab
-  buffer (`w_base / span`) is full; the buffer is taken
+  PARAMS (its N tiles' parameters lie in one half) or its destination or reads its destination (SCORES: its
+  half; d_base + n_tiles·d_stride stays in it), and its slab buffer (`w_base / span`) is full; the buffer is taken
   with the command and released when the product is written, unless the GEMM `keep`s it for the next GEMM,
   which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
   requantization is HIDDEN's (the last `CONFIG_GELU`, or a LOAD into HIDDEN, which a GELU GEMM waits for).
@@ -115,9 +115,10 @@ class Controller(wiring.Component):
                                  good.eq(address[:(self.bus_bytes - 1).bit_length()] == 0)]
         return address, good
 
-    def params_half_of(self, base, words):
-        """(the PARAMS half word `base` is in, whether `words` words from it reach into the other half)."""
-        half_words = self.spaces[Space.PARAMS].depth // 2
+    def half_of(self, space: Space, base, words):
+        """(the half of `space` (PARAMS, SCORES: kept per half by the scoreboard) word `base` is in, whether
+        `words` words from it reach into the other half)."""
+        half_words = self.spaces[space].depth // 2
         return base >= half_words, (base < half_words) & (base + words > half_words)
 
     def _fits(self, m, operands, space: Space, multiple: int):
@@ -143,8 +144,8 @@ class Controller(wiring.Component):
                 ops = word.operands.load
                 address, good = self._dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 buffer = ops.base >> span_bits
-                params_half, straddles = self.params_half_of(
-                    ops.base, ops.bytes >> (self.spaces[Space.PARAMS].word_bytes - 1).bit_length())
+                params_half, straddles = self.half_of(
+                    Space.PARAMS, ops.base, ops.bytes >> (self.spaces[Space.PARAMS].word_bytes - 1).bit_length())
                 with m.If(ops.per_expert & ~loop.active):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(~good):

@@ -34,23 +34,24 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
     from_slab = ops.stationary == Stationary.WEIGHTS
     stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
     destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-    params_half, params_straddle = ctrl.params_half_of(ops.p_base, ops.n_tiles)
+    params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
+    # into SCORES: the half of d_base, which the softmax of the head before may still read
+    into_scores = ops.destination == Space.SCORES
+    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, ops.n_tiles * ops.d_stride)
     with m.If(~destination_ok):
         refuse(ErrorCause.UNSUPPORTED)
     with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
                 | (ops.residual & (ops.destination != Space.RESIDUAL))
                 | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                 | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
-                | (from_slab & (buffer >= ctrl.buffers)) | params_straddle):
+                | (from_slab & (buffer >= ctrl.buffers)) | params_straddle
+                | (into_scores & scores_straddle)):
         refuse(ErrorCause.BAD_OPERAND)
     with m.Else():
         # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
         # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
         reuse = slab.holding & (slab.held == buffer)
         m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
-        # into SCORES: the half of d_base, which the softmax of the head before may still read
-        scores_half = ops.d_base >= ctrl.spaces[Space.SCORES].depth // 2
-        into_scores = ops.destination == Space.SCORES
         destination_used = Mux(into_scores, touched.scores_writing.bit_select(scores_half, 1)
                                | touched.scores_reading.bit_select(scores_half, 1),
                                writing.bit_select(ops.destination.as_value(), 1)

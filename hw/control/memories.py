@@ -86,8 +86,8 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
     return {
         # the attention output, then one head's P (T × T, K-tile-major)
         Space.ACTIVATION: OnChip(Space.ACTIVATION, r, x_words(model.embed_dim) + x_words(t)),
-        Space.SCRATCH: OnChip(Space.SCRATCH, r, _whole(max(plan["scratch"].depth, x_words(model.patch_dim),
-                                                           x_words(hidden)), feed_rows(accel))),
+        Space.SCRATCH: OnChip(Space.SCRATCH, r, tiles(max(plan["scratch"].depth, x_words(model.patch_dim),
+                                                          x_words(hidden)), feed_rows(accel)) * feed_rows(accel)),
         Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),
         Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, 2 * n_tiles),     # two matrices, a half each
         # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
@@ -104,10 +104,6 @@ def feed_rows(accel: AcceleratorConfig) -> int:
     """Array rows a weight feed word holds: SCRATCH's banks, word a in bank a mod feed_rows, so the stationary
     read of Kᵀ and V takes a feed word (rows L·a … L·a + L − 1) at feed-word address a."""
     return accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8)
-
-
-def _whole(words: int, multiple: int) -> int:
-    return -(-words // multiple) * multiple
 
 
 def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeometry:

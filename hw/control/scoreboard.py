@@ -25,8 +25,8 @@ class Scoreboard(wiring.Component):
     `scores_writing`, `params_reading`, `params_writing`, a bit per half): a GEMM into SCORES writes the half of
     its `scores_half` and reads the PARAMS half of its `params_half`, the softmax reads the SCORES half of
     `softmax_half` (registered with `softmax_issued`), a LOAD into PARAMS writes the half of `load_half`, a
-    STORE from SCORES reads both; bit SCORES or PARAMS of `reading` / `writing` is either half. `gemm_touches`: the last GEMM's (its source and stationary
-    operand select the engine's read ports)."""
+    STORE from SCORES reads both; bit SCORES or PARAMS of `reading` / `writing` is either half.
+    `gemm_touches`: the last GEMM's (its source and stationary operand select the engine's read ports)."""
 
     def __init__(self):
         super().__init__({
