@@ -260,3 +260,44 @@ def test_gelu_mode_like_fc1(gelu_lanes):
 
     simulate(bench, testbench)
     assert not failures
+
+
+# 3×3 convolutions by im2col over a band of input rows: (array, channels, height, width, output pixels,
+# kind); each case runs every output row's blocks of `block` pixels, edges and interior alike.
+CONV_CASES = [(2, 2, 3, 4, 5, 3, "random"), (3, 5, 4, 3, 4, 4, "random"), (4, 4, 8, 2, 6, 6, "extremes"),
+              (4, 4, 5, 1, 1, 1, "random")]
+
+
+@pytest.mark.parametrize("rows, cols, channels, height, width, block, kind", CONV_CASES)
+def test_conv3x3_by_im2col_like_the_golden_convolution(rows, cols, channels, height, width, block, kind):
+    from hw.memory.layout import conv_weight
+    from hw.sim.gemm import conv_operand
+    rng = np.random.default_rng(rows * 1000 + channels * 10 + width)
+    n = cols + 1
+    feature_map = rng.integers(-128, 128, (channels, height, width))
+    weight = rng.integers(-128, 128, (channels * 9, n))
+    if kind == "extremes":
+        feature_map[:] = np.where(rng.random(feature_map.shape) < 0.5, -128, 127)
+        weight[:] = -128
+    bias = rng.integers(-(1 << 20), 1 << 20, n)
+    multiplier, shift = ops.quantize_multiplier(rng.uniform(1e-4, 1e-2, n))
+    expected = ops.requantize(ops.conv3x3(feature_map, weight) + bias, multiplier, shift, 8, lower=0)
+    expected = expected.reshape(height, width, n)
+    k = 9 * -(-channels // rows) * rows
+    engine = GemmEngine(rows, cols, max_m=block, max_k=k, max_n=n, x_depth=4096)
+    bench = GemmBench(engine)
+    failures = []
+
+    async def testbench(ctx):
+        tap_weight = conv_weight(weight, rows)
+        for y in range(height):
+            for first in range(0, width, block):
+                m = min(block, width - first)
+                operand = conv_operand(feature_map, y, first, m, rows)
+                got, _ = await run_gemm(ctx, bench, operand, tap_weight, bias, multiplier, shift, GemmMode.INT8,
+                                        relu=True, rng=rng, ready_probability=0.7)
+                if not np.array_equal(got, expected[y, first:first + m]):
+                    failures.append((y, first))
+
+    simulate(bench, testbench)
+    assert not failures, f"output blocks (row, first pixel) that differ: {failures}"

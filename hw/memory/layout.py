@@ -19,6 +19,10 @@ A weight matrix W [K × N] (the transpose of the official `[out, in]` weights) f
 So a slab is the GEMM engine's W memory image (`hw.compute.gemm.pack_w`) for its N tiles, byte for byte, and a slab
 buffer holds it at feed-word addresses 0, 1, 2, …
 
+A 3×3 convolution's weight [C_in·9, N] (`golden.ops.conv3x3`'s, rows in (channel, ky, kx) order) is stored as
+the matrix `conv_weight` makes of it: rows in (ky, kx, channel) order, the channels of each tap padded to whole
+K tiles with zero rows, the order in which the engine's im2col walks its K tiles.
+
 An MoE layer stores its E experts back to back, expert e at `e · expert_bytes` from the layer's base: fc1
 (header, slabs) then fc2 (header, slabs). All experts have one shape, so that product is the offset table.
 """
@@ -33,7 +37,7 @@ from golden import ops
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 __all__ = ["Slab", "MatrixLayout", "ExpertLayerLayout", "Load", "matrix_layout", "expert_layer_layout",
-           "dense_layouts", "word_stride", "parameter_words", "HEADER_COLUMN_BYTES", "PARAMETER_WORD"]
+           "dense_layouts", "word_stride", "parameter_words", "conv_weight", "HEADER_COLUMN_BYTES", "PARAMETER_WORD"]
 
 HEADER_COLUMN_BYTES = 8
 IDENTITY_MULTIPLIER, IDENTITY_SHIFT, DEFAULT_FRACTION_BITS = 1 << 14, 14, ops.MAX_FRACTION_BITS
@@ -162,6 +166,18 @@ class MatrixLayout:
         padded[:, :self.rows] = full.reshape(self.k_tiles, self.rows, self.n_tiles, self.cols)
         words = padded.transpose(2, 0, 1, 3).reshape(-1, self.load_rows * self.cols)
         return words.astype(np.int8).view(np.uint8)
+
+
+def conv_weight(weight: np.ndarray, rows: int) -> np.ndarray:
+    """A 3×3 convolution's weight [C·9, N] (rows in (channel, ky, kx) order) as the engine's im2col reads it:
+    [9·⌈C / rows⌉·rows, N], rows in (ky, kx, channel) order, each tap's channels zero-padded to whole K tiles."""
+    weight = np.asarray(weight)
+    if weight.ndim != 2 or weight.shape[0] % 9:
+        raise ValueError(f"a 3×3 convolution's weight has C·9 rows, not shape {weight.shape}")
+    channels, n = weight.shape[0] // 9, weight.shape[1]
+    padded = np.zeros((9, _tiles(channels, rows) * rows, n), weight.dtype)
+    padded[:, :channels] = weight.reshape(channels, 9, n).transpose(1, 0, 2)
+    return padded.reshape(-1, n)
 
 
 def matrix_layout(k: int, n: int, accel: AcceleratorConfig, name: str = "matrix") -> MatrixLayout:

@@ -3,6 +3,8 @@ matrix product on it: shared by the tests (many cases per elaborated design) and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
@@ -10,7 +12,7 @@ from amaranth.lib.memory import Memory
 
 from hw.compute.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
 
-__all__ = ["GemmBench", "GemmModelBench", "run_gemm"]
+__all__ = ["GemmBench", "GemmModelBench", "ConvOperand", "conv_operand", "run_gemm"]
 
 
 class GemmBench(Elaboratable):
@@ -62,6 +64,38 @@ class GemmModelBench:
             (self.index, engine.index_read)])
 
 
+@dataclass(frozen=True)
+class ConvOperand:
+    """A conv's X for `run_gemm`: the X memory's words from 0, the block's M pixels and the command's conv
+    fields (`x_base`, `x_stride`, `conv`, `channel_tiles`, `x_above`, `x_below`, `pad`)."""
+    words: list
+    m: int
+    fields: dict
+
+
+def conv_operand(feature_map: np.ndarray, row: int, first: int, m: int, rows: int, *, kernel: int = 3,
+                 spare: int = 3) -> ConvOperand:
+    """The band of `feature_map` [C, H, W] (every input row, `spare` words between rows and channel tiles,
+    which hold garbage) for output pixels `first` … `first` + m − 1 of output row `row`, C padded to whole
+    channel tiles of `rows` lanes; a 1×1 (`kernel` 1) reads the row itself as a plain GEMM."""
+    c, h, w = feature_map.shape
+    channel_tiles = tiles(c, rows)
+    padded = np.zeros((channel_tiles * rows, h, w), np.int64)
+    padded[:c] = feature_map
+    row_words = w + spare
+    stride = h * row_words + spare
+    words = np.full((channel_tiles * stride, rows), 99, np.int64)      # garbage wherever no pixel lies
+    for tile in range(channel_tiles):
+        for y in range(h):
+            start = tile * stride + y * row_words
+            words[start:start + w] = padded[tile * rows:(tile + 1) * rows, y].T
+    at = lambda y: min(max(y, 0), h - 1) * row_words + first     # noqa: E731: outside: any row (padding)
+    fields = {"x_base": at(row), "x_stride": stride, "conv": kernel == 3, "channel_tiles": channel_tiles,
+              "x_above": at(row - 1), "x_below": at(row + 1),
+              "pad": {"above": row == 0, "below": row == h - 1, "left": first == 0, "right": first + m == w}}
+    return ConvOperand(list(words), m, fields)
+
+
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
                    rows=None, gates=None, row_scales=None, gelu=(15, 0, 0), rng=None, ready_probability=1.0,
                    w_base=0, timeout=200_000):
@@ -71,13 +105,18 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     weight buffer at `w_base`. With `rows`, X rows are gathered by that
     index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). With
     `row_scales` = (multipliers [M], shifts [M]) the requantization is per row (`multiplier`, `shift` unused);
-    GELU mode takes `gelu` = (fraction bits, one or per column [N], hidden multiplier, hidden shift). Returns
+    GELU mode takes `gelu` = (fraction bits, one or per column [N], hidden multiplier, hidden shift). `x` may
+    be a `ConvOperand` (a conv's band; W then in (ky, kx, channel) order, channels padded per tap). Returns
     (Y, cycles from the command until the engine is idle again)."""
     engine = bench.engine
     r, c = engine.rows, engine.cols
-    m_rows = len(rows) if rows is not None else x.shape[0]
     k, n = w.shape
-    for address, word in enumerate(pack_x(x, r, engine.x_stride)):
+    if isinstance(x, ConvOperand):
+        m_rows, words, fields = x.m, x.words, x.fields
+    else:
+        m_rows = len(rows) if rows is not None else x.shape[0]
+        words, fields = pack_x(x, r, engine.x_stride), {"x_base": 0, "x_stride": engine.x_stride}
+    for address, word in enumerate(words):
         ctx.set(bench.x.data[address], [int(v) for v in word])
     if bench.w is not None:
         for address, word in enumerate(pack_w(w, r, c, engine.load_rows)):
@@ -96,9 +135,9 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     k_tiles = tiles(k, r)
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
-        "x_base": 0, "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
+        "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
         "mode": int(mode), "relu": int(relu), "row_scaled": row_scales is not None,
-        "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]),
+        "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]), **fields,
     })
     if rng is not None and ready_probability < 1:  # the command arrives after a random stall
         for _ in range(int(rng.integers(0, 8))):

@@ -8,8 +8,15 @@ stream while the next one computes. Results leave N tile by N tile, rows in orde
 
 Memories are outside the engine, behind read ports (`lib.memory` read port signatures: the engine drives
 `addr` and `en`, `data` is the word at the address given one cycle earlier with `en` set):
-- X: words of R operands, K-tile-major: row m's K tile i at `x_base + i·x_stride + m` (`x_stride` a
-  constant, at least the largest M). With `gather`, row m reads X row `index[list_base + m]` instead.
+- X: words of R operands, K-tile-major: row m's K tile i at `x_base + i·x_stride + m` (the command's
+  `x_stride`). With `gather`, row m reads X row `index[list_base + m]` instead. With `conv` (a 3×3
+  convolution's im2col, stride 1, zero padding), X is a band of input rows and the K tiles walk the nine taps
+  (ky, kx) in row-major order, `channel_tiles` channel tiles inside each (K = 9·channel_tiles·R, in (ky, kx,
+  channel) order): output pixel m's K tile (ky, kx, c) is the word at `row_ky + c·x_stride + m + kx − 1`,
+  `row_ky` the command's `x_above`, `x_base`, `x_below` for ky = 0, 1, 2 (the input rows above, at and below
+  the block's row, each at the block's first pixel). It is zero (not read) for the row above with `pad.above`,
+  below with `pad.below`, left of pixel 0 with `pad.left`, right of pixel M − 1 with `pad.right`: the image's
+  edges. A 1×1 convolution is a plain GEMM with the band's `x_stride`.
 - W: words of `load_rows` × C operands (the weight feed), in the order the array consumes them: tile (j, i)
   rows q·load_rows … at `w_base + (j·KT + i)·⌈R / load_rows⌉ + q` (rows past K may hold anything: the engine
   zeroes the lanes of X past K). A tile loads in ⌈R / load_rows⌉ cycles, hidden behind M ≥ that many rows.
@@ -47,7 +54,7 @@ from .combine import CombineScatter
 from .drain import Drain
 from .fifo import OutputFifo
 from .gelu_path import GeluPath
-from .geometry import GemmGeometry, GemmMode
+from .geometry import GemmGeometry, GemmMode, tiles
 from .images import gemm_model
 from .operands import OperandStreamer
 from .sequencer import TileSequencer
@@ -88,21 +95,27 @@ class GemmEngine(wiring.Component):
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
                  operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
-                 load_rows: int = 1, gelu_lanes: int | None = None):
+                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None):
         self.geometry = GemmGeometry(rows, cols, max_m, max_k, max_n, x_stride, w_depth, p_depth, index_depth,
-                                     operand_width, accumulator_width, multiplier_width, load_rows, gelu_lanes)
+                                     operand_width, accumulator_width, multiplier_width, load_rows, gelu_lanes,
+                                     x_depth)
         for name in _SIZES:
             setattr(self, name, getattr(self.geometry, name))
         super().__init__(self.Signature(self.geometry))
 
     @classmethod
     def for_model(cls, model, accel, **sizes) -> "GemmEngine":
-        """The engine `accel` builds for the backbone of `model`: M up to one token block, gathered from all
-        tokens, K and N up to the largest of the backbone's matrix products (attention included); GELU at the
-        accelerator's `requant_lanes` values per cycle. `sizes` sets memory depths the top level chooses
-        (`w_depth`, `p_depth`, `index_depth`)."""
-        largest_k = max(model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
-        largest_n = max(3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens)
+        """The engine `accel` builds for `model`: M up to one token block, gathered from all tokens, K and N up
+        to the largest of the matrix products (attention and the task heads' convolutions included, a 3×3 one's
+        K with its channels padded to whole K tiles per tap); GELU at the accelerator's `requant_lanes` values
+        per cycle. `sizes` sets memory depths the top level chooses (`x_depth`, `w_depth`, `p_depth`,
+        `index_depth`)."""
+        convs = [conv for task in range(model.num_tasks) for conv in model.head_layers(task)]
+        largest_k = max([model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens]
+                        + [conv.kernel ** 2 * tiles(conv.in_channels, accel.array_rows) * accel.array_rows
+                           for conv in convs])
+        largest_n = max([3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens]
+                        + [conv.out_channels for conv in convs])
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,

@@ -73,12 +73,13 @@ class GemmGeometry:
     multiplier_width: int = 16
     load_rows: int = 1
     gelu_lanes: int | None = None
+    x_depth: int | None = None
 
     def __post_init__(self):
         for name in ("rows", "cols", "max_m", "max_k", "max_n", "operand_width", "accumulator_width",
                      "multiplier_width"):
             _positive(name, getattr(self, name))
-        for name in ("x_stride", "w_depth", "p_depth", "index_depth"):
+        for name in ("x_stride", "w_depth", "p_depth", "index_depth", "x_depth"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.x_stride is not None and self.x_stride < self.max_m:
@@ -87,7 +88,9 @@ class GemmGeometry:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 1 <= value <= top):
                 raise ValueError(f"GemmEngine {name} = {value!r}: must be from 1 to {top}")
-        defaults = {"x_stride": self.max_m, "gelu_lanes": self.cols, "p_depth": self.n_tiles_max,
+        x_stride = self.max_m if self.x_stride is None else self.x_stride
+        defaults = {"x_stride": self.max_m, "x_depth": x_stride * self.k_tiles_max, "gelu_lanes": self.cols,
+                    "p_depth": self.n_tiles_max,
                     "index_depth": self.max_m, "w_depth": self.k_tiles_max * self.n_tiles_max * self.load_beats}
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -106,10 +109,6 @@ class GemmGeometry:
     def load_beats(self) -> int:
         """Cycles to load one weight tile."""
         return tiles(self.rows, self.load_rows)
-
-    @property
-    def x_depth(self) -> int:
-        return self.x_stride * self.k_tiles_max
 
     @property
     def combine_depth(self) -> int:
@@ -161,6 +160,12 @@ class GemmGeometry:
             "k_last": unsigned(index_bits(self.rows + 1)),       # valid lanes of the last K tile, 1..R
             "n_tiles": unsigned(index_bits(self.n_tiles_max + 1)),
             "x_base": unsigned(index_bits(self.x_depth)),
+            "x_stride": unsigned(index_bits(self.x_depth)),       # words from one K tile (conv: channel tile) to the next
+            "conv": unsigned(1),           # 3×3 im2col: K tiles walk the taps (ky, kx), channel tiles inside each
+            "channel_tiles": unsigned(index_bits(self.k_tiles_max + 1)),   # conv: K tiles per tap
+            "x_above": unsigned(index_bits(self.x_depth)),     # conv: x_base of the input row above (and below)
+            "x_below": unsigned(index_bits(self.x_depth)),
+            "pad": data.StructLayout({"above": 1, "below": 1, "left": 1, "right": 1}),   # conv: zeros there
             "w_base": unsigned(index_bits(self.w_depth)),
             "p_base": unsigned(index_bits(self.p_depth)),
             "gather": unsigned(1),
@@ -186,11 +191,12 @@ class GemmGeometry:
 
     @property
     def tag(self) -> data.StructLayout:
-        """What travels beside a streamed row: its row m, K tile i, N tile j, array bank, and whether i is
-        the first or the last K tile."""
+        """What travels beside a streamed row: its row m, K tile i, N tile j, array bank, whether i is the
+        first or the last K tile, and whether its X word is padding (a conv's zeros outside the image)."""
         return data.StructLayout({"valid": 1, "m": unsigned(index_bits(self.max_m + 1)),
                                   "i": unsigned(index_bits(self.k_tiles_max + 1)),
-                                  "j": unsigned(index_bits(self.n_tiles_max + 1)), "bank": 1, "first": 1, "last": 1})
+                                  "j": unsigned(index_bits(self.n_tiles_max + 1)), "bank": 1, "first": 1, "last": 1,
+                                  "pad": 1})
 
     @property
     def flags(self) -> data.StructLayout:

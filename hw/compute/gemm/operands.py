@@ -19,7 +19,8 @@ class OperandStreamer(wiring.Component):
     the source row (m itself, or the index with `gather`) so a block RAM's output never meets an adder; stage 3
     reads X at tile_base + source row (`x_read`); the word enters the array's `to_array` port with the tag on
     `tag`. Lanes past K in the last K tile are zeroed (the command's `k_last`), so W rows past K may hold
-    anything. `command` is read in the cycle `start` is set; `list_base` holds from the next.
+    anything; a conv's padding (`pad` in the tag) is zeroed whole. `command` is read in the cycle `start` is
+    set; `list_base` holds from the next.
     """
     LATENCY = STREAM_STAGES
 
@@ -57,7 +58,7 @@ class OperandStreamer(wiring.Component):
                      stage2.eq(source)]
         m.d.comb += [self.x_read.addr.eq(source_base + source_row), self.x_read.en.eq(1)]
         for r in range(g.rows):
-            keep = ~stage2.last | lane_valid[r]
+            keep = (~stage2.last | lane_valid[r]) & ~stage2.pad
             m.d.comb += self.to_array.payload.data[r].eq(Mux(keep, self.x_read.data[r], 0))
         m.d.comb += [self.to_array.valid.eq(stage2.valid), self.to_array.payload.bank.eq(stage2.bank)]
         return m

@@ -22,8 +22,9 @@ class TileSequencer(wiring.Component):
       (one word a cycle, its data a cycle later) and enter the array's `load` port into bank t mod 2 the cycle
       after they are read;
     - stream: the M rows of tile t issue on `issue`, one per cycle (`issue.valid`), with their row m, K tile i,
-      N tile j, bank, and whether i is the first or the last K tile; `tile_base` = x_base + i·x_stride is
-      their X base address;
+      N tile j, bank, whether i is the first or the last K tile, and whether the row's X word is a conv's
+      padding; `tile_base` (x_base + i·x_stride, or a conv's tap row + c·x_stride + kx − 1) is their X base
+      address;
     - accumulator banks: N tile j takes one of two banks for all its K tiles; `tile_drained` (one cycle pulse)
       gives one back.
     A tile streams from the cycle after its last weight word entered the array; a tile loads once the tile
@@ -107,8 +108,17 @@ class TileSequencer(wiring.Component):
         m.d.comb += issue_row.eq(busy & (streaming | can_stream))
         m.d.sync += issued_last.eq(issue_row)
         m.d.comb += [stream_done.eq(issue_row & last_row), n_started.eq(issue_row & ~within)]
-        tile_base = self.tile_base                      # x_base + i·x_stride, kept by addition
-        x_base = Signal.like(command.x_base)            # the command's, kept
+        tile_base = self.tile_base                      # the K tile's X base, kept by addition
+        kept = Signal.like(command)                     # the command's, kept
+        # The K tile walk of a conv: tap (ky, kx), channel tile c inside it; a plain GEMM stays on tap (1, 1)
+        # with all its K tiles as channel tiles (the walk never leaves the tap).
+        ky, kx, channel = Signal(2), Signal(2), Signal.like(command.channel_tiles)
+        last_channel = Signal.like(command.channel_tiles)
+        row_base = [kept.x_above, kept.x_base, kept.x_below]
+        next_ky, next_kx = Mux(kx == 2, ky + 1, ky), Mux(kx == 2, 0, kx + 1)
+        next_tap_base = Signal.like(tile_base)
+        m.d.comb += next_tap_base.eq(Mux(next_ky == 0, row_base[0], Mux(next_ky == 1, row_base[1], row_base[2]))
+                                     + next_kx - 1)
         with m.If(issue_row):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row),
                          within.eq(~last_row | (stream_i != k_last_tile)),
@@ -116,12 +126,19 @@ class TileSequencer(wiring.Component):
             with m.If(last_row):
                 m.d.sync += stream_bank.eq(~stream_bank)
                 with m.If(stream_i == k_last_tile):
-                    m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1), tile_base.eq(x_base)]
+                    m.d.sync += [stream_i.eq(0), stream_j.eq(stream_j + 1), channel.eq(0)]
+                    self._first_tap(m, kept, tile_base, ky, kx)
                 with m.Else():
-                    m.d.sync += [stream_i.eq(stream_i + 1), tile_base.eq(tile_base + g.x_stride)]
+                    m.d.sync += stream_i.eq(stream_i + 1)
+                    with m.If(channel == last_channel):
+                        m.d.sync += [channel.eq(0), ky.eq(next_ky), kx.eq(next_kx), tile_base.eq(next_tap_base)]
+                    with m.Else():
+                        m.d.sync += [channel.eq(channel + 1), tile_base.eq(tile_base + kept.x_stride)]
+        pad = kept.conv & (((ky == 0) & kept.pad.above) | ((ky == 2) & kept.pad.below)
+                           | ((kx == 0) & kept.pad.left & (stream_m == 0)) | ((kx == 2) & kept.pad.right & last_row))
         m.d.comb += [self.issue.valid.eq(issue_row), self.issue.m.eq(stream_m), self.issue.i.eq(stream_i),
                      self.issue.j.eq(stream_j), self.issue.bank.eq(stream_bank), self.issue.first.eq(stream_i == 0),
-                     self.issue.last.eq(stream_i == k_last_tile)]
+                     self.issue.last.eq(stream_i == k_last_tile), self.issue.pad.eq(pad)]
 
         # The credit counters (a tile may stream from the cycle after its last load row entered).
         credit_counter(m, load_left, load_pending, 0, load_done)
@@ -140,6 +157,14 @@ class TileSequencer(wiring.Component):
                 within.eq(0), last_row.eq(command.m == 1), m_before_last.eq(command.m - 2),
                 load_bank.eq(0), load_r.eq(0), loading.eq(0),
                 stream_bank.eq(0), stream_i.eq(0), stream_j.eq(0), stream_m.eq(0), streaming.eq(0),
-                tile_base.eq(command.x_base), x_base.eq(command.x_base),
+                kept.eq(command), channel.eq(0),
+                last_channel.eq(Mux(command.conv, command.channel_tiles, command.k_tiles) - 1),
             ]
+            self._first_tap(m, command, tile_base, ky, kx)
         return m
+
+    @staticmethod
+    def _first_tap(m, command, tile_base, ky, kx):
+        """An N tile's first K tile: a conv's tap (0, 0) (the row above, one pixel left), else x_base."""
+        m.d.sync += [ky.eq(Mux(command.conv, 0, 1)), kx.eq(Mux(command.conv, 0, 1)),
+                     tile_base.eq(Mux(command.conv, command.x_above - 1, command.x_base))]
