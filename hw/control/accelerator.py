@@ -81,6 +81,8 @@ class Accelerator(wiring.Component):
         stationary_depth = max(self.loader.buffers * self.loader.buffer_span,     # slabs, or Kᵀ and V by feed word
                                self.spaces[Space.SCRATCH].depth // self.feed_rows)
         self.engine = GemmEngine.for_model(model, accel, w_depth=stationary_depth,
+                                           x_depth=max(self.spaces[space].depth
+                                                       for space in (Space.ACTIVATION, Space.SCRATCH)),
                                            p_depth=self.spaces[Space.PARAMS].depth,
                                            index_depth=self.router.geometry.queue_depth)
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))

@@ -20,6 +20,8 @@ Issue rules (docs/architecture.md, section 11):
   with the command and released when the product is written, unless the GEMM `keep`s it for the next GEMM,
   which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
   requantization is HIDDEN's (the last `CONFIG_GELU`, or a LOAD into HIDDEN, which a GELU GEMM waits for).
+  With `im2col` X is the band of the last `CONFIG_CONV` (a head's convolution); one that gathers, or a 3×3 one
+  whose `k_tiles` is not 9 × the band's channel tiles, is BAD_OPERAND.
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `SOFTMAX`: when the softmax path is free, no unit in flight writes its half of SCORES, and none reads or
@@ -31,6 +33,8 @@ Issue rules (docs/architecture.md, section 11):
   rows (else BAD_OPERAND).
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
+- `CONFIG_*`: the registers the instructions after it read (a GEMM takes CONFIG_GELU's and CONFIG_CONV's
+  with its command, so a CONFIG after it changes only the GEMMs after that).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
   expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
   COMBINE GEMM also once the combine drain is). Outside a body those are BAD_OPERAND, as a body longer than the
@@ -129,7 +133,7 @@ class Controller(wiring.Component):
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
     def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-               idle, present, norm_config, softmax_config, loop):
+               idle, present, norm_config, softmax_config, conv_config, loop):
         """Decode the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's); `issue`
         it when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
@@ -178,7 +182,7 @@ class Controller(wiring.Component):
                     refuse(ErrorCause.UNSUPPORTED)
             with m.Case(Opcode.GEMM):
                 issue_gemm(self, m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
-                           span_bits, loop)
+                           span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
                 address, good = self._dram_address(m, ops, "store")
@@ -202,7 +206,7 @@ class Controller(wiring.Component):
                 go(idle)
                 m.d.comb += halt.eq(issue)
             for opcode, register in ((Opcode.CONFIG_GELU, hidden), (Opcode.CONFIG_NORM, norm_config),
-                                     (Opcode.CONFIG_SOFTMAX, softmax_config)):
+                                     (Opcode.CONFIG_SOFTMAX, softmax_config), (Opcode.CONFIG_CONV, conv_config)):
                 with m.Case(opcode):
                     go(~writing[Space.HIDDEN.value] if opcode == Opcode.CONFIG_GELU else 1)
                     with m.If(issue):
@@ -316,8 +320,9 @@ class Controller(wiring.Component):
             m.d.sync += slab.holding.eq(0)
 
         present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
+        conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
         self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-                    idle, present, norm_config, softmax_config, loop)
+                    idle, present, norm_config, softmax_config, conv_config, loop)
         skipped = running & loop.skipping & fetch.head_valid
         m.d.comb += [self.issued.eq(issue),      # after a fault or a HALT, the rest is popped unissued
                      fetch.pop.eq(Mux(running, (issue & ~loop.replay) | skipped, fetch.head_valid))]

@@ -11,10 +11,11 @@ from .isa import ErrorCause, Operand, Space, Stationary
 __all__ = ["issue_gemm"]
 
 
-def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop):
+def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop, conv):
     """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring):
     its engine command, output job and slab buffer, issued when the rule allows, refused when an operand is
-    bad, and what it touches for the scoreboard."""
+    bad, and what it touches for the scoreboard. With `im2col`, X is the band of `conv` (the last CONFIG_CONV);
+    otherwise K-tile-major with a tile the model's tokens."""
     buffer = ops.w_base >> span_bits
     command = ctrl.gemm.payload
     combining = ops.mode == GemmMode.COMBINE
@@ -25,6 +26,10 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
                  command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
                  command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
                  command.row_scaled.eq(ops.row_scaled),
+                 command.x_stride.eq(Mux(ops.im2col, conv.stride, ctrl.tokens)),
+                 command.conv.eq(ops.im2col & conv.kernel), command.channel_tiles.eq(conv.channel_tiles),
+                 command.x_above.eq(conv.above), command.x_below.eq(conv.below),
+                 command.pad.eq(Cat(conv.pad_above, conv.pad_below, conv.pad_left, conv.pad_right)),
                  command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
                  ctrl.take.payload.eq(buffer),
                  ctrl.output_job.destination.eq(ops.destination), ctrl.output_job.d_base.eq(ops.d_base),
@@ -45,7 +50,8 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
                 | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                 | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
                 | (from_slab & (buffer >= ctrl.buffers)) | params_straddle
-                | (into_scores & scores_straddle)):
+                | (into_scores & scores_straddle)
+                | (ops.im2col & (listed | (conv.kernel & (ops.k_tiles != conv.channel_tiles * 9))))):
         refuse(ErrorCause.BAD_OPERAND)
     with m.Else():
         # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that

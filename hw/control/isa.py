@@ -8,8 +8,9 @@ deepest memory of the plan (`hw.memory.plan`), row counts hold the token count, 
 largest K and N. `InstructionSet` refuses a configuration whose operands do not fit 124 bits.
 
 Numeric constants that stay fixed for a run of instructions (GELU's hidden requantization, a LayerNorm's eps
-and shifts, the softmax's exponent and output scales) are set by `CONFIG_*` instructions and hold until the
-next one of the same kind, so the compute instructions carry only shapes and addresses.
+and shifts, the softmax's exponent and output scales) and a convolution's band of input rows are set by
+`CONFIG_*` instructions and hold until the next one of the same kind, so the compute instructions carry only
+shapes and addresses.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class IsaError(ValueError):
 
 
 class Opcode(enum.Enum, shape=OPCODE_BITS):
-    """0, 14 and 15 are not instructions: the controller stops with `ErrorCause.BAD_OPCODE`."""
+    """0 and 15 are not instructions: the controller stops with `ErrorCause.BAD_OPCODE`."""
     LOAD = 1             # DRAM → an on-chip memory (weights through the loader, parameters, the image)
     GEMM = 2             # one matrix product on the engine
     LAYERNORM = 3        # rows of the residual → the activation memory (and the router)
@@ -53,6 +54,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     CONFIG_GELU = 11     # GELU's hidden requantization for the GEMMs that follow
     CONFIG_NORM = 12     # eps and output shifts for the LayerNorms that follow
     CONFIG_SOFTMAX = 13  # exponent and output scales for the softmaxes that follow
+    CONFIG_CONV = 14     # the band of input rows an `im2col` GEMM reads (a task head's convolution)
 
 
 class Space(enum.Enum, shape=4):
@@ -107,7 +109,8 @@ MEANINGS = {
     Opcode.LOAD: {"region": "the region register address is from", "address": "DRAM byte offset (a bus-word multiple)", "bytes": "bytes to copy",
                   "memory": "destination memory", "base": "its first word",
                   "per_expert": "inside EXPERTS: add the expert's index × the loop's stride to address"},
-    Opcode.GEMM: {"m": "rows (tokens); a gathering or COMBINE GEMM runs the expert's token count instead",
+    Opcode.GEMM: {"m": "rows (tokens, or a head's pixels); a gathering or COMBINE GEMM runs the expert's token "
+                       "count instead",
                   "k_tiles": "K tiles", "k_last": "valid lanes of the last K tile, mod R (0: all R)",
                   "n_tiles": "N tiles", "source": "memory of X", "x_base": "word of X's K tile 0",
                   "stationary": "memory of W (a slab buffer, or SCRATCH for Kᵀ and V)",
@@ -120,7 +123,9 @@ MEANINGS = {
                   "row_scaled": "multiplier and shift per row from the last SOFTMAX",
                   "residual": "add Y into the residual as its rows leave",
                   "keep": "keep the slab buffer for the next GEMM (another part of the same slab)",
-                  "transpose": "rows land transposed in SCRATCH, as the W of K = d_stride·C (qkv's K as Kᵀ)"},
+                  "transpose": "rows land transposed in SCRATCH, as the W of K = d_stride·C (qkv's K as Kᵀ)",
+                  "im2col": "X from the band of the last CONFIG_CONV: pixels from x_base in its row, K tiles over "
+                            "its taps (3×3: K tiles = 9 × its channel tiles) or its channel tiles (1×1)"},
     Opcode.LAYERNORM: {"rows": "rows", "set": "γ/β parameter set", "source": "first RESIDUAL row",
                        "destination": "first ACTIVATION row", "route": "also stream the rows to the router"},
     Opcode.SOFTMAX: {"rows": "rows of scores", "source": "first score row", "half": "the SCORES half the scores "
@@ -136,6 +141,12 @@ MEANINGS = {
     Opcode.CONFIG_NORM: {"eps": "ε in the variance's scale", "shifts": "output shifts (int8, int16)"},
     Opcode.CONFIG_SOFTMAX: {"exp_multiplier": "score → exponent scale", "exp_shift": "its shift",
                             "out_multiplier": "P·V output scale before 1/ΣP", "out_shift": "its shift"},
+    Opcode.CONFIG_CONV: {"kernel": "1: 3×3 (nine taps), 0: 1×1", "channel_tiles": "the band's channel tiles (K "
+                         "tiles a tap)", "stride": "words from one channel tile of the band to the next",
+                         "above": "word of the input row above the GEMM's (its x_base's channel tile 0 there)",
+                         "below": "the same in the row below", "pad_above": "zeros instead of the row above "
+                         "(the image's top edge)", "pad_below": "zeros instead of the row below",
+                         "pad_left": "zeros left of the first pixel", "pad_right": "zeros right of the last pixel"},
 }
 
 
@@ -149,6 +160,7 @@ class InstructionSet:
         t, d = model.num_tokens, model.embed_dim
         hidden = max(model.mlp_hidden, model.expert_hidden if model.moe_blocks else 0)
         max_k = max(model.patch_dim, d, hidden, t)
+        k_tiles = tiles(max(conv.in_channels for conv in model.head_layers(0)), accel.array_rows)
         max_n = max(3 * d, hidden, t)
         n_tiles = tiles(max_n, accel.array_cols)
         plan = {memory.name: memory for memory in onchip_memories(model, accel)}
@@ -169,14 +181,14 @@ class InstructionSet:
         operands = {
             Opcode.LOAD: {"region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS), "memory": Space, "base": address,
                           "per_expert": 1},
-            Opcode.GEMM: {"m": rows, "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
+            Opcode.GEMM: {"m": unsigned(index_bits(accel.tokens_per_block(model) + 1)), "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
                           "k_last": unsigned(address_bits(accel.array_rows)),
                           "n_tiles": unsigned(index_bits(n_tiles + 1)),
                           "source": Operand, "x_base": word("activation", "scratch"), "stationary": Stationary,
                           "w_base": word("weights", "scratch"), "p_base": unsigned(address_bits(2 * n_tiles)),
                           "destination": Space, "d_base": word("residual", "activation", "scratch"), "d_stride": rows,
                           "mode": GemmMode, "gather": 1, "relu": 1, "row_scaled": 1, "residual": 1, "keep": 1,
-                          "transpose": 1},
+                          "transpose": 1, "im2col": 1},
             Opcode.LAYERNORM: {"rows": rows, "set": norm_command["set"].shape, "source": rows, "destination": rows,
                                "route": 1},
             Opcode.SOFTMAX: {"rows": rows, "source": rows, "half": 1, "destination": word("activation")},
@@ -191,6 +203,10 @@ class InstructionSet:
             Opcode.CONFIG_NORM: {"eps": norm_command["eps"].shape, "shifts": norm_command["shifts"].shape},
             Opcode.CONFIG_SOFTMAX: {name: field.shape for name, field in softmax_command
                                     if name != "rows"},
+            Opcode.CONFIG_CONV: {"kernel": 1, "channel_tiles": unsigned(index_bits(k_tiles + 1)),
+                                 "stride": word("activation", "scratch"), "above": word("activation", "scratch"),
+                                 "below": word("activation", "scratch"), "pad_above": 1, "pad_below": 1,
+                                 "pad_left": 1, "pad_right": 1},
         }
         payload = INSTRUCTION_BITS - OPCODE_BITS
         self.operands = {}
