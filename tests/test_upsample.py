@@ -1,6 +1,7 @@
-"""The bilinear ×2 upsampler against `golden.ops.upsample2x`: random planes back to back with the extremes
-(−2^15, 2^15 − 1, saturation to 8 bits, rounding ties), one-row and one-column planes, under random stalls on
-both streams; its timing with nothing stalled; parameter checks; Verilog that elaborates."""
+"""The bilinear ×2 upsampler against `golden.ops.upsample2x`: random maps fed row segment by row segment, back to
+back, with the extremes (−2^15, 2^15 − 1, saturation to 8 bits, rounding ties), one-row and one-column maps,
+under random stalls on both streams; its timing with nothing stalled; parameter checks; Verilog that
+elaborates."""
 
 import numpy as np
 import pytest
@@ -11,31 +12,45 @@ from hw.sim import simulate
 from hw.vector.upsample import Upsampler
 
 
-def _planes(rng, width, in_bits, count):
+def _maps(rng, lanes, in_bits, count):
+    """Feature maps [lanes, H, W] with the extremes (−2^(b−1), 2^(b−1) − 1), all-limit maps that saturate at 8
+    bits, sixteenths that end in halves (ties to even), and one-row and one-column maps."""
     low, high = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
-    planes = []
+    maps = []
     for index in range(count):
-        plane = rng.integers(low, high + 1, (int(rng.integers(1, 5)), width))
+        shape = (lanes, int(rng.integers(1, 4)), int(rng.integers(1, 6)))
+        feature_map = rng.integers(low, high + 1, shape)
         if index == 0:
-            plane[0, 0], plane[-1, -1] = low, high            # the extremes, at the corners the edges replicate
+            feature_map[:, 0, 0], feature_map[:, -1, -1] = low, high   # at the corners the edges replicate
         if index == 1:
-            plane[:] = rng.choice([low, high], plane.shape)   # every output saturates at 8 bits or sits at a limit
+            feature_map[:] = rng.choice([low, high], shape)
         if index == 2:
-            plane[:] = 8 * rng.integers(-4, 4, plane.shape) + 2   # sixteenths that end in halves: ties to even
-        planes.append(plane)
-    return planes
+            feature_map[:] = 8 * rng.integers(-4, 4, shape) + 2
+        maps.append(feature_map)
+    return maps
 
 
-async def _run(ctx, unit, planes, rng, valid, ready):
-    """Feed `planes` with `valid`/`ready` probabilities; the output rows as they left, and the cycles taken."""
-    rows = [(row, index == len(plane) - 1) for plane in planes for index, row in enumerate(plane)]
-    expected = sum(2 * len(plane) for plane in planes)
+def _segments(feature_map):
+    """(near, far) rows [W, lanes] of each output row of a map, in order: output row 2y is ¾ row y + ¼ row
+    y − 1, row 2y + 1 is ¾ row y + ¼ row y + 1 (the edge row itself outside)."""
+    h = feature_map.shape[1]
+    for row in range(2 * h):
+        y = row // 2
+        neighbour = min(max(y - 1 if row % 2 == 0 else y + 1, 0), h - 1)
+        yield feature_map[:, y].T, feature_map[:, neighbour].T
+
+
+async def _run(ctx, unit, segments, rng, valid, ready):
+    """Feed `segments` with `valid`/`ready` probabilities; the output pixels as they left, and the cycles."""
+    pixels = [(near[x], far[x], x == len(near) - 1) for near, far in segments for x in range(len(near))]
+    expected = 2 * len(pixels)
     out, cycles, fed = [], 0, 0
     while len(out) < expected:
-        offering = fed < len(rows) and rng.random() < valid
+        offering = fed < len(pixels) and rng.random() < valid
         if offering:
-            row, last = rows[fed]
-            ctx.set(unit.input.payload, {"row": [int(v) for v in row], "last": int(last)})
+            near, far, last = pixels[fed]
+            ctx.set(unit.input.payload, {"near": [int(v) for v in near], "far": [int(v) for v in far],
+                                         "last": int(last)})
         ctx.set(unit.input.valid, offering)
         ctx.set(unit.output.ready, rng.random() < ready)
         await ctx.delay(1e-9)
@@ -49,26 +64,29 @@ async def _run(ctx, unit, planes, rng, valid, ready):
     return np.array(out), cycles
 
 
-@pytest.mark.parametrize("width, in_bits, out_bits, valid, ready",
-                         [(5, 16, 16, 1.0, 1.0), (5, 16, 8, 0.6, 0.5), (1, 16, 16, 0.7, 0.6), (8, 12, 8, 0.8, 0.3)])
-def test_planes_back_to_back_are_bit_exact(width, in_bits, out_bits, valid, ready):
-    unit = Upsampler(width, in_bits, out_bits)
-    rng = np.random.default_rng(width * 100 + out_bits)
-    planes = _planes(rng, width, in_bits, 6)
+@pytest.mark.parametrize("lanes, in_bits, out_bits, valid, ready",
+                         [(4, 16, 16, 1.0, 1.0), (4, 16, 8, 0.6, 0.5), (1, 16, 16, 0.7, 0.6), (8, 8, 8, 0.8, 0.3)])
+def test_maps_row_by_row_are_bit_exact(lanes, in_bits, out_bits, valid, ready):
+    unit = Upsampler(lanes, in_bits, out_bits)
+    rng = np.random.default_rng(lanes * 100 + out_bits)
+    maps = _maps(rng, lanes, in_bits, 6)
+    segments = [segment for feature_map in maps for segment in _segments(feature_map)]
     result = {}
 
     async def testbench(ctx):
-        result["out"], result["cycles"] = await _run(ctx, unit, planes, rng, valid, ready)
+        result["out"], result["cycles"] = await _run(ctx, unit, segments, rng, valid, ready)
 
     simulate(unit, testbench)
-    expected = np.concatenate([unit.model(plane) for plane in planes])
+    # the whole maps, output row by output row, pixel by pixel, against the golden op on the map
+    expected = np.concatenate([ops.upsample2x(feature_map, out_bits).transpose(1, 2, 0).reshape(-1, lanes)
+                               for feature_map in maps])
     assert np.array_equal(result["out"], expected)
-    assert np.array_equal(expected[:2 * len(planes[0])], ops.upsample2x(planes[0], out_bits))
-    if valid == ready == 1.0:       # one output row a cycle, one cycle per plane to start
-        assert result["cycles"] <= len(expected) + len(planes) + 1
+    assert np.array_equal(np.concatenate([unit.model(near, far) for near, far in segments]), expected)
+    if valid == ready == 1.0:       # one output pixel a cycle, one cycle per segment to start
+        assert result["cycles"] <= len(expected) + len(segments) + 1
 
 
-@pytest.mark.parametrize("args, text", [((0,), "width"), ((4, 17), "in_bits"), ((4, 16, 1), "out_bits")])
+@pytest.mark.parametrize("args, text", [((0,), "lanes"), ((4, 17), "in_bits"), ((4, 16, 1), "out_bits")])
 def test_bad_parameters_are_named(args, text):
     with pytest.raises(ValueError, match=text):
         Upsampler(*args)

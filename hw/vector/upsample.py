@@ -1,14 +1,17 @@
-"""`Upsampler`: bilinear ×2 of feature-map planes (align_corners = False), bit for bit `golden.ops.upsample2x`.
+"""`Upsampler`: bilinear ×2 of a feature map's rows (align_corners = False), bit for bit `golden.ops.upsample2x`.
 
 Each output is (9a + 3b + 3c + d) / 16 of its four nearest inputs (taps ¾ and ¼ on each axis, the edges
-replicated), rounded half to even once and saturated to `out_bits`. The unit holds one input row: the rows of
-a plane come in order, and every input row lets out the output rows it completes.
+replicated), rounded half to even once and saturated to `out_bits`. The map is stored a pixel a word (`lanes`
+channels, `docs/architecture.md` section 6), so the unit works along a row: an output row 2y or 2y + 1 is ¾ of
+input row y (`near`) and ¼ of its neighbour row y ∓ 1 (`far`, row y itself at the edges) vertically, then ×2
+horizontally across the pixels.
 
-`input` (stream): {row: `width` signed `in_bits` values, last: the plane's last row}; a plane of H rows
-(H ≥ 1) gives 2H output rows. `output` (stream): 2·`width` signed `out_bits` values, one output row a beat, in
-order. After a plane's first row one output row leaves, after each further row two, after its last row one
-more; an input row is taken once the output rows of the one before have left, so with the output always
-ready a plane of H rows takes about 2H + 1 cycles. Planes follow one another with no gap.
+`input` (stream): one pixel of a row segment a beat, {near: `lanes` signed `in_bits` values, far: the same,
+last: the segment's last pixel}; a segment of W pixels (W ≥ 1) gives 2W output pixels. `output` (stream):
+`lanes` signed `out_bits` values, one output pixel a beat, in order. After a segment's first pixel one output
+pixel leaves, after each further pixel two, after its last one more; a pixel is taken once the outputs of the
+one before have left, so with the output always ready a segment of W pixels takes about 2W + 1 cycles, and
+segments follow one another with no gap.
 """
 
 from __future__ import annotations
@@ -26,55 +29,58 @@ __all__ = ["Upsampler"]
 
 
 class Upsampler(wiring.Component):
-    def __init__(self, width: int, in_bits: int = 16, out_bits: int = 16):
-        problem = None if isinstance(width, int) and width >= 1 else \
-            f"width = {width!r}: a positive number of values a row"
+    def __init__(self, lanes: int, in_bits: int = 16, out_bits: int = 16):
+        problem = None if isinstance(lanes, int) and lanes >= 1 else \
+            f"lanes = {lanes!r}: a positive number of values a pixel"
         for name, bits in (("in_bits", in_bits), ("out_bits", out_bits)):
             if problem is None and (not isinstance(bits, int) or not 2 <= bits <= 16):
                 problem = f"{name} = {bits!r}: from 2 to 16 (golden.ops.upsample2x's range)"
         if problem is not None:
             self._MustUse__silence = True             # never built, so never elaborated
             raise ValueError(f"Upsampler {problem}")
-        self.width, self.in_bits, self.out_bits = width, in_bits, out_bits
+        self.lanes, self.in_bits, self.out_bits = lanes, in_bits, out_bits
+        pixel = data.ArrayLayout(signed(in_bits), lanes)
         super().__init__({
-            "input": In(stream.Signature(data.StructLayout({
-                "row": data.ArrayLayout(signed(in_bits), width), "last": 1}))),
-            "output": Out(stream.Signature(data.ArrayLayout(signed(out_bits), 2 * width))),
+            "input": In(stream.Signature(data.StructLayout({"near": pixel, "far": pixel, "last": 1}))),
+            "output": Out(stream.Signature(data.ArrayLayout(signed(out_bits), lanes))),
         })
 
-    def model(self, plane: np.ndarray) -> np.ndarray:
-        """The output rows of one plane [H, width]: [2H, 2·width]."""
-        return ops.upsample2x(np.asarray(plane), self.out_bits)
+    def model(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """The output pixels [2W, lanes] of one segment: near and far rows [W, lanes]. Output row 2y + 1 of
+        a map is ¾ row y + ¼ row y + 1: the middle row of `ops.upsample2x` of the two rows (far, near)."""
+        pair = np.stack([np.asarray(far), np.asarray(near)]).transpose(2, 0, 1)     # [lanes, 2, W]
+        return ops.upsample2x(pair, self.out_bits)[:, 2].T
 
     def elaborate(self, platform):
         m = Module()
-        w = self.width
-        previous = Signal(data.ArrayLayout(signed(self.in_bits), w))    # the plane's row before `current`
-        current = Signal.like(previous)
-        have_previous = Signal()        # `current` is not its plane's first row: `previous` is the row before
-        in_plane = Signal()             # the last row taken was not its plane's last
-        step, steps = Signal(range(3)), Signal(range(4))                  # output rows of `current` left, due
+        lanes, bits = self.lanes, self.in_bits + 2                 # 3·near + far
+        vertical = data.ArrayLayout(signed(bits), lanes)
+        taken = Signal(vertical)
+        payload = self.input.payload
+        m.d.comb += [taken[j].eq(3 * payload.near[j] + payload.far[j]) for j in range(lanes)]
+        previous = Signal(vertical)     # the segment's pixel before `current`
+        current = Signal(vertical)
+        have_previous = Signal()        # `current` is not its segment's first pixel
+        in_segment = Signal()           # the last pixel taken was not its segment's last
+        step, steps = Signal(range(3)), Signal(range(4))                  # outputs of `current` left, due
         emitting = step != steps
 
-        # Vertical taps: output row 2i − 1 is ¾ row i − 1 + ¼ row i, row 2i is ¼ row i − 1 + ¾ row i; the first
-        # and the last output rows take the edge row twice. `near` weighs 3, `far` 1.
+        # Horizontal taps: output pixel 2x − 1 is ¾ pixel x − 1 + ¼ pixel x, 2x is ¼ x − 1 + ¾ x; the first and
+        # the last output pixels take the edge pixel twice. `near` weighs 3, `far` 1.
         near = Mux(have_previous & (step == 0), previous.as_value(), current.as_value())
         far = Mux(have_previous & (step == 1), previous.as_value(), current.as_value())
-        bits = self.in_bits
-        vertical = [3 * near[bits * j:bits * (j + 1)].as_signed() + far[bits * j:bits * (j + 1)].as_signed()
-                    for j in range(w)]
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
-        for j in range(w):
-            for k, neighbour in ((2 * j, vertical[max(j - 1, 0)]), (2 * j + 1, vertical[min(j + 1, w - 1)])):
-                value = round_shift(3 * vertical[j] + neighbour, 4)
-                m.d.comb += self.output.payload[k].eq(Mux(value > high, high, Mux(value < low, low, value)))
+        for j in range(lanes):
+            value = round_shift(3 * near[bits * j:bits * (j + 1)].as_signed()
+                                + far[bits * j:bits * (j + 1)].as_signed(), 4)
+            m.d.comb += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
         m.d.comb += [self.output.valid.eq(emitting), self.input.ready.eq(~emitting | self.output.ready
                                                                         & (step == steps - 1))]
 
         with m.If(self.output.valid & self.output.ready):
             m.d.sync += step.eq(step + 1)
         with m.If(self.input.valid & self.input.ready):
-            m.d.sync += [previous.eq(current), current.eq(self.input.payload.row), have_previous.eq(in_plane),
-                         in_plane.eq(~self.input.payload.last), step.eq(0),
-                         steps.eq(Mux(in_plane, 2, 1) + self.input.payload.last)]
+            m.d.sync += [previous.eq(current), current.eq(taken), have_previous.eq(in_segment),
+                         in_segment.eq(~payload.last), step.eq(0),
+                         steps.eq(Mux(in_segment, 2, 1) + payload.last)]
         return m
