@@ -65,6 +65,7 @@ class Program:
     text: str = ""
     outputs: dict = field(default_factory=dict)    # name → (OUTPUT offset, bytes)
     entry: int = 0
+    heads: dict = field(default_factory=dict)      # task → the instruction its head's run enters at
 
 
 class ProgramBuilder:
@@ -85,6 +86,7 @@ class ProgramBuilder:
         self.outputs = {}
         self.lines: list[str] = []
         self.entry = 0
+        self.heads = {}
         self.next_buffer = 0
         self.next_params = 0          # PARAMS' halves in turn, matrix by matrix
         self.layernorm_unit = LayerNorm.for_model(model, accel)
@@ -110,11 +112,16 @@ class ProgramBuilder:
         self.emit(Opcode.LOAD, region=region, address=offset, bytes=length, memory=memory, base=base,
                   per_expert=int(per_expert))
 
-    def store(self, name: str, memory: Space, base: int, length: int) -> None:
+    def output_area(self, name: str, length: int) -> int:
+        """`length` bytes of the OUTPUT region, on a bus-word boundary, for output `name`; their offset."""
         offset = self.output_bytes + (-self.output_bytes % self.bus)
-        self.emit(Opcode.STORE, memory=memory, base=base, region=Region.OUTPUT, address=offset, bytes=length)
         self.outputs[name] = (offset, length)
         self.output_bytes = offset + length
+        return offset
+
+    def store(self, name: str, memory: Space, base: int, length: int) -> None:
+        offset = self.output_area(name, length)
+        self.emit(Opcode.STORE, memory=memory, base=base, region=Region.OUTPUT, address=offset, bytes=length)
 
     # --- a matrix product -----------------------------------------------------------------------------------
     def matrix(self, prefix: str, expert: int | None = None):
@@ -138,12 +145,14 @@ class ProgramBuilder:
 
     def product(self, prefix: str, layout, offset: int, *, source: Operand, x_base: int, m: int,
                 outputs: list[Output], mode: GemmMode, residual: bool = False, gelu: tuple[int, int] | None = None,
-                hidden: int | None = None, relu: bool = False, per_expert: bool = False, gather: bool = False):
+                hidden: int | None = None, relu: bool = False, per_expert: bool = False, gather: bool = False,
+                im2col: bool = False):
         """Y = out(X · W + b) for the matrix at MODEL `offset` (its `layout`): X rows 0 … m − 1 of `source` from
         `x_base` (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into
         its own memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift) by CONFIG_GELU;
         `hidden`: the MODEL offset of a HIDDEN word to LOAD instead. Inside EXPERTS: `per_expert` loads (the
-        loop's stride apart) and `gather`ed X rows (m is then the expert's count)."""
+        loop's stride apart) and `gather`ed X rows (m is then the expert's count). `im2col`: X is the band of the
+        last CONFIG_CONV (a head's convolution), `x_base` its word for the block's first pixel."""
         accel, k = self.accel, layout.k
         if sum(output.tiles for output in outputs) != layout.n_tiles:
             raise CompileError(f"{prefix}: outputs of {sum(o.tiles for o in outputs)} N tiles for a matrix of "
@@ -183,7 +192,8 @@ class ProgramBuilder:
                           d_base=output.base + (first - start) * (accel.array_cols if output.transposed
                                                                   else output.stride),
                           d_stride=output.stride, mode=mode, relu=int(relu), residual=int(residual),
-                          keep=int(part < len(parts) - 1), transpose=int(output.transposed), gather=int(gather))
+                          keep=int(part < len(parts) - 1), transpose=int(output.transposed), gather=int(gather),
+                          im2col=int(im2col))
 
     def params_half(self) -> int:
         """The first PARAMS word of the next matrix's parameters: the halves in turn."""
@@ -247,17 +257,22 @@ class ProgramBuilder:
         self.emit(Opcode.HALT)
 
     def start_up(self) -> None:
-        """End the start-up here: a HALT, and runs enter after it (`Program.entry`), at a bus-aligned address
-        (HALTs pad the start-up to whole bus words: the program fetch reads whole bus words)."""
+        """End the start-up here: a HALT, and runs enter after it (`Program.entry`)."""
+        self.entry = self.entry_point()
+
+    def entry_point(self) -> int:
+        """A HALT, then HALTs to a bus-aligned address (the program fetch reads whole bus words): the
+        instruction a run may enter at next."""
         self.halt()
         while len(self.lines) * INSTRUCTION_BYTES % self.bus:
             self.halt()
-        self.entry = len(self.lines)
+        return len(self.lines)
 
     def build(self) -> Program:
         text = "".join(f"{line}\n" for line in self.lines)
         return Program(self.assembler.assemble(text), bytes(self.regions[Region.MODEL]),
-                       bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry)
+                       bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry,
+                       dict(self.heads))
 
 
 def _residual_length(builder: ProgramBuilder) -> int:
@@ -485,12 +500,13 @@ CHECKPOINTS = {"embed": "the patch embedding", "mid": "attention", "norm2": "Lay
 
 
 def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, *,
-                     checkpoints: bool = False) -> Program:
+                     checkpoints: bool = False, heads: bool = False) -> Program:
     """The whole backbone on `image` (int8 [C, H, W]): a start-up that loads every MoE layer's router weights for
     every task (resident: a task switch loads nothing), then the patch embedding and every block. Outputs `out` (the
     backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block; with
     `checkpoints`, also `golden.run`'s intermediates `embed` and per block `blocks.{b}.mid`, `.norm2` and `.out`
-    (`CHECKPOINTS` says which operation each ends), stored as they are made."""
+    (`CHECKPOINTS` says which operation each ends), stored as they are made. With `heads`, every task's head
+    follows, each a run of its own from `Program.heads[task]` after the backbone's (`firmware.heads`)."""
     model = quantized.config
     builder = ProgramBuilder(quantized, accel)
     residual, activation = _residual_length(builder), _activation_length(builder)
@@ -512,6 +528,12 @@ def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image:
             builder.store(f"blocks.{block}.out", Space.RESIDUAL, 0, residual)
     builder.store("out", Space.RESIDUAL, 0, _residual_length(builder))
     builder.halt()
+    if heads:
+        from .heads import compile_head
+        for task in range(model.num_tasks):
+            builder.heads[task] = builder.entry_point()
+            compile_head(builder, task)
+        builder.halt()
     return builder.build()
 
 

@@ -105,14 +105,23 @@ class Driver:
         await self.start(program, task)
         return await self.finish(program, timeout)
 
-    async def start(self, program: Program, task: int = 0) -> None:
-        """Start a run of `program` for `task` (placing it first if it is not the one placed); `finish` waits for
-        it."""
+    async def run_head(self, program: Program, task: int = 0, *, timeout: int = 10_000_000) -> RunResult:
+        """The run of `task`'s head, after a run of the backbone (`run`) for that task has left its output on
+        chip: from the head's entry (`Program.heads`)."""
+        if task not in program.heads:
+            raise DriverError(f"the program has no head for task {task!r} (it has {sorted(program.heads)})")
+        await self.start(program, task, program.heads[task])
+        return await self.finish(program, timeout)
+
+    async def start(self, program: Program, task: int = 0, entry: int | None = None) -> None:
+        """Start a run of `program` for `task` (placing it first if it is not the one placed) at instruction
+        `entry` (by default the program's); `finish` waits for it."""
         if self.placed is not program:
             await self.place(program)
-        entry = self.dram_map(program).program + INSTRUCTION_BYTES * program.entry
+        index = program.entry if entry is None else entry
+        entry = self.dram_map(program).program + INSTRUCTION_BYTES * index
         if entry % self.accel.dram_bytes_per_beat:
-            raise DriverError(f"the program's entry (instruction {program.entry}, byte {entry}) is not aligned to "
+            raise DriverError(f"the program's entry (instruction {index}, byte {entry}) is not aligned to "
                               f"the {self.accel.dram_bytes_per_beat}-byte bus: the program fetch reads whole bus words")
         await self._write("TASK", task)
         await self._start(entry)

@@ -38,7 +38,8 @@ from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
 from ..moe.router import Router
 from .controller import Controller
-from .datapath import CombineDrain, LoadPath, NormPath, OutputPath, StorePath
+from .datapath import CombineDrain, LoadPath, NormPath, OutputPath
+from .store_path import StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
@@ -86,7 +87,10 @@ class Accelerator(wiring.Component):
                                            p_depth=self.spaces[Space.PARAMS].depth,
                                            index_depth=self.router.geometry.queue_depth)
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
-        self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width))
+        upsample = {name: (1 << Shape.cast(self.isa.operands[Opcode.UPSAMPLE][name].shape).width) - 1
+                    for name in ("width", "tiles")}
+        self.store_path = StorePath(self.spaces, StoreWriter.for_config(accel, addr_width),
+                                    max_width=upsample["width"], max_tiles=upsample["tiles"])
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
         self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens,
                                   self.router.signature.members["tokens"].signature.members["payload"].shape)

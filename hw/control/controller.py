@@ -35,6 +35,9 @@ Issue rules (docs/architecture.md, section 11):
   words and of bus words.
 - `CONFIG_*`: the registers the instructions after it read (a GEMM takes CONFIG_GELU's and CONFIG_CONV's
   with its command, so a CONFIG after it changes only the GEMMs after that).
+- `UPSAMPLE`: as STORE, on the store path (one output row of tiles × 2·width words); refused when it reads past
+  its memory, is empty or is not a whole number of bus words, and from a memory other than ACTIVATION,
+  SCRATCH (int8) or RESIDUAL (int16).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
   expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
   COMBINE GEMM also once the combine drain is). Outside a body those are BAD_OPERAND, as a body longer than the
@@ -61,6 +64,7 @@ from .datapath import LOADABLE, STORABLE
 from .isa import ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
+from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
 from .memories import OnChip
@@ -106,7 +110,7 @@ class Controller(wiring.Component):
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
-    def _dram_address(self, m, operands, name, extra=0):
+    def dram_address(self, m, operands, name, extra=0):
         """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
         exists and the address is bus-aligned."""
         address = Signal(32, name=f"{name}_address")
@@ -146,7 +150,7 @@ class Controller(wiring.Component):
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
-                address, good = self._dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
+                address, good = self.dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 buffer = ops.base >> span_bits
                 params_half, straddles = self.half_of(
                     Space.PARAMS, ops.base, ops.bytes >> (self.spaces[Space.PARAMS].word_bytes - 1).bit_length())
@@ -185,7 +189,7 @@ class Controller(wiring.Component):
                            span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
-                address, good = self._dram_address(m, ops, "store")
+                address, good = self.dram_address(m, ops, "store")
                 with m.If(~good):
                     refuse(ErrorCause.BAD_OPERAND)
                 for space in STORABLE:
@@ -200,6 +204,8 @@ class Controller(wiring.Component):
                             m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
                 with m.Else():
                     refuse(ErrorCause.UNSUPPORTED)
+            with m.Case(Opcode.UPSAMPLE):
+                issue_upsample(self, m, word.operands.upsample, refuse, go, issue, writing, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):

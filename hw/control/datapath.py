@@ -4,9 +4,7 @@
   is taken when the path is idle; its bytes (a whole number of the memory's words) come through a
   `StreamReader` and a `Gearbox` to the memory's word width and are written to words `base`, `base` + 1, ….
   `busy` from the cycle after the command until its last word is written.
-- `StorePath`: `STORE` from ACTIVATION, SCRATCH or RESIDUAL: {memory, base, address, length} (length a whole
-  number of words and of bus words) read from word `base` on through the memory's read port into a `Gearbox`
-  and the `StoreWriter`. `busy` until the last write response.
+- `StorePath` (`store_path.py`): `STORE` and `UPSAMPLE`, on-chip memory → DRAM.
 - `OutputPath`: the GEMM engine's result rows into ACTIVATION, SCRATCH (int8), RESIDUAL (int16) or SCORES
   (int32), row t of
   N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
@@ -30,20 +28,20 @@ from golden import ops
 
 from ..common.arith import address_bits
 from ..common.gearbox import Gearbox
-from ..memory.axi import AXI4Read, AXI4Write
+from ..memory.axi import AXI4Read
 from ..memory.reader import StreamReader
-from ..memory.writer import StoreWriter
 from ..vector.residual import ResidualAdd
 from .corner import CornerTurn
 from .isa import Space
 from .memories import OnChip
 
-__all__ = ["LoadPath", "StorePath", "OutputPath", "CombineDrain", "NormPath", "LOADABLE", "STORABLE",
-           "GEMM_DESTINATIONS"]
+__all__ = ["TransferPath", "LoadPath", "OutputPath", "CombineDrain", "NormPath", "LOADABLE", "STORABLE",
+           "UPSAMPLABLE", "GEMM_DESTINATIONS"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
             Space.ROUTER_PARAMS, Space.HIDDEN)
 STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROUTES)
+UPSAMPLABLE = {Space.ACTIVATION: 8, Space.SCRATCH: 8, Space.RESIDUAL: 16}     # the memories' value bits
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
 
 
@@ -51,19 +49,19 @@ def _port_name(space: Space) -> str:
     return space.name.lower()
 
 
-class _TransferPath(wiring.Component):
+class TransferPath(wiring.Component):
     """What the load and store paths share: a DRAM transfer unit (`unit`, started with each command, which is
     taken while the path is idle), a port per memory (`port`: a write or a read port signature), and the words
-    of the transfer, counted from the command's `base`."""
+    of the transfer, counted from the command's `base` (`fields`: the command's further fields)."""
 
-    def __init__(self, spaces: dict[Space, OnChip], kept, unit, axi, port):
+    def __init__(self, spaces: dict[Space, OnChip], kept, unit, axi, port, fields=None):
         self.spaces = {space: spaces[space] for space in kept}
         self.unit = unit
         self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
         super().__init__({
             "command": In(stream.Signature(data.StructLayout({
                 "memory": Space, "base": unsigned(self.address_width), "address": unsigned(unit.addr_width),
-                "length": unsigned(24)}))),
+                "length": unsigned(24), **(fields or {})}))),
             "axi": Out(axi(unit.addr_width, 8 * unit.bus_bytes)),
             **{_port_name(space): In(port(addr_width=max(1, address_bits(memory.depth)),   # HIDDEN: one word
                                           shape=unsigned(8 * memory.word_bytes)))
@@ -103,7 +101,7 @@ class _TransferPath(wiring.Component):
                 for width, spaces in widths.items()}
 
 
-class LoadPath(_TransferPath):
+class LoadPath(TransferPath):
     def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
         super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature)
 
@@ -126,39 +124,6 @@ class LoadPath(_TransferPath):
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
         with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~word_valid):
-            m.d.sync += self.busy.eq(0)
-        return m
-
-
-class StorePath(_TransferPath):
-    def __init__(self, spaces: dict[Space, OnChip], writer: StoreWriter):
-        super().__init__(spaces, STORABLE, writer, AXI4Write.Signature, ReadPort.Signature)
-
-    def elaborate(self, platform):
-        m = Module()
-        writer = self.unit
-        source, address, words_left, accepted = self._front(m)
-        # Words out of the memory: `word_valid` while the read port holds an untaken word.
-        word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()
-        for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
-            m.submodules[f"gearbox{width}"] = gearbox
-            chosen = Cat(*(source == space for space in spaces)).any()
-            m.d.comb += gearbox.input.valid.eq(word_valid & chosen)
-            for space in spaces:
-                port = getattr(self, _port_name(space))
-                m.d.comb += [port.addr.eq(address), port.en.eq(fetch & (source == space))]
-                with m.If(source == space):
-                    m.d.comb += gearbox.input.payload.eq(port.data)
-            with m.If(chosen):
-                m.d.comb += [taken.eq(gearbox.input.ready), writer.data.valid.eq(gearbox.output.valid),
-                             writer.data.payload.eq(gearbox.output.payload),
-                             gearbox.output.ready.eq(writer.data.ready), beats_valid.eq(gearbox.output.valid)]
-        m.d.comb += fetch.eq(self.busy & (words_left != 0) & (~word_valid | taken))
-        with m.If(fetch):
-            m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
-        with m.Elif(taken):
-            m.d.sync += word_valid.eq(0)
-        with m.If(~accepted & self.busy & (words_left == 0) & ~word_valid & ~beats_valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
 

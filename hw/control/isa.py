@@ -21,7 +21,7 @@ from amaranth.lib import data, enum
 from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import address_bits, index_bits
-from ..compute.gemm.geometry import GemmMode, tiles
+from ..compute.gemm.geometry import GemmMode, largest_product, tiles
 from ..memory.transfer import LENGTH_BITS
 from ..memory.plan import onchip_memories
 from ..vector.layernorm import LayerNorm
@@ -40,7 +40,7 @@ class IsaError(ValueError):
 
 
 class Opcode(enum.Enum, shape=OPCODE_BITS):
-    """0 and 15 are not instructions: the controller stops with `ErrorCause.BAD_OPCODE`."""
+    """0 is not an instruction: the controller stops with `ErrorCause.BAD_OPCODE`."""
     LOAD = 1             # DRAM → an on-chip memory (weights through the loader, parameters, the image)
     GEMM = 2             # one matrix product on the engine
     LAYERNORM = 3        # rows of the residual → the activation memory (and the router)
@@ -55,6 +55,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     CONFIG_NORM = 12     # eps and output shifts for the LayerNorms that follow
     CONFIG_SOFTMAX = 13  # exponent and output scales for the softmaxes that follow
     CONFIG_CONV = 14     # the band of input rows an `im2col` GEMM reads (a task head's convolution)
+    UPSAMPLE = 15        # a row of a bilinear ×2 of a feature map on chip → DRAM (the task heads)
 
 
 class Space(enum.Enum, shape=4):
@@ -141,6 +142,12 @@ MEANINGS = {
     Opcode.CONFIG_NORM: {"eps": "ε in the variance's scale", "shifts": "output shifts (int8, int16)"},
     Opcode.CONFIG_SOFTMAX: {"exp_multiplier": "score → exponent scale", "exp_shift": "its shift",
                             "out_multiplier": "P·V output scale before 1/ΣP", "out_shift": "its shift"},
+    Opcode.UPSAMPLE: {"memory": "source memory (ACTIVATION, SCRATCH: int8; RESIDUAL: int16), a pixel a word",
+                      "near": "word of the near row's pixel 0 (weight ¾), channel tile 0",
+                      "far": "the same of the far row (¼; the near row itself at the map's edges)",
+                      "width": "pixels a row", "tiles": "channel tiles", "stride": "words from one channel tile "
+                      "of a row to the next", "region": "the region register address is from",
+                      "address": "DRAM byte offset of the output row: tiles × 2·width words, tile by tile"},
     Opcode.CONFIG_CONV: {"kernel": "1: 3×3 (nine taps), 0: 1×1", "channel_tiles": "the band's channel tiles (K "
                          "tiles a tap)", "stride": "words from one channel tile of the band to the next",
                          "above": "word of the input row above the GEMM's (its x_base's channel tile 0 there)",
@@ -157,11 +164,10 @@ class InstructionSet:
         if not isinstance(body_depth, int) or body_depth < 1:
             raise IsaError(f"body_depth = {body_depth!r}: the EXPERTS body buffer holds at least one instruction")
         self.model, self.accel, self.body_depth = model, accel, body_depth
-        t, d = model.num_tokens, model.embed_dim
-        hidden = max(model.mlp_hidden, model.expert_hidden if model.moe_blocks else 0)
-        max_k = max(model.patch_dim, d, hidden, t)
-        k_tiles = tiles(max(conv.in_channels for conv in model.head_layers(0)), accel.array_rows)
-        max_n = max(3 * d, hidden, t)
+        t = model.num_tokens
+        max_k, max_n = largest_product(model, accel)
+        convs = [conv for task in range(model.num_tasks) for conv in model.head_layers(task)]
+        k_tiles = tiles(max(conv.in_channels for conv in convs), accel.array_rows)
         n_tiles = tiles(max_n, accel.array_cols)
         plan = {memory.name: memory for memory in onchip_memories(model, accel)}
         depths = {name: memory.depth for name, memory in plan.items()}
@@ -186,7 +192,8 @@ class InstructionSet:
                           "n_tiles": unsigned(index_bits(n_tiles + 1)),
                           "source": Operand, "x_base": word("activation", "scratch"), "stationary": Stationary,
                           "w_base": word("weights", "scratch"), "p_base": unsigned(address_bits(2 * n_tiles)),
-                          "destination": Space, "d_base": word("residual", "activation", "scratch"), "d_stride": rows,
+                          "destination": Space, "d_base": word("residual", "activation", "scratch"),
+                          "d_stride": unsigned(index_bits(max([t] + [conv.width for conv in convs]) + 1)),
                           "mode": GemmMode, "gather": 1, "relu": 1, "row_scaled": 1, "residual": 1, "keep": 1,
                           "transpose": 1, "im2col": 1},
             Opcode.LAYERNORM: {"rows": rows, "set": norm_command["set"].shape, "source": rows, "destination": rows,
@@ -203,6 +210,11 @@ class InstructionSet:
             Opcode.CONFIG_NORM: {"eps": norm_command["eps"].shape, "shifts": norm_command["shifts"].shape},
             Opcode.CONFIG_SOFTMAX: {name: field.shape for name, field in softmax_command
                                     if name != "rows"},
+            Opcode.UPSAMPLE: {"memory": Space, "near": address, "far": address,
+                              "width": unsigned(max(conv.width for conv in convs).bit_length()),
+                              "tiles": unsigned(max(tiles(conv.out_channels, accel.array_rows)
+                                                    for conv in convs).bit_length()),
+                              "stride": address, "region": Region, "address": dram},
             Opcode.CONFIG_CONV: {"kernel": 1, "channel_tiles": unsigned(index_bits(k_tiles + 1)),
                                  "stride": word("activation", "scratch"), "above": word("activation", "scratch"),
                                  "below": word("activation", "scratch"), "pad_above": 1, "pad_below": 1,

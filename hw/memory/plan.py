@@ -43,12 +43,18 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, and two heads' blocks
     # of raw scores: one head's softmax reads one while the next head's Q·Kᵀ writes the other), the MLP (one
     # block of hidden activations and, in MoE blocks, the wide combine accumulator of every token) and the task
-    # heads (a band of four input rows for the 3×3 convs). One head's probabilities go past the activations.
+    # heads (a band of input rows and a ring of output rows for the 3×3 convs). One head's probabilities go past the
+    # activations.
     attention_bits = 3 * t * d * ow + 2 * rows * t * acc
     mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
     mlp_bits += t * d * combine_bits if has_moe else 0
-    head_bits = max(4 * conv.width * conv.in_channels * ow for conv in model.head_layers(0))
+    # the heads: a band of four input rows (the first conv's input is in ACTIVATION) and a ring of three output
+    # rows, channels in whole tiles of the array's rows (firmware.heads)
+    convs = model.head_layers(0)[:-1]
+    channels = lambda count: -(-count // accel.array_rows) * accel.array_rows      # noqa: E731
+    head_bits = max((4 * channels(conv.in_channels) * (index > 0) + 3 * channels(conv.out_channels))
+                    * conv.width * ow for index, conv in enumerate(convs))
     moe_layers = len(model.moe_blocks)
     router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
         * model.num_experts * d * ow

@@ -54,7 +54,7 @@ from .combine import CombineScatter
 from .drain import Drain
 from .fifo import OutputFifo
 from .gelu_path import GeluPath
-from .geometry import GemmGeometry, GemmMode, tiles
+from .geometry import GemmGeometry, GemmMode, largest_product
 from .images import gemm_model
 from .operands import OperandStreamer
 from .sequencer import TileSequencer
@@ -106,16 +106,10 @@ class GemmEngine(wiring.Component):
     @classmethod
     def for_model(cls, model, accel, **sizes) -> "GemmEngine":
         """The engine `accel` builds for `model`: M up to one token block, gathered from all tokens, K and N up
-        to the largest of the matrix products (attention and the task heads' convolutions included, a 3×3 one's
-        K with its channels padded to whole K tiles per tap); GELU at the accelerator's `requant_lanes` values
+        to the largest of the matrix products (`largest_product`); GELU at the accelerator's `requant_lanes` values
         per cycle. `sizes` sets memory depths the top level chooses (`x_depth`, `w_depth`, `p_depth`,
         `index_depth`)."""
-        convs = [conv for task in range(model.num_tasks) for conv in model.head_layers(task)]
-        largest_k = max([model.patch_dim, model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens]
-                        + [conv.kernel ** 2 * tiles(conv.in_channels, accel.array_rows) * accel.array_rows
-                           for conv in convs])
-        largest_n = max([3 * model.embed_dim, model.mlp_hidden, model.expert_hidden, model.num_tokens]
-                        + [conv.out_channels for conv in convs])
+        largest_k, largest_n = largest_product(model, accel)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,

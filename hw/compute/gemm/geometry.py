@@ -16,7 +16,7 @@ from ...vector.gelu import Gelu
 from ..array import SystolicArray
 from ..multiplier import Multiplier
 
-__all__ = ["GemmMode", "GemmGeometry", "tiles", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES", "GATE_WIDTH",
+__all__ = ["GemmMode", "GemmGeometry", "tiles", "largest_product", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES", "GATE_WIDTH",
            "COMBINE_WIDTH", "FRACTION_WIDTH"]
 
 DRAIN_STAGES = 14  # read, register, + bias, the DSPs' input and product registers, partial products' register,
@@ -47,6 +47,18 @@ class GemmMode(enum.IntEnum):
 
 def tiles(size: int, tile: int) -> int:
     return -(-size // tile)
+
+
+def largest_product(model, accel) -> tuple[int, int]:
+    """(K, N) the engine must run for `model` on `accel`: the largest of its matrix products, attention and the
+    task heads' convolutions included (a 3×3 one's K with its channels padded to whole K tiles per tap)."""
+    convs = [conv for task in range(model.num_tasks) for conv in model.head_layers(task)]
+    hidden = max(model.mlp_hidden, model.expert_hidden if model.moe_blocks else 0)
+    largest_k = max([model.patch_dim, model.embed_dim, hidden, model.num_tokens]
+                    + [conv.kernel ** 2 * tiles(conv.in_channels, accel.array_rows) * accel.array_rows
+                       for conv in convs])
+    largest_n = max([3 * model.embed_dim, hidden, model.num_tokens] + [conv.out_channels for conv in convs])
+    return largest_k, largest_n
 
 
 def _positive(name, value):

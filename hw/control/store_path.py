@@ -1,0 +1,116 @@
+"""`StorePath`: `STORE` and `UPSAMPLE`, an on-chip memory's words into DRAM through the `StoreWriter`.
+
+A command {memory, base, address, length, upsample, far, width, tiles, stride} is taken while the path is idle
+(`command.ready`); `busy` from the next cycle until the last write response, `error` on a write error.
+- `STORE` (`upsample` 0): words `base`, `base` + 1, … of `memory` (ACTIVATION, SCRATCH, RESIDUAL, SCORES or
+  ROUTES), `length` bytes (a whole number of words and of bus words), through a `Gearbox` to the bus.
+- `UPSAMPLE`: one output row of a bilinear ×2 (`Upsampler`) of a feature map stored a pixel a word (ACTIVATION
+  or SCRATCH: int8, RESIDUAL: int16, the memory's words), channel tile by channel tile: for tile c of `tiles`,
+  pixels x = 0 … `width` − 1 of the near row (`base` + c·`stride` + x, weight ¾) and the far row (`far` +
+  c·`stride` + x, ¼) go in, 2·`width` pixels come out, written from `address` on; `length` is their bytes,
+  `tiles`·2·`width` words. A pixel takes two reads, so the path writes a word about every cycle.
+Memory ports are `lib.memory` read port signatures, connected by the top level.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib.memory import ReadPort
+
+from ..memory.axi import AXI4Write
+from ..memory.writer import StoreWriter
+from ..vector.upsample import Upsampler
+from .datapath import STORABLE, UPSAMPLABLE, TransferPath
+from .isa import Space
+from .memories import OnChip
+
+__all__ = ["StorePath"]
+
+
+class StorePath(TransferPath):
+    def __init__(self, spaces: dict[Space, OnChip], writer: StoreWriter, *, max_width: int, max_tiles: int):
+        address = max(max(1, spaces[space].depth - 1).bit_length() for space in STORABLE)
+        super().__init__(spaces, STORABLE, writer, AXI4Write.Signature, ReadPort.Signature, {
+            "upsample": 1, "far": unsigned(address), "width": unsigned(max_width.bit_length()),
+            "tiles": unsigned(max_tiles.bit_length()), "stride": unsigned(address)})
+
+    def elaborate(self, platform):
+        m = Module()
+        writer = self.unit
+        source, address, words_left, accepted = self._front(m)
+        command = self.command.payload
+        # UPSAMPLE's walk: the near and far rows' addresses, the pixel x of the channel tile and the tiles left;
+        # `phase` 1 when the next read is the far pixel's.
+        upsample, phase = Signal(), Signal()
+        far, near_row, far_row = Signal.like(address), Signal.like(address), Signal.like(address)
+        width, stride = Signal.like(command.width), Signal.like(command.stride)
+        x, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
+        with m.If(accepted):
+            m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
+                         far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride), x.eq(0),
+                         tiles_left.eq(Mux(command.upsample, command.tiles, 0))]
+        # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
+        # keeps the near pixel in `near` and offers (near, the port's far pixel) while `pair_valid`.
+        word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()
+        pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
+        last_pixel = x == width - 1
+        read_address = Mux(upsample & phase, far, address)
+        for width_bytes, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
+            m.submodules[f"gearbox{width_bytes}"] = gearbox
+            chosen = Cat(*(source == space for space in spaces)).any()
+            word = Signal(8 * width_bytes, name=f"word{width_bytes}")
+            for space in spaces:
+                port = getattr(self, space.name.lower())
+                m.d.comb += [port.addr.eq(read_address), port.en.eq(fetch & (source == space))]
+                with m.If(source == space):
+                    m.d.comb += word.eq(port.data)
+            bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
+            assert len(bits) <= 1, "memories of one word width hold values of one width"
+            if bits:
+                lanes, (value_bits,) = 8 * width_bytes // min(bits), bits
+                m.submodules[f"upsampler{width_bytes}"] = upsampler = Upsampler(lanes, value_bits, value_bits)
+                near = Signal(8 * width_bytes, name=f"near{width_bytes}")
+                with m.If(fetch & phase):            # the near pixel, read the cycle before, is on the port
+                    m.d.sync += near.eq(word)
+                m.d.comb += [upsampler.input.payload.eq(Cat(near, word, pair_last)),
+                             upsampler.input.valid.eq(pair_valid & chosen)]
+                with m.If(chosen):
+                    m.d.comb += [pair_taken.eq(upsampler.input.ready), upsampling.eq(upsampler.output.valid)]
+            m.d.comb += gearbox.input.valid.eq(Mux(upsample, upsampling, word_valid) & chosen)
+            m.d.comb += gearbox.input.payload.eq(word)
+            if bits:
+                with m.If(upsample):
+                    m.d.comb += [gearbox.input.payload.eq(upsampler.output.payload),
+                                 upsampler.output.ready.eq(gearbox.input.ready & chosen)]
+            with m.If(chosen):
+                m.d.comb += [taken.eq(gearbox.input.ready), writer.data.valid.eq(gearbox.output.valid),
+                             writer.data.payload.eq(gearbox.output.payload),
+                             gearbox.output.ready.eq(writer.data.ready), beats_valid.eq(gearbox.output.valid)]
+
+        with m.If(~upsample):
+            m.d.comb += fetch.eq(self.busy & (words_left != 0) & (~word_valid | taken))
+            with m.If(fetch):
+                m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
+            with m.Elif(taken):
+                m.d.sync += word_valid.eq(0)
+        with m.Else():
+            # near, then far (the near pixel is kept as the far one is read); a near read waits until the pair
+            # before is taken, since it overwrites the port's far pixel
+            m.d.comb += fetch.eq(self.busy & (tiles_left != 0) & (phase | ~pair_valid | pair_taken))
+            with m.If(pair_taken):
+                m.d.sync += pair_valid.eq(0)
+            with m.If(fetch):
+                m.d.sync += phase.eq(~phase)
+                with m.If(phase):
+                    m.d.sync += [pair_valid.eq(1), pair_last.eq(last_pixel), x.eq(Mux(last_pixel, 0, x + 1))]
+                    with m.If(last_pixel):
+                        m.d.sync += [tiles_left.eq(tiles_left - 1), address.eq(near_row + stride),
+                                     far.eq(far_row + stride), near_row.eq(near_row + stride),
+                                     far_row.eq(far_row + stride)]
+                    with m.Else():
+                        m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
+        drained = Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling, (words_left == 0) & ~word_valid)
+        with m.If(~accepted & self.busy & drained & ~beats_valid & writer.idle):
+            m.d.sync += self.busy.eq(0)
+        return m
+
