@@ -364,14 +364,38 @@ def _backbone_inputs(args):
     return model, accel, tasks, quantized, quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
 
 
+def _exact(report: dict) -> bool:
+    return report["bit_exact"] and report.get("output_bit_exact", True)
+
+
+def _write_predictions(path: str, reports: list[dict], model) -> list[str]:
+    """The host's predictions as .npy: segmentation (several classes) as class indices after the argmax, a
+    one-channel task as its map in real units (the output's scale); one file, or one per task named after it."""
+    import numpy as np
+    written = []
+    for report in reports:
+        prediction = report.pop("prediction")
+        scale = report.pop("output_scale")
+        values = prediction.argmax(0) if len(prediction) > 1 else (prediction[0] * scale).astype(np.float32)
+        target = Path(path)
+        if len(reports) > 1:
+            target = target.with_name(f"{target.stem}.{report['task_name']}{target.suffix or '.npy'}")
+        np.save(target, values)
+        written.append(f"task {report['task']}: prediction {values.shape} {values.dtype} in {target}")
+    return written
+
+
 def cmd_run(args) -> int:
-    """A backbone inference per task on the simulated accelerator against the golden model; exit status 1 if a
-    task is not bit-exact."""
-    from firmware.run import run_backbone
+    """A whole inference per task (backbone, then the task's head unless --backbone-only) on the simulated
+    accelerator against the golden model; exit status 1 if a task is not bit-exact."""
+    from firmware.run import run_inference
     model, accel, tasks, quantized, image = _backbone_inputs(args)
-    summary = run_backbone(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency)
+    heads = not args.backbone_only
+    summary = run_inference(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency, heads=heads,
+                            predictions=args.output is not None)
     reports, start_up, switch = summary["tasks"], summary["start_up"], summary["switch"]
-    rows = [{**report, "result": "PASS" if report["bit_exact"] else "FAIL",
+    written = _write_predictions(args.output, reports, model) if args.output is not None else []
+    rows = [{**report, "result": "PASS" if _exact(report) else "FAIL",
              **{f"{unit}_share": cycles / report["cycles"] for unit, cycles in report["busy"].items()},
              "read": f"{report['dram_read_bytes']:,}/{report['expected_read_bytes']:,}"} for report in reports]
     footer = [f"task {report['task']}: first mismatch: {report['first_mismatch']}" for report in reports
@@ -379,6 +403,13 @@ def cmd_run(args) -> int:
     footer += [f"task {report['task']}: GEMM idle {report['cycles'] - report['busy']['gemm']:,} cycles (" + ", ".join(
         f"{unit} {cycles:,}" for unit, cycles in report["exposed"].items()) + f"), GEMM beyond the floor "
         f"{report['gemm_overhead_cycles']:,}" for report in reports]
+    footer += [f"task {report['task']}: head {report['head_cycles']:,} cycles (floor {report['head_floor_cycles']:,}, "
+               f"util {report['head_utilization']:.3f}), output {'bit-exact' if report['output_bit_exact'] else 'DIFFERS'}"
+               f", read {report['head_dram_read_bytes']:,}/{report['head_expected_read_bytes']:,} B, written "
+               f"{report['head_dram_write_bytes']:,}/{report['head_expected_write_bytes']:,} B, DRAM stalls "
+               f"{report['head_dram_stall_cycles']:,}; whole inference {report['inference_cycles']:,} cycles, util "
+               f"{report['inference_utilization']:.3f}" for report in reports if "head_cycles" in report]
+    footer += written
     if start_up:
         footer.append(f"start-up (resident router weights, once): {start_up['cycles']:,} cycles, "
                       f"read {start_up['dram_read_bytes']:,}/{start_up['expected_read_bytes']:,} B")
@@ -391,15 +422,15 @@ def cmd_run(args) -> int:
               "start_up": start_up, "switch": switch, "switch_cycles": switch and switch["switch_cycles"],
               "switch_fraction": switch and switch["switch_fraction"]}
     _report(args, result,
-            f"{model.name} backbone on {accel.name} ({args.sim}, DRAM latency {args.latency}): each task against "
-            f"the golden model, bit for bit", [
+            f"{model.name} {'inference' if heads else 'backbone'} on {accel.name} ({args.sim}, DRAM latency "
+            f"{args.latency}): each task against the golden model, bit for bit (backbone columns; the head below)", [
                 ("task", "task_name", "<8"), ("result", "result", "<6"), ("cycles", "cycles", ">10,"),
                 ("floor", "floor_cycles", ">10,"), ("util", "utilization", ">5.3f"),
                 ("gemm", "gemm_share", ">5.2f"), ("loader", "loader_share", ">6.2f"),
                 ("router", "router_share", ">6.2f"), ("vector", "vector_share", ">6.2f"),
                 ("read/expected B", "read", ">22"), ("written B", "dram_write_bytes", ">9,"),
                 ("wall s", "wall_seconds", ">7.1f")], rows, footer)
-    return 0 if all(report["bit_exact"] for report in reports) and (not switch or switch["bit_exact_again"]) else 1
+    return 0 if all(_exact(report) for report in reports) and (not switch or switch["bit_exact_again"]) else 1
 
 
 def cmd_bench_sim(args) -> int:
@@ -629,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
         sub.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
         sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument("--backbone-only", action="store_true", help="run the backbone alone, not the task heads")
+        sub.add_argument("--output", type=_output_file, default=None,
+                         help="write the prediction (.npy: class indices for segmentation, a map for one channel; "
+                              "one file per task, named after it, for several tasks)")
         sub.set_defaults(run=cmd_run)
 
     run = commands.add_parser("run", help="a whole backbone inference per task on the simulated accelerator, "

@@ -188,6 +188,7 @@ def _region_three(quantized) -> int:
 
 
 _DEPTH = onchip_spaces(TINY, ACCEL)[Space.ACTIVATION].depth
+_SCRATCH = onchip_spaces(TINY, ACCEL)[Space.SCRATCH].depth
 _PARAMS = onchip_spaces(TINY, ACCEL)[Space.PARAMS]
 _HALF = _PARAMS.depth // 2
 _SCORES_HALF = onchip_spaces(TINY, ACCEL)[Space.SCORES].depth // 2
@@ -198,7 +199,6 @@ FAULTS = [
      f"d_base={_SCORES_HALF - 1} destination=SCORES mode=RAW\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a GEMM's parameters across PARAMS' halves", f"GEMM m=1 k_tiles=1 k_last=0 n_tiles=2 p_base={_HALF - 1} "
      "stationary=WEIGHTS destination=ACTIVATION\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
-    ("opcode 15", "SYNC\nSYNC\nHALT", {1: 0xF}, ErrorCause.BAD_OPCODE, 1, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
     ("EXPERTS longer than its body buffer", "SYNC\nEXPERTS body=17\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
     ("a per-expert LOAD outside EXPERTS", "LOAD region=MODEL bytes=8 memory=ACTIVATION per_expert=1\nHALT", None,
@@ -230,6 +230,16 @@ FAULTS = [
      None, {"fail_reads": "image"}),
     ("DRAM write error", "STORE memory=ACTIVATION region=OUTPUT bytes=64\nSYNC\nHALT", None,
      ErrorCause.DRAM_WRITE, None, {"fail_writes": "output"}),
+    ("DRAM write error in an UPSAMPLE", "UPSAMPLE memory=SCRATCH width=8 tiles=2 stride=8 region=OUTPUT\nSYNC\n"
+     "HALT", None, ErrorCause.DRAM_WRITE, None, {"fail_writes": "output"}),
+    ("UPSAMPLE from SCORES", "UPSAMPLE memory=SCORES width=4 tiles=1 region=OUTPUT\nHALT", None,
+     ErrorCause.UNSUPPORTED, 0, {}),
+    ("UPSAMPLE past its memory", f"UPSAMPLE memory=SCRATCH near={_SCRATCH - 3} width=4 tiles=1 region=OUTPUT\n"
+     "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("an UPSAMPLE of no pixels", "UPSAMPLE memory=SCRATCH width=0 tiles=1 region=OUTPUT\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
+    ("a 3×3 im2col GEMM whose K tiles are not nine taps", "CONFIG_CONV kernel=1 channel_tiles=2\nGEMM m=1 "
+     "k_tiles=17 k_last=0 n_tiles=1 stationary=WEIGHTS im2col=1\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
 ]
 
 

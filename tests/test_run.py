@@ -20,6 +20,8 @@ from m3vit.cli import main
 TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
 KEYS = {"task", "bit_exact", "cycles", "floor_cycles", "utilization", "dram_read_bytes", "expected_read_bytes",
         "dram_write_bytes", "busy"}
+HEAD_KEYS = {"output_bit_exact", "head_cycles", "head_floor_cycles", "head_utilization", "head_dram_stall_cycles",
+             "head_dram_read_bytes", "head_dram_write_bytes", "inference_cycles", "inference_utilization"}
 
 
 def test_m3vit_run_json_every_task_bit_exact(capsys):
@@ -40,6 +42,16 @@ def test_m3vit_run_json_every_task_bit_exact(capsys):
         assert task["exposed"]["vector"] <= task["busy"]["vector"]
         assert task["exposed"]["router"] <= task["busy"]["router"]
         assert task["gemm_overhead_cycles"] == task["busy"]["gemm"] - task["floor_cycles"] > 0
+        # the task's head, image to prediction: bit-exact, its bytes as the compiler states them
+        assert HEAD_KEYS <= task.keys() and task["output_bit_exact"] and task["head_error"] == "NONE"
+        assert 0 < task["head_floor_cycles"] < task["head_cycles"]
+        assert task["head_utilization"] == task["head_floor_cycles"] / task["head_cycles"]
+        assert task["head_expected_read_bytes"] <= task["head_dram_read_bytes"] <= task["head_expected_read_bytes"] \
+            + 16 * 12
+        assert task["head_dram_write_bytes"] == task["head_expected_write_bytes"] > 0
+        assert 0 <= task["head_dram_stall_cycles"] < task["head_cycles"]
+        assert task["inference_cycles"] == task["cycles"] + task["head_cycles"]
+        assert task["inference_floor_cycles"] == task["floor_cycles"] + task["head_floor_cycles"]
     start_up = report["start_up"]       # the resident router weights, read once before the first run
     assert start_up["expected_read_bytes"] <= start_up["dram_read_bytes"] <= start_up["expected_read_bytes"] + 16 * 12
     # back to the first task after the last: the same cycles and outputs, and nothing but the host's few
@@ -51,10 +63,15 @@ def test_m3vit_run_json_every_task_bit_exact(capsys):
     assert report["switch_fraction"] == switch["switch_cycles"] / report["tasks"][0]["cycles"] < 1e-3
 
 
-def test_m3vit_run_table_and_bad_arguments(capsys):
-    assert main(["run", "--task", "depth", "--sim", "verilator"]) == 0
+def test_m3vit_run_table_and_bad_arguments(capsys, tmp_path):
+    assert main(["run", "--task", "depth", "--sim", "verilator", "--output", str(tmp_path / "depth.npy")]) == 0
     out = capsys.readouterr().out
-    assert "depth" in out and "PASS" in out and "semseg" not in out
+    assert "depth" in out and "PASS" in out and "semseg" not in out and "output bit-exact" in out
+    depth = np.load(tmp_path / "depth.npy")         # one channel: the map, in real units
+    assert depth.shape == TINY.image_size and depth.dtype == np.float32 and np.isfinite(depth).all()
+    assert main(["run", "--task", "semseg", "--output", str(tmp_path / "seg.npy"), "--json"]) == 0
+    classes = np.load(tmp_path / "seg.npy")        # several classes: the host's argmax
+    assert classes.shape == TINY.image_size and classes.min() >= 0 and classes.max() < TINY.tasks[0].classes
     assert main(["run", "--task", "9"]) == 2
     assert "task" in capsys.readouterr().err
     assert main(["run", "--accel", "4x8"]) == 2
