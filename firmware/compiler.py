@@ -53,6 +53,16 @@ class Output:
     transposed: bool = False
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    """A matrix's slab buffers and its slabs' LOADs (MODEL offset, bytes, buffer), the first `ahead` emitted."""
+    layout: object
+    offset: int
+    buffers: list
+    loads: list
+    ahead: int
+
+
 @dataclass
 class Program:
     """What the driver runs: instruction words, the MODEL and IMAGE regions' bytes, the OUTPUT region's size.
@@ -143,30 +153,42 @@ class ProgramBuilder:
         layout, image = self.matrix(prefix)
         self.product(prefix, layout, self.place(Region.MODEL, image), **product)
 
-    def product(self, prefix: str, layout, offset: int, *, source: Operand, x_base: int, m: int,
-                outputs: list[Output], mode: GemmMode, residual: bool = False, gelu: tuple[int, int] | None = None,
-                hidden: int | None = None, relu: bool = False, per_expert: bool = False, gather: bool = False,
-                im2col: bool = False):
-        """Y = out(X · W + b) for the matrix at MODEL `offset` (its `layout`): X rows 0 … m − 1 of `source` from
-        `x_base` (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into
-        its own memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift) by CONFIG_GELU;
-        `hidden`: the MODEL offset of a HIDDEN word to LOAD instead. Inside EXPERTS: `per_expert` loads (the
-        loop's stride apart) and `gather`ed X rows (m is then the expert's count). `im2col`: X is the band of the
-        last CONFIG_CONV (a head's convolution), `x_base` its word for the block's first pixel."""
-        accel, k = self.accel, layout.k
-        if sum(output.tiles for output in outputs) != layout.n_tiles:
-            raise CompileError(f"{prefix}: outputs of {sum(o.tiles for o in outputs)} N tiles for a matrix of "
-                               f"{layout.n_tiles}")
+    def prefetch(self, layout, offset: int, *, per_expert: bool = False) -> "Prefetched":
+        """The slab buffers of the matrix at MODEL `offset` (its `layout`), in turn with the matrices before it,
+        and the LOADs of its first slabs (as many as a buffer is left for), emitted now: they load while the
+        products before still compute. `product` takes it to emit the rest."""
         buffers = []
         for slab in layout.slabs:
             buffers.append(self.next_buffer)
             self.next_buffer = (self.next_buffer + 1) % self.buffers
         loads = [(offset + slab.offset, slab.length, buffer) for slab, buffer in zip(layout.slabs, buffers)]
-        # The first slabs load while the previous matrix still computes, and so do its parameters, into the
-        # PARAMS half the previous matrix does not read.
         ahead = min(len(loads), self.buffers - 1)
         for address, length, buffer in loads[:ahead]:
             self.load(Region.MODEL, address, length, Space.WEIGHTS, buffer * self.span, per_expert=per_expert)
+        return Prefetched(layout, offset, buffers, loads, ahead)
+
+    def product(self, prefix: str, layout, offset: int, *, source: Operand, x_base: int, m: int,
+                outputs: list[Output], mode: GemmMode, residual: bool = False, gelu: tuple[int, int] | None = None,
+                hidden: int | None = None, relu: bool = False, per_expert: bool = False, gather: bool = False,
+                im2col: bool = False, prefetched: "Prefetched | None" = None):
+        """Y = out(X · W + b) for the matrix at MODEL `offset` (its `layout`): X rows 0 … m − 1 of `source` from
+        `x_base` (K-tile-major, T words a tile); Y's N tiles go to `outputs` in turn, each a run of N tiles into
+        its own memory and place (N-tile-major). `gelu`: (hidden multiplier, hidden shift) by CONFIG_GELU;
+        `hidden`: the MODEL offset of a HIDDEN word to LOAD instead. Inside EXPERTS: `per_expert` loads (the
+        loop's stride apart) and `gather`ed X rows (m is then the expert's count). `im2col`: X is the band of the
+        last CONFIG_CONV (a head's convolution), `x_base` its word for the block's first pixel. `prefetched`:
+        its first slabs' LOADs, emitted earlier by `prefetch` (else emitted first here)."""
+        accel, k = self.accel, layout.k
+        if sum(output.tiles for output in outputs) != layout.n_tiles:
+            raise CompileError(f"{prefix}: outputs of {sum(o.tiles for o in outputs)} N tiles for a matrix of "
+                               f"{layout.n_tiles}")
+        # The first slabs load while the previous matrix still computes, and so do its parameters, into the
+        # PARAMS half the previous matrix does not read.
+        if prefetched is None:
+            prefetched = self.prefetch(layout, offset, per_expert=per_expert)
+        if (prefetched.layout, prefetched.offset) != (layout, offset):
+            raise CompileError(f"{prefix}: the slabs prefetched are another matrix's")
+        buffers, loads, ahead = prefetched.buffers, prefetched.loads, prefetched.ahead
         if hidden is not None:
             self.load(Region.MODEL, hidden, self.spaces[Space.HIDDEN].bytes, Space.HIDDEN, 0, per_expert=per_expert)
         params = self.params_half()

@@ -19,6 +19,7 @@ read once per pixel block, the input map once, the output map written once (`hea
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,9 @@ def compile_head(builder, task: int) -> None:
     classifier_row = _classifier(builder, task, classifier, after)
     builder.layernorm([f"{prefix}.norm"], rows=t - 1, source=1, destination=0)
     source: FeatureMap | None = None          # None: the normed tokens in ACTIVATION
+    # What a row's products leave to do (its output rows out, the band's next rows in) waits for the next
+    # block's first slab LOADs: they go to the loader first, so the slab loads while these run.
+    pending = []
     for index, conv in enumerate(layers[:-1]):
         h, w = conv.height, conv.width
         in_tiles, out_tiles = tiles(conv.in_channels, r), tiles(conv.out_channels, r)
@@ -130,34 +134,41 @@ def compile_head(builder, task: int) -> None:
             target = _feature_map(builder, f"head.{task}.input.{layers[index + 1].name}", scale * h, scale * w,
                                   out_tiles, r)
         slot = lambda y, base=band, words=ring: base + (y % RING_ROWS) * words     # noqa: E731
-        loaded = set()
         for y in range(h):
             if source is not None:          # the band: rows y − 1 … y + 1, each loaded once, one ahead
-                for needed in range(max(y - 1, 0), min(y + 2, h)):
-                    if needed not in loaded:
-                        builder.load(Region.OUTPUT, source.row(needed), source.row_bytes, Space.SCRATCH,
-                                     (needed % BAND_ROWS) * in_tiles * w)
-                        loaded.add(needed)
+                for needed in [row for row in ((0, 1) if y == 0 else (y + 1,)) if row < h]:
+                    pending.append(functools.partial(builder.load, Region.OUTPUT, source.row(needed),
+                                                     source.row_bytes, Space.SCRATCH,
+                                                     (needed % BAND_ROWS) * in_tiles * w))
             for first, m in _blocks(w, block):
                 if source is None:          # the tokens: pixel p at row p, a K tile t words
                     at, stride, memory = (lambda yy: min(max(yy, 0), h - 1) * w + first), t, Operand.ACTIVATION
                 else:
                     at = lambda yy: (min(max(yy, 0), h - 1) % BAND_ROWS) * in_tiles * w + first  # noqa: E731
                     stride, memory = w, Operand.SCRATCH
+                # this block's first slabs load behind the products before it; then what waited for them
+                prefetched = builder.prefetch(layout, offset)
+                for emit in pending:
+                    emit()
+                pending.clear()
                 builder.emit(Opcode.CONFIG_CONV, kernel=1, channel_tiles=in_tiles, stride=stride, above=at(y - 1),
                              below=at(y + 1), pad_above=int(y == 0), pad_below=int(y == h - 1),
                              pad_left=int(first == 0), pad_right=int(first + m == w))
                 builder.product(name, layout, offset, source=memory, x_base=at(y), m=m, im2col=True,
                                 outputs=[Output(out_tiles, Space.SCRATCH, slot(y) + first, w)], mode=GemmMode.INT8,
-                                relu=True)
+                                relu=True, prefetched=prefetched)
             if index < between:
-                _upsample_rows(builder, Space.SCRATCH, slot, y, h, w, out_tiles, target)
+                pending.append(functools.partial(_upsample_rows, builder, Space.SCRATCH, slot, y, h, w, out_tiles,
+                                                 target))
             elif not last:
-                builder.emit(Opcode.STORE, memory=Space.SCRATCH, base=slot(y), region=Region.OUTPUT,
-                             address=target.row(y), bytes=target.row_bytes)
+                pending.append(functools.partial(builder.emit, Opcode.STORE, memory=Space.SCRATCH, base=slot(y),
+                                                 region=Region.OUTPUT, address=target.row(y),
+                                                 bytes=target.row_bytes))
             else:
-                classifier_row(y, slot(y), out_tiles)
+                pending.append(classifier_row(y, slot(y), out_tiles))
         source = target
+    for emit in pending:
+        emit()
 
 
 def _feature_map(builder, name: str, height: int, width: int, channel_tiles: int, word_bytes: int) -> FeatureMap:
@@ -171,7 +182,8 @@ def _feature_map(builder, name: str, height: int, width: int, channel_tiles: int
 def _classifier(builder, task: int, classifier, after: int):
     """The 1×1 classifier's weights placed and the head's output map; returns what runs it on output row y of
     the last 3×3 convolution (SCRATCH word `row`, `channel_tiles` of them): a GEMM per pixel block into a ring of
-    three rows in RESIDUAL (int16), then that row's part of the output (a STORE, or the ×2's UPSAMPLEs)."""
+    three rows in RESIDUAL (int16), emitted at once; it returns what emits that row's part of the output (a
+    STORE, or the ×2's UPSAMPLEs), for later."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     c = accel.array_cols
     h, w = classifier.height, classifier.width
@@ -186,15 +198,14 @@ def _classifier(builder, task: int, classifier, after: int):
     target = _feature_map(builder, f"head.{task}.output", (1 + after) * h, (1 + after) * w, class_tiles, 2 * c)
     slot = lambda yy: (yy % RING_ROWS) * words     # noqa: E731
 
-    def row(y: int, source: int, channel_tiles: int) -> None:
+    def row(y: int, source: int, channel_tiles: int):
         for first, m in _blocks(w, accel.tokens_per_block(model)):
             builder.emit(Opcode.CONFIG_CONV, kernel=0, channel_tiles=channel_tiles, stride=w, above=0, below=0,
                          pad_above=0, pad_below=0, pad_left=0, pad_right=0)
             builder.product(name, layout, offset, source=Operand.SCRATCH, x_base=source + first, m=m, im2col=True,
                             outputs=[Output(class_tiles, Space.RESIDUAL, slot(y) + first, w)], mode=GemmMode.INT16)
         if after:
-            _upsample_rows(builder, Space.RESIDUAL, slot, y, h, w, class_tiles, target)
-        else:
-            builder.emit(Opcode.STORE, memory=Space.RESIDUAL, base=slot(y), region=Region.OUTPUT,
-                         address=target.row(y), bytes=target.row_bytes)
+            return functools.partial(_upsample_rows, builder, Space.RESIDUAL, slot, y, h, w, class_tiles, target)
+        return functools.partial(builder.emit, Opcode.STORE, memory=Space.RESIDUAL, base=slot(y),
+                                 region=Region.OUTPUT, address=target.row(y), bytes=target.row_bytes)
     return row

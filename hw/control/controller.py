@@ -12,8 +12,9 @@ AXI4 ports are quiet when `done` rises, and nothing waits forever.
 Issue rules (docs/architecture.md, section 11):
 - `LOAD` to WEIGHTS: a descriptor to the loader (taken once the slab buffer `base / span` is empty); to
   ACTIVATION, SCRATCH, RESIDUAL or PARAMS: a command to the load path, once no unit in flight reads or writes
-  that memory (PARAMS: that half; a LOAD into PARAMS lies in one half). Addresses are offsets from the region
-  registers; bus-aligned, whole words, inside the memory.
+  that memory (PARAMS: that half; a LOAD into PARAMS lies in one half), and, from the OUTPUT region, until the
+  store path is idle (what a STORE or UPSAMPLE wrote there has landed: the heads read their feature maps back).
+  Addresses are offsets from the region registers; bus-aligned, whole words, inside the memory.
 - `GEMM`: when the engine and its output path are idle, no unit in flight writes its source, its half of
   PARAMS (its N tiles' parameters lie in one half) or its destination or reads its destination (SCORES: its
   half; d_base + n_tiles·d_stride stays in it), and its slab buffer (`w_base / span`) is full; the buffer is taken
@@ -178,7 +179,8 @@ class Controller(wiring.Component):
                                 go(self.load.ready & ~touched.params_reading.bit_select(params_half, 1)
                                    & ~touched.params_writing.bit_select(params_half, 1))
                             else:
-                                go(self.load.ready & ~reading[space.value] & ~writing[space.value])
+                                go(self.load.ready & ~reading[space.value] & ~writing[space.value]
+                                   & ~((ops.region == Region.OUTPUT) & self.store_busy))
                             m.d.comb += self.load.valid.eq(issue)
                             m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
                                          touched.load_half.eq(params_half)]
