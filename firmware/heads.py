@@ -7,7 +7,8 @@ tiles, each `width` pixels of one word (R int8 channels; the classifier's output
 into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens
 in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of four input rows in SCRATCH
 (row y in slot y mod 4, loaded one row ahead of its first use), and writes its output rows into a ring of three
-in SCRATCH after the band (row y in slot y mod 3, a GEMM per block of at most a token block's pixels). Once
+in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each row at once;
+a GEMM per block of at most a token block's pixels). Once
 output row y is in, the rows it completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1
 and y; row 0 and the last from the edge row alone) into the next map, or a STORE of the row when no upsampling
 follows, or, after the last 3×3 convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three
@@ -118,22 +119,22 @@ def compile_head(builder, task: int) -> None:
     for index, conv in enumerate(layers[:-1]):
         h, w = conv.height, conv.width
         in_tiles, out_tiles = tiles(conv.in_channels, r), tiles(conv.out_channels, r)
+        last = index == len(layers) - 2
         band = 0 if source is None else BAND_ROWS * in_tiles * w
-        ring = out_tiles * w
-        _check(band + RING_ROWS * ring <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
-               f"{RING_ROWS * ring} words, SCRATCH has {scratch}")
+        ring, ring_rows = out_tiles * w, 1 if last else RING_ROWS     # the classifier takes each row at once
+        _check(band + ring_rows * ring <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
+               f"{ring_rows * ring} words, SCRATCH has {scratch}")
         name = f"{prefix}.{conv.name}"
         weight = conv_weight(q[f"{name}.weight"], r)
         layout = matrix_layout(*weight.shape, accel, name)
         offset = builder.place(Region.MODEL, layout.pack(weight, q[f"{name}.bias"], q[f"{name}.multiplier"],
                                                          q[f"{name}.shift"]).tobytes())
-        last = index == len(layers) - 2
         target = None
         if not last or index < between:
             scale = 2 if index < between else 1
             target = _feature_map(builder, f"head.{task}.input.{layers[index + 1].name}", scale * h, scale * w,
                                   out_tiles, r)
-        slot = lambda y, base=band, words=ring: base + (y % RING_ROWS) * words     # noqa: E731
+        slot = lambda y, base=band, words=ring, rows=ring_rows: base + (y % rows) * words     # noqa: E731
         for y in range(h):
             if source is not None:          # the band: rows y − 1 … y + 1, each loaded once, one ahead
                 for needed in [row for row in ((0, 1) if y == 0 else (y + 1,)) if row < h]:

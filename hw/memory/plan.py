@@ -50,11 +50,12 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
     mlp_bits += t * d * combine_bits if has_moe else 0
     # the heads: a band of four input rows (the first conv's input is in ACTIVATION) and a ring of three output
-    # rows, channels in whole tiles of the array's rows (firmware.heads)
+    # rows (one before the classifier), channels in whole tiles of the array's rows (firmware.heads)
     convs = model.head_layers(0)[:-1]
     channels = lambda count: -(-count // accel.array_rows) * accel.array_rows      # noqa: E731
-    head_bits = max((4 * channels(conv.in_channels) * (index > 0) + 3 * channels(conv.out_channels))
-                    * conv.width * ow for index, conv in enumerate(convs))
+    head_bits = max((4 * channels(conv.in_channels) * (index > 0)
+                     + (1 if index == len(convs) - 1 else 3) * channels(conv.out_channels)) * conv.width * ow
+                    for index, conv in enumerate(convs))
     moe_layers = len(model.moe_blocks)
     router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
         * model.num_experts * d * ow
