@@ -15,7 +15,8 @@ follows, or, after the last 3×3 convolution, the classifier on the row (a 1×1 
 in RESIDUAL, int16), then its STORE or UPSAMPLE into the head's output.
 
 Loop order, per convolution: output rows, pixel blocks, the matrix's slabs (weight tiles): the weights are
-read once per pixel block, the input map once, the output map written once (`head_traffic` states the bytes).
+read once per pixel block, the input map once, the output map written once (`head_traffic` states the bytes
+per layer).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import numpy as np
 
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import Opcode, Operand, Region, Space
-from hw.memory.layout import conv_weight, matrix_layout
+from hw.memory.layout import HEADER_COLUMN_BYTES, conv_weight, matrix_layout
 
 from .compiler import CompileError, Output
 
-__all__ = ["FeatureMap", "compile_head", "head_output", "map_bytes", "BAND_ROWS", "RING_ROWS"]
+__all__ = ["FeatureMap", "compile_head", "head_output", "head_traffic", "map_bytes", "BAND_ROWS", "RING_ROWS"]
 
 BAND_ROWS = 4       # input rows a band holds: three in use, one loading
 RING_ROWS = 3       # output rows a ring holds: the two an UPSAMPLE reads, one being written
@@ -78,6 +79,32 @@ def _blocks(width: int, block: int) -> list[tuple[int, int]]:
     """The pixel blocks (first, pixels) of a row: as few as a block allows, of equal size but the last."""
     size = -(-width // -(-width // block))
     return [(first, min(size, width - first)) for first in range(0, width, size)]
+
+
+def head_traffic(model, accel, task: int, norm_bytes: int) -> list[dict]:
+    """The DRAM bytes each layer of `task`'s head reads and writes in the program's loop order (output rows ×
+    pixel blocks × the matrix's slabs): {layer, weights (slabs and column parameters, once per pixel block),
+    input (the map's rows, once), output (its rows, or the ×2's)}; `norm_bytes` the LayerNorm's parameters.
+    Their sum and the instructions are what a head's run must move (`firmware.run`)."""
+    r, c = accel.array_rows, accel.array_cols
+    between, after = model.head_upsamples()
+    layers = model.head_layers(task)
+    rows = [{"layer": "norm", "weights": norm_bytes, "input": 0, "output": 0}]
+    for index, conv in enumerate(layers):
+        classifier = index == len(layers) - 1
+        k = conv.in_channels if classifier else 9 * tiles(conv.in_channels, r) * r
+        layout = matrix_layout(k, conv.out_channels, accel, conv.name)
+        per_block = layout.slab_bytes + layout.n_tiles * c * HEADER_COLUMN_BYTES
+        blocks = len(_blocks(conv.width, accel.tokens_per_block(model)))
+        word = 2 * c if classifier else r
+        out_row = tiles(conv.out_channels, c if classifier else r) * conv.width * word
+        scale = 2 if (index < between or (classifier and after)) else 1
+        rows.append({"layer": conv.name, "weights": conv.height * blocks * per_block,
+                     "input": 0 if index in (0, len(layers) - 1) else conv.height * tiles(conv.in_channels, r)
+                     * conv.width * r,
+                     "output": scale * conv.height * scale * out_row if (classifier or index < between
+                                                                        or index < len(layers) - 2) else 0})
+    return rows
 
 
 def _upsample_rows(builder, memory: Space, slot, y: int, height: int, width: int, channel_tiles: int,

@@ -32,7 +32,7 @@ from hw.control.registers import COUNTERS
 
 from .compiler import CHECKPOINTS, backbone_program
 from .driver import Driver
-from .heads import head_output
+from .heads import head_output, head_traffic
 from .image import residual_from_bytes, routes_from_bytes, x_bytes
 from .sim import SIMULATORS, accelerator_for, simulate
 
@@ -223,6 +223,7 @@ def _head_report(program, quantized, accel, task, golden, backbone, result, seco
                       if name.startswith("BUSY_")},
         "head_exposed": {name.removeprefix("EXPOSED_").lower(): result.counters[name] for name, _ in COUNTERS
                          if name.startswith("EXPOSED_")},
+        "head_layers": head_traffic(model, accel, task, onchip_spaces(model, accel)[Space.NORMS].bytes // 2),
         "head_wall_seconds": round(seconds, 3),
         "inference_cycles": whole, "inference_floor_cycles": whole_floor,
         "inference_utilization": whole_floor / whole if whole else 0.0,

@@ -7,8 +7,8 @@ import pytest
 
 from firmware.compiler import CompileError, backbone_program
 from firmware.driver import Driver, DriverError
-from firmware.heads import FeatureMap, head_output, map_bytes
-from firmware.run import expected_read_bytes, expected_write_bytes, head_prediction
+from firmware.heads import FeatureMap, head_output, head_traffic, map_bytes
+from firmware.run import expected_read_bytes, expected_write_bytes, head_prediction, run_lines
 from firmware.sim import accelerator_for, simulate
 from golden import ops
 from golden.config import accelerator_preset, model_preset
@@ -16,6 +16,7 @@ from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
 from golden.model import run
 from golden.quantize import quantize_image
+from hw.control.isa import Space
 from hw.control.memories import onchip_spaces
 from hw.memory.layout import conv_weight
 
@@ -65,6 +66,12 @@ def test_the_whole_inference_is_bit_exact_for_every_task(quantized, stall):
             stated = expected_read_bytes(program, TINY, run=task)
             assert stated <= read <= stated + 16 * 12
             assert written == expected_write_bytes(program, onchip_spaces(TINY, ACCEL), run=task)
+            # and layer by layer, for the loop order, they add up to what the program moves
+            layers = head_traffic(TINY, ACCEL, task, onchip_spaces(TINY, ACCEL)[Space.NORMS].bytes // 2)
+            assert [layer["layer"] for layer in layers] == ["norm"] + [conv.name for conv in TINY.head_layers(task)]
+            instructions = 16 * len(run_lines(program, task))
+            assert sum(layer["weights"] + layer["input"] for layer in layers) + instructions == stated
+            assert sum(layer["output"] for layer in layers) == written
 
 
 def test_a_head_run_needs_a_head():
