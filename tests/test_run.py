@@ -111,7 +111,7 @@ def test_router_weights_are_read_by_the_start_up_only(quantized):
     router = {"memory=ROUTER", "memory=ROUTER_PARAMS"}
     assert {field for line in lines[:program.entry] for field in line.split()} >= router
     assert not any(field in router for line in lines[program.entry:] for field in line.split())
-    assert expected_read_bytes(program, TINY, start_up=True) == 16 * program.entry + sum(
+    assert expected_read_bytes(program, TINY, run="start_up") == 16 * program.entry + sum(
         int(line.split("bytes=")[1].split()[0]) for line in lines[:program.entry] if line.startswith("LOAD"))
 
 
