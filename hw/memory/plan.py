@@ -67,7 +67,8 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
         Memory("activation", stream_width, _words((t * d + rows * t) * ow, stream_width),
                purpose="LayerNorm output / attention output and one head's P: the array's streamed operand"),
         Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
-               purpose="attention Q/Kᵀ/V/two heads' scores, or MLP hidden + combine accumulator, or head line band"),
+               purpose="attention Q/Kᵀ/V/two heads' scores, or MLP hidden + combine accumulator, or a task head's band of "
+                       "input rows and ring of output rows"),
         Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
                                                     // accel.array_cols),
                purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),
