@@ -151,3 +151,12 @@ def test_tick_until_stops_after_the_edge_that_raises_the_port():
     assert model.tick_until(model.component.reached, 10) == 10      # the count is 13
     assert model.tick_until(model.component.reached, 100) == 27     # 40 after 27 more edges
     assert model.get(model.component.reached) == 1 and model.cycles == 37
+
+
+def test_pack_leaves_a_field_out_as_amaranth_does():
+    """A struct's fields left out of the dict are 0, as `Layout.const` makes them (a command set in part)."""
+    from amaranth.lib import data
+    from hw.sim.verilator import pack
+    layout = data.StructLayout({"a": 4, "b": data.StructLayout({"c": 2, "d": 3}), "e": 5})
+    for value in ({"a": 5}, {"b": {"d": 6}, "e": 17}, {"a": 15, "b": {"c": 3, "d": 7}, "e": 31}):
+        assert pack(layout, value) == layout.const(value).as_value().value

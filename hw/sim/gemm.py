@@ -115,9 +115,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
         m_rows, words, fields = x.m, x.words, x.fields
     else:
         m_rows = len(rows) if rows is not None else x.shape[0]
-        words = pack_x(x, r, engine.x_stride)
-        fields = {"x_base": 0, "x_stride": engine.x_stride, "conv": 0, "channel_tiles": 0, "x_above": 0,
-                  "x_below": 0, "pad": {"above": 0, "below": 0, "left": 0, "right": 0}}
+        words, fields = pack_x(x, r, engine.x_stride), {"x_base": 0, "x_stride": engine.x_stride}
     for address, word in enumerate(words):
         ctx.set(bench.x.data[address], [int(v) for v in word])
     if bench.w is not None:

@@ -59,13 +59,14 @@ _ELABORATED: dict = {}     # (component, name) → (its ports, its Verilog): the
 
 def pack(shape, value) -> int:
     """The bits of `value` (an int, a list for an array layout, a dict for a struct layout) in `shape`, as
-    `shape.const(value)` would give them, without building Amaranth constants (the memory fills are large)."""
+    `shape.const(value)` would give them (a field the dict leaves out is 0), without building Amaranth constants
+    (the memory fills are large)."""
     if isinstance(shape, data.ArrayLayout):
         width = data.Layout.cast(shape.elem_shape).size if isinstance(shape.elem_shape, data.Layout) \
             else Shape.cast(shape.elem_shape).width
         return sum(pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
     if isinstance(shape, data.StructLayout):
-        return sum(pack(field.shape, value[name]) << field.offset for name, field in shape)
+        return sum(pack(field.shape, value[name]) << field.offset for name, field in shape if name in value)
     width = Shape.cast(shape).width
     return int(value.value if isinstance(value, Enum) else value) & ((1 << width) - 1)
 
