@@ -9,7 +9,7 @@ parameter given in clocks (tMRD ≥ 2 clocks, the write recovery ≥ 2 clocks) i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 
 __all__ = ["SDRAMChip", "SDRAMTiming", "SDRAMCycles", "ULX3S_SDRAM"]
 
@@ -50,21 +50,9 @@ class SDRAMTiming:
                            tREFI=math.floor(self.tREFI / period), power_up=up(self.power_up))
 
 
-@dataclass(frozen=True)
-class SDRAMCycles:
-    """`SDRAMTiming` in clock cycles (see there)."""
-
-    tRCD: int
-    tRP: int
-    tRAS: int
-    tRAS_max: int
-    tRC: int
-    tRRD: int
-    tRFC: int
-    tWR: int
-    tMRD: int
-    tREFI: int
-    power_up: int
+# `SDRAMTiming`'s parameters in clock cycles (tCK_min aside): what a controller counts.
+SDRAMCycles = make_dataclass("SDRAMCycles", [(f.name, int) for f in fields(SDRAMTiming) if f.name != "tCK_min"],
+                             frozen=True)
 
 
 @dataclass(frozen=True)
