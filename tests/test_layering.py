@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FORBIDDEN = {"golden": {"hw", "firmware", "m3vit"}, "hw": {"firmware", "m3vit"}, "firmware": {"m3vit"}}
 TORCH_ALLOWED = {"golden/float_model.py", "golden/trained_like.py"}   # the float model and its shaping
 # hw/ by role, lowest first: a package imports only from itself and the packages before it.
-HW_ORDER = ["common", "memory", "vector", "compute", "moe", "control", "flow", "sim"]
+HW_ORDER = ["common", "memory", "vector", "compute", "moe", "control", "board", "flow", "sim"]
 
 
 def _imports(path):
