@@ -4,13 +4,17 @@ refuse, the sequential read bandwidth, and Verilog that elaborates."""
 
 import dataclasses
 import random
+import types
 
 import numpy as np
 import pytest
+from amaranth import Module
 from amaranth.back import rtlil
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from hw.memory.axi import Burst, Response
+from hw.memory.arbiter import AXI4Arbiter
+from hw.memory.axi import AXI4, Burst, Response
 from hw.memory.sdram import SDRAMController
 from hw.memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
 from hw.sim.sdram import SDRAMModel
@@ -22,8 +26,9 @@ LIMIT_CYCLES = 60_000
 PINS = ("cke", "cs_n", "ras_n", "cas_n", "we_n", "ba", "a", "dq_oe", "dqm")
 
 
-def simulate(controller, chip, *benches, model=None):
-    """Run `benches` (async functions of ctx) with the chip model (or `model`) on the pins; returns the model."""
+def simulate(controller, chip, *benches, model=None, design=None):
+    """Run `benches` (async functions of ctx) on `design` (default the controller) with the chip model (or
+    `model`) on the controller's pins; returns the model."""
     model = model or SDRAMModel(chip, CLOCK)
     pins = controller.sdram
 
@@ -43,7 +48,7 @@ def simulate(controller, chip, *benches, model=None):
             finished.append(bench)
         return run
 
-    simulator = Simulator(controller)
+    simulator = Simulator(design or controller)
     simulator.add_clock(1 / CLOCK)
     simulator.add_testbench(sdram)
     for bench in benches:
@@ -218,6 +223,39 @@ def test_a_reader_that_stops_taking_data_loses_none(data_width):
     assert got == [sum(words[i * per_beat + j] << (16 * j) for j in range(per_beat)) for i in range(beats)]
 
 
+def test_two_masters_share_it_through_the_arbiter():
+    """The board's arrangement: two whole AXI4 masters (the accelerator, the host bridge) on one controller
+    through `AXI4Arbiter`, each writing and reading back its own region with random stalls, at once."""
+    controller = SDRAMController(QUICK, CLOCK, data_width=64)
+    arbiter = AXI4Arbiter(AXI4.Signature(32, 64), 2)
+    design = Module()
+    design.submodules.controller, design.submodules.arbiter = controller, arbiter
+    wiring.connect(design, arbiter.bus, controller.axi)
+    rng = random.Random(9)
+    checked = []
+
+    def master(index):
+        port = Master(types.SimpleNamespace(axi=arbiter.inputs[index]), rng, 0.3)
+        base = index * 64 * 1024 + 1024 * index
+
+        async def bench(ctx):
+            await until(ctx, lambda: ctx.get(controller.ready))
+            written = {}
+            for _ in range(12):
+                beats = rng.choice([1, 3, 8])
+                address = base + 8 * rng.randrange(0, 200)
+                data = [rng.getrandbits(64) for _ in range(beats)]
+                assert (await port.write(ctx, address, data, [0xFF] * beats))[0] == Response.OKAY
+                written.update({address + 8 * i: word for i, word in enumerate(data)})
+                check = rng.choice(sorted(written))
+                assert (await port.read(ctx, check, 1))[0][0] == written[check]
+                checked.append(index)
+        return bench
+
+    simulate(controller, QUICK, master(0), master(1), design=design)
+    assert sorted(set(checked)) == [0, 1] and len(checked) == 24
+
+
 def test_bursts_it_cannot_serve_answer_slverr_and_leave_the_sdram_alone():
     controller = SDRAMController(QUICK, CLOCK, data_width=32)
     master = Master(controller, random.Random(4))
@@ -298,3 +336,5 @@ def test_bad_parameters_are_refused_by_name(arguments, message):
 def test_it_elaborates():
     text = rtlil.convert(SDRAMController(ULX3S_SDRAM, CLOCK, data_width=128, id_width=4))
     assert "sdram__ras_n" in text and "axi__rdata" in text
+    text = rtlil.convert(AXI4Arbiter(AXI4.Signature(32, 128, 2), 2))
+    assert "inputs__1__wdata" in text and "bus__bresp" in text

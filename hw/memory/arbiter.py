@@ -1,4 +1,7 @@
-"""`ReadArbiter`: several AXI4 read masters share one AXI4 read port, a burst at a time.
+"""Several AXI4 masters on one AXI4 port, a burst at a time: `ReadArbiter` (AR/R), `WriteArbiter` (AW/W/B) and
+`AXI4Arbiter` (both, for whole AXI4 masters: the board's accelerator and host bridge on its SDRAM).
+
+`ReadArbiter`: several AXI4 read masters share one AXI4 read port, a burst at a time.
 
 Master 0 (the controller's program fetch) wins whenever it requests; the others take turns (round robin from
 the one after the last served). A granted master's AR passes through until ARREADY; its index goes into a FIFO,
@@ -15,11 +18,39 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from .axi import AXI4Read
+from .axi import AXI4, AXI4Read, AXI4Write
 
-__all__ = ["ReadArbiter"]
+__all__ = ["ReadArbiter", "WriteArbiter", "AXI4Arbiter"]
 
 _REQUEST = ("araddr", "arlen", "arsize", "arburst", "arid", "arcache", "arprot")
+
+
+def _grant(m, requests, room, *, first_wins: bool):
+    """(granted, grant): a master is granted while none is and there is `room`: request 0 first if
+    `first_wins`, else (and among the others) in turn from the one after the last granted. The caller clears
+    `granted` when the grant is used."""
+    count = len(requests)
+    granted, grant = Signal(), Signal(range(count))
+    last = Signal(range(count))                   # the last of the turn-takers served
+    turns = list(range(1 if first_wins else 0, count))
+    def in_turn():
+        with m.Switch(last):                      # from the one after `last`
+            for served in range(count):
+                start = turns.index(served) + 1 if served in turns else 0
+                with m.Case(served):
+                    for turn, candidate in enumerate(turns[start:] + turns[:start]):
+                        with (m.If if turn == 0 else m.Elif)(requests[candidate]):
+                            m.d.sync += [granted.eq(1), grant.eq(candidate), last.eq(candidate)]
+
+    with m.If(~granted & room):
+        if first_wins:
+            with m.If(requests[0]):
+                m.d.sync += [granted.eq(1), grant.eq(0)]
+            with m.Else():
+                in_turn()
+        else:
+            in_turn()
+    return granted, grant
 
 
 class ReadArbiter(wiring.Component):
@@ -37,21 +68,7 @@ class ReadArbiter(wiring.Component):
         count = self.masters
         m.submodules.order = order = SyncFIFO(width=max(1, (count - 1).bit_length()), depth=self.depth)
 
-        granted = Signal()
-        grant = Signal(range(count))
-        last = Signal(range(count))               # the last of the others served, for the round robin
-        with m.If(~granted & order.w_rdy):
-            with m.If(inputs[0].arvalid):
-                m.d.sync += [granted.eq(1), grant.eq(0)]
-            with m.Else():
-                others = list(range(1, count))
-                with m.Switch(last):                  # the others in turn, from the one after `last`
-                    for served in range(count):
-                        start = others.index(served) + 1 if served in others else 0
-                        with m.Case(served):
-                            for turn, candidate in enumerate(others[start:] + others[:start]):
-                                with (m.If if turn == 0 else m.Elif)(inputs[candidate].arvalid):
-                                    m.d.sync += [granted.eq(1), grant.eq(candidate)]
+        granted, grant = _grant(m, [port.arvalid for port in inputs], order.w_rdy, first_wins=True)
         for index, port in enumerate(inputs):
             chosen = granted & (grant == index)
             m.d.comb += port.arready.eq(chosen & bus.arready)
@@ -62,8 +79,6 @@ class ReadArbiter(wiring.Component):
         m.d.comb += [order.w_en.eq(taken), order.w_data.eq(grant)]
         with m.If(taken):
             m.d.sync += granted.eq(0)
-            with m.If(grant != 0):
-                m.d.sync += last.eq(grant)
 
         head = order.r_data
         for index, port in enumerate(inputs):
@@ -73,4 +88,79 @@ class ReadArbiter(wiring.Component):
             with m.If(mine):
                 m.d.comb += bus.rready.eq(port.rready)
         m.d.comb += [order.r_en.eq(bus.rvalid & bus.rready & bus.rlast), self.pending.eq(order.r_rdy)]
+        return m
+
+
+_WRITE_REQUEST = ("awaddr", "awlen", "awsize", "awburst", "awid", "awcache", "awprot")
+
+
+class WriteArbiter(wiring.Component):
+    """Several AXI4 write masters share one AXI4 write port, a burst at a time, in turn (round robin). A granted
+    master's AW passes through until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass
+    from the master at the head of the first until WLAST (AXI4 has no write ID: data follow the addresses'
+    order), B responses return to the master at the head of the second (the port answers in order: one ID).
+    A master may offer W beats before its AW: they wait until its burst's turn."""
+
+    def __init__(self, signature: AXI4Write.Signature, masters: int, depth: int = 4):
+        if not isinstance(masters, int) or masters < 1 or not isinstance(depth, int) or depth < 1:
+            self._MustUse__silence = True             # never built, so never elaborated
+            raise ValueError(f"WriteArbiter masters = {masters!r}, depth = {depth!r}: at least one of each")
+        self.masters, self.depth = masters, depth
+        super().__init__({"inputs": In(signature).array(masters), "bus": Out(signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, inputs = self.bus, self.inputs
+        width = max(1, (self.masters - 1).bit_length())
+        m.submodules.data_order = data_order = SyncFIFO(width=width, depth=self.depth)
+        m.submodules.response_order = response_order = SyncFIFO(width=width, depth=self.depth)
+        granted, grant = _grant(m, [port.awvalid for port in inputs], data_order.w_rdy & response_order.w_rdy,
+                                first_wins=False)
+        taken = bus.awvalid & bus.awready
+        m.d.comb += [data_order.w_en.eq(taken), data_order.w_data.eq(grant),
+                     response_order.w_en.eq(taken), response_order.w_data.eq(grant)]
+        with m.If(taken):
+            m.d.sync += granted.eq(0)
+        for index, port in enumerate(inputs):
+            chosen = granted & (grant == index)
+            writer = data_order.r_rdy & (data_order.r_data == index)
+            answered = response_order.r_rdy & (response_order.r_data == index)
+            m.d.comb += [port.awready.eq(chosen & bus.awready), port.wready.eq(writer & bus.wready),
+                         port.bvalid.eq(answered & bus.bvalid), port.bresp.eq(bus.bresp), port.bid.eq(bus.bid)]
+            with m.If(chosen):
+                m.d.comb += [bus.awvalid.eq(port.awvalid)] + [getattr(bus, name).eq(getattr(port, name))
+                                                             for name in _WRITE_REQUEST]
+            with m.If(writer):
+                m.d.comb += [bus.wvalid.eq(port.wvalid), bus.wdata.eq(port.wdata), bus.wstrb.eq(port.wstrb),
+                             bus.wlast.eq(port.wlast)]
+            with m.If(answered):
+                m.d.comb += bus.bready.eq(port.bready)
+        m.d.comb += [data_order.r_en.eq(bus.wvalid & bus.wready & bus.wlast),
+                     response_order.r_en.eq(bus.bvalid & bus.bready)]
+        return m
+
+
+class AXI4Arbiter(wiring.Component):
+    """Whole AXI4 masters on one AXI4 port: a `ReadArbiter` (master 0 first) and a `WriteArbiter`, side by
+    side (`inputs[i]` and `bus` carry both halves)."""
+
+    def __init__(self, signature: AXI4.Signature, masters: int, depth: int = 4):
+        self.read = ReadArbiter(AXI4Read.Signature(signature.addr_width, signature.data_width, signature.id_width),
+                                masters, depth)
+        self.write = WriteArbiter(AXI4Write.Signature(signature.addr_width, signature.data_width,
+                                                      signature.id_width), masters, depth)
+        super().__init__({"inputs": In(signature).array(masters), "bus": Out(signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.read, m.submodules.write = self.read, self.write
+        for half in (self.read, self.write):
+            members = half.bus.signature.members
+            for name, member in members.items():
+                pairs = [(getattr(half.bus, name), getattr(self.bus, name))]
+                pairs += [(getattr(half.inputs[i], name), getattr(self.inputs[i], name))
+                          for i in range(len(self.inputs))]
+                for index, (inner, outer) in enumerate(pairs):
+                    from_outside = (member.flow == Out) == (index > 0)
+                    m.d.comb += inner.eq(outer) if from_outside else outer.eq(inner)
         return m
