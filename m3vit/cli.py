@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -316,6 +317,18 @@ def cmd_synth(args) -> int:
                                    for kind, value in result.utilization.items()))
     print("  critical path: " + " → ".join(f"{kind} {delay:.2f} ns ({where})"
                                            for delay, kind, where in result.critical_path))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from hw.flow.board import build_board
+    model, accel = model_preset(args.preset), accelerator_preset(args.accel)
+    result = build_board(model, accel, args.board, clock_hz=args.clock * 1e6, seed=args.seed,
+                         directory=args.output)
+    if args.program:
+        program = os.environ.get("OPENFPGALOADER", "openFPGALoader")
+        subprocess.run([program, "-b", "ulx3s", result.bitstream], check=True)
+    print(json.dumps({k: v for k, v in result.__dict__.items()}, indent=2) if args.json else result.text())
     return 0
 
 
@@ -631,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthesize the unit even if the whole accelerator does not fit the target")
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
+
+    build = commands.add_parser("build", help="a board's bitstream: the accelerator on its SDRAM, driven over USB serial")
+    build.add_argument("--board", default="ulx3s-85f", help="board (default ulx3s-85f)")
+    build.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    build.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
+    build.add_argument("--clock", type=_frequency, default=50.0, help="accelerator clock in MHz (default 50)")
+    build.add_argument("--seed", type=_seed, default=1, help="nextpnr's placement seed (default 1)")
+    build.add_argument("-o", "--output", type=_output_directory, required=True, help="build directory")
+    build.add_argument("--program", action="store_true", help="program the board with openFPGALoader afterwards")
+    build.add_argument("--json", action="store_true", help="print JSON")
+    build.set_defaults(run=cmd_build)
 
     interfaces = commands.add_parser("interfaces", help="every unit's ports, read from their signatures (markdown)")
     preset_args(interfaces)

@@ -1,0 +1,55 @@
+"""The ULX3S board top: its PLL settings, its pins and constraints as the board platform prepares them, and the
+refusals of `m3vit build` that come before any tool runs. (The bitstream itself is a bench: minutes.)"""
+
+import subprocess
+import sys
+
+import pytest
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from amaranth import Module
+from amaranth.lib import wiring
+
+from golden.config import accelerator_preset, model_preset
+from hw.board.top import ULX3STop, pll_dividers
+from hw.control.accelerator import Accelerator
+
+
+@pytest.mark.parametrize("mhz", [25, 50, 62.5, 100, 125])
+def test_the_pll_makes_the_clock_exactly_with_its_vco_in_range(mhz):
+    input_div, feedback_div, output_div = pll_dividers(25e6, mhz * 1e6)
+    assert 25e6 / input_div * feedback_div == mhz * 1e6
+    assert 400e6 <= mhz * 1e6 * output_div <= 800e6
+
+
+def test_a_clock_the_pll_or_the_sdram_cannot_take_is_refused():
+    with pytest.raises(ValueError, match="no ECP5 PLL setting"):
+        pll_dividers(25e6, 1000e6)
+    with pytest.raises(ValueError, match="faster than the chip"):
+        ULX3STop(model_preset("tiny"), accelerator_preset("4x4"), clock_hz=150e6)
+
+
+class StandIn(wiring.Component):
+    """The accelerator's ports and nothing behind them (its own elaboration takes a minute; the top's is tested
+    here, the accelerator's in tests/test_accelerator.py)."""
+
+    def elaborate(self, platform):
+        return Module()
+
+
+def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
+    accel = accelerator_preset("4x4")
+    top = ULX3STop(model_preset("tiny"), accel, clock_hz=50e6, accelerator=StandIn(Accelerator.Signature(accel)))
+    plan = ULX3S_85F_Platform().prepare(top, name="top")
+    constraints = plan.files["top.lpf"]
+    for pin in ("F19", "P20", "M20", "J16", "M1", "L4", "G2"):     # SDRAM clk, cs, a0, dq0; UART rx, tx; clk25
+        assert f'"{pin}"' in constraints, pin
+    assert "FREQUENCY" in constraints and "50" in constraints
+    assert "EHXPLLL" in plan.files["top.il"]
+
+
+def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "m3vit.cli", "build", "--preset", "m3vit-tiny-cityscapes",
+                             "--accel", "16x16", "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ulx3s" in result.stderr.lower() and not (tmp_path / "out" / "top.bit").exists()
