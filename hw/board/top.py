@@ -88,7 +88,7 @@ class ULX3STop(wiring.Component):
         return m
 
     def _clock(self, m, platform):
-        clock, locked = Signal(), Signal()
+        clock, locked = Signal(name="pll_clock"), Signal(name="pll_locked")
         m.submodules.oscillator = oscillator = io.Buffer("i", platform.request("clk25", dir="-"))
         input_div, feedback_div, output_div = self.dividers
         m.submodules.pll = Instance(

@@ -64,8 +64,8 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
     if board not in BOARDS:
         raise ConfigError("board", board, f"choose one of {', '.join(BOARDS)}")
     check_fit(model, accel, target(board))
-    for variable, tool in _TOOLS.items():
-        os.environ.setdefault(variable, require_tool(tool, SynthError))
+    for variable, tool in _TOOLS.items():        # by path: the platform looks tools up on PATH alone
+        os.environ[variable] = require_tool(os.environ.get(variable) or tool, SynthError)
     os.environ.setdefault("OPENFPGALOADER", "true")     # the platform looks for it even when not programming
     directory = Path(directory)
     start = time.monotonic()
