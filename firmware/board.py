@@ -34,7 +34,8 @@ class BridgeLink:
     async def _status(self, what: str) -> int:
         (status,) = await self.pipe.receive(1)
         if status != Status.OK:
-            raise LinkError(f"{what}: the bridge answered {Status(status).name if status in Status._value2member_map_ else status}")
+            name = Status(status).name if status in set(Status) else f"status {status}"
+            raise LinkError(f"{what}: the bridge answered {name}")
         return status
 
     async def _check_crc(self, what: str, reply: bytes) -> None:

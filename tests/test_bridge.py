@@ -18,8 +18,7 @@ from hw.board.uart import UARTReceiver, UARTTransmitter, divisor_for
 from hw.control.host import HostRegisters
 from hw.control.registers import ID_MAGIC, register
 from hw.memory.sdram import SDRAMController
-from hw.sim.sdram import SDRAMModel
-from test_sdram import CLOCK, PINS, QUICK
+from test_sdram import CLOCK, QUICK, simulate
 
 BUS_BYTES, BYTE_GAP, RESYNC = 16, 3, 200
 
@@ -79,31 +78,16 @@ class SimulatedPipe:
 
 
 def run_board(bench):
+    """`bench(pipe, link)` on the board with the chip model on its SDRAM pins (`test_sdram.simulate`)."""
     board = Board()
-    model = SDRAMModel(QUICK, CLOCK)
-    finished = []
-
-    async def sdram(ctx):
-        pins = board.sdram.sdram
-        while not finished:
-            values = {name: ctx.get(getattr(pins, name)) for name in PINS}
-            word = model.step(dq=ctx.get(pins.dq_o), **values)
-            ctx.set(pins.dq_i, 0 if word is None else word)
-            await ctx.tick()
 
     async def host(ctx):
         pipe = SimulatedPipe(ctx, board.bridge)
         while not ctx.get(board.sdram.ready):
             await ctx.tick()
         await bench(pipe, BridgeLink(pipe, BUS_BYTES, chunk_beats=3))
-        finished.append(True)
 
-    simulator = Simulator(board)
-    simulator.add_clock(1 / CLOCK)
-    simulator.add_testbench(sdram)
-    simulator.add_testbench(host)
-    simulator.run()
-    return model
+    return simulate(board.sdram, QUICK, host, design=board)
 
 
 def test_the_host_code_reads_and_writes_registers_and_dram_through_the_bridge():
