@@ -1,32 +1,27 @@
-"""The ULX3S board top: the accelerator on the board's SDRAM, driven over the USB serial port.
+"""The ULX3S board top: the board's system (`hw.board.system`: the accelerator on the SDRAM, driven over the UART)
+on the board's clock and pins.
 
 `ULX3STop(model, accel, clock_hz=…, baud=…)`, elaborated for amaranth-boards' ULX3S platform:
 - the 25 MHz oscillator through the ECP5 PLL (`pll_dividers`) to the `sync` clock at `clock_hz`, held in reset
   until the PLL locks (a reset synchronizer);
-- the accelerator (`hw.control.accelerator`) and the host bridge's memory port, two AXI4 masters on one port
-  (`AXI4Arbiter`, the accelerator first for reads), served by `SDRAMController` from the board's 32 MiB SDRAM;
-  the SDRAM clock is the `sync` clock inverted (a DDR output), so commands and data, launched on the rising
-  edge, are sampled by the chip half a cycle later;
-- the host bridge (`hw.board.bridge`) on the UART (`hw.board.uart`, the line synchronised by two flip-flops) at
-  `baud`, its register port on the accelerator's host registers.
-The host's side is `firmware.board.BridgeLink`.
+- `BoardSystem` at `baud` on the USB serial port's UART pins, and on the board's 32 MiB SDRAM: the SDRAM clock
+  is the `sync` clock inverted (a DDR output), so commands and data, launched on the rising edge, are sampled
+  by the chip half a cycle later;
+- LED 0 lit once the SDRAM is ready (the host waits for it after programming).
+The host's side is `firmware.board`.
 """
 
 from __future__ import annotations
 
 from amaranth import ClockDomain, ClockSignal, Instance, Module, Signal
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib.cdc import ResetSynchronizer
 
 from golden.config import AcceleratorConfig, ModelConfig
 
-from ..control.accelerator import Accelerator
-from ..memory.arbiter import AXI4Arbiter
-from ..memory.sdram import SDRAMController
 from ..memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
-from .bridge import HostBridge
-from .protocol import RESYNC_BYTES
-from .uart import UARTReceiver, UARTTransmitter, divisor_for
+from .system import BoardSystem
+from .uart import divisor_for
 
 __all__ = ["ULX3STop", "pll_dividers"]
 
@@ -60,31 +55,22 @@ class ULX3STop(wiring.Component):
         accelerator of `model` on `accel`)."""
         try:                                          # every check before any part is built
             self.dividers = pll_dividers(OSCILLATOR_HZ, clock_hz)
-            self.divisor = divisor_for(clock_hz, baud)
-            chip.timing.cycles(clock_hz)
+            self.system = BoardSystem(model, accel, clock_hz=clock_hz, divisor=divisor_for(clock_hz, baud),
+                                      chip=chip, accelerator=accelerator)
         except ValueError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
-        self.accelerator = accelerator if accelerator is not None else Accelerator(model, accel)
-        self.sdram = SDRAMController(chip, clock_hz, data_width=8 * accel.dram_bytes_per_beat,
-                                     cas_latency=2 if clock_hz <= 100e6 else 3)
-        self.clock_hz, self.chip = clock_hz, chip
-        self.bridge = HostBridge(bus_bytes=accel.dram_bytes_per_beat,
-                                 resync_cycles=RESYNC_BYTES * 10 * self.divisor)
-        self.arbiter = AXI4Arbiter(Accelerator.Signature(accel).bus, 2)
+        self.clock_hz = clock_hz
         super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
         self._clock(m, platform)
-        m.submodules.accelerator, m.submodules.bridge = self.accelerator, self.bridge
-        m.submodules.arbiter, m.submodules.sdram = self.arbiter, self.sdram
-        wiring.connect(m, self.accelerator.axi, self.arbiter.inputs[0])
-        wiring.connect(m, self.bridge.memory, self.arbiter.inputs[1])
-        wiring.connect(m, self.arbiter.bus, self.sdram.axi)
-        wiring.connect(m, self.bridge.registers, self.accelerator.host)
+        m.submodules.system = self.system
         self._uart(m, platform)
         self._sdram_pins(m, platform)
+        m.submodules.ready_led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led.o.eq(self.system.ready)
         return m
 
     def _clock(self, m, platform):
@@ -109,15 +95,10 @@ class ULX3STop(wiring.Component):
     def _uart(self, m, platform):
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx, m.submodules.uart_tx = rx, tx = io.Buffer("i", uart.rx), io.Buffer("o", uart.tx)
-        m.submodules.receiver = receiver = UARTReceiver(self.divisor)
-        m.submodules.transmitter = transmitter = UARTTransmitter(self.divisor)
-        m.submodules.rx_sync = FFSynchronizer(rx.i, receiver.rx, init=1)
-        m.d.comb += tx.o.eq(transmitter.tx)
-        wiring.connect(m, receiver.data, self.bridge.rx)
-        wiring.connect(m, self.bridge.tx, transmitter.data)
+        m.d.comb += [self.system.rx.eq(rx.i), tx.o.eq(self.system.tx)]
 
     def _sdram_pins(self, m, platform):
-        pins, ports = self.sdram.sdram, platform.request("sdram", 0, dir="-")
+        pins, ports = self.system.sdram, platform.request("sdram", 0, dir="-")
         m.submodules.sdram_clock = clock = io.DDRBuffer("o", ports.clk)
         m.d.comb += [clock.o[0].eq(0), clock.o[1].eq(1)]          # the clock inverted
         outputs = {"clk_en": pins.cke, "cs": ~pins.cs_n, "we": ~pins.we_n, "ras": ~pins.ras_n,

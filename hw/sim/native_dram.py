@@ -32,30 +32,23 @@ class NativeDram:
                                      ctypes.POINTER(ctypes.c_ulonglong)]
         for function in ("sim_dram_write", "sim_dram_read"):
             getattr(lib, function).argtypes = [ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_int]
-        lib.sim_dram_error.argtypes = [ctypes.c_void_p]
-        lib.sim_dram_error.restype = ctypes.c_char_p
-        self._lib, self._handle = lib, model.handle
+        lib.sim_add_dram.restype = ctypes.c_void_p
+        self._lib, self._model = lib, model
         indices = (ctypes.c_int * len(_PORTS))(*(model.port_index(getattr(port, name)) for name in _PORTS))
         fail = (ctypes.c_ulonglong * 4)(*(value for failed in (fail_reads, fail_writes)
                                          for value in ((failed.start, failed.stop) if failed else (0, 0))))
-        lib.sim_add_dram(self._handle, indices, len(port.rdata) // 8, size, read_latency, write_latency, stall, seed,
-                         fail)
-        model.dram = self
-
-    def check(self) -> None:
-        """Raise `AXIProtocolError` if the master broke a rule."""
-        error = self._lib.sim_dram_error(self._handle)
-        if error:
-            raise AXIProtocolError(error.decode())
+        self._device = lib.sim_add_dram(model.handle, indices, len(port.rdata) // 8, size, read_latency,
+                                        write_latency, stall, seed, fail)
+        model.add_device(self._device, AXIProtocolError)
 
     def write(self, address: int, data: bytes) -> None:
         check_access(address, len(data), self.size)
-        self._lib.sim_dram_write(self._handle, address, bytes(data), len(data))
+        self._lib.sim_dram_write(self._device, address, bytes(data), len(data))
 
     def read(self, address: int, length: int) -> bytes:
         check_access(address, length, self.size)
         buffer = ctypes.create_string_buffer(length)
-        self._lib.sim_dram_read(self._handle, address, buffer, length)
+        self._lib.sim_dram_read(self._device, address, buffer, length)
         return buffer.raw
 
 
@@ -63,10 +56,10 @@ class NativeDram:
 # size burst), W (valid ready data strb last), B (valid ready resp id), in the order of `_PORTS`.
 DRAM_SOURCE = r"""
 struct Burst { uint64_t address; int beats, received; int64_t ready_at; bool failed; };
-struct Dram {
+struct Dram : Device {
   int p[27]; int bus, words, read_latency, write_latency; double stall; uint64_t seed;
   uint64_t fail_read[2], fail_write[2];
-  std::vector<uint8_t> image; int64_t cycle = 0; std::string error;
+  std::vector<uint8_t> image;
   std::deque<Burst> reads, writes; std::deque<std::vector<uint32_t>> w_beats; std::deque<std::pair<int64_t, bool>> responses;
   bool beat = false, beat_last = false, beat_failed = false, accepted = false, arready = false, awready = false;
   bool wready = false, response = false, response_failed = false, b_taken = false;
@@ -75,6 +68,9 @@ struct Dram {
   bool has_w_waiting = false;
   bool chance() { seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
                   return (double)(seed >> 11) / 9007199254740992.0 >= stall; }
+  void drive(Sim *s) override;
+  void sample(Sim *s) override;
+  void advance(Sim *s) override;
 };
 enum { ARV, ARR, ARA, ARL, ARS, ARB, RV, RR, RD, RRESP, RL, RID, AWV, AWR, AWA, AWL, AWS, AWB,
        WV, WR, WD, WS, WL, BV, BR, BRESP, BID };
@@ -99,10 +95,8 @@ static bool check(Dram *d, const char *channel, const std::vector<uint32_t> &r, 
   return true;
 }
 
-static void dram_drive(Sim *s) {
-  Dram *d = s->dram;
-  if (!d->error.empty()) { s->top.eval(); return; }
-  std::vector<uint32_t> buffer(d->words + 2, 0);
+void Dram::drive(Sim *s) {
+  Dram *d = this;
   d->arready = d->chance();
   set1(s, d->p[ARR], d->arready);
   if (!d->beat && !d->reads.empty() && d->reads.front().ready_at <= d->cycle && d->chance()) {
@@ -125,7 +119,11 @@ static void dram_drive(Sim *s) {
     d->response = true; d->response_failed = d->responses.front().second; d->responses.pop_front();
   }
   set1(s, d->p[BV], d->response); set1(s, d->p[BRESP], d->response_failed ? 2 : 0); set1(s, d->p[BID], 0);
-  s->top.eval();
+}
+
+void Dram::sample(Sim *s) {
+  Dram *d = this;
+  std::vector<uint32_t> buffer(d->words + 2, 0);
   auto offer = [&](int valid, std::initializer_list<int> fields, std::vector<uint32_t> &into, bool &has,
                    const std::vector<uint32_t> &waiting, bool has_waiting, const char *channel) {
     has = get1(s, d->p[valid]) & 1;
@@ -151,9 +149,8 @@ static void dram_drive(Sim *s) {
   d->b_taken = d->response && (get1(s, d->p[BR]) & 1);
 }
 
-static void dram_advance(Sim *s) {
-  Dram *d = s->dram;
-  if (!d->error.empty()) return;
+void Dram::advance(Sim *s) {
+  Dram *d = this;
   Burst burst;
   if (d->has_request && d->arready) {
     if (!check(d, "AR", d->request, burst)) return;
@@ -191,14 +188,10 @@ static void dram_advance(Sim *s) {
     if (++head.received == head.beats) { d->responses.push_back({d->cycle + d->write_latency, head.failed}); d->writes.pop_front(); }
   }
   if (d->b_taken) d->response = false;
-  d->cycle++;
 }
 
-static void dram_free(Dram *d) { delete d; }
-static bool dram_failed(const Dram *d) { return !d->error.empty(); }
-
 extern "C" {
-void sim_add_dram(void *h, const int *ports, int bus, int bytes, int read_latency, int write_latency, double stall,
+void *sim_add_dram(void *h, const int *ports, int bus, int bytes, int read_latency, int write_latency, double stall,
                   unsigned long long seed, const unsigned long long *fail) {
   Sim *s = static_cast<Sim *>(h);
   Dram *d = new Dram();
@@ -207,15 +200,14 @@ void sim_add_dram(void *h, const int *ports, int bus, int bytes, int read_latenc
   d->stall = stall; d->seed = seed * 2654435761ULL + 1;
   d->fail_read[0] = fail[0]; d->fail_read[1] = fail[1]; d->fail_write[0] = fail[2]; d->fail_write[1] = fail[3];
   d->image.assign(bytes, 0);
-  dram_free(s->dram);
-  s->dram = d;
+  s->devices.push_back(d);
+  return d;
 }
-void sim_dram_write(void *h, unsigned long long address, const uint8_t *data, int length) {
-  memcpy(&static_cast<Sim *>(h)->dram->image[address], data, length);
+void sim_dram_write(void *device, unsigned long long address, const uint8_t *data, int length) {
+  memcpy(&static_cast<Dram *>(device)->image[address], data, length);
 }
-void sim_dram_read(void *h, unsigned long long address, uint8_t *data, int length) {
-  memcpy(data, &static_cast<Sim *>(h)->dram->image[address], length);
+void sim_dram_read(void *device, unsigned long long address, uint8_t *data, int length) {
+  memcpy(data, &static_cast<Dram *>(device)->image[address], length);
 }
-const char *sim_dram_error(void *h) { return static_cast<Sim *>(h)->dram->error.c_str(); }
 }
 """

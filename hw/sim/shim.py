@@ -1,6 +1,7 @@
 """The C++ around a verilated model (`hw.sim.verilator`): ports set and read by index, memories served outside
-the design, the clock ticked natively (`sim_tick`, `sim_tick_until`); `hw.sim.native_dram`'s DRAM is compiled
-in beside it. `SHIM_SOURCE` is a format string: the model's name (`top`) and one setter and getter per port
+the design, the clock ticked natively (`sim_tick`, `sim_tick_until`), and native devices on its ports (a `Device`: the
+DRAM of `hw.sim.native_dram`, the SDRAM chip and the UART host of `hw.sim.native_board`, compiled in beside it)
+served on every cycle. `SHIM_SOURCE` is a format string: the model's name (`top`) and one setter and getter per port
 (`accessors`).
 """
 
@@ -19,12 +20,22 @@ SHIM_SOURCE = """
 double sc_time_stamp() {{ return 0; }}
 
 struct Memory {{ int addr, en, data, words; std::vector<uint32_t> storage; }};
-struct Dram;
-struct Sim {{ V{top} top; std::vector<Memory> memories; Dram *dram = nullptr; }};
-static void dram_drive(Sim *s);
-static void dram_advance(Sim *s);
-static void dram_free(Dram *d);
-static bool dram_failed(const Dram *d);
+struct Sim;
+/* A model on some of the design's ports, each cycle: `drive` sets its inputs (the clock low), `sample` reads the
+   design's answer (evaluated), `advance` moves on after the rising edge. A rule broken sets `error`, and the
+   device stops. */
+struct Device {{
+  std::string error; int64_t cycle = 0;
+  virtual ~Device() {{}}
+  virtual void drive(Sim *s) {{}}
+  virtual void sample(Sim *s) {{}}
+  virtual void advance(Sim *s) {{}}
+}};
+struct Sim {{
+  V{top} top; std::vector<Memory> memories; std::vector<Device *> devices;
+  ~Sim() {{ for (Device *d : devices) delete d; }}
+  bool failed() const {{ for (const Device *d : devices) if (!d->error.empty()) return true; return false; }}
+}};
 
 static void set_port(V{top} *t, int port, const uint32_t *w) {{
   switch (port) {{
@@ -39,7 +50,7 @@ static void get_port(V{top} *t, int port, uint32_t *w) {{
 
 extern "C" {{
 void *sim_new() {{ return new Sim; }}
-void sim_delete(void *h) {{ dram_free(static_cast<Sim *>(h)->dram); delete static_cast<Sim *>(h); }}
+void sim_delete(void *h) {{ delete static_cast<Sim *>(h); }}
 void sim_eval(void *h) {{ static_cast<Sim *>(h)->top.eval(); }}
 void sim_set(void *h, int port, const uint32_t *w) {{ set_port(&static_cast<Sim *>(h)->top, port, w); }}
 void sim_get(void *h, int port, uint32_t *w) {{ get_port(&static_cast<Sim *>(h)->top, port, w); }}
@@ -52,12 +63,16 @@ void sim_store(void *h, int memory, int address, const uint32_t *w) {{
   Memory &m = static_cast<Sim *>(h)->memories[memory];
   for (int i = 0; i < m.words; i++) m.storage[(size_t)address * m.words + i] = w[i];
 }}
-/* One rising edge, two evaluations: the clock low with the DRAM's outputs for this cycle (the design's
-   combinational answer to them is what the DRAM and the memories sample), then the clock high. */
+const char *sim_device_error(void *device) {{ return static_cast<Device *>(device)->error.c_str(); }}
+}}
+/* One rising edge, two evaluations: the clock low with the devices' outputs for this cycle (the design's
+   combinational answer to them is what the devices and the memories sample), then the clock high. */
 static void tick(Sim *s, int clock) {{
   uint32_t one = 1, zero = 0, address[2], enable[2];
   set_port(&s->top, clock, &zero);
-  if (s->dram) dram_drive(s); else s->top.eval();
+  for (Device *d : s->devices) if (d->error.empty()) d->drive(s);
+  s->top.eval();
+  for (Device *d : s->devices) if (d->error.empty()) d->sample(s);
   std::vector<int> reads(s->memories.size(), -1);
   for (size_t i = 0; i < s->memories.size(); i++) {{
     Memory &m = s->memories[i];
@@ -77,12 +92,13 @@ static void tick(Sim *s, int clock) {{
     }}
   }}
   if (!s->memories.empty()) s->top.eval();
-  if (s->dram) dram_advance(s);
+  for (Device *d : s->devices) if (d->error.empty()) {{ d->advance(s); d->cycle++; }}
 }}
+extern "C" {{
 void sim_tick(void *h, int clock, int cycles) {{
   for (int cycle = 0; cycle < cycles; cycle++) tick(static_cast<Sim *>(h), clock);
 }}
-/* Up to `cycles` rising edges, stopping after the first that leaves bit 0 of port `until` high (or at a DRAM
+/* Up to `cycles` rising edges, stopping after the first that leaves bit 0 of port `until` high (or at a device's
    rule broken); the edges run. */
 long long sim_tick_until(void *h, int clock, int until, long long cycles) {{
   Sim *s = static_cast<Sim *>(h);
@@ -90,7 +106,7 @@ long long sim_tick_until(void *h, int clock, int until, long long cycles) {{
   for (long long cycle = 0; cycle < cycles; cycle++) {{
     tick(s, clock);
     get_port(&s->top, until, value);
-    if ((value[0] & 1) || (s->dram && dram_failed(s->dram))) return cycle + 1;
+    if ((value[0] & 1) || s->failed()) return cycle + 1;
   }}
   return cycles;
 }}

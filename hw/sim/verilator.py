@@ -33,6 +33,7 @@ from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
 from hw.flow.export import ports, simulation_verilog
+from .native_board import BOARD_SOURCE
 from .native_dram import DRAM_SOURCE
 from .shim import SHIM_SOURCE, accessors
 from hw.flow.export import verilator as verilator_path
@@ -105,7 +106,7 @@ class Verilated:
         self._ports = {id(signal): (index, signal) for index, signal in enumerate(signals)}
         self._clock = len(signals)
         layout = [(signal.name, len(signal)) for signal in signals] + [("clk", 1)]
-        source = verilog + repr(layout) + CXX_OPTIONS + SHIM_SOURCE + DRAM_SOURCE
+        source = verilog + repr(layout) + CXX_OPTIONS + SHIM_SOURCE + DRAM_SOURCE + BOARD_SOURCE
         key = hashlib.sha256(source.encode()).hexdigest()[:16]
         directory = CACHE / f"{name}-{key}"
         library = directory / "model.so"
@@ -131,7 +132,9 @@ class Verilated:
         self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._lib.sim_tick_until.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
         self._lib.sim_tick_until.restype = ctypes.c_longlong
-        self.dram = None
+        self._lib.sim_device_error.argtypes = [ctypes.c_void_p]
+        self._lib.sim_device_error.restype = ctypes.c_char_p
+        self._devices = []
         self._handle = self._lib.sim_new()
         self._words = (ctypes.c_uint32 * max(2, (max(len(s) for s in signals) + 31) // 32))()
         self._raw(self._clock, 0)
@@ -153,13 +156,23 @@ class Verilated:
 
     @property
     def library(self):
-        """The model's shared library (`ctypes.CDLL`) and its simulation `handle`, for native extensions
-        (`hw.sim.native_dram`)."""
+        """The model's shared library (`ctypes.CDLL`) and its simulation `handle`, for native devices
+        (`hw.sim.native_dram`, `hw.sim.native_board`)."""
         return self._lib
 
     @property
     def handle(self):
         return self._handle
+
+    @property
+    def clock_index(self) -> int:
+        """The clock's port index, for a device's own native wait (it calls `ran` after)."""
+        return self._clock
+
+    def add_device(self, device, error: type[Exception]) -> None:
+        """A native device (its `Device *`) added to the model: a rule it finds broken raises `error` after the
+        ticks that broke it."""
+        self._devices.append((device, error))
 
     def port_index(self, port) -> int:
         return self._signal(port)[0]
@@ -185,24 +198,27 @@ class Verilated:
         return unpack(port.shape(), raw)
 
     def tick(self, cycles: int = 1) -> None:
-        """`cycles` rising edges; memories added with `add_memory` and a `NativeDram` serve their ports on
+        """`cycles` rising edges; memories added with `add_memory` and native devices serve their ports on
         each."""
         self._lib.sim_tick(self._handle, self._clock, cycles)
-        self._ran(cycles)
+        self.ran(cycles)
 
     def tick_until(self, port, cycles: int) -> int:
         """Rising edges until one leaves the one-bit `port` high, at most `cycles`; how many ran. The whole loop
         runs natively: Python sees none of the cycles."""
         ran = self._lib.sim_tick_until(self._handle, self._clock, self._signal(port)[0], cycles)
-        self._ran(ran)
+        self.ran(ran)
         return ran
 
-    def _ran(self, cycles: int) -> None:
-        """After `cycles` native edges: the outputs are settled, and a DRAM rule broken on them raises."""
+    def ran(self, cycles: int) -> None:
+        """After `cycles` edges run natively (`tick`, `tick_until`, a device's own wait): the outputs are
+        settled, and a device's rule broken on them raises."""
         self._dirty = False
         self.cycles += cycles
-        if self.dram is not None:
-            self.dram.check()
+        for device, error in self._devices:
+            message = self._lib.sim_device_error(device)
+            if message:
+                raise error(message.decode())
 
     def add_memory(self, memory: "ModelMemory", port) -> None:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
@@ -215,8 +231,8 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{top}.v").write_text(verilog)
     code = [accessors(i, name, width) for i, (name, width) in enumerate(layout)]
-    (directory / "shim.cpp").write_text(SHIM_SOURCE.format(top=top, setters="\n".join(a for a, _ in code),
-                                                           getters="\n".join(g for _, g in code)) + DRAM_SOURCE)
+    shim = SHIM_SOURCE.format(top=top, setters="\n".join(a for a, _ in code), getters="\n".join(g for _, g in code))
+    (directory / "shim.cpp").write_text(shim + DRAM_SOURCE + BOARD_SOURCE)
     verilator = verilator_path()
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()
