@@ -1,10 +1,11 @@
-"""The host driver: one interface to the accelerator over interchangeable transports (Amaranth's simulator,
-`firmware.sim`; Verilator and a board to come).
+"""The host driver: one interface to the accelerator over interchangeable transports (Amaranth's simulator and
+Verilator, `firmware.sim`; a board or the simulated board over its UART, `firmware.board`).
 
 A transport gives the driver the host's view of the hardware, all `async`: `read32(offset)` /
 `write32(offset, value)` on the host registers (AXI4-Lite), `write_dram(address, data)` / `read_dram(address,
-length)` on the DRAM the accelerator masters, `wait(cycles)` to let the hardware run, and `wait_irq(cycles)`
-to let it run until its interrupt is high (at most `cycles`; returns the cycles that ran).
+length)` on the DRAM the accelerator masters, `upload(address, data)` for what stays resident (the model's
+weights: a board's transport skips it when the board holds it already), `wait(cycles)` to let the hardware run,
+and `wait_irq(cycles)` to let it run until its interrupt is high (at most `cycles`; returns the cycles that ran).
 
 `Driver(transport, model, accel)`: `await connect()` reads ID and CONFIG_HASH and refuses hardware built for
 another configuration; `await place(program)` puts the program and its regions in DRAM (`DramMap`), writes the
@@ -84,7 +85,7 @@ class Driver:
         layout = self.dram_map(program)
         transport = self.transport
         await transport.write_dram(layout.program, Assembler.program_bytes(program.words))
-        await transport.write_dram(layout.model, program.model)
+        await transport.upload(layout.model, program.model)
         await transport.write_dram(layout.image, program.image)
         await transport.write_dram(layout.output, bytes(program.output_bytes))
         for name, value in (("MODEL_ADDR", layout.model), ("IMAGE_ADDR", layout.image),

@@ -31,10 +31,11 @@ from hw.control.memories import onchip_spaces
 from hw.control.registers import COUNTERS
 
 from .compiler import CHECKPOINTS, backbone_program
+from .board import Board
 from .driver import Driver
 from .heads import head_output, head_traffic
 from .image import residual_from_bytes, routes_from_bytes, x_bytes
-from .sim import SIMULATORS, accelerator_for, simulate
+from .sim import accelerator_for, simulate
 
 __all__ = ["run_inference", "simulator_speed", "expected_read_bytes", "expected_write_bytes", "run_lines",
            "first_mismatch", "head_prediction", "ARRAY_KINDS"]
@@ -82,7 +83,8 @@ def expected_write_bytes(program, spaces, run="backbone") -> int:
 
 def _driven(accelerator, program, tasks, dram_bytes, simulator, latency, heads=None):
     """The start-up's result, then per task in order (run back to back) its backbone's result and wall seconds,
-    and its head's (None when the program has none, or past the first `heads` tasks)."""
+    and its head's (None when the program has none, or past the first `heads` tasks). `simulator` may be a
+    `firmware.board.Board` instead: the real board."""
     async def host(transport):
         driver = Driver(transport, accelerator.model, accelerator.accel)
         await driver.connect()
@@ -98,7 +100,10 @@ def _driven(accelerator, program, tasks, dram_bytes, simulator, latency, heads=N
                 head = (await driver.run_head(program, task, timeout=1 << 40), time.perf_counter() - start)
             results.append((result, seconds, head))
         return start_up, results
-    return simulate(accelerator, host, dram_bytes, simulator=simulator, latency=latency)
+    if isinstance(simulator, Board):
+        return simulator.drive(host, accelerator.accel)
+    dram = {"preload": True} if simulator == "board" else {"latency": latency}
+    return simulate(accelerator, host, dram_bytes, simulator=simulator, **dram)
 
 
 def _dram_bytes(program, model, accel) -> int:
@@ -257,7 +262,7 @@ def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: 
         return ran, time.perf_counter() - start, await driver.counters()
 
     measured = {}
-    for simulator, repeats in zip(SIMULATORS, (1, FAST_REPEATS)):
+    for simulator, repeats in (("pysim", 1), ("verilator", FAST_REPEATS)):
         begin, runs = time.perf_counter(), []
         for _ in range(repeats):
             runs.append(simulate(accelerator, host, _dram_bytes(program, model, accel), simulator=simulator,

@@ -1,13 +1,18 @@
 """The driver's transports over a simulator: the `Accelerator` with a DRAM on its AXI4 port and an AXI4-Lite master
 on its host port, in Amaranth's simulator (`pysim`: the DRAM models of `hw.sim.dram`, in Python) or Verilator
 (`verilator`: `hw.sim.verilator`, the same DRAM timing and rules served natively each cycle, so a run of a
-million cycles takes seconds; a build of a minute or two the first time).
+million cycles takes seconds; a build of a minute or two the first time); or the whole board (`board`:
+`hw.board.system.BoardSystem` in Verilator, the SDRAM chip and the host's end of the UART served natively,
+`hw.sim.native_board`), driven over the UART through `firmware.board.BoardTransport` as a board is.
 
 `simulate(accelerator, host, dram_bytes, simulator="pysim", **dram)` runs `await host(transport)` and returns its
 result; every simulated cycle serves the DRAM, whatever the host is doing. `dram`: `latency` (cycles to a read
 burst's first beat; write responses take half), `stall` (the probability of a stall on each AXI4 channel each
 cycle; each simulator draws its own), `seed`, and `fail_reads` / `fail_writes` (byte ranges that answer SLVERR).
-With no stalls both simulators see the same DRAM, cycle for cycle.
+With no stalls both simulators see the same DRAM, cycle for cycle. The board takes none of them (its DRAM is the
+SDRAM) but `preload`: the resident upload (the weights) written through a backdoor first, with its tag, as on a
+board that holds it already (the link then reads the tag and skips the upload); the UART runs at
+`BOARD_DIVISOR` cycles a bit.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import functools
 
 import numpy as np
 
+from hw.board.system import BoardSystem
 from hw.control.accelerator import Accelerator
 from hw.sim import simulate as run_simulation
 from hw.sim.axilite import AXILiteMaster
 from hw.sim.dram import AXI4ReadModel, AXI4WriteModel, check_access
+from hw.sim.native_board import NativeSdram, NativeUart, UARTError
 from hw.sim.native_dram import NativeDram
+
+from .board import BoardTransport, BridgeLink, LinkError, resident_tag
 
 __all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "accelerator_for", "SIMULATORS"]
 
@@ -38,6 +47,11 @@ class _Transport:
 
     async def write32(self, offset: int, value: int) -> None:
         await self.host.write(offset, value)
+
+    async def upload(self, address: int, data: bytes) -> bool:
+        """What stays resident, written every time (a simulation starts with an empty DRAM)."""
+        await self.write_dram(address, data)
+        return True
 
     async def wait(self, cycles: int) -> None:
         for _ in range(cycles):
@@ -113,7 +127,50 @@ class VerilatorTransport(_Transport):
         return self.dram.read(address, length)
 
 
-SIMULATORS = ("pysim", "verilator")
+class SimulatedUart:
+    """The link's pipe on the simulated board's UART (`hw.sim.native_board.NativeUart`); `cycles` the model's."""
+
+    def __init__(self, model, uart, divisor: int):
+        self.model, self.uart, self.divisor, self.sent = model, uart, divisor, 0
+
+    @property
+    def cycles(self) -> int:
+        return self.model.cycles
+
+    async def send(self, data: bytes) -> None:
+        self.uart.send(data)
+        self.sent += len(data)
+
+    async def receive(self, count: int) -> bytes:
+        budget = 20 * self.divisor * (self.sent + count) + 1_000_000     # the line's time, twice, and the bus's
+        self.sent = 0
+        try:
+            return self.uart.receive(count, budget)
+        except UARTError as error:
+            raise LinkError(str(error)) from None
+
+    async def idle(self, cycles: int) -> None:
+        self.model.tick(cycles)
+
+
+class SimulatedBoardTransport(BoardTransport):
+    """`BoardTransport` on the simulated board; with `preload`, an upload is first put in place by the backdoor
+    (`sdram`: the `NativeSdram`), tag and all."""
+
+    def __init__(self, link, sdram, *, preload: bool = False):
+        super().__init__(link, sdram.size)
+        self.sdram, self.preload = sdram, preload
+
+    async def upload(self, address: int, data: bytes) -> bool:
+        if self.preload:
+            self.sdram.write(address, data)
+            self.sdram.write(self.tag_address, resident_tag(address, data))
+        return await super().upload(address, data)
+
+
+SIMULATORS = ("pysim", "verilator", "board")
+BOARD_CLOCK_HZ = 50e6       # the simulated board's clock (its SDRAM timing in cycles)
+BOARD_DIVISOR = 4           # its UART's cycles a bit: the fewest the UART takes (a board at 50 MHz, 3 Mbaud: 17)
 
 
 @functools.lru_cache(maxsize=2)
@@ -123,13 +180,40 @@ def accelerator_for(model, accel) -> Accelerator:
     return Accelerator.for_model(model, accel)
 
 
+@functools.lru_cache(maxsize=2)
+def board_for(accelerator) -> BoardSystem:
+    """The simulated board around `accelerator`, one per process for each."""
+    return BoardSystem(accelerator.model, accelerator.accel, clock_hz=BOARD_CLOCK_HZ, divisor=BOARD_DIVISOR,
+                       accelerator=accelerator)
+
+
 def simulate(accelerator, host, dram_bytes: int, simulator: str = "pysim", **dram):
     """Run `await host(transport)` against `accelerator` in `simulator`; its return value."""
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator {simulator!r}: one of {', '.join(SIMULATORS)}")
     result = {}
 
-    if simulator == "pysim":
+    if simulator == "board":
+        from hw.sim.verilator import Verilated, VerilatorContext, run
+
+        board = board_for(accelerator)
+        model = Verilated(board, "board")
+        sdram = NativeSdram(model, board.sdram, board.chip)
+        link = BridgeLink(SimulatedUart(model, NativeUart(model, board.rx, board.tx, board.divisor), board.divisor),
+                          accelerator.accel.dram_bytes_per_beat)
+        transport = SimulatedBoardTransport(link, sdram, preload=dram.pop("preload", False))
+        if dram or dram_bytes > transport.tag_address:
+            raise ValueError(f"the simulated board: {', '.join(dram) or f'{dram_bytes:,} bytes of DRAM'} "
+                             f"(it takes only preload, and has {transport.tag_address:,} bytes)")
+
+        power_up = board.chip.timing.cycles(board.clock_hz).power_up
+        if model.tick_until(board.ready, 2 * power_up) == 2 * power_up:    # as a host waits after programming
+            raise RuntimeError(f"the simulated board's SDRAM was not ready within {2 * power_up:,} cycles")
+
+        async def testbench(ctx):
+            result["value"] = await host(transport)
+        run(VerilatorContext(model), testbench)
+    elif simulator == "pysim":
         async def testbench(ctx):
             result["value"] = await host(SimulatorTransport(ctx, accelerator, dram_bytes, **dram))
         run_simulation(accelerator, testbench)

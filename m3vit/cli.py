@@ -26,10 +26,12 @@ from hw.control.isa import IsaError
 from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 from golden.errors import CheckpointError
+from firmware.board import LinkError
+from firmware.driver import DriverError
 from golden.files import atomic_open
 
 USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError,
-               IsaError)
+               IsaError, LinkError, DriverError)
 MAX_SEED = 2 ** 32 - 1
 
 
@@ -401,10 +403,13 @@ def _write_predictions(path: str, reports: list[dict], model) -> list[str]:
 def cmd_run(args) -> int:
     """A whole inference per task (backbone, then the task's head unless --backbone-only) on the simulated
     accelerator against the golden model; exit status 1 if a task is not bit-exact."""
+    from firmware.board import Board
     from firmware.run import run_inference
+    where = args.sim if args.board is None else Board(args.board, clock_hz=args.clock * 1e6)
+    args.sim = str(where)
     model, accel, tasks, quantized, image = _backbone_inputs(args)
     heads = not args.backbone_only
-    summary = run_inference(quantized, accel, image, tasks, simulator=args.sim, latency=args.latency, heads=heads,
+    summary = run_inference(quantized, accel, image, tasks, simulator=where, latency=args.latency, heads=heads,
                             predictions=args.output is not None)
     reports, start_up, switch = summary["tasks"], summary["start_up"], summary["switch"]
     written = _write_predictions(args.output, reports, model) if args.output is not None else []
@@ -674,8 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--accel", default=accel, help=f"accelerator preset or RxC (default {accel})")
         if task == "all":
             sub.add_argument("--task", default="all", help="task index or name, or all (default all)")
-            sub.add_argument("--sim", default="verilator", choices=("pysim", "verilator"),
-                             help="simulator (default verilator)")
+            sub.add_argument("--sim", default="verilator", choices=("pysim", "verilator", "board"),
+                             help="simulator (default verilator; board: the whole board, driven over its UART)")
+            sub.add_argument("--board", metavar="PORT", default=None,
+                             help="run on a board (`m3vit build --program`) on this serial port instead")
+            sub.add_argument("--clock", type=_frequency, default=50.0,
+                             help="the board's clock in MHz, as built (default 50)")
         else:
             sub.add_argument("--task", default=task, help=f"task index or name (default {task})")
         sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")

@@ -374,6 +374,8 @@ def test_driver_places_a_program_once_and_a_task_switch_writes_task_only(quantiz
         async def write_dram(self, address, data):
             self.dram += 1
 
+        upload = write_dram
+
         async def read_dram(self, address, length):
             return bytes(length)
 

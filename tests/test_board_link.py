@@ -1,0 +1,72 @@
+"""The board link end to end in simulation: the driver (`firmware.driver`) over `firmware.board.BoardTransport`, bytes
+on the UART of the simulated board (`hw.board.system.BoardSystem` in Verilator: bridge, arbiter, SDRAM controller,
+accelerator; the chip and the host's end of the UART native, `hw.sim.native_board`), as on a ULX3S."""
+
+import numpy as np
+import pytest
+
+from firmware.board import RESIDENT_TAG_BYTES, LinkError, resident_tag
+from firmware.run import run_inference
+from firmware.sim import accelerator_for, simulate
+from golden.config import accelerator_preset, model_preset
+from golden.float_model import M3ViT, quantize_model
+from golden.images import natural_images
+from golden.quantize import quantize_image
+
+TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
+
+
+def test_an_inference_over_the_uart_on_the_simulated_board_is_bit_exact():
+    """One whole inference (backbone, then the head) for a task, the weights preloaded as on a board that holds
+    them: bit-exact against the golden model; then the resident upload over the link itself: written once, skipped
+    while the board's tag matches, written again when the data change, refused where it would reach the tag."""
+    quantized = quantize_model(M3ViT.trained_like(TINY, seed=2), natural_images(TINY, 8, 12))
+    image = quantize_image(quantized, natural_images(TINY, 1, 5)[0])
+    (report,) = run_inference(quantized, ACCEL, image, [1], simulator="board")["tasks"]
+    assert report["bit_exact"] and report["output_bit_exact"] and report["head_error"] == "NONE"
+    # the SDRAM is slower than the ideal DRAM of the other simulators: the loader waits
+    assert report["exposed"]["loader"] > 0 and report["cycles"] > report["floor_cycles"]
+
+    rng = np.random.default_rng(3)
+    weights, other = rng.integers(0, 256, 2048, np.uint8).tobytes(), rng.integers(0, 256, 2048, np.uint8).tobytes()
+    address = 1 << 20
+
+    async def host(transport):
+        written = [await transport.upload(address, weights), await transport.upload(address, weights)]
+        held = await transport.read_dram(address, len(weights))
+        tag = await transport.read_dram(transport.tag_address, RESIDENT_TAG_BYTES)
+        written.append(await transport.upload(address, other))
+        with pytest.raises(LinkError, match="resident tag"):
+            await transport.upload(transport.tag_address - 1024, weights)
+        return written, held, tag, await transport.read_dram(address, len(other)), transport.sdram
+
+    written, held, tag, after, sdram = simulate(accelerator_for(TINY, ACCEL), host, 0, simulator="board")
+    assert written == [True, False, True]
+    assert held == weights and tag == resident_tag(address, weights) and after == other
+    assert sdram.read(address, len(other)) == other          # the backdoor sees what the link wrote
+    assert sdram.read(sdram.size - RESIDENT_TAG_BYTES, RESIDENT_TAG_BYTES) == resident_tag(address, other)
+
+
+def test_the_serial_pipe_and_a_board_that_does_not_answer(capsys):
+    """The board transport's pipe on a serial port (pyserial's loop-back URL stands for the port): bytes go out and
+    come back; a reply cut short, a port that cannot be opened, and a board that answers nonsense are clear
+    errors."""
+    import asyncio
+
+    from firmware.board import BridgeLink, SerialPipe
+    from m3vit.cli import main
+
+    pipe = SerialPipe("loop://", timeout=0.05)
+
+    async def exchange():
+        await pipe.send(b"M3ViT")
+        echoed = await pipe.receive(5)
+        with pytest.raises(LinkError, match="0 of 1 bytes"):
+            await pipe.receive(1)
+        # a loop-back "board" answers each request with the request itself: not a status the bridge sends
+        with pytest.raises(LinkError, match="register read at 0x4: the bridge answered status 82"):
+            await BridgeLink(pipe, 16).read32(4)
+        return echoed
+    assert asyncio.run(exchange()) == b"M3ViT"
+    assert main(["run", "--board", "/nonexistent/tty", "--task", "semseg"]) == 2
+    assert "cannot open the serial port /nonexistent/tty" in capsys.readouterr().err
