@@ -31,6 +31,7 @@ import time
 from hw.board.protocol import Op, Status, crc8
 from hw.control.registers import Status as RunStatus
 from hw.control.registers import register
+from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.memory.sdram_chip import ULX3S_SDRAM
 
 __all__ = ["BridgeLink", "LinkError", "request", "BoardTransport", "SerialPipe", "Board", "RESIDENT_TAG_BYTES",
@@ -161,7 +162,7 @@ class SerialPipe:
     `baud`; `cycles` counts the wall time at the board's `clock_hz`; a reply not complete within `timeout`
     seconds raises `LinkError`."""
 
-    def __init__(self, port: str, *, baud: int = 3_000_000, clock_hz: float = 50e6, timeout: float = 2.0):
+    def __init__(self, port: str, *, baud: int = 3_000_000, clock_hz: float = DEFAULT_CLOCK_HZ, timeout: float = 2.0):
         import serial
 
         try:
@@ -191,7 +192,7 @@ class SerialPipe:
 class Board:
     """A board on the serial port `port` (opened at once: a port that is not there fails before any work)."""
 
-    def __init__(self, port: str, *, clock_hz: float = 50e6, dram_bytes: int = ULX3S_SDRAM.bytes):
+    def __init__(self, port: str, *, clock_hz: float = DEFAULT_CLOCK_HZ, dram_bytes: int = ULX3S_SDRAM.bytes):
         self.pipe, self.port, self.dram_bytes = SerialPipe(port, clock_hz=clock_hz), port, dram_bytes
 
     def __str__(self) -> str:

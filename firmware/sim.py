@@ -22,6 +22,7 @@ import functools
 import numpy as np
 
 from hw.board.system import BoardSystem
+from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.control.accelerator import Accelerator
 from hw.sim import simulate as run_simulation
 from hw.sim.axilite import AXILiteMaster
@@ -169,8 +170,7 @@ class SimulatedBoardTransport(BoardTransport):
 
 
 SIMULATORS = ("pysim", "verilator", "board")
-BOARD_CLOCK_HZ = 50e6       # the simulated board's clock (its SDRAM timing in cycles)
-BOARD_DIVISOR = 4           # its UART's cycles a bit: the fewest the UART takes (a board at 50 MHz, 3 Mbaud: 17)
+BOARD_DIVISOR = 4           # the simulated board's UART cycles a bit: the fewest it takes (the board's: 7)
 
 
 @functools.lru_cache(maxsize=2)
@@ -183,7 +183,7 @@ def accelerator_for(model, accel) -> Accelerator:
 @functools.lru_cache(maxsize=2)
 def board_for(accelerator) -> BoardSystem:
     """The simulated board around `accelerator`, one per process for each."""
-    return BoardSystem(accelerator.model, accelerator.accel, clock_hz=BOARD_CLOCK_HZ, divisor=BOARD_DIVISOR,
+    return BoardSystem(accelerator.model, accelerator.accel, clock_hz=DEFAULT_CLOCK_HZ, divisor=BOARD_DIVISOR,
                        accelerator=accelerator)
 
 

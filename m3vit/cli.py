@@ -20,6 +20,7 @@ from golden.costs import model_info
 from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
+from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.flow.fit import TARGETS, FitError, fit_report, target
 from hw.flow.formal import PROOFS, FormalError
 from hw.control.isa import IsaError
@@ -654,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--board", default="ulx3s-85f", help="board (default ulx3s-85f)")
     build.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     build.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
-    build.add_argument("--clock", type=_frequency, default=50.0, help="accelerator clock in MHz (default 50)")
+    build.add_argument("--clock", type=_frequency, default=DEFAULT_CLOCK_HZ / 1e6,
+                       help=f"accelerator clock in MHz (default {DEFAULT_CLOCK_HZ / 1e6:g})")
     build.add_argument("--seed", type=_seed, default=1, help="nextpnr's placement seed (default 1)")
     build.add_argument("-o", "--output", type=_output_directory, required=True, help="build directory")
     build.add_argument("--program", action="store_true", help="program the board with openFPGALoader afterwards")
@@ -683,8 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="simulator (default verilator; board: the whole board, driven over its UART)")
             sub.add_argument("--board", metavar="PORT", default=None,
                              help="run on a board (`m3vit build --program`) on this serial port instead")
-            sub.add_argument("--clock", type=_frequency, default=50.0,
-                             help="the board's clock in MHz, as built (default 50)")
+            sub.add_argument("--clock", type=_frequency, default=DEFAULT_CLOCK_HZ / 1e6,
+                             help=f"the board's clock in MHz, as built (default {DEFAULT_CLOCK_HZ / 1e6:g})")
         else:
             sub.add_argument("--task", default=task, help=f"task index or name (default {task})")
         sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")

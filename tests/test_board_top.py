@@ -11,20 +11,22 @@ from amaranth import Module
 from amaranth.lib import wiring
 
 from golden.config import accelerator_preset, model_preset
-from hw.board.top import ULX3STop, pll_dividers
+from hw.board.top import DEFAULT_CLOCK_HZ, ULX3STop, pll_dividers
 from hw.control.accelerator import Accelerator
 
 
-@pytest.mark.parametrize("mhz", [25, 50, 62.5, 100, 125])
-def test_the_pll_makes_the_clock_exactly_with_its_vco_in_range(mhz):
-    input_div, feedback_div, output_div = pll_dividers(25e6, mhz * 1e6)
-    assert 25e6 / input_div * feedback_div == mhz * 1e6
-    assert 400e6 <= mhz * 1e6 * output_div <= 800e6
+@pytest.mark.parametrize("hz", [25e6, 50e6, 62.5e6, 100e6, 125e6, DEFAULT_CLOCK_HZ])
+def test_the_pll_makes_the_clock_exactly_with_its_vco_and_phase_detector_in_range(hz):
+    input_div, feedback_div, output_div = pll_dividers(25e6, hz)
+    assert 25e6 / input_div * feedback_div == pytest.approx(hz, rel=1e-12)
+    assert 400e6 <= hz * output_div <= 800e6 and 3.125e6 <= 25e6 / input_div
 
 
 def test_a_clock_the_pll_or_the_sdram_cannot_take_is_refused():
     with pytest.raises(ValueError, match="no ECP5 PLL setting"):
         pll_dividers(25e6, 1000e6)
+    with pytest.raises(ValueError, match="no ECP5 PLL setting"):     # 25 × 21/25 would need a 1 MHz phase detector
+        pll_dividers(25e6, 21e6)
     with pytest.raises(ValueError, match="faster than the chip"):
         ULX3STop(model_preset("tiny"), accelerator_preset("4x4"), clock_hz=150e6)
 

@@ -23,18 +23,23 @@ from ..memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
 from .system import BoardSystem
 from .uart import divisor_for
 
-__all__ = ["ULX3STop", "pll_dividers"]
+__all__ = ["ULX3STop", "pll_dividers", "DEFAULT_CLOCK_HZ"]
 
 OSCILLATOR_HZ = 25e6
+# The default clock, 25 MHz × 5/6 = 20.83 MHz: the tiny accelerator on 4×4 routed at 24.25 MHz (its controller's
+# issue path: a replayed instruction's address, the scoreboard and the issue decision in one cycle), and 7 cycles a
+# bit make 2.98 Mbaud (0.8 % under 3 Mbaud).
+DEFAULT_CLOCK_HZ = OSCILLATOR_HZ * 5 / 6
+_PFD_HZ = (3.125e6, 400e6)                    # the phase detector's input: the oscillator over CLKI_DIV
 _VCO_HZ = (400e6, 800e6)
 
 
 def pll_dividers(input_hz: float, output_hz: float) -> tuple[int, int, int]:
     """(CLKI_DIV, CLKFB_DIV, CLKOP_DIV) of an ECP5 EHXPLLL fed back from CLKOP: output = input / CLKI_DIV ·
-    CLKFB_DIV, VCO = output · CLKOP_DIV in 400-800 MHz; the exact ratio if there is one, else the closest (refused
-    beyond 0.5 %)."""
+    CLKFB_DIV, the phase detector's input (input / CLKI_DIV) in 3.125-400 MHz, VCO = output · CLKOP_DIV in
+    400-800 MHz; the exact ratio if there is one, else the closest (refused beyond 0.5 %)."""
     best = None
-    for input_div in range(1, 129):
+    for input_div in (d for d in range(1, 129) if _PFD_HZ[0] <= input_hz / d <= _PFD_HZ[1]):
         for feedback_div in range(1, 81):
             output = input_hz / input_div * feedback_div
             for output_div in range(1, 129):
@@ -49,7 +54,7 @@ def pll_dividers(input_hz: float, output_hz: float) -> tuple[int, int, int]:
 
 
 class ULX3STop(wiring.Component):
-    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float = 50e6,
+    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float = DEFAULT_CLOCK_HZ,
                  baud: float = 3_000_000, chip: SDRAMChip = ULX3S_SDRAM, accelerator: wiring.Component | None = None):
         """`accelerator`: a component of `Accelerator.Signature(accel)` in the accelerator's place (default the
         accelerator of `model` on `accel`)."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
+from hw.board.top import DEFAULT_CLOCK_HZ
+
 from .export import require_tool
 from .fit import check_fit, target
 from .synth import SynthError, platform
@@ -57,7 +59,7 @@ class BoardBuild:
         return "\n".join(lines)
 
 
-def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clock_hz: float = 50e6, seed: int = 1,
+def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clock_hz: float = DEFAULT_CLOCK_HZ, seed: int = 1,
                 directory: str | Path = "build") -> BoardBuild:
     from hw.board.top import ULX3STop
 
@@ -76,7 +78,7 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
     log.info(f"building the {board} top of {model.name} on {accel.name} (minutes)")
     try:
         platform(board).build(top, name="top", build_dir=str(directory), do_program=False, synth_opts="-noabc9",
-                              nextpnr_opts=f"--seed {seed} --timing-allow-fail --report report.json")
+                              nextpnr_opts=f"--seed {seed} --timing-allow-fail --router router2 --report report.json")
     except subprocess.CalledProcessError:
         raise SynthError(f"the {board} build failed: its logs are in {directory}/") from None
     seconds = time.monotonic() - start
