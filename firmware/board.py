@@ -17,7 +17,7 @@ the last upload (its address, length and SHA-256), read first and compared; it i
 written after it, so an upload cut short is never taken for a whole one.
 
 `SerialPipe(port, baud, clock_hz)` is the pipe on a real board's serial port (pyserial), and `Board(port,
-clock_hz=…)` a board on one: `drive(host, accel)` runs `await host(transport)` on it (as `firmware.sim.simulate`
+clock_hz=…)` a board on one: `drive(host, accelerator)` runs `await host(transport)` on it (as `firmware.sim.simulate`
 does on a simulator) and returns its result.
 """
 
@@ -198,5 +198,10 @@ class Board:
     def __str__(self) -> str:
         return f"board on {self.port}"
 
-    def drive(self, host, accel):
-        return asyncio.run(host(BoardTransport(BridgeLink(self.pipe, accel.dram_bytes_per_beat), self.dram_bytes)))
+    def drive(self, host, accelerator, dram_bytes: int = 0):
+        """`await host(transport)` on the board; `accelerator`: the hardware it holds (its configuration), which
+        the host's `Driver.connect` checks against the board's CONFIG_HASH."""
+        if dram_bytes > self.dram_bytes - RESIDENT_TAG_BYTES:
+            raise LinkError(f"the board has {self.dram_bytes - RESIDENT_TAG_BYTES:,} bytes of DRAM, not {dram_bytes:,}")
+        link = BridgeLink(self.pipe, accelerator.accel.dram_bytes_per_beat)
+        return asyncio.run(host(BoardTransport(link, self.dram_bytes)))

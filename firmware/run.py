@@ -35,7 +35,7 @@ from .board import Board
 from .driver import Driver
 from .heads import head_output, head_traffic
 from .image import residual_from_bytes, routes_from_bytes, x_bytes
-from .sim import accelerator_for, simulate
+from .sim import SimulatedBoard, accelerator_for, simulate
 
 __all__ = ["run_inference", "simulator_speed", "expected_read_bytes", "expected_write_bytes", "run_lines",
            "first_mismatch", "head_prediction", "ARRAY_KINDS"]
@@ -83,8 +83,8 @@ def expected_write_bytes(program, spaces, run="backbone") -> int:
 
 def _driven(accelerator, program, tasks, dram_bytes, simulator, latency, heads=None):
     """The start-up's result, then per task in order (run back to back) its backbone's result and wall seconds,
-    and its head's (None when the program has none, or past the first `heads` tasks). `simulator` may be a
-    `firmware.board.Board` instead: the real board."""
+    and its head's (None when the program has none, or past the first `heads` tasks). `simulator` may be a board
+    instead: `firmware.board.Board` (a real one), `firmware.sim.SimulatedBoard`."""
     async def host(transport):
         driver = Driver(transport, accelerator.model, accelerator.accel)
         await driver.connect()
@@ -100,10 +100,9 @@ def _driven(accelerator, program, tasks, dram_bytes, simulator, latency, heads=N
                 head = (await driver.run_head(program, task, timeout=1 << 40), time.perf_counter() - start)
             results.append((result, seconds, head))
         return start_up, results
-    if isinstance(simulator, Board):
-        return simulator.drive(host, accelerator.accel)
-    dram = {"preload": True} if simulator == "board" else {"latency": latency}
-    return simulate(accelerator, host, dram_bytes, simulator=simulator, **dram)
+    if isinstance(simulator, (Board, SimulatedBoard)):
+        return simulator.drive(host, accelerator, dram_bytes)
+    return simulate(accelerator, host, dram_bytes, simulator=simulator, latency=latency)
 
 
 def _dram_bytes(program, model, accel) -> int:

@@ -10,14 +10,15 @@ result; every simulated cycle serves the DRAM, whatever the host is doing. `dram
 burst's first beat; write responses take half), `stall` (the probability of a stall on each AXI4 channel each
 cycle; each simulator draws its own), `seed`, and `fail_reads` / `fail_writes` (byte ranges that answer SLVERR).
 With no stalls both simulators see the same DRAM, cycle for cycle. The board takes none of them (its DRAM is the
-SDRAM) but `preload`: the resident upload (the weights) written through a backdoor first, with its tag, as on a
-board that holds it already (the link then reads the tag and skips the upload); the UART runs at
-`BOARD_DIVISOR` cycles a bit.
+SDRAM) but those of `SimulatedBoard`: its clock, and `preload`: the resident upload (the weights) written through
+a backdoor first, with its tag, as on a board that holds it already (the link then reads the tag and skips the
+upload); the UART runs at `BOARD_DIVISOR` cycles a bit.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from hw.sim.native_dram import NativeDram
 
 from .board import BoardTransport, BridgeLink, LinkError, resident_tag
 
-__all__ = ["SimulatorTransport", "VerilatorTransport", "simulate", "accelerator_for", "SIMULATORS"]
+__all__ = ["SimulatorTransport", "VerilatorTransport", "SimulatedBoard", "simulate", "accelerator_for", "SIMULATORS"]
 
 
 class _Transport:
@@ -181,10 +182,43 @@ def accelerator_for(model, accel) -> Accelerator:
 
 
 @functools.lru_cache(maxsize=2)
-def board_for(accelerator) -> BoardSystem:
-    """The simulated board around `accelerator`, one per process for each."""
-    return BoardSystem(accelerator.model, accelerator.accel, clock_hz=DEFAULT_CLOCK_HZ, divisor=BOARD_DIVISOR,
+def board_for(accelerator, clock_hz: float) -> BoardSystem:
+    """The simulated board around `accelerator` at `clock_hz`, one per process for each."""
+    return BoardSystem(accelerator.model, accelerator.accel, clock_hz=clock_hz, divisor=BOARD_DIVISOR,
                        accelerator=accelerator)
+
+
+@dataclass(frozen=True)
+class SimulatedBoard:
+    """The board in simulation at `clock_hz` (its SDRAM's timing in cycles), the resident upload preloaded through
+    the backdoor with `preload`; `drive(host, accelerator)` runs `await host(transport)` on it, after the SDRAM's
+    initialisation (as a host waits after programming a board)."""
+    clock_hz: float = DEFAULT_CLOCK_HZ
+    preload: bool = False
+
+    def __str__(self) -> str:
+        return f"simulated board at {self.clock_hz / 1e6:g} MHz"
+
+    def drive(self, host, accelerator, dram_bytes: int = 0):
+        from hw.sim.verilator import Verilated, VerilatorContext, run
+
+        board = board_for(accelerator, self.clock_hz)
+        model = Verilated(board, "board")
+        sdram = NativeSdram(model, board.sdram, board.chip)
+        link = BridgeLink(SimulatedUart(model, NativeUart(model, board.rx, board.tx, board.divisor), board.divisor),
+                          accelerator.accel.dram_bytes_per_beat)
+        transport = SimulatedBoardTransport(link, sdram, preload=self.preload)
+        if dram_bytes > transport.tag_address:
+            raise ValueError(f"the simulated board has {transport.tag_address:,} bytes of DRAM, not {dram_bytes:,}")
+        power_up = board.chip.timing.cycles(board.clock_hz).power_up
+        if model.tick_until(board.ready, 2 * power_up) == 2 * power_up:
+            raise RuntimeError(f"the simulated board's SDRAM was not ready within {2 * power_up:,} cycles")
+        result = {}
+
+        async def testbench(ctx):
+            result["value"] = await host(transport)
+        run(VerilatorContext(model), testbench)
+        return result["value"]
 
 
 def simulate(accelerator, host, dram_bytes: int, simulator: str = "pysim", **dram):
@@ -194,26 +228,8 @@ def simulate(accelerator, host, dram_bytes: int, simulator: str = "pysim", **dra
     result = {}
 
     if simulator == "board":
-        from hw.sim.verilator import Verilated, VerilatorContext, run
-
-        board = board_for(accelerator)
-        model = Verilated(board, "board")
-        sdram = NativeSdram(model, board.sdram, board.chip)
-        link = BridgeLink(SimulatedUart(model, NativeUart(model, board.rx, board.tx, board.divisor), board.divisor),
-                          accelerator.accel.dram_bytes_per_beat)
-        transport = SimulatedBoardTransport(link, sdram, preload=dram.pop("preload", False))
-        if dram or dram_bytes > transport.tag_address:
-            raise ValueError(f"the simulated board: {', '.join(dram) or f'{dram_bytes:,} bytes of DRAM'} "
-                             f"(it takes only preload, and has {transport.tag_address:,} bytes)")
-
-        power_up = board.chip.timing.cycles(board.clock_hz).power_up
-        if model.tick_until(board.ready, 2 * power_up) == 2 * power_up:    # as a host waits after programming
-            raise RuntimeError(f"the simulated board's SDRAM was not ready within {2 * power_up:,} cycles")
-
-        async def testbench(ctx):
-            result["value"] = await host(transport)
-        run(VerilatorContext(model), testbench)
-    elif simulator == "pysim":
+        return SimulatedBoard(**dram).drive(host, accelerator, dram_bytes)
+    if simulator == "pysim":
         async def testbench(ctx):
             result["value"] = await host(SimulatorTransport(ctx, accelerator, dram_bytes, **dram))
         run_simulation(accelerator, testbench)

@@ -406,7 +406,13 @@ def cmd_run(args) -> int:
     accelerator against the golden model; exit status 1 if a task is not bit-exact."""
     from firmware.board import Board
     from firmware.run import run_inference
-    where = args.sim if args.board is None else Board(args.board, clock_hz=args.clock * 1e6)
+    from firmware.sim import SimulatedBoard
+    if args.board is not None:
+        where = Board(args.board, clock_hz=args.clock * 1e6)
+    elif args.sim == "board":
+        where = SimulatedBoard(clock_hz=args.clock * 1e6, preload=True)
+    else:
+        where = args.sim
     args.sim = str(where)
     model, accel, tasks, quantized, image = _backbone_inputs(args)
     heads = not args.backbone_only

@@ -7,7 +7,7 @@ import pytest
 
 from firmware.board import RESIDENT_TAG_BYTES, LinkError, resident_tag
 from firmware.run import run_inference
-from firmware.sim import accelerator_for, simulate
+from firmware.sim import SimulatedBoard, accelerator_for, simulate
 from golden.config import accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
@@ -22,7 +22,7 @@ def test_an_inference_over_the_uart_on_the_simulated_board_is_bit_exact():
     while the board's tag matches, written again when the data change, refused where it would reach the tag."""
     quantized = quantize_model(M3ViT.trained_like(TINY, seed=2), natural_images(TINY, 8, 12))
     image = quantize_image(quantized, natural_images(TINY, 1, 5)[0])
-    (report,) = run_inference(quantized, ACCEL, image, [1], simulator="board")["tasks"]
+    (report,) = run_inference(quantized, ACCEL, image, [1], simulator=SimulatedBoard(preload=True))["tasks"]
     assert report["bit_exact"] and report["output_bit_exact"] and report["head_error"] == "NONE"
     # the SDRAM is slower than the ideal DRAM of the other simulators: the loader waits
     assert report["exposed"]["loader"] > 0 and report["cycles"] > report["floor_cycles"]

@@ -50,8 +50,13 @@ def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
     assert "EHXPLLL" in plan.files["top.il"]
 
 
-def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path):
+@pytest.mark.parametrize("accel, named", [
+    ("16x16", ["does not fit ulx3s-85f"]),
+    # the 8×8 preset's token blocks are not sequenced by the top level; all 129 tokens at once overflow
+    ("8x8", ["token_block = 32", "with all 129 tokens in one block", "234 DP16KD blocks, 208 available", "scratch 102"]),
+])
+def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path, accel, named):
     result = subprocess.run([sys.executable, "-m", "m3vit.cli", "build", "--preset", "m3vit-tiny-cityscapes",
-                             "--accel", "16x16", "-o", str(tmp_path / "out")], capture_output=True, text=True)
+                             "--accel", accel, "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "ulx3s" in result.stderr.lower() and not (tmp_path / "out" / "top.bit").exists()
+    assert all(text in result.stderr for text in named) and not (tmp_path / "out" / "top.bit").exists()

@@ -1,10 +1,12 @@
 """Board builds (`m3vit build`): the board top (`hw.board.top`) through the board platform's own flow (YoWASP
 Yosys `synth_ecp5`, nextpnr-ecp5 with the board's pins, ecppack) to a bitstream and a report.
 
-`build_board(model, accel, board, clock_hz=…, seed=…, directory=…)` checks the fit first (`hw.flow.fit`:
-`FitError` names what overflows), builds in `directory` and returns a `BoardBuild`: Fmax of each clock against
-its constraint, the cells placed against the device's, the critical path's start and end, the wall time; and
-writes `report.json` and `report.txt` beside `top.bit`. About 5 minutes for the tiny preset on 4×4 (2 cores).
+`build_board(model, accel, board, clock_hz=…, seed=…, directory=…)` checks first what the top level takes and the
+fit (`hw.flow.fit`: `FitError` names what overflows; a configuration in token blocks, which the top level does not
+sequence yet, is refused with what its all-tokens version overflows), builds in `directory` and returns a
+`BoardBuild`: Fmax of each clock against its constraint, the cells placed against the device's, the critical
+path's start and end, the wall time; and writes `report.json` and `report.txt` beside `top.bit`. nextpnr routes
+with router2 (router1 did not converge on the tiny preset's top in 26 minutes).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
-
 from hw.board.top import DEFAULT_CLOCK_HZ
+from hw.control.memories import check_top_level
 
 from .export import require_tool
-from .fit import check_fit, target
+from .fit import FitError, check_fit, target
 from .synth import SynthError, platform
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,32 @@ class BoardBuild:
         return "\n".join(lines)
 
 
+def _check_buildable(model: ModelConfig, accel: AcceleratorConfig, board: str) -> None:
+    """What the top level takes (`check_top_level`), then the fit; a configuration in token blocks (which the top
+    level does not sequence yet) is refused with what its all-tokens version would overflow, if it would."""
+    try:
+        check_top_level(model, accel)
+    except ConfigError as refusal:
+        if accel.tokens_per_block(model) == model.num_tokens:
+            raise
+        whole = accel.replace(token_block=None)
+        try:
+            check_top_level(model, whole)
+            check_fit(model, whole, target(board))
+        except (ConfigError, FitError) as overflow:
+            raise ConfigError(refusal.parameter, refusal.value,
+                              f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {overflow}") from None
+        raise
+    check_fit(model, accel, target(board))
+
+
 def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clock_hz: float = DEFAULT_CLOCK_HZ, seed: int = 1,
                 directory: str | Path = "build") -> BoardBuild:
     from hw.board.top import ULX3STop
 
     if board not in BOARDS:
         raise ConfigError("board", board, f"choose one of {', '.join(BOARDS)}")
-    check_fit(model, accel, target(board))
+    _check_buildable(model, accel, board)
     for variable, tool in _TOOLS.items():        # by path: the platform looks tools up on PATH alone
         os.environ[variable] = require_tool(os.environ.get(variable) or tool, SynthError)
     os.environ.setdefault("OPENFPGALOADER", "true")     # the platform looks for it even when not programming
@@ -73,7 +94,9 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
     start = time.monotonic()
     try:
         top = ULX3STop(model, accel, clock_hz=clock_hz)
-    except ValueError as error:
+    except ConfigError:
+        raise
+    except ValueError as error:                   # the PLL, the UART's divisor, the SDRAM's tCK
         raise ConfigError("clock", f"{clock_hz / 1e6:g} MHz", str(error)) from None
     log.info(f"building the {board} top of {model.name} on {accel.name} (minutes)")
     try:
