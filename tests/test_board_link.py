@@ -4,6 +4,9 @@ accelerator; the chip and the host's end of the UART native, `hw.sim.native_boar
 
 import numpy as np
 import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from firmware.board import RESIDENT_TAG_BYTES, LinkError, resident_tag
 from firmware.run import run_inference
@@ -12,6 +15,8 @@ from golden.config import accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
 from golden.quantize import quantize_image
+from hw.memory.sdram import SDRAMPins
+from hw.memory.sdram_chip import ULX3S_SDRAM
 
 TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
 
@@ -70,3 +75,76 @@ def test_the_serial_pipe_and_a_board_that_does_not_answer(capsys):
     assert asyncio.run(exchange()) == b"M3ViT"
     assert main(["run", "--board", "/nonexistent/tty", "--task", "semseg"]) == 2
     assert "cannot open the serial port /nonexistent/tty" in capsys.readouterr().err
+
+
+class _Pins(wiring.Component):
+    """The SDRAM's pins driven straight from inputs (the test plays the controller); DQ read back one cycle late."""
+
+    def __init__(self, chip):
+        self.pins = ("cke", "cs_n", "ras_n", "cas_n", "we_n", "ba", "a", "dq_o", "dq_oe", "dqm")
+        signature = SDRAMPins(chip)
+        super().__init__({"sdram": Out(signature), "dq_read": Out(chip.data_width),
+                          **{name: In(signature.members[name].shape, init=signature.members[name].init)
+                             for name in self.pins}})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [getattr(self.sdram, name).eq(getattr(self, name)) for name in self.pins]
+        m.d.sync += self.dq_read.eq(self.sdram.dq_i)
+        return m
+
+
+def test_the_native_sdram_keeps_words_where_the_controller_puts_them_and_catches_bank_rules():
+    """The native chip (the simulated board's) against commands played on its pins: a word written at (row, bank,
+    column) reads back CL cycles after READ and sits at the controller's byte address (word address = column |
+    bank | row); each rule it keeps raises with its name."""
+    from hw.sim.native_board import NativeSdram
+    from hw.sim.sdram import Command, SDRAMTimingError
+    from hw.sim.verilator import Verilated
+
+    design = _Pins(ULX3S_SDRAM)
+    row, bank, column, word = 4321, 2, 300, 0xBEEF
+    address = 2 * ((row << 2 | bank) << 9 | column)
+
+    def play(model, commands):
+        """(command, ba, a, dq or None) a cycle; DQ as the chip drives it each cycle after."""
+        seen = []
+        for command, ba, a, dq in commands:
+            for name, value in zip(("ras_n", "cas_n", "we_n"), command):
+                model.set(getattr(design, name), value)
+            model.set(design.cs_n, command == Command.NOP)
+            model.set(design.ba, ba)
+            model.set(design.a, a)
+            model.set(design.dq_oe, dq is not None)
+            model.set(design.dq_o, dq or 0)
+            model.tick()
+            seen.append(model.get(design.dq_read))
+        return seen
+
+    def fresh():
+        model = Verilated(design, "sdram_pins")
+        model.set(design.cke, 1)                      # an input: the model starts it at 0, not at its init
+        return model, NativeSdram(model, design.sdram, ULX3S_SDRAM)
+
+    mode_cl2, nop = 2 << 4, (Command.NOP, 0, 0, None)
+    model, sdram = fresh()
+    seen = play(model, [(Command.LOAD_MODE, 0, mode_cl2, None), (Command.ACTIVE, bank, row, None),
+                        (Command.WRITE, bank, column, word), (Command.READ, bank, column, None), nop, nop, nop])
+    assert seen[3 + 2] == word and seen[3 + 1] == seen[3 + 3] == 0      # on DQ CL = 2 cycles after READ, for one
+    assert sdram.read(address, 2) == word.to_bytes(2, "little")
+    sdram.write(address, b"\x34\x12")                 # and the backdoor writes where READ finds it
+    seen = play(model, [(Command.READ, bank, column, None), nop, nop, nop])
+    assert seen[2] == 0x1234
+    for commands, rule in [
+        ([(Command.ACTIVE, 0, 1, None)], "init"),                                           # before LOAD MODE
+        ([(Command.LOAD_MODE, 0, mode_cl2 | 3, None)], "mode"),                              # burst of 8
+        ([(Command.LOAD_MODE, 0, mode_cl2, None), (Command.READ, 1, 0, None)], "bank"),      # a closed bank
+        ([(Command.LOAD_MODE, 0, mode_cl2, None), (Command.ACTIVE, 1, 0, None), (Command.REFRESH, 0, 0, None)],
+         "bank"),                                                                            # a bank open
+        ([(Command.LOAD_MODE, 0, mode_cl2, None), (Command.ACTIVE, 1, 0, None), (Command.READ, 1, 0, None), nop,
+          (Command.NOP, 0, 0, 7)], "bus"),                                                   # DQ over read data
+    ]:
+        model, _ = fresh()
+        with pytest.raises(SDRAMTimingError) as caught:
+            play(model, commands)
+        assert caught.value.rule == rule
