@@ -74,14 +74,14 @@ def _check_buildable(model: ModelConfig, accel: AcceleratorConfig, board: str) -
             check_top_level(model, whole)
             check_fit(model, whole, target(board))
         except (ConfigError, FitError) as overflow:
-            raise ConfigError(refusal.parameter, refusal.value,
-                              f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {overflow}") from None
+            whole_rule = f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {overflow}"
+            raise ConfigError(refusal.parameter, refusal.value, whole_rule) from None
         raise
     check_fit(model, accel, target(board))
 
 
-def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clock_hz: float = DEFAULT_CLOCK_HZ, seed: int = 1,
-                directory: str | Path = "build") -> BoardBuild:
+def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clock_hz: float = DEFAULT_CLOCK_HZ,
+                seed: int = 1, directory: str | Path = "build") -> BoardBuild:
     from hw.board.top import ULX3STop
 
     if board not in BOARDS:
