@@ -558,3 +558,21 @@ def test_a_norms_load_during_a_product_leaves_its_parameters_alone(quantized, go
     assert result.ok
     assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, ACCEL), out)
     assert result.outputs["norm2"] == x_bytes(norm2, ACCEL, TINY.num_tokens)
+
+
+def test_an_expert_fc2_over_several_slabs_is_refused():
+    """COMBINE adds each N tile at its index in the command, so an expert's fc2 split over two slab buffers would
+    add its second slab's tiles onto the first's: the top level refuses the configuration, for the hardware and
+    the compiler alike (embedding 128 and expert hidden 256 on 4×4 make a 32 KiB fc2 against 16 KiB slabs; such a
+    run was not bit-exact before)."""
+    from hw.control.memories import check_top_level
+    model = TINY.replace(name="tiny-wide", embed_dim=128, expert_hidden=256, mlp_hidden=256)
+    refusal = "weight_buffer_bytes = 16384: an expert's fc2 .256 × 128. must lie in one slab buffer"
+    with pytest.raises(ConfigError, match=refusal):
+        check_top_level(model, ACCEL)
+    quantized = quantize_model(M3ViT.trained_like(model, seed=0), natural_images(model, 2, 3))
+    with pytest.raises(ConfigError, match=refusal):
+        backbone_program(quantized, ACCEL, quantize_image(quantized, natural_images(model, 1, 1)[0]))
+    with pytest.raises(ConfigError, match=refusal):
+        Accelerator.for_model(model, ACCEL)
+    check_top_level(TINY, ACCEL)                      # one slab: taken

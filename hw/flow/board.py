@@ -3,7 +3,7 @@ Yosys `synth_ecp5`, nextpnr-ecp5 with the board's pins, ecppack) to a bitstream 
 
 `build_board(model, accel, board, clock_hz=…, seed=…, directory=…)` checks first what the top level takes and the
 fit (`hw.flow.fit`: `FitError` names what overflows; a configuration in token blocks, which the top level does not
-sequence yet, is refused with what its all-tokens version overflows), builds in `directory` and returns a
+sequence yet, is refused with what its all-tokens version breaks and overflows), builds in `directory` and returns a
 `BoardBuild`: Fmax of each clock against its constraint, the cells placed against the device's, the critical
 path's start and end, the wall time; and writes `report.json` and `report.txt` beside `top.bit`. nextpnr routes
 with router2 (router1 did not converge on the tiny preset's top in 26 minutes).
@@ -80,18 +80,20 @@ class BoardBuild:
 
 def _check_buildable(model: ModelConfig, accel: AcceleratorConfig, board: str) -> None:
     """What the top level takes (`check_top_level`), then the fit; a configuration in token blocks (which the top
-    level does not sequence yet) is refused with what its all-tokens version would overflow, if it would."""
+    level does not sequence yet) is refused with what its all-tokens version would break or overflow, if anything."""
     try:
         check_top_level(model, accel)
     except ConfigError as refusal:
         if accel.tokens_per_block(model) == model.num_tokens:
             raise
-        whole = accel.replace(token_block=None)
-        try:
-            check_top_level(model, whole)
-            check_fit(model, whole, target(board))
-        except (ConfigError, FitError) as overflow:
-            whole_rule = f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {overflow}"
+        whole, problems = accel.replace(token_block=None), []
+        for check in (check_top_level, lambda m, a: check_fit(m, a, target(board))):
+            try:
+                check(model, whole)
+            except (ConfigError, FitError) as problem:
+                problems.append(str(problem))
+        if problems:
+            whole_rule = f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {'; '.join(problems)}"
             raise ConfigError(refusal.parameter, refusal.value, whole_rule) from None
         raise
     check_fit(model, accel, target(board))
