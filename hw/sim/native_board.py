@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 
+from .dram import check_access
 from .sdram import SDRAMTimingError
 
 __all__ = ["NativeSdram", "NativeUart", "UARTError", "BOARD_SOURCE"]
@@ -50,16 +51,12 @@ class NativeSdram:
                                          (chip.banks - 1).bit_length(), chip.bytes)
         model.add_device(self._device, _rule_error)
 
-    def _check(self, address: int, length: int) -> None:
-        if address < 0 or length < 0 or address + length > self.size:
-            raise ValueError(f"SDRAM access at {address:#x} of {length} bytes: outside the chip's {self.size} bytes")
-
     def write(self, address: int, data: bytes) -> None:
-        self._check(address, len(data))
+        check_access(address, len(data), self.size)
         self._lib.sim_sdram_write(self._device, address, bytes(data), len(data))
 
     def read(self, address: int, length: int) -> bytes:
-        self._check(address, length)
+        check_access(address, length, self.size)
         buffer = ctypes.create_string_buffer(length)
         self._lib.sim_sdram_read(self._device, address, buffer, length)
         return buffer.raw
@@ -95,9 +92,6 @@ class NativeUart:
 
 # SDRAM pins in the order of `_SDRAM_PINS`.
 BOARD_SOURCE = r"""
-static uint32_t pin(Sim *s, int port) { uint32_t w[2] = {0, 0}; get_port(&s->top, port, w); return w[0]; }
-static void drive_pin(Sim *s, int port, uint32_t value) { uint32_t w[2] = {value, 0}; set_port(&s->top, port, w); }
-
 enum { CKE, CS, RAS, CAS, WE, BA, ADDR, DQM, DQO, DQOE, DQI };
 struct Sdram : Device {
   int p[11], column_bits, bank_bits, cas_latency = 0;
@@ -110,15 +104,15 @@ struct Sdram : Device {
   bool any_open() const { for (int64_t row : open_row) if (row >= 0) return true; return false; }
   void drive(Sim *s) override {
     driving = !reads.empty() && reads.front().first == cycle;
-    drive_pin(s, p[DQI], driving ? reads.front().second : 0);
+    set1(s, p[DQI], driving ? reads.front().second : 0);
     if (driving) reads.pop_front();
   }
   void sample(Sim *s) override {
-    if (!(pin(s, p[CKE]) & 1)) return fail("init", "CKE low (power-down and self refresh are not modelled)");
-    if (driving && (pin(s, p[DQOE]) & 1)) return fail("bus", "the controller drives DQ over read data");
-    if (pin(s, p[CS]) & 1) return;
-    int command = (pin(s, p[RAS]) & 1) << 2 | (pin(s, p[CAS]) & 1) << 1 | (pin(s, p[WE]) & 1);
-    int bank = pin(s, p[BA]); uint32_t a = pin(s, p[ADDR]);
+    if (!(get1(s, p[CKE]) & 1)) return fail("init", "CKE low (power-down and self refresh are not modelled)");
+    if (driving && (get1(s, p[DQOE]) & 1)) return fail("bus", "the controller drives DQ over read data");
+    if (get1(s, p[CS]) & 1) return;
+    int command = (get1(s, p[RAS]) & 1) << 2 | (get1(s, p[CAS]) & 1) << 1 | (get1(s, p[WE]) & 1);
+    int bank = get1(s, p[BA]); uint32_t a = get1(s, p[ADDR]);
     if ((command == 3 || command == 5 || command == 4) && !cas_latency)
       return fail("init", "ACTIVE, READ or WRITE before LOAD MODE");
     switch (command) {
@@ -131,8 +125,8 @@ struct Sdram : Device {
       uint64_t word = ((uint64_t)open_row[bank] << bank_bits | bank) << column_bits | column;
       if (command == 5) reads.push_back({cycle + cas_latency, (uint16_t)(image[2 * word] | image[2 * word + 1] << 8)});
       else {
-        if (!(pin(s, p[DQOE]) & 1)) return fail("bus", "WRITE without DQ driven");
-        uint32_t data = pin(s, p[DQO]), mask = pin(s, p[DQM]);
+        if (!(get1(s, p[DQOE]) & 1)) return fail("bus", "WRITE without DQ driven");
+        uint32_t data = get1(s, p[DQO]), mask = get1(s, p[DQM]);
         if (!(mask & 1)) image[2 * word] = data & 0xFF;
         if (!(mask & 2)) image[2 * word + 1] = data >> 8;
       }
@@ -159,10 +153,10 @@ struct Uart : Device {
     if (send_bit < 0 && !to_send.empty()) {
       frame = (uint16_t)(to_send.front() << 1 | 1 << 9); to_send.pop_front(); send_bit = 0; send_count = divisor;
     }
-    drive_pin(s, rx, send_bit < 0 ? 1 : frame >> send_bit & 1);
+    set1(s, rx, send_bit < 0 ? 1 : frame >> send_bit & 1);
   }
   void sample(Sim *s) override {
-    int line = pin(s, tx) & 1;
+    int line = get1(s, tx) & 1;
     if (receive_bit < 0) {
       if (!line) { receive_bit = 0; receive_count = divisor + divisor / 2; shift = 0; }
       return;

@@ -75,8 +75,6 @@ struct Dram : Device {
 enum { ARV, ARR, ARA, ARL, ARS, ARB, RV, RR, RD, RRESP, RL, RID, AWV, AWR, AWA, AWL, AWS, AWB,
        WV, WR, WD, WS, WL, BV, BR, BRESP, BID };
 
-static uint32_t get1(Sim *s, int port) { uint32_t w[2] = {0, 0}; get_port(&s->top, port, w); return w[0]; }
-static void set1(Sim *s, int port, uint32_t value) { uint32_t w[2] = {value, 0}; set_port(&s->top, port, w); }
 static bool overlaps(const uint64_t *range, uint64_t start, uint64_t end) { return start < range[1] && range[0] < end; }
 
 static bool check(Dram *d, const char *channel, const std::vector<uint32_t> &r, Burst &burst) {

@@ -47,6 +47,9 @@ static void get_port(V{top} *t, int port, uint32_t *w) {{
 {getters}
   }}
 }}
+/* A port of at most 32 bits, for the devices. */
+static uint32_t get1(Sim *s, int port) {{ uint32_t w[2] = {{0, 0}}; get_port(&s->top, port, w); return w[0]; }}
+static void set1(Sim *s, int port, uint32_t value) {{ uint32_t w[2] = {{value, 0}}; set_port(&s->top, port, w); }}
 
 extern "C" {{
 void *sim_new() {{ return new Sim; }}
