@@ -117,12 +117,13 @@ def shift_right(value, amount, width: int):
     """The low `width` bits of `value` >> `amount` (arithmetic for a signed value), as a logarithmic shifter
     that carries only the bits the output can still reach: after the stage of amount bit k, `width` + 2^k − 1
     bits. About 6·width + 63 two-input multiplexers for a 6-bit amount, where Yosys's own shifter of a wide
-    value builds the whole width at every stage."""
+    value builds the whole width at every stage. Each stage is a shift by 0 or 2^k (one use of the stage
+    before: a `Mux` of two would copy the expression of `value` into the netlist twice a stage, 2^6 times)."""
     value, amount = Value.cast(value), Value.cast(amount)
     current = value
     for k in reversed(range(len(amount))):
         step = 1 << k
-        current = Mux(amount[k], current >> step, current)[:width + step - 1]
+        current = (current >> Cat(Const(0, k), amount[k]))[:width + step - 1]
         if value.shape().signed:
             current = current.as_signed()
     return current[:width]

@@ -260,6 +260,9 @@ class LayerNorm(wiring.Component):
         product = Signal(signed(self.sum_width + 33))
         v = Signal(unsigned(self.v_width))
         e = Signal(range(self.max_e + 1))
+        # 2^(18+e) − 1, decoded from a signal (an expression would be copied into each of its patterns)
+        row_shift, half = Signal(range(SHIFT_BASE + self.max_e + 1)), Signal.like(row_halves[0], name="row_half")
+        m.d.comb += [row_shift.eq(SHIFT_BASE + e), half.eq(half_minus_one(row_shift, len(half)))]
         divisor = Signal(unsigned(32))
         remainder = Signal(unsigned(33))
         quotient = Signal(unsigned(DIVIDEND_BITS + 1))
@@ -331,7 +334,7 @@ class LayerNorm(wiring.Component):
                 for b in range(2):
                     with m.If(stats_bank == b):
                         m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e),
-                                     row_halves[b].eq(half_minus_one(SHIFT_BASE + e))]
+                                     row_halves[b].eq(half)]
                 rows.set_state(m, stats_bank, BankState.READY)
                 m.d.sync += stats_bank.eq(~stats_bank)
                 m.next = "IDLE"

@@ -66,12 +66,14 @@ class Drain(wiring.Component):
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols))
         halves = [Signal(pw, name=f"half{c}") for c in range(g.cols)]
+        shifts = [Signal(range(pw + 1), name=f"shift{c}") for c in range(g.cols)]   # signals: each decoded once
+        m.d.comb += [shift.eq(at_most(self.p_read.data[c].shift, pw)) for c, shift in enumerate(shifts)]
         with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
             for c in range(g.cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
-                m.d.sync += halves[c].eq(half_minus_one(at_most(self.p_read.data[c].shift, pw)))
+                m.d.sync += halves[c].eq(half_minus_one(shifts[c], pw))
         # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
         spacing = Signal(range(max(g.gelu_chunks, 2)))
         issue = self.issue

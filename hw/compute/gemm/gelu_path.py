@@ -76,11 +76,12 @@ class GeluPath(wiring.Component):
         # (reductions, no comparator's carry chain)
         range_mask = Signal(hidden_width)
         hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
+        clamped_shift = Signal.like(hidden_shift)       # a signal: decoded once, not copied into each pattern
+        m.d.comb += clamped_shift.eq(at_most(self.command.hidden_shift, hidden_width))
         with m.If(self.start):
-            clamped_shift = at_most(self.command.hidden_shift, hidden_width)
             below_threshold = capped_power_of_two(clamped_shift + 7, hidden_width) - 1
             m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
-                         hidden_half.eq(half_minus_one(clamped_shift)), range_mask.eq(~below_threshold)]
+                         hidden_half.eq(half_minus_one(clamped_shift, hidden_width)), range_mask.eq(~below_threshold)]
         side_layout = data.StructLayout({"valid": 1, "row": len(row.row), "tile": len(row.tile), "last": 1})
         side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side")
         m.d.comb += [side[0].valid.eq(serializing), side[0].row.eq(pending_row), side[0].tile.eq(pending_tile),
