@@ -77,6 +77,11 @@ class Program:
     entry: int = 0
     heads: dict = field(default_factory=dict)      # task → the instruction its head's run enters at
 
+    def stored_by(self, head: int | None = None) -> dict:
+        """The `outputs` a run stores: the backbone's, or with `head` that task's head's (`head.{task}.…`)."""
+        return {name: place for name, place in self.outputs.items()
+                if (name.startswith(f"head.{head}.") if head is not None else not name.startswith("head."))}
+
 
 class ProgramBuilder:
     def __init__(self, quantized: QuantizedModel, accel: AcceleratorConfig):

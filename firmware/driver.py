@@ -11,9 +11,10 @@ and `wait_irq(cycles)` to let it run until its interrupt is high (at most `cycle
 another configuration; `await place(program)` puts the program and its regions in DRAM (`DramMap`), writes the
 region registers and runs the program's start-up (what stays resident: the router weights); `await
 run(program, task)` places it if it is not placed, writes TASK, starts at the program's entry with the
-interrupt enabled, waits for the interrupt, checks STATUS.done, and returns a `RunResult`: the OUTPUT region's
-bytes, ERROR and ERROR_PC, CYCLES and the performance counters. Back-to-back runs of one program, of any tasks,
-write only TASK, PROGRAM_ADDR and CONTROL.
+interrupt enabled, waits for the interrupt, checks STATUS.done, and returns a `RunResult`: the outputs the run
+stored (`Program.stored_by`: the backbone's; `run_head`'s, that head's), read from the OUTPUT region in one span,
+ERROR and ERROR_PC, CYCLES and the performance counters. Back-to-back runs of one program, of any tasks, write only
+TASK, PROGRAM_ADDR and CONTROL.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ class RunResult:
     error_pc: int
     cycles: int
     counters: dict[str, int]
-    output: bytes
-    outputs: dict[str, bytes] = field(default_factory=dict)
+    outputs: dict[str, bytes] = field(default_factory=dict)    # what the run stored (`Program.stored_by`), by name
     finished_at: int = 0        # the transport's cycle count when the host saw the run end (its interrupt)
 
     @property
@@ -112,7 +112,7 @@ class Driver:
         if task not in program.heads:
             raise DriverError(f"the program has no head for task {task!r} (it has {sorted(program.heads)})")
         await self.start(program, task, program.heads[task])
-        return await self.finish(program, timeout)
+        return await self.finish(program, timeout, head=task)
 
     async def start(self, program: Program, task: int = 0, entry: int | None = None) -> None:
         """Start a run of `program` for `task` (placing it first if it is not the one placed) at instruction
@@ -135,8 +135,9 @@ class Driver:
         """The performance counters as they stand (they count while a run is going)."""
         return {name: await self._read(name) for name, _ in COUNTERS}
 
-    async def finish(self, program: Program, timeout: int = 10_000_000) -> RunResult:
-        """Wait (at most `timeout` cycles) for the run of `program` started last to end; its result."""
+    async def finish(self, program: Program, timeout: int = 10_000_000, *, head: int | None = None) -> RunResult:
+        """Wait (at most `timeout` cycles) for the run of `program` started last to end; its result, with the
+        outputs that run stores (the backbone's, or with `head` that task's head's), read in one span."""
         transport = self.transport
         await transport.wait_irq(timeout)
         finished_at = transport.cycles
@@ -144,7 +145,11 @@ class Driver:
             raise DriverError(f"the accelerator did not finish within {timeout} cycles")
         cycles = await self._read("CYCLES_LO") | await self._read("CYCLES_HI") << 32
         counters = await self.counters()
-        output = await transport.read_dram(self.dram_map(program).output, program.output_bytes)
+        stored, bus = program.stored_by(head), self.accel.dram_bytes_per_beat
+        first = min((offset for offset, _ in stored.values()), default=0) // bus * bus
+        end = max((offset + length for offset, length in stored.values()), default=first)
+        whole_words = (end - first + bus - 1) // bus * bus
+        span = await transport.read_dram(self.dram_map(program).output + first, whole_words) if stored else b""
         return RunResult(ErrorCause(await self._read("ERROR")), await self._read("ERROR_PC"), cycles, counters,
-                         output, {name: output[offset:offset + length]
-                                  for name, (offset, length) in program.outputs.items()}, finished_at)
+                         {name: span[offset - first:offset - first + length]
+                          for name, (offset, length) in stored.items()}, finished_at)

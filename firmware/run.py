@@ -120,7 +120,7 @@ def first_mismatch(quantized: QuantizedModel, accel: AcceleratorConfig, image: n
                                    _dram_bytes(program, model, accel), simulator, latency)
     if not result.ok:
         return f"the run itself ({result.cause.name} at instruction {result.error_pc})"
-    for name in (name for name in program.outputs if not name.startswith("head.")):   # as the program stores them
+    for name in program.stored_by():                  # in the order the program stores them
         if not _agrees(name, result.outputs[name], golden, model, accel):
             kind = name.split(".")[0] if name.startswith("routes.") else name.split(".")[-1]
             return f"{name} ({CHECKPOINTS[kind]})"
@@ -178,8 +178,7 @@ def run_inference(quantized: QuantizedModel, accel: AcceleratorConfig, image: np
 
 def _report(program, quantized, accel, image, task, golden, result, seconds, simulator, latency, head) -> dict:
     model = quantized.config
-    bit_exact = result.ok and all(_agrees(name, data, golden, model, accel) for name, data in result.outputs.items()
-                                  if not name.startswith("head."))
+    bit_exact = result.ok and all(_agrees(name, data, golden, model, accel) for name, data in result.outputs.items())
     floor = -(-sum(golden.macs.get(kind, 0) for kind in ARRAY_KINDS) // (accel.array_rows * accel.array_cols))
     report = {
         "task": task, "task_name": model.tasks[task].name, "bit_exact": bool(bit_exact),

@@ -530,7 +530,7 @@ def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, g
                for simulator in ("pysim", "verilator")]
     assert results[0].ok and results[1].ok
     assert results[0].cycles == results[1].cycles and results[0].counters == results[1].counters
-    assert results[0].output == results[1].output
+    assert results[0].outputs == results[1].outputs
     assert np.array_equal(residual_from_bytes(results[1].outputs["out"], TINY, ACCEL), tensors[0]["blocks.0.out"])
 
 
