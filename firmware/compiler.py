@@ -280,6 +280,11 @@ class ProgramBuilder:
         columns = self.model.embed_dim if columns is None else columns
         return Output(tiles(columns, self.accel.array_cols), memory, base, self.model.num_tokens)
 
+    def combine_out(self) -> Output:
+        """A COMBINE GEMM's output: the combine words' D columns, its N tiles one apart from tile 0 (`d_base`
+        of a slab's GEMM is the combine word's N tile of its first)."""
+        return Output(tiles(self.model.embed_dim, self.accel.array_cols), Space.RESIDUAL, 0, 1)
+
     def halt(self) -> None:
         self.emit(Opcode.HALT)
 
@@ -443,7 +448,7 @@ def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
                         outputs=[builder.tokens_out(Space.SCRATCH, 0, model.expert_hidden)], mode=GemmMode.GELU,
                         hidden=first + fc1_bytes + fc2_bytes, per_expert=True, gather=True)
         builder.product(f"{p}.experts.fc2", fc2, first + fc1_bytes, source=Operand.SCRATCH, x_base=0, m=t,
-                        outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.COMBINE, per_expert=True)
+                        outputs=[builder.combine_out()], mode=GemmMode.COMBINE, per_expert=True)
         return sum(len(part) for part in images[0])
     builder.experts(body)
     builder.emit(Opcode.COMBINE, rows=t)

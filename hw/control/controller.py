@@ -41,8 +41,9 @@ Issue rules (docs/architecture.md, section 11):
   SCRATCH (int8) or RESIDUAL (int16).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
   expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
-  COMBINE GEMM also once the combine drain is). Outside a body those are BAD_OPERAND, as a body longer than the
-  body buffer is.
+  COMBINE GEMM also once the combine drain is; it adds its N tiles into the combine words from tile `d_base`).
+  Outside a body those are BAD_OPERAND, as a body longer than the body buffer is, and a COMBINE GEMM whose N
+  tiles end past the embedding's.
 - `COMBINE`: when the engine, its output path and the combine drain are idle and nothing reads or writes RESIDUAL.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only in a cycle where the unit's

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Mux
 
-from ..compute.gemm.geometry import GemmMode
+from ..compute.gemm.geometry import GemmMode, tiles
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
 
@@ -25,6 +25,7 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
                  command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
                  command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
                  command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
+                 command.tile_base.eq(Mux(combining, ops.d_base, 0)),
                  command.row_scaled.eq(ops.row_scaled),
                  command.x_stride.eq(Mux(ops.im2col, conv.stride, ctrl.tokens)),
                  command.conv.eq(ops.im2col & conv.kernel), command.channel_tiles.eq(conv.channel_tiles),
@@ -45,7 +46,9 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
     scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, ops.n_tiles * ops.d_stride)
     with m.If(~destination_ok):
         refuse(ErrorCause.UNSUPPORTED)
+    combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
     with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
+                | (combining & (ops.d_base + ops.n_tiles > combine_tiles))
                 | (ops.residual & (ops.destination != Space.RESIDUAL))
                 | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                 | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))

@@ -35,7 +35,7 @@ from amaranth.lib import data
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 from ..compute.gemm.geometry import tiles
-from ..memory.layout import HEADER_COLUMN_BYTES, matrix_layout
+from ..memory.layout import HEADER_COLUMN_BYTES
 from ..memory.plan import onchip_memories
 from ..moe.router.geometry import RouterGeometry
 from .isa import Space
@@ -74,11 +74,6 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
     if accel.tokens_per_block(model) != model.num_tokens:
         raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
                           f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
-    if model.moe_blocks and len(matrix_layout(model.expert_hidden, model.embed_dim, accel).slabs) > 1:
-        raise ConfigError("weight_buffer_bytes", accel.weight_buffer_bytes, f"an expert's fc2 ({model.expert_hidden} "
-                          f"× {model.embed_dim}) must lie in one slab buffer: COMBINE adds each N tile into the "
-                          "combine accumulator at its index in the command, and a second slab's tiles would land "
-                          "on the first's")
 
 
 def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, OnChip]:

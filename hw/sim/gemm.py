@@ -98,12 +98,13 @@ def conv_operand(feature_map: np.ndarray, row: int, first: int, m: int, rows: in
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
                    rows=None, gates=None, row_scales=None, gelu=(15, 0, 0), rng=None, ready_probability=1.0,
-                   w_base=0, timeout=200_000):
+                   w_base=0, tile_base=0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
     random stall). W is written to the bench's W memory at 0, or, when it has none, is already in the
     weight buffer at `w_base`. With `rows`, X rows are gathered by that
-    index list (and in COMBINE mode scattered back with `gates`, which emits nothing: Y is None). With
+    index list (and in COMBINE mode scattered back with `gates` into the combine words from N tile
+    `tile_base`, which emits nothing: Y is None). With
     `row_scales` = (multipliers [M], shifts [M]) the requantization is per row (`multiplier`, `shift` unused);
     GELU mode takes `gelu` = (fraction bits, one or per column [N], hidden multiplier, hidden shift). `x` may
     be a `ConvOperand` (a conv's band; W then in (ky, kx, channel) order, channels padded per tap). Returns
@@ -136,6 +137,7 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
         "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
+        "tile_base": tile_base,
         "mode": int(mode), "relu": int(relu), "row_scaled": row_scales is not None,
         "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]), **fields,
     })

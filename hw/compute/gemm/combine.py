@@ -16,8 +16,9 @@ __all__ = ["CombineScatter"]
 
 class CombineScatter(wiring.Component):
     """For each row m of an expert's fc2 output (its values already requantized to 18 bits), adds y·g into the
-    combine memory at token t = `index[list_base + m]`, N tile j: word t·NT_max + j, g = `gate[list_base + m]`
-    (Q1.15).
+    combine memory at token t = `index[list_base + m]`, N tile j: word t·NT_max + `tile_base` + j,
+    g = `gate[list_base + m]` (Q1.15). `list_base` and `tile_base` are the command's, held while it runs (a
+    matrix in several slab buffers runs as several commands, each on its own N tiles of the combine word).
 
     The token and the gate are read when the row issues into the drain (`issue`, row m on `row`; `scatter_read`
     and `gate_read`, data a cycle later) and travel with it; the row arrives on `result` (`valid` for one
@@ -32,7 +33,8 @@ class CombineScatter(wiring.Component):
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
         super().__init__({
-            "list_base": In(g.command["list_base"].shape),    # the command's, held while it runs
+            "list_base": In(g.command["list_base"].shape),
+            "tile_base": In(g.command["tile_base"].shape),
             "issue": In(1),
             "row": In(index_bits(g.max_m + 1)),
             "result": In(g.drained_row),
@@ -49,10 +51,10 @@ class CombineScatter(wiring.Component):
         list_base = self.list_base
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(list_base + self.row), port.en.eq(self.issue)]
-        # The token is registered off the read, then its word offset (token · NT_max) multiplied out.
+        # The token is registered off the read, then its word offset (token · NT_max + tile_base) multiplied out.
         token = Signal.like(self.scatter_read.data)
         offset = Signal.like(self.combine_read.addr, name="token_offset")
-        m.d.sync += [token.eq(self.scatter_read.data), offset.eq(token * g.n_tiles_max)]
+        m.d.sync += [token.eq(self.scatter_read.data), offset.eq(token * g.n_tiles_max + self.tile_base)]
         offset = delay_line(m, offset, DRAIN_STAGES - 3, "token_offset")[-1]
         gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate")[-1]
         combine_address = Signal.like(self.combine_read.addr)

@@ -28,8 +28,9 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode; `GELU` (fc1) requantizes to int16 in each column's Q.f, applies GELU and requantizes to int8 with the
 command's `hidden_multiplier` and `hidden_shift`. `COMBINE` (expert fc2) emits nothing: it requantizes to 18
 bits, multiplies row m by the gate weight at `gate[list_base + m]` and adds it into the combine memory at (token
-`index[list_base + m]`, N tile j), word `token·NT_max + j` of `COMBINE_WIDTH`-bit lanes (read through a port
-transparent to the engine's writes); a token list holds each token at most once.
+`index[list_base + m]`, N tile `tile_base` + j), word `token·NT_max + tile_base + j` of `COMBINE_WIDTH`-bit lanes
+(read through a port transparent to the engine's writes; `tile_base` + NT ≤ NT_max); a token list holds each
+token at most once.
 
 Handshakes: `command` is taken when `valid` and `ready` (= not `busy`); a command with M, KT or NT of 0 does
 nothing. `busy` rises the cycle after and falls once every row has left the requantizer (and the combine
@@ -134,6 +135,7 @@ class GemmEngine(wiring.Component):
         # The command: taken when not busy; its mode decoded into flags once.
         busy, start = Signal(), Signal()
         n_tiles, list_base = Signal.like(self.command.payload.n_tiles), Signal.like(self.command.payload.list_base)
+        tile_base = Signal.like(self.command.payload.tile_base)
         flags = Signal(g.flags)
         payload = self.command.payload
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy), start.eq(self.command.valid & ~busy)]
@@ -146,11 +148,12 @@ class GemmEngine(wiring.Component):
                 flags.row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW)),
                 flags.saturate.eq(Cat(*named, ~Cat(*named).any())),
                 busy.eq((payload.m != 0) & (payload.k_tiles != 0) & (payload.n_tiles != 0)),
-                n_tiles.eq(payload.n_tiles), list_base.eq(payload.list_base),
+                n_tiles.eq(payload.n_tiles), list_base.eq(payload.list_base), tile_base.eq(payload.tile_base),
             ]
         for stage in (sequencer, operands, accumulator, drain, gelu_path):
             m.d.comb += [stage.start.eq(start), stage.command.eq(payload)]
-        m.d.comb += [operands.list_base.eq(list_base), combine.list_base.eq(list_base)]
+        m.d.comb += [operands.list_base.eq(list_base), combine.list_base.eq(list_base),
+                     combine.tile_base.eq(tile_base)]
 
         # Operands into the array, results into the accumulator.
         m.d.comb += [sequencer.busy.eq(busy), sequencer.tile_drained.eq(drain.tile_drained)]

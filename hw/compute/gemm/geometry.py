@@ -182,6 +182,7 @@ class GemmGeometry:
             "p_base": unsigned(index_bits(self.p_depth)),
             "gather": unsigned(1),
             "list_base": unsigned(index_bits(self.index_depth)),
+            "tile_base": unsigned(index_bits(self.n_tiles_max)),   # COMBINE: the combine word's N tile of tile 0
             "mode": unsigned(3),
             "relu": unsigned(1),
             "row_scaled": unsigned(1),     # multiplier and shift per row (attention·V) instead of per column
