@@ -54,6 +54,7 @@ def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, **dram):
     return simulate(accelerator_for(TINY, accel), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
+@pytest.mark.long(55)
 @pytest.mark.parametrize("stall, simulator", [(0.0, "verilator"), (0.3, "pysim")])
 def test_patch_embedding_is_bit_exact(quantized, golden, stall, simulator):
     images, tensors = golden
@@ -339,6 +340,7 @@ def test_the_backbone_is_bit_exact_for_every_task_back_to_back_in_verilator(quan
     assert loaded < len(program.model) + len(program.image) + 16 * len(program.words)  # inactive experts stay in DRAM
 
 
+@pytest.mark.long(60)
 def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_and_small_slabs(quantized):
     """A weight feed of two array rows a cycle: slab tiles load in half the cycles, and SCRATCH sits in two banks
     so that attention's Kᵀ and V (the stationary operand there) come two rows a read too; under stalls. Slab
@@ -438,6 +440,7 @@ def test_a_program_address_off_the_bus_words_ends_the_run_at_once(quantized):
     assert good.ok and good.outputs["echo"] == payload
 
 
+@pytest.mark.long(55)
 def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     """With a slow DRAM the GEMM right behind its slab's LOAD is held by the scoreboard until the buffer is
     full: watched cycle by cycle, the engine takes no command while its buffer is not full."""
@@ -465,6 +468,7 @@ def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     assert np.array_equal(residual_from_bytes(result["run"].outputs["embed"], TINY, ACCEL), tensors[0]["embed"])
 
 
+@pytest.mark.long(50)
 def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden):
     """fc2's column parameters go into the PARAMS half fc1 does not read: watched cycle by cycle, the load path
     writes PARAMS while the engine runs fc1, and the result stays bit-exact."""
@@ -522,10 +526,12 @@ def test_dram_map_keeps_regions_apart():
     assert layout.model >= 100 + 128 and layout.image - layout.model >= 5000
 
 
+@pytest.mark.long(30)
 def test_verilog_elaborates_and_lints():
     lint(to_verilog(Accelerator.for_model(TINY, ACCEL), "accelerator"), "accelerator")
 
 
+@pytest.mark.long(65)
 def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, golden):
     """Block 0 (attention and MLP) in both simulators through the same driver and the same DRAM timing (in Python;
     native in Verilator): the same cycles, counters and bytes."""

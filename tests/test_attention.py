@@ -35,6 +35,7 @@ class AttentionBench(Elaboratable):
         return m
 
 
+@pytest.mark.long(25)
 @pytest.mark.parametrize("stalls", [{}, {"valid_probability": 0.7, "ready_probability": 0.5}])
 def test_every_head_of_the_tiny_model_matches_the_golden_attention(stalls):
     quantized = quantize_model(M3ViT.trained_like(TINY, seed=1), structured_images(TINY, 8, 11))

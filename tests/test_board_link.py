@@ -21,6 +21,7 @@ from hw.memory.sdram_chip import ULX3S_SDRAM
 TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
 
 
+@pytest.mark.long(100)
 def test_an_inference_over_the_uart_on_the_simulated_board_is_bit_exact():
     """One whole inference (backbone, then the head) for a task, the weights preloaded as on a board that holds
     them: bit-exact against the golden model; then the resident upload over the link itself: written once, skipped

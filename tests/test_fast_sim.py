@@ -40,6 +40,7 @@ def _drive(bench, cases, seed, ready_probability):
     return testbench, results
 
 
+@pytest.mark.long(55)
 def test_same_results_and_cycles_as_the_python_simulator():
     rng = np.random.default_rng(11)
     cases = _cases(rng, 8, 10)
@@ -56,6 +57,7 @@ def test_same_results_and_cycles_as_the_python_simulator():
         assert np.array_equal(fast_y, gemm_model(*case[:7], rows=case[7]))
 
 
+@pytest.mark.long(55)
 @pytest.mark.parametrize("rows, cols", [(3, 5), (4, 4)])
 def test_many_cases_up_to_40_cubed(rows, cols):
     rng = np.random.default_rng(rows * 7 + cols)

@@ -43,6 +43,7 @@ def _inference(quantized, image, **dram):
                              simulator="verilator", latency=10, **dram)
 
 
+@pytest.mark.long(60)
 def test_the_whole_inference_is_bit_exact_for_every_task(quantized):
     """Backbone, then each task's head: the input map of every convolution after the first (the ×2 upsampled
     output of the one before) and the prediction equal the golden model's, with DRAM stalls on every AXI4 channel

@@ -2,6 +2,7 @@
 (`golden.fixtures`, from shared/reference/m3vit.md), on images it was not shaped on."""
 
 import numpy as np
+import pytest
 import torch
 
 from golden.config import model_preset
@@ -15,6 +16,7 @@ CITYSCAPES = model_preset("m3vit-tiny-cityscapes")
 TOLERANCE = 0.25
 
 
+@pytest.mark.long(95)
 def test_trained_like_model_has_the_trained_tails_and_routing():
     """One test, so one worker builds the model (about 30 s)."""
     model = M3ViT.trained_like(CITYSCAPES, 0)
