@@ -21,14 +21,14 @@ def test_every_unit_has_a_proof():
 
 
 # about how long the longer proofs run on one core (the session starts the longest tests first)
-SECONDS = {"gemm-fifo": 120, "loader": 90, "writer": 60, "softmax": 55, "layernorm": 35, "gemm": 25}
+SECONDS = {"loader": 50, "writer": 40, "gemm-fifo": 35, "gemm": 25, "softmax": 25, "router-topk": 25}
 
 
 @pytest.mark.parametrize("unit", [pytest.param(unit, marks=pytest.mark.long(SECONDS[unit])) if unit in SECONDS
                                   else unit for unit in formal.PROOFS])
 def test_handshake_rules_hold(unit):
     result = formal.prove_unit(unit, formal.CI_DEPTH)
-    assert result.depth >= 24
+    assert result.depth >= 20
     if unit not in BEYOND_CI_DEPTH:
         assert result.covers_reached == result.covers > 0, "an output never stalls within the depth"
 

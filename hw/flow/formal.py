@@ -346,7 +346,7 @@ def _proofs():
 
 PROOFS = ("loader", "writer", "gemm", "gemm-fifo", "router", "router-topk", "layernorm", "softmax", "gelu", "residual",
           "upsampler")
-CI_DEPTH = 24
+CI_DEPTH = 20         # every cover the tests require is reached within it (measured on commit f25ded4)
 
 
 def prove_unit(name: str, depth: int = CI_DEPTH, keep: Path | None = None) -> ProofResult:
