@@ -118,7 +118,8 @@ MEANINGS = {
                   "w_base": "W's first word (in WEIGHTS: buffer · span + offset; in SCRATCH: a feed word, "
                             "SCRATCH word / rows a feed word)",
                   "p_base": "word of N tile 0's column parameters in PARAMS (its N tiles in one half)",
-                  "destination": "memory of Y", "d_base": "word of Y's row 0, N tile 0 (COMBINE: the combine word's N tile of Y's N tile 0)",
+                  "destination": "memory of Y",
+                  "d_base": "word of Y's row 0, N tile 0 (COMBINE: the combine word's N tile of Y's N tile 0)",
                   "d_stride": "words from one N tile of Y to the next", "mode": "output mode (GemmMode)",
                   "gather": "X rows by the current expert's token list (inside EXPERTS)", "relu": "clamp at 0",
                   "row_scaled": "multiplier and shift per row from the last SOFTMAX",
