@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from golden.config import AcceleratorConfig, ModelConfig, config_hash
+from hw.compute.gemm.geometry import tiles
 from hw.control.isa import ErrorCause
 from hw.control.registers import COUNTERS, ID_MAGIC, Control, Status, register
 
@@ -145,11 +146,12 @@ class Driver:
             raise DriverError(f"the accelerator did not finish within {timeout} cycles")
         cycles = await self._read("CYCLES_LO") | await self._read("CYCLES_HI") << 32
         counters = await self.counters()
-        stored, bus = program.stored_by(head), self.accel.dram_bytes_per_beat
-        first = min((offset for offset, _ in stored.values()), default=0) // bus * bus
-        end = max((offset + length for offset, length in stored.values()), default=first)
-        whole_words = (end - first + bus - 1) // bus * bus
-        span = await transport.read_dram(self.dram_map(program).output + first, whole_words) if stored else b""
+        stored, span, first = program.stored_by(head), b"", 0
+        if stored:                         # from the first output's bus word to the last output's end, whole words
+            bus = self.accel.dram_bytes_per_beat
+            first = min(offset for offset, _ in stored.values()) // bus * bus
+            end = max(offset + length for offset, length in stored.values())
+            span = await transport.read_dram(self.dram_map(program).output + first, tiles(end - first, bus) * bus)
         return RunResult(ErrorCause(await self._read("ERROR")), await self._read("ERROR_PC"), cycles, counters,
                          {name: span[offset - first:offset - first + length]
                           for name, (offset, length) in stored.items()}, finished_at)
