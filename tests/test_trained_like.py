@@ -6,23 +6,37 @@ import pytest
 import torch
 
 from golden.config import model_preset
-from golden.fidelity import CALIBRATION_SEED
+from golden.fidelity import CALIBRATION_SEED, TEST_SEED
 from golden.fixtures import TRAINED_ROUTING, TRAINED_TAILS
 from golden.float_model import M3ViT, float_inference
 from golden.images import natural_images
+from golden.sensitivity import TRAINED_SENSITIVITY, quantization_sensitivity
 from golden.trained_like import activation_tails, routing_statistics, tail_targets
 
 CITYSCAPES = model_preset("m3vit-tiny-cityscapes")
 TOLERANCE = 0.25
 
 
-@pytest.mark.long(95)
+@pytest.mark.long(110)
 def test_trained_like_model_has_the_trained_tails_and_routing():
-    """One test, so one worker builds the model (about 30 s)."""
+    """One test, so one worker builds the model (about 50 s)."""
     model = M3ViT.trained_like(CITYSCAPES, 0)
     images = natural_images(CITYSCAPES, 8, CALIBRATION_SEED)     # the calibration images of `m3vit golden`
     _check_tails(model, images)
     _check_routing(model, images)
+    _check_sensitivity(model)
+
+
+def _check_sensitivity(model):
+    """No easier to quantize than the trained model (`golden.sensitivity`): a synthetic model that flatters the
+    integer scheme would hide what a real checkpoint costs."""
+    measured = quantization_sensitivity(model, natural_images(CITYSCAPES, 16, CALIBRATION_SEED),
+                                        natural_images(CITYSCAPES, 4, TEST_SEED))
+    trained = TRAINED_SENSITIVITY["snr_db"]
+    first = CITYSCAPES.moe_blocks[0]
+    for task, snr in measured["snr_db"].items():
+        assert snr[0] <= trained[0] + 1.0 and snr[3] <= trained[3] + 1.0, (task, snr)
+        assert measured["agreement"][task][first] <= TRAINED_SENSITIVITY["agreement"][1] + 0.02, measured
 
 
 def _check_tails(model, images):
@@ -69,3 +83,18 @@ def _check_routing(model, images):
         top = torch.topk(torch.cat([torch.stack(t) for t in by_task]), 3, -1).values
         below += int(((top[..., 1] - top[..., 2]) < 1e-3).sum())
     assert below >= 3       # a few tokens' top-2 margin under 0.001 logit units, as measured
+
+
+def test_sensitivity_experiment_sees_the_tails():
+    """The reference's experiment on tiny: a random model's light tails quantize far better than the trained-like
+    model's heavy ones, and every figure is a finite SNR or an agreement in [0, 1]."""
+    tiny = model_preset("tiny")
+    calibration, test = natural_images(tiny, 8, CALIBRATION_SEED), natural_images(tiny, 4, TEST_SEED)
+    light = quantization_sensitivity(M3ViT.random(tiny, 1).eval(), calibration, test)
+    heavy = quantization_sensitivity(M3ViT.trained_like(tiny, 1), calibration, test)
+    for result in (light, heavy):
+        assert set(result["snr_db"]) == {0, 1} and all(len(s) == tiny.depth for s in result["snr_db"].values())
+        assert all(np.isfinite(s).all() for s in result["snr_db"].values())
+        assert all(0 <= a <= 1 for layers in result["agreement"].values() for a in layers.values())
+        assert set(result["agreement"][0]) == set(tiny.moe_blocks)
+    assert light["snr_db"][0][0] > heavy["snr_db"][0][0] + 10
