@@ -12,10 +12,12 @@ On a trained M³ViT-tiny this gave 34.6 dB after block 0, 30.5 dB after block 3 
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
+
+from .fidelity import snr_db
+from .float_model import calibrate
 
 __all__ = ["quantization_sensitivity", "TRAINED_SENSITIVITY"]
 
@@ -47,50 +49,36 @@ def _weights_quantized(model):
 def quantization_sensitivity(model, calibration: np.ndarray, test: np.ndarray) -> dict:
     """The experiment on float images [N, 3, H, W]: calibrated on `calibration` (every task), measured on `test`
     per task: {"snr_db": {task: [dB after each block]}, "agreement": {task: {MoE block: top-k agreement}}}."""
-    limits: dict[str, float] = {}
-
-    def calibrate(name, tensor):
-        if not _left_float(name):
-            limits[name] = max(limits.get(name, 0.0), float(tensor.abs().max()))
-        return tensor
+    limits = calibrate(model, calibration)              # max |x| of every probed tensor
 
     def fake_quantize(name, tensor):
-        if name not in limits:
+        if _left_float(name) or name not in limits:
             return tensor
         levels = 32767 if _is_residual(name) else 127
         step = max(limits[name], 1e-30) / levels
         return torch.clamp(torch.round(tensor / step), -levels, levels) * step
 
     def observe(network, quantize, task):
-        outputs, logits = {}, {}
+        outputs, ids = {}, {}
 
         def probe(name, tensor):
             tensor = quantize(name, tensor)
             if name.endswith(".out"):
-                outputs[int(name.split(".")[1])] = tensor.detach().double()
+                outputs[int(name.split(".")[1])] = tensor.double().numpy()
             elif name.endswith(".router_logits"):
-                logits[int(name.split(".")[1])] = tensor.detach()
+                ids[int(name.split(".")[1])] = torch.topk(tensor, k).indices.sort(-1).values
             return tensor
 
         network(images, task, probe=probe)
-        return outputs, logits
+        return outputs, ids
 
-    tasks = range(model.config.num_tasks)
+    k, quantized = model.config.top_k, _weights_quantized(model)
+    images = torch.from_numpy(np.asarray(test, np.float32))
+    result = {"snr_db": {}, "agreement": {}}
     with torch.no_grad():
-        for task in tasks:
-            model(torch.from_numpy(np.asarray(calibration, np.float32)), task, probe=calibrate)
-        quantized = _weights_quantized(model)
-        images = torch.from_numpy(np.asarray(test, np.float32))
-        result = {"snr_db": {}, "agreement": {}}
-        for task in tasks:
-            outputs, logits = observe(model, lambda name, tensor: tensor, task)
-            q_outputs, q_logits = observe(quantized, fake_quantize, task)
-            result["snr_db"][task] = [
-                10 * math.log10(float(outputs[b].pow(2).sum() / (outputs[b] - q_outputs[b]).pow(2).sum()))
-                for b in sorted(outputs)]
-            k = model.config.top_k
-            result["agreement"][task] = {
-                b: float((torch.topk(logits[b], k).indices.sort(-1).values
-                          == torch.topk(q_logits[b], k).indices.sort(-1).values).all(-1).double().mean())
-                for b in sorted(logits)}
+        for task in range(model.config.num_tasks):
+            outputs, ids = observe(model, lambda name, tensor: tensor, task)
+            q_outputs, q_ids = observe(quantized, fake_quantize, task)
+            result["snr_db"][task] = [snr_db(outputs[b], q_outputs[b]) for b in sorted(outputs)]
+            result["agreement"][task] = {b: float((ids[b] == q_ids[b]).all(-1).double().mean()) for b in sorted(ids)}
     return result
