@@ -367,7 +367,9 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
     per-batch `percentile`-th percentile of |x| for the int8 activations (`PERCENTILE_CLIPPED`); the residual
     stream, the router's input and the images always keep their maximum. The tensors the quantizer scales per
     channel (`PER_CHANNEL`) also get `{name}.channels`: max |x| of each channel (the last axis; V's heads
-    joined), a float64 array."""
+    joined), a float64 array. The inputs of the blocks' matrix products (`GRAM_INPUTS`: LayerNorm outputs, the
+    attention output, the MLP's and every expert's hidden over every token) get `{name}.gram`: Σ x xᵀ over the
+    tokens, float64 [channels, channels], the second moments the quantizer's weight rounding minimises against."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"calibration needs a non-empty batch of images [N, C, H, W], got shape {images.shape}")
@@ -376,6 +378,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
     maxima: dict[str, float] = {"image": float(np.abs(images).max())}
     clipped: dict[str, float] = {}
     channels: dict[str, np.ndarray] = {}
+    grams: dict[str, np.ndarray] = {}
 
     def probe(name, tensor):
         magnitude = tensor.detach().abs().flatten().float()
@@ -385,6 +388,9 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
             per_token = tensor.detach().transpose(1, 2).flatten(2) if kind == "v" else tensor.detach()  # heads
             largest = per_token.abs().reshape(-1, per_token.shape[-1]).amax(0).double().numpy()
             channels[f"{name}.channels"] = np.maximum(channels.get(f"{name}.channels", 0.0), largest)
+        if kind in GRAM_INPUTS:
+            rows = tensor.detach().double().reshape(-1, tensor.shape[-1])
+            grams[f"{name}.gram"] = grams.get(f"{name}.gram", 0.0) + (rows.T @ rows).numpy()
         if percentile is not None and kind in PERCENTILE_CLIPPED:
             rank = max(1, min(magnitude.numel(), round(magnitude.numel() * percentile / 100)))
             clipped[name] = max(clipped.get(name, 0.0), float(magnitude.kthvalue(rank).values))
@@ -394,7 +400,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
     with torch.no_grad():
         for task in range(config.num_tasks) if tasks is None else tasks:
             model(torch.from_numpy(images), task, probe=probe)
-    clips = {**maxima, **clipped, **channels}
+    clips = {**maxima, **clipped, **channels, **grams}
     residual = [maxima["embed"]] + [maxima[f"blocks.{b}.{n}"] for b in range(config.depth) for n in ("mid", "out")]
     clips["residual"] = max(residual)
     for block in config.moe_blocks:
@@ -404,6 +410,7 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
 
 PERCENTILE_CLIPPED = {"norm1", "norm2", "q", "k", "v", "attn_out", "gelu", "norm"}
 PER_CHANNEL = {"norm1", "norm2", "v", "attn_out", "fc1", "gelu"}
+GRAM_INPUTS = {"norm1", "norm2", "attn_out", "gelu"}
 
 
 def numpy_weights(model: M3ViT) -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
 """The quantizer: float weights (official names, NumPy) plus calibration statistics → a `QuantizedModel`.
 
-Weights are int8, symmetric per output channel, stored [K, N]; biases int32 at the accumulator's scale;
+Weights are int8, symmetric per output channel, stored [K, N], rounded by GPTQ against the calibration's
+second moments of each layer's input where calibration gives them (`rounded_weights`); biases int32 at the
+accumulator's scale;
 activations int8 symmetric per tensor; the residual stream int16 with one scale for the whole network; every
 rescaling an integer multiplier in [2^14, 2^15) and a shift (`golden.ops.quantize_multiplier`). The statistics
 come from `golden.float_model.calibrate` (clip values by tensor name); this module needs no torch.
@@ -16,13 +18,14 @@ from . import ops
 from .config import ModelConfig
 from .quantized import QuantizedModel, bias_room
 
-__all__ = ["quantize", "quantize_image", "QuantizationError", "BN_EPS", "LN_EPS"]
+__all__ = ["quantize", "quantize_image", "rounded_weights", "QuantizationError", "BN_EPS", "LN_EPS"]
 
 LN_EPS = 1e-6
 BN_EPS = 1e-5
 INT8_MAX, INT16_MAX = 127, 32767
 SMOOTHING = (0.9, 0.9)    # SmoothQuant's α for LayerNorm₁ → qkv and LayerNorm₂ → fc1 (None: off)
 LOG2E = math.log2(math.e)
+GPTQ_DAMPING = 0.01       # added to the Gram matrix's diagonal, times its mean (GPTQ's default)
 
 
 class QuantizationError(ValueError):
@@ -60,11 +63,24 @@ class _Builder:
         """max |x| per channel of tensor `name` (calibration's `{name}.channels`)."""
         return np.asarray(self.clip(f"{name}.channels"), dtype=np.float64)
 
-    def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float) -> None:
-        """Store one linear layer: w float [.., K, N], b float [.., N], requantizing to `out_scale`."""
+    def gram(self, name: str, factors) -> np.ndarray | None:
+        """Σ x xᵀ of tensor `name` over the calibration tokens (None if calibration gave none) for the input
+        x / `factors` that weights with rows multiplied by `factors` take."""
+        names = [name] if isinstance(name, str) else name
+        if any(f"{n}.gram" not in self.clips for n in names):
+            return None
+        grams = np.stack([np.asarray(self.clips[f"{n}.gram"], dtype=np.float64) for n in names])
+        factors = np.asarray(factors, dtype=np.float64)
+        rescaled = grams / (factors[..., :, None] * factors[..., None, :])
+        return rescaled if not isinstance(name, str) else rescaled[0]
+
+    def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float,
+                   gram: np.ndarray | None = None) -> None:
+        """Store one linear layer: w float [.., K, N], b float [.., N], requantizing to `out_scale`; `gram` the
+        input's second moments for `rounded_weights`."""
         column_max = np.abs(w).max(axis=-2)
         w_scale = np.where(column_max > 0, column_max / INT8_MAX, 1.0)
-        wq = np.clip(np.round(w / w_scale[..., None, :]), -INT8_MAX, INT8_MAX).astype(np.int8)
+        wq = rounded_weights(w, w_scale, gram)
         acc_scale = in_scale * w_scale
         bias = np.round(b / acc_scale)
         k = w.shape[-2]
@@ -103,14 +119,16 @@ class _Builder:
         return fraction_bits, 2.0 ** -fraction_bits * factor[..., None], _multiplier(1 / factor, "GELU output")
 
     def put_mlp(self, fc1: str, fc2: str, scalars: str, fc1_w, fc1_b, fc2_w, fc2_b, fc1_max, gelu_max,
-                in_scale: float, out_scale: float) -> None:
+                in_scale: float, out_scale: float, fc1_gram=None, hidden=None) -> None:
         """An MLP (or a layer's experts, with a leading axis): fc1 into Q.f_c per column, the hidden's
-        requantization, fc2 with the hidden's per-channel scales folded into its rows."""
+        requantization, fc2 with the hidden's per-channel scales folded into its rows. `fc1_gram` is fc1's
+        input's, `hidden` names the hidden tensor (one per expert) whose Gram fc2's rounding takes."""
         fraction_bits, hidden_scales, (multiplier, shift) = self.mlp_scalars(fc1_max, gelu_max)
-        self.put_linear(fc1, fc1_w, fc1_b, in_scale, 2.0 ** -fraction_bits)
+        self.put_linear(fc1, fc1_w, fc1_b, in_scale, 2.0 ** -fraction_bits, fc1_gram)
         self.arrays[f"{fc1}.fraction_bits"] = fraction_bits.astype(np.int32)
         self.put_scalars(scalars, hidden_multiplier=multiplier, hidden_shift=shift)
-        self.put_linear(fc2, fc2_w * hidden_scales[..., :, None], fc2_b, 1.0, out_scale)
+        self.put_linear(fc2, fc2_w * hidden_scales[..., :, None], fc2_b, 1.0, out_scale,
+                        None if hidden is None else self.gram(hidden, hidden_scales))
 
     def put_smoothed_norm(self, prefix: str, gamma, beta, weight_row_max: np.ndarray, alpha) -> np.ndarray:
         """A LayerNorm output feeding a matrix product, smoothed per channel (`smoothing`) and quantized to
@@ -121,6 +139,37 @@ class _Builder:
         self.put_norm(prefix, gamma / factors, beta / factors, scale)
         self.scales[prefix] = scale
         return factors
+
+
+def rounded_weights(w: np.ndarray, scale: np.ndarray, gram: np.ndarray | None = None,
+                    damping: float = GPTQ_DAMPING) -> np.ndarray:
+    """int8 weights [.., K, N] for float `w` at column scales `scale` [.., N]: each rounded to nearest, or,
+    given `gram` [.., K, K] (Σ x xᵀ of the layer's input over the calibration tokens, in w's row coordinates),
+    by GPTQ (Frantar et al., ICLR 2023): rows rounded one at a time, the input channel with the most energy
+    first, each row's rounding error passed on to the rows not yet rounded so that the calibration tokens'
+    outputs change least (‖X(W − s·Ŵ)‖ over X's columns). Channels that were always 0 pass nothing on."""
+    if gram is None:
+        return np.clip(np.round(w / scale[..., None, :]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    k = w.shape[-2]
+    lead = np.broadcast_shapes(w.shape[:-2], gram.shape[:-2])
+    w = np.broadcast_to(w, lead + w.shape[-2:]).copy()
+    scale = np.broadcast_to(scale, lead + scale.shape[-1:])
+    gram = np.broadcast_to(gram, lead + (k, k)).copy()
+    diagonal = np.diagonal(gram, axis1=-2, axis2=-1).copy()
+    order = np.argsort(-diagonal, axis=-1, kind="stable")
+    channels = np.arange(k)
+    gram[..., channels, channels] = np.where(diagonal > 0, diagonal, 1.0) + damping * diagonal.mean(-1, keepdims=True)
+    gram = np.take_along_axis(np.take_along_axis(gram, order[..., :, None], -2), order[..., None, :], -1)
+    w = np.take_along_axis(w, order[..., :, None], -2)
+    upper = np.swapaxes(np.linalg.cholesky(np.linalg.inv(gram)), -1, -2)    # inverse Gram = Uᵀ U
+    rounded = np.empty_like(w)
+    for row in range(k):
+        rounded[..., row, :] = np.clip(np.round(w[..., row, :] / scale), -INT8_MAX, INT8_MAX)
+        error = (w[..., row, :] - rounded[..., row, :] * scale) / upper[..., row, row, None]
+        w[..., row + 1:, :] -= upper[..., row, row + 1:, None] * error[..., None, :]
+    result = np.empty_like(rounded)
+    np.put_along_axis(result, order[..., :, None], rounded, -2)
+    return result.astype(np.int8)
 
 
 def smoothing(activation_max: np.ndarray, weight_row_max: np.ndarray, alpha: float | None) -> np.ndarray:
@@ -168,12 +217,12 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
         ratio = max(float((attention_max / np.maximum(v_max, 1e-12)).max()), 1e-12)
         out_scales = np.concatenate([np.full(d, s_q * hd ** 0.5), np.full(d, s_k), s_v])  # head scale in Q's
         q.put_linear(f"{p}.qkv", qkv_w * s1[:, None], q.weight(f"{p}.attn.qkv.bias"), q.scales[f"{p}.norm1"],
-                     out_scales)
+                     out_scales, q.gram(f"{p}.norm1", s1))
         exp_m, exp_s = _multiplier(s_q * s_k * LOG2E * 2 ** ops.ATTENTION_EXP_BITS, f"{p} softmax")
         out_m, out_s = _multiplier(1 / ratio, f"{p} attention output")
         q.put_scalars(f"{p}.attn", exp_multiplier=exp_m, exp_shift=exp_s, out_multiplier=out_m, out_shift=out_s)
         q.put_linear(f"{p}.proj", q.weight(f"{p}.attn.proj.weight").T * (s_v * ratio)[:, None],
-                     q.weight(f"{p}.attn.proj.bias"), 1.0, s_res)
+                     q.weight(f"{p}.attn.proj.bias"), 1.0, s_res, q.gram(f"{p}.attn_out", s_v * ratio))
         # LayerNorm₂ → fc1 (every expert), smoothed per channel; the router's output of the same LayerNorm not
         gamma2, beta2 = q.weight(f"{p}.norm2.weight"), q.weight(f"{p}.norm2.bias")
         moe = config.is_moe(b)
@@ -192,11 +241,13 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
             gelu_max = np.stack([q.channel_clip(f"{p}.experts.{e}.gelu") for e in experts])
             names, out_scale = (f"{p}.experts.fc1", f"{p}.experts.fc2", f"{p}.experts"), \
                 s_res / 2 ** ops.COMBINE_FRACTION_BITS
+            hidden = [f"{p}.experts.{e}.gelu" for e in experts]
         else:
             fc1_max, gelu_max = q.channel_clip(f"{p}.fc1"), q.channel_clip(f"{p}.gelu")
-            names, out_scale = (f"{p}.fc1", f"{p}.fc2", f"{p}.mlp"), s_res
+            names, out_scale, hidden = (f"{p}.fc1", f"{p}.fc2", f"{p}.mlp"), s_res, f"{p}.gelu"
         q.put_mlp(*names, fc1_w * s2[:, None], q.weight(f"{p}.{mlp}.{fc1[0]}.bias"), fc2_w,
-                  q.weight(f"{p}.{mlp}.{fc1[1]}.bias"), fc1_max, gelu_max, q.scales[f"{p}.norm2"], out_scale)
+                  q.weight(f"{p}.{mlp}.{fc1[1]}.bias"), fc1_max, gelu_max, q.scales[f"{p}.norm2"], out_scale,
+                  q.gram(f"{p}.norm2", s2), hidden)
 
     for task in range(config.num_tasks):
         _quantize_head(q, task, config, s_res)
@@ -206,7 +257,8 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
 def _quantize_router(q: _Builder, p: str, config: ModelConfig, s_router: float) -> None:
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
-    q.arrays[f"{p}.router.weight"] = np.clip(np.round(gates / router_scales[:, None, None]), -127, 127).astype(np.int8)
+    column_scales = np.broadcast_to(router_scales[:, None], gates.shape[::2])
+    q.arrays[f"{p}.router.weight"] = rounded_weights(gates, column_scales, q.gram(f"{p}.norm2", np.ones(config.embed_dim)))
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)
 

@@ -10,7 +10,7 @@ from golden.fidelity import snr_db
 from golden.float_model import M3ViT, calibrate, float_inference, numpy_weights, quantize_model
 from golden.images import natural_images, structured_images
 from golden.model import run
-from golden.quantize import QuantizationError, quantize, quantize_image
+from golden.quantize import QuantizationError, quantize, quantize_image, rounded_weights
 from golden.quantized import FORMAT, QuantizedFileError, QuantizedModel, array_spec
 
 TINY = model_preset("tiny")
@@ -174,6 +174,62 @@ def test_quantizer_errors(network):
         calibrate(network, np.zeros((0, 3, 32, 32), np.float32))
     with pytest.raises(ValueError, match="NaN or inf"):
         calibrate(network, np.full((1, 3, 32, 32), np.inf, np.float32))
+
+
+def _correlated_inputs(rng, tokens, mixing):
+    """Tokens [tokens, k] with channels correlated by `mixing` [k, k] and one outlier channel, as a LayerNorm
+    output has."""
+    x = rng.standard_normal((tokens, len(mixing))) @ mixing
+    x[:, 3] *= 8
+    return x
+
+
+def _output_error(x, w, scale, wq):
+    return float(np.square(x @ (w - wq * scale)).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_rounding_lowers_the_output_error(seed):
+    rng = np.random.default_rng(seed)
+    k, n = 48, 24
+    w = rng.standard_normal((k, n)) * rng.uniform(0.2, 2.0, n)
+    w[5, 7] *= 6                                                # a column whose scale one weight sets
+    scale = np.abs(w).max(0) / 127
+    mixing = np.eye(k) + 0.5 * rng.standard_normal((k, k)) / np.sqrt(k)
+    calibration, held_out = _correlated_inputs(rng, 1000, mixing), _correlated_inputs(rng, 1000, mixing)
+    nearest = rounded_weights(w, scale)
+    assert np.array_equal(nearest, np.clip(np.round(w / scale), -127, 127))
+    gptq = rounded_weights(w, scale, calibration.T @ calibration)
+    assert gptq.dtype == np.int8 and np.abs(gptq.astype(int)).max() <= 127
+    for x in (calibration, held_out):
+        assert _output_error(x, w, scale, gptq) < 0.85 * _output_error(x, w, scale, nearest)
+    # a diagonal Gram matrix (uncorrelated channels) and an all-zero one (channels never seen) pass no error on
+    assert np.array_equal(rounded_weights(w, scale, np.diag(rng.uniform(0.1, 9, k))), nearest)
+    assert np.array_equal(rounded_weights(w, scale, np.zeros((k, k))), nearest)
+    # a leading axis (a layer's experts) rounds each slice as on its own, with a shared or its own Gram
+    experts = np.stack([w, -0.5 * w])
+    shared = rounded_weights(experts, np.stack([scale, 0.5 * scale]), calibration.T @ calibration)
+    assert np.array_equal(shared[0], gptq)
+    assert np.array_equal(shared[1], rounded_weights(-0.5 * w, 0.5 * scale, calibration.T @ calibration))
+
+
+def test_quantizer_rounds_by_gptq_where_calibration_gives_the_inputs_moments(network, quantized):
+    weights = numpy_weights(network)
+    clips = calibrate(network, natural_images(TINY, 8, 11))
+    assert clips["blocks.0.norm1.gram"].shape == (TINY.embed_dim, TINY.embed_dim)
+    assert clips[f"blocks.{TINY.moe_blocks[0]}.experts.0.gelu.gram"].shape == (TINY.expert_hidden,) * 2
+    nearest = quantize(TINY, weights, {k: v for k, v in clips.items() if not k.endswith(".gram")})
+    moe = TINY.moe_blocks[0]
+    for layer in ("blocks.0.qkv", "blocks.0.proj", "blocks.0.fc1", "blocks.0.fc2", f"blocks.{moe}.experts.fc1",
+                  f"blocks.{moe}.experts.fc2", f"blocks.{moe}.router"):
+        got, plain = quantized.arrays[f"{layer}.weight"], nearest.arrays[f"{layer}.weight"]
+        assert not np.array_equal(got, plain), layer
+    # what GPTQ leaves alone: the patch embedding, the heads, every scale
+    for name in ("patch.weight", "heads.0.conv_0.weight"):
+        assert np.array_equal(quantized.arrays[name], nearest.arrays[name]), name
+    for name, value in nearest.arrays.items():
+        if not name.endswith(".weight"):
+            assert np.array_equal(quantized.arrays[name], value), name
 
 
 def test_trained_like_shape(network):
