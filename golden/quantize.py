@@ -63,14 +63,14 @@ class _Builder:
         """max |x| per channel of tensor `name` (calibration's `{name}.channels`)."""
         return np.asarray(self.clip(f"{name}.channels"), dtype=np.float64)
 
-    def gram(self, name: str, factors) -> np.ndarray | None:
+    def gram(self, name: str, factors=1.0) -> np.ndarray | None:
         """Σ x xᵀ of tensor `name` over the calibration tokens (None if calibration gave none) for the input
         x / `factors` that weights with rows multiplied by `factors` take."""
         names = [name] if isinstance(name, str) else name
         if any(f"{n}.gram" not in self.clips for n in names):
             return None
         grams = np.stack([np.asarray(self.clips[f"{n}.gram"], dtype=np.float64) for n in names])
-        factors = np.asarray(factors, dtype=np.float64)
+        factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), grams.shape[:-1])
         rescaled = grams / (factors[..., :, None] * factors[..., None, :])
         return rescaled if not isinstance(name, str) else rescaled[0]
 
@@ -258,7 +258,7 @@ def _quantize_router(q: _Builder, p: str, config: ModelConfig, s_router: float) 
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
     column_scales = np.broadcast_to(router_scales[:, None], gates.shape[::2])
-    q.arrays[f"{p}.router.weight"] = rounded_weights(gates, column_scales, q.gram(f"{p}.norm2", np.ones(config.embed_dim)))
+    q.arrays[f"{p}.router.weight"] = rounded_weights(gates, column_scales, q.gram(f"{p}.norm2"))
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)
 
