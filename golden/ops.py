@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "integer_only", "bit_length", "isqrt", "round_shift", "saturate", "requantize", "quantize_multiplier",
     "exact_matmul", "layernorm", "exp2_lut", "exp_neg", "softmax_rows", "row_multipliers", "gelu",
-    "route", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
+    "route", "route_winners", "gate_weights", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
     "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE",
     "COMBINE_FRACTION_BITS", "RESIDUAL_BITS", "COMBINE_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
@@ -283,25 +283,38 @@ def gelu(z: np.ndarray, fraction_bits) -> np.ndarray:
 
 
 @integer_only
-def route(logits: np.ndarray, top_k: int, gate: str, multiplier: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k routing of integer logits [T, E] → (expert ids [T, k] int32 best first, gate weights [T, k] int32
-    in Q1.15). Selection is on the logits, equal logits going to the lower expert index. Then
-    e_j = 2^30 · exp(−(l_max − l_j)·s) (`exp_neg` with a 256-entry table), S = Σ e over all E experts (`vmoe`)
-    or over the k winners (`noisy`), recip = 2^62 // S, g_j = round_shift(e_j · recip, 47)."""
+def route_winners(logits: np.ndarray, top_k: int, multiplier: int, shift: int) -> tuple[np.ndarray, ...]:
+    """The first half of `route`: (expert ids [T, k] int32 best first, the winners' exponentials e [T, k], the sum
+    of all E exponentials [T, 1]). Selection is on the integer logits [T, E], equal logits going to the lower
+    expert index; e_j = 2^30 · exp(−(l_max − l_j)·s) (`exp_neg` with a 256-entry table)."""
     logits = np.asarray(logits, dtype=np.int64)
     ids = np.argsort(-logits, axis=-1, kind="stable")[..., :top_k]
-    d = logits.max(-1, keepdims=True) - logits
-    e = exp_neg(d, multiplier, shift, ROUTER_TABLE, ROUTER_EXP_BITS, 0)
-    winners = np.take_along_axis(e, ids, -1)
+    e = exp_neg(logits.max(-1, keepdims=True) - logits, multiplier, shift, ROUTER_TABLE, ROUTER_EXP_BITS, 0)
+    return ids.astype(np.int32), np.take_along_axis(e, ids, -1), e.sum(-1, keepdims=True)
+
+
+@integer_only
+def gate_weights(winners: np.ndarray, total: np.ndarray, gate: str) -> np.ndarray:
+    """The second half of `route`: Q1.15 gate weights [T, k] int32 of the winners' exponentials [T, k], with
+    S = `total` (the sum of all E, [T, 1]) for `vmoe` or the winners' own sum for `noisy`;
+    recip = 2^62 // S, g_j = round_shift(e_j · recip, 47)."""
+    winners = np.asarray(winners, dtype=np.int64)
     if gate == "vmoe":
-        total = e.sum(-1, keepdims=True)
+        total = np.asarray(total, dtype=np.int64)
     elif gate == "noisy":
         total = winners.sum(-1, keepdims=True)
     else:
         raise ValueError(f"gate = {gate!r}: must be 'vmoe' or 'noisy'")
     recip = np.left_shift(np.int64(1), 62) // total
-    weights = round_shift(winners * recip, 62 - GATE_BITS)
-    return ids.astype(np.int32), weights.astype(np.int32)
+    return round_shift(winners * recip, 62 - GATE_BITS).astype(np.int32)
+
+
+@integer_only
+def route(logits: np.ndarray, top_k: int, gate: str, multiplier: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k routing of integer logits [T, E] → (expert ids [T, k] int32 best first, gate weights [T, k] int32
+    in Q1.15): `route_winners`, then `gate_weights`."""
+    ids, winners, total = route_winners(logits, top_k, multiplier, shift)
+    return ids, gate_weights(winners, total, gate)
 
 
 @integer_only

@@ -60,6 +60,26 @@ def _tables(rng, dim, experts):
     return weights, multipliers, shifts
 
 
+@pytest.mark.parametrize("experts, top_k, gate", [(2, 1, "vmoe"), (4, 4, "noisy"), (16, 2, "vmoe"), (64, 4, "noisy")])
+def test_the_stage_models_compose_to_the_golden_route(experts, top_k, gate):
+    """`Router.model` is the stages' models one after the other; it must be the golden route, ties and the
+    extreme inputs included."""
+    rng = np.random.default_rng(experts + top_k)
+    weights, multipliers, shifts = _tables(rng, 12, experts)
+    for case in range(4):
+        tokens = rng.integers(-(1 << 15), 1 << 15, (int(rng.integers(1, 30)), 12))
+        if case == 1:
+            tokens[:] = rng.choice([-(1 << 15), (1 << 15) - 1], tokens.shape)
+        w = weights[0, 0].copy()
+        if case == 2:                  # equal logits: identical columns
+            w[:, 1::2] = w[:, ::2][:, :w[:, 1::2].shape[1]]
+        if case == 3:
+            w[:] = rng.choice([-127, 127], w.shape)
+        got = Router.model(tokens, w, int(multipliers[0, 0]), int(shifts[0, 0]), top_k, gate)
+        expected = _golden(tokens, w, multipliers[0, 0], shifts[0, 0], top_k, gate)
+        assert all(np.array_equal(a, b) for a, b in zip(got[:2], expected[:2])) and got[2:] == expected[2:]
+
+
 @pytest.mark.parametrize("experts, top_k, gate, dim, macs", [
     (2, 1, "vmoe", 12, 8), (4, 2, "noisy", 20, 8), (4, 4, "vmoe", 9, 4), (16, 2, "vmoe", 24, 32),
     (16, 4, "noisy", 16, 128), (64, 2, "vmoe", 8, 16), (64, 4, "noisy", 6, 128), (16, 1, "noisy", 5, 3)])

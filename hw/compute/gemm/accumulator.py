@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from golden import ops
 
 from ...common.arith import index_bits
 from ...common.pipeline import delay_line
@@ -26,6 +29,12 @@ class Accumulator(wiring.Component):
     cycle. The drain must not read a bank while rows are written into it (the sequencer's bank credits hold
     this); a row is revisited no sooner than two cycles later (the sequencer keeps M = 1 rows apart).
     """
+
+    @staticmethod
+    def model(x, w):
+        """The words a command leaves: X [M, K] (int8, or int16 in wide-operand presets) times W [K, N] (int8),
+        summed over every K tile exactly; [M, N] int64. The bias is added in the requantizer."""
+        return ops.exact_matmul(np.asarray(x, np.int16), np.asarray(w, np.int8))
 
     def __init__(self, geometry: GemmGeometry, array_latency: int):
         self.geometry = g = geometry

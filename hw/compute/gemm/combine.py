@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -29,6 +30,14 @@ class CombineScatter(wiring.Component):
     so a word is written once per command and no read meets a pending write. `active` says a row is between
     the read and the write.
     """
+
+    @staticmethod
+    def model(words, y, gates, tokens):
+        """The combine words [T, N] after one command: y [M, N] (18-bit rows) times the list's Q1.15 `gates` [M]
+        added at the list's `tokens` [M] (each at most once); int64."""
+        words = np.array(words, dtype=np.int64)
+        words[np.asarray(tokens)] += np.asarray(y, np.int64) * np.asarray(gates, np.int64)[:, None]
+        return words
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry

@@ -30,6 +30,11 @@ class GeluPath(wiring.Component):
     the cycle `start` is set.
     """
 
+    @staticmethod
+    def model(z, fraction_bits, hidden_multiplier: int, hidden_shift: int):
+        """The hidden rows of int16 rows z [.., C] with their columns' Q.f (`fraction_bits` [C] or one)."""
+        return ops.requantize(ops.gelu(z, fraction_bits), hidden_multiplier, hidden_shift, 8)
+
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
         self.LATENCY = g.gelu_chunks + GELU_STAGES

@@ -1,13 +1,15 @@
-"""The GEMM engine's memory images (X, W, P words) and its reference, from the golden operations."""
+"""The GEMM engine's memory images (X, W, P words) and its reference, from its stages' models."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from golden import ops
-
 from ...memory.layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
+from .accumulator import Accumulator
+from .combine import CombineScatter
+from .gelu_path import GeluPath
 from .geometry import GemmMode, tiles
+from .requantizer import RequantizerLane
 
 __all__ = ["pack_x", "pack_w", "pack_params", "gemm_model", "combine_model"]
 
@@ -57,17 +59,15 @@ def pack_params(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, col
 
 def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
                mode: GemmMode, relu: bool = False, rows: np.ndarray | None = None, gelu=None) -> np.ndarray:
-    """What the engine emits, from the golden operations: requantize(X[rows] @ W + b) or X·W + b (RAW); for
-    GELU, requantize(gelu(requantize(X·W + b, 16), f), m_h, s_h, 8) with `gelu` = (f, m_h, s_h), f per column
-    ([N]) or one for all."""
+    """What the engine emits, its stages' models in turn (the accumulator, the requantizer lanes, the GELU
+    path): requantize(X[rows] @ W + b) or X·W + b (RAW); for GELU, requantize(gelu(requantize(X·W + b, 16), f),
+    m_h, s_h, 8) with `gelu` = (f, m_h, s_h), f per column ([N]) or one for all."""
     x = np.asarray(x) if rows is None else np.asarray(x)[np.asarray(rows)]
-    acc = ops.exact_matmul(x.astype(np.int16), np.asarray(w, np.int8)) + np.asarray(bias, np.int64)
-    if mode == GemmMode.RAW:
-        return ops.saturate(acc, 32, lower=0 if relu else None).astype(np.int64)
-    y = ops.requantize(acc, multiplier, shift, mode.bits, lower=0 if relu else None)
+    raw = mode == GemmMode.RAW
+    y = RequantizerLane.model(Accumulator.model(x, w), np.asarray(bias, np.int64), multiplier, shift,
+                              32 if raw else mode.bits, raw=raw, relu=relu)
     if mode == GemmMode.GELU:
-        fraction_bits, hidden_multiplier, hidden_shift = gelu
-        y = ops.requantize(ops.gelu(y, fraction_bits), hidden_multiplier, hidden_shift, 8)
+        y = GeluPath.model(y, *gelu)
     return y.astype(np.int64)
 
 
@@ -76,13 +76,11 @@ def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """The combine accumulator after every expert's COMBINE command, from the golden operations: for token t
     Σ_j y_{e_j}(t)·g_j, y the expert's fc2 output requantized to 18 bits. experts[e] = (W, bias, multiplier,
     shift, token list); returns int64 [T, N]. `golden.ops.combine` rounds it once into the residual."""
-    t = len(routing_ids)
-    n = experts[0][0].shape[1]
-    total = np.zeros((t, n), dtype=np.int64)
+    total = np.zeros((len(routing_ids), experts[0][0].shape[1]), dtype=np.int64)
     for e, (w, bias, multiplier, shift, tokens) in enumerate(experts):
         if not len(tokens):
             continue
         y = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=tokens)
         slot = np.argmax(routing_ids[tokens] == e, axis=1)
-        total[tokens] += y * gate_weights[tokens, slot][:, None]
+        total = CombineScatter.model(total, y, gate_weights[tokens, slot], tokens)
     return total

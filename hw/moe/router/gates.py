@@ -26,6 +26,8 @@ class GateWeights(wiring.Component):
     counts the routes taken. About k + 36 cycles per token; `idle` when no token is inside.
     """
 
+    model = staticmethod(ops.gate_weights)      # (winners' e, S over all E, gate) → Q1.15 gate weights
+
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry
         super().__init__({

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
+
+from golden import ops
 
 from ...common.arith import address_bits
 from .geometry import RouterGeometry, select
@@ -28,6 +31,11 @@ class LogitUnit(wiring.Component):
     pulses the half's bit when its E logits are written. `command` (layer, task, tokens) is read in the cycle
     `start` is set.
     """
+
+    @staticmethod
+    def model(tokens, weights):
+        """The logits [T, E] of tokens [T, D] (int16) and the task's weights [D, E] (int8), exactly."""
+        return ops.exact_matmul(np.asarray(tokens, np.int16), np.asarray(weights, np.int8))
 
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
+
+from golden.model import expert_queues
 
 from ...common.arith import address_bits
 from .geometry import RouterGeometry, select
@@ -22,6 +25,15 @@ class QueueBuilder(wiring.Component):
     queue lists its tokens in ascending order. T · (k + 1) + E cycles after the last route, plus any wait on
     `experts`; then `done` pulses. Counts clear at `start`.
     """
+
+    @staticmethod
+    def model(ids, gates, experts: int):
+        """(the non-empty experts [(expert, base, count)] ascending, the queue [(token, gate weight)]) of a
+        layer's routes: ids and Q1.15 gates [T, k], `golden.model.expert_queues` laid end to end."""
+        queues = expert_queues(ids, experts)
+        bases = np.concatenate([[0], np.cumsum(queues.counts)[:-1]])
+        entries = [(int(e), int(bases[e]), int(queues.counts[e])) for e in queues.active]
+        return entries, [(int(t), int(gates[t, s])) for t, s in zip(queues.tokens, queues.slots)]
 
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry

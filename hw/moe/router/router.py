@@ -24,12 +24,12 @@ until the queues are complete.
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Module, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out, flipped
 
-from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
 from ...common.arith import address_bits
@@ -77,9 +77,13 @@ class Router(wiring.Component):
                    QUOTIENT_BITS + self.top_k + 3)
 
     @staticmethod
-    def model(x, weights, multiplier, shift, top_k, gate):
-        """A layer's routes: (expert ids [T, k], Q1.15 gate weights [T, k]), `golden.ops.route`."""
-        return ops.route(x, weights, multiplier, shift, top_k, gate)
+    def model(tokens, weights, multiplier: int, shift: int, top_k: int, gate: str):
+        """A layer, stage by stage (each stage's `model`): tokens [T, D] (int16) and the task's weights [D, E]
+        (int8) → (expert ids [T, k] best first, Q1.15 gate weights [T, k], the non-empty experts [(expert, base,
+        count)], the queue [(token, gate weight)]); `golden.ops.route` and `golden.model.expert_queues`."""
+        ids, winners, total = ExponentTopK.model(LogitUnit.model(tokens, weights), top_k, multiplier, shift)
+        gates = GateWeights.model(winners, total, gate)
+        return (ids, gates, *QueueBuilder.model(ids, gates, np.shape(weights)[1]))
 
     def elaborate(self, platform):
         m = Module()

@@ -18,7 +18,7 @@ __all__ = ["ExponentTopK"]
 
 class ExponentTopK(wiring.Component):
     """For a token's E logits (half h of the logits memory, once `full[h]`): e = 2^30·exp(−(l_max − l)·s) from a
-    256-entry table (`golden.ops.router_exponentials`), their sum over all E, and the k largest logits by a
+    256-entry table (`golden.ops.route_winners`, its `model`), their sum over all E, and the k largest logits by a
     k-deep insertion sorter with strictly-greater comparisons (equal logits keep the lower index).
 
     One logit per cycle in ascending expert order through `logit_read` (data a cycle after the address); the
@@ -27,6 +27,8 @@ class ExponentTopK(wiring.Component):
     it starts. `released` pulses bit h when the half's last logit has been read. `params` (the layer's and
     task's exponent multiplier and shift) and `l_max` hold while a token passes.
     """
+
+    model = staticmethod(ops.route_winners)     # (logits, k, multiplier, shift) → (ids, winners' e, S over all E)
 
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry
