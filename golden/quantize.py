@@ -26,6 +26,7 @@ INT8_MAX, INT16_MAX = 127, 32767
 SMOOTHING = (0.9, 0.9)    # SmoothQuant's α for LayerNorm₁ → qkv and LayerNorm₂ → fc1 (None: off)
 LOG2E = math.log2(math.e)
 GPTQ_DAMPING = 0.01       # added to the Gram matrix's diagonal, times its mean (GPTQ's default)
+GPTQ_BLOCK = 64           # rows whose errors reach the rows below them in one matrix product
 
 
 class QuantizationError(ValueError):
@@ -154,19 +155,24 @@ def rounded_weights(w: np.ndarray, scale: np.ndarray, gram: np.ndarray | None = 
     lead = np.broadcast_shapes(w.shape[:-2], gram.shape[:-2])
     w = np.broadcast_to(w, lead + w.shape[-2:]).copy()
     scale = np.broadcast_to(scale, lead + scale.shape[-1:])
-    gram = np.broadcast_to(gram, lead + (k, k)).copy()
+    gram = np.array(gram, dtype=np.float64)            # factored once when shared by a leading axis of w
     diagonal = np.diagonal(gram, axis1=-2, axis2=-1).copy()
     order = np.argsort(-diagonal, axis=-1, kind="stable")
     channels = np.arange(k)
     gram[..., channels, channels] = np.where(diagonal > 0, diagonal, 1.0) + damping * diagonal.mean(-1, keepdims=True)
     gram = np.take_along_axis(np.take_along_axis(gram, order[..., :, None], -2), order[..., None, :], -1)
-    w = np.take_along_axis(w, order[..., :, None], -2)
     upper = np.swapaxes(np.linalg.cholesky(np.linalg.inv(gram)), -1, -2)    # inverse Gram = Uᵀ U
+    order, upper = np.broadcast_to(order, lead + (k,)), np.broadcast_to(upper, lead + (k, k))
+    w = np.take_along_axis(w, order[..., :, None], -2)
     rounded = np.empty_like(w)
-    for row in range(k):
-        rounded[..., row, :] = np.clip(np.round(w[..., row, :] / scale), -INT8_MAX, INT8_MAX)
-        error = (w[..., row, :] - rounded[..., row, :] * scale) / upper[..., row, row, None]
-        w[..., row + 1:, :] -= upper[..., row, row + 1:, None] * error[..., None, :]
+    for start in range(0, k, GPTQ_BLOCK):     # within a block row by row, then the rows below in one product
+        stop = min(start + GPTQ_BLOCK, k)
+        errors = np.empty(lead + (stop - start, w.shape[-1]))
+        for row in range(start, stop):
+            rounded[..., row, :] = np.clip(np.round(w[..., row, :] / scale), -INT8_MAX, INT8_MAX)
+            errors[..., row - start, :] = (w[..., row, :] - rounded[..., row, :] * scale) / upper[..., row, row, None]
+            w[..., row + 1:stop, :] -= upper[..., row, row + 1:stop, None] * errors[..., row - start, None, :]
+        w[..., stop:, :] -= np.swapaxes(upper[..., start:stop, stop:], -1, -2) @ errors
     result = np.empty_like(rounded)
     np.put_along_axis(result, order[..., :, None], rounded, -2)
     return result.astype(np.int8)
