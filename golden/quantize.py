@@ -71,9 +71,20 @@ class _Builder:
         if any(f"{n}.gram" not in self.clips for n in names):
             return None
         grams = np.stack([np.asarray(self.clips[f"{n}.gram"], dtype=np.float64) for n in names])
+        if not np.all(np.isfinite(grams)):
+            raise QuantizationError(f"calibration of {name if isinstance(name, str) else names[0]}: its Gram "
+                                    "matrix holds NaN or inf (NaN or inf in the float model)")
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), grams.shape[:-1])
         rescaled = grams / (factors[..., :, None] * factors[..., None, :])
         return rescaled if not isinstance(name, str) else rescaled[0]
+
+    @staticmethod
+    def rounded(prefix: str, w, scale, gram) -> np.ndarray:
+        """`rounded_weights`, a failure named by the layer."""
+        try:
+            return rounded_weights(w, scale, gram)
+        except np.linalg.LinAlgError as error:
+            raise QuantizationError(f"{prefix}: GPTQ rounding failed on its input's Gram matrix ({error})") from None
 
     def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float,
                    gram: np.ndarray | None = None) -> None:
@@ -81,7 +92,7 @@ class _Builder:
         input's second moments for `rounded_weights`."""
         column_max = np.abs(w).max(axis=-2)
         w_scale = np.where(column_max > 0, column_max / INT8_MAX, 1.0)
-        wq = rounded_weights(w, w_scale, gram)
+        wq = self.rounded(prefix, w, w_scale, gram)
         acc_scale = in_scale * w_scale
         bias = np.round(b / acc_scale)
         k = w.shape[-2]
@@ -264,7 +275,7 @@ def _quantize_router(q: _Builder, p: str, config: ModelConfig, s_router: float) 
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
     column_scales = np.broadcast_to(router_scales[:, None], gates.shape[::2])
-    q.arrays[f"{p}.router.weight"] = rounded_weights(gates, column_scales, q.gram(f"{p}.norm2"))
+    q.arrays[f"{p}.router.weight"] = q.rounded(f"{p}.router", gates, column_scales, q.gram(f"{p}.norm2"))
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)
 

@@ -170,6 +170,13 @@ def test_quantizer_errors(network):
     partial = {k: v for k, v in clips.items() if not k.startswith("blocks.3.experts.1.")}
     with pytest.raises(QuantizationError, match="no statistics for blocks.3.experts.1.fc1.channels: it saw no data"):
         quantize(TINY, weights, partial)
+    broken = dict(clips, **{"blocks.1.attn_out.gram": np.full_like(clips["blocks.1.attn_out.gram"], np.nan)})
+    with pytest.raises(QuantizationError, match="calibration of blocks.1.attn_out: its Gram matrix holds NaN"):
+        quantize(TINY, weights, broken)
+    indefinite = np.eye(TINY.embed_dim)
+    indefinite[0, 1] = indefinite[1, 0] = 10.0             # no tokens' Gram matrix: eigenvalues 11 and −9
+    with pytest.raises(QuantizationError, match="blocks.1.proj: GPTQ rounding failed on its input's Gram matrix"):
+        quantize(TINY, weights, dict(clips, **{"blocks.1.attn_out.gram": indefinite}))
     with pytest.raises(ValueError, match="non-empty batch"):
         calibrate(network, np.zeros((0, 3, 32, 32), np.float32))
     with pytest.raises(ValueError, match="NaN or inf"):
