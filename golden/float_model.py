@@ -369,7 +369,8 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
     channel (`PER_CHANNEL`) also get `{name}.channels`: max |x| of each channel (the last axis; V's heads
     joined), a float64 array. The inputs of the blocks' matrix products (`GRAM_INPUTS`: LayerNorm outputs, the
     attention output, the MLP's and every expert's hidden over every token) get `{name}.gram`: Σ x xᵀ over the
-    tokens, float64 [channels, channels], the second moments the quantizer's weight rounding minimises against."""
+    tokens ([channels, channels], each batch's product in float32, summed in float64), the second moments the
+    quantizer's weight rounding minimises against."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"calibration needs a non-empty batch of images [N, C, H, W], got shape {images.shape}")
@@ -389,8 +390,8 @@ def calibrate(model: M3ViT, images: np.ndarray, tasks=None, percentile: float | 
             largest = per_token.abs().reshape(-1, per_token.shape[-1]).amax(0).double().numpy()
             channels[f"{name}.channels"] = np.maximum(channels.get(f"{name}.channels", 0.0), largest)
         if kind in GRAM_INPUTS:
-            rows = tensor.detach().double().reshape(-1, tensor.shape[-1])
-            grams[f"{name}.gram"] = grams.get(f"{name}.gram", 0.0) + (rows.T @ rows).numpy()
+            rows = tensor.detach().float().reshape(-1, tensor.shape[-1])     # float32: a Gram is a statistic
+            grams[f"{name}.gram"] = grams.get(f"{name}.gram", 0.0) + (rows.T @ rows).double().numpy()
         if percentile is not None and kind in PERCENTILE_CLIPPED:
             rank = max(1, min(magnitude.numel(), round(magnitude.numel() * percentile / 100)))
             clipped[name] = max(clipped.get(name, 0.0), float(magnitude.kthvalue(rank).values))
