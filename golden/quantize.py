@@ -71,9 +71,10 @@ class _Builder:
         if any(f"{n}.gram" not in self.clips for n in names):
             return None
         grams = np.stack([np.asarray(self.clips[f"{n}.gram"], dtype=np.float64) for n in names])
-        if not np.all(np.isfinite(grams)):
-            raise QuantizationError(f"calibration of {name if isinstance(name, str) else names[0]}: its Gram "
-                                    "matrix holds NaN or inf (NaN or inf in the float model)")
+        for n, gram in zip(names, grams):
+            if not np.all(np.isfinite(gram)):
+                raise QuantizationError(f"calibration of {n}: its Gram matrix holds NaN or inf (NaN or inf in the "
+                                        "float model)")
         factors = np.broadcast_to(np.asarray(factors, dtype=np.float64), grams.shape[:-1])
         rescaled = grams / (factors[..., :, None] * factors[..., None, :])
         return rescaled if not isinstance(name, str) else rescaled[0]
@@ -274,7 +275,7 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
 def _quantize_router(q: _Builder, p: str, config: ModelConfig, s_router: float) -> None:
     gates = np.stack([q.weight(f"{p}.mlp.gate.{task}.w_gate") for task in range(config.num_tasks)])
     router_scales = np.maximum(np.abs(gates).max(axis=(1, 2)), 1e-12) / INT8_MAX  # one scale per task
-    column_scales = np.broadcast_to(router_scales[:, None], gates.shape[::2])
+    column_scales = np.repeat(router_scales[:, None], config.num_experts, axis=1)                 # [tasks, E]
     q.arrays[f"{p}.router.weight"] = q.rounded(f"{p}.router", gates, column_scales, q.gram(f"{p}.norm2"))
     exp_m, exp_s = _multiplier(s_router * router_scales * LOG2E * 2 ** ops.ROUTER_EXP_BITS, f"{p} router")
     q.put_scalars(f"{p}.router", exp_multiplier=exp_m, exp_shift=exp_s)

@@ -173,6 +173,9 @@ def test_quantizer_errors(network):
     broken = dict(clips, **{"blocks.1.attn_out.gram": np.full_like(clips["blocks.1.attn_out.gram"], np.nan)})
     with pytest.raises(QuantizationError, match="calibration of blocks.1.attn_out: its Gram matrix holds NaN"):
         quantize(TINY, weights, broken)
+    expert = f"blocks.{TINY.moe_blocks[0]}.experts.1.gelu"
+    with pytest.raises(QuantizationError, match=f"calibration of {expert}: its Gram matrix holds NaN"):
+        quantize(TINY, weights, dict(clips, **{f"{expert}.gram": np.full_like(clips[f"{expert}.gram"], np.inf)}))
     indefinite = np.eye(TINY.embed_dim)
     indefinite[0, 1] = indefinite[1, 0] = 10.0             # no tokens' Gram matrix: eigenvalues 11 and −9
     with pytest.raises(QuantizationError, match="blocks.1.proj: GPTQ rounding failed on its input's Gram matrix"):
