@@ -132,11 +132,14 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
-    """Mixture of experts with one router per task; each token is the gate-weighted sum of its k experts."""
+    """Mixture of experts with one router per task; each token is the gate-weighted sum of its k experts.
+    `training_noise`, when set and the module is training, is `noise(tokens, logits, task)` → the logits the
+    experts are chosen on (`golden.train`'s noisy top-k gating); inference has no noise."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.top_k, self.gate_variant = config.top_k, config.gate
+        self.training_noise = None
         self.experts = Experts(config)
         self.gate = nn.ModuleList(Gate(config) for _ in config.tasks)
 
@@ -149,6 +152,8 @@ class MoE(nn.Module):
                 probe(f"{prefix}.experts.{expert}.fc1", pre)
                 probe(f"{prefix}.experts.{expert}.gelu", hidden)
         logits = probe(f"{prefix}.router_logits", tokens @ self.gate[task].w_gate)
+        if self.training and self.training_noise is not None:
+            logits = self.training_noise(tokens, logits, task)
         ids, weights = route(logits, self.top_k, self.gate_variant)
         out = torch.zeros_like(tokens)
         for expert in torch.unique(ids).tolist():  # expert by expert, as the accelerator computes

@@ -13,8 +13,8 @@ import numpy as np
 
 from .config import ModelConfig
 
-__all__ = ["structured_images", "natural_images", "load_images", "ImageError", "NORMALIZATIONS", "NATURAL_MEAN",
-           "NATURAL_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["structured_images", "natural_images", "load_images", "pink_noise", "ImageError", "NORMALIZATIONS",
+           "NATURAL_MEAN", "NATURAL_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 NATURAL_MEAN, NATURAL_STD = 0.35, 0.22          # per channel, of the images the trained model was measured on
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,7 +70,7 @@ def structured_images(config: ModelConfig, count: int, seed: int) -> np.ndarray:
     return ((images - 0.45) / 0.225).astype(np.float32)
 
 
-def _pink_noise(rng: np.random.Generator, height: int, width: int, exponent: float) -> np.ndarray:
+def pink_noise(rng: np.random.Generator, height: int, width: int, exponent: float) -> np.ndarray:
     """Zero-mean, unit-variance noise with a 1/f^exponent amplitude spectrum (natural images: ≈ 1)."""
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
@@ -89,7 +89,7 @@ def _scene(rng: np.random.Generator, channels: int, height: int, width: int) -> 
     sky, ground = rng.uniform(0.2, 0.9, (channels, 1, 1)), rng.uniform(0.05, 0.5, (channels, 1, 1))
     below = np.clip((y - horizon) * 20, 0, 1)
     image = sky * (1 - below) * (1 - 0.4 * y) + ground * below * (0.6 + 0.6 * y)
-    texture = _pink_noise(rng, height, width, rng.uniform(0.8, 1.3))
+    texture = pink_noise(rng, height, width, rng.uniform(0.8, 1.3))
     image = image + rng.uniform(0.04, 0.15) * texture * (0.3 + below)
     for _ in range(rng.integers(3, 9)):                      # objects: shaded blobs and boxes with soft edges
         cy, cx = rng.uniform(0.2, 1.0), rng.uniform(0, 1)
@@ -99,7 +99,7 @@ def _scene(rng: np.random.Generator, channels: int, height: int, width: int) -> 
         else:
             inside = np.minimum(1 - np.abs(y - cy) / ry, 1 - np.abs(x - cx) / rx)
         mask = np.clip(inside * rng.uniform(5, 40), 0, 1)
-        shade = 1 + rng.uniform(-0.4, 0.4) * (x - cx) / rx + 0.1 * _pink_noise(rng, height, width, 1.5)
+        shade = 1 + rng.uniform(-0.4, 0.4) * (x - cx) / rx + 0.1 * pink_noise(rng, height, width, 1.5)
         object_colour = rng.uniform(0.0, 1.0, (channels, 1, 1)) * shade
         image = image * (1 - mask) + object_colour * mask
     return image + rng.normal(0, 0.01, image.shape)          # sensor noise
@@ -159,8 +159,8 @@ def _picture(path, height: int, width: int) -> np.ndarray:
 
 def load_images(source, config: ModelConfig, normalize: str = "none") -> np.ndarray:
     """The user's images as the float model takes them, [N, C, H, W] float32: a `.npy` of float images
-    [N, C, H, W] at the preset's size, or a directory of PNG/JPEG files (Pillow; resized to cover the preset's
-    size and centre-cropped), in [0, 1]; `normalize` = `imagenet` subtracts ImageNet's mean and divides by its
+    [N, C, H, W] at the preset's size, or a directory of PNG/JPEG files or one such file (Pillow; resized to cover
+    the preset's size and centre-cropped), in [0, 1]; `normalize` = `imagenet` subtracts ImageNet's mean and divides by its
     std per channel (for a model trained on such inputs), `none` leaves them. Any problem is an `ImageError`."""
     from pathlib import Path
 
@@ -168,8 +168,8 @@ def load_images(source, config: ModelConfig, normalize: str = "none") -> np.ndar
         raise ImageError(f"normalize = {normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
     path = Path(source)
     channels, (height, width) = config.in_channels, config.image_size
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if path.is_dir() or path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not files:
             raise ImageError(f"{path}: no PNG or JPEG files in the directory")
         if channels != 3:
@@ -190,7 +190,7 @@ def load_images(source, config: ModelConfig, normalize: str = "none") -> np.ndar
             raise ImageError(f"{path}: dtype {images.dtype}; images are float arrays (values in [0, 1])")
         images = np.asarray(images, dtype=np.float32)
     else:
-        raise ImageError(f"{path}: neither a directory of PNG/JPEG files nor a .npy file"
+        raise ImageError(f"{path}: neither a PNG/JPEG file, a directory of them, nor a .npy file"
                          + ("" if path.exists() else " (it does not exist)"))
     if not np.all(np.isfinite(images)):
         raise ImageError(f"{path}: images contain NaN or inf")

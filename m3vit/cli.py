@@ -20,6 +20,7 @@ from golden.costs import model_info
 from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
 from golden.quantized import QuantizedFileError
+from golden.scenes import SceneError
 from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.flow.fit import TARGETS, FitError, fit_report, target
 from hw.flow.formal import PROOFS, FormalError
@@ -32,7 +33,7 @@ from firmware.driver import DriverError
 from golden.files import atomic_open
 
 USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError,
-               IsaError, LinkError, DriverError)
+               IsaError, LinkError, DriverError, SceneError)
 MAX_SEED = 2 ** 32 - 1
 
 
@@ -68,14 +69,22 @@ def _latency(text: str) -> int:
     return _integer(text, 1, 10_000)
 
 
-def _frequency(text: str) -> float:
+def _real(text: str, low: float, high: float, unit: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{value:g} MHz is out of range: must be from 1 to 1000")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value:g} {unit} is out of range: must be from {low:g} to {high:g}")
     return value
+
+
+def _frequency(text: str) -> float:
+    return _real(text, 1, 1000, "MHz")
+
+
+def _minutes(text: str) -> float:
+    return _real(text, 0.01, 7 * 24 * 60, "minutes")
 
 
 def _existing(text: str) -> str:
@@ -260,6 +269,93 @@ def cmd_quantize(args) -> int:
     if loaded is not None:
         print(loaded.summary())
     return 0
+
+
+def _progress_bar(label: str):
+    """A progress callback (step, fraction, losses) drawing one line on standard error: redrawn in place on a
+    terminal, else printed every 30 s."""
+    import time
+    terminal, last = sys.stderr.isatty(), [0.0]
+
+    def show(step, fraction, losses):
+        now = time.monotonic()
+        if not terminal and now - last[0] < 30 and fraction < 1:
+            return
+        last[0] = now
+        filled = round(20 * fraction)
+        text = (f"{label} [{'#' * filled}{'.' * (20 - filled)}] {fraction:4.0%} step {step:,}  "
+                + "  ".join(f"{name} {value:.4f}" for name, value in losses.items()))
+        print(("\r" + text + ("\n" if fraction >= 1 else "")) if terminal else text, end="" if terminal else "\n",
+              file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_train(args) -> int:
+    """Train the float model on the procedural scenes; write its checkpoint and print its held-out scores."""
+    from golden.scenes import labelled_scenes
+    from golden.train import train
+    config = model_preset(args.preset)
+    labelled_scenes(config, 1, 0)           # refuses a preset whose tasks the scenes do not label, before any work
+    result = train(config, minutes=args.minutes, steps=args.steps, seed=args.seed,
+                   progress=_progress_bar(f"training {config.name}"))
+    result.model.save(args.output)
+    report = {"preset": config.name, "checkpoint": args.output, **result.report}
+    report["depth_error_ratio"] = (report["depth_error"] / report["constant_depth_error"]
+                                   if "depth_error" in report else None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"wrote {args.output}: {config.name} trained {report['steps']:,} steps in {report['train_seconds']:.0f} s "
+          f"(seed {args.seed}); held-out scenes:")
+    if "miou" in report:
+        print(f"  segmentation mIoU {report['miou']:.3f} (per class "
+              + " ".join(f"{iou:.2f}" for iou in report["iou_per_class"]) + ")")
+    if "depth_error" in report:
+        print(f"  depth error {report['depth_error']:.4f} against a constant's {report['constant_depth_error']:.4f} "
+              f"({report['depth_error_ratio']:.2f}×)")
+    print(f"  least-used expert: {report['min_expert_share']:.3f} of the assignments (uniform: "
+          f"{1 / config.num_experts:.3f}); per layer and task:")
+    for block, tasks in report["expert_shares"].items():
+        for task, shares in tasks.items():
+            print(f"    block {block} {task:<8} " + " ".join(f"{share:.2f}" for share in shares))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """A trained model's predictions and routing on one image, through the simulated accelerator, as PNGs."""
+    from firmware.demo import demo
+    from golden.fidelity import load_float
+    from golden.float_model import M3ViT, read_checkpoint
+    from golden.scenes import labelled_scenes
+    data = read_checkpoint(args.checkpoint)
+    if isinstance(data, dict) and "format" in data and args.preset is None:
+        network = M3ViT.load(args.checkpoint)
+        config = network.config
+    else:
+        config = model_preset(args.preset or "tiny")
+        network, _ = load_float(config, 0, args.checkpoint)
+    accel = accelerator_preset(args.accel)
+    check_compatible(config, accel)
+    labelled_scenes(config, 1, 0)
+    image = load_images(args.image, config)[0] if args.image is not None else None
+    report = demo(network, accel, args.output, image=image, seed=args.seed, simulator=args.sim)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        source = args.image or f"a held-out scene (seed {args.seed})"
+        print(f"{config.name} on {accel.name} ({args.sim}), {source}:")
+        for name, task in report["tasks"].items():
+            print(f"  {name:<8} {task['cycles']:>10,} cycles, accelerator "
+                  f"{'equals' if task['accelerator_equals_golden'] else 'DIFFERS FROM'} the golden model")
+        more = f"; on {report['held_out_scenes']} more held-out scenes"
+        if "pixel_agreement_float" in report:
+            print(f"  segmentation: golden agrees with float on {report['pixel_agreement_float']:.1%} of the pixels"
+                  f"{more} {report['held_out_pixel_agreement_float']:.1%}")
+        if "depth_snr_db" in report:
+            print(f"  depth: golden against float {report['depth_snr_db']:.1f} dB{more} "
+                  f"{report['held_out_depth_snr_db']:.1f} dB")
+        print("wrote " + ", ".join(report["files"]))
+    return 0 if report["accelerator_equals_golden"] else 1
 
 
 UNITS = ("gemm", "loader", "router", "gelu", "layernorm", "softmax", "residual")
@@ -710,6 +806,29 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="a whole backbone inference per task on the simulated accelerator, "
                                           "against the golden model bit for bit")
     run_args(run, "tiny", "4x4")
+
+    train = commands.add_parser("train", help="train a float M³ViT on procedural scenes on the CPU (needs torch)")
+    train.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    train.add_argument("--minutes", type=_minutes, default=10.0, help="wall-time budget (default 10)")
+    train.add_argument("--steps", type=_count, default=None, help="train this many steps instead (reproducible)")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and of the scenes")
+    train.add_argument("-o", "--output", type=_output_file, required=True, help="the checkpoint (.pt) to write")
+    train.add_argument("--json", action="store_true", help="print JSON")
+    train.set_defaults(run=cmd_train)
+
+    demo = commands.add_parser("demo", help="a trained model's predictions and expert routing on one image through "
+                                            "the simulated accelerator, as pictures (needs torch)")
+    demo.add_argument("--checkpoint", type=_existing_file, required=True,
+                      help="float checkpoint (`m3vit train`'s, or official names with --preset)")
+    demo.add_argument("--preset", default=None, help="model preset (default: the checkpoint's, else tiny)")
+    demo.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
+    demo.add_argument("--image", type=_existing, default=None,
+                      help="a PNG/JPEG file or a .npy of float images (the first is used; default: a held-out scene)")
+    demo.add_argument("--sim", default="verilator", choices=("pysim", "verilator"), help="simulator (default verilator)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the calibration and held-out scenes (as trained)")
+    demo.add_argument("-o", "--output", type=_output_directory, required=True, help="directory for the pictures")
+    demo.add_argument("--json", action="store_true", help="print JSON")
+    demo.set_defaults(run=cmd_demo)
 
     prove = commands.add_parser("prove", help="bounded proofs of a unit's handshake rules (SymbiYosys, Boolector)")
     prove.add_argument("unit", choices=(*PROOFS, "all"), help="the unit, at its smallest configuration")

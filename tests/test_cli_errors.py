@@ -38,7 +38,7 @@ CASES = [
     (["golden", "--normalize", "zscore"], "invalid choice"),
     (["golden", "--calibration", "/nonexistent/images"], "no such file"),
     (["golden", "--preset", TINY, "--calibration", "{f}/empty_images"], "empty_images"),
-    (["golden", "--preset", TINY, "--calibration", "{f}/plain_file"], "neither a directory of PNG/JPEG"),
+    (["golden", "--preset", TINY, "--calibration", "{f}/plain_file"], "neither a PNG/JPEG file"),
     (["golden", "--preset", TINY, "--test", "{f}/wrong_shape.npy"], "wrong_shape.npy"),
     (["quantize", "-o", "/nonexistent/dir/model.npz"], "cannot write into"),
     (["quantize", "-o", "{f}"], "is a directory"),

@@ -38,12 +38,13 @@ def test_npy_and_picture_directories(tmp_path):
     assert loaded.shape == (2, 3, 32, 32) and loaded.dtype == np.float32
     assert np.allclose(loaded[0], 200 / 255, atol=2 / 255)                     # a.jpg first (sorted names)
     assert 0.1 < loaded[1, 0, :, 0].mean() < 0.3 and 0.7 < loaded[1, 0, :, -1].mean() < 0.9   # centre crop
+    assert np.array_equal(load_images(pictures / "b.png", TINY), loaded[1:])    # one file alone
 
 
 @pytest.mark.parametrize("case, words", [
     ("missing.npy", "no such file"), ("wrong_shape", r"images of shape \(2, 3, 16, 16\), tiny takes"),
     ("integers", "dtype int64; images are float"), ("nan", "NaN or inf"), ("empty_dir", "no PNG or JPEG"),
-    ("broken_png", "not a readable image"), ("text.txt", "neither a directory"), ("pickle", "not a readable .npy"),
+    ("broken_png", "not a readable image"), ("text.txt", "neither a PNG/JPEG file"), ("pickle", "not a readable .npy"),
 ])
 def test_bad_images_get_one_clear_error(tmp_path, case, words):
     path = tmp_path / case
