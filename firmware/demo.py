@@ -38,6 +38,7 @@ __all__ = ["demo", "CALIBRATION_SCENES", "CLASS_COLOURS"]
 CALIBRATION_SCENES = 16                 # training scenes the demo calibrates on (the training pool's seed)
 CLASS_COLOURS = np.array([(40, 40, 40), (230, 60, 60), (70, 200, 80), (70, 110, 240), (240, 200, 50),
                           (200, 80, 220), (60, 210, 220), (250, 140, 40)], np.uint8)
+DEMO_CANDIDATES = 16                    # held-out scenes the default image is chosen from
 AGREEMENT_SCENES = 32                   # held-out scenes the golden model is held against the float one on
 SCALE_TO = 256                          # pictures are enlarged (nearest) to at least this many pixels high
 _DEPTH_STOPS = np.array([(20, 20, 60), (50, 90, 170), (60, 170, 160), (190, 220, 80), (255, 250, 190)], np.float64)
@@ -166,15 +167,18 @@ def _held_out_agreement(network: M3ViT, quantized, seed: int, scenes: int = AGRE
 def demo(network: M3ViT, accel: AcceleratorConfig, out: str | Path, *, image: np.ndarray | None = None,
          seed: int = 0, simulator: str = "verilator") -> dict:
     """Quantize `network` (calibrated on `CALIBRATION_SCENES` procedural scenes of `seed`, as `golden.train` trains
-    on), run `image` (float [C, H, W]; default a held-out scene of `seed`) through the simulated accelerator for
+    on), run `image` (float [C, H, W]; default: of the first `DEMO_CANDIDATES` held-out scenes of `seed`, the first
+    with the most classes in it) through the simulated accelerator for
     every task, and write the pictures of the module's doc into `out`. Returns `accelerator_equals_golden` (every
     task's backbone, routing and head output bit-exact), `pixel_agreement_float` (the golden segmentation against
     the float one), `depth_snr_db` (golden against float), the same over `AGREEMENT_SCENES` more held-out scenes
     (`held_out_pixel_agreement_float`, `held_out_depth_snr_db`), per task its cycles, and the `files` written."""
     config = network.config
     scene: Scenes | None = None
-    if image is None:
-        scene = labelled_scenes(config, 1, seed + HELD_OUT_SEED)
+    if image is None:                   # of the first held-out scenes, the first with the most classes in it
+        candidates = labelled_scenes(config, DEMO_CANDIDATES, seed + HELD_OUT_SEED)
+        pick = int(np.argmax([len(np.unique(labels)) for labels in candidates.labels]))
+        scene = Scenes(*(array[pick:pick + 1] for array in (candidates.images, candidates.labels, candidates.depth)))
         image = scene.images[0]
     log.info(f"quantizing {config.name}, calibrated on {CALIBRATION_SCENES} training scenes")
     quantized = quantize_model(network, labelled_scenes(config, CALIBRATION_SCENES, seed).images)

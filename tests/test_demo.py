@@ -35,10 +35,11 @@ def test_depth_runs_from_bright_near_to_dark_far_and_panels_line_up():
     labels = np.array([[0, 1], [2, 3]])
     canvas = _panels([("a", CLASS_COLOURS[labels]), ("b", CLASS_COLOURS[labels[::-1]])], factor=4)
     assert canvas.size == (2 * 8 + 6, 8 + 14)
-    assert np.array_equal(np.asarray(canvas)[14 + 5, 8 + 6 + 1], CLASS_COLOURS[2])   # panel b, top-left: class 2
+    assert np.array_equal(np.asarray(canvas)[14 + 1, 8 + 6 + 1], CLASS_COLOURS[2])   # panel b, top-left: class 2
+    assert np.array_equal(np.asarray(canvas)[14 + 5, 8 + 6 + 5], CLASS_COLOURS[1])   # and its bottom right
 
 
-@pytest.mark.long(90)
+@pytest.mark.long(60)
 def test_the_demo_runs_a_trained_model_through_the_accelerator(tmp_path, capsys):
     checkpoint = tmp_path / "model.pt"
     train(TINY, steps=40, seed=1, pool=128).model.save(checkpoint)
