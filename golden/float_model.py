@@ -275,9 +275,24 @@ class M3ViT(nn.Module):
         return model.eval()
 
     def save(self, path: str | Path) -> None:
+        """The config and `official_state_dict()` in one file (`load` reads it; the state dict alone is what the
+        official training code's multi-task model holds)."""
         with atomic_open(path) as file:
             torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                        "state_dict": self.state_dict()}, file)
+                        "state_dict": self.official_state_dict()}, file)
+
+    def official_state_dict(self) -> dict:
+        """The state dict named as the official multi-task model names it: the ViT under `backbone.`, each task's
+        head under `decoders.<task name>.`."""
+        names = [task.name for task in self.config.tasks]
+        official = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("heads."):
+                _, task, rest = key.split(".", 2)
+                official[f"decoders.{names[int(task)]}.{rest}"] = value
+            else:
+                official[f"backbone.{key}"] = value
+        return official
 
     def load_official_state_dict(self, state_dict: dict, *, backbone_only: bool = False) -> "CheckpointReport":
         """Load weights named as the official M³ViT code names them (`map_checkpoint` says how names map and

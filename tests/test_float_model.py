@@ -120,6 +120,12 @@ def test_save_load_round_trip(tmp_path, tiny_model):
     images = _images(TINY)
     with torch.no_grad():
         assert torch.equal(loaded(images, "depth"), tiny_model(images, "depth"))
+    saved = torch.load(path, weights_only=True)["state_dict"]    # named as the official multi-task model
+    assert "backbone.blocks.1.mlp.gate.0.w_gate" in saved and "decoders.semseg.conv_0.weight" in saved
+    assert all(key.startswith(("backbone.", "decoders.semseg.", "decoders.depth.")) for key in saved)
+    again = M3ViT(TINY)                                            # as the official layout loads
+    again.load_official_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), tiny_model.state_dict().values()))
 
 
 def test_official_names(tiny_model):
