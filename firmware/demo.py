@@ -168,8 +168,8 @@ def demo(network: M3ViT, accel: AcceleratorConfig, out: str | Path, *, image: np
          seed: int = 0, simulator: str = "verilator") -> dict:
     """Quantize `network` (calibrated on `CALIBRATION_SCENES` procedural scenes of `seed`, as `golden.train` trains
     on), run `image` (float [C, H, W]; default: of the first `DEMO_CANDIDATES` held-out scenes of `seed`, the first
-    with the most classes in it) through the simulated accelerator for
-    every task, and write the pictures of the module's doc into `out`. Returns `accelerator_equals_golden` (every
+    with the most classes in it) through the simulated accelerator for every task, and write the pictures of the
+    module's doc into `out`. Returns `accelerator_equals_golden` (every
     task's backbone, routing and head output bit-exact), `pixel_agreement_float` (the golden segmentation against
     the float one), `depth_snr_db` (golden against float), the same over `AGREEMENT_SCENES` more held-out scenes
     (`held_out_pixel_agreement_float`, `held_out_depth_snr_db`), per task its cycles, and the `files` written."""

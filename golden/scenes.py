@@ -1,7 +1,7 @@
 """A procedural multi-task dataset: seeded scenes of shapes standing on a textured ground plane, with a class and a
 depth per pixel, at any preset's image size (`labelled_scenes`).
 
-Each scene is a far backdrop above a horizon and a ground plane below it; 2-5 shapes stand on the ground, drawn far to
+Each scene is a far backdrop above a horizon and a ground plane below it; 1-4 shapes stand on the ground, drawn far to
 near so that nearer ones hide farther ones. Class 0 is the background (backdrop and ground); class c ≥ 1 is the
 shape `SHAPES[c - 1]`. Every surface (backdrop, ground, each shape) takes a colour drawn from one distribution, with
 its own shading and 1/f texture, so that no class can be told from a pixel's colour alone: the outline decides.
@@ -72,7 +72,7 @@ def _outline(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if kind == "ring":
         return (radius < 1) & (radius > 0.55)
     if kind == "cross":
-        return (np.abs(u) < 1) & (np.abs(v) < 1) & ((np.abs(u) < 0.3) | (np.abs(v) < 0.3))
+        return (np.abs(u) < 1) & (np.abs(v) < 1) & ((np.abs(u) < 0.4) | (np.abs(v) < 0.4))
     if kind == "pole":
         return (np.abs(u) < 0.3) & (np.abs(v) < 1)
     return np.abs(u) + np.abs(v) < 1                                     # diamond
@@ -96,11 +96,11 @@ def _scene(rng: np.random.Generator, channels: int, height: int, width: int, cla
     image = np.where(y > horizon, _surface(rng, channels, height, width, x / width, y / height),
                      _surface(rng, channels, height, width, x / width, y / height))
     labels = np.zeros((height, width), np.int64)
-    stands = np.sort(rng.uniform(horizon + 1, height - 1, rng.integers(2, 6)))    # far to near
+    stands = np.sort(rng.uniform(horizon + 1, height - 1, rng.integers(1, 5)))    # far to near
     for foot in stands:
         row = (foot - horizon) / (height - 1 - horizon)
         distance = 1 / (1 + (1 / NEAREST - 1) * row)
-        size = height * (0.12 + 0.2 * row) * rng.uniform(0.85, 1.15)              # half its height
+        size = height * (0.16 + 0.2 * row) * rng.uniform(0.85, 1.15)              # half its height
         centre_x, centre_y = rng.uniform(0, width), foot - size
         kind = int(rng.integers(1, classes))
         mask = _outline(SHAPES[kind - 1], (x - centre_x) / (size * rng.uniform(0.9, 1.1)), (y - centre_y) / size)

@@ -95,29 +95,30 @@ def _learning_rate(progress: float) -> float:
 
 
 def train(config: ModelConfig, *, minutes: float = 10.0, steps: int | None = None, seed: int = 0,
-          pool: int | None = None, progress=None) -> TrainResult:
+          pool_scenes: int | None = None, progress=None) -> TrainResult:
     """Train a seeded random M³ViT of `config` on every task of it for `minutes` of wall time, or for `steps`
     steps when given (then reproducible: the same seed gives the same model on the same machine), on a pool of
-    `pool` scenes (default: `POOL_PIXELS` pixels' worth, at most 4,096) of `seed`.
+    `pool_scenes` scenes (default: `POOL_PIXELS` pixels' worth, at most 4,096) of `seed`.
     `progress(step, fraction, losses)`, if given, is called after each step with the fraction of the budget
     spent and the step's loss per task (and `balance`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     height, width = config.image_size
-    pool = labelled_scenes(config, max(BATCH, pool or min(4096, POOL_PIXELS // (height * width))), seed)
+    pool = labelled_scenes(config, max(BATCH, pool_scenes or min(4096, POOL_PIXELS // (height * width))), seed)
     targets = {task.name: torch.from_numpy(pool.target(task.name)) for task in config.tasks}
     images = torch.from_numpy(pool.images)
     model = M3ViT.random(config, seed).train()
     gating = NoisyGating(model)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(gating.parameters()), lr=LEARNING_RATE,
                                   weight_decay=WEIGHT_DECAY)
-    start, step, budget = time.monotonic(), 0, minutes * 60
-    while True:
-        spent = step / steps if steps is not None else (time.monotonic() - start) / budget
-        if spent >= 1:
-            break
+    start, step = time.monotonic(), 0
+
+    def spent() -> float:          # the fraction of the budget spent
+        return step / steps if steps is not None else (time.monotonic() - start) / (minutes * 60)
+
+    while spent() < 1:
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(spent)
+            group["lr"] = _learning_rate(spent())
         chosen = torch.from_numpy(rng.choice(len(pool), BATCH, replace=False))
         flip = bool(rng.random() < 0.5)
         batch = images[chosen].flip(-1) if flip else images[chosen]
@@ -133,8 +134,7 @@ def train(config: ModelConfig, *, minutes: float = 10.0, steps: int | None = Non
         optimizer.step()
         step += 1
         if progress is not None:
-            progress(step, min(1.0, step / steps if steps is not None else (time.monotonic() - start) / budget),
-                     losses)
+            progress(step, min(1.0, spent()), losses)
     model.eval()
     for block in config.moe_blocks:
         model.blocks[block].mlp.training_noise = None

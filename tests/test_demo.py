@@ -42,7 +42,7 @@ def test_depth_runs_from_bright_near_to_dark_far_and_panels_line_up():
 @pytest.mark.long(60)
 def test_the_demo_runs_a_trained_model_through_the_accelerator(tmp_path, capsys):
     checkpoint = tmp_path / "model.pt"
-    train(TINY, steps=40, seed=1, pool=128).model.save(checkpoint)
+    train(TINY, steps=40, seed=1, pool_scenes=128).model.save(checkpoint)
     out = tmp_path / "demo"
     assert main(["demo", "--checkpoint", str(checkpoint), "-o", str(out), "--seed", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

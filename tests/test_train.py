@@ -71,9 +71,9 @@ def test_evaluate_scores_a_perfect_and_a_constant_prediction():
 
 @pytest.mark.long(30)
 def test_a_short_training_learns_and_is_reproducible(tmp_path):
-    first = train(TINY, steps=120, seed=3, pool=512)
-    again = train(TINY, steps=20, seed=3, pool=512)
-    repeat = train(TINY, steps=20, seed=3, pool=512)
+    first = train(TINY, steps=120, seed=3, pool_scenes=512)
+    again = train(TINY, steps=20, seed=3, pool_scenes=512)
+    repeat = train(TINY, steps=20, seed=3, pool_scenes=512)
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
                                                  repeat.model.state_dict().values()))
     report = first.report
