@@ -334,9 +334,11 @@ def cmd_demo(args) -> int:
     else:
         config = model_preset(args.preset or "tiny")
         network, _ = load_float(config, 0, args.checkpoint)
+    from hw.control.memories import check_top_level
     accel = accelerator_preset(args.accel)
     check_compatible(config, accel)
-    labelled_scenes(config, 1, 0)
+    check_top_level(config, accel)
+    labelled_scenes(config, 1, 0)             # the scenes label its tasks (calibration, the default image)
     image = load_images(args.image, config)[0] if args.image is not None else None
     report = demo(network, accel, args.output, image=image, seed=args.seed, simulator=args.sim)
     if args.json:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from firmware.demo import CLASS_COLOURS, _depth_colours, _expert_colours, _panels, _routing_picture
 from golden.config import model_preset
+from golden.float_model import M3ViT
 from golden.scenes import labelled_scenes
 from golden.train import train
 from m3vit.cli import main
@@ -76,3 +77,9 @@ def test_the_demo_refuses_bad_input_in_one_line(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["demo", "--checkpoint", str(bad), "-o", str(tmp_path / "d")]) == 2
     assert "cannot be read as a torch checkpoint" in capsys.readouterr().err
+    model = tmp_path / "random.pt"
+    M3ViT.random(TINY, 0).save(model)
+    assert main(["demo", "--checkpoint", str(model), "--accel", "4x8", "-o", str(tmp_path / "d")]) == 2
+    assert "square array" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["demo", "--checkpoint", str(model), "--preset", "m3vit-small-pascal", "-o", str(tmp_path / "d")]) == 2
+    assert "holds a model of preset 'tiny'" in capsys.readouterr().err
