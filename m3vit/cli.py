@@ -826,7 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
     demo.add_argument("--image", type=_existing, default=None,
                       help="a PNG/JPEG file or a .npy of float images (the first is used; default: a held-out scene)")
-    demo.add_argument("--sim", default="verilator", choices=("pysim", "verilator"), help="simulator (default verilator)")
+    demo.add_argument("--sim", default="verilator", choices=("pysim", "verilator"),
+                      help="simulator (default verilator; pysim takes about 20 minutes for tiny)")
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the calibration and held-out scenes (as trained)")
     demo.add_argument("-o", "--output", type=_output_directory, required=True, help="directory for the pictures")
     demo.add_argument("--json", action="store_true", help="print JSON")
