@@ -19,7 +19,7 @@ import numpy as np
 from .config import ModelConfig
 from .images import pink_noise
 
-__all__ = ["Scenes", "SceneError", "labelled_scenes", "SHAPES", "TASK_KINDS", "NEAREST"]
+__all__ = ["Scenes", "SceneError", "labelled_scenes", "check_labels", "SHAPES", "TASK_KINDS", "NEAREST"]
 
 SHAPES = ("disc", "triangle", "cross", "square", "ring", "pole", "diamond")   # the fewest classes: the most distinct
 TASK_KINDS = ("semseg", "depth")        # the tasks the scenes carry labels for
@@ -47,8 +47,9 @@ class Scenes:
         return self.labels if kind == "semseg" else self.depth
 
 
-def _check(config: ModelConfig) -> int:
-    """The number of classes of `config`'s segmentation task, after checking that the scenes label every task."""
+def check_labels(config: ModelConfig) -> int:
+    """The number of classes of `config`'s segmentation task, after checking that the scenes label every task
+    (`SceneError` if not)."""
     unknown = [task.name for task in config.tasks if task.name not in TASK_KINDS]
     if unknown:
         raise SceneError(f"{config.name}: the procedural scenes label {' and '.join(TASK_KINDS)} only, not "
@@ -116,7 +117,7 @@ def labelled_scenes(config: ModelConfig, count: int, seed: int) -> Scenes:
     `config`'s tasks must be among `TASK_KINDS`, its segmentation at most `len(SHAPES) + 1` classes."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise SceneError(f"count = {count!r}: at least one scene")
-    classes = _check(config)
+    classes = check_labels(config)
     rng = np.random.default_rng(seed)
     height, width = config.image_size
     images, labels, depth = zip(*(_scene(rng, config.in_channels, height, width, classes) for _ in range(count)))

@@ -292,10 +292,10 @@ def _progress_bar(label: str):
 
 def cmd_train(args) -> int:
     """Train the float model on the procedural scenes; write its checkpoint and print its held-out scores."""
-    from golden.scenes import labelled_scenes
+    from golden.scenes import check_labels
     from golden.train import train
     config = model_preset(args.preset)
-    labelled_scenes(config, 1, 0)           # refuses a preset whose tasks the scenes do not label, before any work
+    check_labels(config)                    # refuses a preset whose tasks the scenes do not label, before any work
     result = train(config, minutes=args.minutes, steps=args.steps, seed=args.seed,
                    progress=_progress_bar(f"training {config.name}"))
     result.model.save(args.output)
@@ -326,7 +326,7 @@ def cmd_demo(args) -> int:
     from firmware.demo import demo
     from golden.fidelity import load_float
     from golden.float_model import M3ViT, read_checkpoint
-    from golden.scenes import labelled_scenes
+    from golden.scenes import check_labels
     data = read_checkpoint(args.checkpoint)
     if isinstance(data, dict) and "format" in data and args.preset is None:
         network = M3ViT.load(args.checkpoint)
@@ -338,7 +338,7 @@ def cmd_demo(args) -> int:
     accel = accelerator_preset(args.accel)
     check_compatible(config, accel)
     check_top_level(config, accel)
-    labelled_scenes(config, 1, 0)             # the scenes label its tasks (calibration, the default image)
+    check_labels(config)                      # the scenes label its tasks (calibration, the default image)
     image = load_images(args.image, config)[0] if args.image is not None else None
     report = demo(network, accel, args.output, image=image, seed=args.seed, simulator=args.sim)
     if args.json:
