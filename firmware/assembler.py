@@ -1,6 +1,8 @@
 """Encoder, decoder, assembler and disassembler of the instruction set (`hw.control.isa`).
 
-`Assembler(isa)` turns instructions into 128-bit words through the ISA's own `lib.data` layout and back:
+`Assembler(isa)` turns instructions into 128-bit words and back, each field at the bit offset and width the ISA's
+own `lib.data` layout gives it (`InstructionSet.fields`, read once; packing through the layout's `const` on every
+instruction would cost a whole program seconds):
 - `encode(opcode, **fields)` → int, `decode(word)` → `Instruction`;
 - `assemble(text)` → [int], `disassemble(words)` → text, one instruction per line:
   `GEMM m=129 k_tiles=12 k_last=0 ... source=ACTIVATION mode=INT8` (fields by name in any order, omitted
@@ -16,9 +18,7 @@ import enum
 import numbers
 from dataclasses import dataclass, field
 
-from amaranth.lib import data
-
-from hw.control.isa import INSTRUCTION_BITS, InstructionSet, Opcode
+from hw.control.isa import INSTRUCTION_BITS, OPCODE_BITS, InstructionSet, Opcode
 
 __all__ = ["Assembler", "AssemblerError", "Instruction", "INSTRUCTION_BYTES"]
 
@@ -55,26 +55,24 @@ class Assembler:
     # --- one instruction -----------------------------------------------------------------------------------
     def encode(self, opcode: Opcode | str, **values) -> int:
         opcode = self._opcode(opcode)
-        known = {name: (width, shape) for name, _, width, shape in self._fields[opcode]}
+        known = [name for name, _, _, _ in self._fields[opcode]]
         for name in values:
             if name not in known:
                 raise AssemblerError(f"{opcode.name} has no field {name!r}; its fields: "
                                      f"{', '.join(known) or 'none'}")
-        nested = {}
-        for name, (width, shape) in known.items():
-            _place(nested, name, self._value(opcode, name, values.get(name, 0), width, shape))
-        operands = {opcode.name.lower(): nested} if nested else {"bits": 0}
-        word = self.isa.layout.const({"opcode": opcode, "operands": operands}).as_bits()
-        return int(word)
+        word = opcode.value
+        for name, offset, width, shape in self._fields[opcode]:
+            value = self._value(opcode, name, values.get(name, 0), width, shape)
+            word |= (value.value if isinstance(value, enum.Enum) else value) << offset
+        return word
 
     def decode(self, word: int) -> Instruction:
         if not isinstance(word, int) or not 0 <= word < 1 << INSTRUCTION_BITS:
             raise AssemblerError(f"{word!r} is not a {INSTRUCTION_BITS}-bit instruction word")
-        view = data.Const(self.isa.layout, word)
         try:
-            opcode = Opcode(view.opcode)
+            opcode = Opcode(word & ((1 << OPCODE_BITS) - 1))
         except ValueError:
-            raise AssemblerError(f"opcode {word & 0xF} is not an instruction") from None
+            raise AssemblerError(f"opcode {word & ((1 << OPCODE_BITS) - 1)} is not an instruction") from None
         fields = {}
         for name, offset, width, shape in self._fields[opcode]:
             raw = (word >> offset) & ((1 << width) - 1)
@@ -151,14 +149,3 @@ class Assembler:
                                  f"{(1 << width) - 1} ({width} bits)")
         return int(number)
 
-
-def _place(nested: dict, name: str, value) -> None:
-    """Put a leaf `a[1]` or `b` into the nested dict / list form `Layout.const` takes."""
-    head, sep, rest = name.partition("[")
-    if not sep:
-        nested[head] = value
-        return
-    index = int(rest.rstrip("]"))
-    items = nested.setdefault(head, [])
-    items.extend([0] * (index + 1 - len(items)))
-    items[index] = value

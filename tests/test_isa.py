@@ -51,6 +51,13 @@ def _random_fields(isa, opcode, rng, extreme=None):
     return values
 
 
+def _field_of(view, name: str):
+    """Field `name` (`a`, `a[1]`) of a `data.Const` view, as an int or enumeration member."""
+    head, _, index = name.partition("[")
+    value = getattr(view, head)
+    return value[int(index.rstrip("]"))] if index else value
+
+
 @pytest.mark.parametrize("model,accel", [("tiny", "4x4"), ("m3vit-tiny-cityscapes", "16x16"),
                                          ("m3vit-small-nyud", "8x8")])
 def test_encode_decode_and_text_round_trip(model, accel):
@@ -65,9 +72,11 @@ def test_encode_decode_and_text_round_trip(model, accel):
             assert 0 <= word < 1 << INSTRUCTION_BITS and word & 0xF == opcode.value
             decoded = asm.decode(word)
             assert decoded.opcode is opcode and decoded.fields == fields
-            # The layout's own view reads the same fields.
+            # The layout's own view reads the same fields: the encoder's offsets are the layout's.
             view = data.Const(isa.layout, word)
             assert view.opcode == opcode
+            for name, value in fields.items():
+                assert _field_of(getattr(view.operands, opcode.name.lower()), name) == value, name
             words.append(word)
             instructions.append(decoded)
     text = asm.disassemble(words)
