@@ -76,6 +76,7 @@ class Program:
     outputs: dict = field(default_factory=dict)    # name → (OUTPUT offset, bytes)
     entry: int = 0
     heads: dict = field(default_factory=dict)      # task → the instruction its head's run enters at
+    layers: list = field(default_factory=list)     # (instruction, name): where each layer starts (`ProgramBuilder.layer`)
 
     def stored_by(self, head: int | None = None) -> dict:
         """The `outputs` a run stores: the backbone's, or with `head` that task's head's (`head.{task}.…`)."""
@@ -100,6 +101,8 @@ class ProgramBuilder:
         self.output_bytes = 0
         self.outputs = {}
         self.lines: list[str] = []
+        self.layer_names: list[str | None] = []     # beside `lines`: the layer an instruction starts
+        self.next_layer: tuple[str, Opcode] | None = None
         self.entry = 0
         self.heads = {}
         self.next_buffer = 0
@@ -120,7 +123,18 @@ class ProgramBuilder:
     def emit(self, opcode: Opcode, *, at: int | None = None, **fields) -> None:
         """Append an instruction (or insert it at line `at`), checked by the assembler."""
         line = str(self.assembler.decode(self.assembler.encode(opcode, **fields)))
-        self.lines.insert(len(self.lines) if at is None else at, line)
+        at = len(self.lines) if at is None else at
+        self.lines.insert(at, line)
+        starts = self.next_layer is not None and self.next_layer[1] is opcode
+        self.layer_names.insert(at, self.next_layer[0] if starts else None)
+        if starts:
+            self.next_layer = None
+
+    def layer(self, name: str, starts_at: Opcode) -> None:
+        """Layer `name` starts at the next `starts_at` instruction emitted: the first of the layer that waits for
+        what the layer before wrote (a block's LayerNorm₁, a convolution's first GEMM), so that a layer's cycles
+        run from that instruction's issue to the next layer's (`firmware.cycles`)."""
+        self.next_layer = (name, starts_at)
 
     def load(self, region: Region, offset: int, length: int, memory: Space, base: int, *,
              per_expert: bool = False) -> None:
@@ -304,7 +318,7 @@ class ProgramBuilder:
         text = "".join(f"{line}\n" for line in self.lines)
         return Program(self.assembler.assemble(text), bytes(self.regions[Region.MODEL]),
                        bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry,
-                       dict(self.heads))
+                       dict(self.heads), [(index, name) for index, name in enumerate(self.layer_names) if name])
 
 
 def _residual_length(builder: ProgramBuilder) -> int:
@@ -324,6 +338,7 @@ def patch_embedding_program(quantized: QuantizedModel, accel: AcceleratorConfig,
 def _embedding(builder: ProgramBuilder, image: np.ndarray) -> None:
     """The position embedding into RESIDUAL, the image's patch rows into SCRATCH, the patch embedding added."""
     model, accel, t = builder.model, builder.accel, builder.model.num_tokens
+    builder.layer("patch_embed", Opcode.LOAD)
     position = builder.place(Region.MODEL, residual_bytes(builder.quantized["embed.position"], accel))
     builder.load(Region.MODEL, position, _residual_length(builder), Space.RESIDUAL, 0)
     rows = ops.patches(np.asarray(image), model.patch_size)
@@ -371,6 +386,7 @@ def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> N
     t, c, r, hd = model.num_tokens, accel.array_cols, accel.array_rows, model.head_dim
     layout, rows = AttentionLayout.for_model(model, accel), feed_rows(accel)     # w_base in SCRATCH: feed words
     p = f"blocks.{block}"
+    builder.layer(p, Opcode.LAYERNORM)
     builder.layernorm([f"{p}.norm1"], rows=t, source=0, destination=0)
     head_tiles = tiles(hd, c)
     outputs = [Output(tiles(model.embed_dim, c), Space.SCRATCH, layout.q, t)]

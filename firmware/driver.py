@@ -45,6 +45,7 @@ class RunResult:
     counters: dict[str, int]
     outputs: dict[str, bytes] = field(default_factory=dict)    # what the run stored (`Program.stored_by`), by name
     finished_at: int = 0        # the transport's cycle count when the host saw the run end (its interrupt)
+    issue_cycles: list[int] = field(default_factory=list)    # with `issues`: each issue's cycle of the run
 
     @property
     def ok(self) -> bool:
@@ -101,19 +102,21 @@ class Driver:
                                   f"{self.start_up.error_pc}")
         return self.start_up
 
-    async def run(self, program: Program, task: int = 0, *, timeout: int = 10_000_000) -> RunResult:
+    async def run(self, program: Program, task: int = 0, *, timeout: int = 10_000_000, issues: int = 0) -> RunResult:
         """One run of `program` (placed first if it is not the one placed) for `task`: a task switch writes TASK
-        and nothing else."""
+        and nothing else. With `issues`, the result has the cycle of each of its first `issues` instructions'
+        issue (`issue_cycles`, from the run's start; a transport with the `issued` trace, the simulators')."""
         await self.start(program, task)
-        return await self.finish(program, timeout)
+        return await self.finish(program, timeout, issues=issues)
 
-    async def run_head(self, program: Program, task: int = 0, *, timeout: int = 10_000_000) -> RunResult:
+    async def run_head(self, program: Program, task: int = 0, *, timeout: int = 10_000_000,
+                       issues: int = 0) -> RunResult:
         """The run of `task`'s head, after a run of the backbone (`run`) for that task has left its output on
         chip: from the head's entry (`Program.heads`)."""
         if task not in program.heads:
             raise DriverError(f"the program has no head for task {task!r} (it has {sorted(program.heads)})")
         await self.start(program, task, program.heads[task])
-        return await self.finish(program, timeout, head=task)
+        return await self.finish(program, timeout, head=task, issues=issues)
 
     async def start(self, program: Program, task: int = 0, entry: int | None = None) -> None:
         """Start a run of `program` for `task` (placing it first if it is not the one placed) at instruction
@@ -136,10 +139,13 @@ class Driver:
         """The performance counters as they stand (they count while a run is going)."""
         return {name: await self._read(name) for name, _ in COUNTERS}
 
-    async def finish(self, program: Program, timeout: int = 10_000_000, *, head: int | None = None) -> RunResult:
+    async def finish(self, program: Program, timeout: int = 10_000_000, *, head: int | None = None,
+                     issues: int = 0) -> RunResult:
         """Wait (at most `timeout` cycles) for the run of `program` started last to end; its result, with the
-        outputs that run stores (the backbone's, or with `head` that task's head's), read in one span."""
+        outputs that run stores (the backbone's, or with `head` that task's head's), read in one span, and with
+        `issues` the cycles its first `issues` instructions issued at."""
         transport = self.transport
+        issued = await transport.wait_issues(issues, timeout) if issues else []
         await transport.wait_irq(timeout)
         finished_at = transport.cycles
         if not await self._read("STATUS") >> Status["done"].offset & 1:
@@ -152,6 +158,8 @@ class Driver:
             first = min(offset for offset, _ in stored.values()) // bus * bus
             end = max(offset + length for offset, length in stored.values())
             span = await transport.read_dram(self.dram_map(program).output + first, tiles(end - first, bus) * bus)
+        started = finished_at - cycles        # the cycle the run started at, as the transport counts
         return RunResult(ErrorCause(await self._read("ERROR")), await self._read("ERROR_PC"), cycles, counters,
                          {name: span[offset - first:offset - first + length]
-                          for name, (offset, length) in stored.items()}, finished_at)
+                          for name, (offset, length) in stored.items()}, finished_at,
+                         [at - started for at in issued])

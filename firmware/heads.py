@@ -138,6 +138,7 @@ def compile_head(builder, task: int) -> None:
     classifier = layers[-1]
     scratch = builder.spaces[Space.SCRATCH].depth
     classifier_row = _classifier(builder, task, classifier, after)
+    builder.layer(f"{prefix}.norm", Opcode.LAYERNORM)
     builder.layernorm([f"{prefix}.norm"], rows=t - 1, source=1, destination=0)
     source: FeatureMap | None = None          # None: the normed tokens in ACTIVATION
     # What a row's products leave to do (its output rows out, the band's next rows in) waits for the next
@@ -152,6 +153,7 @@ def compile_head(builder, task: int) -> None:
         _check(band + ring_rows * ring <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
                f"{ring_rows * ring} words, SCRATCH has {scratch}")
         name = f"{prefix}.{conv.name}"
+        builder.layer(name, Opcode.GEMM)       # the last one's layer holds the classifier: it runs row by row beside it
         weight = conv_weight(q[f"{name}.weight"], r)
         layout = matrix_layout(*weight.shape, accel, name)
         offset = builder.place(Region.MODEL, layout.pack(weight, q[f"{name}.bias"], q[f"{name}.multiplier"],

@@ -61,11 +61,25 @@ class _Transport:
 
     async def wait_irq(self, cycles: int) -> int:
         """Cycles until the accelerator's `irq` is high after one, at most `cycles`; how many ran."""
+        return await self._wait_for(self.accelerator.irq, cycles)
+
+    async def _wait_for(self, port, cycles: int) -> int:
         for ran in range(1, cycles + 1):
             await self.tick()
-            if self.ctx.get(self.accelerator.irq):
+            if self.ctx.get(port):
                 return ran
         return cycles
+
+    async def wait_issues(self, count: int, cycles: int) -> list[int]:
+        """The transport's cycle (`cycles`) of each of the next `count` instructions the accelerator issues (its
+        `issued` trace port), waiting at most `cycles` for each; fewer if one does not come."""
+        issued = []
+        for _ in range(count):
+            ran = await self._wait_for(self.accelerator.issued, cycles)
+            if ran == cycles and not self.ctx.get(self.accelerator.issued):
+                break
+            issued.append(self.cycles)
+        return issued
 
 
 class SimulatorTransport(_Transport):
@@ -117,8 +131,8 @@ class VerilatorTransport(_Transport):
         self.model.tick(cycles)
         self.cycles += cycles
 
-    async def wait_irq(self, cycles: int) -> int:
-        ran = self.model.tick_until(self.accelerator.irq, cycles)
+    async def _wait_for(self, port, cycles: int) -> int:
+        ran = self.model.tick_until(port, cycles)
         self.cycles += ran
         return ran
 

@@ -7,6 +7,8 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
   the weight loader (`ReadArbiter`); writes by the store path (`StoreWriter`).
 - `host` (`AXI4Lite.Signature`, slave): the registers of `hw.control.registers` (`HostRegisters`).
 - `irq`: STATUS.done while CONTROL.irq_enable.
+- `issued`: high in each cycle the controller issues an instruction (an EXPERTS body's once per expert): a trace
+  for a logic analyser, and what `firmware.cycles` checks its cycle model against, instruction by instruction.
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
@@ -59,11 +61,12 @@ def _join(m, port, bus, signature):
 class Accelerator(wiring.Component):
     class Signature(wiring.Signature):
         """The top level's ports for `accel`: `axi` (AXI4 master, `addr_width`-bit addresses, the DRAM bus of
-        `accel`), `host` (AXI4-Lite slave, 8-bit byte addresses, 32-bit data) and `irq`."""
+        `accel`), `host` (AXI4-Lite slave, 8-bit byte addresses, 32-bit data), `irq` and `issued`."""
 
         def __init__(self, accel: AcceleratorConfig, addr_width: int = 32):
             self.bus = AXI4.Signature(addr_width, 8 * accel.dram_bytes_per_beat)
-            super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1)})
+            super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1),
+                              "issued": Out(1)})
 
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8):
         try:
@@ -221,7 +224,7 @@ class Accelerator(wiring.Component):
         m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
         wiring.connect(m, wiring.flipped(self.host), host.bus)
-        m.d.comb += self.irq.eq(host.irq)
+        m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
 
         # DRAM: fetch first, then the load path and the loader, on one read port; the store path writes.
         for index, master in enumerate((self.fetch_reader.axi, self.load_path.axi, loader.axi)):

@@ -1,0 +1,451 @@
+"""The accelerator's cycles without simulating it: an analytic model, instruction by instruction, checked
+against the RTL's own trace.
+
+`issued(program, run, counts)`: the instructions a run of `program` issues, in order (`Issued`): an EXPERTS
+body once per active expert (`counts[layer][expert]`: its tokens; the router's ascending order), a gathering or
+COMBINE GEMM's M the expert's token count.
+
+`measured(quantized, accel, image, task, simulator)`: the RTL's figures for one task's backbone and head runs,
+back to back after the start-up as `m3vit run` does: each run's cycles and the cycle of every issue (the
+accelerator's `issued` trace port), per layer (`Program.layers`: a layer runs from its first dependent
+instruction's issue to the next layer's; the first from the run's start, the last to its end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from golden.config import AcceleratorConfig
+from golden.model import run as golden_run
+from golden.quantized import QuantizedModel
+from hw.compute.gemm.geometry import GemmMode
+from hw.control.isa import InstructionSet, Opcode, Space
+
+from .assembler import Assembler, Instruction
+from .compiler import Program, backbone_program
+from .driver import Driver
+from .sim import accelerator_for, simulate
+
+__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """One issue: the program's instruction `index`, decoded, and, inside an EXPERTS body, its `expert` and the
+    expert's token count (`tokens`)."""
+    index: int
+    instruction: Instruction
+    expert: int | None = None
+    tokens: int = 0
+
+    @property
+    def opcode(self) -> Opcode:
+        return self.instruction.opcode
+
+    def __getitem__(self, name: str):
+        return self.instruction.fields[name]
+
+    @property
+    def m(self) -> int:
+        """A GEMM's rows: its `m`, or in an EXPERTS body the expert's tokens (a gathering or COMBINE GEMM)."""
+        gathers = self["gather"] or self["mode"] == GemmMode.COMBINE.value
+        return self.tokens if self.expert is not None and gathers else self["m"]
+
+
+def _run_range(program: Program, run) -> range:
+    lines = len(program.words)
+    start = program.entry if run == "backbone" else program.heads[run]
+    return range(start, min([entry for entry in program.heads.values() if entry > start] + [lines]))
+
+
+def issued(program: Program, isa: InstructionSet, run="backbone", counts: dict[int, list[int]] | None = None) \
+        -> list[Issued]:
+    """The instructions a run ("backbone" or a task's head) of `program` issues, to its HALT; `counts`: per MoE
+    layer (ROUTE's `layer`) the tokens of each expert."""
+    assembler = Assembler(isa)
+    span = _run_range(program, run)
+    decoded = [assembler.decode(program.words[index]) for index in span]
+    out, layer, at = [], None, 0
+    while at < len(decoded):
+        instruction = decoded[at]
+        index = span[at]
+        if instruction.opcode is Opcode.EXPERTS:
+            out.append(Issued(index, instruction))
+            body = instruction.fields["body"]
+            tokens = (counts or {}).get(layer)
+            if tokens is None:
+                raise ValueError(f"instruction {index}: EXPERTS of MoE layer {layer} and no token counts for it")
+            for expert, count in enumerate(tokens):
+                if count:
+                    out += [Issued(span[at + 1 + i], decoded[at + 1 + i], expert, count) for i in range(body)]
+            at += 1 + body
+            continue
+        if instruction.opcode is Opcode.ROUTE:
+            layer = instruction.fields["layer"]
+        out.append(Issued(index, instruction))
+        if instruction.opcode is Opcode.HALT:
+            break
+        at += 1
+    return out
+
+
+def layer_spans(program: Program, sequence: list[Issued], issue_cycles: list[int], cycles: int) -> dict[str, int]:
+    """Cycles per layer of a run: from its first marked instruction's issue to the next layer's (the first layer
+    from 0, the last to `cycles`)."""
+    names = dict(program.layers)
+    starts = []
+    for issue, at in zip(sequence, issue_cycles):
+        if issue.index in names and (not starts or starts[-1][0] != names[issue.index]):
+            starts.append((names[issue.index], at))
+    if not starts:
+        return {}
+    starts[0] = (starts[0][0], 0)
+    bounds = [at for _, at in starts[1:]] + [cycles]
+    return {name: end - at for (name, at), end in zip(starts, bounds)}
+
+
+def expert_counts(quantized: QuantizedModel, golden) -> dict[int, list[int]]:
+    """Per MoE layer the tokens of each expert in a golden run."""
+    model = quantized.config
+    return {layer: [len(tokens) for tokens in golden.routing[block].expert_tokens]
+            for layer, block in enumerate(model.moe_blocks)}
+
+
+def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: int, *, simulator: str = "verilator",
+             latency: int = 10, head: bool = True) -> dict:
+    """The RTL's backbone (and head) run of `task` after the start-up: per run its `cycles`, `issue_cycles`,
+    `sequence` (`issued`) and `layers` (`layer_spans`)."""
+    model = quantized.config
+    program = backbone_program(quantized, accel, image, heads=head)
+    counts = expert_counts(quantized, golden_run(quantized, image, task))
+    isa = InstructionSet(model, accel)
+    runs = {"backbone": issued(program, isa, "backbone", counts)}
+    if head:
+        runs[task] = issued(program, isa, task, counts)
+    accelerator = accelerator_for(model, accel)
+
+    async def host(transport):
+        driver = Driver(transport, model, accel)
+        await driver.connect()
+        await driver.place(program, timeout=1 << 40)
+        results = {"backbone": await driver.run(program, task, timeout=1 << 40, issues=len(runs["backbone"]))}
+        if head:
+            results[task] = await driver.run_head(program, task, timeout=1 << 40, issues=len(runs[task]))
+        return results
+
+    results = simulate(accelerator, host, Driver(None, model, accel).dram_map(program).size, simulator=simulator,
+                       latency=latency)
+    out = {}
+    for run, sequence in runs.items():
+        result = results[run]
+        if not result.ok or len(result.issue_cycles) != len(sequence) \
+                or result.counters["INSTRUCTIONS"] != len(sequence):
+            raise RuntimeError(f"run {run}: {result.cause.name}, {len(result.issue_cycles)} issues traced, "
+                               f"{result.counters['INSTRUCTIONS']} counted, {len(sequence)} expected")
+        out[run] = {"cycles": result.cycles, "issue_cycles": result.issue_cycles, "sequence": sequence,
+                    "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles),
+                    "counters": result.counters, "program": program}
+    return out
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Busy:
+    """A unit's command in flight: until `end` (the first cycle an instruction waiting for it may issue), the
+    memories it reads and writes (scoreboard keys: a Space, or (Space, half) for PARAMS and SCORES)."""
+    end: int = 0
+    reads: frozenset = frozenset()
+    writes: frozenset = frozenset()
+
+
+@dataclass
+class Timeline:
+    """A modelled run: the cycle of each issue, the run's cycles, and per unit the cycles it was busy."""
+    issue_cycles: list[int]
+    cycles: int
+    busy: dict[str, int]
+
+
+class _ReadPort:
+    """The DRAM read port: the readers (the load path, the loader) take turns a burst at a time (the arbiter's
+    round robin), their beats come back in order on the one R channel, each beat for as many cycles as its reader
+    takes to write it, and a transfer's first beat `latency` cycles after it is asked for at the earliest. A
+    reader's transfers go one after another. `start` a transfer, then `end(id)`: the cycle its last beat is in."""
+
+    def __init__(self, latency: int, burst: int):
+        self.latency, self.burst = latency, burst
+        self.now = 0                         # where the R channel's schedule stands
+        self.queues: dict[str, list] = {}    # reader → its transfers: [id, earliest first beat, beats left, cycles a beat]
+        self.turn: list[str] = []            # readers in round-robin order, the next to serve first
+        self.ends: dict[int, int] = {}
+        self.count = 0
+
+    def start(self, reader: str, at: int, beats: int, per_beat: int = 1) -> int:
+        self._serve(until=at)
+        self.count += 1
+        queue = self.queues.setdefault(reader, [])
+        if not queue and reader in self.turn:
+            self.turn.remove(reader)
+        if reader not in self.turn:
+            self.turn.append(reader)
+        queue.append([self.count, at + self.latency, beats, per_beat])
+        return self.count
+
+    def end(self, transfer: int) -> int:
+        if transfer not in self.ends:
+            saved = (self.now, {r: [list(t) for t in q] for r, q in self.queues.items()}, list(self.turn))
+            self._serve(until=None, stop=transfer)
+            end = self.ends[transfer]
+            self.now, self.queues, self.turn = saved
+            self.ends = {k: v for k, v in self.ends.items() if v <= self.now}
+            self.ends[transfer] = end
+            return end
+        return self.ends[transfer]
+
+    def _serve(self, until, stop=None) -> None:
+        """Serve bursts in turn from `now`: those that start before `until` (None: all), or until `stop` is done."""
+        while True:
+            ready = [r for r in self.turn if self.queues[r]]
+            if not ready:
+                if until is not None:
+                    self.now = max(self.now, until)
+                return
+            start = max(self.now, min(self.queues[r][0][1] for r in ready))
+            if until is not None and start >= until:
+                self.now = max(self.now, until) if start > until else start
+                return
+            reader = next(r for r in ready if self.queues[r][0][1] <= start)
+            transfer = self.queues[reader][0]
+            beats = min(self.burst, transfer[2])
+            if all(self.queues[r][0][1] > start for r in ready if r != reader):    # alone until another is ready
+                horizon = min([self.queues[r][0][1] for r in ready if r != reader]
+                              + ([until] if until is not None else []), default=None)
+                beats = transfer[2] if horizon is None else \
+                    min(transfer[2], max(beats, -(-(horizon - start) // transfer[3])))
+            self.now = start + beats * transfer[3]
+            transfer[2] -= beats
+            self.turn.remove(reader)
+            self.turn.append(reader)
+            if transfer[2] == 0:
+                self.queues[reader].pop(0)
+                self.ends[transfer[0]] = self.now
+                if transfer[0] == stop:
+                    return
+
+
+class CycleModel:
+    """The accelerator of `accel` running `model`, instruction by instruction: each issues at the first cycle the
+    controller's rules allow (fetch, its unit free, the scoreboard, its slab buffer full, the router's experts),
+    and each unit's command takes the cycles its contract gives. `run(sequence)` → `Timeline`.
+
+    The costs, from the units' contracts and the RTL's pipeline depths (`hw.compute.gemm.geometry`):
+    - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + 1 + M) / 2) (M = 1: 2M; a tile streams the
+      cycle after its weights are in, and loads once the tile two before it has streamed), then the first tile's load, the
+      operand stream, the array (R + C), the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU:
+      ⌈C / requant lanes⌉ cycles a row, then its pipeline); transposed output adds the corner turn's 2C − 4;
+    - LayerNorm and the softmax: rows · max(the per-row statistics, the row's beats + the two-row buffer's gap);
+    - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
+      queues' prefix sums (the experts known: EXPERTS), then the queues (T·(k + 1): the gathering GEMMs);
+    - DRAM reads: `_ReadPort`; a load path beat takes ⌈bus / the memory's word⌉ cycles to write;
+    - at a run's start the combine accumulator is cleared (T · its N tiles cycles) and RESIDUAL waits for it.
+    """
+
+    GEMM_FIXED = 11          # a command's handshakes: its start, the accumulator and the output path's writes
+    GELU_FIXED = 2           # the GELU path's rows beyond its stages
+    LOAD_FIXED = 4           # a load path command after its last beat: the gearbox and the write
+    STORE_FIXED = 8          # a STORE after its last beat: the write response
+    END_FIXED = 7            # HALT to STATUS.done
+    LAYERNORM = (33, 21, 40)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
+    SOFTMAX = (18, 4, 10)
+    ROUTER_TAIL = 45         # the last token's top-k (E + 7 counted apart) and gate weights (k + 36 apart)
+
+    def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
+        from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, largest_product, tiles
+        from hw.control.memories import feed_rows, onchip_spaces
+        self.model, self.accel, self.latency = model, accel, latency
+        self.tiles = tiles
+        self.r, self.c = accel.array_rows, accel.array_cols
+        self.beats = tiles(self.r, feed_rows(accel))                    # cycles to load a weight tile
+        self.gelu_gap = tiles(self.c, min(accel.requant_lanes, self.c))  # cycles between GELU rows
+        self.bus = accel.dram_bytes_per_beat
+        self.spaces = onchip_spaces(model, accel)
+        self.combine_clear = model.num_tokens * tiles(largest_product(model, accel)[1], self.c)
+        self.fixed = self.beats + STREAM_STAGES + self.r + self.c + DRAIN_STAGES + self.GEMM_FIXED
+        self.gelu_stages = GELU_STAGES
+        feed_bytes = max(self.bus, accel.weight_feed_bytes)
+        words = -(-accel.weight_buffer_bytes // feed_bytes)
+        self.span = 1 << (words - 1).bit_length()
+        e, macs = model.num_experts, accel.router_macs_per_cycle
+        groups = min(e, macs)
+        self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + 4)
+        self.router_known = e + 7 + model.top_k + 36 + e          # after the last token's logits
+        self.router_queues = model.num_tokens * (model.top_k + 1)
+
+    # --- unit costs ------------------------------------------------------------------------------------------
+    def gemm_cycles(self, issue: Issued) -> int:
+        m = issue.m
+        if m == 0:
+            return 1
+        rows = 2 * m if m == 1 else m
+        # a tile streams the cycle after its weights are in, and loads once the tile two before has streamed
+        tiles = issue["k_tiles"] * issue["n_tiles"]
+        streamed = max(rows * tiles, self.beats * tiles, (self.beats + 1 + rows) * tiles // 2)
+        if issue["mode"] == GemmMode.GELU.value:
+            tail = m * self.gelu_gap + self.gelu_stages + self.GELU_FIXED
+        else:
+            tail = m
+        transpose = 2 * self.c - 4 if issue["transpose"] else 0
+        return streamed + self.fixed + tail + transpose
+
+    def _rows(self, unit, rows: int, length: int) -> tuple[int, int]:
+        """(cycles of `rows` rows of `length` through a row unit, the first row's)."""
+        statistics, gap, first = unit
+        beats = -(-length // self.accel.vector_lanes)
+        per_row = max(statistics, beats + gap)
+        return rows * per_row + first, first + per_row
+
+    # --- a run -----------------------------------------------------------------------------------------------
+    def run(self, sequence: list[Issued]) -> Timeline:
+        port = _ReadPort(self.latency, self.accel.dram_max_burst)
+        units = {name: _Busy() for name in ("load", "gemm", "norm", "softmax", "router", "store", "combine")}
+        units["combine"] = _Busy(self.combine_clear, writes=frozenset({Space.RESIDUAL}))
+        transfers = {}                          # unit or slab buffer → its DRAM transfer
+        totals = dict.fromkeys(list(units) + ["loader"], 0)
+        full, empty = {}, {}                    # slab buffer → the cycle it is full, empty
+        fetched = self._fetch(sequence)
+        issue_cycles, last, held = [], -1, None
+        routed = None                           # the router's (experts known, queues done) once its LayerNorm ran
+
+        def end(name):
+            if name in transfers:
+                units[name].end = port.end(transfers.pop(name)) + self.LOAD_FIXED
+            return units[name].end
+
+        def slab_full(buffer):
+            if buffer in transfers:
+                full[buffer] = port.end(transfers.pop(buffer)) + self.LOAD_FIXED
+            return full.get(buffer, 0)
+
+        previous_slab = None
+        ahead = self.accel.dram_outstanding * self.accel.dram_max_burst
+
+        def loader_free(buffer):
+            return 0 if buffer is None else slab_full(buffer) - self.LOAD_FIXED - ahead
+
+        def hazard(reads=frozenset(), writes=frozenset()):
+            return max([end(name) for name, busy in units.items()
+                        if busy.writes & (reads | writes) or busy.reads & writes], default=0)
+
+        def occupy(name, start, finish, reads=frozenset(), writes=frozenset()):
+            units[name] = _Busy(finish, frozenset(reads), frozenset(writes))
+            totals[name] += finish - start
+
+        for position, issue in enumerate(sequence):
+            op = issue.opcode
+            at = max(last + 1, fetched[position])
+            if op is Opcode.LOAD:
+                memory = Space(issue["memory"].value)
+                beats = -(-issue["bytes"] // self.bus)
+                if memory is Space.WEIGHTS:
+                    buffer = issue["base"] // self.span
+                    # the loader takes a descriptor into an empty buffer once it has asked for all of the last
+                    at = max(at, empty.get(buffer, 0), loader_free(previous_slab))
+                    transfers[buffer] = port.start("loader", at, beats)
+                    previous_slab = buffer
+                    empty[buffer] = 1 << 62
+                    totals["loader"] += beats
+                else:
+                    key = self._key(memory, issue["base"])
+                    at = max(at, end("load"), hazard(writes={key}))
+                    if issue["region"].name == "OUTPUT":
+                        at = max(at, end("store"))
+                    per_beat = -(-self.bus // self.spaces[memory].word_bytes)
+                    units["load"] = _Busy(at, writes=frozenset({key}))
+                    transfers["load"] = port.start("load", at, beats, per_beat)
+                    totals["load"] += beats * per_beat
+            elif op is Opcode.GEMM:
+                reads, writes = self._gemm_touches(issue)
+                at = max(at, end("gemm"), hazard(reads, writes))
+                buffer = issue["w_base"] // self.span if issue["stationary"].name == "WEIGHTS" else None
+                if buffer is not None and held != buffer:
+                    at = max(at, slab_full(buffer))
+                if issue.expert is not None and (issue["gather"] or issue["mode"] == GemmMode.COMBINE.value):
+                    at = max(at, routed[1])
+                finish = at + self.gemm_cycles(issue)
+                occupy("gemm", at, finish, reads, writes)
+                if buffer is not None:
+                    if held is not None and held != buffer:
+                        empty[held] = at
+                    held = buffer if issue["keep"] else None
+                    if not issue["keep"]:
+                        empty[buffer] = finish
+            elif op is Opcode.LAYERNORM:
+                reads, writes = {Space.RESIDUAL, Space.NORMS}, {Space.ACTIVATION}
+                at = max(at, end("norm"), hazard(reads, writes))
+                cycles, first = self._rows(self.LAYERNORM, issue["rows"], self.model.embed_dim)
+                occupy("norm", at, at + cycles, reads, writes)
+                if issue["route"]:
+                    per_row = (cycles - first) // max(1, issue["rows"] - 1) if issue["rows"] > 1 else 0
+                    logits = max(at + first + issue["rows"] * self.router_token,
+                                 at + cycles + self.router_token)
+                    if per_row >= self.router_token:
+                        logits = at + cycles + self.router_token
+                    known = logits + self.router_known
+                    routed = (known, known + self.router_queues)
+                    occupy("router", at, routed[1], writes={Space.ROUTES})
+            elif op is Opcode.SOFTMAX:
+                reads, writes = {(Space.SCORES, issue["half"])}, {Space.ACTIVATION, Space.ROW_SCALES}
+                at = max(at, end("softmax"), hazard(reads, writes))
+                cycles, _ = self._rows(self.SOFTMAX, issue["rows"], self.model.num_tokens)
+                occupy("softmax", at, at + cycles, reads, writes)
+            elif op is Opcode.ROUTE:
+                at = max(at, end("router"), hazard(writes={Space.ROUTES}))
+                units["router"] = _Busy(1 << 62, writes=frozenset({Space.ROUTES}))
+            elif op is Opcode.EXPERTS:
+                at = max(at, routed[0])
+            elif op is Opcode.COMBINE:
+                at = max(at, end("gemm"), end("combine"), hazard({Space.RESIDUAL}, {Space.RESIDUAL}))
+                finish = at + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
+                occupy("combine", at, finish, writes={Space.RESIDUAL})
+                units["gemm"] = _Busy(finish, writes=frozenset({Space.RESIDUAL}))
+            elif op in (Opcode.STORE, Opcode.UPSAMPLE):
+                memory = Space(issue["memory"].value)
+                at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory in busy.writes])
+                words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
+                occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads={memory})
+            elif op is Opcode.CONFIG_GELU:
+                at = max(at, hazard(writes={Space.HIDDEN}))
+            elif op in (Opcode.SYNC, Opcode.HALT):
+                at = max([at] + [end(name) for name in units] + [slab_full(b) for b in list(transfers)
+                                                                  if not isinstance(b, str)])
+            issue_cycles.append(at)
+            last = at
+        return Timeline(issue_cycles, last + self.END_FIXED, totals)
+
+    def _key(self, memory: Space, base: int):
+        if memory in (Space.PARAMS, Space.SCORES):
+            return memory, int(base >= self.spaces[memory].depth // 2)
+        return memory
+
+    def _gemm_touches(self, issue: Issued):
+        mode = GemmMode(issue["mode"])
+        reads = {Space.SCRATCH if issue["source"].name == "SCRATCH" else Space.ACTIVATION,
+                 self._key(Space.PARAMS, issue["p_base"])}
+        if issue["stationary"].name == "SCRATCH":
+            reads.add(Space.SCRATCH)
+        if issue["row_scaled"]:
+            reads.add(Space.ROW_SCALES)
+        if mode is GemmMode.GELU:
+            reads.add(Space.HIDDEN)
+        writes = set() if mode is GemmMode.COMBINE else {self._key(Space(issue["destination"].value), issue["d_base"])}
+        return reads, writes
+
+    def _fetch(self, sequence: list[Issued]) -> list[int]:
+        """The cycle each instruction of the sequence is in the fetch buffer (an EXPERTS body's replays at once)."""
+        first = self.latency + 4 + -(-16 // self.bus)
+        seen, out = set(), []
+        for issue in sequence:
+            out.append(0 if issue.index in seen else first)
+            seen.add(issue.index)
+        return out
