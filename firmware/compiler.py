@@ -21,6 +21,7 @@ import numpy as np
 from golden import ops
 from golden.config import AcceleratorConfig, check_compatible
 from golden.quantized import QuantizedModel
+from hw.common.bits import pack
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import InstructionSet, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import check_top_level, feed_rows, onchip_spaces, router_geometry
@@ -101,6 +102,7 @@ class ProgramBuilder:
         self.output_bytes = 0
         self.outputs = {}
         self.lines: list[str] = []
+        self.words: list[int] = []                  # beside `lines`: the encoded instructions
         self.layer_names: list[str | None] = []     # beside `lines`: the layer an instruction starts
         self.next_layer: tuple[str, Opcode] | None = None
         self.entry = 0
@@ -122,9 +124,10 @@ class ProgramBuilder:
 
     def emit(self, opcode: Opcode, *, at: int | None = None, **fields) -> None:
         """Append an instruction (or insert it at line `at`), checked by the assembler."""
-        line = str(self.assembler.decode(self.assembler.encode(opcode, **fields)))
+        word = self.assembler.encode(opcode, **fields)
         at = len(self.lines) if at is None else at
-        self.lines.insert(at, line)
+        self.lines.insert(at, str(self.assembler.decode(word)))
+        self.words.insert(at, word)
         starts = self.next_layer is not None and self.next_layer[1] is opcode
         self.layer_names.insert(at, self.next_layer[0] if starts else None)
         if starts:
@@ -250,7 +253,7 @@ class ProgramBuilder:
         params = [(q[f"{p}.gamma"], q[f"{p}.beta"]) for p in norms]
         params += [(np.zeros(d, np.int64), np.zeros(d, np.int64))] * (2 - len(norms))
         word_bytes = self.spaces[Space.NORMS].word_bytes
-        image = b"".join(int(unit.params_layout.const(word).as_bits()).to_bytes(word_bytes, "little")
+        image = b"".join(pack(unit.params_layout, word).to_bytes(word_bytes, "little")
                          for word in unit.params_words(params))
         offset = self.place(Region.MODEL, image)
         norm_set, self.next_norm_set = self.next_norm_set, 1 - self.next_norm_set
@@ -316,7 +319,7 @@ class ProgramBuilder:
 
     def build(self) -> Program:
         text = "".join(f"{line}\n" for line in self.lines)
-        return Program(self.assembler.assemble(text), bytes(self.regions[Region.MODEL]),
+        return Program(list(self.words), bytes(self.regions[Region.MODEL]),
                        bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry,
                        dict(self.heads), [(index, name) for index, name in enumerate(self.layer_names) if name])
 

@@ -26,7 +26,7 @@ from .compiler import Program, backbone_program
 from .driver import Driver
 from .sim import accelerator_for, simulate
 
-__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured"]
+__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured", "runnable", "compare", "against", "CycleModel", "Timeline"]
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,9 @@ def expert_counts(quantized: QuantizedModel, golden) -> dict[int, list[int]]:
 
 def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: int, *, simulator: str = "verilator",
              latency: int = 10, head: bool = True) -> dict:
-    """The RTL's backbone (and head) run of `task` after the start-up: per run its `cycles`, `issue_cycles`,
-    `sequence` (`issued`) and `layers` (`layer_spans`)."""
+    """The RTL's backbone run of `task` after the start-up and (with `head`) its head's run, as `m3vit run` drives
+    them: per run ("backbone", or the task) its `cycles`, `issue_cycles`, `sequence` (`issued`) and `layers`
+    (`layer_spans`); and the `program`."""
     model = quantized.config
     program = backbone_program(quantized, accel, image, heads=head)
     counts = expert_counts(quantized, golden_run(quantized, image, task))
@@ -135,7 +136,7 @@ def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: i
 
     results = simulate(accelerator, host, Driver(None, model, accel).dram_map(program).size, simulator=simulator,
                        latency=latency)
-    out = {}
+    out = {"program": program}
     for run, sequence in runs.items():
         result = results[run]
         if not result.ok or len(result.issue_cycles) != len(sequence) \
@@ -143,9 +144,50 @@ def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: i
             raise RuntimeError(f"run {run}: {result.cause.name}, {len(result.issue_cycles)} issues traced, "
                                f"{result.counters['INSTRUCTIONS']} counted, {len(sequence)} expected")
         out[run] = {"cycles": result.cycles, "issue_cycles": result.issue_cycles, "sequence": sequence,
-                    "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles),
-                    "counters": result.counters, "program": program}
+                    "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles)}
     return out
+
+
+def runnable(model, accel: AcceleratorConfig) -> tuple[AcceleratorConfig, str]:
+    """`accel`, or with every token in one block if its token blocks are smaller (the top level does not
+    sequence token blocks yet), and a note saying so."""
+    if accel.tokens_per_block(model) < model.num_tokens:
+        return accel.replace(token_block=None), (f"token_block {accel.token_block} → all {model.num_tokens} tokens "
+                                                 "in one block (the top level does not sequence token blocks yet)")
+    return accel, ""
+
+
+def compare(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: int, *, simulator: str = "verilator",
+            latency: int = 10, head: bool = True) -> dict:
+    """The model against the RTL (`measured`) for one task's backbone and head: per run and per layer the RTL's
+    cycles, the model's and the error ((model − RTL) / RTL); `max_layer_error` (the largest |error| of any
+    layer), `total_error` (of the whole inference: backbone and head)."""
+    rtl = measured(quantized, accel, image, task, simulator=simulator, latency=latency, head=head)
+    result = against(rtl, CycleModel(quantized.config, accel, latency=latency))
+    return {"task": task, "task_name": quantized.config.tasks[task].name, **result}
+
+
+def against(rtl: dict, cycle_model: "CycleModel") -> dict:
+    """`compare`'s figures for a `measured` result and a model."""
+    program, runs = rtl["program"], {}
+    for run, measured_run in rtl.items():
+        if run == "program":
+            continue
+        timeline = cycle_model.run(measured_run["sequence"])
+        modelled = layer_spans(program, measured_run["sequence"], timeline.issue_cycles, timeline.cycles)
+        runs[run] = {"cycles": measured_run["cycles"], "model_cycles": timeline.cycles,
+                     "error": _error(timeline.cycles, measured_run["cycles"]),
+                     "layers": [{"layer": name, "cycles": cycles, "model_cycles": modelled[name],
+                                 "error": _error(modelled[name], cycles)}
+                                for name, cycles in measured_run["layers"].items()]}
+    total = sum(run["cycles"] for run in runs.values())
+    model_total = sum(run["model_cycles"] for run in runs.values())
+    return {"runs": runs, "cycles": total, "model_cycles": model_total, "total_error": _error(model_total, total),
+            "max_layer_error": max(abs(layer["error"]) for run in runs.values() for layer in run["layers"])}
+
+
+def _error(model: int, rtl: int) -> float:
+    return (model - rtl) / rtl
 
 
 # --- the model ---------------------------------------------------------------------------------------------------

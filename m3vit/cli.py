@@ -460,13 +460,19 @@ def cmd_header(args) -> int:
 def _backbone_inputs(args):
     """The model, accelerator, tasks, quantized model and image of `m3vit run` and the benches that share its
     options."""
-    from golden.images import natural_images
-    from golden.quantize import quantize_image
     from hw.control.memories import check_top_level
     model, accel = model_preset(args.preset), accelerator_preset(args.accel)
     check_compatible(model, accel)
     check_top_level(model, accel)
     tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
+    return (model, accel, tasks) + _quantized_and_image(args, model)
+
+
+def _quantized_and_image(args, model):
+    """The quantized model (`--quantized`, or the synthetic one of `--seed`) and the built-in image of
+    `--image-seed`, quantized."""
+    from golden.images import natural_images
+    from golden.quantize import quantize_image
     if args.quantized is not None:
         from golden.quantized import QuantizedModel
         quantized = QuantizedModel.load(args.quantized, expect=model)
@@ -475,7 +481,7 @@ def _backbone_inputs(args):
         from golden.float_model import quantize_model
         network, _ = load_float(model, args.seed, None)
         quantized = quantize_model(network, natural_images(model, 16, CALIBRATION_SEED + args.seed))
-    return model, accel, tasks, quantized, quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
+    return quantized, quantize_image(quantized, natural_images(model, 1, args.image_seed)[0])
 
 
 def _exact(report: dict) -> bool:
@@ -554,6 +560,39 @@ def cmd_run(args) -> int:
                 ("read/expected B", "read", ">22"), ("written B", "dram_write_bytes", ">9,"),
                 ("wall s", "wall_seconds", ">7.1f")], rows, footer)
     return 0 if all(_exact(report) for report in reports) and (not switch or switch["bit_exact_again"]) else 1
+
+
+def cmd_bench_model(args) -> int:
+    """The cycle model against the RTL (Verilator) per array and task: every layer's cycles and the whole
+    inference's."""
+    from firmware.cycles import compare, runnable
+    from hw.control.memories import check_top_level
+    model = model_preset(args.preset)
+    tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
+    arrays = []
+    for name in args.arrays.split(","):
+        accel, note = runnable(model, accelerator_preset(name.strip()))
+        check_compatible(model, accel)
+        check_top_level(model, accel)
+        arrays.append((name.strip(), accel, note))
+    quantized, image = _quantized_and_image(args, model)
+    rows, notes = [], []
+    for name, accel, note in arrays:
+        if note:
+            notes.append(f"{name}: {note}")
+        for task in tasks:
+            logging.getLogger("hw").info(f"{name}, task {task}: the RTL in Verilator, then the model")
+            result = compare(quantized, accel, image, task, latency=args.latency, head=not args.backbone_only)
+            worst = max((layer for run in result["runs"].values() for layer in run["layers"]),
+                        key=lambda layer: abs(layer["error"]))
+            rows.append({"array": name, **result, "worst_layer": worst["layer"]})
+    return _report(args, {"preset": model.name, "latency": args.latency, "rows": rows, "notes": notes},
+                   f"Cycle model against the RTL, {model.name} (Verilator, DRAM latency {args.latency}; errors "
+                   f"(model − RTL) / RTL)", [
+                       ("array", "array", "<6"), ("task", "task_name", "<8"), ("RTL cycles", "cycles", ">12,"),
+                       ("model", "model_cycles", ">12,"), ("total err", "total_error", ">+10.3%"),
+                       ("max layer err", "max_layer_error", ">13.3%"), ("worst layer", "worst_layer", "<22")],
+                   rows, notes)
 
 
 def cmd_bench_sim(args) -> int:
@@ -868,6 +907,20 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(benches.add_parser("run", help="`m3vit run` on a realistic configuration: cycles, utilization, DRAM "
                                             "bytes and busy shares per task (fast simulator)"),
              "m3vit-tiny-cityscapes", "16x16")
+    model_bench = benches.add_parser("model", help="the analytic cycle model against the RTL per layer and for the "
+                                                   "whole inference, per array and task (fast simulator)")
+    preset_args(model_bench)
+    model_bench.set_defaults(preset="m3vit-tiny-cityscapes")
+    model_bench.add_argument("--arrays", default="8x8,16x16,32x32", help="accelerator presets or RxC, commas between "
+                             "(default 8x8,16x16,32x32)")
+    model_bench.add_argument("--task", default="all", help="task index or name, or all (default)")
+    model_bench.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
+    model_bench.add_argument("--quantized", type=_existing_file, default=None,
+                             help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
+    model_bench.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
+    model_bench.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+    model_bench.add_argument("--backbone-only", action="store_true", help="the backbone alone, not the task heads")
+    model_bench.set_defaults(run=cmd_bench_model)
     sim_bench = benches.add_parser("sim", help="the fast simulator against Amaranth's over the first cycles of a "
                                                "backbone inference: cycles per second, ratio")
     run_args(sim_bench, "tiny", "4x4", task="0")

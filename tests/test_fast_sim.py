@@ -158,7 +158,7 @@ def test_tick_until_stops_after_the_edge_that_raises_the_port():
 def test_pack_leaves_a_field_out_as_amaranth_does():
     """A struct's fields left out of the dict are 0, as `Layout.const` makes them (a command set in part)."""
     from amaranth.lib import data
-    from hw.sim.verilator import pack
+    from hw.common.bits import pack
     layout = data.StructLayout({"a": 4, "b": data.StructLayout({"c": 2, "d": 3}), "e": 5})
     for value in ({"a": 5}, {"b": {"d": 6}, "e": 17}, {"a": 15, "b": {"c": 3, "d": 7}, "e": 31}):
         assert pack(layout, value) == layout.const(value).as_value().value

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.sim.dram import AXI4ReadModel
-from hw.sim.verilator import pack
+from hw.common.bits import pack
 
 __all__ = ["LoaderRun", "run_loads", "ideal_cycles", "buffer_words"]
 

@@ -26,12 +26,12 @@ import os
 import shutil
 import subprocess
 import time
-from enum import Enum
 from pathlib import Path
 
 from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
+from hw.common.bits import pack, unpack
 from hw.flow.export import ports, simulation_verilog
 from .native_board import BOARD_SOURCE
 from .native_dram import DRAM_SOURCE
@@ -56,41 +56,6 @@ CXX_OPTIONS = "-O1"
 
 
 _ELABORATED: dict = {}     # (component, name) → (its ports, its Verilog): the last few of this process
-
-
-def pack(shape, value) -> int:
-    """The bits of `value` (an int, a list for an array layout, a dict for a struct layout) in `shape`, as
-    `shape.const(value)` would give them (a field the dict leaves out is 0), without building Amaranth constants
-    (the memory fills are large)."""
-    if isinstance(shape, data.ArrayLayout):
-        width = data.Layout.cast(shape.elem_shape).size if isinstance(shape.elem_shape, data.Layout) \
-            else Shape.cast(shape.elem_shape).width
-        return sum(pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
-    if isinstance(shape, data.StructLayout):
-        return sum(pack(field.shape, value[name]) << field.offset for name, field in shape if name in value)
-    width = Shape.cast(shape).width
-    return int(value.value if isinstance(value, Enum) else value) & ((1 << width) - 1)
-
-
-class _Struct(dict):
-    """An unpacked struct: fields as attributes too (`beat.row`), like `lib.data.Const`."""
-
-    __getattr__ = dict.__getitem__
-
-
-def unpack(shape, raw: int):
-    """The inverse of `pack`: ints, lists and attribute-accessible dicts."""
-    if isinstance(shape, data.ArrayLayout):
-        elem = shape.elem_shape
-        width = elem.size if isinstance(elem, data.Layout) else Shape.cast(elem).width
-        return [unpack(elem, (raw >> (i * width)) & ((1 << width) - 1)) for i in range(shape.length)]
-    if isinstance(shape, data.StructLayout):
-        return _Struct({name: unpack(field.shape, (raw >> field.offset) & ((1 << field.width) - 1))
-                        for name, field in shape})
-    cast = Shape.cast(shape)
-    if cast.signed and raw >> (cast.width - 1):
-        raw -= 1 << cast.width
-    return raw
 
 
 class Verilated:
