@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from golden.config import AcceleratorConfig
 from golden.model import run as golden_run
 from golden.quantized import QuantizedModel
@@ -26,7 +28,7 @@ from .compiler import Program, backbone_program
 from .driver import Driver
 from .sim import accelerator_for, simulate
 
-__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured", "runnable", "compare", "against", "CycleModel", "Timeline"]
+__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured", "runnable", "compare", "against", "estimate", "uniform_counts", "CycleModel", "Timeline"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,32 @@ def against(rtl: dict, cycle_model: "CycleModel") -> dict:
             "max_layer_error": max(abs(layer["error"]) for run in runs.values() for layer in run["layers"])}
 
 
+def uniform_counts(model) -> dict[int, list[int]]:
+    """Per MoE layer each expert's tokens when the T·k choices spread evenly (the first T·k mod E one more):
+    the routing the model assumes where no image decides it."""
+    chosen, e = model.num_tokens * model.top_k, model.num_experts
+    counts = [chosen // e + (expert < chosen % e) for expert in range(e)]
+    return {layer: list(counts) for layer in range(len(model.moe_blocks))}
+
+
+def estimate(model, accel: AcceleratorConfig, task: int = 0, *, counts: dict[int, list[int]] | None = None,
+             latency: int = 10, head: bool = True) -> dict:
+    """The model alone: one inference of `task` (the backbone, and with `head` its head) compiled for `accel` from
+    `model`'s shapes (`QuantizedModel.blank`), the experts' tokens `counts` (default `uniform_counts`): per run its
+    `cycles`, `layers` and the units' busy cycles (`busy`); `cycles` of the whole."""
+    program = backbone_program(QuantizedModel.blank(model), accel,
+                               np.zeros((model.in_channels, *model.image_size), np.int8), heads=head)
+    isa, cycle_model = InstructionSet(model, accel), CycleModel(model, accel, latency=latency)
+    counts = uniform_counts(model) if counts is None else counts
+    runs = {}
+    for run in ["backbone"] + ([task] if head else []):
+        sequence = issued(program, isa, run, counts)
+        timeline = cycle_model.run(sequence)
+        runs[run] = {"cycles": timeline.cycles, "busy": timeline.busy,
+                     "layers": layer_spans(program, sequence, timeline.issue_cycles, timeline.cycles)}
+    return {"runs": runs, "cycles": sum(run["cycles"] for run in runs.values())}
+
+
 def _error(model: int, rtl: int) -> float:
     return (model - rtl) / rtl
 
@@ -211,69 +239,72 @@ class Timeline:
 
 class _ReadPort:
     """The DRAM read port: the readers (the load path, the loader) take turns a burst at a time (the arbiter's
-    round robin), their beats come back in order on the one R channel, each beat for as many cycles as its reader
-    takes to write it, and a transfer's first beat `latency` cycles after it is asked for at the earliest. A
-    reader's transfers go one after another. `start` a transfer, then `end(id)`: the cycle its last beat is in."""
+    round robin) and their beats come back in order on the one R channel, each beat for as many cycles as its
+    reader takes to write it; a transfer's first beat comes `latency` cycles after it is asked for at the
+    earliest, and a reader's transfers go one after another. Modelled as a fluid: while n readers stream, each
+    moves a burst per round of their n bursts. `start` a transfer, then `end(id)`: the cycle its last beat is in."""
 
     def __init__(self, latency: int, burst: int):
         self.latency, self.burst = latency, burst
-        self.now = 0                         # where the R channel's schedule stands
+        self.now = 0.0
         self.queues: dict[str, list] = {}    # reader → its transfers: [id, earliest first beat, beats left, cycles a beat]
-        self.turn: list[str] = []            # readers in round-robin order, the next to serve first
-        self.ends: dict[int, int] = {}
+        self.ends: dict[int, int] = {}       # transfers served
+        self.ahead: dict[int, int] = {}      # the ends of transfers served ahead, until another is started
         self.count = 0
 
     def start(self, reader: str, at: int, beats: int, per_beat: int = 1) -> int:
         self._serve(until=at)
+        self.ahead.clear()                   # the ends served ahead may change now
         self.count += 1
-        queue = self.queues.setdefault(reader, [])
-        if not queue and reader in self.turn:
-            self.turn.remove(reader)
-        if reader not in self.turn:
-            self.turn.append(reader)
-        queue.append([self.count, at + self.latency, beats, per_beat])
+        self.queues.setdefault(reader, []).append([self.count, at + self.latency, beats, per_beat])
         return self.count
 
     def end(self, transfer: int) -> int:
-        if transfer not in self.ends:
-            saved = (self.now, {r: [list(t) for t in q] for r, q in self.queues.items()}, list(self.turn))
-            self._serve(until=None, stop=transfer)
-            end = self.ends[transfer]
-            self.now, self.queues, self.turn = saved
-            self.ends = {k: v for k, v in self.ends.items() if v <= self.now}
-            self.ends[transfer] = end
-            return end
-        return self.ends[transfer]
+        if transfer in self.ends:
+            return self.ends[transfer]
+        if transfer not in self.ahead:      # serve ahead on a copy of the state
+            saved = (self.now, {r: [list(t) for t in q] for r, q in self.queues.items()})
+            for done in self._serve(until=None, stop=transfer):
+                self.ahead[done] = self.ends.pop(done)
+            self.now, self.queues = saved
+        return self.ahead[transfer]
 
-    def _serve(self, until, stop=None) -> None:
-        """Serve bursts in turn from `now`: those that start before `until` (None: all), or until `stop` is done."""
+    def _serve(self, until, stop=None) -> list[int]:
+        """Move the transfers on from `now` to `until` (None: until `stop` ends); the transfers it ended."""
+        ended = []
         while True:
-            ready = [r for r in self.turn if self.queues[r]]
-            if not ready:
+            heads = [queue[0] for queue in self.queues.values() if queue]
+            if not heads:
                 if until is not None:
                     self.now = max(self.now, until)
-                return
-            start = max(self.now, min(self.queues[r][0][1] for r in ready))
-            if until is not None and start >= until:
-                self.now = max(self.now, until) if start > until else start
-                return
-            reader = next(r for r in ready if self.queues[r][0][1] <= start)
-            transfer = self.queues[reader][0]
-            beats = min(self.burst, transfer[2])
-            if all(self.queues[r][0][1] > start for r in ready if r != reader):    # alone until another is ready
-                horizon = min([self.queues[r][0][1] for r in ready if r != reader]
-                              + ([until] if until is not None else []), default=None)
-                beats = transfer[2] if horizon is None else \
-                    min(transfer[2], max(beats, -(-(horizon - start) // transfer[3])))
-            self.now = start + beats * transfer[3]
-            transfer[2] -= beats
-            self.turn.remove(reader)
-            self.turn.append(reader)
-            if transfer[2] == 0:
-                self.queues[reader].pop(0)
-                self.ends[transfer[0]] = self.now
-                if transfer[0] == stop:
-                    return
+                return ended
+            streaming = [head for head in heads if head[1] <= self.now]
+            waiting = min((head[1] for head in heads if head[1] > self.now), default=None)
+            if not streaming:
+                if until is not None and waiting >= until:
+                    self.now = until
+                    return ended
+                self.now = waiting
+                continue
+            rate = self.burst / sum(self.burst * head[3] for head in streaming)  # beats a cycle: a burst a round
+            rates = [rate] * len(streaming)
+            step = min(head[2] / rate for head, rate in zip(streaming, rates))
+            if waiting is not None:
+                step = min(step, waiting - self.now)
+            if until is not None:
+                step = min(step, until - self.now)
+            if step <= 0:
+                return ended
+            self.now += step
+            for queue, rate in zip([q for q in self.queues.values() if q and q[0] in streaming], rates):
+                head = queue[0]
+                head[2] -= rate * step
+                if head[2] <= 1e-9:
+                    queue.pop(0)
+                    self.ends[head[0]] = int(-(-self.now // 1))
+                    ended.append(head[0])
+                    if head[0] == stop:
+                        return ended
 
 
 class CycleModel:

@@ -96,6 +96,18 @@ class QuantizedModel:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
+    @classmethod
+    def blank(cls, config: ModelConfig) -> "QuantizedModel":
+        """`config`'s arrays with every value the least the hardware takes (weights and biases 0, multipliers
+        2^14, fraction bits 5, eps 1): for what needs the shapes alone, a program's instructions and its cycles."""
+        least = {"multiplier": 1 << (MULTIPLIER_BITS - 1), "fraction_bits": GELU_STEP_BITS, "eps": 1}
+        arrays = {}
+        for name, (shape, dtype) in array_spec(config).items():
+            leaf = name.rsplit(".", 1)[-1]
+            value = next((v for key, v in least.items() if leaf.endswith(key)), 0)
+            arrays[name] = np.full(shape, value, dtype)
+        return cls(config, arrays)
+
     def save(self, path: str | Path) -> None:
         meta = {"format": FORMAT, "config": self.config.to_dict(), "scales": self.scales}
         header = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
