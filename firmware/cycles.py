@@ -28,7 +28,7 @@ from .compiler import Program, backbone_program
 from .driver import Driver
 from .sim import accelerator_for, simulate
 
-__all__ = ["Issued", "issued", "layer_spans", "expert_counts", "measured", "runnable", "compare", "against", "estimate", "uniform_counts", "CycleModel", "Timeline"]
+__all__ = ["Issued", "issued", "layer_spans", "layer_bounds", "expert_counts", "measured", "runnable", "compare", "against", "estimate", "uniform_counts", "CycleModel", "Timeline"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,10 @@ def issued(program: Program, isa: InstructionSet, run="backbone", counts: dict[i
     return out
 
 
-def layer_spans(program: Program, sequence: list[Issued], issue_cycles: list[int], cycles: int) -> dict[str, int]:
-    """Cycles per layer of a run: from its first marked instruction's issue to the next layer's (the first layer
-    from 0, the last to `cycles`)."""
+def layer_bounds(program: Program, sequence: list[Issued], issue_cycles: list[int], cycles: int) \
+        -> dict[str, tuple[int, int]]:
+    """Each layer's [start, end) cycles in a run: from its first marked instruction's issue to the next layer's
+    (the first layer from 0, the last to `cycles`)."""
     names = dict(program.layers)
     starts = []
     for issue, at in zip(sequence, issue_cycles):
@@ -102,8 +103,13 @@ def layer_spans(program: Program, sequence: list[Issued], issue_cycles: list[int
     if not starts:
         return {}
     starts[0] = (starts[0][0], 0)
-    bounds = [at for _, at in starts[1:]] + [cycles]
-    return {name: end - at for (name, at), end in zip(starts, bounds)}
+    ends = [at for _, at in starts[1:]] + [cycles]
+    return {name: (at, end) for (name, at), end in zip(starts, ends)}
+
+
+def layer_spans(program: Program, sequence: list[Issued], issue_cycles: list[int], cycles: int) -> dict[str, int]:
+    """Cycles per layer of a run (`layer_bounds`)."""
+    return {name: end - start for name, (start, end) in layer_bounds(program, sequence, issue_cycles, cycles).items()}
 
 
 def expert_counts(quantized: QuantizedModel, golden) -> dict[int, list[int]]:
@@ -146,7 +152,8 @@ def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: i
             raise RuntimeError(f"run {run}: {result.cause.name}, {len(result.issue_cycles)} issues traced, "
                                f"{result.counters['INSTRUCTIONS']} counted, {len(sequence)} expected")
         out[run] = {"cycles": result.cycles, "issue_cycles": result.issue_cycles, "sequence": sequence,
-                    "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles)}
+                    "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles),
+                    "counters": result.counters, "counts": counts}
     return out
 
 
@@ -231,10 +238,37 @@ class _Busy:
 
 @dataclass
 class Timeline:
-    """A modelled run: the cycle of each issue, the run's cycles, and per unit the cycles it was busy."""
+    """A modelled run: the cycle of each issue, the run's cycles, per unit the cycles it was busy, and the units'
+    commands as (unit, start, end) spans."""
     issue_cycles: list[int]
     cycles: int
     busy: dict[str, int]
+    spans: list[tuple[str, int, int]]
+
+    def breakdown(self, start: int, end: int) -> dict[str, int]:
+        """Cycles of [start, end) as the RTL's counters split a run: `gemm` (the engine busy), and the cycles
+        it is idle by the first busy unit of `vector` (LayerNorm, softmax), `router`, `loader` (DRAM reads),
+        else `other` (fetch, issue, stores)."""
+        groups = {"gemm": "gemm", "combine": "gemm", "norm": "vector", "softmax": "vector", "router": "router",
+                  "load": "loader", "loader": "loader"}
+        events = []
+        for unit, first, last in self.spans:
+            first, last = max(first, start), min(last, end)
+            if first < last and unit in groups:
+                events += [(first, groups[unit], 1), (last, groups[unit], -1)]
+        events.sort()
+        order = ("gemm", "vector", "router", "loader")
+        active = dict.fromkeys(order, 0)
+        out = dict.fromkeys(order + ("other",), 0)
+        time = start
+        for at, group, step in events + [(end, None, 0)]:
+            if at > time:
+                busy = next((name for name in order if active[name]), "other")
+                out[busy] += at - time
+                time = at
+            if group:
+                active[group] += step
+        return out
 
 
 class _ReadPort:
@@ -388,6 +422,7 @@ class CycleModel:
         full, empty = {}, {}                    # slab buffer → the cycle it is full, empty
         fetched = self._fetch(sequence)
         issue_cycles, last, held = [], -1, None
+        spans, reads_from = [], []              # the units' spans; the DRAM transfers' (unit, start, transfer)
         routed = None                           # the router's (experts known, queues done) once its LayerNorm ran
 
         def end(name):
@@ -413,6 +448,7 @@ class CycleModel:
         def occupy(name, start, finish, reads=frozenset(), writes=frozenset()):
             units[name] = _Busy(finish, frozenset(reads), frozenset(writes))
             totals[name] += finish - start
+            spans.append((name, start, finish))
 
         for position, issue in enumerate(sequence):
             op = issue.opcode
@@ -425,6 +461,7 @@ class CycleModel:
                     # the loader takes a descriptor into an empty buffer once it has asked for all of the last
                     at = max(at, empty.get(buffer, 0), loader_free(previous_slab))
                     transfers[buffer] = port.start("loader", at, beats)
+                    reads_from.append(("loader", at, transfers[buffer]))
                     previous_slab = buffer
                     empty[buffer] = 1 << 62
                     totals["loader"] += beats
@@ -436,6 +473,7 @@ class CycleModel:
                     per_beat = -(-self.bus // self.spaces[memory].word_bytes)
                     units["load"] = _Busy(at, writes=frozenset({key}))
                     transfers["load"] = port.start("load", at, beats, per_beat)
+                    reads_from.append(("load", at, transfers["load"]))
                     totals["load"] += beats * per_beat
             elif op is Opcode.GEMM:
                 reads, writes = self._gemm_touches(issue)
@@ -494,7 +532,8 @@ class CycleModel:
                                                                   if not isinstance(b, str)])
             issue_cycles.append(at)
             last = at
-        return Timeline(issue_cycles, last + self.END_FIXED, totals)
+        spans += [(unit, start, port.end(transfer) + self.LOAD_FIXED) for unit, start, transfer in reads_from]
+        return Timeline(issue_cycles, last + self.END_FIXED, totals, spans)
 
     def _key(self, memory: Space, base: int):
         if memory in (Space.PARAMS, Space.SCORES):

@@ -271,7 +271,7 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def _progress_bar(label: str):
+def _progress_bar(label: str, unit: str = "step"):
     """A progress callback (step, fraction, losses) drawing one line on standard error: redrawn in place on a
     terminal, else printed every 30 s."""
     import time
@@ -283,7 +283,7 @@ def _progress_bar(label: str):
             return
         last[0] = now
         filled = round(20 * fraction)
-        text = (f"{label} [{'#' * filled}{'.' * (20 - filled)}] {fraction:4.0%} step {step:,}  "
+        text = (f"{label} [{'#' * filled}{'.' * (20 - filled)}] {fraction:4.0%} {unit} {step:,}  "
                 + "  ".join(f"{name} {value:.4f}" for name, value in losses.items()))
         print(("\r" + text + ("\n" if fraction >= 1 else "")) if terminal else text, end="" if terminal else "\n",
               file=sys.stderr, flush=True)
@@ -595,6 +595,92 @@ def cmd_bench_model(args) -> int:
                    rows, notes)
 
 
+def cmd_report(args) -> int:
+    """One configuration's performance report: every task's inference simulated (Verilator) and modelled."""
+    from firmware.cycles import runnable
+    from firmware.report import performance_report
+    from hw.control.memories import check_top_level
+    from hw.flow.fit import target
+    model = model_preset(args.preset)
+    accel, note = runnable(model, accelerator_preset(args.accel))
+    check_compatible(model, accel)
+    check_top_level(model, accel)
+    target(args.target)
+    tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
+    quantized, image = _quantized_and_image(args, model)
+    report = performance_report(quantized, accel, image, tasks, args.output, clock_mhz=args.clock,
+                                target_name=args.target, latency=args.latency)
+    rows = [{"task": t["task_name"], "cycles": t["cycles"], "model_cycles": t["model_cycles"],
+             "ms": t["latency_ms"], "fps": t["frames_per_s"], "read": t["dram_read_bytes"]["this_design"],
+             "token": t["dram_read_bytes"]["token_by_token"], "dense": t["dram_read_bytes"]["dense_multitask"]}
+            for t in report["tasks"]]
+    footer = ([note] if note else []) + [f"{Path(args.output) / 'report.md'}, report.json and the plots"]
+    return _report(args, report, f"{model.name} on {accel.name} at {args.clock:g} MHz (RTL simulated; the model "
+                   "beside it)", [("task", "task", "<8"), ("cycles", "cycles", ">12,"), ("model", "model_cycles", ">12,"),
+                                  ("ms", "ms", ">8.2f"), ("frames/s", "fps", ">8.1f"), ("DRAM B", "read", ">12,"),
+                                  ("token-by-token", "token", ">14,"), ("dense", "dense", ">12,")], rows, footer)
+
+
+def cmd_sweep(args) -> int:
+    """The design space on the analytic model, cached point by point, on a Dask cluster; its Pareto front, with
+    --verify simulated in Verilator against the model."""
+    import time
+    from firmware.plots import pareto_plot
+    from firmware.sweep import grid, pareto, run_sweep, select, verify
+    presets = [name.strip() for name in args.preset.split(",")]
+    models = [model_preset(name) for name in presets]
+    task = models[0].task_index(args.task)
+    from hw.flow.fit import target
+    target(args.target)
+    points = select(grid(presets, task=task, target=args.target, latency=args.latency), args.points)
+    out = Path(args.output)
+    start = time.perf_counter()
+    records = run_sweep(points, out, scheduler=args.scheduler, workers=args.workers,
+                        progress=_step_progress(f"sweep of {len(points)} points"))
+    seconds = time.perf_counter() - start
+    front = sorted(pareto(records), key=lambda record: record["cycles"])
+    result = {"presets": presets, "task": task, "target": args.target, "points": len(points),
+              "errors": sum("error" in record for record in records), "seconds": round(seconds, 1),
+              "workers": None if args.scheduler else args.workers, "scheduler": args.scheduler,
+              "pareto": [record["key"] for record in front], "records": records}
+    if args.verify:
+        quantized = {}
+        for model in models:
+            path = out / f"quantized-{model.name}.npz"
+            if not path.exists():
+                args.preset, args.quantized = model.name, None
+                _quantized_and_image(args, model)[0].save(path)
+            quantized[model.name] = str(path)
+        chosen = select(front, args.verify)
+        start = time.perf_counter()
+        result["verified"] = verify(chosen, quantized, out, scheduler=args.scheduler, workers=args.workers,
+                                    head=args.verify_heads, image_seed=args.image_seed,
+                                    progress=_step_progress(f"Verilator on {len(chosen)} Pareto points"))
+        result["verify_seconds"] = round(time.perf_counter() - start, 1)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    pareto_plot(records, front, out / "pareto.png", f"{', '.join(presets)}: {len(points)} configurations, "
+                f"task {task}, target {args.target}")
+    rows = [{"key": r["key"], **r["point"], "cycles": r["cycles"], "multipliers": r["multipliers"],
+             "memory_mbit": r["memory_bits"] / 1e6, "fits": r["fits"]} for r in front]
+    footer = [f"{len(points)} points ({result['errors']} not buildable) in {seconds:.1f} s; "
+              f"{out / 'sweep.json'}, {out / 'pareto.png'}"]
+    for verified in result.get("verified", []):
+        footer.append(f"Verilator {verified['key']}: total error {verified['total_error']:+.3%}, largest layer "
+                      f"error {verified['max_layer_error']:.3%} ({verified['seconds']} s)")
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
+        return 0
+    return _report(args, result, f"Pareto front (cycles, multipliers, on-chip memory) of {', '.join(presets)}", [
+        ("array", "array", ">5"), ("buffer B", "weight_buffer_bytes", ">9,"), ("bus", "dram_data_width", ">4"),
+        ("vec", "vector_lanes", ">3"), ("gelu", "requant_lanes", ">4"), ("cycles", "cycles", ">12,"),
+        ("mult", "multipliers", ">6,"), ("Mbit", "memory_mbit", ">6.2f"), ("fits", "fits", ">5")], rows, footer)
+
+
+def _step_progress(label: str):
+    show = _progress_bar(label, unit="done")
+    return lambda done, total: show(done, done / total if total else 1.0, {})
+
+
 def cmd_bench_sim(args) -> int:
     from firmware.run import simulator_speed
     model, accel, tasks, quantized, image = _backbone_inputs(args)
@@ -878,6 +964,45 @@ def build_parser() -> argparse.ArgumentParser:
     prove.add_argument("-o", "--output", type=_output_directory, default=None,
                        help="keep the proof's files (and a failure's trace) in this directory")
     prove.set_defaults(run=cmd_prove)
+
+    report = commands.add_parser("report", help="one configuration's performance: Markdown, JSON and plots (cycles per "
+                                                "layer and unit, DRAM bytes against other orders, routing, resources)")
+    preset_args(report)
+    report.add_argument("--accel", default=DEFAULT_ACCELERATOR_PRESET, help="accelerator preset or RxC")
+    report.add_argument("--task", default="all", help="task index or name, or all (default)")
+    report.add_argument("--clock", type=_frequency, default=150.0, help="clock in MHz for latency and frames/s "
+                        "(default 150, stated, not measured)")
+    report.add_argument("--target", default="zcu104", help="FPGA of the fit plan (default zcu104)")
+    report.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
+    report.add_argument("--quantized", type=_existing_file, default=None,
+                        help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
+    report.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
+    report.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+    report.add_argument("-o", "--output", type=_output_directory, required=True, help="directory for the report")
+    report.set_defaults(run=cmd_report)
+
+    sweep = commands.add_parser("sweep", help="the design space on the analytic cycle model and the fit plan, on a "
+                                              "Dask cluster: a JSON table and a Pareto plot")
+    sweep.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model presets, commas between (default "
+                       f"{DEFAULT_MODEL_PRESET})")
+    sweep.add_argument("--points", type=_count, default=None, help="this many points spread over the grid "
+                       "(default all: arrays 8-64, slab buffers 36-288 KiB, buses 64-512 bits, vector and GELU lanes)")
+    sweep.add_argument("--task", default=0, help="task whose inference (backbone and head) is counted (default 0)")
+    sweep.add_argument("--target", default="zcu104", help="FPGA of the fit plan (default zcu104)")
+    sweep.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+    sweep.add_argument("--workers", type=_count, default=2, help="local cluster's worker processes (default 2)")
+    sweep.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
+    sweep.add_argument("--verify", type=_count, nargs="?", const=6, default=None, metavar="N",
+                       help="simulate N points of the Pareto front (default 6) in Verilator against the model")
+    sweep.add_argument("--verify-heads", action="store_true", help="with --verify, the task's head too (long)")
+    sweep.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic model --verify runs")
+    sweep.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in image --verify runs")
+    sweep.add_argument("-o", "--output", type=_output_directory, required=True,
+                       help="directory: sweep.json, pareto.png, and the cache of every point (an interrupted "
+                            "sweep resumes from it)")
+    sweep.add_argument("--json", action="store_true", help="print JSON")
+    sweep.set_defaults(run=cmd_sweep)
 
     bench = commands.add_parser("bench", help="benchmarks (not tests)")
     benches = bench.add_subparsers(dest="bench", required=True)
