@@ -17,6 +17,7 @@ def _pyplot():
 def pareto_plot(records: list[dict], front: list[dict], path: str | Path, title: str) -> None:
     """Cycles against multipliers and against on-chip memory: every point, the Pareto front marked."""
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
     good = [record for record in records if "error" not in record]
     keys = {record["key"] for record in front}
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
@@ -24,13 +25,17 @@ def pareto_plot(records: list[dict], front: list[dict], path: str | Path, title:
                                                ("memory_bits", "on-chip memory blocks (Mbit, fit plan)", 1e6))):
         for fits, colour, name in ((True, "tab:blue", "fits the target"), (False, "tab:grey", "does not fit")):
             chosen = [r for r in good if r["fits"] == fits]
+            if not chosen:
+                continue
             axis.scatter([r[key] / scale for r in chosen], [r["cycles"] for r in chosen], s=10, c=colour,
                          alpha=0.5, label=name)
         ordered = sorted((r for r in good if r["key"] in keys), key=lambda r: r[key])
         axis.plot([r[key] / scale for r in ordered], [r["cycles"] for r in ordered], "o", c="tab:red",
                   mfc="none", label="Pareto front (cycles, multipliers, memory)")
-        axis.set_xscale("log")
-        axis.set_yscale("log")
+        if good:
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(label)
         axis.set_ylabel("cycles per inference (analytic model)")
         axis.grid(True, which="both", alpha=0.3)

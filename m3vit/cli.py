@@ -16,6 +16,7 @@ from pathlib import Path
 
 from golden.config import (ACCELERATOR_PRESETS, DEFAULT_ACCELERATOR_PRESET, DEFAULT_MODEL_PRESET, MODEL_PRESETS,
                            ConfigError, accelerator_preset, check_compatible, model_preset)
+from firmware.sweep import AXES
 from golden.costs import model_info
 from golden.images import ImageError, load_images
 from golden.quantize import QuantizationError
@@ -59,6 +60,10 @@ def _integer(text: str, low: int, high: int | None = None) -> int:
 
 def _count(text: str) -> int:
     return _integer(text, 1, 100_000)
+
+
+def _counts(text: str) -> list[int]:
+    return [_count(item) for item in text.split(",")]
 
 
 def _seed(text: str) -> int:
@@ -632,7 +637,9 @@ def cmd_sweep(args) -> int:
     task = models[0].task_index(args.task)
     from hw.flow.fit import target
     target(args.target)
-    points = select(grid(presets, task=task, target=args.target, latency=args.latency), args.points)
+    axes = {"array": args.arrays, "weight_buffer_bytes": [kib * 1024 for kib in args.buffers],
+            "dram_data_width": args.buses, "vector_lanes": args.lanes, "requant_lanes": args.gelu_lanes}
+    points = select(grid(presets, axes, task=task, target=args.target, latency=args.latency), args.points)
     out = Path(args.output)
     start = time.perf_counter()
     records = run_sweep(points, out, scheduler=args.scheduler, workers=args.workers,
@@ -986,7 +993,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--preset", default=DEFAULT_MODEL_PRESET, help="model presets, commas between (default "
                        f"{DEFAULT_MODEL_PRESET})")
     sweep.add_argument("--points", type=_count, default=None, help="this many points spread over the grid "
-                       "(default all: arrays 8-64, slab buffers 36-288 KiB, buses 64-512 bits, vector and GELU lanes)")
+                       "(default all)")
+    for flag, axis, scale, what in (("--arrays", "array", 1, "array sides (R = C)"),
+                                    ("--buffers", "weight_buffer_bytes", 1024, "slab buffer KiB"),
+                                    ("--buses", "dram_data_width", 1, "DRAM bus bits"),
+                                    ("--lanes", "vector_lanes", 1, "vector lanes"),
+                                    ("--gelu-lanes", "requant_lanes", 1, "GELU lanes")):
+        default = [value // scale for value in AXES[axis]]
+        sweep.add_argument(flag, type=_counts, default=default,
+                           help=f"{what}, commas between (default {','.join(map(str, default))})")
     sweep.add_argument("--task", default=0, help="task whose inference (backbone and head) is counted (default 0)")
     sweep.add_argument("--target", default="zcu104", help="FPGA of the fit plan (default zcu104)")
     sweep.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")

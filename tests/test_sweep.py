@@ -1,0 +1,85 @@
+"""`m3vit sweep` (`firmware.sweep`): the grid, each point's record from the analytic model and the fit plan, the
+cache that lets an interrupted sweep resume without computing a point twice, the Pareto front, and the CLI."""
+
+import json
+
+import pytest
+
+from firmware.cycles import estimate
+from firmware.sweep import AXES, Point, evaluate, grid, load_records, pareto, run_sweep, select
+from golden.config import model_preset
+from m3vit.cli import main
+
+TINY_AXES = {"array": (4, 8), "weight_buffer_bytes": (16 * 1024,), "dram_data_width": (64, 128),
+             "vector_lanes": (1,), "requant_lanes": (2,)}
+
+
+def test_grid_and_select():
+    points = grid(["tiny", "m3vit-tiny-cityscapes"])
+    assert len(points) == 2 * len(list(__import__("itertools").product(*AXES.values())))
+    assert len({point.key for point in points}) == len(points)
+    chosen = select(points, 10)
+    assert len(chosen) == 10 and chosen[0] == points[0] and len(set(chosen)) == 10
+    assert select(points[:3], 10) == points[:3]
+
+
+def test_a_point_is_the_models_estimate_and_the_fit_plan():
+    point = Point("tiny", 4, 16 * 1024, 64, 1, 2)
+    record = evaluate(point)
+    accel = point.accel()
+    assert record["cycles"] == estimate(model_preset("tiny"), accel, 0)["cycles"]
+    assert set(record["runs"]) == {"backbone", "0"}
+    assert record["multipliers"] > 16 and record["memory_bits"] > 0 and record["fits"]
+    assert record["point"]["array"] == 4 and record["accel"]["array_rows"] == 4
+
+
+def test_a_point_that_cannot_be_built_says_why():
+    record = evaluate(Point("m3vit-tiny-cityscapes", 64, 36 * 1024, 64, 1, 2))
+    assert "cycles" not in record and "weight_buffer_bytes" in record["error"]
+
+
+def test_pareto_front():
+    records = [{"key": "a", "cycles": 10, "multipliers": 5, "memory_bits": 1},
+               {"key": "b", "cycles": 8, "multipliers": 9, "memory_bits": 1},
+               {"key": "c", "cycles": 12, "multipliers": 6, "memory_bits": 2},      # beaten by a
+               {"key": "d", "cycles": 10, "multipliers": 5, "memory_bits": 1},      # a's equal: both stay
+               {"key": "e", "error": "no"}]
+    assert [r["key"] for r in pareto(records)] == ["a", "b", "d"]
+
+
+@pytest.mark.long(40)
+def test_sweep_resumes_from_its_cache(tmp_path, monkeypatch):
+    points = grid(["tiny"], TINY_AXES)
+    first = run_sweep(points[:2], tmp_path, workers=1)
+    assert [r["key"] for r in first] == [p.key for p in points[:2]]
+    # killed halfway: two points done, one record cut short; the rest are computed, the done ones are not
+    (tmp_path / "points" / f"{points[2].key}.json").write_text('{"key": "')
+    evaluated = []
+    import firmware.sweep as sweep
+
+    def recording(batch):
+        evaluated.extend(point.key for point in batch)
+        return [evaluate(point) for point in batch]
+
+    monkeypatch.setattr(sweep, "_evaluated", lambda todo, scheduler, workers: recording(todo))
+    seen = []
+    records = run_sweep(points, tmp_path, progress=lambda done, total: seen.append((done, total)))
+    assert evaluated == [p.key for p in points[2:]]
+    assert [r["key"] for r in records] == [p.key for p in points]
+    assert seen[0] == (2, 4) and seen[-1] == (4, 4)
+    assert set(load_records(tmp_path)) == {p.key for p in points}
+    evaluated.clear()
+    assert run_sweep(points, tmp_path) == records and evaluated == []
+    assert first == records[:2]
+
+
+@pytest.mark.long(40)
+def test_sweep_command(tmp_path, capsys):
+    assert main(["sweep", "--preset", "tiny", "--arrays", "4,8", "--buffers", "16,32", "--points", "6", "--workers",
+                 "1", "-o", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["points"] == 6 and result["pareto"]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(saved["records"]) == 6 and (tmp_path / "pareto.png").stat().st_size > 10_000
+    assert main(["sweep", "--preset", "nope", "-o", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
