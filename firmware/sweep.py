@@ -25,11 +25,11 @@ from pathlib import Path
 __all__ = ["AXES", "Point", "grid", "select", "evaluate", "run_sweep", "pareto", "load_records", "verify"]
 
 AXES = {
-    "array": (8, 16, 32, 64),                               # R = C
+    "array": (4, 8, 16, 32, 64),                            # R = C
     "weight_buffer_bytes": (36 * 1024, 72 * 1024, 144 * 1024, 288 * 1024),
-    "dram_data_width": (64, 128, 256, 512),
-    "vector_lanes": (1, 4, 16, 32),
-    "requant_lanes": (2, 4, 8, 16),
+    "dram_data_width": (64, 128, 256),
+    "vector_lanes": (1, 2, 4, 8, 16, 32),
+    "requant_lanes": (1, 2, 4, 8, 16),
 }
 
 
@@ -155,7 +155,19 @@ def _evaluated(points: list[Point], scheduler: str | None, workers: int):
     """The points' records as the cluster finishes them: in batches, so a task is worth sending."""
     from distributed import Client, LocalCluster, as_completed
 
-    batches = [points[i:i + 8] for i in range(0, len(points), 8)]
+    from .cycles import program_config
+
+    def program(point):
+        try:
+            return point.preset, json.dumps(program_config(point.accel()).to_dict(), sort_keys=True)
+        except ValueError:                 # not a configuration: `evaluate` says why
+            return point.preset, ""
+
+    # a batch holds points of one program (compiled once by the worker), 8 at most
+    batches = []
+    for _, group in itertools.groupby(sorted(points, key=program), key=program):
+        group = list(group)
+        batches += [group[i:i + 8] for i in range(0, len(group), 8)]
     if scheduler is not None:
         client, cluster = Client(scheduler), None
     else:

@@ -2,10 +2,8 @@
 the accelerator's `issued` trace the same in both simulators, and every layer of a whole tiny inference (backbone
 and head, both tasks) within 2 % of the RTL's cycles, as is the whole; a model with a cost wrong is caught."""
 
-import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from firmware.compiler import backbone_program, patch_embedding_program

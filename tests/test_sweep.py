@@ -83,3 +83,26 @@ def test_sweep_command(tmp_path, capsys):
     assert len(saved["records"]) == 6 and (tmp_path / "pareto.png").stat().st_size > 10_000
     assert main(["sweep", "--preset", "nope", "-o", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_configurations_that_differ_in_lanes_alone_time_the_same_instructions():
+    """`program_config` sets the vector and GELU lanes aside: the model times a program compiled for other lanes
+    exactly as the configuration's own."""
+    import numpy as np
+    from firmware.compiler import backbone_program
+    from firmware.cycles import CycleModel, issued, program_config, uniform_counts
+    from golden.config import accelerator_preset
+    from golden.quantized import QuantizedModel
+    from hw.control.isa import InstructionSet
+    model = model_preset("tiny")
+    blank, image = QuantizedModel.blank(model), np.zeros((model.in_channels, *model.image_size), np.int8)
+    shared = program_config(accelerator_preset("4x4"))
+    for accel in (accelerator_preset("4x4").replace(vector_lanes=4), accelerator_preset("4x4").replace(requant_lanes=4)):
+        assert program_config(accel) == shared
+        for run in ("backbone", 1):
+            own = issued(backbone_program(blank, accel, image, heads=True), InstructionSet(model, accel), run,
+                         uniform_counts(model))
+            other = issued(backbone_program(blank, shared, image, heads=True), InstructionSet(model, shared), run,
+                           uniform_counts(model))
+            model_of = CycleModel(model, accel)
+            assert model_of.run(own).issue_cycles == model_of.run(other).issue_cycles
