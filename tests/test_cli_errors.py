@@ -59,6 +59,13 @@ CASES = [
     (["bench", "loader", "--latency", "0"], "--latency: 0 is out of range"),
     (["bench", "float", "--repeats", "0"], "--repeats: 0 is out of range"),
     (["bench", "router", "--task", "7"], "task"),
+    (["bench", "model", "--preset", TINY, "--arrays", "4x8"], "array_rows"),
+    (["report", "--preset", TINY, "--accel", "4x8", "-o", "{o}/report"], "array_rows"),
+    (["report", "--preset", TINY, "--task", "9", "-o", "{o}/report"], "task"),
+    (["report", "--preset", TINY, "--target", "zcu999", "-o", "{o}/report"], "zcu999"),
+    (["sweep", "--preset", "m3vit-huge", "-o", "{o}/sweep"], "m3vit-huge"),
+    (["sweep", "--arrays", "4,x", "-o", "{o}/sweep"], "'x' is not an integer"),
+    (["sweep", "--target", "zcu999", "-o", "{o}/sweep"], "zcu999"),
     (["simulate"], "invalid choice"),
 ]
 
