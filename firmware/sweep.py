@@ -15,6 +15,7 @@ both cycles and multipliers (and on block RAM).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -124,7 +125,7 @@ def load_records(directory: str | Path) -> dict[str, dict]:
 
 
 def _store(directory: Path, record: dict) -> None:
-    path = directory / "points" / f"{record['key']}.json"
+    path = directory / f"{record['key']}.json"
     partial = path.with_suffix(".part")
     partial.write_text(json.dumps(record))
     os.replace(partial, path)                             # whole or absent: a kill leaves no half record
@@ -143,7 +144,7 @@ def run_sweep(points: list[Point], directory: str | Path, *, scheduler: str | No
         progress(done, len(points))
     if todo:
         for record in _evaluated(todo, scheduler, workers):
-            _store(directory, record)
+            _store(directory / "points", record)
             cached[record["key"]] = record
             done += 1
             if progress:
@@ -153,7 +154,7 @@ def run_sweep(points: list[Point], directory: str | Path, *, scheduler: str | No
 
 def _evaluated(points: list[Point], scheduler: str | None, workers: int):
     """The points' records as the cluster finishes them: in batches, so a task is worth sending."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
     from .cycles import program_config
 
@@ -168,15 +169,21 @@ def _evaluated(points: list[Point], scheduler: str | None, workers: int):
     for _, group in itertools.groupby(sorted(points, key=program), key=program):
         group = list(group)
         batches += [group[i:i + 8] for i in range(0, len(group), 8)]
-    if scheduler is not None:
-        client, cluster = Client(scheduler), None
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-    try:
-        futures = client.map(_evaluate_batch, batches, pure=False)
-        for future in as_completed(futures):
+    with _client(scheduler, workers) as client:
+        for future in as_completed(client.map(_evaluate_batch, batches, pure=False)):
             yield from future.result()
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int):
+    """A `distributed` client: of the scheduler at `scheduler`, or of a local cluster of `workers` processes."""
+    from distributed import Client, LocalCluster
+
+    cluster = None if scheduler is not None else LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                              processes=True, dashboard_address=None)
+    client = Client(scheduler if cluster is None else cluster)
+    try:
+        yield client
     finally:
         client.close()
         if cluster is not None:
@@ -203,7 +210,7 @@ def verify(records: list[dict], quantized: dict[str, str], directory: str | Path
     with `head` the task's head), with the quantized model of its preset (`quantized`: preset → .npz path) and
     the built-in image of `image_seed`, on the cluster; per point its key, `max_layer_error`, `total_error`,
     the RTL's and the model's cycles and the wall seconds. Cached as `directory/verified/KEY.json`."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
     directory = Path(directory)
     (directory / "verified").mkdir(parents=True, exist_ok=True)
@@ -216,26 +223,15 @@ def verify(records: list[dict], quantized: dict[str, str], directory: str | Path
     if progress:
         progress(len(done), len(records))
     if todo:
-        if scheduler is not None:
-            client, cluster = Client(scheduler), None
-        else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            client = Client(cluster)
-        try:
+        with _client(scheduler, workers) as client:
             futures = client.map(_verify_point, todo, [quantized[r["point"]["preset"]] for r in todo],
                                  head=head, image_seed=image_seed, pure=False)
             for future in as_completed(futures):
                 result = future.result()
-                path = directory / "verified" / f"{result['key']}.json"
-                path.with_suffix(".part").write_text(json.dumps(result))
-                os.replace(path.with_suffix(".part"), path)
+                _store(directory / "verified", result)
                 done[result["key"]] = result
                 if progress:
                     progress(len(done), len(records))
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     return [done[record["key"]] for record in records]
 
 

@@ -912,6 +912,14 @@ def build_parser() -> argparse.ArgumentParser:
     header.add_argument("-o", "--output", type=_output_file, required=True, help="the header file (.h)")
     header.set_defaults(run=cmd_header)
 
+    def simulated_inputs(sub):
+        """What a simulated inference runs on: the model, the image, the DRAM's latency."""
+        sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
+        sub.add_argument("--quantized", type=_existing_file, default=None,
+                         help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
+        sub.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
+        sub.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+
     def run_args(sub, preset, accel, task="all"):
         sub.add_argument("--preset", default=preset, help=f"model preset (default {preset})")
         sub.add_argument("--accel", default=accel, help=f"accelerator preset or RxC (default {accel})")
@@ -925,11 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"the board's clock in MHz, as built (default {DEFAULT_CLOCK_HZ / 1e6:g})")
         else:
             sub.add_argument("--task", default=task, help=f"task index or name (default {task})")
-        sub.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
-        sub.add_argument("--quantized", type=_existing_file, default=None,
-                         help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
-        sub.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
-        sub.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+        simulated_inputs(sub)
         sub.add_argument("--json", action="store_true", help="print JSON")
         sub.add_argument("--backbone-only", action="store_true", help="run the backbone alone, not the task heads")
         sub.add_argument("--output", type=_output_file, default=None,
@@ -980,11 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--clock", type=_frequency, default=150.0, help="clock in MHz for latency and frames/s "
                         "(default 150, stated, not measured)")
     report.add_argument("--target", default="zcu104", help="FPGA of the fit plan (default zcu104)")
-    report.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
-    report.add_argument("--quantized", type=_existing_file, default=None,
-                        help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
-    report.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
-    report.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+    simulated_inputs(report)
     report.add_argument("-o", "--output", type=_output_directory, required=True, help="directory for the report")
     report.set_defaults(run=cmd_report)
 
@@ -1054,11 +1054,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_bench.add_argument("--arrays", default="8x8,16x16,32x32", help="accelerator presets or RxC, commas between "
                              "(default 8x8,16x16,32x32)")
     model_bench.add_argument("--task", default="all", help="task index or name, or all (default)")
-    model_bench.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic trained-like model")
-    model_bench.add_argument("--quantized", type=_existing_file, default=None,
-                             help="a quantized model (.npz from `m3vit quantize`) instead of the synthetic one")
-    model_bench.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in input image")
-    model_bench.add_argument("--latency", type=_latency, default=10, help="DRAM cycles to a burst's first beat")
+    simulated_inputs(model_bench)
     model_bench.add_argument("--backbone-only", action="store_true", help="the backbone alone, not the task heads")
     model_bench.set_defaults(run=cmd_bench_model)
     sim_bench = benches.add_parser("sim", help="the fast simulator against Amaranth's over the first cycles of a "
