@@ -304,7 +304,10 @@ class _ReadPort:
         self.count = 0
 
     def start(self, reader: str, at: int, beats: int, per_beat: int = 1) -> int:
-        self._serve(until=at)
+        if any(self.queues.values()):
+            self._serve(until=at)
+        else:
+            self.now = max(self.now, at)
         self.ahead.clear()                   # the ends served ahead may change now
         self.count += 1
         self.queues.setdefault(reader, []).append([self.count, at + self.latency, beats, per_beat])
@@ -313,6 +316,12 @@ class _ReadPort:
     def end(self, transfer: int) -> int:
         if transfer in self.ends:
             return self.ends[transfer]
+        if transfer not in self.ahead and sum(map(bool, self.queues.values())) == 1:    # one reader: in turn
+            (queue,) = [queue for queue in self.queues.values() if queue]
+            time = self.now
+            for number, ready, beats, per_beat in queue:
+                time = max(time, ready) + beats * per_beat
+                self.ahead[number] = int(-(-time // 1))
         if transfer not in self.ahead:      # serve ahead on a copy of the state
             saved = (self.now, {r: [list(t) for t in q] for r, q in self.queues.items()})
             for done in self._serve(until=None, stop=transfer):
