@@ -51,18 +51,23 @@ class Assembler:
     def __init__(self, isa: InstructionSet):
         self.isa = isa
         self._fields = {op: isa.fields(op) for op in isa.operands}
+        self._names = {op: {name for name, _, _, _ in fields} for op, fields in self._fields.items()}
+        self._enums = {op: [_is_enum(shape) for _, _, _, shape in fields] for op, fields in self._fields.items()}
 
     # --- one instruction -----------------------------------------------------------------------------------
     def encode(self, opcode: Opcode | str, **values) -> int:
         opcode = self._opcode(opcode)
-        known = [name for name, _, _, _ in self._fields[opcode]]
-        for name in values:
-            if name not in known:
-                raise AssemblerError(f"{opcode.name} has no field {name!r}; its fields: "
-                                     f"{', '.join(known) or 'none'}")
+        if not self._names[opcode].issuperset(values):
+            known = [name for name, _, _, _ in self._fields[opcode]]
+            unknown = next(name for name in values if name not in self._names[opcode])
+            raise AssemblerError(f"{opcode.name} has no field {unknown!r}; its fields: {', '.join(known) or 'none'}")
         word = opcode.value
-        for name, offset, width, shape in self._fields[opcode]:
-            value = self._value(opcode, name, values.get(name, 0), width, shape)
+        for (name, offset, width, shape), is_enum in zip(self._fields[opcode], self._enums[opcode]):
+            value = values.get(name, 0)
+            if type(value) is int and not is_enum and 0 <= value < 1 << width:     # the common case, checked
+                word |= value << offset
+                continue
+            value = self._value(opcode, name, value, width, shape)
             word |= (value.value if isinstance(value, enum.Enum) else value) << offset
         return word
 
@@ -74,9 +79,9 @@ class Assembler:
         except ValueError:
             raise AssemblerError(f"opcode {word & ((1 << OPCODE_BITS) - 1)} is not an instruction") from None
         fields = {}
-        for name, offset, width, shape in self._fields[opcode]:
+        for (name, offset, width, shape), is_enum in zip(self._fields[opcode], self._enums[opcode]):
             raw = (word >> offset) & ((1 << width) - 1)
-            if _is_enum(shape):
+            if is_enum:
                 try:
                     raw = shape(raw)
                 except ValueError:

@@ -162,3 +162,13 @@ def test_pack_leaves_a_field_out_as_amaranth_does():
     layout = data.StructLayout({"a": 4, "b": data.StructLayout({"c": 2, "d": 3}), "e": 5})
     for value in ({"a": 5}, {"b": {"d": 6}, "e": 17}, {"a": 15, "b": {"c": 3, "d": 7}, "e": 31}):
         assert pack(layout, value) == layout.const(value).as_value().value
+
+
+def test_pack_of_signed_arrays_as_amaranth_does():
+    """Arrays of plain numbers take `pack`'s fast path: negative values wrap to their width as `const` makes them."""
+    from amaranth import signed
+    from amaranth.lib import data
+    from hw.common.bits import pack
+    layout = data.StructLayout({"g": data.ArrayLayout(signed(5), 3), "b": data.ArrayLayout(data.ArrayLayout(4, 2), 2)})
+    for value in ({"g": [-16, 15, -1], "b": [[1, 15], [0, 9]]}, {"g": [0, -3, 7], "b": [[2, 3], [4, 5]]}):
+        assert pack(layout, value) == layout.const(value).as_value().value

@@ -16,9 +16,15 @@ def pack(shape, value) -> int:
     `shape.const(value)` would give them (a field the dict leaves out is 0), without building Amaranth constants
     (the memory fills are large)."""
     if isinstance(shape, data.ArrayLayout):
-        width = data.Layout.cast(shape.elem_shape).size if isinstance(shape.elem_shape, data.Layout) \
-            else Shape.cast(shape.elem_shape).width
-        return sum(pack(shape.elem_shape, item) << (i * width) for i, item in enumerate(value))
+        elem = shape.elem_shape
+        if not isinstance(elem, data.Layout) and not (isinstance(elem, type) and issubclass(elem, Enum)):
+            width = Shape.cast(elem).width           # an array of plain numbers: no recursion per item
+            mask, bits = (1 << width) - 1, 0
+            for i, item in enumerate(value):
+                bits |= (int(item) & mask) << (i * width)
+            return bits
+        width = data.Layout.cast(elem).size if isinstance(elem, data.Layout) else Shape.cast(elem).width
+        return sum(pack(elem, item) << (i * width) for i, item in enumerate(value))
     if isinstance(shape, data.StructLayout):
         return sum(pack(field.shape, value[name]) << field.offset for name, field in shape if name in value)
     width = Shape.cast(shape).width

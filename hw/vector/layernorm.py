@@ -105,21 +105,18 @@ class LayerNorm(wiring.Component):
         if len(outputs) != len(self.output_bits):
             raise ValueError(f"LayerNorm: {len(outputs)} outputs' parameters for a unit of "
                              f"{len(self.output_bits)} outputs")
-        words = []
-        for beat in range(self.beats):
-            word = {"gamma": [], "beta": []}
-            for o, (gamma, beta) in enumerate(outputs):
-                for name, values, bits in (("gamma", gamma, GAMMA_BITS), ("beta", beta, BETA_BITS)):
-                    values = [int(v) for v in values]
-                    if len(values) != self.dim:
-                        raise ValueError(f"LayerNorm {name} of output {o}: {len(values)} values for D = {self.dim}")
-                    lanes = values[beat * self.lanes:(beat + 1) * self.lanes]
-                    lanes += [0] * (self.lanes - len(lanes))
-                    if any(not -(1 << (bits - 1)) <= v < 1 << (bits - 1) for v in lanes):
-                        raise ValueError(f"LayerNorm {name} of output {o}: a value outside {bits}-bit signed")
-                    word[name].append(lanes)
-            words.append(word)
-        return words
+        padded = self.beats * self.lanes
+        columns = []                    # per output, gamma and beta as ints, padded to whole beats
+        for o, (gamma, beta) in enumerate(outputs):
+            for name, values, bits in (("gamma", gamma, GAMMA_BITS), ("beta", beta, BETA_BITS)):
+                values = [int(v) for v in values]
+                if len(values) != self.dim:
+                    raise ValueError(f"LayerNorm {name} of output {o}: {len(values)} values for D = {self.dim}")
+                if any(not -(1 << (bits - 1)) <= v < 1 << (bits - 1) for v in values):
+                    raise ValueError(f"LayerNorm {name} of output {o}: a value outside {bits}-bit signed")
+                columns.append((name, values + [0] * (padded - len(values))))
+        return [{name: [values[beat * self.lanes:(beat + 1) * self.lanes] for n, values in columns if n == name]
+                 for name in ("gamma", "beta")} for beat in range(self.beats)]
 
     def elaborate(self, platform):
         m = Module()
