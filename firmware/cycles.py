@@ -367,6 +367,27 @@ class _ReadPort:
                         return ended
 
 
+def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[frozenset, frozenset]:
+    """The memories a GEMM reads and writes, as the scoreboard keys them (PARAMS and SCORES by half)."""
+    mode = GemmMode(fields["mode"])
+    reads = {Space.SCRATCH if fields["source"].name == "SCRATCH" else Space.ACTIVATION,
+             (Space.PARAMS, int(fields["p_base"] >= params_depth // 2))}
+    if fields["stationary"].name == "SCRATCH":
+        reads.add(Space.SCRATCH)
+    if fields["row_scaled"]:
+        reads.add(Space.ROW_SCALES)
+    if mode is GemmMode.GELU:
+        reads.add(Space.HIDDEN)
+    destination = Space(fields["destination"].value)
+    if mode is GemmMode.COMBINE:
+        writes = set()
+    elif destination is Space.SCORES:
+        writes = {(destination, int(fields["d_base"] >= scores_depth // 2))}
+    else:
+        writes = {destination}
+    return frozenset(reads), frozenset(writes)
+
+
 class CycleModel:
     """The accelerator of `accel` running `model`, instruction by instruction: each issues at the first cycle the
     controller's rules allow (fetch, its unit free, the scoreboard, its slab buffer full, the router's experts),
@@ -480,7 +501,7 @@ class CycleModel:
             op = issue.opcode
             at = max(last + 1, fetched[position])
             if op is Opcode.LOAD:
-                memory = Space(issue["memory"].value)
+                memory = issue["memory"]
                 beats = -(-issue["bytes"] // self.bus)
                 if memory is Space.WEIGHTS:
                     buffer = issue["base"] // self.span
@@ -547,7 +568,7 @@ class CycleModel:
                 occupy("combine", at, finish, writes={Space.RESIDUAL})
                 units["gemm"] = _Busy(finish, writes=frozenset({Space.RESIDUAL}))
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
-                memory = Space(issue["memory"].value)
+                memory = issue["memory"]
                 at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory in busy.writes])
                 words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
                 occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads={memory})
@@ -566,18 +587,13 @@ class CycleModel:
             return memory, int(base >= self.spaces[memory].depth // 2)
         return memory
 
-    def _gemm_touches(self, issue: Issued):
-        mode = GemmMode(issue["mode"])
-        reads = {Space.SCRATCH if issue["source"].name == "SCRATCH" else Space.ACTIVATION,
-                 self._key(Space.PARAMS, issue["p_base"])}
-        if issue["stationary"].name == "SCRATCH":
-            reads.add(Space.SCRATCH)
-        if issue["row_scaled"]:
-            reads.add(Space.ROW_SCALES)
-        if mode is GemmMode.GELU:
-            reads.add(Space.HIDDEN)
-        writes = set() if mode is GemmMode.COMBINE else {self._key(Space(issue["destination"].value), issue["d_base"])}
-        return reads, writes
+    def _gemm_touches(self, issue: Issued) -> tuple[frozenset, frozenset]:
+        depths = self.spaces[Space.PARAMS].depth, self.spaces[Space.SCORES].depth
+        cached = issue.__dict__.get("touches")          # kept on the issue: a sweep times one sequence many times
+        if cached is None or cached[0] != depths:
+            cached = depths, _gemm_touches(issue.instruction.fields, *depths)
+            object.__setattr__(issue, "touches", cached)
+        return cached[1]
 
     def _fetch(self, sequence: list[Issued]) -> list[int]:
         """The cycle each instruction of the sequence is in the fetch buffer (an EXPERTS body's replays at once)."""
