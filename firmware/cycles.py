@@ -212,11 +212,17 @@ def program_config(accel: AcceleratorConfig) -> AcceleratorConfig:
     return accel.replace(name="program", requant_lanes=1, vector_lanes=1)
 
 
+@functools.lru_cache(maxsize=4)
+def _program(model, accel: AcceleratorConfig, head: bool) -> Program:
+    """The program `estimate` compiles for `accel` from `model`'s shapes."""
+    return backbone_program(QuantizedModel.blank(model), accel,
+                            np.zeros((model.in_channels, *model.image_size), np.int8), heads=head)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled(model, accel: AcceleratorConfig, run, head: bool, counts: str) -> tuple[Program, list[Issued]]:
-    """The program `estimate` compiles for `accel` from `model`'s shapes, and the sequence a run of it issues."""
-    program = backbone_program(QuantizedModel.blank(model), accel,
-                               np.zeros((model.in_channels, *model.image_size), np.int8), heads=head)
+    """`_program`, and the sequence a run of it issues with the experts' tokens `counts` (JSON)."""
+    program = _program(model, accel, head)
     counts = {int(layer): tokens for layer, tokens in json.loads(counts).items()}
     return program, issued(program, InstructionSet(model, accel), run, counts)
 

@@ -153,7 +153,7 @@ def run_sweep(points: list[Point], directory: str | Path, *, scheduler: str | No
 
 
 def _evaluated(points: list[Point], scheduler: str | None, workers: int):
-    """The points' records as the cluster finishes them: in batches, so a task is worth sending."""
+    """The points' records as the cluster finishes them, a program's points at a time."""
     from distributed import as_completed
 
     from .cycles import program_config
@@ -164,11 +164,9 @@ def _evaluated(points: list[Point], scheduler: str | None, workers: int):
         except ValueError:                 # not a configuration: `evaluate` says why
             return point.preset, ""
 
-    # a batch holds points of one program (compiled once by the worker), 8 at most
-    batches = []
-    for _, group in itertools.groupby(sorted(points, key=program), key=program):
-        group = list(group)
-        batches += [group[i:i + 8] for i in range(0, len(group), 8)]
+    # a batch: the points of one program, which its worker compiles once
+    batches = [list(group) for _, group in itertools.groupby(sorted(points, key=program), key=program)]
+    batches.sort(key=len, reverse=True)
     with _client(scheduler, workers) as client:
         for future in as_completed(client.map(_evaluate_batch, batches, pure=False)):
             yield from future.result()
