@@ -134,11 +134,13 @@ def performance_report(quantized: QuantizedModel, accel: AcceleratorConfig, imag
         report["tasks"].append(entry)
         utilization[entry["task_name"]] = [layer["utilization"] for layer in layers]
         stacked_bars([layer["layer"].replace(f"heads.{task}.", "head.") for layer in layers],
-                     {unit: [layer["model_breakdown"][unit] for layer in layers]
-                      for unit in ("gemm", "vector", "router", "loader", "other")},
+                     {label: [layer["model_breakdown"][unit] for layer in layers]
+                      for unit, label in (("gemm", "GEMM engine busy"), ("vector", "idle: vector units"),
+                                          ("router", "idle: router"), ("loader", "idle: DRAM reads"),
+                                          ("other", "idle: fetch, issue, stores"))},
                      directory / f"layers_{entry['task_name']}.png",
-                     f"{model.name} on {accel.name}, {entry['task_name']}: cycles per layer (modelled split; "
-                     f"RTL total {cycles:,})", "cycles: the engine busy, or idle while …")
+                     f"{model.name} on {accel.name}, {entry['task_name']}: cycles per layer\n(the model's split; "
+                     f"the RTL's total {cycles:,})", "cycles")
     fit = fit_report(model, accel, target(target_name))
     report["resources"] = fit.to_dict()
     first = report["tasks"][0]
