@@ -77,7 +77,7 @@ class Program:
     outputs: dict = field(default_factory=dict)    # name → (OUTPUT offset, bytes)
     entry: int = 0
     heads: dict = field(default_factory=dict)      # task → the instruction its head's run enters at
-    layers: list = field(default_factory=list)     # (instruction, name): where each layer starts (`ProgramBuilder.layer`)
+    layers: list = field(default_factory=list)     # (instruction, name): where a layer starts (`ProgramBuilder.layer`)
 
     def stored_by(self, head: int | None = None) -> dict:
         """The `outputs` a run stores: the backbone's, or with `head` that task's head's (`head.{task}.…`)."""

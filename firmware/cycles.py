@@ -30,7 +30,8 @@ from .compiler import Program, backbone_program
 from .driver import Driver
 from .sim import accelerator_for, simulate
 
-__all__ = ["Issued", "issued", "layer_spans", "layer_bounds", "expert_counts", "measured", "runnable", "compare", "against", "estimate", "uniform_counts", "program_config", "CycleModel", "Timeline"]
+__all__ = ["Issued", "issued", "layer_spans", "layer_bounds", "expert_counts", "measured", "runnable", "compare",
+           "against", "estimate", "uniform_counts", "program_config", "CycleModel", "Timeline"]
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ class _ReadPort:
     def __init__(self, latency: int, burst: int):
         self.latency, self.burst = latency, burst
         self.now = 0.0
-        self.queues: dict[str, list] = {}    # reader → its transfers: [id, earliest first beat, beats left, cycles a beat]
+        self.queues: dict[str, list] = {}    # reader → its transfers: [id, first beat's earliest, beats left, cycles a beat]
         self.ends: dict[int, int] = {}       # transfers served
         self.ahead: dict[int, int] = {}      # the ends of transfers served ahead, until another is started
         self.count = 0
@@ -401,8 +402,8 @@ class CycleModel:
 
     The costs, from the units' contracts and the RTL's pipeline depths (`hw.compute.gemm.geometry`):
     - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + 1 + M) / 2) (M = 1: 2M; a tile streams the
-      cycle after its weights are in, and loads once the tile two before it has streamed), then the first tile's load, the
-      operand stream, the array (R + C), the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU:
+      cycle after its weights are in, and loads once the tile two before it has streamed), then the first tile's load,
+      the operand stream, the array (R + C), the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU:
       ⌈C / requant lanes⌉ cycles a row, then its pipeline); transposed output adds the corner turn's 2C − 4;
     - LayerNorm and the softmax: rows · max(the per-row statistics, the row's beats + the two-row buffer's gap);
     - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the

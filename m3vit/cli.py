@@ -621,7 +621,8 @@ def cmd_report(args) -> int:
             for t in report["tasks"]]
     footer = ([note] if note else []) + [f"{Path(args.output) / 'report.md'}, report.json and the plots"]
     return _report(args, report, f"{model.name} on {accel.name} at {args.clock:g} MHz (RTL simulated; the model "
-                   "beside it)", [("task", "task", "<8"), ("cycles", "cycles", ">12,"), ("model", "model_cycles", ">12,"),
+                   "beside it)", [("task", "task", "<8"), ("cycles", "cycles", ">12,"),
+                                  ("model", "model_cycles", ">12,"),
                                   ("ms", "ms", ">8.2f"), ("frames/s", "fps", ">8.1f"), ("DRAM B", "read", ">12,"),
                                   ("token-by-token", "token", ">14,"), ("dense", "dense", ">12,")], rows, footer)
 

@@ -97,7 +97,8 @@ def test_configurations_that_differ_in_lanes_alone_time_the_same_instructions():
     model = model_preset("tiny")
     blank, image = QuantizedModel.blank(model), np.zeros((model.in_channels, *model.image_size), np.int8)
     shared = program_config(accelerator_preset("4x4"))
-    for accel in (accelerator_preset("4x4").replace(vector_lanes=4), accelerator_preset("4x4").replace(requant_lanes=4)):
+    base = accelerator_preset("4x4")
+    for accel in (base.replace(vector_lanes=4), base.replace(requant_lanes=4)):
         assert program_config(accel) == shared
         for run in ("backbone", 1):
             own = issued(backbone_program(blank, accel, image, heads=True), InstructionSet(model, accel), run,
