@@ -591,6 +591,9 @@ def cmd_bench_model(args) -> int:
             worst = max((layer for run in result["runs"].values() for layer in run["layers"]),
                         key=lambda layer: abs(layer["error"]))
             rows.append({"array": name, **result, "worst_layer": worst["layer"]})
+            logging.getLogger("hw").info(f"{name}, task {task}: RTL {result['cycles']:,} cycles, model "
+                                         f"{result['model_cycles']:,} ({result['total_error']:+.3%}), largest "
+                                         f"layer error {result['max_layer_error']:.3%} ({worst['layer']})")
     return _report(args, {"preset": model.name, "latency": args.latency, "rows": rows, "notes": notes},
                    f"Cycle model against the RTL, {model.name} (Verilator, DRAM latency {args.latency}; errors "
                    f"(model − RTL) / RTL)", [
