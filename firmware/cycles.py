@@ -339,6 +339,24 @@ class _ReadPort:
     def _serve(self, until, stop=None) -> list[int]:
         """Move the transfers on from `now` to `until` (None: until `stop` ends); the transfers it ended."""
         ended = []
+        active = [queue for queue in self.queues.values() if queue]
+        if until is not None and len(active) == 1:      # one reader: its transfers in turn, to `until`
+            queue = active[0]
+            while queue:
+                head = queue[0]
+                start = max(self.now, head[1])
+                if start >= until:
+                    break
+                finish = start + head[2] * head[3]
+                if finish > until:
+                    head[2] -= (until - start) / head[3]
+                    break
+                self.now = finish
+                queue.pop(0)
+                self.ends[head[0]] = int(-(-finish // 1))
+                ended.append(head[0])
+            self.now = max(self.now, until)
+            return ended
         while True:
             heads = [queue[0] for queue in self.queues.values() if queue]
             if not heads:

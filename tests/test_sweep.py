@@ -47,21 +47,23 @@ def test_pareto_front():
     assert [r["key"] for r in pareto(records)] == ["a", "b", "d"]
 
 
-@pytest.mark.long(40)
+@pytest.mark.long(20)
 def test_sweep_resumes_from_its_cache(tmp_path, monkeypatch):
-    points = grid(["tiny"], TINY_AXES)
-    first = run_sweep(points[:2], tmp_path, workers=1)
-    assert [r["key"] for r in first] == [p.key for p in points[:2]]
-    # killed halfway: two points done, one record cut short; the rest are computed, the done ones are not
-    (tmp_path / "points" / f"{points[2].key}.json").write_text('{"key": "')
-    evaluated = []
+    """The cluster is `test_sweep_command`'s; here the points are evaluated in the test's process."""
     import firmware.sweep as sweep
+    evaluated = []
 
     def recording(batch):
         evaluated.extend(point.key for point in batch)
         return [evaluate(point) for point in batch]
 
     monkeypatch.setattr(sweep, "_evaluated", lambda todo, scheduler, workers: recording(todo))
+    points = grid(["tiny"], TINY_AXES)
+    first = run_sweep(points[:2], tmp_path)
+    assert [r["key"] for r in first] == [p.key for p in points[:2]]
+    # killed halfway: two points done, one record cut short; the rest are computed, the done ones are not
+    (tmp_path / "points" / f"{points[2].key}.json").write_text('{"key": "')
+    evaluated.clear()
     seen = []
     records = run_sweep(points, tmp_path, progress=lambda done, total: seen.append((done, total)))
     assert evaluated == [p.key for p in points[2:]]
