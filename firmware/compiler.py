@@ -79,6 +79,13 @@ class Program:
     heads: dict = field(default_factory=dict)      # task → the instruction its head's run enters at
     layers: list = field(default_factory=list)     # (instruction, name): where a layer starts (`ProgramBuilder.layer`)
 
+    def run_range(self, run="backbone") -> range:
+        """The instructions of one of the program's runs: "start_up", "backbone", or a task's head (its index)."""
+        if run == "start_up":
+            return range(self.entry)
+        start = self.entry if run == "backbone" else self.heads[run]
+        return range(start, min([entry for entry in self.heads.values() if entry > start] + [len(self.words)]))
+
     def stored_by(self, head: int | None = None) -> dict:
         """The `outputs` a run stores: the backbone's, or with `head` that task's head's (`head.{task}.…`)."""
         return {name: place for name, place in self.outputs.items()

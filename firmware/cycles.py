@@ -57,18 +57,12 @@ class Issued:
         return self.tokens if self.expert is not None and gathers else self["m"]
 
 
-def _run_range(program: Program, run) -> range:
-    lines = len(program.words)
-    start = program.entry if run == "backbone" else program.heads[run]
-    return range(start, min([entry for entry in program.heads.values() if entry > start] + [lines]))
-
-
 def issued(program: Program, isa: InstructionSet, run="backbone", counts: dict[int, list[int]] | None = None) \
         -> list[Issued]:
     """The instructions a run ("backbone" or a task's head) of `program` issues, to its HALT; `counts`: per MoE
     layer (ROUTE's `layer`) the tokens of each expert."""
     assembler = Assembler(isa)
-    span = _run_range(program, run)
+    span = program.run_range(run)
     decoded = [assembler.decode(program.words[index]) for index in span]
     out, layer, at = [], None, 0
     while at < len(decoded):
@@ -396,7 +390,7 @@ def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[f
     """The memories a GEMM reads and writes, as the scoreboard keys them (PARAMS and SCORES by half)."""
     mode = GemmMode(fields["mode"])
     reads = {Space.SCRATCH if fields["source"].name == "SCRATCH" else Space.ACTIVATION,
-             (Space.PARAMS, int(fields["p_base"] >= params_depth // 2))}
+             _half(Space.PARAMS, fields["p_base"], params_depth)}
     if fields["stationary"].name == "SCRATCH":
         reads.add(Space.SCRATCH)
     if fields["row_scaled"]:
@@ -404,13 +398,14 @@ def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[f
     if mode is GemmMode.GELU:
         reads.add(Space.HIDDEN)
     destination = Space(fields["destination"].value)
-    if mode is GemmMode.COMBINE:
-        writes = set()
-    elif destination is Space.SCORES:
-        writes = {(destination, int(fields["d_base"] >= scores_depth // 2))}
-    else:
-        writes = {destination}
+    writes = set() if mode is GemmMode.COMBINE else \
+        {_half(destination, fields["d_base"], scores_depth) if destination is Space.SCORES else destination}
     return frozenset(reads), frozenset(writes)
+
+
+def _half(memory: Space, base: int, depth: int) -> tuple[Space, int]:
+    """The scoreboard's key of a memory it keeps per half (PARAMS, SCORES): the half word `base` is in."""
+    return memory, int(base >= depth // 2)
 
 
 class CycleModel:
@@ -608,9 +603,7 @@ class CycleModel:
         return Timeline(issue_cycles, last + self.END_FIXED, totals, spans)
 
     def _key(self, memory: Space, base: int):
-        if memory in (Space.PARAMS, Space.SCORES):
-            return memory, int(base >= self.spaces[memory].depth // 2)
-        return memory
+        return _half(memory, base, self.spaces[memory].depth) if memory in (Space.PARAMS, Space.SCORES) else memory
 
     def _gemm_touches(self, issue: Issued) -> tuple[frozenset, frozenset]:
         depths = self.spaces[Space.PARAMS].depth, self.spaces[Space.SCORES].depth

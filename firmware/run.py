@@ -47,11 +47,8 @@ ARRAY_KINDS = ("patch_embed", "qkv", "attention", "proj", "dense_mlp", "experts"
 def run_lines(program, run="backbone") -> list[str]:
     """The instructions (assembler text) of one of `program`'s runs: "start_up", "backbone", or a task's head
     (the task's index)."""
-    lines = program.text.splitlines()
-    if run == "start_up":
-        return lines[:program.entry]
-    start = program.entry if run == "backbone" else program.heads[run]
-    return lines[start:min([entry for entry in program.heads.values() if entry > start] + [len(lines)])]
+    span = program.run_range(run)
+    return program.text.splitlines()[span.start:span.stop]
 
 
 def expected_read_bytes(program, model, routing=None, *, run="backbone") -> int:
