@@ -23,6 +23,7 @@ from hw.control.isa import INSTRUCTION_BITS, OPCODE_BITS, InstructionSet, Opcode
 __all__ = ["Assembler", "AssemblerError", "Instruction", "INSTRUCTION_BYTES"]
 
 INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
+_OPCODES = {opcode.value: opcode for opcode in Opcode}
 
 
 class AssemblerError(ValueError):
@@ -53,6 +54,8 @@ class Assembler:
         self._fields = {op: isa.fields(op) for op in isa.operands}
         self._names = {op: {name for name, _, _, _ in fields} for op, fields in self._fields.items()}
         self._enums = {op: [_is_enum(shape) for _, _, _, shape in fields] for op, fields in self._fields.items()}
+        self._members = {shape: {member.value: member for member in shape}     # an enumeration's members by value
+                         for fields in self._fields.values() for _, _, _, shape in fields if _is_enum(shape)}
 
     # --- one instruction -----------------------------------------------------------------------------------
     def encode(self, opcode: Opcode | str, **values) -> int:
@@ -64,8 +67,11 @@ class Assembler:
         word = opcode.value
         for (name, offset, width, shape), is_enum in zip(self._fields[opcode], self._enums[opcode]):
             value = values.get(name, 0)
-            if type(value) is int and not is_enum and 0 <= value < 1 << width:     # the common case, checked
+            if type(value) is int and not is_enum and 0 <= value < 1 << width:     # the common cases, checked
                 word |= value << offset
+                continue
+            if is_enum and type(value) is shape:
+                word |= value.value << offset
                 continue
             value = self._value(opcode, name, value, width, shape)
             word |= (value.value if isinstance(value, enum.Enum) else value) << offset
@@ -74,18 +80,17 @@ class Assembler:
     def decode(self, word: int) -> Instruction:
         if not isinstance(word, int) or not 0 <= word < 1 << INSTRUCTION_BITS:
             raise AssemblerError(f"{word!r} is not a {INSTRUCTION_BITS}-bit instruction word")
-        try:
-            opcode = Opcode(word & ((1 << OPCODE_BITS) - 1))
-        except ValueError:
-            raise AssemblerError(f"opcode {word & ((1 << OPCODE_BITS) - 1)} is not an instruction") from None
+        opcode = _OPCODES.get(word & ((1 << OPCODE_BITS) - 1))
+        if opcode is None or opcode not in self._fields:
+            raise AssemblerError(f"opcode {word & ((1 << OPCODE_BITS) - 1)} is not an instruction")
         fields = {}
         for (name, offset, width, shape), is_enum in zip(self._fields[opcode], self._enums[opcode]):
             raw = (word >> offset) & ((1 << width) - 1)
             if is_enum:
-                try:
-                    raw = shape(raw)
-                except ValueError:
-                    raise AssemblerError(f"{opcode.name} {name} = {raw}: not a {shape.__name__}") from None
+                member = self._members[shape].get(raw)
+                if member is None:
+                    raise AssemblerError(f"{opcode.name} {name} = {raw}: not a {shape.__name__}")
+                raw = member
             fields[name] = raw
         return Instruction(opcode, fields)
 

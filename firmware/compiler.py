@@ -93,7 +93,10 @@ class Program:
 
 
 class ProgramBuilder:
-    def __init__(self, quantized: QuantizedModel, accel: AcceleratorConfig):
+    """Emits a program's instructions and places its regions' bytes; `build()` → `Program`, with its listing
+    (`Program.text`) unless `listing` is False (the cycle model reads the words alone)."""
+
+    def __init__(self, quantized: QuantizedModel, accel: AcceleratorConfig, *, listing: bool = True):
         model = quantized.config
         check_compatible(model, accel)
         check_top_level(model, accel)
@@ -108,9 +111,9 @@ class ProgramBuilder:
         self.regions = {Region.MODEL: bytearray(), Region.IMAGE: bytearray()}
         self.output_bytes = 0
         self.outputs = {}
-        self.lines: list[str] = []
-        self.words: list[int] = []                  # beside `lines`: the encoded instructions
-        self.layer_names: list[str | None] = []     # beside `lines`: the layer an instruction starts
+        self.listing = listing
+        self.words: list[int] = []                  # the encoded instructions
+        self.layer_names: list[str | None] = []     # beside `words`: the layer an instruction starts
         self.next_layer: tuple[str, Opcode] | None = None
         self.entry = 0
         self.heads = {}
@@ -132,8 +135,7 @@ class ProgramBuilder:
     def emit(self, opcode: Opcode, *, at: int | None = None, **fields) -> None:
         """Append an instruction (or insert it at line `at`), checked by the assembler."""
         word = self.assembler.encode(opcode, **fields)
-        at = len(self.lines) if at is None else at
-        self.lines.insert(at, str(self.assembler.decode(word)))
+        at = len(self.words) if at is None else at
         self.words.insert(at, word)
         starts = self.next_layer is not None and self.next_layer[1] is opcode
         self.layer_names.insert(at, self.next_layer[0] if starts else None)
@@ -285,9 +287,9 @@ class ProgramBuilder:
     def experts(self, body) -> None:
         """EXPERTS around the instructions `body()` emits (repeated per active expert), `stride` bytes apart;
         refused when the body is longer than the controller's body buffer."""
-        start = len(self.lines)
+        start = len(self.words)
         stride = body()
-        length = len(self.lines) - start
+        length = len(self.words) - start
         if length > self.isa.body_depth:
             raise CompileError(f"an EXPERTS body of {length} instructions: the controller's body buffer holds "
                                f"{self.isa.body_depth}")
@@ -320,12 +322,12 @@ class ProgramBuilder:
         """A HALT, then HALTs to a bus-aligned address (the program fetch reads whole bus words): the
         instruction a run may enter at next."""
         self.halt()
-        while len(self.lines) * INSTRUCTION_BYTES % self.bus:
+        while len(self.words) * INSTRUCTION_BYTES % self.bus:
             self.halt()
-        return len(self.lines)
+        return len(self.words)
 
     def build(self) -> Program:
-        text = "".join(f"{line}\n" for line in self.lines)
+        text = self.assembler.disassemble(self.words) if self.listing else ""
         return Program(list(self.words), bytes(self.regions[Region.MODEL]),
                        bytes(self.regions[Region.IMAGE]), self.output_bytes, text, dict(self.outputs), self.entry,
                        dict(self.heads), [(index, name) for index, name in enumerate(self.layer_names) if name])
@@ -558,15 +560,16 @@ CHECKPOINTS = {"embed": "the patch embedding", "mid": "attention", "norm2": "Lay
 
 
 def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, *,
-                     checkpoints: bool = False, heads: bool = False) -> Program:
+                     checkpoints: bool = False, heads: bool = False, listing: bool = True) -> Program:
     """The whole backbone on `image` (int8 [C, H, W]): a start-up that loads every MoE layer's router weights for
     every task (resident: a task switch loads nothing), then the patch embedding and every block. Outputs `out` (the
     backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block; with
     `checkpoints`, also `golden.run`'s intermediates `embed` and per block `blocks.{b}.mid`, `.norm2` and `.out`
     (`CHECKPOINTS` says which operation each ends), stored as they are made. With `heads`, every task's head
-    follows, each a run of its own from `Program.heads[task]` after the backbone's (`firmware.heads`)."""
+    follows, each a run of its own from `Program.heads[task]` after the backbone's (`firmware.heads`). Without
+    `listing`, `Program.text` is empty."""
     model = quantized.config
-    builder = ProgramBuilder(quantized, accel)
+    builder = ProgramBuilder(quantized, accel, listing=listing)
     residual, activation = _residual_length(builder), _activation_length(builder)
     if model.moe_blocks:
         builder.router_weights()

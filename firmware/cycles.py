@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,7 +212,7 @@ def program_config(accel: AcceleratorConfig) -> AcceleratorConfig:
 def _program(model, accel: AcceleratorConfig, head: bool) -> Program:
     """The program `estimate` compiles for `accel` from `model`'s shapes."""
     return backbone_program(QuantizedModel.blank(model), accel,
-                            np.zeros((model.in_channels, *model.image_size), np.int8), heads=head)
+                            np.zeros((model.in_channels, *model.image_size), np.int8), heads=head, listing=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -248,10 +249,10 @@ def _error(model: int, rtl: int) -> float:
 @dataclass
 class _Busy:
     """A unit's command in flight: until `end` (the first cycle an instruction waiting for it may issue), the
-    memories it reads and writes (scoreboard keys: a Space, or (Space, half) for PARAMS and SCORES)."""
+    memories it reads and writes (`_mask`s of scoreboard keys)."""
     end: int = 0
-    reads: frozenset = frozenset()
-    writes: frozenset = frozenset()
+    reads: int = 0
+    writes: int = 0
 
 
 @dataclass
@@ -299,7 +300,7 @@ class _ReadPort:
     def __init__(self, latency: int, burst: int):
         self.latency, self.burst = latency, burst
         self.now = 0.0
-        self.queues: dict[str, list] = {}    # reader → its transfers: [id, first beat's earliest, beats left, cycles a beat]
+        self.queues: dict[str, deque] = {}    # reader → its transfers: [id, first beat's earliest, beats left, cycles a beat]
         self.ends: dict[int, int] = {}       # transfers served
         self.ahead: dict[int, int] = {}      # the ends of transfers served ahead, until another is started
         self.count = 0
@@ -311,7 +312,7 @@ class _ReadPort:
             self.now = max(self.now, at)
         self.ahead.clear()                   # the ends served ahead may change now
         self.count += 1
-        self.queues.setdefault(reader, []).append([self.count, at + self.latency, beats, per_beat])
+        self.queues.setdefault(reader, deque()).append([self.count, at + self.latency, beats, per_beat])
         return self.count
 
     def end(self, transfer: int) -> int:
@@ -324,7 +325,7 @@ class _ReadPort:
                 time = max(time, ready) + beats * per_beat
                 self.ahead[number] = int(-(-time // 1))
         if transfer not in self.ahead:      # serve ahead on a copy of the state
-            saved = (self.now, {r: [list(t) for t in q] for r, q in self.queues.items()})
+            saved = (self.now, {r: deque(list(t) for t in q) for r, q in self.queues.items()})
             for done in self._serve(until=None, stop=transfer):
                 self.ahead[done] = self.ends.pop(done)
             self.now, self.queues = saved
@@ -346,47 +347,62 @@ class _ReadPort:
                     head[2] -= (until - start) / head[3]
                     break
                 self.now = finish
-                queue.pop(0)
+                queue.popleft()
                 self.ends[head[0]] = int(-(-finish // 1))
                 ended.append(head[0])
             self.now = max(self.now, until)
             return ended
-        while True:
-            heads = [queue[0] for queue in self.queues.values() if queue]
-            if not heads:
-                if until is not None:
-                    self.now = max(self.now, until)
-                return ended
-            streaming = [head for head in heads if head[1] <= self.now]
-            waiting = min((head[1] for head in heads if head[1] > self.now), default=None)
+        now, burst = self.now, self.burst
+        while active:
+            streaming, waiting, weight = [], None, 0
+            for queue in active:
+                ready = queue[0][1]
+                if ready <= now:
+                    streaming.append(queue)
+                    weight += burst * queue[0][3]
+                elif waiting is None or ready < waiting:
+                    waiting = ready
             if not streaming:
                 if until is not None and waiting >= until:
                     self.now = until
                     return ended
-                self.now = waiting
+                now = waiting
                 continue
-            rate = self.burst / sum(self.burst * head[3] for head in streaming)  # beats a cycle: a burst a round
-            rates = [rate] * len(streaming)
-            step = min(head[2] / rate for head, rate in zip(streaming, rates))
+            rate = burst / weight                       # beats a cycle: a burst a round
+            step = min(queue[0][2] for queue in streaming) / rate
             if waiting is not None:
-                step = min(step, waiting - self.now)
+                step = min(step, waiting - now)
             if until is not None:
-                step = min(step, until - self.now)
+                step = min(step, until - now)
             if step <= 0:
+                self.now = now
                 return ended
-            self.now += step
-            for queue, rate in zip([q for q in self.queues.values() if q and q[0] in streaming], rates):
+            now += step
+            for queue in streaming:
                 head = queue[0]
                 head[2] -= rate * step
                 if head[2] <= 1e-9:
-                    queue.pop(0)
-                    self.ends[head[0]] = int(-(-self.now // 1))
+                    queue.popleft()
+                    self.ends[head[0]] = int(-(-now // 1))
                     ended.append(head[0])
+                    if not queue:
+                        active.remove(queue)
                     if head[0] == stop:
+                        self.now = now
                         return ended
+        self.now = now if until is None else max(now, until)
+        return ended
 
 
-def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[frozenset, frozenset]:
+def _mask(*keys) -> int:
+    """Scoreboard keys (a Space, or (Space, half) for PARAMS and SCORES) as a set of bits: three a memory."""
+    out = 0
+    for key in keys:
+        out |= 1 << (3 * key.value if isinstance(key, Space) else 3 * key[0].value + 1 + key[1])
+    return out
+
+
+def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[int, int]:
     """The memories a GEMM reads and writes, as the scoreboard keys them (PARAMS and SCORES by half)."""
     mode = GemmMode(fields["mode"])
     reads = {Space.SCRATCH if fields["source"].name == "SCRATCH" else Space.ACTIVATION,
@@ -400,7 +416,7 @@ def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[f
     destination = Space(fields["destination"].value)
     writes = set() if mode is GemmMode.COMBINE else \
         {_half(destination, fields["d_base"], scores_depth) if destination is Space.SCORES else destination}
-    return frozenset(reads), frozenset(writes)
+    return _mask(*reads), _mask(*writes)
 
 
 def _half(memory: Space, base: int, depth: int) -> tuple[Space, int]:
@@ -483,7 +499,10 @@ class CycleModel:
     def run(self, sequence: list[Issued]) -> Timeline:
         port = _ReadPort(self.latency, self.accel.dram_max_burst)
         units = {name: _Busy() for name in ("load", "gemm", "norm", "softmax", "router", "store", "combine")}
-        units["combine"] = _Busy(self.combine_clear, writes=frozenset({Space.RESIDUAL}))
+        residual, activation, hidden, routes = (_mask(space) for space in (Space.RESIDUAL, Space.ACTIVATION,
+                                                                            Space.HIDDEN, Space.ROUTES))
+        norms, row_scales = _mask(Space.NORMS), _mask(Space.ROW_SCALES)
+        units["combine"] = _Busy(self.combine_clear, writes=residual)
         transfers = {}                          # unit or slab buffer → its DRAM transfer
         totals = dict.fromkeys(list(units) + ["loader"], 0)
         full, empty = {}, {}                    # slab buffer → the cycle it is full, empty
@@ -508,12 +527,13 @@ class CycleModel:
         def loader_free(buffer):
             return 0 if buffer is None else slab_full(buffer) - self.LOAD_FIXED - ahead
 
-        def hazard(reads=frozenset(), writes=frozenset()):
+        def hazard(reads=0, writes=0):
+            touched = reads | writes
             return max([end(name) for name, busy in units.items()
-                        if busy.writes & (reads | writes) or busy.reads & writes], default=0)
+                        if busy.writes & touched or busy.reads & writes], default=0)
 
-        def occupy(name, start, finish, reads=frozenset(), writes=frozenset()):
-            units[name] = _Busy(finish, frozenset(reads), frozenset(writes))
+        def occupy(name, start, finish, reads=0, writes=0):
+            units[name] = _Busy(finish, reads, writes)
             totals[name] += finish - start
             spans.append((name, start, finish))
 
@@ -533,12 +553,12 @@ class CycleModel:
                     empty[buffer] = 1 << 62
                     totals["loader"] += beats
                 else:
-                    key = self._key(memory, issue["base"])
-                    at = max(at, end("load"), hazard(writes={key}))
+                    key = _mask(self._key(memory, issue["base"]))
+                    at = max(at, end("load"), hazard(writes=key))
                     if issue["region"].name == "OUTPUT":
                         at = max(at, end("store"))
                     per_beat = -(-self.bus // self.spaces[memory].word_bytes)
-                    units["load"] = _Busy(at, writes=frozenset({key}))
+                    units["load"] = _Busy(at, writes=key)
                     transfers["load"] = port.start("load", at, beats, per_beat)
                     reads_from.append(("load", at, transfers["load"]))
                     totals["load"] += beats * per_beat
@@ -559,7 +579,7 @@ class CycleModel:
                     if not issue["keep"]:
                         empty[buffer] = finish
             elif op is Opcode.LAYERNORM:
-                reads, writes = {Space.RESIDUAL, Space.NORMS}, {Space.ACTIVATION}
+                reads, writes = residual | norms, activation
                 at = max(at, end("norm"), hazard(reads, writes))
                 cycles, first = self._rows(self.LAYERNORM, issue["rows"], self.model.embed_dim)
                 occupy("norm", at, at + cycles, reads, writes)
@@ -571,29 +591,29 @@ class CycleModel:
                         logits = at + cycles + self.router_token
                     known = logits + self.router_known
                     routed = (known, known + self.router_queues)
-                    occupy("router", at, routed[1], writes={Space.ROUTES})
+                    occupy("router", at, routed[1], writes=routes)
             elif op is Opcode.SOFTMAX:
-                reads, writes = {(Space.SCORES, issue["half"])}, {Space.ACTIVATION, Space.ROW_SCALES}
+                reads, writes = _mask((Space.SCORES, issue["half"])), activation | row_scales
                 at = max(at, end("softmax"), hazard(reads, writes))
                 cycles, _ = self._rows(self.SOFTMAX, issue["rows"], self.model.num_tokens)
                 occupy("softmax", at, at + cycles, reads, writes)
             elif op is Opcode.ROUTE:
-                at = max(at, end("router"), hazard(writes={Space.ROUTES}))
-                units["router"] = _Busy(1 << 62, writes=frozenset({Space.ROUTES}))
+                at = max(at, end("router"), hazard(writes=routes))
+                units["router"] = _Busy(1 << 62, writes=routes)
             elif op is Opcode.EXPERTS:
                 at = max(at, routed[0])
             elif op is Opcode.COMBINE:
-                at = max(at, end("gemm"), end("combine"), hazard({Space.RESIDUAL}, {Space.RESIDUAL}))
+                at = max(at, end("gemm"), end("combine"), hazard(residual, residual))
                 finish = at + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
-                occupy("combine", at, finish, writes={Space.RESIDUAL})
-                units["gemm"] = _Busy(finish, writes=frozenset({Space.RESIDUAL}))
+                occupy("combine", at, finish, writes=residual)
+                units["gemm"] = _Busy(finish, writes=residual)
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
-                memory = issue["memory"]
-                at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory in busy.writes])
+                memory = _mask(issue["memory"])
+                at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory & busy.writes])
                 words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
-                occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads={memory})
+                occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads=memory)
             elif op is Opcode.CONFIG_GELU:
-                at = max(at, hazard(writes={Space.HIDDEN}))
+                at = max(at, hazard(writes=hidden))
             elif op in (Opcode.SYNC, Opcode.HALT):
                 at = max([at] + [end(name) for name in units] + [slab_full(b) for b in list(transfers)
                                                                   if not isinstance(b, str)])
@@ -605,7 +625,7 @@ class CycleModel:
     def _key(self, memory: Space, base: int):
         return _half(memory, base, self.spaces[memory].depth) if memory in (Space.PARAMS, Space.SCORES) else memory
 
-    def _gemm_touches(self, issue: Issued) -> tuple[frozenset, frozenset]:
+    def _gemm_touches(self, issue: Issued) -> tuple[int, int]:
         depths = self.spaces[Space.PARAMS].depth, self.spaces[Space.SCORES].depth
         cached = issue.__dict__.get("touches")          # kept on the issue: a sweep times one sequence many times
         if cached is None or cached[0] != depths:

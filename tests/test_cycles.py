@@ -53,6 +53,13 @@ def test_issued_repeats_each_experts_body_per_active_expert(quantized, image):
         issued(program, InstructionSet(TINY, ACCEL), "backbone", {})
 
 
+def test_a_program_without_its_listing_is_the_same_program(quantized, image):
+    listed = backbone_program(quantized, ACCEL, image, heads=True)
+    bare = backbone_program(quantized, ACCEL, image, heads=True, listing=False)
+    assert listed.text.count("\n") == len(listed.words) and bare.text == ""
+    assert (bare.words, bare.model, bare.layers, bare.heads) == (listed.words, listed.model, listed.layers, listed.heads)
+
+
 @pytest.mark.long(40)
 def test_issue_trace_is_the_same_in_both_simulators(quantized, image):
     program = patch_embedding_program(quantized, ACCEL, image)
