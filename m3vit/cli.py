@@ -427,14 +427,35 @@ def cmd_synth(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.estimate:
+        return _estimate(args)
     from hw.flow.board import build_board
-    model, accel = model_preset(args.preset), accelerator_preset(args.accel)
+    model, accel = model_preset(args.preset or "tiny"), accelerator_preset(args.accel)
     result = build_board(model, accel, args.board, clock_hz=args.clock * 1e6, seed=args.seed,
                          directory=args.output)
     if args.program:
         program = os.environ.get("OPENFPGALOADER", "openFPGALoader")
         subprocess.run([program, "-b", "ulx3s", result.bitstream], check=True)
     print(json.dumps({k: v for k, v in result.__dict__.items()}, indent=2) if args.json else result.text())
+    return 0
+
+
+def _estimate(args) -> int:
+    """`m3vit build --estimate DEVICE`: the synthesis estimate, and with -o the files a Vivado user wraps."""
+    from firmware.header import c_header
+    from hw.flow.xilinx import device, estimate, vivado_top
+    device(args.estimate)
+    model, accel = model_preset(args.preset or "m3vit-tiny-cityscapes"), accelerator_preset(args.accel)
+    check_compatible(model, accel)
+    output = Path(args.output) if args.output else None
+    result = estimate(model, accel, args.estimate, directory=output)
+    if output is not None:
+        for name, text in (("m3vit_accelerator.v", vivado_top(model, accel)), ("m3vit_accelerator.h",
+                           c_header(model, accel)), ("report.json", json.dumps(result.to_dict(), indent=2)),
+                           ("report.txt", result.text() + "\n")):
+            with atomic_open(output / name, "w") as file:
+                file.write(text)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0
 
 
@@ -635,7 +656,7 @@ def cmd_sweep(args) -> int:
     --verify simulated in Verilator against the model."""
     import time
     from firmware.plots import pareto_plot
-    from firmware.sweep import grid, pareto, run_sweep, select, verify
+    from firmware.sweep import grid, pareto, run_sweep, select, synthesize, verify
     presets = [name.strip() for name in args.preset.split(",")]
     models = [model_preset(name) for name in presets]
     task = models[0].task_index(args.task)
@@ -668,9 +689,13 @@ def cmd_sweep(args) -> int:
                                     head=args.verify_heads, image_seed=args.image_seed,
                                     progress=_step_progress(f"Verilator on {len(chosen)} Pareto points"))
         result["verify_seconds"] = round(time.perf_counter() - start, 1)
+    if args.synth:
+        chosen = select([record for record in front if record["fits"]], args.synth)
+        result["synthesized"] = synthesize(chosen, out, scheduler=args.scheduler, workers=args.workers,
+                                           progress=_step_progress(f"synthesis of {len(chosen)} Pareto points"))
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     pareto_plot(records, front, out / "pareto.png", f"{', '.join(presets)}: {len(points)} configurations, "
-                f"task {task}, target {args.target}")
+                f"task {task}, target {args.target}", result.get("synthesized", []))
     rows = [{"key": r["key"], **r["point"], "cycles": r["cycles"], "multipliers": r["multipliers"],
              "memory_mbit": r["memory_bits"] / 1e6, "fits": r["fits"]} for r in front]
     footer = [f"{len(points)} points ({result['errors']} not buildable) in {seconds:.1f} s; "
@@ -678,6 +703,11 @@ def cmd_sweep(args) -> int:
     for verified in result.get("verified", []):
         footer.append(f"Verilator {verified['key']}: total error {verified['total_error']:+.3%}, largest layer "
                       f"error {verified['max_layer_error']:.3%} ({verified['seconds']} s)")
+    for synthesized in result.get("synthesized", []):
+        footer.append(f"synthesis {synthesized['key']}: " + (synthesized["error"] if "error" in synthesized else
+                      f"{synthesized['luts']:,.0f} LUTs, {synthesized['ffs']:,.0f} FFs, {synthesized['multipliers']:,} "
+                      f"multipliers" + (f", Fmax {synthesized['fmax_mhz']:.1f} MHz" if synthesized["fmax_mhz"] else "")
+                      + f" ({synthesized['seconds']:.0f} s)"))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
         return 0
@@ -891,14 +921,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--json", action="store_true", help="print JSON")
     synth.set_defaults(run=cmd_synth)
 
-    build = commands.add_parser("build", help="a board's bitstream: the accelerator on its SDRAM, driven over USB serial")
+    build = commands.add_parser("build", help="a board's bitstream: the accelerator on its SDRAM, driven over USB "
+                                              "serial; or --estimate: a Zynq UltraScale+ synthesis estimate")
     build.add_argument("--board", default="ulx3s-85f", help="board (default ulx3s-85f)")
-    build.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    build.add_argument("--estimate", metavar="DEVICE", default=None,
+                       help="instead of a board build: the accelerator's resources on DEVICE (xczu7ev: the ZCU104's) "
+                            "from Yosys synth_xilinx, no placement; with -o also its Verilog for Vivado and C header")
+    build.add_argument("--preset", default=None,
+                       help="model preset (default tiny, or m3vit-tiny-cityscapes with --estimate)")
     build.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
     build.add_argument("--clock", type=_frequency, default=DEFAULT_CLOCK_HZ / 1e6,
                        help=f"accelerator clock in MHz (default {DEFAULT_CLOCK_HZ / 1e6:g})")
     build.add_argument("--seed", type=_seed, default=1, help="nextpnr's placement seed (default 1)")
-    build.add_argument("-o", "--output", type=_output_directory, required=True, help="build directory")
+    build.add_argument("-o", "--output", type=_output_directory, default=None,
+                       help="build directory (a board build needs one)")
     build.add_argument("--program", action="store_true", help="program the board with openFPGALoader afterwards")
     build.add_argument("--json", action="store_true", help="print JSON")
     build.set_defaults(run=cmd_build)
@@ -1015,6 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--verify", type=_count, nargs="?", const=6, default=None, metavar="N",
                        help="simulate N points of the Pareto front (default 6) in Verilator against the model")
     sweep.add_argument("--verify-heads", action="store_true", help="with --verify, the task's head too (long)")
+    sweep.add_argument("--synth", type=_count, nargs="?", const=3, default=None, metavar="N",
+                       help="N Pareto points that fit (default 3) through the target's open flow: LUTs and FFs "
+                            "(zcu104: Yosys synth_xilinx, no placement; ulx3s-85f: the board top placed and routed)")
     sweep.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic model --verify runs")
     sweep.add_argument("--image-seed", type=_seed, default=1, help="seed of the built-in image --verify runs")
     sweep.add_argument("-o", "--output", type=_output_directory, required=True,
@@ -1099,7 +1138,13 @@ def _show_progress():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is cmd_build:
+        if args.estimate is None and args.output is None:
+            parser.error("build: a board build needs -o/--output DIR")
+        if args.estimate is not None and args.program:
+            parser.error("build: --program takes a board build, not --estimate")
     if isinstance(getattr(args, "task", None), str) and args.task.isdigit():
         args.task = int(args.task)
     _show_progress()
