@@ -300,7 +300,8 @@ class _ReadPort:
     def __init__(self, latency: int, burst: int):
         self.latency, self.burst = latency, burst
         self.now = 0.0
-        self.queues: dict[str, deque] = {}    # reader → its transfers: [id, first beat's earliest, beats left, cycles a beat]
+        # reader → its transfers: [id, first beat's earliest, beats left, cycles a beat]
+        self.queues: dict[str, deque] = {}
         self.ends: dict[int, int] = {}       # transfers served
         self.ahead: dict[int, int] = {}      # the ends of transfers served ahead, until another is started
         self.count = 0

@@ -14,15 +14,19 @@ def _pyplot():
     return plt
 
 
-def pareto_plot(records: list[dict], front: list[dict], path: str | Path, title: str) -> None:
-    """Cycles against multipliers and against on-chip memory: every point, the Pareto front marked."""
+def pareto_plot(records: list[dict], front: list[dict], path: str | Path, title: str,
+                synthesized: list[dict] = ()) -> None:
+    """Cycles against multipliers and against on-chip memory: every point, the Pareto front marked; with
+    `synthesized` (`firmware.sweep.synthesize`'s results), a third panel: cycles against their LUTs."""
     plt = _pyplot()
     from matplotlib.ticker import NullFormatter
     good = [record for record in records if "error" not in record]
     keys = {record["key"] for record in front}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
-    for axis, (key, label, scale) in zip(axes, (("multipliers", "multiplier blocks (fit plan)", 1),
-                                               ("memory_bits", "on-chip memory blocks (Mbit, fit plan)", 1e6))):
+    luts = {result["key"]: result["luts"] for result in synthesized if "error" not in result}
+    panels = [("multipliers", "multiplier blocks (fit plan)", 1),
+              ("memory_bits", "on-chip memory blocks (Mbit, fit plan)", 1e6)]
+    figure, axes = plt.subplots(1, 2 + bool(luts), figsize=(5.5 * (2 + bool(luts)), 4.5), constrained_layout=True)
+    for axis, (key, label, scale) in zip(axes, panels):
         for fits, colour, name in ((True, "tab:blue", "fits the target"), (False, "tab:grey", "does not fit")):
             chosen = [r for r in good if r["fits"] == fits]
             if not chosen:
@@ -32,11 +36,16 @@ def pareto_plot(records: list[dict], front: list[dict], path: str | Path, title:
         ordered = sorted((r for r in good if r["key"] in keys), key=lambda r: r[key])
         axis.plot([r[key] / scale for r in ordered], [r["cycles"] for r in ordered], "o", c="tab:red",
                   mfc="none", label="Pareto front (cycles, multipliers, memory)")
+        axis.set_xlabel(label)
+    if luts:
+        chosen = sorted((r for r in good if r["key"] in luts), key=lambda r: luts[r["key"]])
+        axes[2].plot([luts[r["key"]] for r in chosen], [r["cycles"] for r in chosen], "o-", c="tab:red")
+        axes[2].set_xlabel("LUTs (synthesis of Pareto points)")
+    for axis in axes:
         if good:
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.set_xlabel(label)
         axis.set_ylabel("cycles per inference (analytic model)")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)

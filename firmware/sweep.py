@@ -10,7 +10,8 @@ run, the fit plan's multiplier and memory blocks on the target, or the reason th
 `run_sweep(points, directory)` evaluates what its cache (`directory/points/KEY.json`) does not hold yet, on a
 `distributed` cluster (`LocalCluster` of `workers` processes, or the scheduler at `scheduler`), writing each record
 as it comes, so an interrupted sweep resumes where it stopped. `pareto(records)`: the records no other beats on
-both cycles and multipliers (and on block RAM).
+both cycles and multipliers (and on block RAM). `verify(records, …)` simulates points in Verilator against the
+model; `synthesize(records, …)` adds a point's logic from the target's open flow (`SYNTHESIS`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["AXES", "Point", "grid", "select", "evaluate", "run_sweep", "pareto", "load_records", "verify"]
+__all__ = ["AXES", "Point", "grid", "select", "evaluate", "run_sweep", "pareto", "load_records", "verify",
+           "synthesize"]
 
 AXES = {
     "array": (4, 8, 16, 32, 64),                            # R = C
@@ -208,13 +210,20 @@ def verify(records: list[dict], quantized: dict[str, str], directory: str | Path
     with `head` the task's head), with the quantized model of its preset (`quantized`: preset → .npz path) and
     the built-in image of `image_seed`, on the cluster; per point its key, `max_layer_error`, `total_error`,
     the RTL's and the model's cycles and the wall seconds. Cached as `directory/verified/KEY.json`."""
+    return _per_point(records, Path(directory) / "verified", scheduler, workers, progress, _verify_point,
+                      lambda record, _: (quantized[record["point"]["preset"]],), head=head, image_seed=image_seed)
+
+
+def _per_point(records: list[dict], cache: Path, scheduler: str | None, workers: int, progress, function,
+               arguments, **keywords) -> list[dict]:
+    """`function(record, *arguments(record, cache), **keywords)` for each record the cache (`cache/KEY.json`)
+    does not hold yet, on the cluster, each result stored as it comes; every record's result, in order."""
     from distributed import as_completed
 
-    directory = Path(directory)
-    (directory / "verified").mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     done = {}
     for record in records:
-        path = directory / "verified" / f"{record['key']}.json"
+        path = cache / f"{record['key']}.json"
         if path.exists():
             done[record["key"]] = json.loads(path.read_text())
     todo = [record for record in records if record["key"] not in done]
@@ -222,11 +231,11 @@ def verify(records: list[dict], quantized: dict[str, str], directory: str | Path
         progress(len(done), len(records))
     if todo:
         with _client(scheduler, workers) as client:
-            futures = client.map(_verify_point, todo, [quantized[r["point"]["preset"]] for r in todo],
-                                 head=head, image_seed=image_seed, pure=False)
+            futures = client.map(function, todo, *zip(*(arguments(record, cache) for record in todo)), **keywords,
+                                 pure=False)
             for future in as_completed(futures):
                 result = future.result()
-                _store(directory / "verified", result)
+                _store(cache, result)
                 done[result["key"]] = result
                 if progress:
                     progress(len(done), len(records))
@@ -236,14 +245,18 @@ def verify(records: list[dict], quantized: dict[str, str], directory: str | Path
 def _verify_point(record: dict, quantized_path: str, *, head: bool, image_seed: int) -> dict:
     import time
 
+    from distributed import get_worker
+
     from golden.config import AcceleratorConfig
     from golden.images import natural_images
     from golden.quantize import quantize_image
     from golden.quantized import QuantizedModel
+    from hw.sim.verilator import JOBS_VARIABLE
 
     from .cycles import compare
 
     start = time.perf_counter()
+    os.environ[JOBS_VARIABLE] = str(get_worker().state.nthreads)     # its Verilator builds on its own cores
     quantized = QuantizedModel.load(quantized_path)
     image = quantize_image(quantized, natural_images(quantized.config, 1, image_seed)[0])
     accel = AcceleratorConfig.from_dict(record["accel"])
@@ -252,3 +265,51 @@ def _verify_point(record: dict, quantized_path: str, *, head: bool, image_seed: 
     return {"key": record["key"], "max_layer_error": result["max_layer_error"], "total_error": result["total_error"],
             "cycles": result["cycles"], "model_cycles": result["model_cycles"], "head": head,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+# The open flow of each target: what `synthesize` runs, and whether it places and routes
+SYNTHESIS = {"zcu104": "Yosys synth_xilinx of the accelerator on the XCZU7EV (a synthesis estimate, no placement)",
+             "ulx3s-85f": "the ULX3S-85F board top placed and routed (nextpnr-ecp5, seed 1)"}
+
+
+def synthesize(records: list[dict], directory: str | Path, *, scheduler: str | None = None, workers: int = 2,
+               progress=None) -> list[dict]:
+    """Each record's point through its target's open flow (`SYNTHESIS`) on the cluster: per point its key,
+    `flow`, `luts` (XCZU7EV: CLB LUTs; ULX3S: LUT4 slots placed), `ffs`, the multiplier and memory blocks
+    synthesis found, `fmax_mhz` where the flow places and routes, and the wall seconds (or `error`: why the flow
+    refused it). Cached as `directory/synth/KEY.json`; the flow's files in `directory/synth/KEY/`."""
+    return _per_point(records, Path(directory) / "synth", scheduler, workers, progress, _synthesize_point,
+                      lambda record, cache: (str(cache / record["key"]),))
+
+
+def _synthesize_point(record: dict, files: str) -> dict:
+    from golden.config import AcceleratorConfig, ConfigError, model_preset
+    from hw.flow.fit import FitError
+    from hw.flow.synth import SynthError
+
+    point = record["point"]
+    if point["target"] not in SYNTHESIS:
+        raise ValueError(f"no open flow for target {point['target']!r}: {', '.join(SYNTHESIS)} have one")
+    model, accel = model_preset(point["preset"]), AcceleratorConfig.from_dict(record["accel"])
+    out = {"key": record["key"], "flow": SYNTHESIS[point["target"]]}
+    try:
+        return {**out, **_synthesized(model, accel, point["target"], Path(files))}
+    except (ConfigError, FitError, SynthError) as error:    # refused, or a tool failed: said in the record
+        return {**out, "error": str(error)}
+
+
+def _synthesized(model, accel, target: str, files: Path) -> dict:
+    if target == "zcu104":
+        from hw.flow.xilinx import XILINX_DEVICES, estimate
+        name = next(device.name for device in XILINX_DEVICES.values() if device.fit_target == "zcu104")
+        result = estimate(model, accel, name, directory=files)
+        return {"luts": result.used["CLB LUT"], "ffs": result.used["CLB FF"],
+                "multipliers": result.used["DSP48E2"],
+                "memory_blocks": {"RAMB36E2": result.used["block RAM (36 Kb)"], "URAM288": result.used["URAM288"]},
+                "fmax_mhz": None, "seconds": result.seconds}
+    from hw.flow.board import build_board
+    result = build_board(model, accel, "ulx3s-85f", directory=files)
+    used = {kind: value["used"] for kind, value in result.utilization.items()}
+    return {"luts": used.get("TRELLIS_COMB", 0), "ffs": used.get("TRELLIS_FF", 0),
+            "multipliers": used.get("MULT18X18D", 0), "memory_blocks": {"DP16KD": used.get("DP16KD", 0)},
+            "fmax_mhz": min(result.fmax_mhz.values()), "seconds": result.seconds}

@@ -109,3 +109,63 @@ def test_configurations_that_differ_in_lanes_alone_time_the_same_instructions():
                            uniform_counts(model))
             model_of = CycleModel(model, accel)
             assert model_of.run(own).issue_cycles == model_of.run(other).issue_cycles
+
+
+@pytest.fixture
+def threaded_cluster(monkeypatch):
+    """The sweep's cluster as threads of the test's process (so that its monkeypatches hold on the workers)."""
+    import contextlib
+
+    import firmware.sweep as sweep
+    from distributed import Client, LocalCluster
+
+    @contextlib.contextmanager
+    def client(scheduler, workers):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+                Client(cluster) as connected:
+            yield connected
+    monkeypatch.setattr(sweep, "_client", client)
+
+
+def test_synthesis_of_pareto_points_through_the_targets_flow(tmp_path, monkeypatch, threaded_cluster):
+    """zcu104: the XCZU7EV estimate (of a registered multiplier in place of the accelerator: seconds), cached;
+    ulx3s-85f: a point that does not fit is refused before any tool, and the record says why."""
+    from amaranth import signed
+
+    from firmware.sweep import synthesize
+    from hw.compute.multiplier import Multiplier
+    from hw.flow import xilinx
+    built = []
+
+    def multiplier(model, accel):
+        built.append(accel.name)
+        return Multiplier(signed(18), signed(18))
+    monkeypatch.setattr(xilinx, "_accelerator", multiplier)
+    small = evaluate(Point("tiny", 4, 16 * 1024, 64, 1, 2))
+    large = evaluate(Point("m3vit-tiny-cityscapes", 16, 144 * 1024, 128, 1, 2, target="ulx3s-85f"))
+    results = synthesize([small, large], tmp_path)
+    assert results[0]["key"] == small["key"] and results[0]["multipliers"] == 1 and results[0]["luts"] < 10
+    assert results[0]["fmax_mhz"] is None and "synth_xilinx" in results[0]["flow"]
+    assert "does not fit ulx3s-85f" in results[1]["error"] and "placed and routed" in results[1]["flow"]
+    assert (tmp_path / "synth" / small["key"] / "yosys.log").exists() and built == [small["accel"]["name"]]
+    assert synthesize([small, large], tmp_path) == results and len(built) == 1     # from the cache
+
+
+@pytest.mark.long(60)
+def test_verify_simulates_a_point_against_the_model(tmp_path, monkeypatch, threaded_cluster):
+    """A point in Verilator on the image's own routing, the model on the same instructions; cached after."""
+    import firmware.cycles as cycles
+    from firmware.sweep import verify
+    from golden.float_model import M3ViT, quantize_model
+    from golden.images import natural_images
+    from hw.sim.verilator import JOBS_VARIABLE
+    monkeypatch.setenv(JOBS_VARIABLE, "2")                        # the worker's setting is undone after
+    model = model_preset("tiny")
+    quantize_model(M3ViT.trained_like(model, seed=2), natural_images(model, 4, 1)).save(tmp_path / "q.npz")
+    record = evaluate(Point("tiny", 4, 16 * 1024, 64, 1, 2))
+    (result,) = verify([record], {"tiny": str(tmp_path / "q.npz")}, tmp_path)
+    assert result["key"] == record["key"] and result["head"] is False
+    assert result["total_error"] == pytest.approx((result["model_cycles"] - result["cycles"]) / result["cycles"])
+    assert abs(result["total_error"]) < 0.02 and result["max_layer_error"] < 0.02
+    monkeypatch.setattr(cycles, "compare", None)                  # a second call reads the cache alone
+    assert verify([record], {"tiny": str(tmp_path / "q.npz")}, tmp_path) == [result]

@@ -52,6 +52,9 @@ CACHE_ENTRIES = 64
 # (`--output-groups 0`: GCC takes longer over the same code in a few large files): a 16×16 accelerator's build
 # takes 88 s on one core where -O1 throughout, grouped, took 168 s.
 CXX_OPTIONS = "-O1"
+# Compiler processes of a build: `M3VIT_VERILATOR_JOBS` (default 2, this project's machines); a sweep's Dask
+# worker sets it to its own threads, so that workers building at once do not share cores.
+JOBS_VARIABLE = "M3VIT_VERILATOR_JOBS"
 
 
 
@@ -201,7 +204,8 @@ def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]
     verilator = verilator_path()
     root = subprocess.run([verilator, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    build = [verilator, "--cc", f"{top}.v", "--top-module", top, "--build", "-j", "2", "--output-groups", "0",
+    jobs = os.environ.get(JOBS_VARIABLE, "2")
+    build = [verilator, "--cc", f"{top}.v", "--top-module", top, "--build", "-j", jobs, "--output-groups", "0",
              "--Mdir", "obj", "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-fPIC",
              "-MAKEFLAGS", f"CFG_CXXFLAGS_PCH_I=-include OPT_FAST={CXX_OPTIONS} OPT_GLOBAL={CXX_OPTIONS} OPT_SLOW=-O0"]
     link = ["g++", "-shared", "-fPIC", CXX_OPTIONS, "-std=c++17", "-Iobj", f"-I{root}/include",
