@@ -83,6 +83,20 @@ def test_sweep_command(tmp_path, capsys):
     assert result["points"] == 6 and result["pareto"]
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert len(saved["records"]) == 6 and (tmp_path / "pareto.png").stat().st_size > 10_000
+    # --synth on the front's points that fit, here from results already in its cache (the flow takes minutes)
+    records = {record["key"]: record for record in saved["records"]}
+    fitting = [key for key in result["pareto"] if records[key]["fits"]]
+    assert fitting
+    (tmp_path / "synth").mkdir()
+    for number, key in enumerate(fitting):
+        (tmp_path / "synth" / f"{key}.json").write_text(json.dumps(
+            {"key": key, "flow": "cached", "luts": 1000 * (number + 1), "ffs": 7, "multipliers": 3,
+             "memory_blocks": {}, "fmax_mhz": None, "seconds": 1.0}))
+    assert main(["sweep", "--preset", "tiny", "--arrays", "4,8", "--buffers", "16,32", "--points", "6", "--workers",
+                 "1", "-o", str(tmp_path), "--synth", "9"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("synthesis ") == len(fitting) and "1,000 LUTs, 7 FFs, 3 multipliers" in out
+    assert [r["key"] for r in json.loads((tmp_path / "sweep.json").read_text())["synthesized"]] == fitting
     assert main(["sweep", "--preset", "nope", "-o", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
 
