@@ -7,7 +7,7 @@ site there; Yosys keeps accumulators out of the DSP48E2s on UltraScale+). It ret
 cells by kind, the resources they take (CLB LUTs: logic, LUT RAM and shift registers; flip-flops; DSP48E2; 36 Kb
 block RAMs, a RAMB18E2 half of one; URAM288) against the device's capacity, beside the fit plan
 (`hw.flow.fit.fit_report` on the device's board target). The 16×16 accelerator of m3vit-tiny-cityscapes takes
-about N minutes on 2 cores.
+about 17 minutes (Yosys runs on one core), the tiny one on 4×4 about 3.
 
 `vivado_top(model, accel)`: Verilog of the accelerator (module `m3vit_accelerator_core`) and of
 `m3vit_accelerator`, a wrapper with the port names Vivado's IP integrator infers interfaces from: `aclk`,
