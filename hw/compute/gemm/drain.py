@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -31,6 +32,26 @@ class Drain(wiring.Component):
     `command` is read in the cycle `start` is set; `flags` hold for the command.
     """
     LATENCY = DRAIN_STAGES
+
+    @staticmethod
+    def model(geometry: GemmGeometry, words, params, flags: dict, row_scales=None):
+        """The rows leaving, in order: (row m, N tile j, values [C]) for tile after tile of `words`
+        [n_tiles, M, C] (the accumulator's), each column through `RequantizerLane.model` with its tile's
+        parameters `params[j][c]` ({bias, multiplier, shift}; the P word at p_base + j), or with the row's
+        multiplier and shift `row_scales[m]` when `row_scaled`. `flags`: `raw`, `relu`, `row_scaled` and
+        `bits`, the saturation width (the accumulator's for RAW)."""
+        rows = []
+        for j, tile in enumerate(np.asarray(words, np.int64)):
+            for m, word in enumerate(tile):
+                values = []
+                for c, value in enumerate(word):
+                    column = params[j][c]
+                    multiplier, shift = (row_scales[m] if flags.get("row_scaled")
+                                         else (column["multiplier"], column["shift"]))
+                    values.append(int(RequantizerLane.model(value, column["bias"], multiplier, shift, flags["bits"],
+                                                            raw=flags.get("raw", False), relu=flags.get("relu", False))))
+                rows.append((m, j, values))
+        return rows
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry

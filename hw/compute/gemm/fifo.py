@@ -25,6 +25,11 @@ class OutputFifo(wiring.Component):
     in the order written.
     """
 
+    @staticmethod
+    def model(rows):
+        """The rows `out` gives: those written, in the order written (a promised row released never comes)."""
+        return list(rows)
+
     def __init__(self, geometry: GemmGeometry, places: int | None = None):
         self.geometry = g = geometry
         self.places = g.fifo_places if places is None else places

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import at_most, capped_power_of_two, half_minus_one, kept_bit, shift_right
+from ...common.arith import at_most, half_minus_one
 from ...common.pipeline import delay_line
 from ...vector.gelu import Gelu
-from ..multiplier import Multiplier
 from .geometry import FRACTION_WIDTH, GELU_STAGES, GemmGeometry
+from .requantizer import RequantizerLane
 
 __all__ = ["GeluPath"]
 
 
 class GeluPath(wiring.Component):
     """y = sat8(round_shift(gelu(z, f_c) · m_h, s_h)) for a row z of int16 values in their columns' Q.f_c, with
-    the command's hidden multiplier m_h and shift s_h (2^(s_h−1) − 1 and the saturation threshold 2^(s_h+7) set
-    when the command is taken).
+    the command's hidden multiplier m_h and shift s_h (taken when the command is): GELU, then one
+    `RequantizerLane` per GELU lane, the drain's own lane at GELU's width.
 
     A row on `row` (valid one cycle; its `data` already requantized to int16) enters the `Gelu` unit
     `gelu_lanes` values a cycle, so rows must come at least ⌈C / gelu_lanes⌉ cycles apart (the drain spaces them);
@@ -73,44 +73,28 @@ class GeluPath(wiring.Component):
         m.d.comb += [gelu.input.payload.data[lane].eq(pending[lane]) for lane in range(lanes)]
         m.d.comb += [gelu.input.payload.fraction_bits[lane].eq(pending_f[lane]) for lane in range(lanes)]
 
-        hidden_width = 16 + g.multiplier_width + 1                       # g · m_h, signed
+        # Each GELU lane's int16 value into int8 through a requantizer lane (× m_h, round, saturate), with the
+        # command's shift clamped to the lane's product and 2^(s_h−1) − 1 decoded once, when it is taken.
+        requantizers = [RequantizerLane(g, word_width=16, saturation_widths=[8]) for _ in range(lanes)]
+        width = requantizers[0].product_width
         hidden_multiplier = Signal.like(self.command.hidden_multiplier)
-        hidden_half = Signal(hidden_width)
-        # |rounding| ≥ 2^t (t = min(s_h + 7, width), the saturation threshold) as a mask of the bits from t up:
-        # a positive value is ≥ 2^t when one of them is set, a negative one < −2^t when one of them is clear
-        # (reductions, no comparator's carry chain)
-        range_mask = Signal(hidden_width)
-        hidden_shift = Signal(range(hidden_width + 1))          # the command's, clamped where the product ends
+        hidden_shift, hidden_half = Signal(range(width + 1)), Signal(width)
         clamped_shift = Signal.like(hidden_shift)       # a signal: decoded once, not copied into each pattern
-        m.d.comb += clamped_shift.eq(at_most(self.command.hidden_shift, hidden_width))
+        m.d.comb += clamped_shift.eq(at_most(self.command.hidden_shift, width))
         with m.If(self.start):
-            below_threshold = capped_power_of_two(clamped_shift + 7, hidden_width) - 1
             m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
-                         hidden_half.eq(half_minus_one(clamped_shift, hidden_width)), range_mask.eq(~below_threshold)]
+                         hidden_half.eq(half_minus_one(clamped_shift, width))]
         side_layout = data.StructLayout({"valid": 1, "row": len(row.row), "tile": len(row.tile), "last": 1})
         side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side")
         m.d.comb += [side[0].valid.eq(serializing), side[0].row.eq(pending_row), side[0].tile.eq(pending_tile),
                      side[0].last.eq(chunk == chunks - 1)]
         out_chunk = Signal(data.ArrayLayout(signed(8), lanes))
-        for lane in range(lanes):
-            scaled = m.submodules[f"hidden{lane}"] = Multiplier(signed(16), unsigned(g.multiplier_width))
-            m.d.comb += [scaled.a.eq(gelu.output.payload[lane]), scaled.b.eq(hidden_multiplier)]
-            product = [Signal(signed(hidden_width), name=f"hidden_product{lane}_{stage}") for stage in range(2)]
-            kept = Signal(name=f"hidden_kept{lane}")
-            rounding = Signal(signed(hidden_width + 1), name=f"hidden_rounding{lane}")
-            above, below = Signal(name=f"hidden_above{lane}"), Signal(name=f"hidden_below{lane}")
-            shifted = Signal(signed(8), name=f"hidden_shifted{lane}")
-            m.d.sync += [
-                # the DSP block's product lands in a register beside it first
-                product[0].eq(scaled.p),
-                product[1].eq(product[0]), kept.eq(kept_bit(product[0], hidden_shift)),
-                rounding.eq(product[1] + hidden_half + kept),
-                # the range check and the shift side by side, then the choice
-                above.eq(~rounding[-1] & (rounding[:hidden_width] & range_mask).any()),
-                below.eq(rounding[-1] & (~rounding[:hidden_width] & range_mask).any()),
-                shifted.eq(shift_right(rounding, hidden_shift, 8)),
-                out_chunk[lane].eq(Mux(above, 127, Mux(below, -128, shifted))),
-            ]
+        for lane, requantizer in enumerate(requantizers):
+            m.submodules[f"hidden{lane}"] = requantizer
+            m.d.comb += [requantizer.word.eq(gelu.output.payload[lane]), requantizer.bias.eq(0),
+                         requantizer.multiplier.eq(hidden_multiplier), requantizer.shift.eq(hidden_shift),
+                         requantizer.half.eq(hidden_half), requantizer.saturate.eq(1),
+                         out_chunk[lane].eq(requantizer.value)]
         # chunks gathered into the row: the newest at the top, the row complete with its last chunk
         gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes))
         row_out = Cat(gathered.as_value()[8 * lanes:], out_chunk.as_value()) if chunks > 1 else out_chunk.as_value()

@@ -14,17 +14,16 @@ from golden import ops
 from ...common.arith import address_bits, index_bits
 from ...vector.gelu import Gelu
 from ..array import SystolicArray
-from ..multiplier import Multiplier
 
-__all__ = ["GemmMode", "GemmGeometry", "tiles", "largest_product", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES", "GATE_WIDTH",
-           "COMBINE_WIDTH", "FRACTION_WIDTH"]
+__all__ = ["GemmMode", "GemmGeometry", "tiles", "largest_product", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES",
+           "REQUANTIZER_STAGES", "GATE_WIDTH", "COMBINE_WIDTH", "FRACTION_WIDTH"]
 
-DRAIN_STAGES = 14  # read, register, + bias, the DSPs' input and product registers, partial products' register,
-                   # product, + half (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, shift by
-                   # bits, range, saturate
+REQUANTIZER_STAGES = 13  # a requantizer lane's: register, + bias, the DSPs' input and product registers, the
+                         # partial products' register, product, + half (and the kept bit's byte), the kept bit,
+                         # + kept bit, shift by bytes, shift by bits, range, saturate
+DRAIN_STAGES = 1 + REQUANTIZER_STAGES   # the accumulator's read, then a lane
 STREAM_STAGES = 3  # from a row's issue to the array's input: the index read, the source row, the X word read
-GELU_STAGES = Gelu.LATENCY + Multiplier.LATENCY + 5   # GELU, × m_h, its register, the kept bit, + half,
-                                                      # range and shift, saturate
+GELU_STAGES = Gelu.LATENCY + REQUANTIZER_STAGES   # GELU, then a lane (× m_h into int8)
 GATE_WIDTH = ops.GATE_BITS + 1                        # Q1.15: 1.0 is 2^15
 COMBINE_WIDTH = ops.COMBINE_BITS                      # docs/numerics.md, section 8
 FRACTION_WIDTH = ops.FRACTION_FIELD_BITS             # a column's Q.f in GELU mode (5…15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -23,6 +24,24 @@ class OperandStreamer(wiring.Component):
     set; `list_base` holds from the next.
     """
     LATENCY = STREAM_STAGES
+
+    @staticmethod
+    def model(geometry: GemmGeometry, command: dict, issues, x, index):
+        """The (bank, X word) entering the array for each issued row of `issues` ((m, i, j, bank, first, last,
+        pad, tile_base) each, as `TileSequencer.model` gives them): X [x_depth, R] at tile_base + m, or + the
+        gather index `index[list_base + m]` (addresses wrap at the ports' widths, the memories as deep); the last
+        K tile's lanes from `k_last` up and a pad row zeroed."""
+        g = geometry
+        x, index = np.asarray(x), np.asarray(index)
+        words = []
+        for m, _, _, bank, _, last, pad, tile_base in issues:
+            list_entry = (command.get("list_base", 0) + m) % (1 << g.address_width("index"))
+            source = int(index[list_entry]) if command.get("gather") else m
+            word = x[(tile_base + source) % (1 << g.address_width("x"))].copy()
+            if last:
+                word[command["k_last"]:] = 0
+            words.append((bank, np.zeros_like(word) if pad else word))
+        return words
 
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry

@@ -11,8 +11,8 @@ from golden import ops
 
 from ...common.arith import at_most, kept_bit_of_byte, kept_byte
 from ...common.pipeline import delay_line
-from ..multiplier import Multiplier
-from .geometry import GemmGeometry
+from ..multiplier import DSP_OPERAND_BITS, Multiplier
+from .geometry import REQUANTIZER_STAGES, GemmGeometry
 
 __all__ = ["RequantizerLane", "PARTIAL"]
 
@@ -21,40 +21,49 @@ PARTIAL = 17                                # low bits of a partial product: 17 
 
 class RequantizerLane(wiring.Component):
     """y = saturate(round_shift((word + bias) · multiplier, shift)), exactly `golden.ops.requantize` with the
-    rounding half to even, `LATENCY` = 13 cycles after `word`.
+    rounding half to even, `LATENCY` = 13 cycles after `word`. The one lane of the engine's requantization: the
+    drain's C lanes take the accumulator's words (`word_width` = its width, `saturation_widths` the modes'
+    and RAW's), the GELU path's take GELU's int16 values into int8 (`word_width` 16, `saturation_widths`
+    [8]).
 
-    Cycle 0 (with `word`): `bias`, the column's `multiplier`, `shift` and `half` = 2^(min(shift, P)−1) − 1 (P the
-    product's width), the row's `row_multiplier`, and the command's flags; cycle 1: the row's `row_shift`
+    Cycle 0 (with `word`): `bias`, the column's `multiplier`, `shift` and `half` = 2^(min(shift, P)−1) − 1 (P =
+    `product_width`), the row's `row_multiplier`, and the command's flags; cycle 1: the row's `row_shift`
     (clamped to P) and `row_half`. `row_scaled` takes the row's multiplier and shift instead of the column's;
-    `raw` passes word + bias unscaled (no rounding). `saturate` is one-hot over `GemmGeometry.saturation_widths`:
-    the signed width the value is clamped to (the last, the accumulator's, for RAW); `relu` clamps at 0 too.
+    `raw` passes word + bias unscaled (no rounding). `saturate` is one-hot over `saturation_widths`: the signed
+    width the value is clamped to (the drain's last, the accumulator's, for RAW); `relu` clamps at 0 too.
     The flags hold for the whole command.
 
     Stages, one register each so the lane meets timing on FPGA block RAMs and DSP blocks: the word, + bias, the
-    two partial products (through the DSPs' input and output registers and one beside them), their sum,
-    + 2^(shift−1) − 1 (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
-    check, saturate.
+    product (through the DSPs' input and output registers and one beside them: two partial products when
+    word + bias is wider than a DSP operand, one otherwise), the product (the partials' sum), + 2^(shift−1) − 1
+    (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range check, saturate.
     """
-    LATENCY = 13
+    LATENCY = REQUANTIZER_STAGES
 
-    def __init__(self, geometry: GemmGeometry):
+    def __init__(self, geometry: GemmGeometry, *, word_width: int | None = None,
+                 saturation_widths: list[int] | None = None):
         self.geometry = g = geometry
-        self.widths = g.saturation_widths
-        half = g.product_width
+        self.word_width = g.accumulator_width if word_width is None else word_width
+        self.widths = g.saturation_widths if saturation_widths is None else list(saturation_widths)
+        if not 1 <= max(self.widths) <= self.word_width + 1:
+            self._MustUse__silence = True             # never built, so never elaborated
+            raise ValueError(f"RequantizerLane saturation widths {self.widths}: from 1 to the word's "
+                             f"{self.word_width} + 1 bits")
+        self.product_width = half = self.word_width + 1 + g.multiplier_width + 1
         super().__init__({
-            "word": In(signed(g.accumulator_width)),
-            "bias": In(signed(g.accumulator_width)),
+            "word": In(signed(self.word_width)),
+            "bias": In(signed(self.word_width)),
             "multiplier": In(unsigned(g.multiplier_width)),
             "shift": In(unsigned(ops.SHIFT_BITS)),
             "half": In(unsigned(half)),
             "row_multiplier": In(unsigned(g.multiplier_width)),
-            "row_shift": In(range(g.product_width + 1)),
+            "row_shift": In(range(self.product_width + 1)),
             "row_half": In(unsigned(half)),
             "row_scaled": In(1),
             "raw": In(1),
             "relu": In(1),
             "saturate": In(len(self.widths)),
-            "value": Out(signed(g.accumulator_width)),
+            "value": Out(signed(max(self.word_width, *self.widths))),
         })
 
     @staticmethod
@@ -68,8 +77,7 @@ class RequantizerLane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        g = self.geometry
-        aw, pw = g.accumulator_width, g.product_width
+        aw, pw = self.word_width, self.product_width
         raw, row_scaled = self.raw, self.row_scaled
 
         read = Signal(signed(aw))
@@ -78,13 +86,21 @@ class RequantizerLane(wiring.Component):
         biased = delay_line(m, Signal(signed(aw + 1), name="biased"), 3, "biased")
         scale = Signal.like(multiplier)         # the multiplier beside biased[0]
         # The product in two halves that each fit one 18 × 18 DSP multiplier with its registers, added in the
-        # next stage; the biased word leaves a fabric register for the DSP blocks (no adder at their inputs).
-        low = m.submodules.low = Multiplier(unsigned(PARTIAL), multiplier.shape())
-        high = m.submodules.high = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
-        m.d.comb += [low.a.eq(biased[0][:PARTIAL]), low.b.eq(scale), high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
+        # next stage (or whole in one, for a narrow word); the biased word leaves a fabric register for the DSP
+        # blocks (no adder at their inputs).
+        split = aw + 1 > DSP_OPERAND_BITS
+        low = m.submodules.low = Multiplier(unsigned(PARTIAL) if split else signed(aw + 1), multiplier.shape())
+        m.d.comb += [low.a.eq(biased[0][:PARTIAL] if split else biased[0]), low.b.eq(scale)]
         # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit far
         # from its adder in the placement)
-        partial_low, partial_high = Signal.like(low.p), Signal.like(high.p)
+        partial_low = Signal.like(low.p)
+        whole = partial_low
+        if split:
+            high = m.submodules.high = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
+            m.d.comb += [high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
+            partial_high = Signal.like(high.p)
+            m.d.sync += partial_high.eq(high.p)
+            whole = (partial_high << PARTIAL) + partial_low
         product = Signal(signed(pw))
         halfway = Signal(signed(pw + 1))
         kept = Signal()
@@ -102,8 +118,8 @@ class RequantizerLane(wiring.Component):
             shift[0].eq(Mux(raw, 0, at_most(self.shift, pw))),
             half[0].eq(Mux(raw, 0, self.half)),
             biased[0].eq(read + bias), scale.eq(multiplier),
-            partial_low.eq(low.p), partial_high.eq(high.p),
-            product.eq(Mux(raw, biased[3], (partial_high << PARTIAL) + partial_low)),
+            partial_low.eq(low.p),
+            product.eq(Mux(raw, biased[3], whole)),
             # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
             halfway.eq(product + half[5]),
             byte.eq(kept_byte(product, shift[5])),
@@ -124,7 +140,7 @@ class RequantizerLane(wiring.Component):
         the sign says on which side it left the range. The result is a register later than `value`."""
         ranges = list(zip(self.widths, self.saturate))
         held = Signal.like(value, name="held")
-        result = Signal(signed(self.geometry.accumulator_width), name="saturated")
+        result = Signal(self.value.shape(), name="saturated")
         m.d.sync += held.eq(value)
         starts = sorted({bits - 1 for bits, _ in ranges if bits - 1 < len(value)})
         ones, zeros = Signal(len(starts), name="ones"), Signal(len(starts), name="zeros")

@@ -39,6 +39,30 @@ class TileSequencer(wiring.Component):
       bank_credit  accumulator banks free: drained + 2 − N tiles started
     """
 
+    @staticmethod
+    def model(geometry: GemmGeometry, command: dict):
+        """The walks of one command (a dict of its fields; absent conv fields 0), in their order: (the weight
+        words loaded, each (W address, bank, first row); the rows issued, each (m, i, j, bank, first, last,
+        pad, tile_base)). Addresses wrap at their memories' address widths."""
+        g, get = geometry, lambda name: command.get(name, 0)
+        beats, k_tiles, n_tiles, rows = g.load_beats, command["k_tiles"], command["n_tiles"], command["m"]
+        loads = [((get("w_base") + t * beats + q) % (1 << g.address_width("w")), t % 2, q * g.load_rows)
+                 for t in range(k_tiles * n_tiles) for q in range(beats)]
+        channel_tiles = get("channel_tiles") if get("conv") else k_tiles
+        pad = get("pad") or {}
+        issues = []
+        for j in range(n_tiles):
+            for i in range(k_tiles):
+                (ky, kx), channel = divmod(i // channel_tiles, 3) if get("conv") else (1, 1), i % channel_tiles
+                row_base = (get("x_above"), get("x_base"), get("x_below"))[ky]
+                base = (row_base + kx - 1 + channel * get("x_stride")) % (1 << g.address_width("x"))
+                for m in range(rows):
+                    padded = bool(get("conv")) and ((ky == 0 and pad.get("above", 0)) or (ky == 2 and pad.get("below", 0))
+                                                    or (kx == 0 and pad.get("left", 0) and m == 0)
+                                                    or (kx == 2 and pad.get("right", 0) and m == rows - 1))
+                    issues.append((m, i, j, (j * k_tiles + i) % 2, i == 0, i == k_tiles - 1, padded, base))
+        return loads, issues
+
     def __init__(self, geometry: GemmGeometry):
         self.geometry = g = geometry
         super().__init__({
