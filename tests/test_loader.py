@@ -56,13 +56,9 @@ def test_buffers_hold_the_dram_bytes(bus_bytes, cols, load_rows, buffers, stall)
 
     simulate(loader, testbench)
     for (address, length, _), read in zip(loads, result["run"].words):
-        padded = np.zeros((len(read), stride), dtype=np.uint8)
-        padded[:, :loader.feed_bytes] = read
-        expected = image[address:address + length]
-        got = padded.reshape(-1)[:length]
-        # a feed word's padding bytes (3-byte words in 4-byte strides) never reach the read port
-        keep = (np.arange(length) % stride) < loader.feed_bytes
-        assert np.array_equal(got[keep], expected[keep])
+        # the bytes of the load; a feed word's bytes past its length are undefined
+        defined = np.arange(len(read) * stride).reshape(-1, stride)[:, :loader.feed_bytes] < length
+        assert np.array_equal(read[defined], loader.model(image, address, length)[defined])
     assert dram.bytes_read == sum(-(-length // bus_bytes) * bus_bytes for _, length, _ in loads)
     assert dram.max_in_flight >= 2
 
@@ -115,26 +111,28 @@ def test_dram_model_catches_a_burst_across_4k():
         dram._check((0, 0, 3, 1))
 
 
-def _expert_run(model, accel, active, computes, *, latency, beats_per_cycle, stall=0.0, dense=()):
-    """The layer's active experts (and dense slabs first) through a `WeightPath`; returns (run, dram, loads)."""
+def _expert_run(model, accel, active, computes, *, latency, beats_per_cycle, stall=0.0, dense=(), read_back=False):
+    """The layer's active experts (and dense slabs first) through a `WeightPath`, each buffer read back whole
+    with `read_back`; returns (run, dram, loads, the buffers' words by the path's model)."""
     path = WeightPath.for_config(model, accel)
     layout = expert_layer_layout(model, accel)
     base = 4096
     image = np.random.default_rng(5).integers(0, 256, base + layout.bytes + 4096, dtype=np.uint8)
     dram = AXI4ReadModel(image, accel.dram_bytes_per_beat, latency=latency, beats_per_cycle=beats_per_cycle,
                          ar_stall=stall, r_stall=stall, seed=3)
-    loads = [(address, length) for address, length in dense] + \
-        [(load.address, load.length) for load in layout.loads(active, base)]
+    loads = list(dense) + path.schedule.model(active, base)
+    expected = path.model(image, active, base, dense)
     buffers = [i % accel.weight_buffers for i in range(len(loads))]
     result = {}
 
     async def testbench(ctx):
         ctx.set(path.layer_base, base)
         feeds = [(path.dense, [{"address": a, "length": n} for a, n in dense]), (path.experts, list(active))]
-        result["run"] = await run_loads(ctx, path, dram, feeds, buffers, computes, timeout=200_000)
+        result["run"] = await run_loads(ctx, path, dram, feeds, buffers, computes, timeout=200_000,
+                                        read_words=[len(words) for words in expected] if read_back else None)
 
     simulate(path, testbench)
-    return result["run"], dram, loads
+    return result["run"], dram, loads, expected
 
 
 @pytest.mark.parametrize("active", [[0, 2, 3], [1], [0, 1, 2, 3], []])
@@ -143,10 +141,12 @@ def test_only_active_experts_are_read_once_each(active):
     layout = expert_layer_layout(model, accel)
     dense = [(0, 200)]
     computes = [60] * (1 + 2 * len(active))
-    run, dram, loads = _expert_run(model, accel, active, computes, latency=6, beats_per_cycle=1.0, stall=0.3,
-                                   dense=dense)
+    run, dram, _, expected = _expert_run(model, accel, active, computes, latency=6, beats_per_cycle=1.0,
+                                         stall=0.3, dense=dense, read_back=True)
     assert dram.bytes_read == 200 + len(active) * (layout.fc1.slab_bytes + layout.fc2.slab_bytes)
-    assert len(run.released) == len(loads)
+    assert len(run.released) == len(expected)
+    for load, (read, words) in enumerate(zip(run.words, expected)):     # every buffer as its model says
+        assert np.array_equal(read, words), load
 
 
 @pytest.mark.parametrize("compute, beats_per_cycle", [(300, 1.0), (40, 1.0), (150, 0.5)])
@@ -156,7 +156,7 @@ def test_double_buffered_timing_is_within_3_percent_of_ideal(compute, beats_per_
     active = [0, 1, 3]
     rng = np.random.default_rng(compute)
     computes = [int(compute * rng.uniform(0.7, 1.3)) for _ in range(2 * len(active))]
-    run, dram, loads = _expert_run(model, accel, active, computes, latency=10, beats_per_cycle=beats_per_cycle)
+    run, dram, loads, _ = _expert_run(model, accel, active, computes, latency=10, beats_per_cycle=beats_per_cycle)
     bus = accel.dram_bytes_per_beat
     load_cycles = [int(np.ceil(length / bus / beats_per_cycle)) for _, length in loads]
     ideal = ideal_cycles(load_cycles, computes)

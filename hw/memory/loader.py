@@ -13,6 +13,7 @@ writes a buffer the consumer holds; the consumer reads only HELD buffers. The Py
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.hdl import Assert
 from amaranth.lib import data, enum, stream, wiring
@@ -108,6 +109,16 @@ class WeightLoader(wiring.Component):
                    operand_width=accel.operand_width, buffers=accel.weight_buffers,
                    buffer_bytes=accel.weight_buffer_bytes, bus_bytes=accel.dram_bytes_per_beat,
                    max_burst=accel.dram_max_burst, outstanding=accel.dram_outstanding, addr_width=addr_width)
+
+    def model(self, dram, address: int, length: int):
+        """The feed words a load of `length` bytes from `address` of `dram` (uint8) leaves in its buffer, as the
+        read port gives them: word a holds the bytes from address + a·`word_stride`, `feed_bytes` of them (a
+        3-byte word in a 4-byte stride never shows its fourth); uint8 [⌈length / word_stride⌉, feed_bytes].
+        Bytes at or past `length` are undefined in the buffer (0 here), and so are a padded stride's."""
+        stride, words = self.word_stride, -(-length // self.word_stride)
+        padded = np.zeros(words * stride, np.uint8)
+        padded[:length] = np.asarray(dram, np.uint8)[address:address + length]
+        return padded.reshape(words, stride)[:, :self.feed_bytes]
 
     def elaborate(self, platform):
         m = Module()
@@ -258,6 +269,11 @@ class ExpertSchedule(wiring.Component):
             "descriptor": Out(stream.Signature(descriptor_layout(addr_width, buffers))),
         })
 
+    def model(self, active, layer_base: int) -> list[tuple[int, int]]:
+        """The (address, length) of the descriptors for the layer's `active` experts (ascending), in order;
+        buffers in rotation."""
+        return [(load.address, load.length) for load in self.layout.loads(active, layer_base)]
+
     @classmethod
     def for_config(cls, model: ModelConfig, accel: AcceleratorConfig, addr_width: int = 32) -> "ExpertSchedule":
         return cls(expert_layer_layout(model, accel), buffers=accel.weight_buffers, addr_width=addr_width)
@@ -300,6 +316,12 @@ class WeightPath(wiring.Component):
         del members["descriptor"]
         members.update({name: schedule.signature.members[name] for name in ("experts", "layer_base", "dense")})
         super().__init__(members)
+
+    def model(self, dram, active, layer_base: int, dense=()) -> list:
+        """The buffers' feed words (`WeightLoader.model`) of each load, in order: the `dense` (address, length)
+        slabs given first, then the active experts' slabs (`ExpertSchedule.model`)."""
+        loads = list(dense) + self.schedule.model(active, layer_base)
+        return [self.loader.model(dram, address, length) for address, length in loads]
 
     @classmethod
     def for_config(cls, model: ModelConfig, accel: AcceleratorConfig, addr_width: int = 32) -> "WeightPath":
