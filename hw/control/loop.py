@@ -50,12 +50,14 @@ class ExpertsLoop(wiring.Component):
         advance = Signal()
         m.d.comb += [self.expert_ready.eq(queue.r_rdy), self.no_more.eq(~queue.r_rdy & ~self.router_busy),
                      queue.r_en.eq(advance)]
-        with m.If(advance):
-            m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count)]
-
         length, index = Signal.like(self.body), Signal.like(self.body)
         stride, first_pc = Signal(32), Signal(32)
-        m.d.comb += [self.offset.eq(self.expert * stride), self.jump_pc.eq(first_pc)]
+        # the offset registered with the expert (the stride is the EXPERTS' own when it enters): no product on
+        # the controller's issue path
+        with m.If(advance):
+            m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
+                         self.offset.eq(head.expert * Mux(self.enter, self.stride, stride))]
+        m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(INSTRUCTION_BITS), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
         m.d.comb += [read.addr.eq(index), self.instruction.eq(read.data),

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import round_shift
+from ..common.arith import round_shift, times_constant
 
 __all__ = ["Upsampler"]
 
@@ -57,7 +57,7 @@ class Upsampler(wiring.Component):
         vertical = data.ArrayLayout(signed(bits), lanes)
         taken = Signal(vertical)
         payload = self.input.payload
-        m.d.comb += [taken[j].eq(_times_three(payload.near[j]) + payload.far[j]) for j in range(lanes)]
+        m.d.comb += [taken[j].eq(times_constant(payload.near[j], 3) + payload.far[j]) for j in range(lanes)]
         previous = Signal(vertical)     # the segment's pixel before `current`
         current = Signal(vertical)
         have_previous = Signal()        # `current` is not its segment's first pixel
@@ -66,12 +66,13 @@ class Upsampler(wiring.Component):
         emitting = step != steps
 
         # Horizontal taps: output pixel 2x − 1 is ¾ pixel x − 1 + ¼ pixel x, 2x is ¼ x − 1 + ¾ x; the first and
-        # the last output pixels take the edge pixel twice. `near` weighs 3, `far` 1.
+        # the last output pixels take the edge pixel twice. `near` weighs 3, `far` 1 (a shift and an add: Yosys maps
+        # a `*` by a constant to a DSP block, 64 DSP48E2 for a 16×16 accelerator's two upsamplers).
         near = Mux(have_previous & (step == 0), previous.as_value(), current.as_value())
         far = Mux(have_previous & (step == 1), previous.as_value(), current.as_value())
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
         for j in range(lanes):
-            value = round_shift(_times_three(near[bits * j:bits * (j + 1)].as_signed())
+            value = round_shift(times_constant(near[bits * j:bits * (j + 1)].as_signed(), 3)
                                 + far[bits * j:bits * (j + 1)].as_signed(), 4)
             m.d.comb += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
         m.d.comb += [self.output.valid.eq(emitting), self.input.ready.eq(~emitting | self.output.ready
@@ -84,9 +85,3 @@ class Upsampler(wiring.Component):
                          in_segment.eq(~payload.last), step.eq(0),
                          steps.eq(Mux(in_segment, 2, 1) + payload.last)]
         return m
-
-
-def _times_three(value):
-    """3 · `value` as a shift and an add: a constant product would take a DSP block (Yosys maps every `*` past a
-    few bits to one; 64 DSP48E2 for the two upsamplers of a 16×16 accelerator)."""
-    return (value << 1) + value

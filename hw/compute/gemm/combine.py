@@ -7,7 +7,7 @@ from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ...common.arith import index_bits
+from ...common.arith import index_bits, times_constant
 from ...common.pipeline import delay_line
 from ..multiplier import Multiplier
 from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
@@ -60,11 +60,15 @@ class CombineScatter(wiring.Component):
         list_base = self.list_base
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(list_base + self.row), port.en.eq(self.issue)]
-        # The token is registered off the read, then its word offset (token · NT_max + tile_base) multiplied out.
+        # The token is registered off the read, then its word offset (token · NT_max + tile_base) worked out in
+        # two stages: the constant product as shifts and adds (a `*` would be a DSP block without its
+        # registers: the 8×8 engine's critical path), then + tile_base.
         token = Signal.like(self.scatter_read.data)
+        scaled = Signal.like(self.combine_read.addr, name="token_scaled")
         offset = Signal.like(self.combine_read.addr, name="token_offset")
-        m.d.sync += [token.eq(self.scatter_read.data), offset.eq(token * g.n_tiles_max + self.tile_base)]
-        offset = delay_line(m, offset, DRAIN_STAGES - 3, "token_offset")[-1]
+        m.d.sync += [token.eq(self.scatter_read.data), scaled.eq(times_constant(token, g.n_tiles_max)),
+                     offset.eq(scaled + self.tile_base)]
+        offset = delay_line(m, offset, DRAIN_STAGES - 4, "token_offset")[-1]
         gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate")[-1]
         combine_address = Signal.like(self.combine_read.addr)
         m.d.sync += combine_address.eq(offset + self.result.tile)
