@@ -117,7 +117,12 @@ def _word(address, bits=16):
 def _sequencer_commands(rng, geometry, count):
     """Plain GEMMs (M = 1 and the largest sizes among them) and 3×3 convolutions with random padding."""
     g = geometry
-    commands = [{"m": 1, "k_tiles": 1, "n_tiles": 1}, {"m": g.max_m, "k_tiles": 2, "n_tiles": g.n_tiles_max}]
+    every_side = {side: 1 for side in ("above", "below", "left", "right")}
+    commands = [{"m": 1, "k_tiles": 1, "n_tiles": 1}, {"m": g.max_m, "k_tiles": 2, "n_tiles": g.n_tiles_max},
+                {"m": 1, "conv": 1, "channel_tiles": 1, "k_tiles": 9, "n_tiles": 2, "x_base": 40, "x_above": 20,
+                 "x_below": 60, "x_stride": 7, "pad": every_side},        # a new tap at every row, every 2 cycles
+                {"m": 2, "conv": 1, "channel_tiles": 1, "k_tiles": 9, "n_tiles": 1, "x_base": 3, "x_above": 0,
+                 "x_below": 9, "x_stride": 7, "pad": every_side}]
     while len(commands) < count:
         command = {"m": int(rng.integers(1, g.max_m + 1)), "n_tiles": int(rng.integers(1, g.n_tiles_max + 1)),
                    "w_base": int(rng.integers(0, g.w_depth)), "x_stride": int(rng.integers(0, g.x_depth)),

@@ -140,8 +140,10 @@ class TileSequencer(wiring.Component):
         last_channel = Signal.like(command.channel_tiles)
         row_base = [kept.x_above, kept.x_base, kept.x_below]
         next_ky, next_kx = Mux(kx == 2, ky + 1, ky), Mux(kx == 2, 0, kx + 1)
+        # The next tap's X base, registered off the tap: a tap changes at a tile's last row, and two such rows
+        # are at least two cycles apart (M = 1 rows keep a cycle between them), so it is ready by then.
         next_tap_base = Signal.like(tile_base)
-        m.d.comb += next_tap_base.eq(Mux(next_ky == 0, row_base[0], Mux(next_ky == 1, row_base[1], row_base[2]))
+        m.d.sync += next_tap_base.eq(Mux(next_ky == 0, row_base[0], Mux(next_ky == 1, row_base[1], row_base[2]))
                                      + next_kx - 1)
         with m.If(issue_row):
             m.d.sync += [stream_m.eq(Mux(last_row, 0, stream_m + 1)), streaming.eq(~last_row),
