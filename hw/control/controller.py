@@ -48,13 +48,17 @@ Issue rules (docs/architecture.md, section 11):
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only in a cycle where the unit's
 `ready` is known high (each `ready` is a register there), so it is taken the cycle it is raised.
+
+What an instruction's operands decide alone (a refusal, the halves of PARAMS and SCORES) is worked out as it enters
+the fetch buffer (`predecode`) and kept beside it, in the EXPERTS body buffer too: the issue decision compares no
+operand, it combines those flags with the units' state. Cycles are the same either way.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
@@ -63,9 +67,10 @@ from ..common.arith import index_bits
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
 from .datapath import LOADABLE, STORABLE
-from .isa import ErrorCause, InstructionSet, Opcode, Region, Space
+from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
+from .predecode import PREDECODED, predecode
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
@@ -86,7 +91,8 @@ class Controller(wiring.Component):
         self.tasks, self.num_experts, self.expert_entry, self.body_depth = tasks, experts, expert_entry, isa.body_depth
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width = addr_width
-        self.fetcher = ProgramFetch(bus_bytes=bus_bytes, addr_width=addr_width, depth=fetch_depth, chunk=fetch_chunk)
+        self.fetcher = ProgramFetch(bus_bytes=bus_bytes, addr_width=addr_width, depth=fetch_depth, chunk=fetch_chunk,
+                                    decoded_bits=PREDECODED.size)
         super().__init__({
             "start": In(1), "task": In(32), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
             "output_addr": In(32),
@@ -131,84 +137,75 @@ class Controller(wiring.Component):
         half_words = self.spaces[space].depth // 2
         return base >= half_words, (base < half_words) & (base + words > half_words)
 
-    def _fits(self, m, operands, space: Space, multiple: int):
+    def fits(self, m, operands, space: Space, multiple: int):
         """`bytes` is a whole number of the memory's words and of `multiple`, and base + words ≤ depth."""
         memory = self.spaces[space]
         whole = max(memory.word_bytes, multiple)
         words = operands.bytes >> (memory.word_bytes - 1).bit_length()
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
-    def _issue(self, m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
+    def _issue(self, m, word, decoded, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                idle, present, norm_config, softmax_config, conv_config, loop):
-        """Decode the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's); `issue`
-        it when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
+        """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
+        what `predecode` made of it) when it may go, or report a `fault`. Sets the unit commands and the
+        scoreboard's registers."""
         def refuse(cause):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
         def go(ready=1):
             m.d.comb += issue.eq(present & ready)
 
+        refused = decoded.cause != ErrorCause.NONE
         span_bits = (self.buffer_span - 1).bit_length()
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
                 address, good = self.dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
-                buffer = ops.base >> span_bits
-                params_half, straddles = self.half_of(
-                    Space.PARAMS, ops.base, ops.bytes >> (self.spaces[Space.PARAMS].word_bytes - 1).bit_length())
+                params_half = decoded.params_half
                 with m.If(ops.per_expert & ~loop.active):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(~good):
                     refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
                 with m.Elif(ops.memory == Space.WEIGHTS):
                     m.d.comb += [self.descriptor.payload.address.eq(address),
                                  self.descriptor.payload.length.eq(ops.bytes),
-                                 self.descriptor.payload.buffer.eq(buffer)]
-                    with m.If((ops.base[:span_bits] != 0) | (buffer >= self.buffers)):
-                        refuse(ErrorCause.BAD_OPERAND)
-                    with m.Else():
-                        go(self.descriptor.ready)
-                        m.d.comb += self.descriptor.valid.eq(issue)
+                                 self.descriptor.payload.buffer.eq(ops.base >> span_bits)]
+                    go(self.descriptor.ready)
+                    m.d.comb += self.descriptor.valid.eq(issue)
                 for space in LOADABLE:
                     with m.Elif(ops.memory == space):
                         m.d.comb += [self.load.payload.address.eq(address), self.load.payload.length.eq(ops.bytes),
                                      self.load.payload.memory.eq(space), self.load.payload.base.eq(ops.base)]
-                        with m.If(~self._fits(m, ops, space, 1) | (straddles if space == Space.PARAMS else 0)):
-                            refuse(ErrorCause.BAD_OPERAND)
-                        with m.Else():
-                            if space == Space.PARAMS:      # a half at a time: the other may be read meanwhile
-                                go(self.load.ready & ~touched.params_reading.bit_select(params_half, 1)
-                                   & ~touched.params_writing.bit_select(params_half, 1))
-                            else:
-                                go(self.load.ready & ~reading[space.value] & ~writing[space.value]
-                                   & ~((ops.region == Region.OUTPUT) & self.store_busy))
-                            m.d.comb += self.load.valid.eq(issue)
-                            m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
-                                         touched.load_half.eq(params_half)]
-                with m.Else():
-                    refuse(ErrorCause.UNSUPPORTED)
+                        if space == Space.PARAMS:      # a half at a time: the other may be read meanwhile
+                            go(self.load.ready & ~touched.params_reading.bit_select(params_half, 1)
+                               & ~touched.params_writing.bit_select(params_half, 1))
+                        else:
+                            go(self.load.ready & ~reading[space.value] & ~writing[space.value]
+                               & ~((ops.region == Region.OUTPUT) & self.store_busy))
+                        m.d.comb += self.load.valid.eq(issue)
+                        m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
+                                     touched.load_half.eq(params_half)]
             with m.Case(Opcode.GEMM):
-                issue_gemm(self, m, word.operands.gemm, refuse, go, issue, reading, writing, touched, hidden, slab,
-                           span_bits, loop, conv_config)
+                issue_gemm(self, m, word.operands.gemm, decoded, refuse, go, issue, reading, writing, touched, hidden,
+                           slab, span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
                 address, good = self.dram_address(m, ops, "store")
                 with m.If(~good):
                     refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
                 for space in STORABLE:
                     with m.Elif(ops.memory == space):
                         m.d.comb += [self.store.payload.memory.eq(space), self.store.payload.base.eq(ops.base),
                                      self.store.payload.address.eq(address), self.store.payload.length.eq(ops.bytes)]
-                        with m.If(~self._fits(m, ops, space, self.bus_bytes)):
-                            refuse(ErrorCause.BAD_OPERAND)
-                        with m.Else():
-                            go(self.store.ready & ~writing[space.value])
-                            m.d.comb += self.store.valid.eq(issue)
-                            m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
-                with m.Else():
-                    refuse(ErrorCause.UNSUPPORTED)
+                        go(self.store.ready & ~writing[space.value])
+                        m.d.comb += self.store.valid.eq(issue)
+                        m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(self, m, word.operands.upsample, refuse, go, issue, writing, touched)
+                issue_upsample(self, m, word.operands.upsample, decoded, refuse, go, issue, writing, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):
@@ -226,9 +223,7 @@ class Controller(wiring.Component):
                 m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
                              command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
                              command.destination.eq(ops.destination), command.route.eq(ops.route)]
-                with m.If(ops.route & ~self.router_busy):        # the router's copy needs a ROUTE waiting
-                    refuse(ErrorCause.BAD_OPERAND)
-                with m.Elif((ops.source + ops.rows > self.tokens) | (ops.destination + ops.rows > self.tokens)):
+                with m.If((ops.route & ~self.router_busy) | refused):   # the router's copy needs a ROUTE waiting
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
                     go(self.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
@@ -241,8 +236,8 @@ class Controller(wiring.Component):
                              command.destination.eq(ops.destination)]
                 m.d.comb += [getattr(command, name).eq(getattr(softmax_config, name))
                              for name, _ in softmax_config.shape()]
-                with m.If(ops.source + ops.rows > self.tokens):
-                    refuse(ErrorCause.BAD_OPERAND)
+                with m.If(refused):
+                    refuse(decoded.cause)
                 with m.Else():
                     go(self.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
@@ -255,14 +250,14 @@ class Controller(wiring.Component):
                              self.route.payload.tokens.eq(ops.tokens)]
                 with m.If(self.task >= self.tasks):
                     refuse(ErrorCause.BAD_TASK)
-                with m.Elif(ops.tokens > self.tokens):
-                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
                 with m.Else():
                     go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value])
                     m.d.comb += self.route.valid.eq(issue)
             with m.Case(Opcode.EXPERTS):
                 ops = word.operands.experts
-                with m.If(loop.active | (ops.body > self.body_depth)):
+                with m.If(loop.active | refused):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(ops.body == 0):
                     go()
@@ -271,8 +266,8 @@ class Controller(wiring.Component):
                     m.d.comb += [loop.enter.eq(issue), loop.body.eq(ops.body), loop.stride.eq(ops.stride)]
             with m.Case(Opcode.COMBINE):
                 ops = word.operands.combine
-                with m.If(ops.rows > self.tokens):
-                    refuse(ErrorCause.BAD_OPERAND)
+                with m.If(refused):
+                    refuse(decoded.cause)
                 with m.Else():
                     go(self.combine.ready & ~self.gemm_active & ~self.combine_busy
                        & ~writing[Space.RESIDUAL.value] & ~reading[Space.RESIDUAL.value])
@@ -301,12 +296,19 @@ class Controller(wiring.Component):
         m.d.comb += self.gemm_touches.eq(touched.gemm_touches)
         reading, writing = touched.reading, touched.writing
         pc = Signal(32)
-        loop = ExpertsLoop(self.expert_entry, experts=self.num_experts, depth=self.body_depth)
+        loop = ExpertsLoop(self.expert_entry, experts=self.num_experts, depth=self.body_depth,
+                           width=INSTRUCTION_BITS + PREDECODED.size)
         m.submodules.loop = ResetInserter(self.start & ~self.busy)(loop)
         wiring.connect(m, wiring.flipped(self.experts), loop.experts)
+        incoming = Signal(PREDECODED)
+        predecode(self, m, data.View(isa.layout, fetch.incoming), incoming)
+        m.d.comb += fetch.decoded.eq(incoming)
+        head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
-                     loop.fetched.eq(fetch.head), loop.first_pc.eq(pc + 1)]
-        word = data.View(isa.layout, Mux(loop.replay, loop.instruction, fetch.head))
+                     loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
+        current = Mux(loop.replay, loop.instruction, head)
+        word = data.View(isa.layout, current[:INSTRUCTION_BITS])
+        decoded = data.View(PREDECODED, current[INSTRUCTION_BITS:])
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
         slab = SimpleNamespace(holding=Signal(name="slab_holding"), held=Signal(index_bits(self.buffers), name="slab_held"),
@@ -330,7 +332,7 @@ class Controller(wiring.Component):
 
         present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
         conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
-        self._issue(m, word, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
+        self._issue(m, word, decoded, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                     idle, present, norm_config, softmax_config, conv_config, loop)
         skipped = running & loop.skipping & fetch.head_valid
         m.d.comb += [self.issued.eq(issue),      # after a fault or a HALT, the rest is popped unissued

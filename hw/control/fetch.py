@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -19,27 +19,35 @@ class ProgramFetch(wiring.Component):
     whenever the `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus
     words that come back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
     with `pop`. A reset starts again at `program_addr`. `drained`: nothing asked for is still to come
-    (`reader_idle`, the reader's) and the buffer is empty."""
+    (`reader_idle`, the reader's) and the buffer is empty.
 
-    def __init__(self, *, bus_bytes: int, addr_width: int, depth: int, chunk: int):
+    `incoming` is the instruction entering the buffer; the owner's `decoded` answer to it (`decoded_bits`,
+    combinational) is stored beside it and comes out with it on `head_decoded`: what the instruction alone
+    decides is worked out off the issue path."""
+
+    def __init__(self, *, bus_bytes: int, addr_width: int, depth: int, chunk: int, decoded_bits: int = 0):
         if not 1 <= chunk <= depth:
             raise ValueError(f"ProgramFetch chunk = {chunk}: from 1 to depth ({depth})")
-        self.bus_bytes, self.depth, self.chunk = bus_bytes, depth, chunk
+        self.bus_bytes, self.depth, self.chunk, self.decoded_bits = bus_bytes, depth, chunk, decoded_bits
         super().__init__({
             "running": In(1), "program_addr": In(32),
             "fetch": Out(stream.Signature(transfer_layout(addr_width))),
             "program": In(stream.Signature(unsigned(8 * bus_bytes))), "reader_idle": In(1),
-            "head": Out(INSTRUCTION_BITS), "head_valid": Out(1), "pop": In(1), "drained": Out(1),
+            "incoming": Out(INSTRUCTION_BITS), "decoded": In(decoded_bits),
+            "head": Out(INSTRUCTION_BITS), "head_decoded": Out(decoded_bits), "head_valid": Out(1), "pop": In(1),
+            "drained": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.gearbox = gearbox = Gearbox(8 * self.bus_bytes, INSTRUCTION_BITS)
-        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS, depth=self.depth)
+        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS + self.decoded_bits, depth=self.depth)
         wiring.connect(m, wiring.flipped(self.program), gearbox.input)
-        m.d.comb += [buffer.w_data.eq(gearbox.output.payload), buffer.w_en.eq(gearbox.output.valid),
+        m.d.comb += [self.incoming.eq(gearbox.output.payload),
+                     buffer.w_data.eq(Cat(gearbox.output.payload, self.decoded)), buffer.w_en.eq(gearbox.output.valid),
                      gearbox.output.ready.eq(1),       # room reserved when the chunk was asked for
-                     self.head.eq(buffer.r_data), self.head_valid.eq(buffer.r_rdy), buffer.r_en.eq(self.pop)]
+                     Cat(self.head, self.head_decoded).eq(buffer.r_data), self.head_valid.eq(buffer.r_rdy),
+                     buffer.r_en.eq(self.pop)]
         fetched = Signal(32)                          # instructions asked for
         reserved = Signal(range(self.depth + 1))
         chunk = self.chunk

@@ -4,18 +4,43 @@ from __future__ import annotations
 
 from amaranth import Cat, Mux
 
+from ..common.arith import times_constant
 from ..compute.gemm.geometry import GemmMode, tiles
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
 
-__all__ = ["issue_gemm"]
+__all__ = ["predecode_gemm", "issue_gemm"]
 
 
-def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop, conv):
-    """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring):
-    its engine command, output job and slab buffer, issued when the rule allows, refused when an operand is
-    bad, and what it touches for the scoreboard. With `im2col`, X is the band of `conv` (the last CONFIG_CONV);
-    otherwise K-tile-major with a tile the model's tokens."""
+def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
+    """What a GEMM's operands decide alone (`Controller._predecode`): UNSUPPORTED for a destination the output
+    path cannot write, BAD_OPERAND for operands that contradict each other or leave their memories, and the
+    halves of PARAMS and SCORES it touches."""
+    combining = ops.mode == GemmMode.COMBINE
+    listed = ops.gather | combining
+    params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
+    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, ops.n_tiles * ops.d_stride)
+    m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
+    combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
+    with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):
+        refuse(ErrorCause.UNSUPPORTED)
+    with m.Elif((combining & (ops.residual | ops.transpose))
+                | (combining & (ops.d_base + ops.n_tiles > combine_tiles))
+                | (ops.residual & (ops.destination != Space.RESIDUAL))
+                | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
+                | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
+                | ((ops.stationary == Stationary.WEIGHTS) & ((ops.w_base >> span_bits) >= ctrl.buffers))
+                | params_straddle | ((ops.destination == Space.SCORES) & scores_straddle)
+                | (ops.im2col & listed)):
+        refuse(ErrorCause.BAD_OPERAND)
+
+
+def issue_gemm(ctrl, m, ops, decoded, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop,
+               conv):
+    """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring;
+    `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer, issued when the
+    rule allows, refused when an operand is bad, and what it touches for the scoreboard. With `im2col`, X is the
+    band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile the model's tokens."""
     buffer = ops.w_base >> span_bits
     command = ctrl.gemm.payload
     combining = ops.mode == GemmMode.COMBINE
@@ -39,22 +64,13 @@ def issue_gemm(ctrl, m, ops, refuse, go, issue, reading, writing, touched, hidde
     source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
     from_slab = ops.stationary == Stationary.WEIGHTS
     stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
-    destination_ok = Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()
-    params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
+    params_half, scores_half = decoded.params_half, decoded.scores_half
     # into SCORES: the half of d_base, which the softmax of the head before may still read
     into_scores = ops.destination == Space.SCORES
-    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, ops.n_tiles * ops.d_stride)
-    with m.If(~destination_ok):
+    with m.If(decoded.cause == ErrorCause.UNSUPPORTED):
         refuse(ErrorCause.UNSUPPORTED)
-    combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
-    with m.Elif((listed & ~loop.active) | (combining & (ops.residual | ops.transpose))
-                | (combining & (ops.d_base + ops.n_tiles > combine_tiles))
-                | (ops.residual & (ops.destination != Space.RESIDUAL))
-                | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
-                | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
-                | (from_slab & (buffer >= ctrl.buffers)) | params_straddle
-                | (into_scores & scores_straddle)
-                | (ops.im2col & (listed | (conv.kernel & (ops.k_tiles != conv.channel_tiles * 9))))):
+    with m.Elif((decoded.cause != ErrorCause.NONE) | (listed & ~loop.active)
+                | (ops.im2col & conv.kernel & (ops.k_tiles != times_constant(conv.channel_tiles, 9)))):
         refuse(ErrorCause.BAD_OPERAND)
     with m.Else():
         # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that

@@ -20,21 +20,21 @@ class ExpertsLoop(wiring.Component):
     `enter` (with `body` ≥ 1, `stride` and the body's `first_pc`): if an expert is known (`expert_ready`), the
     loop starts its first pass on it (`active`), else it `skipping`s the body: the controller pops `body`
     instructions unissued, each with `dropped`. In the first pass the controller issues the body from its fetch
-    buffer and each issued one (`issued`, its word on `fetched`) is copied into the body buffer (`depth`
-    instructions); after the body's last, the loop is `waiting` until the next expert is known (a new pass:
+    buffer and each issued one (`issued`, its word on `fetched`: `width` bits, the instruction and what the
+    controller decoded from it) is copied into the body buffer (`depth` instructions); after the body's last, the loop is `waiting` until the next expert is known (a new pass:
     `replay`, `instruction` the body's current word, `jump` to `first_pc`) or the router is done with none left
     (`no_more`: the loop ends). `expert`, `base`, `count`: the current pass's expert and its token queue;
-    `offset`: `expert` · `stride`, what a per-expert LOAD adds to its address.
+    `offset`: `expert` · `stride` (registered with the expert), what a per-expert LOAD adds to its address.
     """
 
-    def __init__(self, entry: data.StructLayout, *, experts: int, depth: int):
-        self.entry, self.max_experts, self.depth = entry, experts, depth
+    def __init__(self, entry: data.StructLayout, *, experts: int, depth: int, width: int = INSTRUCTION_BITS):
+        self.entry, self.max_experts, self.depth, self.width = entry, experts, depth, width
         super().__init__({
             "experts": In(stream.Signature(entry)), "router_busy": In(1), "restart": In(1),
             "enter": In(1), "body": In(range(depth + 1)), "stride": In(32), "first_pc": In(32),
-            "issued": In(1), "dropped": In(1), "fetched": In(INSTRUCTION_BITS),
+            "issued": In(1), "dropped": In(1), "fetched": In(width),
             "active": Out(1), "replay": Out(1), "waiting": Out(1), "skipping": Out(1),
-            "expert_ready": Out(1), "no_more": Out(1), "instruction": Out(INSTRUCTION_BITS),
+            "expert_ready": Out(1), "no_more": Out(1), "instruction": Out(width),
             "jump": Out(1), "jump_pc": Out(32),
             "expert": Out(entry["expert"].shape), "base": Out(entry["base"].shape), "count": Out(entry["count"].shape),
             "offset": Out(32),
@@ -58,7 +58,7 @@ class ExpertsLoop(wiring.Component):
             m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
                          self.offset.eq(head.expert * Mux(self.enter, self.stride, stride))]
         m.d.comb += self.jump_pc.eq(first_pc)
-        m.submodules.body = body = Memory(shape=unsigned(INSTRUCTION_BITS), depth=self.depth, init=[])
+        m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
         m.d.comb += [read.addr.eq(index), self.instruction.eq(read.data),
                      write.addr.eq(index), write.data.eq(self.fetched),
