@@ -48,8 +48,9 @@ class Drain(wiring.Component):
                     column = params[j][c]
                     multiplier, shift = (row_scales[m] if flags.get("row_scaled")
                                          else (column["multiplier"], column["shift"]))
-                    values.append(int(RequantizerLane.model(value, column["bias"], multiplier, shift, flags["bits"],
-                                                            raw=flags.get("raw", False), relu=flags.get("relu", False))))
+                    values.append(int(RequantizerLane.model(
+                        value, column["bias"], multiplier, shift, flags["bits"], raw=flags.get("raw", False),
+                        relu=flags.get("relu", False))))
                 rows.append((m, j, values))
         return rows
 

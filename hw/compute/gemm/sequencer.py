@@ -57,7 +57,8 @@ class TileSequencer(wiring.Component):
                 row_base = (get("x_above"), get("x_base"), get("x_below"))[ky]
                 base = (row_base + kx - 1 + channel * get("x_stride")) % (1 << g.address_width("x"))
                 for m in range(rows):
-                    padded = bool(get("conv")) and ((ky == 0 and pad.get("above", 0)) or (ky == 2 and pad.get("below", 0))
+                    padded = bool(get("conv")) and ((ky == 0 and pad.get("above", 0))
+                                                    or (ky == 2 and pad.get("below", 0))
                                                     or (kx == 0 and pad.get("left", 0) and m == 0)
                                                     or (kx == 2 and pad.get("right", 0) and m == rows - 1))
                     issues.append((m, i, j, (j * k_tiles + i) % 2, i == 0, i == k_tiles - 1, padded, base))
