@@ -13,7 +13,7 @@ __all__ = ["predecode_gemm", "issue_gemm"]
 
 
 def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
-    """What a GEMM's operands decide alone (`Controller._predecode`): UNSUPPORTED for a destination the output
+    """What a GEMM's operands decide alone (`predecode`): UNSUPPORTED for a destination the output
     path cannot write, BAD_OPERAND for operands that contradict each other or leave their memories, and the
     halves of PARAMS and SCORES it touches."""
     combining = ops.mode == GemmMode.COMBINE

@@ -23,8 +23,9 @@ class ExpertsLoop(wiring.Component):
     buffer and each issued one (`issued`, its word on `fetched`: `width` bits, the instruction and what the
     controller decoded from it) is copied into the body buffer (`depth` instructions); after the body's last,
     the loop is `waiting` until the next expert is known (a new pass: `replay`, `instruction` the body's current
-    word, `jump` to `first_pc`) or the router is done with none left (`no_more`: the loop ends). `expert`, `base`, `count`: the current pass's expert and its token queue;
-    `offset`: `expert` · `stride` (registered with the expert), what a per-expert LOAD adds to its address.
+    word, `jump` to `first_pc`) or the router is done with none left (`no_more`: the loop ends). `expert`,
+    `base`, `count`: the current pass's expert and its token queue; `offset`: `expert` · `stride` (registered
+    with the expert), what a per-expert LOAD adds to its address.
     """
 
     def __init__(self, entry: data.StructLayout, *, experts: int, depth: int, width: int = INSTRUCTION_BITS):
