@@ -36,13 +36,19 @@ from .isa import Space
 from .memories import OnChip
 
 __all__ = ["TransferPath", "LoadPath", "OutputPath", "CombineDrain", "NormPath", "LOADABLE", "STORABLE",
-           "UPSAMPLABLE", "GEMM_DESTINATIONS"]
+           "UPSAMPLABLE", "GEMM_DESTINATIONS", "upsample_length"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
             Space.ROUTER_PARAMS, Space.HIDDEN)
 STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROUTES)
 UPSAMPLABLE = {Space.ACTIVATION: 8, Space.SCRATCH: 8, Space.RESIDUAL: 16}     # the memories' value bits
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
+
+
+def upsample_length(words, word_bytes: int):
+    """The bytes an UPSAMPLE writes for `words` (tiles × width) read from a memory of `word_bytes` words: 2·width
+    values a tile, a value a word."""
+    return words << word_bytes.bit_length()
 
 
 def _port_name(space: Space) -> str:

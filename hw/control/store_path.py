@@ -7,8 +7,10 @@ A command {memory, base, address, length, upsample, far, width, tiles, stride} i
 - `UPSAMPLE`: one output row of a bilinear ×2 (`Upsampler`) of a feature map stored a pixel a word (ACTIVATION
   or SCRATCH: int8, RESIDUAL: int16, the memory's words), channel tile by channel tile: for tile c of `tiles`,
   pixels x = 0 … `width` − 1 of the near row (`base` + c·`stride` + x, weight ¾) and the far row (`far` +
-  c·`stride` + x, ¼) go in, 2·`width` pixels come out, written from `address` on; `length` is their bytes,
-  `tiles`·2·`width` words. A pixel takes two reads, so the path writes a word about every cycle.
+  c·`stride` + x, ¼) go in, 2·`width` pixels come out, written from `address` on; `length` is not read: the
+  path works out their bytes (`upsample_length`) from its own copies of `tiles` and `width` and gives the
+  writer its command the cycle after it takes the UPSAMPLE, so no product of a command's fields is on the
+  path that hands it over. A pixel takes two reads, so the path writes a word about every cycle.
 Memory ports are `lib.memory` read port signatures, connected by the top level.
 """
 
@@ -20,7 +22,7 @@ from amaranth.lib.memory import ReadPort
 from ..memory.axi import AXI4Write
 from ..memory.writer import StoreWriter
 from ..vector.upsample import Upsampler
-from .datapath import STORABLE, UPSAMPLABLE, TransferPath
+from .datapath import STORABLE, UPSAMPLABLE, TransferPath, upsample_length
 from .isa import Space
 from .memories import OnChip
 
@@ -45,10 +47,24 @@ class StorePath(TransferPath):
         far, near_row, far_row = Signal.like(address), Signal.like(address), Signal.like(address)
         width, stride = Signal.like(command.width), Signal.like(command.stride)
         x, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
+        tiles, dram_address, pending = Signal.like(command.tiles), Signal.like(command.address), Signal()
         with m.If(accepted):
             m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
                          far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride), x.eq(0),
-                         tiles_left.eq(Mux(command.upsample, command.tiles, 0))]
+                         tiles_left.eq(Mux(command.upsample, command.tiles, 0)), tiles.eq(command.tiles),
+                         dram_address.eq(command.address), pending.eq(command.upsample)]
+        # UPSAMPLE's writer command, a cycle after the path took it (`pending`), from the registered fields
+        with m.If(command.upsample):
+            m.d.comb += writer.command.valid.eq(0)
+        with m.If(pending):
+            m.d.comb += [writer.command.valid.eq(1), writer.command.payload.address.eq(dram_address)]
+            with m.Switch(source):
+                for space in UPSAMPLABLE:
+                    with m.Case(space):
+                        m.d.comb += writer.command.payload.length.eq(
+                            upsample_length(tiles * width, self.spaces[space].word_bytes))
+            with m.If(writer.command.ready):
+                m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
         # keeps the near pixel in `near` and offers (near, the port's far pixel) while `pair_valid`.
         word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-from .datapath import UPSAMPLABLE
+from .datapath import UPSAMPLABLE, upsample_length
 from .isa import ErrorCause
 
 __all__ = ["predecode_upsample", "issue_upsample"]
 
 
-def _words(m, ops, name: str):
-    """tiles × width, the words an UPSAMPLE reads a row: a signal, worked out once for every memory's length."""
-    words = Signal(2 * max(len(ops.width), len(ops.tiles)), name=name)
-    m.d.comb += words.eq(ops.tiles * ops.width)
-    return words
-
-
-def _length(ctrl, words, space):
-    """The bytes written from `space`: 2·width values a tile, in that memory's word width."""
-    return words << ctrl.spaces[space].word_bytes.bit_length()
-
-
 def predecode_upsample(ctrl, m, ops, refuse):
     """What an UPSAMPLE's operands decide alone (`predecode`): BAD_OPERAND when it is empty, reads past its
     memory or is not a whole number of bus words; UNSUPPORTED from a memory the upsampler does not read."""
-    words = _words(m, ops, "upsample_words_decoded")
+    words = Signal(len(ops.width) + len(ops.tiles))     # tiles × width, worked out once for every memory
+    m.d.comb += words.eq(ops.tiles * ops.width)
     reach = Signal(len(ops.near) + len(ops.tiles) + len(ops.stride) + 1)      # past the last word it reads
     m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + (ops.tiles - 1) * ops.stride + ops.width)
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
-            with m.If((_length(ctrl, words, space)[:(ctrl.bus_bytes - 1).bit_length()] != 0)
-                      | (reach > ctrl.spaces[space].depth)):
+            length = upsample_length(words, ctrl.spaces[space].word_bytes)
+            with m.If((length[:(ctrl.bus_bytes - 1).bit_length()] != 0) | (reach > ctrl.spaces[space].depth)):
                 refuse(ErrorCause.BAD_OPERAND)
     with m.Else():
         refuse(ErrorCause.UNSUPPORTED)
@@ -41,9 +30,8 @@ def predecode_upsample(ctrl, m, ops, refuse):
 
 def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, writing, touched):
     """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
-    of it): a store path command of tiles × 2·width words."""
+    of it): a store path command of tiles × 2·width words (the path works out its length)."""
     address, good = ctrl.dram_address(m, ops, "upsample")
-    words = _words(m, ops, "upsample_words")
     command = ctrl.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
@@ -54,7 +42,7 @@ def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, writing, touched):
         refuse(decoded.cause)
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
-            m.d.comb += [command.memory.eq(space), command.length.eq(_length(ctrl, words, space))]
+            m.d.comb += command.memory.eq(space)
             go(ctrl.store.ready & ~writing[space.value])
             m.d.comb += [ctrl.store.valid.eq(issue), touched.store_issued.eq(issue),
                          touched.store_space.eq(space)]
