@@ -271,18 +271,35 @@ class ProgramBuilder:
         self.emit(Opcode.CONFIG_NORM, eps=int(q["norm.eps"]), **{f"shifts[{i}]": s for i, s in enumerate(shifts)})
         self.emit(Opcode.LAYERNORM, rows=rows, set=norm_set, source=source, destination=destination, route=int(route))
 
-    def router_weights(self) -> None:
-        """Every MoE layer's router weights and exponent scales, for every task, into the router (resident)."""
-        q, g = self.quantized, router_geometry(self.model, self.accel)
+    def router_weights(self, layer: int = 0) -> None:
+        """The router weights and exponent scales of every task into the router: of every MoE layer when the
+        router holds them all (resident; `layer` is then ignored), else of MoE layer `layer` into its set
+        (`layer` mod 2, `AcceleratorConfig.router_layers_held`)."""
+        q, g, model = self.quantized, router_geometry(self.model, self.accel), self.model
+        layers = range(len(model.moe_blocks)) if self.router_resident else [layer]
         weights, params = bytearray(), bytearray()
-        for block in self.model.moe_blocks:
-            p = f"blocks.{block}.router"
-            for task in range(self.model.num_tasks):
+        for index in layers:
+            p = f"blocks.{model.moe_blocks[index]}.router"
+            for task in range(model.num_tasks):
                 for word in weight_words(g, q[f"{p}.weight"][task]):
                     weights += np.asarray(word, np.int64).astype(np.int8).tobytes()
                 params += (int(q[f"{p}.exp_multiplier"][task]) | int(q[f"{p}.exp_shift"][task]) << 16).to_bytes(4, "little")
+        first = layers[0] % self.accel.router_layers_held(model)
         for memory, image in ((Space.ROUTER, bytes(weights)), (Space.ROUTER_PARAMS, bytes(params))):
-            self.load(Region.MODEL, self.place(Region.MODEL, image), len(image), memory, 0)
+            base = first * len(image) // self.spaces[memory].word_bytes
+            self.load(Region.MODEL, self.place(Region.MODEL, image), len(image), memory, base)
+
+    def next_router_weights(self, layer: int) -> None:
+        """After the ROUTE of MoE layer `layer` − 1: layer `layer`'s router weights into the set the layer
+        before that one used (the router, taking this ROUTE, is done with it), when the router holds two layers
+        and there is such a layer."""
+        if not self.router_resident and layer < len(self.model.moe_blocks):
+            self.router_weights(layer)
+
+    @property
+    def router_resident(self) -> bool:
+        """The router holds every MoE layer's weights (loaded once, at the start-up)."""
+        return self.accel.router_layers_held(self.model) >= len(self.model.moe_blocks)
 
     def experts(self, body) -> None:
         """EXPERTS around the instructions `body()` emits (repeated per active expert), `stride` bytes apart;
@@ -460,7 +477,9 @@ def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
     fc2 and its HIDDEN word."""
     model, q, t = builder.model, builder.quantized, builder.model.num_tokens
     p = f"blocks.{block}"
-    builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
+    layer = model.moe_blocks.index(block)
+    builder.emit(Opcode.ROUTE, layer=layer, tokens=t)
+    builder.next_router_weights(layer + 1)
     builder.layernorm([f"{p}.norm2", f"{p}.norm2_router"], rows=t, source=0, destination=0, route=True)
     images = []
     for expert in range(model.num_experts):
@@ -545,7 +564,7 @@ def moe_block_program(quantized: QuantizedModel, accel: AcceleratorConfig, block
     if not model.is_moe(block):
         raise CompileError(f"block {block} of {model.name} is dense: moe_block_program compiles a block with experts")
     builder = _start(quantized, accel, residual)
-    builder.router_weights()
+    builder.router_weights(model.moe_blocks.index(block))
     _attention(builder, block)
     _moe_mlp(builder, block)
     builder.store("routes", Space.ROUTES, 0, builder.spaces[Space.ROUTES].bytes)
@@ -562,7 +581,8 @@ CHECKPOINTS = {"embed": "the patch embedding", "mid": "attention", "norm2": "Lay
 def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image: np.ndarray, *,
                      checkpoints: bool = False, heads: bool = False, listing: bool = True) -> Program:
     """The whole backbone on `image` (int8 [C, H, W]): a start-up that loads every MoE layer's router weights for
-    every task (resident: a task switch loads nothing), then the patch embedding and every block. Outputs `out` (the
+    every task (resident: a task switch loads nothing; a router holding two layers gets each layer's during the
+    run instead, the first before the patch embedding), then the patch embedding and every block. Outputs `out` (the
     backbone's output [T, D] int16, `golden.run`'s `backbone`) and `routes.{block}` per MoE block; with
     `checkpoints`, also `golden.run`'s intermediates `embed` and per block `blocks.{b}.mid`, `.norm2` and `.out`
     (`CHECKPOINTS` says which operation each ends), stored as they are made. With `heads`, every task's head
@@ -572,8 +592,9 @@ def backbone_program(quantized: QuantizedModel, accel: AcceleratorConfig, image:
     builder = ProgramBuilder(quantized, accel, listing=listing)
     residual, activation = _residual_length(builder), _activation_length(builder)
     if model.moe_blocks:
-        builder.router_weights()
-        builder.start_up()
+        builder.router_weights(0)
+        if builder.router_resident:
+            builder.start_up()
     _embedding(builder, image)
     if checkpoints:
         builder.store("embed", Space.RESIDUAL, 0, residual)
@@ -606,7 +627,7 @@ def route_program(quantized: QuantizedModel, accel: AcceleratorConfig, block: in
     if not model.is_moe(block):
         raise CompileError(f"block {block} of {model.name} is dense: it has no router")
     builder = _start(quantized, accel, residual)
-    builder.router_weights()
+    builder.router_weights(model.moe_blocks.index(block))
     t = model.num_tokens
     builder.emit(Opcode.ROUTE, layer=model.moe_blocks.index(block), tokens=t)
     builder.layernorm([f"blocks.{block}.norm2", f"blocks.{block}.norm2_router"], rows=t, source=0, destination=0,

@@ -598,8 +598,9 @@ class CycleModel:
                 at = max(at, end("softmax"), hazard(reads, writes))
                 cycles, _ = self._rows(self.SOFTMAX, issue["rows"], self.model.num_tokens)
                 occupy("softmax", at, at + cycles, reads, writes)
-            elif op is Opcode.ROUTE:
-                at = max(at, end("router"), hazard(writes=routes))
+            elif op is Opcode.ROUTE:    # after the router weights' LOADs, too
+                at = max(at, end("router"), hazard(reads=_mask(Space.ROUTER) | _mask(Space.ROUTER_PARAMS),
+                                                   writes=routes))
                 units["router"] = _Busy(1 << 62, writes=routes)
             elif op is Opcode.EXPERTS:
                 at = max(at, routed[0])

@@ -257,7 +257,7 @@ class AcceleratorConfig:
     dram_max_burst: int = 16              # beats per AXI4 INCR burst
     dram_outstanding: int = 2             # AXI4 read bursts in flight
     router_macs_per_cycle: int = 128      # router multiply-accumulates per cycle
-    router_weights_resident: bool = True  # every MoE layer's per-task router weights held on chip
+    router_weights_resident: bool = True  # every MoE layer's router weights on chip (else two layers' at once)
     residual_width: int = 16              # bits of the residual stream, LayerNorm input and router input
     vector_lanes: int = 16                # elements per cycle of LayerNorm / softmax / GELU / combine units
     requant_lanes: int = 4                # GELU lanes in the GEMM engine's output path (values per cycle)
@@ -327,6 +327,12 @@ class AcceleratorConfig:
 
     def tokens_per_block(self, model: ModelConfig) -> int:
         return model.num_tokens if self.token_block is None else min(self.token_block, model.num_tokens)
+
+    def router_layers_held(self, model: ModelConfig) -> int:
+        """The MoE layers whose router weights (every task's) the router holds at once: all of them when
+        `router_weights_resident`, else two, MoE layer j in set j mod 2 (loaded while the layer before routes)."""
+        layers = max(1, len(model.moe_blocks))
+        return layers if self.router_weights_resident else min(2, layers)
 
     def replace(self, **changes) -> "AcceleratorConfig":
         return dataclasses.replace(self, **changes)

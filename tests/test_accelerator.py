@@ -44,14 +44,14 @@ def golden(quantized):
     return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
 
 
-def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, **dram):
+def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, model=TINY, **dram):
     """Run `programs` one after another on one accelerator (no reset between them), with `tasks` in TASK (0 by
     default); their `RunResult`s."""
     async def host(transport):
-        driver = Driver(transport, TINY, accel)
+        driver = Driver(transport, model, accel)
         await driver.connect()
         return [await driver.run(program, task) for program, task in zip(programs, tasks or [0] * len(programs))]
-    return simulate(accelerator_for(TINY, accel), host, DRAM_BYTES, simulator=simulator, **dram)
+    return simulate(accelerator_for(model, accel), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
 @pytest.mark.long(55)
@@ -297,11 +297,11 @@ def test_the_compiler_refuses_an_experts_body_longer_than_the_buffer(quantized):
         builder.experts(body)
 
 
-def _check_backbone(result, golden, accel=ACCEL):
+def _check_backbone(result, golden, accel=ACCEL, model=TINY):
     assert result.ok, (result.cause, result.error_pc)
-    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, accel), golden.backbone)
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], model, accel), golden.backbone)
     for block, routing in golden.routing.items():
-        ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], TINY, accel)
+        ids, weights = routes_from_bytes(result.outputs[f"routes.{block}"], model, accel)
         assert np.array_equal(ids, routing.expert_ids) and np.array_equal(weights, routing.gate_weights)
 
 
@@ -354,6 +354,33 @@ def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_and_small_sl
     (result,) = _run([backbone_program(quantized, accel, image)], "verilator", tasks=[1], accel=accel, latency=10,
                      stall=0.1, seed=8)
     _check_backbone(result, golden, accel)
+
+
+@pytest.mark.long(40)
+def test_router_weights_of_two_layers_at_a_time_are_bit_exact():
+    """A router holding two MoE layers' weights (`router_weights_resident` off) for three MoE layers: each
+    layer's weights load into set layer mod 2 while the layer before routes; the whole backbone of every task,
+    back to back in Verilator under stalls, bit-exact; every router weight read once per run, none at a start-up;
+    a ROUTE past the model's MoE layers refused."""
+    model = dataclasses.replace(TINY, moe_blocks=(1, 2, 3))
+    accel = ACCEL.replace(router_weights_resident=False)
+    assert accel.router_layers_held(model) == 2 and onchip_spaces(model, accel)[Space.ROUTER].depth * 3 \
+        == onchip_spaces(model, ACCEL)[Space.ROUTER].depth * 2
+    quantized = quantize_model(M3ViT.trained_like(model, seed=1), natural_images(model, 8, 11))
+    image = quantize_image(quantized, natural_images(model, 1, 9)[0])
+    program = backbone_program(quantized, accel, image)
+    assert program.entry == 0        # no start-up: nothing stays resident
+    assembler = ProgramBuilder(quantized, accel).assembler
+    route = next(i for i, word in enumerate(program.words) if assembler.decode(word).opcode is Opcode.ROUTE)
+    words = list(program.words)
+    words[route] = assembler.encode(Opcode.ROUTE, layer=len(model.moe_blocks), tokens=model.num_tokens)
+    bad = dataclasses.replace(program, words=words)
+    tasks = [*range(model.num_tasks), 0]
+    results = _run([program] * len(tasks) + [bad], "verilator", tasks=tasks + [0], accel=accel, model=model,
+                   latency=10, stall=0.2, seed=3)
+    for result, task in zip(results, tasks):
+        _check_backbone(result, run(quantized, image, task), accel, model)
+    assert (results[-1].cause, results[-1].error_pc) == (ErrorCause.BAD_OPERAND, route)
 
 
 def test_driver_refuses_hardware_of_another_configuration():

@@ -40,6 +40,13 @@ def test_tiny_on_8x8_fits_ulx3s():
     assert report.blocks_used["DP16KD"] <= 208
 
 
+def test_router_weights_two_layers_at_a_time_take_a_third_of_six_layers():
+    model, accel = model_preset("m3vit-tiny-cityscapes"), accelerator_preset("8x8")
+    plan = {name: blocks for memory, _, blocks in fit_report(model, accel, ECP5).memories for name in [memory.name]}
+    two = {memory.name: memory for memory in onchip_memories(model, accel.replace(router_weights_resident=False))}
+    assert plan["router_weights"] == 24 and two["router_weights"].bytes == 2 * 2 * 16 * 192
+
+
 def test_16x16_on_ulx3s_names_both_overflows():
     with pytest.raises(FitError) as error:
         check_fit(TINY, accelerator_preset("16x16"), ECP5)

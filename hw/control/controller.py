@@ -29,9 +29,11 @@ Issue rules (docs/architecture.md, section 11):
   writes ACTIVATION or ROW_SCALES; with the scales of the last `CONFIG_SOFTMAX`. A `row_scaled` GEMM waits while
   ROW_SCALES is written. A GEMM into SCORES waits only for units on its own half (`d_base`'s), so the next
   head's Q·Kᵀ runs beside a head's softmax.
-- `ROUTE`: the router on the next LAYERNORM with `route`, with the task in TASK (outside the model: BAD_TASK); when
-  the router is idle and nothing reads or writes ROUTES. A LAYERNORM with `route` needs a ROUTE waiting for its
-  rows (else BAD_OPERAND).
+- `ROUTE`: the router on the next LAYERNORM with `route`, with the task in TASK (outside the model: BAD_TASK) and
+  MoE layer `layer`'s weights (past the model's MoE layers: BAD_OPERAND; the router's set `layer` mod 2 when it
+  holds two layers, `router_layers_held`); when the router is idle, nothing reads or writes ROUTES and no LOAD
+  into ROUTER or ROUTER_PARAMS is in flight. A LAYERNORM with `route` needs a ROUTE waiting for its rows (else
+  BAD_OPERAND).
 - `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
   words and of bus words.
 - `CONFIG_*`: the registers the instructions after it read (a GEMM takes CONFIG_GELU's and CONFIG_CONV's
@@ -246,14 +248,17 @@ class Controller(wiring.Component):
                                  touched.softmax_half.eq(ops.half)]
             with m.Case(Opcode.ROUTE):
                 ops = word.operands.route
-                m.d.comb += [self.route.payload.layer.eq(ops.layer), self.route.payload.task.eq(self.task),
+                # the router's weight set: the layer itself, or layer mod 2 when it holds two (`router_layers_held`)
+                m.d.comb += [self.route.payload.layer.eq(ops.layer[:len(self.route.payload.layer)]),
+                             self.route.payload.task.eq(self.task),
                              self.route.payload.tokens.eq(ops.tokens)]
                 with m.If(self.task >= self.tasks):
                     refuse(ErrorCause.BAD_TASK)
                 with m.Elif(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value])
+                    go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
+                       & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value])
                     m.d.comb += self.route.valid.eq(issue)
             with m.Case(Opcode.EXPERTS):
                 ops = word.operands.experts

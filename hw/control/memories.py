@@ -108,7 +108,7 @@ def feed_rows(accel: AcceleratorConfig) -> int:
 
 def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeometry:
     return RouterGeometry(model.embed_dim, model.num_experts, model.top_k, model.gate, model.num_tasks,
-                          max(1, len(model.moe_blocks)), model.num_tokens, accel.router_macs_per_cycle,
+                          accel.router_layers_held(model), model.num_tokens, accel.router_macs_per_cycle,
                           accel.residual_width)
 
 

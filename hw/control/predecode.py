@@ -63,7 +63,8 @@ def predecode(ctrl, m, word, decoded):
             with m.If(ops.source + ops.rows > ctrl.tokens):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.ROUTE):
-            with m.If(word.operands.route.tokens > ctrl.tokens):
+            with m.If((word.operands.route.tokens > ctrl.tokens)
+                      | (word.operands.route.layer >= max(1, len(ctrl.isa.model.moe_blocks)))):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.EXPERTS):
             with m.If(word.operands.experts.body > ctrl.body_depth):

@@ -56,9 +56,7 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     head_bits = max((4 * channels(conv.in_channels) * (index > 0)
                      + (1 if index == len(convs) - 1 else 3) * channels(conv.out_channels)) * conv.width * ow
                     for index, conv in enumerate(convs))
-    moe_layers = len(model.moe_blocks)
-    router_weights = (moe_layers * model.num_tasks if accel.router_weights_resident else 2) \
-        * model.num_experts * d * ow
+    router_weights = accel.router_layers_held(model) * model.num_tasks * model.num_experts * d * ow
     router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
     feed_width = accel.weight_feed_bytes * 8
     index_bits = max(1, (t - 1).bit_length())
@@ -77,8 +75,8 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
         Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,
                purpose="ping/pong weight slabs from the loader"),
         Memory("router_weights", router_width, _words(router_weights, router_width),
-               purpose="per-task router weights" + (", every MoE layer" if accel.router_weights_resident
-                                                    else ", current layer, double-buffered")),
+               purpose="every task's router weights, " + ("every MoE layer" if accel.router_weights_resident
+                                                          else "two MoE layers: one routing, the next loading")),
         Memory("expert_queues", index_bits + accel.requant_multiplier_width, max(1, t * model.top_k),
                purpose="per-expert token indices and gate weights"),
         Memory("row_buffer", lanes * max(rw, acc), _words(2 * max(d, t) * max(rw, acc), lanes * max(rw, acc)),

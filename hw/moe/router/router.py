@@ -16,7 +16,9 @@ Ports: `command` {layer, task, tokens} starts a layer (taken when not `busy`); a
 tasks sets the sticky `error` (cleared by the next good command) and routes nothing. `tokens`: ⌈D / d'⌉ beats
 of d' signed `input_width`-bit values per token, dims past D zero. `weights_write`, `params_write`: the router
 weights (word (layer, task, group, chunk), lane e'·d' + j holds W[chunk·d' + j, group·E' + e']) and the
-per-(layer, task) exponent multiplier and shift, written before use (resident, from DRAM by the controller).
+per-(layer, task) exponent multiplier and shift, written before use (from DRAM by the controller). `layers` are
+the weight sets held at once: every MoE layer's, or two (`AcceleratorConfig.router_layers_held`), a command's
+`layer` naming the set.
 `routes`: per token its k experts (best first) and Q1.15 gate weights. `experts`: {expert, base, count} of
 each non-empty expert. `queue_read`: {token, weight} at base + i (data a cycle after the address). `busy`
 until the queues are complete.
@@ -67,7 +69,7 @@ class Router(wiring.Component):
     @classmethod
     def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Router":
         return cls(embed_dim=model.embed_dim, experts=model.num_experts, top_k=model.top_k, gate=model.gate,
-                   tasks=model.num_tasks, layers=len(model.moe_blocks), max_tokens=model.num_tokens,
+                   tasks=model.num_tasks, layers=accel.router_layers_held(model), max_tokens=model.num_tokens,
                    macs=accel.router_macs_per_cycle, input_width=accel.residual_width)
 
     @property
