@@ -40,15 +40,15 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     lanes, ow, acc, rw = accel.vector_lanes, accel.operand_width, accel.accumulator_width, accel.residual_width
     stream_width = accel.array_rows * ow
     has_moe = bool(model.moe_blocks)
-    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V, and two heads' blocks
-    # of raw scores: one head's softmax reads one while the next head's Q·Kᵀ writes the other), the MLP (one
-    # block of hidden activations and, in MoE blocks, the wide combine accumulator of every token) and the task
-    # heads (a band of input rows and a ring of output rows for the 3×3 convs). One head's probabilities go past the
-    # activations.
-    attention_bits = 3 * t * d * ow + 2 * rows * t * acc
+    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V), the MLP (one block of
+    # hidden activations) and the task heads (a band of input rows and a ring of output rows for the 3×3 convs).
+    # The raw scores (two heads' blocks: one head's softmax reads one while the next head's Q·Kᵀ writes the other)
+    # and, in MoE blocks, the wide combine accumulator of every token have memories of their own; one head's
+    # probabilities go past the activations.
+    attention_bits = 3 * t * d * ow
     mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
-    combine_bits = ops.COMBINE_BITS  # docs/numerics.md, section 8: the engine's combine word
-    mlp_bits += t * d * combine_bits if has_moe else 0
+    c = accel.array_cols
+    combine_width = c * ops.COMBINE_BITS   # docs/numerics.md, section 8: the engine's combine word, a column each
     # the heads: a band of four input rows (the first conv's input is in ACTIVATION) and a ring of three output
     # rows (one before the classifier), channels in whole tiles of the array's rows (firmware.heads)
     convs = model.head_layers(0)[:-1]
@@ -65,8 +65,10 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
         Memory("activation", stream_width, _words((t * d + rows * t) * ow, stream_width),
                purpose="LayerNorm output / attention output and one head's P: the array's streamed operand"),
         Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
-               purpose="attention Q/Kᵀ/V/two heads' scores, or MLP hidden + combine accumulator, or a task head's band of "
-                       "input rows and ring of output rows"),
+               purpose="attention Q/Kᵀ/V, or MLP hidden, or a task head's band of input rows and ring of output rows"),
+        Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two heads' blocks of raw attention scores"),
+        Memory("combine", combine_width, t * -(-d // c) if has_moe else 0,
+               purpose="the experts' gate-weighted sum of every token (MoE blocks)"),
         Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
                                                     // accel.array_cols),
                purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),
