@@ -429,10 +429,10 @@ def cmd_synth(args) -> int:
 def cmd_build(args) -> int:
     if args.estimate:
         return _estimate(args)
-    from hw.flow.board import build_board
+    from hw.flow.board import DEFAULT_SEED, build_board
     model, accel = model_preset(args.preset or "tiny"), accelerator_preset(args.accel)
-    result = build_board(model, accel, args.board, clock_hz=args.clock * 1e6, seed=args.seed,
-                         directory=args.output)
+    result = build_board(model, accel, args.board, clock_hz=args.clock * 1e6,
+                         seed=DEFAULT_SEED if args.seed is None else args.seed, directory=args.output)
     if args.program:
         program = os.environ.get("OPENFPGALOADER", "openFPGALoader")
         subprocess.run([program, "-b", "ulx3s", result.bitstream], check=True)
@@ -932,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
     build.add_argument("--clock", type=_frequency, default=DEFAULT_CLOCK_HZ / 1e6,
                        help=f"accelerator clock in MHz (default {DEFAULT_CLOCK_HZ / 1e6:g})")
-    build.add_argument("--seed", type=_seed, default=1, help="nextpnr's placement seed (default 1)")
+    build.add_argument("--seed", type=_seed, help="nextpnr's placement seed (default: DEFAULT_SEED of hw.flow.board, 2)")
     build.add_argument("-o", "--output", type=_output_directory, default=None,
                        help="build directory (a board build needs one)")
     build.add_argument("--program", action="store_true", help="program the board with openFPGALoader afterwards")
