@@ -932,7 +932,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--accel", default="4x4", help="accelerator preset or RxC (default 4x4)")
     build.add_argument("--clock", type=_frequency, default=DEFAULT_CLOCK_HZ / 1e6,
                        help=f"accelerator clock in MHz (default {DEFAULT_CLOCK_HZ / 1e6:g})")
-    build.add_argument("--seed", type=_seed, help="nextpnr's placement seed (default: DEFAULT_SEED of hw.flow.board, 2)")
+    build.add_argument("--seed", type=_seed,
+                       help="nextpnr's placement seed (default: DEFAULT_SEED of hw.flow.board, 2)")
     build.add_argument("-o", "--output", type=_output_directory, default=None,
                        help="build directory (a board build needs one)")
     build.add_argument("--program", action="store_true", help="program the board with openFPGALoader afterwards")
