@@ -53,13 +53,11 @@ class ExpertsLoop(wiring.Component):
                      queue.r_en.eq(advance)]
         length, index = Signal.like(self.body), Signal.like(self.body)
         stride, first_pc = Signal(32), Signal(32)
-        # the offset registered with the expert: the head's product with the entering EXPERTS' stride and with the
-        # loop's own, side by side, so that the controller's issue decision (`enter`) only picks one of them
-        entering, replaying = Signal(32), Signal(32)
-        m.d.comb += [entering.eq(head.expert * self.stride), replaying.eq(head.expert * stride)]
+        # the offset registered with the expert (the stride is the EXPERTS' own when it enters): no product on
+        # the controller's issue path
         with m.If(advance):
             m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
-                         self.offset.eq(Mux(self.enter, entering, replaying))]
+                         self.offset.eq(head.expert * Mux(self.enter, self.stride, stride))]
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
