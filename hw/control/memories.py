@@ -93,7 +93,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
         # its two outputs, `LayerNorm.params_layout`
         Space.NORMS: OnChip(Space.NORMS, 16 * accel.vector_lanes, 2 * tiles(model.embed_dim, accel.vector_lanes)),
-        Space.SCORES: OnChip(Space.SCORES, 4 * c, 2 * t * tiles(t, c)),        # two heads' scores, a half each
+        Space.SCORES: OnChip(Space.SCORES, 4 * c, plan["scores"].depth),        # two heads' scores, a half each
         Space.ROW_SCALES: OnChip(Space.ROW_SCALES, 4, t),
         Space.HIDDEN: OnChip(Space.HIDDEN, 4, 1),
         **_router_spaces(model, accel),
