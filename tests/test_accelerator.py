@@ -371,6 +371,10 @@ def test_router_weights_of_two_layers_at_a_time_are_bit_exact():
     program = backbone_program(quantized, accel, image)
     assert program.entry == 0        # no start-up: nothing stays resident
     assembler = ProgramBuilder(quantized, accel).assembler
+    loads = [assembler.decode(word) for word in program.words]
+    loads = [load.fields for load in loads if load.opcode is Opcode.LOAD and load.fields["memory"] is Space.ROUTER]
+    assert [load["base"] * 2 // onchip_spaces(model, accel)[Space.ROUTER].depth for load in loads] == [0, 1, 0]
+    assert len({load["address"] for load in loads}) == 3       # each layer's weights once, each from its own place
     route = next(i for i, word in enumerate(program.words) if assembler.decode(word).opcode is Opcode.ROUTE)
     words = list(program.words)
     words[route] = assembler.encode(Opcode.ROUTE, layer=len(model.moe_blocks), tokens=model.num_tokens)
