@@ -452,7 +452,7 @@ class CycleModel:
     ROUTER_TAIL = 45         # the last token's top-k (E + 7 counted apart) and gate weights (k + 36 apart)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
-        from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, largest_product, tiles
+        from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, tiles
         from hw.control.memories import feed_rows, onchip_spaces
         self.model, self.accel, self.latency = model, accel, latency
         self.tiles = tiles
@@ -461,7 +461,7 @@ class CycleModel:
         self.gelu_gap = tiles(self.c, min(accel.requant_lanes, self.c))  # cycles between GELU rows
         self.bus = accel.dram_bytes_per_beat
         self.spaces = onchip_spaces(model, accel)
-        self.combine_clear = model.num_tokens * tiles(largest_product(model, accel)[1], self.c)
+        self.combine_clear = model.num_tokens * tiles(model.embed_dim, self.c)     # the accumulator's words
         self.fixed = self.beats + STREAM_STAGES + self.r + self.c + DRAIN_STAGES + self.GEMM_FIXED
         self.gelu_stages = GELU_STAGES
         feed_bytes = max(self.bus, accel.weight_feed_bytes)

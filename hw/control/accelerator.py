@@ -88,7 +88,8 @@ class Accelerator(wiring.Component):
                                            x_depth=max(self.spaces[space].depth
                                                        for space in (Space.ACTIVATION, Space.SCRATCH)),
                                            p_depth=self.spaces[Space.PARAMS].depth,
-                                           index_depth=self.router.geometry.queue_depth)
+                                           index_depth=self.router.geometry.queue_depth,
+                                           combine_tiles=tiles(model.embed_dim, accel.array_cols))
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         upsample = {name: (1 << Shape.cast(self.isa.operands[Opcode.UPSAMPLE][name].shape).width) - 1
                     for name in ("width", "tiles")}
@@ -104,7 +105,7 @@ class Accelerator(wiring.Component):
         geometry = self.engine.geometry
         self.combine_drain = CombineDrain(self.output.combined_row, geometry.combine_word, tokens=model.num_tokens,
                                           tiles=tiles(model.embed_dim, accel.array_cols),
-                                          tiles_max=geometry.n_tiles_max)
+                                          tiles_max=geometry.combine_tiles)
         self.controller = Controller(
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),

@@ -17,7 +17,7 @@ __all__ = ["CombineScatter"]
 
 class CombineScatter(wiring.Component):
     """For each row m of an expert's fc2 output (its values already requantized to 18 bits), adds y·g into the
-    combine memory at token t = `index[list_base + m]`, N tile j: word t·NT_max + `tile_base` + j,
+    combine memory at token t = `index[list_base + m]`, N tile j: word t·combine_tiles + `tile_base` + j,
     g = `gate[list_base + m]` (Q1.15). `list_base` and `tile_base` are the command's, held while it runs (a
     matrix in several slab buffers runs as several commands, each on its own N tiles of the combine word).
 
@@ -60,13 +60,13 @@ class CombineScatter(wiring.Component):
         list_base = self.list_base
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(list_base + self.row), port.en.eq(self.issue)]
-        # The token is registered off the read, then its word offset (token · NT_max + tile_base) worked out in
-        # two stages: the constant product as shifts and adds (a `*` would be a DSP block without its
+        # The token is registered off the read, then its word offset (token · combine_tiles + tile_base) worked out
+        # in two stages: the constant product as shifts and adds (a `*` would be a DSP block without its
         # registers: the 8×8 engine's critical path), then + tile_base.
         token = Signal.like(self.scatter_read.data)
         scaled = Signal.like(self.combine_read.addr, name="token_scaled")
         offset = Signal.like(self.combine_read.addr, name="token_offset")
-        m.d.sync += [token.eq(self.scatter_read.data), scaled.eq(times_constant(token, g.n_tiles_max)),
+        m.d.sync += [token.eq(self.scatter_read.data), scaled.eq(times_constant(token, g.combine_tiles)),
                      offset.eq(scaled + self.tile_base)]
         offset = delay_line(m, offset, DRAIN_STAGES - 4, "token_offset")[-1]
         gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate")[-1]

@@ -28,9 +28,9 @@ Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to 
 mode; `GELU` (fc1) requantizes to int16 in each column's Q.f, applies GELU and requantizes to int8 with the
 command's `hidden_multiplier` and `hidden_shift`. `COMBINE` (expert fc2) emits nothing: it requantizes to 18
 bits, multiplies row m by the gate weight at `gate[list_base + m]` and adds it into the combine memory at (token
-`index[list_base + m]`, N tile `tile_base` + j), word `token·NT_max + tile_base + j` of `COMBINE_WIDTH`-bit lanes
-(read through a port transparent to the engine's writes; `tile_base` + NT ≤ NT_max); a token list holds each
-token at most once.
+`index[list_base + m]`, N tile `tile_base` + j), word `token·combine_tiles + tile_base + j` of `COMBINE_WIDTH`-bit
+lanes (read through a port transparent to the engine's writes; `tile_base` + NT ≤ combine_tiles); a token list
+holds each token at most once.
 
 Handshakes: `command` is taken when `valid` and `ready` (= not `busy`); a command with M, KT or NT of 0 does
 nothing. `busy` rises the cycle after and falls once every row has left the requantizer (and the combine
@@ -63,7 +63,7 @@ from .sequencer import TileSequencer
 __all__ = ["GemmEngine"]
 
 _SIZES = ("rows", "cols", "max_m", "max_k", "max_n", "x_stride", "x_depth", "w_depth", "p_depth", "index_depth",
-          "combine_depth", "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "operand_width",
+          "combine_tiles", "combine_depth", "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "operand_width",
           "accumulator_width", "multiplier_width")
 
 
@@ -96,10 +96,11 @@ class GemmEngine(wiring.Component):
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
                  operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
-                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None):
+                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None,
+                 combine_tiles: int | None = None):
         self.geometry = GemmGeometry(rows, cols, max_m, max_k, max_n, x_stride, w_depth, p_depth, index_depth,
                                      operand_width, accumulator_width, multiplier_width, load_rows, gelu_lanes,
-                                     x_depth)
+                                     x_depth, combine_tiles)
         for name in _SIZES:
             setattr(self, name, getattr(self.geometry, name))
         super().__init__(self.Signature(self.geometry))
@@ -109,7 +110,7 @@ class GemmEngine(wiring.Component):
         """The engine `accel` builds for `model`: M up to one token block, gathered from all tokens, K and N up
         to the largest of the matrix products (`largest_product`); GELU at the accelerator's `requant_lanes` values
         per cycle. `sizes` sets memory depths the top level chooses (`x_depth`, `w_depth`, `p_depth`,
-        `index_depth`)."""
+        `index_depth`, `combine_tiles`)."""
         largest_k, largest_n = largest_product(model, accel)
         return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,

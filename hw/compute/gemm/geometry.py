@@ -69,7 +69,8 @@ def _positive(name, value):
 class GemmGeometry:
     """An engine around a `rows` × `cols` array for matrices up to `max_m` × `max_k` × `max_n`: X rows `x_stride`
     words apart per K tile, `load_rows` weight rows per cycle, GELU `gelu_lanes` values per cycle, and the depths
-    of the memories behind its read ports (0: the least the sizes need)."""
+    of the memories behind its read ports (0: the least the sizes need); the combine memory holds `combine_tiles`
+    N tiles a token (None: `n_tiles_max`; COMBINE commands add into tiles below it)."""
     rows: int
     cols: int
     max_m: int
@@ -85,12 +86,13 @@ class GemmGeometry:
     load_rows: int = 1
     gelu_lanes: int | None = None
     x_depth: int | None = None
+    combine_tiles: int | None = None
 
     def __post_init__(self):
         for name in ("rows", "cols", "max_m", "max_k", "max_n", "operand_width", "accumulator_width",
                      "multiplier_width"):
             _positive(name, getattr(self, name))
-        for name in ("x_stride", "w_depth", "p_depth", "index_depth", "x_depth"):
+        for name in ("x_stride", "w_depth", "p_depth", "index_depth", "x_depth", "combine_tiles"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.x_stride is not None and self.x_stride < self.max_m:
@@ -101,7 +103,7 @@ class GemmGeometry:
                 raise ValueError(f"GemmEngine {name} = {value!r}: must be from 1 to {top}")
         x_stride = self.max_m if self.x_stride is None else self.x_stride
         defaults = {"x_stride": self.max_m, "x_depth": x_stride * self.k_tiles_max, "gelu_lanes": self.cols,
-                    "p_depth": self.n_tiles_max,
+                    "p_depth": self.n_tiles_max, "combine_tiles": self.n_tiles_max,
                     "index_depth": self.max_m, "w_depth": self.k_tiles_max * self.n_tiles_max * self.load_beats}
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -123,7 +125,7 @@ class GemmGeometry:
 
     @property
     def combine_depth(self) -> int:
-        return self.x_stride * self.n_tiles_max
+        return self.x_stride * self.combine_tiles
 
     @property
     def gelu_chunks(self) -> int:
