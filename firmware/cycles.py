@@ -439,7 +439,8 @@ class CycleModel:
     - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
       queues' prefix sums (the experts known: EXPERTS), then the queues (T·(k + 1): the gathering GEMMs);
     - DRAM reads: `_ReadPort`; a load path beat takes ⌈bus / the memory's word⌉ cycles to write;
-    - at a run's start the combine accumulator is cleared (T · its N tiles cycles) and RESIDUAL waits for it.
+    - at a run's start the combine accumulator is cleared (T · its N tiles cycles) and RESIDUAL waits for it;
+    - a STORE or UPSAMPLE from SCRATCH and a GEMM with its stationary operand there wait for each other (one port).
     """
 
     GEMM_FIXED = 11          # a command's handshakes: its start, the accumulator and the output path's writes
@@ -511,6 +512,7 @@ class CycleModel:
         issue_cycles, last, held = [], -1, None
         spans, reads_from = [], []              # the units' spans; the DRAM transfers' (unit, start, transfer)
         routed = None                           # the router's (experts known, queues done) once its LayerNorm ran
+        on_port_a = {"gemm": False, "store": False}     # the unit's last command reads SCRATCH's port A
 
         def end(name):
             if name in transfers:
@@ -566,6 +568,9 @@ class CycleModel:
             elif op is Opcode.GEMM:
                 reads, writes = self._gemm_touches(issue)
                 at = max(at, end("gemm"), hazard(reads, writes))
+                on_port_a["gemm"] = issue["stationary"].name == "SCRATCH"
+                if on_port_a["gemm"] and on_port_a["store"]:
+                    at = max(at, end("store"))
                 buffer = issue["w_base"] // self.span if issue["stationary"].name == "WEIGHTS" else None
                 if buffer is not None and held != buffer:
                     at = max(at, slab_full(buffer))
@@ -612,6 +617,9 @@ class CycleModel:
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
                 memory = _mask(issue["memory"])
                 at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory & busy.writes])
+                on_port_a["store"] = issue["memory"] is Space.SCRATCH
+                if on_port_a["store"] and on_port_a["gemm"]:
+                    at = max(at, end("gemm"))
                 words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
                 occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads=memory)
             elif op is Opcode.CONFIG_GELU:

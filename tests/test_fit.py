@@ -101,5 +101,12 @@ def test_unknown_target():
 
 
 def test_memory_block_aspect_choice():
-    block = MemoryBlock("toy", 1, ((2, 4), (4, 2)))
+    block = MemoryBlock("toy", 1, ((2, 4), (4, 2)), 2)
     assert block.blocks_for(4, 2) == 1 and block.blocks_for(2, 4) == 1 and block.blocks_for(4, 4) == 2
+    assert block.blocks_for(4, 2, two_ports=True) == 2       # the 4-wide shape has one write and one read port
+
+
+@pytest.mark.parametrize("width, depth, blocks", [(36, 512, 2), (18, 1024, 1), (64, 2560, 12), (128, 170, 8)])
+def test_two_ported_memories_take_true_dual_port_shapes(width, depth, blocks):
+    dp16kd, = ECP5.memory_blocks
+    assert dp16kd.blocks_for(width, depth, two_ports=True) == blocks

@@ -1,5 +1,7 @@
-"""`InterleavedMemory` (SCRATCH's banks): random writes and reads on every port against its `model`, each read a
-cycle after its enable and held while the enable is low; parameter checks; Verilog that elaborates."""
+"""`InterleavedMemory` (the two-ported memories of the top level, SCRATCH's banks): random writes and reads on
+every port against its `model` under the port rules of its docstring, each read a cycle after its enable and held
+while the enable is low (port A's until its next user); port B's read of the word written in the same cycle;
+one copy of block RAM a bank in synthesis; parameter checks; Verilog that elaborates."""
 
 import numpy as np
 import pytest
@@ -9,48 +11,73 @@ from hw.memory.interleaved import InterleavedMemory
 from hw.sim import simulate
 
 
-@pytest.mark.parametrize("banks", [1, 2, 4])
-def test_every_port_reads_what_the_model_says(banks):
-    width, depth, cycles = 8, 16, 300
-    memory = InterleavedMemory(width, depth, banks, narrow_reads=2)
-    rng = np.random.default_rng(banks)
+@pytest.mark.parametrize("banks, wide", [(1, False), (1, True), (2, True), (4, True), (4, False)])
+def test_every_port_reads_what_the_model_says(banks, wide):
+    width, depth, cycles = 8, 16, 400
+    memory = InterleavedMemory(width, depth, banks, wide=wide)
+    rng = np.random.default_rng(banks + 8 * wide)
     words = [0] * depth
-    narrow = [memory.read_0, memory.read_1]
+    port_a_users = ["write", "shared"] + (["wide"] if wide else [])
 
     async def testbench(ctx):
         expected = {}             # port → the word its data must show this cycle
+        collisions = 0
         for _ in range(cycles):
-            ports = [("narrow", port, depth) for port in narrow] + [("wide", memory.wide, depth // banks)]
-            reads = []
-            for op, port, span in ports:
-                enable, addr = int(rng.random() < 0.7), int(rng.integers(span))
-                ctx.set(port.en, enable)
-                ctx.set(port.addr, addr)
-                reads.append((op, port, enable, addr))
-            write, addr, value = rng.random() < 0.5, int(rng.integers(depth)), int(rng.choice([0, 0x80, 0x7F, 0xFF,
-                                                                                              rng.integers(256)]))
+            user = rng.choice(port_a_users + [None])             # port A: at most one user a cycle
+            write, addr, value = user == "write", int(rng.integers(depth)), int(
+                rng.choice([0, 0x80, 0x7F, 0xFF, rng.integers(256)]))
             ctx.set(memory.write.en, write)
             ctx.set(memory.write.addr, addr)
             ctx.set(memory.write.data, value)
-            for op, port, enable, read_addr in reads:       # a read in the write's cycle sees the old word
+            reads = [("narrow", memory.read, depth, rng.random() < 0.7)]
+            reads.append(("narrow", memory.shared, depth, user == "shared"))
+            if wide:
+                reads.append(("wide", memory.wide, depth // banks, user == "wide"))
+            for op, port, span, enable in reads:
+                read_addr = addr if port is memory.read and write and rng.random() < 0.3 else int(rng.integers(span))
+                ctx.set(port.en, enable)
+                ctx.set(port.addr, read_addr)
                 if enable:
-                    expected[port] = memory.model(words, op, read_addr)
+                    if port is memory.read and write and read_addr == addr:     # port B sees the new word
+                        collisions += 1
+                        expected[port] = memory.model(words[:addr] + [value] + words[addr + 1:], op, read_addr)
+                    else:
+                        expected[port] = memory.model(words, op, read_addr)
+            if user is not None:          # port A's other users' data is not held past this cycle
+                for op, port, _, enable in reads[1:]:
+                    if not enable:
+                        expected.pop(port, None)
             await ctx.tick()
             if write:
                 words[addr] = value
             for op, port, _, _ in reads:
                 if port in expected:
                     assert ctx.get(port.data) == expected[port], (op, banks)
+        assert collisions > 10
 
     simulate(memory, testbench)
 
 
+@pytest.mark.parametrize("width, depth, banks, blocks", [
+    (64, 2560, 1, 12),      # 1024 × 18: 4 wide, 3 deep; a copy a read port would be 20 (two of 512 × 36)
+    (32, 4096, 2, 8),       # a bank of 2048 × 32: 2048 × 9, 4 wide
+    (16, 2048, 1, 2),
+])
+def test_a_bank_is_one_copy_of_true_dual_port_blocks(width, depth, banks, blocks):
+    """Yosys maps each bank to one copy of DP16KD blocks, as the fit plan counts a two-ported memory."""
+    from hw.flow.fit import target
+    from hw.flow.synth import cell_counts
+    dp16kd = target("ulx3s-85f").memory_blocks[0]
+    assert banks * dp16kd.blocks_for(width, depth // banks, two_ports=True) == blocks
+    assert cell_counts(InterleavedMemory(width, depth, banks, wide=True), "memory")["DP16KD"] == blocks
+
+
 @pytest.mark.parametrize("args, text", [((8, 10, 4), "power of two dividing depth"), ((8, 12, 3), "power of two"),
-                                        ((0, 8, 1), "width"), ((8, 8, 1, 0), "narrow_reads")])
+                                        ((0, 8, 1), "width"), ((8, 8, 0), "banks")])
 def test_bad_parameters_are_named(args, text):
     with pytest.raises(ValueError, match=text):
         InterleavedMemory(*args)
 
 
 def test_verilog_elaborates():
-    assert "module" in to_verilog(InterleavedMemory(16, 64, 2, narrow_reads=2), name="interleaved")
+    assert "module" in to_verilog(InterleavedMemory(16, 64, 2, wide=True), name="interleaved")

@@ -45,7 +45,7 @@ from .store_path import StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
 from .isa import InstructionSet, Opcode, Space
-from .memories import check_top_level, feed_rows, onchip_spaces
+from .memories import TWO_PORTED, check_top_level, feed_rows, onchip_spaces
 from .registers import COUNTERS
 
 __all__ = ["Accelerator"]
@@ -129,16 +129,19 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
+        from_slab = self.controller.gemm_touches.stationary == Space.WEIGHTS
         for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES,
                       Space.ROUTES):
             memory, name = self.spaces[space], space.name.lower()
-            if space == Space.SCRATCH:     # banked: the stationary read takes a feed word's rows at once
-                storage = m.submodules[name] = InterleavedMemory(8 * memory.word_bytes, memory.depth,
-                                                                 self.feed_rows, narrow_reads=2)
-                write, read_port = storage.write, iter((storage.read_0, storage.read_1)).__next__
+            if space in TWO_PORTED:      # the store path on port A with the writers (never at once), the rest on B
+                storage = m.submodules[name] = InterleavedMemory(
+                    8 * memory.word_bytes, memory.depth, self.feed_rows if space == Space.SCRATCH else 1,
+                    wide=space == Space.SCRATCH)
+                write, reader = storage.write, storage.read
+                wiring.connect(m, storage.shared, getattr(store, name))
             else:
                 storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
-                write, read_port = storage.write_port(), storage.read_port
+                write, reader = storage.write_port(), storage.read_port()
             # a unit's write port into a memory is named after its Space
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
                        if name in unit.signature.members]
@@ -148,32 +151,27 @@ class Accelerator(wiring.Component):
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
-            if hasattr(store, name):
-                wiring.connect(m, read_port(), getattr(store, name))
             if space in (Space.ACTIVATION, Space.SCRATCH):
-                reader = read_port()
                 m.d.comb += [reader.addr.eq(engine.x_read.addr), reader.en.eq(engine.x_read.en)]
                 x_data[space] = reader.data
-            if space == Space.SCRATCH:       # the stationary operand of attention: Kᵀ and V
+            if space == Space.SCRATCH:       # the stationary operand of attention: Kᵀ and V (port A)
                 stationary = storage.wide
-                m.d.comb += [stationary.addr.eq(engine.w_read.addr), stationary.en.eq(engine.w_read.en)]
+                m.d.comb += [stationary.addr.eq(engine.w_read.addr), stationary.en.eq(engine.w_read.en & ~from_slab)]
             if space == Space.RESIDUAL:      # the residual addition and LayerNorm, never at once
-                reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(Mux(norm.busy, norm.residual_read.addr, output.residual_read.addr)),
                              reader.en.eq(norm.residual_read.en | output.residual_read.en),
                              norm.residual_read.data.eq(reader.data), output.residual_read.data.eq(reader.data)]
             if space == Space.SCORES:
-                wiring.connect(m, storage.read_port(), self.softmax_path.scores_read)
+                wiring.connect(m, reader, self.softmax_path.scores_read)
             if space == Space.ROUTES:        # the routing record, as the routes leave the router
                 routes = self.router.routes
                 m.d.comb += [routes.ready.eq(1), write.en.eq(routes.valid), write.addr.eq(routes.payload.token),
                              write.data.eq(Cat(routes.payload.experts, routes.payload.weights))]
+                wiring.connect(m, reader, store.routes)
             if space == Space.ROW_SCALES:
-                reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.row_read.addr), reader.en.eq(engine.row_read.en),
                              engine.row_read.data.eq(reader.data[:ROW_SCALE.size])]
             if space == Space.PARAMS:
-                reader = storage.read_port()
                 m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en)]
                 fields = sum(bits for _, bits, _, _ in PARAMETER_WORD)
                 m.d.comb += engine.p_read.data.eq(Cat(*(Cat(reader.data[64 * c:64 * c + 32],
@@ -186,7 +184,6 @@ class Accelerator(wiring.Component):
         for space, port in ((Space.ROUTER, self.router.weights_write), (Space.ROUTER_PARAMS, self.router.params_write)):
             source = getattr(load, space.name.lower())
             m.d.comb += [port.addr.eq(source.addr), port.en.eq(source.en), port.data.eq(source.data)]
-        from_slab = self.controller.gemm_touches.stationary == Space.WEIGHTS
         m.d.comb += [self.loader.read.addr.eq(engine.w_read.addr), self.loader.read.en.eq(engine.w_read.en & from_slab),
                      engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
         m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_touches.source == Space.SCRATCH, x_data[Space.SCRATCH],
@@ -202,7 +199,7 @@ class Accelerator(wiring.Component):
                      engine.index_read.data.eq(queue.data.token), engine.scatter_read.data.eq(queue.data.token),
                      engine.gate_read.data.eq(queue.data.weight)]
         m.submodules.combine = storage = Memory(shape=engine.geometry.combine_word, depth=drain.depth, init=[])
-        write, read = storage.write_port(), storage.read_port()
+        write, read = storage.write_port(), storage.read_port()     # the drain reads the old word as it clears it
         with m.If(drain.busy):
             m.d.comb += [write.addr.eq(drain.write.addr), write.en.eq(drain.write.en), write.data.eq(drain.write.data),
                          read.addr.eq(drain.read.addr), read.en.eq(drain.read.en)]

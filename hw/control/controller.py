@@ -22,7 +22,9 @@ Issue rules (docs/architecture.md, section 11):
   which then uses it without a take (a next GEMM on another buffer releases it first). GELU's hidden
   requantization is HIDDEN's (the last `CONFIG_GELU`, or a LOAD into HIDDEN, which a GELU GEMM waits for).
   With `im2col` X is the band of the last `CONFIG_CONV` (a head's convolution); one that gathers, or a 3×3 one
-  whose `k_tiles` is not 9 × the band's channel tiles, is BAD_OPERAND.
+  whose `k_tiles` is not 9 × the band's channel tiles, is BAD_OPERAND. One whose stationary operand is in SCRATCH
+  also waits while a STORE or UPSAMPLE reads SCRATCH (they share a port, `TWO_PORTED`), and one that would also
+  write SCRATCH is BAD_OPERAND.
 - `LAYERNORM`: when the norm path is free, no unit in flight writes RESIDUAL or NORMS, and none reads or writes
   ACTIVATION; with ε and the shifts of the last `CONFIG_NORM`; rows inside the token count.
 - `SOFTMAX`: when the softmax path is free, no unit in flight writes its half of SCORES, and none reads or
@@ -34,8 +36,8 @@ Issue rules (docs/architecture.md, section 11):
   holds two layers, `router_layers_held`); when the router is idle, nothing reads or writes ROUTES and no LOAD
   into ROUTER or ROUTER_PARAMS is in flight. A LAYERNORM with `route` needs a ROUTE waiting for its rows (else
   BAD_OPERAND).
-- `STORE`: once no unit in flight writes the memory and the store path is free; bus-aligned, a whole number of
-  words and of bus words.
+- `STORE`: once no unit in flight writes the memory and the store path is free (from SCRATCH: and no GEMM reads
+  its stationary operand there); bus-aligned, a whole number of words and of bus words.
 - `CONFIG_*`: the registers the instructions after it read (a GEMM takes CONFIG_GELU's and CONFIG_CONV's
   with its command, so a CONFIG after it changes only the GEMMs after that).
 - `UPSAMPLE`: as STORE, on the store path (one output row of tiles × 2·width words); refused when it reads past
@@ -203,7 +205,8 @@ class Controller(wiring.Component):
                     with m.Elif(ops.memory == space):
                         m.d.comb += [self.store.payload.memory.eq(space), self.store.payload.base.eq(ops.base),
                                      self.store.payload.address.eq(address), self.store.payload.length.eq(ops.bytes)]
-                        go(self.store.ready & ~writing[space.value])
+                        go(self.store.ready & ~writing[space.value]
+                           & ~(touched.stationary_reading if space == Space.SCRATCH else 0))
                         m.d.comb += self.store.valid.eq(issue)
                         m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):

@@ -28,6 +28,7 @@ def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
                 | (combining & (ops.d_base + ops.n_tiles > combine_tiles))
                 | (ops.residual & (ops.destination != Space.RESIDUAL))
                 | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
+                | ((ops.stationary == Stationary.SCRATCH) & (ops.destination == Space.SCRATCH))
                 | ((ops.mode == GemmMode.RAW) != (ops.destination == Space.SCORES))
                 | ((ops.stationary == Stationary.WEIGHTS) & ((ops.w_base >> span_bits) >= ctrl.buffers))
                 | params_straddle | ((ops.destination == Space.SCORES) & scores_straddle)
@@ -83,6 +84,7 @@ def issue_gemm(ctrl, m, ops, decoded, refuse, go, issue, reading, writing, touch
                                | reading.bit_select(ops.destination.as_value(), 1))
         free = ~ctrl.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
             & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
+            & ~(~from_slab & reading[Space.SCRATCH.value]) \
             & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
             & ~(listed & ctrl.router_busy) \
             & ~(combining & ctrl.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])

@@ -36,11 +36,17 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 from ..compute.gemm.geometry import tiles
 from ..memory.layout import HEADER_COLUMN_BYTES
-from ..memory.plan import onchip_memories
+from ..memory.plan import feed_rows, onchip_memories
 from ..moe.router.geometry import RouterGeometry
 from .isa import Space
 
-__all__ = ["OnChip", "onchip_spaces", "check_top_level", "router_geometry", "feed_rows"]
+__all__ = ["OnChip", "onchip_spaces", "check_top_level", "router_geometry", "feed_rows", "TWO_PORTED"]
+
+# The memories the store path reads beside another reader: each is an `InterleavedMemory`, the store path's reads
+# (and SCRATCH's stationary reads) sharing port A with the writes, the engine's, LayerNorm's and the residual
+# addition's or the softmax's reads on port B. The scoreboard keeps a STORE or UPSAMPLE apart from the memory's
+# writers, and from a GEMM whose stationary operand is in SCRATCH (docs/architecture.md, section 11).
+TWO_PORTED = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,6 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         Space.HIDDEN: OnChip(Space.HIDDEN, 4, 1),
         **_router_spaces(model, accel),
     }
-
-
-def feed_rows(accel: AcceleratorConfig) -> int:
-    """Array rows a weight feed word holds: SCRATCH's banks, word a in bank a mod feed_rows, so the stationary
-    read of Kᵀ and V takes a feed word (rows L·a … L·a + L − 1) at feed-word address a."""
-    return accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8)
 
 
 def router_geometry(model: ModelConfig, accel: AcceleratorConfig) -> RouterGeometry:

@@ -26,7 +26,9 @@ class Scoreboard(wiring.Component):
     its `scores_half` and reads the PARAMS half of its `params_half`, the softmax reads the SCORES half of
     `softmax_half` (registered with `softmax_issued`), a LOAD into PARAMS writes the half of `load_half`, a
     STORE from SCORES reads both; bit SCORES or PARAMS of `reading` / `writing` is either half.
-    `gemm_touches`: the last GEMM's (its source and stationary operand select the engine's read ports)."""
+    `gemm_touches`: the last GEMM's (its source and stationary operand select the engine's read ports).
+    `stationary_reading`: a GEMM in flight reads its stationary operand from SCRATCH, on the port SCRATCH's STOREs
+    and UPSAMPLEs read from (`hw.memory.interleaved`), so they wait for it and it for them."""
 
     def __init__(self):
         super().__init__({
@@ -37,6 +39,7 @@ class Scoreboard(wiring.Component):
             "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES), "softmax_issued": In(1), "softmax_half": In(1),
             "reading": Out(len(Space)), "writing": Out(len(Space)), "gemm_touches": Out(GEMM_TOUCHES),
             "scores_reading": Out(2), "scores_writing": Out(2), "params_reading": Out(2), "params_writing": Out(2),
+            "stationary_reading": Out(1),
         })
 
     def elaborate(self, platform):
@@ -52,6 +55,7 @@ class Scoreboard(wiring.Component):
         softmax_half = Signal()
         with m.If(self.softmax_issued):
             m.d.sync += softmax_half.eq(self.softmax_half)
+        m.d.comb += self.stationary_reading.eq(self.gemm_active & (gemm.stationary == Space.SCRATCH))
         for half in range(2):
             m.d.comb += [
                 self.scores_writing[half].eq(self.gemm_active & (gemm.destination == Space.SCORES)

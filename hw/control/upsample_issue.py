@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth import Mux, Signal
 
 from .datapath import UPSAMPLABLE, upsample_length
-from .isa import ErrorCause
+from .isa import ErrorCause, Space
 
 __all__ = ["predecode_upsample", "issue_upsample"]
 
@@ -43,6 +43,7 @@ def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, writing, touched):
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
             m.d.comb += command.memory.eq(space)
-            go(ctrl.store.ready & ~writing[space.value])
+            go(ctrl.store.ready & ~writing[space.value]
+               & ~(touched.stationary_reading if space == Space.SCRATCH else 0))
             m.d.comb += [ctrl.store.valid.eq(issue), touched.store_issued.eq(issue),
                          touched.store_space.eq(space)]

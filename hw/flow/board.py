@@ -30,7 +30,7 @@ from .synth import SynthError, platform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BoardBuild", "build_board", "synthesis_overflow", "BOARDS", "DEFAULT_SEED"]
+__all__ = ["BoardBuild", "build_board", "synthesis_overflow", "blocks_by_memory", "BOARDS", "DEFAULT_SEED"]
 
 BOARDS = ("ulx3s-85f",)
 # nextpnr's placement seed by default: seed 1 does not route the tiny top of commit a5a5154 (router2's overuse grows
@@ -51,6 +51,18 @@ def synthesized_cells(log: str) -> dict[str, int]:
     return {kind: counts[kind] for kind in _SYNTHESIZED if kind in counts}
 
 
+def blocks_by_memory(netlist: dict, kinds) -> dict[str, int]:
+    """The cells of `kinds` (block RAM kinds) in a Yosys JSON `netlist`, counted by the memory they hold (its
+    hierarchical name below the accelerator: `scratch.bank_0`, `engine.accumulator.memory`, …)."""
+    by_memory: dict[str, int] = {}
+    for module in netlist["modules"].values():
+        for name, cell in module.get("cells", {}).items():
+            if cell["type"] in kinds:        # Yosys names a memory's blocks <memory>.<i>.<j>
+                memory = re.sub(r"(\.\d+)*$", "", name.split("$")[0]).rsplit("accelerator.", 1)[-1]
+                by_memory[memory] = by_memory.get(memory, 0) + 1
+    return by_memory
+
+
 def synthesis_overflow(directory: Path, device) -> str:
     """What Yosys's netlist in `directory` (`top.rpt`, `top.json`) needs beyond the `device`'s (`hw.flow.fit`
     `Target`) memory blocks and multipliers, the memory blocks by memory; empty when nothing overflows (or Yosys
@@ -66,12 +78,7 @@ def synthesis_overflow(directory: Path, device) -> str:
     parts = [f"{cells[kind]:,} {kind} of {capacity[kind]:,}" for kind in over]
     memory_kinds = {kind.name for kind in device.memory_blocks} & set(over)
     if memory_kinds and (directory / "top.json").exists():
-        by_memory: dict[str, int] = {}
-        for module in json.loads((directory / "top.json").read_text())["modules"].values():
-            for name, cell in module.get("cells", {}).items():
-                if cell["type"] in memory_kinds:        # Yosys names a memory's blocks <memory>.<i>.<j>
-                    memory = re.sub(r"(\.\d+)*$", "", name.split("$")[0]).rsplit("accelerator.", 1)[-1]
-                    by_memory[memory] = by_memory.get(memory, 0) + 1
+        by_memory = blocks_by_memory(json.loads((directory / "top.json").read_text()), memory_kinds)
         largest = sorted(by_memory.items(), key=lambda item: -item[1])[:6]
         parts[0] += " (" + ", ".join(f"{memory} {count}" for memory, count in largest) + ")"
     return "synthesis needs " + ", ".join(parts)

@@ -21,18 +21,21 @@ __all__ = ["MemoryBlock", "Target", "TARGETS", "target", "Memory", "onchip_memor
 
 @dataclass(frozen=True)
 class MemoryBlock:
-    """A kind of block RAM: its name, how many the target has, and its (width, depth) aspect ratios."""
+    """A kind of block RAM: its name, how many the target has, its (width, depth) aspect ratios, and the widest
+    of them whose two ports both read and write (true dual port; the wider ones are one write and one read port)."""
 
     name: str
     count: int
     shapes: tuple[tuple[int, int], ...]
+    dual_port_width: int
 
     @property
     def bits(self) -> int:
         return self.shapes[0][0] * self.shapes[0][1]
 
-    def blocks_for(self, width: int, depth: int) -> int:
-        return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in self.shapes)
+    def blocks_for(self, width: int, depth: int, two_ports: bool = False) -> int:
+        return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in self.shapes
+                   if not two_ports or w <= self.dual_port_width)
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,12 @@ TARGETS: dict[str, Target] = {
     target.name: target for target in [
         Target("ulx3s-85f", "ULX3S with a Lattice LFE5U-85F (ECP5)",
                (MemoryBlock("DP16KD", 208, ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384),
-                                            (36, 512))),),
+                                            (36, 512)), 18),),
                "MULT18X18D", 156, (18, 18)),
         Target("zcu104", "ZCU104 with a Xilinx XCZU7EV (Zynq UltraScale+)",
-               (MemoryBlock("URAM288", 96, ((72, 4096),)),
+               (MemoryBlock("URAM288", 96, ((72, 4096),), 72),
                 MemoryBlock("RAMB36E2", 312, ((36, 1024), (72, 512), (18, 2048), (9, 4096), (4, 8192),
-                                              (2, 16384), (1, 32768)))),
+                                              (2, 16384), (1, 32768)), 36)),
                "DSP48E2", 1728, (27, 18)),
     ]
 }
@@ -174,7 +177,9 @@ def fit_report(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> 
     used = {kind.name: 0 for kind in target.memory_blocks}
     placed = []
     for memory in sorted(onchip_memories(model, accel), key=lambda m: -m.bytes):
-        costs = [(memory.count * kind.blocks_for(memory.width, memory.depth), kind) for kind in target.memory_blocks]
+        costs = [(memory.count * memory.banks * kind.blocks_for(memory.width, memory.depth // memory.banks,
+                                                                 memory.two_ports), kind)
+                 for kind in target.memory_blocks]
         roomy = [(blocks, kind) for blocks, kind in costs if blocks <= remaining[kind.name]]
         blocks, kind = min(roomy, key=lambda c: c[0] * c[1].bits) if roomy else costs[-1]
         remaining[kind.name] -= blocks

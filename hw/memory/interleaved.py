@@ -1,5 +1,5 @@
 """`InterleavedMemory`: one memory of narrow words kept in `banks` banks, word a in bank a mod banks, so that a
-wide port reads `banks` consecutive words in one cycle."""
+wide port reads `banks` consecutive words in one cycle; each bank is one copy of a true dual-port block RAM."""
 
 from __future__ import annotations
 
@@ -14,30 +14,35 @@ __all__ = ["InterleavedMemory"]
 
 
 class InterleavedMemory(wiring.Component):
-    """`depth` words of `width` bits (`depth` a multiple of `banks`, `banks` a power of two), every port with the
-    contract of a `lib.memory` port (read data a cycle after `en`, held while `en` is low; reads see the old word
-    when a write to the same word lands in the same cycle):
-    - `write`: word `addr`;
-    - `read_0` … `read_{narrow_reads-1}`: word `addr`;
-    - `wide`: words `banks`·addr … `banks`·addr + banks − 1, the lowest in the low bits of `data`.
-    With `banks` = 1 it is a plain memory and `wide` reads one word."""
+    """`depth` words of `width` bits (`depth` a multiple of `banks`, `banks` a power of two). Every read port has
+    the contract of a `lib.memory` port (`data` a cycle after `en`, held while `en` is low) within the rules below.
+    Each bank's block RAM has two ports: port A takes the write and the reads that share it in time, port B the
+    free read, so Yosys maps a bank to one copy of true dual-port blocks (ECP5 DP16KD), not a copy per read port:
+    - `write`: word `addr` (port A);
+    - `read`: word `addr` (port B), in any cycle; a read of the word written in the same cycle sees the new word;
+    - `shared`: word `addr` (port A), never enabled in a cycle with `write.en`;
+    - `wide` (with `wide`): words `banks`·addr … `banks`·addr + banks − 1, the lowest in the low bits of `data`
+      (port A), never enabled in a cycle with `write.en` or `shared.en`.
+    Port A reads in every cycle one of its users enables it (a write's at the write's address), so `shared`'s and
+    `wide`'s data are held only until the next cycle with a write or the other's read.
+    The user keeps port A's users apart (the top level's scoreboard does, docs/architecture.md section 11)."""
 
-    def __init__(self, width: int, depth: int, banks: int = 1, narrow_reads: int = 1):
+    def __init__(self, width: int, depth: int, banks: int = 1, *, wide: bool = False):
         problem = next((f"{name} = {value!r}: a positive integer" for name, value in
-                        (("width", width), ("depth", depth), ("banks", banks), ("narrow_reads", narrow_reads))
+                        (("width", width), ("depth", depth), ("banks", banks))
                         if not isinstance(value, int) or value < 1), None)
         if problem is None and (banks & (banks - 1) or depth % banks):
             problem = f"banks = {banks}: a power of two dividing depth ({depth})"
         if problem is not None:
             self._MustUse__silence = True             # never built, so never elaborated
             raise ValueError(f"InterleavedMemory {problem}")
-        self.width, self.depth, self.banks = width, depth, banks
+        self.width, self.depth, self.banks, self.has_wide = width, depth, banks, wide
         addr = address_bits(depth)
         members = {"write": Out(WritePort.Signature(addr_width=addr, shape=width)),
-                   "wide": Out(ReadPort.Signature(addr_width=address_bits(depth // banks), shape=width * banks))}
-        members.update({f"read_{i}": Out(ReadPort.Signature(addr_width=addr, shape=width))
-                        for i in range(narrow_reads)})
-        self.narrow_reads = narrow_reads
+                   "read": Out(ReadPort.Signature(addr_width=addr, shape=width)),
+                   "shared": Out(ReadPort.Signature(addr_width=addr, shape=width))}
+        if wide:
+            members["wide"] = Out(ReadPort.Signature(addr_width=address_bits(depth // banks), shape=width * banks))
         super().__init__(members)
 
     def model(self, words, op: str, addr: int) -> int:
@@ -50,23 +55,33 @@ class InterleavedMemory(wiring.Component):
         m = Module()
         n = self.banks
         low = (n - 1).bit_length()
-        narrow = [getattr(self, f"read_{i}") for i in range(self.narrow_reads)]
-        bank_data = [[] for _ in narrow]
+        narrow = {self.read: [], self.shared: []}      # each narrow port's data, bank by bank
         wide_data = []
+        # port A's address: the write's in its cycle, else the shared read's or the wide read's
+        shared_addr = Signal(address_bits(self.depth // n))
+        m.d.comb += shared_addr.eq(self.shared.addr[low:])
+        if self.has_wide:
+            with m.If(~self.shared.en):
+                m.d.comb += shared_addr.eq(self.wide.addr)
+        with m.If(self.write.en):
+            m.d.comb += shared_addr.eq(self.write.addr[low:])
         for b in range(n):
             m.submodules[f"bank_{b}"] = bank = Memory(shape=self.width, depth=self.depth // n, init=[])
             write = bank.write_port()
-            m.d.comb += [write.addr.eq(self.write.addr[low:]), write.data.eq(self.write.data),
-                         write.en.eq(self.write.en & (self.write.addr[:low] == b if low else 1))]
-            for port, data in zip(narrow, bank_data):
-                read = bank.read_port()
-                m.d.comb += [read.addr.eq(port.addr[low:]), read.en.eq(port.en)]
-                data.append(read.data)
-            read = bank.read_port()
-            m.d.comb += [read.addr.eq(self.wide.addr), read.en.eq(self.wide.en)]
-            wide_data.append(read.data)
-        m.d.comb += self.wide.data.eq(Cat(*wide_data))
-        for port, data in zip(narrow, bank_data):
+            bank_write = self.write.en & (self.write.addr[:low] == b if low else 1)
+            m.d.comb += [write.addr.eq(shared_addr), write.data.eq(self.write.data), write.en.eq(bank_write)]
+            # port A reads in every write's cycle, so Yosys can give the write and the reads one block port
+            port_a = bank.read_port()
+            m.d.comb += [port_a.addr.eq(shared_addr),
+                         port_a.en.eq(bank_write | self.shared.en | (self.wide.en if self.has_wide else 0))]
+            narrow[self.shared].append(port_a.data)
+            wide_data.append(port_a.data)
+            port_b = bank.read_port(transparent_for=(write,))
+            m.d.comb += [port_b.addr.eq(self.read.addr[low:]), port_b.en.eq(self.read.en)]
+            narrow[self.read].append(port_b.data)
+        if self.has_wide:
+            m.d.comb += self.wide.data.eq(Cat(*wide_data))
+        for port, data in narrow.items():
             if low:
                 chosen = Signal(low)           # the bank of the word read, kept like the port's data
                 with m.If(port.en):

@@ -11,18 +11,23 @@ from dataclasses import dataclass
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
-__all__ = ["Memory", "onchip_memories"]
+__all__ = ["Memory", "onchip_memories", "feed_rows"]
 
 
 @dataclass(frozen=True)
 class Memory:
-    """One on-chip memory of the plan: `count` copies of `depth` words of `width` bits."""
+    """One on-chip memory of the plan: `count` copies of `depth` words of `width` bits, kept in `banks` banks of
+    depth / banks words each; `two_ports`: each bank uses both ports of its blocks (the write and the reads that
+    share its port in time, and a read of its own: `hw.memory.interleaved`), so it takes true dual-port blocks,
+    whose ports are narrower than a simple dual-port block's write and read ports."""
 
     name: str
     width: int
     depth: int
     count: int = 1
     purpose: str = ""
+    banks: int = 1
+    two_ports: bool = False
 
     @property
     def bytes(self) -> int:
@@ -31,6 +36,12 @@ class Memory:
 
 def _words(total_bits: int, width: int) -> int:
     return max(1, math.ceil(total_bits / width))
+
+
+def feed_rows(accel: AcceleratorConfig) -> int:
+    """Array rows a weight feed word holds: SCRATCH's banks, word a in bank a mod feed_rows, so the stationary
+    read of Kᵀ and V takes a feed word (rows L·a … L·a + L − 1) at feed-word address a."""
+    return accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8)
 
 
 def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory]:
@@ -59,21 +70,26 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     router_weights = accel.router_layers_held(model) * model.num_tasks * model.num_experts * d * ow
     router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
     feed_width = accel.weight_feed_bytes * 8
+    banks = feed_rows(accel)
     index_bits = max(1, (t - 1).bit_length())
     memories = [
-        Memory("residual", lanes * rw, _words(t * d * rw, lanes * rw), purpose="residual stream, every token"),
+        Memory("residual", c * rw, t * -(-d // c), purpose="residual stream, every token", two_ports=True),
         Memory("activation", stream_width, _words((t * d + rows * t) * ow, stream_width),
-               purpose="LayerNorm output / attention output and one head's P: the array's streamed operand"),
-        Memory("scratch", stream_width, _words(max(attention_bits, mlp_bits, head_bits), stream_width),
-               purpose="attention Q/Kᵀ/V, or MLP hidden, or a task head's band of input rows and ring of output rows"),
-        Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two heads' blocks of raw attention scores"),
+               purpose="LayerNorm output / attention output and one head's P: the array's streamed operand",
+               two_ports=True),
+        Memory("scratch", stream_width, banks * -(-max(attention_bits, mlp_bits, head_bits) // (stream_width * banks)),
+               purpose="attention Q/Kᵀ/V, or MLP hidden, or a task head's band of input rows and ring of output rows",
+               banks=banks, two_ports=True),
+        Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two heads' blocks of raw attention scores",
+               two_ports=True),
         Memory("combine", combine_width, t * -(-d // c) if has_moe else 0,
                purpose="the experts' gate-weighted sum of every token (MoE blocks)"),
         Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
                                                     // accel.array_cols),
                purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),
-        Memory("accumulator", accel.array_cols * acc, 2 << max(1, (rows - 1).bit_length()),
-               purpose="GEMM engine partial sums, M × C tile, two banks of a power of two rows"),
+        Memory("accumulator", accel.array_cols * acc, 2 << max(1, (rows - 1).bit_length()), 2,
+               purpose="GEMM engine partial sums, M × C tile, two banks of a power of two rows; a copy for each "
+                       "of its readers (the accumulation reads one bank while the drain reads the other)"),
         Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,
                purpose="ping/pong weight slabs from the loader"),
         Memory("router_weights", router_width, _words(router_weights, router_width),
