@@ -221,6 +221,8 @@ FAULTS = [
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a raw GEMM into ACTIVATION", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=ACTIVATION mode=RAW\nHALT",
      None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("a GEMM with W in SCRATCH into SCRATCH (one port for both)", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 "
+     "stationary=SCRATCH destination=SCRATCH\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("LAYERNORM past the last token", f"LAYERNORM rows=3 source={TINY.num_tokens - 2}\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("misaligned LOAD", "LOAD region=IMAGE address=4 bytes=8 memory=ACTIVATION\nHALT", None,
