@@ -1,5 +1,6 @@
 """The fit plan against Yosys: the accelerator of the `tiny` preset on a 4×4 array, synthesized for the ULX3S-85F,
-its block RAMs counted memory by memory against the plan's (docs/architecture.md, section 9). About three minutes."""
+its block RAMs counted memory by memory against the plan's, and the GEMM engine's multipliers against the plan's
+array and output path (docs/architecture.md, section 9). About three minutes."""
 
 import re
 
@@ -45,3 +46,11 @@ def test_the_plan_counts_what_synthesis_builds():
     for memory, blocks in planned.items():
         assert synthesized[memory] == blocks or (memory in FEWER and synthesized[memory] < blocks), \
             f"{memory}: the plan counts {blocks} {kind}, synthesis builds {synthesized[memory]}"
+    # the engine's multipliers (Yosys names each after the engine's signal it drives): the array's and the
+    # output path's, as the plan counts them; the rest of the design has products the plan does not list
+    multipliers = [name for module in netlist["modules"].values() for name, cell in module.get("cells", {}).items()
+                   if cell["type"] == ecp5.multiplier_name]
+    assert len(multipliers) == cells[ecp5.multiplier_name]
+    by_unit = fit_report(model, accel, ecp5).multipliers.by_unit
+    assert sum(name.startswith("engine.") for name in multipliers) == \
+        by_unit["systolic array"] + by_unit["GEMM output path"]
