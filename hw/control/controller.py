@@ -205,12 +205,11 @@ class Controller(wiring.Component):
                     with m.Elif(ops.memory == space):
                         m.d.comb += [self.store.payload.memory.eq(space), self.store.payload.base.eq(ops.base),
                                      self.store.payload.address.eq(address), self.store.payload.length.eq(ops.bytes)]
-                        go(self.store.ready & ~writing[space.value]
-                           & ~(touched.stationary_reading if space == Space.SCRATCH else 0))
+                        go(self.store.ready & ~touched.store_waits[space.value])
                         m.d.comb += self.store.valid.eq(issue)
                         m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(self, m, word.operands.upsample, decoded, refuse, go, issue, writing, touched)
+                issue_upsample(self, m, word.operands.upsample, decoded, refuse, go, issue, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):

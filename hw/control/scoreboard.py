@@ -27,8 +27,9 @@ class Scoreboard(wiring.Component):
     `softmax_half` (registered with `softmax_issued`), a LOAD into PARAMS writes the half of `load_half`, a
     STORE from SCORES reads both; bit SCORES or PARAMS of `reading` / `writing` is either half.
     `gemm_touches`: the last GEMM's (its source and stationary operand select the engine's read ports).
-    `stationary_reading`: a GEMM in flight reads its stationary operand from SCRATCH, on the port SCRATCH's STOREs
-    and UPSAMPLEs read from (`hw.memory.interleaved`), so they wait for it and it for them."""
+    `store_waits` (a bit per `Space`): what a STORE or UPSAMPLE from that memory waits for: a unit in flight writes
+    it, or (SCRATCH) a GEMM in flight reads its stationary operand there, on the port the store path reads from
+    (`hw.memory.interleaved`)."""
 
     def __init__(self):
         super().__init__({
@@ -39,7 +40,7 @@ class Scoreboard(wiring.Component):
             "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES), "softmax_issued": In(1), "softmax_half": In(1),
             "reading": Out(len(Space)), "writing": Out(len(Space)), "gemm_touches": Out(GEMM_TOUCHES),
             "scores_reading": Out(2), "scores_writing": Out(2), "params_reading": Out(2), "params_writing": Out(2),
-            "stationary_reading": Out(1),
+            "store_waits": Out(len(Space)),
         })
 
     def elaborate(self, platform):
@@ -55,7 +56,6 @@ class Scoreboard(wiring.Component):
         softmax_half = Signal()
         with m.If(self.softmax_issued):
             m.d.sync += softmax_half.eq(self.softmax_half)
-        m.d.comb += self.stationary_reading.eq(self.gemm_active & (gemm.stationary == Space.SCRATCH))
         for half in range(2):
             m.d.comb += [
                 self.scores_writing[half].eq(self.gemm_active & (gemm.destination == Space.SCORES)
@@ -81,5 +81,8 @@ class Scoreboard(wiring.Component):
                                              | always(self.norm_busy, (Space.RESIDUAL, Space.NORMS))
                                              | always(self.softmax_busy, (Space.SCORES,))
                                              | always(self.combine_busy, (Space.RESIDUAL,))),
+                self.store_waits[space.value].eq(self.writing[space.value]
+                                                 | (self.gemm_active & (gemm.stationary == space)
+                                                    & Const(space == Space.SCRATCH))),
             ]
         return m

@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth import Mux, Signal
 
 from .datapath import UPSAMPLABLE, upsample_length
-from .isa import ErrorCause, Space
+from .isa import ErrorCause
 
 __all__ = ["predecode_upsample", "issue_upsample"]
 
@@ -28,7 +28,7 @@ def predecode_upsample(ctrl, m, ops, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, writing, touched):
+def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, touched):
     """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
     of it): a store path command of tiles × 2·width words (the path works out its length)."""
     address, good = ctrl.dram_address(m, ops, "upsample")
@@ -43,7 +43,6 @@ def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, writing, touched):
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
             m.d.comb += command.memory.eq(space)
-            go(ctrl.store.ready & ~writing[space.value]
-               & ~(touched.stationary_reading if space == Space.SCRATCH else 0))
+            go(ctrl.store.ready & ~touched.store_waits[space.value])
             m.d.comb += [ctrl.store.valid.eq(issue), touched.store_issued.eq(issue),
                          touched.store_space.eq(space)]
