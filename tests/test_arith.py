@@ -1,10 +1,12 @@
-"""The two-step kept bit against the one-step `kept_bit`: every shift 0 … 63, extreme and random values."""
+"""The two-step kept bit against the one-step `kept_bit`: every shift 0 … 63, extreme and random values; the
+adder products (`narrow_product`, `times_constant`) against Python's, extremes and random operands."""
 
 import numpy as np
+import pytest
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import kept_bit, kept_bit_of_byte, kept_byte
+from hw.common.arith import kept_bit, kept_bit_of_byte, kept_byte, narrow_product, times_constant
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -30,3 +32,46 @@ def test_kept_bit_in_two_steps_equals_kept_bit():
     simulator.add_testbench(testbench)
     simulator.run()
     assert all(one == two == expected for one, two, expected in seen)
+
+
+
+def _evaluated(m, inputs, output, cases) -> list[int]:
+    """`output` of the combinational module `m` for each case (a value per signal of `inputs`)."""
+    seen = []
+
+    async def testbench(ctx):
+        for case in cases:
+            for signal, value in zip(inputs, case):
+                ctx.set(signal, value)
+            seen.append(ctx.get(output))
+
+    simulator = Simulator(m)
+    simulator.add_testbench(testbench)
+    simulator.run()
+    return seen
+
+
+@pytest.mark.parametrize("a_width, b_width", [(1, 1), (4, 32), (7, 7), (12, 5)])
+def test_narrow_product_is_the_product(a_width, b_width):
+    m = Module()
+    a, b, product = Signal(a_width), Signal(b_width), Signal(a_width + b_width)
+    m.d.comb += product.eq(narrow_product(a, b))
+    rng = np.random.default_rng(a_width * 100 + b_width)
+    pairs = [(x, y) for x in (0, 1, (1 << a_width) - 1) for y in (0, 1, (1 << b_width) - 1)]
+    pairs += [(int(x), int(y)) for x, y in zip(rng.integers(0, 1 << a_width, 40), rng.integers(0, 1 << b_width, 40))]
+    assert _evaluated(m, (a, b), product, pairs) == [x * y for x, y in pairs]
+    assert len(narrow_product(a, b)) >= a_width + b_width
+
+
+def test_narrow_product_refuses_signed_operands():
+    with pytest.raises(TypeError, match="unsigned"):
+        narrow_product(Signal(signed(4)), Signal(4))
+
+
+@pytest.mark.parametrize("constant", [0, 1, 17, 129, 255])
+def test_times_constant_is_the_product(constant):
+    m = Module()
+    value, product = Signal(9), Signal(17)
+    m.d.comb += product.eq(times_constant(value, constant))
+    values = [0, 1, 2, 255, 511, 300]
+    assert _evaluated(m, (value,), product, [(x,) for x in values]) == [x * constant for x in values]

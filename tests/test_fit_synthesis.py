@@ -1,6 +1,6 @@
 """The fit plan against Yosys: the accelerator of the `tiny` preset on a 4×4 array, synthesized for the ULX3S-85F,
-its block RAMs counted memory by memory against the plan's, and the GEMM engine's multipliers against the plan's
-array and output path (docs/architecture.md, section 9). About three minutes."""
+its block RAMs counted memory by memory against the plan's, and its multipliers unit by unit (docs/architecture.md,
+section 9). About three minutes."""
 
 import re
 
@@ -18,6 +18,9 @@ BUILT_AS = {
     "router_weights": r"router\.weights", "row_buffer": r"(norm_path\.layernorm|softmax_path\.softmax)\.rows",
     "expert_queues": r"router\.queue",
 }
+# The plan's multipliers, by the names of the units that build them.
+MULTIPLIERS_IN = {"systolic array + GEMM output path": r"engine\.", "router": r"router\.",
+                  "vector units": r"(norm_path\.layernorm|softmax_path\.softmax)\."}
 # Where synthesis may take fewer blocks than the plan, and why.
 FEWER = {
     "params": "the top level reads the bias and the parameter word's fields of each column, not all 64 bits",
@@ -46,11 +49,14 @@ def test_the_plan_counts_what_synthesis_builds():
     for memory, blocks in planned.items():
         assert synthesized[memory] == blocks or (memory in FEWER and synthesized[memory] < blocks), \
             f"{memory}: the plan counts {blocks} {kind}, synthesis builds {synthesized[memory]}"
-    # the engine's multipliers (Yosys names each after the engine's signal it drives): the array's and the
-    # output path's, as the plan counts them; the rest of the design has products the plan does not list
+    # the multipliers, unit by unit (Yosys names each after the signal it drives): as many as the plan counts, and
+    # none anywhere else (the control's address arithmetic is adders)
     multipliers = [name for module in netlist["modules"].values() for name, cell in module.get("cells", {}).items()
                    if cell["type"] == ecp5.multiplier_name]
     assert len(multipliers) == cells[ecp5.multiplier_name]
-    by_unit = fit_report(model, accel, ecp5).multipliers.by_unit
-    assert sum(name.startswith("engine.") for name in multipliers) == \
-        by_unit["systolic array"] + by_unit["GEMM output path"]
+    plan = fit_report(model, accel, ecp5).multipliers
+    for unit, pattern in MULTIPLIERS_IN.items():
+        built = sum(bool(re.match(pattern, name)) for name in multipliers)
+        planned = sum(plan.by_unit[part] for part in unit.split(" + "))
+        assert built == planned, f"{unit}: the plan counts {planned} {ecp5.multiplier_name}, synthesis builds {built}"
+    assert len(multipliers) == plan.total

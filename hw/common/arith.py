@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Mux, Signal, Value
 
 __all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
            "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right", "times_constant",
-           "bit_length", "tree_sum"]
+           "narrow_product", "bit_length", "tree_sum"]
 
 
 def index_bits(count: int) -> int:
@@ -133,4 +133,17 @@ def times_constant(value, constant: int):
     """`value` · `constant` (a non-negative integer) as a sum of shifted copies: adders, not a multiplier."""
     value = Value.cast(value)
     terms = [value << bit for bit in range(constant.bit_length()) if constant >> bit & 1]
+    return tree_sum(terms) if terms else Const(0)
+
+
+def narrow_product(a, b):
+    """`a` · `b` of two unsigned values as a sum of the wider one shifted by each set bit of the narrower: adders,
+    not a multiplier block. For address and length arithmetic on instruction fields, so that the multiplier
+    blocks stay with the arithmetic the fit plan counts them for (docs/architecture.md, section 9)."""
+    a, b = Value.cast(a), Value.cast(b)
+    if a.shape().signed or b.shape().signed:
+        raise TypeError("narrow_product takes unsigned operands")
+    if len(a) > len(b):
+        a, b = b, a
+    terms = [Mux(a[bit], b << bit, 0) for bit in range(len(a))]
     return tree_sum(terms) if terms else Const(0)

@@ -16,6 +16,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
+from ..common.arith import narrow_product
+
 __all__ = ["CornerTurn"]
 
 
@@ -56,7 +58,7 @@ class CornerTurn(wiring.Component):
         m.d.comb += self.result.ready.eq(~full.bit_select(fill, 1))
         taken = self.result.valid & self.result.ready
         block_base = Signal.like(job.base)
-        m.d.comb += block_base.eq(job.base + (((block * job.stride) + beat.tile) << shift))
+        m.d.comb += block_base.eq(job.base + ((narrow_product(block, job.stride) + beat.tile) << shift))
         for b in range(2):
             for r in range(c):
                 with m.If(taken & (fill == b) & (slot == r)):

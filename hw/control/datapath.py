@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import address_bits
+from ..common.arith import address_bits, times_constant
 from ..common.gearbox import Gearbox
 from ..memory.axi import AXI4Read
 from ..memory.reader import StreamReader
@@ -269,7 +269,7 @@ class NormPath(wiring.Component):
         rows_left, row, tile = Signal(self.row_width), Signal(self.row_width), Signal(range(tiles_in + 1))
         word_valid, fetch = Signal(), Signal()
         m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | gear_in.input.ready)),
-                     self.residual_read.addr.eq(tile * t + row), self.residual_read.en.eq(fetch),
+                     self.residual_read.addr.eq(times_constant(tile, t) + row), self.residual_read.en.eq(fetch),
                      gear_in.input.valid.eq(word_valid), gear_in.input.payload.eq(self.residual_read.data)]
         m.d.comb += [norm.input.valid.eq(gear_in.output.valid), norm.input.payload.eq(gear_in.output.payload),
                      gear_in.output.ready.eq(norm.input.ready)]
@@ -298,7 +298,7 @@ class NormPath(wiring.Component):
                      gear_out.input.payload.eq(norm.output.payload.data.y0),
                      norm.output.ready.eq(gear_out.input.ready & (~route | gear_router.input.ready)),
                      gear_out.output.ready.eq(1),
-                     self.activation.addr.eq(out_tile * t + out_row), self.activation.data.eq(gear_out.output.payload),
+                     self.activation.addr.eq(times_constant(out_tile, t) + out_row), self.activation.data.eq(gear_out.output.payload),
                      self.activation.en.eq(gear_out.output.valid)]
         with m.If(gear_out.output.valid):
             m.d.sync += words_left.eq(words_left - 1)
@@ -310,7 +310,7 @@ class NormPath(wiring.Component):
         with m.If(accepted):
             m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
                          tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
-                         words_left.eq(command.rows * tiles_out), route.eq(command.route)]
+                         words_left.eq(times_constant(command.rows, tiles_out)), route.eq(command.route)]
         with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid):
             m.d.sync += self.busy.eq(0)
         return m

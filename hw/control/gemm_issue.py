@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Mux
 
-from ..common.arith import times_constant
+from ..common.arith import narrow_product, times_constant
 from ..compute.gemm.geometry import GemmMode, tiles
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
@@ -19,7 +19,7 @@ def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
     combining = ops.mode == GemmMode.COMBINE
     listed = ops.gather | combining
     params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
-    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, ops.n_tiles * ops.d_stride)
+    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, narrow_product(ops.n_tiles, ops.d_stride))
     m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
     combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):

@@ -8,6 +8,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..common.arith import narrow_product
 from .isa import INSTRUCTION_BITS
 
 __all__ = ["ExpertsLoop"]
@@ -57,7 +58,7 @@ class ExpertsLoop(wiring.Component):
         # the controller's issue path
         with m.If(advance):
             m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
-                         self.offset.eq(head.expert * Mux(self.enter, self.stride, stride))]
+                         self.offset.eq(narrow_product(head.expert, Mux(self.enter, self.stride, stride)))]
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")

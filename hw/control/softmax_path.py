@@ -16,7 +16,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
-from ..common.arith import address_bits
+from ..common.arith import address_bits, times_constant
 from ..common.gearbox import Gearbox
 from .isa import Space
 from .memories import OnChip
@@ -70,7 +70,7 @@ class SoftmaxPath(wiring.Component):
         word_valid, fetch = Signal(), Signal()
         half = Signal()
         m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | narrow.input.ready)),
-                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + tile * t + row),
+                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + times_constant(tile, t) + row),
                      self.scores_read.en.eq(fetch),
                      narrow.input.valid.eq(word_valid), narrow.input.payload.eq(self.scores_read.data)]
         with m.If(fetch):
@@ -100,7 +100,7 @@ class SoftmaxPath(wiring.Component):
         m.d.comb += [widen.input.valid.eq(Mux(padding != 0, 1, softmax.output.valid)),
                      widen.input.payload.eq(Mux(padding != 0, 0, softmax.output.payload.p.as_value())),
                      softmax.output.ready.eq((padding == 0) & widen.input.ready), widen.output.ready.eq(1),
-                     self.activation.addr.eq(destination + out_tile * t + out_row),
+                     self.activation.addr.eq(destination + times_constant(out_tile, t) + out_row),
                      self.activation.data.eq(widen.output.payload), self.activation.en.eq(widen.output.valid)]
         with m.If(softmax.output.valid & softmax.output.ready & softmax.output.payload.last):
             m.d.sync += padding.eq(pad_beats)
@@ -128,7 +128,7 @@ class SoftmaxPath(wiring.Component):
             m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
                          half.eq(command.half),
                          tile.eq(0), beat_in.eq(0), out_row.eq(0), out_tile.eq(0), destination.eq(command.destination),
-                         words_left.eq(command.rows * -(-t // operands)), scale_row.eq(0)]
+                         words_left.eq(times_constant(command.rows, -(-t // operands))), scale_row.eq(0)]
         with m.Elif(self.busy & (words_left == 0) & ~softmax.busy & (padding == 0)):
             m.d.sync += self.busy.eq(0)
         return m

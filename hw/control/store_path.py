@@ -19,6 +19,7 @@ from __future__ import annotations
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib.memory import ReadPort
 
+from ..common.arith import narrow_product
 from ..memory.axi import AXI4Write
 from ..memory.writer import StoreWriter
 from ..vector.upsample import Upsampler
@@ -62,7 +63,7 @@ class StorePath(TransferPath):
                 for space in UPSAMPLABLE:
                     with m.Case(space):
                         m.d.comb += writer.command.payload.length.eq(
-                            upsample_length(tiles * width, self.spaces[space].word_bytes))
+                            upsample_length(narrow_product(tiles, width), self.spaces[space].word_bytes))
             with m.If(writer.command.ready):
                 m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from amaranth import Mux, Signal
 
+from ..common.arith import narrow_product
 from .datapath import UPSAMPLABLE, upsample_length
 from .isa import ErrorCause
 
@@ -14,9 +15,9 @@ def predecode_upsample(ctrl, m, ops, refuse):
     """What an UPSAMPLE's operands decide alone (`predecode`): BAD_OPERAND when it is empty, reads past its
     memory or is not a whole number of bus words; UNSUPPORTED from a memory the upsampler does not read."""
     words = Signal(len(ops.width) + len(ops.tiles))     # tiles × width, worked out once for every memory
-    m.d.comb += words.eq(ops.tiles * ops.width)
+    m.d.comb += words.eq(narrow_product(ops.tiles, ops.width))
     reach = Signal(len(ops.near) + len(ops.tiles) + len(ops.stride) + 1)      # past the last word it reads
-    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + (ops.tiles - 1) * ops.stride + ops.width)
+    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + narrow_product((ops.tiles - 1).as_unsigned(), ops.stride) + ops.width)
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:

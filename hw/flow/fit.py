@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from golden import ops
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible
 
+from ..control.memories import router_geometry
 from ..memory.plan import Memory, onchip_memories
+from ..moe.router.geometry import EXP_BITS, QUOTIENT_BITS
 
 __all__ = ["MemoryBlock", "Target", "TARGETS", "target", "Memory", "onchip_memories", "Multipliers",
            "multipliers", "FitReport", "FitError", "fit_report", "check_fit"]
@@ -89,21 +92,24 @@ class Multipliers:
         return sum(self.by_unit.values())
 
 
-def multipliers(accel: AcceleratorConfig, target: Target) -> Multipliers:
+def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> Multipliers:
     """Multiplier blocks of the units as built, on `target`: the array; the GEMM output path (per column the
     requantizer's acc × m and the gate weight's y × g, per GELU lane its interpolation and the hidden
-    requantization); the router (its MACs and about seven exponent and gate-weight products); the vector
-    units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m; once LayerNorm's S·|S| / S·r and
-    the softmax's row scale)."""
+    requantization); the router (its MACs, the logit distance times the exponent multiplier, e times the
+    reciprocal of the sum); the vector units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m;
+    once LayerNorm's S·|S| / S·r and the softmax's row scale). Nothing else takes one: the control's address
+    and length products are adders (`hw.common.arith.narrow_product`)."""
     rw, ow, acc, mw = accel.residual_width, accel.operand_width, accel.accumulator_width, accel.requant_multiplier_width
     m = target.multipliers_for
+    logit_width = router_geometry(model, accel).logit_width       # unsigned products: a sign bit more each
     gelu_lanes = min(accel.requant_lanes, accel.array_cols)
     score = 2 * ow + 8                                      # Q·Kᵀ scores of up to 2^8 dimensions
     per_lane = m(rw, rw) + m(rw, 32) + 2 * m(18, 16) + m(score + 1, mw + 1)
     return Multipliers({
         "systolic array": accel.macs_per_cycle * m(ow, ow),
         "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
-        "router": accel.router_macs_per_cycle * m(rw, ow) + 7,
+        "router": accel.router_macs_per_cycle * m(rw, ow) + m(logit_width + 1, ops.MULTIPLIER_BITS + 2)
+                  + m(EXP_BITS + 1, QUOTIENT_BITS + 1),
         "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
     })
 
@@ -187,7 +193,7 @@ def fit_report(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> 
         placed.append((memory, kind.name, blocks))
     return FitReport(model.name, accel.name, target.name, placed, used,
                      {kind.name: kind.count for kind in target.memory_blocks},
-                     multipliers(accel, target), target.multiplier_count, target.multiplier_name)
+                     multipliers(model, accel, target), target.multiplier_count, target.multiplier_name)
 
 
 def check_fit(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> FitReport:

@@ -6,6 +6,7 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ...common.arith import narrow_product
 from ...common.pipeline import credit_counter
 from .geometry import GemmGeometry
 
@@ -175,7 +176,7 @@ class TileSequencer(wiring.Component):
         credit_counter(m, bank_credit, bank_credited, self.tile_drained, n_started)
 
         with m.If(self.start):
-            total = command.k_tiles * command.n_tiles
+            total = narrow_product(command.k_tiles, command.n_tiles)
             m.d.sync += [
                 k_last_tile.eq(command.k_tiles - 1), single_row.eq(command.m == 1),
                 load_address.eq(command.w_base),
