@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AcceleratorConfig, ModelConfig
 
-from ..common.arith import index_bits
+from ..common.arith import index_bits, times_constant
 from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, next_burst
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 from .transfer import LENGTH_BITS
@@ -285,7 +285,7 @@ class ExpertSchedule(wiring.Component):
         offsets = Array(Const(offset, self.addr_width) for offset, _ in self.slabs)
         lengths = Array(Const(length, LENGTH_BITS) for _, length in self.slabs)
         expert_base = Signal(self.addr_width)
-        m.d.comb += expert_base.eq(self.layer_base + self.experts.payload * self.layout.expert_bytes)
+        m.d.comb += expert_base.eq(self.layer_base + times_constant(self.experts.payload, self.layout.expert_bytes))
         descriptor = self.descriptor
         take_dense = (slab == 0) & self.dense.valid
         with m.If(take_dense):

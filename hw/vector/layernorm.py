@@ -146,7 +146,7 @@ class LayerNorm(wiring.Component):
         set_base = Signal(range(self.param_sets * beats))
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0),
-                         set_base.eq(self.command.payload.set * beats)]
+                         set_base.eq(times_constant(self.command.payload.set, beats))]
 
         # --- 1. Sums -----------------------------------------------------------------------------------------
         rows = RowBuffer(m, "rows", self.input, length=dim, lanes=lanes, shape=signed(self.width), fill=0,

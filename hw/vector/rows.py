@@ -13,6 +13,8 @@ from amaranth import Const, Mux, Signal
 from amaranth.lib import data, enum
 from amaranth.lib.memory import Memory
 
+from ..common.arith import times_constant
+
 __all__ = ["BankState", "RowBuffer", "pick", "lane_mask"]
 
 
@@ -63,7 +65,7 @@ class RowBuffer:
         for lane in range(lanes):
             keep = Const(1) if lane < self.edge else ~self.last
             m.d.comb += self.masked[lane].eq(Mux(keep, input.payload[lane], fill))
-        m.d.comb += [write.addr.eq(self.bank * beats + self.beat), write.data.eq(self.masked),
+        m.d.comb += [write.addr.eq(times_constant(self.bank, beats) + self.beat), write.data.eq(self.masked),
                      write.en.eq(self.taking)]
         with m.If(self.taking):
             m.d.sync += self.beat.eq(Mux(self.last, 0, self.beat + 1))
@@ -83,7 +85,7 @@ class RowBuffer:
             self.set_state(m, self.read_bank, BankState.READING)
             with m.If(self.read_last):
                 m.d.sync += self.read_bank.eq(~self.read_bank)
-        m.d.comb += read.addr.eq(self.read_bank * beats + self.read_beat)
+        m.d.comb += read.addr.eq(times_constant(self.read_bank, beats) + self.read_beat)
 
     def intake_sides(self, m, name: str, stages: int) -> list[Signal]:
         """{valid, first, last, bank} of the beat taken, through `stages` registers: what the unit's reduction

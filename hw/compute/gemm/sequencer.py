@@ -6,7 +6,7 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ...common.arith import narrow_product
+from ...common.arith import narrow_product, times_constant
 from ...common.pipeline import credit_counter
 from .geometry import GemmGeometry
 
@@ -109,7 +109,7 @@ class TileSequencer(wiring.Component):
         # The word read this cycle enters the array next cycle.
         load = self.load.payload
         load_last = Signal()
-        m.d.sync += [self.load.valid.eq(issue_load), load.row.eq(load_r * g.load_rows), load.bank.eq(load_bank),
+        m.d.sync += [self.load.valid.eq(issue_load), load.row.eq(times_constant(load_r, g.load_rows)), load.bank.eq(load_bank),
                      load_last.eq(load_done)]
         m.d.comb += load.data.eq(self.w_read.data)
 

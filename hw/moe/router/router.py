@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out, flipped
 
 from golden.config import AcceleratorConfig, ModelConfig
 
-from ...common.arith import address_bits
+from ...common.arith import address_bits, times_constant
 from .gates import GateWeights
 from .geometry import QUOTIENT_BITS, RouterGeometry
 from .logits import LogitUnit
@@ -115,7 +115,7 @@ class Router(wiring.Component):
         m.submodules.params = params = Memory(shape=g.exponent_params, depth=g.layers * g.tasks, init=[])
         wiring.connect(m, flipped(self.params_write), params.write_port())
         params_read = params.read_port()
-        m.d.comb += [params_read.addr.eq(layer * g.tasks + task), top_k.params.eq(params_read.data)]
+        m.d.comb += [params_read.addr.eq(times_constant(layer, g.tasks) + task), top_k.params.eq(params_read.data)]
 
         # Logits, double-buffered between stages 1 and 2
         m.submodules.logits = logits = Memory(shape=signed(g.logit_width), depth=2 * g.experts, init=[])

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import address_bits, index_bits, round_shift
+from ...common.arith import address_bits, index_bits, round_shift, times_constant
 from ...common.pipeline import delay_line
 from .geometry import EXP_BITS, RouterGeometry
 
@@ -50,7 +50,7 @@ class ExponentTopK(wiring.Component):
         exp_busy, exp_issue = Signal(), Signal()
         exp_index = Signal(range(max(E, 2)))
         winners_ready = self.winners.valid
-        m.d.comb += [self.logit_read.addr.eq(exp_half * E + exp_index), self.logit_read.en.eq(1)]
+        m.d.comb += [self.logit_read.addr.eq(times_constant(exp_half, E) + exp_index), self.logit_read.en.eq(1)]
         start_exp = ~exp_busy & self.full.bit_select(exp_half, 1) & ~winners_ready
         with m.If(start_exp):
             m.d.sync += [exp_busy.eq(1), exp_issue.eq(1), exp_index.eq(0)]
