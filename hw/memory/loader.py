@@ -48,7 +48,8 @@ class WeightLoader(wiring.Component):
     """Slab buffers filled from DRAM by descriptors.
 
     Ports:
-    - `descriptor` (stream): accepted once its buffer is EMPTY; a misaligned address or a length over
+    - `descriptor` (stream): accepted once its buffer is EMPTY (`ready` depends on the payload's buffer alone, so
+      the length's comparisons stay off the issuer's decision); then a misaligned address or a length over
       `buffer_bytes` sets the sticky `error` and is dropped; length 0 makes the buffer FULL at once.
     - `axi`: AXI4 read master, INCR bursts of at most `max_burst` beats that never cross 4 KiB, up to
       `outstanding` in flight, across descriptors; `rready` is always high while a burst is in flight.
@@ -150,7 +151,7 @@ class WeightLoader(wiring.Component):
         misaligned = descriptor.address[:size] != 0
         too_long = descriptor.length > self.buffer_bytes
         bad = misaligned | too_long
-        m.d.comb += self.descriptor.ready.eq(~active & (bad | (state[descriptor.buffer] == BufferState.EMPTY)))
+        m.d.comb += self.descriptor.ready.eq(~active & (state[descriptor.buffer] == BufferState.EMPTY))
         accepted = self.descriptor.valid & self.descriptor.ready
         starting, empty_load = Signal(), Signal()       # events on buffer `descriptor.buffer`
         m.d.comb += [starting.eq(accepted & ~bad & (descriptor.length != 0)),
