@@ -54,11 +54,12 @@ class ExpertsLoop(wiring.Component):
                      queue.r_en.eq(advance)]
         length, index = Signal.like(self.body), Signal.like(self.body)
         stride, first_pc = Signal(32), Signal(32)
-        # the offset registered with the expert (the stride is the EXPERTS' own when it enters): no product on
-        # the controller's issue path
+        # the offset registered with the expert (the stride is the EXPERTS' own when it enters), its two products
+        # worked out side by side so that the issue decision (`enter`) only picks one
+        entering, running = narrow_product(head.expert, self.stride), narrow_product(head.expert, stride)
         with m.If(advance):
             m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
-                         self.offset.eq(narrow_product(head.expert, Mux(self.enter, self.stride, stride)))]
+                         self.offset.eq(Mux(self.enter, entering, running))]
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
