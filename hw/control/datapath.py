@@ -298,7 +298,8 @@ class NormPath(wiring.Component):
                      gear_out.input.payload.eq(norm.output.payload.data.y0),
                      norm.output.ready.eq(gear_out.input.ready & (~route | gear_router.input.ready)),
                      gear_out.output.ready.eq(1),
-                     self.activation.addr.eq(times_constant(out_tile, t) + out_row), self.activation.data.eq(gear_out.output.payload),
+                     self.activation.addr.eq(times_constant(out_tile, t) + out_row),
+                     self.activation.data.eq(gear_out.output.payload),
                      self.activation.en.eq(gear_out.output.valid)]
         with m.If(gear_out.output.valid):
             m.d.sync += words_left.eq(words_left - 1)

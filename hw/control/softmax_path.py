@@ -70,7 +70,8 @@ class SoftmaxPath(wiring.Component):
         word_valid, fetch = Signal(), Signal()
         half = Signal()
         m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | narrow.input.ready)),
-                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + times_constant(tile, t) + row),
+                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + times_constant(tile, t)
+                                              + row),
                      self.scores_read.en.eq(fetch),
                      narrow.input.valid.eq(word_valid), narrow.input.payload.eq(self.scores_read.data)]
         with m.If(fetch):

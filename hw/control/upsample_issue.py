@@ -17,7 +17,8 @@ def predecode_upsample(ctrl, m, ops, refuse):
     words = Signal(len(ops.width) + len(ops.tiles))     # tiles × width, worked out once for every memory
     m.d.comb += words.eq(narrow_product(ops.tiles, ops.width))
     reach = Signal(len(ops.near) + len(ops.tiles) + len(ops.stride) + 1)      # past the last word it reads
-    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + narrow_product((ops.tiles - 1).as_unsigned(), ops.stride) + ops.width)
+    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far)
+                         + narrow_product((ops.tiles - 1).as_unsigned(), ops.stride) + ops.width)
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:

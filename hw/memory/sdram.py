@@ -201,7 +201,8 @@ class _Build:
                 address[:self.beat_size].any()
             m.d.comb += (axi.awready if write else axi.arready).eq(1)
             m.d.sync += [self.serving.eq(1), self.writing.eq(write), self.failed.eq(bad), self.burst_id.eq(ident),
-                         self.word.eq(address[1:]), self.words_left.eq(times_constant(length + 1, self.c.words_per_beat)),
+                         self.word.eq(address[1:]),
+                         self.words_left.eq(times_constant(length + 1, self.c.words_per_beat)),
                          self.in_beat.eq(0), self.prefer_write.eq(~write)]
 
         with m.If(~self.serving & self.c.ready):

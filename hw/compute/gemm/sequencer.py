@@ -109,7 +109,8 @@ class TileSequencer(wiring.Component):
         # The word read this cycle enters the array next cycle.
         load = self.load.payload
         load_last = Signal()
-        m.d.sync += [self.load.valid.eq(issue_load), load.row.eq(times_constant(load_r, g.load_rows)), load.bank.eq(load_bank),
+        m.d.sync += [self.load.valid.eq(issue_load), load.row.eq(times_constant(load_r, g.load_rows)),
+                     load.bank.eq(load_bank),
                      load_last.eq(load_done)]
         m.d.comb += load.data.eq(self.w_read.data)
 

@@ -66,7 +66,8 @@ class LogitUnit(wiring.Component):
         capture = token_buffer.write_port()
         m.d.comb += [self.tokens.ready.eq(self.routing & ~filled.bit_select(capture_half, 1)
                                           & (captured != token_count)),
-                     capture.addr.eq(times_constant(capture_half, C) + capture_chunk), capture.data.eq(self.tokens.payload),
+                     capture.addr.eq(times_constant(capture_half, C) + capture_chunk),
+                     capture.data.eq(self.tokens.payload),
                      capture.en.eq(self.tokens.valid & self.tokens.ready)]
         token_filled = Signal(2)
         with m.If(capture.en):
@@ -88,8 +89,8 @@ class LogitUnit(wiring.Component):
         weights_read = self.weights_read
         mac_busy = Signal()
         m.d.comb += [token_read.addr.eq(times_constant(mac_half, C) + mac_chunk),
-                     weights_read.addr.eq(times_constant(times_constant(times_constant(layer, g.tasks) + task, G) + mac_group, C)
-                                           + mac_chunk),
+                     weights_read.addr.eq(times_constant(times_constant(times_constant(layer, g.tasks) + task, G)
+                                                         + mac_group, C) + mac_chunk),
                      weights_read.en.eq(1)]
         start_mac = ~mac_busy & filled.bit_select(mac_half, 1) & ~self.full.bit_select(logits_half, 1)
         with m.If(start_mac):
@@ -122,7 +123,8 @@ class LogitUnit(wiring.Component):
         # The group's E' logits written out, one per cycle
         expert_written = times_constant(mac_group, Eg) + write_index
         current = select(accumulators, write_index)
-        m.d.comb += [self.logit_write.addr.eq(times_constant(logits_half, E) + expert_written), self.logit_write.data.eq(current),
+        m.d.comb += [self.logit_write.addr.eq(times_constant(logits_half, E) + expert_written),
+                     self.logit_write.data.eq(current),
                      self.logit_write.en.eq(writing & (write_index < Eg) & (expert_written < E))]
         with m.If(self.logit_write.en & ((expert_written == 0) | (current > self.l_max[logits_half]))):
             for half in range(2):
