@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from golden import ops
+from amaranth import Shape
+
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible
 
 from ..control.memories import router_geometry
@@ -101,14 +102,15 @@ def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) ->
     and length products are adders (`hw.common.arith.narrow_product`)."""
     rw, ow, acc, mw = accel.residual_width, accel.operand_width, accel.accumulator_width, accel.requant_multiplier_width
     m = target.multipliers_for
-    logit_width = router_geometry(model, accel).logit_width       # unsigned products: a sign bit more each
+    router = router_geometry(model, accel)            # its two products are of unsigned values: a sign bit more each
+    exponent_multiplier = Shape.cast(router.exponent_params["multiplier"].shape).width
     gelu_lanes = min(accel.requant_lanes, accel.array_cols)
     score = 2 * ow + 8                                      # Q·Kᵀ scores of up to 2^8 dimensions
     per_lane = m(rw, rw) + m(rw, 32) + 2 * m(18, 16) + m(score + 1, mw + 1)
     return Multipliers({
         "systolic array": accel.macs_per_cycle * m(ow, ow),
         "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
-        "router": accel.router_macs_per_cycle * m(rw, ow) + m(logit_width + 1, ops.MULTIPLIER_BITS + 2)
+        "router": accel.router_macs_per_cycle * m(rw, ow) + m(router.logit_width + 1, exponent_multiplier + 1)
                   + m(EXP_BITS + 1, QUOTIENT_BITS + 1),
         "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
     })
