@@ -310,13 +310,15 @@ class LayerNorm(wiring.Component):
                     m.d.sync += root.eq(0)
                     m.next = "ROOT"
             with m.State("ROOT"):          # two result bits a cycle (one when 4^0 is the next trial)
+                # When 4^j is tried the partial root is a multiple of 4^(j+1): its sums with 4^j, halved or not,
+                # are ORs, so the two steps chain two carry chains (compare, subtract), not four.
                 steps = [(quotient, root, root_bit)]
                 for _ in range(2):
                     left, result, bit = steps[-1]
-                    trial = result + bit
+                    trial = result | bit
                     fits = left >= trial
                     steps.append((Mux(fits, left - trial, left)[:len(quotient)],
-                                  Mux(fits, (result >> 1) + bit, result >> 1)[:len(root)], bit >> 2))
+                                  Mux(fits, (result >> 1) | bit, result >> 1)[:len(root)], bit >> 2))
                 last = root_bit[:2] != 0            # the step just taken was the last
                 for register, one, two in zip((quotient, root, root_bit), steps[1], steps[2]):
                     m.d.sync += register.eq(Mux(last, one, two))
