@@ -40,7 +40,8 @@ from .sim import SimulatedBoard, accelerator_for, simulate
 __all__ = ["run_inference", "simulator_speed", "expected_read_bytes", "expected_write_bytes", "run_lines",
            "first_mismatch", "head_prediction", "ARRAY_KINDS"]
 
-FAST_REPEATS = 3       # runs of the fast simulator in `simulator_speed`, the median taken
+FAST_REPEATS = 5       # runs of the fast simulator in `simulator_speed`, two before Amaranth's run and three
+                       # after it; the median taken
 ARRAY_KINDS = ("patch_embed", "qkv", "attention", "proj", "dense_mlp", "experts")   # golden MACs on the array
 
 
@@ -240,11 +241,12 @@ def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: 
                     task: int = 0, latency: int = 10) -> dict:
     """Both simulators over the first `cycles` cycles of a backbone run of `task` (after the start-up), the same
     design and the same host code: per simulator the cycles per second (`pysim_cycles_per_s`;
-    `fast_cycles_per_s`, the median of `FAST_REPEATS` runs, each on a new instance: a run of a few hundredths
-    of a second is at the mercy of the machine) and the seconds spent besides the measured cycles
-    (elaboration, the fast simulator's build when it is not cached, each run's set-up); their `ratio`; and
-    whether they agree on every performance counter at the end (`counters_agree`: they simulate the same
-    cycles)."""
+    `fast_cycles_per_s`, the median of `FAST_REPEATS` runs, each on a new instance, half of them (rounded
+    down) before Amaranth's run and the rest after it: a run of a few hundredths of a second is at the mercy of
+    the shared machine's load at that moment, where Amaranth's run of half a minute averages it) and the seconds
+    spent besides the measured cycles (elaboration, the fast simulator's build when it is not cached, each
+    run's set-up); their `ratio`; and whether they agree on every performance counter at the end
+    (`counters_agree`: they simulate the same cycles)."""
     model = quantized.config
     program = backbone_program(quantized, accel, image)
     accelerator = accelerator_for(model, accel)
@@ -256,15 +258,18 @@ def simulator_speed(quantized: QuantizedModel, accel: AcceleratorConfig, image: 
         ran = await transport.wait_irq(cycles)
         return ran, time.perf_counter() - start, await driver.counters()
 
+    runs, setup = {"pysim": [], "verilator": []}, {"pysim": 0.0, "verilator": 0.0}
+    half = FAST_REPEATS // 2
+    for simulator in ["verilator"] * half + ["pysim"] + ["verilator"] * (FAST_REPEATS - half):
+        begin = time.perf_counter()
+        runs[simulator].append(simulate(accelerator, host, _dram_bytes(program, model, accel),
+                                        simulator=simulator, latency=latency))
+        setup[simulator] += time.perf_counter() - begin - runs[simulator][-1][1]
     measured = {}
-    for simulator, repeats in (("pysim", 1), ("verilator", FAST_REPEATS)):
-        begin, runs = time.perf_counter(), []
-        for _ in range(repeats):
-            runs.append(simulate(accelerator, host, _dram_bytes(program, model, accel), simulator=simulator,
-                                 latency=latency))
-        ran, seconds, counters = sorted(runs, key=lambda run: run[1])[repeats // 2]
+    for simulator, done in runs.items():
+        ran, seconds, counters = sorted(done, key=lambda run: run[1])[len(done) // 2]
         measured[simulator] = {"cycles": ran, "seconds": seconds, "counters": counters, "speed": ran / seconds,
-                               "setup_seconds": time.perf_counter() - begin - sum(run[1] for run in runs)}
+                               "setup_seconds": setup[simulator]}
     pysim, fast = measured["pysim"], measured["verilator"]
     return {"preset": model.name, "accel": accel.name, "task": task, "cycles": fast["cycles"],
             "pysim_cycles_per_s": pysim["speed"], "fast_cycles_per_s": fast["speed"],
