@@ -76,12 +76,11 @@ class Upsampler(wiring.Component):
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
         room = ~self.output.valid | self.output.ready
         emit = emitting & room
-        for j in range(lanes):
-            value = round_shift(times_constant(near[bits * j:bits * (j + 1)].as_signed(), 3)
-                                + far[bits * j:bits * (j + 1)].as_signed(), 4)
-            with m.If(emit):
-                m.d.sync += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
         with m.If(emit):
+            for j in range(lanes):
+                value = round_shift(times_constant(near[bits * j:bits * (j + 1)].as_signed(), 3)
+                                    + far[bits * j:bits * (j + 1)].as_signed(), 4)
+                m.d.sync += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
             m.d.sync += [self.output.valid.eq(1), step.eq(step + 1)]
         with m.Elif(self.output.ready):
             m.d.sync += self.output.valid.eq(0)
