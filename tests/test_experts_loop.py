@@ -18,12 +18,12 @@ def _loop():
     return ExpertsLoop(ENTRY, experts=16, depth=4)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_each_expert_replays_the_body(seed):
+@pytest.mark.parametrize("seed,length", [(0, 3), (1, 3), (2, 1), (3, 4)])   # bodies of one and of the depth too
+def test_each_expert_replays_the_body(seed, length):
     rng = random.Random(seed)
     experts = sorted(rng.sample(range(16), rng.randint(1, 6)))
     entries = [{"expert": e, "base": 20 * i, "count": rng.randint(1, 30)} for i, e in enumerate(experts)]
-    body = [rng.getrandbits(128) for _ in range(3)]
+    body = [rng.getrandbits(128) for _ in range(length)]
     loop = _loop()
     passes = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.gearbox import Gearbox
@@ -18,16 +18,19 @@ class ProgramFetch(wiring.Component):
     """While `running`, asks (`fetch`: {address, length}) for the next `chunk` instructions from `program_addr`
     whenever the `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus
     words that come back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
-    with `pop`. A reset starts again at `program_addr`. `drained`: nothing asked for is still to come
-    (`reader_idle`, the reader's) and the buffer is empty.
+    with `pop`; it leaves a register (the buffer's output stage), so the issue decision on it starts at a
+    flip-flop: an instruction written into an empty buffer is at the head two cycles later, then one a cycle.
+    A reset starts again at `program_addr`. `drained`: nothing asked for is still to come (`reader_idle`, the
+    reader's) and the buffer is empty.
 
     `incoming` is the instruction entering the buffer; the owner's `decoded` answer to it (`decoded_bits`,
     combinational) is stored beside it and comes out with it on `head_decoded`: what the instruction alone
     decides is worked out off the issue path."""
 
     def __init__(self, *, bus_bytes: int, addr_width: int, depth: int, chunk: int, decoded_bits: int = 0):
-        if not 1 <= chunk <= depth:
-            raise ValueError(f"ProgramFetch chunk = {chunk}: from 1 to depth ({depth})")
+        if not 1 <= chunk <= depth or depth < 2:
+            raise ValueError(f"ProgramFetch chunk = {chunk}, depth = {depth}: depth at least 2 (a buffer of one "
+                             f"register would take an instruction every other cycle), chunk from 1 to depth")
         self.bus_bytes, self.depth, self.chunk, self.decoded_bits = bus_bytes, depth, chunk, decoded_bits
         super().__init__({
             "running": In(1), "program_addr": In(32),
@@ -41,7 +44,8 @@ class ProgramFetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.gearbox = gearbox = Gearbox(8 * self.bus_bytes, INSTRUCTION_BITS)
-        m.submodules.instructions = buffer = SyncFIFO(width=INSTRUCTION_BITS + self.decoded_bits, depth=self.depth)
+        m.submodules.instructions = buffer = SyncFIFOBuffered(width=INSTRUCTION_BITS + self.decoded_bits,
+                                                              depth=self.depth)
         wiring.connect(m, wiring.flipped(self.program), gearbox.input)
         m.d.comb += [self.incoming.eq(gearbox.output.payload),
                      buffer.w_data.eq(Cat(gearbox.output.payload, self.decoded)), buffer.w_en.eq(gearbox.output.valid),
@@ -58,5 +62,6 @@ class ProgramFetch(wiring.Component):
         m.d.sync += reserved.eq(reserved + Mux(asked, chunk, 0) - (buffer.r_en & buffer.r_rdy))
         with m.If(asked):
             m.d.sync += fetched.eq(fetched + chunk)
-        m.d.comb += self.drained.eq(self.reader_idle & ~self.program.valid & ~gearbox.output.valid & ~buffer.r_rdy)
+        m.d.comb += self.drained.eq(self.reader_idle & ~self.program.valid & ~gearbox.output.valid
+                                    & (buffer.level == 0))
         return m

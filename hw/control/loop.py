@@ -63,10 +63,20 @@ class ExpertsLoop(wiring.Component):
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
-        m.d.comb += [read.addr.eq(index), self.instruction.eq(read.data),
+        last = index == length - 1
+        # A replay's instruction leaves a register (`current`), loaded as the one before it issues, with the
+        # body's next word read at index + 1 from registers alone, or the body's first (`first`, kept as it is
+        # written) at a jump: no memory read between the issue decision and the word it decides on.
+        current, first = Signal(self.width), Signal(self.width)
+        m.d.comb += [read.addr.eq(index + 1), self.instruction.eq(current),
                      write.addr.eq(index), write.data.eq(self.fetched),
                      write.en.eq(self.issued & self.active & ~self.replay)]
-        last = index == length - 1
+        with m.If(write.en & (index == 0)):
+            m.d.sync += first.eq(self.fetched)
+        with m.If(self.jump):
+            m.d.sync += current.eq(first)
+        with m.Elif(self.issued & self.replay & ~last):
+            m.d.sync += current.eq(read.data)
         with m.If(self.enter):
             m.d.comb += advance.eq(queue.r_rdy)
             m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
