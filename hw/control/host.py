@@ -7,10 +7,13 @@ BREADY; a read is taken while no read response waits, its data follows the next 
 Unmapped offsets answer SLVERR (reads return 0); writes to read-only registers are ignored with OKAY. WSTRB
 selects the bytes of a read-write register that change.
 
-Towards the controller: `start` and `soft_reset` are one-cycle pulses of a write of 1 to their CONTROL bits;
-`irq` is high while CONTROL.irq_enable and STATUS.done; the read-write registers are outputs named after them
-(`task`, `program_addr`, …), the read-only ones inputs (`busy`, `done`, `error`, `cause`, `error_pc`,
-`cycles` of 64 bits, and one per performance counter: `busy_gemm`, …).
+Towards the controller: `start` and `soft_reset` are one-cycle pulses of a write of 1 to their CONTROL bits, from
+registers: high the cycle after the write is taken (the cycle its response appears), so the reset they spread to
+every unit starts at a flip-flop, not at the bus's handshake; a read taken after the write's response has been
+accepted sees what the pulse changed (STATUS.busy of a run it started). `irq` is high while CONTROL.irq_enable and
+STATUS.done; the read-write registers are outputs named after them (`task`, `program_addr`, …), the read-only ones
+inputs (`busy`, `done`, `error`, `cause`, `error_pc`, `cycles` of 64 bits, and one per performance counter:
+`busy_gemm`, …).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class HostRegisters(wiring.Component):
         write_offset = bus.awaddr & ~(REGISTER_BYTES - 1)
         with m.If(bus.bvalid & bus.bready):
             m.d.sync += bus.bvalid.eq(0)
+        m.d.sync += [self.start.eq(0), self.soft_reset.eq(0)]     # pulses: a cycle long unless written below
         with m.If(take_write):
             m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(Response.SLVERR)]
             with m.Switch(write_offset):
@@ -85,7 +89,7 @@ class HostRegisters(wiring.Component):
                     with m.Case(reg.offset):
                         m.d.sync += bus.bresp.eq(Response.OKAY)
                         if reg.name == "CONTROL":
-                            m.d.comb += [self.start.eq(bus.wstrb[0] & bus.wdata[0]),
+                            m.d.sync += [self.start.eq(bus.wstrb[0] & bus.wdata[0]),
                                          self.soft_reset.eq(bus.wstrb[0] & bus.wdata[1])]
                             with m.If(bus.wstrb[0]):
                                 m.d.sync += irq_enable.eq(bus.wdata[2])
