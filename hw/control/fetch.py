@@ -29,6 +29,7 @@ class ProgramFetch(wiring.Component):
 
     def __init__(self, *, bus_bytes: int, addr_width: int, depth: int, chunk: int, decoded_bits: int = 0):
         if not 1 <= chunk <= depth or depth < 2:
+            self._MustUse__silence = True             # never built, so never elaborated
             raise ValueError(f"ProgramFetch chunk = {chunk}, depth = {depth}: depth at least 2 (a buffer of one "
                              f"register would take an instruction every other cycle), chunk from 1 to depth")
         self.bus_bytes, self.depth, self.chunk, self.decoded_bits = bus_bytes, depth, chunk, decoded_bits
