@@ -21,53 +21,42 @@ def test_every_instruction_once_in_order_under_gaps(seed, bus_bytes, depth, chun
     popped = []
 
     async def testbench(ctx):
-        pending = []                                          # bus words asked for, not yet delivered
-        delivered = 0                                         # bus words taken
-        parts = max(1, INSTRUCTION_BITS // (8 * bus_bytes))   # bus words an instruction
+        pending = []                # bus words asked for, not yet taken: (word, instructions it completes)
+        completed = 0               # instructions whose last bus word was taken
         ctx.set(fetch.program_addr, 0x1000)
-        ctx.set(fetch.running, 1)
-        for _ in range(800):
-            ctx.set(fetch.fetch.ready, rng.random() < 0.6)
-            if pending and rng.random() < 0.5:
-                ctx.set(fetch.program.payload, pending[0])
-                ctx.set(fetch.program.valid, 1)
-            else:
-                ctx.set(fetch.program.valid, 0)
+        cycle = 0
+        while cycle < 800 or pending or ctx.get(fetch.head_valid) or not ctx.get(fetch.drained):
+            running = cycle < 800   # then no more asked for; what was asked for is delivered and popped
+            rate = 0.5 if running else 1.0
+            ctx.set(fetch.running, running)
+            ctx.set(fetch.fetch.ready, running and rng.random() < 0.6)
+            deliver = bool(pending) and rng.random() < rate
+            ctx.set(fetch.program.valid, deliver)
+            if deliver:
+                ctx.set(fetch.program.payload, pending[0][0])
             ctx.set(fetch.reader_idle, not pending)
-            pop = ctx.get(fetch.head_valid) and rng.random() < 0.5
+            pop = ctx.get(fetch.head_valid) and rng.random() < rate
             ctx.set(fetch.pop, pop)
             if pop:
                 popped.append(ctx.get(fetch.head))
-            held = (delivered * max(per_word, 1)) // parts - (len(popped) - pop)    # taken, not yet popped
-            assert not ctx.get(fetch.drained) or (not pending and held == 0 and delivered % parts == 0)
+            held = completed - (len(popped) - pop)          # in the buffer: taken, not yet popped
+            assert not ctx.get(fetch.drained) or (not pending and held == 0)
             if ctx.get(fetch.fetch.valid) and ctx.get(fetch.fetch.ready):
                 first = (ctx.get(fetch.fetch.payload.address) - 0x1000) // (INSTRUCTION_BITS // 8)
                 count = ctx.get(fetch.fetch.payload.length) // (INSTRUCTION_BITS // 8)
                 assert count == chunk
                 words = program[first:first + count] + [0] * max(0, first + count - len(program))
                 if per_word:
-                    pending += [sum(w << (INSTRUCTION_BITS * i) for i, w in enumerate(words[j:j + per_word]))
-                                for j in range(0, count, per_word)]
+                    pending += [(sum(w << (INSTRUCTION_BITS * i) for i, w in enumerate(words[j:j + per_word])),
+                                 per_word) for j in range(0, count, per_word)]
                 else:
-                    pending += [(w >> (8 * bus_bytes * i)) & ((1 << 8 * bus_bytes) - 1)
+                    parts = INSTRUCTION_BITS // (8 * bus_bytes)
+                    pending += [((w >> (8 * bus_bytes * i)) & ((1 << 8 * bus_bytes) - 1), int(i == parts - 1))
                                 for w in words for i in range(parts)]
-            if ctx.get(fetch.program.valid) and ctx.get(fetch.program.ready):
-                pending.pop(0)
-                delivered += 1
+            if deliver and ctx.get(fetch.program.ready):
+                completed += pending.pop(0)[1]
             await ctx.tick()
-        ctx.set(fetch.running, 0)
-        while pending or ctx.get(fetch.head_valid) or not ctx.get(fetch.drained):
-            ctx.set(fetch.fetch.ready, 0)
-            ctx.set(fetch.program.valid, bool(pending))
-            if pending:
-                ctx.set(fetch.program.payload, pending[0])
-            ctx.set(fetch.reader_idle, not pending)
-            ctx.set(fetch.pop, ctx.get(fetch.head_valid))
-            if ctx.get(fetch.head_valid):
-                popped.append(ctx.get(fetch.head))
-            if pending and ctx.get(fetch.program.ready):
-                pending.pop(0)
-            await ctx.tick()
+            cycle += 1
 
     simulate(fetch, testbench)
     assert len(popped) >= len(program) and popped[:len(program)] == program
