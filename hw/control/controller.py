@@ -270,7 +270,7 @@ class Controller(wiring.Component):
                     go()
                 with m.Else():
                     go(loop.expert_ready | loop.no_more)
-                    m.d.comb += [loop.enter.eq(issue), loop.body.eq(ops.body), loop.stride.eq(ops.stride)]
+                    m.d.comb += loop.enter.eq(issue)
             with m.Case(Opcode.COMBINE):
                 ops = word.operands.combine
                 with m.If(refused):
@@ -315,6 +315,8 @@ class Controller(wiring.Component):
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
         current = Mux(loop.replay, loop.instruction, head)
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
+        # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
+        m.d.comb += [loop.body.eq(word.operands.experts.body), loop.stride.eq(word.operands.experts.stride)]
         decoded = data.View(PREDECODED, current[INSTRUCTION_BITS:])
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))

@@ -26,7 +26,9 @@ class ExpertsLoop(wiring.Component):
     the loop is `waiting` until the next expert is known (a new pass: `replay`, `instruction` the body's current
     word, `jump` to `first_pc`) or the router is done with none left (`no_more`: the loop ends). `expert`,
     `base`, `count`: the current pass's expert and its token queue; `offset`: `expert` · `stride` (registered
-    with the expert), what a per-expert LOAD adds to its address.
+    with the expert), what a per-expert LOAD adds to its address. While the loop is idle (neither `active` nor
+    `skipping`) these four follow the queue's head, and `body`, `stride`, `first_pc` are taken every cycle: they
+    only have to be the EXPERTS' own in the cycle of `enter`.
     """
 
     def __init__(self, entry: data.StructLayout, *, experts: int, depth: int, width: int = INSTRUCTION_BITS):
@@ -54,12 +56,18 @@ class ExpertsLoop(wiring.Component):
                      queue.r_en.eq(advance)]
         length, index = Signal.like(self.body), Signal.like(self.body)
         stride, first_pc = Signal(32), Signal(32)
-        # the offset registered with the expert (the stride is the EXPERTS' own when it enters), its two products
-        # worked out side by side so that the issue decision (`enter`) only picks one
-        entering, running = narrow_product(head.expert, self.stride), narrow_product(head.expert, stride)
-        with m.If(advance):
-            m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count),
-                         self.offset.eq(Mux(self.enter, entering, running))]
+        # While the loop is idle its registers follow the queue's head and the EXPERTS operands at the controller's
+        # head, so that `enter` itself sets only the state: the issue decision drives two flip-flops and the
+        # queue's pop, not the clock enables of every register here. A new pass loads the next expert, its
+        # offset from the EXPERTS' own stride, kept since it entered.
+        idle = ~self.active & ~self.skipping
+        with m.If(idle):
+            m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
+                         self.offset.eq(narrow_product(head.expert, self.stride))]
+        with m.Elif(advance):
+            m.d.sync += self.offset.eq(narrow_product(head.expert, stride))
+        with m.If(idle | advance):
+            m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count)]
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
@@ -79,8 +87,7 @@ class ExpertsLoop(wiring.Component):
             m.d.sync += current.eq(read.data)
         with m.If(self.enter):
             m.d.comb += advance.eq(queue.r_rdy)
-            m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
-                         self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
+            m.d.sync += [self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
         with m.Elif(self.dropped):
             m.d.sync += index.eq(index + 1)
             with m.If(last):
