@@ -4,7 +4,9 @@
 - `axi` (AXI4 slave, `data_width` bits, a multiple of 16): INCR bursts of the full bus width (ARSIZE/AWSIZE =
   log2 of the bus bytes), served one at a time in the order accepted (AR and AW alternate when both wait).
   A burst of another size or type, or one reaching past the chip, is answered SLVERR without touching the
-  SDRAM (read data 0; write data taken and dropped). WSTRB masks bytes (through DQM). RRESP/BRESP OKAY
+  SDRAM (read data 0; write data taken and dropped). W beats are taken into a buffer of `W_BUFFER` beats
+  ahead of their WRITEs (WREADY from its fill alone, whatever the burst), so a W beat may be taken before its
+  AW and before the burst ahead of it is done. WSTRB masks bytes (through DQM). RRESP/BRESP OKAY
   otherwise; RID/BID echo ARID/AWID. A read burst's beats follow each other at one word a cycle when RREADY
   keeps up; the return buffer holds `read_buffer` beats, and reads are issued only against free room.
 - `sdram`: the chip's pins, all driven from registers (one cycle after the decision); DQ's input is
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import times_constant
@@ -48,6 +50,10 @@ class SDRAMPins(wiring.Signature):
             "dqm": Out(chip.data_width // 8),
         })
 
+
+# W beats held between the port and the WRITE decision: 3 take one a cycle (the output register and two more,
+# since the buffer's WREADY does not look at the beat leaving it).
+W_BUFFER = 3
 
 _NOP, _ACTIVE, _READ, _WRITE, _PRECHARGE, _REFRESH, _LOAD_MODE = (
     (1, 1, 1), (0, 1, 1), (1, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0))
@@ -78,6 +84,7 @@ class SDRAMController(wiring.Component):
         m = Module()
         build = _Build(self, m)
         build.read_return()
+        build.write_data()
         build.write_response()
         build.take_bursts()
         with m.FSM():
@@ -182,6 +189,18 @@ class _Build:
         self.credits = Signal(range(room + 1), init=room)
         m.d.sync += self.credits.eq(self.credits - self.spend + Mux(axi.rvalid & axi.rready, c.words_per_beat, 0))
 
+    def write_data(self):
+        """W beats through a buffer of `W_BUFFER` (full rate): WREADY and the valid beat the WRITE decision
+        waits on leave its registers, so the master's W handshake does not run on through the command decision
+        into the master again."""
+        m, axi = self.m, self.axi
+        beat = data.StructLayout({"data": self.signature.data_width, "strb": self.signature.data_width // 8})
+        m.submodules.w_buffer = buffer = SyncFIFOBuffered(width=beat.size, depth=W_BUFFER)
+        self.w_beat, self.w_taken = data.View(beat, buffer.r_data), Signal()
+        self.w_valid = buffer.r_rdy
+        m.d.comb += [buffer.w_data.eq(Cat(axi.wdata, axi.wstrb)), buffer.w_en.eq(axi.wvalid),
+                     axi.wready.eq(buffer.w_rdy), buffer.r_en.eq(self.w_taken)]
+
     def write_response(self):
         """One response held at a time (a write burst is taken only while none is)."""
         m, axi = self.m, self.axi
@@ -268,7 +287,7 @@ class _Build:
                      self.launched.last_word.eq(last_word), self.launched.last.eq(final),
                      self.launched.id.eq(self.burst_id), self.spend.eq(~self.writing)]
         with m.If(self.writing):
-            m.d.comb += [self.axi.wready.eq(last_word), self.respond.eq(final), self.respond_error.eq(self.failed)]
+            m.d.comb += [self.w_taken.eq(last_word), self.respond.eq(final), self.respond_error.eq(self.failed)]
 
     def _open_row(self):
         """The word's bank has another row open, or none: PRECHARGE it, or ACTIVATE the word's row."""
@@ -289,19 +308,19 @@ class _Build:
     def serve(self):
         """The word's command, one a cycle: a refused burst's words pass without one; a WRITE waits for its W
         beat and for no read data due on DQ, a READ for a credit."""
-        m, axi, chip, bank = self.m, self.axi, self.chip, self.bank
+        m, chip, bank = self.m, self.chip, self.bank
         last_word = self.in_beat == self.c.words_per_beat - 1
         with m.If(self.serving & self.failed):
-            with m.If(Mux(self.writing, axi.wvalid | ~last_word, self.credits != 0)):
+            with m.If(Mux(self.writing, self.w_valid | ~last_word, self.credits != 0)):
                 self._advance()
         with m.Elif(self.serving & (self.wait == 0)):
             with m.If(~self.open[bank] | (self.open_row[bank] != self.row)):
                 self._open_row()
-            with m.Elif((self.to_rw[bank] == 0) & self.writing & axi.wvalid & ~self.reads_due):
+            with m.Elif((self.to_rw[bank] == 0) & self.writing & self.w_valid & ~self.reads_due):
                 self._issue(_WRITE, bank, self.column)
-                m.d.comb += [self.dq_out.eq(axi.wdata.word_select(self.in_beat, chip.data_width)),
+                m.d.comb += [self.dq_out.eq(self.w_beat.data.word_select(self.in_beat, chip.data_width)),
                              self.dq_enable.eq(1),
-                             self.mask.eq(~axi.wstrb.word_select(self.in_beat, chip.data_width // 8))]
+                             self.mask.eq(~self.w_beat.strb.word_select(self.in_beat, chip.data_width // 8))]
                 with m.If(self.to_precharge[bank] <= self.t.tWR - 1):     # the counter steps down too
                     self._load(self.to_precharge[bank], self.t.tWR)
                 self._advance()
