@@ -1,6 +1,6 @@
 """The SDRAM controller (`hw.memory.sdram`) against the chip model that raises on any datasheet rule
-(`hw.sim.sdram`): initialisation, random AXI4 traffic with stalls checked against a byte image, bursts it must
-refuse, the sequential read bandwidth, and Verilog that elaborates."""
+(`hw.sim.sdram`): initialisation, random AXI4 traffic with stalls checked against a byte image, W beats ahead of
+their burst, bursts it must refuse, the sequential read bandwidth, and Verilog that elaborates."""
 
 import dataclasses
 import random
@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 
 from hw.memory.arbiter import AXI4Arbiter
 from hw.memory.axi import AXI4, Burst, Response
-from hw.memory.sdram import SDRAMController
+from hw.memory.sdram import W_BUFFER, SDRAMController
 from hw.memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
 from hw.sim.sdram import SDRAMModel
 
@@ -273,6 +273,41 @@ def test_bursts_it_cannot_serve_answer_slverr_and_leave_the_sdram_alone():
 
     model = simulate(controller, QUICK, bench)
     assert model.writes == 2 and model.reads == 2          # only the good burst's two words
+
+
+def test_w_beats_are_taken_ahead_of_their_burst_into_the_buffer_and_no_further():
+    """W before AW (AXI4 allows it): the controller takes `W_BUFFER` beats at once, then holds WREADY low until
+    the burst's AW lets it write them; the burst then completes with those beats where they belong."""
+    controller = SDRAMController(QUICK, CLOCK, data_width=32)
+    master, axi = Master(controller, random.Random(5)), controller.axi
+    beats = [0x11111111 * (i + 1) for i in range(W_BUFFER + 1)]
+
+    async def bench(ctx):
+        await until(ctx, lambda: ctx.get(controller.ready))
+        taken = 0
+        for _ in range(4 * W_BUFFER):                     # no AW yet: only the buffer's room is taken
+            ctx.set(axi.wdata, beats[taken])
+            ctx.set(axi.wstrb, 0xF)
+            ctx.set(axi.wlast, 0)
+            ctx.set(axi.wvalid, 1)
+            _, _, ready = await ctx.tick().sample(axi.wready)
+            taken += ready
+        ctx.set(axi.wvalid, 0)
+        assert taken == W_BUFFER
+        await master._address(ctx, "aw", 64, len(beats))
+        ctx.set(axi.wdata, beats[-1])
+        ctx.set(axi.wlast, 1)
+        ctx.set(axi.wvalid, 1)
+        await ctx.tick().until(axi.wready)
+        ctx.set(axi.wvalid, 0)
+        ctx.set(axi.bready, 1)
+        response, = await ctx.tick().sample(axi.bresp).until(axi.bvalid)
+        ctx.set(axi.bready, 0)
+        assert Response(response) == Response.OKAY
+        assert [beat[0] for beat in await master.read(ctx, 64, len(beats))] == beats
+
+    model = simulate(controller, QUICK, bench)
+    assert model.writes == len(beats) * 32 // QUICK.data_width       # a WRITE a chip word
 
 
 def test_initialisation_follows_the_datasheet_with_the_real_power_up_wait():
