@@ -15,7 +15,8 @@ import numpy as np
 __all__ = [
     "integer_only", "bit_length", "isqrt", "round_shift", "saturate", "requantize", "quantize_multiplier",
     "exact_matmul", "layernorm", "exp2_lut", "exp_neg", "softmax_rows", "row_multipliers", "gelu",
-    "route", "route_winners", "gate_weights", "combine", "upsample2x", "conv3x3", "im2col3x3", "patches",
+    "route", "route_winners", "gate_weights", "gate_weighted", "combine", "upsample2x", "conv3x3", "im2col3x3",
+    "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
     "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE",
     "COMBINE_FRACTION_BITS", "RESIDUAL_BITS", "COMBINE_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
@@ -33,7 +34,7 @@ GATE_BITS = 15                # gate weights in unsigned Q1.15: 1.0 is 2^15
 GELU_STEP_BITS = 5            # the GELU correction table has a step of 1/32
 COMBINE_FRACTION_BITS = 2     # expert outputs enter the combine at a quarter of the residual's step
 RESIDUAL_BITS = 16            # the residual stream, LayerNorm's input and the router's input (section 1)
-COMBINE_BITS = RESIDUAL_BITS + COMBINE_FRACTION_BITS + GATE_BITS + 2   # Σ y·g: 18 × 16-bit products, Σg ≤ 2^15 + k/2
+COMBINE_BITS = RESIDUAL_BITS + COMBINE_FRACTION_BITS + 1   # Σ round(y·g / 2^15): 18-bit terms, Σg ≤ 2^15 + k/2
 
 
 def integer_only(function):
@@ -318,13 +319,30 @@ def route(logits: np.ndarray, top_k: int, gate: str, multiplier: int, shift: int
 
 
 @integer_only
+def gate_weighted(expert_outputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One expert's term of the combine: y·g rounded back to y's step, round_shift(y·g, 15), for expert outputs
+    y [..., D] and Q1.15 gate weights g [...] (one per row of y); int64."""
+    products = np.asarray(expert_outputs, np.int64) * np.asarray(weights, np.int64)[..., None]
+    return round_shift(products, GATE_BITS)
+
+
+@integer_only
 def combine(expert_outputs: np.ndarray, weights: np.ndarray, residual_bits: int) -> np.ndarray:
     """Gate-weighted sum of each token's k expert outputs: expert_outputs [T, k, D] at a quarter of the
-    residual's step (residual_bits + 2 bits), weights [T, k] in Q1.15; Σ y·g in a wide accumulator
-    (residual_bits + 2 + 16 + 1 bits), one final round_shift by 17 and saturation to the residual format.
-    The sum is exact, so the result does not depend on the order in which experts are processed."""
-    products = np.asarray(expert_outputs, np.int64) * np.asarray(weights, np.int64)[..., None]
-    return saturate(round_shift(products.sum(-2), GATE_BITS + COMBINE_FRACTION_BITS), residual_bits)
+    residual's step (residual_bits + 2 bits), weights [T, k] in Q1.15 summing to at most 2^15 + k/2 (as
+    `gate_weights` gives them); each term `gate_weighted`, their sum exact in residual_bits + 3 bits, then
+    round_shift by 2 and saturation to the residual format. The sum of rounded terms is exact, so the result
+    does not depend on the order in which experts are processed."""
+    weights = np.asarray(weights, np.int64)
+    k = weights.shape[-1]
+    excess = weights.sum(-1) > (1 << GATE_BITS) + k // 2
+    if excess.any():
+        token = int(np.argmax(excess.reshape(-1)))
+        total = int(weights.reshape(-1, k)[token].sum())
+        raise ValueError(f"combine: the gate weights of token {token} sum to {total}, "
+                         f"above 2^{GATE_BITS} + k/2 = {(1 << GATE_BITS) + k // 2}: not gate weights of one token")
+    return saturate(round_shift(gate_weighted(expert_outputs, weights).sum(-2), COMBINE_FRACTION_BITS),
+                    residual_bits)
 
 
 @integer_only

@@ -7,11 +7,12 @@ from amaranth import signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
+from golden import ops
 from hw.control.datapath import CombineDrain
 from hw.flow.export import lint, to_verilog
 from hw.sim import simulate
 
-WIDTH, COLS, TOKENS, TILES, TILES_MAX = 35, 2, 5, 3, 4
+WIDTH, COLS, TOKENS, TILES, TILES_MAX = ops.COMBINE_BITS, 2, 5, 3, 4
 WORD = data.ArrayLayout(signed(WIDTH), COLS)
 ROW = data.StructLayout({"row": unsigned(3), "tile": unsigned(2), "data": WORD})
 

@@ -39,7 +39,7 @@ def test_tiny_on_8x8_fits_ulx3s_and_m3vit_tiny_does_not():
     assert report.fits and report.multipliers.by_unit["systolic array"] == 64
     assert report.blocks_used["DP16KD"] <= 208
     # the scores and the combine accumulator of every token have memories of their own, as the top level builds
-    with pytest.raises(FitError, match="largest: scratch 80, combine 56, weights 36"):
+    with pytest.raises(FitError, match="largest: scratch 80, weights 36, combine 34"):
         check_fit(TINY, accelerator_preset("8x8"), ECP5)
 
 
@@ -83,9 +83,11 @@ def test_residual_memory_size():
 def test_small_models_fit_neither_target():
     small = model_preset("m3vit-small-nyud")
     assert not fit_report(small, accelerator_preset("8x8"), ECP5).fits
-    # the combine accumulator of 1,201 tokens × 384 columns at 35 bits fills the XCZU7EV's URAM
+    # the scratch, residual and activation memories of 1,201 tokens fill the XCZU7EV's URAM, and the combine
+    # accumulator (1,201 tokens × 384 columns at 19 bits) overflows its block RAM
     plan = fit_report(small, accelerator_preset("8x8"), TARGETS["zcu104"])
-    assert not plan.fits and plan.blocks_used["URAM288"] == 96
+    assert not plan.fits and plan.blocks_used["URAM288"] >= 95 and plan.blocks_used["RAMB36E2"] > 312
+    assert "largest: combine" in plan.problems[0]
     # nor at 16×16
     assert not fit_report(small, accelerator_preset("16x16"), TARGETS["zcu104"]).fits
 

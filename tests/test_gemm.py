@@ -157,7 +157,8 @@ def test_lint_fails_on_broken_verilog():
 def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, k, tokens, n):
     """A whole MoE layer's fc2 expert by expert in COMBINE mode (experts with no token skipped, one token,
     many; odd experts in two commands, N tile 0 then the rest from `tile_base` 1, as a matrix over two slab
-    buffers runs), then the golden model's single rounding: bit-exact with `golden.ops.combine`."""
+    buffers runs; each y·g rounded to y's step), then the golden model's rounding into the residual: bit-exact
+    with `golden.ops.combine`."""
     from hw.compute.gemm import combine_model
     rng = np.random.default_rng(experts * 10 + k)
     hidden = 7
@@ -166,8 +167,13 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
     ids = np.array([rng.permutation(experts - 2 if spare else experts)[:k] for _ in range(tokens)])
     if spare:
         ids[0, -1] = experts - 2
-    gates = rng.integers(0, 1 << 15, (tokens, k))
-    gates[1] = 1 << 15
+    gates = rng.integers(0, (1 << 15) // k, (tokens, k))
+    gates[1] = [1 << 15] + [0] * (k - 1)                    # one expert takes it all
+    largest = (1 << 15) + k // 2                            # the largest sum gate weights can have
+    gates[2] = largest // k
+    gates[2, :largest % k] += 1
+    gates[3] = 0
+    gates[3, :2] = 1 << 14                                  # y·g / 2^15 = y/2: a tie for every odd y
     layers = []
     for e in range(experts):
         w = rng.integers(-128, 128, (hidden, n))
@@ -201,7 +207,9 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
         if len(members):
             slots = np.argmax(ids[members] == e, axis=1)
             outputs[members, slots] = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=members)
-    assert np.array_equal(ops.saturate(ops.round_shift(combined["acc"], 17), 16), ops.combine(outputs, gates, 16))
+    assert np.abs(combined["acc"]).max() < 1 << (ops.COMBINE_BITS - 1)
+    assert np.array_equal(ops.saturate(ops.round_shift(combined["acc"], ops.COMBINE_FRACTION_BITS), 16),
+                          ops.combine(outputs, gates, 16))
 
 
 def test_per_row_scales_like_attention_times_v():

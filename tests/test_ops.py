@@ -241,23 +241,41 @@ def test_route_ties_go_to_the_lower_index():
 
 
 def test_combine_exact_and_order_independent():
+    """Each y·g rounded half to even to y's step, the terms summed exactly within COMBINE_BITS, the sum rounded
+    by 2 and saturated: within 1/2 + k/8 residual steps of Σ g·y / 2^17, in any order of the experts."""
     rng = np.random.default_rng(3)
-    y = rng.integers(-(1 << 17), 1 << 17, (30, 4, 16))
-    y[0] = (1 << 17) - 1
-    g = rng.integers(0, 1 << 15, (30, 4))
-    g[0] = 1 << 15                                          # weights above one in sum: saturation
+    k = 4
+    y = rng.integers(-(1 << 17), 1 << 17, (40, k, 16))
+    g = rng.integers(0, (1 << 15) // k + 1, (40, k))
+    largest = (1 << 15) + k // 2                            # the largest sum gate weights can have
+    g[:2] = largest // k
+    g[:2, :largest % k] += 1
+    y[0], y[1] = (1 << 17) - 1, -(1 << 17)                  # saturation both ways
+    g[2] = 1 << 13                                          # y·g / 2^15 = y/4: ties for y ≡ 2 mod 4
+    y[2] = rng.integers(-(1 << 15), 1 << 15, (k, 16)) * 4 + 2
     out = ops.combine(y, g, 16)
-    assert out.dtype == np.int16 and (out[0] == 32767).all()
-    exact = [[_round_half_even(Fraction(int((y[t, :, c] * g[t]).sum()), 1 << 17)) for c in range(16)]
-             for t in range(30)]
-    assert np.array_equal(out[1:], np.clip(np.array(exact), -32768, 32767)[1:])
-    permutation = rng.permutation(4)
+    assert out.dtype == np.int16 and (out[0] == 32767).all() and (out[1] == -32768).all()
+    terms = [[[_round_half_even(Fraction(int(y[t, j, c] * g[t, j]), 1 << 15)) for j in range(k)] for c in range(16)]
+             for t in range(40)]
+    exact = np.array([[_round_half_even(Fraction(sum(column), 4)) for column in token] for token in terms])
+    assert np.array_equal(out, np.clip(exact, -32768, 32767))
+    ideal = (y * g[..., None]).sum(1) / (1 << 17)
+    assert np.abs(out[2:] - ideal[2:]).max() <= 0.5 + k / 8
+    permutation = rng.permutation(k)
     assert np.array_equal(ops.combine(y[:, permutation], g[:, permutation], 16), out)
-    # Expert by expert into a wide accumulator, as the hardware does, gives the same result.
-    accumulator = np.zeros((30, 16), np.int64)
-    for slot in rng.permutation(4):
-        accumulator += y[:, slot] * g[:, slot, None]
-    assert np.array_equal(ops.saturate(ops.round_shift(accumulator, 17), 16), out)
+    # Expert by expert into an accumulator of COMBINE_BITS, as the hardware does, gives the same result.
+    accumulator = np.zeros((40, 16), np.int64)
+    for slot in rng.permutation(k):
+        accumulator += ops.gate_weighted(y[:, slot], g[:, slot])
+        assert np.abs(accumulator).max() < 1 << (ops.COMBINE_BITS - 1)
+    assert np.array_equal(ops.saturate(ops.round_shift(accumulator, ops.COMBINE_FRACTION_BITS), 16), out)
+
+
+def test_combine_refuses_gate_weights_no_router_gives():
+    g = np.full((3, 2), 1 << 14)
+    g[2] = [1 << 15, 2]
+    with pytest.raises(ValueError, match="token 2 sum to 32770, above 2\\^15 \\+ k/2 = 32769"):
+        ops.combine(np.zeros((3, 2, 4), np.int64), g, 16)
 
 
 def test_upsample_against_bilinear():

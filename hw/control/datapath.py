@@ -147,6 +147,10 @@ class OutputPath(wiring.Component):
                                  stride_width)
         self.combined_row = data.StructLayout({"row": result["row"].shape, "tile": result["tile"].shape,
                                                "data": data.ArrayLayout(signed(ops.COMBINE_BITS), cols)})
+        # a beat of either: the engine's result rows (int32 scores among them) or the combine words
+        value_bits = max(Shape.cast(result["data"].shape.elem_shape).width, ops.COMBINE_BITS)
+        self.beat_row = data.StructLayout({"row": result["row"].shape, "tile": result["tile"].shape,
+                                           "data": data.ArrayLayout(signed(value_bits), cols)})
         super().__init__({
             "result": In(stream.Signature(result)),
             "combined": In(stream.Signature(self.combined_row)),
@@ -176,14 +180,15 @@ class OutputPath(wiring.Component):
                      corner.result.payload.eq(self.result.payload),
                      corner.result.valid.eq(self.result.valid & job.transpose),
                      self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1)), self.combined.ready.eq(1)]
-        beat = Signal(self.combined_row)
+        beat = Signal(self.beat_row)
         arriving = Signal()
+        def take(payload, valid):
+            return [beat.row.eq(payload.row), beat.tile.eq(payload.tile), arriving.eq(valid),
+                    *(beat.data[lane].eq(payload.data[lane]) for lane in range(cols))]
         with m.If(job.combine):
-            m.d.comb += [beat.eq(self.combined.payload), arriving.eq(self.combined.valid)]
+            m.d.comb += take(self.combined.payload, self.combined.valid)
         with m.Else():
-            m.d.comb += [beat.row.eq(self.result.payload.row), beat.tile.eq(self.result.payload.tile),
-                         arriving.eq(self.result.valid & ~job.transpose)]
-            m.d.comb += [beat.data[lane].eq(self.result.payload.data[lane]) for lane in range(cols)]
+            m.d.comb += take(self.result.payload, self.result.valid & ~job.transpose)
         next_tile = beat.tile != tile
         address = Signal(self.address_width)
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))

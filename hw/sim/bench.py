@@ -236,7 +236,7 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
     residual = ResidualAdd.for_model(model, accel)
     beats = row_beats(rng.integers(-(1 << 15), 1 << 15, (t, d)), residual.lanes)
     for combine in (False, True):
-        bound = 1 << (34 if combine else 15)          # the combine accumulator, or a residual-format addend
+        bound = 1 << (ops.COMBINE_BITS - 1 if combine else 15)     # a combine word, or a residual-format addend
         addends = row_beats(rng.integers(-bound, bound, (t, d)), residual.lanes)
         payloads = [{"residual": [int(v) for v in a], "addend": [int(v) for v in b], "combine": combine}
                     for a, b in zip(beats, addends)]

@@ -2,7 +2,7 @@
 
 The addend a is either a value already in the residual format (the projection's and dense fc2's output, the
 position embedding: `combine` = 0) or a row of the expert combine accumulator (`combine` = 1), which is first
-rounded once and saturated as `golden.ops.combine` does: sat(round_shift(acc, 15 + 2)).
+rounded and saturated as `golden.ops.combine` does: sat(round_shift(acc, 2)).
 
 `input` (stream): {residual[lanes], addend[lanes] (`ops.COMBINE_BITS` bits), combine}; `output` (stream):
 [lanes] of the residual format, the same beats in order `LATENCY` = 2 cycles later when nothing stalls. The
@@ -23,7 +23,7 @@ from ..common.arith import round_shift
 
 __all__ = ["ResidualAdd"]
 
-COMBINE_SHIFT = ops.GATE_BITS + ops.COMBINE_FRACTION_BITS
+COMBINE_SHIFT = ops.COMBINE_FRACTION_BITS
 
 
 def _saturate(value, bits):

@@ -1,4 +1,5 @@
-"""The GEMM engine's combine scatter (COMBINE, expert fc2): y·g added into each token's combine word."""
+"""The GEMM engine's combine scatter (COMBINE, expert fc2): y·g, rounded to y's step, added into each token's
+combine word."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ...common.arith import index_bits, times_constant
+from golden import ops
+
+from ...common.arith import index_bits, round_shift, times_constant
 from ...common.pipeline import delay_line
 from ..multiplier import Multiplier
 from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
@@ -16,16 +19,17 @@ __all__ = ["CombineScatter"]
 
 
 class CombineScatter(wiring.Component):
-    """For each row m of an expert's fc2 output (its values already requantized to 18 bits), adds y·g into the
-    combine memory at token t = `index[list_base + m]`, N tile j: word t·combine_tiles + `tile_base` + j,
-    g = `gate[list_base + m]` (Q1.15). `list_base` and `tile_base` are the command's, held while it runs (a
-    matrix in several slab buffers runs as several commands, each on its own N tiles of the combine word).
+    """For each row m of an expert's fc2 output (its values already requantized to 18 bits), adds
+    round_shift(y·g, 15) (`golden.ops.gate_weighted`) into the combine memory at token t = `index[list_base + m]`,
+    N tile j: word t·combine_tiles + `tile_base` + j, g = `gate[list_base + m]` (Q1.15). `list_base` and
+    `tile_base` are the command's, held while it runs (a matrix in several slab buffers runs as several commands,
+    each on its own N tiles of the combine word).
 
     The token and the gate are read when the row issues into the drain (`issue`, row m on `row`; `scatter_read`
     and `gate_read`, data a cycle later) and travel with it; the row arrives on `result` (`valid` for one
     cycle) `DRAIN_STAGES` cycles later. Then the combine word is read (`combine_read`: data a cycle after its
     address, and it must return a word written two or more cycles earlier) while y and g enter the multipliers'
-    input registers; y·g and the word land in registers the cycle after, and are added and written
+    input registers; y·g rounded and the word land in registers the cycle after, and are added and written
     (`combine_write`) the next, 3 cycles after the row arrived. A token list holds each token at most once,
     so a word is written once per command and no read meets a pending write. `active` says a row is between
     the read and the write.
@@ -33,10 +37,10 @@ class CombineScatter(wiring.Component):
 
     @staticmethod
     def model(words, y, gates, tokens):
-        """The combine words [T, N] after one command: y [M, N] (18-bit rows) times the list's Q1.15 `gates` [M]
-        added at the list's `tokens` [M] (each at most once); int64."""
+        """The combine words [T, N] after one command: y [M, N] (18-bit rows) times the list's Q1.15 `gates` [M],
+        rounded to y's step, added at the list's `tokens` [M] (each at most once); int64."""
         words = np.array(words, dtype=np.int64)
-        words[np.asarray(tokens)] += np.asarray(y, np.int64) * np.asarray(gates, np.int64)[:, None]
+        words[np.asarray(tokens)] += ops.gate_weighted(y, gates)
         return words
 
     def __init__(self, geometry: GemmGeometry):
@@ -81,10 +85,10 @@ class CombineScatter(wiring.Component):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
             multiplier = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits), gate.shape())
             stored = Signal.like(self.combine_read.data[c], name=f"stored{c}")
-            product = Signal.like(multiplier.p, name=f"weighted{c}")
+            product = Signal.like(self.combine_read.data[c], name=f"weighted{c}")
             m.d.comb += [multiplier.a.eq(self.result.data[c][:GemmMode.COMBINE.bits]), multiplier.b.eq(gate),
                          self.combine_write.data[c].eq(stored + product)]
-            m.d.sync += [stored.eq(self.combine_read.data[c]), product.eq(multiplier.p)]
+            m.d.sync += [stored.eq(self.combine_read.data[c]), product.eq(round_shift(multiplier.p, ops.GATE_BITS))]
         m.d.comb += [self.combine_write.addr.eq(writing_address), self.combine_write.en.eq(writing),
                      self.active.eq(Cat(reading, weighted, writing).any())]
         return m
