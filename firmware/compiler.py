@@ -383,8 +383,9 @@ class AttentionLayout:
     """Where attention's operands lie (word addresses): in SCRATCH Q (T × D, K-tile-major), Kᵀ per head (the W
     of Q·Kᵀ: `head_dim / R` K tiles by ⌈T / C⌉ key tiles, `kt_words` words a head) and V (the W of P·V: N tile j
     of dimensions at `v + j·t_padded`, keys in rows), up to `end`; Kᵀ and V start at multiples of `feed_rows`
-    words, as the stationary read takes them by feed word. P (T × T, K-tile-major) is in ACTIVATION at `p`, past
-    the attention output; head h's scores in SCORES half h mod 2, from word `scores_half · (h mod 2)`."""
+    words, as the stationary read takes them by feed word. P (a block's rows of T, K-tile-major, T words a tile)
+    is in ACTIVATION at `p`, past the attention output; the scores of a block of `block` query rows in a SCORES
+    half, from word `scores_half` · (the block's index mod 2), `block` words from one key tile to the next."""
     q: int
     kt: int
     kt_words: int
@@ -393,6 +394,7 @@ class AttentionLayout:
     end: int
     p: int
     scores_half: int
+    block: int
 
     @classmethod
     def for_model(cls, model, accel) -> "AttentionLayout":
@@ -402,15 +404,18 @@ class AttentionLayout:
         t_padded = tiles(t, r) * r
         kt = tiles(t * tiles(d, r), rows) * rows
         v = kt + model.num_heads * kt_words
-        return cls(0, kt, kt_words, v, t_padded, v + tiles(d, c) * t_padded, t * tiles(d, r), t * tiles(t, c))
+        block = accel.tokens_per_block(model)
+        return cls(0, kt, kt_words, v, t_padded, v + tiles(d, c) * t_padded, t * tiles(d, r), block * tiles(t, c),
+                   block)
 
 
 def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> None:
     """Attention of block `block` on RESIDUAL: LayerNorm₁, qkv (Q, Kᵀ through the corner-turn, V), per head Q·Kᵀ
     into SCORES, the softmax into P and the row scales, P·V (row-scaled) into the head's columns of ACTIVATION,
-    then proj added into RESIDUAL. With `store`, Q, Kᵀ and V are stored as they lie in SCRATCH (`q`, `kt`, `v`).
-    The heads' scores alternate between SCORES' halves and each head's Q·Kᵀ comes right after the softmax
-    before it, so the softmax runs beside the next head's product (the last head's has none to hide behind)."""
+    each per block of at most the token block's query rows, then proj added into RESIDUAL. With `store`, Q, Kᵀ
+    and V are stored as they lie in SCRATCH (`q`, `kt`, `v`). The blocks' scores (head by head, query block by
+    query block) alternate between SCORES' halves and each block's Q·Kᵀ comes right after the softmax before
+    it, so the softmax runs beside the next block's product (the last one's has none to hide behind)."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     t, c, r, hd = model.num_tokens, accel.array_cols, accel.array_rows, model.head_dim
     layout, rows = AttentionLayout.for_model(model, accel), feed_rows(accel)     # w_base in SCRATCH: feed words
@@ -433,23 +438,27 @@ def _attention(builder: ProgramBuilder, block: int, *, store: bool = False) -> N
     builder.emit(Opcode.CONFIG_SOFTMAX, **{name: int(q[f"{p}.attn.{name}"]) for name in
                                           ("exp_multiplier", "exp_shift", "out_multiplier", "out_shift")})
     key_tiles = tiles(t, r)
+    blocks = [(h, first, min(layout.block, t - first)) for h in range(model.num_heads)
+              for first in range(0, t, layout.block)]
 
-    def scores(h):
-        builder.emit(Opcode.GEMM, m=t, k_tiles=tiles(hd, r), k_last=hd % r, n_tiles=tiles(t, c),
-                     source=Operand.SCRATCH, x_base=layout.q + h * tiles(hd, r) * t, stationary=Stationary.SCRATCH,
-                     w_base=(layout.kt + h * layout.kt_words) // rows, p_base=params, destination=Space.SCORES,
-                     d_base=h % 2 * layout.scores_half, d_stride=t, mode=GemmMode.RAW)
+    def scores(index):
+        h, first, m = blocks[index]
+        builder.emit(Opcode.GEMM, m=m, k_tiles=tiles(hd, r), k_last=hd % r, n_tiles=tiles(t, c),
+                     source=Operand.SCRATCH, x_base=layout.q + h * tiles(hd, r) * t + first,
+                     stationary=Stationary.SCRATCH, w_base=(layout.kt + h * layout.kt_words) // rows, p_base=params,
+                     destination=Space.SCORES, d_base=index % 2 * layout.scores_half, d_stride=layout.block,
+                     mode=GemmMode.RAW)
 
     scores(0)
-    for h in range(model.num_heads):
-        builder.emit(Opcode.SOFTMAX, rows=t, source=0, half=h % 2, destination=layout.p)
-        if h + 1 < model.num_heads:
-            scores(h + 1)
-        builder.emit(Opcode.GEMM, m=t, k_tiles=key_tiles, k_last=t % r, n_tiles=head_tiles,
+    for index, (h, first, m) in enumerate(blocks):
+        builder.emit(Opcode.SOFTMAX, rows=m, source=0, half=index % 2, destination=layout.p)
+        if index + 1 < len(blocks):
+            scores(index + 1)
+        builder.emit(Opcode.GEMM, m=m, k_tiles=key_tiles, k_last=t % r, n_tiles=head_tiles,
                      source=Operand.ACTIVATION, x_base=layout.p, stationary=Stationary.SCRATCH,
                      w_base=(layout.v + h * head_tiles * layout.t_padded) // rows, p_base=params,
                      destination=Space.ACTIVATION,
-                     d_base=h * head_tiles * t, d_stride=t, mode=GemmMode.INT8, row_scaled=1)
+                     d_base=h * head_tiles * t + first, d_stride=t, mode=GemmMode.INT8, row_scaled=1)
     builder.linear(f"{p}.proj", source=Operand.ACTIVATION, x_base=0, m=t,
                    outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.INT16, residual=True)
 

@@ -31,7 +31,7 @@ from .compiler import Program, backbone_program
 from .driver import Driver
 from .sim import accelerator_for, simulate
 
-__all__ = ["Issued", "issued", "layer_spans", "layer_bounds", "expert_counts", "measured", "runnable", "compare",
+__all__ = ["Issued", "issued", "layer_spans", "layer_bounds", "expert_counts", "measured", "compare",
            "against", "estimate", "uniform_counts", "program_config", "CycleModel", "Timeline"]
 
 
@@ -153,15 +153,6 @@ def measured(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: i
                     "layers": layer_spans(program, sequence, result.issue_cycles, result.cycles),
                     "counters": result.counters, "counts": counts}
     return out
-
-
-def runnable(model, accel: AcceleratorConfig) -> tuple[AcceleratorConfig, str]:
-    """`accel`, or with every token in one block if its token blocks are smaller (the top level does not
-    sequence token blocks yet), and a note saying so."""
-    if accel.tokens_per_block(model) < model.num_tokens:
-        return accel.replace(token_block=None), (f"token_block {accel.token_block} → all {model.num_tokens} tokens "
-                                                 "in one block (the top level does not sequence token blocks yet)")
-    return accel, ""
 
 
 def compare(quantized: QuantizedModel, accel: AcceleratorConfig, image, task: int, *, simulator: str = "verilator",

@@ -8,7 +8,7 @@ into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a co
 in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of four input rows in SCRATCH
 (row y in slot y mod 4, loaded one row ahead of its first use), and writes its output rows into a ring of three
 in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each row at once;
-a GEMM per block of at most a token block's pixels). Once
+a GEMM per block of at most T pixels, the engine's rows). Once
 output row y is in, the rows it completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1
 and y; row 0 and the last from the edge row alone) into the next map, or a STORE of the row when no upsampling
 follows, or, after the last 3×3 convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three
@@ -95,7 +95,7 @@ def head_traffic(model, accel, task: int, norm_bytes: int) -> list[dict]:
         k = conv.in_channels if classifier else 9 * tiles(conv.in_channels, r) * r
         layout = matrix_layout(k, conv.out_channels, accel, conv.name)
         per_block = layout.slab_bytes + layout.n_tiles * c * HEADER_COLUMN_BYTES
-        blocks = len(_blocks(conv.width, accel.tokens_per_block(model)))
+        blocks = len(_blocks(conv.width, model.num_tokens))
         word = 2 * c if classifier else r
         out_row = tiles(conv.out_channels, c if classifier else r) * conv.width * word
         scale = 2 if (index < between or (classifier and after)) else 1
@@ -130,7 +130,7 @@ def compile_head(builder, task: int) -> None:
     prediction, C int16 a word)."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     r, t = accel.array_rows, model.num_tokens
-    block = accel.tokens_per_block(model)
+    block = model.num_tokens             # pixels a GEMM: the engine takes up to every token
     prefix = f"heads.{task}"
     between, after = model.head_upsamples()
     _check(after <= 1, f"{model.name}: {after} ×2 stages after the classifier; the head's program does one")
@@ -229,7 +229,7 @@ def _classifier(builder, task: int, classifier, after: int):
     slot = lambda yy: (yy % RING_ROWS) * words     # noqa: E731
 
     def row(y: int, source: int, channel_tiles: int):
-        for first, m in _blocks(w, accel.tokens_per_block(model)):
+        for first, m in _blocks(w, model.num_tokens):
             builder.emit(Opcode.CONFIG_CONV, kernel=0, channel_tiles=channel_tiles, stride=w, above=0, below=0,
                          pad_above=0, pad_below=0, pad_left=0, pad_right=0)
             builder.product(name, layout, offset, source=Operand.SCRATCH, x_base=source + first, m=m, im2col=True,

@@ -252,7 +252,7 @@ class AcceleratorConfig:
     weight_feed_bytes: int | None = None  # bytes per cycle into the array's stationary registers (default C)
     weight_buffers: int = 2               # ping/pong (or more) expert weight slab buffers
     weight_buffer_bytes: int = 72 * 1024  # one slab buffer
-    token_block: int | None = None        # rows of an MLP-hidden / attention-score tile (None: all tokens)
+    token_block: int | None = None        # query rows of an attention-score block (None: all tokens)
     dram_data_width: int = 128            # bits of the AXI4 read data bus
     dram_max_burst: int = 16              # beats per AXI4 INCR burst
     dram_outstanding: int = 2             # AXI4 read bursts in flight

@@ -591,21 +591,19 @@ def cmd_run(args) -> int:
 def cmd_bench_model(args) -> int:
     """The cycle model against the RTL (Verilator) per array and task: every layer's cycles and the whole
     inference's."""
-    from firmware.cycles import compare, runnable
+    from firmware.cycles import compare
     from hw.control.memories import check_top_level
     model = model_preset(args.preset)
     tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
     arrays = []
     for name in args.arrays.split(","):
-        accel, note = runnable(model, accelerator_preset(name.strip()))
+        accel = accelerator_preset(name.strip())
         check_compatible(model, accel)
         check_top_level(model, accel)
-        arrays.append((name.strip(), accel, note))
+        arrays.append((name.strip(), accel))
     quantized, image = _quantized_and_image(args, model)
-    rows, notes = [], []
-    for name, accel, note in arrays:
-        if note:
-            notes.append(f"{name}: {note}")
+    rows = []
+    for name, accel in arrays:
         for task in tasks:
             logging.getLogger("hw").info(f"{name}, task {task}: the RTL in Verilator, then the model")
             result = compare(quantized, accel, image, task, latency=args.latency, head=not args.backbone_only)
@@ -615,23 +613,22 @@ def cmd_bench_model(args) -> int:
             logging.getLogger("hw").info(f"{name}, task {task}: RTL {result['cycles']:,} cycles, model "
                                          f"{result['model_cycles']:,} ({result['total_error']:+.3%}), largest "
                                          f"layer error {result['max_layer_error']:.3%} ({worst['layer']})")
-    return _report(args, {"preset": model.name, "latency": args.latency, "rows": rows, "notes": notes},
+    return _report(args, {"preset": model.name, "latency": args.latency, "rows": rows},
                    f"Cycle model against the RTL, {model.name} (Verilator, DRAM latency {args.latency}; errors "
                    f"(model − RTL) / RTL)", [
                        ("array", "array", "<6"), ("task", "task_name", "<8"), ("RTL cycles", "cycles", ">12,"),
                        ("model", "model_cycles", ">12,"), ("total err", "total_error", ">+10.3%"),
                        ("max layer err", "max_layer_error", ">13.3%"), ("worst layer", "worst_layer", "<22")],
-                   rows, notes)
+                   rows)
 
 
 def cmd_report(args) -> int:
     """One configuration's performance report: every task's inference simulated (Verilator) and modelled."""
-    from firmware.cycles import runnable
     from firmware.report import performance_report
     from hw.control.memories import check_top_level
     from hw.flow.fit import target
     model = model_preset(args.preset)
-    accel, note = runnable(model, accelerator_preset(args.accel))
+    accel = accelerator_preset(args.accel)
     check_compatible(model, accel)
     check_top_level(model, accel)
     target(args.target)
@@ -643,7 +640,7 @@ def cmd_report(args) -> int:
              "ms": t["latency_ms"], "fps": t["frames_per_s"], "read": t["dram_read_bytes"]["this_design"],
              "token": t["dram_read_bytes"]["token_by_token"], "dense": t["dram_read_bytes"]["dense_multitask"]}
             for t in report["tasks"]]
-    footer = ([note] if note else []) + [f"{Path(args.output) / 'report.md'}, report.json and the plots"]
+    footer = [f"{Path(args.output) / 'report.md'}, report.json and the plots"]
     return _report(args, report, f"{model.name} on {accel.name} at {args.clock:g} MHz (RTL simulated; the model "
                    "beside it)", [("task", "task", "<8"), ("cycles", "cycles", ">12,"),
                                   ("model", "model_cycles", ">12,"),

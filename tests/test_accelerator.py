@@ -537,9 +537,21 @@ def test_top_level_refuses_a_weight_feed_of_three_rows():
         Accelerator.for_model(TINY, ACCEL.replace(weight_feed_bytes=3 * ACCEL.array_cols))
 
 
-def test_top_level_refuses_token_blocks():
-    with pytest.raises(ConfigError, match="token_block"):
-        Accelerator.for_model(model_preset("m3vit-tiny-cityscapes"), accelerator_preset("8x8"))
+def test_attention_in_query_blocks_is_bit_exact(quantized, golden):
+    """Token blocks of 5 query rows for attention's 17 tokens: per head Q·Kᵀ, the softmax and P·V block by block
+    (5, 5, 5, 2 rows), eight blocks alternating between SCORES' halves, each half only a block's rows; the other
+    products on every token at once. Block 2 (dense), under stalls."""
+    _, tensors = golden
+    accel = ACCEL.replace(token_block=5)
+    spaces = onchip_spaces(TINY, accel)
+    assert spaces[Space.SCORES].depth == 2 * 5 * -(-TINY.num_tokens // accel.array_cols)
+    program = dense_block_program(quantized, accel, 2, tensors[0]["blocks.1.out"])
+    softmaxes = [line for line in program.text.splitlines() if line.startswith("SOFTMAX")]
+    assert [int(line.split("rows=")[1].split()[0]) for line in softmaxes] == [5, 5, 5, 2] * TINY.num_heads
+    (result,) = _run([program], simulator="verilator", accel=accel, latency=10, stall=0.2, seed=12)
+    assert result.ok, result.cause
+    assert result.outputs["attn_out"] == x_bytes(tensors[0]["blocks.2.attn_out"], accel, TINY.num_tokens)
+    assert np.array_equal(residual_from_bytes(result.outputs["out"], TINY, accel), tensors[0]["blocks.2.out"])
 
 
 def test_a_dram_too_small_for_the_program_is_named(quantized):

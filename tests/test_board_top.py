@@ -53,9 +53,8 @@ def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
 
 @pytest.mark.parametrize("accel, named", [
     ("16x16", ["does not fit ulx3s-85f"]),
-    # the 8×8 preset's token blocks are not sequenced by the top level; all 129 tokens at once overflow
-    ("8x8", ["token_block = 32", "with all 129 tokens in one block", "336 DP16KD blocks, 208 available",
-             "scratch 80, scores 75, weights 36"]),
+    # attention in query blocks of 32 rows, and still the heads' band, the slabs and the combine overflow
+    ("8x8", ["does not fit ulx3s-85f", "291 DP16KD blocks, 208 available", "scratch 80, weights 36, combine 34"]),
 ])
 def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path, accel, named):
     result = subprocess.run([sys.executable, "-m", "m3vit.cli", "build", "--preset", "m3vit-tiny-cityscapes",

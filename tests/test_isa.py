@@ -18,7 +18,9 @@ from hw.control.registers import REGISTER_BYTES, REGISTERS
 from m3vit.cli import main
 
 TINY, SMALL = model_preset("tiny"), model_preset("m3vit-small-nyud")
-CONFIGS = [(model, accel) for model in MODEL_PRESETS for accel in ACCELERATOR_PRESETS]
+# m3vit-small on 4×4 (1,201 tokens, 5 MiB on chip a word of four bytes at a time) has no room in an instruction
+CONFIGS = [(model, accel) for model in MODEL_PRESETS for accel in ACCELERATOR_PRESETS
+           if not (model.startswith("m3vit-small") and accel == "4x4")]
 
 
 def _isa(model="tiny", accel="4x4"):
@@ -200,8 +202,11 @@ def test_header_command(tmp_path):
 
 def test_a_configuration_too_deep_for_128_bits_is_refused_by_name():
     huge = model_preset("m3vit-small-nyud").replace(image_size=(1024, 2048))    # 8,193 tokens
-    with pytest.raises(IsaError, match=r"GEMM needs \d+ operand bits .* \(22-bit addresses\)"):
+    with pytest.raises(IsaError, match=r"GEMM needs \d+ operand bits .* \(25-bit addresses\) for a GEMM of up to "
+                                       r"8193 rows"):
         InstructionSet(huge, accelerator_preset("4x4"))
+    with pytest.raises(IsaError, match=r"GEMM needs 126 operand bits for m3vit-small-nyud on 4x4"):
+        InstructionSet(SMALL, accelerator_preset("4x4"))
 
 
 def test_header_command_refuses_a_bad_configuration(tmp_path, capsys):

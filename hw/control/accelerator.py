@@ -98,7 +98,8 @@ class Accelerator(wiring.Component):
         self.fetch_reader = StreamReader.for_config(accel, addr_width)
         self.norm_path = NormPath(self.spaces, LayerNorm.for_model(model, accel), model.num_tokens,
                                   self.router.signature.members["tokens"].signature.members["payload"].shape)
-        self.softmax_path = SoftmaxPath(self.spaces, Softmax.for_model(model, accel), model.num_tokens)
+        self.softmax_path = SoftmaxPath(self.spaces, Softmax.for_model(model, accel), model.num_tokens,
+                                        accel.tokens_per_block(model))
         gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
                                  Shape.cast(gemm["d_stride"].shape).width, Shape.cast(gemm["m"].shape).width)

@@ -188,7 +188,7 @@ class InstructionSet:
         operands = {
             Opcode.LOAD: {"region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS), "memory": Space, "base": address,
                           "per_expert": 1},
-            Opcode.GEMM: {"m": unsigned(index_bits(accel.tokens_per_block(model) + 1)), "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
+            Opcode.GEMM: {"m": unsigned(index_bits(model.num_tokens + 1)), "k_tiles": unsigned(index_bits(tiles(max_k, accel.array_rows) + 1)),
                           "k_last": unsigned(address_bits(accel.array_rows)),
                           "n_tiles": unsigned(index_bits(n_tiles + 1)),
                           "source": Operand, "x_base": word("activation", "scratch"), "stationary": Stationary,
@@ -228,7 +228,7 @@ class InstructionSet:
             if layout.size > payload:
                 raise IsaError(f"{opcode.name} needs {layout.size} operand bits for {model.name} on {accel.name}, "
                                f"more than an instruction's {payload}: the on-chip memories are too deep "
-                               f"({self.address_width}-bit addresses)")
+                               f"({self.address_width}-bit addresses) for a GEMM of up to {model.num_tokens} rows")
             self.operands[opcode] = layout
         self.layout = data.StructLayout({
             "opcode": Opcode,

@@ -12,10 +12,12 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
 - `PARAMS`: one GEMM N tile's column parameters a word, C × (int32 bias, 32-bit parameter word), the DRAM
   matrix header's bytes as they are (`hw.memory.layout`); two halves of the largest matrix's N tiles each, so
   the next matrix's header loads into one half while a GEMM reads the other (the scoreboard keeps them apart);
-- `SCORES`: two halves of one head's attention scores each, C int32 a word, N-tile-major: query t's keys j·C …
-  at word `h·H + j·T + t` in half h (H = T·⌈T / C⌉ words a half), so one head's softmax reads a half while the
-  next head's Q·Kᵀ writes the other; the scoreboard keeps the halves apart;
-- `ROW_SCALES`: per query row, the softmax's multiplier (bits 0-15) and shift (bits 16-21) for attention·V;
+- `SCORES`: two halves, each the scores of one head for a block of up to B query rows (B the accelerator's token
+  block, `tokens_per_block`), C int32 a word, N-tile-major: the block's row r's keys j·C … at word `h·H + j·B + r`
+  in half h (H = B·⌈T / C⌉ words a half), so one block's softmax reads a half while the next block's Q·Kᵀ writes
+  the other; the scoreboard keeps the halves apart;
+- `ROW_SCALES`: per query row of a block, the softmax's multiplier (bits 0-15) and shift (bits 16-21) for
+  attention·V;
 - `ROUTER`, `ROUTER_PARAMS`: the router's weights and exponent scales, in its own words (`Router`);
 - `ROUTES`: the routing record of the last ROUTE, token t at word t: its k experts then its k gate weights;
 - `NORMS`: LayerNorm's parameters, set s's beat b at word s·⌈D / lanes⌉ + b (`LayerNorm.params_layout`: γ and β
@@ -77,9 +79,6 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
         raise ConfigError("weight_feed_bytes", accel.weight_feed_bytes, "the top level reads attention's Kᵀ and V "
                           "from SCRATCH in banks, a feed word's rows at once: it needs a power-of-two number of "
                           "array rows a feed word")
-    if accel.tokens_per_block(model) != model.num_tokens:
-        raise ConfigError("token_block", accel.token_block, f"the top level runs every matrix product on all "
-                          f"{model.num_tokens} tokens at once; token blocks are not sequenced yet")
 
 
 def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, OnChip]:

@@ -2,8 +2,9 @@
 the streamed operand of P·V and each row's output scale into ROW_SCALES.
 
 A command {rows, exp_multiplier, exp_shift, out_multiplier, out_shift, source, half, destination} is taken when
-the path is idle. Score row `source` + r of SCORES half `half` is read tile by tile (SCORES words
-`half·H + j·T + source + r`, H the half's T·⌈T / C⌉ words, C int32 each, the keys past T dropped), its P row
+the path is idle. SCORES holds a block of up to B query rows a half (B = `score_rows`, the accelerator's token
+block): score row `source` + r of half `half` is read tile by tile (SCORES words `half·H + j·B + source + r`, H
+the half's words, C int32 each, the keys past T dropped), its P row
 (T int8) written K tile by K tile into ACTIVATION words `destination + i·T + r` (R keys a word, keys past T zero)
 and its {multiplier, shift} into ROW_SCALES word r, where a `row_scaled` GEMM reads its row r (the shift capped
 at 63: the engine's requantizer caps it lower still). `busy` until the last word of the last row is written.
@@ -27,8 +28,9 @@ ROW_SCALE = data.StructLayout({"multiplier": unsigned(16), "shift": unsigned(6)}
 
 
 class SoftmaxPath(wiring.Component):
-    def __init__(self, spaces: dict[Space, OnChip], softmax, tokens: int):
+    def __init__(self, spaces: dict[Space, OnChip], softmax, tokens: int, score_rows: int | None = None):
         self.softmax, self.tokens = softmax, tokens
+        self.score_rows = tokens if score_rows is None else score_rows
         self.scores_space, self.p_space = spaces[Space.SCORES], spaces[Space.ACTIVATION]
         self.scales_space = spaces[Space.ROW_SCALES]
         if softmax.lanes > self.scores_space.word_bytes // 4:
@@ -70,8 +72,8 @@ class SoftmaxPath(wiring.Component):
         word_valid, fetch = Signal(), Signal()
         half = Signal()
         m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | narrow.input.ready)),
-                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0) + times_constant(tile, t)
-                                              + row),
+                     self.scores_read.addr.eq(Mux(half, self.scores_space.depth // 2, 0)
+                                              + times_constant(tile, self.score_rows) + row),
                      self.scores_read.en.eq(fetch),
                      narrow.input.valid.eq(word_valid), narrow.input.payload.eq(self.scores_read.data)]
         with m.If(fetch):

@@ -25,7 +25,7 @@ from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.control.memories import check_top_level
 
 from .export import require_tool
-from .fit import FitError, check_fit, target
+from .fit import check_fit, target
 from .synth import SynthError, platform
 
 log = logging.getLogger(__name__)
@@ -115,23 +115,8 @@ class BoardBuild:
 
 
 def _check_buildable(model: ModelConfig, accel: AcceleratorConfig, board: str) -> None:
-    """What the top level takes (`check_top_level`), then the fit; a configuration in token blocks (which the top
-    level does not sequence yet) is refused with what its all-tokens version would break or overflow, if anything."""
-    try:
-        check_top_level(model, accel)
-    except ConfigError as refusal:
-        if accel.tokens_per_block(model) == model.num_tokens:
-            raise
-        whole, problems = accel.replace(token_block=None), []
-        for check in (check_top_level, lambda m, a: check_fit(m, a, target(board))):
-            try:
-                check(model, whole)
-            except (ConfigError, FitError) as problem:
-                problems.append(str(problem))
-        if problems:
-            whole_rule = f"{refusal.rule}; and with all {model.num_tokens} tokens in one block: {'; '.join(problems)}"
-            raise ConfigError(refusal.parameter, refusal.value, whole_rule) from None
-        raise
+    """What the top level takes (`check_top_level`), then the fit."""
+    check_top_level(model, accel)
     check_fit(model, accel, target(board))
 
 

@@ -51,13 +51,13 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     lanes, ow, acc, rw = accel.vector_lanes, accel.operand_width, accel.accumulator_width, accel.residual_width
     stream_width = accel.array_rows * ow
     has_moe = bool(model.moe_blocks)
-    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V), the MLP (one block of
-    # hidden activations) and the task heads (a band of input rows and a ring of output rows for the 3×3 convs).
-    # The raw scores (two heads' blocks: one head's softmax reads one while the next head's Q·Kᵀ writes the other)
-    # and, in MoE blocks, the wide combine accumulator of every token have memories of their own; one head's
-    # probabilities go past the activations.
+    # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V), the MLP (the hidden
+    # activations of every token) and the task heads (a band of input rows and a ring of output rows for the 3×3
+    # convs). The raw scores (two blocks of `rows` query rows: one block's softmax reads one while the next
+    # block's Q·Kᵀ writes the other) and, in MoE blocks, the combine accumulator of every token have memories of
+    # their own; one head's probabilities (every token's row, K-tile-major) go past the activations.
     attention_bits = 3 * t * d * ow
-    mlp_bits = rows * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
+    mlp_bits = t * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     c = accel.array_cols
     combine_width = c * ops.COMBINE_BITS   # docs/numerics.md, section 8: the engine's combine word, a column each
     # the heads: a band of four input rows (the first conv's input is in ACTIVATION) and a ring of three output
@@ -74,20 +74,20 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     index_bits = max(1, (t - 1).bit_length())
     memories = [
         Memory("residual", c * rw, t * -(-d // c), purpose="residual stream, every token", two_ports=True),
-        Memory("activation", stream_width, _words((t * d + rows * t) * ow, stream_width),
+        Memory("activation", stream_width, t * (-(-d // accel.array_rows) + -(-t // accel.array_rows)),
                purpose="LayerNorm output / attention output and one head's P: the array's streamed operand",
                two_ports=True),
         Memory("scratch", stream_width, banks * -(-max(attention_bits, mlp_bits, head_bits) // (stream_width * banks)),
                purpose="attention Q/Kᵀ/V, or MLP hidden, or a task head's band of input rows and ring of output rows",
                banks=banks, two_ports=True),
-        Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two heads' blocks of raw attention scores",
+        Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two blocks of query rows' raw attention scores",
                two_ports=True),
         Memory("combine", combine_width, t * -(-d // c) if has_moe else 0,
                purpose="the experts' gate-weighted sum of every token (MoE blocks)"),
         Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
                                                     // accel.array_cols),
                purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),
-        Memory("accumulator", accel.array_cols * acc, 2 << max(1, (rows - 1).bit_length()), 2,
+        Memory("accumulator", accel.array_cols * acc, 2 << max(1, (t - 1).bit_length()), 2,
                purpose="GEMM engine partial sums, M × C tile, two banks of a power of two rows; a copy for each "
                        "of its readers (the accumulation reads one bank while the drain reads the other)"),
         Memory("weights", feed_width, _words(accel.weight_buffer_bytes * 8, feed_width), accel.weight_buffers,
@@ -97,7 +97,7 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
                                                           else "two MoE layers: one routing, the next loading")),
         Memory("expert_queues", index_bits + accel.requant_multiplier_width, max(1, t * model.top_k),
                purpose="per-expert token indices and gate weights"),
-        Memory("row_buffer", lanes * max(rw, acc), _words(2 * max(d, t) * max(rw, acc), lanes * max(rw, acc)),
-               purpose="LayerNorm / softmax row under processing, double-buffered"),
+        Memory("row_buffer", lanes * max(rw, acc), _words(2 * max(d, t) * max(rw, acc), lanes * max(rw, acc)), 2,
+               purpose="the row under processing, double-buffered: one in LayerNorm, one in the softmax"),
     ]
     return [memory for memory in memories if memory.depth > 0]

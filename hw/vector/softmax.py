@@ -74,7 +74,7 @@ class Softmax(wiring.Component):
     @classmethod
     def for_model(cls, model, accel) -> "Softmax":
         """The unit `accel` builds for `model`: rows of all T keys (scores as wide as Q·Kᵀ can make them), up to
-        a token block of them per head."""
+        a token block of them (one block of a head's query rows) a command."""
         return cls(model.num_tokens, accel.vector_lanes, score_width=score_bits(model.head_dim),
                    max_rows=accel.tokens_per_block(model))
 

@@ -107,12 +107,12 @@ class GemmEngine(wiring.Component):
 
     @classmethod
     def for_model(cls, model, accel, **sizes) -> "GemmEngine":
-        """The engine `accel` builds for `model`: M up to one token block, gathered from all tokens, K and N up
+        """The engine `accel` builds for `model`: M up to every token (gathered from all of them), K and N up
         to the largest of the matrix products (`largest_product`); GELU at the accelerator's `requant_lanes` values
         per cycle. `sizes` sets memory depths the top level chooses (`x_depth`, `w_depth`, `p_depth`,
         `index_depth`, `combine_tiles`)."""
         largest_k, largest_n = largest_product(model, accel)
-        return cls(accel.array_rows, accel.array_cols, max_m=accel.tokens_per_block(model), max_k=largest_k,
+        return cls(accel.array_rows, accel.array_cols, max_m=model.num_tokens, max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,
                    load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8),
