@@ -5,8 +5,8 @@ classifier, for one task.
 Feature maps between the convolutions live in DRAM (the OUTPUT region, `FeatureMap`): a row a run of channel
 tiles, each `width` pixels of one word (R int8 channels; the classifier's output C int16), so a row is one LOAD
 into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens
-in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of four input rows in SCRATCH
-(row y in slot y mod 4, loaded one row ahead of its first use), and writes its output rows into a ring of three
+in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of three input rows in SCRATCH
+(row y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a ring of three
 in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each row at once;
 a GEMM per block of at most T pixels, the engine's rows). Once
 output row y is in, the rows it completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1
@@ -29,13 +29,11 @@ import numpy as np
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import Opcode, Operand, Region, Space
 from hw.memory.layout import HEADER_COLUMN_BYTES, conv_weight, matrix_layout
+from hw.memory.plan import HEAD_BAND_ROWS, HEAD_RING_ROWS
 
 from .compiler import CompileError, Output
 
-__all__ = ["FeatureMap", "compile_head", "head_output", "head_traffic", "map_bytes", "BAND_ROWS", "RING_ROWS"]
-
-BAND_ROWS = 4       # input rows a band holds: three in use, one loading
-RING_ROWS = 3       # output rows a ring holds: the two an UPSAMPLE reads, one being written
+__all__ = ["FeatureMap", "compile_head", "head_output", "head_traffic", "map_bytes"]
 
 
 @dataclass(frozen=True)
@@ -148,8 +146,8 @@ def compile_head(builder, task: int) -> None:
         h, w = conv.height, conv.width
         in_tiles, out_tiles = tiles(conv.in_channels, r), tiles(conv.out_channels, r)
         last = index == len(layers) - 2
-        band = 0 if source is None else BAND_ROWS * in_tiles * w
-        ring, ring_rows = out_tiles * w, 1 if last else RING_ROWS     # the classifier takes each row at once
+        band = 0 if source is None else HEAD_BAND_ROWS * in_tiles * w
+        ring, ring_rows = out_tiles * w, 1 if last else HEAD_RING_ROWS     # the classifier takes each row at once
         _check(band + ring_rows * ring <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
                f"{ring_rows * ring} words, SCRATCH has {scratch}")
         name = f"{prefix}.{conv.name}"
@@ -169,12 +167,12 @@ def compile_head(builder, task: int) -> None:
                 for needed in [row for row in ((0, 1) if y == 0 else (y + 1,)) if row < h]:
                     pending.append(functools.partial(builder.load, Region.OUTPUT, source.row(needed),
                                                      source.row_bytes, Space.SCRATCH,
-                                                     (needed % BAND_ROWS) * in_tiles * w))
+                                                     (needed % HEAD_BAND_ROWS) * in_tiles * w))
             for first, m in _blocks(w, block):
                 if source is None:          # the tokens: pixel p at row p, a K tile t words
                     at, stride, memory = (lambda yy: min(max(yy, 0), h - 1) * w + first), t, Operand.ACTIVATION
                 else:
-                    at = lambda yy: (min(max(yy, 0), h - 1) % BAND_ROWS) * in_tiles * w + first  # noqa: E731
+                    at = lambda yy: (min(max(yy, 0), h - 1) % HEAD_BAND_ROWS) * in_tiles * w + first  # noqa: E731
                     stride, memory = w, Operand.SCRATCH
                 # this block's first slabs load behind the products before it; then what waited for them
                 prefetched = builder.prefetch(layout, offset)
@@ -220,13 +218,14 @@ def _classifier(builder, task: int, classifier, after: int):
     class_tiles = tiles(classifier.out_channels, c)
     words = class_tiles * w
     name = f"heads.{task}.{classifier.name}"
-    _check(RING_ROWS * words <= builder.spaces[Space.RESIDUAL].depth, f"{name}: a ring of {RING_ROWS * words} "
+    _check(HEAD_RING_ROWS * words <= builder.spaces[Space.RESIDUAL].depth, f"{name}: a ring of "
+           f"{HEAD_RING_ROWS * words} "
            f"words, RESIDUAL has {builder.spaces[Space.RESIDUAL].depth}")
     layout = matrix_layout(classifier.in_channels, classifier.out_channels, accel, name)
     offset = builder.place(Region.MODEL, layout.pack(q[f"{name}.weight"], q[f"{name}.bias"],
                                                      q[f"{name}.multiplier"], q[f"{name}.shift"]).tobytes())
     target = _feature_map(builder, f"head.{task}.output", (1 + after) * h, (1 + after) * w, class_tiles, 2 * c)
-    slot = lambda yy: (yy % RING_ROWS) * words     # noqa: E731
+    slot = lambda yy: (yy % HEAD_RING_ROWS) * words     # noqa: E731
 
     def row(y: int, source: int, channel_tiles: int):
         for first, m in _blocks(w, model.num_tokens):

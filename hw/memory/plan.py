@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
-__all__ = ["Memory", "onchip_memories", "feed_rows"]
+__all__ = ["Memory", "onchip_memories", "feed_rows", "HEAD_BAND_ROWS", "HEAD_RING_ROWS"]
+
+# A task head's 3×3 convolution holds its input rows y − 1 … y + 1 in a band and its output rows in a ring
+# (firmware.heads): a band of three, since the scoreboard keeps SCRATCH whole, so a row's LOAD waits for every GEMM
+# reading the band and a fourth slot would let no load run ahead; a ring of three, the two an UPSAMPLE reads and
+# the one being written.
+HEAD_BAND_ROWS, HEAD_RING_ROWS = 3, 3
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,13 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     mlp_bits = t * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     c = accel.array_cols
     combine_width = c * ops.COMBINE_BITS   # docs/numerics.md, section 8: the engine's combine word, a column each
-    # the heads: a band of four input rows (the first conv's input is in ACTIVATION) and a ring of three output
-    # rows (one before the classifier), channels in whole tiles of the array's rows (firmware.heads)
+    # the heads: a band of input rows (the first conv's input is in ACTIVATION) and a ring of output rows (one
+    # before the classifier), channels in whole tiles of the array's rows (firmware.heads)
     convs = model.head_layers(0)[:-1]
     channels = lambda count: -(-count // accel.array_rows) * accel.array_rows      # noqa: E731
-    head_bits = max((4 * channels(conv.in_channels) * (index > 0)
-                     + (1 if index == len(convs) - 1 else 3) * channels(conv.out_channels)) * conv.width * ow
-                    for index, conv in enumerate(convs))
+    head_bits = max((HEAD_BAND_ROWS * channels(conv.in_channels) * (index > 0)
+                     + (1 if index == len(convs) - 1 else HEAD_RING_ROWS) * channels(conv.out_channels))
+                    * conv.width * ow for index, conv in enumerate(convs))
     router_weights = accel.router_layers_held(model) * model.num_tasks * model.num_experts * d * ow
     router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
     feed_width = accel.weight_feed_bytes * 8
