@@ -6,13 +6,13 @@ Feature maps between the convolutions live in DRAM (the OUTPUT region, `FeatureM
 tiles, each `width` pixels of one word (R int8 channels; the classifier's output C int16), so a row is one LOAD
 into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens
 in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of three input rows in SCRATCH
-(row y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a ring of three
-in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each row at once;
-a GEMM per block of at most T pixels, the engine's rows). Once
-output row y is in, the rows it completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1
-and y; row 0 and the last from the edge row alone) into the next map, or a STORE of the row when no upsampling
-follows, or, after the last 3×3 convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three
-in RESIDUAL, int16), then its STORE or UPSAMPLE into the head's output.
+(row y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a
+ring of three in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each
+row at once; a GEMM per block of at most T pixels, the engine's rows). Once output row y is in, the rows it
+completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1 and y; row 0 and the last from
+the edge row alone) into the next map, or a STORE of the row when no upsampling follows, or, after the last 3×3
+convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three in RESIDUAL, int16), then its STORE
+or UPSAMPLE into the head's output.
 
 Loop order, per convolution: output rows, pixel blocks, the matrix's slabs (weight tiles): the weights are
 read once per pixel block, the input map once, the output map written once (`head_traffic` states the bytes
@@ -218,9 +218,8 @@ def _classifier(builder, task: int, classifier, after: int):
     class_tiles = tiles(classifier.out_channels, c)
     words = class_tiles * w
     name = f"heads.{task}.{classifier.name}"
-    _check(HEAD_RING_ROWS * words <= builder.spaces[Space.RESIDUAL].depth, f"{name}: a ring of "
-           f"{HEAD_RING_ROWS * words} "
-           f"words, RESIDUAL has {builder.spaces[Space.RESIDUAL].depth}")
+    _check(HEAD_RING_ROWS * words <= builder.spaces[Space.RESIDUAL].depth,
+           f"{name}: a ring of {HEAD_RING_ROWS * words} words, RESIDUAL has {builder.spaces[Space.RESIDUAL].depth}")
     layout = matrix_layout(classifier.in_channels, classifier.out_channels, accel, name)
     offset = builder.place(Region.MODEL, layout.pack(q[f"{name}.weight"], q[f"{name}.bias"],
                                                      q[f"{name}.multiplier"], q[f"{name}.shift"]).tobytes())

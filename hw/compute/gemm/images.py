@@ -74,8 +74,9 @@ def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.nd
 def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
                   routing_ids: np.ndarray, gate_weights: np.ndarray) -> np.ndarray:
     """The combine accumulator after every expert's COMBINE command, from the golden operations: for token t
-    Σ_j y_{e_j}(t)·g_j, y the expert's fc2 output requantized to 18 bits. experts[e] = (W, bias, multiplier,
-    shift, token list); returns int64 [T, N]. `golden.ops.combine` rounds it once into the residual."""
+    Σ_j round_shift(y_{e_j}(t)·g_j, 15) (`golden.ops.gate_weighted`), y the expert's fc2 output requantized to 18
+    bits. experts[e] = (W, bias, multiplier, shift, token list); returns int64 [T, N]. `golden.ops.combine`
+    rounds it by its two fraction bits into the residual."""
     total = np.zeros((len(routing_ids), experts[0][0].shape[1]), dtype=np.int64)
     for e, (w, bias, multiplier, shift, tokens) in enumerate(experts):
         if not len(tokens):
