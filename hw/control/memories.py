@@ -90,7 +90,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
     n_tiles = tiles(max(3 * model.embed_dim, hidden, t), c)
     return {
         # the attention output, then one head's P (T × T, K-tile-major)
-        Space.ACTIVATION: OnChip(Space.ACTIVATION, r, x_words(model.embed_dim) + x_words(t)),
+        Space.ACTIVATION: OnChip(Space.ACTIVATION, r, plan["activation"].depth),
         Space.SCRATCH: OnChip(Space.SCRATCH, r, tiles(max(plan["scratch"].depth, x_words(model.patch_dim),
                                                           x_words(hidden)), feed_rows(accel)) * feed_rows(accel)),
         Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),

@@ -28,9 +28,8 @@ ROW_SCALE = data.StructLayout({"multiplier": unsigned(16), "shift": unsigned(6)}
 
 
 class SoftmaxPath(wiring.Component):
-    def __init__(self, spaces: dict[Space, OnChip], softmax, tokens: int, score_rows: int | None = None):
-        self.softmax, self.tokens = softmax, tokens
-        self.score_rows = tokens if score_rows is None else score_rows
+    def __init__(self, spaces: dict[Space, OnChip], softmax, tokens: int, score_rows: int):
+        self.softmax, self.tokens, self.score_rows = softmax, tokens, score_rows
         self.scores_space, self.p_space = spaces[Space.SCORES], spaces[Space.ACTIVATION]
         self.scales_space = spaces[Space.ROW_SCALES]
         if softmax.lanes > self.scores_space.word_bytes // 4:
