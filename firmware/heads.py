@@ -7,8 +7,10 @@ tiles, each `width` pixels of one word (R int8 channels; the classifier's output
 into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens
 in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of three input rows in SCRATCH
 (row y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a
-ring of three in SCRATCH after the band (row y in slot y mod 3; one slot before the classifier, which takes each
-row at once; a GEMM per block of at most T pixels, the engine's rows). Once output row y is in, the rows it
+ring of three in SCRATCH after the band (row y in slot y mod 3; a GEMM per block of at most T pixels, the engine's
+rows). The last convolution's output row, which the classifier takes at once, is one row in ACTIVATION from word
+0, over the normed tokens (`hw.memory.plan.head_row_in_activation`; after the band when that convolution is the
+first). Once output row y is in, the rows it
 completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1 and y; row 0 and the last from
 the edge row alone) into the next map, or a STORE of the row when no upsampling follows, or, after the last 3×3
 convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three in RESIDUAL, int16), then its STORE
@@ -29,7 +31,7 @@ import numpy as np
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.control.isa import Opcode, Operand, Region, Space
 from hw.memory.layout import HEADER_COLUMN_BYTES, conv_weight, matrix_layout
-from hw.memory.plan import HEAD_BAND_ROWS, HEAD_RING_ROWS
+from hw.memory.plan import HEAD_BAND_ROWS, HEAD_RING_ROWS, head_row_in_activation
 
 from .compiler import CompileError, Output
 
@@ -148,8 +150,16 @@ def compile_head(builder, task: int) -> None:
         last = index == len(layers) - 2
         band = 0 if source is None else HEAD_BAND_ROWS * in_tiles * w
         ring, ring_rows = out_tiles * w, 1 if last else HEAD_RING_ROWS     # the classifier takes each row at once
-        _check(band + ring_rows * ring <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
-               f"{ring_rows * ring} words, SCRATCH has {scratch}")
+        ring_space = Space.ACTIVATION if last and head_row_in_activation(model) else Space.SCRATCH
+        if ring_space == Space.ACTIVATION:       # over the normed tokens, which only the first convolution reads
+            activation = builder.spaces[Space.ACTIVATION].depth
+            _check(ring <= activation, f"{prefix}.{conv.name}: an output row of {ring} words, ACTIVATION has "
+                   f"{activation}")
+            ring_base, scratch_words = 0, band
+        else:
+            ring_base, scratch_words = band, band + ring_rows * ring
+        _check(scratch_words <= scratch, f"{prefix}.{conv.name}: a band of {band} and a ring of "
+               f"{scratch_words - band} words, SCRATCH has {scratch}")
         name = f"{prefix}.{conv.name}"
         builder.layer(name, Opcode.GEMM)       # the last one's layer holds the classifier: it runs row by row beside it
         weight = conv_weight(q[f"{name}.weight"], r)
@@ -161,7 +171,7 @@ def compile_head(builder, task: int) -> None:
             scale = 2 if index < between else 1
             target = _feature_map(builder, f"head.{task}.input.{layers[index + 1].name}", scale * h, scale * w,
                                   out_tiles, r)
-        slot = lambda y, base=band, words=ring, rows=ring_rows: base + (y % rows) * words     # noqa: E731
+        slot = lambda y, base=ring_base, words=ring, rows=ring_rows: base + (y % rows) * words     # noqa: E731
         for y in range(h):
             if source is not None:          # the band: rows y − 1 … y + 1, each loaded once, one ahead
                 for needed in [row for row in ((0, 1) if y == 0 else (y + 1,)) if row < h]:
@@ -183,7 +193,7 @@ def compile_head(builder, task: int) -> None:
                              below=at(y + 1), pad_above=int(y == 0), pad_below=int(y == h - 1),
                              pad_left=int(first == 0), pad_right=int(first + m == w))
                 builder.product(name, layout, offset, source=memory, x_base=at(y), m=m, im2col=True,
-                                outputs=[Output(out_tiles, Space.SCRATCH, slot(y) + first, w)], mode=GemmMode.INT8,
+                                outputs=[Output(out_tiles, ring_space, slot(y) + first, w)], mode=GemmMode.INT8,
                                 relu=True, prefetched=prefetched)
             if index < between:
                 pending.append(functools.partial(_upsample_rows, builder, Space.SCRATCH, slot, y, h, w, out_tiles,
@@ -193,7 +203,7 @@ def compile_head(builder, task: int) -> None:
                                                  region=Region.OUTPUT, address=target.row(y),
                                                  bytes=target.row_bytes))
             else:
-                pending.append(classifier_row(y, slot(y), out_tiles))
+                pending.append(classifier_row(y, ring_space, slot(y), out_tiles))
         source = target
     for emit in pending:
         emit()
@@ -209,7 +219,7 @@ def _feature_map(builder, name: str, height: int, width: int, channel_tiles: int
 
 def _classifier(builder, task: int, classifier, after: int):
     """The 1×1 classifier's weights placed and the head's output map; returns what runs it on output row y of
-    the last 3×3 convolution (SCRATCH word `row`, `channel_tiles` of them): a GEMM per pixel block into a ring of
+    the last 3×3 convolution (word `source` of `space`, `channel_tiles` of them): a GEMM per pixel block into a ring of
     three rows in RESIDUAL (int16), emitted at once; it returns what emits that row's part of the output (a
     STORE, or the ×2's UPSAMPLEs), for later."""
     model, accel, q = builder.model, builder.accel, builder.quantized
@@ -226,11 +236,11 @@ def _classifier(builder, task: int, classifier, after: int):
     target = _feature_map(builder, f"head.{task}.output", (1 + after) * h, (1 + after) * w, class_tiles, 2 * c)
     slot = lambda yy: (yy % HEAD_RING_ROWS) * words     # noqa: E731
 
-    def row(y: int, source: int, channel_tiles: int):
+    def row(y: int, space: Space, source: int, channel_tiles: int):
         for first, m in _blocks(w, model.num_tokens):
             builder.emit(Opcode.CONFIG_CONV, kernel=0, channel_tiles=channel_tiles, stride=w, above=0, below=0,
                          pad_above=0, pad_below=0, pad_left=0, pad_right=0)
-            builder.product(name, layout, offset, source=Operand.SCRATCH, x_base=source + first, m=m, im2col=True,
+            builder.product(name, layout, offset, source=Operand[space.name], x_base=source + first, m=m, im2col=True,
                             outputs=[Output(class_tiles, Space.RESIDUAL, slot(y) + first, w)], mode=GemmMode.INT16)
         if after:
             return functools.partial(_upsample_rows, builder, Space.RESIDUAL, slot, y, h, w, class_tiles, target)

@@ -11,13 +11,20 @@ from dataclasses import dataclass
 from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
-__all__ = ["Memory", "onchip_memories", "feed_rows", "HEAD_BAND_ROWS", "HEAD_RING_ROWS"]
+__all__ = ["Memory", "onchip_memories", "feed_rows", "HEAD_BAND_ROWS", "HEAD_RING_ROWS", "head_row_in_activation"]
 
 # A task head's 3×3 convolution holds its input rows y − 1 … y + 1 in a band and its output rows in a ring
 # (firmware.heads): a band of three, since the scoreboard keeps SCRATCH whole, so a row's LOAD waits for every GEMM
 # reading the band and a fourth slot would let no load run ahead; a ring of three, the two an UPSAMPLE reads and
 # the one being written.
 HEAD_BAND_ROWS, HEAD_RING_ROWS = 3, 3
+
+
+def head_row_in_activation(model: ModelConfig) -> bool:
+    """Whether the last 3×3 convolution of a task head writes its output row (the classifier's input, one row at a
+    time) into ACTIVATION from word 0, over the normed tokens, rather than into SCRATCH after its band: when it is
+    not the first convolution, the only one that reads the tokens."""
+    return len(model.head_layers(0)) > 2
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,15 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     mlp_bits = t * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     c = accel.array_cols
     combine_width = c * ops.COMBINE_BITS   # docs/numerics.md, section 8: the engine's combine word, a column each
-    # the heads: a band of input rows (the first conv's input is in ACTIVATION) and a ring of output rows (one
-    # before the classifier), channels in whole tiles of the array's rows (firmware.heads)
+    # the heads: a band of input rows (the first conv's input is in ACTIVATION) and a ring of output rows (the
+    # classifier's input row is in ACTIVATION, or one after the band), channels in whole tiles of the array's rows
+    # (firmware.heads)
     convs = model.head_layers(0)[:-1]
     channels = lambda count: -(-count // accel.array_rows) * accel.array_rows      # noqa: E731
-    head_bits = max((HEAD_BAND_ROWS * channels(conv.in_channels) * (index > 0)
-                     + (1 if index == len(convs) - 1 else HEAD_RING_ROWS) * channels(conv.out_channels))
-                    * conv.width * ow for index, conv in enumerate(convs))
+    last_row = channels(convs[-1].out_channels) * convs[-1].width // accel.array_rows   # words, the classifier's input
+    ring_rows = [HEAD_RING_ROWS] * (len(convs) - 1) + [0 if head_row_in_activation(model) else 1]
+    head_bits = max((HEAD_BAND_ROWS * channels(conv.in_channels) * (index > 0) + rows * channels(conv.out_channels))
+                    * conv.width * ow for index, (conv, rows) in enumerate(zip(convs, ring_rows)))
     router_weights = accel.router_layers_held(model) * model.num_tasks * model.num_experts * d * ow
     router_width = min(accel.router_macs_per_cycle, model.num_experts * d) * ow
     feed_width = accel.weight_feed_bytes * 8
@@ -80,8 +89,10 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     index_bits = max(1, (t - 1).bit_length())
     memories = [
         Memory("residual", c * rw, t * -(-d // c), purpose="residual stream, every token", two_ports=True),
-        Memory("activation", stream_width, t * (-(-d // accel.array_rows) + -(-t // accel.array_rows)),
-               purpose="LayerNorm output / attention output and one head's P: the array's streamed operand",
+        Memory("activation", stream_width, max(t * (-(-d // accel.array_rows) + -(-t // accel.array_rows)),
+                                               last_row if head_row_in_activation(model) else 0),
+               purpose="LayerNorm output / attention output and one head's P, or a task head's last convolution "
+                       "output row: the array's streamed operand",
                two_ports=True),
         Memory("scratch", stream_width, banks * -(-max(attention_bits, mlp_bits, head_bits) // (stream_width * banks)),
                purpose="attention Q/Kᵀ/V, or MLP hidden, or a task head's band of input rows and ring of output rows",
