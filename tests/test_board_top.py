@@ -54,7 +54,7 @@ def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
 @pytest.mark.parametrize("accel, named", [
     ("16x16", ["does not fit ulx3s-85f"]),
     # attention in query blocks of 32 rows, and still the heads' band, the slabs and the combine overflow
-    ("8x8", ["does not fit ulx3s-85f", "275 DP16KD blocks, 208 available", "scratch 64, weights 36, combine 34"]),
+    ("8x8", ["does not fit ulx3s-85f", "263 DP16KD blocks, 208 available", "scratch 52, weights 36, combine 34"]),
 ])
 def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path, accel, named):
     result = subprocess.run([sys.executable, "-m", "m3vit.cli", "build", "--preset", "m3vit-tiny-cityscapes",
