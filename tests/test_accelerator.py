@@ -13,6 +13,7 @@ from firmware.compiler import (AttentionLayout, CompileError, Program, ProgramBu
                                dense_block_program, mlp_program, moe_block_program, patch_embedding_program,
                                qkv_program, route_program)
 from firmware.driver import Driver, DriverError
+from firmware.run import run_lines
 from firmware.image import DramMap, residual_bytes, residual_from_bytes, routes_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, accelerator_for, simulate
 from golden.config import ConfigError, accelerator_preset, model_preset
@@ -20,10 +21,11 @@ from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
 from golden.model import run
 from golden.quantize import quantize_image
+from golden.quantized import QuantizedModel
 from hw.control.accelerator import Accelerator
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.compute.gemm.images import pack_w
-from hw.control.isa import ErrorCause, Opcode, Operand, Region, Space, Stationary
+from hw.control.isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import onchip_spaces
 from hw.memory.layout import matrix_layout
 from hw.flow.export import lint, to_verilog
@@ -297,6 +299,19 @@ def test_the_compiler_refuses_an_experts_body_longer_than_the_buffer(quantized):
         return 0
     with pytest.raises(CompileError, match=f"body buffer holds {builder.isa.body_depth}"):
         builder.experts(body)
+
+
+@pytest.mark.parametrize("model,accel", [("m3vit-tiny-cityscapes", "4x4"), ("m3vit-tiny-cityscapes", "8x8"),
+                                         ("m3vit-tiny-cityscapes", "16x16"), ("m3vit-small-nyud", "16x16")])
+def test_the_experts_body_buffer_holds_the_body_the_configuration_compiles_to(model, accel):
+    """The body buffer is sized from the configuration (`experts_body_depth`): an expert's fc1 and fc2 in 5 slabs
+    each on 4×4 (23 instructions) and in 4 on m3vit-small at 16×16 (19) fit, where a fixed 16 refused both."""
+    model, accel = model_preset(model), accelerator_preset(accel)
+    program = backbone_program(QuantizedModel.blank(model), accel, np.zeros((model.in_channels, *model.image_size),
+                                                                             np.int8))
+    bodies = [int(line.split("body=")[1].split()[0]) for line in run_lines(program) if line.startswith("EXPERTS")]
+    depth = InstructionSet(model, accel).body_depth
+    assert len(bodies) == len(model.moe_blocks) and max(bodies) <= depth < max(bodies) + 16
 
 
 def _check_backbone(result, golden, accel=ACCEL, model=TINY):

@@ -22,13 +22,14 @@ from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import address_bits, index_bits
 from ..compute.gemm.geometry import GemmMode, largest_product, tiles
+from ..memory.layout import matrix_layout
 from ..memory.transfer import LENGTH_BITS
 from ..memory.plan import onchip_memories
 from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
 
 __all__ = ["INSTRUCTION_BITS", "OPCODE_BITS", "DRAM_ADDRESS_BITS", "Opcode", "Space", "Operand", "Stationary", "Region", "ErrorCause",
-           "InstructionSet", "IsaError", "MEANINGS"]
+           "InstructionSet", "IsaError", "MEANINGS", "experts_body_depth"]
 
 INSTRUCTION_BITS = 128
 OPCODE_BITS = 4
@@ -158,10 +159,23 @@ MEANINGS = {
 }
 
 
+def experts_body_depth(model: ModelConfig, accel: AcceleratorConfig) -> int:
+    """The EXPERTS body buffer's depth (instructions) for `model` on `accel`: the body an expert's MLP compiles to,
+    a LOAD and a GEMM for each slab of its fc1 and of its fc2 and a LOAD for each matrix's column parameters and
+    for fc1's HIDDEN word (`firmware.compiler`), rounded up to 16, the depth of a LUT RAM block (ECP5's DPR16X4)."""
+    slabs = 0
+    if model.moe_blocks:
+        slabs = sum(len(matrix_layout(k, n, accel, name).slabs) for k, n, name in
+                    [(model.embed_dim, model.expert_hidden, "expert fc1"), (model.expert_hidden, model.embed_dim,
+                                                                            "expert fc2")])
+    return 16 * -(-(2 * slabs + 3) // 16)
+
+
 class InstructionSet:
     """The instruction layouts of `accel` running `model`; `operands[opcode]` is that opcode's layout."""
 
-    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, body_depth: int = 16):
+    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, body_depth: int | None = None):
+        body_depth = experts_body_depth(model, accel) if body_depth is None else body_depth
         if not isinstance(body_depth, int) or body_depth < 1:
             raise IsaError(f"body_depth = {body_depth!r}: the EXPERTS body buffer holds at least one instruction")
         self.model, self.accel, self.body_depth = model, accel, body_depth
