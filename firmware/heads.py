@@ -2,19 +2,18 @@
 convolutions by im2col over a band of input rows, the ×2 upsamplings on the way out to DRAM, the 1×1
 classifier, for one task.
 
-Feature maps between the convolutions live in DRAM (the OUTPUT region, `FeatureMap`): a row a run of channel
-tiles, each `width` pixels of one word (R int8 channels; the classifier's output C int16), so a row is one LOAD
-into a band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens
-in ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of three input rows in SCRATCH
-(row y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a
-ring of three in SCRATCH after the band (row y in slot y mod 3; a GEMM per block of at most T pixels, the engine's
-rows). The last convolution's output row, which the classifier takes at once, is one row in ACTIVATION from word
-0, over the normed tokens (`hw.memory.plan.head_row_in_activation`; after the band when that convolution is the
-first). Once output row y is in, the rows it
-completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1 and y; row 0 and the last from
-the edge row alone) into the next map, or a STORE of the row when no upsampling follows, or, after the last 3×3
-convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three in RESIDUAL, int16), then its STORE
-or UPSAMPLE into the head's output.
+Feature maps between the convolutions live in DRAM (the OUTPUT region, `FeatureMap`): a row a run of channel tiles,
+each `width` pixels of one word (R int8 channels; the classifier's output C int16), so a row is one LOAD into a
+band slot and one STORE or UPSAMPLE out of the output ring. On chip, a convolution reads the normed tokens in
+ACTIVATION (the first: the whole map is there, K-tile-major by token) or a band of three input rows in SCRATCH (row
+y in slot y mod 3, loaded before the first output row that needs it), and writes its output rows into a ring of
+three in SCRATCH after the band (row y in slot y mod 3; a GEMM per block of at most T pixels, the engine's rows).
+The last convolution's output row, which the classifier takes at once, is one row in ACTIVATION from word 0, over
+the normed tokens (`hw.memory.plan.head_row_in_activation`; after the band when that convolution is the first).
+Once output row y is in, the rows it completes go out: UPSAMPLE of output rows 2y − 1 and 2y (¾ and ¼ of rows y − 1
+and y; row 0 and the last from the edge row alone) into the next map, or a STORE of the row when no upsampling
+follows, or, after the last 3×3 convolution, the classifier on the row (a 1×1 im2col GEMM into a ring of three in
+RESIDUAL, int16), then its STORE or UPSAMPLE into the head's output.
 
 Loop order, per convolution: output rows, pixel blocks, the matrix's slabs (weight tiles): the weights are
 read once per pixel block, the input map once, the output map written once (`head_traffic` states the bytes
@@ -219,8 +218,8 @@ def _feature_map(builder, name: str, height: int, width: int, channel_tiles: int
 
 def _classifier(builder, task: int, classifier, after: int):
     """The 1×1 classifier's weights placed and the head's output map; returns what runs it on output row y of
-    the last 3×3 convolution (word `source` of `space`, `channel_tiles` of them): a GEMM per pixel block into a ring of
-    three rows in RESIDUAL (int16), emitted at once; it returns what emits that row's part of the output (a
+    the last 3×3 convolution (word `source` of `space`, `channel_tiles` of them): a GEMM per pixel block into a
+    ring of three rows in RESIDUAL (int16), emitted at once; it returns what emits that row's part of the output (a
     STORE, or the ×2's UPSAMPLEs), for later."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     c = accel.array_cols

@@ -427,8 +427,8 @@ DEFAULT_MODEL_PRESET = "m3vit-tiny-cityscapes"
 
 ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
     config.name: config for config in [
-        # ULX3S-85F class: small slabs, tokens in blocks of 32 rows; the vector units take one value a cycle and
-        # GELU one or two (beside a 4×4 or 8×8 array their share of a block stays at a few per cent, the softmax
+        # ULX3S-85F class: small slabs, query blocks of 32 rows (16 on 4×4); the vector units take one value a cycle
+        # and GELU one or two (beside a 4×4 or 8×8 array their share of a block stays at a few per cent, the softmax
         # hidden behind Q·Kᵀ, and their logic is what the FPGA has left after the array). The 4×4 one holds
         # m3vit-tiny-cityscapes in the ULX3S-85F's 208 block RAMs: query blocks of 16 rows and the routers' weights
         # two MoE layers at a time (the next layer's loading while one routes), which cost it no cycle (tiny, 17
