@@ -427,15 +427,12 @@ DEFAULT_MODEL_PRESET = "m3vit-tiny-cityscapes"
 
 ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
     config.name: config for config in [
-        # ULX3S-85F class: small slabs, query blocks of 32 rows (16 on 4×4); the vector units take one value a cycle
-        # and GELU one or two (beside a 4×4 or 8×8 array their share of a block stays at a few per cent, the softmax
-        # hidden behind Q·Kᵀ, and their logic is what the FPGA has left after the array). The 4×4 one holds
-        # m3vit-tiny-cityscapes in the ULX3S-85F's 208 block RAMs: query blocks of 16 rows and the routers' weights
-        # two MoE layers at a time (the next layer's loading while one routes), which cost it no cycle (tiny, 17
-        # tokens: 2.9 % of its backbone, a block of one row; docs/architecture.md, section 13).
+        # ULX3S-85F class: small slabs, tokens in blocks of 32 rows; the vector units take one value a cycle and
+        # GELU one or two (beside a 4×4 or 8×8 array their share of a block stays at a few per cent, the softmax
+        # hidden behind Q·Kᵀ, and their logic is what the FPGA has left after the array).
         AcceleratorConfig(name="4x4", array_rows=4, array_cols=4, weight_buffer_bytes=16 * 1024,
-                          token_block=16, dram_data_width=64, router_macs_per_cycle=16, vector_lanes=1,
-                          requant_lanes=2, router_weights_resident=False),
+                          token_block=32, dram_data_width=64, router_macs_per_cycle=16, vector_lanes=1,
+                          requant_lanes=2),
         AcceleratorConfig(name="8x8", array_rows=8, array_cols=8, weight_buffer_bytes=36 * 1024,
                           token_block=32, dram_data_width=64, router_macs_per_cycle=32, vector_lanes=1,
                           requant_lanes=2),
