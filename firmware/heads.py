@@ -74,9 +74,10 @@ def head_output(data: bytes, channels: int, height: int, width: int, lanes: int)
     return words.transpose(1, 3, 0, 2).reshape(-1, height, width)[:channels]
 
 
-def _blocks(width: int, block: int) -> list[tuple[int, int]]:
-    """The pixel blocks (first, pixels) of a row: as few as a block allows, of equal size but the last."""
-    size = -(-width // -(-width // block))
+def _blocks(model, width: int) -> list[tuple[int, int]]:
+    """The pixel blocks (first, pixels) of a row `width` pixels wide: a GEMM's rows, up to every token (the engine's
+    M), as few blocks as that allows, of equal size but the last."""
+    size = -(-width // -(-width // model.num_tokens))
     return [(first, min(size, width - first)) for first in range(0, width, size)]
 
 
@@ -94,7 +95,7 @@ def head_traffic(model, accel, task: int, norm_bytes: int) -> list[dict]:
         k = conv.in_channels if classifier else 9 * tiles(conv.in_channels, r) * r
         layout = matrix_layout(k, conv.out_channels, accel, conv.name)
         per_block = layout.slab_bytes + layout.n_tiles * c * HEADER_COLUMN_BYTES
-        blocks = len(_blocks(conv.width, model.num_tokens))
+        blocks = len(_blocks(model, conv.width))
         word = 2 * c if classifier else r
         out_row = tiles(conv.out_channels, c if classifier else r) * conv.width * word
         scale = 2 if (index < between or (classifier and after)) else 1
@@ -129,7 +130,6 @@ def compile_head(builder, task: int) -> None:
     prediction, C int16 a word)."""
     model, accel, q = builder.model, builder.accel, builder.quantized
     r, t = accel.array_rows, model.num_tokens
-    block = model.num_tokens             # pixels a GEMM: the engine takes up to every token
     prefix = f"heads.{task}"
     between, after = model.head_upsamples()
     _check(after <= 1, f"{model.name}: {after} ×2 stages after the classifier; the head's program does one")
@@ -177,7 +177,7 @@ def compile_head(builder, task: int) -> None:
                     pending.append(functools.partial(builder.load, Region.OUTPUT, source.row(needed),
                                                      source.row_bytes, Space.SCRATCH,
                                                      (needed % HEAD_BAND_ROWS) * in_tiles * w))
-            for first, m in _blocks(w, block):
+            for first, m in _blocks(model, w):
                 if source is None:          # the tokens: pixel p at row p, a K tile t words
                     at, stride, memory = (lambda yy: min(max(yy, 0), h - 1) * w + first), t, Operand.ACTIVATION
                 else:
@@ -236,7 +236,7 @@ def _classifier(builder, task: int, classifier, after: int):
     slot = lambda yy: (yy % HEAD_RING_ROWS) * words     # noqa: E731
 
     def row(y: int, space: Space, source: int, channel_tiles: int):
-        for first, m in _blocks(w, model.num_tokens):
+        for first, m in _blocks(model, w):
             builder.emit(Opcode.CONFIG_CONV, kernel=0, channel_tiles=channel_tiles, stride=w, above=0, below=0,
                          pad_above=0, pad_below=0, pad_left=0, pad_right=0)
             builder.product(name, layout, offset, source=Operand[space.name], x_base=source + first, m=m, im2col=True,

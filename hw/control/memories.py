@@ -89,7 +89,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
     x_words = lambda k: t * tiles(k, r)    # noqa: E731: an X of K columns, K-tile-major
     n_tiles = tiles(max(3 * model.embed_dim, hidden, t), c)
     return {
-        # the attention output, then one head's P (T × T, K-tile-major)
+        # the attention output, then one head's P (T × T, K-tile-major); in a head, its last convolution's row
         Space.ACTIVATION: OnChip(Space.ACTIVATION, r, plan["activation"].depth),
         Space.SCRATCH: OnChip(Space.SCRATCH, r, tiles(max(plan["scratch"].depth, x_words(model.patch_dim),
                                                           x_words(hidden)), feed_rows(accel)) * feed_rows(accel)),
