@@ -418,8 +418,9 @@ def _half(memory: Space, base: int, depth: int) -> tuple[Space, int]:
 
 class CycleModel:
     """The accelerator of `accel` running `model`, instruction by instruction: each issues at the first cycle the
-    controller's rules allow (fetch, its unit free, the scoreboard, its slab buffer full, the router's experts),
-    and each unit's command takes the cycles its contract gives. `run(sequence)` → `Timeline`.
+    controller's rules allow (fetch, its unit free, the scoreboard, its slab buffer full, the router's experts; three
+    cycles after the last at the earliest: the issue stage), and each unit's command starts the cycle after its
+    issue and takes the cycles its contract gives. `run(sequence)` → `Timeline`.
 
     The costs, from the units' contracts and the RTL's pipeline depths (`hw.compute.gemm.geometry`):
     - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + 1 + M) / 2) (M = 1: 2M; a tile streams the
@@ -434,6 +435,8 @@ class CycleModel:
     - a STORE or UPSAMPLE from SCRATCH and a GEMM with its stationary operand there wait for each other (one port).
     """
 
+    STAGE = 1                # the issue stage: a command goes out the cycle after the decision,
+    ISSUE_GAP = 3            # the next decision two cycles later at the earliest (on a head that was there a cycle)
     GEMM_FIXED = 11          # a command's handshakes: its start, the accumulator and the output path's writes
     GELU_FIXED = 2           # the GELU path's rows beyond its stages
     LOAD_FIXED = 4           # a load path command after its last beat: the gearbox and the write
@@ -533,7 +536,7 @@ class CycleModel:
 
         for position, issue in enumerate(sequence):
             op = issue.opcode
-            at = max(last + 1, fetched[position])
+            at = max(last + self.ISSUE_GAP, fetched[position] + 1)     # the cycle the controller decides to issue it
             if op is Opcode.LOAD:
                 memory = issue["memory"]
                 beats = -(-issue["bytes"] // self.bus)
@@ -541,8 +544,8 @@ class CycleModel:
                     buffer = issue["base"] // self.span
                     # the loader takes a descriptor into an empty buffer once it has asked for all of the last
                     at = max(at, empty.get(buffer, 0), loader_free(previous_slab))
-                    transfers[buffer] = port.start("loader", at, beats)
-                    reads_from.append(("loader", at, transfers[buffer]))
+                    transfers[buffer] = port.start("loader", at + self.STAGE, beats)
+                    reads_from.append(("loader", at + self.STAGE, transfers[buffer]))
                     previous_slab = buffer
                     empty[buffer] = 1 << 62
                     totals["loader"] += beats
@@ -553,8 +556,8 @@ class CycleModel:
                         at = max(at, end("store"))
                     per_beat = -(-self.bus // self.spaces[memory].word_bytes)
                     units["load"] = _Busy(at, writes=key)
-                    transfers["load"] = port.start("load", at, beats, per_beat)
-                    reads_from.append(("load", at, transfers["load"]))
+                    transfers["load"] = port.start("load", at + self.STAGE, beats, per_beat)
+                    reads_from.append(("load", at + self.STAGE, transfers["load"]))
                     totals["load"] += beats * per_beat
             elif op is Opcode.GEMM:
                 reads, writes = self._gemm_touches(issue)
@@ -567,8 +570,8 @@ class CycleModel:
                     at = max(at, slab_full(buffer))
                 if issue.expert is not None and (issue["gather"] or issue["mode"] == GemmMode.COMBINE.value):
                     at = max(at, routed[1])
-                finish = at + self.gemm_cycles(issue)
-                occupy("gemm", at, finish, reads, writes)
+                finish = at + self.STAGE + self.gemm_cycles(issue)
+                occupy("gemm", at + self.STAGE, finish, reads, writes)
                 if buffer is not None:
                     if held is not None and held != buffer:
                         empty[held] = at
@@ -579,21 +582,22 @@ class CycleModel:
                 reads, writes = residual | norms, activation
                 at = max(at, end("norm"), hazard(reads, writes))
                 cycles, first = self._rows(self.LAYERNORM, issue["rows"], self.model.embed_dim)
-                occupy("norm", at, at + cycles, reads, writes)
+                start = at + self.STAGE
+                occupy("norm", start, start + cycles, reads, writes)
                 if issue["route"]:
                     per_row = (cycles - first) // max(1, issue["rows"] - 1) if issue["rows"] > 1 else 0
-                    logits = max(at + first + issue["rows"] * self.router_token,
-                                 at + cycles + self.router_token)
+                    logits = max(start + first + issue["rows"] * self.router_token,
+                                 start + cycles + self.router_token)
                     if per_row >= self.router_token:
-                        logits = at + cycles + self.router_token
+                        logits = start + cycles + self.router_token
                     known = logits + self.router_known
                     routed = (known, known + self.router_queues)
-                    occupy("router", at, routed[1], writes=routes)
+                    occupy("router", start, routed[1], writes=routes)
             elif op is Opcode.SOFTMAX:
                 reads, writes = _mask((Space.SCORES, issue["half"])), activation | row_scales
                 at = max(at, end("softmax"), hazard(reads, writes))
                 cycles, _ = self._rows(self.SOFTMAX, issue["rows"], self.model.num_tokens)
-                occupy("softmax", at, at + cycles, reads, writes)
+                occupy("softmax", at + self.STAGE, at + self.STAGE + cycles, reads, writes)
             elif op is Opcode.ROUTE:    # after the router weights' LOADs, too
                 at = max(at, end("router"), hazard(reads=_mask(Space.ROUTER) | _mask(Space.ROUTER_PARAMS),
                                                    writes=routes))
@@ -602,8 +606,8 @@ class CycleModel:
                 at = max(at, routed[0])
             elif op is Opcode.COMBINE:
                 at = max(at, end("gemm"), end("combine"), hazard(residual, residual))
-                finish = at + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
-                occupy("combine", at, finish, writes=residual)
+                finish = at + self.STAGE + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
+                occupy("combine", at + self.STAGE, finish, writes=residual)
                 units["gemm"] = _Busy(finish, writes=residual)
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
                 memory = _mask(issue["memory"])
@@ -612,7 +616,8 @@ class CycleModel:
                 if on_port_a["store"] and on_port_a["gemm"]:
                     at = max(at, end("gemm"))
                 words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
-                occupy("store", at, at + words + self.latency // 2 + self.STORE_FIXED, reads=memory)
+                occupy("store", at + self.STAGE, at + self.STAGE + words + self.latency // 2 + self.STORE_FIXED,
+                       reads=memory)
             elif op is Opcode.CONFIG_GELU:
                 at = max(at, hazard(writes=hidden))
             elif op in (Opcode.SYNC, Opcode.HALT):

@@ -1,12 +1,13 @@
-"""The controller: fetches the program from DRAM and issues its instructions in order, one a cycle at most, each
-once the unit it needs is free and the memories it names are safe (a scoreboard).
+"""The controller: fetches the program from DRAM and issues its instructions in order, one every three cycles at
+most (the issue stage, below), each once the unit it needs is free and the memories it names are safe (a
+scoreboard).
 
 Run: `start` (when not `busy`) pulses `clear` (the top level resets the units with it), then instructions are
 fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer (`ProgramFetch`).
 A `program_addr` that is not bus-aligned ends the run at once with BAD_OPERAND (the fetch reads whole bus
 words). The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first
 fault: its `cause` (`ErrorCause`) and `error_pc` (the index of the instruction at fault, or being issued when a
-unit reported it) are kept until the next start. A fault stops issue at once; transfers in flight finish, so the
+unit reported it) are kept until the next start. A fault stops issue; transfers in flight finish, so the
 AXI4 ports are quiet when `done` rises, and nothing waits forever.
 
 Issue rules (docs/architecture.md, section 11):
@@ -50,8 +51,10 @@ Issue rules (docs/architecture.md, section 11):
   tiles end past the embedding's.
 - `COMBINE`: when the engine, its output path and the combine drain are idle and nothing reads or writes RESIDUAL.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
-A stream command (`load`, `descriptor`, `gemm`, `store`, `take`) is raised only in a cycle where the unit's
-`ready` is known high (each `ready` is a register there), so it is taken the cycle it is raised.
+The issue stage (`hw/control/stage.py`): the decision looks at the head of the cycle before, from a register, once
+nothing moved it then; it loads registers only: the units' commands leave them a cycle later, when the controller
+moves on (`issued`: the pop, the pc, the loop, a CONFIG, the scoreboard's records) and nothing issues. An
+instruction takes three cycles at least; a refusal ends the run a cycle after it.
 
 What an instruction's operands decide alone (a refusal, the halves of PARAMS and SCORES) is worked out as it enters
 the fetch buffer (`predecode`) and kept beside it, in the EXPERTS body buffer too: the issue decision compares no
@@ -78,6 +81,7 @@ from .predecode import PREDECODED, predecode
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
+from .stage import issue_stage
 from .memories import OnChip
 
 __all__ = ["Controller"]
@@ -107,7 +111,7 @@ class Controller(wiring.Component):
             "fetch_idle": In(1), "fetch_error": In(1),
             "load": Out(stream.Signature(load_command)), "load_busy": In(1), "load_error": In(1),
             "descriptor": Out(stream.Signature(descriptor_layout(addr_width, buffers))),
-            "loader_idle": In(1), "loader_error": In(1), "slab_full": In(buffers),
+            "loader_idle": In(1), "loader_error": In(1), "slab_full": In(buffers), "slab_accepts": In(buffers),
             "take": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "release": Out(stream.Signature(unsigned(index_bits(buffers)))),
             "gemm": Out(stream.Signature(engine_command)), "gemm_active": In(1), "gemm_error": In(1),
@@ -148,8 +152,8 @@ class Controller(wiring.Component):
         words = operands.bytes >> (memory.word_bytes - 1).bit_length()
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
 
-    def _issue(self, m, word, decoded, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-               idle, present, norm_config, softmax_config, conv_config, loop):
+    def _issue(self, m, word, decoded, issue, retire, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
+               idle, present, norm_config, softmax_config, conv_config, loop, front):
         """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
         what `predecode` made of it) when it may go, or report a `fault`. Sets the unit commands and the
         scoreboard's registers."""
@@ -173,27 +177,27 @@ class Controller(wiring.Component):
                 with m.Elif(refused):
                     refuse(decoded.cause)
                 with m.Elif(ops.memory == Space.WEIGHTS):
-                    m.d.comb += [self.descriptor.payload.address.eq(address),
-                                 self.descriptor.payload.length.eq(ops.bytes),
-                                 self.descriptor.payload.buffer.eq(ops.base >> span_bits)]
-                    go(self.descriptor.ready)
-                    m.d.comb += self.descriptor.valid.eq(issue)
+                    m.d.comb += [front.descriptor.payload.address.eq(address),
+                                 front.descriptor.payload.length.eq(ops.bytes),
+                                 front.descriptor.payload.buffer.eq(ops.base >> span_bits)]
+                    go(front.descriptor.ready)
+                    m.d.comb += front.descriptor.valid.eq(issue)
                 for space in LOADABLE:
                     with m.Elif(ops.memory == space):
-                        m.d.comb += [self.load.payload.address.eq(address), self.load.payload.length.eq(ops.bytes),
-                                     self.load.payload.memory.eq(space), self.load.payload.base.eq(ops.base)]
+                        m.d.comb += [front.load.payload.address.eq(address), front.load.payload.length.eq(ops.bytes),
+                                     front.load.payload.memory.eq(space), front.load.payload.base.eq(ops.base)]
                         if space == Space.PARAMS:      # a half at a time: the other may be read meanwhile
-                            go(self.load.ready & ~touched.params_reading.bit_select(params_half, 1)
+                            go(front.load.ready & ~touched.params_reading.bit_select(params_half, 1)
                                & ~touched.params_writing.bit_select(params_half, 1))
                         else:
-                            go(self.load.ready & ~reading[space.value] & ~writing[space.value]
+                            go(front.load.ready & ~reading[space.value] & ~writing[space.value]
                                & ~((ops.region == Region.OUTPUT) & self.store_busy))
-                        m.d.comb += self.load.valid.eq(issue)
+                        m.d.comb += front.load.valid.eq(issue)
                         m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
                                      touched.load_half.eq(params_half)]
             with m.Case(Opcode.GEMM):
-                issue_gemm(self, m, word.operands.gemm, decoded, refuse, go, issue, reading, writing, touched, hidden,
-                           slab, span_bits, loop, conv_config)
+                issue_gemm(self, m, front, word.operands.gemm, decoded, refuse, go, issue, reading, writing, touched,
+                           hidden, slab, span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
                 address, good = self.dram_address(m, ops, "store")
@@ -203,39 +207,39 @@ class Controller(wiring.Component):
                     refuse(decoded.cause)
                 for space in STORABLE:
                     with m.Elif(ops.memory == space):
-                        m.d.comb += [self.store.payload.memory.eq(space), self.store.payload.base.eq(ops.base),
-                                     self.store.payload.address.eq(address), self.store.payload.length.eq(ops.bytes)]
-                        go(self.store.ready & ~touched.store_waits[space.value])
-                        m.d.comb += self.store.valid.eq(issue)
+                        m.d.comb += [front.store.payload.memory.eq(space), front.store.payload.base.eq(ops.base),
+                                     front.store.payload.address.eq(address), front.store.payload.length.eq(ops.bytes)]
+                        go(front.store.ready & ~touched.store_waits[space.value])
+                        m.d.comb += front.store.valid.eq(issue)
                         m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(self, m, word.operands.upsample, decoded, refuse, go, issue, touched)
+                issue_upsample(self, m, front, word.operands.upsample, decoded, refuse, go, issue, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):
                 go(idle)
-                m.d.comb += halt.eq(issue)
+                m.d.comb += halt.eq(retire)
             for opcode, register in ((Opcode.CONFIG_GELU, hidden), (Opcode.CONFIG_NORM, norm_config),
                                      (Opcode.CONFIG_SOFTMAX, softmax_config), (Opcode.CONFIG_CONV, conv_config)):
                 with m.Case(opcode):
                     go(~writing[Space.HIDDEN.value] if opcode == Opcode.CONFIG_GELU else 1)
-                    with m.If(issue):
+                    with m.If(retire):
                         m.d.sync += register.eq(getattr(word.operands, opcode.name.lower()))
             with m.Case(Opcode.LAYERNORM):
                 ops = word.operands.layernorm
-                command = self.norm.payload
+                command = front.norm.payload
                 m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
                              command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
                              command.destination.eq(ops.destination), command.route.eq(ops.route)]
                 with m.If((ops.route & ~self.router_busy) | refused):   # the router's copy needs a ROUTE waiting
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
-                    go(self.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
+                    go(front.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value])
-                    m.d.comb += self.norm.valid.eq(issue)
+                    m.d.comb += front.norm.valid.eq(issue)
             with m.Case(Opcode.SOFTMAX):
                 ops = word.operands.softmax
-                command = self.softmax.payload
+                command = front.softmax.payload
                 m.d.comb += [command.rows.eq(ops.rows), command.source.eq(ops.source), command.half.eq(ops.half),
                              command.destination.eq(ops.destination)]
                 m.d.comb += [getattr(command, name).eq(getattr(softmax_config, name))
@@ -243,25 +247,25 @@ class Controller(wiring.Component):
                 with m.If(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(self.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
+                    go(front.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
                        & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
-                    m.d.comb += [self.softmax.valid.eq(issue), touched.softmax_issued.eq(issue),
+                    m.d.comb += [front.softmax.valid.eq(issue), touched.softmax_issued.eq(issue),
                                  touched.softmax_half.eq(ops.half)]
             with m.Case(Opcode.ROUTE):
                 ops = word.operands.route
                 # the router's weight set: the layer itself, or layer mod 2 when it holds two (`router_layers_held`)
-                m.d.comb += [self.route.payload.layer.eq(ops.layer[:len(self.route.payload.layer)]),
-                             self.route.payload.task.eq(self.task),
-                             self.route.payload.tokens.eq(ops.tokens)]
+                m.d.comb += [front.route.payload.layer.eq(ops.layer[:len(front.route.payload.layer)]),
+                             front.route.payload.task.eq(self.task),
+                             front.route.payload.tokens.eq(ops.tokens)]
                 with m.If(self.task >= self.tasks):
                     refuse(ErrorCause.BAD_TASK)
                 with m.Elif(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(self.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
+                    go(front.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
                        & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value])
-                    m.d.comb += self.route.valid.eq(issue)
+                    m.d.comb += front.route.valid.eq(issue)
             with m.Case(Opcode.EXPERTS):
                 ops = word.operands.experts
                 with m.If(loop.active | refused):
@@ -270,18 +274,18 @@ class Controller(wiring.Component):
                     go()
                 with m.Else():
                     go(loop.expert_ready | loop.no_more)
-                    m.d.comb += loop.enter.eq(issue)
+                    m.d.comb += loop.enter.eq(retire)
             with m.Case(Opcode.COMBINE):
                 ops = word.operands.combine
                 with m.If(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(self.combine.ready & ~self.gemm_active & ~self.combine_busy
+                    go(front.combine.ready & ~self.gemm_active & ~self.combine_busy
                        & ~writing[Space.RESIDUAL.value] & ~reading[Space.RESIDUAL.value])
-                    m.d.comb += [self.combine.valid.eq(issue), self.combine.payload.rows.eq(ops.rows),
-                                 self.output_start.eq(issue), self.output_job.destination.eq(Space.RESIDUAL),
-                                 self.output_job.d_stride.eq(self.tokens), self.output_job.residual.eq(1),
-                                 self.output_job.combine.eq(1)]
+                    m.d.comb += [front.combine.valid.eq(issue), front.combine.payload.rows.eq(ops.rows),
+                                 front.output_start.eq(issue), front.output_job.destination.eq(Space.RESIDUAL),
+                                 front.output_job.d_stride.eq(self.tokens), front.output_job.residual.eq(1),
+                                 front.output_job.combine.eq(1)]
                     m.d.comb += [touched.gemm_issued.eq(issue), touched.gemm.destination.eq(Space.RESIDUAL)]
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
@@ -313,7 +317,8 @@ class Controller(wiring.Component):
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
-        current = Mux(loop.replay, loop.instruction, head)
+        current = Signal(len(head))     # the head of the cycle before, taken once it is `settled` (the issue stage)
+        m.d.sync += current.eq(Mux(loop.replay, loop.instruction, head))
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
         m.d.comb += [loop.body.eq(word.operands.experts.body), loop.stride.eq(word.operands.experts.stride)]
@@ -328,10 +333,9 @@ class Controller(wiring.Component):
                                                    if name not in ("rows", "source", "half", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
             & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy & ~self.combine_busy
-        fault = Signal()
-        fault_cause = Signal(ErrorCause)
-        issue = Signal()
-        halt = Signal()
+        refusal, refusal_cause, fault, fault_cause = Signal(), Signal(ErrorCause), Signal(), Signal(ErrorCause)
+        m.d.sync += [fault.eq(refusal), fault_cause.eq(refusal_cause)]
+        issue, halt = Signal(), Signal()
 
         # Release the slab buffer a GEMM held once its product is written (unless it keeps it for the next).
         m.d.comb += self.release.payload.eq(slab.held)
@@ -339,15 +343,19 @@ class Controller(wiring.Component):
             m.d.comb += self.release.valid.eq(1)
             m.d.sync += slab.holding.eq(0)
 
-        present = running & ~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
-        conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
-        self._issue(m, word, decoded, issue, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
-                    idle, present, norm_config, softmax_config, conv_config, loop)
+        retire, front, record = issue_stage(self, m, issue, touched)
         skipped = running & loop.skipping & fetch.head_valid
-        m.d.comb += [self.issued.eq(issue),      # after a fault or a HALT, the rest is popped unissued
-                     fetch.pop.eq(Mux(running, (issue & ~loop.replay) | skipped, fetch.head_valid))]
-        m.d.comb += [loop.issued.eq(issue), loop.dropped.eq(skipped)]
-        with m.If(issue | skipped):
+        settled = Signal()
+        m.d.sync += settled.eq(~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
+                               & ~retire & ~skipped & ~loop.jump)
+        present = running & settled & ~retire & ~fault
+        conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
+        self._issue(m, word, decoded, issue, retire, halt, refusal, refusal_cause, reading, writing, record, hidden,
+                    slab, idle, present, norm_config, softmax_config, conv_config, loop, front)
+        m.d.comb += [self.issued.eq(retire),      # after a fault or a HALT, the rest is popped unissued
+                     fetch.pop.eq(Mux(running, (retire & ~loop.replay) | skipped, fetch.head_valid))]
+        m.d.comb += [loop.issued.eq(retire), loop.dropped.eq(skipped)]
+        with m.If(retire | skipped):
             m.d.sync += pc.eq(pc + 1)
         with m.If(loop.jump):
             m.d.sync += pc.eq(loop.jump_pc)
@@ -385,7 +393,7 @@ class Controller(wiring.Component):
                 with m.Elif(halt):
                     m.next = "STOP"
             with m.State("STOP"):
-                with m.If(idle & fetch.drained):
+                with m.If(idle & ~retire & fetch.drained):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
         return m

@@ -36,14 +36,15 @@ def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
         refuse(ErrorCause.BAD_OPERAND)
 
 
-def issue_gemm(ctrl, m, ops, decoded, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits, loop,
-               conv):
+def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits,
+               loop, conv):
     """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring;
-    `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer, issued when the
-    rule allows, refused when an operand is bad, and what it touches for the scoreboard. With `im2col`, X is the
+    `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer (into `front`, the
+    issue stage's), issued when the rule allows, refused when an operand is bad, and what it touches for the
+    scoreboard. With `im2col`, X is the
     band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile the model's tokens."""
     buffer = ops.w_base >> span_bits
-    command = ctrl.gemm.payload
+    command = front.gemm.payload
     combining = ops.mode == GemmMode.COMBINE
     listed = ops.gather | combining         # rows by the current expert's token list
     m.d.comb += [command.m.eq(Mux(listed, loop.count, ops.m)), command.k_tiles.eq(ops.k_tiles),
@@ -58,10 +59,10 @@ def issue_gemm(ctrl, m, ops, decoded, refuse, go, issue, reading, writing, touch
                  command.x_above.eq(conv.above), command.x_below.eq(conv.below),
                  command.pad.eq(Cat(conv.pad_above, conv.pad_below, conv.pad_left, conv.pad_right)),
                  command.hidden_multiplier.eq(hidden.multiplier), command.hidden_shift.eq(hidden.shift),
-                 ctrl.take.payload.eq(buffer),
-                 ctrl.output_job.destination.eq(ops.destination), ctrl.output_job.d_base.eq(ops.d_base),
-                 ctrl.output_job.d_stride.eq(ops.d_stride), ctrl.output_job.residual.eq(ops.residual),
-                 ctrl.output_job.transpose.eq(ops.transpose), ctrl.output_job.rows.eq(ops.m)]
+                 front.take.payload.eq(buffer),
+                 front.output_job.destination.eq(ops.destination), front.output_job.d_base.eq(ops.d_base),
+                 front.output_job.d_stride.eq(ops.d_stride), front.output_job.residual.eq(ops.residual),
+                 front.output_job.transpose.eq(ops.transpose), front.output_job.rows.eq(ops.m)]
     source = Mux(ops.source == Operand.SCRATCH, Space.SCRATCH, Space.ACTIVATION)
     from_slab = ops.stationary == Stationary.WEIGHTS
     stationary = Mux(from_slab, Space.WEIGHTS, Space.SCRATCH)
@@ -88,10 +89,10 @@ def issue_gemm(ctrl, m, ops, decoded, refuse, go, issue, reading, writing, touch
             & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
             & ~(listed & ctrl.router_busy) \
             & ~(combining & ctrl.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
-        slab_ready = Mux(from_slab, reuse | (~slab.holding & ctrl.take.ready), ~slab.holding)
-        go(free & ctrl.gemm.ready & slab_ready)
-        m.d.comb += [ctrl.gemm.valid.eq(issue), ctrl.take.valid.eq(issue & from_slab & ~reuse),
-                     ctrl.output_start.eq(issue), touched.gemm_issued.eq(issue),
+        slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
+        go(free & front.gemm.ready & slab_ready)
+        m.d.comb += [front.gemm.valid.eq(issue), front.take.valid.eq(issue & from_slab & ~reuse),
+                     front.output_start.eq(issue), touched.gemm_issued.eq(issue),
                      touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
                      touched.gemm.destination.eq(ops.destination), touched.gemm.scores_half.eq(scores_half),
                      touched.gemm.params_half.eq(params_half),

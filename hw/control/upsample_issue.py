@@ -30,11 +30,12 @@ def predecode_upsample(ctrl, m, ops, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, touched):
+def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, issue, touched):
     """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
-    of it): a store path command of tiles × 2·width words (the path works out its length)."""
+    of it): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
+    length)."""
     address, good = ctrl.dram_address(m, ops, "upsample")
-    command = ctrl.store.payload
+    command = front.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
                  command.stride.eq(ops.stride)]
@@ -45,6 +46,6 @@ def issue_upsample(ctrl, m, ops, decoded, refuse, go, issue, touched):
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
             m.d.comb += command.memory.eq(space)
-            go(ctrl.store.ready & ~touched.store_waits[space.value])
-            m.d.comb += [ctrl.store.valid.eq(issue), touched.store_issued.eq(issue),
+            go(front.store.ready & ~touched.store_waits[space.value])
+            m.d.comb += [front.store.valid.eq(issue), touched.store_issued.eq(issue),
                          touched.store_space.eq(space)]

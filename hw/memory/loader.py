@@ -49,8 +49,10 @@ class WeightLoader(wiring.Component):
 
     Ports:
     - `descriptor` (stream): accepted once its buffer is EMPTY (`ready` depends on the payload's buffer alone, so
-      the length's comparisons stay off the issuer's decision); then a misaligned address or a length over
-      `buffer_bytes` sets the sticky `error` and is dropped; length 0 makes the buffer FULL at once.
+      the length's comparisons stay off the issuer's decision; `accepts` [buffers] is that `ready` for each
+      buffer, for an issuer that registers its descriptor: a bit falls only when a descriptor is taken); then a
+      misaligned address or a length over `buffer_bytes` sets the sticky `error` and is dropped; length 0 makes
+      the buffer FULL at once.
     - `axi`: AXI4 read master, INCR bursts of at most `max_burst` beats that never cross 4 KiB, up to
       `outstanding` in flight, across descriptors; `rready` is always high while a burst is in flight.
     - `full` [buffers]: which buffers are FULL. `take` (stream of a buffer index): ready while that buffer is
@@ -95,7 +97,7 @@ class WeightLoader(wiring.Component):
         super().__init__({
             "descriptor": In(stream.Signature(descriptor_layout(addr_width, buffers))),
             "axi": Out(AXI4Read.Signature(addr_width, bus_bytes * 8)),
-            "full": Out(buffers),
+            "full": Out(buffers), "accepts": Out(buffers),
             "take": In(stream.Signature(unsigned(index_bits(buffers)))),
             "release": In(stream.Signature(unsigned(index_bits(buffers)), always_ready=True)),
             "read": Out(ReadPort.Signature(addr_width=(buffers * self.buffer_span - 1).bit_length(),
@@ -151,7 +153,8 @@ class WeightLoader(wiring.Component):
         misaligned = descriptor.address[:size] != 0
         too_long = descriptor.length > self.buffer_bytes
         bad = misaligned | too_long
-        m.d.comb += self.descriptor.ready.eq(~active & (state[descriptor.buffer] == BufferState.EMPTY))
+        m.d.comb += [self.accepts.eq(Cat(~active & (state[b] == BufferState.EMPTY) for b in range(self.buffers))),
+                     self.descriptor.ready.eq(self.accepts.bit_select(descriptor.buffer, 1))]
         accepted = self.descriptor.valid & self.descriptor.ready
         starting, empty_load = Signal(), Signal()       # events on buffer `descriptor.buffer`
         m.d.comb += [starting.eq(accepted & ~bad & (descriptor.length != 0)),
