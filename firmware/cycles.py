@@ -444,7 +444,6 @@ class CycleModel:
     END_FIXED = 7            # HALT to STATUS.done
     LAYERNORM = (33, 21, 40)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
     SOFTMAX = (18, 4, 10)
-    ROUTER_TAIL = 45         # the last token's top-k (E + 7 counted apart) and gate weights (k + 36 apart)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
         from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, tiles
@@ -465,7 +464,7 @@ class CycleModel:
         e, macs = model.num_experts, accel.router_macs_per_cycle
         groups = min(e, macs)
         self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + 4)
-        self.router_known = e + 7 + model.top_k + 36 + e          # after the last token's logits
+        self.router_known = e + 8 + model.top_k + 36 + e          # after the last token's logits
         self.router_queues = model.num_tokens * (model.top_k + 1)
 
     # --- unit costs ------------------------------------------------------------------------------------------

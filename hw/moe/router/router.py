@@ -5,7 +5,7 @@ Three stages work on three tokens at once, then one pass builds the queues:
 1. **Logits** (`LogitUnit`): `macs` multiply-accumulates per cycle as E' = min(E, macs) experts × d' = macs / E'
    dims. Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
 2. **Exponentials and top-k** (`ExponentTopK`): one logit per cycle, a k-deep insertion sorter, the sum S over
-   all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 7 cycles.
+   all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 8 cycles.
 3. **Gate weights** (`GateWeights`): 2^62 // S by restoring division, then the k gate weights; the route out
    and its record kept. About k + 36 cycles.
 4. After the layer's last token, **queues** (`QueueBuilder`): prefix sums of the per-expert counts (the

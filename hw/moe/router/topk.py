@@ -22,10 +22,11 @@ class ExponentTopK(wiring.Component):
     k-deep insertion sorter with strictly-greater comparisons (equal logits keep the lower index).
 
     One logit per cycle in ascending expert order through `logit_read` (data a cycle after the address); the
-    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, e, then the sorter: the
-    token's `winners` (a stream: valid until taken; no new token starts meanwhile) are out E + 7 cycles after
-    it starts. `released` pulses bit h when the half's last logit has been read. `params` (the layer's and
-    task's exponent multiplier and shift) and `l_max` hold while a token passes.
+    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, the table's output register
+    (its block RAM's own), e, then the sorter: the token's `winners` (a stream: valid until taken; no new token
+    starts meanwhile) are out E + 8 cycles after it starts. `released` pulses bit h when the half's last logit
+    has been read. `params` (the layer's and task's exponent multiplier and shift) and `l_max` hold while a
+    token passes.
     """
 
     model = staticmethod(ops.route_winners)     # (logits, k, multiplier, shift) → (ids, winners' e, S over all E)
@@ -58,18 +59,19 @@ class ExponentTopK(wiring.Component):
             m.d.sync += exp_index.eq(exp_index + 1)
             with m.If(exp_index == E - 1):
                 m.d.sync += exp_issue.eq(0)
-        # pipeline: read → d·multiplier → u → table, whole → e → sort and sum
+        # pipeline: read → d·multiplier → u → table, whole → the table's output register → e → sort and sum
         stage = data.StructLayout({"valid": 1, "last": 1, "expert": unsigned(index_bits(E)), "logit": signed(lw)})
         issued, read = Signal(stage, name="exp_issued"), Signal(stage, name="exp_read")
         m.d.sync += [issued.valid.eq(exp_issue), issued.last.eq(exp_index == E - 1), issued.expert.eq(exp_index)]
         m.d.sync += [read.valid.eq(issued.valid), read.last.eq(issued.last), read.expert.eq(issued.expert),
                      read.logit.eq(self.logit_read.data)]
-        arriving = delay_line(m, read, 4, "exp_stage")[-1]
+        arriving = delay_line(m, read, 5, "exp_stage")[-1]
         distance = Signal(unsigned(lw))
         scaled = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
         exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
-        table_value = Signal(unsigned(EXP_BITS))
-        whole = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
+        table_value, table_out = Signal(unsigned(EXP_BITS)), Signal(unsigned(EXP_BITS))
+        whole_shape = unsigned(lw + ops.MULTIPLIER_BITS + 1)
+        whole, whole_out = Signal(whole_shape), Signal(whole_shape)
         e_value = Signal(unsigned(EXP_BITS))
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         m.d.comb += distance.eq(self.l_max[exp_half] - read.logit)
@@ -77,7 +79,8 @@ class ExponentTopK(wiring.Component):
                      exponent.eq(round_shift(scaled, self.params.shift)),
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
-                     e_value.eq(Mux(whole > 62, 0, round_shift(table_value, whole[:6])))]
+                     table_out.eq(table_value), whole_out.eq(whole),
+                     e_value.eq(Mux(whole_out > 62, 0, round_shift(table_out, whole_out[:6])))]
 
         winners = self.winners.payload
         top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
