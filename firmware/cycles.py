@@ -435,8 +435,8 @@ class CycleModel:
     - a STORE or UPSAMPLE from SCRATCH and a GEMM with its stationary operand there wait for each other (one port).
     """
 
-    STAGE = 1                # the issue stage: a command goes out the cycle after the decision,
-    ISSUE_GAP = 3            # the next decision two cycles later at the earliest (on a head that was there a cycle)
+    STAGE = 1                # the issue stage: a command goes out the cycle after its decision,
+    ISSUE_GAP = 3            # and decisions are three cycles apart at least, on a head there since the cycle before
     GEMM_FIXED = 11          # a command's handshakes: its start, the accumulator and the output path's writes
     GELU_FIXED = 2           # the GELU path's rows beyond its stages
     LOAD_FIXED = 4           # a load path command after its last beat: the gearbox and the write
