@@ -22,8 +22,8 @@ class ExponentTopK(wiring.Component):
     k-deep insertion sorter with strictly-greater comparisons (equal logits keep the lower index).
 
     One logit per cycle in ascending expert order through `logit_read` (data a cycle after the address); the
-    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, the table's output register
-    (its block RAM's own), e, then the sorter: the token's `winners` (a stream: valid until taken; no new token
+    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, a register after the
+    table's block RAM read, e, then the sorter: the token's `winners` (a stream: valid until taken; no new token
     starts meanwhile) are out E + 8 cycles after it starts. `released` pulses bit h when the half's last logit
     has been read. `params` (the layer's and task's exponent multiplier and shift) and `l_max` hold while a
     token passes.
