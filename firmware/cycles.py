@@ -543,8 +543,9 @@ class CycleModel:
                     buffer = issue["base"] // self.span
                     # the loader takes a descriptor into an empty buffer once it has asked for all of the last
                     at = max(at, empty.get(buffer, 0), loader_free(previous_slab))
-                    transfers[buffer] = port.start("loader", at + self.STAGE, beats)
-                    reads_from.append(("loader", at + self.STAGE, transfers[buffer]))
+                    start = at + self.STAGE
+                    transfers[buffer] = port.start("loader", start, beats)
+                    reads_from.append(("loader", start, transfers[buffer]))
                     previous_slab = buffer
                     empty[buffer] = 1 << 62
                     totals["loader"] += beats
@@ -555,8 +556,9 @@ class CycleModel:
                         at = max(at, end("store"))
                     per_beat = -(-self.bus // self.spaces[memory].word_bytes)
                     units["load"] = _Busy(at, writes=key)
-                    transfers["load"] = port.start("load", at + self.STAGE, beats, per_beat)
-                    reads_from.append(("load", at + self.STAGE, transfers["load"]))
+                    start = at + self.STAGE
+                    transfers["load"] = port.start("load", start, beats, per_beat)
+                    reads_from.append(("load", start, transfers["load"]))
                     totals["load"] += beats * per_beat
             elif op is Opcode.GEMM:
                 reads, writes = self._gemm_touches(issue)
@@ -569,8 +571,9 @@ class CycleModel:
                     at = max(at, slab_full(buffer))
                 if issue.expert is not None and (issue["gather"] or issue["mode"] == GemmMode.COMBINE.value):
                     at = max(at, routed[1])
-                finish = at + self.STAGE + self.gemm_cycles(issue)
-                occupy("gemm", at + self.STAGE, finish, reads, writes)
+                start = at + self.STAGE
+                finish = start + self.gemm_cycles(issue)
+                occupy("gemm", start, finish, reads, writes)
                 if buffer is not None:
                     if held is not None and held != buffer:
                         empty[held] = at
@@ -596,7 +599,8 @@ class CycleModel:
                 reads, writes = _mask((Space.SCORES, issue["half"])), activation | row_scales
                 at = max(at, end("softmax"), hazard(reads, writes))
                 cycles, _ = self._rows(self.SOFTMAX, issue["rows"], self.model.num_tokens)
-                occupy("softmax", at + self.STAGE, at + self.STAGE + cycles, reads, writes)
+                start = at + self.STAGE
+                occupy("softmax", start, start + cycles, reads, writes)
             elif op is Opcode.ROUTE:    # after the router weights' LOADs, too
                 at = max(at, end("router"), hazard(reads=_mask(Space.ROUTER) | _mask(Space.ROUTER_PARAMS),
                                                    writes=routes))
@@ -605,8 +609,9 @@ class CycleModel:
                 at = max(at, routed[0])
             elif op is Opcode.COMBINE:
                 at = max(at, end("gemm"), end("combine"), hazard(residual, residual))
-                finish = at + self.STAGE + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
-                occupy("combine", at + self.STAGE, finish, writes=residual)
+                start = at + self.STAGE
+                finish = start + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
+                occupy("combine", start, finish, writes=residual)
                 units["gemm"] = _Busy(finish, writes=residual)
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
                 memory = _mask(issue["memory"])
@@ -615,8 +620,8 @@ class CycleModel:
                 if on_port_a["store"] and on_port_a["gemm"]:
                     at = max(at, end("gemm"))
                 words = issue["bytes"] // self.bus if op is Opcode.STORE else issue["tiles"] * 2 * issue["width"]
-                occupy("store", at + self.STAGE, at + self.STAGE + words + self.latency // 2 + self.STORE_FIXED,
-                       reads=memory)
+                start = at + self.STAGE
+                occupy("store", start, start + words + self.latency // 2 + self.STORE_FIXED, reads=memory)
             elif op is Opcode.CONFIG_GELU:
                 at = max(at, hazard(writes=hidden))
             elif op in (Opcode.SYNC, Opcode.HALT):

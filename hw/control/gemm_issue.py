@@ -41,8 +41,8 @@ def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing
     """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring;
     `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer (into `front`, the
     issue stage's), issued when the rule allows, refused when an operand is bad, and what it touches for the
-    scoreboard. With `im2col`, X is the
-    band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile the model's tokens."""
+    scoreboard. With `im2col`, X is the band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile
+    the model's tokens."""
     buffer = ops.w_base >> span_bits
     command = front.gemm.payload
     combining = ops.mode == GemmMode.COMBINE

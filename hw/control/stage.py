@@ -2,15 +2,15 @@
 section 11).
 
 The decision to issue an instruction, or to refuse it (a fault), starts and ends at registers of the controller's
-own. It looks at the fetch buffer's or the EXPERTS body's head of the cycle before (from a
-register), once nothing moved the head in that cycle. It only loads registers: its commands to the units (`load`,
-`descriptor`, `take`, `gemm`, `store`, `norm`, `softmax`, `route`, `combine`, and the output path's `output_start`
-with `output_job`) go out of them the cycle after, and are taken in that cycle: the decision saw the unit's
-`ready` high, and a unit's `ready` (the loader's per buffer: `slab_accepts`, `slab_full`) falls only when it
-takes a command (the Python simulator asserts it). In that cycle the controller moves on (`issued` is high: the
-fetch buffer's pop, the pc, the EXPERTS loop, a CONFIG's register, what the scoreboard records) and nothing
-issues, so each decision sees the units with the last command in them. So an instruction takes three cycles at
-least, and a command starts a cycle after its decision; a fault ends the run a cycle after its decision.
+own. It looks at the fetch buffer's or the EXPERTS body's head of the cycle before (from a register), once nothing
+moved the head in that cycle. It only loads registers: its commands to the units (`load`, `descriptor`, `take`,
+`gemm`, `store`, `norm`, `softmax`, `route`, `combine`, and the output path's `output_start` with `output_job`) go
+out of them the cycle after, and are taken in that cycle: the decision saw the unit's `ready` high, and a unit's
+`ready` (the loader's per buffer: `slab_accepts`, `slab_full`) falls only when it takes a command (the Python
+simulator asserts it). In that cycle the controller moves on (`issued` is high: the fetch buffer's pop, the pc, the
+EXPERTS loop, a CONFIG's register, what the scoreboard records) and nothing issues, so each decision sees the units
+with the last command in them. So an instruction takes three cycles at least, and a command starts a cycle after its
+decision; a fault ends the run a cycle after its decision.
 """
 
 from __future__ import annotations
