@@ -5,8 +5,9 @@ Plain fake quantization in float arithmetic: every activation the quantizer cali
 its calibrated maximum, int8 (the residual stream, i.e. the embedding and every block's `mid` and `out`: int16);
 the weights of every linear layer outside the experts and the routers int8 per output channel; the experts,
 the routers' weights, K and V (which the float model computes inside attention) and the task heads left float.
-On a trained M³ViT-tiny this gave 34.6 dB after block 0, 30.5 dB after block 3 and 92-95 % top-2 agreement
-(`TRAINED_SENSITIVITY`); `M3ViT.trained_like` must be no easier than that (tests/test_trained_like.py).
+On a trained M³ViT-tiny this gave 34.6 dB after block 0, 30.5 dB after block 3 and 92-95 % top-2 agreement,
+and the int8 weights alone (every activation float) 47 dB after block 0 (`TRAINED_SENSITIVITY`);
+`M3ViT.trained_like` must be no easier than that, and its weights not much harder (tests/test_trained_like.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from .float_model import calibrate
 
 __all__ = ["quantization_sensitivity", "TRAINED_SENSITIVITY"]
 
-# A trained M³ViT-tiny (Cityscapes) in this experiment: SNR of the residual stream after blocks 0 and 3 (dB), and
-# the range of the routers' top-2 agreement with float.
-TRAINED_SENSITIVITY = {"snr_db": {0: 34.6, 3: 30.5}, "agreement": (0.92, 0.95)}
+# A trained M³ViT-tiny (Cityscapes) in this experiment: SNR of the residual stream after blocks 0 and 3 (dB), the
+# range of the routers' top-2 agreement with float, and the SNR after block 0 with the int8 weights alone.
+TRAINED_SENSITIVITY = {"snr_db": {0: 34.6, 3: 30.5}, "agreement": (0.92, 0.95), "weights_snr_db": {0: 47.0}}
 
 
 def _is_residual(name: str) -> bool:
@@ -48,7 +49,8 @@ def _weights_quantized(model):
 
 def quantization_sensitivity(model, calibration: np.ndarray, test: np.ndarray) -> dict:
     """The experiment on float images [N, 3, H, W]: calibrated on `calibration` (every task), measured on `test`
-    per task: {"snr_db": {task: [dB after each block]}, "agreement": {task: {MoE block: top-k agreement}}}."""
+    per task: {"snr_db": {task: [dB after each block]}, "agreement": {task: {MoE block: top-k agreement}},
+    "weights_snr_db": {task: [dB after each block with the int8 weights alone, every activation float]}}."""
     limits = calibrate(model, calibration)              # max |x| of every probed tensor
 
     def fake_quantize(name, tensor):
@@ -74,11 +76,13 @@ def quantization_sensitivity(model, calibration: np.ndarray, test: np.ndarray) -
 
     k, quantized = model.config.top_k, _weights_quantized(model)
     images = torch.from_numpy(np.asarray(test, np.float32))
-    result = {"snr_db": {}, "agreement": {}}
+    result = {"snr_db": {}, "agreement": {}, "weights_snr_db": {}}
     with torch.no_grad():
         for task in range(model.config.num_tasks):
             outputs, ids = observe(model, lambda name, tensor: tensor, task)
             q_outputs, q_ids = observe(quantized, fake_quantize, task)
+            w_outputs, _ = observe(quantized, lambda name, tensor: tensor, task)
             result["snr_db"][task] = [snr_db(outputs[b], q_outputs[b]) for b in sorted(outputs)]
+            result["weights_snr_db"][task] = [snr_db(outputs[b], w_outputs[b]) for b in sorted(outputs)]
             result["agreement"][task] = {b: float((ids[b] == q_ids[b]).all(-1).double().mean()) for b in sorted(ids)}
     return result
