@@ -4,15 +4,17 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 1. **Sums** (`lanes` values per cycle): each beat is written into the row buffer while S = Σx and Q = Σx²
    accumulate (one squarer per lane, an adder tree, four stages).
 2. **Statistics** (one row at a time, sequential): v = D·Q − S² + eps, e = max(0, ⌈(bitlen(v) − 32)/2⌉),
-   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle: 32-33 steps for a
-   normalised v, up to 63 for rows of nearly equal values), its integer square root r bit by bit (two result
-   bits a cycle), and S·r. About 33 cycles for a typical row; it overlaps the next row's sums and the previous
-   row's output.
+   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle, one in the first when
+   their number is odd: 16-17 cycles for a normalised v, 32 for rows of nearly equal values), its integer
+   square root r digit by digit beside it (a result bit a cycle from each cycle's two quotient bits, one cycle
+   after the division's last), and S·r. About 25 cycles for a typical row; it overlaps the next row's sums
+   and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Seven stages; the pipeline stops as
    a whole while the output is not taken.
 
-So a row costs max(⌈D / lanes⌉, statistics) cycles once the pipeline is full.
+So a row costs max(statistics, ⌈D / lanes⌉ + about 16) cycles once the pipeline is full (the second term: a bank
+holds its row from the first beat in to the last beat out, two banks).
 
 Ports: `command` {rows, set, eps, shifts[outputs]} normalises `rows` rows with parameter set `set` (each
 output's shift sh_o and the model's eps as the numerics give them; eps ≥ 1, as the quantizer makes it: with eps 0
@@ -42,6 +44,7 @@ GAMMA_BITS = 16          # G < 2^15 (docs/numerics.md, section 6)
 BETA_BITS = 48           # B: beyond ±2^47 every output saturates (|x̂·G| < 2^33, sh ≤ 63 − … checked on write)
 NORMALISED_BITS = 18     # x̂ in Q.12: |x̂| ≤ √D · 2^12 < 2^17 for D ≤ 1024
 DIVIDEND_BITS = 62       # 2^62 // v'
+ROOT_BITS = DIVIDEND_BITS // 2 + 1     # r = isqrt(2^62 // v') ≤ 2^31
 SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
 
 
@@ -262,10 +265,18 @@ class LayerNorm(wiring.Component):
         m.d.comb += [row_shift.eq(SHIFT_BASE + e), half.eq(half_minus_one(row_shift, len(half)))]
         divisor = Signal(unsigned(32))
         remainder = Signal(unsigned(33))
-        quotient = Signal(unsigned(DIVIDEND_BITS + 1))
-        step = Signal(range(DIVIDEND_BITS + 1))
-        root = Signal(unsigned(DIVIDEND_BITS + 1))      # ends as r ≤ 2^31; scaled by up to 2^31 on the way
-        root_bit = Signal(unsigned(DIVIDEND_BITS + 1))  # 4^j
+        step = Signal(range(DIVIDEND_BITS + 1))        # the position of the next quotient bit
+        pair = Signal(2)                                # the quotient's last two bits, the root's next pair
+        pair_valid = Signal()
+        radicand = Signal(unsigned(ROOT_BITS + 3))      # the root's remainder, < 2·r + 1, with the pair shifted in
+        root = Signal(unsigned(ROOT_BITS))
+        # One step of the root, digit by digit: bring the pair down, try (r << 2) | 1.
+        shifted = Signal.like(radicand)
+        difference = Signal(signed(len(radicand) + 1))
+        fits = Signal()
+        m.d.comb += [shifted.eq(Cat(pair, radicand)), difference.eq(shifted - Cat(Const(1, 2), root)),
+                     fits.eq(~difference[-1])]
+        next_radicand, next_root = Mux(fits, difference, shifted), Cat(fits, root)
         m.d.sync += product.eq(s * operand)
         with m.FSM(name="statistics"):
             with m.State("IDLE"):
@@ -291,48 +302,33 @@ class LayerNorm(wiring.Component):
             with m.State("DIVIDE_START"):
                 top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
                 m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
-                first_bit = Signal(range(DIVIDEND_BITS + 1), name="first_quotient_bit")
-                m.d.comb += first_bit.eq(DIVIDEND_BITS - top)
-                m.d.sync += [remainder.eq(Const(1, 33) << top), quotient.eq(0), step.eq(first_bit),
-                             # the quotient is below 2^(63 − top): its root starts from 4^⌊(62 − top)/2⌋
-                             root_bit.eq(Const(1, DIVIDEND_BITS + 1) << (first_bit >> 1 << 1))]
+                m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair_valid.eq(0),
+                             radicand.eq(0), root.eq(0)]
                 m.next = "DIVIDE"
-            with m.State("DIVIDE"):        # two quotient bits a cycle (one when a single step is left)
-                part, bits = remainder, []
+            with m.State("DIVIDE"):
+                # Two quotient bits a cycle, one in the first when the first position is even, so that every
+                # cycle's bits are one of the root's pairs (2j + 1, 2j); the root takes the pair of the cycle
+                # before, a bit a cycle.
+                single = ~step[0]
+                parts, bits = [remainder], []
                 for _ in range(2):
-                    fits = part >= divisor
-                    bits.append(fits)
-                    part = (Mux(fits, part - divisor, part) << 1)[:len(remainder)]
-                ends_half = step == 0
-                m.d.sync += [quotient.eq(Mux(ends_half, Cat(bits[0], quotient), Cat(bits[1], bits[0], quotient))),
-                             remainder.eq(part), step.eq(Mux(ends_half, 0, step - 2))]
-                with m.If(ends_half | (step == 1)):
-                    m.d.sync += root.eq(0)
+                    bits.append(parts[-1] >= divisor)
+                    parts.append((Mux(bits[-1], parts[-1] - divisor, parts[-1]) << 1)[:len(remainder)])
+                m.d.sync += [remainder.eq(Mux(single, parts[1], parts[2])), step.eq(step - Mux(single, 1, 2)),
+                             pair.eq(Mux(single, Cat(bits[0], 0), Cat(bits[1], bits[0]))), pair_valid.eq(1)]
+                with m.If(pair_valid):
+                    m.d.sync += [radicand.eq(next_radicand), root.eq(next_root)]
+                with m.If(~single & (step == 1)):
                     m.next = "ROOT"
-            with m.State("ROOT"):          # two result bits a cycle (one when 4^0 is the next trial)
-                # When 4^j is tried the partial root is a multiple of 4^(j+1): its sums with 4^j, halved or not,
-                # are ORs, so the two steps chain two carry chains (compare, subtract), not four.
-                steps = [(quotient, root, root_bit)]
-                for _ in range(2):
-                    left, result, bit = steps[-1]
-                    trial = result | bit
-                    fits = left >= trial
-                    steps.append((Mux(fits, left - trial, left)[:len(quotient)],
-                                  Mux(fits, (result >> 1) | bit, result >> 1)[:len(root)], bit >> 2))
-                last = root_bit[:2] != 0            # the step just taken was the last
-                for register, one, two in zip((quotient, root, root_bit), steps[1], steps[2]):
-                    m.d.sync += register.eq(Mux(last, one, two))
-                with m.If(last | (steps[1][2][:2] != 0)):
-                    m.next = "OFFSET"
-            with m.State("OFFSET"):         # product ← S · r
-                m.d.sync += operand.eq(root[:32])
+            with m.State("ROOT"):          # the last pair's step; product ← S · r next
+                m.d.sync += [radicand.eq(next_radicand), root.eq(next_root), operand.eq(next_root)]
                 m.next = "OFFSET_WAIT"
             with m.State("OFFSET_WAIT"):
                 m.next = "DONE"
             with m.State("DONE"):
                 for b in range(2):
                     with m.If(stats_bank == b):
-                        m.d.sync += [recips[b].eq(root[:32]), offsets[b].eq(product), exponents[b].eq(e),
+                        m.d.sync += [recips[b].eq(root), offsets[b].eq(product), exponents[b].eq(e),
                                      row_halves[b].eq(half)]
                 rows.set_state(m, stats_bank, BankState.READY)
                 m.d.sync += stats_bank.eq(~stats_bank)
