@@ -5,6 +5,7 @@ import pytest
 from amaranth.hdl import Fragment
 
 from golden import ops
+from firmware.cycles import CycleModel
 from golden.config import accelerator_preset, model_preset
 from hw.flow.export import lint, to_verilog
 from hw.vector.layernorm import BETA_BITS, LayerNorm
@@ -78,6 +79,18 @@ def test_longest_rows_of_every_preset_full_rate():
     x = np.concatenate([rng.integers(-(1 << 15), 1 << 15, (6, dim)), _edge_rows(rng, dim)[:3]])
     cycles = _check(unit, x, 7, _parameters(rng, dim, (8, 16)), rng)
     assert cycles < len(x) * 75 + 60          # statistics-bound: about 60 cycles a row
+
+
+@pytest.mark.parametrize("dim, lanes", [(192, 16), (192, 1), (32, 4), (48, 2)])
+def test_a_row_costs_what_the_cycle_model_says(dim, lanes):
+    """Once the pipeline is full a row of typical values costs max(statistics, beats + gap) cycles, the cycle
+    model's `LAYERNORM` (the statistics bound at few beats a row, the two banks' at many)."""
+    rng = np.random.default_rng(dim + lanes)
+    unit = LayerNorm(dim, lanes, output_bits=(8,))
+    cycles = [_check(unit, rng.integers(-3000, 3000, (rows, dim)), 7, _parameters(rng, dim, (8,)), rng)
+              for rows in (4, 12)]
+    statistics, gap, _ = CycleModel.LAYERNORM
+    assert abs((cycles[1] - cycles[0]) / 8 - max(statistics, unit.beats + gap)) <= 1, cycles
 
 
 def test_parameters_out_of_range_are_refused():
