@@ -19,7 +19,9 @@ class ProgramFetch(wiring.Component):
     whenever the `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus
     words that come back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
     with `pop`; it leaves a register (the buffer's output stage), so the issue decision on it starts at a
-    flip-flop: an instruction written into an empty buffer is at the head two cycles later, then one a cycle.
+    flip-flop: an instruction out of the bus words is written into the buffer a cycle later (beside its
+    predecode, both registered first) and, into an empty buffer, at the head two cycles after that; then one a
+    cycle.
     A reset starts again at `program_addr`. `drained`: nothing asked for is still to come (`reader_idle`, the
     reader's) and the buffer is empty.
 
@@ -48,8 +50,13 @@ class ProgramFetch(wiring.Component):
         m.submodules.instructions = buffer = SyncFIFOBuffered(width=INSTRUCTION_BITS + self.decoded_bits,
                                                               depth=self.depth)
         wiring.connect(m, wiring.flipped(self.program), gearbox.input)
+        # The instruction and its predecode are registered before the buffer's LUT RAM: the predecode's adders
+        # and comparators end at flip-flops, not at the RAM's write port across the chip.
+        entering = Signal(INSTRUCTION_BITS + self.decoded_bits)
+        entering_valid = Signal()
+        m.d.sync += [entering.eq(Cat(gearbox.output.payload, self.decoded)), entering_valid.eq(gearbox.output.valid)]
         m.d.comb += [self.incoming.eq(gearbox.output.payload),
-                     buffer.w_data.eq(Cat(gearbox.output.payload, self.decoded)), buffer.w_en.eq(gearbox.output.valid),
+                     buffer.w_data.eq(entering), buffer.w_en.eq(entering_valid),
                      gearbox.output.ready.eq(1),       # room reserved when the chunk was asked for
                      Cat(self.head, self.head_decoded).eq(buffer.r_data), self.head_valid.eq(buffer.r_rdy),
                      buffer.r_en.eq(self.pop)]
@@ -64,5 +71,5 @@ class ProgramFetch(wiring.Component):
         with m.If(asked):
             m.d.sync += fetched.eq(fetched + chunk)
         m.d.comb += self.drained.eq(self.reader_idle & ~self.program.valid & ~gearbox.output.valid
-                                    & (buffer.level == 0))
+                                    & ~entering_valid & (buffer.level == 0))
         return m
