@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from amaranth.hdl import Fragment
 
-from golden import ops
 from firmware.cycles import CycleModel
+from golden import ops
 from golden.config import accelerator_preset, model_preset
 from hw.flow.export import lint, to_verilog
 from hw.vector.layernorm import BETA_BITS, LayerNorm
@@ -78,7 +78,7 @@ def test_longest_rows_of_every_preset_full_rate():
     unit = LayerNorm(dim, 32, output_bits=(8, 16))
     x = np.concatenate([rng.integers(-(1 << 15), 1 << 15, (6, dim)), _edge_rows(rng, dim)[:3]])
     cycles = _check(unit, x, 7, _parameters(rng, dim, (8, 16)), rng)
-    assert cycles < len(x) * 75 + 60          # statistics-bound: about 60 cycles a row
+    assert cycles < len(x) * 75 + 60          # statistics-bound: at most about 41 cycles a row (equal values)
 
 
 @pytest.mark.parametrize("dim, lanes", [(192, 16), (192, 1), (32, 4), (48, 2)])

@@ -250,8 +250,8 @@ class LayerNorm(wiring.Component):
 
     def _statistics(self, m, rows, eps, sums, squares, recips, offsets, exponents, row_halves):
         """One row at a time, from the bank `rows` marks REDUCED: v = D·Q − S² + eps, e, 2^62 // (v >> 2e) by
-        restoring division, its integer square root r bit by bit, and S·r; then r, S·r, e and 2^(18+e) − 1
-        into the bank's registers and the bank READY."""
+        restoring division, its integer square root r digit by digit beside it, and S·r; then r, S·r, e and
+        2^(18+e) − 1 into the bank's registers and the bank READY."""
         dim, state = self.dim, rows.state
         stats_bank = Signal()
         s = Signal(signed(self.sum_width))
@@ -267,10 +267,10 @@ class LayerNorm(wiring.Component):
         remainder = Signal(unsigned(33))
         step = Signal(range(DIVIDEND_BITS + 1))        # the position of the next quotient bit
         pair = Signal(2)                                # the quotient's last two bits, the root's next pair
-        pair_valid = Signal()
         radicand = Signal(unsigned(ROOT_BITS + 3))      # the root's remainder, < 2·r + 1, with the pair shifted in
         root = Signal(unsigned(ROOT_BITS))
-        # One step of the root, digit by digit: bring the pair down, try (r << 2) | 1.
+        # One step of the root, digit by digit: bring the pair down, try (r << 2) | 1 (with the pair, remainder and
+        # root all 0, as the division starts, a step leaves them 0).
         shifted = Signal.like(radicand)
         difference = Signal(signed(len(radicand) + 1))
         fits = Signal()
@@ -302,7 +302,7 @@ class LayerNorm(wiring.Component):
             with m.State("DIVIDE_START"):
                 top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
                 m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
-                m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair_valid.eq(0),
+                m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair.eq(0),
                              radicand.eq(0), root.eq(0)]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
@@ -315,9 +315,8 @@ class LayerNorm(wiring.Component):
                     bits.append(parts[-1] >= divisor)
                     parts.append((Mux(bits[-1], parts[-1] - divisor, parts[-1]) << 1)[:len(remainder)])
                 m.d.sync += [remainder.eq(Mux(single, parts[1], parts[2])), step.eq(step - Mux(single, 1, 2)),
-                             pair.eq(Mux(single, Cat(bits[0], 0), Cat(bits[1], bits[0]))), pair_valid.eq(1)]
-                with m.If(pair_valid):
-                    m.d.sync += [radicand.eq(next_radicand), root.eq(next_root)]
+                             pair.eq(Mux(single, Cat(bits[0], 0), Cat(bits[1], bits[0]))),
+                             radicand.eq(next_radicand), root.eq(next_root)]
                 with m.If(~single & (step == 1)):
                     m.next = "ROOT"
             with m.State("ROOT"):          # the last pair's step; product ← S · r next
