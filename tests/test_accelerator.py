@@ -246,6 +246,8 @@ FAULTS = [
      ErrorCause.UNSUPPORTED, 0, {}),
     ("UPSAMPLE past its memory", f"UPSAMPLE memory=SCRATCH near={_SCRATCH - 3} width=4 tiles=1 region=OUTPUT\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),
+    ("an UPSAMPLE whose last tile reads past its memory", f"UPSAMPLE memory=SCRATCH width=4 tiles=2 "
+     f"stride={_SCRATCH - 2} region=OUTPUT\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("an UPSAMPLE of no pixels", "UPSAMPLE memory=SCRATCH width=0 tiles=1 region=OUTPUT\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("a 3×3 im2col GEMM whose K tiles are not nine taps", "CONFIG_CONV kernel=1 channel_tiles=2\nGEMM m=1 "

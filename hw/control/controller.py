@@ -77,7 +77,7 @@ from .datapath import LOADABLE, STORABLE
 from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
-from .predecode import PREDECODED, predecode
+from .predecode import PREDECODED, predecode, prepare, prepared_layout
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
@@ -100,7 +100,7 @@ class Controller(wiring.Component):
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width = addr_width
         self.fetcher = ProgramFetch(bus_bytes=bus_bytes, addr_width=addr_width, depth=fetch_depth, chunk=fetch_chunk,
-                                    decoded_bits=PREDECODED.size)
+                                    prepared_bits=prepared_layout(isa).size, decoded_bits=PREDECODED.size)
         super().__init__({
             "start": In(1), "task": In(32), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
             "output_addr": In(32),
@@ -311,9 +311,10 @@ class Controller(wiring.Component):
                            width=INSTRUCTION_BITS + PREDECODED.size)
         m.submodules.loop = ResetInserter(self.start & ~self.busy)(loop)
         wiring.connect(m, wiring.flipped(self.experts), loop.experts)
-        incoming = Signal(PREDECODED)
-        predecode(self, m, data.View(isa.layout, fetch.incoming), incoming)
-        m.d.comb += fetch.decoded.eq(incoming)
+        products = data.View(prepared_layout(isa), fetch.prepared)
+        prepare(m, data.View(isa.layout, fetch.incoming), products)
+        predecode(self, m, data.View(isa.layout, fetch.staged), data.View(prepared_layout(isa), fetch.staged_prepared),
+                  data.View(PREDECODED, fetch.decoded))
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]

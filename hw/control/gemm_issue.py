@@ -9,17 +9,23 @@ from ..compute.gemm.geometry import GemmMode, tiles
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
 
-__all__ = ["predecode_gemm", "issue_gemm"]
+__all__ = ["gemm_products", "predecode_gemm", "issue_gemm"]
 
 
-def predecode_gemm(ctrl, m, ops, refuse, decoded, span_bits):
-    """What a GEMM's operands decide alone (`predecode`): UNSUPPORTED for a destination the output
-    path cannot write, BAD_OPERAND for operands that contradict each other or leave their memories, and the
-    halves of PARAMS and SCORES it touches."""
+def gemm_products(ops) -> dict:
+    """The product of a GEMM's operands its predecode compares (`prepare`): the SCORES words it writes,
+    n_tiles × d_stride."""
+    return {"scores_words": narrow_product(ops.n_tiles, ops.d_stride)}
+
+
+def predecode_gemm(ctrl, m, ops, prepared, refuse, decoded, span_bits):
+    """What a GEMM's operands decide alone (`predecode`; `prepared` its `gemm_products`, a cycle old):
+    UNSUPPORTED for a destination the output path cannot write, BAD_OPERAND for operands that contradict each
+    other or leave their memories, and the halves of PARAMS and SCORES it touches."""
     combining = ops.mode == GemmMode.COMBINE
     listed = ops.gather | combining
     params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
-    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, narrow_product(ops.n_tiles, ops.d_stride))
+    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, prepared.scores_words)
     m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
     combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):

@@ -1,27 +1,46 @@
 """The controller's predecode: what an instruction decides alone, worked out as it enters the fetch buffer and
 kept beside it (in the fetch buffer and the EXPERTS body buffer), so that no adder or comparator of its operands
-sits on the issue path."""
+sits on the issue path. It takes two of the fetch's cycles: the products of the operands (`prepare`), then the
+sums and comparisons on them (`predecode`)."""
 
 from __future__ import annotations
 
+from amaranth import Const
 from amaranth.lib import data
 
 from .datapath import LOADABLE, STORABLE
-from .gemm_issue import predecode_gemm
-from .isa import ErrorCause, Opcode, Space
-from .upsample_issue import predecode_upsample
+from .gemm_issue import gemm_products, predecode_gemm
+from .isa import INSTRUCTION_BITS, ErrorCause, Opcode, Space
+from .upsample_issue import predecode_upsample, upsample_products
 
-__all__ = ["PREDECODED", "predecode"]
+__all__ = ["PREDECODED", "prepared_layout", "prepare", "predecode"]
 
 # The cause of the instruction's refusal by its operands alone (NONE if none), and the halves of PARAMS and
 # SCORES it touches.
 PREDECODED = data.StructLayout({"cause": ErrorCause, "params_half": 1, "scores_half": 1})
 
 
-def predecode(ctrl, m, word, decoded):
+def _products(word) -> dict:
+    return {**upsample_products(word.operands.upsample), **gemm_products(word.operands.gemm)}
+
+
+def prepared_layout(isa) -> data.StructLayout:
+    """What `prepare` works out for instruction set `isa`: each product, as wide as it can be."""
+    return data.StructLayout({name: value.shape() for name, value in
+                              _products(data.View(isa.layout, Const(0, INSTRUCTION_BITS))).items()})
+
+
+def prepare(m, word, prepared):
+    """The products of instruction `word`'s operands that `predecode` compares, into `prepared` (`prepared_layout`),
+    each whatever the opcode (only the opcode's own are used)."""
+    m.d.comb += [getattr(prepared, name).eq(value) for name, value in _products(word).items()]
+
+
+def predecode(ctrl, m, word, prepared, decoded):
     """What instruction `word` decides alone for the controller `ctrl` (its operands against the memories and the
-    model's sizes), into `decoded` (`PREDECODED`): the cause of its refusal, or NONE (a refusal that depends on
-    the run's state is the issue's), and the halves of PARAMS and SCORES it touches."""
+    model's sizes; `prepared` what `prepare` made of it), into `decoded` (`PREDECODED`): the cause of its refusal,
+    or NONE (a refusal that depends on the run's state is the issue's), and the halves of PARAMS and SCORES it
+    touches."""
     def refuse(cause):
         m.d.comb += decoded.cause.eq(cause)
 
@@ -43,7 +62,7 @@ def predecode(ctrl, m, word, decoded):
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
         with m.Case(Opcode.GEMM):
-            predecode_gemm(ctrl, m, word.operands.gemm, refuse, decoded, span_bits)
+            predecode_gemm(ctrl, m, word.operands.gemm, prepared, refuse, decoded, span_bits)
         with m.Case(Opcode.STORE):
             ops = word.operands.store
             for index, space in enumerate(STORABLE):
@@ -53,7 +72,7 @@ def predecode(ctrl, m, word, decoded):
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
         with m.Case(Opcode.UPSAMPLE):
-            predecode_upsample(ctrl, m, word.operands.upsample, refuse)
+            predecode_upsample(ctrl, m, word.operands.upsample, prepared, refuse)
         with m.Case(Opcode.LAYERNORM):
             ops = word.operands.layernorm
             with m.If((ops.source + ops.rows > ctrl.tokens) | (ops.destination + ops.rows > ctrl.tokens)):

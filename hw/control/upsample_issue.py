@@ -8,17 +8,23 @@ from ..common.arith import narrow_product
 from .datapath import UPSAMPLABLE, upsample_length
 from .isa import ErrorCause
 
-__all__ = ["predecode_upsample", "issue_upsample"]
+__all__ = ["upsample_products", "predecode_upsample", "issue_upsample"]
 
 
-def predecode_upsample(ctrl, m, ops, refuse):
-    """What an UPSAMPLE's operands decide alone (`predecode`): BAD_OPERAND when it is empty, reads past its
-    memory or is not a whole number of bus words; UNSUPPORTED from a memory the upsampler does not read."""
-    words = Signal(len(ops.width) + len(ops.tiles))     # tiles × width, worked out once for every memory
-    m.d.comb += words.eq(narrow_product(ops.tiles, ops.width))
-    reach = Signal(len(ops.near) + len(ops.tiles) + len(ops.stride) + 1)      # past the last word it reads
-    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far)
-                         + narrow_product((ops.tiles - 1).as_unsigned(), ops.stride) + ops.width)
+def upsample_products(ops) -> dict:
+    """The products of an UPSAMPLE's operands its predecode compares (`prepare`): the words it reads, tiles ×
+    width, and how far past its first tile its last begins, (tiles − 1) × stride."""
+    return {"upsample_words": narrow_product(ops.tiles, ops.width),
+            "upsample_span": narrow_product((ops.tiles - 1).as_unsigned(), ops.stride)}
+
+
+def predecode_upsample(ctrl, m, ops, prepared, refuse):
+    """What an UPSAMPLE's operands decide alone (`predecode`; `prepared` its `upsample_products`, a cycle old):
+    BAD_OPERAND when it is empty, reads past its memory or is not a whole number of bus words; UNSUPPORTED from a
+    memory the upsampler does not read."""
+    words = prepared.upsample_words
+    reach = Signal(len(ops.near) + len(prepared.upsample_span) + 1)      # past the last word it reads
+    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + prepared.upsample_span + ops.width)
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
