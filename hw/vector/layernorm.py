@@ -264,6 +264,8 @@ class LayerNorm(wiring.Component):
         row_shift, half = Signal(range(SHIFT_BASE + self.max_e + 1)), Signal.like(row_halves[0], name="row_half")
         m.d.comb += [row_shift.eq(SHIFT_BASE + e), half.eq(half_minus_one(row_shift, len(half)))]
         divisor = Signal(unsigned(32))
+        v_length = Signal(range(self.v_width + 1))
+        top = Signal(range(32), name="divisor_top")     # bitlen(divisor) − 1: the first quotient bit that can be 1
         remainder = Signal(unsigned(33))
         step = Signal(range(DIVIDEND_BITS + 1))        # the position of the next quotient bit
         pair = Signal(2)                                # the quotient's last two bits, the root's next pair
@@ -293,15 +295,13 @@ class LayerNorm(wiring.Component):
                 m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + eps)   # product: S·|S|
                 m.next = "EXPONENT"
             with m.State("EXPONENT"):
-                length = bit_length(m, v, "v_length")
-                m.d.sync += e.eq(Mux(length > 32, (length - 31) >> 1, 0))
+                length = bit_length(m, v, "v_bits")
+                m.d.sync += [e.eq(Mux(length > 32, (length - 31) >> 1, 0)), v_length.eq(length)]
                 m.next = "NORMALISE"
-            with m.State("NORMALISE"):
-                m.d.sync += divisor.eq(shift_right(v, e << 1, len(divisor)))
+            with m.State("NORMALISE"):       # the divisor v >> 2e, of bit length bitlen(v) − 2e (31 to 32 when e > 0)
+                m.d.sync += [divisor.eq(shift_right(v, e << 1, len(divisor))), top.eq(v_length - (e << 1) - 1)]
                 m.next = "DIVIDE_START"
             with m.State("DIVIDE_START"):
-                top = Signal(range(32), name="divisor_top")   # the first quotient bit that can be 1: 62 − top
-                m.d.comb += top.eq(bit_length(m, divisor, "divisor_length") - 1)
                 m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair.eq(0),
                              radicand.eq(0), root.eq(0)]
                 m.next = "DIVIDE"
