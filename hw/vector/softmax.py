@@ -178,6 +178,7 @@ class Softmax(wiring.Component):
         step = Signal(range(RECIPROCAL_BITS + 1))
         product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
         excess = Signal(range(len(product) + 1))            # k = max(0, bitlen(product) − 15)
+        half = Signal(unsigned(len(product)), name="product_half")     # 2^(k−1) − 1: bit i is k ≥ i + 2
         rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1))     # ≤ 2^15: the carry sets the top bit
         rows_out = Signal.like(command.rows)
         m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
@@ -209,12 +210,13 @@ class Softmax(wiring.Component):
             with m.State("MULTIPLY"):
                 m.d.sync += product.eq(quotient * command.out_multiplier)
                 m.next = "NORMALISE"
-            with m.State("NORMALISE"):
-                length = bit_length(m, product, "product_length")
-                m.d.sync += excess.eq(Mux(length > ops.MULTIPLIER_BITS, length - ops.MULTIPLIER_BITS, 0))
+            with m.State("NORMALISE"):       # k, and the rounding's half from the product itself (k ≥ i + 2 when
+                length = bit_length(m, product, "product_length")     # a bit at i + 16 or above is set)
+                m.d.sync += [excess.eq(Mux(length > ops.MULTIPLIER_BITS, length - ops.MULTIPLIER_BITS, 0)),
+                             half.eq(Cat(*(product[i + ops.MULTIPLIER_BITS + 1:].any() for i in range(len(half)))))]
                 m.next = "ROUND"
             with m.State("ROUND"):
-                m.d.sync += rounded.eq(shift_right(rounding_sum(product, excess), excess, len(rounded)))
+                m.d.sync += rounded.eq(shift_right(rounding_sum(product, excess, half), excess, len(rounded)))
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.scales.valid.eq(1)

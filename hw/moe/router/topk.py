@@ -9,7 +9,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import address_bits, index_bits, round_shift, times_constant
+from ...common.arith import (address_bits, half_minus_one, index_bits, round_shift, rounding_sum, shift_right,
+                             times_constant)
 from ...common.pipeline import delay_line
 from .geometry import EXP_BITS, RouterGeometry
 
@@ -74,9 +75,13 @@ class ExponentTopK(wiring.Component):
         whole, whole_out = Signal(whole_shape), Signal(whole_shape)
         e_value = Signal(unsigned(EXP_BITS))
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
+        # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder and a shifter
+        half = Signal.like(scaled, name="exponent_half")
         m.d.comb += distance.eq(self.l_max[exp_half] - read.logit)
-        m.d.sync += [scaled.eq(distance * self.params.multiplier),
-                     exponent.eq(round_shift(scaled, self.params.shift)),
+        m.d.sync += [half.eq(half_minus_one(self.params.shift, len(half))),
+                     scaled.eq(distance * self.params.multiplier),
+                     exponent.eq(shift_right(rounding_sum(scaled, self.params.shift, half), self.params.shift,
+                                             len(exponent))),
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
                      table_out.eq(table_value), whole_out.eq(whole),
