@@ -11,8 +11,9 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
   for a logic analyser, and what `firmware.cycles` checks its cycle model against, instruction by instruction.
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
-returns everything to idle at once (the AXI4 transactions in flight are abandoned: reset the interconnect with
-it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
+returns everything to idle (the controller at once, the units a cycle later, as after start: each from its own
+register of the reset, so that no one net reaches every unit; the AXI4 transactions in flight are abandoned:
+reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
 (docs/architecture.md, section 11). The experts: the router's list of active experts drives the controller's
 EXPERTS loop, its token queues serve the engine's gather (fc1) and scatter and gate reads (COMBINE-mode fc2), and
 the engine adds into the combine accumulator, which `CombineDrain` empties into the residual at COMBINE.
@@ -48,7 +49,9 @@ from .isa import InstructionSet, Opcode, Space
 from .memories import TWO_PORTED, check_top_level, feed_rows, onchip_spaces
 from .registers import COUNTERS
 
-__all__ = ["Accelerator"]
+__all__ = ["Accelerator", "RESET_COPY"]
+
+RESET_COPY = "reset_copy_"      # the prefix of the units' reset registers (`hw.flow.board` keeps them apart)
 
 
 def _join(m, port, bus, signature):
@@ -217,10 +220,18 @@ class Accelerator(wiring.Component):
         clear = controller.clear | host.soft_reset
         m.submodules.host = host
         m.submodules.controller = ResetInserter(host.soft_reset)(controller)
-        for name in ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
-                     "softmax_path", "router", "combine_drain"):
-            m.submodules[name] = ResetInserter(clear)(getattr(self, name))
-        m.submodules.arbiter = arbiter = ResetInserter(clear)(ReadArbiter(AXI4Read.Signature(
+
+        # Each unit is reset by `clear` a cycle later, from a register of its own (set while the domain resets), so
+        # that each unit's reset net starts at its own flip-flop (`RESET_COPY` names them, the board flow keeps them
+        # apart); a unit's error flag is not reported while its reset is pending.
+        resetting = {name: Signal(init=1, name=f"{RESET_COPY}{name}") for name in (
+            "engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path", "softmax_path",
+            "router", "combine_drain", "arbiter")}
+        m.d.sync += [copy.eq(clear) for copy in resetting.values()]
+        for name, copy in resetting.items():
+            if name != "arbiter":
+                m.submodules[name] = ResetInserter(copy)(getattr(self, name))
+        m.submodules.arbiter = arbiter = ResetInserter(resetting["arbiter"])(ReadArbiter(AXI4Read.Signature(
             self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
         wiring.connect(m, wiring.flipped(self.host), host.bus)
         m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
@@ -255,13 +266,14 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
                      router_tokens.ready.eq(self.router.tokens.ready)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
-        m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.fetch_error.eq(self.fetch_reader.error),
-                     controller.load_busy.eq(self.load_path.busy), controller.load_error.eq(self.load_path.error),
-                     controller.loader_idle.eq(loader.idle), controller.loader_error.eq(loader.error),
+        m.d.comb += [getattr(controller, f"{kind}_error").eq(unit.error & ~resetting[name]) for kind, name, unit in (
+            ("fetch", "fetch_reader", self.fetch_reader), ("load", "load_path", self.load_path),
+            ("loader", "loader", loader), ("gemm", "engine", engine), ("store", "store_path", self.store_path))]
+        m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.load_busy.eq(self.load_path.busy),
+                     controller.loader_idle.eq(loader.idle),
                      controller.slab_full.eq(loader.full), controller.slab_accepts.eq(loader.accepts),
-                     controller.gemm_active.eq(gemm_active),
-                     controller.gemm_error.eq(engine.error), controller.store_busy.eq(self.store_path.busy),
-                     controller.store_error.eq(self.store_path.error), controller.norm_busy.eq(self.norm_path.busy),
+                     controller.gemm_active.eq(gemm_active), controller.store_busy.eq(self.store_path.busy),
+                     controller.norm_busy.eq(self.norm_path.busy),
                      controller.softmax_busy.eq(self.softmax_path.busy), controller.router_busy.eq(self.router.busy),
                      controller.combine_busy.eq(self.combine_drain.busy),
                      controller.task.eq(host.task)]

@@ -15,9 +15,10 @@ __all__ = ["ProgramFetch"]
 
 
 class ProgramFetch(wiring.Component):
-    """While `running`, asks (`fetch`: {address, length}) for the next `chunk` instructions from `program_addr`
-    whenever the `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus
-    words that come back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
+    """While `running` (from its second cycle: the top level resets the units a cycle after the start), asks
+    (`fetch`: {address, length}) for the next `chunk` instructions from `program_addr` whenever the
+    `depth`-instruction buffer has room for them (room is reserved when asked), and takes the bus words that come
+    back (`program`) into it. `head` / `head_valid`: the instruction at the buffer's head, popped
     with `pop`; it leaves a register (the buffer's output stage), so the issue decision on it starts at a
     flip-flop: an instruction out of the bus words is written into the buffer two cycles later (beside its
     predecode, below) and, into an empty buffer, at the head two cycles after that; then one a cycle.
@@ -69,7 +70,9 @@ class ProgramFetch(wiring.Component):
         fetched = Signal(32)                          # instructions asked for
         reserved = Signal(range(self.depth + 1))
         chunk = self.chunk
-        m.d.comb += [self.fetch.valid.eq(self.running & (reserved <= self.depth - chunk)),
+        was_running = Signal()        # the first request waits a cycle: the units the start resets take it
+        m.d.sync += was_running.eq(self.running)
+        m.d.comb += [self.fetch.valid.eq(self.running & was_running & (reserved <= self.depth - chunk)),
                      self.fetch.payload.address.eq(self.program_addr + (fetched << 4)),
                      self.fetch.payload.length.eq(chunk * INSTRUCTION_BITS // 8)]
         asked = self.fetch.valid & self.fetch.ready
