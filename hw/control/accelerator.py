@@ -13,10 +13,11 @@ A run: the host writes the region registers and TASK, then CONTROL.start; STATUS
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle (the controller at once, the units a cycle later, as after start: each from its own
 register of the reset, so that no one net reaches every unit; the AXI4 transactions in flight are abandoned:
-reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
-(docs/architecture.md, section 11). The experts: the router's list of active experts drives the controller's
-EXPERTS loop, its token queues serve the engine's gather (fc1) and scatter and gate reads (COMBINE-mode fc2), and
-the engine adds into the combine accumulator, which `CombineDrain` empties into the residual at COMBINE.
+reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any
+task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
+the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and scatter and gate reads
+(COMBINE-mode fc2), and the engine adds into the combine accumulator, which `CombineDrain` empties into the
+residual at COMBINE.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 most (the issue stage, below), each once the unit it needs is free and the memories it names are safe (a
 scoreboard).
 
-Run: `start` (when not `busy`) pulses `clear` (the top level resets the units with it), then instructions are
+Run: `start` (when not `busy`) pulses `clear` (the top level resets the units a cycle later), then instructions are
 fetched from `program_addr` in chunks of `fetch_chunk` into a `fetch_depth`-instruction buffer (`ProgramFetch`).
 A `program_addr` that is not bus-aligned ends the run at once with BAD_OPERAND (the fetch reads whole bus
 words). The run ends with `done` (and `busy` low) after `HALT` once every unit is idle, or after the first
