@@ -225,15 +225,16 @@ class Accelerator(wiring.Component):
         # Each unit is reset by `clear` a cycle later, from a register of its own (set while the domain resets), so
         # that each unit's reset net starts at its own flip-flop (`RESET_COPY` names them, the board flow keeps them
         # apart); a unit's error flag is not reported while its reset is pending.
-        resetting = {name: Signal(init=1, name=f"{RESET_COPY}{name}") for name in (
-            "engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path", "softmax_path",
-            "router", "combine_drain", "arbiter")}
-        m.d.sync += [copy.eq(clear) for copy in resetting.values()]
-        for name, copy in resetting.items():
-            if name != "arbiter":
-                m.submodules[name] = ResetInserter(copy)(getattr(self, name))
-        m.submodules.arbiter = arbiter = ResetInserter(resetting["arbiter"])(ReadArbiter(AXI4Read.Signature(
-            self.addr_width, self.bus.data_width), 3, depth=3 * self.accel.dram_outstanding))
+        arbiter = ReadArbiter(AXI4Read.Signature(self.addr_width, self.bus.data_width), 3,
+                              depth=3 * self.accel.dram_outstanding)
+        units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
+                                                        "fetch_reader", "output", "norm_path", "softmax_path",
+                                                        "router", "combine_drain")}
+        resetting = {}
+        for name, unit in {**units, "arbiter": arbiter}.items():
+            resetting[name] = Signal(init=1, name=f"{RESET_COPY}{name}")
+            m.d.sync += resetting[name].eq(clear)
+            m.submodules[name] = ResetInserter(resetting[name])(unit)
         wiring.connect(m, wiring.flipped(self.host), host.bus)
         m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
 

@@ -311,9 +311,8 @@ class Controller(wiring.Component):
                            width=INSTRUCTION_BITS + PREDECODED.size)
         m.submodules.loop = ResetInserter(self.start & ~self.busy)(loop)
         wiring.connect(m, wiring.flipped(self.experts), loop.experts)
-        products = data.View(prepared_layout(isa), fetch.prepared)
-        prepare(m, data.View(isa.layout, fetch.incoming), products)
-        predecode(self, m, data.View(isa.layout, fetch.staged), data.View(prepared_layout(isa), fetch.staged_prepared),
+        prepare(m, data.View(isa.layout, fetch.incoming), data.View(products := prepared_layout(isa), fetch.prepared))
+        predecode(self, m, data.View(isa.layout, fetch.staged), data.View(products, fetch.staged_prepared),
                   data.View(PREDECODED, fetch.decoded))
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
