@@ -323,11 +323,6 @@ class ProgramBuilder:
         columns = self.model.embed_dim if columns is None else columns
         return Output(tiles(columns, self.accel.array_cols), memory, base, self.model.num_tokens)
 
-    def combine_out(self) -> Output:
-        """A COMBINE GEMM's output: the combine words' D columns, its N tiles one apart from tile 0 (`d_base`
-        of a slab's GEMM is the combine word's N tile of its first)."""
-        return Output(tiles(self.model.embed_dim, self.accel.array_cols), Space.RESIDUAL, 0, 1)
-
     def halt(self) -> None:
         self.emit(Opcode.HALT)
 
@@ -481,9 +476,9 @@ def _padded(data: bytes, bus: int) -> bytes:
 
 def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
     """LayerNorm₂ with its int16 copy to the router (ROUTE with the task in TASK), each active expert (EXPERTS:
-    fc1 with GELU on its gathered tokens into SCRATCH, fc2 scattered gate-weighted into the combine
-    accumulator), then COMBINE into RESIDUAL. The experts' images lie one after another in MODEL, each fc1,
-    fc2 and its HIDDEN word."""
+    fc1 with GELU on its gathered tokens into SCRATCH, fc2 in COMBINE mode, its gate-weighted rows added into
+    their tokens' RESIDUAL rows). The experts' images lie one after another in MODEL, each fc1, fc2 and its
+    HIDDEN word."""
     model, q, t = builder.model, builder.quantized, builder.model.num_tokens
     p = f"blocks.{block}"
     layer = model.moe_blocks.index(block)
@@ -504,10 +499,10 @@ def _moe_mlp(builder: ProgramBuilder, block: int) -> None:
                         outputs=[builder.tokens_out(Space.SCRATCH, 0, model.expert_hidden)], mode=GemmMode.GELU,
                         hidden=first + fc1_bytes + fc2_bytes, per_expert=True, gather=True)
         builder.product(f"{p}.experts.fc2", fc2, first + fc1_bytes, source=Operand.SCRATCH, x_base=0, m=t,
-                        outputs=[builder.combine_out()], mode=GemmMode.COMBINE, per_expert=True)
+                        outputs=[builder.tokens_out(Space.RESIDUAL, 0)], mode=GemmMode.COMBINE, residual=True,
+                        per_expert=True)
         return sum(len(part) for part in images[0])
     builder.experts(body)
-    builder.emit(Opcode.COMBINE, rows=t)
 
 
 def _activation_length(builder: ProgramBuilder) -> int:

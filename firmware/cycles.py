@@ -259,7 +259,7 @@ class Timeline:
         """Cycles of [start, end) as the RTL's counters split a run: `gemm` (the engine busy), and the cycles
         it is idle by the first busy unit of `vector` (LayerNorm, softmax), `router`, `loader` (DRAM reads),
         else `other` (fetch, issue, stores)."""
-        groups = {"gemm": "gemm", "combine": "gemm", "norm": "vector", "softmax": "vector", "router": "router",
+        groups = {"gemm": "gemm", "norm": "vector", "softmax": "vector", "router": "router",
                   "load": "loader", "loader": "loader"}
         events = []
         for unit, first, last in self.spans:
@@ -406,8 +406,7 @@ def _gemm_touches(fields: dict, params_depth: int, scores_depth: int) -> tuple[i
     if mode is GemmMode.GELU:
         reads.add(Space.HIDDEN)
     destination = Space(fields["destination"].value)
-    writes = set() if mode is GemmMode.COMBINE else \
-        {_half(destination, fields["d_base"], scores_depth) if destination is Space.SCORES else destination}
+    writes = {_half(destination, fields["d_base"], scores_depth) if destination is Space.SCORES else destination}
     return _mask(*reads), _mask(*writes)
 
 
@@ -431,7 +430,6 @@ class CycleModel:
     - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
       queues' prefix sums (the experts known: EXPERTS), then the queues (T·(k + 1): the gathering GEMMs);
     - DRAM reads: `_ReadPort`; a load path beat takes ⌈bus / the memory's word⌉ cycles to write;
-    - at a run's start the combine accumulator is cleared (T · its N tiles cycles) and RESIDUAL waits for it;
     - a STORE or UPSAMPLE from SCRATCH and a GEMM with its stationary operand there wait for each other (one port).
     """
 
@@ -455,7 +453,6 @@ class CycleModel:
         self.gelu_gap = tiles(self.c, min(accel.requant_lanes, self.c))  # cycles between GELU rows
         self.bus = accel.dram_bytes_per_beat
         self.spaces = onchip_spaces(model, accel)
-        self.combine_clear = model.num_tokens * tiles(model.embed_dim, self.c)     # the accumulator's words
         self.fixed = self.beats + STREAM_STAGES + self.r + self.c + DRAIN_STAGES + self.GEMM_FIXED
         self.gelu_stages = GELU_STAGES
         feed_bytes = max(self.bus, accel.weight_feed_bytes)
@@ -493,11 +490,10 @@ class CycleModel:
     # --- a run -----------------------------------------------------------------------------------------------
     def run(self, sequence: list[Issued]) -> Timeline:
         port = _ReadPort(self.latency, self.accel.dram_max_burst)
-        units = {name: _Busy() for name in ("load", "gemm", "norm", "softmax", "router", "store", "combine")}
+        units = {name: _Busy() for name in ("load", "gemm", "norm", "softmax", "router", "store")}
         residual, activation, hidden, routes = (_mask(space) for space in (Space.RESIDUAL, Space.ACTIVATION,
                                                                             Space.HIDDEN, Space.ROUTES))
         norms, row_scales = _mask(Space.NORMS), _mask(Space.ROW_SCALES)
-        units["combine"] = _Busy(self.combine_clear, writes=residual)
         transfers = {}                          # unit or slab buffer → its DRAM transfer
         totals = dict.fromkeys(list(units) + ["loader"], 0)
         full, empty = {}, {}                    # slab buffer → the cycle it is full, empty
@@ -607,12 +603,6 @@ class CycleModel:
                 units["router"] = _Busy(1 << 62, writes=routes)
             elif op is Opcode.EXPERTS:
                 at = max(at, routed[0])
-            elif op is Opcode.COMBINE:
-                at = max(at, end("gemm"), end("combine"), hazard(residual, residual))
-                start = at + self.STAGE
-                finish = start + issue["rows"] * self.tiles(self.model.embed_dim, self.c) + 4
-                occupy("combine", start, finish, writes=residual)
-                units["gemm"] = _Busy(finish, writes=residual)
             elif op in (Opcode.STORE, Opcode.UPSAMPLE):
                 memory = _mask(issue["memory"])
                 at = max([at, end("store")] + [end(name) for name, busy in units.items() if memory & busy.writes])

@@ -142,7 +142,9 @@ def expert_queues(ids: np.ndarray, num_experts: int) -> ExpertQueues:
                         np.arange(len(order)) - starts[expert_of])
 
 
-def _moe(x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRouting]:
+def _moe(x, x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRouting]:
+    """MoE block `p`'s experts on the residual rows x (their LayerNorm₂ outputs x8, and x16 for the router):
+    the residual after each token's gate-weighted expert terms are added into it, and the layer's routing."""
     t, k, d = x8.shape[0], config.top_k, config.embed_dim
     router = model[f"{p}.router.weight"][task]
     logits = record(f"{p}.router_logits", ops.exact_matmul(x16, router))
@@ -159,7 +161,7 @@ def _moe(x8, x16, model, p, config, task, record) -> tuple[np.ndarray, LayerRout
     outputs[queues.tokens, queues.slots] = y[queues.batch, queues.row]
     record.count("experts", t * k, d, config.expert_hidden, 2)
     routing = LayerRouting(ids, weights, queues.expert_tokens)
-    return record(f"{p}.moe_out", ops.combine(outputs, weights, RESIDUAL_BITS)), routing
+    return ops.combine(x, outputs, weights, ids, RESIDUAL_BITS), routing
 
 
 def _head(tokens, model, task, config, record) -> np.ndarray:
@@ -212,13 +214,14 @@ def run(model: QuantizedModel, image: np.ndarray, task: int | str = 0, *, interm
         x = record(f"{p}.mid", ops.saturate(x.astype(np.int64) + projected, RESIDUAL_BITS))
         if config.is_moe(b):
             x8, x16 = _norm(x, model, (f"{p}.norm2", 8), (f"{p}.norm2_router", RESIDUAL_BITS))
-            mlp, routing[b] = _moe(x8, x16, model, p, config, task, record)
+            x, routing[b] = _moe(x, x8, x16, model, p, config, task, record)
         else:
             (x8,) = _norm(x, model, (f"{p}.norm2", 8))
             hidden = _mlp_hidden(x8, model, f"{p}.fc1", f"{p}.mlp")
             mlp = linear(hidden, model, f"{p}.fc2", RESIDUAL_BITS)
             record.count("dense_mlp", t, d, config.mlp_hidden, 2)
+            x = ops.saturate(x.astype(np.int64) + mlp, RESIDUAL_BITS)
         record(f"{p}.norm2", x8)
-        x = record(f"{p}.out", ops.saturate(x.astype(np.int64) + mlp, RESIDUAL_BITS))
+        x = record(f"{p}.out", x)
     output = _head(x, model, task, config, record)
     return GoldenResult(output, x, routing, dict(record.macs), record.tensors)

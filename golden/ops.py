@@ -19,7 +19,8 @@ __all__ = [
     "patches",
     "LN_FRACTION_BITS", "LN_NORM_BITS", "GELU_STEP_BITS", "GELU_TABLE", "GATE_BITS", "ATTENTION_EXP_BITS",
     "ATTENTION_P_MAX", "ATTENTION_TABLE", "ATTENTION_TABLE_SHIFT", "ROUTER_EXP_BITS", "ROUTER_TABLE",
-    "COMBINE_FRACTION_BITS", "RESIDUAL_BITS", "COMBINE_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS", "MAX_FRACTION_BITS",
+    "COMBINE_FRACTION_BITS", "RESIDUAL_BITS", "MULTIPLIER_BITS", "SHIFT_BITS", "MAX_SHIFT", "FRACTION_FIELD_BITS",
+    "MAX_FRACTION_BITS",
 ]
 
 MULTIPLIER_BITS = 15          # requantization multipliers lie in [2^14, 2^15): 16-bit signed, always positive
@@ -34,7 +35,6 @@ GATE_BITS = 15                # gate weights in unsigned Q1.15: 1.0 is 2^15
 GELU_STEP_BITS = 5            # the GELU correction table has a step of 1/32
 COMBINE_FRACTION_BITS = 2     # expert outputs enter the combine at a quarter of the residual's step
 RESIDUAL_BITS = 16            # the residual stream, LayerNorm's input and the router's input (section 1)
-COMBINE_BITS = RESIDUAL_BITS + COMBINE_FRACTION_BITS + 1   # Σ round(y·g / 2^15): 18-bit terms, Σg ≤ 2^15 + k/2
 
 
 def integer_only(function):
@@ -320,29 +320,27 @@ def route(logits: np.ndarray, top_k: int, gate: str, multiplier: int, shift: int
 
 @integer_only
 def gate_weighted(expert_outputs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """One expert's term of the combine: y·g rounded back to y's step, round_shift(y·g, 15), for expert outputs
-    y [..., D] and Q1.15 gate weights g [...] (one per row of y); int64."""
+    """One expert's term of the combine: y·g rounded to the residual's step and saturated to its format,
+    sat(round_shift(y·g, 17)), for expert outputs y [..., D] at a quarter of the residual's step
+    (`COMBINE_FRACTION_BITS`) and Q1.15 gate weights g [...] (one per row of y); int64."""
     products = np.asarray(expert_outputs, np.int64) * np.asarray(weights, np.int64)[..., None]
-    return round_shift(products, GATE_BITS)
+    return saturate(round_shift(products, GATE_BITS + COMBINE_FRACTION_BITS), RESIDUAL_BITS).astype(np.int64)
 
 
 @integer_only
-def combine(expert_outputs: np.ndarray, weights: np.ndarray, residual_bits: int) -> np.ndarray:
-    """Gate-weighted sum of each token's k expert outputs: expert_outputs [T, k, D] at a quarter of the
-    residual's step (residual_bits + 2 bits), weights [T, k] in Q1.15 summing to at most 2^15 + k/2 (as
-    `gate_weights` gives them); each term `gate_weighted`, their sum exact in residual_bits + 3 bits, then
-    round_shift by 2 and saturation to the residual format. The sum of rounded terms is exact, so the result
-    does not depend on the order in which experts are processed."""
-    weights = np.asarray(weights, np.int64)
-    k = weights.shape[-1]
-    excess = weights.sum(-1) > (1 << GATE_BITS) + k // 2
-    if excess.any():
-        token = int(np.argmax(excess.reshape(-1)))
-        total = int(weights.reshape(-1, k)[token].sum())
-        raise ValueError(f"combine: the gate weights of token {token} sum to {total}, "
-                         f"above 2^{GATE_BITS} + k/2 = {(1 << GATE_BITS) + k // 2}: not gate weights of one token")
-    return saturate(round_shift(gate_weighted(expert_outputs, weights).sum(-2), COMBINE_FRACTION_BITS),
-                    residual_bits)
+def combine(residual: np.ndarray, expert_outputs: np.ndarray, weights: np.ndarray, experts: np.ndarray,
+            residual_bits: int) -> np.ndarray:
+    """Each token's k expert terms added into its residual row, one at a time in ascending expert order (the
+    order the accelerator runs the experts in), each addition saturated: x ← sat(x + `gate_weighted`(y, g)) for
+    residual rows [T, D], expert outputs [T, k, D], Q1.15 weights [T, k] and the experts' ids [T, k]. Without
+    saturation the order does not matter and the result is within k/2 residual steps of x + Σ g·y / 2^17."""
+    experts = np.asarray(experts)
+    terms = gate_weighted(expert_outputs, weights)
+    x = np.asarray(residual, np.int64)
+    tokens = np.arange(x.shape[0])
+    for slot in np.argsort(experts, axis=-1, kind="stable").T:
+        x = saturate(x + terms[tokens, slot], residual_bits)
+    return x
 
 
 @integer_only

@@ -53,8 +53,8 @@ def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
 
 @pytest.mark.parametrize("accel, named", [
     ("16x16", ["does not fit ulx3s-85f"]),
-    # attention in query blocks of 32 rows, and still the heads' band, the slabs and the combine overflow
-    ("8x8", ["does not fit ulx3s-85f", "263 DP16KD blocks, 208 available", "scratch 52, weights 36, combine 34"]),
+    # attention in query blocks of 32 rows, and still the heads' band and the slabs overflow
+    ("8x8", ["does not fit ulx3s-85f", "229 DP16KD blocks, 208 available", "scratch 52, weights 36, residual 30"]),
 ])
 def test_build_refuses_what_does_not_fit_before_any_tool_runs(tmp_path, accel, named):
     result = subprocess.run([sys.executable, "-m", "m3vit.cli", "build", "--preset", "m3vit-tiny-cityscapes",
@@ -93,7 +93,7 @@ def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
 @pytest.mark.parametrize("kept", [True, False])
 def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
     """The accelerator resets each unit from a register of its own; Yosys merges alike flip-flops, so the board
-    flow marks them `keep` after reading the RTLIL: one flip-flop for each of the 11 units with its script, one in
+    flow marks them `keep` after reading the RTLIL: one flip-flop for each of the 10 units with its script, one in
     all without."""
     from amaranth.back import rtlil
     from hw.flow.board import _KEEP_RESET_COPIES
@@ -106,4 +106,4 @@ def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     copies = int((tmp_path / "count.txt").read_text().split()[0])      # YoWASP sees the working directory alone
-    assert copies == (11 if kept else 1)
+    assert copies == (10 if kept else 1)

@@ -13,7 +13,7 @@ from hw.flow.synth import synthesized_netlist
 # The plan's memories, by the names of what the top level builds for them (a regular expression each).
 BUILT_AS = {
     "weights": r"loader\.buffer\d", "scores": r"scores\.bank_\d+", "scratch": r"scratch\.bank_\d+",
-    "combine": r"combine", "params": r"params", "residual": r"residual\.bank_\d+",
+    "params": r"params", "residual": r"residual\.bank_\d+",
     "accumulator": r"engine\.accumulator\.memory", "activation": r"activation\.bank_\d+",
     "router_weights": r"router\.weights", "row_buffer": r"(norm_path\.layernorm|softmax_path\.softmax)\.rows",
     "expert_queues": r"router\.queue",

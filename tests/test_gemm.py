@@ -154,12 +154,15 @@ def test_lint_fails_on_broken_verilog():
 
 
 @pytest.mark.parametrize("experts, k, tokens, n", [(4, 2, 9, 6), (6, 1, 7, 9), (3, 3, 5, 4)])
-def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, k, tokens, n):
+def test_experts_gather_and_emit_gate_weighted_rows_like_the_golden_combine(experts, k, tokens, n):
     """A whole MoE layer's fc2 expert by expert in COMBINE mode (experts with no token skipped, one token,
-    many; odd experts in two commands, N tile 0 then the rest from `tile_base` 1, as a matrix over two slab
-    buffers runs; each y·g rounded to y's step), then the golden model's rounding into the residual: bit-exact
-    with `golden.ops.combine`."""
+    many; odd experts in two commands, N tile 0 then the rest, as a matrix over two slab buffers runs; `ready`
+    low at random): each command's rows are its tokens' y·g rounded to the residual's step (`CombineTerms`),
+    and added into a residual near its limits as the output path does, expert by expert, they give
+    `golden.ops.combine` bit for bit."""
     from hw.compute.gemm import combine_model
+    from hw.compute.gemm.combine import CombineTerms
+    from hw.vector.residual import ResidualAdd
     rng = np.random.default_rng(experts * 10 + k)
     hidden = 7
     x = rng.integers(-128, 128, (tokens, hidden))
@@ -173,7 +176,9 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
     gates[2] = largest // k
     gates[2, :largest % k] += 1
     gates[3] = 0
-    gates[3, :2] = 1 << 14                                  # y·g / 2^15 = y/2: a tie for every odd y
+    gates[3, :2] = 1 << 14                                  # y·g / 2^17 = y/8: ties
+    residual = rng.integers(-(1 << 15), 1 << 15, (tokens, n))
+    residual[1] = 32767                                     # saturates with any positive term
     layers = []
     for e in range(experts):
         w = rng.integers(-128, 128, (hidden, n))
@@ -182,34 +187,42 @@ def test_experts_gather_and_scatter_accumulate_like_the_golden_combine(experts, 
         layers.append((w, bias, multiplier, shift, np.nonzero((ids == e).any(-1))[0]))
     engine = GemmEngine(3, 4, max_m=tokens, max_k=hidden, max_n=n)
     bench = GemmBench(engine)
-    combined = {}
+    emitted = []
 
     async def testbench(ctx):
         for e, (w, bias, multiplier, shift, members) in enumerate(layers):
             slots = np.argmax(ids[members] == e, axis=1)
             splits = [0, 4, n] if e % 2 and n > 4 else [0, n]
+            rows = np.zeros((tokens, n), np.int64)
             for first, end in zip(splits, splits[1:]):
                 columns = slice(first, end)
-                await run_gemm(ctx, bench, x, w[:, columns], bias[columns], multiplier[columns], shift[columns],
-                               GemmMode.COMBINE, rows=members, gates=gates[members, slots], tile_base=first // 4)
-        nt = -(-n // 4)
-        combined["acc"] = np.array([[int(v) for v in ctx.get(bench.combine.data[t * nt + j])]
-                                    for t in range(tokens) for j in range(nt)]).reshape(tokens, nt * 4)[:, :n]
+                y, _ = await run_gemm(ctx, bench, x, w[:, columns], bias[columns], multiplier[columns],
+                                      shift[columns], GemmMode.COMBINE, rows=members, gates=gates[members, slots],
+                                      rng=rng, ready_probability=0.6)
+                rows[:, columns] = y
+            emitted.append(rows)
 
     simulate(bench, testbench)
-    expected = combine_model(x, layers, ids, gates)
-    assert np.array_equal(combined["acc"], expected)
+    outputs = np.zeros((tokens, k, n), dtype=np.int64)
+    for e, ((w, bias, multiplier, shift, members), rows) in enumerate(zip(layers, emitted)):
+        if not len(members):
+            assert not rows.any()
+            continue
+        slots = np.argmax(ids[members] == e, axis=1)
+        y = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=members)
+        outputs[members, slots] = y
+        terms = CombineTerms.model(y, gates[members, slots], members)
+        assert np.array_equal(rows[members], np.array([row for _, row in terms]))
+        assert not np.delete(rows, members, axis=0).any()
     if spare:
         assert len(layers[-1][-1]) == 0 and len(layers[-2][-1]) == 1
-    # One rounding into the residual: the golden model's combine of the same expert outputs.
-    outputs = np.zeros((tokens, k, n), dtype=np.int64)
-    for e, (w, bias, multiplier, shift, members) in enumerate(layers):
-        if len(members):
-            slots = np.argmax(ids[members] == e, axis=1)
-            outputs[members, slots] = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=members)
-    assert np.abs(combined["acc"]).max() < 1 << (ops.COMBINE_BITS - 1)
-    assert np.array_equal(ops.saturate(ops.round_shift(combined["acc"], ops.COMBINE_FRACTION_BITS), 16),
-                          ops.combine(outputs, gates, 16))
+    # Added into the residual expert by expert, as the output path does: the golden model's combine.
+    before = residual.copy()
+    for rows, (*_, members) in zip(emitted, layers):
+        residual[members] = ResidualAdd.model(residual[members], rows[members])
+    assert np.array_equal(residual, combine_model(x, layers, ids, gates, before))
+    assert np.array_equal(residual, ops.combine(before, outputs, gates, ids, 16))
+    assert not np.array_equal(residual, before + sum(emitted)), "no sum saturated"
 
 
 def test_per_row_scales_like_attention_times_v():

@@ -240,42 +240,53 @@ def test_route_ties_go_to_the_lower_index():
     assert ids.tolist() == [[1, 2], [0, 1], [2, 3]]
 
 
-def test_combine_exact_and_order_independent():
-    """Each y·g rounded half to even to y's step, the terms summed exactly within COMBINE_BITS, the sum rounded
-    by 2 and saturated: within 1/2 + k/8 residual steps of Σ g·y / 2^17, in any order of the experts."""
+def test_combine_adds_each_term_saturated_in_ascending_expert_order():
+    """Each y·g rounded half to even to the residual's step (y at a quarter of it) and saturated, added into the
+    residual expert by expert in ascending expert order, each sum saturated; without saturation within k/2 steps
+    of x + Σ g·y / 2^17 and the same in any order."""
     rng = np.random.default_rng(3)
-    k = 4
-    y = rng.integers(-(1 << 17), 1 << 17, (40, k, 16))
-    g = rng.integers(0, (1 << 15) // k + 1, (40, k))
-    largest = (1 << 15) + k // 2                            # the largest sum gate weights can have
-    g[:2] = largest // k
-    g[:2, :largest % k] += 1
-    y[0], y[1] = (1 << 17) - 1, -(1 << 17)                  # saturation both ways
-    g[2] = 1 << 13                                          # y·g / 2^15 = y/4: ties for y ≡ 2 mod 4
-    y[2] = rng.integers(-(1 << 15), 1 << 15, (k, 16)) * 4 + 2
-    out = ops.combine(y, g, 16)
-    assert out.dtype == np.int16 and (out[0] == 32767).all() and (out[1] == -32768).all()
-    terms = [[[_round_half_even(Fraction(int(y[t, j, c] * g[t, j]), 1 << 15)) for j in range(k)] for c in range(16)]
-             for t in range(40)]
-    exact = np.array([[_round_half_even(Fraction(sum(column), 4)) for column in token] for token in terms])
-    assert np.array_equal(out, np.clip(exact, -32768, 32767))
-    ideal = (y * g[..., None]).sum(1) / (1 << 17)
-    assert np.abs(out[2:] - ideal[2:]).max() <= 0.5 + k / 8
+    k, tokens, experts = 4, 40, 9
+    y = rng.integers(-(1 << 17), 1 << 17, (tokens, k, 16))
+    g = rng.integers(0, (1 << 15) // k + 1, (tokens, k))
+    ids = np.array([rng.permutation(experts)[:k] for _ in range(tokens)])
+    x = rng.integers(-(1 << 14), 1 << 14, (tokens, 16))
+    g[0], y[0], x[0] = 1 << 15, (1 << 17) - 1, 1 << 14          # a term of 2^15 saturates to 32767 on its own
+    g[1], y[1, :2], x[1], ids[1] = [1 << 15, 1 << 15, 0, 0], [[(1 << 17) - 1], [-(1 << 17)]], 0, [0, 1, 2, 3]
+    g[2] = 1 << 14                                              # y·g / 2^17 = y/8: ties for y ≡ 4 mod 8
+    y[2] = rng.integers(-(1 << 14), 1 << 14, (k, 16)) * 8 + 4
+    out = ops.combine(x, y, g, ids, 16)
+
+    def term(t, j, c):
+        return min(max(_round_half_even(Fraction(int(y[t, j, c] * g[t, j]), 1 << 17)), -32768), 32767)
+
+    expected = np.zeros_like(x)
+    for t in range(tokens):
+        for c in range(16):
+            value = int(x[t, c])
+            for j in np.argsort(ids[t], kind="stable"):
+                value = min(max(value + term(t, j, c), -32768), 32767)
+            expected[t, c] = value
+    assert out.dtype == np.int16 and np.array_equal(out, expected)
+    assert (out[0] == 32767).all()
+    assert (ops.gate_weighted(y[0, :1], g[0, :1]) == 32767).all()
+    assert (out[1] == 32767 - 32768).all()                      # the first term saturated on its own
+    ideal = x + (y * g[..., None]).sum(1) / (1 << 17)
+    inside = (np.abs(x) + np.abs(ops.gate_weighted(y, g)).sum(1)).max(1) < 32767     # no order saturates
+    inside[:2] = False
+    assert inside.sum() > tokens // 2 and np.abs(out[inside] - ideal[inside]).max() <= k / 2
     permutation = rng.permutation(k)
-    assert np.array_equal(ops.combine(y[:, permutation], g[:, permutation], 16), out)
-    # Expert by expert into an accumulator of COMBINE_BITS, as the hardware does, gives the same result.
-    accumulator = np.zeros((40, 16), np.int64)
-    for slot in rng.permutation(k):
-        accumulator += ops.gate_weighted(y[:, slot], g[:, slot])
-        assert np.abs(accumulator).max() < 1 << (ops.COMBINE_BITS - 1)
-    assert np.array_equal(ops.saturate(ops.round_shift(accumulator, ops.COMBINE_FRACTION_BITS), 16), out)
+    assert np.array_equal(ops.combine(x, y[:, permutation], g[:, permutation], ids[:, permutation], 16)[inside],
+                          out[inside])
 
 
-def test_combine_refuses_gate_weights_no_router_gives():
-    g = np.full((3, 2), 1 << 14)
-    g[2] = [1 << 15, 2]
-    with pytest.raises(ValueError, match="token 2 sum to 32770, above 2\\^15 \\+ k/2 = 32769"):
-        ops.combine(np.zeros((3, 2, 4), np.int64), g, 16)
+def test_combine_order_decides_under_saturation():
+    """From 30000, +5000 then −5000 saturates first (32767 − 5000); −5000 first never does (30000): the
+    lower expert's term goes first."""
+    y = np.array([[[5000 * 4], [-5000 * 4]]])
+    g = np.full((1, 2), 1 << 15)
+    x = np.array([[30000]])
+    assert ops.combine(x, y, g, np.array([[3, 7]]), 16).tolist() == [[27767]]
+    assert ops.combine(x, y, g, np.array([[7, 3]]), 16).tolist() == [[30000]]
 
 
 def test_upsample_against_bilinear():

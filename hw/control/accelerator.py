@@ -15,9 +15,8 @@ returns everything to idle (the controller at once, the units a cycle later, as 
 register of the reset, so that no one net reaches every unit; the AXI4 transactions in flight are abandoned:
 reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any
 task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
-the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and scatter and gate reads
-(COMBINE-mode fc2), and the engine adds into the combine accumulator, which `CombineDrain` empties into the
-residual at COMBINE.
+the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
+(COMBINE-mode fc2), whose gate-weighted rows the output path adds into their tokens' residual rows.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible, config_hash
 
 from ..compute.gemm import GemmEngine
-from ..compute.gemm.geometry import tiles
 from ..memory.arbiter import ReadArbiter
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
 from ..memory.interleaved import InterleavedMemory
@@ -42,7 +40,7 @@ from ..vector.layernorm import LayerNorm
 from ..vector.softmax import Softmax
 from ..moe.router import Router
 from .controller import Controller
-from .datapath import CombineDrain, LoadPath, NormPath, OutputPath
+from .datapath import LoadPath, NormPath, OutputPath
 from .store_path import StorePath
 from .softmax_path import ROW_SCALE, SoftmaxPath
 from .host import HostRegisters
@@ -92,8 +90,7 @@ class Accelerator(wiring.Component):
                                            x_depth=max(self.spaces[space].depth
                                                        for space in (Space.ACTIVATION, Space.SCRATCH)),
                                            p_depth=self.spaces[Space.PARAMS].depth,
-                                           index_depth=self.router.geometry.queue_depth,
-                                           combine_tiles=tiles(model.embed_dim, accel.array_cols))
+                                           index_depth=self.router.geometry.queue_depth)
         self.load_path = LoadPath(self.spaces, StreamReader.for_config(accel, addr_width))
         upsample = {name: (1 << Shape.cast(self.isa.operands[Opcode.UPSAMPLE][name].shape).width) - 1
                     for name in ("width", "tiles")}
@@ -107,18 +104,13 @@ class Accelerator(wiring.Component):
         gemm = self.isa.operands[Opcode.GEMM]
         self.output = OutputPath(self.spaces, self.engine.signature.result, accel.array_cols,
                                  Shape.cast(gemm["d_stride"].shape).width, Shape.cast(gemm["m"].shape).width)
-        geometry = self.engine.geometry
-        self.combine_drain = CombineDrain(self.output.combined_row, geometry.combine_word, tokens=model.num_tokens,
-                                          tiles=tiles(model.embed_dim, accel.array_cols),
-                                          tiles_max=geometry.combine_tiles)
         self.controller = Controller(
             self.isa, self.spaces, engine_command=self.engine.signature.command,
             load_command=self.load_path.command.payload.shape(), store_command=self.store_path.command.payload.shape(),
             job=self.output.job.shape(), norm_command=self.norm_path.command.payload.shape(),
             softmax_command=self.softmax_path.command.payload.shape(),
             route_command=self.router.command.payload.shape(), tasks=model.num_tasks,
-            expert_entry=self.router.experts.payload.shape(),
-            combine_command=self.combine_drain.command.payload.shape(), experts=model.num_experts,
+            expert_entry=self.router.experts.payload.shape(), experts=model.num_experts,
             tokens=model.num_tokens, buffers=self.loader.buffers, buffer_span=self.loader.buffer_span,
             bus_bytes=accel.dram_bytes_per_beat, addr_width=addr_width, fetch_depth=fetch_depth)
         self.host_registers = HostRegisters(self.config_hash)
@@ -195,25 +187,13 @@ class Accelerator(wiring.Component):
                                               x_data[Space.ACTIVATION]))
 
     def _experts(self, m):
-        """The router's token queues behind the engine's gather (fc1) or scatter and gate (COMBINE fc2) reads;
-        the combine accumulator, written by the engine, drained and cleared by `CombineDrain`."""
-        engine, queue, drain = self.engine, self.router.queue_read, self.combine_drain
+        """The router's token queues behind the engine's gather (fc1) or token and gate (COMBINE fc2) reads."""
+        engine, queue = self.engine, self.router.queue_read
         gathering = self.controller.gemm_touches.gathers
         m.d.comb += [queue.addr.eq(Mux(gathering, engine.index_read.addr, engine.scatter_read.addr)),
                      queue.en.eq(Mux(gathering, engine.index_read.en, engine.scatter_read.en)),
                      engine.index_read.data.eq(queue.data.token), engine.scatter_read.data.eq(queue.data.token),
                      engine.gate_read.data.eq(queue.data.weight)]
-        m.submodules.combine = storage = Memory(shape=engine.geometry.combine_word, depth=drain.depth, init=[])
-        write, read = storage.write_port(), storage.read_port()     # the drain reads the old word as it clears it
-        with m.If(drain.busy):
-            m.d.comb += [write.addr.eq(drain.write.addr), write.en.eq(drain.write.en), write.data.eq(drain.write.data),
-                         read.addr.eq(drain.read.addr), read.en.eq(drain.read.en)]
-        with m.Else():
-            m.d.comb += [write.addr.eq(engine.combine_write.addr), write.en.eq(engine.combine_write.en),
-                         write.data.eq(engine.combine_write.data),
-                         read.addr.eq(engine.combine_read.addr), read.en.eq(engine.combine_read.en)]
-        m.d.comb += [engine.combine_read.data.eq(read.data), drain.read.data.eq(read.data)]
-        wiring.connect(m, drain.rows, self.output.combined)
 
     def elaborate(self, platform):
         m = Module()
@@ -229,7 +209,7 @@ class Accelerator(wiring.Component):
                               depth=3 * self.accel.dram_outstanding)
         units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
                                                         "fetch_reader", "output", "norm_path", "softmax_path",
-                                                        "router", "combine_drain")}
+                                                        "router")}
         resetting = {}
         for name, unit in {**units, "arbiter": arbiter}.items():
             resetting[name] = Signal(init=1, name=f"{RESET_COPY}{name}")
@@ -262,7 +242,6 @@ class Accelerator(wiring.Component):
         wiring.connect(m, controller.softmax, self.softmax_path.command)
         wiring.connect(m, controller.route, self.router.command)
         wiring.connect(m, self.router.experts, controller.experts)
-        wiring.connect(m, controller.combine, self.combine_drain.command)
         # the router's rows from LayerNorm (the controller refuses a task outside the model before ROUTE)
         router_tokens = self.norm_path.router_tokens
         m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
@@ -277,7 +256,6 @@ class Accelerator(wiring.Component):
                      controller.gemm_active.eq(gemm_active), controller.store_busy.eq(self.store_path.busy),
                      controller.norm_busy.eq(self.norm_path.busy),
                      controller.softmax_busy.eq(self.softmax_path.busy), controller.router_busy.eq(self.router.busy),
-                     controller.combine_busy.eq(self.combine_drain.busy),
                      controller.task.eq(host.task)]
         wiring.connect(m, engine.out, self.output.result)
         m.d.comb += [self.output.start.eq(controller.output_start), self.output.job.eq(controller.output_job)]

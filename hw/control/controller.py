@@ -46,10 +46,8 @@ Issue rules (docs/architecture.md, section 11):
   SCRATCH (int8) or RESIDUAL (int16).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
   expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
-  COMBINE GEMM also once the combine drain is; it adds its N tiles into the combine words from tile `d_base`).
-  Outside a body those are BAD_OPERAND, as a body longer than the body buffer is, and a COMBINE GEMM whose N
-  tiles end past the embedding's.
-- `COMBINE`: when the engine, its output path and the combine drain are idle and nothing reads or writes RESIDUAL.
+  COMBINE GEMM's rows are added into RESIDUAL at their tokens' rows: it needs `residual`). Outside a body those
+  are BAD_OPERAND, as a body longer than the body buffer is.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 The issue stage (`hw/control/stage.py`): the decision looks at the head of the cycle before, from a register, once
 nothing moved it then; it loads registers only: the units' commands leave them a cycle later, when the controller
@@ -91,7 +89,7 @@ class Controller(wiring.Component):
     def __init__(self, isa: InstructionSet, spaces: dict[Space, OnChip], *, engine_command: data.StructLayout,
                  load_command: data.StructLayout, store_command: data.StructLayout, job: data.StructLayout,
                  norm_command: data.StructLayout, softmax_command: data.StructLayout, route_command: data.StructLayout,
-                 expert_entry: data.StructLayout, combine_command: data.StructLayout, tokens: int, tasks: int,
+                 expert_entry: data.StructLayout, tokens: int, tasks: int,
                  experts: int, buffers: int, buffer_span: int, bus_bytes: int, addr_width: int = 32,
                  fetch_depth: int = 8, fetch_chunk: int = 4):
         self.isa, self.spaces, self.engine_command, self.job = isa, spaces, engine_command, job
@@ -121,7 +119,6 @@ class Controller(wiring.Component):
             "softmax": Out(stream.Signature(softmax_command)), "softmax_busy": In(1),
             "route": Out(stream.Signature(route_command)), "router_busy": In(1),
             "experts": In(stream.Signature(expert_entry)),
-            "combine": Out(stream.Signature(combine_command)), "combine_busy": In(1),
             "hidden_write": Out(WritePort.Signature(addr_width=1,
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
@@ -275,18 +272,6 @@ class Controller(wiring.Component):
                 with m.Else():
                     go(loop.expert_ready | loop.no_more)
                     m.d.comb += loop.enter.eq(retire)
-            with m.Case(Opcode.COMBINE):
-                ops = word.operands.combine
-                with m.If(refused):
-                    refuse(decoded.cause)
-                with m.Else():
-                    go(front.combine.ready & ~self.gemm_active & ~self.combine_busy
-                       & ~writing[Space.RESIDUAL.value] & ~reading[Space.RESIDUAL.value])
-                    m.d.comb += [front.combine.valid.eq(issue), front.combine.payload.rows.eq(ops.rows),
-                                 front.output_start.eq(issue), front.output_job.destination.eq(Space.RESIDUAL),
-                                 front.output_job.d_stride.eq(self.tokens), front.output_job.residual.eq(1),
-                                 front.output_job.combine.eq(1)]
-                    m.d.comb += [touched.gemm_issued.eq(issue), touched.gemm.destination.eq(Space.RESIDUAL)]
             with m.Default():
                 refuse(ErrorCause.BAD_OPCODE)
 
@@ -301,8 +286,7 @@ class Controller(wiring.Component):
         m.d.comb += [fetch.running.eq(running), fetch.program_addr.eq(self.program_addr),
                      fetch.reader_idle.eq(self.fetch_idle)]
         m.submodules.scoreboard = touched = Scoreboard()
-        for unit in ("load_busy", "gemm_active", "store_busy", "norm_busy", "softmax_busy", "router_busy",
-                     "combine_busy"):
+        for unit in ("load_busy", "gemm_active", "store_busy", "norm_busy", "softmax_busy", "router_busy"):
             m.d.comb += getattr(touched, unit).eq(getattr(self, unit))
         m.d.comb += self.gemm_touches.eq(touched.gemm_touches)
         reading, writing = touched.reading, touched.writing
@@ -332,7 +316,7 @@ class Controller(wiring.Component):
         softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
                                                    if name not in ("rows", "source", "half", "destination")}))
         idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
-            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy & ~self.combine_busy
+            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy
         refusal, refusal_cause, fault, fault_cause = Signal(), Signal(ErrorCause), Signal(), Signal(ErrorCause)
         m.d.sync += [fault.eq(refusal), fault_cause.eq(refusal_cause)]
         issue, halt = Signal(), Signal()

@@ -10,10 +10,8 @@
   N tile j at word `d_base + j·d_stride + t`; with `residual`, RESIDUAL's word there is read and the row added
   to it (`ResidualAdd`) before it is written back. Every beat takes 3 cycles, one a cycle; `active` while a
   beat is in the pipeline. With `transpose` the rows go through the `CornerTurn` into SCRATCH instead (qkv's K
-  into Kᵀ, `d_stride` the K tiles of the head, `rows` the GEMM's M). With `combine` (COMBINE) the rows come
-  from `combined` instead (the combine accumulator's rows, `CombineDrain`), rounded as `ResidualAdd` does.
-- `CombineDrain`: the combine accumulator, read token by token (N-tile-major) into the output path and
-  cleared behind the read; after a reset it clears every word first.
+  into Kᵀ, `d_stride` the K tiles of the head, `rows` the GEMM's M). A COMBINE-mode GEMM's rows are its
+  tokens' (`row` the token), added into RESIDUAL like any other (`residual`).
 Memory ports are `lib.memory` port signatures, connected by the top level.
 """
 
@@ -35,7 +33,7 @@ from .corner import CornerTurn
 from .isa import Space
 from .memories import OnChip
 
-__all__ = ["TransferPath", "LoadPath", "OutputPath", "CombineDrain", "NormPath", "LOADABLE", "STORABLE",
+__all__ = ["TransferPath", "LoadPath", "OutputPath", "NormPath", "LOADABLE", "STORABLE",
            "UPSAMPLABLE", "GEMM_DESTINATIONS", "upsample_length"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
@@ -145,19 +143,12 @@ class OutputPath(wiring.Component):
         residual = self.spaces[Space.RESIDUAL]
         self.corner = CornerTurn(cols, result, address_bits(self.spaces[Space.SCRATCH].depth), rows_width,
                                  stride_width)
-        self.combined_row = data.StructLayout({"row": result["row"].shape, "tile": result["tile"].shape,
-                                               "data": data.ArrayLayout(signed(ops.COMBINE_BITS), cols)})
-        # a beat of either: the engine's result rows (int32 scores among them) or the combine words
-        value_bits = max(Shape.cast(result["data"].shape.elem_shape).width, ops.COMBINE_BITS)
-        self.beat_row = data.StructLayout({"row": result["row"].shape, "tile": result["tile"].shape,
-                                           "data": data.ArrayLayout(signed(value_bits), cols)})
         super().__init__({
             "result": In(stream.Signature(result)),
-            "combined": In(stream.Signature(self.combined_row)),
             "start": In(1),
             "job": In(data.StructLayout({"destination": Space, "d_base": unsigned(self.address_width),
                                          "d_stride": unsigned(stride_width), "residual": 1, "transpose": 1,
-                                         "combine": 1, "rows": unsigned(rows_width)})),
+                                         "rows": unsigned(rows_width)})),
             "residual_read": In(ReadPort.Signature(addr_width=address_bits(residual.depth),
                                                    shape=unsigned(8 * residual.word_bytes))),
             **{_port_name(space): In(WritePort.Signature(addr_width=address_bits(memory.depth),
@@ -179,16 +170,8 @@ class OutputPath(wiring.Component):
                      corner.job.stride.eq(self.job.d_stride), corner.job.rows.eq(self.job.rows),
                      corner.result.payload.eq(self.result.payload),
                      corner.result.valid.eq(self.result.valid & job.transpose),
-                     self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1)), self.combined.ready.eq(1)]
-        beat = Signal(self.beat_row)
-        arriving = Signal()
-        def take(payload, valid):
-            return [beat.row.eq(payload.row), beat.tile.eq(payload.tile), arriving.eq(valid),
-                    *(beat.data[lane].eq(payload.data[lane]) for lane in range(cols))]
-        with m.If(job.combine):
-            m.d.comb += take(self.combined.payload, self.combined.valid)
-        with m.Else():
-            m.d.comb += take(self.result.payload, self.result.valid & ~job.transpose)
+                     self.result.ready.eq(Mux(job.transpose, corner.result.ready, 1))]
+        beat, arriving = self.result.payload, self.result.valid & ~job.transpose
         next_tile = beat.tile != tile
         address = Signal(self.address_width)
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
@@ -205,7 +188,7 @@ class OutputPath(wiring.Component):
                          values[stage].eq(values[stage - 1])]
         residual_now = Signal(data.ArrayLayout(signed(width), cols))
         m.d.comb += [residual_now.eq(self.residual_read.data), add.output.ready.eq(1),
-                     add.input.valid.eq(valid[0] & job.residual), add.input.payload.combine.eq(job.combine)]
+                     add.input.valid.eq(valid[0] & job.residual)]
         for lane in range(cols):
             m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
                          add.input.payload.addend[lane].eq(values[0][lane])]
@@ -319,55 +302,4 @@ class NormPath(wiring.Component):
                          words_left.eq(times_constant(command.rows, tiles_out)), route.eq(command.route)]
         with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid):
             m.d.sync += self.busy.eq(0)
-        return m
-
-
-class CombineDrain(wiring.Component):
-    """`COMBINE`: the combine accumulator into the output path and cleared. The accumulator holds token t's N
-    tile j at word t·`tiles_max` + j (the GEMM engine's `CombineScatter` adds into it). A command {rows} is
-    taken when the drain is idle: for N tile j = 0 … `tiles` − 1, for token t = 0 … rows − 1, the word is read
-    (`read`, data a cycle later) and written 0 (`write`) in the same cycle, and leaves on `rows` ({row, tile,
-    data}, the output path's `combined`, which always takes it) the cycle after. After a reset the drain
-    first writes 0 to all `depth` words, so a run never adds into a stale sum. `busy` while clearing or
-    draining."""
-
-    def __init__(self, row: data.StructLayout, word: data.ArrayLayout, *, tokens: int, tiles: int, tiles_max: int):
-        self.tokens, self.tiles, self.tiles_max = tokens, tiles, tiles_max
-        self.depth = tokens * tiles_max
-        super().__init__({
-            "command": In(stream.Signature(data.StructLayout({"rows": unsigned(address_bits(tokens + 1))}))),
-            "read": In(ReadPort.Signature(addr_width=address_bits(self.depth), shape=word)),
-            "write": In(WritePort.Signature(addr_width=address_bits(self.depth), shape=word)),
-            "rows": Out(stream.Signature(row)),
-            "busy": Out(1),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        clearing = Signal(init=1)
-        draining = Signal()
-        address = Signal(range(self.depth))
-        row, tile = Signal.like(self.command.payload.rows), Signal(range(self.tiles))
-        rows = Signal.like(self.command.payload.rows)
-        m.d.comb += [self.command.ready.eq(~self.busy), self.busy.eq(clearing | draining | self.rows.valid),
-                     self.read.addr.eq(address), self.read.en.eq(draining),
-                     self.write.addr.eq(address), self.write.en.eq(clearing | draining), self.write.data.eq(0),
-                     self.rows.payload.data.eq(self.read.data)]
-        m.d.sync += self.rows.valid.eq(draining)
-        with m.If(draining):
-            m.d.sync += [self.rows.payload.row.eq(row), self.rows.payload.tile.eq(tile)]
-        with m.If(clearing):
-            m.d.sync += address.eq(address + 1)
-            with m.If(address == self.depth - 1):
-                m.d.sync += [clearing.eq(0), address.eq(0)]
-        with m.Elif(self.command.valid & self.command.ready):
-            rows_now = self.command.payload.rows
-            m.d.sync += [draining.eq(rows_now != 0), rows.eq(rows_now), row.eq(0), tile.eq(0), address.eq(0)]
-        with m.Elif(draining):
-            with m.If(row == rows - 1):
-                m.d.sync += [row.eq(0), tile.eq(tile + 1), address.eq(tile + 1)]
-                with m.If(tile == self.tiles - 1):
-                    m.d.sync += draining.eq(0)
-            with m.Else():
-                m.d.sync += [row.eq(row + 1), address.eq(address + self.tiles_max)]
         return m

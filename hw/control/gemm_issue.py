@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth import Cat, Mux
 
 from ..common.arith import narrow_product, times_constant
-from ..compute.gemm.geometry import GemmMode, tiles
+from ..compute.gemm.geometry import GemmMode
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
 
@@ -27,11 +27,9 @@ def predecode_gemm(ctrl, m, ops, prepared, refuse, decoded, span_bits):
     params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
     scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, prepared.scores_words)
     m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
-    combine_tiles = tiles(ctrl.isa.model.embed_dim, ctrl.isa.accel.array_cols)    # N tiles of a combine word
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):
         refuse(ErrorCause.UNSUPPORTED)
-    with m.Elif((combining & (ops.residual | ops.transpose))
-                | (combining & (ops.d_base + ops.n_tiles > combine_tiles))
+    with m.Elif((combining & ~ops.residual)
                 | (ops.residual & (ops.destination != Space.RESIDUAL))
                 | (ops.transpose & ((ops.destination != Space.SCRATCH) | (ops.mode != GemmMode.INT8)))
                 | ((ops.stationary == Stationary.SCRATCH) & (ops.destination == Space.SCRATCH))
@@ -58,7 +56,6 @@ def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing
                  command.n_tiles.eq(ops.n_tiles), command.x_base.eq(ops.x_base), command.w_base.eq(ops.w_base),
                  command.p_base.eq(ops.p_base), command.mode.eq(ops.mode), command.relu.eq(ops.relu),
                  command.gather.eq(ops.gather), command.list_base.eq(Mux(listed, loop.base, 0)),
-                 command.tile_base.eq(Mux(combining, ops.d_base, 0)),
                  command.row_scaled.eq(ops.row_scaled),
                  command.x_stride.eq(Mux(ops.im2col, conv.stride, ctrl.tokens)),
                  command.conv.eq(ops.im2col & conv.kernel), command.channel_tiles.eq(conv.channel_tiles),
@@ -94,7 +91,7 @@ def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing
             & ~(~from_slab & reading[Space.SCRATCH.value]) \
             & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
             & ~(listed & ctrl.router_busy) \
-            & ~(combining & ctrl.combine_busy) & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
+            & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
         slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
         go(free & front.gemm.ready & slab_ready)
         m.d.comb += [front.gemm.valid.eq(issue), front.take.valid.eq(issue & from_slab & ~reuse),

@@ -41,14 +41,13 @@ class IsaError(ValueError):
 
 
 class Opcode(enum.Enum, shape=OPCODE_BITS):
-    """0 is not an instruction: the controller stops with `ErrorCause.BAD_OPCODE`."""
+    """0 and 7 are not instructions: the controller stops with `ErrorCause.BAD_OPCODE`."""
     LOAD = 1             # DRAM → an on-chip memory (weights through the loader, parameters, the image)
     GEMM = 2             # one matrix product on the engine
     LAYERNORM = 3        # rows of the residual → the activation memory (and the router)
     SOFTMAX = 4          # rows of scores → P, and their row scales
     ROUTE = 5            # the router on the next LayerNorm's rows, with the task in the TASK register
     EXPERTS = 6          # repeat the next `body` instructions once per active expert
-    COMBINE = 7          # round the combine accumulator once, add it into the residual, clear it
     STORE = 8            # an on-chip memory → DRAM
     SYNC = 9             # wait until every unit is idle
     HALT = 10            # SYNC, then stop and raise done
@@ -120,7 +119,7 @@ MEANINGS = {
                             "SCRATCH word / rows a feed word)",
                   "p_base": "word of N tile 0's column parameters in PARAMS (its N tiles in one half)",
                   "destination": "memory of Y",
-                  "d_base": "word of Y's row 0, N tile 0 (COMBINE: the combine word's N tile of Y's N tile 0)",
+                  "d_base": "word of Y's row 0, N tile 0 (COMBINE: of token 0's row; its rows are its tokens')",
                   "d_stride": "words from one N tile of Y to the next", "mode": "output mode (GemmMode)",
                   "gather": "X rows by the current expert's token list (inside EXPERTS)", "relu": "clamp at 0",
                   "row_scaled": "multiplier and shift per row from the last SOFTMAX",
@@ -136,7 +135,6 @@ MEANINGS = {
     Opcode.ROUTE: {"layer": "MoE layer (router weights)", "tokens": "tokens of the next LAYERNORM with route"},
     Opcode.EXPERTS: {"body": "instructions that follow, repeated per active expert", "stride": "DRAM bytes "
                      "from one expert's weights to the next (per_expert LOADs)"},
-    Opcode.COMBINE: {"rows": "tokens: combine rows 0 … rows − 1, rounded, added into RESIDUAL rows 0 …, cleared"},
     Opcode.STORE: {"memory": "source memory", "base": "its first word", "region": "the region register address is from",
                    "address": "DRAM byte offset",
                    "bytes": "bytes to write"},
@@ -216,7 +214,6 @@ class InstructionSet:
             Opcode.SOFTMAX: {"rows": rows, "source": rows, "half": 1, "destination": word("activation")},
             Opcode.ROUTE: {"layer": unsigned(index_bits(len(model.moe_blocks))), "tokens": rows},
             Opcode.EXPERTS: {"body": unsigned(index_bits(body_depth + 1)), "stride": dram},
-            Opcode.COMBINE: {"rows": rows},
             Opcode.STORE: {"memory": Space, "base": address, "region": Region, "address": dram, "bytes": unsigned(LENGTH_BITS)},
             Opcode.SYNC: {},
             Opcode.HALT: {},

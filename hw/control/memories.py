@@ -25,7 +25,6 @@ Word formats (little-endian bytes in DRAM, lane 0 first):
 - `WEIGHTS`: the loader's slab buffers (`WeightLoader`), addressed by feed word: buffer b at b · `span`;
 - `HIDDEN`: one word, GELU's hidden requantization (multiplier bits 0-15, shift bits 16-21), the register
   `CONFIG_GELU` sets (an expert's own, by a per-expert LOAD inside EXPERTS).
-The combine accumulator is not named: the GEMM engine adds into it, `COMBINE` drains and clears it.
 """
 
 from __future__ import annotations

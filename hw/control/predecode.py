@@ -88,9 +88,6 @@ def predecode(ctrl, m, word, prepared, decoded):
         with m.Case(Opcode.EXPERTS):
             with m.If(word.operands.experts.body > ctrl.body_depth):
                 refuse(ErrorCause.BAD_OPERAND)
-        with m.Case(Opcode.COMBINE):
-            with m.If(word.operands.combine.rows > ctrl.tokens):
-                refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.SYNC, Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM, Opcode.CONFIG_SOFTMAX,
                     Opcode.CONFIG_CONV):
             pass

@@ -42,7 +42,7 @@ class Register:
 # The performance counters, in register order: (name, what one count is). Each counts over the last run,
 # from start to done, and wraps at 2^32 (CYCLES: 2^64, low word first).
 COUNTERS = (
-    ("BUSY_GEMM", "cycles the GEMM engine or its output path is busy (a COMBINE's drain included)"),
+    ("BUSY_GEMM", "cycles the GEMM engine or its output path is busy"),
     ("BUSY_LOADER", "cycles the weight loader has a descriptor or a burst in flight"),
     ("BUSY_ROUTER", "cycles the router is busy"),
     ("BUSY_VECTOR", "cycles LayerNorm or the softmax is busy"),

@@ -18,9 +18,9 @@ class Scoreboard(wiring.Component):
     """`reading` / `writing` (a bit per `Space`): a unit in flight reads / writes that memory. What a LOAD, a
     STORE or a GEMM touches is registered when it issues (`load_issued` with `load_space`, `store_issued` with
     `store_space`, `gemm_issued` with `gemm`) and holds while the unit is busy (`load_busy`, `store_busy`,
-    `gemm_active`: the engine or its output path, a COMBINE's drain included); the other units always touch the
+    `gemm_active`: the engine or its output path); the other units always touch the
     same memories: LayerNorm reads RESIDUAL and NORMS and writes ACTIVATION, the softmax reads SCORES and writes
-    ACTIVATION and ROW_SCALES, the router writes ROUTES, the combine drain reads and writes RESIDUAL, a GEMM always
+    ACTIVATION and ROW_SCALES, the router writes ROUTES, a GEMM always
     reads PARAMS (and ROW_SCALES when row-scaled). SCORES and PARAMS are kept per half as well (`scores_reading`,
     `scores_writing`, `params_reading`, `params_writing`, a bit per half): a GEMM into SCORES writes the half of
     its `scores_half` and reads the PARAMS half of its `params_half`, the softmax reads the SCORES half of
@@ -34,7 +34,7 @@ class Scoreboard(wiring.Component):
     def __init__(self):
         super().__init__({
             "load_busy": In(1), "gemm_active": In(1), "store_busy": In(1), "norm_busy": In(1),
-            "softmax_busy": In(1), "router_busy": In(1), "combine_busy": In(1),
+            "softmax_busy": In(1), "router_busy": In(1),
             "load_issued": In(1), "load_space": In(Space), "load_half": In(1), "store_issued": In(1),
             "store_space": In(Space),
             "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES), "softmax_issued": In(1), "softmax_half": In(1),
@@ -72,15 +72,13 @@ class Scoreboard(wiring.Component):
                                              | (self.gemm_active & (gemm.destination == space))
                                              | always(self.norm_busy, (Space.ACTIVATION,))
                                              | always(self.softmax_busy, (Space.ACTIVATION, Space.ROW_SCALES))
-                                             | always(self.router_busy, (Space.ROUTES,))
-                                             | always(self.combine_busy, (Space.RESIDUAL,))),
+                                             | always(self.router_busy, (Space.ROUTES,))),
                 self.reading[space.value].eq((self.store_busy & (store == space))
                                              | (self.gemm_active & ((gemm.source == space) | (gemm.stationary == space)))
                                              | always(self.gemm_active, (Space.PARAMS,))
                                              | always(self.gemm_active & gemm.row_scaled, (Space.ROW_SCALES,))
                                              | always(self.norm_busy, (Space.RESIDUAL, Space.NORMS))
-                                             | always(self.softmax_busy, (Space.SCORES,))
-                                             | always(self.combine_busy, (Space.RESIDUAL,))),
+                                             | always(self.softmax_busy, (Space.SCORES,))),
                 self.store_waits[space.value].eq(self.writing[space.value]
                                                  | (self.gemm_active & (gemm.stationary == space)
                                                     & Const(space == Space.SCRATCH))),

@@ -4,7 +4,7 @@ section 11).
 The decision to issue an instruction, or to refuse it (a fault), starts and ends at registers of the controller's
 own. It looks at the fetch buffer's or the EXPERTS body's head of the cycle before (from a register), once nothing
 moved the head in that cycle. It only loads registers: its commands to the units (`load`, `descriptor`, `take`,
-`gemm`, `store`, `norm`, `softmax`, `route`, `combine`, and the output path's `output_start` with `output_job`) go
+`gemm`, `store`, `norm`, `softmax`, `route`, and the output path's `output_start` with `output_job`) go
 out of them the cycle after, and are taken in that cycle: the decision saw the unit's `ready` high, and a unit's
 `ready` (the loader's per buffer: `slab_accepts`, `slab_full`) falls only when it takes a command (the Python
 simulator asserts it). In that cycle the controller moves on (`issued` is high: the fetch buffer's pop, the pc, the
@@ -23,7 +23,7 @@ from amaranth.lib.wiring import Out
 
 __all__ = ["issue_stage", "COMMANDS", "RECORDED"]
 
-COMMANDS = ("load", "descriptor", "take", "gemm", "store", "norm", "softmax", "route", "combine")
+COMMANDS = ("load", "descriptor", "take", "gemm", "store", "norm", "softmax", "route")
 RECORDED = ("load_issued", "load_space", "load_half", "store_issued", "store_space", "gemm_issued", "gemm",
             "softmax_issued", "softmax_half")     # what the scoreboard records of an instruction issued
 

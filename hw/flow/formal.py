@@ -223,11 +223,10 @@ def loader_consumer_rules(m, loader):
 
 def fifo_contract_rules(m, fifo):
     """Assume the `OutputFifo`'s writers keep its contract: a place is promised only while `room`, and each
-    arriving or released row was promised before."""
+    arriving row was promised before."""
     pending = Signal(range(fifo.places + 1), name="promised_rows")
-    m.d.sync += pending.eq(pending + fifo.promise - fifo.arriving - fifo.release)
-    m.d.comb += [Assume(~fifo.promise | fifo.room), Assume(~(fifo.arriving & fifo.release)),
-                 Assume(~(fifo.arriving | fifo.release) | (pending != 0))]
+    m.d.sync += pending.eq(pending + fifo.promise - fifo.arriving)
+    m.d.comb += [Assume(~fifo.promise | fifo.room), Assume(~fifo.arriving | (pending != 0))]
 
 
 class _Harness(Elaboratable):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from golden import ops
 from golden.config import AcceleratorConfig, ModelConfig
 
 __all__ = ["Memory", "onchip_memories", "feed_rows", "HEAD_BAND_ROWS", "HEAD_RING_ROWS", "head_row_in_activation"]
@@ -67,12 +66,11 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     # The scratch memory is shared by phases that never overlap: attention (Q, Kᵀ, V), the MLP (the hidden
     # activations of every token) and the task heads (a band of input rows and a ring of output rows for the 3×3
     # convs). The raw scores (two blocks of `rows` query rows: one block's softmax reads one while the next
-    # block's Q·Kᵀ writes the other) and, in MoE blocks, the combine accumulator of every token have memories of
-    # their own; one head's probabilities (every token's row, K-tile-major) go past the activations.
+    # block's Q·Kᵀ writes the other) have a memory of their own; one head's probabilities (every token's row,
+    # K-tile-major) go past the activations. The experts' gate-weighted rows are added straight into the residual.
     attention_bits = 3 * t * d * ow
     mlp_bits = t * max(model.mlp_hidden, model.expert_hidden if has_moe else 0) * ow
     c = accel.array_cols
-    combine_width = c * ops.COMBINE_BITS   # docs/numerics.md, section 8: the engine's combine word, a column each
     # the heads: a band of input rows (the first conv's input is in ACTIVATION) and a ring of output rows (the
     # classifier's input row is in ACTIVATION, or one after the band), channels in whole tiles of the array's rows
     # (firmware.heads)
@@ -99,8 +97,6 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
                banks=banks, two_ports=True),
         Memory("scores", c * acc, 2 * rows * -(-t // c), purpose="two blocks of query rows' raw attention scores",
                two_ports=True),
-        Memory("combine", combine_width, t * -(-d // c) if has_moe else 0,
-               purpose="the experts' gate-weighted sum of every token (MoE blocks)"),
         Memory("params", accel.array_cols * 64, 2 * -(-max(3 * d, model.mlp_hidden, model.expert_hidden, t)
                                                     // accel.array_cols),
                purpose="column parameters (bias, requantization) of two matrices, one loading while one is read"),

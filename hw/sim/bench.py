@@ -192,7 +192,7 @@ def bench_router(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, ma
 def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> dict:
     """Cycles of the vector units on one block's rows, measured in the Python simulator with random inputs
     (checked against the golden operations): LayerNorm of T rows (two outputs), the softmax of one head's
-    T rows, and the residual addition of T rows (plain, and from the combine accumulator)."""
+    T rows, and the residual addition of T rows."""
     from ..vector.layernorm import LayerNorm
     from ..vector.residual import ResidualAdd
     from . import simulate
@@ -235,22 +235,20 @@ def _vector_cycles(model: ModelConfig, accel: AcceleratorConfig, seed: int) -> d
 
     residual = ResidualAdd.for_model(model, accel)
     beats = row_beats(rng.integers(-(1 << 15), 1 << 15, (t, d)), residual.lanes)
-    for combine in (False, True):
-        bound = 1 << (ops.COMBINE_BITS - 1 if combine else 15)     # a combine word, or a residual-format addend
-        addends = row_beats(rng.integers(-bound, bound, (t, d)), residual.lanes)
-        payloads = [{"residual": [int(v) for v in a], "addend": [int(v) for v in b], "combine": combine}
-                    for a, b in zip(beats, addends)]
+    # addends of either kind: residual-format values and combine terms (up to ±2^15)
+    addends = row_beats(rng.integers(-(1 << 15), (1 << 15) + 1, (t, d)), residual.lanes)
+    payloads = [{"residual": [int(v) for v in a], "addend": [int(v) for v in b]} for a, b in zip(beats, addends)]
 
-        async def add(ctx, payloads=payloads, combine=combine, addends=addends):
-            run = await stream_through(ctx, residual.input, payloads,
-                                       {"output": (residual.output, lambda p: [int(v) for v in p])},
-                                       expected={"output": len(payloads)})
-            cycles["combine" if combine else "residual"] = run.cycles
-            exact["combine" if combine else "residual"] = np.array_equal(
-                np.array(run.received["output"]), residual.model(beats, addends, combine))
+    async def add(ctx):
+        run = await stream_through(ctx, residual.input, payloads,
+                                   {"output": (residual.output, lambda p: [int(v) for v in p])},
+                                   expected={"output": len(payloads)})
+        cycles["residual"] = run.cycles
+        exact["residual"] = np.array_equal(np.array(run.received["output"]),
+                                           ResidualAdd.model(beats, addends, residual.width))
 
-        log.info(f"residual addition ({'combine' if combine else 'plain'}) in the Python simulator")
-        simulate(residual, add)
+    log.info("residual addition in the Python simulator")
+    simulate(residual, add)
     return {"cycles": cycles, "bit_exact": exact}
 
 
@@ -313,9 +311,8 @@ def bench_vector(model: ModelConfig, accel: AcceleratorConfig, task: int = 0, sy
                         ("softmax", heads * cycles["softmax_head"], softmax_hidden, softmax_exposed),
                         ("residual_add_proj", cycles["residual"], True, 0),
                         ("layernorm2", cycles["layernorm"], False, cycles["layernorm"]),
-                        ("gelu", work["gelu"], True, work["gelu"])]
-        ops_of_block.append(("residual_add_fc2", cycles["residual"], True, 0) if block == "dense" else
-                            ("combine_residual_add", cycles["combine"], False, cycles["combine"]))
+                        ("gelu", work["gelu"], True, work["gelu"]),
+                        ("residual_add_fc2", cycles["residual"], True, 0)]    # the experts' terms, or dense fc2's
         total = work["gemm"] + sum(exposed for *_, exposed in ops_of_block)
         for op, spent, overlapped, exposed in ops_of_block:
             rows.append({"block": block, "op": op, "cycles": spent, "exposed_cycles": exposed,

@@ -28,7 +28,6 @@ class GemmBench(Elaboratable):
         self.row = Memory(shape=shape("row_read"), depth=engine.max_m, init=[])
         self.index = Memory(shape=shape("index_read"), depth=engine.index_depth, init=[])
         self.gate = Memory(shape=shape("gate_read"), depth=engine.index_depth, init=[])
-        self.combine = Memory(shape=shape("combine_read"), depth=engine.combine_depth, init=[])
 
     def elaborate(self, platform):
         m = Module()
@@ -40,10 +39,7 @@ class GemmBench(Elaboratable):
         if self.weights is not None:
             m.submodules.weights = self.weights
             wiring.connect(m, self.weights.read, engine.w_read)
-        write = self.combine.write_port()
-        wiring.connect(m, write, engine.combine_write)
-        wiring.connect(m, self.combine.read_port(transparent_for=(write,)), engine.combine_read)
-        for name in ("x", "w", "p", "row", "index", "gate", "combine"):
+        for name in ("x", "w", "p", "row", "index", "gate"):
             if getattr(self, name) is not None:
                 m.submodules[name] = getattr(self, name)
         return m
@@ -98,13 +94,13 @@ def conv_operand(feature_map: np.ndarray, row: int, first: int, m: int, rows: in
 
 async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: GemmMode, *, relu=False,
                    rows=None, gates=None, row_scales=None, gelu=(15, 0, 0), rng=None, ready_probability=1.0,
-                   w_base=0, tile_base=0, timeout=200_000):
+                   w_base=0, timeout=200_000):
     """Fill the memories, issue one command, collect Y [M, N] (int64) from the output stream, holding
     `ready` low at random (probability 1 − `ready_probability`; the command then also arrives after a
     random stall). W is written to the bench's W memory at 0, or, when it has none, is already in the
     weight buffer at `w_base`. With `rows`, X rows are gathered by that
-    index list (and in COMBINE mode scattered back with `gates` into the combine words from N tile
-    `tile_base`, which emits nothing: Y is None). With
+    index list (and in COMBINE mode weighted by `gates` and returned at their tokens: Y [len(x), N], the rows
+    of tokens not in the list zero). With
     `row_scales` = (multipliers [M], shifts [M]) the requantization is per row (`multiplier`, `shift` unused);
     GELU mode takes `gelu` = (fraction bits, one or per column [N], hidden multiplier, hidden shift). `x` may
     be a `ConvOperand` (a conv's band; W then in (ky, kx, channel) order, channels padded per tap). Returns
@@ -137,7 +133,6 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     ctx.set(engine.command.payload, {
         "m": m_rows, "k_tiles": k_tiles, "k_last": k - (k_tiles - 1) * r, "n_tiles": tiles(n, c),
         "w_base": w_base, "p_base": 0, "gather": rows is not None, "list_base": 0,
-        "tile_base": tile_base,
         "mode": int(mode), "relu": int(relu), "row_scaled": row_scales is not None,
         "hidden_multiplier": int(gelu[1]), "hidden_shift": int(gelu[2]), **fields,
     })
@@ -149,8 +144,8 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
         await ctx.tick()
     await ctx.tick()
     ctx.set(engine.command.valid, 0)
-    result = np.zeros((m_rows, tiles(n, c) * c), dtype=np.int64)
-    expected = 0 if mode == GemmMode.COMBINE else m_rows * tiles(n, c)
+    result = np.zeros((len(x) if mode == GemmMode.COMBINE else m_rows, tiles(n, c) * c), dtype=np.int64)
+    expected = m_rows * tiles(n, c)
     seen, cycles = 0, 1
     while seen < expected:
         ready = rng is None or rng.random() < ready_probability
@@ -167,4 +162,4 @@ async def run_gemm(ctx, bench: GemmBench, x, w, bias, multiplier, shift, mode: G
     while ctx.get(engine.busy):
         await ctx.tick()
         cycles += 1
-    return (None if mode == GemmMode.COMBINE else result[:, :n]), cycles
+    return result[:, :n], cycles

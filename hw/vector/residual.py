@@ -1,10 +1,10 @@
-"""The residual addition, bit for bit `golden.model`'s: x ← sat(x + a) on the residual stream's format.
+"""The residual addition, bit for bit `golden.model`'s: x ← sat(x + sat(a)) on the residual stream's format.
 
-The addend a is either a value already in the residual format (the projection's and dense fc2's output, the
-position embedding: `combine` = 0) or a row of the expert combine accumulator (`combine` = 1), which is first
-rounded and saturated as `golden.ops.combine` does: sat(round_shift(acc, 2)).
+The addend a is a value in the residual format (the projection's and dense fc2's output, the position
+embedding), which its saturation leaves as it is, or an expert's combine term round_shift(y·g, 17), which can
+reach 2^15 and is saturated first, as `golden.ops.gate_weighted` does.
 
-`input` (stream): {residual[lanes], addend[lanes] (`ops.COMBINE_BITS` bits), combine}; `output` (stream):
+`input` (stream): {residual[lanes], addend[lanes] (one bit wider than the residual)}; `output` (stream):
 [lanes] of the residual format, the same beats in order `LATENCY` = 2 cycles later when nothing stalls. The
 pipeline stops as a whole while the output is not taken.
 """
@@ -18,12 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import round_shift
-
-
 __all__ = ["ResidualAdd"]
-
-COMBINE_SHIFT = ops.COMBINE_FRACTION_BITS
 
 
 def _saturate(value, bits):
@@ -43,8 +38,7 @@ class ResidualAdd(wiring.Component):
         super().__init__({
             "input": In(stream.Signature(data.StructLayout({
                 "residual": data.ArrayLayout(signed(width), lanes),
-                "addend": data.ArrayLayout(signed(ops.COMBINE_BITS), lanes),
-                "combine": 1}))),
+                "addend": data.ArrayLayout(signed(width + 1), lanes)}))),
             "output": Out(stream.Signature(data.ArrayLayout(signed(width), lanes))),
         })
 
@@ -52,13 +46,12 @@ class ResidualAdd(wiring.Component):
     def for_model(cls, model, accel) -> "ResidualAdd":
         return cls(accel.vector_lanes, accel.residual_width)
 
-    def model(self, residual, addend, combine: bool):
-        """sat(x + sat(a)), a first rounded from the combine accumulator when `combine` (`golden.model`'s
-        residual additions; an addend already in the residual format passes its saturation unchanged)."""
-        addend = np.asarray(addend, np.int64)
-        if combine:
-            addend = ops.round_shift(addend, COMBINE_SHIFT)
-        return ops.saturate(np.asarray(residual, np.int64) + ops.saturate(addend, self.width), self.width)
+    @staticmethod
+    def model(residual, addend, width: int = ops.RESIDUAL_BITS):
+        """sat(x + sat(a)) in `width` bits (`golden.model`'s residual additions; an addend already in the residual
+        format passes its saturation unchanged)."""
+        addend = ops.saturate(np.asarray(addend, np.int64), width)
+        return ops.saturate(np.asarray(residual, np.int64) + addend, width)
 
     def elaborate(self, platform):
         m = Module()
@@ -71,12 +64,10 @@ class ResidualAdd(wiring.Component):
         for lane in range(self.lanes):
             residual = Signal(signed(self.width), name=f"residual{lane}")
             addend = Signal(signed(self.width), name=f"addend{lane}")
-            a = self.input.payload.addend[lane]
             with m.If(advance):
                 m.d.sync += [
                     residual.eq(self.input.payload.residual[lane]),                                 # stage 1
-                    addend.eq(_saturate(Mux(self.input.payload.combine, round_shift(a, COMBINE_SHIFT), a),
-                                        self.width)),
+                    addend.eq(_saturate(self.input.payload.addend[lane], self.width)),
                     self.output.payload[lane].eq(_saturate(residual + addend, self.width)),          # stage 2
                 ]
         return m

@@ -26,32 +26,31 @@ Memories are outside the engine, behind read ports (`lib.memory` read port signa
 Output modes (`GemmMode`): `INT8` / `INT16` / `INT18` requantize (round half to even, saturate), exactly
 `golden.ops.requantize`; `RAW` emits acc + bias unrounded (attention scores); `relu` clamps at 0 in every
 mode; `GELU` (fc1) requantizes to int16 in each column's Q.f, applies GELU and requantizes to int8 with the
-command's `hidden_multiplier` and `hidden_shift`. `COMBINE` (expert fc2) emits nothing: it requantizes to 18
-bits, multiplies row m by the gate weight at `gate[list_base + m]` and adds it into the combine memory at (token
-`index[list_base + m]`, N tile `tile_base` + j), word `token·combine_tiles + tile_base + j` of `COMBINE_WIDTH`-bit
-lanes (read through a port transparent to the engine's writes; `tile_base` + NT ≤ combine_tiles); a token list
-holds each token at most once.
+command's `hidden_multiplier` and `hidden_shift`. `COMBINE` (expert fc2) requantizes to 18 bits (a quarter of
+the residual's step), multiplies row m by the gate weight at `gate[list_base + m]` and emits the row rounded
+to the residual's step (`CombineTerms`) as row `index[list_base + m]`, its token's (the output path adds it into
+the residual there); a token list holds each token at most once.
 
 Handshakes: `command` is taken when `valid` and `ready` (= not `busy`); a command with M, KT or NT of 0 does
-nothing. `busy` rises the cycle after and falls once every row has left the requantizer (and the combine
-memory is written), possibly while result rows still wait in the output FIFO: a new command may start then,
+nothing. `busy` rises the cycle after and falls once every row has left the requantizer (and GELU or the
+combine), possibly while result rows still wait in the output FIFO: a new command may start then,
 and its rows queue behind them. `out` is a `lib.stream` of {row, tile, data [C]}; results leave about
 R + C + 19 cycles after their row streamed. `error` is sticky: a GELU command met a column with f below 5.
 
 The stages, each a component with its own contract: `TileSequencer` (tile walks and credits),
 `OperandStreamer` (X words into the array), the `SystolicArray`, `Accumulator`, `Drain` (parameters and
-`RequantizerLane`s), `GeluPath`, `CombineScatter` and `OutputFifo`.
+`RequantizerLane`s), `GeluPath`, `CombineTerms` and `OutputFifo`.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
 from ..array import SystolicArray
 from .accumulator import Accumulator
-from .combine import CombineScatter
+from .combine import CombineTerms
 from .drain import Drain
 from .fifo import OutputFifo
 from .gelu_path import GeluPath
@@ -63,16 +62,16 @@ from .sequencer import TileSequencer
 __all__ = ["GemmEngine"]
 
 _SIZES = ("rows", "cols", "max_m", "max_k", "max_n", "x_stride", "x_depth", "w_depth", "p_depth", "index_depth",
-          "combine_tiles", "combine_depth", "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "operand_width",
-          "accumulator_width", "multiplier_width")
+          "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "operand_width", "accumulator_width",
+          "multiplier_width")
 
 
 class GemmEngine(wiring.Component):
     class Signature(wiring.Signature):
-        """The engine's ports for a `GemmGeometry` (its sizes checked there): `command` and `out` streams, the
-        read ports of the X, W, P, row-scale, index (gather and scatter), gate and combine memories, the combine
-        memory's write port, `busy` and `error`. `command`, `column`, `row_scale` and `result` are the
-        layouts of a command, a column's output parameters, a row scale and an output row."""
+        """The engine's ports for a `GemmGeometry` (its sizes checked there): `command` and `out` streams, the read
+        ports of the X, W, P, row-scale, index (gather and scatter) and gate memories, `busy` and `error`.
+        `command`, `column`, `row_scale` and `result` are the layouts of a command, a column's output parameters, a
+        row scale and an output row."""
 
         def __init__(self, geometry: GemmGeometry):
             g = geometry
@@ -86,8 +85,6 @@ class GemmEngine(wiring.Component):
                 "index_read": In(g.read_port("index")),
                 "scatter_read": In(g.read_port("index")),
                 "gate_read": In(g.read_port("gate")),
-                "combine_read": In(g.read_port("combine")),
-                "combine_write": In(g.combine_write),
                 "out": Out(stream.Signature(g.result)),
                 "busy": Out(1),
                 "error": Out(1),
@@ -96,11 +93,10 @@ class GemmEngine(wiring.Component):
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
                  operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
-                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None,
-                 combine_tiles: int | None = None):
+                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None):
         self.geometry = GemmGeometry(rows, cols, max_m, max_k, max_n, x_stride, w_depth, p_depth, index_depth,
                                      operand_width, accumulator_width, multiplier_width, load_rows, gelu_lanes,
-                                     x_depth, combine_tiles)
+                                     x_depth)
         for name in _SIZES:
             setattr(self, name, getattr(self.geometry, name))
         super().__init__(self.Signature(self.geometry))
@@ -110,7 +106,7 @@ class GemmEngine(wiring.Component):
         """The engine `accel` builds for `model`: M up to every token (gathered from all of them), K and N up
         to the largest of the matrix products (`largest_product`); GELU at the accelerator's `requant_lanes` values
         per cycle. `sizes` sets memory depths the top level chooses (`x_depth`, `w_depth`, `p_depth`,
-        `index_depth`, `combine_tiles`)."""
+        `index_depth`)."""
         largest_k, largest_n = largest_product(model, accel)
         return cls(accel.array_rows, accel.array_cols, max_m=model.num_tokens, max_k=largest_k,
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
@@ -130,13 +126,12 @@ class GemmEngine(wiring.Component):
         m.submodules.accumulator = accumulator = Accumulator(g, array.latency)
         m.submodules.drain = drain = Drain(g)
         m.submodules.gelu_path = gelu_path = GeluPath(g)
-        m.submodules.combine = combine = CombineScatter(g)
+        m.submodules.combine = combine = CombineTerms(g)
         m.submodules.fifo = fifo = OutputFifo(g)
 
         # The command: taken when not busy; its mode decoded into flags once.
         busy, start = Signal(), Signal()
         n_tiles, list_base = Signal.like(self.command.payload.n_tiles), Signal.like(self.command.payload.list_base)
-        tile_base = Signal.like(self.command.payload.tile_base)
         flags = Signal(g.flags)
         payload = self.command.payload
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy), start.eq(self.command.valid & ~busy)]
@@ -149,12 +144,11 @@ class GemmEngine(wiring.Component):
                 flags.row_scaled.eq(payload.row_scaled & (payload.mode != GemmMode.RAW)),
                 flags.saturate.eq(Cat(*named, ~Cat(*named).any())),
                 busy.eq((payload.m != 0) & (payload.k_tiles != 0) & (payload.n_tiles != 0)),
-                n_tiles.eq(payload.n_tiles), list_base.eq(payload.list_base), tile_base.eq(payload.tile_base),
+                n_tiles.eq(payload.n_tiles), list_base.eq(payload.list_base),
             ]
         for stage in (sequencer, operands, accumulator, drain, gelu_path):
             m.d.comb += [stage.start.eq(start), stage.command.eq(payload)]
-        m.d.comb += [operands.list_base.eq(list_base), combine.list_base.eq(list_base),
-                     combine.tile_base.eq(tile_base)]
+        m.d.comb += [operands.list_base.eq(list_base), combine.list_base.eq(list_base)]
 
         # Operands into the array, results into the accumulator.
         m.d.comb += [sequencer.busy.eq(busy), sequencer.tile_drained.eq(drain.tile_drained)]
@@ -181,11 +175,15 @@ class GemmEngine(wiring.Component):
                      self.error.eq(gelu_path.error)]
         m.d.comb += [combine.issue.eq(drain.issue), combine.row.eq(drain.drain_row), combine.result.eq(result),
                      combine.result.valid.eq(result.valid & flags.combine)]
-        for port in ("scatter_read", "gate_read", "combine_read", "combine_write"):
+        for port in ("scatter_read", "gate_read"):
             wiring.connect(m, flipped(getattr(self, port)), getattr(combine, port))
-        m.d.comb += [fifo.arriving.eq(Mux(flags.gelu, gelu_path.arriving, drain.arriving & ~flags.combine)),
-                     fifo.promise.eq(drain.issue), fifo.release.eq(result.valid & flags.combine),
-                     fifo.data.eq(Mux(flags.gelu, gelu_path.hidden, requantized))]
+        with m.If(flags.gelu):
+            m.d.comb += [fifo.arriving.eq(gelu_path.arriving), fifo.data.eq(gelu_path.hidden)]
+        with m.Elif(flags.combine):
+            m.d.comb += [fifo.arriving.eq(combine.arriving), fifo.data.eq(combine.term)]
+        with m.Else():
+            m.d.comb += [fifo.arriving.eq(drain.arriving), fifo.data.eq(requantized)]
+        m.d.comb += fifo.promise.eq(drain.issue)
         wiring.connect(m, fifo.out, flipped(self.out))
 
         # Done: every tile drained, and (registered) the pipeline empty in the previous cycle with no row

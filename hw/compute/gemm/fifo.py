@@ -18,8 +18,7 @@ class OutputFifo(wiring.Component):
     stream.
 
     A place is promised when a row issues into the output path (`promise`, one-cycle pulse) and given back
-    when a row leaves on `out` or when a promised row will never come (`release`: COMBINE rows leave the path
-    into the combine memory). `room` (a register) says a place is free; the path issues no row without one,
+    when a row leaves on `out`. `room` (a register) says a place is free; the path issues no row without one,
     so a write never finds the FIFO full and needs no check. `arriving` announces a row on `data` in the
     next cycle, which is written then. `out` is a `lib.stream` (valid held, payload stable until ready), rows
     in the order written.
@@ -27,7 +26,7 @@ class OutputFifo(wiring.Component):
 
     @staticmethod
     def model(rows):
-        """The rows `out` gives: those written, in the order written (a promised row released never comes)."""
+        """The rows `out` gives: those written, in the order written."""
         return list(rows)
 
     def __init__(self, geometry: GemmGeometry, places: int | None = None):
@@ -39,7 +38,6 @@ class OutputFifo(wiring.Component):
             "arriving": In(1),
             "data": In(g.result),
             "promise": In(1),
-            "release": In(1),
             "room": Out(1, init=1),
             "out": Out(stream.Signature(g.result)),
         })
@@ -59,9 +57,9 @@ class OutputFifo(wiring.Component):
         with m.If(writing):
             m.d.sync += produce.eq(Mux(produce == places - 1, 0, produce + 1))
         # the new count of free places chosen among precomputed ones
-        with m.Switch(Cat(self.promise, leaving, self.release)):
-            for events in range(8):
-                gained = ((events >> 1) & 1) + ((events >> 2) & 1) - (events & 1)
+        with m.Switch(Cat(self.promise, leaving)):
+            for events in range(4):
+                gained = ((events >> 1) & 1) - (events & 1)
                 with m.Case(events):
                     m.d.sync += [free.eq(free + gained), self.room.eq(free + gained != 0)]
         m.d.comb += [read.addr.eq(consume), self.out.valid.eq(holding), self.out.payload.eq(read.data),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from amaranth import signed, unsigned
 from amaranth.lib import data
-from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.memory import ReadPort
 
 from golden import ops
 
@@ -16,7 +16,7 @@ from ...vector.gelu import Gelu
 from ..array import SystolicArray
 
 __all__ = ["GemmMode", "GemmGeometry", "tiles", "largest_product", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES",
-           "REQUANTIZER_STAGES", "GATE_WIDTH", "COMBINE_WIDTH", "FRACTION_WIDTH"]
+           "REQUANTIZER_STAGES", "GATE_WIDTH", "FRACTION_WIDTH"]
 
 REQUANTIZER_STAGES = 13  # a requantizer lane's: register, + bias, the DSPs' input and product registers, the
                          # partial products' register, product, + half (and the kept bit's byte), the kept bit,
@@ -25,7 +25,6 @@ DRAIN_STAGES = 1 + REQUANTIZER_STAGES   # the accumulator's read, then a lane
 STREAM_STAGES = 3  # from a row's issue to the array's input: the index read, the source row, the X word read
 GELU_STAGES = Gelu.LATENCY + REQUANTIZER_STAGES   # GELU, then a lane (× m_h into int8)
 GATE_WIDTH = ops.GATE_BITS + 1                        # Q1.15: 1.0 is 2^15
-COMBINE_WIDTH = ops.COMBINE_BITS                      # docs/numerics.md, section 8
 FRACTION_WIDTH = ops.FRACTION_FIELD_BITS             # a column's Q.f in GELU mode (5…15)
 
 
@@ -34,7 +33,7 @@ class GemmMode(enum.IntEnum):
     INT16 = 1
     INT18 = 2
     RAW = 3
-    COMBINE = 4   # expert fc2: requantize to 18 bits, × gate weight, scatter-accumulate by token
+    COMBINE = 4   # expert fc2: requantize to 18 bits, × gate weight, rounded: a row of its token's terms
     GELU = 5      # fc1: requantize to int16 in Q.f, GELU, requantize (per command) to the int8 hidden activation
 
     @property
@@ -69,8 +68,7 @@ def _positive(name, value):
 class GemmGeometry:
     """An engine around a `rows` × `cols` array for matrices up to `max_m` × `max_k` × `max_n`: X rows `x_stride`
     words apart per K tile, `load_rows` weight rows per cycle, GELU `gelu_lanes` values per cycle, and the depths
-    of the memories behind its read ports (0: the least the sizes need); the combine memory holds `combine_tiles`
-    N tiles a token (None: `n_tiles_max`; COMBINE commands add into tiles below it)."""
+    of the memories behind its read ports (0: the least the sizes need)."""
     rows: int
     cols: int
     max_m: int
@@ -86,13 +84,12 @@ class GemmGeometry:
     load_rows: int = 1
     gelu_lanes: int | None = None
     x_depth: int | None = None
-    combine_tiles: int | None = None
 
     def __post_init__(self):
         for name in ("rows", "cols", "max_m", "max_k", "max_n", "operand_width", "accumulator_width",
                      "multiplier_width"):
             _positive(name, getattr(self, name))
-        for name in ("x_stride", "w_depth", "p_depth", "index_depth", "x_depth", "combine_tiles"):
+        for name in ("x_stride", "w_depth", "p_depth", "index_depth", "x_depth"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.x_stride is not None and self.x_stride < self.max_m:
@@ -103,7 +100,7 @@ class GemmGeometry:
                 raise ValueError(f"GemmEngine {name} = {value!r}: must be from 1 to {top}")
         x_stride = self.max_m if self.x_stride is None else self.x_stride
         defaults = {"x_stride": self.max_m, "x_depth": x_stride * self.k_tiles_max, "gelu_lanes": self.cols,
-                    "p_depth": self.n_tiles_max, "combine_tiles": self.n_tiles_max,
+                    "p_depth": self.n_tiles_max,
                     "index_depth": self.max_m, "w_depth": self.k_tiles_max * self.n_tiles_max * self.load_beats}
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -122,10 +119,6 @@ class GemmGeometry:
     def load_beats(self) -> int:
         """Cycles to load one weight tile."""
         return tiles(self.rows, self.load_rows)
-
-    @property
-    def combine_depth(self) -> int:
-        return self.x_stride * self.combine_tiles
 
     @property
     def gelu_chunks(self) -> int:
@@ -183,7 +176,6 @@ class GemmGeometry:
             "p_base": unsigned(index_bits(self.p_depth)),
             "gather": unsigned(1),
             "list_base": unsigned(index_bits(self.index_depth)),
-            "tile_base": unsigned(index_bits(self.n_tiles_max)),   # COMBINE: the combine word's N tile of tile 0
             "mode": unsigned(3),
             "relu": unsigned(1),
             "row_scaled": unsigned(1),     # multiplier and shift per row (attention·V) instead of per column
@@ -197,8 +189,9 @@ class GemmGeometry:
 
     @property
     def result(self) -> data.StructLayout:
+        """An output row: its row m (COMBINE: its token, below `x_stride`), N tile j and C values."""
         return data.StructLayout({
-            "row": unsigned(index_bits(self.max_m)),
+            "row": unsigned(index_bits(self.x_stride)),
             "tile": unsigned(index_bits(self.n_tiles_max)),
             "data": data.ArrayLayout(signed(self.accumulator_width), self.cols),
         })
@@ -235,15 +228,11 @@ class GemmGeometry:
         return data.ArrayLayout(signed(self.accumulator_width), self.cols)
 
     @property
-    def combine_word(self) -> data.ArrayLayout:
-        return data.ArrayLayout(signed(COMBINE_WIDTH), self.cols)
-
-    @property
     def token(self):
         return unsigned(index_bits(self.x_stride))
 
     def read_port(self, name: str) -> ReadPort.Signature:
-        """The signature of the memory read port `name` (x, w, p, row, index, gate, combine)."""
+        """The signature of the memory read port `name` (x, w, p, row, index, gate)."""
         depth, shape = {
             "x": (self.x_depth, data.ArrayLayout(self.operand, self.rows)),
             "w": (self.w_depth, data.ArrayLayout(data.ArrayLayout(self.operand, self.cols), self.load_rows)),
@@ -251,7 +240,6 @@ class GemmGeometry:
             "row": (self.max_m, self.row_scale),
             "index": (self.index_depth, self.token),
             "gate": (self.index_depth, unsigned(GATE_WIDTH)),
-            "combine": (self.combine_depth, self.combine_word),
         }[name]
         return ReadPort.Signature(addr_width=address_bits(depth), shape=shape)
 
@@ -264,8 +252,3 @@ class GemmGeometry:
     def address_width(self, name: str) -> int:
         """Address bits of the memory behind read port `name`."""
         return self.read_port(name).addr_width
-
-    @property
-    def combine_write(self) -> WritePort.Signature:
-        """The signature of the combine memory's write port."""
-        return WritePort.Signature(addr_width=address_bits(self.combine_depth), shape=self.combine_word)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from golden import ops
+
 from ...memory.layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
 from .accumulator import Accumulator
-from .combine import CombineScatter
+from .combine import CombineTerms
 from .gelu_path import GeluPath
 from .geometry import GemmMode, tiles
 from .requantizer import RequantizerLane
@@ -72,16 +74,18 @@ def gemm_model(x: np.ndarray, w: np.ndarray, bias: np.ndarray, multiplier: np.nd
 
 
 def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-                  routing_ids: np.ndarray, gate_weights: np.ndarray) -> np.ndarray:
-    """The combine accumulator after every expert's COMBINE command, from the golden operations: for token t
-    Σ_j round_shift(y_{e_j}(t)·g_j, 15) (`golden.ops.gate_weighted`), y the expert's fc2 output requantized to 18
-    bits. experts[e] = (W, bias, multiplier, shift, token list); returns int64 [T, N]. `golden.ops.combine`
-    rounds it by its two fraction bits into the residual."""
-    total = np.zeros((len(routing_ids), experts[0][0].shape[1]), dtype=np.int64)
+                  routing_ids: np.ndarray, gate_weights: np.ndarray, residual: np.ndarray,
+                  residual_bits: int = ops.RESIDUAL_BITS) -> np.ndarray:
+    """The residual [T, N] after every expert's COMBINE command, expert by expert, from the stages' models: each
+    command's rows (`CombineTerms.model`: y·g rounded, y the expert's fc2 output requantized to 18 bits) added
+    into their tokens' rows with saturation, the term's and the sum's (the output path's residual addition).
+    experts[e] = (W, bias, multiplier, shift, token list). `golden.ops.combine` says the same of the outputs."""
+    residual = np.array(residual, dtype=np.int64)
     for e, (w, bias, multiplier, shift, tokens) in enumerate(experts):
         if not len(tokens):
             continue
         y = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=tokens)
         slot = np.argmax(routing_ids[tokens] == e, axis=1)
-        total = CombineScatter.model(total, y, gate_weights[tokens, slot], tokens)
-    return total
+        for token, terms in CombineTerms.model(y, gate_weights[tokens, slot], tokens):
+            residual[token] = ops.saturate(residual[token] + ops.saturate(terms, residual_bits), residual_bits)
+    return residual
