@@ -179,7 +179,12 @@ def fit_table() -> str:
     for model_name, model in MODEL_PRESETS.items():
         for accel_name, accel in ACCELERATOR_PRESETS.items():
             for target_name, fpga in TARGETS.items():
-                report = fit_report(model, accel, fpga)
+                try:
+                    report = fit_report(model, accel, fpga)
+                except ConfigError as error:     # a preset the accelerator cannot run at all
+                    rows.append(f"| {model_name} | {accel_name} | {target_name} | — | — | — | no: `{error.parameter}` "
+                                f"= {error.value}, {error.rule} |")
+                    continue
                 blocks = ", ".join(f"{kind} {used}/{report.blocks_available[kind]}"
                                    for kind, used in report.blocks_used.items())
                 rows.append(f"| {model_name} | {accel_name} | {target_name} | {report.onchip_bytes / 1024:,.0f} | "
