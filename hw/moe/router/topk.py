@@ -9,8 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import (address_bits, half_minus_one, index_bits, round_shift, rounding_sum, shift_right,
-                             times_constant)
+from ...common.arith import address_bits, half_minus_one, index_bits, rounding_sum, shift_right, times_constant
 from ...common.pipeline import delay_line
 from .geometry import EXP_BITS, RouterGeometry
 
@@ -72,7 +71,8 @@ class ExponentTopK(wiring.Component):
         exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
         table_value, table_out = Signal(unsigned(EXP_BITS)), Signal(unsigned(EXP_BITS))
         whole_shape = unsigned(lw + ops.MULTIPLIER_BITS + 1)
-        whole, whole_out = Signal(whole_shape), Signal(whole_shape)
+        whole, whole_out = Signal(whole_shape), Signal(unsigned(6))
+        whole_half, beyond = Signal(unsigned(EXP_BITS + 1)), Signal()
         e_value = Signal(unsigned(EXP_BITS))
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder and a shifter
@@ -84,8 +84,13 @@ class ExponentTopK(wiring.Component):
                                              len(exponent))),
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
-                     table_out.eq(table_value), whole_out.eq(whole),
-                     e_value.eq(Mux(whole_out > 62, 0, round_shift(table_out, whole_out[:6])))]
+                     # e rounds the table's value (≤ 2^30) by the whole part: its half and its range (0 past 31
+                     # bits) registered beside the table's output, so that e is one adder and a shifter after the
+                     # block RAM's register
+                     table_out.eq(table_value), whole_out.eq(whole[:6]), beyond.eq(whole > 31),
+                     whole_half.eq(half_minus_one(whole[:6], len(whole_half))),
+                     e_value.eq(Mux(beyond, 0, shift_right(rounding_sum(table_out, whole_out, whole_half), whole_out,
+                                                           EXP_BITS)))]
 
         winners = self.winners.payload
         top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
