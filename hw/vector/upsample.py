@@ -10,9 +10,10 @@ horizontally across the pixels.
 last: the segment's last pixel}; a segment of W pixels (W ≥ 1) gives 2W output pixels. `output` (stream):
 `lanes` signed `out_bits` values, one output pixel a beat, in order. After a segment's first pixel one output
 pixel leaves, after each further pixel two, after its last one more; a pixel is taken once the outputs of the
-one before have been computed, so with the output always ready a segment of W pixels takes about 2W + 1
-cycles, and segments follow one another with no gap. Each output pixel leaves from a register, the cycle after
-it is computed (`output.payload` is a register, nothing combinational from the unit's state on it).
+one before have begun (their taps chosen), so with the output always ready a segment of W pixels takes about
+2W + 1 cycles, and segments follow one another with no gap. An output pixel is computed in two registered
+steps, the taps' sum 3·near + far, then its rounding and saturation, and leaves from the second register
+(`output.payload`, nothing combinational from the unit's state on it).
 """
 
 from __future__ import annotations
@@ -71,17 +72,24 @@ class Upsampler(wiring.Component):
         # a `*` by a constant to a DSP block, 64 DSP48E2 for a 16×16 accelerator's two upsamplers).
         near = Mux(have_previous & (step == 0), previous.as_value(), current.as_value())
         far = Mux(have_previous & (step == 1), previous.as_value(), current.as_value())
-        # Each output pixel leaves from a register (its sum, rounding and saturation end there, not in the
-        # writer's or the DRAM's data path): `room` when the register is empty or being emptied.
+        # Each output pixel is computed in two steps, each ending in a register: the taps' sum, then its rounding
+        # and saturation (`output.payload`). The sum moves on when the output register is empty or being emptied.
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
-        room = ~self.output.valid | self.output.ready
+        summed = Signal(data.ArrayLayout(signed(bits + 2), lanes))
+        summed_valid = Signal()
+        moving = summed_valid & (~self.output.valid | self.output.ready)
+        room = ~summed_valid | moving
         emit = emitting & room
         with m.If(emit):
+            m.d.sync += [summed[j].eq(times_constant(near[bits * j:bits * (j + 1)].as_signed(), 3)
+                                      + far[bits * j:bits * (j + 1)].as_signed()) for j in range(lanes)]
+            m.d.sync += step.eq(step + 1)
+        m.d.sync += summed_valid.eq(emit | (summed_valid & ~moving))
+        with m.If(moving):
             for j in range(lanes):
-                value = round_shift(times_constant(near[bits * j:bits * (j + 1)].as_signed(), 3)
-                                    + far[bits * j:bits * (j + 1)].as_signed(), 4)
+                value = round_shift(summed[j], 4)
                 m.d.sync += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
-            m.d.sync += [self.output.valid.eq(1), step.eq(step + 1)]
+            m.d.sync += self.output.valid.eq(1)
         with m.Elif(self.output.ready):
             m.d.sync += self.output.valid.eq(0)
         m.d.comb += self.input.ready.eq(~emitting | room & (step == steps - 1))
