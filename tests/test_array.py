@@ -9,27 +9,32 @@ from hw.sim import simulate
 from hw.sim.array import plan_tiles
 
 
+async def _drive(ctx, array: SystolicArray, plan, outputs, cycles, stop=None):
+    """Drive `plan` (until cycle `stop`, else to its end and the pipeline's), collecting output rows and cycles."""
+    for cycle in range(plan.cycles + array.latency + 1 if stop is None else stop):
+        load = plan.loads[cycle] if cycle < plan.cycles else None
+        ctx.set(array.load.valid, load is not None)
+        if load is not None:
+            row, bank, weights = load
+            ctx.set(array.load.payload, {"row": row, "bank": bank,
+                                         "data": [[int(v) for v in lane] for lane in weights]})
+        item = plan.streams[cycle] if cycle < plan.cycles else None
+        ctx.set(array.stream_in.valid, item is not None)
+        if item is not None:
+            bank, x = item
+            ctx.set(array.stream_in.payload, {"bank": bank, "data": [int(v) for v in x]})
+        if ctx.get(array.out.valid):
+            outputs.append(np.array(ctx.get(array.out.payload), dtype=np.int64))
+            cycles.append(cycle)
+        await ctx.tick()
+
+
 def _simulate(array: SystolicArray, plan) -> tuple[list[np.ndarray], list[int]]:
     """Run `plan`; return every output row and the cycle it left."""
     outputs, cycles = [], []
 
     async def testbench(ctx):
-        for cycle in range(plan.cycles + array.latency + 1):
-            load = plan.loads[cycle] if cycle < plan.cycles else None
-            ctx.set(array.load.valid, load is not None)
-            if load is not None:
-                row, bank, weights = load
-                ctx.set(array.load.payload, {"row": row, "bank": bank,
-                                             "data": [[int(v) for v in lane] for lane in weights]})
-            item = plan.streams[cycle] if cycle < plan.cycles else None
-            ctx.set(array.stream_in.valid, item is not None)
-            if item is not None:
-                bank, x = item
-                ctx.set(array.stream_in.payload, {"bank": bank, "data": [int(v) for v in x]})
-            if ctx.get(array.out.valid):
-                outputs.append(np.array(ctx.get(array.out.payload), dtype=np.int64))
-                cycles.append(cycle)
-            await ctx.tick()
+        await _drive(ctx, array, plan, outputs, cycles)
 
     simulate(array, testbench)
     return outputs, cycles
@@ -77,6 +82,30 @@ def test_bubbles_between_and_within_tiles():
     outputs, _ = _simulate(SystolicArray(rows, cols), plan)
     expected = np.concatenate([SystolicArray.model(x, w) for w, x in tiles])
     assert np.array_equal(np.array(outputs), expected)
+
+
+def test_a_reset_mid_stream_drops_the_rows_in_flight():
+    """Reset while tiles load and stream (the data registers are not reset, the valid bits are): no row leaves
+    until the next plan's first, and that plan's results are exact."""
+    from amaranth import ResetInserter, Signal
+    rng = np.random.default_rng(9)
+    rows, cols = 4, 3
+    array, reset = SystolicArray(rows, cols), Signal()
+    first = plan_tiles(_random_tiles(rng, rows, cols, [6, 5, 7]), rows)
+    tiles = _random_tiles(rng, rows, cols, [5, 2, 4])
+    second = plan_tiles(tiles, rows)
+    outputs, cycles = [], []
+
+    async def testbench(ctx):
+        await _drive(ctx, array, first, [], [], stop=first.cycles - 3)      # rows of the last tile in flight
+        ctx.set(reset, 1)
+        await ctx.tick()
+        ctx.set(reset, 0)
+        await _drive(ctx, array, second, outputs, cycles)
+
+    simulate(ResetInserter(reset)(array), testbench)
+    assert np.array_equal(np.array(outputs), np.concatenate([SystolicArray.model(x, w) for w, x in tiles]))
+    assert cycles[0] == next(i for i, item in enumerate(second.streams) if item is not None) + array.latency
 
 
 def test_narrow_accumulator_is_rejected():

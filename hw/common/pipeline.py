@@ -7,12 +7,14 @@ from amaranth import Mux, Signal
 __all__ = ["delay_line", "credit_counter"]
 
 
-def delay_line(m, value, cycles: int, name: str) -> list:
+def delay_line(m, value, cycles: int, name: str, *, data: bool = False) -> list:
     """`value` and its copies 1 … `cycles` registers later (`m`'s sync domain): a list of `cycles` + 1 values,
-    `value` first. Signals like `value` (a `lib.data` view stays a view), named `{name}_d{k}`."""
+    `value` first. Signals like `value` (a `lib.data` view stays a view), named `{name}_d{k}`. With `data` the
+    registers carry values whose validity travels beside them: they are not reset (`reset_less`), so the
+    domain's reset does not reach them."""
     line = [value]
     for stage in range(cycles):
-        register = Signal.like(value, name=f"{name}_d{stage}")
+        register = Signal.like(value, name=f"{name}_d{stage}", reset_less=data)
         m.d.sync += register.eq(line[-1])
         line.append(register)
     return line

@@ -21,6 +21,9 @@ above the cycle after that; column c is delayed C − 1 − c cycles at the bott
 row leave together.
 Load rows are skewed by column and travel down their column one row per cycle, so each PE's bank is written
 r + c + 1 cycles after its row entered.
+Reset reaches only the valid bits (of the stream and of the load rows): operands, weights, products and partial
+sums are `reset_less`, so a reset neither costs their logic nor routes to their registers, and after one `out`
+carries no `valid` until a row that entered after it.
 """
 
 from __future__ import annotations
@@ -95,12 +98,14 @@ class SystolicArray(wiring.Component):
         rows, cols = self.rows, self.cols
         ow, aw = self.operand_width, self.accumulator_width
 
-        def delayed(value, cycles, name):
-            return delay_line(m, value, cycles, name)[-1]
+        # The operands, weights, products and partial sums are data whose validity travels beside them (the
+        # stream's and the load's valid): they are not reset, so the domain's reset reaches only the valid bits.
+        def delayed(value, cycles, name, data=True):
+            return delay_line(m, value, cycles, name, data=data)[-1]
 
         # Streamed operand: row r delayed r cycles, then one register per PE moving right.
-        x = [[Signal(signed(ow), name=f"x_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        x_bank = [[Signal(name=f"xbank_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        x = [[Signal(signed(ow), name=f"x_{r}_{c}", reset_less=True) for c in range(cols)] for r in range(rows)]
+        x_bank = [[Signal(name=f"xbank_{r}_{c}", reset_less=True) for c in range(cols)] for r in range(rows)]
         x_arriving, bank_arriving = [], []    # what PE (r, c) registers next
         for r in range(rows):
             x_arriving.append([delayed(self.stream_in.payload.data[r], r, f"skew_x{r}"), *x[r][:-1]])
@@ -119,16 +124,16 @@ class SystolicArray(wiring.Component):
             data_in = [delayed(load.payload.data[lane][c], c, f"skew_w{c}_{lane}") for lane in range(lanes)]
             row_in = delayed(load.payload.row, c, f"skew_wrow{c}")
             bank_in = delayed(load.payload.bank, c, f"skew_wbank{c}")
-            valid_in = delayed(load.valid, c, f"skew_wvalid{c}")
+            valid_in = delayed(load.valid, c, f"skew_wvalid{c}", data=False)
             for r in range(rows):
-                w_data = [Signal(signed(ow), name=f"lw_{r}_{c}_{lane}") for lane in range(lanes)]
-                w_row = Signal(row_width, name=f"lwrow_{r}_{c}")
-                w_bank = Signal(name=f"lwbank_{r}_{c}")
+                w_data = [Signal(signed(ow), name=f"lw_{r}_{c}_{lane}", reset_less=True) for lane in range(lanes)]
+                w_row = Signal(row_width, name=f"lwrow_{r}_{c}", reset_less=True)
+                w_bank = Signal(name=f"lwbank_{r}_{c}", reset_less=True)
                 w_valid = Signal(name=f"lwvalid_{r}_{c}")
                 m.d.sync += [w_row.eq(row_in), w_bank.eq(bank_in), w_valid.eq(valid_in)]
                 m.d.sync += [register.eq(value) for register, value in zip(w_data, data_in)]
                 data_in, row_in, bank_in, valid_in = w_data, w_row, w_bank, w_valid
-                banks = [Signal(signed(ow), name=f"w{b}_{r}_{c}") for b in range(2)]
+                banks = [Signal(signed(ow), name=f"w{b}_{r}_{c}", reset_less=True) for b in range(2)]
                 with m.If(w_valid & (w_row == r - r % lanes)):
                     with m.If(w_bank):
                         m.d.sync += banks[1].eq(w_data[r % lanes])
@@ -139,7 +144,7 @@ class SystolicArray(wiring.Component):
                 multiplier = m.submodules[f"multiplier_{r}_{c}"] = Multiplier(signed(ow), signed(ow))
                 m.d.comb += [multiplier.a.eq(x_arriving[r][c]),
                              multiplier.b.eq(Mux(bank_arriving[r][c], banks[1], banks[0]))]
-                landed = Signal.like(multiplier.p, name=f"product_{r}_{c}")
+                landed = Signal.like(multiplier.p, name=f"product_{r}_{c}", reset_less=True)
                 m.d.sync += landed.eq(multiplier.p)
                 products[r, c] = landed
 
@@ -148,10 +153,10 @@ class SystolicArray(wiring.Component):
         for c in range(cols):
             above = 0
             for r in range(rows):
-                total = Signal(signed(aw), name=f"psum_{r}_{c}")
+                total = Signal(signed(aw), name=f"psum_{r}_{c}", reset_less=True)
                 m.d.sync += total.eq(above + products[r, c])
                 above = total
             outputs.append(delayed(above, cols - 1 - c, f"deskew{c}"))
         m.d.comb += self.out.payload.eq(Cat(*outputs))
-        m.d.comb += self.out.valid.eq(delayed(self.stream_in.valid, self.latency, "valid"))
+        m.d.comb += self.out.valid.eq(delayed(self.stream_in.valid, self.latency, "valid", data=False))
         return m

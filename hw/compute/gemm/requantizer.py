@@ -37,6 +37,7 @@ class RequantizerLane(wiring.Component):
     product (through the DSPs' input and output registers and one beside them: two partial products when
     word + bias is wider than a DSP operand, one otherwise), the product (the partials' sum), + 2^(shift−1) − 1
     (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range check, saturate.
+    No register is reset but `value`'s: the lane carries no valid bit, its user does.
     """
     LATENCY = REQUANTIZER_STAGES
 
@@ -80,10 +81,11 @@ class RequantizerLane(wiring.Component):
         aw, pw = self.word_width, self.product_width
         raw, row_scaled = self.raw, self.row_scaled
 
-        read = Signal(signed(aw))
-        bias = Signal.like(self.bias)
-        multiplier = Signal.like(self.multiplier)
-        biased = delay_line(m, Signal(signed(aw + 1), name="biased"), 3, "biased")
+        # A lane is data alone (the drain carries each row's valid bit): its registers are not reset
+        read = Signal(signed(aw), reset_less=True)
+        bias = Signal.like(self.bias, reset_less=True)
+        multiplier = Signal.like(self.multiplier, reset_less=True)
+        biased = delay_line(m, Signal(signed(aw + 1), name="biased", reset_less=True), 3, "biased", data=True)
         scale = Signal.like(multiplier)         # the multiplier beside biased[0]
         # The product in two halves that each fit one 18 × 18 DSP multiplier with its registers, added in the
         # next stage (or whole in one, for a narrow word); the biased word leaves a fabric register for the DSP
@@ -93,24 +95,26 @@ class RequantizerLane(wiring.Component):
         m.d.comb += [low.a.eq(biased[0][:PARTIAL] if split else biased[0]), low.b.eq(scale)]
         # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit far
         # from its adder in the placement)
-        partial_low = Signal.like(low.p)
+        partial_low = Signal.like(low.p, reset_less=True)
         whole = partial_low
         if split:
             high = m.submodules.high = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
             m.d.comb += [high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
-            partial_high = Signal.like(high.p)
+            partial_high = Signal.like(high.p, reset_less=True)
             m.d.sync += partial_high.eq(high.p)
             whole = (partial_high << PARTIAL) + partial_low
-        product = Signal(signed(pw))
-        halfway = Signal(signed(pw + 1))
-        kept = Signal()
-        byte = Signal(8)                        # the byte of the product holding the kept bit
+        product = Signal(signed(pw), reset_less=True)
+        halfway = Signal(signed(pw + 1), reset_less=True)
+        kept = Signal(reset_less=True)
+        byte = Signal(8, reset_less=True)       # the byte of the product holding the kept bit
         halfway_held = Signal.like(halfway)
-        rounded, coarse, shifted = (Signal(signed(pw + 1), name=n) for n in ("rounded", "coarse", "shifted"))
+        rounded, coarse, shifted = (Signal(signed(pw + 1), name=n, reset_less=True)
+                                    for n in ("rounded", "coarse", "shifted"))
         # the shift and 2^(shift−1) − 1 travel with the value; the row's replace the column's at stage 1
-        shift_column, half_column = Signal(ops.SHIFT_BITS), Signal.like(self.half)
-        shift = [shift_column, *delay_line(m, Mux(row_scaled, self.row_shift, shift_column), 9, "shift")[1:]]
-        half = [half_column, *delay_line(m, Mux(row_scaled, self.row_half, half_column), 5, "half")[1:]]
+        shift_column, half_column = Signal(ops.SHIFT_BITS, reset_less=True), Signal.like(self.half, reset_less=True)
+        shift = [shift_column,
+                 *delay_line(m, Mux(row_scaled, self.row_shift, shift_column), 9, "shift", data=True)[1:]]
+        half = [half_column, *delay_line(m, Mux(row_scaled, self.row_half, half_column), 5, "half", data=True)[1:]]
         m.d.sync += [
             # the accumulator word straight into a register (the block RAM's output register)
             read.eq(self.word), bias.eq(self.bias),
@@ -139,11 +143,11 @@ class RequantizerLane(wiring.Component):
         then whether the value fits b bits (its bits from b − 1 up all equal: the spans' flags), and the choice;
         the sign says on which side it left the range. The result is a register later than `value`."""
         ranges = list(zip(self.widths, self.saturate))
-        held = Signal.like(value, name="held")
+        held = Signal.like(value, name="held")      # reset_less, as `value` is
         result = Signal(self.value.shape(), name="saturated")
         m.d.sync += held.eq(value)
         starts = sorted({bits - 1 for bits, _ in ranges if bits - 1 < len(value)})
-        ones, zeros = Signal(len(starts), name="ones"), Signal(len(starts), name="zeros")
+        ones, zeros = (Signal(len(starts), name=name, reset_less=True) for name in ("ones", "zeros"))
         for index, start in enumerate(starts):
             span = value[start:starts[index + 1] if index + 1 < len(starts) else len(value)]
             m.d.sync += [ones[index].eq(span.all()), zeros[index].eq(~span.any())]
