@@ -191,9 +191,13 @@ class LayerNorm(wiring.Component):
                          sides[0].beat.eq(rows.read_beat), sides[0].last.eq(rows.read_last)]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
             m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
-        # the parameter word is read to arrive with x̂ (stage 4)
-        for read in params_reads:
-            m.d.comb += [read.addr.eq(set_base + sides[2].beat), read.en.eq(advance)]
+        # the parameter word is read a stage early and registered, to arrive with x̂ (stage 4) from a register:
+        # no block RAM output drives the affine stage's multiplier
+        params = [Signal.like(read.data, name=f"params{o}_held") for o, read in enumerate(params_reads)]
+        for read, held in zip(params_reads, params):
+            m.d.comb += [read.addr.eq(set_base + sides[1].beat), read.en.eq(advance)]
+            with m.If(advance):
+                m.d.sync += held.eq(read.data)
         row_r = pick(sides[0].bank, recips)
         row_offset = pick(sides[1].bank, offsets)
         # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
@@ -234,7 +238,7 @@ class LayerNorm(wiring.Component):
                                 Mux(rounded < -thresholds[o], low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
-                        affine.eq(normalised * params_reads[o].data.gamma[lane] + params_reads[o].data.beta[lane]),
+                        affine.eq(normalised * params[o].gamma[lane] + params[o].beta[lane]),
                         rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 6
                         y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 7
                     ]

@@ -18,10 +18,10 @@ class OutputFifo(wiring.Component):
     stream.
 
     A place is promised when a row issues into the output path (`promise`, one-cycle pulse) and given back
-    when a row leaves on `out`. `room` (a register) says a place is free; the path issues no row without one,
-    so a write never finds the FIFO full and needs no check. `arriving` announces a row on `data` in the
-    next cycle, which is written then. `out` is a `lib.stream` (valid held, payload stable until ready), rows
-    in the order written.
+    when the row moves on into the output register. `room` (a register) says a place is free; the path issues
+    no row without one, so a write never finds the FIFO full and needs no check. `arriving` announces a row on
+    `data` in the next cycle, which is written then; it can leave on `out` the cycle after. `out` is a
+    `lib.stream` from registers (valid held, payload stable until ready), rows in the order written.
     """
 
     @staticmethod
@@ -62,9 +62,13 @@ class OutputFifo(wiring.Component):
                 gained = ((events >> 1) & 1) - (events & 1)
                 with m.Case(events):
                     m.d.sync += [free.eq(free + gained), self.room.eq(free + gained != 0)]
-        m.d.comb += [read.addr.eq(consume), self.out.valid.eq(holding), self.out.payload.eq(read.data),
-                     leaving.eq(self.out.ready & holding)]
+        # The oldest row moves from the LUT RAM into the output register (giving its place back) when that is empty
+        # or being taken: `out` leaves from registers, not from the LUT RAM's read multiplexers.
+        m.d.comb += [read.addr.eq(consume), leaving.eq(holding & (~self.out.valid | self.out.ready))]
         with m.If(leaving):
-            m.d.sync += consume.eq(Mux(consume == places - 1, 0, consume + 1))
+            m.d.sync += [consume.eq(Mux(consume == places - 1, 0, consume + 1)), self.out.payload.eq(read.data),
+                         self.out.valid.eq(1)]
+        with m.Elif(self.out.ready):
+            m.d.sync += self.out.valid.eq(0)
         credit_counter(m, rows, holding, writing, leaving)
         return m
