@@ -182,8 +182,8 @@ def fit_table() -> str:
                 try:
                     report = fit_report(model, accel, fpga)
                 except ConfigError as error:     # a preset the accelerator cannot run at all
-                    rows.append(f"| {model_name} | {accel_name} | {target_name} | — | — | — | no: `{error.parameter}` "
-                                f"= {error.value}, {error.rule} |")
+                    rows.append(f"| {model_name} | {accel_name} | {target_name} | — | — | — | "
+                                f"no: `{error.parameter}` = {error.value}, {error.rule} |")
                     continue
                 blocks = ", ".join(f"{kind} {used}/{report.blocks_available[kind]}"
                                    for kind, used in report.blocks_used.items())

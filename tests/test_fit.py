@@ -50,7 +50,8 @@ def test_8x8_fits_ulx3s_with_both_models_and_not_with_the_knobs_of_4x4():
 
 
 def test_router_weights_two_layers_at_a_time_take_a_third_of_six_layers():
-    model, accel = model_preset("m3vit-tiny-cityscapes"), accelerator_preset("8x8").replace(router_weights_resident=True)
+    model = model_preset("m3vit-tiny-cityscapes")
+    accel = accelerator_preset("8x8").replace(router_weights_resident=True)
     plan = {name: blocks for memory, _, blocks in fit_report(model, accel, ECP5).memories for name in [memory.name]}
     two = {memory.name: memory for memory in onchip_memories(model, accel.replace(router_weights_resident=False))}
     assert plan["router_weights"] == 24 and two["router_weights"].bytes == 2 * 2 * 16 * 192
