@@ -7,6 +7,7 @@ import numpy as np
 from golden import ops
 
 from ...memory.layout import DEFAULT_FRACTION_BITS, IDENTITY_MULTIPLIER, IDENTITY_SHIFT
+from ...vector.residual import ResidualAdd
 from .accumulator import Accumulator
 from .combine import CombineTerms
 from .gelu_path import GeluPath
@@ -87,5 +88,5 @@ def combine_model(x, experts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.
         y = gemm_model(x, w, bias, multiplier, shift, GemmMode.INT18, rows=tokens)
         slot = np.argmax(routing_ids[tokens] == e, axis=1)
         for token, terms in CombineTerms.model(y, gate_weights[tokens, slot], tokens):
-            residual[token] = ops.saturate(residual[token] + ops.saturate(terms, residual_bits), residual_bits)
+            residual[token] = ResidualAdd.model(residual[token], terms, residual_bits)
     return residual
