@@ -25,6 +25,7 @@ from golden.model import run as golden_run
 from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode
 from hw.control.isa import InstructionSet, Opcode, Space
+from hw.moe.router.gates import GateWeights
 
 from .assembler import Assembler, Instruction
 from .compiler import Program, backbone_program
@@ -461,7 +462,7 @@ class CycleModel:
         e, macs = model.num_experts, accel.router_macs_per_cycle
         groups = min(e, macs)
         self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + 4)
-        self.router_known = e + 8 + model.top_k + 36 + e          # after the last token's logits
+        self.router_known = e + 8 + GateWeights.CYCLES_PER_TOKEN + e         # after the last token's logits
         self.router_queues = model.num_tokens * (model.top_k + 1)
 
     # --- unit costs ------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_com
 
 from ..control.memories import router_geometry
 from ..memory.plan import Memory, onchip_memories
-from ..moe.router.geometry import EXP_BITS, QUOTIENT_BITS
 
 __all__ = ["MemoryBlock", "Target", "TARGETS", "target", "Memory", "onchip_memories", "Multipliers",
            "multipliers", "FitReport", "FitError", "fit_report", "check_fit"]
@@ -96,8 +95,8 @@ class Multipliers:
 def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> Multipliers:
     """Multiplier blocks of the units as built, on `target`: the array; the GEMM output path (per column the
     requantizer's acc × m and the gate weight's y × g, per GELU lane its interpolation and the hidden
-    requantization); the router (its MACs, the logit distance times the exponent multiplier, e times the
-    reciprocal of the sum); the vector units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m;
+    requantization); the router (its MACs, the logit distance times the exponent multiplier; its gate weights
+    shift and add); the vector units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m;
     once LayerNorm's S·|S| / S·r and the softmax's row scale). Nothing else takes one: the control's address
     and length products are adders (`hw.common.arith.narrow_product`)."""
     rw, ow, acc, mw = accel.residual_width, accel.operand_width, accel.accumulator_width, accel.requant_multiplier_width
@@ -110,8 +109,7 @@ def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) ->
     return Multipliers({
         "systolic array": accel.macs_per_cycle * m(ow, ow),
         "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
-        "router": accel.router_macs_per_cycle * m(rw, ow) + m(router.logit_width + 1, exponent_multiplier + 1)
-                  + m(EXP_BITS + 1, QUOTIENT_BITS + 1),
+        "router": accel.router_macs_per_cycle * m(rw, ow) + m(router.logit_width + 1, exponent_multiplier + 1),
         "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
     })
 

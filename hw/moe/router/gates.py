@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import address_bits, index_bits, round_shift
-from .geometry import EXP_BITS, QUOTIENT_BITS, RouterGeometry, select
+from .geometry import EXP_BITS, QUOTIENT_BITS, RouterGeometry
 
 __all__ = ["GateWeights"]
 
@@ -20,13 +20,17 @@ class GateWeights(wiring.Component):
     exponentials (`vmoe`) or of the k winners' (`noisy`).
 
     A token's `winners` are taken when the stage is idle; 2^62 // S by restoring division (33 quotient bits:
-    S ≥ 2^30, the winner's own term), then the k products, then the route leaves on `routes` (a stream:
+    S ≥ 2^30, the winner's own term). No multiplier: each quotient bit, a cycle after it is found, is added into
+    the k products e_j · quotient (shift and add, most significant bit first), so the products are complete a
+    cycle after the division and rounded the cycle after that. The route then leaves on `routes` (a stream:
     {token, experts best first, weights}, held until taken) and, as it is taken, its record is written at the
     token's index (`record_write`) and `taken` pulses. Tokens are numbered from 0 at `start`; `routed`
-    counts the routes taken. About k + 36 cycles per token; `idle` when no token is inside.
+    counts the routes taken. 37 cycles per token (`CYCLES_PER_TOKEN`, taken back to back); `idle` when no
+    token is inside.
     """
 
     model = staticmethod(ops.gate_weights)      # (winners' e, S over all E, gate) → Q1.15 gate weights
+    CYCLES_PER_TOKEN = 1 + QUOTIENT_BITS + 3    # taken, divided, last bit added, rounded, emitted
 
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry
@@ -51,11 +55,13 @@ class GateWeights(wiring.Component):
         step = Signal(range(QUOTIENT_BITS + 1))
         winners_expert = [Signal(g.expert, name=f"winner_expert{j}") for j in range(k)]
         winners_e = [Signal(unsigned(EXP_BITS), name=f"winner_e{j}") for j in range(k)]
+        # e_j · (2^62 // S) ≤ 2^62, as e_j ≤ S; every prefix of the quotient gives a smaller product
+        products = [Signal(unsigned(63), name=f"product{j}") for j in range(k)]
         gate_weights = [Signal(g.weight, name=f"gate_weight{j}") for j in range(k)]
-        dividing, weighting, emitting = Signal(), Signal(), Signal()
-        weight_index = Signal(range(k + 1))
+        dividing, adding_last, rounding, emitting = Signal(), Signal(), Signal(), Signal()
         routed = self.routed
-        m.d.comb += [self.idle.eq(~dividing & ~weighting & ~emitting), self.winners.ready.eq(self.idle)]
+        m.d.comb += [self.idle.eq(~dividing & ~adding_last & ~rounding & ~emitting),
+                     self.winners.ready.eq(self.idle)]
         with m.If(self.winners.valid & self.winners.ready):
             s_noisy = sum(winners.e[j] for j in range(k))
             m.d.sync += [dividing.eq(1), step.eq(0), quotient.eq(0),
@@ -64,6 +70,7 @@ class GateWeights(wiring.Component):
                          remainder.eq(1 << (62 - QUOTIENT_BITS))]
             m.d.sync += [winners_expert[j].eq(winners.experts[j]) for j in range(k)]
             m.d.sync += [winners_e[j].eq(winners.e[j]) for j in range(k)]
+            m.d.sync += [products[j].eq(0) for j in range(k)]
         with m.If(dividing):
             trial = Signal.like(remainder)
             m.d.comb += trial.eq(remainder << 1)            # the dividend's remaining bits are 0
@@ -71,15 +78,14 @@ class GateWeights(wiring.Component):
             m.d.sync += [remainder.eq(Mux(fits, trial - divisor, trial)), quotient.eq(Cat(fits, quotient)),
                          step.eq(step + 1)]
             with m.If(step == QUOTIENT_BITS - 1):
-                m.d.sync += [dividing.eq(0), weighting.eq(1), weight_index.eq(0)]
-        product = Signal(unsigned(EXP_BITS + QUOTIENT_BITS))
-        with m.If(weighting):
-            m.d.sync += [weight_index.eq(weight_index + 1), product.eq(select(winners_e, weight_index) * quotient)]
-            for j in range(k):
-                with m.If(weight_index == j + 1):
-                    m.d.sync += gate_weights[j].eq(round_shift(product, 62 - ops.GATE_BITS))
-            with m.If(weight_index == k):
-                m.d.sync += [weighting.eq(0), emitting.eq(1)]
+                m.d.sync += [dividing.eq(0), adding_last.eq(1)]
+        with m.If(dividing | adding_last):                  # the bit found the cycle before (0 at the first step)
+            m.d.sync += [products[j].eq((products[j] << 1) + Mux(quotient[0], winners_e[j], 0)) for j in range(k)]
+        with m.If(adding_last):
+            m.d.sync += [adding_last.eq(0), rounding.eq(1)]
+        with m.If(rounding):
+            m.d.sync += [gate_weights[j].eq(round_shift(products[j], 62 - ops.GATE_BITS)) for j in range(k)]
+            m.d.sync += [rounding.eq(0), emitting.eq(1)]
 
         routes, record = self.routes, self.record_write
         m.d.comb += [routes.valid.eq(emitting), routes.payload.token.eq(routed), self.taken.eq(emitting & routes.ready),

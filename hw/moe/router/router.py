@@ -6,8 +6,8 @@ Three stages work on three tokens at once, then one pass builds the queues:
    dims. Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
 2. **Exponentials and top-k** (`ExponentTopK`): one logit per cycle, a k-deep insertion sorter, the sum S over
    all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 8 cycles.
-3. **Gate weights** (`GateWeights`): 2^62 // S by restoring division, then the k gate weights; the route out
-   and its record kept. About k + 36 cycles.
+3. **Gate weights** (`GateWeights`): 2^62 // S by restoring division, each quotient bit shifted and added into
+   the k gate weights' products as it is found (no multiplier); the route out and its record kept. 37 cycles.
 4. After the layer's last token, **queues** (`QueueBuilder`): prefix sums of the per-expert counts (the
    ascending non-empty experts leave on `experts` meanwhile: the loader's schedule), then each token's k
    entries placed so every queue lists tokens in ascending order. T · (k + 1) + E cycles.
@@ -36,7 +36,7 @@ from golden.config import AcceleratorConfig, ModelConfig
 
 from ...common.arith import address_bits, times_constant
 from .gates import GateWeights
-from .geometry import QUOTIENT_BITS, RouterGeometry
+from .geometry import RouterGeometry
 from .logits import LogitUnit
 from .queues import QueueBuilder
 from .topk import ExponentTopK
@@ -76,7 +76,7 @@ class Router(wiring.Component):
     def cycles_per_token(self) -> int:
         """The slowest stage's cycles per token (the stages overlap across tokens)."""
         return max(self.groups * (self.chunks + self.group_experts + 3), self.num_experts + 7,
-                   QUOTIENT_BITS + self.top_k + 3)
+                   GateWeights.CYCLES_PER_TOKEN)
 
     @staticmethod
     def model(tokens, weights, multiplier: int, shift: int, top_k: int, gate: str):
