@@ -26,6 +26,7 @@ from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode
 from hw.control.isa import InstructionSet, Opcode, Space
 from hw.moe.router.gates import GateWeights
+from hw.moe.router.topk import ExponentTopK
 
 from .assembler import Assembler, Instruction
 from .compiler import Program, backbone_program
@@ -442,7 +443,7 @@ class CycleModel:
     STORE_FIXED = 8          # a STORE after its last beat: the write response
     END_FIXED = 7            # HALT to STATUS.done
     LAYERNORM = (25, 16, 32)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
-    SOFTMAX = (18, 4, 10)
+    SOFTMAX = (19, 4, 10)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
         from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, tiles
@@ -462,7 +463,8 @@ class CycleModel:
         e, macs = model.num_experts, accel.router_macs_per_cycle
         groups = min(e, macs)
         self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + 4)
-        self.router_known = e + 8 + GateWeights.CYCLES_PER_TOKEN + e         # after the last token's logits
+        # after the last token's logits: its top-k, its gate weights, the queues' prefix sums
+        self.router_known = e + ExponentTopK.LATENCY + GateWeights.CYCLES_PER_TOKEN + e
         self.router_queues = model.num_tokens * (model.top_k + 1)
 
     # --- unit costs ------------------------------------------------------------------------------------------

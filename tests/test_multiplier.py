@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.flow.export import to_rtlil
-from hw.compute.multiplier import Multiplier
+from hw.compute.multiplier import Multiplier, WideMultiplier
 from hw.sim import simulate
 from hw.flow.synth import platform, synthesize
 
@@ -76,3 +76,34 @@ def test_ecp5_multiplier_is_off_the_critical_path():
     result = synthesize(_Registered(), "top", "ulx3s-85f", 125)
     assert result.cells["MULT18X18D"] == 1 and result.cells["LUT4"] == 0
     assert result.fmax_mhz > 300
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [(unsigned(32), unsigned(16)), (signed(35), unsigned(17)),
+                                              (signed(18), signed(18)), (unsigned(49), signed(12))])
+def test_wide_products_four_cycles_later(a_shape, b_shape):
+    rng = np.random.default_rng(a_shape.width * 100 + b_shape.width)
+    a_low, a_high = _extremes(a_shape)
+    b_low, b_high = _extremes(b_shape)
+    slice_edges = [value for value in ((1 << 17) - 1, 1 << 17, -(1 << 17) - 1) if a_low <= value <= a_high]
+    pairs = [(a, b) for a in (a_low, a_high, 0, -1 if a_shape.signed else 1, *slice_edges) for b in (b_low, b_high, 0)]
+    pairs += [(int(a), int(b)) for a, b in zip(rng.integers(a_low, a_high, 200, endpoint=True, dtype=np.int64),
+                                                rng.integers(b_low, b_high, 200, endpoint=True, dtype=np.int64))]
+    multiplier = WideMultiplier(a_shape, b_shape)
+    seen = []
+
+    async def testbench(ctx):
+        for a, b in pairs + [(0, 0)] * WideMultiplier.LATENCY:
+            ctx.set(multiplier.a, a)
+            ctx.set(multiplier.b, b)
+            await ctx.tick()
+            seen.append(ctx.get(multiplier.p))
+
+    simulate(multiplier, testbench)
+    assert seen[WideMultiplier.LATENCY - 1:][:len(pairs)] == [WideMultiplier.model(a, b) for a, b in pairs]
+
+
+def test_wide_multiplier_maps_to_registered_dsp_slices():
+    text = to_rtlil(WideMultiplier(unsigned(40), unsigned(16)), "top", platform=platform("ulx3s-85f"))
+    assert text.count('cell \\MULT18X18D') == 3 and "$mul" not in text
+    with pytest.raises(ValueError, match="operand b unsigned\\(18\\): needs 19 signed bits"):
+        WideMultiplier(unsigned(20), unsigned(18))

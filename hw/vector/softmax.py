@@ -10,7 +10,8 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
    output is not taken.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
-   the row's requantization multiplier and shift for attention·V. About 20 cycles a row.
+   the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum).
+   About 21 cycles a row.
 
 So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
 
@@ -188,12 +189,14 @@ class Softmax(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += scale_free.eq(1)
                 with m.If(taken & sides[-1].last):
-                    top = Signal(range(self.sum_width + 1), name="sum_top")
-                    m.d.comb += top.eq(bit_length(m, row_sum + beat_sum, "sum_length") - 1)
-                    # 2^32 // S: the first quotient bit that can be 1 is 32 − top
-                    m.d.sync += [total.eq(row_sum + beat_sum), remainder.eq(Const(1, self.sum_width + 1) << top),
-                                 quotient.eq(0), step.eq(32 - top)]
-                    m.next = "DIVIDE"
+                    m.d.sync += total.eq(row_sum + beat_sum)
+                    m.next = "LENGTH"
+            with m.State("LENGTH"):
+                top = Signal(range(self.sum_width + 1), name="sum_top")
+                m.d.comb += top.eq(bit_length(m, total, "sum_length") - 1)
+                # 2^32 // S: the first quotient bit that can be 1 is 32 − top
+                m.d.sync += [remainder.eq(Const(1, self.sum_width + 1) << top), quotient.eq(0), step.eq(32 - top)]
+                m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 part, left, bits = remainder, None, []
                 for _ in range(DIVISION_STEPS_PER_CYCLE):

@@ -5,7 +5,7 @@ Three stages work on three tokens at once, then one pass builds the queues:
 1. **Logits** (`LogitUnit`): `macs` multiply-accumulates per cycle as E' = min(E, macs) experts × d' = macs / E'
    dims. Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
 2. **Exponentials and top-k** (`ExponentTopK`): one logit per cycle, a k-deep insertion sorter, the sum S over
-   all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 8 cycles.
+   all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 13 cycles.
 3. **Gate weights** (`GateWeights`): 2^62 // S by restoring division, each quotient bit shifted and added into
    the k gate weights' products as it is found (no multiplier); the route out and its record kept. 37 cycles.
 4. After the layer's last token, **queues** (`QueueBuilder`): prefix sums of the per-expert counts (the
@@ -75,8 +75,8 @@ class Router(wiring.Component):
     @property
     def cycles_per_token(self) -> int:
         """The slowest stage's cycles per token (the stages overlap across tokens)."""
-        return max(self.groups * (self.chunks + self.group_experts + 3), self.num_experts + 7,
-                   GateWeights.CYCLES_PER_TOKEN)
+        return max(self.groups * (self.chunks + self.group_experts + 3),
+                   self.num_experts + ExponentTopK.LATENCY - 1, GateWeights.CYCLES_PER_TOKEN)
 
     @staticmethod
     def model(tokens, weights, multiplier: int, shift: int, top_k: int, gate: str):

@@ -11,6 +11,7 @@ from golden import ops
 
 from ...common.arith import address_bits, half_minus_one, index_bits, rounding_sum, shift_right, times_constant
 from ...common.pipeline import delay_line
+from ...compute.multiplier import WideMultiplier
 from .geometry import EXP_BITS, RouterGeometry
 
 __all__ = ["ExponentTopK"]
@@ -22,14 +23,16 @@ class ExponentTopK(wiring.Component):
     k-deep insertion sorter with strictly-greater comparisons (equal logits keep the lower index).
 
     One logit per cycle in ascending expert order through `logit_read` (data a cycle after the address); the
-    pipeline is read, d·multiplier, the rounding shift, the table and the whole part, a register after the
-    table's block RAM read, e, then the sorter: the token's `winners` (a stream: valid until taken; no new token
-    starts meanwhile) are out E + 8 cycles after it starts. `released` pulses bit h when the half's last logit
+    pipeline is read, d = l_max − l, d·multiplier (a `WideMultiplier`), the rounding sum, the shift, the table
+    and the whole part, a register after the table's block RAM read, e, then the sorter: the token's `winners`
+    (a stream: valid until taken; no new token starts meanwhile) are out E + `LATENCY` = E + 13 cycles after it
+    starts. `released` pulses bit h when the half's last logit
     has been read. `params` (the layer's and task's exponent multiplier and shift) and `l_max` hold while a
     token passes.
     """
 
     model = staticmethod(ops.route_winners)     # (logits, k, multiplier, shift) → (ids, winners' e, S over all E)
+    LATENCY = 9 + WideMultiplier.LATENCY
 
     def __init__(self, geometry: RouterGeometry):
         self.geometry = g = geometry
@@ -59,15 +62,18 @@ class ExponentTopK(wiring.Component):
             m.d.sync += exp_index.eq(exp_index + 1)
             with m.If(exp_index == E - 1):
                 m.d.sync += exp_issue.eq(0)
-        # pipeline: read → d·multiplier → u → table, whole → the table's output register → e → sort and sum
         stage = data.StructLayout({"valid": 1, "last": 1, "expert": unsigned(index_bits(E)), "logit": signed(lw)})
         issued, read = Signal(stage, name="exp_issued"), Signal(stage, name="exp_read")
         m.d.sync += [issued.valid.eq(exp_issue), issued.last.eq(exp_index == E - 1), issued.expert.eq(exp_index)]
         m.d.sync += [read.valid.eq(issued.valid), read.last.eq(issued.last), read.expert.eq(issued.expert),
                      read.logit.eq(self.logit_read.data)]
-        arriving = delay_line(m, read, 5, "exp_stage")[-1]
+        # read → distance → d·multiplier (`WideMultiplier`) → its rounding sum → u → table, whole → the table's
+        # output register → e → sort and sum
+        arriving = delay_line(m, read, self.LATENCY - 3, "exp_stage")[-1]
         distance = Signal(unsigned(lw))
-        scaled = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
+        m.submodules.exp_multiplier = exp_multiplier = WideMultiplier(unsigned(lw), self.params.multiplier.shape())
+        scaled = exp_multiplier.p
+        rounded = Signal(unsigned(len(scaled) + 1))
         exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
         table_value, table_out = Signal(unsigned(EXP_BITS)), Signal(unsigned(EXP_BITS))
         whole_shape = unsigned(lw + ops.MULTIPLIER_BITS + 1)
@@ -75,13 +81,13 @@ class ExponentTopK(wiring.Component):
         whole_half, beyond = Signal(unsigned(EXP_BITS + 1)), Signal()
         e_value = Signal(unsigned(EXP_BITS))
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
-        # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder and a shifter
+        # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder, then a shifter
         half = Signal.like(scaled, name="exponent_half")
-        m.d.comb += distance.eq(self.l_max[exp_half] - read.logit)
-        m.d.sync += [half.eq(half_minus_one(self.params.shift, len(half))),
-                     scaled.eq(distance * self.params.multiplier),
-                     exponent.eq(shift_right(rounding_sum(scaled, self.params.shift, half), self.params.shift,
-                                             len(exponent))),
+        m.d.comb += [exp_multiplier.a.eq(distance), exp_multiplier.b.eq(self.params.multiplier)]
+        m.d.sync += [distance.eq(self.l_max[exp_half] - read.logit),
+                     half.eq(half_minus_one(self.params.shift, len(half))),
+                     rounded.eq(rounding_sum(scaled, self.params.shift, half)),
+                     exponent.eq(shift_right(rounded, self.params.shift, len(exponent))),
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
                      # e rounds the table's value (≤ 2^30) by the whole part: its half and its range (0 past 31
