@@ -19,12 +19,12 @@ class Drain(wiring.Component):
     """Drains each N tile the accumulator has finished (`tiles_done` ahead of the tiles drained) through C
     `RequantizerLane`s.
 
-    Per N tile j: its parameter word is read at p_base + j (`p_read`; each column's 2^(shift−1) − 1 decoded once
-    per tile), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle, each only while
-    the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the issue) and, in
-    GELU mode, ⌈C / gelu_lanes⌉ cycles apart. An issued row addresses the accumulator on `drain_tile`,
-    `drain_row` (its word back on `word` a cycle later) and the row-scale memory (`row_read`: attention·V's
-    per-row multiplier and shift). `tile_drained` pulses with the tile's last row's issue, freeing its
+    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register; each column's 2^(shift−1) − 1
+    decoded from that register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle,
+    each only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the
+    issue) and, in GELU mode, ⌈C / gelu_lanes⌉ cycles apart. An issued row addresses the accumulator on
+    `drain_tile`, `drain_row` (its word back on `word` a cycle later) and the row-scale memory (`row_read`:
+    attention·V's per-row multiplier and shift). `tile_drained` pulses with the tile's last row's issue, freeing its
     accumulator bank; `drain_tile` is then the count of tiles drained.
 
     `result` carries a row `LATENCY` = `DRAIN_STAGES` cycles after its issue (valid for one cycle), with its
@@ -87,15 +87,15 @@ class Drain(wiring.Component):
         draining, params_ready, drain_last = Signal(), Signal(), Signal()    # drain_last: drain_m = M − 1
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols))
+        # 2^(shift−1) − 1 per column from the registered parameters (the block RAM's output is not decoded)
         halves = [Signal(pw, name=f"half{c}") for c in range(g.cols)]
         shifts = [Signal(range(pw + 1), name=f"shift{c}") for c in range(g.cols)]   # signals: each decoded once
-        m.d.comb += [shift.eq(at_most(self.p_read.data[c].shift, pw)) for c, shift in enumerate(shifts)]
+        m.d.comb += [shift.eq(at_most(params[c].shift, pw)) for c, shift in enumerate(shifts)]
+        m.d.comb += [half.eq(half_minus_one(shift, pw)) for half, shift in zip(halves, shifts)]
         with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining):
             m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
-            for c in range(g.cols):  # 2^(shift−1) − 1 per column, once per N tile, off the data path
-                m.d.sync += halves[c].eq(half_minus_one(shifts[c], pw))
         # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
         spacing = Signal(range(max(g.gelu_chunks, 2)))
         issue = self.issue
