@@ -439,7 +439,7 @@ class CycleModel:
     ISSUE_GAP = 3            # and decisions are three cycles apart at least, on a head there since the cycle before
     GEMM_FIXED = 12          # a command's handshakes: its start, the accumulator, the FIFO's output register, the writes
     GELU_FIXED = 2           # the GELU path's rows beyond its stages
-    LOAD_FIXED = 4           # a load path command after its last beat: the gearbox and the write
+    LOAD_FIXED = 5           # a load path command after its last beat: the gearbox, the write registers, the write
     STORE_FIXED = 8          # a STORE after its last beat: the write response
     END_FIXED = 7            # HALT to STATUS.done
     LAYERNORM = (25, 16, 32)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline

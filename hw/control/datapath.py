@@ -106,6 +106,10 @@ class TransferPath(wiring.Component):
 
 
 class LoadPath(TransferPath):
+    """A LOAD: DRAM bytes from `address` into the memory's words from `base`, each word written (its write
+    port: `addr`, `data`, `en` from registers) the cycle after it leaves its bus-to-word gearbox; `busy` from the
+    command until the last word is written."""
+
     def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
         super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature)
 
@@ -114,6 +118,10 @@ class LoadPath(TransferPath):
         reader = self.unit
         target, address, words_left, accepted = self._front(m)
         word_valid = Signal()
+        # each word is written from registers a cycle after it leaves its gearbox (the bus's handshake does not
+        # reach the memories' ports)
+        write_address = Signal.like(address)
+        writing = {space: Signal(name=f"writing_{space.name.lower()}") for space in self.spaces}
         for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=True).items():
             m.submodules[f"gearbox{width}"] = gearbox
             chosen = Cat(*(target == space for space in spaces)).any()
@@ -121,13 +129,17 @@ class LoadPath(TransferPath):
                          gearbox.input.valid.eq(reader.data.valid & chosen), gearbox.output.ready.eq(1)]
             with m.If(chosen):
                 m.d.comb += [reader.data.ready.eq(gearbox.input.ready), word_valid.eq(gearbox.output.valid)]
+            write_data = Signal(8 * width, name=f"write_data{8 * width}")
+            m.d.sync += write_data.eq(gearbox.output.payload)
             for space in spaces:
                 port = getattr(self, _port_name(space))
-                m.d.comb += [port.addr.eq(address), port.data.eq(gearbox.output.payload),
-                             port.en.eq(gearbox.output.valid & (target == space) & (words_left != 0))]
+                m.d.sync += writing[space].eq(gearbox.output.valid & (target == space) & (words_left != 0))
+                m.d.comb += [port.addr.eq(write_address), port.data.eq(write_data), port.en.eq(writing[space])]
+        m.d.sync += write_address.eq(address)
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
-        with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~word_valid):
+        last_written = ~Cat(*writing.values()).any()
+        with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~word_valid & last_written):
             m.d.sync += self.busy.eq(0)
         return m
 
