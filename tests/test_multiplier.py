@@ -79,13 +79,15 @@ def test_ecp5_multiplier_is_off_the_critical_path():
 
 
 @pytest.mark.parametrize("a_shape, b_shape", [(unsigned(32), unsigned(16)), (signed(35), unsigned(17)),
-                                              (signed(18), signed(18)), (unsigned(49), signed(12))])
+                                              (signed(18), signed(18)), (unsigned(49), signed(12)),
+                                              (unsigned(32), signed(24)), (signed(20), signed(36))])
 def test_wide_products_four_cycles_later(a_shape, b_shape):
     rng = np.random.default_rng(a_shape.width * 100 + b_shape.width)
     a_low, a_high = _extremes(a_shape)
     b_low, b_high = _extremes(b_shape)
-    slice_edges = [value for value in ((1 << 17) - 1, 1 << 17, -(1 << 17) - 1) if a_low <= value <= a_high]
-    pairs = [(a, b) for a in (a_low, a_high, 0, -1 if a_shape.signed else 1, *slice_edges) for b in (b_low, b_high, 0)]
+    def edges(low, high):
+        return [value for value in (low, high, 0, -1, 1, (1 << 17) - 1, 1 << 17, -(1 << 17) - 1) if low <= value <= high]
+    pairs = [(a, b) for a in edges(a_low, a_high) for b in edges(b_low, b_high)]
     pairs += [(int(a), int(b)) for a, b in zip(rng.integers(a_low, a_high, 200, endpoint=True, dtype=np.int64),
                                                 rng.integers(b_low, b_high, 200, endpoint=True, dtype=np.int64))]
     multiplier = WideMultiplier(a_shape, b_shape)
@@ -103,7 +105,7 @@ def test_wide_products_four_cycles_later(a_shape, b_shape):
 
 
 def test_wide_multiplier_maps_to_registered_dsp_slices():
-    text = to_rtlil(WideMultiplier(unsigned(40), unsigned(16)), "top", platform=platform("ulx3s-85f"))
-    assert text.count('cell \\MULT18X18D') == 3 and "$mul" not in text
-    with pytest.raises(ValueError, match="operand b unsigned\\(18\\): needs 19 signed bits"):
-        WideMultiplier(unsigned(20), unsigned(18))
+    for a_shape, b_shape, blocks in ((unsigned(40), unsigned(16), 3), (unsigned(32), signed(24), 4),
+                                     (signed(18), unsigned(17), 1)):
+        text = to_rtlil(WideMultiplier(a_shape, b_shape), "top", platform=platform("ulx3s-85f"))
+        assert text.count('cell \\MULT18X18D') == blocks and "$mul" not in text

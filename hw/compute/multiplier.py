@@ -10,7 +10,7 @@ and REG_OUTPUT on CLK0: Yosys maps a behavioural `*` to MULT18X18D without its r
 multiplier's 3.9 ns between two fabric routes. Elsewhere (simulation, generic Verilog) it is the same
 pipeline in logic.
 
-`WideMultiplier(a_shape, b_shape)`: the same for an `a` wider than one DSP block, in 17-bit slices, `LATENCY` = 4.
+`WideMultiplier(a_shape, b_shape)`: the same for operands wider than one DSP block, in 17-bit slices, `LATENCY` = 4.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ class Multiplier(wiring.Component):
 
 
 class WideMultiplier(wiring.Component):
-    """`p` = `a` · `b` of `LATENCY` = 4 cycles earlier, exactly, for an `a` of any width and a `b` that one DSP
-    block takes (18 signed bits): `a` in slices of `SLICE` = 17 bits (unsigned, the top one as `a` is), each
-    slice times `b` in its own `Multiplier`, each partial product into a register beside its DSP block, then
-    their sum (shifted into place) into the output register. No adder sits at a DSP block's input or output, so
-    the longest path is one adder of the partial products.
+    """`p` = `a` · `b` of `LATENCY` = 4 cycles earlier, exactly, for operands wider than one DSP block takes:
+    an operand of more than 18 signed bits in slices of `SLICE` = 17 bits (unsigned, the top one as the operand
+    is), each pair of slices in its own `Multiplier`, each partial product into a register beside its DSP block,
+    then their sum (shifted into place) into the output register. No adder sits at a DSP block's input or
+    output, so the longest path is one adder of the partial products.
     """
 
     LATENCY = Multiplier.LATENCY + 2
@@ -94,27 +94,31 @@ class WideMultiplier(wiring.Component):
 
     def __init__(self, a_shape, b_shape):
         self.a_shape, self.b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
-        if _signed_bits(self.b_shape) > DSP_OPERAND_BITS:
-            raise ValueError(f"WideMultiplier operand b {self.b_shape!r}: needs {_signed_bits(self.b_shape)} "
-                             f"signed bits, one MULT18X18D takes {DSP_OPERAND_BITS}")
         product = Shape(self.a_shape.width + self.b_shape.width, self.a_shape.signed or self.b_shape.signed)
         super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "p": Out(product)})
 
     model = staticmethod(Multiplier.model)
 
+    @classmethod
+    def slices(cls, shape: Shape) -> list[tuple[int, Shape]]:
+        """(the lowest bit, the shape) of each slice of an operand of `shape`."""
+        if _signed_bits(shape) <= DSP_OPERAND_BITS:
+            return [(0, shape)]
+        return [(low, Shape(min(cls.SLICE, shape.width - low), shape.signed and low + cls.SLICE >= shape.width))
+                for low in range(0, shape.width, cls.SLICE)]
+
     def elaborate(self, platform):
         m = Module()
-        width, partials = self.a_shape.width, []
-        for index, low in enumerate(range(0, width, self.SLICE)):
-            high = min(low + self.SLICE, width)
-            top = high == width
-            shape = Shape(high - low, self.a_shape.signed and top)
-            multiplier = m.submodules[f"slice{index}"] = Multiplier(shape, self.b_shape)
-            m.d.comb += [multiplier.a.eq(self.a[low:high].as_signed() if shape.signed else self.a[low:high]),
-                         multiplier.b.eq(self.b)]
-            partial = Signal.like(multiplier.p, name=f"partial{index}", reset_less=True)
-            m.d.sync += partial.eq(multiplier.p)
-            partials.append(partial << low)
+        partials = []
+        for a_low, a_shape in self.slices(self.a_shape):
+            for b_low, b_shape in self.slices(self.b_shape):
+                name = f"slice_{a_low}_{b_low}"
+                multiplier = m.submodules[name] = Multiplier(a_shape, b_shape)
+                m.d.comb += [multiplier.a.eq(self.a[a_low:a_low + a_shape.width]),
+                             multiplier.b.eq(self.b[b_low:b_low + b_shape.width])]
+                partial = Signal.like(multiplier.p, name=f"partial_{a_low}_{b_low}", reset_less=True)
+                m.d.sync += partial.eq(multiplier.p)
+                partials.append(partial << (a_low + b_low))
         product = Signal.like(self.p, name="sum", reset_less=True)
         m.d.sync += product.eq(sum(partials))
         m.d.comb += self.p.eq(product)

@@ -7,8 +7,8 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle, one in the first when
    their number is odd: 16-17 cycles for a normalised v, 32 for rows of nearly equal values), its integer
    square root r digit by digit beside it (a result bit a cycle from each cycle's two quotient bits, one cycle
-   after the division's last), and S·r. About 25 cycles for a typical row; it overlaps the next row's sums
-   and the previous row's output.
+   after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
+   for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Seven stages; the pipeline stops as
    a whole while the output is not taken.
@@ -36,6 +36,7 @@ from golden import ops
 
 from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
                     times_constant, tree_sum)
+from ..compute.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -261,7 +262,9 @@ class LayerNorm(wiring.Component):
         s = Signal(signed(self.sum_width))
         q = Signal(unsigned(self.square_width))
         operand = Signal(unsigned(32))                  # S · operand: S itself, then r
-        product = Signal(signed(self.sum_width + 33))
+        m.submodules.statistics_multiplier = multiplier = WideMultiplier(operand.shape(), s.shape())
+        product = multiplier.p
+        waiting = Signal(range(WideMultiplier.LATENCY))  # for the product of the operands set on entering a wait
         v = Signal(unsigned(self.v_width))
         e = Signal(range(self.max_e + 1))
         # 2^(18+e) − 1, decoded from a signal (an expression would be copied into each of its patterns)
@@ -283,7 +286,7 @@ class LayerNorm(wiring.Component):
         m.d.comb += [shifted.eq(Cat(pair, radicand)), difference.eq(shifted - Cat(Const(1, 2), root)),
                      fits.eq(~difference[-1])]
         next_radicand, next_root = Mux(fits, difference, shifted), Cat(fits, root)
-        m.d.sync += product.eq(s * operand)
+        m.d.comb += [multiplier.a.eq(operand), multiplier.b.eq(s)]
         with m.FSM(name="statistics"):
             with m.State("IDLE"):
                 summed = pick(stats_bank, sums)
@@ -291,9 +294,12 @@ class LayerNorm(wiring.Component):
                     m.d.sync += [s.eq(summed), q.eq(pick(stats_bank, squares)),
                                  operand.eq(Mux(summed < 0, -summed, summed))]
                     rows.set_state(m, stats_bank, BankState.STATISTICS)
+                    m.d.sync += waiting.eq(0)
                     m.next = "SQUARE"
-            with m.State("SQUARE"):        # product ← S · |S| (registered)
-                m.next = "VARIANCE"
+            with m.State("SQUARE"):        # product ← S · |S|
+                m.d.sync += waiting.eq(waiting + 1)
+                with m.If(waiting == WideMultiplier.LATENCY - 1):
+                    m.next = "VARIANCE"
             with m.State("VARIANCE"):
                 scaled_q = times_constant(q, dim)
                 m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + eps)   # product: S·|S|
@@ -324,10 +330,12 @@ class LayerNorm(wiring.Component):
                 with m.If(~single & (step == 1)):
                     m.next = "ROOT"
             with m.State("ROOT"):          # the last pair's step; product ← S · r next
-                m.d.sync += [radicand.eq(next_radicand), root.eq(next_root), operand.eq(next_root)]
+                m.d.sync += [radicand.eq(next_radicand), root.eq(next_root), operand.eq(next_root), waiting.eq(0)]
                 m.next = "OFFSET_WAIT"
             with m.State("OFFSET_WAIT"):
-                m.next = "DONE"
+                m.d.sync += waiting.eq(waiting + 1)
+                with m.If(waiting == WideMultiplier.LATENCY - 1):
+                    m.next = "DONE"
             with m.State("DONE"):
                 for b in range(2):
                     with m.If(stats_bank == b):
