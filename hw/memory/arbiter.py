@@ -3,12 +3,13 @@
 
 `ReadArbiter`: several AXI4 read masters share one AXI4 read port, a burst at a time.
 
-Master 0 (the controller's program fetch) wins whenever it requests; the others take turns (round robin from
-the one after the last served). A granted master's AR passes through until ARREADY; its index goes into a FIFO,
-and R beats return to the master at the FIFO's head until RLAST (the port's bursts answer in order: one ID).
-The FIFO holds `depth` bursts: at most that many are in flight on the shared port (the masters' own limits
-apply below it); `pending` is high while a burst is in flight. Every master sees the AXI4 rules kept: its ARREADY only while it is granted, its RVALID only
-for its own beats.
+Master 0 (the controller's program fetch) wins whenever it requests; the others take turns (round robin from the one
+after the last served). A granted master's AR is taken into a register (ARREADY the cycle after its grant) and
+offered on the port from there until ARREADY; its index goes into a FIFO, and R beats return to the master at the
+FIFO's head until RLAST (the port's bursts answer in order: one ID). The FIFO holds `depth` bursts: at most that
+many are in flight on the shared port (the masters' own limits apply below it); `pending` is high while a burst is
+in flight. Every master sees the AXI4 rules kept: its ARREADY only while it is granted, its RVALID only for its own
+beats.
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def _grant(m, requests, room, *, first_wins: bool):
     return granted, grant
 
 
+def _hold_request(m, inputs, channel: str, fields, bus, granted, grant):
+    """The granted master's address request (`channel` "ar" or "aw") taken into a register the cycle after
+    the grant (its READY then, whatever the port does) and offered on `bus` from there until the port's READY;
+    returns that handshake (the request taken by the port). No path runs from the port's READY to a master."""
+    holding = Signal(name=f"{channel}_holding")
+    held = {name: Signal.like(getattr(bus, name), name=f"{name}_held") for name in fields}
+    for index, port in enumerate(inputs):
+        chosen = granted & (grant == index) & ~holding
+        m.d.comb += getattr(port, f"{channel}ready").eq(chosen)
+        with m.If(chosen & getattr(port, f"{channel}valid")):
+            m.d.sync += [holding.eq(1)] + [held[name].eq(getattr(port, name)) for name in fields]
+    taken = getattr(bus, f"{channel}valid") & getattr(bus, f"{channel}ready")
+    m.d.comb += [getattr(bus, f"{channel}valid").eq(holding)] + [getattr(bus, name).eq(held[name]) for name in fields]
+    with m.If(taken):
+        m.d.sync += holding.eq(0)
+    return taken
+
+
 class ReadArbiter(wiring.Component):
     def __init__(self, signature: AXI4Read.Signature, masters: int, depth: int = 4):
         if not isinstance(masters, int) or masters < 1:
@@ -69,13 +88,7 @@ class ReadArbiter(wiring.Component):
         m.submodules.order = order = SyncFIFO(width=max(1, (count - 1).bit_length()), depth=self.depth)
 
         granted, grant = _grant(m, [port.arvalid for port in inputs], order.w_rdy, first_wins=True)
-        for index, port in enumerate(inputs):
-            chosen = granted & (grant == index)
-            m.d.comb += port.arready.eq(chosen & bus.arready)
-            with m.If(chosen):
-                m.d.comb += [bus.arvalid.eq(port.arvalid)] + [getattr(bus, name).eq(getattr(port, name))
-                                                             for name in _REQUEST]
-        taken = bus.arvalid & bus.arready
+        taken = _hold_request(m, inputs, "ar", _REQUEST, bus, granted, grant)
         m.d.comb += [order.w_en.eq(taken), order.w_data.eq(grant)]
         with m.If(taken):
             m.d.sync += granted.eq(0)
@@ -96,7 +109,8 @@ _WRITE_REQUEST = ("awaddr", "awlen", "awsize", "awburst", "awid", "awcache", "aw
 
 class WriteArbiter(wiring.Component):
     """Several AXI4 write masters share one AXI4 write port, a burst at a time, in turn (round robin). A granted
-    master's AW passes through until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass
+    master's AW is taken into a register (AWREADY the cycle after its grant) and offered on the port from there
+    until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass
     from the master at the head of the first until WLAST (AXI4 has no write ID: data follow the addresses'
     order), B responses return to the master at the head of the second (the port answers in order: one ID).
     A master may offer W beats before its AW: they wait until its burst's turn."""
@@ -116,20 +130,16 @@ class WriteArbiter(wiring.Component):
         m.submodules.response_order = response_order = SyncFIFO(width=width, depth=self.depth)
         granted, grant = _grant(m, [port.awvalid for port in inputs], data_order.w_rdy & response_order.w_rdy,
                                 first_wins=False)
-        taken = bus.awvalid & bus.awready
+        taken = _hold_request(m, inputs, "aw", _WRITE_REQUEST, bus, granted, grant)
         m.d.comb += [data_order.w_en.eq(taken), data_order.w_data.eq(grant),
                      response_order.w_en.eq(taken), response_order.w_data.eq(grant)]
         with m.If(taken):
             m.d.sync += granted.eq(0)
         for index, port in enumerate(inputs):
-            chosen = granted & (grant == index)
             writer = data_order.r_rdy & (data_order.r_data == index)
             answered = response_order.r_rdy & (response_order.r_data == index)
-            m.d.comb += [port.awready.eq(chosen & bus.awready), port.wready.eq(writer & bus.wready),
+            m.d.comb += [port.wready.eq(writer & bus.wready),
                          port.bvalid.eq(answered & bus.bvalid), port.bresp.eq(bus.bresp), port.bid.eq(bus.bid)]
-            with m.If(chosen):
-                m.d.comb += [bus.awvalid.eq(port.awvalid)] + [getattr(bus, name).eq(getattr(port, name))
-                                                             for name in _WRITE_REQUEST]
             with m.If(writer):
                 m.d.comb += [bus.wvalid.eq(port.wvalid), bus.wdata.eq(port.wdata), bus.wstrb.eq(port.wstrb),
                              bus.wlast.eq(port.wlast)]
