@@ -10,8 +10,8 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
    output is not taken.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
-   the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum).
-   About 21 cycles a row.
+   the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum,
+   the product's a cycle before its excess over 15 bits). About 22 cycles a row.
 
 So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
 
@@ -179,6 +179,7 @@ class Softmax(wiring.Component):
         step = Signal(range(RECIPROCAL_BITS + 1))
         product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
         excess = Signal(range(len(product) + 1))            # k = max(0, bitlen(product) − 15)
+        product_length = Signal.like(excess)
         half = Signal(unsigned(len(product)), name="product_half")     # 2^(k−1) − 1: bit i is k ≥ i + 2
         rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1))     # ≤ 2^15: the carry sets the top bit
         rows_out = Signal.like(command.rows)
@@ -213,10 +214,14 @@ class Softmax(wiring.Component):
             with m.State("MULTIPLY"):
                 m.d.sync += product.eq(quotient * command.out_multiplier)
                 m.next = "NORMALISE"
-            with m.State("NORMALISE"):       # k, and the rounding's half from the product itself (k ≥ i + 2 when
-                length = bit_length(m, product, "product_length")     # a bit at i + 16 or above is set)
-                m.d.sync += [excess.eq(Mux(length > ops.MULTIPLIER_BITS, length - ops.MULTIPLIER_BITS, 0)),
+            with m.State("NORMALISE"):       # bitlen(product), and the rounding's half from the product itself
+                length = bit_length(m, product, "product_length")      # (k ≥ i + 2 when a bit at i + 16 or above
+                m.d.sync += [product_length.eq(length),                # is set)
                              half.eq(Cat(*(product[i + ops.MULTIPLIER_BITS + 1:].any() for i in range(len(half)))))]
+                m.next = "EXCESS"
+            with m.State("EXCESS"):          # k, from the registered length
+                beyond = product_length - ops.MULTIPLIER_BITS
+                m.d.sync += excess.eq(Mux(product_length > ops.MULTIPLIER_BITS, beyond, 0))
                 m.next = "ROUND"
             with m.State("ROUND"):
                 m.d.sync += rounded.eq(shift_right(rounding_sum(product, excess, half), excess, len(rounded)))
