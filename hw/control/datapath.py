@@ -145,6 +145,11 @@ class LoadPath(TransferPath):
 
 
 class OutputPath(wiring.Component):
+    """The engine's rows (`result`) into the GEMM's destination (`job`, taken at `start`): row r of N tile j
+    at word d_base + r + j·d_stride, added into RESIDUAL's word there with saturation (`residual`), or turned
+    by the corner turn into SCRATCH's columns (`transpose`). A row's write leaves from registers `LATENCY` + 1
+    cycles after it arrives; `active` while a row or a write is inside."""
+
     LATENCY = 1 + ResidualAdd.LATENCY     # the residual word's read, then the addition
 
     def __init__(self, spaces: dict[Space, OnChip], result: data.StructLayout, cols: int, stride_width: int,
@@ -205,18 +210,23 @@ class OutputPath(wiring.Component):
             m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
                          add.input.payload.addend[lane].eq(values[0][lane])]
         result = values[-1]
+        # every write leaves from registers, a cycle after its row's last stage (or the corner turn's write)
         for space in self.spaces:
             port = getattr(self, _port_name(space))
             bits = {Space.RESIDUAL: width, Space.SCORES: 32}.get(space, 8)
-            m.d.comb += [port.addr.eq(addresses[-1]), port.en.eq(valid[-1] & (job.destination == space)),
-                         port.data.eq(Cat(*(result[lane][:bits] for lane in range(cols))))]
+            addr, en, word = (Signal.like(getattr(port, name), name=f"{space.name.lower()}_{name}")
+                              for name in ("addr", "en", "data"))
+            m.d.comb += [addr.eq(addresses[-1]), en.eq(valid[-1] & (job.destination == space)),
+                         word.eq(Cat(*(result[lane][:bits] for lane in range(cols))))]
             if space == Space.RESIDUAL:
                 with m.If(job.residual):
-                    m.d.comb += port.data.eq(add.output.payload.as_value())
+                    m.d.comb += word.eq(add.output.payload.as_value())
             if space == Space.SCRATCH:
                 with m.If(corner.write.en):
-                    m.d.comb += [port.addr.eq(corner.write.addr), port.data.eq(corner.write.data), port.en.eq(1)]
-        m.d.comb += self.active.eq(Cat(*valid).any() | corner.active)
+                    m.d.comb += [addr.eq(corner.write.addr), word.eq(corner.write.data), en.eq(1)]
+            m.d.sync += [port.addr.eq(addr), port.en.eq(en), port.data.eq(word)]
+        writing = Cat(*(getattr(self, _port_name(space)).en for space in self.spaces)).any()
+        m.d.comb += self.active.eq(Cat(*valid).any() | corner.active | writing)
         return m
 
 
