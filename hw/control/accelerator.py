@@ -21,7 +21,7 @@ the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) 
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, ResetInserter, Shape, Signal
+from amaranth import Cat, Module, Mux, ResetInserter, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -264,7 +264,8 @@ class Accelerator(wiring.Component):
         return m
 
     def _counters(self, m, gemm_active, reading):
-        """CYCLES and the performance counters of `registers.COUNTERS`, counted from start to done."""
+        """CYCLES and the performance counters of `registers.COUNTERS`, counted from start to done (each counter
+        a cycle later: done's cycle's events are in it the cycle after)."""
         host, controller, axi = self.host_registers, self.controller, self.axi
         counting = controller.busy
         cycles = Signal(64)
@@ -283,10 +284,17 @@ class Accelerator(wiring.Component):
             | (axi.awvalid & ~axi.awready) | (axi.wvalid & ~axi.wready),
             "INSTRUCTIONS": controller.issued,
         }
+        # each event is counted a cycle after it happens, from registers (the bus handshakes and the units' states
+        # reach no counter's adder)
+        held = {name: Signal(Value.cast(event).shape(), name=f"{name.lower()}_event") for name, event in events.items()}
+        counted = Signal()
+        m.d.sync += [counted.eq(counting)] + [held[name].eq(event) for name, event in events.items()]
         with m.If(controller.clear):
             m.d.sync += [cycles.eq(0)] + [counter.eq(0) for counter in counters.values()]
-        with m.Elif(counting):
-            m.d.sync += [cycles.eq(cycles + 1)] + [counters[name].eq(counters[name] + events[name])
-                                                   for name in counters]
+        with m.Else():
+            with m.If(counting):
+                m.d.sync += cycles.eq(cycles + 1)
+            with m.If(counted):
+                m.d.sync += [counters[name].eq(counters[name] + held[name]) for name in counters]
         m.d.comb += [host.cycles.eq(cycles)] + [getattr(host, name.lower()).eq(counter)
                                                  for name, counter in counters.items()]

@@ -110,10 +110,10 @@ _WRITE_REQUEST = ("awaddr", "awlen", "awsize", "awburst", "awid", "awcache", "aw
 class WriteArbiter(wiring.Component):
     """Several AXI4 write masters share one AXI4 write port, a burst at a time, in turn (round robin). A granted
     master's AW is taken into a register (AWREADY the cycle after its grant) and offered on the port from there
-    until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass
-    from the master at the head of the first until WLAST (AXI4 has no write ID: data follow the addresses'
-    order), B responses return to the master at the head of the second (the port answers in order: one ID).
-    A master may offer W beats before its AW: they wait until its burst's turn."""
+    until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass (through a two-entry buffer, so
+    that WREADY is a register on either side) from the master at the head of the first until WLAST (AXI4 has no
+    write ID: data follow the addresses' order), B responses return to the master at the head of the second (the
+    port answers in order: one ID). A master may offer W beats before its AW: they wait until its burst's turn."""
 
     def __init__(self, signature: AXI4Write.Signature, masters: int, depth: int = 4):
         if not isinstance(masters, int) or masters < 1 or not isinstance(depth, int) or depth < 1:
@@ -135,19 +135,43 @@ class WriteArbiter(wiring.Component):
                      response_order.w_en.eq(taken), response_order.w_data.eq(grant)]
         with m.If(taken):
             m.d.sync += granted.eq(0)
+        # W beats pass through a two-entry buffer: both its sides' handshakes come from registers
+        beat = {name: Signal.like(getattr(bus, name), name=f"beat_{name}") for name in _BEAT}
+        beat_valid, beat_ready = Signal(), Signal()
         for index, port in enumerate(inputs):
             writer = data_order.r_rdy & (data_order.r_data == index)
             answered = response_order.r_rdy & (response_order.r_data == index)
-            m.d.comb += [port.wready.eq(writer & bus.wready),
+            m.d.comb += [port.wready.eq(writer & beat_ready),
                          port.bvalid.eq(answered & bus.bvalid), port.bresp.eq(bus.bresp), port.bid.eq(bus.bid)]
             with m.If(writer):
-                m.d.comb += [bus.wvalid.eq(port.wvalid), bus.wdata.eq(port.wdata), bus.wstrb.eq(port.wstrb),
-                             bus.wlast.eq(port.wlast)]
+                m.d.comb += [beat_valid.eq(port.wvalid)] + [beat[name].eq(getattr(port, name)) for name in _BEAT]
             with m.If(answered):
                 m.d.comb += bus.bready.eq(port.bready)
-        m.d.comb += [data_order.r_en.eq(bus.wvalid & bus.wready & bus.wlast),
+        _skid_buffer(m, beat_valid, beat_ready, beat, bus.wvalid, bus.wready, {name: getattr(bus, name)
+                                                                              for name in _BEAT})
+        m.d.comb += [data_order.r_en.eq(beat_valid & beat_ready & beat["wlast"]),
                      response_order.r_en.eq(bus.bvalid & bus.bready)]
         return m
+
+
+_BEAT = ("wdata", "wstrb", "wlast")
+
+
+def _skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, out_fields: dict):
+    """A two-entry buffer from one valid/ready channel to another, in order, a beat a cycle: `in_ready` and
+    `out_valid` and the out fields are registers (no path runs through it from either side to the other)."""
+    main = {name: Signal.like(value, name=f"main_{name}") for name, value in in_fields.items()}
+    skid = {name: Signal.like(value, name=f"skid_{name}") for name, value in in_fields.items()}
+    main_valid, skid_valid = Signal(), Signal()
+    m.d.comb += [in_ready.eq(~skid_valid), out_valid.eq(main_valid)]
+    m.d.comb += [out_fields[name].eq(main[name]) for name in in_fields]
+    with m.If(~main_valid | out_ready):
+        with m.If(skid_valid):
+            m.d.sync += [main_valid.eq(1), skid_valid.eq(0)] + [main[name].eq(skid[name]) for name in in_fields]
+        with m.Else():
+            m.d.sync += [main_valid.eq(in_valid)] + [main[name].eq(in_fields[name]) for name in in_fields]
+    with m.Elif(in_valid & in_ready):
+        m.d.sync += [skid_valid.eq(1)] + [skid[name].eq(in_fields[name]) for name in in_fields]
 
 
 class AXI4Arbiter(wiring.Component):
