@@ -1,7 +1,7 @@
 """The controller's predecode: what an instruction decides alone, worked out as it enters the fetch buffer and
 kept beside it (in the fetch buffer and the EXPERTS body buffer), so that no adder or comparator of its operands
-sits on the issue path. It takes two of the fetch's cycles: the products of the operands (`prepare`), then the
-sums and comparisons on them (`predecode`)."""
+sits on the issue path. It takes two of the fetch's cycles: the products of the operands and the sums that need
+no product (`prepare`), then the sums and comparisons on them (`predecode`)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,12 @@ __all__ = ["upsample_products", "predecode_upsample", "issue_upsample"]
 
 
 def upsample_products(ops) -> dict:
-    """The products of an UPSAMPLE's operands its predecode compares (`prepare`): the words it reads, tiles ×
-    width, and how far past its first tile its last begins, (tiles − 1) × stride."""
+    """What an UPSAMPLE's predecode compares, worked out from its operands a cycle before (`prepare`): the words
+    it reads, tiles × width; how far past its first tile its last begins, (tiles − 1) × stride; and past the
+    first tile's last word, max(near, far) + width."""
     return {"upsample_words": narrow_product(ops.tiles, ops.width),
-            "upsample_span": narrow_product((ops.tiles - 1).as_unsigned(), ops.stride)}
+            "upsample_span": narrow_product((ops.tiles - 1).as_unsigned(), ops.stride),
+            "upsample_first_reach": Mux(ops.near > ops.far, ops.near, ops.far) + ops.width}
 
 
 def predecode_upsample(ctrl, m, ops, prepared, refuse):
@@ -23,8 +25,8 @@ def predecode_upsample(ctrl, m, ops, prepared, refuse):
     BAD_OPERAND when it is empty, reads past its memory or is not a whole number of bus words; UNSUPPORTED from a
     memory the upsampler does not read."""
     words = prepared.upsample_words
-    reach = Signal(len(ops.near) + len(prepared.upsample_span) + 1)      # past the last word it reads
-    m.d.comb += reach.eq(Mux(ops.near > ops.far, ops.near, ops.far) + prepared.upsample_span + ops.width)
+    reach = Signal(len(prepared.upsample_first_reach) + len(prepared.upsample_span) + 1)   # past its last word
+    m.d.comb += reach.eq(prepared.upsample_first_reach + prepared.upsample_span)
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
