@@ -443,7 +443,7 @@ class CycleModel:
     STORE_FIXED = 8          # a STORE after its last beat: the write response
     END_FIXED = 7            # HALT to STATUS.done
     LAYERNORM = (31, 19, 38)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
-    SOFTMAX = (20, 4, 10)
+    SOFTMAX = (21, 4, 10)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
         from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, tiles

@@ -11,7 +11,8 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
    the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum,
-   the product's a cycle before its excess over 15 bits). About 22 cycles a row.
+   the product's a cycle before its excess over 15 bits, its rounding sum a cycle before the shift). About 23
+   cycles a row.
 
 So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
 
@@ -182,6 +183,7 @@ class Softmax(wiring.Component):
         product_length = Signal.like(excess)
         half = Signal(unsigned(len(product)), name="product_half")     # 2^(k−1) − 1: bit i is k ≥ i + 2
         rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1))     # ≤ 2^15: the carry sets the top bit
+        scale_rounding = Signal(unsigned(len(product) + 1))
         rows_out = Signal.like(command.rows)
         m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
         m.d.comb += self.scales.payload.shift.eq(
@@ -223,8 +225,11 @@ class Softmax(wiring.Component):
                 beyond = product_length - ops.MULTIPLIER_BITS
                 m.d.sync += excess.eq(Mux(product_length > ops.MULTIPLIER_BITS, beyond, 0))
                 m.next = "ROUND"
-            with m.State("ROUND"):
-                m.d.sync += rounded.eq(shift_right(rounding_sum(product, excess, half), excess, len(rounded)))
+            with m.State("ROUND"):           # the rounding sum, then its shift
+                m.d.sync += scale_rounding.eq(rounding_sum(product, excess, half))
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
+                m.d.sync += rounded.eq(shift_right(scale_rounding, excess, len(rounded)))
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.scales.valid.eq(1)
