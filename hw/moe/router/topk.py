@@ -26,9 +26,8 @@ class ExponentTopK(wiring.Component):
     pipeline is read, d = l_max − l, d·multiplier (a `WideMultiplier`), the rounding sum, the shift, the table
     and the whole part, a register after the table's block RAM read, e, then the sorter: the token's `winners`
     (a stream: valid until taken; no new token starts meanwhile) are out E + `LATENCY` = E + 13 cycles after it
-    starts. `released` pulses bit h when the half's last logit
-    has been read. `params` (the layer's and task's exponent multiplier and shift) and `l_max` hold while a
-    token passes.
+    starts. `released` pulses bit h when the half's last logit has been read. `params` (the layer's and task's
+    exponent multiplier and shift) and `l_max` hold while a token passes.
     """
 
     model = staticmethod(ops.route_winners)     # (logits, k, multiplier, shift) → (ids, winners' e, S over all E)
