@@ -8,7 +8,7 @@ import pytest
 from golden import ops
 from hw.compute.gemm import GemmGeometry
 from hw.compute.gemm.requantizer import RequantizerLane
-from hw.compute.multiplier import Multiplier
+from hw.common.multiplier import Multiplier
 from hw.sim import simulate
 
 GEOMETRY = GemmGeometry(2, 2, 4, 4, 4)

@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.flow.export import to_rtlil
-from hw.compute.multiplier import Multiplier, WideMultiplier
+from hw.common.multiplier import Multiplier, WideMultiplier
 from hw.sim import simulate
 from hw.flow.synth import platform, synthesize
 

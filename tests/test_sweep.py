@@ -147,7 +147,7 @@ def test_synthesis_of_pareto_points_through_the_targets_flow(tmp_path, monkeypat
     from amaranth import signed
 
     from firmware.sweep import synthesize
-    from hw.compute.multiplier import Multiplier
+    from hw.common.multiplier import Multiplier
     from hw.flow import xilinx
     built = []
 

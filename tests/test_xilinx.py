@@ -9,7 +9,7 @@ import pytest
 from amaranth import signed
 
 from golden.config import accelerator_preset, model_preset
-from hw.compute.multiplier import Multiplier
+from hw.common.multiplier import Multiplier
 from hw.flow import xilinx
 from hw.flow.export import lint
 from hw.flow.synth import SynthError

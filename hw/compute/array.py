@@ -33,8 +33,8 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..common.multiplier import Multiplier
 from ..common.pipeline import delay_line
-from .multiplier import Multiplier
 
 __all__ = ["SystolicArray"]
 

@@ -36,7 +36,7 @@ from golden import ops
 
 from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
                     times_constant, tree_sum)
-from ..compute.multiplier import WideMultiplier
+from ..common.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]

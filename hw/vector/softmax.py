@@ -174,6 +174,17 @@ class Softmax(wiring.Component):
         taken = self.output.valid & self.output.ready
         with m.If(taken):
             m.d.sync += row_sum.eq(Mux(sides[-1].last, 0, row_sum + beat_sum))
+        rows_out = self._row_scale(m, command, row_sum + beat_sum, taken & sides[-1].last, scale_free, busy)
+        with m.If(self.command.valid & self.command.ready):
+            m.d.sync += rows_out.eq(0)
+            rows.reset(m)
+        return m
+
+
+    def _row_scale(self, m, command, row_total, row_done, scale_free, busy):
+        """Part 3, one row at a time: the row's sum `row_total` taken when `row_done` (while `scale_free`), then
+        2^32 // S, m_v · recip normalised to 15 bits and its shift, out on `scales`; `busy` cleared after the
+        command's last row. Returns the count of rows out (the caller clears it with each command)."""
         total = Signal(unsigned(self.sum_width))
         remainder = Signal(unsigned(self.sum_width + 1))
         quotient = Signal(unsigned(RECIPROCAL_BITS))
@@ -191,8 +202,8 @@ class Softmax(wiring.Component):
         with m.FSM(name="row_scale"):
             with m.State("IDLE"):
                 m.d.comb += scale_free.eq(1)
-                with m.If(taken & sides[-1].last):
-                    m.d.sync += total.eq(row_sum + beat_sum)
+                with m.If(row_done):
+                    m.d.sync += total.eq(row_total)
                     m.next = "LENGTH"
             with m.State("LENGTH"):
                 top = Signal(range(self.sum_width + 1), name="sum_top")
@@ -238,10 +249,7 @@ class Softmax(wiring.Component):
                     with m.If(rows_out + 1 == command.rows):
                         m.d.sync += busy.eq(0)
                     m.next = "IDLE"
-        with m.If(self.command.valid & self.command.ready):
-            m.d.sync += rows_out.eq(0)
-            rows.reset(m)
-        return m
+        return rows_out
 
 
 def table_half(whole):

@@ -10,8 +10,8 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import index_bits, round_shift
+from ...common.multiplier import Multiplier
 from ...common.pipeline import delay_line
-from ..multiplier import Multiplier
 from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
 
 __all__ = ["CombineTerms", "COMBINE_LATENCY", "TERM_SHIFT"]

@@ -10,8 +10,8 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import at_most, kept_bit_of_byte, kept_byte
+from ...common.multiplier import DSP_OPERAND_BITS, Multiplier
 from ...common.pipeline import delay_line
-from ..multiplier import DSP_OPERAND_BITS, Multiplier
 from .geometry import REQUANTIZER_STAGES, GemmGeometry
 
 __all__ = ["RequantizerLane", "PARTIAL"]

@@ -10,8 +10,8 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import address_bits, half_minus_one, index_bits, rounding_sum, shift_right, times_constant
+from ...common.multiplier import WideMultiplier
 from ...common.pipeline import delay_line
-from ...compute.multiplier import WideMultiplier
 from .geometry import EXP_BITS, RouterGeometry
 
 __all__ = ["ExponentTopK"]
