@@ -83,10 +83,10 @@ class Multiplier(wiring.Component):
 
 class WideMultiplier(wiring.Component):
     """`p` = `a` · `b` of `LATENCY` = 4 cycles earlier, exactly, for operands wider than one DSP block takes:
-    an operand of more than 18 signed bits in slices of `SLICE` = 17 bits (unsigned, the top one as the operand
-    is), each pair of slices in its own `Multiplier`, each partial product into a register beside its DSP block,
-    then their sum (shifted into place) into the output register. No adder sits at a DSP block's input or
-    output, so the longest path is one adder of the partial products.
+    an operand of more than 18 signed bits in slices of `SLICE` = 17 unsigned bits, its top slice as the operand
+    is (a signed one up to 18 bits), each pair of slices in its own `Multiplier`, each partial product into a
+    register beside its DSP block, then their sum (shifted into place) into the output register. No adder sits
+    at a DSP block's input or output, so the longest path is one adder of the partial products.
     """
 
     LATENCY = Multiplier.LATENCY + 2
@@ -102,10 +102,11 @@ class WideMultiplier(wiring.Component):
     @classmethod
     def slices(cls, shape: Shape) -> list[tuple[int, Shape]]:
         """(the lowest bit, the shape) of each slice of an operand of `shape`."""
-        if _signed_bits(shape) <= DSP_OPERAND_BITS:
-            return [(0, shape)]
-        return [(low, Shape(min(cls.SLICE, shape.width - low), shape.signed and low + cls.SLICE >= shape.width))
-                for low in range(0, shape.width, cls.SLICE)]
+        slices, low = [], 0
+        while _signed_bits(Shape(shape.width - low, shape.signed)) > DSP_OPERAND_BITS:
+            slices.append((low, Shape(cls.SLICE, False)))
+            low += cls.SLICE
+        return slices + [(low, Shape(shape.width - low, shape.signed))]
 
     def elaborate(self, platform):
         m = Module()

@@ -10,13 +10,11 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import at_most, kept_bit_of_byte, kept_byte
-from ...common.multiplier import DSP_OPERAND_BITS, Multiplier
+from ...common.multiplier import WideMultiplier
 from ...common.pipeline import delay_line
 from .geometry import REQUANTIZER_STAGES, GemmGeometry
 
-__all__ = ["RequantizerLane", "PARTIAL"]
-
-PARTIAL = 17                                # low bits of a partial product: 17 × 17 unsigned fits one DSP
+__all__ = ["RequantizerLane"]
 
 
 class RequantizerLane(wiring.Component):
@@ -34,9 +32,10 @@ class RequantizerLane(wiring.Component):
     The flags hold for the whole command.
 
     Stages, one register each so the lane meets timing on FPGA block RAMs and DSP blocks: the word, + bias, the
-    product (through the DSPs' input and output registers and one beside them: two partial products when
-    word + bias is wider than a DSP operand, one otherwise), the product (the partials' sum), + 2^(shift−1) − 1
-    (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range check, saturate.
+    product (a `WideMultiplier`: the DSPs' input and output registers and one beside them, two partial products
+    when word + bias is wider than a DSP operand, one otherwise; × 1 for RAW), the product (the partials' sum),
+    + 2^(shift−1) − 1 (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
+    check, saturate.
     No register is reset but `value`'s: the lane carries no valid bit, its user does.
     """
     LATENCY = REQUANTIZER_STAGES
@@ -85,25 +84,14 @@ class RequantizerLane(wiring.Component):
         read = Signal(signed(aw), reset_less=True)
         bias = Signal.like(self.bias, reset_less=True)
         multiplier = Signal.like(self.multiplier, reset_less=True)
-        biased = delay_line(m, Signal(signed(aw + 1), name="biased", reset_less=True), 3, "biased", data=True)
-        scale = Signal.like(multiplier)         # the multiplier beside biased[0]
-        # The product in two halves that each fit one 18 × 18 DSP multiplier with its registers, added in the
-        # next stage (or whole in one, for a narrow word); the biased word leaves a fabric register for the DSP
-        # blocks (no adder at their inputs).
-        split = aw + 1 > DSP_OPERAND_BITS
-        low = m.submodules.low = Multiplier(unsigned(PARTIAL) if split else signed(aw + 1), multiplier.shape())
-        m.d.comb += [low.a.eq(biased[0][:PARTIAL] if split else biased[0]), low.b.eq(scale)]
-        # the DSP blocks' products land in registers beside them before the adder (a DSP output may sit far
-        # from its adder in the placement)
-        partial_low = Signal.like(low.p, reset_less=True)
-        whole = partial_low
-        if split:
-            high = m.submodules.high = Multiplier(signed(aw + 1 - PARTIAL), multiplier.shape())
-            m.d.comb += [high.a.eq(biased[0][PARTIAL:]), high.b.eq(scale)]
-            partial_high = Signal.like(high.p, reset_less=True)
-            m.d.sync += partial_high.eq(high.p)
-            whole = (partial_high << PARTIAL) + partial_low
-        product = Signal(signed(pw), reset_less=True)
+        biased = Signal(signed(aw + 1), reset_less=True)
+        scale = Signal.like(multiplier)         # the multiplier beside biased (1 for RAW: the product is the word)
+        # The product in registered DSP slices (`WideMultiplier`): the biased word leaves a fabric register for
+        # the DSP blocks (no adder at their inputs), and their products land in registers beside them.
+        m.submodules.product = wide = WideMultiplier(biased.shape(), multiplier.shape())
+        m.d.comb += [wide.a.eq(biased), wide.b.eq(scale)]
+        product = Signal(signed(pw))
+        m.d.comb += product.eq(wide.p)
         halfway = Signal(signed(pw + 1), reset_less=True)
         kept = Signal(reset_less=True)
         byte = Signal(8, reset_less=True)       # the byte of the product holding the kept bit
@@ -121,9 +109,7 @@ class RequantizerLane(wiring.Component):
             multiplier.eq(Mux(row_scaled, self.row_multiplier, self.multiplier)),
             shift[0].eq(Mux(raw, 0, at_most(self.shift, pw))),
             half[0].eq(Mux(raw, 0, self.half)),
-            biased[0].eq(read + bias), scale.eq(multiplier),
-            partial_low.eq(low.p),
-            product.eq(Mux(raw, biased[3], whole)),
+            biased.eq(read + bias), scale.eq(Mux(raw, 1, multiplier)),
             # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
             halfway.eq(product + half[5]),
             byte.eq(kept_byte(product, shift[5])),
