@@ -29,3 +29,17 @@ TRAINED_TAILS = {
 # median top-2 margin (k-th minus (k+1)-th logit) by task, and the share of tokens whose pair both tasks agree on.
 TRAINED_ROUTING = {"experts_used": (12, 13), "tokens_per_expert": (1, 51), "margin_median": (0.12, 0.20),
                    "shared_pair": 0.19, "margin_min": 7e-4}
+
+# The same tensors' rms (absolute, on the same image): what the ratios above do not fix, how large each update
+# is against the residual stream it is added to. Keyed like TRAINED_TAILS.
+TRAINED_RMS = {
+    "embed": 1.22,
+    "norm1": {"dense": 0.576, "moe": 0.582},
+    "v": 0.496,
+    "attn_out": {"dense": 0.167, "moe": 0.157},
+    "mid": 1.10,
+    "norm2": {"dense": 0.691, "moe": 0.924},
+    "gelu": 0.178,
+    "router_logits": 1.14,
+    "out": 1.05,
+}

@@ -10,12 +10,21 @@ on a trained M³ViT-tiny (`golden.fixtures.TRAINED_TAILS`, `TRAINED_ROUTING`) on
   feeds;
 - LayerNorm outputs: hot channels (large γ and β), and the spike channel's γ;
 - attention: queries and keys share a projection and read the spike channel, so spiking tokens attend to
-  themselves while the others average; V has a zero-mean column on a hot channel and one on the spike channel;
+  themselves while the others average (and avoid the spiking tokens); V has a zero-mean column on a hot
+  channel and one on the spike channel;
 - MLP hidden: a few loud units per MLP (per expert) that fire on the tokens of a few positions (a place
   channel of the position embedding), GELU's heavy tail; a sink unit that fires on the spiking tokens alone;
 - routers: per-expert popularity along the tokens' mean direction (12-13 of 16 experts used per image), an
   expert that favours the spike channel, the tasks' routers correlated (about a fifth of tokens share the
   pair), each scaled to the measured median top-k margin.
+
+The ratios leave each tensor's scale free, and with it how large each update is against the residual stream it
+is added to, which sets how far quantization noise travels. So the scales are the trained model's too
+(`TRAINED_RMS`): the embedding, the LayerNorm outputs, the attention output and the MLP hidden at the measured
+rms, and proj and fc2 of unit gain, so that each update is about a seventh of the residual, as measured. The
+random weights have a trained layer's tails (`_Shaper.weights`). Measured by the reference's sensitivity
+experiment (`golden.sensitivity`), the model is then as hard to quantize as the trained one, neither easier nor
+harder (tests/test_trained_like.py).
 
 Ratios are per image (the trained model's were measured on one image) and the median over the images;
 `activation_tails` measures them and tests/test_trained_like.py holds them to the table.
@@ -30,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .fixtures import TRAINED_ROUTING, TRAINED_TAILS
+from .fixtures import TRAINED_RMS, TRAINED_ROUTING, TRAINED_TAILS
 from .images import natural_images
 
-__all__ = ["shape_like_trained", "activation_tails", "tail_targets", "routing_statistics", "tails",
-           "TUNING_IMAGES", "TUNING_SEED"]
+__all__ = ["shape_like_trained", "activation_tails", "activation_rms", "tail_targets", "rms_target",
+           "routing_statistics", "tails", "TUNING_IMAGES", "TUNING_SEED"]
 
 TUNING_IMAGES = 12
 TUNING_SEED = 7919            # the tuning images are natural_images(config, TUNING_IMAGES, seed + TUNING_SEED)
@@ -43,6 +52,9 @@ _MEASURED_WIDTH = 192         # the embed width of the model the tails were meas
 _HOT_CHANNELS = 2             # LayerNorm channels with a large γ and β
 _PLACES = 0.04                # share of the patch positions that carry the place channel
 _LOUD_UNITS = 4               # hidden units of each MLP (of each expert) with a large gain: GELU's tail
+_WEIGHT_TAIL = 0.5            # σ of the log-normal scale of every random weight (kurtosis 3·e^(4σ²) ≈ 8)
+_UPDATE_GAIN = 1.0            # proj and fc2 (random part): an update as large as their input
+_SINK_LEVEL = 3.0             # the sink unit's pre-activation on the spiking tokens (and minus it on the others)
 _SELF_ATTENTION = 40.0        # how far (in softmax units) a spiking token prefers itself
 
 
@@ -78,6 +90,18 @@ def tail_targets(config: ModelConfig, block: int | None, tensor: str) -> tuple[f
         target = target["moe" if config.is_moe(block) else "dense"]
     scale = min(1.0, math.sqrt(config.embed_dim / _MEASURED_WIDTH))
     return target[0] * scale, target[1] * scale
+
+
+def rms_target(config: ModelConfig, block: int | None, tensor: str) -> float:
+    """The trained model's rms of `tensor` of `block` (None for the embedding)."""
+    target = TRAINED_RMS[tensor]
+    if isinstance(target, dict):
+        target = target["moe" if config.is_moe(block) else "dense"]
+    return target
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(x.detach().double().pow(2).mean().sqrt())
 
 
 def _bisect(apply, measure, target: float, low: float, high: float, steps: int = 14) -> float:
@@ -116,10 +140,10 @@ def _probed(module_call) -> dict:
     return seen
 
 
-def activation_tails(model, images: np.ndarray) -> dict[str, tuple[float, float]]:
-    """(max/rms, 99.99th pct/rms) of every tensor of `TRAINED_TAILS` in every block, over float images
-    [N, C, H, W] with task 0, by name (`embed`, `blocks.{b}.{tensor}`); `gelu` pools a MoE block's experts, each
-    on every token, as calibration sees them."""
+def _activations(model, images: np.ndarray) -> tuple[dict[str, torch.Tensor], int]:
+    """Every tensor of `TRAINED_TAILS` in every block over float images [N, C, H, W] with task 0, by name
+    (`embed`, `blocks.{b}.{tensor}`), a MoE block's experts pooled (each on every token, as calibration sees
+    them); and the number of images."""
     count = len(images)
     seen = {}
 
@@ -134,7 +158,18 @@ def activation_tails(model, images: np.ndarray) -> dict[str, tuple[float, float]
 
     with torch.no_grad():
         model(torch.from_numpy(np.asarray(images, np.float32)), 0, probe=probe)
+    return seen, count
+
+
+def activation_tails(model, images: np.ndarray) -> dict[str, tuple[float, float]]:
+    """(max/rms, 99.99th pct/rms) of every tensor of `_activations`, by name."""
+    seen, count = _activations(model, images)
     return {name: tails(tensor, count) for name, tensor in seen.items()}
+
+
+def activation_rms(model, images: np.ndarray) -> dict[str, float]:
+    """The rms of every tensor of `_activations` over all the images, by name."""
+    return {name: _rms(tensor) for name, tensor in _activations(model, images)[0].items()}
 
 
 class _Shaper:
@@ -150,6 +185,13 @@ class _Shaper:
 
     def randn(self, *shape) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator)
+
+    def weights(self, *shape) -> torch.Tensor:
+        """Random weights of unit variance whose tails are a trained layer's: normal, each times a log-normal
+        scale (exp(σz), σ = `_WEIGHT_TAIL`), so that int8 per output channel costs what it costs a trained
+        M³ViT-tiny (`m3vit.md`: 47 dB after block 0; plain normal weights would cost 4-5 dB less)."""
+        scale = torch.exp(_WEIGHT_TAIL * self.randn(*shape) - _WEIGHT_TAIL ** 2)
+        return self.randn(*shape) * scale
 
     def tails(self, x) -> tuple[float, float]:
         return tails(x, self.count)
@@ -190,15 +232,20 @@ class _Shaper:
         x = model.embed(self.images)
         # The cls token spikes in the spike channel, to the embedding's own maximum.
         model.cls_token[..., self.spike] = float(x.pow(2).mean().sqrt()) * target[0]
+        scale = rms_target(self.config, None, "embed") / _rms(model.embed(self.images))
+        for parameter in (model.patch_embed.proj.weight, model.patch_embed.proj.bias, model.pos_embed,
+                          model.cls_token):
+            parameter *= scale
         return model.embed(self.images)
 
-    def norm(self, norm, x: torch.Tensor, target) -> torch.Tensor:
+    def norm(self, norm, x: torch.Tensor, index: int, name: str) -> torch.Tensor:
         """γ ≈ 1 ± 0.1, β ≈ ±0.02, the outlier channel damped; hot channels' γ and β → the output's 99.99th
         percentile, the spike channel's γ → its own peak at the output's maximum ratio. Where the hot channels
         reach that maximum first, the spike still reaches it too: with a small γ there the attention could read
         the spike only through a q/k weight tens of times its others, which sets every q/k row's int8 step (a
-        trained model's int8 weights cost little, `m3vit.md`)."""
-        d = self.config.embed_dim
+        trained model's int8 weights cost little, `m3vit.md`). Then γ and β scaled together to the output's rms.
+        `name`: norm1 or norm2 of block `index`."""
+        d, target = self.config.embed_dim, tail_targets(self.config, index, name)
         norm.weight.copy_(1 + 0.1 * self.randn(d))
         norm.bias.copy_(0.02 * self.randn(d))
         norm.weight[self.outlier] = 0.1
@@ -221,6 +268,9 @@ class _Shaper:
             _bisect(set_hot, lambda: self.tails(norm(x))[1], target[1], 0.05, 200.0)
             _bisect(set_spike, spike_peak, target[0], 0.05, 200.0)
         _bisect(set_hot, lambda: self.tails(norm(x))[1], target[1], 0.05, 200.0)
+        scale = rms_target(self.config, index, name) / _rms(norm(x))
+        norm.weight *= scale
+        norm.bias *= scale
         return hot
 
     def attention(self, block, index: int, x: torch.Tensor, hot: torch.Tensor) -> torch.Tensor:
@@ -232,18 +282,22 @@ class _Shaper:
         d, heads, hd = config.embed_dim, config.num_heads, config.head_dim
         n1 = block.norm1(x)
         qkv = block.attn.qkv
-        shared = self.randn(d, d) / math.sqrt(d)
-        key = shared + 0.3 * self.randn(d, d) / math.sqrt(d)
+        shared = self.weights(d, d) / math.sqrt(d)
+        key = shared + 0.3 * self.weights(d, d) / math.sqrt(d)
         direction = self.randn(heads, hd)
         direction = (direction / direction.norm(dim=-1, keepdim=True)).flatten()
-        largest = float(n1[..., self.spike].abs().max().clamp_min(1e-6))
-        spike_gain = math.sqrt(_SELF_ATTENTION * math.sqrt(hd)) / largest
+        spikes = n1[..., self.spike].flatten()
+        peak = float(spikes[spikes.abs().argmax()])
+        spike_gain = math.sqrt(2 * _SELF_ATTENTION * math.sqrt(hd)) / max(abs(peak), 1e-6)
         unit = n1.reshape(-1, d).mean(0)
         unit /= unit.norm().clamp_min(1e-12)
-        values = self.randn(d, d) / math.sqrt(d)
+        values = self.weights(d, d) / math.sqrt(d)
         values[:, self.spike] = 0                # only V's spike column carries the spikes
         qkv.weight[2 * d:] = values - (values @ unit)[:, None] * unit[None, :]   # V: zero mean over the tokens
         qkv.bias.copy_(0.02 * self.randn(3 * d))
+        # A query offset of half the spike's: a spiking token prefers itself by _SELF_ATTENTION, and the others
+        # avoid it by as much (they would otherwise read its spike through V and spread it into every token).
+        qkv.bias[:d] -= spike_gain * peak / 2 * direction
         v_hot = torch.arange(heads) * hd + 2 * d
         v_spike = v_hot + 1
         # V's hot column: zero mean over the tokens (averaging removes it, as in a trained ViT)
@@ -268,48 +322,43 @@ class _Shaper:
         for _ in range(2):
             _bisect(set_v_spike, lambda: self.tails(output()["v"])[0], v_target[0], 1e-3, 100.0)
             _bisect(set_sharpness, lambda: -self.tails(output()["attn_out"])[0], -out_target[0], 1e-3, 10.0)
+        scale = rms_target(config, index, "attn_out") / _rms(output()["attn_out"])
+        qkv.weight[2 * d:] *= scale
+        qkv.bias[2 * d:] *= scale
         return self.projection(block, index, x, n1, v_spike - 2 * d)
 
     def projection(self, block, index: int, x: torch.Tensor, n1: torch.Tensor, spike_columns) -> torch.Tensor:
-        """proj: a random matrix of gain a (→ mid's 99.99th percentile: the residual's outlier against the
-        attention's update) that reads V's spike columns into the spike channel (→ mid's maximum)."""
+        """proj: a random matrix of unit gain (`_UPDATE_GAIN`) that reads V's spike columns into the spike
+        channel (→ mid's maximum)."""
         d = self.config.embed_dim
         proj = block.attn.proj
-        random = self.randn(d, d) / math.sqrt(d)
-        random[:, spike_columns] = 0
-        random[self.spike] = 0
+        proj.weight.copy_(_UPDATE_GAIN * self.weights(d, d) / math.sqrt(d))
+        proj.weight[:, spike_columns] = 0
+        proj.weight[self.spike] = 0
         proj.bias.copy_(0.02 * self.randn(d))
-        knobs = {"gain": 0.5, "spike": 0.0}
         sign = self.spike_sign(x)     # V's spike columns carry n1's spike, of the residual's sign (γ > 0)
 
-        def set_knob(name):
-            def apply(value):
-                knobs[name] = value
-                proj.weight.copy_(knobs["gain"] * random)
-                proj.weight[self.spike, spike_columns] = knobs["spike"] * sign
-            return apply
+        def set_spike(value):
+            proj.weight[self.spike, spike_columns] = value * sign
 
-        target = tail_targets(self.config, index, "mid")
-        for _ in range(2):
-            # a smaller update keeps more of the outlier's share: bisect on the negated percentile
-            _bisect(set_knob("gain"), lambda: -self.tails(x + block.attn(n1))[1], -target[1], 1e-3, 10.0)
-            _bisect_linear(set_knob("spike"), lambda: self.spike_peak(x + block.attn(n1), sign), target[0],
-                           -10.0, 10.0)
+        _bisect_linear(set_spike, lambda: self.spike_peak(x + block.attn(n1), sign),
+                       tail_targets(self.config, index, "mid")[0], -10.0, 10.0)
         return block.attn(n1)
 
     def block(self, index: int, block, x: torch.Tensor) -> torch.Tensor:
         config = self.config
-        hot = self.norm(block.norm1, x, tail_targets(config, index, "norm1"))
+        hot = self.norm(block.norm1, x, index, "norm1")
         mid = x + self.attention(block, index, x, hot)
-        hot = self.norm(block.norm2, mid, tail_targets(config, index, "norm2"))
+        hot = self.norm(block.norm2, mid, index, "norm2")
         n2 = block.norm2(mid)
         if config.is_moe(index):
             self.routers(block.mlp, n2)
         return self.mlp(block, index, n2, mid, hot)
 
     def mlp(self, block, index: int, n2: torch.Tensor, mid: torch.Tensor, hot: torch.Tensor) -> torch.Tensor:
-        """The MLP (dense, or every expert): a few loud units that fire on the place tokens, their gains falling
-        from unit to unit (gain → GELU's maximum, slope → its 99.99th percentile); a sink unit that fires on the spiking tokens alone and writes the spike channel
+        """The MLP (dense, or every expert): random units of a common gain (→ the hidden's rms); a few loud units
+        that fire on the place tokens, their gains falling from unit to unit (gain → GELU's maximum, slope → its
+        99.99th percentile); a sink unit that fires on the spiking tokens alone and writes the spike channel
         (→ the block output's maximum); fc2's bias on the outlier channel (→ its 99.99th percentile). Returns
         the block's output."""
         config = self.config
@@ -321,10 +370,10 @@ class _Shaper:
             fc1_w, fc1_b = block.mlp.fc1.weight[None], block.mlp.fc1.bias[None]
             fc2_w, fc2_b = block.mlp.fc2.weight[None], block.mlp.fc2.bias[None]
         e, h, d = fc1_w.shape
-        fc1_w.copy_(self.randn(e, h, d) / math.sqrt(d))
+        fc1_w.copy_(self.weights(e, h, d) / math.sqrt(d))
         fc1_w[..., self.spike] *= 0.1            # the spiking tokens do not drive every unit
         fc1_b.copy_(0.1 * self.randn(e, h))
-        fc2_w.copy_(0.5 * self.randn(e, d, h) / math.sqrt(h))
+        fc2_w.copy_(_UPDATE_GAIN * self.weights(e, d, h) / math.sqrt(h))
         fc2_w[:, self.spike] = 0
         fc2_b.copy_(0.02 * self.randn(e, d))
         tokens = n2.reshape(-1, d)
@@ -347,31 +396,50 @@ class _Shaper:
                     fc1_b[expert, rows] = -g * (0.75 * low + 0.25 * high) / (high - low)
             return apply
 
-        # The sink unit: the spike channel beyond half the largest spike, its GELU output about the hidden's rms.
+        # The sink unit: the spike channel beyond half the largest spike, ±_SINK_LEVEL from its threshold, so that
+        # its GELU output is _SINK_LEVEL on the spiking tokens and about zero on the others (GELU(-3) ≈ -0.004).
+        gelu_rms = rms_target(config, index, "gelu")
         spikes = tokens[:, self.spike]
         peak = spikes[spikes.abs().argmax()]
-        sink_gain = float(F.gelu(tokens @ fc1_w[0].T + fc1_b[0]).pow(2).mean().sqrt() / (peak.abs() / 2))
+        sink_gain = _SINK_LEVEL / float(peak.abs() / 2)
         for expert, row in enumerate(sink):
             fc1_w[expert, row] = 0
             fc1_w[expert, row, self.spike] = sink_gain * peak.sign()
             fc1_b[expert, row] = -sink_gain * peak.abs() / 2
 
-        # GELU's tails, every expert on every token as calibration sees them: the other units once, the loud
-        # units at each step.
+        # GELU's tails, every expert on every token as calibration sees them: the other units once per body
+        # gain (the random units' scale, → the hidden's rms), the loud units at each step.
         quiet = torch.ones(e, h, dtype=torch.bool)
         for expert, rows in enumerate(loud):
             quiet[expert, rows] = False
+        body = quiet.clone()
+        body[torch.arange(e), torch.tensor(sink)] = False
+        body_w, body_b = fc1_w[body].clone(), fc1_b[body].clone()
         pre = torch.einsum("td,ehd->eht", tokens, fc1_w) + fc1_b[..., None]
-        fixed = F.gelu(pre[quiet]).abs().reshape(-1, self.count, tokens.shape[0] // self.count)
-        fixed = fixed.transpose(0, 1).reshape(self.count, -1).double()
         count = e * h * tokens.shape[0] // self.count
         largest = count - math.ceil(count * PERCENTILE / 100) + 1
-        fixed_top, fixed_squares = fixed.topk(largest, dim=-1).values, fixed.pow(2).sum(-1)
+        fixed = {}
+
+        def per_image(values):
+            values = values.abs().reshape(-1, self.count, tokens.shape[0] // self.count)
+            return values.transpose(0, 1).reshape(self.count, -1).double()
+
+        def set_body(g):
+            fc1_w[body], fc1_b[body] = g * body_w, g * body_b
+            quiet_values = torch.cat([per_image(F.gelu(g * pre[body])), per_image(F.gelu(pre[quiet & ~body]))], -1)
+            fixed["top"], fixed["squares"] = quiet_values.topk(largest, dim=-1).values, quiet_values.pow(2).sum(-1)
+
+        def loud_values():
+            return torch.cat([F.gelu(tokens @ fc1_w[expert, rows].T + fc1_b[expert, rows]).abs()
+                              for expert, rows in enumerate(loud)], -1).reshape(self.count, -1).double()
+
+        def hidden_rms():
+            return float(((fixed["squares"] + loud_values().pow(2).sum(-1)) / count).sqrt().median())
 
         def hidden_tails():
-            values = torch.cat([F.gelu(tokens @ fc1_w[expert, rows].T + fc1_b[expert, rows]).abs()
-                                for expert, rows in enumerate(loud)], -1).reshape(self.count, -1).double()
-            return _tails_from(torch.cat([fixed_top, values], -1), fixed_squares + values.pow(2).sum(-1), count)
+            values = loud_values()
+            return _tails_from(torch.cat([fixed["top"], values], -1), fixed["squares"] + values.pow(2).sum(-1),
+                               count)
 
         def output():
             return mid + block.mlp(n2, 0)[0]
@@ -382,17 +450,24 @@ class _Shaper:
             for expert, row in enumerate(sink):
                 fc2_w[expert, self.spike, row] = w * sign
 
+        # fc2's bias on the outlier channel, along the outlier's sign: from cancelling it to adding to it.
+        outlier = float(mid[..., self.outlier].mean())
+        outlier_sign = 1.0 if outlier >= 0 else -1.0
+
         def set_outlier_bias(b):
-            fc2_b[:, self.outlier] = b
+            fc2_b[:, self.outlier] = b * outlier_sign
 
         gelu_target, out_target = tail_targets(config, index, "gelu"), tail_targets(config, index, "out")
-        for _ in range(3):
-            _bisect(set_knob("gain"), lambda: hidden_tails()[0], gelu_target[0], 0.01, 1000.0)
-            # a steeper slope, fewer units near the top: bisect on the negated percentile
-            _bisect_linear(set_knob("slope"), lambda: -hidden_tails()[1], -gelu_target[1], 0.0, 0.95)
+        set_knob("gain")(1.0)
+        for rounds in (3, 1):
+            _bisect(set_body, hidden_rms, gelu_rms, 1e-3, 100.0)
+            for _ in range(rounds):
+                _bisect(set_knob("gain"), lambda: hidden_tails()[0], gelu_target[0], 0.01, 1000.0)
+                # a steeper slope, fewer units near the top: bisect on the negated percentile
+                _bisect_linear(set_knob("slope"), lambda: -hidden_tails()[1], -gelu_target[1], 0.0, 0.95)
         _bisect(set_knob("gain"), lambda: hidden_tails()[0], gelu_target[0], 0.01, 1000.0)
         for _ in range(2):
-            _bisect(set_outlier_bias, lambda: self.tails(output())[1], out_target[1], 1e-3, 100.0)
+            _bisect_linear(set_outlier_bias, lambda: self.tails(output())[1], out_target[1], -abs(outlier), 100.0)
             _bisect_linear(set_sink_row, lambda: self.spike_peak(output(), sign), out_target[0], -100.0, 100.0)
         return output()
 
@@ -407,7 +482,7 @@ class _Shaper:
         mean = tokens.mean(0)
         direction = mean / mean.norm().clamp_min(1e-12) ** 2
         unit = mean / mean.norm().clamp_min(1e-12)
-        base = [self.randn(d, e) / math.sqrt(d) for _ in range(tasks)]
+        base = [self.weights(d, e) / math.sqrt(d) for _ in range(tasks)]
         base = [w - unit[:, None] * (unit @ w)[None, :] for w in base]   # popularity alone sets the mean
         popularity = [-self.randn(e) ** 2 for _ in range(tasks)]   # most experts alike, a few out of favour
         favourite = [int(torch.randint(e, (1,), generator=self.generator)) for _ in range(tasks)]

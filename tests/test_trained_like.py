@@ -7,11 +7,11 @@ import torch
 
 from golden.config import model_preset
 from golden.fidelity import CALIBRATION_SEED, TEST_SEED
-from golden.fixtures import TRAINED_ROUTING, TRAINED_TAILS
+from golden.fixtures import TRAINED_RMS, TRAINED_ROUTING, TRAINED_TAILS
 from golden.float_model import M3ViT, float_inference
 from golden.images import natural_images
 from golden.sensitivity import TRAINED_SENSITIVITY, quantization_sensitivity
-from golden.trained_like import activation_tails, routing_statistics, tail_targets
+from golden.trained_like import activation_rms, activation_tails, rms_target, routing_statistics, tail_targets
 
 CITYSCAPES = model_preset("m3vit-tiny-cityscapes")
 TOLERANCE = 0.25
@@ -23,21 +23,26 @@ def test_trained_like_model_has_the_trained_tails_and_routing():
     model = M3ViT.trained_like(CITYSCAPES, 0)
     images = natural_images(CITYSCAPES, 8, CALIBRATION_SEED)     # the calibration images of `m3vit golden`
     _check_tails(model, images)
+    _check_scales(model, images)
     _check_routing(model, images)
     _check_sensitivity(model)
 
 
 def _check_sensitivity(model):
-    """No easier to quantize than the trained model (`golden.sensitivity`): a synthetic model that flatters the
-    integer scheme would hide what a real checkpoint costs. Its int8 weights alone no more than 3 dB harder than
-    the trained model's (a weight column tens of times the rest, an artefact of shaping, set every row's step)."""
+    """As hard to quantize as the trained model (`golden.sensitivity`): no easier, since a synthetic model that
+    flatters the integer scheme would hide what a real checkpoint costs, and no more than 3 dB harder, since one
+    that is much harder sends the scheme after the shaping's artefacts (the model before this rule was 9-10 dB
+    harder at blocks 0 and 3). Its int8 weights alone likewise (a weight column tens of times the rest, an
+    artefact of shaping, set every row's step)."""
     measured = quantization_sensitivity(model, natural_images(CITYSCAPES, 16, CALIBRATION_SEED),
                                         natural_images(CITYSCAPES, 4, TEST_SEED))
     trained = TRAINED_SENSITIVITY["snr_db"]
+    low, high = TRAINED_SENSITIVITY["agreement"]
     first = CITYSCAPES.moe_blocks[0]
     for task, snr in measured["snr_db"].items():
-        assert snr[0] <= trained[0] + 1.0 and snr[3] <= trained[3] + 1.0, (task, snr)
-        assert measured["agreement"][task][first] <= TRAINED_SENSITIVITY["agreement"][1] + 0.02, measured
+        for block in (0, 3):
+            assert trained[block] - 3.0 <= snr[block] <= trained[block] + 1.0, (task, snr)
+        assert low - 0.05 <= measured["agreement"][task][first] <= high + 0.02, measured
         weights = TRAINED_SENSITIVITY["weights_snr_db"][0]
         assert weights - 3.0 <= measured["weights_snr_db"][task][0] <= weights + 1.0, measured["weights_snr_db"]
 
@@ -60,10 +65,30 @@ def _check_tails(model, images):
     assert not misses
 
 
+def _check_scales(model, images):
+    """The rms of the tensors that set how large each update is against the residual stream, in every block,
+    within the tails' tolerance; the residual's own rms within twice that: the trained model's shrinks a little
+    over blocks 0-1 (its updates partly cancel it), which updates of random direction cannot do. V and the router
+    logits are left out: attention's averaging sets V against its output, and the margins set the logits."""
+    measured = activation_rms(model, images)
+    misses = []
+    for name, rms in measured.items():
+        parts = name.split(".")
+        tensor, block = parts[-1], None if name == "embed" else int(parts[1])
+        if tensor in ("v", "router_logits"):
+            continue
+        tolerance = 2 * TOLERANCE if tensor in ("mid", "out") else TOLERANCE
+        if abs(rms / rms_target(CITYSCAPES, block, tensor) - 1) > tolerance:
+            misses.append((name, rms, rms_target(CITYSCAPES, block, tensor)))
+    assert not misses and len(measured) >= 1 + 7 * CITYSCAPES.depth
+
+
 def test_targets_are_the_tables():
     assert tail_targets(CITYSCAPES, 0, "norm1") == TRAINED_TAILS["norm1"]["dense"]
     assert tail_targets(CITYSCAPES, 1, "norm1") == TRAINED_TAILS["norm1"]["moe"]
     assert tail_targets(CITYSCAPES, None, "embed") == TRAINED_TAILS["embed"]
+    assert rms_target(CITYSCAPES, 1, "attn_out") == TRAINED_RMS["attn_out"]["moe"]
+    assert rms_target(CITYSCAPES, None, "embed") == TRAINED_RMS["embed"]
     tiny = tail_targets(model_preset("tiny"), 0, "gelu")         # embed 32: scaled by sqrt(32 / 192)
     assert np.allclose(tiny, np.array(TRAINED_TAILS["gelu"]) * np.sqrt(32 / 192))
 
