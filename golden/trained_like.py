@@ -82,23 +82,24 @@ def _tails_from(top: torch.Tensor, squares: torch.Tensor, count: int) -> tuple[f
     return float((top[:, 0] / rms).median()), float((top[:, rank] / rms).median())
 
 
+def _measured(table: dict, config: ModelConfig, block: int | None, tensor: str):
+    """`table[tensor]`, the dense or MoE blocks' figure where the table measured both."""
+    target = table[tensor]
+    return target["moe" if config.is_moe(block) else "dense"] if isinstance(target, dict) else target
+
+
 def tail_targets(config: ModelConfig, block: int | None, tensor: str) -> tuple[float, float]:
     """The trained model's (max/rms, 99.99th pct/rms) for `tensor` of `block` (None for the embedding),
     measured at M³ViT-tiny's width; a narrower model gets them scaled by sqrt(D / 192) (one channel holds at
     most sqrt(D) times a token's rms, so the table's ratios cannot be reached below that width)."""
-    target = TRAINED_TAILS[tensor]
-    if isinstance(target, dict):
-        target = target["moe" if config.is_moe(block) else "dense"]
+    target = _measured(TRAINED_TAILS, config, block, tensor)
     scale = min(1.0, math.sqrt(config.embed_dim / _MEASURED_WIDTH))
     return target[0] * scale, target[1] * scale
 
 
 def rms_target(config: ModelConfig, block: int | None, tensor: str) -> float:
     """The trained model's rms of `tensor` of `block` (None for the embedding)."""
-    target = TRAINED_RMS[tensor]
-    if isinstance(target, dict):
-        target = target["moe" if config.is_moe(block) else "dense"]
-    return target
+    return _measured(TRAINED_RMS, config, block, tensor)
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -399,7 +400,6 @@ class _Shaper:
 
         # The sink unit: the spike channel beyond half the largest spike, ±_SINK_LEVEL from its threshold, so that
         # its GELU output is _SINK_LEVEL on the spiking tokens and about zero on the others (GELU(-3) ≈ -0.004).
-        gelu_rms = rms_target(config, index, "gelu")
         spikes = tokens[:, self.spike]
         peak = spikes[spikes.abs().argmax()]
         sink_gain = _SINK_LEVEL / float(peak.abs() / 2)
@@ -459,6 +459,7 @@ class _Shaper:
             fc2_b[:, self.outlier] = b * outlier_sign
 
         gelu_target, out_target = tail_targets(config, index, "gelu"), tail_targets(config, index, "out")
+        gelu_rms = rms_target(config, index, "gelu")
         set_knob("gain")(1.0)
         for rounds in (3, 1):
             _bisect(set_body, hidden_rms, gelu_rms, 1e-3, 100.0)

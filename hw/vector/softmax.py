@@ -11,8 +11,8 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
    the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum,
-   the product's a cycle before its excess over 15 bits, its rounding sum a cycle before the shift). About 23
-   cycles a row.
+   the product's a cycle before its excess over 15 bits, its rounding sum a cycle before the shift). About 21
+   cycles a row (the cycle model's `SOFTMAX`).
 
 So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
 
@@ -179,7 +179,6 @@ class Softmax(wiring.Component):
             m.d.sync += rows_out.eq(0)
             rows.reset(m)
         return m
-
 
     def _row_scale(self, m, command, row_total, row_done, scale_free, busy):
         """Part 3, one row at a time: the row's sum `row_total` taken when `row_done` (while `scale_free`), then
