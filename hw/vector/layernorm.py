@@ -4,8 +4,8 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 1. **Sums** (`lanes` values per cycle): each beat is written into the row buffer while S = Σx and Q = Σx²
    accumulate (one squarer per lane, an adder tree, four stages).
 2. **Statistics** (one row at a time, sequential): v = D·Q − S² + eps, e = max(0, ⌈(bitlen(v) − 32)/2⌉),
-   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle, one in the first when
-   their number is odd: 16-17 cycles for a normalised v, 32 for rows of nearly equal values), its integer
+   2^62 // (v >> 2e) by restoring division (64 − bitlen(v >> 2e) steps, two a cycle by radix 4, one in the first
+   when their number is odd: 16-17 cycles for a normalised v, 32 for rows of nearly equal values), its integer
    square root r digit by digit beside it (a result bit a cycle from each cycle's two quotient bits, one cycle
    after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
    for a typical row; it overlaps the next row's sums and the previous row's output.
@@ -274,6 +274,7 @@ class LayerNorm(wiring.Component):
         v_length = Signal(range(self.v_width + 1))
         top = Signal(range(32), name="divisor_top")     # bitlen(divisor) − 1: the first quotient bit that can be 1
         remainder = Signal(unsigned(33))
+        triple = Signal(unsigned(34))                   # 3 · divisor, for the radix-4 step
         step = Signal(range(DIVIDEND_BITS + 1))        # the position of the next quotient bit
         pair = Signal(2)                                # the quotient's last two bits, the root's next pair
         radicand = Signal(unsigned(ROOT_BITS + 3))      # the root's remainder, < 2·r + 1, with the pair shifted in
@@ -286,6 +287,15 @@ class LayerNorm(wiring.Component):
         m.d.comb += [shifted.eq(Cat(pair, radicand)), difference.eq(shifted - Cat(Const(1, 2), root)),
                      fits.eq(~difference[-1])]
         next_radicand, next_root = Mux(fits, difference, shifted), Cat(fits, root)
+        # One step of the division, two quotient bits: with the remainder R < 2·divisor they are ⌊2R / divisor⌋,
+        # from 2R − divisor, 2R − 2·divisor and 2R − 3·divisor side by side (radix 4: one subtraction deep)
+        doubled = Cat(Const(0, 1), remainder)
+        rests = [doubled] + [Signal(signed(len(doubled) + 1), name=f"rest{j}") for j in (1, 2, 3)]
+        m.d.comb += [rest.eq(doubled - subtrahend) for rest, subtrahend
+                     in zip(rests[1:], (divisor, Cat(Const(0, 1), divisor), triple))]
+        fit = [None] + [~rest[-1] for rest in rests[1:]]          # 2R ≥ j · divisor
+        first_bit, second_bit = fit[2], fit[3] | (fit[1] & ~fit[2])
+        kept = Mux(fit[3], rests[3], Mux(fit[2], rests[2], Mux(fit[1], rests[1], doubled)))
         m.d.comb += [multiplier.a.eq(operand), multiplier.b.eq(s)]
         with m.FSM(name="statistics"):
             with m.State("IDLE"):
@@ -313,19 +323,16 @@ class LayerNorm(wiring.Component):
                 m.next = "DIVIDE_START"
             with m.State("DIVIDE_START"):
                 m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair.eq(0),
-                             radicand.eq(0), root.eq(0)]
+                             radicand.eq(0), root.eq(0), triple.eq(times_constant(divisor, 3))]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 # Two quotient bits a cycle, one in the first when the first position is even, so that every
                 # cycle's bits are one of the root's pairs (2j + 1, 2j); the root takes the pair of the cycle
                 # before, a bit a cycle.
                 single = ~step[0]
-                parts, bits = [remainder], []
-                for _ in range(2):
-                    bits.append(parts[-1] >= divisor)
-                    parts.append((Mux(bits[-1], parts[-1] - divisor, parts[-1]) << 1)[:len(remainder)])
-                m.d.sync += [remainder.eq(Mux(single, parts[1], parts[2])), step.eq(step - Mux(single, 1, 2)),
-                             pair.eq(Mux(single, Cat(bits[0], 0), Cat(bits[1], bits[0]))),
+                m.d.sync += [remainder.eq(Mux(single, Mux(first_bit, rests[2], doubled), kept << 1)[:len(remainder)]),
+                             step.eq(step - Mux(single, 1, 2)),
+                             pair.eq(Mux(single, Cat(first_bit, 0), Cat(second_bit, first_bit))),
                              radicand.eq(next_radicand), root.eq(next_root)]
                 with m.If(~single & (step == 1)):
                     m.next = "ROOT"
