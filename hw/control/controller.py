@@ -63,7 +63,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
@@ -125,15 +125,17 @@ class Controller(wiring.Component):
 
     def dram_address(self, m, operands, name, extra=0):
         """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
-        exists and the address is bus-aligned."""
+        exists and the address is bus-aligned (from the terms' low bits alone: the wide sum goes to a command
+        register, not into the decision)."""
         address = Signal(32, name=f"{name}_address")
         good = Signal(name=f"{name}_address_good")
+        low = (self.bus_bytes - 1).bit_length()
         with m.Switch(operands.region):
             for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
                                  (Region.OUTPUT, self.output_addr)):
                 with m.Case(region):
                     m.d.comb += [address.eq(base + operands.address + extra),
-                                 good.eq(address[:(self.bus_bytes - 1).bit_length()] == 0)]
+                                 good.eq((base[:low] + operands.address[:low] + Value.cast(extra)[:low])[:low] == 0)]
         return address, good
 
     def half_of(self, space: Space, base, words):
