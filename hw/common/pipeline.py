@@ -1,10 +1,10 @@
-"""Pipeline building blocks shared by the units: delay lines and credit counters."""
+"""Pipeline building blocks shared by the units: delay lines, credit counters and skid buffers."""
 
 from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-__all__ = ["delay_line", "credit_counter"]
+__all__ = ["delay_line", "credit_counter", "skid_buffer"]
 
 
 def delay_line(m, value, cycles: int, name: str, *, data: bool = False) -> list:
@@ -26,3 +26,21 @@ def credit_counter(m, counter: Signal, nonzero: Signal, up, down):
     chain or comparator after the control signals' fan-out)."""
     m.d.sync += counter.eq(Mux(up == down, counter, Mux(up, counter + 1, counter - 1)))
     m.d.sync += nonzero.eq(Mux(up == down, nonzero, up | (counter != 1)))
+
+
+def skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, out_fields: dict):
+    """A two-entry buffer from one valid/ready channel to another, in order, a beat a cycle: `in_ready` and
+    `out_valid` and the out fields are registers (no path runs through it from either side to the other); the
+    fields' registers are not reset (their validity travels beside them)."""
+    main = {name: Signal.like(value, name=f"main_{name}", reset_less=True) for name, value in in_fields.items()}
+    skid = {name: Signal.like(value, name=f"skid_{name}", reset_less=True) for name, value in in_fields.items()}
+    main_valid, skid_valid = Signal(), Signal()
+    m.d.comb += [in_ready.eq(~skid_valid), out_valid.eq(main_valid)]
+    m.d.comb += [out_fields[name].eq(main[name]) for name in in_fields]
+    with m.If(~main_valid | out_ready):
+        with m.If(skid_valid):
+            m.d.sync += [main_valid.eq(1), skid_valid.eq(0)] + [main[name].eq(skid[name]) for name in in_fields]
+        with m.Else():
+            m.d.sync += [main_valid.eq(in_valid)] + [main[name].eq(in_fields[name]) for name in in_fields]
+    with m.Elif(in_valid & in_ready):
+        m.d.sync += [skid_valid.eq(1)] + [skid[name].eq(in_fields[name]) for name in in_fields]

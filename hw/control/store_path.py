@@ -20,6 +20,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib.memory import ReadPort
 
 from ..common.arith import narrow_product
+from ..common.pipeline import skid_buffer
 from ..memory.axi import AXI4Write
 from ..memory.writer import StoreWriter
 from ..vector.upsample import Upsampler
@@ -70,6 +71,7 @@ class StorePath(TransferPath):
         # keeps the near pixel in `near` and offers (near, the port's far pixel) while `pair_valid`.
         word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
+        beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         last_pixel = x == width - 1
         read_address = Mux(upsample & phase, far, address)
         for width_bytes, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
@@ -100,9 +102,12 @@ class StorePath(TransferPath):
                     m.d.comb += [gearbox.input.payload.eq(upsampler.output.payload),
                                  upsampler.output.ready.eq(gearbox.input.ready & chosen)]
             with m.If(chosen):
-                m.d.comb += [taken.eq(gearbox.input.ready), writer.data.valid.eq(gearbox.output.valid),
-                             writer.data.payload.eq(gearbox.output.payload),
-                             gearbox.output.ready.eq(writer.data.ready), beats_valid.eq(gearbox.output.valid)]
+                m.d.comb += [taken.eq(gearbox.input.ready), beat_valid.eq(gearbox.output.valid),
+                             beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready),
+                             beats_valid.eq(gearbox.output.valid)]
+        # Bus words to the writer through a skid buffer: the bus's WREADY reaches no further into the path
+        skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
+                    {"data": writer.data.payload})
 
         with m.If(~upsample):
             m.d.comb += fetch.eq(self.busy & (words_left != 0) & (~word_valid | taken))
@@ -127,7 +132,7 @@ class StorePath(TransferPath):
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
         drained = Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling, (words_left == 0) & ~word_valid)
-        with m.If(~accepted & self.busy & drained & ~beats_valid & writer.idle):
+        with m.If(~accepted & self.busy & drained & ~beats_valid & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
 

@@ -19,6 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from ..common.pipeline import skid_buffer
 from .axi import AXI4, AXI4Read, AXI4Write
 
 __all__ = ["ReadArbiter", "WriteArbiter", "AXI4Arbiter"]
@@ -147,7 +148,7 @@ class WriteArbiter(wiring.Component):
                 m.d.comb += [beat_valid.eq(port.wvalid)] + [beat[name].eq(getattr(port, name)) for name in _BEAT]
             with m.If(answered):
                 m.d.comb += bus.bready.eq(port.bready)
-        _skid_buffer(m, beat_valid, beat_ready, beat, bus.wvalid, bus.wready, {name: getattr(bus, name)
+        skid_buffer(m, beat_valid, beat_ready, beat, bus.wvalid, bus.wready, {name: getattr(bus, name)
                                                                               for name in _BEAT})
         m.d.comb += [data_order.r_en.eq(beat_valid & beat_ready & beat["wlast"]),
                      response_order.r_en.eq(bus.bvalid & bus.bready)]
@@ -155,23 +156,6 @@ class WriteArbiter(wiring.Component):
 
 
 _BEAT = ("wdata", "wstrb", "wlast")
-
-
-def _skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, out_fields: dict):
-    """A two-entry buffer from one valid/ready channel to another, in order, a beat a cycle: `in_ready` and
-    `out_valid` and the out fields are registers (no path runs through it from either side to the other)."""
-    main = {name: Signal.like(value, name=f"main_{name}") for name, value in in_fields.items()}
-    skid = {name: Signal.like(value, name=f"skid_{name}") for name, value in in_fields.items()}
-    main_valid, skid_valid = Signal(), Signal()
-    m.d.comb += [in_ready.eq(~skid_valid), out_valid.eq(main_valid)]
-    m.d.comb += [out_fields[name].eq(main[name]) for name in in_fields]
-    with m.If(~main_valid | out_ready):
-        with m.If(skid_valid):
-            m.d.sync += [main_valid.eq(1), skid_valid.eq(0)] + [main[name].eq(skid[name]) for name in in_fields]
-        with m.Else():
-            m.d.sync += [main_valid.eq(in_valid)] + [main[name].eq(in_fields[name]) for name in in_fields]
-    with m.Elif(in_valid & in_ready):
-        m.d.sync += [skid_valid.eq(1)] + [skid[name].eq(in_fields[name]) for name in in_fields]
 
 
 class AXI4Arbiter(wiring.Component):

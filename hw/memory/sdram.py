@@ -113,8 +113,13 @@ class _Build:
         self.dq_out, self.dq_enable, self.mask = Signal(chip.data_width), Signal(), Signal(chip.data_width // 8)
         pins = controller.sdram
         m.d.sync += [pins.cke.eq(1), pins.cs_n.eq(0), Cat(pins.we_n, pins.cas_n, pins.ras_n).eq(self.command),
-                     pins.ba.eq(self.bank_pin), pins.a.eq(self.address_pin), pins.dq_o.eq(self.dq_out),
-                     pins.dq_oe.eq(self.dq_enable), pins.dqm.eq(self.mask)]
+                     pins.dq_oe.eq(self.dq_enable)]
+        # the command's operands: registers the reset does not reach (the command and DQ's enable say when they count)
+        for pin, value in ((pins.ba, self.bank_pin), (pins.a, self.address_pin), (pins.dq_o, self.dq_out),
+                           (pins.dqm, self.mask)):
+            register = Signal.like(value, name=f"{value.name}_q", reset_less=True)
+            m.d.sync += register.eq(value)
+            m.d.comb += pin.eq(register)
         self.dq_in = Signal(chip.data_width)
         m.d.sync += self.dq_in.eq(pins.dq_i)
 
