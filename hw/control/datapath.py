@@ -26,6 +26,7 @@ from golden import ops
 
 from ..common.arith import address_bits, times_constant
 from ..common.gearbox import Gearbox
+from ..common.pipeline import skid_buffer
 from ..memory.axi import AXI4Read
 from ..memory.reader import StreamReader
 from ..vector.residual import ResidualAdd
@@ -106,9 +107,9 @@ class TransferPath(wiring.Component):
 
 
 class LoadPath(TransferPath):
-    """A LOAD: DRAM bytes from `address` into the memory's words from `base`, each word written (its write
-    port: `addr`, `data`, `en` from registers) the cycle after it leaves its bus-to-word gearbox; `busy` from the
-    command until the last word is written."""
+    """A LOAD: DRAM bytes from `address` into the memory's words from `base`, the bus's words through a skid
+    buffer into a bus-to-word gearbox, each word written (its write port: `addr`, `data`, `en` from registers)
+    the cycle after it leaves the gearbox; `busy` from the command until the last word is written."""
 
     def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
         super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature)
@@ -122,13 +123,17 @@ class LoadPath(TransferPath):
         # reach the memories' ports)
         write_address = Signal.like(address)
         writing = {space: Signal(name=f"writing_{space.name.lower()}") for space in self.spaces}
+        # the bus's words pass a skid buffer first, so its handshake does not reach the gearboxes' registers either
+        beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(reader.data.payload)
+        skid_buffer(m, reader.data.valid, reader.data.ready, {"data": reader.data.payload}, beat_valid, beat_ready,
+                    {"data": beat})
         for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=True).items():
             m.submodules[f"gearbox{width}"] = gearbox
             chosen = Cat(*(target == space for space in spaces)).any()
-            m.d.comb += [gearbox.input.payload.eq(reader.data.payload),
-                         gearbox.input.valid.eq(reader.data.valid & chosen), gearbox.output.ready.eq(1)]
+            m.d.comb += [gearbox.input.payload.eq(beat), gearbox.input.valid.eq(beat_valid & chosen),
+                         gearbox.output.ready.eq(1)]
             with m.If(chosen):
-                m.d.comb += [reader.data.ready.eq(gearbox.input.ready), word_valid.eq(gearbox.output.valid)]
+                m.d.comb += [beat_ready.eq(gearbox.input.ready), word_valid.eq(gearbox.output.valid)]
             write_data = Signal(8 * width, name=f"write_data{8 * width}")
             m.d.sync += write_data.eq(gearbox.output.payload)
             for space in spaces:
@@ -139,7 +144,7 @@ class LoadPath(TransferPath):
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
         last_written = ~Cat(*writing.values()).any()
-        with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~word_valid & last_written):
+        with m.If(~accepted & self.busy & reader.idle & ~reader.data.valid & ~beat_valid & ~word_valid & last_written):
             m.d.sync += self.busy.eq(0)
         return m
 
