@@ -9,6 +9,8 @@ from golden.config import accelerator_preset, model_preset
 from golden.model import expert_queues
 from hw.flow.export import lint, to_verilog
 from hw.moe.router import Router
+from hw.moe.router.geometry import RouterGeometry
+from hw.moe.router.topk import ExponentTopK
 from hw.sim import simulate
 from hw.sim.router import route_layer, write_router
 
@@ -133,3 +135,47 @@ def test_random_stalls_and_back_pressure():
 def test_router_verilog_passes_lint():
     router = Router.for_model(model_preset("tiny"), accelerator_preset("4x4"))
     lint(to_verilog(router, "router"), "router")
+
+
+def test_exponentials_and_their_sum_are_bit_exact():
+    """`ExponentTopK` alone against its model (`golden.ops.route_winners`): each winner's e and the sum S, which
+    the gate weights' rounding hides (an e one off moves a gate weight once in about 2^17 tokens). Logit
+    distances put the whole part of the exponent from 0 past 31 (e = 0), so e's rounding meets its ties
+    (odd table values shifted by one) and its range."""
+    rng = np.random.default_rng(7)
+    geometry = RouterGeometry(embed_dim=12, experts=16, top_k=2, gate="vmoe", tasks=1, layers=1, max_tokens=9)
+    dut = ExponentTopK(geometry)
+    experts, top_k = geometry.experts, geometry.top_k
+    multiplier, shift = (1 << 14) + 12345, 24
+    spread = [1 << 10, 1 << 14, 1 << 18, 1 << 24]       # logit distances from under one table step to past e's range
+    tokens = [rng.integers(-spread[t % 4], spread[t % 4], experts) for t in range(12)]
+    tokens[1][:] = 0                                      # every logit equal
+    tokens[2][3::4] = tokens[2][0]                        # ties at the top
+    memory, got = np.zeros(2 * experts, np.int64), []
+
+    async def testbench(ctx):
+        ctx.set(dut.params.multiplier, multiplier)
+        ctx.set(dut.params.shift, shift)
+        ctx.set(dut.winners.ready, 1)
+        for index, logits in enumerate(tokens):
+            half = index % 2
+            memory[half * experts:(half + 1) * experts] = logits
+            ctx.set(dut.l_max[half], int(logits.max()))
+            ctx.set(dut.full, 1 << half)
+            while True:
+                address, valid, released = (ctx.get(dut.logit_read.addr), ctx.get(dut.winners.valid),
+                                            ctx.get(dut.released))
+                winners = ctx.get(dut.winners.payload)
+                await ctx.tick()
+                ctx.set(dut.logit_read.data, int(memory[address]))
+                if released:
+                    ctx.set(dut.full, 0)
+                if valid:
+                    got.append(([int(e) for e in winners.experts], [int(e) for e in winners.e], int(winners.total)))
+                    break
+
+    simulate(dut, testbench)
+    for logits, (ids, e, total) in zip(tokens, got):
+        expected = ExponentTopK.model(logits[None], top_k, multiplier, shift)
+        assert ids == expected[0][0].tolist() and e == expected[1][0].tolist() and total == int(expected[2][0, 0])
+    assert len(got) == len(tokens)

@@ -9,7 +9,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import address_bits, half_minus_one, index_bits, rounding_sum, shift_right, times_constant
+from ...common.arith import (address_bits, half_minus_one, index_bits, kept_bit, rounding_sum, shift_right,
+                             times_constant)
 from ...common.multiplier import WideMultiplier
 from ...common.pipeline import delay_line
 from .geometry import EXP_BITS, RouterGeometry
@@ -77,7 +78,7 @@ class ExponentTopK(wiring.Component):
         table_value, table_out = Signal(unsigned(EXP_BITS)), Signal(unsigned(EXP_BITS))
         whole_shape = unsigned(lw + ops.MULTIPLIER_BITS + 1)
         whole, whole_out = Signal(whole_shape), Signal(unsigned(6))
-        whole_half, beyond = Signal(unsigned(EXP_BITS + 1)), Signal()
+        whole_half, beyond, kept = Signal(unsigned(EXP_BITS + 1)), Signal(), Signal()
         e_value = Signal(unsigned(EXP_BITS))
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder, then a shifter
@@ -89,13 +90,13 @@ class ExponentTopK(wiring.Component):
                      exponent.eq(shift_right(rounded, self.params.shift, len(exponent))),
                      table_value.eq(table[exponent[:ops.ROUTER_EXP_BITS]]),
                      whole.eq(exponent >> ops.ROUTER_EXP_BITS),
-                     # e rounds the table's value (≤ 2^30) by the whole part: its half and its range (0 past 31
-                     # bits) registered beside the table's output, so that e is one adder and a shifter after the
-                     # block RAM's register
+                     # e rounds the table's value (≤ 2^30) by the whole part: its half, the bit it keeps and its
+                     # range (0 past 31 bits) registered beside the table's output, so that e is one adder and a
+                     # shifter after the block RAM's register
                      table_out.eq(table_value), whole_out.eq(whole[:6]), beyond.eq(whole > 31),
                      whole_half.eq(half_minus_one(whole[:6], len(whole_half))),
-                     e_value.eq(Mux(beyond, 0, shift_right(rounding_sum(table_out, whole_out, whole_half), whole_out,
-                                                           EXP_BITS)))]
+                     kept.eq(kept_bit(table_value, whole[:6])),
+                     e_value.eq(Mux(beyond, 0, shift_right(table_out + whole_half + kept, whole_out, EXP_BITS)))]
 
         winners = self.winners.payload
         top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
