@@ -149,7 +149,7 @@ class WriteArbiter(wiring.Component):
             with m.If(answered):
                 m.d.comb += bus.bready.eq(port.bready)
         skid_buffer(m, beat_valid, beat_ready, beat, bus.wvalid, bus.wready, {name: getattr(bus, name)
-                                                                              for name in _BEAT})
+                                                                             for name in _BEAT})
         m.d.comb += [data_order.r_en.eq(beat_valid & beat_ready & beat["wlast"]),
                      response_order.r_en.eq(bus.bvalid & bus.bready)]
         return m
