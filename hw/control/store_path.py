@@ -69,7 +69,7 @@ class StorePath(TransferPath):
                 m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
         # keeps the near pixel in `near` and offers (near, the port's far pixel) while `pair_valid`.
-        word_valid, fetch, taken, beats_valid = Signal(), Signal(), Signal(), Signal()
+        word_valid, fetch, taken = Signal(), Signal(), Signal()
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         last_pixel = x == width - 1
@@ -103,8 +103,7 @@ class StorePath(TransferPath):
                                  upsampler.output.ready.eq(gearbox.input.ready & chosen)]
             with m.If(chosen):
                 m.d.comb += [taken.eq(gearbox.input.ready), beat_valid.eq(gearbox.output.valid),
-                             beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready),
-                             beats_valid.eq(gearbox.output.valid)]
+                             beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready)]
         # Bus words to the writer through a skid buffer: the bus's WREADY reaches no further into the path
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
@@ -132,7 +131,7 @@ class StorePath(TransferPath):
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
         drained = Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling, (words_left == 0) & ~word_valid)
-        with m.If(~accepted & self.busy & drained & ~beats_valid & ~writer.data.valid & writer.idle):
+        with m.If(~accepted & self.busy & drained & ~beat_valid & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
 

@@ -29,6 +29,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import times_constant
+from ..common.pipeline import delay_line
 from .axi import AXI4, Burst, Response
 from .sdram_chip import SDRAMChip
 
@@ -117,9 +118,7 @@ class _Build:
         # the command's operands: registers the reset does not reach (the command and DQ's enable say when they count)
         for pin, value in ((pins.ba, self.bank_pin), (pins.a, self.address_pin), (pins.dq_o, self.dq_out),
                            (pins.dqm, self.mask)):
-            register = Signal.like(value, name=f"{value.name}_q", reset_less=True)
-            m.d.sync += register.eq(value)
-            m.d.comb += pin.eq(register)
+            m.d.comb += pin.eq(delay_line(m, value, 1, pin.name, data=True)[-1])
         self.dq_in = Signal(chip.data_width)
         m.d.sync += self.dq_in.eq(pins.dq_i)
 
