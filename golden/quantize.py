@@ -47,8 +47,9 @@ def _multiplier(real, what: str):
 
 
 class _Builder:
-    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[str, float]):
-        self.config, self.weights, self.clips = config, weights, clips
+    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[str, float],
+                 rounding: dict | None = None):
+        self.config, self.weights, self.clips, self.rounding = config, weights, clips, rounding
         self.arrays: dict[str, np.ndarray] = {}
         self.scales: dict[str, float] = {}
 
@@ -79,13 +80,15 @@ class _Builder:
         rescaled = grams / (factors[..., :, None] * factors[..., None, :])
         return rescaled if not isinstance(name, str) else rescaled[0]
 
-    @staticmethod
-    def rounded(prefix: str, w, scale, gram) -> np.ndarray:
-        """`rounded_weights`, a failure named by the layer."""
+    def rounded(self, prefix: str, w, scale, gram) -> np.ndarray:
+        """`rounded_weights`, a failure named by the layer; recorded in `rounding` if there is one."""
         try:
-            return rounded_weights(w, scale, gram)
+            result = rounded_weights(w, scale, gram)
         except np.linalg.LinAlgError as error:
             raise QuantizationError(f"{prefix}: GPTQ rounding failed on its input's Gram matrix ({error})") from None
+        if self.rounding is not None:
+            self.rounding[prefix] = (np.asarray(w, np.float64), result * np.asarray(scale)[..., None, :])
+        return result
 
     def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float,
                    gram: np.ndarray | None = None) -> None:
@@ -202,13 +205,16 @@ def smoothing(activation_max: np.ndarray, weight_row_max: np.ndarray, alpha: flo
     return factors / np.exp(np.log(factors).mean())
 
 
-def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[str, float]) -> QuantizedModel:
+def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[str, float],
+             rounding: dict | None = None) -> QuantizedModel:
     """Quantize float `weights` (official names, as `M3ViT.state_dict()` in NumPy) with calibration `clips`
-    (tensor name → clipping magnitude, from `golden.float_model.calibrate`)."""
+    (tensor name → clipping magnitude, from `golden.float_model.calibrate`). A `rounding` dict receives, by the
+    layer's name in the quantized model (`blocks.0.qkv`, `blocks.1.router`, …), (the float weights [.., K, N] as
+    rounded, with the smoothing's and scales' row factors folded in; the same rounded and scaled back to float)."""
     for name, value in weights.items():
         if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
             raise QuantizationError(f"weight {name} contains NaN or inf")
-    q = _Builder(config, weights, clips)
+    q = _Builder(config, weights, clips, rounding)
     d, hd = config.embed_dim, config.head_dim
     s_img = _scale(q.clip("image"), INT8_MAX, "image")
     s_res = _scale(q.clip("residual"), INT16_MAX, "residual stream")

@@ -8,6 +8,9 @@ the routers' weights, K and V (which the float model computes inside attention) 
 On a trained M³ViT-tiny this gave 34.6 dB after block 0, 30.5 dB after block 3 and 92-95 % top-2 agreement,
 and the int8 weights alone (every activation float) 47 dB after block 0 (`TRAINED_SENSITIVITY`);
 `M3ViT.trained_like` must be no easier than that, and its weights not much harder (tests/test_trained_like.py).
+
+`weights_floor` measures this project's own int8 weights alone (the quantizer's smoothing, scales and rounding,
+every activation float): what no activation format can win back (docs/numerics.md section 12).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import numpy as np
 import torch
 
 from .fidelity import snr_db
-from .float_model import calibrate
+from .float_model import calibrate, float_inference, quantize_model
 
-__all__ = ["quantization_sensitivity", "TRAINED_SENSITIVITY"]
+__all__ = ["quantization_sensitivity", "weights_floor", "TRAINED_SENSITIVITY", "WEIGHT_KINDS"]
 
 # A trained M³ViT-tiny (Cityscapes) in this experiment: SNR of the residual stream after blocks 0 and 3 (dB), the
 # range of the routers' top-2 agreement with float, and the SNR after block 0 with the int8 weights alone.
@@ -85,4 +88,64 @@ def quantization_sensitivity(model, calibration: np.ndarray, test: np.ndarray) -
             result["snr_db"][task] = [snr_db(outputs[b], q_outputs[b]) for b in sorted(outputs)]
             result["weights_snr_db"][task] = [snr_db(outputs[b], w_outputs[b]) for b in sorted(outputs)]
             result["agreement"][task] = {b: float((ids[b] == q_ids[b]).all(-1).double().mean()) for b in sorted(ids)}
+    return result
+
+
+# The float weights the quantizer rounds in each block, by its layer's kind (`blocks.{b}.{kind}`), as [.., out, in]
+_BLOCK_WEIGHTS = {"qkv": "attn.qkv.weight", "proj": "attn.proj.weight", "fc1": "mlp.fc1.weight",
+                  "fc2": "mlp.fc2.weight", "experts.fc1": "mlp.experts.htoh4.weight",
+                  "experts.fc2": "mlp.experts.h4toh.weight"}
+WEIGHT_KINDS = ("patch", "router", *_BLOCK_WEIGHTS)
+
+
+def _rounded_back(original, rounded_as, rounded):
+    """`original` [.., K, N] rounded as the quantizer rounded `rounded_as` (its rows times positive factors) to
+    `rounded`: the rounded weights divided by the factors again."""
+    factors = np.abs(rounded_as).sum(-1) / np.maximum(np.abs(original).sum(-1), 1e-300)
+    return rounded / np.where(factors > 0, factors, 1.0)[..., None]
+
+
+def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=()) -> dict:
+    """The float model with the weights of every linear layer of the backbone (and the routers) replaced by what
+    the quantizer's int8 weights stand for (`quantize_model` calibrated on `calibration`), every activation float,
+    against the float model on float images `test` [N, C, H, W]; the layer kinds in `kept_float` (of
+    `WEIGHT_KINDS`) keep their float weights. Returns {"snr_db": {task: [dB after each block]}, "agreement":
+    {task: {MoE block: top-k agreement}}}."""
+    unknown = set(kept_float) - set(WEIGHT_KINDS)
+    if unknown:
+        raise ValueError(f"weights_floor: no layer kind {sorted(unknown)}; the kinds are {list(WEIGHT_KINDS)}")
+    config, rounding = model.config, {}
+    quantize_model(model, calibration, rounding=rounding)
+    state = {name: value.detach().double().numpy() for name, value in model.state_dict().items()}
+    changed = {}
+    for layer, (rounded_as, rounded) in rounding.items():
+        kind = "patch" if layer == "patch" else layer.split(".", 2)[2] if layer.startswith("blocks.") else None
+        if kind is None or kind in kept_float:
+            continue                                                      # the heads', or kept float
+        prefix = ".".join(layer.split(".")[:2])
+        if kind == "patch":
+            name = "patch_embed.proj.weight"
+            weight = state[name].reshape(config.embed_dim, -1)
+            changed[name] = _rounded_back(weight.T, rounded_as, rounded).T.reshape(state[name].shape)
+        elif kind == "router":
+            for task in range(config.num_tasks):
+                name = f"{prefix}.mlp.gate.{task}.w_gate"
+                changed[name] = _rounded_back(state[name], rounded_as[task], rounded[task])
+        else:
+            name = f"{prefix}.{_BLOCK_WEIGHTS[kind]}"
+            weight = np.swapaxes(state[name], -1, -2)
+            changed[name] = np.swapaxes(_rounded_back(weight, rounded_as, rounded), -1, -2)
+    rounded_model = copy.deepcopy(model)
+    with torch.no_grad():
+        parameters = dict(rounded_model.named_parameters())
+        for name, value in changed.items():
+            parameters[name].copy_(torch.from_numpy(value))
+    result = {"snr_db": {}, "agreement": {}}
+    for task in range(config.num_tasks):
+        runs = [(float_inference(model, image, task), float_inference(rounded_model, image, task)) for image in test]
+        blocks = [np.stack([run[i]["blocks"] for run in runs]) for i in (0, 1)]
+        result["snr_db"][task] = [snr_db(blocks[0][:, b], blocks[1][:, b]) for b in range(config.depth)]
+        result["agreement"][task] = {
+            b: float(np.mean([(np.sort(f["routing"][b][0], -1) == np.sort(r["routing"][b][0], -1)).all(-1)
+                              for f, r in runs])) for b in config.moe_blocks}
     return result

@@ -10,7 +10,7 @@ from golden.fidelity import CALIBRATION_SEED, TEST_SEED
 from golden.fixtures import TRAINED_RMS, TRAINED_ROUTING, TRAINED_TAILS
 from golden.float_model import M3ViT, float_inference
 from golden.images import natural_images
-from golden.sensitivity import TRAINED_SENSITIVITY, quantization_sensitivity
+from golden.sensitivity import TRAINED_SENSITIVITY, WEIGHT_KINDS, quantization_sensitivity, weights_floor
 from golden.trained_like import activation_rms, activation_tails, rms_target, routing_statistics, tail_targets
 
 CITYSCAPES = model_preset("m3vit-tiny-cityscapes")
@@ -127,3 +127,33 @@ def test_sensitivity_experiment_sees_the_tails():
         assert all(0 <= a <= 1 for layers in result["agreement"].values() for a in layers.values())
         assert set(result["agreement"][0]) == set(tiny.moe_blocks)
     assert light["snr_db"][0][0] > heavy["snr_db"][0][0] + 10
+
+
+@pytest.fixture(scope="module")
+def tiny_trained_like():
+    tiny = model_preset("tiny")
+    return M3ViT.trained_like(tiny, 1), natural_images(tiny, 8, CALIBRATION_SEED), natural_images(tiny, 2, TEST_SEED)
+
+
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+def test_weights_floor_puts_each_kind_of_weights_back_in_place(tiny_trained_like, kind):
+    """One kind of layer's int8 weights alone, put back into the float model: the blocks before the first one it
+    is in stay exact, and that block is within int8's rounding of float (weights put back in the wrong layout,
+    place or scale would leave a few dB)."""
+    model, calibration, test = tiny_trained_like
+    config = model.config
+    result = weights_floor(model, calibration, test, kept_float=[k for k in WEIGHT_KINDS if k != kind])
+    in_experts = kind == "router" or kind.startswith("experts.")
+    dense = [b for b in range(config.depth) if not config.is_moe(b)]
+    first = min(config.moe_blocks) if in_experts else dense[0] if kind in ("fc1", "fc2") else 0
+    for snr in result["snr_db"].values():
+        assert all(s == float("inf") for s in snr[:first]), snr
+        assert 40 < snr[first] < float("inf"), snr
+
+
+def test_weights_floor_with_every_weight_float_is_the_float_model(tiny_trained_like):
+    result = weights_floor(*tiny_trained_like, kept_float=WEIGHT_KINDS)
+    assert all(s == float("inf") for snr in result["snr_db"].values() for s in snr)
+    assert all(a == 1.0 for layers in result["agreement"].values() for a in layers.values())
+    with pytest.raises(ValueError, match="no layer kind \\['qkvs'\\]"):
+        weights_floor(*tiny_trained_like, kept_float=["qkvs"])
