@@ -70,14 +70,18 @@ def load_float(config: ModelConfig, seed: int, checkpoint: str | Path | None, ba
 def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, backbone_only: bool = False, calibration: np.ndarray | None = None,
             test: np.ndarray | None = None, calibration_images: int = 16, test_images: int = 8,
-            repeats: int = 3) -> dict:
+            repeats: int = 3, weights_floor: bool = False) -> dict:
     """The fidelity report of `config` for `tasks` (default all; timing uses the first). `calibration` and
     `test` are float images [N, C, H, W] (default: seeded natural images, `calibration_images` and
     `test_images` of them). A quantized-model file as `checkpoint` (`.npz`) has no float model beside it: the
-    report then holds the integer model's figures only."""
+    report then holds the integer model's figures only. `weights_floor`: the report's `weights_floor` holds the
+    int8 weights' figures alone, every activation float (`golden.sensitivity.weights_floor`), else None."""
     tasks = list(range(config.num_tasks)) if tasks is None else [config.task_index(t) for t in tasks]
     test = natural_images(config, test_images, TEST_SEED + seed) if test is None else test
     if checkpoint is not None and str(checkpoint).endswith(".npz"):
+        if weights_floor:
+            raise CheckpointError(f"{checkpoint}: a quantized model holds no float weights to measure its int8 "
+                                  "weights against")
         quantized = QuantizedModel.load(checkpoint, expect=config)
         image = quantize_image(quantized, test[0])
         return {"preset": config.name, "checkpoint": str(checkpoint),
@@ -126,8 +130,17 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
     reports = per_task.values()
     per_layer = {block: {task: figures["router_agreement"][block] for task, figures in per_task.items()}
                  for block in config.moe_blocks}
-    worst = min(((agreement, block, task) for block, by_task in per_layer.items()
-                 for task, agreement in by_task.items()), default=None)
+    floor = None
+    if weights_floor:
+        from .sensitivity import weights_floor as int8_weights_alone
+        log.info("the int8 weights alone: the float model with the quantizer's weights, every activation float")
+        figures = int8_weights_alone(network, calibration, test, tasks=tasks)
+        floor_layers = {block: {config.tasks[t].name: figures["agreement"][t][block] for t in tasks}
+                        for block in config.moe_blocks}
+        floor = {"snr_db": min(figures["snr_db"][t][-1] for t in tasks),
+                 "snr_db_per_block": {block: min(figures["snr_db"][t][block] for t in tasks)
+                                      for block in range(config.depth)},
+                 "router_agreement_per_layer": floor_layers, **_worst_layer(floor_layers)}
     return {
         "preset": config.name, "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint),
         "checkpoint_report": None if loaded is None else loaded.summary(),
@@ -135,15 +148,23 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
         "snr_db": min(t["snr_db"] for t in reports),
         "snr_db_per_block": {block: min(t["snr_db_per_block"][block] for t in reports)
                              for block in range(config.depth)},
-        "router_agreement_per_layer": per_layer,
-        "worst_layer": None if worst is None else {"block": worst[1], "task": worst[2], "agreement": worst[0]},
-        "router_agreement": min((a for t in reports for a in t["router_agreement"].values()), default=1.0),
+        "router_agreement_per_layer": per_layer, **_worst_layer(per_layer),
         "head_snr_db": min(t["head_snr_db"] for t in reports),
         "golden_seconds": golden_seconds, "float_seconds": float_seconds,
         "time_ratio": golden_seconds / float_seconds,
         "margin_bins": [str(b) for b in MARGIN_BINS],
         "tasks": per_task,
+        "weights_floor": floor,
     }
+
+
+def _worst_layer(per_layer: dict) -> dict:
+    """`worst_layer` ({block, task, agreement}, None without MoE layers) and `router_agreement` (its agreement,
+    1.0 without) of per-layer agreements {block: {task: fraction}}."""
+    worst = min(((agreement, block, task) for block, by_task in per_layer.items()
+                 for task, agreement in by_task.items()), default=None)
+    return {"worst_layer": None if worst is None else {"block": worst[1], "task": worst[2], "agreement": worst[0]},
+            "router_agreement": 1.0 if worst is None else worst[0]}
 
 
 def _time_both(network, quantized, image, image_int, task, repeats):

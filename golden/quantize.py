@@ -87,7 +87,7 @@ class _Builder:
         except np.linalg.LinAlgError as error:
             raise QuantizationError(f"{prefix}: GPTQ rounding failed on its input's Gram matrix ({error})") from None
         if self.rounding is not None:
-            self.rounding[prefix] = (np.asarray(w, np.float64), result * np.asarray(scale)[..., None, :])
+            self.rounding[prefix] = (result, np.asarray(scale, np.float64), np.abs(w).sum(axis=-1))
         return result
 
     def put_linear(self, prefix: str, w: np.ndarray, b: np.ndarray, in_scale: float, out_scale: float,
@@ -209,8 +209,9 @@ def quantize(config: ModelConfig, weights: dict[str, np.ndarray], clips: dict[st
              rounding: dict | None = None) -> QuantizedModel:
     """Quantize float `weights` (official names, as `M3ViT.state_dict()` in NumPy) with calibration `clips`
     (tensor name → clipping magnitude, from `golden.float_model.calibrate`). A `rounding` dict receives, by the
-    layer's name in the quantized model (`blocks.0.qkv`, `blocks.1.router`, …), (the float weights [.., K, N] as
-    rounded, with the smoothing's and scales' row factors folded in; the same rounded and scaled back to float)."""
+    layer's name in the quantized model (`blocks.0.qkv`, `blocks.1.router`, …), (its int8 weights [.., K, N], their
+    column scales [.., N], Σ|w| over each row of the float weights it rounded [.., K]: those rows carry the
+    smoothing's and scales' factors)."""
     for name, value in weights.items():
         if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
             raise QuantizationError(f"weight {name} contains NaN or inf")

@@ -98,19 +98,20 @@ _BLOCK_WEIGHTS = {"qkv": "attn.qkv.weight", "proj": "attn.proj.weight", "fc1": "
 WEIGHT_KINDS = ("patch", "router", *_BLOCK_WEIGHTS)
 
 
-def _rounded_back(original, rounded_as, rounded):
-    """`original` [.., K, N] rounded as the quantizer rounded `rounded_as` (its rows times positive factors) to
-    `rounded`: the rounded weights divided by the factors again."""
-    factors = np.abs(rounded_as).sum(-1) / np.maximum(np.abs(original).sum(-1), 1e-300)
-    return rounded / np.where(factors > 0, factors, 1.0)[..., None]
+def _rounded_back(original, record):
+    """`original` [.., K, N] as the quantizer rounded it: its `rounding` record (int8 weights, column scales, the
+    row sums of |w| it rounded, `original`'s rows times positive factors) scaled back and divided by the factors."""
+    weights, scales, row_sums = record
+    factors = row_sums / np.maximum(np.abs(original).sum(-1), 1e-300)
+    return weights * scales[..., None, :] / np.where(factors > 0, factors, 1.0)[..., None]
 
 
-def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=()) -> dict:
+def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(), tasks=None) -> dict:
     """The float model with the weights of every linear layer of the backbone (and the routers) replaced by what
     the quantizer's int8 weights stand for (`quantize_model` calibrated on `calibration`), every activation float,
     against the float model on float images `test` [N, C, H, W]; the layer kinds in `kept_float` (of
-    `WEIGHT_KINDS`) keep their float weights. Returns {"snr_db": {task: [dB after each block]}, "agreement":
-    {task: {MoE block: top-k agreement}}}."""
+    `WEIGHT_KINDS`) keep their float weights. Returns, for each task index in `tasks` (default all),
+    {"snr_db": {task: [dB after each block]}, "agreement": {task: {MoE block: top-k agreement}}}."""
     unknown = set(kept_float) - set(WEIGHT_KINDS)
     if unknown:
         raise ValueError(f"weights_floor: no layer kind {sorted(unknown)}; the kinds are {list(WEIGHT_KINDS)}")
@@ -118,7 +119,7 @@ def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(
     quantize_model(model, calibration, rounding=rounding)
     state = {name: value.detach().double().numpy() for name, value in model.state_dict().items()}
     changed = {}
-    for layer, (rounded_as, rounded) in rounding.items():
+    for layer, record in rounding.items():
         kind = "patch" if layer == "patch" else layer.split(".", 2)[2] if layer.startswith("blocks.") else None
         if kind is None or kind in kept_float:
             continue                                                      # the heads', or kept float
@@ -126,22 +127,22 @@ def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(
         if kind == "patch":
             name = "patch_embed.proj.weight"
             weight = state[name].reshape(config.embed_dim, -1)
-            changed[name] = _rounded_back(weight.T, rounded_as, rounded).T.reshape(state[name].shape)
+            changed[name] = _rounded_back(weight.T, record).T.reshape(state[name].shape)
         elif kind == "router":
             for task in range(config.num_tasks):
                 name = f"{prefix}.mlp.gate.{task}.w_gate"
-                changed[name] = _rounded_back(state[name], rounded_as[task], rounded[task])
+                changed[name] = _rounded_back(state[name], [part[task] for part in record])
         else:
             name = f"{prefix}.{_BLOCK_WEIGHTS[kind]}"
             weight = np.swapaxes(state[name], -1, -2)
-            changed[name] = np.swapaxes(_rounded_back(weight, rounded_as, rounded), -1, -2)
+            changed[name] = np.swapaxes(_rounded_back(weight, record), -1, -2)
     rounded_model = copy.deepcopy(model)
     with torch.no_grad():
         parameters = dict(rounded_model.named_parameters())
         for name, value in changed.items():
             parameters[name].copy_(torch.from_numpy(value))
     result = {"snr_db": {}, "agreement": {}}
-    for task in range(config.num_tasks):
+    for task in range(config.num_tasks) if tasks is None else tasks:
         runs = [(float_inference(model, image, task), float_inference(rounded_model, image, task)) for image in test]
         blocks = [np.stack([run[i]["blocks"] for run in runs]) for i in (0, 1)]
         result["snr_db"][task] = [snr_db(blocks[0][:, b], blocks[1][:, b]) for b in range(config.depth)]

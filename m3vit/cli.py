@@ -219,17 +219,22 @@ def cmd_bench_float(args) -> int:
     return 0
 
 
+def _snr_and_agreement(figures: dict) -> str:
+    worst = figures["worst_layer"]
+    return (f"snr_db {figures['snr_db']:.1f}   router_agreement {figures['router_agreement']:.3f}"
+            + (f" (worst: block {worst['block']}, {worst['task']})" if worst else ""))
+
+
 def _format_golden(report: dict) -> str:
-    worst = report["worst_layer"]
     lines = [f"{report['preset']}: integer golden model against float ({report['test_images']} held-out images, "
              f"{report['calibration_images']} calibration images, seed {report['seed']})"]
     if report["checkpoint_report"]:
         lines.append(f"  {report['checkpoint_report']}")
-    lines += [f"  snr_db {report['snr_db']:.1f}   router_agreement {report['router_agreement']:.3f}"
-              + (f" (worst: block {worst['block']}, {worst['task']})" if worst else "")
-              + f"   head_snr_db {report['head_snr_db']:.1f}",
+    lines += [f"  {_snr_and_agreement(report)}   head_snr_db {report['head_snr_db']:.1f}",
               f"  golden {report['golden_seconds'] * 1e3:.0f} ms, float {report['float_seconds'] * 1e3:.0f} ms "
               f"per inference: {report['time_ratio']:.2f}×"]
+    if report["weights_floor"]:
+        lines.append(f"  int8 weights alone (every activation float): {_snr_and_agreement(report['weights_floor'])}")
     bins = report["margin_bins"]
     for task, figures in report["tasks"].items():
         lines.append(f"  task {task}: SNR per block " + " ".join(f"{x:.1f}" for x in figures["snr_db_per_block"])
@@ -254,7 +259,7 @@ def cmd_golden(args) -> int:
     tasks = None if args.task is None else [args.task]
     report = measure(config, tasks=tasks, seed=args.seed, checkpoint=args.checkpoint,
                      backbone_only=args.backbone_only, calibration=_images(args, "calibration", config),
-                     test=_images(args, "test", config), test_images=args.images)
+                     test=_images(args, "test", config), test_images=args.images, weights_floor=args.weights_floor)
     if args.json or "snr_db" not in report:
         print(json.dumps(report, indent=2))
     else:
@@ -890,6 +895,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_source_args(golden)
     golden.add_argument("--test", type=_existing, default=None, help="held-out test images, as --calibration")
     golden.add_argument("--images", type=_count, default=8, help="built-in held-out images per task (default 8)")
+    golden.add_argument("--weights-floor", action="store_true",
+                        help="also the int8 weights alone: the float model with the quantized weights, every "
+                             "activation float (what no activation format wins back)")
     golden.set_defaults(run=cmd_golden)
 
     quantize = commands.add_parser("quantize", help="quantize the seeded trained-like model or a checkpoint")

@@ -84,6 +84,26 @@ def test_golden_report_on_tiny(capsys):
     assert main(["golden", "--preset", "tiny", "--images", "1", "--task", "depth"]) == 0
     out = capsys.readouterr().out
     assert "router_agreement" in out and "task depth" in out and "task semseg" not in out
+    assert report["weights_floor"] is None
+
+
+def test_golden_with_the_int8_weights_alone(tmp_path, capsys):
+    """--weights-floor: the int8 weights alone (every activation float) lose less than the whole integer model,
+    reported as the model's figures are; a quantized file has no float weights for it."""
+    report = _json(capsys, "golden", "--preset", "tiny", "--images", "2", "--weights-floor", "--json")
+    floor = report["weights_floor"]
+    assert set(floor["router_agreement_per_layer"]) == {"1", "3"} and len(floor["snr_db_per_block"]) == 4
+    assert floor["snr_db"] > report["snr_db"] + 10
+    assert floor["router_agreement_per_layer"][str(floor["worst_layer"]["block"])][floor["worst_layer"]["task"]] \
+        == floor["router_agreement"]
+    assert main(["golden", "--preset", "tiny", "--images", "1", "--task", "depth", "--weights-floor"]) == 0
+    assert "int8 weights alone (every activation float): snr_db" in capsys.readouterr().out
+    path = tmp_path / "tiny.npz"
+    assert main(["quantize", "--preset", "tiny", "--images", "2", "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["golden", "--preset", "tiny", "--checkpoint", str(path), "--weights-floor"]) == 2
+    error = capsys.readouterr().err
+    assert "holds no float weights" in error and "Traceback" not in error
 
 
 def test_quantize_then_golden_from_the_file(tmp_path, capsys):
