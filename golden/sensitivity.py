@@ -120,9 +120,11 @@ def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(
     state = {name: value.detach().double().numpy() for name, value in model.state_dict().items()}
     changed = {}
     for layer, record in rounding.items():
-        kind = "patch" if layer == "patch" else layer.split(".", 2)[2] if layer.startswith("blocks.") else None
-        if kind is None or kind in kept_float:
-            continue                                                      # the heads', or kept float
+        if layer.startswith("heads."):
+            continue
+        kind = "patch" if layer == "patch" else layer.split(".", 2)[2]             # blocks.{b}.{kind}
+        if kind in kept_float:
+            continue
         prefix = ".".join(layer.split(".")[:2])
         if kind == "patch":
             name = "patch_embed.proj.weight"
