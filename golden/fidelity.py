@@ -92,7 +92,8 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
     if calibration is None:
         calibration = natural_images(config, calibration_images, CALIBRATION_SEED + seed)
     log.info(f"calibrating and quantizing on {len(calibration)} images")
-    quantized = quantize_model(network, calibration)
+    rounding = {} if weights_floor else None            # the weights' rounding, for the floor below
+    quantized = quantize_model(network, calibration, rounding=rounding)
     residual_scale = quantized.scales["residual"]
     per_task = {}
     for task in tasks:
@@ -134,7 +135,7 @@ def measure(config: ModelConfig, *, tasks: list[int] | None = None, seed: int = 
     if weights_floor:
         from .sensitivity import weights_floor as int8_weights_alone
         log.info("the int8 weights alone: the float model with the quantizer's weights, every activation float")
-        figures = int8_weights_alone(network, calibration, test, tasks=tasks)
+        figures = int8_weights_alone(network, calibration, test, tasks=tasks, rounding=rounding)
         floor_layers = {block: {config.tasks[t].name: figures["agreement"][t][block] for t in tasks}
                         for block in config.moe_blocks}
         floor = {"snr_db": min(figures["snr_db"][t][-1] for t in tasks),

@@ -106,17 +106,21 @@ def _rounded_back(original, record):
     return weights * scales[..., None, :] / np.where(factors > 0, factors, 1.0)[..., None]
 
 
-def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(), tasks=None) -> dict:
+def weights_floor(model, calibration: np.ndarray, test: np.ndarray, kept_float=(), tasks=None,
+                  rounding: dict | None = None) -> dict:
     """The float model with the weights of every linear layer of the backbone (and the routers) replaced by what
     the quantizer's int8 weights stand for (`quantize_model` calibrated on `calibration`), every activation float,
     against the float model on float images `test` [N, C, H, W]; the layer kinds in `kept_float` (of
-    `WEIGHT_KINDS`) keep their float weights. Returns, for each task index in `tasks` (default all),
+    `WEIGHT_KINDS`) keep their float weights; `rounding`, the record of a `quantize_model` run already made on
+    `calibration`, spares quantizing again. Returns, for each task index in `tasks` (default all),
     {"snr_db": {task: [dB after each block]}, "agreement": {task: {MoE block: top-k agreement}}}."""
     unknown = set(kept_float) - set(WEIGHT_KINDS)
     if unknown:
         raise ValueError(f"weights_floor: no layer kind {sorted(unknown)}; the kinds are {list(WEIGHT_KINDS)}")
-    config, rounding = model.config, {}
-    quantize_model(model, calibration, rounding=rounding)
+    config = model.config
+    if rounding is None:
+        rounding = {}
+        quantize_model(model, calibration, rounding=rounding)
     state = {name: value.detach().double().numpy() for name, value in model.state_dict().items()}
     changed = {}
     for layer, record in rounding.items():
