@@ -46,6 +46,16 @@ def test_random_and_edge_rows_with_stalls(length, lanes):
     _check(unit, scores[::-1].copy(), _params(rng), rng, valid_probability=0.6, ready_probability=0.4)
 
 
+def test_every_exponent_in_the_table_and_past_it():
+    """u = d exactly (multiplier 2^14, shift 14): rows of 0 and −1 … −640 reach every entry of the ROM of P
+    (u < 512) and the zeros after it."""
+    rng = np.random.default_rng(11)
+    length, rows = 129, 5
+    u = np.arange(1, rows * (length - 1) + 1).reshape(rows, length - 1)
+    scores = np.concatenate([np.zeros((rows, 1), np.int64), -u], axis=1)
+    _check(Softmax(length, 16), scores, (1 << 14, 14, int(rng.integers(1 << 14, 1 << 15)), 20), rng)
+
+
 def test_longest_rows_of_every_preset_full_rate():
     """T = 1,201 keys (m3vit-small-nyud) at 32 lanes: 38 beats a row, the row scale hidden behind them."""
     rng = np.random.default_rng(5)

@@ -5,9 +5,10 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
 1. **Maximum** (`lanes` scores per cycle): each beat is written into the row buffer while the row maximum
    accumulates (a comparator tree, two stages).
 2. **Exponentials** (`lanes` per cycle, the row read back): d = max − x, u = round_shift(d · m_exp, s_exp) in
-   Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) from a 64-entry table (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
-   so P ∈ [0, 127] with the row maximum exactly 127. Six stages; the pipeline stops as a whole while the
-   output is not taken.
+   Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) of a 64-entry table T (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
+   so P ∈ [0, 127] with the row maximum exactly 127. The ROM holds P itself for each of u's 512 low values
+   (a block RAM read by u's nine bits, no arithmetic after it). Six stages; the pipeline stops as a whole while
+   the output is not taken.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
    the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum,
@@ -38,7 +39,20 @@ from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax", "score_bits"]
 
-TABLE_WIDTH = max(int(v) for v in ops.ATTENTION_TABLE).bit_length()     # 22
+
+def _p_table() -> list[int]:
+    """P for each u up to the first whole part whose every entry rounds to 0: round_shift(T[u mod 64],
+    15 + ⌊u / 64⌋), padded with zeros to a power of two."""
+    rows = [ops.round_shift(ops.ATTENTION_TABLE, ops.ATTENTION_TABLE_SHIFT)]
+    while rows[-1].any():
+        rows.append(ops.round_shift(ops.ATTENTION_TABLE, ops.ATTENTION_TABLE_SHIFT + len(rows)))
+    *nonzero, zero = rows
+    padded = nonzero + [zero] * ((1 << (len(nonzero) - 1).bit_length()) - len(nonzero))
+    return [int(v) for row in padded for v in row]
+
+
+P_TABLE = _p_table()                                               # 8 × 64 entries: u's nine low bits
+P_TABLE_BITS = (len(P_TABLE) - 1).bit_length()
 RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
 DIVISION_STEPS_PER_CYCLE = 2
 
@@ -129,19 +143,18 @@ class Softmax(wiring.Component):
         rows.set_state(m, sides[0].bank, BankState.FREE, advance & valid[0] & sides[0].last)
         row_max = pick(sides[0].bank, maxima)
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
-        # Per command: 2^(s−1) − 1 and the sum from which ⌊u / 64⌋ ≥ 8 (P = 0), 2^(s + 9), capped past the
-        # product's range; so each lane rounds with one adder and keeps only u's low nine bits.
+        # Per command: 2^(s−1) − 1 and the sum from which u is past the table (P = 0), 2^(s + 9), capped past
+        # the product's range; so each lane rounds with one adder and keeps only u's low nine bits.
         product_width = width + 1 + len(command.exp_multiplier)
         exp_half = Signal(product_width, name="exp_half")
         zero_from = Signal(product_width + 2, name="zero_from")
         with m.If(self.command.valid & self.command.ready):
-            top = self.command.payload.exp_shift + (ops.ATTENTION_EXP_BITS + 3)
+            top = self.command.payload.exp_shift + P_TABLE_BITS
             m.d.sync += [exp_half.eq(half_minus_one(self.command.payload.exp_shift)),
                          zero_from.eq(capped_power_of_two(top, product_width + 1))]
-        table = [int(v) for v in ops.ATTENTION_TABLE]
         reads = []
         for pair in range(-(-lanes // 2)):     # a block RAM (two read ports) for two lanes
-            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(TABLE_WIDTH), depth=len(table), init=table,
+            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(7), depth=len(P_TABLE), init=P_TABLE,
                                                            attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
         beat_p = []
@@ -149,22 +162,19 @@ class Softmax(wiring.Component):
             distance = Signal(unsigned(width + 1), name=f"distance{lane}")                 # d = max − x
             product = Signal(unsigned(product_width), name=f"product{lane}")
             rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}")         # before the shift
-            exponent = Signal(ops.ATTENTION_EXP_BITS + 3, name=f"exponent{lane}")          # u's low nine bits
+            exponent = Signal(P_TABLE_BITS, name=f"exponent{lane}")                        # u's low nine bits
             zero = Signal(name=f"zero{lane}")
-            whole = Signal(3, name=f"whole{lane}")
             p = self.output.payload.p[lane]
             m.d.comb += [exponent.eq(shift_right(rounding, command.exp_shift, len(exponent))),
-                         reads[lane].addr.eq(exponent[:ops.ATTENTION_EXP_BITS]), reads[lane].en.eq(advance)]
+                         reads[lane].addr.eq(exponent), reads[lane].en.eq(advance)]
             with m.If(advance):
                 m.d.sync += [
                     distance.eq(row_max - rows.read_data[lane]),                                    # stage 2
                     product.eq(distance * command.exp_multiplier),                                 # stage 3
                     rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
-                    whole.eq(exponent[ops.ATTENTION_EXP_BITS:]), zero.eq(rounding >= zero_from),   # stage 5 (+ T[u])
+                    zero.eq(rounding >= zero_from),                                                # stage 5 (+ P[u])
                 ]
-                entry_sum = rounding_sum(reads[lane].data, ops.ATTENTION_TABLE_SHIFT + whole, table_half(whole))
-                shifted = shift_right(entry_sum >> ops.ATTENTION_TABLE_SHIFT, whole, 8)
-                m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, shifted, 0))                       # stage 6
+                m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, reads[lane].data, 0))               # stage 6
             beat_p.append(p)
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
 
@@ -249,14 +259,6 @@ class Softmax(wiring.Component):
                         m.d.sync += busy.eq(0)
                     m.next = "IDLE"
         return rows_out
-
-
-def table_half(whole):
-    """2^(14 + whole) − 1, the rounding addend of a shift by 15 + whole (whole: 3 bits), as all ones shifted
-    right by 7 − whole (~whole): a small shifter of a constant, where `half_minus_one` decodes a 64-bit
-    thermometer code per lane."""
-    top = ops.ATTENTION_TABLE_SHIFT - 1 + 7
-    return Const((1 << top) - 1, top) >> ~whole
 
 
 def _maximum(values):
