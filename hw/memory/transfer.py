@@ -2,7 +2,8 @@
 (DRAM address, bytes), and the address channel that cuts a command into INCR bursts.
 
 A command is taken when no earlier command still has bursts to issue; an address that is not a bus-word
-multiple sets the sticky `error` and the command is dropped; a length of 0 moves nothing. Bursts are at most
+multiple sets the sticky `error` and the command is dropped, as is one of length 0, a cycle after it is
+taken. Bursts are at most
 `max_burst` beats, never cross 4 KiB, and wait while the subclass says there is no room (`outstanding`).
 """
 
@@ -60,18 +61,23 @@ class DramTransfer(wiring.Component):
         address = Signal(self.addr_width, name=f"{channel}_address")
         beats_left = Signal(LENGTH_BITS - size + 1, name=f"{channel}_beats_left")
         tail = Signal(size + 1, name=f"{channel}_tail")
+        dropped = Signal(name=f"{channel}_dropped")      # the command taken moves nothing: misaligned or empty
         command = self.command.payload
         m.d.comb += self.command.ready.eq(~active)
+        # A command is taken whole into the registers, and one that moves nothing is dropped a cycle later, so
+        # that no comparison of the command's fields decides the registers' enable.
         with m.If(self.command.valid & ~active):
-            with m.If(command.address[:size] != 0):
+            misaligned = command.address[:size] != 0
+            m.d.sync += [active.eq(1), dropped.eq(misaligned | (command.length == 0)), address.eq(command.address),
+                         beats_left.eq((command.length + bus - 1) >> size),
+                         tail.eq(Mux(command.length[:size] == 0, bus, command.length[:size]))]
+            with m.If(misaligned):
                 m.d.sync += self.error.eq(1)
-            with m.Elif(command.length != 0):
-                m.d.sync += [active.eq(1), address.eq(command.address),
-                             beats_left.eq((command.length + bus - 1) >> size),
-                             tail.eq(Mux(command.length[:size] == 0, bus, command.length[:size]))]
+        with m.If(dropped):
+            m.d.sync += [active.eq(0), dropped.eq(0)]
         beats, last = next_burst(m, address, beats_left, self.max_burst, size)
         valid, ready = signal("valid"), signal("ready")
-        issue = active & (~valid | ready) & room
+        issue = active & ~dropped & (~valid | ready) & room
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
         with m.If(issue):
