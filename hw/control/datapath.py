@@ -305,10 +305,10 @@ class NormPath(wiring.Component):
         route = Signal()
         m.submodules.to_router = gear_router = Gearbox(16 * norm.lanes, Shape.cast(self.router_beat).width)
         m.d.comb += [gear_router.input.payload.eq(norm.output.payload.data.y1),
-                     gear_router.input.valid.eq(norm.output.valid & route & gear_out.input.ready),
-                     self.router_tokens.valid.eq(gear_router.output.valid),
-                     self.router_tokens.payload.eq(gear_router.output.payload),
-                     gear_router.output.ready.eq(self.router_tokens.ready)]
+                     gear_router.input.valid.eq(norm.output.valid & route & gear_out.input.ready)]
+        # the router's ready (its logit unit's capture) reaches no further than a skid buffer
+        skid_buffer(m, gear_router.output.valid, gear_router.output.ready, {"beat": gear_router.output.payload},
+                    self.router_tokens.valid, self.router_tokens.ready, {"beat": self.router_tokens.payload})
         m.d.comb += [gear_out.input.valid.eq(norm.output.valid & (~route | gear_router.input.ready)),
                      gear_out.input.payload.eq(norm.output.payload.data.y0),
                      norm.output.ready.eq(gear_out.input.ready & (~route | gear_router.input.ready)),
@@ -327,6 +327,6 @@ class NormPath(wiring.Component):
             m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
                          tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
                          words_left.eq(times_constant(command.rows, tiles_out)), route.eq(command.route)]
-        with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid):
+        with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid & ~self.router_tokens.valid):
             m.d.sync += self.busy.eq(0)
         return m
