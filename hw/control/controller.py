@@ -160,7 +160,11 @@ class Controller(wiring.Component):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
         def go(ready=1):
-            m.d.comb += issue.eq(present & ready)
+            """Issue when `ready`; returns the decision of this case alone, for its unit's command (so that no
+            other case's rule is in its logic)."""
+            here = Signal(name="issue_here")
+            m.d.comb += [here.eq(present & ready), issue.eq(here)]
+            return here
 
         refused = decoded.cause != ErrorCause.NONE
         span_bits = (self.buffer_span - 1).bit_length()
@@ -179,23 +183,21 @@ class Controller(wiring.Component):
                     m.d.comb += [front.descriptor.payload.address.eq(address),
                                  front.descriptor.payload.length.eq(ops.bytes),
                                  front.descriptor.payload.buffer.eq(ops.base >> span_bits)]
-                    go(front.descriptor.ready)
-                    m.d.comb += front.descriptor.valid.eq(issue)
+                    m.d.comb += front.descriptor.valid.eq(go(front.descriptor.ready))
                 for space in LOADABLE:
                     with m.Elif(ops.memory == space):
                         m.d.comb += [front.load.payload.address.eq(address), front.load.payload.length.eq(ops.bytes),
                                      front.load.payload.memory.eq(space), front.load.payload.base.eq(ops.base)]
                         if space == Space.PARAMS:      # a half at a time: the other may be read meanwhile
-                            go(front.load.ready & ~touched.params_reading.bit_select(params_half, 1)
-                               & ~touched.params_writing.bit_select(params_half, 1))
+                            here = go(front.load.ready & ~touched.params_reading.bit_select(params_half, 1)
+                                      & ~touched.params_writing.bit_select(params_half, 1))
                         else:
-                            go(front.load.ready & ~reading[space.value] & ~writing[space.value]
-                               & ~((ops.region == Region.OUTPUT) & self.store_busy))
-                        m.d.comb += front.load.valid.eq(issue)
-                        m.d.comb += [touched.load_issued.eq(issue), touched.load_space.eq(space),
-                                     touched.load_half.eq(params_half)]
+                            here = go(front.load.ready & ~reading[space.value] & ~writing[space.value]
+                                      & ~((ops.region == Region.OUTPUT) & self.store_busy))
+                        m.d.comb += [front.load.valid.eq(here), touched.load_issued.eq(here),
+                                     touched.load_space.eq(space), touched.load_half.eq(params_half)]
             with m.Case(Opcode.GEMM):
-                issue_gemm(self, m, front, word.operands.gemm, decoded, refuse, go, issue, reading, writing, touched,
+                issue_gemm(self, m, front, word.operands.gemm, decoded, refuse, go, reading, writing, touched,
                            hidden, slab, span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
@@ -208,11 +210,11 @@ class Controller(wiring.Component):
                     with m.Elif(ops.memory == space):
                         m.d.comb += [front.store.payload.memory.eq(space), front.store.payload.base.eq(ops.base),
                                      front.store.payload.address.eq(address), front.store.payload.length.eq(ops.bytes)]
-                        go(front.store.ready & ~touched.store_waits[space.value])
-                        m.d.comb += front.store.valid.eq(issue)
-                        m.d.comb += [touched.store_issued.eq(issue), touched.store_space.eq(space)]
+                        here = go(front.store.ready & ~touched.store_waits[space.value])
+                        m.d.comb += [front.store.valid.eq(here), touched.store_issued.eq(here),
+                                     touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(self, m, front, word.operands.upsample, decoded, refuse, go, issue, touched)
+                issue_upsample(self, m, front, word.operands.upsample, decoded, refuse, go, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):
@@ -233,9 +235,9 @@ class Controller(wiring.Component):
                 with m.If((ops.route & ~self.router_busy) | refused):   # the router's copy needs a ROUTE waiting
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
-                    go(front.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
-                       & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value])
-                    m.d.comb += front.norm.valid.eq(issue)
+                    m.d.comb += front.norm.valid.eq(go(
+                        front.norm.ready & ~writing[Space.RESIDUAL.value] & ~writing[Space.NORMS.value]
+                        & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]))
             with m.Case(Opcode.SOFTMAX):
                 ops = word.operands.softmax
                 command = front.softmax.payload
@@ -246,10 +248,10 @@ class Controller(wiring.Component):
                 with m.If(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(front.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
-                       & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
-                       & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
-                    m.d.comb += [front.softmax.valid.eq(issue), touched.softmax_issued.eq(issue),
+                    here = go(front.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
+                              & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
+                              & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
+                    m.d.comb += [front.softmax.valid.eq(here), touched.softmax_issued.eq(here),
                                  touched.softmax_half.eq(ops.half)]
             with m.Case(Opcode.ROUTE):
                 ops = word.operands.route
@@ -262,9 +264,9 @@ class Controller(wiring.Component):
                 with m.Elif(refused):
                     refuse(decoded.cause)
                 with m.Else():
-                    go(front.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
-                       & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value])
-                    m.d.comb += front.route.valid.eq(issue)
+                    m.d.comb += front.route.valid.eq(go(
+                        front.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
+                        & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value]))
             with m.Case(Opcode.EXPERTS):
                 ops = word.operands.experts
                 with m.If(loop.active | refused):

@@ -40,8 +40,8 @@ def predecode_gemm(ctrl, m, ops, prepared, refuse, decoded, span_bits):
         refuse(ErrorCause.BAD_OPERAND)
 
 
-def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing, touched, hidden, slab, span_bits,
-               loop, conv):
+def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, reading, writing, touched, hidden, slab, span_bits, loop,
+               conv):
     """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring;
     `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer (into `front`, the
     issue stage's), issued when the rule allows, refused when an operand is bad, and what it touches for the
@@ -93,7 +93,7 @@ def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, issue, reading, writing
             & ~(listed & ctrl.router_busy) \
             & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
         slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
-        go(free & front.gemm.ready & slab_ready)
+        issue = go(free & front.gemm.ready & slab_ready)
         m.d.comb += [front.gemm.valid.eq(issue), front.take.valid.eq(issue & from_slab & ~reuse),
                      front.output_start.eq(issue), touched.gemm_issued.eq(issue),
                      touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),

@@ -38,7 +38,7 @@ def predecode_upsample(ctrl, m, ops, prepared, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, issue, touched):
+def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, touched):
     """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
     of it): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
     length)."""
@@ -54,6 +54,6 @@ def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, issue, touched):
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
             m.d.comb += command.memory.eq(space)
-            go(front.store.ready & ~touched.store_waits[space.value])
+            issue = go(front.store.ready & ~touched.store_waits[space.value])
             m.d.comb += [front.store.valid.eq(issue), touched.store_issued.eq(issue),
                          touched.store_space.eq(space)]
