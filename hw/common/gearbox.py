@@ -9,7 +9,7 @@ one a cycle. Equal widths pass straight through. Neither side's `ready` depends 
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,18 +34,22 @@ class Gearbox(wiring.Component):
             return m
         if self.out_width > self.in_width:
             ratio = self.out_width // self.in_width
-            filling = Signal(self.out_width)
-            count = Signal(range(ratio))
-            m.d.comb += source.ready.eq(~sink.valid | sink.ready | (count != ratio - 1))
+            # A word goes straight into its own slice (a one-hot `slot` picks it: no shifter, and each slice's
+            # enable is its own); the last with the slices before it into the output register. The data
+            # registers are not reset (their validity is `slot` and `sink.valid`).
+            slices = [Signal(self.in_width, name=f"slice{i}", reset_less=True) for i in range(ratio - 1)]
+            payload = Signal(self.out_width, reset_less=True)
+            slot = Signal(ratio, init=1)
+            m.d.comb += [source.ready.eq(~sink.valid | sink.ready | ~slot[-1]), sink.payload.eq(payload)]
             with m.If(sink.valid & sink.ready):
                 m.d.sync += sink.valid.eq(0)
             with m.If(source.valid & source.ready):
-                word = Signal(self.out_width)
-                m.d.comb += word.eq(filling | (source.payload << (count * self.in_width)))
-                with m.If(count == ratio - 1):
-                    m.d.sync += [sink.payload.eq(word), sink.valid.eq(1), filling.eq(0), count.eq(0)]
-                with m.Else():
-                    m.d.sync += [filling.eq(word), count.eq(count + 1)]
+                m.d.sync += slot.eq(slot.rotate_left(1))
+                for i, part in enumerate(slices):
+                    with m.If(slot[i]):
+                        m.d.sync += part.eq(source.payload)
+                with m.If(slot[-1]):
+                    m.d.sync += [payload.eq(Cat(*slices, source.payload)), sink.valid.eq(1)]
             return m
         ratio = self.in_width // self.out_width
         index = Signal(range(ratio))
