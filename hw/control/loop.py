@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from amaranth import Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Assert
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -58,15 +59,15 @@ class ExpertsLoop(wiring.Component):
         stride, first_pc = Signal(32), Signal(32)
         # While the loop is idle its registers follow the queue's head and the EXPERTS operands at the controller's
         # head, so that `enter` itself sets only the state: the issue decision drives two flip-flops and the
-        # queue's pop, not the clock enables of every register here. A new pass loads the next expert, its
-        # offset from the EXPERTS' own stride, kept since it entered.
+        # queue's pop, not the clock enables of every register here. A new pass (`jump`; `enter` comes only while
+        # the loop is idle) loads the next expert, its offset from the EXPERTS' own stride, kept since it entered.
         idle = ~self.active & ~self.skipping
         with m.If(idle):
             m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
                          self.offset.eq(narrow_product(head.expert, self.stride))]
-        with m.Elif(advance):
+        with m.Elif(self.jump):
             m.d.sync += self.offset.eq(narrow_product(head.expert, stride))
-        with m.If(idle | advance):
+        with m.If(idle | self.jump):
             m.d.sync += [self.expert.eq(head.expert), self.base.eq(head.base), self.count.eq(head.count)]
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
@@ -85,8 +86,14 @@ class ExpertsLoop(wiring.Component):
             m.d.sync += current.eq(first)
         with m.Elif(self.issued & self.replay & ~last):
             m.d.sync += current.eq(read.data)
+        # While the loop waits nothing enters, drops or issues (the controller's decision waits for it), so the
+        # jump comes from registers and the queue's level alone, not from the decision.
+        with m.If(self.waiting):
+            m.d.sync += Assert(~self.enter & ~self.dropped & ~self.issued, "the loop waits, yet the controller moved")
         with m.If(self.enter):
-            m.d.comb += advance.eq(queue.r_rdy)
+            m.d.sync += Assert(idle, "EXPERTS entered a loop that is not idle")
+        m.d.comb += [self.jump.eq(self.waiting & queue.r_rdy), advance.eq((self.enter | self.waiting) & queue.r_rdy)]
+        with m.If(self.enter):
             m.d.sync += [self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
         with m.Elif(self.dropped):
             m.d.sync += index.eq(index + 1)
@@ -96,8 +103,7 @@ class ExpertsLoop(wiring.Component):
             m.d.sync += index.eq(Mux(last, 0, index + 1))
             with m.If(last):
                 m.d.sync += self.waiting.eq(1)
-        with m.Elif(self.waiting & queue.r_rdy):
-            m.d.comb += [advance.eq(1), self.jump.eq(1)]
+        with m.Elif(self.jump):
             m.d.sync += [self.waiting.eq(0), self.replay.eq(1)]
         with m.Elif(self.waiting & self.no_more):
             m.d.sync += [self.waiting.eq(0), self.replay.eq(0), self.active.eq(0)]
