@@ -80,33 +80,36 @@ class Gelu(wiring.Component):
             z = self.input.payload.data[lane]
             # The lane's shifts travel with its value: step = f − 5 (the interpolation's) and tail = 15 − f
             # (δ's), and a stage ahead of each rounding its 2^(s−1) − 1, so no shift is decoded on the data path.
+            # The lane's registers carry data whose validity is `valid`: they are not reset.
             f = self.input.payload.fraction_bits[lane]
-            step = [Signal(4, name=f"step{lane}_{stage}") for stage in range(9)]
-            tail = [Signal(4, name=f"tail{lane}_{stage}") for stage in range(12)]
-            step_half = Signal(1 << 4, name=f"step_half{lane}")        # for stage 8
-            tail_half = Signal(1 << 4, name=f"tail_half{lane}")        # for stage 11
+            step = [Signal(4, name=f"step{lane}_{stage}", reset_less=True) for stage in range(9)]
+            tail = [Signal(4, name=f"tail{lane}_{stage}", reset_less=True) for stage in range(12)]
+            step_half = Signal(1 << 4, name=f"step_half{lane}", reset_less=True)       # for stage 8
+            tail_half = Signal(1 << 4, name=f"tail_half{lane}", reset_less=True)       # for stage 11
             with m.If(advance):
                 m.d.sync += [step[0].eq((f - MIN_FRACTION_BITS)[:4]), tail[0].eq((MAX_FRACTION_BITS - f)[:4])]
                 m.d.sync += [step[i].eq(step[i - 1]) for i in range(1, len(step))]
                 m.d.sync += [tail[i].eq(tail[i - 1]) for i in range(1, len(tail))]
                 m.d.sync += [step_half.eq(half_minus_one(step[5], len(step_half))),
                              tail_half.eq(half_minus_one(tail[8], len(tail_half)))]
-            magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}")
-            relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}") for stage in range(self.LATENCY - 1)]
-            whole = Signal(unsigned(self.width), name=f"whole{lane}")
-            index = Signal(range(LAST_INDEX + 1), name=f"index{lane}")
-            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}") for stage in range(5)]
+            magnitude = Signal(unsigned(self.width), name=f"magnitude{lane}", reset_less=True)
+            relu = [Signal(signed(self.width), name=f"relu{lane}_{stage}", reset_less=True)
+                    for stage in range(self.LATENCY - 1)]
+            whole = Signal(unsigned(self.width), name=f"whole{lane}", reset_less=True)
+            index = Signal(range(LAST_INDEX + 1), name=f"index{lane}", reset_less=True)
+            fraction = [Signal(unsigned(10), name=f"fraction{lane}_{stage}", reset_less=True) for stage in range(5)]
             entry = Signal(low_width + difference_width, name=f"entry{lane}")   # the table's word: stage 4
-            word = Signal.like(entry, name=f"word{lane}")
-            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}") for stage in range(4)]
-            difference = Signal(signed(difference_width), name=f"difference{lane}")
-            product = Signal(signed(difference_width + 11), name=f"product{lane}")
-            interpolation = Signal(signed(difference_width + 12), name=f"interpolation{lane}")   # before its shift
-            halfway = Signal.like(interpolation, name=f"halfway{lane}")
-            delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}")
-            delta = Signal(signed(low_width + 3), name=f"delta{lane}")                           # before its shift
-            delta_halfway = Signal.like(delta, name=f"delta_halfway{lane}")
-            kept = [Signal(name=f"kept{lane}_{stage}") for stage in range(2)]
+            word = Signal.like(entry, name=f"word{lane}", reset_less=True)
+            low = [Signal(unsigned(low_width), name=f"low{lane}_{stage}", reset_less=True) for stage in range(4)]
+            difference = Signal(signed(difference_width), name=f"difference{lane}", reset_less=True)
+            product = Signal(signed(difference_width + 11), name=f"product{lane}", reset_less=True)
+            interpolation = Signal(signed(difference_width + 12), name=f"interpolation{lane}",     # before its shift
+                                   reset_less=True)
+            halfway = Signal.like(interpolation, name=f"halfway{lane}", reset_less=True)
+            delta15 = Signal(signed(low_width + 2), name=f"delta15_{lane}", reset_less=True)
+            delta = Signal(signed(low_width + 3), name=f"delta{lane}", reset_less=True)             # before its shift
+            delta_halfway = Signal.like(delta, name=f"delta_halfway{lane}", reset_less=True)
+            kept = [Signal(name=f"kept{lane}_{stage}", reset_less=True) for stage in range(2)]
             beyond = whole >= LAST_INDEX
             m.d.comb += [reads[lane].addr.eq(index), reads[lane].en.eq(advance), entry.eq(reads[lane].data)]
             with m.If(advance):

@@ -71,7 +71,7 @@ class Accumulator(wiring.Component):
         write = memory.write_port()
         accumulate_read = memory.read_port(domain="comb")
         drain_read = memory.read_port(domain="comb")
-        accumulated = Signal(g.accumulator_word)
+        accumulated = Signal(g.accumulator_word, reset_less=True)
         accumulate_address = Signal.like(accumulate_read.addr)
         m.d.comb += [accumulate_address.eq(address(before.j, before.m)), accumulate_read.addr.eq(accumulate_address),
                      drain_read.addr.eq(address(self.drain_tile, self.drain_row))]
@@ -79,12 +79,13 @@ class Accumulator(wiring.Component):
         # The array's results and the row read back are registered, then added and written a cycle later: the
         # next visit of a row is at least two cycles later, so its read is never issued before the write, at
         # the latest in the same cycle. Then the word being written is kept and chosen instead of the block
-        # RAM's, after its output register.
+        # RAM's, after its output register. The words' registers are not reset (`settled.valid` says when one is
+        # written).
         settled = Signal(g.tag)
-        results = Signal(g.accumulator_word)
-        previous = Signal(g.accumulator_word)
+        results = Signal(g.accumulator_word, reset_less=True)
+        previous = Signal(g.accumulator_word, reset_less=True)
         collided = [Signal(name=f"collided{stage}") for stage in range(2)]
-        written = [Signal(g.accumulator_word, name=f"written{stage}") for stage in range(2)]
+        written = [Signal(g.accumulator_word, name=f"written{stage}", reset_less=True) for stage in range(2)]
         m.d.sync += [settled.eq(arriving), results.eq(self.results), previous.eq(accumulated),
                      collided[0].eq(write.en & (write.addr == accumulate_address)), written[0].eq(write.data),
                      collided[1].eq(collided[0]), written[1].eq(written[0])]

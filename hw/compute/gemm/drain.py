@@ -82,11 +82,11 @@ class Drain(wiring.Component):
         g = self.geometry
         flags, pw = self.flags, g.product_width
         drained, drain_m = self.drain_tile, self.drain_row
-        p_base = Signal.like(self.command.p_base)
+        p_base = Signal.like(self.command.p_base, reset_less=True)        # set at every start
         single_row, m_before_last = self.single_row, self.m_before_last
         draining, params_ready, drain_last = Signal(), Signal(), Signal()    # drain_last: drain_m = M − 1
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
-        params = Signal(data.ArrayLayout(g.column, g.cols))
+        params = Signal(data.ArrayLayout(g.column, g.cols), reset_less=True)    # valid with `params_ready`
         # 2^(shift−1) − 1 per column from the registered parameters (the block RAM's output is not decoded)
         halves = [Signal(pw, name=f"half{c}") for c in range(g.cols)]
         shifts = [Signal(range(pw + 1), name=f"shift{c}") for c in range(g.cols)]   # signals: each decoded once
@@ -115,12 +115,13 @@ class Drain(wiring.Component):
         stages = delay_line(m, Signal(position, name="issued"), DRAIN_STAGES, "drain")
         m.d.comb += [stages[0].valid.eq(issue), stages[0].row.eq(drain_m), stages[0].tile.eq(drained)]
         fraction_layout = data.ArrayLayout(FRACTION_WIDTH, g.cols)
-        fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), DRAIN_STAGES, "fraction_bits")
+        fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), DRAIN_STAGES, "fraction_bits",
+                               data=True)
         m.d.comb += [fractions[0][c].eq(params[c].fraction_bits) for c in range(g.cols)]
         # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word; its
         # 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
         m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(issue)]
-        row_shift = Signal(range(pw + 1))
+        row_shift = Signal(range(pw + 1), reset_less=True)
         m.d.sync += row_shift.eq(at_most(self.row_read.data.shift, pw))
         row_half = Signal(pw)
         m.d.comb += row_half.eq(half_minus_one(row_shift))

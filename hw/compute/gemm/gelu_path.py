@@ -54,8 +54,9 @@ class GeluPath(wiring.Component):
         lanes, chunks = g.gelu_lanes, g.gelu_chunks
         row = self.row
         m.submodules.gelu = gelu = Gelu(lanes)
-        pending = Signal(data.ArrayLayout(signed(16), chunks * lanes))     # the row, shifted out a chunk a cycle
-        pending_f = Signal(data.ArrayLayout(unsigned(FRACTION_WIDTH), chunks * lanes))   # its columns' Q.f, alike
+        # the row, shifted out a chunk a cycle, and its columns' Q.f alike (data: `serializing` says when)
+        pending = Signal(data.ArrayLayout(signed(16), chunks * lanes), reset_less=True)
+        pending_f = Signal(data.ArrayLayout(unsigned(FRACTION_WIDTH), chunks * lanes), reset_less=True)
         pending_row, pending_tile = Signal.like(row.row), Signal.like(row.tile)
         chunk = Signal(range(max(chunks, 2)))
         serializing = Signal()
@@ -96,7 +97,7 @@ class GeluPath(wiring.Component):
                          requantizer.half.eq(hidden_half), requantizer.saturate.eq(1),
                          out_chunk[lane].eq(requantizer.value)]
         # chunks gathered into the row: the newest at the top, the row complete with its last chunk
-        gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes))
+        gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes), reset_less=True)
         row_out = Cat(gathered.as_value()[8 * lanes:], out_chunk.as_value()) if chunks > 1 else out_chunk.as_value()
         out = side[-1]
         with m.If(out.valid):
