@@ -134,7 +134,7 @@ class LoadPath(TransferPath):
                          gearbox.output.ready.eq(1)]
             with m.If(chosen):
                 m.d.comb += [beat_ready.eq(gearbox.input.ready), word_valid.eq(gearbox.output.valid)]
-            write_data = Signal(8 * width, name=f"write_data{8 * width}")
+            write_data = Signal(8 * width, name=f"write_data{8 * width}", reset_less=True)    # valid with `writing`
             m.d.sync += write_data.eq(gearbox.output.payload)
             for space in spaces:
                 port = getattr(self, _port_name(space))
@@ -202,8 +202,10 @@ class OutputPath(wiring.Component):
         m.d.comb += [self.residual_read.addr.eq(address), self.residual_read.en.eq(arriving)]
 
         valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
-        addresses = [Signal(self.address_width, name=f"address{stage}") for stage in range(self.LATENCY)]
-        values = [Signal(beat.data.shape(), name=f"values{stage}") for stage in range(self.LATENCY)]
+        # (the rows' addresses and values are data, valid with `valid`: not reset)
+        addresses = [Signal(self.address_width, name=f"address{stage}", reset_less=True)
+                     for stage in range(self.LATENCY)]
+        values = [Signal(beat.data.shape(), name=f"values{stage}", reset_less=True) for stage in range(self.LATENCY)]
         m.d.sync += [valid[0].eq(arriving), addresses[0].eq(address), values[0].eq(beat.data)]
         for stage in range(1, self.LATENCY):
             m.d.sync += [valid[stage].eq(valid[stage - 1]), addresses[stage].eq(addresses[stage - 1]),
