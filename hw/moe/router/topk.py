@@ -68,18 +68,22 @@ class ExponentTopK(wiring.Component):
         m.d.sync += [read.valid.eq(issued.valid), read.last.eq(issued.last), read.expert.eq(issued.expert),
                      read.logit.eq(self.logit_read.data)]
         # read → distance → d·multiplier (`WideMultiplier`) → its rounding sum → u → table, whole → the table's
-        # output register → e → sort and sum
-        arriving = delay_line(m, read, self.LATENCY - 3, "exp_stage")[-1]
-        distance = Signal(unsigned(lw))
+        # output register → e → sort and sum; the entry's fields and every value on the way are data, valid with
+        # the entry's `valid` (its own delay line): not reset
+        arriving = delay_line(m, read, self.LATENCY - 3, "exp_stage", data=True)[-1]
+        arriving_valid = delay_line(m, read.valid, self.LATENCY - 3, "exp_valid")[-1]
+        distance = Signal(unsigned(lw), reset_less=True)
         m.submodules.exp_multiplier = exp_multiplier = WideMultiplier(unsigned(lw), self.params.multiplier.shape())
         scaled = exp_multiplier.p
-        rounded = Signal(unsigned(len(scaled) + 1))
-        exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1))
-        table_value, table_out = Signal(unsigned(EXP_BITS)), Signal(unsigned(EXP_BITS))
+        rounded = Signal(unsigned(len(scaled) + 1), reset_less=True)
+        exponent = Signal(unsigned(lw + ops.MULTIPLIER_BITS + 1), reset_less=True)
+        table_value, table_out = (Signal(unsigned(EXP_BITS), name=name, reset_less=True)
+                                  for name in ("table_value", "table_out"))
         whole_shape = unsigned(lw + ops.MULTIPLIER_BITS + 1)
-        whole, whole_out = Signal(whole_shape), Signal(unsigned(6))
-        whole_half, beyond, kept = Signal(unsigned(EXP_BITS + 1)), Signal(), Signal()
-        e_value = Signal(unsigned(EXP_BITS))
+        whole, whole_out = Signal(whole_shape, reset_less=True), Signal(unsigned(6), reset_less=True)
+        whole_half = Signal(unsigned(EXP_BITS + 1), reset_less=True)
+        beyond, kept = Signal(reset_less=True), Signal(reset_less=True)
+        e_value = Signal(unsigned(EXP_BITS), reset_less=True)
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder, then a shifter
         half = Signal.like(scaled, name="exponent_half")
@@ -102,7 +106,7 @@ class ExponentTopK(wiring.Component):
         top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
         top_expert, top_e, total = winners.experts, winners.e, winners.total
         filled_slots = Signal(range(k + 1))
-        with m.If(arriving.valid):
+        with m.If(arriving_valid):
             first = arriving.expert == 0
             m.d.sync += total.eq(Mux(first, 0, total) + e_value)
             # slot j takes the new entry if it beats slot j (or j is empty) and not slot j − 1; else the entry
