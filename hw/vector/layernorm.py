@@ -158,11 +158,12 @@ class LayerNorm(wiring.Component):
         state = rows.state
         # stages: the beat, its squares, the two adder trees, into the bank's accumulators
         sides = rows.intake_sides(m, "sum_side", self.SUM_STAGES)
-        values = Signal.like(rows.masked)
-        values2 = Signal.like(rows.masked)
-        lane_squares = Signal(data.ArrayLayout(unsigned(2 * self.width - 1), lanes))
-        beat_sum = Signal(signed(self.sum_width))
-        beat_squares = Signal(unsigned(self.square_width))
+        # (the beat's values, squares and sums are data, valid with `sides`: not reset)
+        values = Signal.like(rows.masked, reset_less=True)
+        values2 = Signal.like(rows.masked, reset_less=True)
+        lane_squares = Signal(data.ArrayLayout(unsigned(2 * self.width - 1), lanes), reset_less=True)
+        beat_sum = Signal(signed(self.sum_width), reset_less=True)
+        beat_squares = Signal(unsigned(self.square_width), reset_less=True)
         m.d.sync += [values.eq(rows.masked), values2.eq(values)]
         for lane in range(lanes):
             m.d.sync += lane_squares[lane].eq(values[lane] * values[lane])
@@ -194,7 +195,8 @@ class LayerNorm(wiring.Component):
             m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
         # the parameter word is read a stage early and registered, to arrive with x̂ (stage 4) from a register:
         # no block RAM output drives the affine stage's multiplier
-        params = [Signal.like(read.data, name=f"params{o}_held") for o, read in enumerate(params_reads)]
+        params = [Signal.like(read.data, name=f"params{o}_held", reset_less=True)
+                  for o, read in enumerate(params_reads)]
         for read, held in zip(params_reads, params):
             m.d.comb += [read.addr.eq(set_base + sides[1].beat), read.en.eq(advance)]
             with m.If(advance):
@@ -217,11 +219,11 @@ class LayerNorm(wiring.Component):
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         row_e = pick(sides[2].bank, exponents)
         row_half = pick(sides[2].bank, row_halves)
-        for lane in range(lanes):
-            scaled = Signal(signed(self.width + 33), name=f"scaled{lane}")            # x·r
+        for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
+            scaled = Signal(signed(self.width + 33), name=f"scaled{lane}", reset_less=True)            # x·r
             centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
-                             name=f"centred{lane}")
-            normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}")    # x̂
+                             name=f"centred{lane}", reset_less=True)
+            normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}", reset_less=True)    # x̂
             # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
             with m.If(advance):
@@ -230,8 +232,8 @@ class LayerNorm(wiring.Component):
                              normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 4
                                                        row_e, NORMALISED_BITS))]
             for o, bits in enumerate(self.output_bits):
-                affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}")
-                rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}")
+                affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}", reset_less=True)
+                rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}", reset_less=True)
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 shift = command.shifts[o]

@@ -116,8 +116,8 @@ class Softmax(wiring.Component):
                          fill=lowest, rows=command.rows, enable=busy)
         maxima = [Signal(signed(width), name=f"bank{b}_max") for b in range(2)]
         sides = rows.intake_sides(m, "max_side", self.MAX_STAGES)
-        values = Signal.like(rows.masked)
-        beat_max = Signal(signed(width))
+        values = Signal.like(rows.masked, reset_less=True)       # data, valid with `sides`
+        beat_max = Signal(signed(width), reset_less=True)
         m.d.sync += [values.eq(rows.masked), beat_max.eq(_maximum(list(values)))]
         final = sides[-1]
         for b in range(2):
@@ -158,12 +158,12 @@ class Softmax(wiring.Component):
                                                            attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
         beat_p = []
-        for lane in range(lanes):
-            distance = Signal(unsigned(width + 1), name=f"distance{lane}")                 # d = max − x
-            product = Signal(unsigned(product_width), name=f"product{lane}")
-            rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}")         # before the shift
+        for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
+            distance = Signal(unsigned(width + 1), name=f"distance{lane}", reset_less=True)           # d = max − x
+            product = Signal(unsigned(product_width), name=f"product{lane}", reset_less=True)
+            rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}", reset_less=True)   # before the shift
             exponent = Signal(P_TABLE_BITS, name=f"exponent{lane}")                        # u's low nine bits
-            zero = Signal(name=f"zero{lane}")
+            zero = Signal(name=f"zero{lane}", reset_less=True)
             p = self.output.payload.p[lane]
             m.d.comb += [exponent.eq(shift_right(rounding, command.exp_shift, len(exponent))),
                          reads[lane].addr.eq(exponent), reads[lane].en.eq(advance)]
