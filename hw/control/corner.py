@@ -43,7 +43,7 @@ class CornerTurn(wiring.Component):
         job = Signal.like(self.job)
         with m.If(self.start):
             m.d.sync += job.eq(self.job)
-        buffers = [[[Signal(8, name=f"buffer{b}_row{r}_lane{q}") for q in range(c)] for r in range(c)]
+        buffers = [[[Signal(8, name=f"buffer{b}_row{r}_lane{q}", reset_less=True) for q in range(c)] for r in range(c)]
                    for b in range(2)]
         full = Signal(2)
         fill = Signal()

@@ -88,7 +88,7 @@ class StorePath(TransferPath):
             if bits:
                 lanes, (value_bits,) = 8 * width_bytes // min(bits), bits
                 m.submodules[f"upsampler{width_bytes}"] = upsampler = Upsampler(lanes, value_bits, value_bits)
-                near = Signal(8 * width_bytes, name=f"near{width_bytes}")
+                near = Signal(8 * width_bytes, name=f"near{width_bytes}", reset_less=True)
                 with m.If(fetch & phase):            # the near pixel, read the cycle before, is on the port
                     m.d.sync += near.eq(word)
                 m.d.comb += [upsampler.input.payload.eq(Cat(near, word, pair_last)),

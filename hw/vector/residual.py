@@ -62,8 +62,8 @@ class ResidualAdd(wiring.Component):
         with m.If(advance):
             m.d.sync += [valid[0].eq(self.input.valid), valid[1].eq(valid[0])]
         for lane in range(self.lanes):
-            residual = Signal(signed(self.width), name=f"residual{lane}")
-            addend = Signal(signed(self.width), name=f"addend{lane}")
+            residual = Signal(signed(self.width), name=f"residual{lane}", reset_less=True)     # data, valid with
+            addend = Signal(signed(self.width), name=f"addend{lane}", reset_less=True)         # `valid`
             with m.If(advance):
                 m.d.sync += [
                     residual.eq(self.input.payload.residual[lane]),                                 # stage 1

@@ -60,8 +60,8 @@ class Upsampler(wiring.Component):
         taken = Signal(vertical)
         payload = self.input.payload
         m.d.comb += [taken[j].eq(times_constant(payload.near[j], 3) + payload.far[j]) for j in range(lanes)]
-        previous = Signal(vertical)     # the segment's pixel before `current`
-        current = Signal(vertical)
+        previous = Signal(vertical, reset_less=True)     # the segment's pixel before `current` (data: the flags
+        current = Signal(vertical, reset_less=True)      # below say when they hold pixels)
         have_previous = Signal()        # `current` is not its segment's first pixel
         in_segment = Signal()           # the last pixel taken was not its segment's last
         step, steps = Signal(range(3)), Signal(range(4))                  # outputs of `current` left, due
@@ -75,7 +75,7 @@ class Upsampler(wiring.Component):
         # Each output pixel is computed in two steps, each ending in a register: the taps' sum, then its rounding
         # and saturation (`output.payload`). The sum moves on when the output register is empty or being emptied.
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
-        summed = Signal(data.ArrayLayout(signed(bits + 2), lanes))
+        summed = Signal(data.ArrayLayout(signed(bits + 2), lanes), reset_less=True)
         summed_valid = Signal()
         moving = summed_valid & (~self.output.valid | self.output.ready)
         room = ~summed_valid | moving
