@@ -60,9 +60,9 @@ class CombineTerms(wiring.Component):
         g = self.geometry
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(self.list_base + self.row), port.en.eq(self.issue)]
-        token = delay_line(m, self.scatter_read.data, DRAIN_STAGES - 1 + COMBINE_LATENCY, "token")[-1]
-        gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate")[-1]
-        tile = delay_line(m, self.result.tile, COMBINE_LATENCY, "tile")[-1]
+        token = delay_line(m, self.scatter_read.data, DRAIN_STAGES - 1 + COMBINE_LATENCY, "token", data=True)[-1]
+        gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate", data=True)[-1]
+        tile = delay_line(m, self.result.tile, COMBINE_LATENCY, "tile", data=True)[-1]
         valid = delay_line(m, self.result.valid, COMBINE_LATENCY, "valid")
         for c in range(g.cols):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
