@@ -1,12 +1,13 @@
 """The two-step kept bit against the one-step `kept_bit`: every shift 0 … 63, extreme and random values; the
-adder products (`narrow_product`, `times_constant`) against Python's, extremes and random operands."""
+adder products (`narrow_product`, `times_constant`) and the priority encoder's bit length against Python's,
+extremes and random operands."""
 
 import numpy as np
 import pytest
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import kept_bit, kept_bit_of_byte, kept_byte, narrow_product, times_constant
+from hw.common.arith import bit_length, kept_bit, kept_bit_of_byte, kept_byte, narrow_product, times_constant
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -75,3 +76,14 @@ def test_times_constant_is_the_product(constant):
     m.d.comb += product.eq(times_constant(value, constant))
     values = [0, 1, 2, 255, 511, 300]
     assert _evaluated(m, (value,), product, [(x,) for x in values]) == [x * constant for x in values]
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 8, 48, 67])
+def test_bit_length_is_pythons(width):
+    m = Module()
+    value, length = Signal(width), Signal(range(width + 1))
+    m.d.comb += length.eq(bit_length(m, value, "length"))
+    rng = np.random.default_rng(width)
+    values = [0, 1, (1 << width) - 1] + [1 << b for b in range(width)] + [(1 << b) - 1 for b in range(1, width)]
+    values += [int(v) >> int(s) for v, s in zip(rng.integers(0, 1 << min(width, 62), 40), rng.integers(0, width, 40))]
+    assert _evaluated(m, (value,), length, [(x,) for x in values]) == [x.bit_length() for x in values]

@@ -96,12 +96,21 @@ def round_shift(value, shift, half=None):
 
 
 def bit_length(m, value, name: str) -> Signal:
-    """The bit length of an unsigned `value` (0 for 0), `golden.ops.bit_length` in logic: a priority encoder
-    added to `m`'s combinational domain under its current conditions."""
+    """The bit length of an unsigned `value` (0 for 0), `golden.ops.bit_length` in logic, added to `m`'s
+    combinational domain under its current conditions: a priority encoder as a tree (log₂ of the width levels
+    of 2:1 multiplexers beside the OR tree that says which half holds the top bit), not a chain."""
+    def top(bits):
+        """(any bit set, the index of the highest set bit) of `bits`."""
+        if len(bits) == 1:
+            return bits[0], Const(0, 1)
+        half = 1 << ((len(bits) - 1).bit_length() - 1)
+        (low_any, low_top), (high_any, high_top) = top(bits[:half]), top(bits[half:])
+        return low_any | high_any, Mux(high_any, half | high_top, low_top)
+
+    value = Value.cast(value)
     length = Signal(range(len(value) + 1), name=name)
-    for bit in range(len(value)):
-        with m.If(value[bit]):
-            m.d.comb += length.eq(bit + 1)
+    found, index = top(value)
+    m.d.comb += length.eq(Mux(found, index + 1, 0))
     return length
 
 
