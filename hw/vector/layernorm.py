@@ -217,8 +217,12 @@ class LayerNorm(wiring.Component):
                 m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
                              thresholds[o].eq(capped_power_of_two(shift + (bits - 1), rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
-        row_e = pick(sides[2].bank, exponents)
-        row_half = pick(sides[2].bank, row_halves)
+        # the bank's e and 2^(18+e) − 1 for stage 4, picked a stage early into registers (as the beat enters stage
+        # 3; its bank is not freed before it leaves it)
+        row_e = Signal.like(exponents[0], name="normalise_e", reset_less=True)
+        row_half = Signal.like(row_halves[0], name="normalise_half", reset_less=True)
+        with m.If(advance):
+            m.d.sync += [row_e.eq(pick(sides[1].bank, exponents)), row_half.eq(pick(sides[1].bank, row_halves))]
         for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
             scaled = Signal(signed(self.width + 33), name=f"scaled{lane}", reset_less=True)            # x·r
             centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
