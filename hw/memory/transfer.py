@@ -3,8 +3,8 @@
 
 A command is taken when no earlier command still has bursts to issue; an address that is not a bus-word
 multiple sets the sticky `error` and the command is dropped, as is one of length 0, a cycle after it is
-taken. Bursts are at most
-`max_burst` beats, never cross 4 KiB, and wait while the subclass says there is no room (`outstanding`).
+taken. Bursts are at most `max_burst` beats, never cross 4 KiB, and wait while the subclass says there is no
+room (`outstanding`).
 """
 
 from __future__ import annotations

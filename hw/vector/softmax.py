@@ -53,6 +53,7 @@ def _p_table() -> list[int]:
 
 P_TABLE = _p_table()                                               # 8 × 64 entries: u's nine low bits
 P_TABLE_BITS = (len(P_TABLE) - 1).bit_length()
+P_WIDTH = max(P_TABLE).bit_length()                                # 7: P ≤ 127
 RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
 DIVISION_STEPS_PER_CYCLE = 2
 
@@ -154,7 +155,7 @@ class Softmax(wiring.Component):
                          zero_from.eq(capped_power_of_two(top, product_width + 1))]
         reads = []
         for pair in range(-(-lanes // 2)):     # a block RAM (two read ports) for two lanes
-            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(7), depth=len(P_TABLE), init=P_TABLE,
+            memory = m.submodules[f"table{pair}"] = Memory(shape=unsigned(P_WIDTH), depth=len(P_TABLE), init=P_TABLE,
                                                            attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
         beat_p = []
