@@ -4,10 +4,11 @@ extremes and random operands."""
 
 import numpy as np
 import pytest
-from amaranth import Module, Signal, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import bit_length, kept_bit, kept_bit_of_byte, kept_byte, narrow_product, times_constant
+from hw.common.arith import (bit_length, kept_bit, kept_bit_of_byte, kept_byte, narrow_product, radix4_step,
+                             times_constant)
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -87,3 +88,23 @@ def test_bit_length_is_pythons(width):
     values = [0, 1, (1 << width) - 1] + [1 << b for b in range(width)] + [(1 << b) - 1 for b in range(1, width)]
     values += [int(v) >> int(s) for v, s in zip(rng.integers(0, 1 << min(width, 62), 40), rng.integers(0, width, 40))]
     assert _evaluated(m, (value,), length, [(x,) for x in values]) == [x.bit_length() for x in values]
+
+
+def test_radix4_step_is_two_steps_of_long_division():
+    """Every divisor of 6 bits and every remainder below twice it: the two bits ⌊2R / d⌋, what is left after them
+    and after the high bit alone, against Python's divmod."""
+    width = 6
+    m = Module()
+    remainder, divisor, triple = Signal(width + 1), Signal(width), Signal(width + 2)
+    high, low, rest, half_rest = radix4_step(m, remainder, divisor, triple, "step")
+    out = Signal(2 + (width + 1) + (width + 2))
+    m.d.comb += out.eq(Cat(high, low, rest[:width + 1], half_rest[:width + 2]))
+    cases = [(r, d, 3 * d) for d in range(1, 1 << width) for r in range(2 * d)]
+    got = _evaluated(m, (remainder, divisor, triple), out, cases)
+    expected = []
+    for r, d, _ in cases:
+        q, left = divmod(2 * r, d)
+        first = r >= d
+        expected.append(first | (q & 1) << 1 | left << 2 | 2 * (r - first * d) << (width + 3))
+    assert got == expected
+

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Mux, Signal, Value
+from amaranth import Cat, Const, Mux, Signal, Value, signed
 
 __all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
            "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right", "times_constant",
-           "narrow_product", "bit_length", "tree_sum"]
+           "narrow_product", "bit_length", "tree_sum", "radix4_step"]
 
 
 def index_bits(count: int) -> int:
@@ -112,6 +112,22 @@ def bit_length(m, value, name: str) -> Signal:
     found, index = top(value)
     m.d.comb += length.eq(Mux(found, index + 1, 0))
     return length
+
+
+def radix4_step(m, remainder, divisor, triple, name: str):
+    """One cycle of a restoring division, two quotient bits one subtraction deep (radix 4), its differences added
+    to `m`'s combinational domain: with the unsigned remainder R < 2·`divisor`, the bits (high, low) are
+    ⌊2R / divisor⌋, from 2R − divisor, 2R − 2·divisor and 2R − `triple` (3·divisor, best from a register) side by
+    side. Returns (high, low, rest, half_rest): rest = 2R − (2·high + low)·divisor < divisor, the next cycle's
+    R being 2·rest; half_rest = 2·(R − high·divisor), the next R after the high bit alone."""
+    doubled = Cat(Const(0, 1), remainder)
+    rests = [Signal(signed(len(doubled) + 1), name=f"{name}_rest{j}") for j in (1, 2, 3)]
+    m.d.comb += [rest.eq(doubled - subtrahend)
+                 for rest, subtrahend in zip(rests, (divisor, Cat(Const(0, 1), divisor), triple))]
+    fit1, fit2, fit3 = (~rest[-1] for rest in rests)          # 2R ≥ j · divisor
+    high, low = fit2, fit3 | (fit1 & ~fit2)
+    rest = Mux(fit3, rests[2], Mux(fit2, rests[1], Mux(fit1, rests[0], doubled)))
+    return high, low, rest, Mux(high, rests[1], doubled)
 
 
 def tree_sum(values):

@@ -34,8 +34,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
-                    times_constant, tree_sum)
+from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
+                    shift_right, times_constant, tree_sum)
 from ..common.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
@@ -293,15 +293,8 @@ class LayerNorm(wiring.Component):
         m.d.comb += [shifted.eq(Cat(pair, radicand)), difference.eq(shifted - Cat(Const(1, 2), root)),
                      fits.eq(~difference[-1])]
         next_radicand, next_root = Mux(fits, difference, shifted), Cat(fits, root)
-        # One step of the division, two quotient bits: with the remainder R < 2·divisor they are ⌊2R / divisor⌋,
-        # from 2R − divisor, 2R − 2·divisor and 2R − 3·divisor side by side (radix 4: one subtraction deep)
-        doubled = Cat(Const(0, 1), remainder)
-        rests = [doubled] + [Signal(signed(len(doubled) + 1), name=f"rest{j}") for j in (1, 2, 3)]
-        m.d.comb += [rest.eq(doubled - subtrahend) for rest, subtrahend
-                     in zip(rests[1:], (divisor, Cat(Const(0, 1), divisor), triple))]
-        fit = [None] + [~rest[-1] for rest in rests[1:]]          # 2R ≥ j · divisor
-        first_bit, second_bit = fit[2], fit[3] | (fit[1] & ~fit[2])
-        kept = Mux(fit[3], rests[3], Mux(fit[2], rests[2], Mux(fit[1], rests[1], doubled)))
+        # One step of the division, two quotient bits (radix 4), or the first bit alone
+        first_bit, second_bit, kept, half_kept = radix4_step(m, remainder, divisor, triple, "division")
         m.d.comb += [multiplier.a.eq(operand), multiplier.b.eq(s)]
         with m.FSM(name="statistics"):
             with m.State("IDLE"):
@@ -336,7 +329,7 @@ class LayerNorm(wiring.Component):
                 # cycle's bits are one of the root's pairs (2j + 1, 2j); the root takes the pair of the cycle
                 # before, a bit a cycle.
                 single = ~step[0]
-                m.d.sync += [remainder.eq(Mux(single, Mux(first_bit, rests[2], doubled), kept << 1)[:len(remainder)]),
+                m.d.sync += [remainder.eq(Mux(single, half_kept, kept << 1)[:len(remainder)]),
                              step.eq(step - Mux(single, 1, 2)),
                              pair.eq(Mux(single, Cat(first_bit, 0), Cat(second_bit, first_bit))),
                              radicand.eq(next_radicand), root.eq(next_root)]

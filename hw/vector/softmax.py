@@ -33,8 +33,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, rounding_sum, shift_right,
-                    tree_sum)
+from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
+                    shift_right, times_constant, tree_sum)
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax", "score_bits"]
@@ -55,7 +55,6 @@ P_TABLE = _p_table()                                               # 8 × 64 ent
 P_TABLE_BITS = (len(P_TABLE) - 1).bit_length()
 P_WIDTH = max(P_TABLE).bit_length()                                # 7: P ≤ 127
 RECIPROCAL_BITS = 33                # 2^32 // S, S ≥ 1
-DIVISION_STEPS_PER_CYCLE = 2
 
 
 def score_bits(head_dim: int) -> int:
@@ -197,6 +196,7 @@ class Softmax(wiring.Component):
         command's last row. Returns the count of rows out (the caller clears it with each command)."""
         total = Signal(unsigned(self.sum_width))
         remainder = Signal(unsigned(self.sum_width + 1))
+        triple = Signal(unsigned(self.sum_width + 2))          # 3 · S, for the radix-4 step
         quotient = Signal(unsigned(RECIPROCAL_BITS))
         step = Signal(range(RECIPROCAL_BITS + 1))
         product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
@@ -219,19 +219,15 @@ class Softmax(wiring.Component):
                 top = Signal(range(self.sum_width + 1), name="sum_top")
                 m.d.comb += top.eq(bit_length(m, total, "sum_length") - 1)
                 # 2^32 // S: the first quotient bit that can be 1 is 32 − top
-                m.d.sync += [remainder.eq(Const(1, self.sum_width + 1) << top), quotient.eq(0), step.eq(32 - top)]
+                m.d.sync += [remainder.eq(Const(1, self.sum_width + 1) << top), quotient.eq(0), step.eq(32 - top),
+                             triple.eq(times_constant(total, 3))]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
-                part, left, bits = remainder, None, []
-                for _ in range(DIVISION_STEPS_PER_CYCLE):
-                    fits = part >= total
-                    left = Mux(fits, part - total, part)
-                    bits.append(fits)
-                    part = (left << 1)[:len(remainder)]
+                high, low, rest, _ = radix4_step(m, remainder, total, triple, "division")
                 # an odd count of steps ends after the first half of a cycle
                 ends_half = step == 0
-                m.d.sync += [quotient.eq(Mux(ends_half, Cat(bits[0], quotient), Cat(bits[1], bits[0], quotient))),
-                             remainder.eq(part), step.eq(Mux(ends_half, 0, step - 2))]
+                m.d.sync += [quotient.eq(Mux(ends_half, Cat(high, quotient), Cat(low, high, quotient))),
+                             remainder.eq((rest << 1)[:len(remainder)]), step.eq(Mux(ends_half, 0, step - 2))]
                 with m.If(ends_half | (step == 1)):
                     m.next = "MULTIPLY"
             with m.State("MULTIPLY"):
