@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import address_bits, times_constant
-from .geometry import RouterGeometry, select
+from .geometry import RouterGeometry
 
 __all__ = ["LogitUnit"]
 
@@ -111,6 +111,9 @@ class LogitUnit(wiring.Component):
             m.d.sync += sums[e].eq(sum(products[e]))
             with m.If(sum_valid):
                 m.d.sync += accumulators[e].eq(Mux(sum_first, 0, accumulators[e]) + sums[e])
+            if e + 1 < Eg:
+                with m.Elif(writing):        # the group's logits leave from accumulator 0, one a cycle
+                    m.d.sync += accumulators[e].eq(accumulators[e + 1])
         with m.If(issuing):
             m.d.sync += mac_chunk.eq(Mux(mac_chunk == C - 1, 0, mac_chunk + 1))
             with m.If(mac_chunk == C - 1):
@@ -122,7 +125,7 @@ class LogitUnit(wiring.Component):
 
         # The group's E' logits written out, one per cycle
         expert_written = times_constant(mac_group, Eg) + write_index
-        current = select(accumulators, write_index)
+        current = accumulators[0]
         m.d.comb += [self.logit_write.addr.eq(times_constant(logits_half, E) + expert_written),
                      self.logit_write.data.eq(current),
                      self.logit_write.en.eq(writing & (write_index < Eg) & (expert_written < E))]
