@@ -155,7 +155,7 @@ class OutputPath(wiring.Component):
     by the corner turn into SCRATCH's columns (`transpose`). A row's write leaves from registers `LATENCY` + 1
     cycles after it arrives; `active` while a row or a write is inside."""
 
-    LATENCY = 1 + ResidualAdd.LATENCY     # the residual word's read, then the addition
+    LATENCY = 2 + ResidualAdd.LATENCY     # the row's address into a register, the residual word's read, the addition
 
     def __init__(self, spaces: dict[Space, OnChip], result: data.StructLayout, cols: int, stride_width: int,
                  rows_width: int):
@@ -199,8 +199,6 @@ class OutputPath(wiring.Component):
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
         with m.If(arriving & next_tile):
             m.d.sync += [tile.eq(beat.tile), offset.eq(offset + job.d_stride)]
-        m.d.comb += [self.residual_read.addr.eq(address), self.residual_read.en.eq(arriving)]
-
         valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
         # (the rows' addresses and values are data, valid with `valid`: not reset)
         addresses = [Signal(self.address_width, name=f"address{stage}", reset_less=True)
@@ -210,12 +208,14 @@ class OutputPath(wiring.Component):
         for stage in range(1, self.LATENCY):
             m.d.sync += [valid[stage].eq(valid[stage - 1]), addresses[stage].eq(addresses[stage - 1]),
                          values[stage].eq(values[stage - 1])]
+        # the residual word is read from the registered address (RESIDUAL's blocks spread over the die)
+        m.d.comb += [self.residual_read.addr.eq(addresses[0]), self.residual_read.en.eq(valid[0])]
         residual_now = Signal(data.ArrayLayout(signed(width), cols))
         m.d.comb += [residual_now.eq(self.residual_read.data), add.output.ready.eq(1),
-                     add.input.valid.eq(valid[0] & job.residual)]
+                     add.input.valid.eq(valid[1] & job.residual)]
         for lane in range(cols):
             m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
-                         add.input.payload.addend[lane].eq(values[0][lane])]
+                         add.input.payload.addend[lane].eq(values[1][lane])]
         result = values[-1]
         # every write leaves from registers, a cycle after its row's last stage (or the corner turn's write)
         for space in self.spaces:
