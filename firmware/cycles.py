@@ -440,7 +440,7 @@ class CycleModel:
     GEMM_FIXED = 13          # a command's handshakes: its start, the accumulator, the FIFO's output register, the writes
     GELU_FIXED = 2           # the GELU path's rows beyond its stages
     LOAD_FIXED = 5           # a load path command after its last beat: the gearbox, the write registers, the write
-    STORE_FIXED = 8          # a STORE after its last beat: the write response
+    STORE_FIXED = 9          # a STORE after its last beat: the skid buffer, the write response
     END_FIXED = 7            # HALT to STATUS.done
     LAYERNORM = (31, 19, 38)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
     SOFTMAX = (21, 4, 10)

@@ -74,6 +74,7 @@ class StorePath(TransferPath):
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         last_pixel = x == width - 1
         read_address = Mux(upsample & phase, far, address)
+        held = Signal()          # a word or a pair inside a skid buffer below
         for width_bytes, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
             m.submodules[f"gearbox{width_bytes}"] = gearbox
             chosen = Cat(*(source == space for space in spaces)).any()
@@ -83,6 +84,13 @@ class StorePath(TransferPath):
                 m.d.comb += [port.addr.eq(read_address), port.en.eq(fetch & (source == space))]
                 with m.If(source == space):
                     m.d.comb += word.eq(port.data)
+            # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
+            # gearbox's and the upsampler's readiness does not reach `fetch` and the memories' enables.
+            stored, stored_valid, stored_ready = Signal.like(word, name=f"stored{width_bytes}"), Signal(), Signal()
+            word_ready = Signal(name=f"word_ready{width_bytes}")
+            skid_buffer(m, word_valid & ~upsample & chosen, word_ready, {"word": word}, stored_valid, stored_ready,
+                        {"word": stored})
+            group_held = ~word_ready | stored_valid
             bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
             assert len(bits) <= 1, "memories of one word width hold values of one width"
             if bits:
@@ -91,18 +99,20 @@ class StorePath(TransferPath):
                 near = Signal(8 * width_bytes, name=f"near{width_bytes}", reset_less=True)
                 with m.If(fetch & phase):            # the near pixel, read the cycle before, is on the port
                     m.d.sync += near.eq(word)
-                m.d.comb += [upsampler.input.payload.eq(Cat(near, word, pair_last)),
-                             upsampler.input.valid.eq(pair_valid & chosen)]
+                pair_ready = Signal(name=f"pair_ready{width_bytes}")
+                skid_buffer(m, pair_valid & chosen, pair_ready, {"pair": Cat(near, word, pair_last)},
+                            upsampler.input.valid, upsampler.input.ready, {"pair": upsampler.input.payload})
+                group_held |= ~pair_ready | upsampler.input.valid
                 with m.If(chosen):
-                    m.d.comb += [pair_taken.eq(upsampler.input.ready), upsampling.eq(upsampler.output.valid)]
-            m.d.comb += gearbox.input.valid.eq(Mux(upsample, upsampling, word_valid) & chosen)
-            m.d.comb += gearbox.input.payload.eq(word)
+                    m.d.comb += [pair_taken.eq(pair_ready), upsampling.eq(upsampler.output.valid)]
+            m.d.comb += [gearbox.input.valid.eq(Mux(upsample, upsampling, stored_valid) & chosen),
+                         gearbox.input.payload.eq(stored), stored_ready.eq(gearbox.input.ready & chosen)]
             if bits:
                 with m.If(upsample):
                     m.d.comb += [gearbox.input.payload.eq(upsampler.output.payload),
                                  upsampler.output.ready.eq(gearbox.input.ready & chosen)]
             with m.If(chosen):
-                m.d.comb += [taken.eq(gearbox.input.ready), beat_valid.eq(gearbox.output.valid),
+                m.d.comb += [taken.eq(word_ready), held.eq(group_held), beat_valid.eq(gearbox.output.valid),
                              beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready)]
         # Bus words to the writer through a skid buffer: the bus's WREADY reaches no further into the path
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
@@ -130,7 +140,8 @@ class StorePath(TransferPath):
                                      far_row.eq(far_row + stride)]
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
-        drained = Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling, (words_left == 0) & ~word_valid)
+        drained = ~held & Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling,
+                              (words_left == 0) & ~word_valid)
         with m.If(~accepted & self.busy & drained & ~beat_valid & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
