@@ -49,15 +49,17 @@ class GateWeights(wiring.Component):
         g = self.geometry
         k = g.top_k
         winners = self.winners.payload
-        divisor = Signal.like(winners.total)
-        remainder = Signal(unsigned(EXP_BITS + index_bits(g.experts) + 2))
-        quotient = Signal(unsigned(QUOTIENT_BITS))
-        step = Signal(range(QUOTIENT_BITS + 1))
-        winners_expert = [Signal(g.expert, name=f"winner_expert{j}") for j in range(k)]
-        winners_e = [Signal(unsigned(EXP_BITS), name=f"winner_e{j}") for j in range(k)]
+        # (the division's and the products' registers are data, set as a token's winners are taken and valid with
+        # the flags below: not reset)
+        divisor = Signal.like(winners.total, reset_less=True)
+        remainder = Signal(unsigned(EXP_BITS + index_bits(g.experts) + 2), reset_less=True)
+        quotient = Signal(unsigned(QUOTIENT_BITS), reset_less=True)
+        step = Signal(range(QUOTIENT_BITS + 1), reset_less=True)
+        winners_expert = [Signal(g.expert, name=f"winner_expert{j}", reset_less=True) for j in range(k)]
+        winners_e = [Signal(unsigned(EXP_BITS), name=f"winner_e{j}", reset_less=True) for j in range(k)]
         # e_j · (2^62 // S) ≤ 2^62, as e_j ≤ S; every prefix of the quotient gives a smaller product
-        products = [Signal(unsigned(63), name=f"product{j}") for j in range(k)]
-        gate_weights = [Signal(g.weight, name=f"gate_weight{j}") for j in range(k)]
+        products = [Signal(unsigned(63), name=f"product{j}", reset_less=True) for j in range(k)]
+        gate_weights = [Signal(g.weight, name=f"gate_weight{j}", reset_less=True) for j in range(k)]
         dividing, adding_last, rounding, emitting = Signal(), Signal(), Signal(), Signal()
         routed = self.routed
         m.d.comb += [self.idle.eq(~dividing & ~adding_last & ~rounding & ~emitting),

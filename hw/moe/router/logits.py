@@ -98,10 +98,13 @@ class LogitUnit(wiring.Component):
         # chunk (g, c) is read in one cycle, multiplied in the next, summed per expert, then accumulated
         read_valid, read_first = Signal(), Signal()
         m.d.sync += [read_valid.eq(issuing), read_first.eq(mac_chunk == 0)]
-        products = [[Signal(signed(g.input_width + 8), name=f"product{e}_{j}") for j in range(lanes)]
+        # (the products, sums and accumulators are data, valid with `product_valid`, `sum_valid` and `writing`:
+        # not reset)
+        products = [[Signal(signed(g.input_width + 8), name=f"product{e}_{j}", reset_less=True) for j in range(lanes)]
                     for e in range(Eg)]
-        sums = [Signal(signed(g.input_width + 8 + lanes.bit_length()), name=f"sum{e}") for e in range(Eg)]
-        accumulators = [Signal(signed(g.logit_width), name=f"acc{e}") for e in range(Eg)]
+        sums = [Signal(signed(g.input_width + 8 + lanes.bit_length()), name=f"sum{e}", reset_less=True)
+                for e in range(Eg)]
+        accumulators = [Signal(signed(g.logit_width), name=f"acc{e}", reset_less=True) for e in range(Eg)]
         product_valid, product_first, sum_valid, sum_first = Signal(), Signal(), Signal(), Signal()
         m.d.sync += [product_valid.eq(read_valid), product_first.eq(read_first),
                      sum_valid.eq(product_valid), sum_first.eq(product_first)]
