@@ -111,9 +111,10 @@ class Drain(wiring.Component):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
 
         # The row's place in the pipeline, and its columns' Q.f (the next tile's parameters may load meanwhile).
-        position = data.StructLayout({"valid": 1, "row": len(drain_m), "tile": len(drained)})
-        stages = delay_line(m, Signal(position, name="issued"), DRAIN_STAGES, "drain")
-        m.d.comb += [stages[0].valid.eq(issue), stages[0].row.eq(drain_m), stages[0].tile.eq(drained)]
+        valid = delay_line(m, issue, DRAIN_STAGES, "drain_valid")
+        position = data.StructLayout({"row": len(drain_m), "tile": len(drained)})       # data, valid with `valid`
+        stages = delay_line(m, Signal(position, name="issued"), DRAIN_STAGES, "drain", data=True)
+        m.d.comb += [stages[0].row.eq(drain_m), stages[0].tile.eq(drained)]
         fraction_layout = data.ArrayLayout(FRACTION_WIDTH, g.cols)
         fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), DRAIN_STAGES, "fraction_bits",
                                data=True)
@@ -134,10 +135,9 @@ class Drain(wiring.Component):
                          lane.row_scaled.eq(flags.row_scaled), lane.raw.eq(flags.raw), lane.relu.eq(flags.relu),
                          lane.saturate.eq(flags.saturate), self.result.data[c].eq(lane.value)]
         final = stages[-1]
-        m.d.comb += [self.result.valid.eq(final.valid), self.result.row.eq(final.row),
+        m.d.comb += [self.result.valid.eq(valid[-1]), self.result.row.eq(final.row),
                      self.result.tile.eq(final.tile), self.result.fraction_bits.eq(fractions[-1]),
-                     self.arriving.eq(stages[-2].valid),
-                     self.active.eq(Cat(*(stage.valid for stage in stages[1:])).any())]
+                     self.arriving.eq(valid[-2]), self.active.eq(Cat(*valid[1:]).any())]
 
         with m.If(self.start):
             m.d.sync += [p_base.eq(self.command.p_base), drained.eq(0)]

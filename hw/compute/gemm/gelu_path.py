@@ -57,7 +57,7 @@ class GeluPath(wiring.Component):
         # the row, shifted out a chunk a cycle, and its columns' Q.f alike (data: `serializing` says when)
         pending = Signal(data.ArrayLayout(signed(16), chunks * lanes), reset_less=True)
         pending_f = Signal(data.ArrayLayout(unsigned(FRACTION_WIDTH), chunks * lanes), reset_less=True)
-        pending_row, pending_tile = Signal.like(row.row), Signal.like(row.tile)
+        pending_row, pending_tile = Signal.like(row.row, reset_less=True), Signal.like(row.tile, reset_less=True)
         chunk = Signal(range(max(chunks, 2)))
         serializing = Signal()
         with m.If(row.valid):
@@ -78,17 +78,19 @@ class GeluPath(wiring.Component):
         # command's shift clamped to the lane's product and 2^(s_h−1) − 1 decoded once, when it is taken.
         requantizers = [RequantizerLane(g, word_width=16, saturation_widths=[8]) for _ in range(lanes)]
         width = requantizers[0].product_width
-        hidden_multiplier = Signal.like(self.command.hidden_multiplier)
-        hidden_shift, hidden_half = Signal(range(width + 1)), Signal(width)
+        # (the command's, set at its start: not reset)
+        hidden_multiplier = Signal.like(self.command.hidden_multiplier, reset_less=True)
+        hidden_shift, hidden_half = Signal(range(width + 1), reset_less=True), Signal(width, reset_less=True)
         clamped_shift = Signal.like(hidden_shift)       # a signal: decoded once, not copied into each pattern
         m.d.comb += clamped_shift.eq(at_most(self.command.hidden_shift, width))
         with m.If(self.start):
             m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
                          hidden_half.eq(half_minus_one(clamped_shift, width))]
-        side_layout = data.StructLayout({"valid": 1, "row": len(row.row), "tile": len(row.tile), "last": 1})
-        side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side")
-        m.d.comb += [side[0].valid.eq(serializing), side[0].row.eq(pending_row), side[0].tile.eq(pending_tile),
-                     side[0].last.eq(chunk == chunks - 1)]
+        # each chunk's row, tile and whether it is the row's last, beside the GELU lanes (data, valid with `valid`)
+        valid = delay_line(m, serializing, GELU_STAGES, "gelu_valid")
+        side_layout = data.StructLayout({"row": len(row.row), "tile": len(row.tile), "last": 1})
+        side = delay_line(m, Signal(side_layout, name="gelu_side_in"), GELU_STAGES, "gelu_side", data=True)
+        m.d.comb += [side[0].row.eq(pending_row), side[0].tile.eq(pending_tile), side[0].last.eq(chunk == chunks - 1)]
         out_chunk = Signal(data.ArrayLayout(signed(8), lanes))
         for lane, requantizer in enumerate(requantizers):
             m.submodules[f"hidden{lane}"] = requantizer
@@ -100,11 +102,10 @@ class GeluPath(wiring.Component):
         gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes), reset_less=True)
         row_out = Cat(gathered.as_value()[8 * lanes:], out_chunk.as_value()) if chunks > 1 else out_chunk.as_value()
         out = side[-1]
-        with m.If(out.valid):
+        with m.If(valid[-1]):
             m.d.sync += gathered.eq(row_out)
         assembled = Signal(data.ArrayLayout(signed(8), chunks * lanes))
         m.d.comb += [assembled.eq(row_out), self.hidden.row.eq(out.row), self.hidden.tile.eq(out.tile)]
         m.d.comb += [self.hidden.data[c].eq(assembled[c]) for c in range(g.cols)]
-        m.d.comb += [self.arriving.eq(side[-2].valid & side[-2].last),
-                     self.active.eq(Cat(serializing, *(stage.valid for stage in side[1:])).any())]
+        m.d.comb += [self.arriving.eq(valid[-2] & side[-2].last), self.active.eq(Cat(*valid).any())]
         return m

@@ -85,7 +85,8 @@ class RequantizerLane(wiring.Component):
         bias = Signal.like(self.bias, reset_less=True)
         multiplier = Signal.like(self.multiplier, reset_less=True)
         biased = Signal(signed(aw + 1), reset_less=True)
-        scale = Signal.like(multiplier)         # the multiplier beside biased (1 for RAW: the product is the word)
+        # the multiplier beside biased (1 for RAW: the product is the word)
+        scale = Signal.like(multiplier, reset_less=True)
         # The product in registered DSP slices (`WideMultiplier`): the biased word leaves a fabric register for
         # the DSP blocks (no adder at their inputs), and their products land in registers beside them.
         m.submodules.product = wide = WideMultiplier(biased.shape(), multiplier.shape())
@@ -95,7 +96,7 @@ class RequantizerLane(wiring.Component):
         halfway = Signal(signed(pw + 1), reset_less=True)
         kept = Signal(reset_less=True)
         byte = Signal(8, reset_less=True)       # the byte of the product holding the kept bit
-        halfway_held = Signal.like(halfway)
+        halfway_held = Signal.like(halfway, reset_less=True)
         rounded, coarse, shifted = (Signal(signed(pw + 1), name=n, reset_less=True)
                                     for n in ("rounded", "coarse", "shifted"))
         # the shift and 2^(shift−1) − 1 travel with the value; the row's replace the column's at stage 1
