@@ -138,16 +138,19 @@ class LayerNorm(wiring.Component):
                          write.data.beta.eq(self.params_write.data.beta[o])]
             params_reads.append(memory.read_port())
 
-        command = Signal.like(self.command.payload)
+        command = Signal.like(self.command.payload, reset_less=True)      # taken with `busy`
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
-        sums = [Signal(signed(self.sum_width), name=f"bank{b}_sum") for b in range(2)]
-        squares = [Signal(unsigned(self.square_width), name=f"bank{b}_squares") for b in range(2)]
-        recips = [Signal(unsigned(32), name=f"bank{b}_r") for b in range(2)]
-        offsets = [Signal(signed(self.sum_width + 32), name=f"bank{b}_offset") for b in range(2)]   # S·r
-        exponents = [Signal(range(self.max_e + 1), name=f"bank{b}_e") for b in range(2)]
-        row_halves = [Signal(SHIFT_BASE + self.max_e, name=f"bank{b}_half") for b in range(2)]   # 2^(18+e) − 1
-        set_base = Signal(range(self.param_sets * beats))
+        # the banks' statistics are data, valid with the banks' states: not reset
+        sums = [Signal(signed(self.sum_width), name=f"bank{b}_sum", reset_less=True) for b in range(2)]
+        squares = [Signal(unsigned(self.square_width), name=f"bank{b}_squares", reset_less=True) for b in range(2)]
+        recips = [Signal(unsigned(32), name=f"bank{b}_r", reset_less=True) for b in range(2)]
+        offsets = [Signal(signed(self.sum_width + 32), name=f"bank{b}_offset", reset_less=True)     # S·r
+                   for b in range(2)]
+        exponents = [Signal(range(self.max_e + 1), name=f"bank{b}_e", reset_less=True) for b in range(2)]
+        row_halves = [Signal(SHIFT_BASE + self.max_e, name=f"bank{b}_half", reset_less=True)       # 2^(18+e) − 1
+                      for b in range(2)]
+        set_base = Signal(range(self.param_sets * beats), reset_less=True)
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0),
                          set_base.eq(times_constant(self.command.payload.set, beats))]
@@ -187,7 +190,8 @@ class LayerNorm(wiring.Component):
         m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.output.valid.eq(valid[-1])]
         m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         side = data.StructLayout({"bank": 1, "beat": unsigned(len(rows.read_beat)), "last": 1})
-        sides = [Signal(side, name=f"normalise_side{stage}") for stage in range(self.NORMALISE_STAGES)]
+        sides = [Signal(side, name=f"normalise_side{stage}", reset_less=True)      # valid with `valid`
+                 for stage in range(self.NORMALISE_STAGES)]
         with m.If(advance):
             m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank),
                          sides[0].beat.eq(rows.read_beat), sides[0].last.eq(rows.read_last)]
@@ -209,8 +213,8 @@ class LayerNorm(wiring.Component):
         # Per output, set with the command: 2^(sh−1) − 1 and the saturation threshold 2^(sh+b−1) (capped past
         # the sum's range), so each lane rounds with one adder and saturates by comparison.
         rounding_width = BETA_BITS + 2
-        out_halves = [Signal(rounding_width, name=f"half{o}") for o in range(outputs)]
-        thresholds = [Signal(rounding_width + 1, name=f"threshold{o}") for o in range(outputs)]
+        out_halves = [Signal(rounding_width, name=f"half{o}", reset_less=True) for o in range(outputs)]
+        thresholds = [Signal(rounding_width + 1, name=f"threshold{o}", reset_less=True) for o in range(outputs)]
         with m.If(self.command.valid & self.command.ready):
             for o, bits in enumerate(self.output_bits):
                 shift = self.command.payload.shifts[o]
@@ -265,26 +269,29 @@ class LayerNorm(wiring.Component):
         2^(18+e) − 1 into the bank's registers and the bank READY."""
         dim, state = self.dim, rows.state
         stats_bank = Signal()
-        s = Signal(signed(self.sum_width))
-        q = Signal(unsigned(self.square_width))
-        operand = Signal(unsigned(32))                  # S · operand: S itself, then r
+        # the statistics' registers are data, each set before the state that reads it: not reset
+        s = Signal(signed(self.sum_width), reset_less=True)
+        q = Signal(unsigned(self.square_width), reset_less=True)
+        operand = Signal(unsigned(32), reset_less=True)                  # S · operand: S itself, then r
         m.submodules.statistics_multiplier = multiplier = WideMultiplier(operand.shape(), s.shape())
         product = multiplier.p
         waiting = Signal(range(WideMultiplier.LATENCY))  # for the product of the operands set on entering a wait
-        v = Signal(unsigned(self.v_width))
-        e = Signal(range(self.max_e + 1))
+        v = Signal(unsigned(self.v_width), reset_less=True)
+        e = Signal(range(self.max_e + 1), reset_less=True)
         # 2^(18+e) − 1, decoded from a signal (an expression would be copied into each of its patterns)
         row_shift, half = Signal(range(SHIFT_BASE + self.max_e + 1)), Signal.like(row_halves[0], name="row_half")
         m.d.comb += [row_shift.eq(SHIFT_BASE + e), half.eq(half_minus_one(row_shift, len(half)))]
-        divisor = Signal(unsigned(32))
-        v_length = Signal(range(self.v_width + 1))
-        top = Signal(range(32), name="divisor_top")     # bitlen(divisor) − 1: the first quotient bit that can be 1
-        remainder = Signal(unsigned(33))
-        triple = Signal(unsigned(34))                   # 3 · divisor, for the radix-4 step
-        step = Signal(range(DIVIDEND_BITS + 1))        # the position of the next quotient bit
-        pair = Signal(2)                                # the quotient's last two bits, the root's next pair
-        radicand = Signal(unsigned(ROOT_BITS + 3))      # the root's remainder, < 2·r + 1, with the pair shifted in
-        root = Signal(unsigned(ROOT_BITS))
+        divisor = Signal(unsigned(32), reset_less=True)
+        v_length = Signal(range(self.v_width + 1), reset_less=True)
+        # bitlen(divisor) − 1: the first quotient bit that can be 1
+        top = Signal(range(32), name="divisor_top", reset_less=True)
+        remainder = Signal(unsigned(33), reset_less=True)
+        triple = Signal(unsigned(34), reset_less=True)                   # 3 · divisor, for the radix-4 step
+        step = Signal(range(DIVIDEND_BITS + 1), reset_less=True)        # the position of the next quotient bit
+        pair = Signal(2, reset_less=True)                # the quotient's last two bits, the root's next pair
+        # the root's remainder, < 2·r + 1, with the pair shifted in
+        radicand = Signal(unsigned(ROOT_BITS + 3), reset_less=True)
+        root = Signal(unsigned(ROOT_BITS), reset_less=True)
         # One step of the root, digit by digit: bring the pair down, try (r << 2) | 1 (with the pair, remainder and
         # root all 0, as the division starts, a step leaves them 0).
         shifted = Signal.like(radicand)

@@ -104,7 +104,7 @@ class Softmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes, width = self.lanes, self.score_width
-        command = Signal.like(self.command.payload)
+        command = Signal.like(self.command.payload, reset_less=True)      # taken with `busy`
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
         with m.If(self.command.valid & self.command.ready):
@@ -114,7 +114,7 @@ class Softmax(wiring.Component):
         lowest = -(1 << (width - 1))
         rows = RowBuffer(m, "rows", self.input, length=self.length, lanes=lanes, shape=signed(width),
                          fill=lowest, rows=command.rows, enable=busy)
-        maxima = [Signal(signed(width), name=f"bank{b}_max") for b in range(2)]
+        maxima = [Signal(signed(width), name=f"bank{b}_max", reset_less=True) for b in range(2)]   # with the banks
         sides = rows.intake_sides(m, "max_side", self.MAX_STAGES)
         values = Signal.like(rows.masked, reset_less=True)       # data, valid with `sides`
         beat_max = Signal(signed(width), reset_less=True)
@@ -130,7 +130,8 @@ class Softmax(wiring.Component):
         advance = Signal()
         valid = [Signal(name=f"exp{stage}_valid") for stage in range(self.EXP_STAGES)]
         side = data.StructLayout({"bank": 1, "last": 1})
-        sides = [Signal(side, name=f"exp_side{stage}") for stage in range(self.EXP_STAGES)]
+        sides = [Signal(side, name=f"exp_side{stage}", reset_less=True)           # data, valid with `valid`
+                 for stage in range(self.EXP_STAGES)]
         scale_free = Signal()              # the row scale can take a row's sum
         leaving = valid[-1] & (~sides[-1].last | scale_free)
         m.d.comb += [advance.eq(~valid[-1] | (self.output.ready & leaving)), self.output.valid.eq(leaving)]
@@ -146,8 +147,8 @@ class Softmax(wiring.Component):
         # Per command: 2^(s−1) − 1 and the sum from which u is past the table (P = 0), 2^(s + 9), capped past
         # the product's range; so each lane rounds with one adder and keeps only u's low nine bits.
         product_width = width + 1 + len(command.exp_multiplier)
-        exp_half = Signal(product_width, name="exp_half")
-        zero_from = Signal(product_width + 2, name="zero_from")
+        exp_half = Signal(product_width, name="exp_half", reset_less=True)
+        zero_from = Signal(product_width + 2, name="zero_from", reset_less=True)
         with m.If(self.command.valid & self.command.ready):
             top = self.command.payload.exp_shift + P_TABLE_BITS
             m.d.sync += [exp_half.eq(half_minus_one(self.command.payload.exp_shift)),
@@ -194,17 +195,18 @@ class Softmax(wiring.Component):
         """Part 3, one row at a time: the row's sum `row_total` taken when `row_done` (while `scale_free`), then
         2^32 // S, m_v · recip normalised to 15 bits and its shift, out on `scales`; `busy` cleared after the
         command's last row. Returns the count of rows out (the caller clears it with each command)."""
-        total = Signal(unsigned(self.sum_width))
-        remainder = Signal(unsigned(self.sum_width + 1))
-        triple = Signal(unsigned(self.sum_width + 2))          # 3 · S, for the radix-4 step
-        quotient = Signal(unsigned(RECIPROCAL_BITS))
-        step = Signal(range(RECIPROCAL_BITS + 1))
-        product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)))
-        excess = Signal(range(len(product) + 1))            # k = max(0, bitlen(product) − 15)
-        product_length = Signal.like(excess)
-        half = Signal(unsigned(len(product)), name="product_half")     # 2^(k−1) − 1: bit i is k ≥ i + 2
-        rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1))     # ≤ 2^15: the carry sets the top bit
-        scale_rounding = Signal(unsigned(len(product) + 1))
+        # (data, each set in the state before the one that reads it: not reset)
+        total = Signal(unsigned(self.sum_width), reset_less=True)
+        remainder = Signal(unsigned(self.sum_width + 1), reset_less=True)
+        triple = Signal(unsigned(self.sum_width + 2), reset_less=True)          # 3 · S, for the radix-4 step
+        quotient = Signal(unsigned(RECIPROCAL_BITS), reset_less=True)
+        step = Signal(range(RECIPROCAL_BITS + 1), reset_less=True)
+        product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)), reset_less=True)
+        excess = Signal(range(len(product) + 1), reset_less=True)            # k = max(0, bitlen(product) − 15)
+        product_length = Signal.like(excess, reset_less=True)
+        half = Signal(unsigned(len(product)), name="product_half", reset_less=True)   # 2^(k−1) − 1: bit i is k ≥ i + 2
+        rounded = Signal(unsigned(ops.MULTIPLIER_BITS + 1), reset_less=True)     # ≤ 2^15: the carry sets the top bit
+        scale_rounding = Signal(unsigned(len(product) + 1), reset_less=True)
         rows_out = Signal.like(command.rows)
         m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
         m.d.comb += self.scales.payload.shift.eq(
