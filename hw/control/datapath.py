@@ -96,14 +96,19 @@ class TransferPath(wiring.Component):
                         m.d.sync += words_left.eq((command.length + memory.word_bytes - 1) >> shift)
         return space, address, words_left, accepted
 
-    def _gearboxes(self, m, bus_to_words: bool) -> dict:
-        """A `Gearbox` between bus words and each memory word width: {width: (gearbox, spaces of that width)}."""
+    def _gearboxes(self, m, bus_to_words: bool, accepted) -> dict:
+        """A `Gearbox` between bus words and each memory word width: {width: (gearbox, spaces of that width,
+        whether the command's memory is one of them: a register set as the command is `accepted`)}."""
         widths = {}
         for space, memory in self.spaces.items():
             widths.setdefault(memory.word_bytes, []).append(space)
-        bus = 8 * self.unit.bus_bytes
-        return {width: (Gearbox(bus, 8 * width) if bus_to_words else Gearbox(8 * width, bus), spaces)
-                for width, spaces in widths.items()}
+        bus, gearboxes = 8 * self.unit.bus_bytes, {}
+        for width, spaces in widths.items():
+            chosen = Signal(name=f"chosen{width}")
+            with m.If(accepted):
+                m.d.sync += chosen.eq(Cat(*(self.command.payload.memory == space for space in spaces)).any())
+            gearboxes[width] = (Gearbox(bus, 8 * width) if bus_to_words else Gearbox(8 * width, bus), spaces, chosen)
+        return gearboxes
 
 
 class LoadPath(TransferPath):
@@ -127,9 +132,8 @@ class LoadPath(TransferPath):
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(reader.data.payload)
         skid_buffer(m, reader.data.valid, reader.data.ready, {"data": reader.data.payload}, beat_valid, beat_ready,
                     {"data": beat})
-        for width, (gearbox, spaces) in self._gearboxes(m, bus_to_words=True).items():
+        for width, (gearbox, spaces, chosen) in self._gearboxes(m, True, accepted).items():
             m.submodules[f"gearbox{width}"] = gearbox
-            chosen = Cat(*(target == space for space in spaces)).any()
             m.d.comb += [gearbox.input.payload.eq(beat), gearbox.input.valid.eq(beat_valid & chosen),
                          gearbox.output.ready.eq(1)]
             with m.If(chosen):
@@ -184,7 +188,7 @@ class OutputPath(wiring.Component):
         cols, width = self.cols, ops.RESIDUAL_BITS
         m.submodules.add = add = ResidualAdd(cols, width)
         m.submodules.corner = corner = self.corner
-        job = Signal.like(self.job)
+        job = Signal.like(self.job, reset_less=True)         # set at every start
         tile, offset = Signal.like(self.result.payload.tile), Signal(self.address_width)
         with m.If(self.start):
             m.d.sync += [job.eq(self.job), tile.eq(0), offset.eq(0)]
@@ -231,7 +235,11 @@ class OutputPath(wiring.Component):
             if space == Space.SCRATCH:
                 with m.If(corner.write.en):
                     m.d.comb += [addr.eq(corner.write.addr), word.eq(corner.write.data), en.eq(1)]
-            m.d.sync += [port.addr.eq(addr), port.en.eq(en), port.data.eq(word)]
+            # (the write's address and word are data, valid with its enable: not reset)
+            held_addr, held_word = (Signal.like(value, name=f"{value.name}_held", reset_less=True)
+                                    for value in (addr, word))
+            m.d.sync += [held_addr.eq(addr), port.en.eq(en), held_word.eq(word)]
+            m.d.comb += [port.addr.eq(held_addr), port.data.eq(held_word)]
         writing = Cat(*(getattr(self, _port_name(space)).en for space in self.spaces)).any()
         m.d.comb += self.active.eq(Cat(*valid).any() | corner.active | writing)
         return m

@@ -75,9 +75,8 @@ class StorePath(TransferPath):
         last_pixel = x == width - 1
         read_address = Mux(upsample & phase, far, address)
         held = Signal()          # a word or a pair inside a skid buffer below
-        for width_bytes, (gearbox, spaces) in self._gearboxes(m, bus_to_words=False).items():
+        for width_bytes, (gearbox, spaces, chosen) in self._gearboxes(m, False, accepted).items():
             m.submodules[f"gearbox{width_bytes}"] = gearbox
-            chosen = Cat(*(source == space for space in spaces)).any()
             word = Signal(8 * width_bytes, name=f"word{width_bytes}")
             for space in spaces:
                 port = getattr(self, space.name.lower())
