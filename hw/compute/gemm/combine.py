@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -64,11 +64,13 @@ class CombineTerms(wiring.Component):
         gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate", data=True)[-1]
         tile = delay_line(m, self.result.tile, COMBINE_LATENCY, "tile", data=True)[-1]
         valid = delay_line(m, self.result.valid, COMBINE_LATENCY, "valid")
+        terms = Signal.like(self.term.data, name="terms", reset_less=True)      # data, valid with `valid`
+        m.d.comb += self.term.data.eq(terms)
         for c in range(g.cols):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
             multiplier = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits), gate.shape())
             m.d.comb += [multiplier.a.eq(self.result.data[c][:GemmMode.COMBINE.bits]), multiplier.b.eq(gate)]
-            m.d.sync += self.term.data[c].eq(round_shift(multiplier.p, TERM_SHIFT))
+            m.d.sync += terms[c].eq(round_shift(multiplier.p, TERM_SHIFT))
         m.d.comb += [self.term.row.eq(token), self.term.tile.eq(tile), self.arriving.eq(valid[-2]),
                      self.active.eq(Cat(*valid[1:]).any())]
         return m

@@ -65,8 +65,10 @@ class OutputFifo(wiring.Component):
         # The oldest row moves from the LUT RAM into the output register (giving its place back) when that is empty
         # or being taken: `out` leaves from registers, not from the LUT RAM's read multiplexers.
         m.d.comb += [read.addr.eq(consume), leaving.eq(holding & (~self.out.valid | self.out.ready))]
+        payload = Signal.like(self.out.payload, name="out_payload", reset_less=True)   # data, valid with out.valid
+        m.d.comb += self.out.payload.eq(payload)
         with m.If(leaving):
-            m.d.sync += [consume.eq(Mux(consume == places - 1, 0, consume + 1)), self.out.payload.eq(read.data),
+            m.d.sync += [consume.eq(Mux(consume == places - 1, 0, consume + 1)), payload.eq(read.data),
                          self.out.valid.eq(1)]
         with m.Elif(self.out.ready):
             m.d.sync += self.out.valid.eq(0)
