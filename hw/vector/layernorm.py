@@ -10,7 +10,7 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
-   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Seven stages; the pipeline stops as
+   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eight stages; the pipeline stops as
    a whole while the output is not taken.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 16) cycles once the pipeline is full (the second term: a bank
@@ -51,7 +51,7 @@ SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
 
 class LayerNorm(wiring.Component):
     SUM_STAGES = 3         # side registers: the beat, its squares, the adder trees (then the accumulators)
-    NORMALISE_STAGES = 7
+    NORMALISE_STAGES = 8
 
     def __init__(self, dim: int, lanes: int = 16, *, output_bits=(8,), width: int = 16, param_sets: int = 1,
                  max_rows: int = 4096):
@@ -210,16 +210,18 @@ class LayerNorm(wiring.Component):
         # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
         # pipeline must not see them overwritten by the next row's statistics.
         rows.set_state(m, sides[2].bank, BankState.FREE, advance & valid[2] & sides[2].last)
-        # Per output, set with the command: 2^(sh−1) − 1 and the saturation threshold 2^(sh+b−1) (capped past
-        # the sum's range), so each lane rounds with one adder and saturates by comparison.
+        # Per output, set with the command: 2^(sh−1) − 1 and the saturation thresholds ±2^(sh+b−1) (capped past
+        # the sum's range), so each lane rounds with one adder and saturates by two comparisons side by side.
         rounding_width = BETA_BITS + 2
         out_halves = [Signal(rounding_width, name=f"half{o}", reset_less=True) for o in range(outputs)]
         thresholds = [Signal(rounding_width + 1, name=f"threshold{o}", reset_less=True) for o in range(outputs)]
+        floors = [Signal(signed(rounding_width + 2), name=f"floor{o}", reset_less=True) for o in range(outputs)]
         with m.If(self.command.valid & self.command.ready):
             for o, bits in enumerate(self.output_bits):
                 shift = self.command.payload.shifts[o]
-                m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
-                             thresholds[o].eq(capped_power_of_two(shift + (bits - 1), rounding_width - 1))]
+                threshold = capped_power_of_two(shift + (bits - 1), rounding_width - 1)
+                m.d.sync += [out_halves[o].eq(half_minus_one(shift)), thresholds[o].eq(threshold),
+                             floors[o].eq(-threshold)]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         # the bank's e and 2^(18+e) − 1 for stage 4, picked a stage early into registers (as the beat enters stage
         # 3; its bank is not freed before it leaves it)
@@ -240,18 +242,21 @@ class LayerNorm(wiring.Component):
                              normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 4
                                                        row_e, NORMALISED_BITS))]
             for o, bits in enumerate(self.output_bits):
+                gained = Signal(signed(NORMALISED_BITS + GAMMA_BITS), name=f"gained{o}_{lane}", reset_less=True)
+                beta = Signal(signed(BETA_BITS), name=f"beta{o}_{lane}", reset_less=True)
                 affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}", reset_less=True)
                 rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}", reset_less=True)
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 shift = command.shifts[o]
                 saturated = Mux(rounded >= thresholds[o], high,
-                                Mux(rounded < -thresholds[o], low, shift_right(rounded, shift, bits)))
+                                Mux(rounded < floors[o], low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
-                        affine.eq(normalised * params[o].gamma[lane] + params[o].beta[lane]),
-                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 6
-                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 7
+                        gained.eq(normalised * params[o].gamma[lane]), beta.eq(params[o].beta[lane]),  # stage 5
+                        affine.eq(gained + beta),                                                    # stage 6
+                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 7
+                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 8
                     ]
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
         with m.If(advance & valid[-1] & sides[-1].last):
