@@ -3,7 +3,8 @@
 A command {memory, base, address, length, upsample, far, width, tiles, stride} is taken while the path is idle
 (`command.ready`); `busy` from the next cycle until the last write response, `error` on a write error.
 - `STORE` (`upsample` 0): words `base`, `base` + 1, … of `memory` (ACTIVATION, SCRATCH, RESIDUAL, SCORES or
-  ROUTES), `length` bytes (a whole number of words and of bus words), through a `Gearbox` to the bus.
+  ROUTES), `length` bytes (a whole number of words and of bus words), through a skid buffer and a `Gearbox` to
+  the bus.
 - `UPSAMPLE`: one output row of a bilinear ×2 (`Upsampler`) of a feature map stored a pixel a word (ACTIVATION
   or SCRATCH: int8, RESIDUAL: int16, the memory's words), channel tile by channel tile: for tile c of `tiles`,
   pixels x = 0 … `width` − 1 of the near row (`base` + c·`stride` + x, weight ¾) and the far row (`far` +
