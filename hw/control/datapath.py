@@ -26,7 +26,7 @@ from golden import ops
 
 from ..common.arith import address_bits, times_constant
 from ..common.gearbox import Gearbox
-from ..common.pipeline import skid_buffer
+from ..common.pipeline import delay_line, skid_buffer
 from ..memory.axi import AXI4Read
 from ..memory.reader import StreamReader
 from ..vector.residual import ResidualAdd
@@ -203,15 +203,10 @@ class OutputPath(wiring.Component):
         m.d.comb += address.eq(job.d_base + beat.row + Mux(next_tile, offset + job.d_stride, offset))
         with m.If(arriving & next_tile):
             m.d.sync += [tile.eq(beat.tile), offset.eq(offset + job.d_stride)]
-        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
-        # (the rows' addresses and values are data, valid with `valid`: not reset)
-        addresses = [Signal(self.address_width, name=f"address{stage}", reset_less=True)
-                     for stage in range(self.LATENCY)]
-        values = [Signal(beat.data.shape(), name=f"values{stage}", reset_less=True) for stage in range(self.LATENCY)]
-        m.d.sync += [valid[0].eq(arriving), addresses[0].eq(address), values[0].eq(beat.data)]
-        for stage in range(1, self.LATENCY):
-            m.d.sync += [valid[stage].eq(valid[stage - 1]), addresses[stage].eq(addresses[stage - 1]),
-                         values[stage].eq(values[stage - 1])]
+        # each stage's row: its valid bit, and its address and values (data, valid with it: not reset)
+        valid = delay_line(m, arriving, self.LATENCY, "valid")[1:]
+        addresses = delay_line(m, address, self.LATENCY, "address", data=True)[1:]
+        values = delay_line(m, beat.data, self.LATENCY, "values", data=True)[1:]
         # the residual word is read from the registered address (RESIDUAL's blocks spread over the die)
         m.d.comb += [self.residual_read.addr.eq(addresses[0]), self.residual_read.en.eq(valid[0])]
         residual_now = Signal(data.ArrayLayout(signed(width), cols))
@@ -236,10 +231,9 @@ class OutputPath(wiring.Component):
                 with m.If(corner.write.en):
                     m.d.comb += [addr.eq(corner.write.addr), word.eq(corner.write.data), en.eq(1)]
             # (the write's address and word are data, valid with its enable: not reset)
-            held_addr, held_word = (Signal.like(value, name=f"{value.name}_held", reset_less=True)
-                                    for value in (addr, word))
-            m.d.sync += [held_addr.eq(addr), port.en.eq(en), held_word.eq(word)]
-            m.d.comb += [port.addr.eq(held_addr), port.data.eq(held_word)]
+            m.d.sync += port.en.eq(en)
+            m.d.comb += [port.addr.eq(delay_line(m, addr, 1, addr.name, data=True)[-1]),
+                         port.data.eq(delay_line(m, word, 1, word.name, data=True)[-1])]
         writing = Cat(*(getattr(self, _port_name(space)).en for space in self.spaces)).any()
         m.d.comb += self.active.eq(Cat(*valid).any() | corner.active | writing)
         return m
