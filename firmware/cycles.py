@@ -638,7 +638,7 @@ class CycleModel:
 
     def _fetch(self, sequence: list[Issued]) -> list[int]:
         """The cycle each instruction of the sequence is in the fetch buffer (an EXPERTS body's replays at once)."""
-        first = self.latency + 7 + -(-16 // self.bus)
+        first = self.latency + 8 + -(-16 // self.bus)
         seen, out = set(), []
         for issue in sequence:
             out.append(0 if issue.index in seen else first)

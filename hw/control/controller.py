@@ -75,7 +75,7 @@ from .datapath import LOADABLE, STORABLE
 from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
-from .predecode import PREDECODED, predecode, prepare, prepared_layout
+from .predecode import PREDECODED, predecode, prepare, prepared_layout, reach, reached_layout
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
 from .scoreboard import GEMM_TOUCHES, Scoreboard
@@ -98,7 +98,8 @@ class Controller(wiring.Component):
         self.buffers, self.buffer_span, self.bus_bytes = buffers, buffer_span, bus_bytes
         self.addr_width = addr_width
         self.fetcher = ProgramFetch(bus_bytes=bus_bytes, addr_width=addr_width, depth=fetch_depth, chunk=fetch_chunk,
-                                    prepared_bits=prepared_layout(isa).size, decoded_bits=PREDECODED.size)
+                                    prepared_bits=prepared_layout(isa).size, reached_bits=reached_layout(self).size,
+                                    decoded_bits=PREDECODED.size)
         super().__init__({
             "start": In(1), "task": In(32), "program_addr": In(32), "model_addr": In(32), "image_addr": In(32),
             "output_addr": In(32),
@@ -138,18 +139,21 @@ class Controller(wiring.Component):
                                  good.eq((base[:low] + operands.address[:low] + Value.cast(extra)[:low])[:low] == 0)]
         return address, good
 
-    def half_of(self, space: Space, base, words):
+    def half_of(self, space: Space, base, reach):
         """(the half of `space` (PARAMS, SCORES: kept per half by the scoreboard) word `base` is in, whether
-        `words` words from it reach into the other half)."""
+        the words from it up to `reach` (the word after its last) reach into the other half)."""
         half_words = self.spaces[space].depth // 2
-        return base >= half_words, (base < half_words) & (base + words > half_words)
+        return base >= half_words, (base < half_words) & (reach > half_words)
 
-    def fits(self, m, operands, space: Space, multiple: int):
-        """`bytes` is a whole number of the memory's words and of `multiple`, and base + words ≤ depth."""
+    def reach(self, operands, space: Space):
+        """The word after the last of a LOAD's or STORE's `operands` in `space`: base + bytes in words."""
+        return operands.base + (operands.bytes >> (self.spaces[space].word_bytes - 1).bit_length())
+
+    def fits(self, operands, space: Space, multiple: int, reach):
+        """`bytes` is a whole number of the memory's words and of `multiple`, and `reach` (`reach`) ≤ depth."""
         memory = self.spaces[space]
         whole = max(memory.word_bytes, multiple)
-        words = operands.bytes >> (memory.word_bytes - 1).bit_length()
-        return (operands.bytes[:(whole - 1).bit_length()] == 0) & (operands.base + words <= memory.depth)
+        return (operands.bytes[:(whole - 1).bit_length()] == 0) & (reach <= memory.depth)
 
     def _issue(self, m, word, decoded, issue, retire, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
                idle, present, norm_config, softmax_config, conv_config, loop, front):
@@ -299,8 +303,11 @@ class Controller(wiring.Component):
                            width=INSTRUCTION_BITS + PREDECODED.size)
         m.submodules.loop = ResetInserter(self.start & ~self.busy)(loop)
         wiring.connect(m, wiring.flipped(self.experts), loop.experts)
-        prepare(m, data.View(isa.layout, fetch.incoming), data.View(products := prepared_layout(isa), fetch.prepared))
-        predecode(self, m, data.View(isa.layout, fetch.staged), data.View(products, fetch.staged_prepared),
+        products, reaches = prepared_layout(isa), reached_layout(self)
+        prepare(m, data.View(isa.layout, fetch.incoming), data.View(products, fetch.prepared))
+        reach(self, m, data.View(isa.layout, fetch.staged), data.View(products, fetch.staged_prepared),
+              data.View(reaches, fetch.reached))
+        predecode(self, m, data.View(isa.layout, fetch.settled), data.View(reaches, fetch.settled_reached),
                   data.View(PREDECODED, fetch.decoded))
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),

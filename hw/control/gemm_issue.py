@@ -9,7 +9,7 @@ from ..compute.gemm.geometry import GemmMode
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
 
-__all__ = ["gemm_products", "predecode_gemm", "issue_gemm"]
+__all__ = ["gemm_products", "gemm_reaches", "predecode_gemm", "issue_gemm"]
 
 
 def gemm_products(ops) -> dict:
@@ -18,14 +18,20 @@ def gemm_products(ops) -> dict:
     return {"scores_words": narrow_product(ops.n_tiles, ops.d_stride)}
 
 
-def predecode_gemm(ctrl, m, ops, prepared, refuse, decoded, span_bits):
-    """What a GEMM's operands decide alone (`predecode`; `prepared` its `gemm_products`, a cycle old):
+def gemm_reaches(ops, prepared) -> dict:
+    """What a GEMM's predecode compares, summed a cycle after its `gemm_products` (`reach`): the words past the
+    last it reads in PARAMS and writes in SCORES."""
+    return {"params_reach": ops.p_base + ops.n_tiles, "scores_reach": ops.d_base + prepared.scores_words}
+
+
+def predecode_gemm(ctrl, m, ops, reached, refuse, decoded, span_bits):
+    """What a GEMM's operands decide alone (`predecode`; `reached` its `gemm_reaches`, a cycle old):
     UNSUPPORTED for a destination the output path cannot write, BAD_OPERAND for operands that contradict each
     other or leave their memories, and the halves of PARAMS and SCORES it touches."""
     combining = ops.mode == GemmMode.COMBINE
     listed = ops.gather | combining
-    params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, ops.n_tiles)
-    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, prepared.scores_words)
+    params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, reached.params_reach)
+    scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, reached.scores_reach)
     m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):
         refuse(ErrorCause.UNSUPPORTED)

@@ -1,7 +1,7 @@
 """The controller's predecode: what an instruction decides alone, worked out as it enters the fetch buffer and
 kept beside it (in the fetch buffer and the EXPERTS body buffer), so that no adder or comparator of its operands
-sits on the issue path. It takes two of the fetch's cycles: the products of the operands and the sums that need
-no product (`prepare`), then the sums and comparisons on them (`predecode`)."""
+sits on the issue path. It takes three of the fetch's cycles: the products of the operands (`prepare`), the sums
+on them and on the operands (`reach`), then the comparisons of those and the refusal's cause (`predecode`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from amaranth import Const
 from amaranth.lib import data
 
 from .datapath import LOADABLE, STORABLE
-from .gemm_issue import gemm_products, predecode_gemm
+from .gemm_issue import gemm_products, gemm_reaches, predecode_gemm
 from .isa import INSTRUCTION_BITS, ErrorCause, Opcode, Space
-from .upsample_issue import predecode_upsample, upsample_products
+from .upsample_issue import predecode_upsample, upsample_products, upsample_reaches
 
-__all__ = ["PREDECODED", "prepared_layout", "prepare", "predecode"]
+__all__ = ["PREDECODED", "prepared_layout", "prepare", "reached_layout", "reach", "predecode"]
 
 # The cause of the instruction's refusal by its operands alone (NONE if none), and the halves of PARAMS and
 # SCORES it touches.
@@ -24,10 +24,33 @@ def _products(word) -> dict:
     return {**upsample_products(word.operands.upsample), **gemm_products(word.operands.gemm)}
 
 
+def _reaches(ctrl, word, prepared) -> dict:
+    load, store = word.operands.load, word.operands.store
+    norm, softmax = word.operands.layernorm, word.operands.softmax
+    return {**{f"load_{space.name.lower()}": ctrl.reach(load, space) for space in LOADABLE},
+            **{f"store_{space.name.lower()}": ctrl.reach(store, space) for space in STORABLE},
+            "norm_source": norm.source + norm.rows, "norm_destination": norm.destination + norm.rows,
+            "softmax_source": softmax.source + softmax.rows,
+            **upsample_reaches(word.operands.upsample, prepared), **gemm_reaches(word.operands.gemm, prepared)}
+
+
+def _layout(values: dict) -> data.StructLayout:
+    return data.StructLayout({name: value.shape() for name, value in values.items()})
+
+
+def _blank(isa):
+    return data.View(isa.layout, Const(0, INSTRUCTION_BITS))
+
+
 def prepared_layout(isa) -> data.StructLayout:
     """What `prepare` works out for instruction set `isa`: each product, as wide as it can be."""
-    return data.StructLayout({name: value.shape() for name, value in
-                              _products(data.View(isa.layout, Const(0, INSTRUCTION_BITS))).items()})
+    return _layout(_products(_blank(isa)))
+
+
+def reached_layout(ctrl) -> data.StructLayout:
+    """What `reach` works out for the controller `ctrl`: each sum, as wide as it can be."""
+    products = prepared_layout(ctrl.isa)
+    return _layout(_reaches(ctrl, _blank(ctrl.isa), data.View(products, Const(0, products.size))))
 
 
 def prepare(m, word, prepared):
@@ -36,11 +59,18 @@ def prepare(m, word, prepared):
     m.d.comb += [getattr(prepared, name).eq(value) for name, value in _products(word).items()]
 
 
-def predecode(ctrl, m, word, prepared, decoded):
+def reach(ctrl, m, word, prepared, reached):
+    """The sums on instruction `word`'s operands and on its products (`prepared`, what `prepare` made of it a cycle
+    before) that `predecode` compares, into `reached` (`reached_layout`), each whatever the opcode: how far an
+    operand reaches in its memory (the word after its last)."""
+    m.d.comb += [getattr(reached, name).eq(value) for name, value in _reaches(ctrl, word, prepared).items()]
+
+
+def predecode(ctrl, m, word, reached, decoded):
     """What instruction `word` decides alone for the controller `ctrl` (its operands against the memories and the
-    model's sizes; `prepared` what `prepare` made of it), into `decoded` (`PREDECODED`): the cause of its refusal,
-    or NONE (a refusal that depends on the run's state is the issue's), and the halves of PARAMS and SCORES it
-    touches."""
+    model's sizes; `reached` what `reach` made of it a cycle before), into `decoded` (`PREDECODED`): the cause of
+    its refusal, or NONE (a refusal that depends on the run's state is the issue's), and the halves of PARAMS and
+    SCORES it touches."""
     def refuse(cause):
         m.d.comb += decoded.cause.eq(cause)
 
@@ -49,37 +79,36 @@ def predecode(ctrl, m, word, prepared, decoded):
         with m.Case(Opcode.LOAD):
             ops = word.operands.load
             buffer = ops.base >> span_bits
-            params_half, straddles = ctrl.half_of(
-                Space.PARAMS, ops.base, ops.bytes >> (ctrl.spaces[Space.PARAMS].word_bytes - 1).bit_length())
+            params_half, straddles = ctrl.half_of(Space.PARAMS, ops.base, reached.load_params)
             m.d.comb += decoded.params_half.eq(params_half)
             with m.If(ops.memory == Space.WEIGHTS):
                 with m.If((ops.base[:span_bits] != 0) | (buffer >= ctrl.buffers)):
                     refuse(ErrorCause.BAD_OPERAND)
             for space in LOADABLE:
                 with m.Elif(ops.memory == space):
-                    with m.If(~ctrl.fits(m, ops, space, 1) | (straddles if space == Space.PARAMS else 0)):
+                    fits = ctrl.fits(ops, space, 1, getattr(reached, f"load_{space.name.lower()}"))
+                    with m.If(~fits | (straddles if space == Space.PARAMS else 0)):
                         refuse(ErrorCause.BAD_OPERAND)
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
         with m.Case(Opcode.GEMM):
-            predecode_gemm(ctrl, m, word.operands.gemm, prepared, refuse, decoded, span_bits)
+            predecode_gemm(ctrl, m, word.operands.gemm, reached, refuse, decoded, span_bits)
         with m.Case(Opcode.STORE):
             ops = word.operands.store
             for index, space in enumerate(STORABLE):
                 with (m.If if index == 0 else m.Elif)(ops.memory == space):
-                    with m.If(~ctrl.fits(m, ops, space, ctrl.bus_bytes)):
+                    fits = ctrl.fits(ops, space, ctrl.bus_bytes, getattr(reached, f"store_{space.name.lower()}"))
+                    with m.If(~fits):
                         refuse(ErrorCause.BAD_OPERAND)
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
         with m.Case(Opcode.UPSAMPLE):
-            predecode_upsample(ctrl, m, word.operands.upsample, prepared, refuse)
+            predecode_upsample(ctrl, m, word.operands.upsample, reached, refuse)
         with m.Case(Opcode.LAYERNORM):
-            ops = word.operands.layernorm
-            with m.If((ops.source + ops.rows > ctrl.tokens) | (ops.destination + ops.rows > ctrl.tokens)):
+            with m.If((reached.norm_source > ctrl.tokens) | (reached.norm_destination > ctrl.tokens)):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.SOFTMAX):
-            ops = word.operands.softmax
-            with m.If(ops.source + ops.rows > ctrl.tokens):
+            with m.If(reached.softmax_source > ctrl.tokens):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.ROUTE):
             with m.If((word.operands.route.tokens > ctrl.tokens)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from amaranth import Mux, Signal
+from amaranth import Mux
 
 from ..common.arith import narrow_product
 from .datapath import UPSAMPLABLE, upsample_length
 from .isa import ErrorCause
 
-__all__ = ["upsample_products", "predecode_upsample", "issue_upsample"]
+__all__ = ["upsample_products", "upsample_reaches", "predecode_upsample", "issue_upsample"]
 
 
 def upsample_products(ops) -> dict:
@@ -20,19 +20,25 @@ def upsample_products(ops) -> dict:
             "upsample_first_reach": Mux(ops.near > ops.far, ops.near, ops.far) + ops.width}
 
 
-def predecode_upsample(ctrl, m, ops, prepared, refuse):
-    """What an UPSAMPLE's operands decide alone (`predecode`; `prepared` its `upsample_products`, a cycle old):
+def upsample_reaches(ops, prepared) -> dict:
+    """What an UPSAMPLE's predecode compares, summed a cycle after its `upsample_products` (`reach`): the words it
+    reads, and how far it reaches past its last word."""
+    return {"upsample_words": prepared.upsample_words,
+            "upsample_reach": prepared.upsample_first_reach + prepared.upsample_span}
+
+
+def predecode_upsample(ctrl, m, ops, reached, refuse):
+    """What an UPSAMPLE's operands decide alone (`predecode`; `reached` its `upsample_reaches`, a cycle old):
     BAD_OPERAND when it is empty, reads past its memory or is not a whole number of bus words; UNSUPPORTED from a
     memory the upsampler does not read."""
-    words = prepared.upsample_words
-    reach = Signal(len(prepared.upsample_first_reach) + len(prepared.upsample_span) + 1)   # past its last word
-    m.d.comb += reach.eq(prepared.upsample_first_reach + prepared.upsample_span)
+    words = reached.upsample_words
     with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
             length = upsample_length(words, ctrl.spaces[space].word_bytes)
-            with m.If((length[:(ctrl.bus_bytes - 1).bit_length()] != 0) | (reach > ctrl.spaces[space].depth)):
+            with m.If((length[:(ctrl.bus_bytes - 1).bit_length()] != 0)
+                      | (reached.upsample_reach > ctrl.spaces[space].depth)):
                 refuse(ErrorCause.BAD_OPERAND)
     with m.Else():
         refuse(ErrorCause.UNSUPPORTED)
