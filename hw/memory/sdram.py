@@ -23,7 +23,7 @@ is counted in cycles of `clock_hz` (tests run it against `hw.sim.sdram.SDRAMMode
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -219,9 +219,11 @@ class _Build:
         m, axi = self.m, self.axi
 
         def take(address, length, size, burst, ident, write):
-            last_byte = address + ((length + 1) << self.beat_size) - 1
-            bad = (size != self.beat_size) | (burst != Burst.INCR) | (last_byte >= self.chip.bytes) | \
-                address[:self.beat_size].any()
+            # the burst's last byte, at the beat size (a burst of another size is refused anyway): one adder
+            last_byte = address + Cat(Const((1 << self.beat_size) - 1, self.beat_size), length)
+            top = self.chip.bytes.bit_length() - 1
+            beyond = last_byte[top:].any() if self.chip.bytes == 1 << top else last_byte >= self.chip.bytes
+            bad = (size != self.beat_size) | (burst != Burst.INCR) | beyond | address[:self.beat_size].any()
             m.d.comb += (axi.awready if write else axi.arready).eq(1)
             m.d.sync += [self.serving.eq(1), self.writing.eq(write), self.failed.eq(bad), self.burst_id.eq(ident),
                          self.word.eq(address[1:]),
