@@ -31,7 +31,8 @@ def credit_counter(m, counter: Signal, nonzero: Signal, up, down):
 def skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, out_fields: dict):
     """A two-entry buffer from one valid/ready channel to another, in order, a beat a cycle: `in_ready` and
     `out_valid` and the out fields are registers (no path runs through it from either side to the other); the
-    fields' registers are not reset (their validity travels beside them)."""
+    fields' registers are not reset (their validity travels beside them), and the skid entry's take the in
+    fields every cycle it is empty (`in_ready`: its enable is a flip-flop's output, no logic)."""
     main = {name: Signal.like(value, name=f"main_{name}", reset_less=True) for name, value in in_fields.items()}
     skid = {name: Signal.like(value, name=f"skid_{name}", reset_less=True) for name, value in in_fields.items()}
     main_valid, skid_valid = Signal(), Signal()
@@ -43,4 +44,6 @@ def skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, ou
         with m.Else():
             m.d.sync += [main_valid.eq(in_valid)] + [main[name].eq(in_fields[name]) for name in in_fields]
     with m.Elif(in_valid & in_ready):
-        m.d.sync += [skid_valid.eq(1)] + [skid[name].eq(in_fields[name]) for name in in_fields]
+        m.d.sync += skid_valid.eq(1)
+    with m.If(in_ready):
+        m.d.sync += [skid[name].eq(in_fields[name]) for name in in_fields]
