@@ -312,7 +312,8 @@ class Controller(wiring.Component):
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
-        current = Signal(len(head))     # the head of the cycle before, taken once it is `settled` (the issue stage)
+        current = Signal(len(head), reset_less=True)      # the head of the cycle before, taken once it is
+        # `settled` (the issue stage); not reset: `present` says whether it holds one
         m.d.sync += current.eq(Mux(loop.replay, loop.instruction, head))
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)

@@ -76,7 +76,7 @@ class ExpertsLoop(wiring.Component):
         # A replay's instruction leaves a register (`current`), loaded as the one before it issues, with the
         # body's next word read at index + 1 from registers alone, or the body's first (`first`, kept as it is
         # written) at a jump: no memory read between the issue decision and the word it decides on.
-        current, first = Signal(self.width), Signal(self.width)
+        current, first = Signal(self.width, reset_less=True), Signal(self.width, reset_less=True)
         m.d.comb += [read.addr.eq(index + 1), self.instruction.eq(current),
                      write.addr.eq(index), write.data.eq(self.fetched),
                      write.en.eq(self.issued & self.active & ~self.replay)]

@@ -85,10 +85,12 @@ class Upsampler(wiring.Component):
                                       + far[bits * j:bits * (j + 1)].as_signed()) for j in range(lanes)]
             m.d.sync += step.eq(step + 1)
         m.d.sync += summed_valid.eq(emit | (summed_valid & ~moving))
+        out = Signal.like(self.output.payload, reset_less=True)       # its validity is `output.valid`
+        m.d.comb += self.output.payload.eq(out)
         with m.If(moving):
             for j in range(lanes):
                 value = round_shift(summed[j], 4)
-                m.d.sync += self.output.payload[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
+                m.d.sync += out[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
             m.d.sync += self.output.valid.eq(1)
         with m.Elif(self.output.ready):
             m.d.sync += self.output.valid.eq(0)

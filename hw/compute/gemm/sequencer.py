@@ -136,7 +136,7 @@ class TileSequencer(wiring.Component):
         m.d.sync += issued_last.eq(issue_row)
         m.d.comb += [stream_done.eq(issue_row & last_row), n_started.eq(issue_row & ~within)]
         tile_base = self.tile_base                      # the K tile's X base, kept by addition
-        kept = Signal.like(command)                     # the command's, kept
+        kept = Signal.like(command, reset_less=True)    # the command's, kept (read only while busy)
         # The K tile walk of a conv: tap (ky, kx), channel tile c inside it; a plain GEMM stays on tap (1, 1)
         # with all its K tiles as channel tiles (the walk never leaves the tap).
         ky, kx, channel = Signal(2), Signal(2), Signal.like(command.channel_tiles)

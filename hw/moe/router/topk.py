@@ -86,7 +86,7 @@ class ExponentTopK(wiring.Component):
         e_value = Signal(unsigned(EXP_BITS), reset_less=True)
         table = Array(Const(int(v), EXP_BITS) for v in ops.ROUTER_TABLE)
         # 2^(shift − 1) − 1 of the held shift, from a register: the rounding shift is one adder, then a shifter
-        half = Signal.like(scaled, name="exponent_half")
+        half = Signal.like(scaled, name="exponent_half", reset_less=True)
         m.d.comb += [exp_multiplier.a.eq(distance), exp_multiplier.b.eq(self.params.multiplier)]
         m.d.sync += [distance.eq(self.l_max[exp_half] - read.logit),
                      half.eq(half_minus_one(self.params.shift, len(half))),
@@ -102,8 +102,10 @@ class ExponentTopK(wiring.Component):
                      kept.eq(kept_bit(table_value, whole[:6])),
                      e_value.eq(Mux(beyond, 0, shift_right(table_out + whole_half + kept, whole_out, EXP_BITS)))]
 
-        winners = self.winners.payload
-        top_logit = [Signal(signed(lw), name=f"top_logit{j}") for j in range(k)]
+        # the winners' registers are not reset: `filled_slots` says which hold one, `winners.valid` when all do
+        winners = Signal.like(self.winners.payload, reset_less=True)
+        m.d.comb += self.winners.payload.eq(winners)
+        top_logit = [Signal(signed(lw), name=f"top_logit{j}", reset_less=True) for j in range(k)]
         top_expert, top_e, total = winners.experts, winners.e, winners.total
         filled_slots = Signal(range(k + 1))
         with m.If(arriving_valid):
