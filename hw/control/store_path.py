@@ -86,10 +86,15 @@ class StorePath(TransferPath):
                     m.d.comb += word.eq(port.data)
             # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
             # gearbox's and the upsampler's readiness does not reach `fetch` and the memories' enables.
+            # `offered`: `word_valid` for this group's STORE, a register of its own (a STORE's group is set as it
+            # is taken, before its first read), so that the choice is not on the skid buffer's input
             stored, stored_valid, stored_ready = Signal.like(word, name=f"stored{width_bytes}"), Signal(), Signal()
-            word_ready = Signal(name=f"word_ready{width_bytes}")
-            skid_buffer(m, word_valid & ~upsample & chosen, word_ready, {"word": word}, stored_valid, stored_ready,
-                        {"word": stored})
+            word_ready, offered = Signal(name=f"word_ready{width_bytes}"), Signal(name=f"offered{width_bytes}")
+            with m.If(fetch):
+                m.d.sync += offered.eq(~upsample & chosen)
+            with m.Elif(word_ready):
+                m.d.sync += offered.eq(0)
+            skid_buffer(m, offered, word_ready, {"word": word}, stored_valid, stored_ready, {"word": stored})
             group_held = ~word_ready | stored_valid
             bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
             assert len(bits) <= 1, "memories of one word width hold values of one width"
@@ -106,7 +111,7 @@ class StorePath(TransferPath):
                 with m.If(chosen):
                     m.d.comb += [pair_taken.eq(pair_ready), upsampling.eq(upsampler.output.valid)]
             m.d.comb += [gearbox.input.valid.eq(Mux(upsample, upsampling, stored_valid) & chosen),
-                         gearbox.input.payload.eq(stored), stored_ready.eq(gearbox.input.ready & chosen)]
+                         gearbox.input.payload.eq(stored), stored_ready.eq(gearbox.input.ready)]
             if bits:
                 with m.If(upsample):
                     m.d.comb += [gearbox.input.payload.eq(upsampler.output.payload),

@@ -71,11 +71,14 @@ class Accumulator(wiring.Component):
         write = memory.write_port()
         accumulate_read = memory.read_port(domain="comb")
         drain_read = memory.read_port(domain="comb")
-        accumulated = Signal(g.accumulator_word, reset_less=True)
+        # the read registers are not reset (a reset would become the block RAM's output reset, a chip-wide net)
+        accumulated, drained = (Signal(g.accumulator_word, name=name, reset_less=True) for name in ("accumulated",
+                                                                                                   "drained"))
         accumulate_address = Signal.like(accumulate_read.addr)
         m.d.comb += [accumulate_address.eq(address(before.j, before.m)), accumulate_read.addr.eq(accumulate_address),
                      drain_read.addr.eq(address(self.drain_tile, self.drain_row))]
-        m.d.sync += [accumulated.eq(accumulate_read.data), self.drained_word.eq(drain_read.data)]
+        m.d.sync += [accumulated.eq(accumulate_read.data), drained.eq(drain_read.data)]
+        m.d.comb += self.drained_word.eq(drained)
         # The array's results and the row read back are registered, then added and written a cycle later: the
         # next visit of a row is at least two cycles later, so its read is never issued before the write, at
         # the latest in the same cycle. Then the word being written is kept and chosen instead of the block
