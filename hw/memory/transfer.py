@@ -49,7 +49,7 @@ class DramTransfer(wiring.Component):
 
     def _bursts(self, m, channel: str, room):
         """Commands into bursts on the AXI4 address channel `channel` ("ar" or "aw") of `self.axi`, one issued
-        in a cycle with `room`. Returns a namespace: `active` (a command has bursts to issue), `issue` (a burst
+        in a cycle with `room`, at most every other cycle, the first two cycles after its command is taken. Returns a namespace: `active` (a command has bursts to issue), `issue` (a burst
         is issued this cycle), its `beats` and whether it is the command's `last`, and the command's `tail`
         (bytes of its last beat, 1 … bus)."""
         bus, axi = self.bus_bytes, self.axi
@@ -75,9 +75,16 @@ class DramTransfer(wiring.Component):
                 m.d.sync += self.error.eq(1)
         with m.If(dropped):
             m.d.sync += [active.eq(0), dropped.eq(0)]
-        beats, last = next_burst(m, address, beats_left, self.max_burst, size)
+        # The next burst's beats and whether it is the last, worked out from the registers into registers of their
+        # own (`known` once they are of the address and beats left now: a cycle after a command is taken or a burst
+        # issued), so that the comparisons are not in the same cycle as the address's addition.
+        next_beats, next_last = next_burst(m, address, beats_left, self.max_burst, size)
+        beats, last = Signal.like(next_beats, name=f"{channel}_beats"), Signal(name=f"{channel}_last")
+        known = Signal(name=f"{channel}_known")
         valid, ready = signal("valid"), signal("ready")
-        issue = active & ~dropped & (~valid | ready) & room
+        issue = active & ~dropped & known & (~valid | ready) & room
+        m.d.sync += [beats.eq(next_beats), last.eq(next_last),
+                     known.eq(~(self.command.valid & ~active) & ~issue)]
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
         with m.If(issue):
