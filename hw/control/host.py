@@ -3,7 +3,8 @@ vendor block design or a soft CPU connects it directly.
 
 AXI4-Lite (`bus`, 32-bit data, byte addresses, the low two bits ignored): a write is taken when AWVALID and
 WVALID are both high (AWREADY and WREADY rise together), its response follows the next cycle and is held until
-BREADY; a read is taken while no read response waits, its data follows the next cycle and is held until RREADY.
+BREADY; a read is taken while no read is under way, its data follows two cycles later (its offset registered
+first) and is held until RREADY.
 Unmapped offsets answer SLVERR (reads return 0); writes to read-only registers are ignored with OKAY. WSTRB
 selects the bytes of a read-write register that change.
 
@@ -101,12 +102,18 @@ class HostRegisters(wiring.Component):
 
         # --- Reads -----------------------------------------------------------------------------------------
         values = self._read_values(irq_enable)
-        m.d.comb += bus.arready.eq(~bus.rvalid)
+        # The read's offset is registered as it is taken and the register chosen by it a cycle later, so that the
+        # decoding of the master's address is not in the same cycle as the multiplexer.
+        reading, read_offset = Signal(), Signal.like(bus.araddr, reset_less=True)
+        m.d.comb += bus.arready.eq(~bus.rvalid & ~reading)
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
+        m.d.sync += reading.eq(bus.arvalid & bus.arready)
         with m.If(bus.arvalid & bus.arready):
+            m.d.sync += read_offset.eq(bus.araddr & ~(REGISTER_BYTES - 1))
+        with m.If(reading):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0), bus.rresp.eq(Response.SLVERR)]
-            with m.Switch(bus.araddr & ~(REGISTER_BYTES - 1)):
+            with m.Switch(read_offset):
                 for reg in REGISTERS:
                     with m.Case(reg.offset):
                         m.d.sync += [bus.rdata.eq(values[reg.name]),
