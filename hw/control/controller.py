@@ -150,7 +150,8 @@ class Controller(wiring.Component):
         return operands.base + (operands.bytes >> (self.spaces[space].word_bytes - 1).bit_length())
 
     def fits(self, operands, space: Space, multiple: int, reach):
-        """`bytes` is a whole number of the memory's words and of `multiple`, and `reach` (`reach`) ≤ depth."""
+        """`bytes` is a whole number of the memory's words and of `multiple`, and `reach` (`Controller.reach`) ≤
+        depth."""
         memory = self.spaces[space]
         whole = max(memory.word_bytes, multiple)
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (reach <= memory.depth)
@@ -312,8 +313,9 @@ class Controller(wiring.Component):
         head = Cat(fetch.head, fetch.head_decoded)
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
-        current = Signal(len(head), reset_less=True)      # the head of the cycle before, taken once it is
-        # `settled` (the issue stage); not reset: `present` says whether it holds one
+        # the head of the cycle before, taken once it is `settled` (the issue stage); not reset: `present` says
+        # whether it holds one
+        current = Signal(len(head), reset_less=True)
         m.d.sync += current.eq(Mux(loop.replay, loop.instruction, head))
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
@@ -321,7 +323,8 @@ class Controller(wiring.Component):
         decoded = data.View(PREDECODED, current[INSTRUCTION_BITS:])
         hidden = Signal(data.StructLayout({"multiplier": isa.operands[Opcode.CONFIG_GELU]["multiplier"].shape,
                                            "shift": unsigned(6)}))
-        slab = SimpleNamespace(holding=Signal(name="slab_holding"), held=Signal(index_bits(self.buffers), name="slab_held"),
+        slab = SimpleNamespace(holding=Signal(name="slab_holding"),
+                               held=Signal(index_bits(self.buffers), name="slab_held"),
                                releasing=Signal(name="slab_releasing"), other_wanted=Signal(name="slab_other_wanted"))
         norm_config = Signal(data.StructLayout({name: field.shape for name, field in self.norm_command
                                                 if name in ("eps", "shifts")}))

@@ -49,9 +49,10 @@ class DramTransfer(wiring.Component):
 
     def _bursts(self, m, channel: str, room):
         """Commands into bursts on the AXI4 address channel `channel` ("ar" or "aw") of `self.axi`, one issued
-        in a cycle with `room`, at most every other cycle, the first two cycles after its command is taken. Returns a namespace: `active` (a command has bursts to issue), `issue` (a burst
-        is issued this cycle), its `beats` and whether it is the command's `last`, and the command's `tail`
-        (bytes of its last beat, 1 … bus)."""
+        in a cycle with `room`, at most every other cycle, the first two cycles after its command is taken.
+        Returns a namespace: `active` (a command has bursts to issue), `issue` (a burst is issued this cycle),
+        its `beats` and whether it is the command's `last`, and the command's `tail` (bytes of its last beat,
+        1 … bus)."""
         bus, axi = self.bus_bytes, self.axi
         size = (bus - 1).bit_length()
         signal = lambda name: getattr(axi, f"{channel}{name}")     # noqa: E731
