@@ -7,8 +7,8 @@ import pytest
 from amaranth import Cat, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import (bit_length, kept_bit, kept_bit_of_byte, kept_byte, narrow_product, radix4_step,
-                             times_constant)
+from hw.common.arith import (bit_length, capped_negative_power_of_two, capped_power_of_two, kept_bit,
+                             kept_bit_of_byte, kept_byte, narrow_product, radix4_step, times_constant)
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -108,3 +108,13 @@ def test_radix4_step_is_two_steps_of_long_division():
         expected.append(first | (q & 1) << 1 | left << 2 | 2 * (r - first * d) << (width + 3))
     assert got == expected
 
+
+
+@pytest.mark.parametrize("cap", [1, 4, 21])
+def test_capped_thresholds_are_plus_and_minus_the_capped_power(cap):
+    m = Module()
+    exponent, upper, lower = Signal(6), Signal(cap + 1), Signal(signed(cap + 2))
+    m.d.comb += [upper.eq(capped_power_of_two(exponent, cap)), lower.eq(capped_negative_power_of_two(exponent, cap))]
+    exponents = [(e,) for e in range(64)]
+    assert _evaluated(m, (exponent,), upper, exponents) == [1 << min(e, cap) for e in range(64)]
+    assert _evaluated(m, (exponent,), lower, exponents) == [-(1 << min(e, cap)) for e in range(64)]

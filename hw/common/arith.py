@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value, signed
 
-__all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "half_minus_one", "kept_bit",
-           "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right", "times_constant",
-           "narrow_product", "bit_length", "tree_sum", "radix4_step"]
+__all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "capped_negative_power_of_two",
+           "half_minus_one", "kept_bit", "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right",
+           "times_constant", "narrow_product", "bit_length", "tree_sum", "radix4_step"]
 
 
 def index_bits(count: int) -> int:
@@ -48,6 +48,12 @@ def capped_power_of_two(exponent, cap: int):
     """2^min(exponent, cap), `cap` + 1 bits: a saturation threshold 2^(shift + bits − 1) that, capped just past
     a sum's range, never fires there."""
     return Const(1, cap + 1) << at_most(exponent, cap)
+
+
+def capped_negative_power_of_two(exponent, cap: int):
+    """−2^min(exponent, cap), signed, `cap` + 2 bits: the lower threshold beside `capped_power_of_two`'s, a shifted
+    constant (no negation's adder after the shifter)."""
+    return (Const(-1, signed(cap + 2)) << at_most(exponent, cap))[:cap + 2].as_signed()
 
 
 def half_minus_one(shift, width: int = 64):

@@ -34,8 +34,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
-                    shift_right, times_constant, tree_sum)
+from ..common.arith import (bit_length, capped_negative_power_of_two, capped_power_of_two, half_minus_one,
+                            index_bits, radix4_step, rounding_sum, shift_right, times_constant, tree_sum)
 from ..common.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
@@ -219,9 +219,10 @@ class LayerNorm(wiring.Component):
         with m.If(self.command.valid & self.command.ready):
             for o, bits in enumerate(self.output_bits):
                 shift = self.command.payload.shifts[o]
-                threshold = capped_power_of_two(shift + (bits - 1), rounding_width - 1)
-                m.d.sync += [out_halves[o].eq(half_minus_one(shift)), thresholds[o].eq(threshold),
-                             floors[o].eq(-threshold)]
+                exponent = shift + (bits - 1)
+                m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
+                             thresholds[o].eq(capped_power_of_two(exponent, rounding_width - 1)),
+                             floors[o].eq(capped_negative_power_of_two(exponent, rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         # the bank's e and 2^(18+e) − 1 for stage 4, picked a stage early into registers (as the beat enters stage
         # 3; its bank is not freed before it leaves it)
