@@ -1,10 +1,18 @@
-"""Pipeline building blocks shared by the units: delay lines, credit counters and skid buffers."""
+"""Pipeline building blocks shared by the units: data registers, delay lines, credit counters and skid buffers."""
 
 from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-__all__ = ["delay_line", "credit_counter", "skid_buffer"]
+__all__ = ["data_register", "delay_line", "credit_counter", "skid_buffer"]
+
+
+def data_register(m, port, name: str):
+    """The register behind the output `port` (`m` drives the port from it): not reset, its validity travels
+    beside it, so no reset net reaches a data path. Returns it, like `port` (a `lib.data` view stays a view)."""
+    register = Signal.like(port, name=name, reset_less=True)
+    m.d.comb += port.eq(register)
+    return register
 
 
 def delay_line(m, value, cycles: int, name: str, *, data: bool = False) -> list:

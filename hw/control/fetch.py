@@ -8,6 +8,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.gearbox import Gearbox
+from ..common.pipeline import data_register
 from ..memory.transfer import transfer_layout
 from .isa import INSTRUCTION_BITS
 
@@ -63,16 +64,14 @@ class ProgramFetch(wiring.Component):
         # flip-flops, and so do its sums on them and its comparisons, not at the RAM's write port across the chip.
         staged_valid, settled_valid, entering_valid = Signal(), Signal(), Signal()
         # the data registers are not reset (their validity travels beside them)
-        staged, staged_prepared, settled, settled_reached, entering = (
-            Signal(width, name=name, reset_less=True) for name, width in (
-                ("staged", INSTRUCTION_BITS), ("staged_prepared", self.prepared_bits), ("settled", INSTRUCTION_BITS),
-                ("settled_reached", self.reached_bits), ("entering", INSTRUCTION_BITS + self.decoded_bits)))
+        staged, staged_prepared, settled, settled_reached = (
+            data_register(m, getattr(self, name), name) for name in ("staged", "staged_prepared", "settled",
+                                                                      "settled_reached"))
+        entering = Signal(INSTRUCTION_BITS + self.decoded_bits, reset_less=True)
         m.d.sync += [staged.eq(gearbox.output.payload), staged_prepared.eq(self.prepared),
                      staged_valid.eq(gearbox.output.valid),
                      settled.eq(staged), settled_reached.eq(self.reached), settled_valid.eq(staged_valid),
                      entering.eq(Cat(settled, self.decoded)), entering_valid.eq(settled_valid)]
-        m.d.comb += [self.staged.eq(staged), self.staged_prepared.eq(staged_prepared), self.settled.eq(settled),
-                     self.settled_reached.eq(settled_reached)]
         m.d.comb += [self.incoming.eq(gearbox.output.payload),
                      buffer.w_data.eq(entering), buffer.w_en.eq(entering_valid),
                      gearbox.output.ready.eq(1),       # room reserved when the chunk was asked for

@@ -38,6 +38,10 @@ def _layout(values: dict) -> data.StructLayout:
     return data.StructLayout({name: value.shape() for name, value in values.items()})
 
 
+def _assign(m, target, values: dict):
+    m.d.comb += [getattr(target, name).eq(value) for name, value in values.items()]
+
+
 def _blank(isa):
     return data.View(isa.layout, Const(0, INSTRUCTION_BITS))
 
@@ -56,14 +60,14 @@ def reached_layout(ctrl) -> data.StructLayout:
 def prepare(m, word, prepared):
     """The products of instruction `word`'s operands that `predecode` compares, into `prepared` (`prepared_layout`),
     each whatever the opcode (only the opcode's own are used)."""
-    m.d.comb += [getattr(prepared, name).eq(value) for name, value in _products(word).items()]
+    _assign(m, prepared, _products(word))
 
 
 def reach(ctrl, m, word, prepared, reached):
     """The sums on instruction `word`'s operands and on its products (`prepared`, what `prepare` made of it a cycle
     before) that `predecode` compares, into `reached` (`reached_layout`), each whatever the opcode: how far an
     operand reaches in its memory (the word after its last)."""
-    m.d.comb += [getattr(reached, name).eq(value) for name, value in _reaches(ctrl, word, prepared).items()]
+    _assign(m, reached, _reaches(ctrl, word, prepared))
 
 
 def predecode(ctrl, m, word, reached, decoded):

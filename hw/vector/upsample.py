@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ..common.arith import round_shift, times_constant
+from ..common.pipeline import data_register
 
 __all__ = ["Upsampler"]
 
@@ -85,8 +86,7 @@ class Upsampler(wiring.Component):
                                       + far[bits * j:bits * (j + 1)].as_signed()) for j in range(lanes)]
             m.d.sync += step.eq(step + 1)
         m.d.sync += summed_valid.eq(emit | (summed_valid & ~moving))
-        out = Signal.like(self.output.payload, reset_less=True)       # its validity is `output.valid`
-        m.d.comb += self.output.payload.eq(out)
+        out = data_register(m, self.output.payload, "out")
         with m.If(moving):
             for j in range(lanes):
                 value = round_shift(summed[j], 4)

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import index_bits
-from ...common.pipeline import delay_line
+from ...common.pipeline import data_register, delay_line
 from .geometry import GemmGeometry
 
 __all__ = ["Accumulator"]
@@ -72,13 +72,12 @@ class Accumulator(wiring.Component):
         accumulate_read = memory.read_port(domain="comb")
         drain_read = memory.read_port(domain="comb")
         # the read registers are not reset (a reset would become the block RAM's output reset, a chip-wide net)
-        accumulated, drained = (Signal(g.accumulator_word, name=name, reset_less=True) for name in ("accumulated",
-                                                                                                   "drained"))
+        accumulated = Signal(g.accumulator_word, reset_less=True)
+        drained = data_register(m, self.drained_word, "drained")
         accumulate_address = Signal.like(accumulate_read.addr)
         m.d.comb += [accumulate_address.eq(address(before.j, before.m)), accumulate_read.addr.eq(accumulate_address),
                      drain_read.addr.eq(address(self.drain_tile, self.drain_row))]
         m.d.sync += [accumulated.eq(accumulate_read.data), drained.eq(drain_read.data)]
-        m.d.comb += self.drained_word.eq(drained)
         # The array's results and the row read back are registered, then added and written a cycle later: the
         # next visit of a row is at least two cycles later, so its read is never issued before the write, at
         # the latest in the same cycle. Then the word being written is kept and chosen instead of the block

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, Signal, signed
+from amaranth import Cat, Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,7 +11,7 @@ from golden import ops
 
 from ...common.arith import index_bits, round_shift
 from ...common.multiplier import Multiplier
-from ...common.pipeline import delay_line
+from ...common.pipeline import data_register, delay_line
 from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
 
 __all__ = ["CombineTerms", "COMBINE_LATENCY", "TERM_SHIFT"]
@@ -64,8 +64,7 @@ class CombineTerms(wiring.Component):
         gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate", data=True)[-1]
         tile = delay_line(m, self.result.tile, COMBINE_LATENCY, "tile", data=True)[-1]
         valid = delay_line(m, self.result.valid, COMBINE_LATENCY, "valid")
-        terms = Signal.like(self.term.data, name="terms", reset_less=True)      # data, valid with `valid`
-        m.d.comb += self.term.data.eq(terms)
+        terms = data_register(m, self.term.data, "terms")
         for c in range(g.cols):
             # Saturated to 18 bits in COMBINE mode: one 18 × 17 DSP multiplier, no partial-product adder.
             multiplier = m.submodules[f"gate_weight{c}"] = Multiplier(signed(GemmMode.COMBINE.bits), gate.shape())

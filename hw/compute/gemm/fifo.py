@@ -7,7 +7,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...common.pipeline import credit_counter
+from ...common.pipeline import credit_counter, data_register
 from .geometry import GemmGeometry
 
 __all__ = ["OutputFifo"]
@@ -65,8 +65,7 @@ class OutputFifo(wiring.Component):
         # The oldest row moves from the LUT RAM into the output register (giving its place back) when that is empty
         # or being taken: `out` leaves from registers, not from the LUT RAM's read multiplexers.
         m.d.comb += [read.addr.eq(consume), leaving.eq(holding & (~self.out.valid | self.out.ready))]
-        payload = Signal.like(self.out.payload, name="out_payload", reset_less=True)   # data, valid with out.valid
-        m.d.comb += self.out.payload.eq(payload)
+        payload = data_register(m, self.out.payload, "out_payload")
         with m.If(leaving):
             m.d.sync += [consume.eq(Mux(consume == places - 1, 0, consume + 1)), payload.eq(read.data),
                          self.out.valid.eq(1)]

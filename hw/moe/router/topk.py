@@ -12,7 +12,7 @@ from golden import ops
 from ...common.arith import (address_bits, half_minus_one, index_bits, kept_bit, rounding_sum, shift_right,
                              times_constant)
 from ...common.multiplier import WideMultiplier
-from ...common.pipeline import delay_line
+from ...common.pipeline import data_register, delay_line
 from .geometry import EXP_BITS, RouterGeometry
 
 __all__ = ["ExponentTopK"]
@@ -103,8 +103,7 @@ class ExponentTopK(wiring.Component):
                      e_value.eq(Mux(beyond, 0, shift_right(table_out + whole_half + kept, whole_out, EXP_BITS)))]
 
         # the winners' registers are not reset: `filled_slots` says which hold one, `winners.valid` when all do
-        winners = Signal.like(self.winners.payload, reset_less=True)
-        m.d.comb += self.winners.payload.eq(winners)
+        winners = data_register(m, self.winners.payload, "winners")
         top_logit = [Signal(signed(lw), name=f"top_logit{j}", reset_less=True) for j in range(k)]
         top_expert, top_e, total = winners.experts, winners.e, winners.total
         filled_slots = Signal(range(k + 1))
