@@ -24,12 +24,12 @@ class ExpertsLoop(wiring.Component):
     instructions unissued, each with `dropped`. In the first pass the controller issues the body from its fetch
     buffer and each issued one (`issued`, its word on `fetched`: `width` bits, the instruction and what the
     controller decoded from it) is copied into the body buffer (`depth` instructions); after the body's last,
-    the loop is `waiting` until the next expert is known (a new pass: `replay`, `instruction` the body's current
-    word, `jump` to `first_pc`) or the router is done with none left (`no_more`: the loop ends). `expert`,
-    `base`, `count`: the current pass's expert and its token queue; `offset`: `expert` · `stride` (registered
-    with the expert), what a per-expert LOAD adds to its address. While the loop is idle (neither `active` nor
-    `skipping`) these four follow the queue's head, and `body`, `stride`, `first_pc` are taken every cycle: they
-    only have to be the EXPERTS' own in the cycle of `enter`.
+    the loop is `waiting` until the next expert is known (a cycle later a new pass: `jump` to `first_pc`, then
+    `replay`, `instruction` the body's current word) or the router is done with none left (`no_more`: the loop
+    ends). `expert`, `base`, `count`: the current pass's expert and its token queue; `offset`: `expert` ·
+    `stride` (registered with the expert), what a per-expert LOAD adds to its address. While the loop is idle
+    (neither `active` nor `skipping`) these four follow the queue's head, and `body`, `stride`, `first_pc` are
+    taken every cycle: they only have to be the EXPERTS' own in the cycle of `enter`.
     """
 
     def __init__(self, entry: data.StructLayout, *, experts: int, depth: int, width: int = INSTRUCTION_BITS):
@@ -86,13 +86,16 @@ class ExpertsLoop(wiring.Component):
             m.d.sync += current.eq(first)
         with m.Elif(self.issued & self.replay & ~last):
             m.d.sync += current.eq(read.data)
-        # While the loop waits nothing enters, drops or issues (the controller's decision waits for it), so the
-        # jump comes from registers and the queue's level alone, not from the decision.
+        # While the loop waits nothing enters, drops or issues (the controller's decision waits for it): the jump
+        # comes from the queue's level alone, not from the decision.
         with m.If(self.waiting):
             m.d.sync += Assert(~self.enter & ~self.dropped & ~self.issued, "the loop waits, yet the controller moved")
         with m.If(self.enter):
             m.d.sync += Assert(idle, "EXPERTS entered a loop that is not idle")
-        m.d.comb += [self.jump.eq(self.waiting & queue.r_rdy), advance.eq((self.enter | self.waiting) & queue.r_rdy)]
+        # The next pass starts a cycle after the waiting loop sees its expert: `jump` is a flip-flop, so the queue's
+        # level reaches no enable of `current`, the pass's registers or the controller's pc.
+        m.d.sync += self.jump.eq(self.waiting & queue.r_rdy & ~self.jump)
+        m.d.comb += advance.eq((self.enter & queue.r_rdy) | self.jump)
         with m.If(self.enter):
             m.d.sync += [self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
         with m.Elif(self.dropped):

@@ -12,8 +12,9 @@ last: the segment's last pixel}; a segment of W pixels (W ≥ 1) gives 2W output
 pixel leaves, after each further pixel two, after its last one more; a pixel is taken once the outputs of the
 one before have begun (their taps chosen), so with the output always ready a segment of W pixels takes about
 2W + 1 cycles, and segments follow one another with no gap. An output pixel is computed in two registered
-steps, the taps' sum 3·near + far, then its rounding and saturation, and leaves from the second register
-(`output.payload`, nothing combinational from the unit's state on it).
+steps, the taps' sum 3·near + far, then its rounding and saturation into a skid buffer, and leaves from a
+register (`output.payload`, nothing combinational from the unit's state on it; `output.ready` reaches only the
+skid buffer's registers).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ..common.arith import round_shift, times_constant
-from ..common.pipeline import data_register
+from ..common.pipeline import skid_buffer
 
 __all__ = ["Upsampler"]
 
@@ -74,11 +75,11 @@ class Upsampler(wiring.Component):
         near = Mux(have_previous & (step == 0), previous.as_value(), current.as_value())
         far = Mux(have_previous & (step == 1), previous.as_value(), current.as_value())
         # Each output pixel is computed in two steps, each ending in a register: the taps' sum, then its rounding
-        # and saturation (`output.payload`). The sum moves on when the output register is empty or being emptied.
+        # and saturation (the skid buffer's). The sum moves on when the skid buffer takes it.
         high, low = (1 << (self.out_bits - 1)) - 1, -(1 << (self.out_bits - 1))
         summed = Signal(data.ArrayLayout(signed(bits + 2), lanes), reset_less=True)
-        summed_valid = Signal()
-        moving = summed_valid & (~self.output.valid | self.output.ready)
+        summed_valid, rounded_ready = Signal(), Signal()
+        moving = summed_valid & rounded_ready
         room = ~summed_valid | moving
         emit = emitting & room
         with m.If(emit):
@@ -86,14 +87,14 @@ class Upsampler(wiring.Component):
                                       + far[bits * j:bits * (j + 1)].as_signed()) for j in range(lanes)]
             m.d.sync += step.eq(step + 1)
         m.d.sync += summed_valid.eq(emit | (summed_valid & ~moving))
-        out = data_register(m, self.output.payload, "out")
-        with m.If(moving):
-            for j in range(lanes):
-                value = round_shift(summed[j], 4)
-                m.d.sync += out[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
-            m.d.sync += self.output.valid.eq(1)
-        with m.Elif(self.output.ready):
-            m.d.sync += self.output.valid.eq(0)
+        # The rounded pixel leaves through a skid buffer, so the output's readiness reaches its registers alone,
+        # not the taps, the input's readiness or the pixels' enables.
+        rounded = Signal.like(self.output.payload)
+        for j in range(lanes):
+            value = round_shift(summed[j], 4)
+            m.d.comb += rounded[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
+        skid_buffer(m, summed_valid, rounded_ready, {"out": rounded}, self.output.valid, self.output.ready,
+                    {"out": self.output.payload})
         m.d.comb += self.input.ready.eq(~emitting | room & (step == steps - 1))
 
         with m.If(self.input.valid & self.input.ready):
