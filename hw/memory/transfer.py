@@ -80,7 +80,8 @@ class DramTransfer(wiring.Component):
         # own (`known` once they are of the address and beats left now: a cycle after a command is taken or a burst
         # issued), so that the comparisons are not in the same cycle as the address's addition.
         next_beats, next_last = next_burst(m, address, beats_left, self.max_burst, size)
-        beats, last = Signal.like(next_beats, name=f"{channel}_beats"), Signal(name=f"{channel}_last")
+        beats = Signal.like(next_beats, name=f"{channel}_beats", reset_less=True)     # data: `known` says when
+        last = Signal(name=f"{channel}_last", reset_less=True)
         known = Signal(name=f"{channel}_known")
         valid, ready = signal("valid"), signal("ready")
         issue = active & ~dropped & known & (~valid | ready) & room
