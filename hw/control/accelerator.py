@@ -11,7 +11,7 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
   for a logic analyser, and what `firmware.cycles` checks its cycle model against, instruction by instruction.
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
-returns everything to idle (the controller at once, the units a cycle later, as after start: each from its own
+returns everything to idle (the controller and the units a cycle later, the units as after start: each from its own
 register of the reset, so that no one net reaches every unit; the AXI4 transactions in flight are abandoned:
 reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any
 task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
@@ -183,8 +183,8 @@ class Accelerator(wiring.Component):
             m.d.comb += [port.addr.eq(source.addr), port.en.eq(source.en), port.data.eq(source.data)]
         m.d.comb += [self.loader.read.addr.eq(engine.w_read.addr), self.loader.read.en.eq(engine.w_read.en & from_slab),
                      engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
-        m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_touches.source == Space.SCRATCH, x_data[Space.SCRATCH],
-                                              x_data[Space.ACTIVATION]))
+        m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_touches.source == Space.SCRATCH,
+                                              x_data[Space.SCRATCH], x_data[Space.ACTIVATION]))
 
     def _experts(self, m):
         """The router's token queues behind the engine's gather (fc1) or token and gate (COMBINE fc2) reads."""
@@ -200,17 +200,19 @@ class Accelerator(wiring.Component):
         host, controller, engine, loader = self.host_registers, self.controller, self.engine, self.loader
         clear = controller.clear | host.soft_reset
         m.submodules.host = host
-        m.submodules.controller = ResetInserter(host.soft_reset)(controller)
 
-        # Each unit is reset by `clear` a cycle later, from a register of its own (set while the domain resets), so
-        # that each unit's reset net starts at its own flip-flop (`RESET_COPY` names them, the board flow keeps them
-        # apart); a unit's error flag is not reported while its reset is pending.
+        # The controller is reset by the host's soft reset a cycle later, and each unit by `clear` a cycle later,
+        # each from a register of its own (set while the domain resets), so that each reset net starts at its own
+        # flip-flop (`RESET_COPY` names them, the board flow keeps them apart), not at the host's register; a unit's
+        # error flag is not reported while its reset is pending.
+        resetting = {"controller": Signal(init=1, name=f"{RESET_COPY}controller")}
+        m.d.sync += resetting["controller"].eq(host.soft_reset)
+        m.submodules.controller = ResetInserter(resetting["controller"])(controller)
         arbiter = ReadArbiter(AXI4Read.Signature(self.addr_width, self.bus.data_width), 3,
                               depth=3 * self.accel.dram_outstanding)
         units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
                                                         "fetch_reader", "output", "norm_path", "softmax_path",
                                                         "router")}
-        resetting = {}
         for name, unit in {**units, "arbiter": arbiter}.items():
             resetting[name] = Signal(init=1, name=f"{RESET_COPY}{name}")
             m.d.sync += resetting[name].eq(clear)
@@ -244,7 +246,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, self.router.experts, controller.experts)
         # the router's rows from LayerNorm (the controller refuses a task outside the model before ROUTE)
         router_tokens = self.norm_path.router_tokens
-        m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid), self.router.tokens.payload.eq(router_tokens.payload),
+        m.d.comb += [self.router.tokens.valid.eq(router_tokens.valid),
+                     self.router.tokens.payload.eq(router_tokens.payload),
                      router_tokens.ready.eq(self.router.tokens.ready)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
         m.d.comb += [getattr(controller, f"{kind}_error").eq(unit.error & ~resetting[name]) for kind, name, unit in (
