@@ -27,6 +27,7 @@ from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.compute.gemm.images import pack_w
 from hw.control.isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import onchip_spaces
+from hw.control.registers import Control, Status, register
 from hw.memory.layout import matrix_layout
 from hw.flow.export import lint, to_verilog
 from hw.sim import simulate as run_simulation
@@ -268,6 +269,32 @@ def test_a_fault_ends_the_run_with_its_cause_and_the_next_run_works(quantized, n
     if pc is not None:
         assert faulty.error_pc == pc
     assert after.ok and after.outputs["echo"] == payload
+
+
+def test_a_soft_reset_mid_run_returns_to_idle_and_the_next_run_works(quantized):
+    """CONTROL.soft_reset while a GEMM computes: STATUS reads idle, not done, no error, and a run after it is right.
+    The reset comes once the program's fetch has ended (twelve STATUS reads into the run): the AXI4 transfers in
+    flight at a soft reset are abandoned, not drained (`Accelerator`)."""
+    tiles_d = tiles(TINY.embed_dim, ACCEL.array_rows)
+    program = _faulty(quantized, f"GEMM m={TINY.num_tokens} k_tiles={tiles_d} k_last=0 n_tiles={tiles_d} "
+                                 "stationary=SCRATCH destination=ACTIVATION\nHALT")
+    payload = bytes(range(256))
+    echo = _echo(quantized, payload)
+    status = register("STATUS").offset
+
+    async def host(transport):
+        driver = Driver(transport, TINY, ACCEL)
+        await driver.connect()
+        await driver.start(program)
+        busy = [Status.from_bits(await transport.read32(status)).busy for _ in range(12)]
+        await transport.write32(register("CONTROL").offset, Control.const({"soft_reset": 1}).as_value().value)
+        after_reset = Status.from_bits(await transport.read32(status))
+        return busy, after_reset, await driver.run(echo)
+
+    busy, after_reset, result = simulate(accelerator_for(TINY, ACCEL), host, DRAM_BYTES, latency=5)
+    assert busy == [1] * 12, "the GEMM ended before the reset: make it longer"
+    assert (after_reset.busy, after_reset.done, after_reset.error) == (0, 0, 0)
+    assert result.ok and result.outputs["echo"] == payload
 
 
 def test_experts_with_no_active_expert_skip_their_body(quantized):
