@@ -92,8 +92,8 @@ def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
 @pytest.mark.parametrize("kept", [True, False])
 def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
     """The accelerator resets each unit from a register of its own; Yosys merges alike flip-flops, so the board
-    flow marks them `keep` after reading the RTLIL: one flip-flop for each of the 10 units with its script, one in
-    all without."""
+    flow marks them `keep` after reading the RTLIL: with its script one flip-flop for each of the 10 units and one
+    for the controller (its own soft reset), without it one for the units in all and the controller's."""
     from amaranth.back import rtlil
     from hw.flow.board import _KEEP_RESET_COPIES
     from hw.flow.export import require_tool
@@ -105,4 +105,4 @@ def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     copies = int((tmp_path / "count.txt").read_text().split()[0])      # YoWASP sees the working directory alone
-    assert copies == (10 if kept else 1)
+    assert copies == (11 if kept else 2)
