@@ -9,8 +9,9 @@
   AW and before the burst ahead of it is done. WSTRB masks bytes (through DQM). RRESP/BRESP OKAY
   otherwise; RID/BID echo ARID/AWID. A read burst's beats follow each other at one word a cycle when RREADY
   keeps up; the return buffer holds `read_buffer` beats, and reads are issued only against free room.
-- `sdram`: the chip's pins, all driven from registers (one cycle after the decision); DQ's input is
-  registered too, so read data reach the beat assembler CL + 2 cycles after the READ is decided.
+- `sdram`: the chip's pins, all driven from registers, `PIN_STAGES` = 2 cycles after the decision (so that
+  neither the decision's logic nor the pins pull the other's registers across the chip); DQ's input is
+  registered too, so read data reach the beat assembler CL + 3 cycles after the READ is decided.
 - `ready`: the initialisation is done.
 
 Scheduling: the mode register holds burst length 1 and CAS latency `cas_latency`; every word is its own READ or
@@ -55,6 +56,7 @@ class SDRAMPins(wiring.Signature):
 # W beats held between the port and the WRITE decision: 3 take one a cycle (the output register and two more,
 # since the buffer's WREADY does not look at the beat leaving it).
 W_BUFFER = 3
+PIN_STAGES = 2      # registers from a command's decision to the pins
 
 _NOP, _ACTIVE, _READ, _WRITE, _PRECHARGE, _REFRESH, _LOAD_MODE = (
     (1, 1, 1), (0, 1, 1), (1, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0))
@@ -113,12 +115,16 @@ class _Build:
         self.bank_pin, self.address_pin = Signal(bank_bits), Signal(chip.address_width)
         self.dq_out, self.dq_enable, self.mask = Signal(chip.data_width), Signal(), Signal(chip.data_width // 8)
         pins = controller.sdram
-        m.d.sync += [pins.cke.eq(1), pins.cs_n.eq(0), Cat(pins.we_n, pins.cas_n, pins.ras_n).eq(self.command),
-                     pins.dq_oe.eq(self.dq_enable)]
-        # the command's operands: registers the reset does not reach (the command and DQ's enable say when they count)
+        m.d.sync += [pins.cke.eq(1), pins.cs_n.eq(0)]
+        # `PIN_STAGES` registers from the decision to each pin: the first can sit beside the decision's logic, the
+        # last beside the pin. The command's operands: registers the reset does not reach (the command and DQ's
+        # enable say when they count).
+        m.d.comb += [Cat(pins.we_n, pins.cas_n, pins.ras_n).eq(delay_line(m, self.command, PIN_STAGES,
+                                                                             "command")[-1]),
+                     pins.dq_oe.eq(delay_line(m, self.dq_enable, PIN_STAGES, "dq_enable")[-1])]
         for pin, value in ((pins.ba, self.bank_pin), (pins.a, self.address_pin), (pins.dq_o, self.dq_out),
                            (pins.dqm, self.mask)):
-            m.d.comb += pin.eq(delay_line(m, value, 1, pin.name, data=True)[-1])
+            m.d.comb += pin.eq(delay_line(m, value, PIN_STAGES, pin.name, data=True)[-1])
         self.dq_in = Signal(chip.data_width)
         m.d.sync += self.dq_in.eq(pins.dq_i)
 
@@ -164,10 +170,10 @@ class _Build:
                           self.address_pin.eq(address)]
 
     def read_return(self):
-        """A pipeline of CL + 2 stages (the pins' register, CL, DQ's input register), a beat assembler and a
-        buffer of `read_buffer` beats; reads are issued against credits for its room."""
+        """A pipeline of `PIN_STAGES` + CL + 1 stages (the pins' registers, CL, DQ's input register), a beat
+        assembler and a buffer of `read_buffer` beats; reads are issued against credits for its room."""
         m, c, axi, chip = self.m, self.c, self.axi, self.chip
-        stages = [Signal(self.entry, name=f"stage_{i}") for i in range(c.cas_latency + 2)]
+        stages = [Signal(self.entry, name=f"stage_{i}") for i in range(PIN_STAGES + c.cas_latency + 1)]
         m.d.sync += [after.eq(before) for before, after in zip([self.launched] + stages, stages)]
         self.reads_due = Cat(stage.valid & ~stage.error for stage in stages[:c.cas_latency]).any()
         arriving = stages[-1]
