@@ -70,7 +70,8 @@ class ExponentTopK(wiring.Component):
         # read → distance → d·multiplier (`WideMultiplier`) → its rounding sum → u → table, whole → the table's
         # output register → e → sort and sum; the entry's fields and every value on the way are data, valid with
         # the entry's `valid` (its own delay line): not reset
-        arriving = delay_line(m, read, self.LATENCY - 3, "exp_stage", data=True)[-1]
+        stages = delay_line(m, read, self.LATENCY - 3, "exp_stage", data=True)
+        coming, arriving = stages[-2:]
         arriving_valid = delay_line(m, read.valid, self.LATENCY - 3, "exp_valid")[-1]
         distance = Signal(unsigned(lw), reset_less=True)
         m.submodules.exp_multiplier = exp_multiplier = WideMultiplier(unsigned(lw), self.params.multiplier.shape())
@@ -107,20 +108,33 @@ class ExponentTopK(wiring.Component):
         top_logit = [Signal(signed(lw), name=f"top_logit{j}", reset_less=True) for j in range(k)]
         top_expert, top_e, total = winners.experts, winners.e, winners.total
         filled_slots = Signal(range(k + 1))
+        # The comparisons of an entry with the slots are made a cycle ahead, while it is `coming`: with each slot
+        # as it stands (`above_slot`) and with the entry before it (`above_entering`), which enters the slots in
+        # that cycle; `took_entry` / `took_above` say what each slot took then, so that whether the entry beats
+        # slot j is a choice among registers, not a comparison after the slots' registers.
+        above_slot = [Signal(name=f"above_slot{j}") for j in range(k)]
+        above_entering = Signal()
+        took_entry = [Signal(name=f"took_entry{j}") for j in range(k)]
+        took_above = [Signal(name=f"took_above{j}") for j in range(k)]
+        m.d.sync += [above_entering.eq(coming.logit > arriving.logit)]
+        m.d.sync += [above_slot[j].eq(coming.logit > top_logit[j]) for j in range(k)]
+        m.d.sync += [flag.eq(0) for flag in took_entry + took_above]
         with m.If(arriving_valid):
             first = arriving.expert == 0
             m.d.sync += total.eq(Mux(first, 0, total) + e_value)
             # slot j takes the new entry if it beats slot j (or j is empty) and not slot j − 1; else the entry
             # of slot j − 1 if the new one beat that; else it keeps its own.
-            beats = [first | (filled_slots <= j) | (arriving.logit > top_logit[j]) for j in range(k)]
+            above = [Mux(took_entry[j], above_entering, Mux(took_above[j], above_slot[j - 1] if j else 0,
+                                                            above_slot[j])) for j in range(k)]
+            beats = [first | (filled_slots <= j) | above[j] for j in range(k)]
             for j in range(k):
                 previous_beaten = beats[j - 1] & ~(first & (j > 0)) if j else Const(0)
                 with m.If(beats[j] & ~previous_beaten):
                     m.d.sync += [top_logit[j].eq(arriving.logit), top_expert[j].eq(arriving.expert),
-                                 top_e[j].eq(e_value)]
+                                 top_e[j].eq(e_value), took_entry[j].eq(1)]
                 with m.Elif(previous_beaten & ~first):
                     m.d.sync += [top_logit[j].eq(top_logit[j - 1]), top_expert[j].eq(top_expert[j - 1]),
-                                 top_e[j].eq(top_e[j - 1])]
+                                 top_e[j].eq(top_e[j - 1]), took_above[j].eq(1)]
             m.d.sync += filled_slots.eq(Mux(first, 1, Mux(filled_slots == k, k, filled_slots + 1)))
             with m.If(arriving.last):
                 m.d.sync += [exp_busy.eq(0), exp_half.eq(~exp_half), winners_ready.eq(1)]
