@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from amaranth import Module, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.pipeline import skid_buffer
@@ -112,7 +112,8 @@ class WriteArbiter(wiring.Component):
     """Several AXI4 write masters share one AXI4 write port, a burst at a time, in turn (round robin). A granted
     master's AW is taken into a register (AWREADY the cycle after its grant) and offered on the port from there
     until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass (through a two-entry buffer, so
-    that WREADY is a register on either side) from the master at the head of the first until WLAST (AXI4 has no
+    that WREADY is a register on either side) from the master at the head of the first (a cycle after its AW is
+    taken, at the earliest) until WLAST (AXI4 has no
     write ID: data follow the addresses' order), B responses return to the master at the head of the second (the
     port answers in order: one ID). A master may offer W beats before its AW: they wait until its burst's turn."""
 
@@ -127,7 +128,9 @@ class WriteArbiter(wiring.Component):
         m = Module()
         bus, inputs = self.bus, self.inputs
         width = max(1, (self.masters - 1).bit_length())
-        m.submodules.data_order = data_order = SyncFIFO(width=width, depth=self.depth)
+        # the W side's order leaves a register (a buffered FIFO): which master's beats pass is not a read of the
+        # FIFO's storage through the head pointer's multiplexer on the way into every master's WREADY
+        m.submodules.data_order = data_order = SyncFIFOBuffered(width=width, depth=self.depth)
         m.submodules.response_order = response_order = SyncFIFO(width=width, depth=self.depth)
         granted, grant = _grant(m, [port.awvalid for port in inputs], data_order.w_rdy & response_order.w_rdy,
                                 first_wins=False)
