@@ -12,7 +12,7 @@ on the ULX3S (clock, reset, pins); the simulator runs it as it is (`firmware.sim
   port (`AXI4Arbiter`, the accelerator first), served by the controller; the host bridge (`hw.board.bridge`)
   on the UART, its register port on the accelerator's host registers.
 `accelerator`: a component of `Accelerator.Signature(accel)` in the accelerator's place (default the accelerator
-of `model` on `accel`).
+of `model` on `accel`, its units in `unit_domain`: `Accelerator`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ __all__ = ["BoardSystem"]
 
 class BoardSystem(wiring.Component):
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float, divisor: int,
-                 chip: SDRAMChip = ULX3S_SDRAM, accelerator: wiring.Component | None = None):
+                 chip: SDRAMChip = ULX3S_SDRAM, accelerator: wiring.Component | None = None,
+                 unit_domain: str = "sync"):
         try:                                          # every check before any part is built
             chip.timing.cycles(clock_hz)
             self.receiver, self.transmitter = UARTReceiver(divisor), UARTTransmitter(divisor)
         except ValueError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
-        self.accelerator = accelerator if accelerator is not None else Accelerator(model, accel)
+        self.accelerator = accelerator if accelerator is not None else Accelerator(model, accel,
+                                                                                  unit_domain=unit_domain)
         self.sdram_controller = SDRAMController(chip, clock_hz, data_width=8 * accel.dram_bytes_per_beat,
                                                 cas_latency=2 if clock_hz <= 100e6 else 3)
         self.bridge = HostBridge(bus_bytes=accel.dram_bytes_per_beat, resync_cycles=RESYNC_BYTES * 10 * divisor)

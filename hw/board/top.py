@@ -3,7 +3,8 @@ on the board's clock and pins.
 
 `ULX3STop(model, accel, clock_hz=…, baud=…)`, elaborated for amaranth-boards' ULX3S platform:
 - the 25 MHz oscillator through the ECP5 PLL (`pll_dividers`) to the `sync` clock at `clock_hz`, held in reset
-  until the PLL locks (a reset synchronizer);
+  until the PLL locks (a reset synchronizer); the accelerator's controller and units on the same clock in a
+  reset-less domain, `units`, each reset from its own register in `sync` (`Accelerator`'s `unit_domain`);
 - `BoardSystem` at `baud` on the USB serial port's UART pins, and on the board's 32 MiB SDRAM: the SDRAM clock
   is the `sync` clock inverted (a DDR output), so commands and data, launched on the rising edge, are sampled
   by the chip half a cycle later;
@@ -61,7 +62,7 @@ class ULX3STop(wiring.Component):
         try:                                          # every check before any part is built
             self.dividers = pll_dividers(OSCILLATOR_HZ, clock_hz)
             self.system = BoardSystem(model, accel, clock_hz=clock_hz, divisor=divisor_for(clock_hz, baud),
-                                      chip=chip, accelerator=accelerator)
+                                      chip=chip, accelerator=accelerator, unit_domain="units")
         except ValueError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
@@ -93,7 +94,10 @@ class ULX3STop(wiring.Component):
             i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=clock, o_LOCK=locked)
         m.domains.sync = ClockDomain("sync")
-        m.d.comb += ClockSignal("sync").eq(clock)
+        # the accelerator's controller and units: `sync`'s clock, no domain reset (each unit's own reset register,
+        # in `sync`, is set while `sync` resets)
+        m.domains.units = ClockDomain("units", reset_less=True)
+        m.d.comb += [ClockSignal("sync").eq(clock), ClockSignal("units").eq(clock)]
         m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
         platform.add_clock_constraint(clock, self.clock_hz)
 

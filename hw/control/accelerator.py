@@ -17,11 +17,15 @@ reset the interconnect with it). Every instruction of `hw.control.isa` runs: a w
 task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
 the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
 (COMBINE-mode fc2), whose gate-weighted rows the output path adds into their tokens' residual rows.
+
+`unit_domain` (default `sync`): the clock domain the controller and the units run in, `sync` renamed. Their
+reset registers are in `sync` and set while it resets; a board top passes a reset-less domain on `sync`'s clock
+(`hw.board.top`), so that the domain's reset net reaches the reset registers and not every unit's flip-flops.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, ResetInserter, Shape, Signal, Value
+from amaranth import Cat, DomainRenamer, Module, Mux, ResetInserter, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -70,14 +74,15 @@ class Accelerator(wiring.Component):
             super().__init__({"axi": Out(self.bus), "host": In(AXI4Lite.Signature(8, 32)), "irq": Out(1),
                               "issued": Out(1)})
 
-    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8):
+    def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8,
+                 unit_domain: str = "sync"):
         try:
             check_compatible(model, accel)
             check_top_level(model, accel)
         except ConfigError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
-        self.model, self.accel, self.addr_width = model, accel, addr_width
+        self.model, self.accel, self.addr_width, self.unit_domain = model, accel, addr_width, unit_domain
         self.isa = InstructionSet(model, accel)
         self.spaces = onchip_spaces(model, accel)
         self.config_hash = config_hash(model, accel)
@@ -121,6 +126,10 @@ class Accelerator(wiring.Component):
     @classmethod
     def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Accelerator":
         return cls(model, accel)
+
+    def _reset_by(self, copy: Signal, unit):
+        """`unit` reset by `copy`, in `unit_domain` (`sync` renamed)."""
+        return DomainRenamer(self.unit_domain)(ResetInserter(copy)(unit))
 
     def _memories(self, m):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
@@ -207,7 +216,7 @@ class Accelerator(wiring.Component):
         # error flag is not reported while its reset is pending.
         resetting = {"controller": Signal(init=1, name=f"{RESET_COPY}controller")}
         m.d.sync += resetting["controller"].eq(host.soft_reset)
-        m.submodules.controller = ResetInserter(resetting["controller"])(controller)
+        m.submodules.controller = self._reset_by(resetting["controller"], controller)
         arbiter = ReadArbiter(AXI4Read.Signature(self.addr_width, self.bus.data_width), 3,
                               depth=3 * self.accel.dram_outstanding)
         units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
@@ -216,7 +225,7 @@ class Accelerator(wiring.Component):
         for name, unit in {**units, "arbiter": arbiter}.items():
             resetting[name] = Signal(init=1, name=f"{RESET_COPY}{name}")
             m.d.sync += resetting[name].eq(clear)
-            m.submodules[name] = ResetInserter(resetting[name])(unit)
+            m.submodules[name] = self._reset_by(resetting[name], unit)
         wiring.connect(m, wiring.flipped(self.host), host.bus)
         m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
 
