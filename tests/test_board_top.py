@@ -89,6 +89,38 @@ def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
     assert synthesis_overflow(tmp_path, device) == "synthesis needs 160 MULT18X18D of 156"
 
 
+def test_the_controller_and_the_units_take_no_domain_reset_in_the_units_domain():
+    """With `unit_domain` (the board top's reset-less `units`), the controller and every unit are clocked by that
+    domain and have no reset port: the domain's reset reaches the host and the reset registers alone."""
+    import re
+    from amaranth import ClockDomain, ClockSignal
+    from amaranth.back import rtlil
+
+    class Wrapped(wiring.Component):
+        def __init__(self):
+            self.accelerator = Accelerator(model_preset("tiny"), accelerator_preset("4x4"), unit_domain="units")
+            super().__init__({})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.accelerator = self.accelerator
+            m.domains.units = ClockDomain("units", reset_less=True)
+            m.d.comb += ClockSignal("units").eq(ClockSignal("sync"))
+            return m
+
+    ports, module = {}, None
+    for line in rtlil.convert(Wrapped(), name="top").splitlines():
+        if line.startswith("module "):
+            module = line.split("\\")[1].removeprefix("top.accelerator.")
+        elif found := re.match(r"\s*wire width 1 input \d+\s+\\(\w+)$", line):
+            ports.setdefault(module, set()).add(found.group(1))
+    units = ("controller", "engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
+             "softmax_path", "router", "arbiter")
+    clocks = {"clk", "rst", "units_clk"}
+    assert {unit: ports[unit] & clocks for unit in units} == {unit: {"units_clk"} for unit in units}
+    assert {"clk", "rst"} <= ports["host"]
+
+
 @pytest.mark.parametrize("kept", [True, False])
 def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
     """The accelerator resets each unit from a register of its own; Yosys merges alike flip-flops, so the board
