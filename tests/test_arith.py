@@ -7,8 +7,8 @@ import pytest
 from amaranth import Cat, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import (bit_length, capped_negative_power_of_two, capped_power_of_two, kept_bit,
-                             kept_bit_of_byte, kept_byte, narrow_product, radix4_step, times_constant)
+from hw.common.arith import (beyond, bit_length, bits_from, capped_power_of_two, kept_bit, kept_bit_of_byte,
+                             kept_byte, narrow_product, radix4_step, times_constant)
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -111,10 +111,21 @@ def test_radix4_step_is_two_steps_of_long_division():
 
 
 @pytest.mark.parametrize("cap", [1, 4, 21])
-def test_capped_thresholds_are_plus_and_minus_the_capped_power(cap):
+def test_capped_power_of_two(cap):
     m = Module()
-    exponent, upper, lower = Signal(6), Signal(cap + 1), Signal(signed(cap + 2))
-    m.d.comb += [upper.eq(capped_power_of_two(exponent, cap)), lower.eq(capped_negative_power_of_two(exponent, cap))]
-    exponents = [(e,) for e in range(64)]
-    assert _evaluated(m, (exponent,), upper, exponents) == [1 << min(e, cap) for e in range(64)]
-    assert _evaluated(m, (exponent,), lower, exponents) == [-(1 << min(e, cap)) for e in range(64)]
+    exponent, power = Signal(6), Signal(cap + 1)
+    m.d.comb += power.eq(capped_power_of_two(exponent, cap))
+    assert _evaluated(m, (exponent,), power, [(e,) for e in range(64)]) == [1 << min(e, cap) for e in range(64)]
+
+
+@pytest.mark.parametrize("width, values", [(6, range(-32, 32)),
+                                           (40, [-(1 << 39), -(1 << 39) + 1, -(1 << 20) - 1, -(1 << 20), -1, 0, 1,
+                                                 (1 << 20) - 1, 1 << 20, (1 << 39) - 1])])
+def test_beyond_is_the_saturation_at_plus_and_minus_a_power_of_two(width, values):
+    """`beyond(v, bits_from(p, W − 1))` is (v ≥ 2^p, v < −2^p) for every exponent up to past the value's width
+    (the LayerNorm's saturation, its exponent sh + b − 1 from the command)."""
+    m = Module()
+    value, exponent, flags = Signal(signed(width)), Signal(7), Signal(2)
+    m.d.comb += flags.eq(Cat(*beyond(value, bits_from(exponent, width - 1))))
+    cases = [(v, p) for v in values for p in range(width + 3)]
+    assert _evaluated(m, (value, exponent), flags, cases) == [(v >= 1 << p) | (v < -(1 << p)) << 1 for v, p in cases]

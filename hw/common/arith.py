@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value, signed
 
-__all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "capped_negative_power_of_two",
+__all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "bits_from", "beyond",
            "half_minus_one", "kept_bit", "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right",
            "times_constant", "narrow_product", "bit_length", "tree_sum", "radix4_step"]
 
@@ -45,15 +45,24 @@ def at_most(value, limit: int):
 
 
 def capped_power_of_two(exponent, cap: int):
-    """2^min(exponent, cap), `cap` + 1 bits: a saturation threshold 2^(shift + bits − 1) that, capped just past
-    a sum's range, never fires there."""
+    """2^min(exponent, cap), `cap` + 1 bits: a threshold 2^e that, capped just past a sum's range, never fires
+    there."""
     return Const(1, cap + 1) << at_most(exponent, cap)
 
 
-def capped_negative_power_of_two(exponent, cap: int):
-    """−2^min(exponent, cap), signed, `cap` + 2 bits: the lower threshold beside `capped_power_of_two`'s, a shifted
-    constant (no negation's adder after the shifter)."""
-    return (Const(-1, signed(cap + 2)) << at_most(exponent, cap))[:cap + 2].as_signed()
+def bits_from(exponent, width: int):
+    """A `width`-bit mask of the bits at and above `exponent` (bit i: exponent ≤ i; none once exponent ≥ width),
+    a thermometer code of the exponent: what `beyond` takes."""
+    return Cat(*(~at_least(exponent, i + 1) for i in range(width)))
+
+
+def beyond(value, mask):
+    """(value ≥ 2^p, value < −2^p) for a signed `value` of W bits and `mask` = `bits_from(p, W − 1)`: the
+    saturation of a value to ±2^p by an OR and an AND of its bits, no comparator's carry chain. Neither holds
+    for p ≥ W − 1, where ±2^p is past the value's range."""
+    value = Value.cast(value)
+    body, sign = value[:-1], value[-1]
+    return ~sign & (body & mask).any(), sign & ~(body | ~mask).all()
 
 
 def half_minus_one(shift, width: int = 64):

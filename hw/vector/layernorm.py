@@ -34,8 +34,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (bit_length, capped_negative_power_of_two, capped_power_of_two, half_minus_one,
-                            index_bits, radix4_step, rounding_sum, shift_right, times_constant, tree_sum)
+from ..common.arith import (beyond, bit_length, bits_from, half_minus_one, index_bits, radix4_step, rounding_sum,
+                            shift_right, times_constant, tree_sum)
 from ..common.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
@@ -210,19 +210,16 @@ class LayerNorm(wiring.Component):
         # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
         # pipeline must not see them overwritten by the next row's statistics.
         rows.set_state(m, sides[2].bank, BankState.FREE, advance & valid[2] & sides[2].last)
-        # Per output, set with the command: 2^(sh−1) − 1 and the saturation thresholds ±2^(sh+b−1) (capped past
-        # the sum's range), so each lane rounds with one adder and saturates by two comparisons side by side.
+        # Per output, set with the command: 2^(sh−1) − 1 and the mask of the bits at and above sh+b−1, so each lane
+        # rounds with one adder and saturates at ±2^(sh+b−1) by an OR and an AND of its bits (`beyond`).
         rounding_width = BETA_BITS + 2
         out_halves = [Signal(rounding_width, name=f"half{o}", reset_less=True) for o in range(outputs)]
-        thresholds = [Signal(rounding_width + 1, name=f"threshold{o}", reset_less=True) for o in range(outputs)]
-        floors = [Signal(signed(rounding_width + 2), name=f"floor{o}", reset_less=True) for o in range(outputs)]
+        saturating = [Signal(rounding_width - 1, name=f"saturating{o}", reset_less=True) for o in range(outputs)]
         with m.If(self.command.valid & self.command.ready):
             for o, bits in enumerate(self.output_bits):
                 shift = self.command.payload.shifts[o]
-                exponent = shift + (bits - 1)
                 m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
-                             thresholds[o].eq(capped_power_of_two(exponent, rounding_width - 1)),
-                             floors[o].eq(capped_negative_power_of_two(exponent, rounding_width - 1))]
+                             saturating[o].eq(bits_from(shift + (bits - 1), rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         # the bank's e and 2^(18+e) − 1 for stage 4, picked a stage early into registers (as the beat enters stage
         # 3; its bank is not freed before it leaves it)
@@ -250,8 +247,8 @@ class LayerNorm(wiring.Component):
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 shift = command.shifts[o]
-                saturated = Mux(rounded >= thresholds[o], high,
-                                Mux(rounded < floors[o], low, shift_right(rounded, shift, bits)))
+                above, below = beyond(rounded, saturating[o])
+                saturated = Mux(above, high, Mux(below, low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
                         gained.eq(normalised * params[o].gamma[lane]), beta.eq(params[o].beta[lane]),  # stage 5
