@@ -112,10 +112,10 @@ class WriteArbiter(wiring.Component):
     """Several AXI4 write masters share one AXI4 write port, a burst at a time, in turn (round robin). A granted
     master's AW is taken into a register (AWREADY the cycle after its grant) and offered on the port from there
     until AWREADY; its index goes into two FIFOs of `depth` bursts: W beats pass (through a two-entry buffer, so
-    that WREADY is a register on either side) from the master at the head of the first (a cycle after its AW is
-    taken, at the earliest) until WLAST (AXI4 has no
-    write ID: data follow the addresses' order), B responses return to the master at the head of the second (the
-    port answers in order: one ID). A master may offer W beats before its AW: they wait until its burst's turn."""
+    that WREADY is a register on either side) from the master at the head of the first, a cycle after its AW is
+    taken at the earliest, until WLAST (AXI4 has no write ID: data follow the addresses' order), B responses return
+    to the master at the head of the second (the port answers in order: one ID). A master may offer W beats before
+    its AW: they wait until its burst's turn."""
 
     def __init__(self, signature: AXI4Write.Signature, masters: int, depth: int = 4):
         if not isinstance(masters, int) or masters < 1 or not isinstance(depth, int) or depth < 1:
