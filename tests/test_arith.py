@@ -109,7 +109,6 @@ def test_radix4_step_is_two_steps_of_long_division():
     assert got == expected
 
 
-
 @pytest.mark.parametrize("cap", [1, 4, 21])
 def test_capped_power_of_two(cap):
     m = Module()

@@ -127,9 +127,13 @@ class Accelerator(wiring.Component):
     def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Accelerator":
         return cls(model, accel)
 
-    def _reset_by(self, copy: Signal, unit):
-        """`unit` reset by `copy`, in `unit_domain` (`sync` renamed)."""
-        return DomainRenamer(self.unit_domain)(ResetInserter(copy)(unit))
+    def _reset_by(self, m, name: str, reset, unit) -> Signal:
+        """Submodule `name`, `unit` in `unit_domain` (`sync` renamed), reset by `reset` a cycle later from a register
+        of its own (set while the domain resets); returns that register."""
+        copy = Signal(init=1, name=f"{RESET_COPY}{name}")
+        m.d.sync += copy.eq(reset)
+        m.submodules[name] = DomainRenamer(self.unit_domain)(ResetInserter(copy)(unit))
+        return copy
 
     def _memories(self, m):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
@@ -214,18 +218,14 @@ class Accelerator(wiring.Component):
         # each from a register of its own (set while the domain resets), so that each reset net starts at its own
         # flip-flop (`RESET_COPY` names them, the board flow keeps them apart), not at the host's register; a unit's
         # error flag is not reported while its reset is pending.
-        resetting = {"controller": Signal(init=1, name=f"{RESET_COPY}controller")}
-        m.d.sync += resetting["controller"].eq(host.soft_reset)
-        m.submodules.controller = self._reset_by(resetting["controller"], controller)
+        resetting = {"controller": self._reset_by(m, "controller", host.soft_reset, controller)}
         arbiter = ReadArbiter(AXI4Read.Signature(self.addr_width, self.bus.data_width), 3,
                               depth=3 * self.accel.dram_outstanding)
         units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
                                                         "fetch_reader", "output", "norm_path", "softmax_path",
                                                         "router")}
         for name, unit in {**units, "arbiter": arbiter}.items():
-            resetting[name] = Signal(init=1, name=f"{RESET_COPY}{name}")
-            m.d.sync += resetting[name].eq(clear)
-            m.submodules[name] = self._reset_by(resetting[name], unit)
+            resetting[name] = self._reset_by(m, name, clear, unit)
         wiring.connect(m, wiring.flipped(self.host), host.bus)
         m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
 
