@@ -97,8 +97,9 @@ def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) ->
     requantizer's acc × m and the gate weight's y × g, per GELU lane its interpolation and the hidden
     requantization); the router (its MACs, the logit distance times the exponent multiplier; its gate weights
     shift and add); the vector units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m;
-    once LayerNorm's S·|S| / S·r and the softmax's row scale). Nothing else takes one: the control's address
-    and length products are adders (`hw.common.arith.narrow_product`)."""
+    once LayerNorm's S·|S| / S·r). Nothing else takes one: the control's address and length products and the
+    softmax's row scale (m_v · 2^32 // S, from the quotient's bits as they come) are adders
+    (`hw.common.arith.narrow_product`)."""
     rw, ow, acc, mw = accel.residual_width, accel.operand_width, accel.accumulator_width, accel.requant_multiplier_width
     m = target.multipliers_for
     router = router_geometry(model, accel)            # its two products are of unsigned values: a sign bit more each
@@ -110,7 +111,7 @@ def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) ->
         "systolic array": accel.macs_per_cycle * m(ow, ow),
         "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
         "router": accel.router_macs_per_cycle * m(rw, ow) + m(router.logit_width + 1, exponent_multiplier + 1),
-        "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32) + m(33, 16),
+        "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32),
     })
 
 

@@ -10,10 +10,11 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
    (a block RAM read by u's nine bits, no arithmetic after it). Six stages; the pipeline stops as a whole while
    the output is not taken.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
-   restoring division two quotient bits per cycle, then m_v · recip normalised to 15 bits with its carry:
-   the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle after the sum,
-   the product's a cycle before its excess over 15 bits, its rounding sum a cycle before the shift). About 21
-   cycles a row (the cycle model's `SOFTMAX`).
+   restoring division two quotient bits per cycle, m_v · recip accumulated from those bits a cycle behind them
+   (the product times 4 plus 0, m_v, 2·m_v or 3·m_v: an adder, no multiplier block), then normalised to 15 bits
+   with its carry: the row's requantization multiplier and shift for attention·V (the sum's bit length a cycle
+   after the sum, the product's a cycle before its excess over 15 bits, its rounding sum a cycle before the
+   shift). About 21 cycles a row (the cycle model's `SOFTMAX`).
 
 So a row costs max(⌈T / lanes⌉, row scale) cycles once the pipeline is full.
 
@@ -202,6 +203,10 @@ class Softmax(wiring.Component):
         quotient = Signal(unsigned(RECIPROCAL_BITS), reset_less=True)
         step = Signal(range(RECIPROCAL_BITS + 1), reset_less=True)
         product = Signal(unsigned(RECIPROCAL_BITS + len(command.out_multiplier)), reset_less=True)
+        # m_v · the quotient's bits so far, a cycle behind them: `digits` when the last bits (one when
+        # `digit_half`) are not in it yet; 3 · m_v from the row's start
+        digits, digit_half = Signal(), Signal(reset_less=True)
+        triple_multiplier = Signal(unsigned(len(command.out_multiplier) + 2), reset_less=True)
         excess = Signal(range(len(product) + 1), reset_less=True)            # k = max(0, bitlen(product) − 15)
         product_length = Signal.like(excess, reset_less=True)
         half = Signal(unsigned(len(product)), name="product_half", reset_less=True)   # 2^(k−1) − 1: bit i is k ≥ i + 2
@@ -211,6 +216,11 @@ class Softmax(wiring.Component):
         m.d.comb += self.scales.payload.multiplier.eq(Mux(rounded[ops.MULTIPLIER_BITS], rounded >> 1, rounded))
         m.d.comb += self.scales.payload.shift.eq(
             command.out_shift + 32 - excess - rounded[ops.MULTIPLIER_BITS])
+        multiplier = command.out_multiplier
+        addend = Mux(quotient[1] & ~digit_half, Mux(quotient[0], triple_multiplier, multiplier << 1),
+                     Mux(quotient[0], multiplier, 0))
+        with m.If(digits):
+            m.d.sync += product.eq(Mux(digit_half, product << 1, product << 2) + addend)
         with m.FSM(name="row_scale"):
             with m.State("IDLE"):
                 m.d.comb += scale_free.eq(1)
@@ -222,18 +232,20 @@ class Softmax(wiring.Component):
                 m.d.comb += top.eq(bit_length(m, total, "sum_length") - 1)
                 # 2^32 // S: the first quotient bit that can be 1 is 32 − top
                 m.d.sync += [remainder.eq(Const(1, self.sum_width + 1) << top), quotient.eq(0), step.eq(32 - top),
-                             triple.eq(times_constant(total, 3))]
+                             triple.eq(times_constant(total, 3)), product.eq(0),
+                             triple_multiplier.eq(times_constant(multiplier, 3))]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 high, low, rest, _ = radix4_step(m, remainder, total, triple, "division")
                 # an odd count of steps ends after the first half of a cycle
                 ends_half = step == 0
                 m.d.sync += [quotient.eq(Mux(ends_half, Cat(high, quotient), Cat(low, high, quotient))),
-                             remainder.eq((rest << 1)[:len(remainder)]), step.eq(Mux(ends_half, 0, step - 2))]
+                             remainder.eq((rest << 1)[:len(remainder)]), step.eq(Mux(ends_half, 0, step - 2)),
+                             digits.eq(1), digit_half.eq(ends_half)]
                 with m.If(ends_half | (step == 1)):
                     m.next = "MULTIPLY"
-            with m.State("MULTIPLY"):
-                m.d.sync += product.eq(quotient * command.out_multiplier)
+            with m.State("MULTIPLY"):        # the last quotient bits into the product
+                m.d.sync += digits.eq(0)
                 m.next = "NORMALISE"
             with m.State("NORMALISE"):       # bitlen(product), and the rounding's half from the product itself
                 length = bit_length(m, product, "product_length")      # (k ≥ i + 2 when a bit at i + 16 or above
