@@ -20,7 +20,7 @@ from hw.sim.dram import AXI4ReadModel
 def test_gearbox_keeps_every_bit_in_order(in_width, out_width, stall):
     rng = np.random.default_rng(in_width + out_width + int(stall * 10))
     dut = Gearbox(in_width, out_width)
-    words = [int(x) for x in rng.integers(0, 1 << 62, 24)]
+    words = [int(x) for x in rng.integers(0, 1 << 62, 64)]
     words = [w & ((1 << in_width) - 1) | (w << 62 & ((1 << in_width) - 1)) for w in words]
     total_bits = len(words) * in_width - (len(words) * in_width) % out_width
     stream_bits = sum(w << (i * in_width) for i, w in enumerate(words))
@@ -32,9 +32,9 @@ def test_gearbox_keeps_every_bit_in_order(in_width, out_width, stall):
         for _ in range(2000):
             offering = bool(pending) and (offering or rng.random() >= stall)
             ctx.set(dut.input.valid, offering)
-            if pending:
-                ctx.set(dut.input.payload, pending[0])
-            ctx.set(dut.output.ready, rng.random() >= stall)
+            # a word only while offered: garbage in between, which no register may keep
+            ctx.set(dut.input.payload, pending[0] if offering else int(rng.integers(0, 1 << min(in_width, 62))))
+            ctx.set(dut.output.ready, rng.random() < (1 - stall) ** 2)    # long waits: the input goes on
             taken = offering and ctx.get(dut.input.ready)
             if ctx.get(dut.output.valid) and ctx.get(dut.output.ready):
                 received.append(ctx.get(dut.output.payload))

@@ -36,20 +36,25 @@ class Gearbox(wiring.Component):
             ratio = self.out_width // self.in_width
             # A word goes straight into its own slice (a one-hot `slot` picks it: no shifter, and each slice's
             # enable is its own); the last with the slices before it into the output register. The data
-            # registers are not reset (their validity is `slot` and `sink.valid`).
+            # registers are not reset (their validity is `slot` and `sink.valid`), and their enables are not
+            # the input's `valid`: a slice takes the input every cycle its `slot` bit is set, the output
+            # register every cycle it is free at the last slot, so the last take is the handshake's.
             slices = [Signal(self.in_width, name=f"slice{i}", reset_less=True) for i in range(ratio - 1)]
             payload = Signal(self.out_width, reset_less=True)
             slot = Signal(ratio, init=1)
-            m.d.comb += [source.ready.eq(~sink.valid | sink.ready | ~slot[-1]), sink.payload.eq(payload)]
+            free = ~sink.valid | sink.ready
+            m.d.comb += [source.ready.eq(free | ~slot[-1]), sink.payload.eq(payload)]
+            for i, part in enumerate(slices):
+                with m.If(slot[i]):
+                    m.d.sync += part.eq(source.payload)
+            with m.If(slot[-1] & free):
+                m.d.sync += payload.eq(Cat(*slices, source.payload))
             with m.If(sink.valid & sink.ready):
                 m.d.sync += sink.valid.eq(0)
             with m.If(source.valid & source.ready):
                 m.d.sync += slot.eq(slot.rotate_left(1))
-                for i, part in enumerate(slices):
-                    with m.If(slot[i]):
-                        m.d.sync += part.eq(source.payload)
                 with m.If(slot[-1]):
-                    m.d.sync += [payload.eq(Cat(*slices, source.payload)), sink.valid.eq(1)]
+                    m.d.sync += sink.valid.eq(1)
             return m
         ratio = self.in_width // self.out_width
         index = Signal(range(ratio))
