@@ -23,6 +23,7 @@ from golden.model import run
 from golden.quantize import quantize_image
 from golden.quantized import QuantizedModel
 from hw.control.accelerator import Accelerator
+from hw.control.datapath import UPSAMPLABLE
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.compute.gemm.images import pack_w
 from hw.control.isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
@@ -30,6 +31,7 @@ from hw.control.memories import onchip_spaces
 from hw.control.registers import Control, Status, register
 from hw.memory.layout import matrix_layout
 from hw.flow.export import lint, to_verilog
+from hw.vector.upsample import Upsampler
 from hw.sim import simulate as run_simulation
 
 TINY, ACCEL = model_preset("tiny"), accelerator_preset("4x4")
@@ -47,13 +49,14 @@ def golden(quantized):
     return images, [run(quantized, image, 0, intermediates=True).tensors for image in images]
 
 
-def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, model=TINY, **dram):
+def _run(programs, simulator="pysim", tasks=None, accel=ACCEL, model=TINY, timeout=10_000_000, **dram):
     """Run `programs` one after another on one accelerator (no reset between them), with `tasks` in TASK (0 by
-    default); their `RunResult`s."""
+    default), each within `timeout` cycles; their `RunResult`s."""
     async def host(transport):
         driver = Driver(transport, model, accel)
         await driver.connect()
-        return [await driver.run(program, task) for program, task in zip(programs, tasks or [0] * len(programs))]
+        return [await driver.run(program, task, timeout=timeout)
+                for program, task in zip(programs, tasks or [0] * len(programs))]
     return simulate(accelerator_for(model, accel), host, DRAM_BYTES, simulator=simulator, **dram)
 
 
@@ -147,6 +150,43 @@ def test_raw_product_with_the_stationary_operand_in_scratch(quantized):
     assert result.ok, result.cause
     scores = np.frombuffer(result.outputs["scores"], "<i4").reshape(tiles(n, r), t, r).transpose(1, 0, 2)
     assert np.array_equal(scores.reshape(t, -1)[:, :n], x @ w)
+
+
+UPSAMPLES = [   # memory, width, tiles, stride, near, far: a pixel a tile, rows apart, far before near, one row
+    (Space.SCRATCH, 1, 3, 2, 0, 1),
+    (Space.ACTIVATION, 3, 2, 5, 7, 0),
+    (Space.RESIDUAL, 2, 3, 2, 0, 6),
+    (Space.RESIDUAL, 4, 1, 4, 3, 3),
+]
+
+
+@pytest.mark.parametrize("memory, width, channel_tiles, stride, near, far", UPSAMPLES)
+def test_an_upsample_walks_its_tiles_and_rows(quantized, memory, width, channel_tiles, stride, near, far):
+    """UPSAMPLE's contract (`StorePath`) beyond the heads' geometry (stride = width, rows a ring apart): for tile
+    c, pixels near + c·stride + x and far + c·stride + x in, ¾·near + ¼·far out, under stalls; extremes in."""
+    rng = np.random.default_rng(width * 7 + channel_tiles)
+    word, bits = onchip_spaces(TINY, ACCEL)[memory].word_bytes, UPSAMPLABLE[memory]
+    lanes = 8 * word // bits
+    words = max(near, far) + (channel_tiles - 1) * stride + width
+    words += -words % (ACCEL.dram_bytes_per_beat // word)
+    values = rng.integers(-(1 << bits - 1), 1 << bits - 1, (words, lanes))
+    values[near, 0], values[far, 0] = (1 << bits - 1) - 1, -(1 << bits - 1)
+    builder = ProgramBuilder(quantized, ACCEL)
+    image = values.astype(f"<i{bits // 8}").tobytes()
+    builder.load(Region.IMAGE, builder.place(Region.IMAGE, image), len(image), memory, 0)
+    length = channel_tiles * 2 * width * word
+    builder.emit(Opcode.UPSAMPLE, memory=memory, near=near, far=far, width=width, tiles=channel_tiles,
+                 stride=stride, region=Region.OUTPUT, address=builder.output_area("upsampled", length))
+    builder.emit(Opcode.SYNC)
+    builder.halt()
+    (result,) = _run([builder.build()], latency=7, stall=0.3, seed=width, timeout=20_000)
+    assert result.ok, result.cause
+    unit = Upsampler(lanes, bits, bits)
+    unit._MustUse__silence = True
+    rows = [values[base + c * stride:][:width] for c in range(channel_tiles) for base in (near, far)]
+    expected = np.concatenate([unit.model(n, f) for n, f in zip(rows[::2], rows[1::2])])
+    got = np.frombuffer(result.outputs["upsampled"], f"<i{bits // 8}").reshape(-1, lanes)
+    assert np.array_equal(got, expected)
 
 
 def test_routing_of_every_task_back_to_back_and_a_bad_task(quantized):

@@ -44,18 +44,20 @@ class StorePath(TransferPath):
         writer = self.unit
         source, address, words_left, accepted = self._front(m)
         command = self.command.payload
-        # UPSAMPLE's walk: the near and far rows' addresses, the pixel x of the channel tile and the tiles left;
-        # `phase` 1 when the next read is the far pixel's.
-        upsample, phase = Signal(), Signal()
+        # UPSAMPLE's walk: the near and far rows' addresses, the pixels of the channel tile after the next
+        # (`last_pixel` when none) and the tiles left (`walking` while any); `phase` 1 when the next read is the
+        # far pixel's. The flags are registers, so the read decision is one of registers alone.
+        upsample, phase, walking, last_pixel = Signal(), Signal(), Signal(), Signal()
         far, near_row, far_row = Signal.like(address), Signal.like(address), Signal.like(address)
         width, stride = Signal.like(command.width), Signal.like(command.stride)
-        x, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
+        pixels_left, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
         tiles, dram_address, pending = Signal.like(command.tiles), Signal.like(command.address), Signal()
         with m.If(accepted):
             m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
-                         far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride), x.eq(0),
-                         tiles_left.eq(Mux(command.upsample, command.tiles, 0)), tiles.eq(command.tiles),
-                         dram_address.eq(command.address), pending.eq(command.upsample)]
+                         far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride),
+                         pixels_left.eq(command.width - 1), last_pixel.eq(command.width == 1),
+                         tiles_left.eq(command.tiles), walking.eq(command.upsample & (command.tiles != 0)),
+                         tiles.eq(command.tiles), dram_address.eq(command.address), pending.eq(command.upsample)]
         # UPSAMPLE's writer command, a cycle after the path took it (`pending`), from the registered fields
         with m.If(command.upsample):
             m.d.comb += writer.command.valid.eq(0)
@@ -73,7 +75,6 @@ class StorePath(TransferPath):
         word_valid, fetch, taken = Signal(), Signal(), Signal()
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
-        last_pixel = x == width - 1
         read_address = Mux(upsample & phase, far, address)
         held = Signal()          # a word or a pair inside a skid buffer below
         for width_bytes, (gearbox, spaces, chosen) in self._gearboxes(m, False, accepted).items():
@@ -132,20 +133,22 @@ class StorePath(TransferPath):
         with m.Else():
             # near, then far (the near pixel is kept as the far one is read); a near read waits until the pair
             # before is taken, since it overwrites the port's far pixel
-            m.d.comb += fetch.eq(self.busy & (tiles_left != 0) & (phase | ~pair_valid | pair_taken))
+            m.d.comb += fetch.eq(walking & (phase | ~pair_valid | pair_taken))
             with m.If(pair_taken):
                 m.d.sync += pair_valid.eq(0)
             with m.If(fetch):
                 m.d.sync += phase.eq(~phase)
                 with m.If(phase):
-                    m.d.sync += [pair_valid.eq(1), pair_last.eq(last_pixel), x.eq(Mux(last_pixel, 0, x + 1))]
+                    m.d.sync += [pair_valid.eq(1), pair_last.eq(last_pixel), pixels_left.eq(pixels_left - 1),
+                                 last_pixel.eq(pixels_left == 1)]
                     with m.If(last_pixel):
-                        m.d.sync += [tiles_left.eq(tiles_left - 1), address.eq(near_row + stride),
-                                     far.eq(far_row + stride), near_row.eq(near_row + stride),
-                                     far_row.eq(far_row + stride)]
+                        m.d.sync += [pixels_left.eq(width - 1), last_pixel.eq(width == 1),
+                                     tiles_left.eq(tiles_left - 1), walking.eq(tiles_left != 1),
+                                     address.eq(near_row + stride), far.eq(far_row + stride),
+                                     near_row.eq(near_row + stride), far_row.eq(far_row + stride)]
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
-        drained = ~held & Mux(upsample, (tiles_left == 0) & ~pair_valid & ~upsampling,
+        drained = ~held & Mux(upsample, ~walking & ~pair_valid & ~upsampling,
                               (words_left == 0) & ~word_valid)
         with m.If(~accepted & self.busy & drained & ~beat_valid & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
