@@ -24,8 +24,9 @@ class LogitUnit(wiring.Component):
     command's token count. For each of ⌈E / E'⌉ expert groups the token's beats meet the group's weight words
     (`weights_read`, word ((layer·tasks + task)·G + group)·C + chunk, data a cycle later), are multiplied and
     summed per expert, then the E' logits are written one per cycle into half h of the logits memory
-    (`logit_write`, address h·E + expert) while `l_max[h]` keeps their maximum (the first expert's logit, then
-    any strictly greater). Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
+    (`logit_write`, address h·E + expert) while a register keeps their maximum (the first expert's logit, then
+    any strictly greater), copied into `l_max[h]` the cycle after `done` (valid from the second cycle after it,
+    and held until the half's next token is done). Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
 
     Double buffer with the next stage: a token starts only into a half whose `full` bit is clear; `done`
     pulses the half's bit when its E logits are written. `command` (layer, task, tokens) is read in the cycle
@@ -132,10 +133,17 @@ class LogitUnit(wiring.Component):
         m.d.comb += [self.logit_write.addr.eq(times_constant(logits_half, E) + expert_written),
                      self.logit_write.data.eq(current),
                      self.logit_write.en.eq(writing & (write_index < Eg) & (expert_written < E))]
-        with m.If(self.logit_write.en & ((expert_written == 0) | (current > self.l_max[logits_half]))):
-            for half in range(2):
-                with m.If(logits_half == half):
-                    m.d.sync += self.l_max[half].eq(current)
+        # the token's running maximum (`first_logit` while none is written), into its half's l_max once done: no
+        # choice of the half in the comparison's loop
+        running, first_logit, copy = Signal(signed(g.logit_width), reset_less=True), Signal(), Signal(2)
+        with m.If(start_mac):
+            m.d.sync += first_logit.eq(1)
+        with m.If(self.logit_write.en & (first_logit | (current > running))):
+            m.d.sync += [running.eq(current), first_logit.eq(0)]
+        m.d.sync += copy.eq(self.done)
+        for half in range(2):
+            with m.If(copy[half]):
+                m.d.sync += self.l_max[half].eq(running)
         with m.If(writing):
             m.d.sync += write_index.eq(write_index + 1)
             with m.If(write_index == Eg - 1):
