@@ -12,8 +12,10 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
 A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle (the controller and the units a cycle later, the units as after start: each from its own
-register of the reset, so that no one net reaches every unit; the AXI4 transactions in flight are abandoned:
-reset the interconnect with it). Every instruction of `hw.control.isa` runs: a whole backbone inference, any
+register of the reset, so that no one net reaches every unit). The AXI4 bursts in flight then end by the rules
+(`hw.memory.quiesce.AXI4Quiesce` at the port: reads to their last beat, dropped; a write's missing beats with no
+byte strobe, so a write cut short leaves some of its bytes written), and a run started meanwhile waits for them.
+Every instruction of `hw.control.isa` runs: a whole backbone inference, any
 task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
 the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
 (COMBINE-mode fc2), whose gate-weighted rows the output path adds into their tokens' residual rows.
@@ -34,6 +36,7 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_com
 
 from ..compute.gemm import GemmEngine
 from ..memory.arbiter import ReadArbiter
+from ..memory.quiesce import AXI4Quiesce
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
 from ..memory.interleaved import InterleavedMemory
 from ..memory.layout import PARAMETER_WORD
@@ -232,8 +235,12 @@ class Accelerator(wiring.Component):
         # DRAM: fetch first, then the load path and the loader, on one read port; the store path writes.
         for index, master in enumerate((self.fetch_reader.axi, self.load_path.axi, loader.axi)):
             wiring.connect(m, master, arbiter.inputs[index])
-        _join(m, arbiter.bus, self.axi, AXI4Read.Signature(self.addr_width, self.bus.data_width))
-        _join(m, self.store_path.axi, self.axi, AXI4Write.Signature(self.addr_width, self.bus.data_width))
+        # through the guard that ends the units' bursts by the rules when `clear` resets them mid-transfer
+        guard = m.submodules.quiesce = AXI4Quiesce(self.bus, 3 * self.accel.dram_outstanding)
+        m.d.comb += guard.abandon.eq(clear)
+        _join(m, arbiter.bus, guard.inner, AXI4Read.Signature(self.addr_width, self.bus.data_width))
+        _join(m, self.store_path.axi, guard.inner, AXI4Write.Signature(self.addr_width, self.bus.data_width))
+        wiring.connect(m, guard.outer, wiring.flipped(self.axi))
 
         # The controller, the host and the units.
         for name in ("program_addr", "model_addr", "image_addr", "output_addr"):
