@@ -15,9 +15,9 @@ returns everything to idle (the controller and the units a cycle later, the unit
 register of the reset, so that no one net reaches every unit). The AXI4 bursts in flight then end by the rules
 (`hw.memory.quiesce.AXI4Quiesce` at the port: reads to their last beat, dropped; a write's missing beats with no
 byte strobe, so a write cut short leaves some of its bytes written), and a run started meanwhile waits for them.
-Every instruction of `hw.control.isa` runs: a whole backbone inference, any
-task, from one program (docs/architecture.md, section 11). The experts: the router's list of active experts drives
-the controller's EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
+Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
+(docs/architecture.md, section 11). The experts: the router's list of active experts drives the controller's
+EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
 (COMBINE-mode fc2), whose gate-weighted rows the output path adds into their tokens' residual rows.
 
 `unit_domain` (default `sync`): the clock domain the controller and the units run in, `sync` renamed. Their
@@ -36,11 +36,11 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_com
 
 from ..compute.gemm import GemmEngine
 from ..memory.arbiter import ReadArbiter
-from ..memory.quiesce import AXI4Quiesce
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
 from ..memory.interleaved import InterleavedMemory
 from ..memory.layout import PARAMETER_WORD
 from ..memory.loader import WeightLoader
+from ..memory.quiesce import AXI4Quiesce
 from ..memory.reader import StreamReader
 from ..memory.writer import StoreWriter
 from ..vector.layernorm import LayerNorm

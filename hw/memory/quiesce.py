@@ -57,7 +57,7 @@ class AXI4Quiesce(wiring.Component):
 
         # an address or a W beat offered and not taken: its fields, held from the cycle `abandon` comes (the
         # rules keep a channel's payload until it is taken)
-        fields = {"ar": _ADDRESS_FIELDS, "aw": _ADDRESS_FIELDS, "w": ("data", "strb", "last")}
+        fields = {"ar": _ADDRESS_FIELDS, "aw": _ADDRESS_FIELDS, "w": ("data", "strb")}     # (WLAST: from `beat`)
         waiting = {channel: Signal(name=f"{channel}_waiting") for channel in fields}
         held = {(channel, field): Signal.like(getattr(inner, channel + field), name=f"{channel}{field}_held")
                 for channel, names in fields.items() for field in names}
