@@ -317,8 +317,8 @@ def test_a_soft_reset_mid_run_returns_to_idle_and_the_next_run_works(quantized, 
     their bursts, while a GEMM computes. STATUS reads idle, not done, no error; the DRAM models (which raise on a
     broken AXI4 rule) see every burst in flight end by the rules, and the next run is right."""
     tiles_d = tiles(TINY.embed_dim, ACCEL.array_rows)
-    program = _faulty(quantized, f"LOAD region=IMAGE bytes=2048 memory=SCRATCH\n"
-                                 f"STORE region=OUTPUT bytes=2048 memory=ACTIVATION\n"
+    program = _faulty(quantized, "LOAD region=IMAGE bytes=2048 memory=SCRATCH\n"
+                                 "STORE region=OUTPUT bytes=2048 memory=ACTIVATION\n"
                                  f"GEMM m={TINY.num_tokens} k_tiles={tiles_d} k_last=0 n_tiles={tiles_d} "
                                  "stationary=SCRATCH destination=ACTIVATION\nHALT")
     payload = bytes(range(256))
