@@ -59,7 +59,8 @@ class WeightLoader(wiring.Component):
       FULL, makes it HELD. `release` (always ready): makes a HELD buffer EMPTY.
     - `read`: the GEMM engine's stationary-operand read port. Feed word a of buffer b is at address
       b·`buffer_span` + a, where `buffer_span` is the next power of two of `buffer_words`; data one cycle
-      after `en`, as `lib.memory` read ports.
+      after `en`, as `lib.memory` read ports, but not held after it: the block RAMs read every cycle (their
+      enable is no net across the chip), `en` picks the buffer and the word the data comes from.
     - `idle`: no descriptor in progress and no burst in flight. `error`: sticky, set by a bad descriptor or
       a read response other than OKAY.
     """
@@ -221,7 +222,7 @@ class WeightLoader(wiring.Component):
                          write.data.eq(Cat(axi.rdata for _ in range(lanes))),
                          write.en.eq(Mux(arriving & (head.buffer == b), byte_enable << (lane * bus), 0))]
             reader = memory.read_port()
-            m.d.comb += [reader.addr.eq(read_address >> select_bits), reader.en.eq(self.read.en)]
+            m.d.comb += reader.addr.eq(read_address >> select_bits)
             memory_words.append(reader.data)
         with m.If(arriving):
             m.d.sync += Assert(state[head.buffer] == BufferState.LOADING, "the loader writes a buffer not LOADING")
