@@ -72,7 +72,9 @@ class StorePath(TransferPath):
                 m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
         # keeps the near pixel in `near` and offers (near, the port's far pixel) while `pair_valid`.
-        word_valid, fetch, taken = Signal(), Signal(), Signal()
+        # `fetch`: a STORE's word read (`fetch_word`) or an UPSAMPLE's pixel (`fetch_pixel`), each decided apart
+        # so that neither's handshake reaches the other's registers
+        word_valid, fetch, fetch_word, fetch_pixel, taken = Signal(), Signal(), Signal(), Signal(), Signal()
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         read_address = Mux(upsample & phase, far, address)
@@ -103,7 +105,7 @@ class StorePath(TransferPath):
                 lanes, (value_bits,) = 8 * width_bytes // min(bits), bits
                 m.submodules[f"upsampler{width_bytes}"] = upsampler = Upsampler(lanes, value_bits, value_bits)
                 near = Signal(8 * width_bytes, name=f"near{width_bytes}", reset_less=True)
-                with m.If(fetch & phase):            # the near pixel, read the cycle before, is on the port
+                with m.If(fetch_pixel & phase):      # the near pixel, read the cycle before, is on the port
                     m.d.sync += near.eq(word)
                 pair_ready = Signal(name=f"pair_ready{width_bytes}")
                 skid_buffer(m, pair_valid & chosen, pair_ready, {"pair": Cat(near, word, pair_last)},
@@ -124,19 +126,19 @@ class StorePath(TransferPath):
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
 
+        m.d.comb += [fetch_word.eq(~upsample & self.busy & (words_left != 0) & (~word_valid | taken)),
+                     fetch_pixel.eq(walking & (phase | ~pair_valid | pair_taken)), fetch.eq(fetch_word | fetch_pixel)]
         with m.If(~upsample):
-            m.d.comb += fetch.eq(self.busy & (words_left != 0) & (~word_valid | taken))
-            with m.If(fetch):
+            with m.If(fetch_word):
                 m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
             with m.Elif(taken):
                 m.d.sync += word_valid.eq(0)
         with m.Else():
             # near, then far (the near pixel is kept as the far one is read); a near read waits until the pair
             # before is taken, since it overwrites the port's far pixel
-            m.d.comb += fetch.eq(walking & (phase | ~pair_valid | pair_taken))
             with m.If(pair_taken):
                 m.d.sync += pair_valid.eq(0)
-            with m.If(fetch):
+            with m.If(fetch_pixel):
                 m.d.sync += phase.eq(~phase)
                 with m.If(phase):
                     m.d.sync += [pair_valid.eq(1), pair_last.eq(last_pixel), pixels_left.eq(pixels_left - 1),
