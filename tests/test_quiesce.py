@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.flow.export import lint, to_verilog
-from hw.memory.axi import AXI4
+from hw.memory.axi import AXI4, join
 from hw.memory.quiesce import AXI4Quiesce
 from hw.memory.reader import StreamReader
 from hw.memory.writer import StoreWriter
@@ -37,9 +37,7 @@ class _Masters(wiring.Component):
         m.submodules.writer = ResetInserter(reset)(self.writer)
         m.submodules.guard = guard = self.guard
         for master in (self.reader.axi, self.writer.axi):
-            for name, member in master.signature.members.items():
-                source, sink = (master, guard.inner) if member.flow == Out else (guard.inner, master)
-                m.d.comb += getattr(sink, name).eq(getattr(source, name))
+            join(m, master, guard.inner, master.signature)
         wiring.connect(m, guard.outer, wiring.flipped(self.bus))
         m.d.comb += guard.abandon.eq(self.abandon)
         return m

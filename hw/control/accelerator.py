@@ -36,7 +36,7 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_com
 
 from ..compute.gemm import GemmEngine
 from ..memory.arbiter import ReadArbiter
-from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write
+from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write, join
 from ..memory.interleaved import InterleavedMemory
 from ..memory.layout import PARAMETER_WORD
 from ..memory.loader import WeightLoader
@@ -58,13 +58,6 @@ from .registers import COUNTERS
 __all__ = ["Accelerator", "RESET_COPY"]
 
 RESET_COPY = "reset_copy_"      # the prefix of the units' reset registers (`hw.flow.board` keeps them apart)
-
-
-def _join(m, port, bus, signature):
-    """Connect `port` (a master with `signature`'s members) to the same members of the wider master `bus`."""
-    for name, member in signature.members.items():
-        outward, inward = getattr(bus, name), getattr(port, name)
-        m.d.comb += outward.eq(inward) if member.flow == Out else inward.eq(outward)
 
 
 class Accelerator(wiring.Component):
@@ -238,8 +231,8 @@ class Accelerator(wiring.Component):
         # through the guard that ends the units' bursts by the rules when `clear` resets them mid-transfer
         guard = m.submodules.quiesce = AXI4Quiesce(self.bus, 3 * self.accel.dram_outstanding)
         m.d.comb += guard.abandon.eq(clear)
-        _join(m, arbiter.bus, guard.inner, AXI4Read.Signature(self.addr_width, self.bus.data_width))
-        _join(m, self.store_path.axi, guard.inner, AXI4Write.Signature(self.addr_width, self.bus.data_width))
+        join(m, arbiter.bus, guard.inner, AXI4Read.Signature(self.addr_width, self.bus.data_width))
+        join(m, self.store_path.axi, guard.inner, AXI4Write.Signature(self.addr_width, self.bus.data_width))
         wiring.connect(m, guard.outer, wiring.flipped(self.axi))
 
         # The controller, the host and the units.

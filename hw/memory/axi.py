@@ -14,7 +14,8 @@ from amaranth import Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "next_burst", "Burst", "Response", "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
+__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "join", "next_burst", "Burst", "Response", "BOUNDARY_BYTES",
+           "MAX_BURST_BEATS"]
 
 BOUNDARY_BYTES = 4096    # no burst may cross a 4 KiB address boundary
 MAX_BURST_BEATS = 256    # INCR bursts: ARLEN + 1 ≤ 256
@@ -100,6 +101,15 @@ class AXI4:
     class Signature(_Signature):
         """A whole AXI4 master port: read and write channels."""
         _members = (_read_members, _write_members)
+
+
+def join(m, master, bus, signature) -> None:
+    """Connect `master`'s members of `signature` to the same members of `bus` (which may have more: a read or a
+    write master on a whole AXI4 port): `bus`'s take the master's outputs (`Out` members), the master's inputs
+    take `bus`'s. Either may be a port seen from inside its component or from outside."""
+    for name, member in signature.members.items():
+        source, sink = (master, bus) if member.flow == Out else (bus, master)
+        m.d.comb += getattr(sink, name).eq(getattr(source, name))
 
 
 def next_burst(m, address, beats_left, max_burst: int, size: int):

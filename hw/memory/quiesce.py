@@ -22,7 +22,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..common.pipeline import credit_counter
-from .axi import AXI4
+from .axi import AXI4, join
 
 __all__ = ["AXI4Quiesce"]
 
@@ -71,9 +71,7 @@ class AXI4Quiesce(wiring.Component):
 
         with m.If(~draining):
             m.d.sync += draining.eq(self.abandon)
-            for name, member in outer.signature.members.items():     # masters' outputs out, the bus's in
-                source, sink = (inner, outer) if member.flow == Out else (outer, inner)
-                m.d.comb += getattr(sink, name).eq(getattr(source, name))
+            join(m, inner, outer, outer.signature)
             # W only against an AW taken
             m.d.comb += [outer.wvalid.eq(inner.wvalid & owed.r_rdy), inner.wready.eq(outer.wready & owed.r_rdy)]
         with m.Else():
