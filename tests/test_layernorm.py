@@ -61,6 +61,16 @@ def test_random_and_edge_rows_with_stalls(dim, lanes, bits):
         _check(unit, x, eps, _parameters(rng, dim, bits), rng, **stalls)
 
 
+@pytest.mark.parametrize("dim, lanes", [(7, 3), (20, 8)])
+def test_a_rarely_taken_output_keeps_each_rows_statistics(dim, lanes):
+    """The output taken one cycle in a hundred: the next rows fill the freed bank and finish their statistics while
+    a row's last beats still read its r, S·r and e from the stages before the affine's."""
+    rng = np.random.default_rng(dim + 100 * lanes)
+    unit = LayerNorm(dim, lanes, output_bits=(8, 16))
+    x = np.concatenate([rng.integers(-(1 << 15), 1 << 15, (6, dim)), _edge_rows(rng, dim)[:4]])
+    _check(unit, x, 5, _parameters(rng, dim, (8, 16)), rng, ready_probability=0.01)
+
+
 def test_saturation_and_huge_beta():
     """Outputs pushed past both ends of their range by γ and β, and β at the unit's widest."""
     rng = np.random.default_rng(3)

@@ -1,4 +1,5 @@
-"""The registered multiplier: exact products two cycles later, and on ECP5 a MULT18X18D with its registers."""
+"""The registered multiplier: exact products two cycles later (cycles with `en`), and on ECP5 a MULT18X18D with its
+registers."""
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def _extremes(shape):
     (WideMultiplier, unsigned(32), signed(24)), (WideMultiplier, signed(20), signed(36)),
     (WideMultiplier, signed(33), unsigned(17)),
 ])
-def test_exact_products_latency_cycles_later(component, a_shape, b_shape):
+@pytest.mark.parametrize("stall", [False, True])
+def test_exact_products_latency_cycles_later(component, a_shape, b_shape, stall):
     rng = np.random.default_rng(a_shape.width * 100 + b_shape.width)
     a_low, a_high = _extremes(a_shape)
     b_low, b_high = _extremes(b_shape)
@@ -38,10 +40,18 @@ def test_exact_products_latency_cycles_later(component, a_shape, b_shape):
     pairs += [(int(a), int(b)) for a, b in zip(rng.integers(a_low, a_high, 200, endpoint=True, dtype=np.int64),
                                                 rng.integers(b_low, b_high, 200, endpoint=True, dtype=np.int64))]
     multiplier = component(a_shape, b_shape)
-    seen = []
+    seen, held = [], []
 
     async def testbench(ctx):
         for a, b in pairs + [(0, 0)] * component.LATENCY:
+            while stall and rng.random() < 0.3:      # en low: other operands offered, the product held
+                ctx.set(multiplier.en, 0)
+                ctx.set(multiplier.a, int(rng.integers(a_low, a_high, endpoint=True)))
+                ctx.set(multiplier.b, int(rng.integers(b_low, b_high, endpoint=True)))
+                before = ctx.get(multiplier.p)
+                await ctx.tick()
+                held.append(ctx.get(multiplier.p) == before)
+            ctx.set(multiplier.en, 1)
             ctx.set(multiplier.a, a)
             ctx.set(multiplier.b, b)
             await ctx.tick()
@@ -49,6 +59,7 @@ def test_exact_products_latency_cycles_later(component, a_shape, b_shape):
 
     simulate(multiplier, testbench)
     assert seen[component.LATENCY - 1:][:len(pairs)] == [a * b for a, b in pairs]
+    assert all(held) and len(held) >= 50 * stall
 
 
 class _Registered(wiring.Component):

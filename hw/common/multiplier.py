@@ -3,7 +3,9 @@
 `Multiplier(a_shape, b_shape)`: `p` = `a` · `b` of `LATENCY` = 2 cycles earlier, exactly. Both operands enter
 registers (the DSP block's input registers) and the product leaves a register (its output register), so no
 fabric routing sits on either side of the multiplier's combinational path. Drive `a` and `b` with what would
-otherwise feed the operand registers.
+otherwise feed the operand registers. `en` (1 when left undriven) is every register's enable, the DSP block's
+clock enable: a pipeline that stalls as a whole drives it with its advance, and `p` is then the product of the
+operands of `LATENCY` cycles with `en` earlier, held while `en` is 0.
 
 On a Lattice ECP5 platform (`platform.family == "ecp5"`) this is a MULT18X18D with REG_INPUTA, REG_INPUTB
 and REG_OUTPUT on CLK0: Yosys maps a behavioural `*` to MULT18X18D without its registers, which leaves the
@@ -32,7 +34,7 @@ class Multiplier(wiring.Component):
         self.a_shape, self.b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
         product_signed = self.a_shape.signed or self.b_shape.signed
         product = Shape(self.a_shape.width + self.b_shape.width, product_signed)
-        super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "p": Out(product)})
+        super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "en": In(1, init=1), "p": Out(product)})
 
     @staticmethod
     def model(a, b):
@@ -66,7 +68,7 @@ class Multiplier(wiring.Component):
                 p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_SHIFT",
                 p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
                 i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
-                i_CLK0=ClockSignal(), i_CE0=Const(1), i_RST0=Const(0),
+                i_CLK0=ClockSignal(), i_CE0=self.en, i_RST0=Const(0),
                 **{f"i_{pin}{n}": Const(0) for pin in ("CLK", "CE", "RST") for n in range(1, 4)},
                 **{f"i_C{bit}": Const(0) for bit in range(DSP_OPERAND_BITS)},
                 **pins)
@@ -74,9 +76,9 @@ class Multiplier(wiring.Component):
         else:
             a = Signal.like(self.a, name="a_register", reset_less=True)
             b = Signal.like(self.b, name="b_register", reset_less=True)
-            m.d.sync += [a.eq(self.a), b.eq(self.b)]
             product = Signal.like(self.p, name="p_register", reset_less=True)
-            m.d.sync += product.eq(a * b)
+            with m.If(self.en):
+                m.d.sync += [a.eq(self.a), b.eq(self.b), product.eq(a * b)]
             m.d.comb += self.p.eq(product)
         return m
 
@@ -86,7 +88,8 @@ class WideMultiplier(wiring.Component):
     an operand of more than 18 signed bits in slices of `SLICE` = 17 unsigned bits, its top slice as the operand
     is (a signed one up to 18 bits), each pair of slices in its own `Multiplier`, each partial product into a
     register beside its DSP block, then their sum (shifted into place) into the output register. No adder sits
-    at a DSP block's input or output, so the longest path is one adder of the partial products.
+    at a DSP block's input or output, so the longest path is one adder of the partial products. `en` as for
+    `Multiplier`: every register's enable.
     """
 
     LATENCY = Multiplier.LATENCY + 2
@@ -95,7 +98,7 @@ class WideMultiplier(wiring.Component):
     def __init__(self, a_shape, b_shape):
         self.a_shape, self.b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
         product = Shape(self.a_shape.width + self.b_shape.width, self.a_shape.signed or self.b_shape.signed)
-        super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "p": Out(product)})
+        super().__init__({"a": In(self.a_shape), "b": In(self.b_shape), "en": In(1, init=1), "p": Out(product)})
 
     model = staticmethod(Multiplier.model)
 
@@ -116,12 +119,14 @@ class WideMultiplier(wiring.Component):
                 name = f"slice_{a_low}_{b_low}"
                 multiplier = m.submodules[name] = Multiplier(a_shape, b_shape)
                 m.d.comb += [multiplier.a.eq(self.a[a_low:a_low + a_shape.width]),
-                             multiplier.b.eq(self.b[b_low:b_low + b_shape.width])]
+                             multiplier.b.eq(self.b[b_low:b_low + b_shape.width]), multiplier.en.eq(self.en)]
                 partial = Signal.like(multiplier.p, name=f"partial_{a_low}_{b_low}", reset_less=True)
-                m.d.sync += partial.eq(multiplier.p)
+                with m.If(self.en):
+                    m.d.sync += partial.eq(multiplier.p)
                 partials.append(partial << (a_low + b_low))
         product = Signal.like(self.p, name="sum", reset_less=True)
-        m.d.sync += product.eq(sum(partials))
+        with m.If(self.en):
+            m.d.sync += product.eq(sum(partials))
         m.d.comb += self.p.eq(product)
         return m
 

@@ -10,11 +10,13 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
-   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eight stages; the pipeline stops as
+   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eleven stages (x·r in registered DSP
+   blocks, `WideMultiplier`, four of them); the pipeline stops as
    a whole while the output is not taken.
 
-So a row costs max(statistics, ⌈D / lanes⌉ + about 16) cycles once the pipeline is full (the second term: a bank
-holds its row from the first beat in to the last beat out, two banks).
+So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
+holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
+more, which only a stalled output makes the next row's statistics wait for).
 
 Ports: `command` {rows, set, eps, shifts[outputs]} normalises `rows` rows with parameter set `set` (each
 output's shift sh_o and the model's eps as the numerics give them; eps ≥ 1, as the quantizer makes it: with eps 0
@@ -51,7 +53,8 @@ SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
 
 class LayerNorm(wiring.Component):
     SUM_STAGES = 3         # side registers: the beat, its squares, the adder trees (then the accumulators)
-    NORMALISE_STAGES = 8
+    SCALE_STAGES = WideMultiplier.LATENCY       # x·r: the beat read, then the registered DSP blocks
+    NORMALISE_STAGES = 7 + SCALE_STAGES
 
     def __init__(self, dim: int, lanes: int = 16, *, output_bits=(8,), width: int = 16, param_sets: int = 1,
                  max_rows: int = 4096):
@@ -126,18 +129,7 @@ class LayerNorm(wiring.Component):
         m = Module()
         lanes, beats, dim = self.lanes, self.beats, self.dim
         outputs = len(self.output_bits)
-        # one parameter memory per output (words of a few thousand bits are more than the simulator compiles)
-        output_params = data.StructLayout({"gamma": data.ArrayLayout(signed(GAMMA_BITS), lanes),
-                                           "beta": data.ArrayLayout(signed(BETA_BITS), lanes)})
-        params_reads = []
-        for o in range(outputs):
-            memory = m.submodules[f"params{o}"] = Memory(shape=output_params, depth=self.param_sets * beats, init=[])
-            write = memory.write_port()
-            m.d.comb += [write.addr.eq(self.params_write.addr), write.en.eq(self.params_write.en),
-                         write.data.gamma.eq(self.params_write.data.gamma[o]),
-                         write.data.beta.eq(self.params_write.data.beta[o])]
-            params_reads.append(memory.read_port())
-
+        params_reads = self._parameter_memories(m)
         command = Signal.like(self.command.payload, reset_less=True)      # taken with `busy`
         busy = Signal()
         m.d.comb += [self.busy.eq(busy), self.command.ready.eq(~busy)]
@@ -150,6 +142,10 @@ class LayerNorm(wiring.Component):
         exponents = [Signal(range(self.max_e + 1), name=f"bank{b}_e", reset_less=True) for b in range(2)]
         row_halves = [Signal(SHIFT_BASE + self.max_e, name=f"bank{b}_half", reset_less=True)       # 2^(18+e) − 1
                       for b in range(2)]
+        # a bank's r, S·r, e and half are read by its row's beats up to the stage after `scaled`; its memory only
+        # up to the last beat's read: so the bank is freed at that read, and its next row's statistics wait for this
+        # flag (they take longer than the stages unless the output stalls)
+        statistics_held = [Signal(name=f"bank{b}_statistics_held") for b in range(2)]
         set_base = Signal(range(self.param_sets * beats), reset_less=True)
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += [command.eq(self.command.payload), busy.eq(self.command.payload.rows != 0),
@@ -181,7 +177,8 @@ class LayerNorm(wiring.Component):
                     m.d.sync += state[b].eq(BankState.REDUCED)
 
         # --- 2. Statistics -------------------------------------------------------------------------------------
-        self._statistics(m, rows, command.eps, sums, squares, recips, offsets, exponents, row_halves)
+        self._statistics(m, rows, command.eps, sums, squares, recips, offsets, exponents, row_halves,
+                         statistics_held)
 
         # --- 3. Normalise --------------------------------------------------------------------------------------
         out_rows = Signal.like(command.rows)
@@ -197,19 +194,25 @@ class LayerNorm(wiring.Component):
                          sides[0].beat.eq(rows.read_beat), sides[0].last.eq(rows.read_last)]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
             m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
-        # the parameter word is read a stage early and registered, to arrive with x̂ (stage 4) from a register:
+        # sides[scaled_stage]: the beat whose x·r is in `scaled`, the multiplier's output (stage 1 + SCALE_STAGES)
+        scaled_stage = self.SCALE_STAGES
+        # the parameter word is read a stage early and registered, to arrive with x̂ (stage 7) from a register:
         # no block RAM output drives the affine stage's multiplier
         params = [Signal.like(read.data, name=f"params{o}_held", reset_less=True)
                   for o, read in enumerate(params_reads)]
         for read, held in zip(params_reads, params):
-            m.d.comb += [read.addr.eq(set_base + sides[1].beat), read.en.eq(advance)]
+            m.d.comb += [read.addr.eq(set_base + sides[scaled_stage].beat), read.en.eq(advance)]
             with m.If(advance):
                 m.d.sync += held.eq(read.data)
         row_r = pick(sides[0].bank, recips)
-        row_offset = pick(sides[1].bank, offsets)
-        # A bank is free once its last beat has read the row's r, S·r and e (stage 3), not before: a stalled
-        # pipeline must not see them overwritten by the next row's statistics.
-        rows.set_state(m, sides[2].bank, BankState.FREE, advance & valid[2] & sides[2].last)
+        row_offset = pick(sides[scaled_stage].bank, offsets)
+        # A bank is free once its last beat is read (stage 1); its statistics once that beat has read S·r, e and
+        # half (the stage after `scaled`): a stalled pipeline must not see them overwritten by the next row's.
+        rows.set_state(m, sides[0].bank, BankState.FREE, advance & valid[0] & sides[0].last)
+        released = sides[scaled_stage + 1]
+        for b in range(2):
+            with m.If(advance & valid[scaled_stage + 1] & released.last & (released.bank == b)):
+                m.d.sync += statistics_held[b].eq(0)
         # Per output, set with the command: 2^(sh−1) − 1 and the mask of the bits at and above sh+b−1, so each lane
         # rounds with one adder and saturates at ±2^(sh+b−1) by an OR and an AND of its bits (`beyond`).
         rounding_width = BETA_BITS + 2
@@ -221,23 +224,26 @@ class LayerNorm(wiring.Component):
                 m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
                              saturating[o].eq(bits_from(shift + (bits - 1), rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
-        # the bank's e and 2^(18+e) − 1 for stage 4, picked a stage early into registers (as the beat enters stage
-        # 3; its bank is not freed before it leaves it)
+        # the bank's e and 2^(18+e) − 1 for x̂'s stage, picked a stage early into registers (as the beat enters
+        # `centred`; its bank is not freed before it leaves it)
         row_e = Signal.like(exponents[0], name="normalise_e", reset_less=True)
         row_half = Signal.like(row_halves[0], name="normalise_half", reset_less=True)
         with m.If(advance):
-            m.d.sync += [row_e.eq(pick(sides[1].bank, exponents)), row_half.eq(pick(sides[1].bank, row_halves))]
+            m.d.sync += [row_e.eq(pick(sides[scaled_stage].bank, exponents)),
+                         row_half.eq(pick(sides[scaled_stage].bank, row_halves))]
         for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
-            scaled = Signal(signed(self.width + 33), name=f"scaled{lane}", reset_less=True)            # x·r
+            # x·r: the beat's value and the bank's r into the DSP blocks' registers as the beat is read (stage 1)
+            multiplier = m.submodules[f"scale{lane}"] = WideMultiplier(signed(self.width), unsigned(32))
+            m.d.comb += [multiplier.a.eq(rows.read_data[lane]), multiplier.b.eq(row_r), multiplier.en.eq(advance)]
+            scaled = multiplier.p
             centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
                              name=f"centred{lane}", reset_less=True)
             normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}", reset_less=True)    # x̂
             # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
             with m.If(advance):
-                m.d.sync += [scaled.eq(rows.read_data[lane] * row_r),                               # stage 2
-                             centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 3
-                             normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 4
+                m.d.sync += [centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 6
+                             normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 7
                                                        row_e, NORMALISED_BITS))]
             for o, bits in enumerate(self.output_bits):
                 gained = Signal(signed(NORMALISED_BITS + GAMMA_BITS), name=f"gained{o}_{lane}", reset_less=True)
@@ -251,10 +257,10 @@ class LayerNorm(wiring.Component):
                 saturated = Mux(above, high, Mux(below, low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
-                        gained.eq(normalised * params[o].gamma[lane]), beta.eq(params[o].beta[lane]),  # stage 5
-                        affine.eq(gained + beta),                                                    # stage 6
-                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 7
-                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 8
+                        gained.eq(normalised * params[o].gamma[lane]), beta.eq(params[o].beta[lane]),  # stage 8
+                        affine.eq(gained + beta),                                                    # stage 9
+                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 10
+                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 11
                     ]
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
         with m.If(advance & valid[-1] & sides[-1].last):
@@ -266,10 +272,26 @@ class LayerNorm(wiring.Component):
             rows.reset(m)
         return m
 
-    def _statistics(self, m, rows, eps, sums, squares, recips, offsets, exponents, row_halves):
+    def _parameter_memories(self, m) -> list:
+        """One memory of γ and β per output (words of a few thousand bits are more than the simulator compiles),
+        written from `params_write`: their read ports."""
+        layout = data.StructLayout({"gamma": data.ArrayLayout(signed(GAMMA_BITS), self.lanes),
+                                    "beta": data.ArrayLayout(signed(BETA_BITS), self.lanes)})
+        reads = []
+        for o in range(len(self.output_bits)):
+            memory = m.submodules[f"params{o}"] = Memory(shape=layout, depth=self.param_sets * self.beats, init=[])
+            write = memory.write_port()
+            m.d.comb += [write.addr.eq(self.params_write.addr), write.en.eq(self.params_write.en),
+                         write.data.gamma.eq(self.params_write.data.gamma[o]),
+                         write.data.beta.eq(self.params_write.data.beta[o])]
+            reads.append(memory.read_port())
+        return reads
+
+    def _statistics(self, m, rows, eps, sums, squares, recips, offsets, exponents, row_halves, held):
         """One row at a time, from the bank `rows` marks REDUCED: v = D·Q − S² + eps, e, 2^62 // (v >> 2e) by
-        restoring division, its integer square root r digit by digit beside it, and S·r; then r, S·r, e and
-        2^(18+e) − 1 into the bank's registers and the bank READY."""
+        restoring division, its integer square root r digit by digit beside it, and S·r; then, once the bank's
+        registers are no longer `held` by its previous row, r, S·r, e and 2^(18+e) − 1 into them, the bank READY
+        and its registers held."""
         dim, state = self.dim, rows.state
         stats_bank = Signal()
         # the statistics' registers are data, each set before the state that reads it: not reset
@@ -353,10 +375,11 @@ class LayerNorm(wiring.Component):
                 with m.If(waiting == WideMultiplier.LATENCY - 1):
                     m.next = "DONE"
             with m.State("DONE"):
-                for b in range(2):
-                    with m.If(stats_bank == b):
-                        m.d.sync += [recips[b].eq(root), offsets[b].eq(product), exponents[b].eq(e),
-                                     row_halves[b].eq(half)]
-                rows.set_state(m, stats_bank, BankState.READY)
-                m.d.sync += stats_bank.eq(~stats_bank)
-                m.next = "IDLE"
+                with m.If(~pick(stats_bank, held)):
+                    for b in range(2):
+                        with m.If(stats_bank == b):
+                            m.d.sync += [recips[b].eq(root), offsets[b].eq(product), exponents[b].eq(e),
+                                         row_halves[b].eq(half), held[b].eq(1)]
+                    rows.set_state(m, stats_bank, BankState.READY)
+                    m.d.sync += stats_bank.eq(~stats_bank)
+                    m.next = "IDLE"
