@@ -78,7 +78,9 @@ class StorePath(TransferPath):
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         read_address = Mux(upsample & phase, far, address)
-        held = Signal()          # a word or a pair inside a skid buffer below
+        # Whether any group holds a word, a pair, an upsampled pixel or a bus word: an OR over the groups, not the
+        # chosen group's (the others hold nothing while the path is busy), so `chosen` does not reach `busy`
+        held = []
         for width_bytes, (gearbox, spaces, chosen) in self._gearboxes(m, False, accepted).items():
             m.submodules[f"gearbox{width_bytes}"] = gearbox
             word = Signal(8 * width_bytes, name=f"word{width_bytes}")
@@ -98,7 +100,7 @@ class StorePath(TransferPath):
             with m.Elif(word_ready):
                 m.d.sync += offered.eq(0)
             skid_buffer(m, offered, word_ready, {"word": word}, stored_valid, stored_ready, {"word": stored})
-            group_held = ~word_ready | stored_valid
+            held += [~word_ready, stored_valid]
             bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
             assert len(bits) <= 1, "memories of one word width hold values of one width"
             if bits:
@@ -110,7 +112,7 @@ class StorePath(TransferPath):
                 pair_ready = Signal(name=f"pair_ready{width_bytes}")
                 skid_buffer(m, pair_valid & chosen, pair_ready, {"pair": Cat(near, word, pair_last)},
                             upsampler.input.valid, upsampler.input.ready, {"pair": upsampler.input.payload})
-                group_held |= ~pair_ready | upsampler.input.valid
+                held += [~pair_ready, upsampler.input.valid, upsampler.output.valid]
                 with m.If(chosen):
                     m.d.comb += [pair_taken.eq(pair_ready), upsampling.eq(upsampler.output.valid)]
             m.d.comb += [gearbox.input.valid.eq(Mux(upsample, upsampling, stored_valid) & chosen),
@@ -119,8 +121,9 @@ class StorePath(TransferPath):
                 with m.If(upsample):
                     m.d.comb += [gearbox.input.payload.eq(upsampler.output.payload),
                                  upsampler.output.ready.eq(gearbox.input.ready & chosen)]
+            held.append(gearbox.output.valid)
             with m.If(chosen):
-                m.d.comb += [taken.eq(word_ready), held.eq(group_held), beat_valid.eq(gearbox.output.valid),
+                m.d.comb += [taken.eq(word_ready), beat_valid.eq(gearbox.output.valid),
                              beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready)]
         # Bus words to the writer through a skid buffer: the bus's WREADY reaches no further into the path
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
@@ -150,9 +153,8 @@ class StorePath(TransferPath):
                                      near_row.eq(near_row + stride), far_row.eq(far_row + stride)]
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
-        drained = ~held & Mux(upsample, ~walking & ~pair_valid & ~upsampling,
-                              (words_left == 0) & ~word_valid)
-        with m.If(~accepted & self.busy & drained & ~beat_valid & ~writer.data.valid & writer.idle):
+        drained = ~Cat(*held).any() & Mux(upsample, ~walking & ~pair_valid, (words_left == 0) & ~word_valid)
+        with m.If(~accepted & self.busy & drained & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
 
