@@ -18,8 +18,10 @@ def _loop(depth=4):
     return ExpertsLoop(ENTRY, experts=16, depth=depth)
 
 
-# bodies of one and of the depth too; a buffer of 32 (m3vit-tiny-cityscapes on 4×4: a body of 23)
-@pytest.mark.parametrize("depth,seed,length", [(4, 0, 3), (4, 1, 3), (4, 2, 1), (4, 3, 4), (32, 4, 23), (32, 5, 32)])
+# bodies of one (one expert, and five) and of the depth too; a buffer of 32 (m3vit-tiny-cityscapes on 4×4: a body
+# of 23)
+@pytest.mark.parametrize("depth,seed,length", [(4, 0, 3), (4, 1, 3), (4, 2, 1), (4, 6, 1), (4, 3, 4), (32, 4, 23),
+                                               (32, 5, 32)])
 def test_each_expert_replays_the_body(depth, seed, length):
     rng = random.Random(seed)
     experts = sorted(rng.sample(range(16), rng.randint(1, 6)))
@@ -48,13 +50,17 @@ def test_each_expert_replays_the_body(depth, seed, length):
         ctx.set(loop.enter, 1)
         await ctx.tick()
         ctx.set(loop.enter, 0)
+        waited = 0
         while ctx.get(loop.active):
             if ctx.get(loop.waiting):
                 jumped = ctx.get(loop.jump)
                 await ctx.tick()
                 if jumped:
                     assert ctx.get(loop.jump_pc) == 7
+                waited += 1
+                assert waited < 3 * len(entries), "the loop waits with its next expert known"
                 continue
+            assert len(passes) < len(entries), "a pass more than the experts, or a body that does not end"
             words = []
             current = (ctx.get(loop.expert), ctx.get(loop.base), ctx.get(loop.count), ctx.get(loop.offset))
             for word in body:

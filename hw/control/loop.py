@@ -62,9 +62,11 @@ class ExpertsLoop(wiring.Component):
         # queue's pop, not the clock enables of every register here. A new pass (`jump`; `enter` comes only while
         # the loop is idle) loads the next expert, its offset from the EXPERTS' own stride, kept since it entered.
         idle = ~self.active & ~self.skipping
+        # `last`: index = length − 1, a register beside the index (so no comparison feeds the enables it decides)
+        last = Signal()
         with m.If(idle):
             m.d.sync += [length.eq(self.body), stride.eq(self.stride), first_pc.eq(self.first_pc), index.eq(0),
-                         self.offset.eq(narrow_product(head.expert, self.stride))]
+                         last.eq(self.body == 1), self.offset.eq(narrow_product(head.expert, self.stride))]
         with m.Elif(self.jump):
             m.d.sync += self.offset.eq(narrow_product(head.expert, stride))
         with m.If(idle | self.jump):
@@ -72,7 +74,6 @@ class ExpertsLoop(wiring.Component):
         m.d.comb += self.jump_pc.eq(first_pc)
         m.submodules.body = body = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
         write, read = body.write_port(), body.read_port(domain="comb")
-        last = index == length - 1
         # A replay's instruction leaves a register (`current`), loaded as the one before it issues, with the
         # body's next word read at index + 1 from registers alone, or the body's first (`first`, kept as it is
         # written) at a jump: no memory read between the issue decision and the word it decides on.
@@ -96,14 +97,15 @@ class ExpertsLoop(wiring.Component):
         # level reaches no enable of `current`, the pass's registers or the controller's pc.
         m.d.sync += self.jump.eq(self.waiting & queue.r_rdy & ~self.jump)
         m.d.comb += advance.eq((self.enter & queue.r_rdy) | self.jump)
+        next_is_last = index + 2 == length
         with m.If(self.enter):
             m.d.sync += [self.active.eq(queue.r_rdy), self.skipping.eq(~queue.r_rdy)]
         with m.Elif(self.dropped):
-            m.d.sync += index.eq(index + 1)
+            m.d.sync += [index.eq(index + 1), last.eq(next_is_last)]
             with m.If(last):
                 m.d.sync += self.skipping.eq(0)
         with m.Elif(self.issued & self.active):
-            m.d.sync += index.eq(Mux(last, 0, index + 1))
+            m.d.sync += [index.eq(Mux(last, 0, index + 1)), last.eq(Mux(last, length == 1, next_is_last))]
             with m.If(last):
                 m.d.sync += self.waiting.eq(1)
         with m.Elif(self.jump):
