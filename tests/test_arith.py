@@ -7,8 +7,8 @@ import pytest
 from amaranth import Cat, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hw.common.arith import (beyond, bit_length, bits_from, capped_power_of_two, kept_bit, kept_bit_of_byte,
-                             kept_byte, narrow_product, radix4_step, times_constant)
+from hw.common.arith import (beyond, bit_length, bits_from, capped_power_of_two, highest_bit, kept_bit,
+                             kept_bit_of_byte, kept_byte, narrow_product, radix4_step, times_constant)
 
 
 def test_kept_bit_in_two_steps_equals_kept_bit():
@@ -80,14 +80,15 @@ def test_times_constant_is_the_product(constant):
 
 
 @pytest.mark.parametrize("width", [1, 2, 5, 8, 48, 67])
-def test_bit_length_is_pythons(width):
+def test_bit_length_and_highest_bit_are_pythons(width):
     m = Module()
-    value, length = Signal(width), Signal(range(width + 1))
-    m.d.comb += length.eq(bit_length(m, value, "length"))
+    value, length, highest = Signal(width), Signal(range(width + 1)), Signal(range(max(width, 2)))
+    m.d.comb += [length.eq(bit_length(m, value, "length")), highest.eq(highest_bit(m, value, "highest"))]
     rng = np.random.default_rng(width)
     values = [0, 1, (1 << width) - 1] + [1 << b for b in range(width)] + [(1 << b) - 1 for b in range(1, width)]
     values += [int(v) >> int(s) for v, s in zip(rng.integers(0, 1 << min(width, 62), 40), rng.integers(0, width, 40))]
     assert _evaluated(m, (value,), length, [(x,) for x in values]) == [x.bit_length() for x in values]
+    assert _evaluated(m, (value,), highest, [(x,) for x in values]) == [max(x.bit_length() - 1, 0) for x in values]
 
 
 def test_radix4_step_is_two_steps_of_long_division():

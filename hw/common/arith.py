@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Mux, Signal, Value, signed
 
 __all__ = ["index_bits", "address_bits", "at_least", "at_most", "capped_power_of_two", "bits_from", "beyond",
            "half_minus_one", "kept_bit", "kept_byte", "kept_bit_of_byte", "rounding_sum", "round_shift", "shift_right",
-           "times_constant", "narrow_product", "bit_length", "tree_sum", "radix4_step"]
+           "times_constant", "narrow_product", "bit_length", "highest_bit", "tree_sum", "radix4_step"]
 
 
 def index_bits(count: int) -> int:
@@ -110,23 +110,32 @@ def round_shift(value, shift, half=None):
     return rounding_sum(value, shift, half) >> Value.cast(shift)
 
 
+def _highest(bits):
+    """(any bit of `bits` set, the index of the highest set bit): a priority encoder as a tree (log₂ of the width
+    levels of 2:1 multiplexers beside the OR tree that says which half holds the top bit), not a chain."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 1)
+    half = 1 << ((len(bits) - 1).bit_length() - 1)
+    (low_any, low_top), (high_any, high_top) = _highest(bits[:half]), _highest(bits[half:])
+    return low_any | high_any, Mux(high_any, half | high_top, low_top)
+
+
 def bit_length(m, value, name: str) -> Signal:
     """The bit length of an unsigned `value` (0 for 0), `golden.ops.bit_length` in logic, added to `m`'s
-    combinational domain under its current conditions: a priority encoder as a tree (log₂ of the width levels
-    of 2:1 multiplexers beside the OR tree that says which half holds the top bit), not a chain."""
-    def top(bits):
-        """(any bit set, the index of the highest set bit) of `bits`."""
-        if len(bits) == 1:
-            return bits[0], Const(0, 1)
-        half = 1 << ((len(bits) - 1).bit_length() - 1)
-        (low_any, low_top), (high_any, high_top) = top(bits[:half]), top(bits[half:])
-        return low_any | high_any, Mux(high_any, half | high_top, low_top)
-
+    combinational domain under its current conditions (`_highest`'s tree, then one adder)."""
     value = Value.cast(value)
     length = Signal(range(len(value) + 1), name=name)
-    found, index = top(value)
+    found, index = _highest(value)
     m.d.comb += length.eq(Mux(found, index + 1, 0))
     return length
+
+
+def highest_bit(m, value, name: str) -> Signal:
+    """bit_length(`value`) − 1 for a `value` other than 0 (0 for 0): `_highest`'s tree alone, no adder."""
+    value = Value.cast(value)
+    index = Signal(range(max(len(value), 2)), name=name)
+    m.d.comb += index.eq(_highest(value)[1])
+    return index
 
 
 def radix4_step(m, remainder, divisor, triple, name: str):

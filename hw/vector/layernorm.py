@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (beyond, bit_length, bits_from, half_minus_one, index_bits, radix4_step, rounding_sum,
+from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, radix4_step, rounding_sum,
                             shift_right, times_constant, tree_sum)
 from ..common.multiplier import WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
@@ -307,7 +307,7 @@ class LayerNorm(wiring.Component):
         row_shift, half = Signal(range(SHIFT_BASE + self.max_e + 1)), Signal.like(row_halves[0], name="row_half")
         m.d.comb += [row_shift.eq(SHIFT_BASE + e), half.eq(half_minus_one(row_shift, len(half)))]
         divisor = Signal(unsigned(32), reset_less=True)
-        v_length = Signal(range(self.v_width + 1), reset_less=True)
+        v_top = Signal(range(self.v_width), reset_less=True)             # bitlen(v) − 1 (v ≥ eps ≥ 1)
         # bitlen(divisor) − 1: the first quotient bit that can be 1
         top = Signal(range(32), name="divisor_top", reset_less=True)
         remainder = Signal(unsigned(33), reset_less=True)
@@ -346,11 +346,14 @@ class LayerNorm(wiring.Component):
                 m.d.sync += v.eq(Mux(s < 0, scaled_q + product, scaled_q - product) + eps)   # product: S·|S|
                 m.next = "EXPONENT"
             with m.State("EXPONENT"):
-                length = bit_length(m, v, "v_bits")
-                m.d.sync += [e.eq(Mux(length > 32, (length - 31) >> 1, 0)), v_length.eq(length)]
+                # e = ⌈(bitlen(v) − 32)/2⌉ when positive: the highest j ≥ 1 whose bit pair 30 + 2j, 31 + 2j of v
+                # holds a 1 (a priority encoder over the pairs, beside the one over v's bits)
+                pairs = Cat(Const(0, 1), *(v[30 + 2 * j:min(32 + 2 * j, self.v_width)].any()
+                                           for j in range(1, self.max_e + 1)))
+                m.d.sync += [e.eq(highest_bit(m, pairs, "e_pairs")), v_top.eq(highest_bit(m, v, "v_bits"))]
                 m.next = "NORMALISE"
             with m.State("NORMALISE"):       # the divisor v >> 2e, of bit length bitlen(v) − 2e (31 to 32 when e > 0)
-                m.d.sync += [divisor.eq(shift_right(v, e << 1, len(divisor))), top.eq(v_length - (e << 1) - 1)]
+                m.d.sync += [divisor.eq(shift_right(v, e << 1, len(divisor))), top.eq(v_top - (e << 1))]
                 m.next = "DIVIDE_START"
             with m.State("DIVIDE_START"):
                 m.d.sync += [remainder.eq(Const(1, 33) << top), step.eq(DIVIDEND_BITS - top), pair.eq(0),
