@@ -36,7 +36,8 @@ class RowBuffer:
     """Rows of `length` values of `shape`, `lanes` per beat, from the stream `input` (lanes past the row's end
     replaced by `fill`), at most `rows` of them while `enable`. Read back with `issue` (a beat of the bank
     `read_bank`, in order; `read_last` on a row's last beat): the beat is in `read_data` a cycle later, when
-    `read_enable` was set (it holds otherwise)."""
+    `read_enable` was set (it holds otherwise). A beat taken is written the cycle after: a bank is read no sooner
+    than two cycles after its row's last beat is taken (the units' reductions take longer)."""
 
     def __init__(self, m, name: str, input, *, length: int, lanes: int, shape, fill: int, rows, enable):
         self.beats = beats = -(-length // lanes)
@@ -65,8 +66,13 @@ class RowBuffer:
         for lane in range(lanes):
             keep = Const(1) if lane < self.edge else ~self.last
             m.d.comb += self.masked[lane].eq(Mux(keep, input.payload[lane], fill))
-        m.d.comb += [write.addr.eq(times_constant(self.bank, beats) + self.beat), write.data.eq(self.masked),
-                     write.en.eq(self.taking)]
+        # the beat is written the cycle after it is taken, from registers (its bank is read only once reduced, a
+        # few cycles on): the input's path ends at a register, not at the memory's write port
+        write_address, write_data = Signal.like(write.addr, reset_less=True), Signal.like(self.masked, reset_less=True)
+        write_enable = Signal()
+        m.d.sync += [write_address.eq(times_constant(self.bank, beats) + self.beat), write_data.eq(self.masked),
+                     write_enable.eq(self.taking)]
+        m.d.comb += [write.addr.eq(write_address), write.data.eq(write_data), write.en.eq(write_enable)]
         with m.If(self.taking):
             m.d.sync += self.beat.eq(Mux(self.last, 0, self.beat + 1))
             self.set_state(m, self.bank, BankState.FILLING, self.first)
