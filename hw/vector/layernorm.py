@@ -11,8 +11,7 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eleven stages (x·r in registered DSP
-   blocks, `WideMultiplier`, four of them); the pipeline stops as
-   a whole while the output is not taken.
+   blocks, `WideMultiplier`, four of them); the pipeline stops as a whole while the output is not taken.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
