@@ -57,11 +57,12 @@ class InterleavedMemory(wiring.Component):
         low = (n - 1).bit_length()
         narrow = {self.read: [], self.shared: []}      # each narrow port's data, bank by bank
         wide_data = []
-        # port A's address: the write's in its cycle, else the shared read's or the wide read's
+        # port A's address: the write's in its cycle, else the wide read's in its cycle, else the shared read's
+        # (so the shared user's enable, often the end of a handshake, chooses no address)
         shared_addr = Signal(address_bits(self.depth // n))
         m.d.comb += shared_addr.eq(self.shared.addr[low:])
         if self.has_wide:
-            with m.If(~self.shared.en):
+            with m.If(self.wide.en):
                 m.d.comb += shared_addr.eq(self.wide.addr)
         with m.If(self.write.en):
             m.d.comb += shared_addr.eq(self.write.addr[low:])
