@@ -224,7 +224,7 @@ class LayerNorm(wiring.Component):
                              saturating[o].eq(bits_from(shift + (bits - 1), rounding_width - 1))]
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         # the bank's e and 2^(18+e) − 1 for x̂'s stage, picked a stage early into registers (as the beat enters
-        # `centred`; its bank is not freed before it leaves it)
+        # `centred`; the bank's statistics stay held until it leaves it)
         row_e = Signal.like(exponents[0], name="normalise_e", reset_less=True)
         row_half = Signal.like(row_halves[0], name="normalise_half", reset_less=True)
         with m.If(advance):
