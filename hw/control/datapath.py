@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
@@ -247,6 +248,8 @@ class NormPath(wiring.Component):
     and the last beat taken. The unit's parameter memory (NORMS) is written through `norms` (word
     `set·beats + beat`, the bytes of `LayerNorm.params_layout`)."""
 
+    READ_AHEAD = 3      # RESIDUAL's words read ahead of the unit: the FIFO's and the read's latency, a word a cycle
+
     def __init__(self, spaces: dict[Space, OnChip], layernorm, tokens: int, router_beat: data.ArrayLayout):
         self.layernorm, self.tokens, self.router_beat = layernorm, tokens, router_beat
         self.residual_space, self.activation_space = spaces[Space.RESIDUAL], spaces[Space.ACTIVATION]
@@ -283,23 +286,26 @@ class NormPath(wiring.Component):
         tiles_in = -(-norm.dim // residual_words)          # RESIDUAL words of a row
         tiles_out = -(-norm.dim // activation_words)       # ACTIVATION words of a row
 
-        # Rows of RESIDUAL, word by word, into the unit.
+        # Rows of RESIDUAL, word by word, into the unit through a FIFO of `READ_AHEAD` words. A word is read while
+        # the FIFO has room for it beside the word in flight: registers alone decide RESIDUAL's read (the unit's
+        # readiness stops at the FIFO), a word a cycle.
+        m.submodules.read_ahead = ahead = SyncFIFO(width=16 * residual_words, depth=self.READ_AHEAD)
         m.submodules.widen_in = gear_in = Gearbox(16 * residual_words, 16 * norm.lanes)
         rows_left, row, tile = Signal(self.row_width), Signal(self.row_width), Signal(range(tiles_in + 1))
-        word_valid, fetch = Signal(), Signal()
-        m.d.comb += [fetch.eq((rows_left != 0) & (~word_valid | gear_in.input.ready)),
+        more, word_valid, fetch = Signal(), Signal(), Signal()      # `more`: rows_left ≠ 0
+        m.d.comb += [fetch.eq(more & (ahead.w_level + word_valid < self.READ_AHEAD)),
                      self.residual_read.addr.eq(times_constant(tile, t) + row), self.residual_read.en.eq(fetch),
-                     gear_in.input.valid.eq(word_valid), gear_in.input.payload.eq(self.residual_read.data)]
+                     ahead.w_en.eq(word_valid), ahead.w_data.eq(self.residual_read.data),
+                     gear_in.input.valid.eq(ahead.r_rdy), gear_in.input.payload.eq(ahead.r_data),
+                     ahead.r_en.eq(gear_in.input.ready)]
         m.d.comb += [norm.input.valid.eq(gear_in.output.valid), norm.input.payload.eq(gear_in.output.payload),
                      gear_in.output.ready.eq(norm.input.ready)]
+        m.d.sync += word_valid.eq(fetch)
         with m.If(fetch):
-            m.d.sync += word_valid.eq(1)
             with m.If(tile == tiles_in - 1):
-                m.d.sync += [tile.eq(0), row.eq(row + 1), rows_left.eq(rows_left - 1)]
+                m.d.sync += [tile.eq(0), row.eq(row + 1), rows_left.eq(rows_left - 1), more.eq(rows_left != 1)]
             with m.Else():
                 m.d.sync += tile.eq(tile + 1)
-        with m.Elif(gear_in.input.ready):
-            m.d.sync += word_valid.eq(0)
 
         # The int8 output, K tile by K tile, into ACTIVATION.
         m.submodules.widen_out = gear_out = Gearbox(8 * norm.lanes, 8 * activation_words)
@@ -328,8 +334,8 @@ class NormPath(wiring.Component):
                 m.d.sync += out_tile.eq(out_tile + 1)
 
         with m.If(accepted):
-            m.d.sync += [self.busy.eq(command.rows != 0), rows_left.eq(command.rows), row.eq(command.source),
-                         tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
+            m.d.sync += [self.busy.eq(command.rows != 0), more.eq(command.rows != 0), rows_left.eq(command.rows),
+                         row.eq(command.source), tile.eq(0), out_row.eq(command.destination), out_tile.eq(0),
                          words_left.eq(times_constant(command.rows, tiles_out)), route.eq(command.route)]
         with m.Elif(self.busy & (words_left == 0) & ~gear_router.output.valid & ~self.router_tokens.valid):
             m.d.sync += self.busy.eq(0)
