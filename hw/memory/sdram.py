@@ -16,7 +16,8 @@
 
 Scheduling: the mode register holds burst length 1 and CAS latency `cas_latency`; every word is its own READ or
 WRITE, one a cycle in an open row. Word address bits [c-1:0] are the column, the next two the bank, the rest the
-row, so a sequential stream changes row every 2 × columns bytes and moves to the next bank. Each bank keeps its
+row, so a sequential stream changes row every 2 × columns bytes and moves to the next bank; whether a word's row
+is open is worked out in a cycle of its own at a burst's first word and at each such change. Each bank keeps its
 row open until another row of it is needed or a refresh falls due; a refresh (one per tREFI, never postponed)
 closes every bank. A WRITE waits until no read data are due on DQ. Every timing rule of `hw.memory.sdram_chip`
 is counted in cycles of `clock_hz` (tests run it against `hw.sim.sdram.SDRAMModel`, which raises on any breach).
@@ -149,6 +150,11 @@ class _Build:
         self.in_beat = Signal(range(controller.words_per_beat))
         self.column, self.bank = self.word[:column_bits], self.word[column_bits:column_bits + bank_bits]
         self.row = self.word[column_bits + bank_bits:]
+        # Whether the word's bank has the word's row open (`hit`), from registers: worked out (`known`) the cycle
+        # after the word changes row (a burst's first word, the next column's wrap), and kept by the commands
+        # that open and close the word's bank since; the word's decision compares no row.
+        self.hit, self.known = Signal(), Signal()
+        self.column_last = self.column == chip.columns - 1
 
         # What a word hands on: the read return's entry, the read credit it spends, the write response.
         self.entry = data.StructLayout({"valid": 1, "error": 1, "last_word": 1, "last": 1,
@@ -232,7 +238,7 @@ class _Build:
             bad = (size != self.beat_size) | (burst != Burst.INCR) | beyond | address[:self.beat_size].any()
             m.d.comb += (axi.awready if write else axi.arready).eq(1)
             m.d.sync += [self.serving.eq(1), self.writing.eq(write), self.failed.eq(bad), self.burst_id.eq(ident),
-                         self.word.eq(address[1:]),
+                         self.word.eq(address[1:]), self.known.eq(0),
                          self.words_left.eq(times_constant(length + 1, self.c.words_per_beat)),
                          self.in_beat.eq(0), self.prefer_write.eq(~write)]
 
@@ -278,6 +284,7 @@ class _Build:
         with m.If(self.refresh_due & Cat(*self.open).any()):
             with m.If(Cat((self.to_precharge[b] == 0) | ~self.open[b] for b in banks).all()):
                 self._issue(_PRECHARGE, 0, 1 << 10)
+                m.d.sync += self.hit.eq(0)
                 for b in banks:
                     m.d.sync += self.open[b].eq(0)
                     self._load(self.to_active[b], t.tRP)
@@ -295,6 +302,8 @@ class _Build:
                      self.in_beat.eq(Mux(last_word, 0, self.in_beat + 1))]
         with m.If(final):
             m.d.sync += self.serving.eq(0)
+        with m.If(self.column_last):
+            m.d.sync += self.known.eq(0)
         m.d.comb += [self.launched.valid.eq(~self.writing), self.launched.error.eq(self.failed),
                      self.launched.last_word.eq(last_word), self.launched.last.eq(final),
                      self.launched.id.eq(self.burst_id), self.spend.eq(~self.writing)]
@@ -311,7 +320,7 @@ class _Build:
                 self._load(self.to_active[bank], t.tRP)
         with m.Elif((self.to_active[bank] == 0) & (self.to_reactivate[bank] == 0) & (self.rrd == 0)):
             self._issue(_ACTIVE, bank, self.row)
-            m.d.sync += [self.open[bank].eq(1), self.open_row[bank].eq(self.row)]
+            m.d.sync += [self.open[bank].eq(1), self.open_row[bank].eq(self.row), self.hit.eq(1)]
             self._load(self.to_rw[bank], t.tRCD)
             self._load(self.to_precharge[bank], t.tRAS)
             self._load(self.to_reactivate[bank], t.tRC)
@@ -322,11 +331,13 @@ class _Build:
         beat and for no read data due on DQ, a READ for a credit."""
         m, chip, bank = self.m, self.chip, self.bank
         last_word = self.in_beat == self.c.words_per_beat - 1
+        with m.If(self.serving & ~self.known):
+            m.d.sync += [self.hit.eq(self.open[bank] & (self.open_row[bank] == self.row)), self.known.eq(1)]
         with m.If(self.serving & self.failed):
             with m.If(Mux(self.writing, self.w_valid | ~last_word, self.credits != 0)):
                 self._advance()
-        with m.Elif(self.serving & (self.wait == 0)):
-            with m.If(~self.open[bank] | (self.open_row[bank] != self.row)):
+        with m.Elif(self.serving & self.known & (self.wait == 0)):
+            with m.If(~self.hit):
                 self._open_row()
             with m.Elif((self.to_rw[bank] == 0) & self.writing & self.w_valid & ~self.reads_due):
                 self._issue(_WRITE, bank, self.column)
