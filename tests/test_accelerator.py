@@ -271,6 +271,10 @@ FAULTS = [
      ErrorCause.BAD_OPERAND, 0, {}),
     ("STORE of half a bus word", "STORE memory=ACTIVATION region=OUTPUT bytes=4\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
+    ("misaligned STORE", "SYNC\nSTORE memory=ACTIVATION region=OUTPUT address=4 bytes=64\nHALT", None,
+     ErrorCause.BAD_OPERAND, 1, {}),
+    ("misaligned UPSAMPLE", "UPSAMPLE memory=SCRATCH width=8 tiles=2 stride=8 region=OUTPUT address=4\nHALT", None,
+     ErrorCause.BAD_OPERAND, 0, {}),
     ("LOAD from region 3", "SYNC\nLOAD\nHALT", "region3", ErrorCause.BAD_OPERAND, 1, {}),
     ("a gathering GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 stationary=WEIGHTS gather=1\n"
      "HALT", None, ErrorCause.BAD_OPERAND, 0, {}),

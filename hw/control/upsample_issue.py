@@ -44,21 +44,17 @@ def predecode_upsample(ctrl, m, ops, reached, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, touched):
-    """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
-    of it): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
+def issue_upsample(ctrl, m, front, ops, go, touched):
+    """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; its refusals are `check_refusal`'s): a
+    store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
     length)."""
-    address, good = ctrl.dram_address(m, ops, "upsample")
+    address, _ = ctrl.dram_address(m, ops, "upsample")
     command = front.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
                  command.stride.eq(ops.stride)]
-    with m.If(~good):
-        refuse(ErrorCause.BAD_OPERAND)
-    with m.Elif(decoded.cause != ErrorCause.NONE):
-        refuse(decoded.cause)
-    for space in UPSAMPLABLE:
-        with m.Elif(ops.memory == space):
+    for index, space in enumerate(UPSAMPLABLE):
+        with (m.If if index == 0 else m.Elif)(ops.memory == space):
             m.d.comb += command.memory.eq(space)
             issue = go(front.store.ready & ~touched.store_waits[space.value])
             m.d.comb += [front.store.valid.eq(issue), touched.store_issued.eq(issue),
