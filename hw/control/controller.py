@@ -66,7 +66,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, Value, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
@@ -128,19 +128,24 @@ class Controller(wiring.Component):
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
-    def dram_address(self, m, operands, name, extra=0):
-        """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
-        exists and the address is bus-aligned (from the terms' low bits alone: the wide sum goes to a command
-        register, not into the decision)."""
-        address = Signal(32, name=f"{name}_address")
-        good = Signal(name=f"{name}_address_good")
+    def dram_address(self, m, word, loop):
+        """The DRAM address of a LOAD, STORE or UPSAMPLE `word` (its region register + its offset, + the EXPERTS
+        pass's `offset` for a per-expert LOAD), and whether the region exists and the address is bus-aligned.
+        Worked out as the instruction enters the issue stage: the address is registered for its command, the
+        alignment goes into `check_refusal`."""
+        address, good = Signal(32, name="dram_address"), Signal(name="dram_address_good")
         low = (self.bus_bytes - 1).bit_length()
-        with m.Switch(operands.region):
-            for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
-                                 (Region.OUTPUT, self.output_addr)):
-                with m.Case(region):
-                    m.d.comb += [address.eq(base + operands.address + extra),
-                                 good.eq((base[:low] + operands.address[:low] + Value.cast(extra)[:low])[:low] == 0)]
+        load = word.operands.load
+        with m.Switch(word.opcode):
+            for opcode, operands, extra in ((Opcode.LOAD, load, Mux(load.per_expert, loop.offset, 0)),
+                                            (Opcode.STORE, word.operands.store, 0),
+                                            (Opcode.UPSAMPLE, word.operands.upsample, 0)):
+                with m.Case(opcode), m.Switch(operands.region):
+                    for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
+                                         (Region.OUTPUT, self.output_addr)):
+                        with m.Case(region):
+                            total = base + operands.address + extra
+                            m.d.comb += [address.eq(total), good.eq(total[:low] == 0)]
         return address, good
 
     def half_of(self, space: Space, base, reach):
@@ -160,11 +165,11 @@ class Controller(wiring.Component):
         whole = max(memory.word_bytes, multiple)
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (reach <= memory.depth)
 
-    def _issue(self, m, word, decoded, refused, issue, retire, halt, fault, fault_cause, reading, writing, touched,
+    def _issue(self, m, word, decoded, refused, address, issue, retire, halt, fault, fault_cause, reading, writing, touched,
                hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front):
         """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
-        what `predecode` made of it; `refused` its `check_refusal`, a register: whether and why) when it may go, or
-        report a `fault`. Sets the unit commands and the scoreboard's registers."""
+        what `predecode` made of it; `refused` its `check_refusal` and `address` its `dram_address`, registers)
+        when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
@@ -181,7 +186,6 @@ class Controller(wiring.Component):
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
-                address, _ = self.dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 params_half = decoded.params_half
                 with m.If(ops.memory == Space.WEIGHTS):
                     m.d.comb += [front.descriptor.payload.address.eq(address),
@@ -205,7 +209,6 @@ class Controller(wiring.Component):
                            span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
-                address, _ = self.dram_address(m, ops, "store")
                 for index, space in enumerate(STORABLE):
                     with (m.If if index == 0 else m.Elif)(ops.memory == space):
                         m.d.comb += [front.store.payload.memory.eq(space), front.store.payload.base.eq(ops.base),
@@ -214,7 +217,7 @@ class Controller(wiring.Component):
                         m.d.comb += [front.store.valid.eq(here), touched.store_issued.eq(here),
                                      touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(self, m, front, word.operands.upsample, go, touched)
+                issue_upsample(m, front, word.operands.upsample, go, touched, address)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):
@@ -303,8 +306,12 @@ class Controller(wiring.Component):
         m.d.sync += current.eq(upcoming)
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
-        cause = check_refusal(self, m, data.View(isa.layout, upcoming[:INSTRUCTION_BITS]),
-                        data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop, conv_config)
+        upcoming_word = data.View(isa.layout, upcoming[:INSTRUCTION_BITS])
+        target, aligned = self.dram_address(m, upcoming_word, loop)
+        address = Signal(32, name="dram_target")
+        m.d.sync += address.eq(target)
+        cause = check_refusal(self, m, upcoming_word, data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop,
+                              conv_config, aligned)
         refused = Signal(data.StructLayout({"cause": ErrorCause, "any": 1}))
         m.d.sync += [refused.cause.eq(cause), refused.any.eq(cause != ErrorCause.NONE)]
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
@@ -337,7 +344,7 @@ class Controller(wiring.Component):
         m.d.sync += settled.eq(~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
                                & ~retire & ~skipped & ~loop.jump)
         present = running & settled & ~retire & ~fault
-        self._issue(m, word, decoded, refused, issue, retire, halt, refusal, refusal_cause, reading, writing, record,
+        self._issue(m, word, decoded, refused, address, issue, retire, halt, refusal, refusal_cause, reading, writing, record,
                     hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front)
         m.d.comb += [self.issued.eq(retire),      # after a fault or a HALT, the rest is popped unissued
                      fetch.pop.eq(Mux(running, (retire & ~loop.replay) | skipped, fetch.head_valid))]

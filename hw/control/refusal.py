@@ -10,7 +10,7 @@ LAYERNORM with `route` and no ROUTE waiting: the router's `busy`) stays in the d
 
 from __future__ import annotations
 
-from amaranth import Mux, Signal
+from amaranth import Signal
 
 from ..common.arith import times_constant
 from ..compute.gemm.geometry import GemmMode
@@ -19,31 +19,28 @@ from .isa import ErrorCause, Opcode
 __all__ = ["check_refusal"]
 
 
-def check_refusal(ctrl, m, word, decoded, loop, conv):
+def check_refusal(ctrl, m, word, decoded, loop, conv, aligned):
     """The cause the controller `ctrl` refuses instruction `word` for (`decoded`: its predecode; `loop` the
-    EXPERTS loop, `conv` the last CONFIG_CONV), or NONE; the run-dependent rules are the controller's docstring's."""
+    EXPERTS loop, `conv` the last CONFIG_CONV, `aligned` whether its DRAM address (`Controller.dram_address`) is
+    good), or NONE; the run-dependent rules are the controller's docstring's."""
     cause = Signal(ErrorCause, name="refusal_cause")
     refused = decoded.cause != ErrorCause.NONE
 
     def refuse(reason):
         m.d.comb += cause.eq(reason)
 
-    def aligned(ops, name, extra=0):
-        return ctrl.dram_address(m, ops, f"{name}_check", extra)[1]
-
     with m.Switch(word.opcode):
         with m.Case(Opcode.LOAD):
             ops = word.operands.load
-            with m.If((ops.per_expert & ~loop.active) | ~aligned(ops, "load", Mux(ops.per_expert, loop.offset, 0))):
+            with m.If((ops.per_expert & ~loop.active) | ~aligned):
                 refuse(ErrorCause.BAD_OPERAND)
             with m.Elif(refused):
                 refuse(decoded.cause)
-        for opcode, ops in ((Opcode.STORE, word.operands.store), (Opcode.UPSAMPLE, word.operands.upsample)):
-            with m.Case(opcode):
-                with m.If(~aligned(ops, opcode.name.lower())):
-                    refuse(ErrorCause.BAD_OPERAND)
-                with m.Elif(refused):
-                    refuse(decoded.cause)
+        with m.Case(Opcode.STORE, Opcode.UPSAMPLE):
+            with m.If(~aligned):
+                refuse(ErrorCause.BAD_OPERAND)
+            with m.Elif(refused):
+                refuse(decoded.cause)
         with m.Case(Opcode.GEMM):
             ops = word.operands.gemm
             listed = ops.gather | (ops.mode == GemmMode.COMBINE)

@@ -44,11 +44,10 @@ def predecode_upsample(ctrl, m, ops, reached, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(ctrl, m, front, ops, go, touched):
-    """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; its refusals are `check_refusal`'s): a
-    store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
-    length)."""
-    address, _ = ctrl.dram_address(m, ops, "upsample")
+def issue_upsample(m, front, ops, go, touched, address):
+    """The UPSAMPLE at the head of the controller (its refusals are `check_refusal`'s; `address` its DRAM
+    address): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out
+    its length)."""
     command = front.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
