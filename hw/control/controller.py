@@ -165,8 +165,8 @@ class Controller(wiring.Component):
         whole = max(memory.word_bytes, multiple)
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (reach <= memory.depth)
 
-    def _issue(self, m, word, decoded, refused, address, issue, retire, halt, fault, fault_cause, reading, writing, touched,
-               hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front):
+    def _issue(self, m, word, decoded, refused, address, issue, retire, halt, fault, fault_cause, reading, writing,
+               touched, hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front):
         """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
         what `predecode` made of it; `refused` its `check_refusal` and `address` its `dram_address`, registers)
         when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
@@ -344,8 +344,9 @@ class Controller(wiring.Component):
         m.d.sync += settled.eq(~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
                                & ~retire & ~skipped & ~loop.jump)
         present = running & settled & ~retire & ~fault
-        self._issue(m, word, decoded, refused, address, issue, retire, halt, refusal, refusal_cause, reading, writing, record,
-                    hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front)
+        self._issue(m, word, decoded, refused, address, issue, retire, halt, refusal, refusal_cause, reading,
+                    writing, record, hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop,
+                    front)
         m.d.comb += [self.issued.eq(retire),      # after a fault or a HALT, the rest is popped unissued
                      fetch.pop.eq(Mux(running, (retire & ~loop.replay) | skipped, fetch.head_valid))]
         m.d.comb += [loop.issued.eq(retire), loop.dropped.eq(skipped)]
