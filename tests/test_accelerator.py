@@ -246,6 +246,8 @@ FAULTS = [
      "stationary=WEIGHTS destination=ACTIVATION\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
     ("EXPERTS longer than its body buffer", "SYNC\nEXPERTS body=17\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
+    ("EXPERTS with a stride that is not bus-aligned", "SYNC\nEXPERTS body=1 stride=4\nSYNC\nHALT", None,
+     ErrorCause.BAD_OPERAND, 1, {}),
     ("a per-expert LOAD outside EXPERTS", "LOAD region=MODEL bytes=8 memory=ACTIVATION per_expert=1\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("a COMBINE GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=RESIDUAL mode=COMBINE "
@@ -253,6 +255,8 @@ FAULTS = [
     ("a COMBINE GEMM that does not add into the residual", f"ROUTE layer=0 tokens={TINY.num_tokens}\n"
      f"LAYERNORM rows={TINY.num_tokens} route=1\nEXPERTS body=1\nGEMM m=1 k_tiles=1 k_last=0 n_tiles=1 "
      f"d_stride={TINY.num_tokens} destination=RESIDUAL mode=COMBINE\nHALT", None, ErrorCause.BAD_OPERAND, 3, {}),
+    ("EXPERTS inside an EXPERTS body", f"ROUTE layer=0 tokens={TINY.num_tokens}\nLAYERNORM rows={TINY.num_tokens} "
+     "route=1\nEXPERTS body=1\nEXPERTS body=1\nHALT", None, ErrorCause.BAD_OPERAND, 3, {}),
     ("LAYERNORM for the router with no ROUTE", "LAYERNORM rows=3 route=1\nHALT", None, ErrorCause.BAD_OPERAND, 0,
      {}),
     ("SOFTMAX past the last token", f"SOFTMAX rows=3 source={TINY.num_tokens - 1}\nHALT", None,

@@ -45,9 +45,10 @@ Issue rules (docs/architecture.md, section 11):
   its memory, is empty or is not a whole number of bus words, and from a memory other than ACTIVATION,
   SCRATCH (int8) or RESIDUAL (int16).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
-  expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
-  COMBINE GEMM's rows are added into RESIDUAL at their tokens' rows: it needs `residual`). Outside a body those
-  are BAD_OPERAND, as a body longer than the body buffer is.
+  expert's offset, expert · `stride`; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the
+  router is idle (a COMBINE GEMM's rows are added into RESIDUAL at their tokens' rows: it needs `residual`).
+  Outside a body those are BAD_OPERAND, as an EXPERTS inside one is, a body longer than the body buffer and a
+  `stride` that is not bus-aligned.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 The issue stage (`hw/control/stage.py`): the decision looks at the head of the cycle before, from a register, once
 nothing moved it then; it loads registers only: the units' commands leave them a cycle later, when the controller
@@ -58,7 +59,7 @@ What an instruction's operands decide alone (a refusal, the halves of PARAMS and
 the fetch buffer (`predecode`) and kept beside it, in the EXPERTS body buffer too: the issue decision compares no
 operand, it combines those flags with the units' state. Cycles are the same either way. Why the instruction is
 refused, if it is (its predecode with the state only the controller moves: the EXPERTS loop, CONFIG_CONV, TASK;
-`hw/control/refusal.py`), is worked out as it enters the issue stage and registered with it; only a LAYERNORM's
+`hw/control/entry.py`), is worked out as it enters the issue stage and registered with it; only a LAYERNORM's
 `route` refusal (the router's `busy`) is the decision's own.
 """
 
@@ -71,14 +72,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
-from ..common.arith import index_bits
+from ..common.arith import index_bits, times_constant
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
 from .datapath import LOADABLE, STORABLE
 from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
-from .refusal import check_refusal
+from .entry import check_refusal, dram_address
 from .predecode import PREDECODED, predecode, prepare, prepared_layout, reach, reached_layout
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
@@ -128,25 +129,21 @@ class Controller(wiring.Component):
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
-    def dram_address(self, m, word, loop):
-        """The DRAM address of a LOAD, STORE or UPSAMPLE `word` (its region register + its offset, + the EXPERTS
-        pass's `offset` for a per-expert LOAD), and whether the region exists and the address is bus-aligned.
-        Worked out as the instruction enters the issue stage: the address is registered for its command, the
-        alignment goes into `check_refusal`."""
-        address, good = Signal(32, name="dram_address"), Signal(name="dram_address_good")
-        low = (self.bus_bytes - 1).bit_length()
-        load = word.operands.load
-        with m.Switch(word.opcode):
-            for opcode, operands, extra in ((Opcode.LOAD, load, Mux(load.per_expert, loop.offset, 0)),
-                                            (Opcode.STORE, word.operands.store, 0),
-                                            (Opcode.UPSAMPLE, word.operands.upsample, 0)):
-                with m.Case(opcode), m.Switch(operands.region):
-                    for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
-                                         (Region.OUTPUT, self.output_addr)):
-                        with m.Case(region):
-                            total = base + operands.address + extra
-                            m.d.comb += [address.eq(total), good.eq(total[:low] == 0)]
-        return address, good
+    def regions(self):
+        """(region, its register) for each region a LOAD, STORE or UPSAMPLE may name."""
+        return ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr), (Region.OUTPUT, self.output_addr))
+
+    @property
+    def aligned_bits(self) -> int:
+        """The low bits of a bus-aligned DRAM address (all zero)."""
+        return (self.bus_bytes - 1).bit_length()
+
+    def dram_aligned(self, operands):
+        """Whether a LOAD's, STORE's or UPSAMPLE's `operands` name a region and its register + their offset is
+        bus-aligned (from the low bits alone: the region registers hold still through a run)."""
+        low = self.aligned_bits
+        return Cat((operands.region == region) & ((base[:low] + operands.address[:low])[:low] == 0)
+                   for region, base in self.regions()).any()
 
     def half_of(self, space: Space, base, reach):
         """(the half of `space` (PARAMS, SCORES: kept per half by the scoreboard) word `base` is in, whether
@@ -307,13 +304,12 @@ class Controller(wiring.Component):
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
         upcoming_word = data.View(isa.layout, upcoming[:INSTRUCTION_BITS])
-        target, aligned = self.dram_address(m, upcoming_word, loop)
         address = Signal(32, name="dram_target")
-        m.d.sync += address.eq(target)
-        cause = check_refusal(self, m, upcoming_word, data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop,
-                              conv_config, aligned)
-        refused = Signal(data.StructLayout({"cause": ErrorCause, "any": 1}))
-        m.d.sync += [refused.cause.eq(cause), refused.any.eq(cause != ErrorCause.NONE)]
+        m.d.sync += address.eq(dram_address(self, m, upcoming_word, loop))
+        # 9 × the last CONFIG_CONV's channel tiles (a 3×3 im2col GEMM's K tiles), set with it (below)
+        taps = Signal.like(times_constant(conv_config.channel_tiles, 9), name="conv_taps")
+        refused = check_refusal(self, m, upcoming_word, data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop,
+                                conv_config, taps)
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
         m.d.comb += [loop.body.eq(word.operands.experts.body), loop.stride.eq(word.operands.experts.stride)]
         decoded = data.View(PREDECODED, current[INSTRUCTION_BITS:])
@@ -339,6 +335,8 @@ class Controller(wiring.Component):
             m.d.sync += slab.holding.eq(0)
 
         retire, front, record = issue_stage(self, m, issue, touched)
+        with m.If(retire & (word.opcode == Opcode.CONFIG_CONV)):
+            m.d.sync += taps.eq(times_constant(word.operands.config_conv.channel_tiles, 9))
         skipped = running & loop.skipping & fetch.head_valid
         settled = Signal()
         m.d.sync += settled.eq(~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)

@@ -32,7 +32,8 @@ def predecode_gemm(ctrl, m, ops, reached, refuse, decoded, span_bits):
     listed = ops.gather | combining
     params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, reached.params_reach)
     scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, reached.scores_reach)
-    m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
+    m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half),
+                 decoded.loop_only.eq(listed), decoded.im2col.eq(ops.im2col)]
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):
         refuse(ErrorCause.UNSUPPORTED)
     with m.Elif((combining & ~ops.residual)

@@ -29,10 +29,10 @@ def upsample_reaches(ops, prepared) -> dict:
 
 def predecode_upsample(ctrl, m, ops, reached, refuse):
     """What an UPSAMPLE's operands decide alone (`predecode`; `reached` its `upsample_reaches`, a cycle old):
-    BAD_OPERAND when it is empty, reads past its memory or is not a whole number of bus words; UNSUPPORTED from a
-    memory the upsampler does not read."""
+    BAD_OPERAND when it is empty, reads past its memory, is not a whole number of bus words or its DRAM address is
+    not bus-aligned; UNSUPPORTED from a memory the upsampler does not read."""
     words = reached.upsample_words
-    with m.If(words == 0):
+    with m.If((words == 0) | ~ctrl.dram_aligned(ops)):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
