@@ -165,8 +165,8 @@ class Controller(wiring.Component):
     def _issue(self, m, word, decoded, refused, address, issue, retire, halt, fault, fault_cause, reading, writing,
                touched, hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front):
         """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
-        what `predecode` made of it; `refused` its `check_refusal` and `address` its `dram_address`, registers)
-        when it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
+        what `predecode` made of it; `refused` its `check_refusal`, a register; `address` its `dram_address`) when
+        it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
         def refuse(cause):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
@@ -304,8 +304,7 @@ class Controller(wiring.Component):
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
         conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
         upcoming_word = data.View(isa.layout, upcoming[:INSTRUCTION_BITS])
-        address = Signal(32, name="dram_target")
-        m.d.sync += address.eq(dram_address(self, m, upcoming_word, loop))
+        address = dram_address(self, m, word, loop)      # the decided instruction's, into its command's register
         # 9 × the last CONFIG_CONV's channel tiles (a 3×3 im2col GEMM's K tiles), set with it (below)
         taps = Signal.like(times_constant(conv_config.channel_tiles, 9), name="conv_taps")
         refused = check_refusal(self, m, upcoming_word, data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop,

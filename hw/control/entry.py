@@ -1,6 +1,6 @@
 """What the controller works out about the instruction about to enter its issue stage, a cycle before the decision
-looks at it, for registers beside it: its DRAM address (a LOAD's, STORE's or UPSAMPLE's) and whether and why it is
-refused.
+looks at it, for registers beside it: whether and why it is refused (`check_refusal`); and the DRAM address of a
+LOAD, STORE or UPSAMPLE (`dram_address`, worked out from the decided instruction for its command's register).
 
 The refusal combines what `predecode` made of the instruction (the cause its operands give alone, and flags) with the
 run's state that only the controller's own moves change: whether an EXPERTS loop is `active`, the last
