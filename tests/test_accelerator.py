@@ -246,8 +246,6 @@ FAULTS = [
      "stationary=WEIGHTS destination=ACTIVATION\nHALT", None, ErrorCause.BAD_OPERAND, 0, {}),
     ("a zero word", "SYNC\nHALT", {0: 0}, ErrorCause.BAD_OPCODE, 0, {}),
     ("EXPERTS longer than its body buffer", "SYNC\nEXPERTS body=17\nHALT", None, ErrorCause.BAD_OPERAND, 1, {}),
-    ("EXPERTS with a stride that is not bus-aligned", "SYNC\nEXPERTS body=1 stride=4\nSYNC\nHALT", None,
-     ErrorCause.BAD_OPERAND, 1, {}),
     ("a per-expert LOAD outside EXPERTS", "LOAD region=MODEL bytes=8 memory=ACTIVATION per_expert=1\nHALT", None,
      ErrorCause.BAD_OPERAND, 0, {}),
     ("a COMBINE GEMM outside EXPERTS", "GEMM m=1 k_tiles=1 k_last=0 n_tiles=1 destination=RESIDUAL mode=COMBINE "

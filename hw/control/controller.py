@@ -45,10 +45,9 @@ Issue rules (docs/architecture.md, section 11):
   its memory, is empty or is not a whole number of bus words, and from a memory other than ACTIVATION,
   SCRATCH (int8) or RESIDUAL (int16).
 - `EXPERTS`: its body once per active expert of the last ROUTE (`ExpertsLoop`); a `per_expert` LOAD adds the
-  expert's offset, expert · `stride`; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the
-  router is idle (a COMBINE GEMM's rows are added into RESIDUAL at their tokens' rows: it needs `residual`).
-  Outside a body those are BAD_OPERAND, as an EXPERTS inside one is, a body longer than the body buffer and a
-  `stride` that is not bus-aligned.
+  expert's offset; a `gather` or COMBINE-mode GEMM runs on the expert's token list once the router is idle (a
+  COMBINE GEMM's rows are added into RESIDUAL at their tokens' rows: it needs `residual`). Outside a body those
+  are BAD_OPERAND, as a body longer than the body buffer is.
 - `SYNC` waits until every unit is idle; `HALT` too, then ends the run.
 The issue stage (`hw/control/stage.py`): the decision looks at the head of the cycle before, from a register, once
 nothing moved it then; it loads registers only: the units' commands leave them a cycle later, when the controller
@@ -57,29 +56,25 @@ instruction takes three cycles at least; a refusal ends the run a cycle after it
 
 What an instruction's operands decide alone (a refusal, the halves of PARAMS and SCORES) is worked out as it enters
 the fetch buffer (`predecode`) and kept beside it, in the EXPERTS body buffer too: the issue decision compares no
-operand, it combines those flags with the units' state. Cycles are the same either way. Why the instruction is
-refused, if it is (its predecode with the state only the controller moves: the EXPERTS loop, CONFIG_CONV, TASK;
-`hw/control/entry.py`), is worked out as it enters the issue stage and registered with it; only a LAYERNORM's
-`route` refusal (the router's `busy`) is the decision's own.
+operand, it combines those flags with the units' state. Cycles are the same either way.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, Module, Mux, ResetInserter, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
-from ..common.arith import index_bits, times_constant
+from ..common.arith import index_bits
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
 from .datapath import LOADABLE, STORABLE
 from .isa import INSTRUCTION_BITS, ErrorCause, InstructionSet, Opcode, Region, Space
 from .fetch import ProgramFetch
 from .gemm_issue import issue_gemm
-from .entry import check_refusal, dram_address
 from .predecode import PREDECODED, predecode, prepare, prepared_layout, reach, reached_layout
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
@@ -129,21 +124,20 @@ class Controller(wiring.Component):
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
-    def regions(self):
-        """(region, its register) for each region a LOAD, STORE or UPSAMPLE may name."""
-        return ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr), (Region.OUTPUT, self.output_addr))
-
-    @property
-    def aligned_bits(self) -> int:
-        """The low bits of a bus-aligned DRAM address (all zero)."""
-        return (self.bus_bytes - 1).bit_length()
-
-    def dram_aligned(self, operands):
-        """Whether a LOAD's, STORE's or UPSAMPLE's `operands` name a region and its register + their offset is
-        bus-aligned (from the low bits alone: the region registers hold still through a run)."""
-        low = self.aligned_bits
-        return Cat((operands.region == region) & ((base[:low] + operands.address[:low])[:low] == 0)
-                   for region, base in self.regions()).any()
+    def dram_address(self, m, operands, name, extra=0):
+        """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
+        exists and the address is bus-aligned (from the terms' low bits alone: the wide sum goes to a command
+        register, not into the decision)."""
+        address = Signal(32, name=f"{name}_address")
+        good = Signal(name=f"{name}_address_good")
+        low = (self.bus_bytes - 1).bit_length()
+        with m.Switch(operands.region):
+            for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
+                                 (Region.OUTPUT, self.output_addr)):
+                with m.Case(region):
+                    m.d.comb += [address.eq(base + operands.address + extra),
+                                 good.eq((base[:low] + operands.address[:low] + Value.cast(extra)[:low])[:low] == 0)]
+        return address, good
 
     def half_of(self, space: Space, base, reach):
         """(the half of `space` (PARAMS, SCORES: kept per half by the scoreboard) word `base` is in, whether
@@ -162,11 +156,11 @@ class Controller(wiring.Component):
         whole = max(memory.word_bytes, multiple)
         return (operands.bytes[:(whole - 1).bit_length()] == 0) & (reach <= memory.depth)
 
-    def _issue(self, m, word, decoded, refused, address, issue, retire, halt, fault, fault_cause, reading, writing,
-               touched, hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop, front):
+    def _issue(self, m, word, decoded, issue, retire, halt, fault, fault_cause, reading, writing, touched, hidden, slab,
+               idle, present, norm_config, softmax_config, conv_config, loop, front):
         """Issue the instruction at the head (`present`: the fetch buffer's, or the EXPERTS body's; `decoded`
-        what `predecode` made of it; `refused` its `check_refusal`, a register; `address` its `dram_address`) when
-        it may go, or report a `fault`. Sets the unit commands and the scoreboard's registers."""
+        what `predecode` made of it) when it may go, or report a `fault`. Sets the unit commands and the
+        scoreboard's registers."""
         def refuse(cause):
             m.d.comb += [fault.eq(present), fault_cause.eq(cause)]
 
@@ -174,17 +168,23 @@ class Controller(wiring.Component):
             """Issue when `ready`; returns the decision of this case alone, for its unit's command (so that no
             other case's rule is in its logic)."""
             here = Signal(name="issue_here")
-            m.d.comb += [here.eq(present & ~refused.any & ready), issue.eq(here)]
+            m.d.comb += [here.eq(present & ready), issue.eq(here)]
             return here
 
-        with m.If(refused.any):
-            refuse(refused.cause)
+        refused = decoded.cause != ErrorCause.NONE
         span_bits = (self.buffer_span - 1).bit_length()
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
+                address, good = self.dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
                 params_half = decoded.params_half
-                with m.If(ops.memory == Space.WEIGHTS):
+                with m.If(ops.per_expert & ~loop.active):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(~good):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
+                with m.Elif(ops.memory == Space.WEIGHTS):
                     m.d.comb += [front.descriptor.payload.address.eq(address),
                                  front.descriptor.payload.length.eq(ops.bytes),
                                  front.descriptor.payload.buffer.eq(ops.base >> span_bits)]
@@ -202,19 +202,24 @@ class Controller(wiring.Component):
                         m.d.comb += [front.load.valid.eq(here), touched.load_issued.eq(here),
                                      touched.load_space.eq(space), touched.load_half.eq(params_half)]
             with m.Case(Opcode.GEMM):
-                issue_gemm(self, m, front, word.operands.gemm, decoded, go, reading, writing, touched, hidden, slab,
-                           span_bits, loop, conv_config)
+                issue_gemm(self, m, front, word.operands.gemm, decoded, refuse, go, reading, writing, touched,
+                           hidden, slab, span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
-                for index, space in enumerate(STORABLE):
-                    with (m.If if index == 0 else m.Elif)(ops.memory == space):
+                address, good = self.dram_address(m, ops, "store")
+                with m.If(~good):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
+                for space in STORABLE:
+                    with m.Elif(ops.memory == space):
                         m.d.comb += [front.store.payload.memory.eq(space), front.store.payload.base.eq(ops.base),
                                      front.store.payload.address.eq(address), front.store.payload.length.eq(ops.bytes)]
                         here = go(front.store.ready & ~touched.store_waits[space.value])
                         m.d.comb += [front.store.valid.eq(here), touched.store_issued.eq(here),
                                      touched.store_space.eq(space)]
             with m.Case(Opcode.UPSAMPLE):
-                issue_upsample(m, front, word.operands.upsample, go, touched, address)
+                issue_upsample(self, m, front, word.operands.upsample, decoded, refuse, go, touched)
             with m.Case(Opcode.SYNC):
                 go(idle)
             with m.Case(Opcode.HALT):
@@ -232,7 +237,7 @@ class Controller(wiring.Component):
                 m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
                              command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
                              command.destination.eq(ops.destination), command.route.eq(ops.route)]
-                with m.If(ops.route & ~self.router_busy):   # the router's copy needs a ROUTE waiting
+                with m.If((ops.route & ~self.router_busy) | refused):   # the router's copy needs a ROUTE waiting
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
                     m.d.comb += front.norm.valid.eq(go(
@@ -245,27 +250,39 @@ class Controller(wiring.Component):
                              command.destination.eq(ops.destination)]
                 m.d.comb += [getattr(command, name).eq(getattr(softmax_config, name))
                              for name, _ in softmax_config.shape()]
-                here = go(front.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
-                          & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
-                          & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
-                m.d.comb += [front.softmax.valid.eq(here), touched.softmax_issued.eq(here),
-                             touched.softmax_half.eq(ops.half)]
+                with m.If(refused):
+                    refuse(decoded.cause)
+                with m.Else():
+                    here = go(front.softmax.ready & ~touched.scores_writing.bit_select(ops.half, 1)
+                              & ~writing[Space.ACTIVATION.value] & ~reading[Space.ACTIVATION.value]
+                              & ~writing[Space.ROW_SCALES.value] & ~reading[Space.ROW_SCALES.value])
+                    m.d.comb += [front.softmax.valid.eq(here), touched.softmax_issued.eq(here),
+                                 touched.softmax_half.eq(ops.half)]
             with m.Case(Opcode.ROUTE):
                 ops = word.operands.route
                 # the router's weight set: the layer itself, or layer mod 2 when it holds two (`router_layers_held`)
                 m.d.comb += [front.route.payload.layer.eq(ops.layer[:len(front.route.payload.layer)]),
                              front.route.payload.task.eq(self.task),
                              front.route.payload.tokens.eq(ops.tokens)]
-                m.d.comb += front.route.valid.eq(go(
-                    front.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
-                    & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value]))
+                with m.If(self.task >= self.tasks):
+                    refuse(ErrorCause.BAD_TASK)
+                with m.Elif(refused):
+                    refuse(decoded.cause)
+                with m.Else():
+                    m.d.comb += front.route.valid.eq(go(
+                        front.route.ready & ~writing[Space.ROUTES.value] & ~reading[Space.ROUTES.value]
+                        & ~writing[Space.ROUTER.value] & ~writing[Space.ROUTER_PARAMS.value]))
             with m.Case(Opcode.EXPERTS):
                 ops = word.operands.experts
-                with m.If(ops.body == 0):
+                with m.If(loop.active | refused):
+                    refuse(ErrorCause.BAD_OPERAND)
+                with m.Elif(ops.body == 0):
                     go()
                 with m.Else():
                     go(loop.expert_ready | loop.no_more)
                     m.d.comb += loop.enter.eq(retire)
+            with m.Default():
+                refuse(ErrorCause.BAD_OPCODE)
 
     def elaborate(self, platform):
         m = Module()
@@ -297,18 +314,10 @@ class Controller(wiring.Component):
         m.d.comb += [loop.router_busy.eq(self.router_busy), loop.restart.eq(self.route.valid & self.route.ready),
                      loop.fetched.eq(head), loop.first_pc.eq(pc + 1)]
         # the head of the cycle before, taken once it is `settled` (the issue stage); not reset: `present` says
-        # whether it holds one. Why it is refused (`check_refusal`) is worked out as it is taken, and registered.
-        upcoming, current = Signal(len(head)), Signal(len(head), reset_less=True)
-        m.d.comb += upcoming.eq(Mux(loop.replay, loop.instruction, head))
-        m.d.sync += current.eq(upcoming)
+        # whether it holds one
+        current = Signal(len(head), reset_less=True)
+        m.d.sync += current.eq(Mux(loop.replay, loop.instruction, head))
         word = data.View(isa.layout, current[:INSTRUCTION_BITS])
-        conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
-        upcoming_word = data.View(isa.layout, upcoming[:INSTRUCTION_BITS])
-        address = dram_address(self, m, word, loop)      # the decided instruction's, into its command's register
-        # 9 × the last CONFIG_CONV's channel tiles (a 3×3 im2col GEMM's K tiles), set with it (below)
-        taps = Signal.like(times_constant(conv_config.channel_tiles, 9), name="conv_taps")
-        refused = check_refusal(self, m, upcoming_word, data.View(PREDECODED, upcoming[INSTRUCTION_BITS:]), loop,
-                                conv_config, taps)
         # what an EXPERTS at the head would enter with, whatever the head is (the loop takes it only at `enter`)
         m.d.comb += [loop.body.eq(word.operands.experts.body), loop.stride.eq(word.operands.experts.stride)]
         decoded = data.View(PREDECODED, current[INSTRUCTION_BITS:])
@@ -334,16 +343,14 @@ class Controller(wiring.Component):
             m.d.sync += slab.holding.eq(0)
 
         retire, front, record = issue_stage(self, m, issue, touched)
-        with m.If(retire & (word.opcode == Opcode.CONFIG_CONV)):
-            m.d.sync += taps.eq(times_constant(word.operands.config_conv.channel_tiles, 9))
         skipped = running & loop.skipping & fetch.head_valid
         settled = Signal()
         m.d.sync += settled.eq(~loop.waiting & ~loop.skipping & Mux(loop.replay, 1, fetch.head_valid)
                                & ~retire & ~skipped & ~loop.jump)
         present = running & settled & ~retire & ~fault
-        self._issue(m, word, decoded, refused, address, issue, retire, halt, refusal, refusal_cause, reading,
-                    writing, record, hidden, slab, idle, present, norm_config, softmax_config, conv_config, loop,
-                    front)
+        conv_config = Signal(isa.operands[Opcode.CONFIG_CONV])
+        self._issue(m, word, decoded, issue, retire, halt, refusal, refusal_cause, reading, writing, record, hidden,
+                    slab, idle, present, norm_config, softmax_config, conv_config, loop, front)
         m.d.comb += [self.issued.eq(retire),      # after a fault or a HALT, the rest is popped unissued
                      fetch.pop.eq(Mux(running, (retire & ~loop.replay) | skipped, fetch.head_valid))]
         m.d.comb += [loop.issued.eq(retire), loop.dropped.eq(skipped)]

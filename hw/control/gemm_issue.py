@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Mux
 
-from ..common.arith import narrow_product
+from ..common.arith import narrow_product, times_constant
 from ..compute.gemm.geometry import GemmMode
 from .datapath import GEMM_DESTINATIONS
 from .isa import ErrorCause, Operand, Space, Stationary
@@ -32,8 +32,7 @@ def predecode_gemm(ctrl, m, ops, reached, refuse, decoded, span_bits):
     listed = ops.gather | combining
     params_half, params_straddle = ctrl.half_of(Space.PARAMS, ops.p_base, reached.params_reach)
     scores_half, scores_straddle = ctrl.half_of(Space.SCORES, ops.d_base, reached.scores_reach)
-    m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half),
-                 decoded.loop_only.eq(listed), decoded.im2col.eq(ops.im2col)]
+    m.d.comb += [decoded.params_half.eq(params_half), decoded.scores_half.eq(scores_half)]
     with m.If(~Cat(*(ops.destination == space for space in GEMM_DESTINATIONS)).any()):
         refuse(ErrorCause.UNSUPPORTED)
     with m.Elif((combining & ~ops.residual)
@@ -47,11 +46,12 @@ def predecode_gemm(ctrl, m, ops, reached, refuse, decoded, span_bits):
         refuse(ErrorCause.BAD_OPERAND)
 
 
-def issue_gemm(ctrl, m, front, ops, decoded, go, reading, writing, touched, hidden, slab, span_bits, loop, conv):
+def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, reading, writing, touched, hidden, slab, span_bits, loop,
+               conv):
     """The GEMM at the head of the controller `ctrl` (`Controller`; its issue rule in the controller's docstring;
-    `decoded` what `predecode_gemm` made of it; its refusals are `check_refusal`'s): its engine command, output
-    job and slab buffer (into `front`, the issue stage's), issued when the rule allows, and what it touches for
-    the scoreboard. With `im2col`, X is the band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile
+    `decoded` what `predecode_gemm` made of it): its engine command, output job and slab buffer (into `front`, the
+    issue stage's), issued when the rule allows, refused when an operand is bad, and what it touches for the
+    scoreboard. With `im2col`, X is the band of `conv` (the last CONFIG_CONV); otherwise K-tile-major with a tile
     the model's tokens."""
     buffer = ops.w_base >> span_bits
     command = front.gemm.payload
@@ -78,28 +78,34 @@ def issue_gemm(ctrl, m, front, ops, decoded, go, reading, writing, touched, hidd
     params_half, scores_half = decoded.params_half, decoded.scores_half
     # into SCORES: the half of d_base, which the softmax of the head before may still read
     into_scores = ops.destination == Space.SCORES
-    # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
-    # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
-    reuse = slab.holding & (slab.held == buffer)
-    m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
-    destination_used = Mux(into_scores, touched.scores_writing.bit_select(scores_half, 1)
-                           | touched.scores_reading.bit_select(scores_half, 1),
-                           writing.bit_select(ops.destination.as_value(), 1)
-                           | reading.bit_select(ops.destination.as_value(), 1))
-    free = ~ctrl.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
-        & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
-        & ~(~from_slab & reading[Space.SCRATCH.value]) \
-        & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
-        & ~(listed & ctrl.router_busy) \
-        & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
-    slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
-    issue = go(free & front.gemm.ready & slab_ready)
-    m.d.comb += [front.gemm.valid.eq(issue), front.take.valid.eq(issue & from_slab & ~reuse),
-                 front.output_start.eq(issue), touched.gemm_issued.eq(issue),
-                 touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
-                 touched.gemm.destination.eq(ops.destination), touched.gemm.scores_half.eq(scores_half),
-                 touched.gemm.params_half.eq(params_half),
-                 touched.gemm.row_scaled.eq(ops.row_scaled),
-                 touched.gemm.gathers.eq(ops.gather)]
-    with m.If(issue & from_slab):
-        m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]
+    with m.If(decoded.cause == ErrorCause.UNSUPPORTED):
+        refuse(ErrorCause.UNSUPPORTED)
+    with m.Elif((decoded.cause != ErrorCause.NONE) | (listed & ~loop.active)
+                | (ops.im2col & conv.kernel & (ops.k_tiles != times_constant(conv.channel_tiles, 9)))):
+        refuse(ErrorCause.BAD_OPERAND)
+    with m.Else():
+        # The slab buffer: the one a previous GEMM kept, or taken now once it is full (a kept buffer that
+        # is not this one is released first). A GEMM with W in SCRATCH (Kᵀ, V) takes none.
+        reuse = slab.holding & (slab.held == buffer)
+        m.d.comb += slab.other_wanted.eq(slab.holding & ~(reuse & from_slab))
+        destination_used = Mux(into_scores, touched.scores_writing.bit_select(scores_half, 1)
+                               | touched.scores_reading.bit_select(scores_half, 1),
+                               writing.bit_select(ops.destination.as_value(), 1)
+                               | reading.bit_select(ops.destination.as_value(), 1))
+        free = ~ctrl.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
+            & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
+            & ~(~from_slab & reading[Space.SCRATCH.value]) \
+            & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
+            & ~(listed & ctrl.router_busy) \
+            & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
+        slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
+        issue = go(free & front.gemm.ready & slab_ready)
+        m.d.comb += [front.gemm.valid.eq(issue), front.take.valid.eq(issue & from_slab & ~reuse),
+                     front.output_start.eq(issue), touched.gemm_issued.eq(issue),
+                     touched.gemm.source.eq(source), touched.gemm.stationary.eq(stationary),
+                     touched.gemm.destination.eq(ops.destination), touched.gemm.scores_half.eq(scores_half),
+                     touched.gemm.params_half.eq(params_half),
+                     touched.gemm.row_scaled.eq(ops.row_scaled),
+                     touched.gemm.gathers.eq(ops.gather)]
+        with m.If(issue & from_slab):
+            m.d.sync += [slab.holding.eq(1), slab.held.eq(buffer), slab.releasing.eq(~ops.keep)]

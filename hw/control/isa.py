@@ -134,7 +134,7 @@ MEANINGS = {
                      "are in", "destination": "ACTIVATION word of the first P row"},
     Opcode.ROUTE: {"layer": "MoE layer (router weights)", "tokens": "tokens of the next LAYERNORM with route"},
     Opcode.EXPERTS: {"body": "instructions that follow, repeated per active expert", "stride": "DRAM bytes "
-                     "from one expert's weights to the next (per_expert LOADs; bus-aligned)"},
+                     "from one expert's weights to the next (per_expert LOADs)"},
     Opcode.STORE: {"memory": "source memory", "base": "its first word", "region": "the region register address is from",
                    "address": "DRAM byte offset",
                    "bytes": "bytes to write"},

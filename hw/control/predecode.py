@@ -15,12 +15,9 @@ from .upsample_issue import predecode_upsample, upsample_products, upsample_reac
 
 __all__ = ["PREDECODED", "prepared_layout", "prepare", "reached_layout", "reach", "predecode"]
 
-# The cause of the instruction's refusal by its operands alone (NONE if none), the halves of PARAMS and SCORES it
-# touches, and what its refusal by the run's state (`check_refusal`) looks at: whether it is refused outside an
-# EXPERTS loop (a per-expert LOAD, a gathering or COMBINE GEMM) or inside one (EXPERTS), and whether it is an
-# im2col GEMM (checked against the last CONFIG_CONV) or a ROUTE (against TASK).
-PREDECODED = data.StructLayout({"cause": ErrorCause, "params_half": 1, "scores_half": 1, "loop_only": 1,
-                                "not_in_loop": 1, "im2col": 1, "route": 1})
+# The cause of the instruction's refusal by its operands alone (NONE if none), and the halves of PARAMS and
+# SCORES it touches.
+PREDECODED = data.StructLayout({"cause": ErrorCause, "params_half": 1, "scores_half": 1})
 
 
 def _products(word) -> dict:
@@ -75,9 +72,9 @@ def reach(ctrl, m, word, prepared, reached):
 
 def predecode(ctrl, m, word, reached, decoded):
     """What instruction `word` decides alone for the controller `ctrl` (its operands against the memories and the
-    model's sizes, its DRAM address's region and alignment; `reached` what `reach` made of it a cycle before),
-    into `decoded` (`PREDECODED`): the cause of its refusal, or NONE (a refusal that depends on the run's state is
-    `check_refusal`'s, from the flags set here), and the halves of PARAMS and SCORES it touches."""
+    model's sizes; `reached` what `reach` made of it a cycle before), into `decoded` (`PREDECODED`): the cause of
+    its refusal, or NONE (a refusal that depends on the run's state is the issue's), and the halves of PARAMS and
+    SCORES it touches."""
     def refuse(cause):
         m.d.comb += decoded.cause.eq(cause)
 
@@ -87,10 +84,8 @@ def predecode(ctrl, m, word, reached, decoded):
             ops = word.operands.load
             buffer = ops.base >> span_bits
             params_half, straddles = ctrl.half_of(Space.PARAMS, ops.base, reached.load_params)
-            m.d.comb += [decoded.params_half.eq(params_half), decoded.loop_only.eq(ops.per_expert)]
-            with m.If(~ctrl.dram_aligned(ops)):
-                refuse(ErrorCause.BAD_OPERAND)
-            with m.Elif(ops.memory == Space.WEIGHTS):
+            m.d.comb += decoded.params_half.eq(params_half)
+            with m.If(ops.memory == Space.WEIGHTS):
                 with m.If((ops.base[:span_bits] != 0) | (buffer >= ctrl.buffers)):
                     refuse(ErrorCause.BAD_OPERAND)
             for space in LOADABLE:
@@ -104,10 +99,8 @@ def predecode(ctrl, m, word, reached, decoded):
             predecode_gemm(ctrl, m, word.operands.gemm, reached, refuse, decoded, span_bits)
         with m.Case(Opcode.STORE):
             ops = word.operands.store
-            with m.If(~ctrl.dram_aligned(ops)):
-                refuse(ErrorCause.BAD_OPERAND)
-            for space in STORABLE:
-                with m.Elif(ops.memory == space):
+            for index, space in enumerate(STORABLE):
+                with (m.If if index == 0 else m.Elif)(ops.memory == space):
                     fits = ctrl.fits(ops, space, ctrl.bus_bytes, getattr(reached, f"store_{space.name.lower()}"))
                     with m.If(~fits):
                         refuse(ErrorCause.BAD_OPERAND)
@@ -122,15 +115,11 @@ def predecode(ctrl, m, word, reached, decoded):
             with m.If(reached.softmax_source > ctrl.tokens):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.ROUTE):
-            m.d.comb += decoded.route.eq(1)
             with m.If((word.operands.route.tokens > ctrl.tokens)
                       | (word.operands.route.layer >= max(1, len(ctrl.isa.model.moe_blocks)))):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.EXPERTS):
-            m.d.comb += decoded.not_in_loop.eq(1)
-            # a bus-aligned stride keeps a per-expert LOAD's address as aligned as its own offset
-            with m.If((word.operands.experts.body > ctrl.body_depth)
-                      | word.operands.experts.stride[:ctrl.aligned_bits].any()):
+            with m.If(word.operands.experts.body > ctrl.body_depth):
                 refuse(ErrorCause.BAD_OPERAND)
         with m.Case(Opcode.SYNC, Opcode.HALT, Opcode.CONFIG_GELU, Opcode.CONFIG_NORM, Opcode.CONFIG_SOFTMAX,
                     Opcode.CONFIG_CONV):

@@ -29,10 +29,10 @@ def upsample_reaches(ops, prepared) -> dict:
 
 def predecode_upsample(ctrl, m, ops, reached, refuse):
     """What an UPSAMPLE's operands decide alone (`predecode`; `reached` its `upsample_reaches`, a cycle old):
-    BAD_OPERAND when it is empty, reads past its memory, is not a whole number of bus words or its DRAM address is
-    not bus-aligned; UNSUPPORTED from a memory the upsampler does not read."""
+    BAD_OPERAND when it is empty, reads past its memory or is not a whole number of bus words; UNSUPPORTED from a
+    memory the upsampler does not read."""
     words = reached.upsample_words
-    with m.If((words == 0) | ~ctrl.dram_aligned(ops)):
+    with m.If(words == 0):
         refuse(ErrorCause.BAD_OPERAND)
     for space in UPSAMPLABLE:
         with m.Elif(ops.memory == space):
@@ -44,16 +44,21 @@ def predecode_upsample(ctrl, m, ops, reached, refuse):
         refuse(ErrorCause.UNSUPPORTED)
 
 
-def issue_upsample(m, front, ops, go, touched, address):
-    """The UPSAMPLE at the head of the controller (its refusals are `check_refusal`'s; `address` its DRAM
-    address): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out
-    its length)."""
+def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, touched):
+    """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
+    of it): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
+    length)."""
+    address, good = ctrl.dram_address(m, ops, "upsample")
     command = front.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
                  command.stride.eq(ops.stride)]
-    for index, space in enumerate(UPSAMPLABLE):
-        with (m.If if index == 0 else m.Elif)(ops.memory == space):
+    with m.If(~good):
+        refuse(ErrorCause.BAD_OPERAND)
+    with m.Elif(decoded.cause != ErrorCause.NONE):
+        refuse(decoded.cause)
+    for space in UPSAMPLABLE:
+        with m.Elif(ops.memory == space):
             m.d.comb += command.memory.eq(space)
             issue = go(front.store.ready & ~touched.store_waits[space.value])
             m.d.comb += [front.store.valid.eq(issue), touched.store_issued.eq(issue),
