@@ -14,7 +14,7 @@ from amaranth import Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "join", "next_burst", "Burst", "Response", "BOUNDARY_BYTES",
+__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "join", "next_burst", "planned_burst", "Burst", "Response", "BOUNDARY_BYTES",
            "MAX_BURST_BEATS"]
 
 BOUNDARY_BYTES = 4096    # no burst may cross a 4 KiB address boundary
@@ -121,6 +121,19 @@ def next_burst(m, address, beats_left, max_burst: int, size: int):
     m.d.comb += [wanted.eq(Mux(beats_left < max_burst, beats_left, max_burst)),
                  beats.eq(Mux(to_boundary < wanted, to_boundary, wanted))]
     return beats, beats == beats_left
+
+
+def planned_burst(m, address, beats_left, max_burst: int, size: int, *, changing, prefix: str):
+    """`next_burst`'s (beats, last) worked out from the registers `address` and `beats_left` into registers of
+    their own, so that its comparisons are not in the cycle that issues the burst and adds to the address.
+    `changing` is high in a cycle that changes either register; the plan is `known` (of the registers as they
+    are now) from the cycle after the next. Returns (beats, last, known)."""
+    next_beats, next_last = next_burst(m, address, beats_left, max_burst, size)
+    beats = Signal.like(next_beats, name=f"{prefix}_beats", reset_less=True)     # data: `known` says when
+    last = Signal(name=f"{prefix}_last", reset_less=True)
+    known = Signal(name=f"{prefix}_known")
+    m.d.sync += [beats.eq(next_beats), last.eq(next_last), known.eq(~changing)]
+    return beats, last, known
 
 
 class AXI4Lite:

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import index_bits, times_constant
-from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, next_burst
+from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, planned_burst
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 from .transfer import LENGTH_BITS
 
@@ -54,7 +54,8 @@ class WeightLoader(wiring.Component):
       misaligned address or a length over `buffer_bytes` sets the sticky `error` and is dropped; length 0 makes
       the buffer FULL at once.
     - `axi`: AXI4 read master, INCR bursts of at most `max_burst` beats that never cross 4 KiB, up to
-      `outstanding` in flight, across descriptors; `rready` is always high while a burst is in flight.
+      `outstanding` in flight, across descriptors, at most one every other cycle, the first two cycles after its
+      descriptor is accepted; `rready` is always high while a burst is in flight.
     - `full` [buffers]: which buffers are FULL. `take` (stream of a buffer index): ready while that buffer is
       FULL, makes it HELD. `release` (always ready): makes a HELD buffer EMPTY.
     - `read`: the GEMM engine's stationary-operand read port. Feed word a of buffer b is at address
@@ -167,8 +168,10 @@ class WeightLoader(wiring.Component):
                          beats_left.eq((descriptor.length + bus - 1) >> size), next_beat.eq(0),
                          tail.eq(Mux(descriptor.length[:size] == 0, bus, descriptor.length[:size]))]
 
-        length, last_burst = next_burst(m, address, beats_left, self.max_burst, size)
-        issue = active & (~axi.arvalid | axi.arready) & (in_flight.level < self.outstanding)
+        issue = Signal()
+        length, last_burst, known = planned_burst(m, address, beats_left, self.max_burst, size, prefix="burst",
+                                                  changing=starting | issue)
+        m.d.comb += issue.eq(active & known & (~axi.arvalid | axi.arready) & (in_flight.level < self.outstanding))
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)
         with m.If(issue):

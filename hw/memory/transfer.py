@@ -15,7 +15,7 @@ from amaranth import Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .axi import BOUNDARY_BYTES, Burst, next_burst
+from .axi import BOUNDARY_BYTES, Burst, planned_burst
 
 __all__ = ["DramTransfer", "transfer_layout", "LENGTH_BITS"]
 
@@ -76,17 +76,11 @@ class DramTransfer(wiring.Component):
                 m.d.sync += self.error.eq(1)
         with m.If(dropped):
             m.d.sync += [active.eq(0), dropped.eq(0)]
-        # The next burst's beats and whether it is the last, worked out from the registers into registers of their
-        # own (`known` once they are of the address and beats left now: a cycle after a command is taken or a burst
-        # issued), so that the comparisons are not in the same cycle as the address's addition.
-        next_beats, next_last = next_burst(m, address, beats_left, self.max_burst, size)
-        beats = Signal.like(next_beats, name=f"{channel}_beats", reset_less=True)     # data: `known` says when
-        last = Signal(name=f"{channel}_last", reset_less=True)
-        known = Signal(name=f"{channel}_known")
         valid, ready = signal("valid"), signal("ready")
-        issue = active & ~dropped & known & (~valid | ready) & room
-        m.d.sync += [beats.eq(next_beats), last.eq(next_last),
-                     known.eq(~(self.command.valid & ~active) & ~issue)]
+        issue = Signal(name=f"{channel}_issue")
+        beats, last, known = planned_burst(m, address, beats_left, self.max_burst, size, prefix=channel,
+                                           changing=(self.command.valid & ~active) | issue)
+        m.d.comb += issue.eq(active & ~dropped & known & (~valid | ready) & room)
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
         with m.If(issue):
