@@ -9,7 +9,8 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
 - `irq`: STATUS.done while CONTROL.irq_enable.
 - `issued`: high in each cycle the controller issues an instruction (an EXPERTS body's once per expert): a trace
   for a logic analyser, and what `firmware.cycles` checks its cycle model against, instruction by instruction.
-A run: the host writes the region registers and TASK, then CONTROL.start; STATUS.done rises when the program
+A run: the host writes the region registers and TASK, then CONTROL.start (the controller reads the region registers
+as it fetches the instructions, so they hold for the whole run); STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle (the controller and the units a cycle later, the units as after start: each from its own
 register of the reset, so that no one net reaches every unit). The AXI4 bursts in flight then end by the rules

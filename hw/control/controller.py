@@ -54,9 +54,11 @@ nothing moved it then; it loads registers only: the units' commands leave them a
 moves on (`issued`: the pop, the pc, the loop, a CONFIG, the scoreboard's records) and nothing issues. An
 instruction takes three cycles at least; a refusal ends the run a cycle after it.
 
-What an instruction's operands decide alone (a refusal, the halves of PARAMS and SCORES) is worked out as it enters
-the fetch buffer (`predecode`) and kept beside it, in the EXPERTS body buffer too: the issue decision compares no
-operand, it combines those flags with the units' state. Cycles are the same either way.
+What an instruction's operands decide alone (a refusal, the halves of PARAMS and SCORES, a LOAD's, STORE's or
+UPSAMPLE's DRAM address: its region register + its offset) is worked out as it enters the fetch buffer (`predecode`)
+and kept beside it, in the EXPERTS body buffer too: the issue decision compares no operand, it combines those flags
+with the units' state, and only a LOAD inside EXPERTS adds to an address there (the loop's offset). Cycles are the
+same either way.
 """
 
 from __future__ import annotations
@@ -124,19 +126,15 @@ class Controller(wiring.Component):
                                                     shape=unsigned(8 * spaces[Space.HIDDEN].word_bytes))),
         })
 
-    def dram_address(self, m, operands, name, extra=0):
-        """The DRAM address of a LOAD or STORE (its region register + offset + `extra`), and whether the region
-        exists and the address is bus-aligned (from the terms' low bits alone: the wide sum goes to a command
-        register, not into the decision)."""
+    def dram_address(self, m, decoded, name, extra=0):
+        """The DRAM address of a LOAD, STORE or UPSAMPLE (`decoded.dram`, its region register + offset, + `extra`),
+        and whether it is bus-aligned (from the terms' low bits alone: the wide sum goes to a command register, not
+        into the decision)."""
         address = Signal(32, name=f"{name}_address")
         good = Signal(name=f"{name}_address_good")
         low = (self.bus_bytes - 1).bit_length()
-        with m.Switch(operands.region):
-            for region, base in ((Region.MODEL, self.model_addr), (Region.IMAGE, self.image_addr),
-                                 (Region.OUTPUT, self.output_addr)):
-                with m.Case(region):
-                    m.d.comb += [address.eq(base + operands.address + extra),
-                                 good.eq((base[:low] + operands.address[:low] + Value.cast(extra)[:low])[:low] == 0)]
+        m.d.comb += [address.eq(decoded.dram + extra),
+                     good.eq((decoded.dram[:low] + Value.cast(extra)[:low])[:low] == 0)]
         return address, good
 
     def half_of(self, space: Space, base, reach):
@@ -176,7 +174,7 @@ class Controller(wiring.Component):
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
-                address, good = self.dram_address(m, ops, "load", Mux(ops.per_expert, loop.offset, 0))
+                address, good = self.dram_address(m, decoded, "load", Mux(ops.per_expert, loop.offset, 0))
                 params_half = decoded.params_half
                 with m.If(ops.per_expert & ~loop.active):
                     refuse(ErrorCause.BAD_OPERAND)
@@ -206,7 +204,7 @@ class Controller(wiring.Component):
                            hidden, slab, span_bits, loop, conv_config)
             with m.Case(Opcode.STORE):
                 ops = word.operands.store
-                address, good = self.dram_address(m, ops, "store")
+                address, good = self.dram_address(m, decoded, "store")
                 with m.If(~good):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(refused):

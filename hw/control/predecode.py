@@ -5,33 +5,47 @@ on them and on the operands (`reach`), then the comparisons of those and the ref
 
 from __future__ import annotations
 
-from amaranth import Const
+from amaranth import Const, Mux, Value
 from amaranth.lib import data
 
 from .datapath import LOADABLE, STORABLE
 from .gemm_issue import gemm_products, gemm_reaches, predecode_gemm
-from .isa import INSTRUCTION_BITS, ErrorCause, Opcode, Space
+from .isa import INSTRUCTION_BITS, ErrorCause, Opcode, Region, Space
 from .upsample_issue import predecode_upsample, upsample_products, upsample_reaches
 
 __all__ = ["PREDECODED", "prepared_layout", "prepare", "reached_layout", "reach", "predecode"]
 
-# The cause of the instruction's refusal by its operands alone (NONE if none), and the halves of PARAMS and
-# SCORES it touches.
-PREDECODED = data.StructLayout({"cause": ErrorCause, "params_half": 1, "scores_half": 1})
+# The cause of the instruction's refusal by its operands alone (NONE if none), the halves of PARAMS and
+# SCORES it touches, and the DRAM address of a LOAD, STORE or UPSAMPLE: its region register + its offset (a LOAD
+# inside EXPERTS adds the loop's offset as it issues).
+PREDECODED = data.StructLayout({"cause": ErrorCause, "params_half": 1, "scores_half": 1, "dram": 32})
 
 
 def _products(word) -> dict:
     return {**upsample_products(word.operands.upsample), **gemm_products(word.operands.gemm)}
 
 
-def _reaches(ctrl, word, prepared) -> dict:
+def _dram(word, bases) -> Value:
+    """The DRAM address of `word` if it is a LOAD, STORE or UPSAMPLE: the register of its region (`bases`: MODEL,
+    IMAGE, OUTPUT; MODEL's for another, which predecode refuses) + its offset."""
+    region, offset = word.operands.load.region.as_value(), word.operands.load.address
+    for opcode in (Opcode.STORE, Opcode.UPSAMPLE):
+        ops = getattr(word.operands, opcode.name.lower())
+        region = Mux(word.opcode == opcode, ops.region.as_value(), region)
+        offset = Mux(word.opcode == opcode, ops.address, offset)
+    model, image, output = bases
+    return (Mux(region == Region.IMAGE, image, Mux(region == Region.OUTPUT, output, model)) + offset)[:32]
+
+
+def _reaches(ctrl, word, prepared, bases) -> dict:
     load, store = word.operands.load, word.operands.store
     norm, softmax = word.operands.layernorm, word.operands.softmax
     return {**{f"load_{space.name.lower()}": ctrl.reach(load, space) for space in LOADABLE},
             **{f"store_{space.name.lower()}": ctrl.reach(store, space) for space in STORABLE},
             "norm_source": norm.source + norm.rows, "norm_destination": norm.destination + norm.rows,
             "softmax_source": softmax.source + softmax.rows,
-            **upsample_reaches(word.operands.upsample, prepared), **gemm_reaches(word.operands.gemm, prepared)}
+            **upsample_reaches(word.operands.upsample, prepared), **gemm_reaches(word.operands.gemm, prepared),
+            "dram": _dram(word, bases)}
 
 
 def _layout(values: dict) -> data.StructLayout:
@@ -54,7 +68,8 @@ def prepared_layout(isa) -> data.StructLayout:
 def reached_layout(ctrl) -> data.StructLayout:
     """What `reach` works out for the controller `ctrl`: each sum, as wide as it can be."""
     products = prepared_layout(ctrl.isa)
-    return _layout(_reaches(ctrl, _blank(ctrl.isa), data.View(products, Const(0, products.size))))
+    return _layout(_reaches(ctrl, _blank(ctrl.isa), data.View(products, Const(0, products.size)),
+                            (Const(0, 32),) * 3))
 
 
 def prepare(m, word, prepared):
@@ -67,7 +82,7 @@ def reach(ctrl, m, word, prepared, reached):
     """The sums on instruction `word`'s operands and on its products (`prepared`, what `prepare` made of it a cycle
     before) that `predecode` compares, into `reached` (`reached_layout`), each whatever the opcode: how far an
     operand reaches in its memory (the word after its last)."""
-    _assign(m, reached, _reaches(ctrl, word, prepared))
+    _assign(m, reached, _reaches(ctrl, word, prepared, (ctrl.model_addr, ctrl.image_addr, ctrl.output_addr)))
 
 
 def predecode(ctrl, m, word, reached, decoded):
@@ -78,6 +93,11 @@ def predecode(ctrl, m, word, reached, decoded):
     def refuse(cause):
         m.d.comb += decoded.cause.eq(cause)
 
+    def refuse_region(ops):       # last, so that it takes precedence over the case's other causes
+        with m.If(ops.region.as_value() > max(region.value for region in Region)):
+            refuse(ErrorCause.BAD_OPERAND)
+
+    m.d.comb += decoded.dram.eq(reached.dram)
     span_bits = (ctrl.buffer_span - 1).bit_length()
     with m.Switch(word.opcode):
         with m.Case(Opcode.LOAD):
@@ -95,6 +115,7 @@ def predecode(ctrl, m, word, reached, decoded):
                         refuse(ErrorCause.BAD_OPERAND)
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
+            refuse_region(ops)
         with m.Case(Opcode.GEMM):
             predecode_gemm(ctrl, m, word.operands.gemm, reached, refuse, decoded, span_bits)
         with m.Case(Opcode.STORE):
@@ -106,8 +127,10 @@ def predecode(ctrl, m, word, reached, decoded):
                         refuse(ErrorCause.BAD_OPERAND)
             with m.Else():
                 refuse(ErrorCause.UNSUPPORTED)
+            refuse_region(ops)
         with m.Case(Opcode.UPSAMPLE):
             predecode_upsample(ctrl, m, word.operands.upsample, reached, refuse)
+            refuse_region(word.operands.upsample)
         with m.Case(Opcode.LAYERNORM):
             with m.If((reached.norm_source > ctrl.tokens) | (reached.norm_destination > ctrl.tokens)):
                 refuse(ErrorCause.BAD_OPERAND)

@@ -48,7 +48,7 @@ def issue_upsample(ctrl, m, front, ops, decoded, refuse, go, touched):
     """The UPSAMPLE at the head of the controller `ctrl` (`Controller`; `decoded` what `predecode_upsample` made
     of it): a store path command (into `front`, the issue stage's) of tiles × 2·width words (the path works out its
     length)."""
-    address, good = ctrl.dram_address(m, ops, "upsample")
+    address, good = ctrl.dram_address(m, decoded, "upsample")
     command = front.store.payload
     m.d.comb += [command.base.eq(ops.near), command.address.eq(address), command.upsample.eq(1),
                  command.far.eq(ops.far), command.width.eq(ops.width), command.tiles.eq(ops.tiles),
