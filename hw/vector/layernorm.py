@@ -11,7 +11,8 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eleven stages (x·r in registered DSP
-   blocks, `WideMultiplier`, four of them); the pipeline stops as a whole while the output is not taken.
+   blocks, `WideMultiplier`, four of them; x̂·G_o in one, `Multiplier`, two); the pipeline stops as a whole while
+   the output is not taken.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
@@ -37,7 +38,7 @@ from golden import ops
 
 from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, radix4_step, rounding_sum,
                             shift_right, times_constant, tree_sum)
-from ..common.multiplier import WideMultiplier
+from ..common.multiplier import Multiplier, WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -195,14 +196,16 @@ class LayerNorm(wiring.Component):
             m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
         # sides[scaled_stage]: the beat whose x·r is in `scaled`, the multiplier's output (stage 1 + SCALE_STAGES)
         scaled_stage = self.SCALE_STAGES
-        # the parameter word is read a stage early and registered, to arrive with x̂ (stage 7) from a register:
-        # no block RAM output drives the affine stage's multiplier
+        # the parameter word is read two stages early and registered, to enter the gain's DSP block with x̂ (stage
+        # 7) from a register (no block RAM output drives a multiplier); β is held a stage longer, for stage 8
         params = [Signal.like(read.data, name=f"params{o}_held", reset_less=True)
                   for o, read in enumerate(params_reads)]
-        for read, held in zip(params_reads, params):
-            m.d.comb += [read.addr.eq(set_base + sides[scaled_stage].beat), read.en.eq(advance)]
+        betas = [Signal.like(read.data.beta, name=f"betas{o}", reset_less=True)
+                 for o, read in enumerate(params_reads)]
+        for read, held, beta in zip(params_reads, params, betas):
+            m.d.comb += [read.addr.eq(set_base + sides[scaled_stage - 1].beat), read.en.eq(advance)]
             with m.If(advance):
-                m.d.sync += held.eq(read.data)
+                m.d.sync += [held.eq(read.data), beta.eq(held.beta)]
         row_r = pick(sides[0].bank, recips)
         row_offset = pick(sides[scaled_stage].bank, offsets)
         # A bank is free once its last beat is read (stage 1); its statistics once that beat has read S·r, e and
@@ -237,15 +240,16 @@ class LayerNorm(wiring.Component):
             scaled = multiplier.p
             centred = Signal(signed(max(self.width + 33 + dim.bit_length(), self.sum_width + 33) + 1),
                              name=f"centred{lane}", reset_less=True)
-            normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}", reset_less=True)    # x̂
             # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
+            normalised = shift_right((centred + row_half + kept) >> SHIFT_BASE, row_e, NORMALISED_BITS)     # x̂
             with m.If(advance):
-                m.d.sync += [centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 6
-                             normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE,   # stage 7
-                                                       row_e, NORMALISED_BITS))]
+                m.d.sync += centred.eq(times_constant(scaled, dim) - row_offset)                   # stage 6
             for o, bits in enumerate(self.output_bits):
-                gained = Signal(signed(NORMALISED_BITS + GAMMA_BITS), name=f"gained{o}_{lane}", reset_less=True)
+                # x̂ and γ into the DSP block's input registers (stage 7), x̂·γ out of its output register (stage 8)
+                gain = m.submodules[f"gain{o}_{lane}"] = Multiplier(signed(NORMALISED_BITS), signed(GAMMA_BITS))
+                m.d.comb += [gain.a.eq(normalised), gain.b.eq(params[o].gamma[lane]), gain.en.eq(advance)]
+                gained = gain.p
                 beta = Signal(signed(BETA_BITS), name=f"beta{o}_{lane}", reset_less=True)
                 affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}", reset_less=True)
                 rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}", reset_less=True)
@@ -256,7 +260,7 @@ class LayerNorm(wiring.Component):
                 saturated = Mux(above, high, Mux(below, low, shift_right(rounded, shift, bits)))
                 with m.If(advance):
                     m.d.sync += [
-                        gained.eq(normalised * params[o].gamma[lane]), beta.eq(params[o].beta[lane]),  # stage 8
+                        beta.eq(betas[o][lane]),                                                     # stage 8
                         affine.eq(gained + beta),                                                    # stage 9
                         rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 10
                         y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 11
