@@ -14,8 +14,8 @@ from amaranth import Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "join", "next_burst", "planned_burst", "Burst", "Response", "BOUNDARY_BYTES",
-           "MAX_BURST_BEATS"]
+__all__ = ["AXI4", "AXI4Lite", "AXI4Read", "AXI4Write", "join", "next_burst", "planned_burst", "Burst", "Response",
+           "BOUNDARY_BYTES", "MAX_BURST_BEATS"]
 
 BOUNDARY_BYTES = 4096    # no burst may cross a 4 KiB address boundary
 MAX_BURST_BEATS = 256    # INCR bursts: ARLEN + 1 ≤ 256
