@@ -437,12 +437,12 @@ class CycleModel:
 
     STAGE = 1                # the issue stage: a command goes out the cycle after its decision,
     ISSUE_GAP = 3            # and decisions are three cycles apart at least, on a head there since the cycle before
-    GEMM_FIXED = 13          # a command's handshakes: its start, the accumulator, the FIFO's output register, writes
+    GEMM_FIXED = 14          # a command's handshakes: its start, the accumulator, the FIFO's output register, writes
     GELU_FIXED = 2           # the GELU path's rows beyond its stages
     LOAD_FIXED = 5           # a load path command after its last beat: the gearbox, the write registers, the write
     STORE_FIXED = 9          # a STORE after its last beat: the skid buffer, the write response
     END_FIXED = 7            # HALT to STATUS.done
-    LAYERNORM = (31, 18, 43)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
+    LAYERNORM = (31, 18, 44)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
     SOFTMAX = (21, 4, 10)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):

@@ -71,6 +71,7 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import index_bits
+from ..common.pipeline import kept_copies
 from ..memory.loader import descriptor_layout
 from ..memory.transfer import transfer_layout
 from .datapath import LOADABLE, STORABLE
@@ -351,7 +352,8 @@ class Controller(wiring.Component):
                     slab, idle, present, norm_config, softmax_config, conv_config, loop, front)
         m.d.comb += [self.issued.eq(retire),      # after a fault or a HALT, the rest is popped unissued
                      fetch.pop.eq(Mux(running, (retire & ~loop.replay) | skipped, fetch.head_valid))]
-        m.d.comb += [loop.issued.eq(retire), loop.dropped.eq(skipped)]
+        # the loop's registers load on `retire` from a copy of their own (no one net to them and the controller's)
+        m.d.comb += [loop.issued.eq(kept_copies(m, issue, 1, "retire_loop")[0]), loop.dropped.eq(skipped)]
         with m.If(retire | skipped):
             m.d.sync += pc.eq(pc + 1)
         with m.If(loop.jump):

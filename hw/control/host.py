@@ -23,6 +23,7 @@ from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..common.pipeline import kept_copies
 from ..memory.axi import AXI4Lite, Response
 from .isa import ErrorCause
 from .registers import COUNTERS, ID_MAGIC, ID_VERSION, REGISTER_BYTES, REGISTERS
@@ -102,20 +103,22 @@ class HostRegisters(wiring.Component):
 
         # --- Reads -----------------------------------------------------------------------------------------
         values = self._read_values(irq_enable)
-        # The read's offset is registered as it is taken and the register chosen by it a cycle later, so that the
-        # decoding of the master's address is not in the same cycle as the multiplexer.
-        reading, read_offset = Signal(), Signal.like(bus.araddr, reset_less=True)
+        # The read's offset is registered as it is taken (every cycle: it is used only in the cycle after a take)
+        # and the register chosen by it a cycle later, so that the decoding of the master's address is not in the
+        # same cycle as the multiplexer; a copy of the offset per byte of `rdata` (no one net reaches them all).
+        reading = Signal()
+        read_offsets = kept_copies(m, bus.araddr & ~(REGISTER_BYTES - 1), REGISTER_BYTES, "read_offset")
         m.d.comb += bus.arready.eq(~bus.rvalid & ~reading)
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         m.d.sync += reading.eq(bus.arvalid & bus.arready)
-        with m.If(bus.arvalid & bus.arready):
-            m.d.sync += read_offset.eq(bus.araddr & ~(REGISTER_BYTES - 1))
         with m.If(reading):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0), bus.rresp.eq(Response.SLVERR)]
-            with m.Switch(read_offset):
-                for reg in REGISTERS:
-                    with m.Case(reg.offset):
-                        m.d.sync += [bus.rdata.eq(values[reg.name]),
-                                     bus.rresp.eq(Response.OKAY)]
+            for byte, read_offset in enumerate(read_offsets):
+                with m.Switch(read_offset):
+                    for reg in REGISTERS:
+                        with m.Case(reg.offset):
+                            m.d.sync += bus.rdata[8 * byte:8 * byte + 8].eq(values[reg.name][8 * byte:8 * byte + 8])
+                            if byte == 0:
+                                m.d.sync += bus.rresp.eq(Response.OKAY)
         return m

@@ -10,9 +10,9 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
-   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Eleven stages (x·r in registered DSP
-   blocks, `WideMultiplier`, four of them; x̂·G_o in one, `Multiplier`, two); the pipeline stops as a whole while
-   the output is not taken.
+   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Twelve stages (x·r in registered DSP
+   blocks, `WideMultiplier`, four of them; x̂ into a register of the fabric, then x̂·G_o in a DSP block,
+   `Multiplier`, two); the pipeline stops as a whole while the output is not taken.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
@@ -54,7 +54,7 @@ SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
 class LayerNorm(wiring.Component):
     SUM_STAGES = 3         # side registers: the beat, its squares, the adder trees (then the accumulators)
     SCALE_STAGES = WideMultiplier.LATENCY       # x·r: the beat read, then the registered DSP blocks
-    NORMALISE_STAGES = 7 + SCALE_STAGES
+    NORMALISE_STAGES = 8 + SCALE_STAGES
 
     def __init__(self, dim: int, lanes: int = 16, *, output_bits=(8,), width: int = 16, param_sets: int = 1,
                  max_rows: int = 4096):
@@ -197,13 +197,13 @@ class LayerNorm(wiring.Component):
         # sides[scaled_stage]: the beat whose x·r is in `scaled`, the multiplier's output (stage 1 + SCALE_STAGES)
         scaled_stage = self.SCALE_STAGES
         # the parameter word is read two stages early and registered, to enter the gain's DSP block with x̂ (stage
-        # 7) from a register (no block RAM output drives a multiplier); β is held a stage longer, for stage 8
+        # 8) from a register (no block RAM output drives a multiplier); β is held a stage longer, for stage 9
         params = [Signal.like(read.data, name=f"params{o}_held", reset_less=True)
                   for o, read in enumerate(params_reads)]
         betas = [Signal.like(read.data.beta, name=f"betas{o}", reset_less=True)
                  for o, read in enumerate(params_reads)]
         for read, held, beta in zip(params_reads, params, betas):
-            m.d.comb += [read.addr.eq(set_base + sides[scaled_stage - 1].beat), read.en.eq(advance)]
+            m.d.comb += [read.addr.eq(set_base + sides[scaled_stage].beat), read.en.eq(advance)]
             with m.If(advance):
                 m.d.sync += [held.eq(read.data), beta.eq(held.beta)]
         row_r = pick(sides[0].bank, recips)
@@ -242,11 +242,13 @@ class LayerNorm(wiring.Component):
                              name=f"centred{lane}", reset_less=True)
             # round_shift by 19 + e, e ≤ max_e: the kept bit from a window of max_e + 1 bits
             kept = centred[SHIFT_BASE:SHIFT_BASE + self.max_e + 1].bit_select(row_e, 1)
-            normalised = shift_right((centred + row_half + kept) >> SHIFT_BASE, row_e, NORMALISED_BITS)     # x̂
-            with m.If(advance):
-                m.d.sync += centred.eq(times_constant(scaled, dim) - row_offset)                   # stage 6
+            normalised = Signal(signed(NORMALISED_BITS), name=f"normalised{lane}", reset_less=True)      # x̂
+            with m.If(advance):     # x̂ in a register beside its logic (stage 7), then the route to the DSP blocks
+                m.d.sync += [centred.eq(times_constant(scaled, dim) - row_offset),                  # stage 6
+                             normalised.eq(shift_right((centred + row_half + kept) >> SHIFT_BASE, row_e,
+                                                       NORMALISED_BITS))]
             for o, bits in enumerate(self.output_bits):
-                # x̂ and γ into the DSP block's input registers (stage 7), x̂·γ out of its output register (stage 8)
+                # x̂ and γ into the DSP block's input registers (stage 8), x̂·γ out of its output register (stage 9)
                 gain = m.submodules[f"gain{o}_{lane}"] = Multiplier(signed(NORMALISED_BITS), signed(GAMMA_BITS))
                 m.d.comb += [gain.a.eq(normalised), gain.b.eq(params[o].gamma[lane]), gain.en.eq(advance)]
                 gained = gain.p
@@ -255,15 +257,14 @@ class LayerNorm(wiring.Component):
                 rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}", reset_less=True)
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
-                shift = command.shifts[o]
                 above, below = beyond(rounded, saturating[o])
-                saturated = Mux(above, high, Mux(below, low, shift_right(rounded, shift, bits)))
+                saturated = Mux(above, high, Mux(below, low, shift_right(rounded, command.shifts[o], bits)))
                 with m.If(advance):
                     m.d.sync += [
-                        beta.eq(betas[o][lane]),                                                     # stage 8
-                        affine.eq(gained + beta),                                                    # stage 9
-                        rounded.eq(rounding_sum(affine, shift, out_halves[o])),                      # stage 10
-                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 11
+                        beta.eq(betas[o][lane]),                                                     # stage 9
+                        affine.eq(gained + beta),                                                    # stage 10
+                        rounded.eq(rounding_sum(affine, command.shifts[o], out_halves[o])),          # stage 11
+                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 12
                     ]
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
         with m.If(advance & valid[-1] & sides[-1].last):

@@ -5,8 +5,9 @@ embedding), which its saturation leaves as it is, or an expert's combine term ro
 reach 2^15 and is saturated first, as `golden.ops.gate_weighted` does.
 
 `input` (stream): {residual[lanes], addend[lanes] (one bit wider than the residual)}; `output` (stream):
-[lanes] of the residual format, the same beats in order `LATENCY` = 2 cycles later when nothing stalls. The
-pipeline stops as a whole while the output is not taken.
+[lanes] of the residual format, the same beats in order `LATENCY` = 3 cycles later when nothing stalls (the
+addend saturated, the sum, its saturation: a stage each). The pipeline stops as a whole while the output is not
+taken.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _saturate(value, bits):
 
 
 class ResidualAdd(wiring.Component):
-    LATENCY = 2
+    LATENCY = 3
 
     def __init__(self, lanes: int = 16, width: int = 16):
         if not isinstance(lanes, int) or lanes < 1:
@@ -60,14 +61,16 @@ class ResidualAdd(wiring.Component):
         m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
                      self.output.valid.eq(valid[-1])]
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.input.valid), valid[1].eq(valid[0])]
+            m.d.sync += [valid[0].eq(self.input.valid), *(valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY))]
         for lane in range(self.lanes):
             residual = Signal(signed(self.width), name=f"residual{lane}", reset_less=True)     # data, valid with
             addend = Signal(signed(self.width), name=f"addend{lane}", reset_less=True)         # `valid`
+            total = Signal(signed(self.width + 1), name=f"sum{lane}", reset_less=True)
             with m.If(advance):
                 m.d.sync += [
                     residual.eq(self.input.payload.residual[lane]),                                 # stage 1
                     addend.eq(_saturate(self.input.payload.addend[lane], self.width)),
-                    self.output.payload[lane].eq(_saturate(residual + addend, self.width)),          # stage 2
+                    total.eq(residual + addend),                                                    # stage 2
+                    self.output.payload[lane].eq(_saturate(total, self.width)),                     # stage 3
                 ]
         return m
