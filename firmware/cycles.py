@@ -424,10 +424,11 @@ class CycleModel:
     issue and takes the cycles its contract gives. `run(sequence)` → `Timeline`.
 
     The costs, from the units' contracts and the RTL's pipeline depths (`hw.compute.gemm.geometry`):
-    - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + 1 + M) / 2) (M = 1: 2M; a tile streams the
-      cycle after its weights are in, and loads once the tile two before it has streamed), then the first tile's load,
-      the operand stream, the array (R + C), the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU:
-      ⌈C / requant lanes⌉ cycles a row, then its pipeline); transposed output adds the corner turn's 2C − 4;
+    - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + L + M) / 2) (M = 1: 2M; a weight word is in
+      L = `OPERAND_READ_LATENCY` cycles after its read, a tile streams the cycle after its weights are in, and loads
+      once the tile two before it has streamed), then the first tile's load, the operand stream, the array (R + C),
+      the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU: ⌈C / requant lanes⌉ cycles a row, then its
+      pipeline); transposed output adds the corner turn's 2C − 4;
     - LayerNorm and the softmax: rows · max(the per-row statistics, the row's beats + the two-row buffer's gap);
     - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
       queues' prefix sums (the experts known: EXPERTS), then the queues (T·(k + 1): the gathering GEMMs);
@@ -446,7 +447,7 @@ class CycleModel:
     SOFTMAX = (21, 4, 10)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
-        from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, STREAM_STAGES, tiles
+        from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, OPERAND_READ_LATENCY, STREAM_STAGES, tiles
         from hw.control.memories import feed_rows, onchip_spaces
         self.model, self.accel, self.latency = model, accel, latency
         self.tiles = tiles
@@ -455,7 +456,9 @@ class CycleModel:
         self.gelu_gap = tiles(self.c, min(accel.requant_lanes, self.c))  # cycles between GELU rows
         self.bus = accel.dram_bytes_per_beat
         self.spaces = onchip_spaces(model, accel)
-        self.fixed = self.beats + STREAM_STAGES + self.r + self.c + DRAIN_STAGES + self.GEMM_FIXED
+        self.load_latency = OPERAND_READ_LATENCY                        # a weight word's read to the array
+        self.fixed = (self.beats + self.load_latency - 1 + STREAM_STAGES + self.r + self.c + DRAIN_STAGES
+                      + self.GEMM_FIXED)
         self.gelu_stages = GELU_STAGES
         feed_bytes = max(self.bus, accel.weight_feed_bytes)
         words = -(-accel.weight_buffer_bytes // feed_bytes)
@@ -475,7 +478,7 @@ class CycleModel:
         rows = 2 * m if m == 1 else m
         # a tile streams the cycle after its weights are in, and loads once the tile two before has streamed
         tiles = issue["k_tiles"] * issue["n_tiles"]
-        streamed = max(rows * tiles, self.beats * tiles, (self.beats + 1 + rows) * tiles // 2)
+        streamed = max(rows * tiles, self.beats * tiles, (self.beats + self.load_latency + rows) * tiles // 2)
         if issue["mode"] == GemmMode.GELU.value:
             tail = m * self.gelu_gap + self.gelu_stages + self.GELU_FIXED
         else:

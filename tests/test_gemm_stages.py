@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from golden import ops
-from hw.compute.gemm import GemmGeometry
+from hw.compute.gemm import OPERAND_READ_LATENCY, GemmGeometry
 from hw.compute.gemm.requantizer import RequantizerLane
 from hw.common.multiplier import Multiplier
 from hw.sim import simulate
@@ -162,6 +162,7 @@ def test_tile_sequencer_walks_like_its_model(load_rows):
             reads, loads, issues, drains = [], [], [], []
             loaded_at, streamed_at, cycle = {}, {}, 0
             tiles_per_n = command["k_tiles"]
+            read_at = [None] * OPERAND_READ_LATENCY      # the W memory's reads, a cycle each, the oldest first
             while len(issues) < len(issues_expected) or len(loads) < len(loads_expected) or drains:
                 reading = ctx.get(sequencer.w_read.en)
                 if reading:
@@ -184,8 +185,9 @@ def test_tile_sequencer_walks_like_its_model(load_rows):
                     drains.pop(0)
                 await ctx.tick()
                 cycle += 1
-                if reading:                                     # the W memory: its word a cycle later
-                    ctx.set(sequencer.w_read.data.as_value(), _word(reads[-1]))
+                read_at = read_at[1:] + [reads[-1] if reading else None]
+                if read_at[0] is not None:          # the W memory: its word OPERAND_READ_LATENCY cycles later
+                    ctx.set(sequencer.w_read.data.as_value(), _word(read_at[0]))
                 assert cycle < 20_000, "the sequencer stopped"
             ctx.set(sequencer.tile_drained, 0)
             ctx.set(sequencer.busy, 0)
@@ -238,6 +240,7 @@ def test_operand_streamer_is_its_model():
             ctx.set(streamer.start, 0)
             ctx.set(streamer.list_base, command["list_base"])
             pending, beats, issued_at, cycle = list(issues), [], [], 0
+            x_read_at = [None] * OPERAND_READ_LATENCY       # X's reads, a cycle each, the oldest first
             while len(beats) < len(issues):
                 if pending and rng.random() < 0.7:
                     m, i, j, bank, first, last, pad, tile_base = pending.pop(0)
@@ -253,8 +256,10 @@ def test_operand_streamer_is_its_model():
                                   [ctx.get(streamer.to_array.payload.data[r]) for r in range(3)]))
                 await ctx.tick()
                 cycle += 1
-                ctx.set(streamer.index_read.data, int(index[index_address]))      # the memories: a cycle later
-                ctx.set(streamer.x_read.data.as_value(), _pack(x[x_address], 8))
+                ctx.set(streamer.index_read.data, int(index[index_address]))      # the index: a cycle later
+                x_read_at = x_read_at[1:] + [x_address]                # X: OPERAND_READ_LATENCY cycles later
+                if x_read_at[0] is not None:
+                    ctx.set(streamer.x_read.data.as_value(), _pack(x[x_read_at[0]], 8))
             ctx.set(streamer.issue.valid, 0)
             runs.append((command, issues, issued_at, beats))
 

@@ -1,6 +1,7 @@
 """`InterleavedMemory` (the two-ported memories of the top level, SCRATCH's banks): random writes and reads on
-every port against its `model` under the port rules of its docstring, each read a cycle after its enable and held
-while the enable is low (port A's until its next user); port B's read of the word written in the same cycle;
+every port against its `model` under the port rules of its docstring, each read a cycle after its enable (`read`
+and `wide` two with `registered`) and held while the enable is low (port A's until its next user); port B's read
+of the word written in the same cycle;
 one copy of block RAM a bank in synthesis; parameter checks; Verilog that elaborates."""
 
 import numpy as np
@@ -11,16 +12,19 @@ from hw.memory.interleaved import InterleavedMemory
 from hw.sim import simulate
 
 
-@pytest.mark.parametrize("banks, wide", [(1, False), (1, True), (2, True), (4, True), (4, False)])
-def test_every_port_reads_what_the_model_says(banks, wide):
+@pytest.mark.parametrize("banks, wide, registered", [(1, False, False), (1, True, False), (2, True, False),
+                                                     (4, True, False), (4, False, False), (1, True, True),
+                                                     (4, True, True)])
+def test_every_port_reads_what_the_model_says(banks, wide, registered):
     width, depth, cycles = 8, 16, 400
-    memory = InterleavedMemory(width, depth, banks, wide=wide)
-    rng = np.random.default_rng(banks + 8 * wide)
+    memory = InterleavedMemory(width, depth, banks, wide=wide, registered=registered)
+    rng = np.random.default_rng(banks + 8 * wide + 16 * registered)
     words = [0] * depth
     port_a_users = ["write", "shared"] + (["wide"] if wide else [])
 
     async def testbench(ctx):
-        expected = {}             # port → the word its data must show this cycle
+        expected = {}             # port → the word its data must show this cycle (a cycle after the read)
+        late = {}                 # with `registered`: `read`'s and `wide`'s, a cycle later
         collisions = 0
         for _ in range(cycles):
             user = rng.choice(port_a_users + [None])             # port A: at most one user a cycle
@@ -51,25 +55,31 @@ def test_every_port_reads_what_the_model_says(banks, wide):
             if write:
                 words[addr] = value
             for op, port, _, _ in reads:
-                if port in expected:
-                    assert ctx.get(port.data) == expected[port], (op, banks)
+                seen = expected.get(port)
+                if registered and port is not memory.shared:
+                    seen, late[port] = late.get(port), seen
+                if seen is not None:
+                    assert ctx.get(port.data) == seen, (op, banks)
         assert collisions > 10
 
     simulate(memory, testbench)
 
 
-@pytest.mark.parametrize("width, depth, banks, blocks", [
-    (64, 2560, 1, 12),      # 1024 × 18: 4 wide, 3 deep; a copy a read port would be 20 (two of 512 × 36)
-    (32, 4096, 2, 8),       # a bank of 2048 × 32: 2048 × 9, 4 wide
-    (16, 2048, 1, 2),
+@pytest.mark.parametrize("width, depth, banks, blocks, registered", [
+    (64, 2560, 1, 12, False),      # 1024 × 18: 4 wide, 3 deep; a copy a read port would be 20 (two of 512 × 36)
+    (32, 4096, 2, 8, False),       # a bank of 2048 × 32: 2048 × 9, 4 wide
+    (32, 4096, 2, 8, True),
+    (16, 2048, 1, 2, False),
 ])
-def test_a_bank_is_one_copy_of_true_dual_port_blocks(width, depth, banks, blocks):
-    """Yosys maps each bank to one copy of DP16KD blocks, as the fit plan counts a two-ported memory."""
+def test_a_bank_is_one_copy_of_true_dual_port_blocks(width, depth, banks, blocks, registered):
+    """Yosys maps each bank to one copy of DP16KD blocks, as the fit plan counts a two-ported memory (with its
+    outputs registered too)."""
     from hw.flow.fit import target
     from hw.flow.synth import cell_counts
     dp16kd = target("ulx3s-85f").memory_blocks[0]
     assert banks * dp16kd.blocks_for(width, depth // banks, two_ports=True) == blocks
-    assert cell_counts(InterleavedMemory(width, depth, banks, wide=True), "memory")["DP16KD"] == blocks
+    assert cell_counts(InterleavedMemory(width, depth, banks, wide=True, registered=registered),
+                       "memory")["DP16KD"] == blocks
 
 
 @pytest.mark.parametrize("args, text", [((8, 10, 4), "power of two dividing depth"), ((8, 12, 3), "power of two"),

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-__all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "KEPT_COPY"]
+__all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "KEPT_COPY",
+           "REGISTERED_READ_LATENCY"]
 
 # The name prefix of registers that synthesis keeps apart (the board flow marks their flip-flops `keep`): Yosys's
 # `opt_merge` would merge registers alike back into one, whose net reaches every load.
 KEPT_COPY = "kept_copy_"
+
+# A block RAM read whose output is registered before any multiplexer or logic (the block's output comes late in the
+# cycle): its word two cycles after the read's `en`.
+REGISTERED_READ_LATENCY = 2
 
 
 def data_register(m, port, name: str):

@@ -142,9 +142,10 @@ class Accelerator(wiring.Component):
                       Space.ROUTES):
             memory, name = self.spaces[space], space.name.lower()
             if space in TWO_PORTED:      # the store path on port A with the writers (never at once), the rest on B
+                # (the array's operands, X and SCRATCH's stationary W, from registered outputs)
                 storage = m.submodules[name] = InterleavedMemory(
                     8 * memory.word_bytes, memory.depth, self.feed_rows if space == Space.SCRATCH else 1,
-                    wide=space == Space.SCRATCH)
+                    wide=space == Space.SCRATCH, registered=space in (Space.ACTIVATION, Space.SCRATCH))
                 write, reader = storage.write, storage.read
                 wiring.connect(m, storage.shared, getattr(store, name))
             else:

@@ -29,8 +29,9 @@ def describe(shape) -> str:
     return f"{'s' if shape.signed else 'u'}{shape.width}"
 
 
-def _kind(member) -> tuple[str, str]:
-    """(what the port is, what it carries) for a signature member, from the unit's side."""
+def _kind(member, latency: int = 1) -> tuple[str, str]:
+    """(what the port is, what it carries) for a signature member, from the unit's side (a read port's data
+    `latency` cycles after its `en`)."""
     if not member.is_signature:
         return ("input" if member.flow == In else "output"), describe(member.shape)
     signature = member.signature.flip() if member.flow == In else member.signature
@@ -39,7 +40,8 @@ def _kind(member) -> tuple[str, str]:
         return f"stream {'in' if member.flow == In else 'out'}{ready}", describe(signature.members["payload"].shape)
     if isinstance(signature, ReadPort.Signature):
         role = "reads a memory" if member.flow == In else "read port of its memory"
-        return role, f"addr u{signature.addr_width} → {describe(signature.shape)}, a cycle later"
+        later = "a cycle later" if latency == 1 else f"{latency} cycles later"
+        return role, f"addr u{signature.addr_width} → {describe(signature.shape)}, {later}"
     if isinstance(signature, WritePort.Signature):
         role = "writes a memory" if member.flow == In else "write port of its memory"
         return role, f"addr u{signature.addr_width}, {describe(signature.shape)}"
@@ -83,8 +85,9 @@ def interface_rows(model: ModelConfig, accel: AcceleratorConfig) -> list[tuple[s
         else:
             component._MustUse__silence = True    # built for its signature only, never elaborated
             signature = component.signature
+        latencies = getattr(component, "READ_LATENCIES", {})     # read ports slower than `lib.memory`'s
         for name, member in signature.members.items():
-            rows.append((unit, name, *_kind(member)))
+            rows.append((unit, name, *_kind(member, latencies.get(name, 1))))
     return rows
 
 

@@ -9,6 +9,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import Out
 
 from ..common.arith import address_bits
+from ..common.pipeline import REGISTERED_READ_LATENCY, delay_line
 
 __all__ = ["InterleavedMemory"]
 
@@ -25,9 +26,11 @@ class InterleavedMemory(wiring.Component):
       (port A), never enabled in a cycle with `write.en` or `shared.en`.
     Port A reads in every cycle one of its users enables it (a write's at the write's address), so `shared`'s and
     `wide`'s data are held only until the next cycle with a write or the other's read.
-    The user keeps port A's users apart (the top level's scoreboard does, docs/architecture.md section 11)."""
+    The user keeps port A's users apart (the top level's scoreboard does, docs/architecture.md section 11).
+    With `registered`, `read` and `wide` give their words `REGISTERED_READ_LATENCY` = 2 cycles after `en` (held
+    alike), each bank's output registered before the banks' multiplexer."""
 
-    def __init__(self, width: int, depth: int, banks: int = 1, *, wide: bool = False):
+    def __init__(self, width: int, depth: int, banks: int = 1, *, wide: bool = False, registered: bool = False):
         problem = next((f"{name} = {value!r}: a positive integer" for name, value in
                         (("width", width), ("depth", depth), ("banks", banks))
                         if not isinstance(value, int) or value < 1), None)
@@ -36,7 +39,7 @@ class InterleavedMemory(wiring.Component):
         if problem is not None:
             self._MustUse__silence = True             # never built, so never elaborated
             raise ValueError(f"InterleavedMemory {problem}")
-        self.width, self.depth, self.banks, self.has_wide = width, depth, banks, wide
+        self.width, self.depth, self.banks, self.has_wide, self.registered = width, depth, banks, wide, registered
         addr = address_bits(depth)
         members = {"write": Out(WritePort.Signature(addr_width=addr, shape=width)),
                    "read": Out(ReadPort.Signature(addr_width=addr, shape=width)),
@@ -76,10 +79,10 @@ class InterleavedMemory(wiring.Component):
             m.d.comb += [port_a.addr.eq(shared_addr),
                          port_a.en.eq(bank_write | self.shared.en | (self.wide.en if self.has_wide else 0))]
             narrow[self.shared].append(port_a.data)
-            wide_data.append(port_a.data)
+            wide_data.append(self._output(m, port_a.data, f"bank{b}_a"))
             port_b = bank.read_port(transparent_for=(write,))
             m.d.comb += [port_b.addr.eq(self.read.addr[low:]), port_b.en.eq(self.read.en)]
-            narrow[self.read].append(port_b.data)
+            narrow[self.read].append(self._output(m, port_b.data, f"bank{b}_b"))
         if self.has_wide:
             m.d.comb += self.wide.data.eq(Cat(*wide_data))
         for port, data in narrow.items():
@@ -87,7 +90,14 @@ class InterleavedMemory(wiring.Component):
                 chosen = Signal(low)           # the bank of the word read, kept like the port's data
                 with m.If(port.en):
                     m.d.sync += chosen.eq(port.addr[:low])
+                if port is self.read:
+                    chosen = self._output(m, chosen, "read_bank")
                 m.d.comb += port.data.eq(Cat(*data).word_select(chosen, self.width))
             else:
                 m.d.comb += port.data.eq(data[0])
         return m
+
+    def _output(self, m, value, name: str):
+        """`value` as `read` and `wide` see it: registered with `registered` (as many cycles as make the read's
+        latency `REGISTERED_READ_LATENCY`), else itself."""
+        return delay_line(m, value, REGISTERED_READ_LATENCY - 1, name, data=True)[-1] if self.registered else value

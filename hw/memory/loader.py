@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AcceleratorConfig, ModelConfig
 
 from ..common.arith import index_bits, times_constant
+from ..common.pipeline import REGISTERED_READ_LATENCY, delay_line
 from .axi import BOUNDARY_BYTES, AXI4Read, Burst, Response, planned_burst
 from .layout import ExpertLayerLayout, expert_layer_layout, word_stride
 from .transfer import LENGTH_BITS
@@ -59,12 +60,16 @@ class WeightLoader(wiring.Component):
     - `full` [buffers]: which buffers are FULL. `take` (stream of a buffer index): ready while that buffer is
       FULL, makes it HELD. `release` (always ready): makes a HELD buffer EMPTY.
     - `read`: the GEMM engine's stationary-operand read port. Feed word a of buffer b is at address
-      b·`buffer_span` + a, where `buffer_span` is the next power of two of `buffer_words`; data one cycle
-      after `en`, as `lib.memory` read ports, but not held after it: the block RAMs read every cycle (their
-      enable is no net across the chip), `en` picks the buffer and the word the data comes from.
+      b·`buffer_span` + a, where `buffer_span` is the next power of two of `buffer_words`; data two cycles
+      after `en` (`READ_LATENCY`: each block RAM's output is registered before the buffers' multiplexer), not
+      held after it: the block RAMs read every cycle (their enable is no net across the chip), `en` picks the
+      buffer and the word the data comes from.
     - `idle`: no descriptor in progress and no burst in flight. `error`: sticky, set by a bad descriptor or
       a read response other than OKAY.
     """
+
+    READ_LATENCY = REGISTERED_READ_LATENCY
+    READ_LATENCIES = {"read": READ_LATENCY}
 
     def __init__(self, *, cols: int, load_rows: int = 1, operand_width: int = 8, buffers: int = 2,
                  buffer_bytes: int, bus_bytes: int = 16, max_burst: int = 16, outstanding: int = 2,
@@ -208,13 +213,15 @@ class WeightLoader(wiring.Component):
         read_buffer = self.read.addr[(self.buffer_span - 1).bit_length():] if self.buffers > 1 else Const(0)
         words_per_memory_word = self.memory_bytes // self.word_stride
         select_bits = (words_per_memory_word - 1).bit_length()
+        # which buffer and which word of the memory word, kept from the read to its data
         read_buffer_then = Signal.like(read_buffer)
         read_select_then = Signal(max(1, select_bits))
+        chosen = Signal(len(read_buffer_then) + len(read_select_then))
         with m.If(self.read.en):
-            m.d.sync += [read_buffer_then.eq(read_buffer), read_select_then.eq(read_address[:select_bits])
-                         if select_bits else read_select_then.eq(0)]
+            m.d.sync += chosen.eq(Cat(read_buffer, read_address[:select_bits] if select_bits else Const(0, 1)))
             m.d.sync += Assert(state[read_buffer] == BufferState.HELD,
                                "the consumer reads a slab buffer it does not hold")
+        m.d.sync += Cat(read_buffer_then, read_select_then).eq(chosen)
         memory_words = []
         for b in range(self.buffers):
             memory = m.submodules[f"buffer{b}"] = Memory(shape=unsigned(8 * self.memory_bytes),
@@ -226,7 +233,7 @@ class WeightLoader(wiring.Component):
                          write.en.eq(Mux(arriving & (head.buffer == b), byte_enable << (lane * bus), 0))]
             reader = memory.read_port()
             m.d.comb += reader.addr.eq(read_address >> select_bits)
-            memory_words.append(reader.data)
+            memory_words.append(delay_line(m, reader.data, 1, f"buffer{b}_word", data=True)[-1])
         with m.If(arriving):
             m.d.sync += Assert(state[head.buffer] == BufferState.LOADING, "the loader writes a buffer not LOADING")
         word = Signal(8 * self.memory_bytes)

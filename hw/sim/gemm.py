@@ -10,14 +10,16 @@ from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
-from hw.compute.gemm import GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
+from hw.common.pipeline import delay_line
+from hw.compute.gemm import OPERAND_READ_LATENCY, GemmEngine, GemmMode, pack_params, pack_w, pack_x, tiles
 
 __all__ = ["GemmBench", "GemmModelBench", "ConvOperand", "conv_operand", "run_gemm"]
 
 
 class GemmBench(Elaboratable):
-    """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`; with `weights`
-    (a component with a `read` port, as `hw.memory.loader.WeightPath`), W comes from it instead (`w` is None)."""
+    """`engine` wired to memories the testbench fills through `ctx.set(memory.data[i], …)`, X's and W's outputs
+    registered (`OPERAND_READ_LATENCY`); with `weights` (a component with a `read` port, as
+    `hw.memory.loader.WeightPath`), W comes from it instead (`w` is None)."""
 
     def __init__(self, engine: GemmEngine, weights=None):
         self.engine, self.weights = engine, weights
@@ -34,8 +36,14 @@ class GemmBench(Elaboratable):
         m.submodules.engine = engine = self.engine
         for name, port in (("x", "x_read"), ("w", "w_read"), ("p", "p_read"), ("row", "row_read"),
                            ("index", "index_read"), ("index", "scatter_read"), ("gate", "gate_read")):
-            if getattr(self, name) is not None:
-                wiring.connect(m, getattr(self, name).read_port(), getattr(engine, port))
+            if getattr(self, name) is None:
+                continue
+            read, port = getattr(self, name).read_port(), getattr(engine, port)
+            if name in ("x", "w"):
+                m.d.comb += [read.addr.eq(port.addr), read.en.eq(port.en)]
+                m.d.comb += port.data.eq(delay_line(m, read.data, OPERAND_READ_LATENCY - 1, f"{name}_word")[-1])
+            else:
+                wiring.connect(m, read, port)
         if self.weights is not None:
             m.submodules.weights = self.weights
             wiring.connect(m, self.weights.read, engine.w_read)
@@ -54,7 +62,8 @@ class GemmModelBench:
         members = engine.signature.members
         for name, depth in (("x", engine.x_depth), ("w", engine.w_depth), ("p", engine.p_depth),
                             ("row", engine.max_m), ("index", engine.index_depth)):
-            setattr(self, name, ModelMemory(members[f"{name}_read"].signature.members["data"].shape, depth))
+            setattr(self, name, ModelMemory(members[f"{name}_read"].signature.members["data"].shape, depth,
+                                            latency=OPERAND_READ_LATENCY if name in ("x", "w") else 1))
         self.context = VerilatorContext(Verilated(engine, "gemm"), [
             (self.x, engine.x_read), (self.w, engine.w_read), (self.p, engine.p_read), (self.row, engine.row_read),
             (self.index, engine.index_read)])

@@ -10,6 +10,7 @@ import numpy as np
 
 from hw.sim.dram import AXI4ReadModel
 from hw.common.bits import pack
+from hw.memory.loader import WeightLoader
 
 __all__ = ["LoaderRun", "run_loads", "ideal_cycles", "buffer_words"]
 
@@ -45,6 +46,7 @@ async def run_loads(ctx, unit, dram: AXI4ReadModel, feeds: list[tuple[object, li
     taken = released = 0
     holding = None            # (load, cycles held so far, words requested)
     received: list[int] = []
+    read_at = [False] * WeightLoader.READ_LATENCY        # whether a word was read, a cycle each, the oldest first
     cycle = 0
     while released < len(buffers):
         if cycle > timeout:
@@ -78,7 +80,8 @@ async def run_loads(ctx, unit, dram: AXI4ReadModel, feeds: list[tuple[object, li
                 release_now = True
         await ctx.tick()
         dram.advance()
-        if reading:
+        read_at = read_at[1:] + [reading]
+        if read_at[0]:
             received.append(pack(unit.read.data.shape(), ctx.get(unit.read.data)))
         offered = [count + took for count, took in zip(offered, accepted)]
         if take_now:

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = ["SHIM_SOURCE", "accessors"]
 
 SHIM_SOURCE = """
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -19,7 +20,9 @@ SHIM_SOURCE = """
 #include "verilated.h"
 double sc_time_stamp() {{ return 0; }}
 
-struct Memory {{ int addr, en, data, words; std::vector<uint32_t> storage; }};
+/* A read port served outside the design: the word read at a rising edge reaches `data` after it (`latency` 1), or
+   after the next, from the block's output register (`latency` 2; `output` the block's own output, held). */
+struct Memory {{ int addr, en, data, words, latency; std::vector<uint32_t> storage, output; }};
 struct Sim;
 /* A model on some of the design's ports, each cycle: `drive` sets its inputs (the clock low), `sample` reads the
    design's answer (evaluated), `advance` moves on after the rising edge. A rule broken sets `error`, and the
@@ -57,9 +60,10 @@ void sim_delete(void *h) {{ delete static_cast<Sim *>(h); }}
 void sim_eval(void *h) {{ static_cast<Sim *>(h)->top.eval(); }}
 void sim_set(void *h, int port, const uint32_t *w) {{ set_port(&static_cast<Sim *>(h)->top, port, w); }}
 void sim_get(void *h, int port, uint32_t *w) {{ get_port(&static_cast<Sim *>(h)->top, port, w); }}
-int sim_add_memory(void *h, int addr, int en, int data, int words, int depth) {{
+int sim_add_memory(void *h, int addr, int en, int data, int words, int depth, int latency) {{
   Sim *s = static_cast<Sim *>(h);
-  s->memories.push_back(Memory{{addr, en, data, words, std::vector<uint32_t>((size_t)words * depth)}});
+  s->memories.push_back(Memory{{addr, en, data, words, latency, std::vector<uint32_t>((size_t)words * depth),
+                                std::vector<uint32_t>(words)}});
   return (int)s->memories.size() - 1;
 }}
 void sim_store(void *h, int memory, int address, const uint32_t *w) {{
@@ -87,11 +91,13 @@ static void tick(Sim *s, int clock) {{
   s->top.eval();
   for (size_t i = 0; i < s->memories.size(); i++) {{
     Memory &m = s->memories[i];
+    if (m.latency == 2) set_port(&s->top, m.data, m.output.data());
     if (reads[i] >= 0) {{
       size_t depth = m.storage.size() / m.words;
-      static std::vector<uint32_t> blank;
-      if ((size_t)reads[i] < depth) set_port(&s->top, m.data, &m.storage[(size_t)reads[i] * m.words]);
-      else {{ blank.assign(m.words, 0); set_port(&s->top, m.data, blank.data()); }}
+      if ((size_t)reads[i] < depth)
+        std::copy_n(&m.storage[(size_t)reads[i] * m.words], m.words, m.output.begin());
+      else std::fill(m.output.begin(), m.output.end(), 0);
+      if (m.latency == 1) set_port(&s->top, m.data, m.output.data());
     }}
   }}
   if (!s->memories.empty()) s->top.eval();

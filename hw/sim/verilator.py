@@ -95,7 +95,7 @@ class Verilated:
         words = ctypes.POINTER(ctypes.c_uint32)
         self._lib.sim_set.argtypes = [ctypes.c_void_p, ctypes.c_int, words]
         self._lib.sim_get.argtypes = [ctypes.c_void_p, ctypes.c_int, words]
-        self._lib.sim_add_memory.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 5
+        self._lib.sim_add_memory.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 6
         self._lib.sim_store.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, words]
         self._lib.sim_tick.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._lib.sim_tick_until.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_longlong]
@@ -192,7 +192,8 @@ class Verilated:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
         addr, en, data_port = (self._signal(member)[0] for member in (port.addr, port.en, port.data))
         words = (memory.width + 31) // 32
-        memory.attach(self, self._lib.sim_add_memory(self._handle, addr, en, data_port, words, memory.depth), words)
+        memory.attach(self, self._lib.sim_add_memory(self._handle, addr, en, data_port, words, memory.depth,
+                                                     memory.latency), words)
 
 
 def _build(directory: Path, top: str, verilog: str, layout: list[tuple[str, int]]) -> None:
@@ -238,8 +239,9 @@ def _prune(keep: Path) -> None:
 
 class ModelMemory:
     """A memory outside the verilated design, serving one of its read ports natively (a synchronous read
-    port, as `lib.memory` builds one); `data[i]` is word i, set through `ctx.set` like an Amaranth
-    `MemoryData` row."""
+    port, as `lib.memory` builds one, its word a cycle after `en`; with `latency` 2, the block's output
+    registered, two cycles after); `data[i]` is word i, set through `ctx.set` like an Amaranth `MemoryData`
+    row."""
 
     class _Word:
         def __init__(self, memory, address):
@@ -252,8 +254,10 @@ class ModelMemory:
         def __getitem__(self, address):
             return ModelMemory._Word(self.memory, address)
 
-    def __init__(self, shape, depth: int):
-        self.shape, self.depth = shape, depth
+    def __init__(self, shape, depth: int, *, latency: int = 1):
+        if latency not in (1, 2):
+            raise ValueError(f"ModelMemory latency = {latency!r}: 1 or 2 cycles")
+        self.shape, self.depth, self.latency = shape, depth, latency
         self.width = shape.size if isinstance(shape, data.Layout) else Shape.cast(shape).width
         self.data = self._Rows(self)
         self._model = None

@@ -7,7 +7,9 @@ tile in flight), and a finished N tile drains through bias, requantization and s
 stream while the next one computes. Results leave N tile by N tile, rows in order, C values per beat.
 
 Memories are outside the engine, behind read ports (`lib.memory` read port signatures: the engine drives
-`addr` and `en`, `data` is the word at the address given one cycle earlier with `en` set):
+`addr` and `en`, `data` is the word at the address given one cycle earlier with `en` set; for X and W, the
+array's operands, `OPERAND_READ_LATENCY` = 2 cycles earlier: the memory's output registered before any
+multiplexer, as the accelerator's are):
 - X: words of R operands, K-tile-major: row m's K tile i at `x_base + i·x_stride + m` (the command's
   `x_stride`). With `gather`, row m reads X row `index[list_base + m]` instead. With `conv` (a 3×3
   convolution's im2col, stride 1, zero padding), X is a band of input rows and the K tiles walk the nine taps
@@ -54,7 +56,7 @@ from .combine import CombineTerms
 from .drain import Drain
 from .fifo import OutputFifo
 from .gelu_path import GeluPath
-from .geometry import GemmGeometry, GemmMode, largest_product
+from .geometry import OPERAND_READ_LATENCY, GemmGeometry, GemmMode, largest_product
 from .images import gemm_model
 from .operands import OperandStreamer
 from .sequencer import TileSequencer
@@ -89,6 +91,8 @@ class GemmEngine(wiring.Component):
                 "busy": Out(1),
                 "error": Out(1),
             })
+
+    READ_LATENCIES = {"x_read": OPERAND_READ_LATENCY, "w_read": OPERAND_READ_LATENCY}
 
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,

@@ -12,17 +12,22 @@ from amaranth.lib.memory import ReadPort
 from golden import ops
 
 from ...common.arith import address_bits, index_bits
+from ...common.pipeline import REGISTERED_READ_LATENCY
 from ...vector.gelu import Gelu
 from ..array import SystolicArray
 
 __all__ = ["GemmMode", "GemmGeometry", "tiles", "largest_product", "DRAIN_STAGES", "STREAM_STAGES", "GELU_STAGES",
-           "REQUANTIZER_STAGES", "GATE_WIDTH", "FRACTION_WIDTH"]
+           "REQUANTIZER_STAGES", "OPERAND_READ_LATENCY", "GATE_WIDTH", "FRACTION_WIDTH"]
 
 REQUANTIZER_STAGES = 13  # a requantizer lane's: register, + bias, the DSPs' input and product registers, the
                          # partial products' register, product, + half (and the kept bit's byte), the kept bit,
                          # + kept bit, shift by bytes, shift by bits, range, saturate
 DRAIN_STAGES = 1 + REQUANTIZER_STAGES   # the accumulator's read, then a lane
-STREAM_STAGES = 3  # from a row's issue to the array's input: the index read, the source row, the X word read
+# X and W (the array's operands) come from their memories' outputs registered before any multiplexer (a block RAM's
+# output comes late in the cycle): the word `OPERAND_READ_LATENCY` cycles after the read's `en`
+OPERAND_READ_LATENCY = REGISTERED_READ_LATENCY
+# from a row's issue to the array's input: the index read, the source row, the X word's read and register
+STREAM_STAGES = 2 + OPERAND_READ_LATENCY
 GELU_STAGES = Gelu.LATENCY + REQUANTIZER_STAGES   # GELU, then a lane (× m_h into int8)
 GATE_WIDTH = ops.GATE_BITS + 1                        # Q1.15: 1.0 is 2^15
 FRACTION_WIDTH = ops.FRACTION_FIELD_BITS             # a column's Q.f in GELU mode (5…15)
@@ -232,7 +237,8 @@ class GemmGeometry:
         return unsigned(index_bits(self.x_stride))
 
     def read_port(self, name: str) -> ReadPort.Signature:
-        """The signature of the memory read port `name` (x, w, p, row, index, gate)."""
+        """The signature of the memory read port `name` (x, w, p, row, index, gate); x's and w's data come
+        `OPERAND_READ_LATENCY` cycles after `en`, the others' a cycle after."""
         depth, shape = {
             "x": (self.x_depth, data.ArrayLayout(self.operand, self.rows)),
             "w": (self.w_depth, data.ArrayLayout(data.ArrayLayout(self.operand, self.cols), self.load_rows)),

@@ -7,7 +7,8 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .geometry import STREAM_STAGES, GemmGeometry
+from ...common.pipeline import delay_line
+from .geometry import OPERAND_READ_LATENCY, STREAM_STAGES, GemmGeometry
 
 __all__ = ["OperandStreamer"]
 
@@ -18,10 +19,10 @@ class OperandStreamer(wiring.Component):
 
     Stage 1 reads the gather index `index[list_base + m]` (`index_read`, data a cycle later); stage 2 registers
     the source row (m itself, or the index with `gather`) so a block RAM's output never meets an adder; stage 3
-    reads X at tile_base + source row (`x_read`); the word enters the array's `to_array` port with the tag on
-    `tag`. Lanes past K in the last K tile are zeroed (the command's `k_last`), so W rows past K may hold
-    anything; a conv's padding (`pad` in the tag) is zeroed whole. `command` is read in the cycle `start` is
-    set; `list_base` holds from the next.
+    reads X at tile_base + source row (`x_read`); the word, `OPERAND_READ_LATENCY` cycles later, enters the
+    array's `to_array` port with the tag on `tag`. Lanes past K in the last K tile are zeroed (the command's
+    `k_last`), so W rows past K may hold anything; a conv's padding (`pad` in the tag) is zeroed whole. `command`
+    is read in the cycle `start` is set; `list_base` holds from the next.
     """
     LATENCY = STREAM_STAGES
 
@@ -68,13 +69,14 @@ class OperandStreamer(wiring.Component):
 
         issue = self.issue
         m.d.comb += [self.index_read.addr.eq(list_base + issue.m), self.index_read.en.eq(1)]
-        stage1, source, stage2 = Signal(g.tag), Signal(g.tag, name="source"), self.tag
+        stage1, source = Signal(g.tag), Signal(g.tag, name="source")
         stage1_base, source_base = Signal.like(self.tile_base), Signal.like(self.tile_base)
         source_row = Signal.like(self.x_read.addr)
         m.d.sync += [stage1.eq(issue), stage1_base.eq(self.tile_base),
                      source.eq(stage1), source_base.eq(stage1_base),
-                     source_row.eq(Mux(gather, self.index_read.data, stage1.m)),
-                     stage2.eq(source)]
+                     source_row.eq(Mux(gather, self.index_read.data, stage1.m))]
+        stage2 = self.tag                   # the row whose X word is on `x_read.data`
+        m.d.comb += stage2.eq(delay_line(m, source, OPERAND_READ_LATENCY, "x_word")[-1])
         m.d.comb += [self.x_read.addr.eq(source_base + source_row), self.x_read.en.eq(1)]
         for r in range(g.rows):
             keep = (~stage2.last | lane_valid[r]) & ~stage2.pad

@@ -7,8 +7,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ...common.arith import narrow_product, times_constant
-from ...common.pipeline import credit_counter
-from .geometry import GemmGeometry
+from ...common.pipeline import credit_counter, delay_line
+from .geometry import OPERAND_READ_LATENCY, GemmGeometry
 
 __all__ = ["TileSequencer"]
 
@@ -20,8 +20,8 @@ class TileSequencer(wiring.Component):
     the engine is done) it walks
     the tiles t = j·KT + i of `command` (N tile j, K tile i) three times, overlapped:
     - load: tile t's ⌈R / load_rows⌉ weight words are read at `w_base` + t·⌈R / load_rows⌉ + q through `w_read`
-      (one word a cycle, its data a cycle later) and enter the array's `load` port into bank t mod 2 the cycle
-      after they are read;
+      (one word a cycle, its data `OPERAND_READ_LATENCY` cycles later) and enter the array's `load` port into
+      bank t mod 2 as their data comes;
     - stream: the M rows of tile t issue on `issue`, one per cycle (`issue.valid`), with their row m, K tile i,
       N tile j, bank, whether i is the first or the last K tile, and whether the row's X word is a conv's
       padding; `tile_base` (x_base + i·x_stride, or a conv's tap row + c·x_stride + kx − 1) is their X base
@@ -31,7 +31,7 @@ class TileSequencer(wiring.Component):
     A tile streams from the cycle after its last weight word entered the array; a tile loads once the tile
     that used its bank two tiles earlier has streamed; an N tile starts when an accumulator bank is free. With
     M = 1 a row is issued at most every second cycle (the accumulator's read-add-write). Back to back, a tile
-    costs max(M, ⌈R / load_rows⌉) cycles.
+    costs max(M, ⌈R / load_rows⌉, (⌈R / load_rows⌉ + OPERAND_READ_LATENCY + M) / 2) cycles.
 
     The walks' conditions are credit counters, each with a register that says it is not zero (no comparator
     on the paths that start a tile):
@@ -107,12 +107,14 @@ class TileSequencer(wiring.Component):
             with m.If(load_r == beats - 1):
                 m.d.sync += load_bank.eq(~load_bank)
         # The word read this cycle enters the array next cycle.
+        # the word's row, bank and whether it ends the tile wait beside its read for its data
         load = self.load.payload
-        load_last = Signal()
-        m.d.sync += [self.load.valid.eq(issue_load), load.row.eq(times_constant(load_r, g.load_rows)),
-                     load.bank.eq(load_bank),
-                     load_last.eq(load_done)]
-        m.d.comb += load.data.eq(self.w_read.data)
+        load_last = delay_line(m, load_done, OPERAND_READ_LATENCY, "load_last")[-1]
+        m.d.comb += [self.load.valid.eq(delay_line(m, issue_load, OPERAND_READ_LATENCY, "load_valid")[-1]),
+                     load.row.eq(delay_line(m, times_constant(load_r, g.load_rows), OPERAND_READ_LATENCY,
+                                            "load_row", data=True)[-1]),
+                     load.bank.eq(delay_line(m, load_bank, OPERAND_READ_LATENCY, "load_bank", data=True)[-1]),
+                     load.data.eq(self.w_read.data)]
 
         # Stream: the M rows of the current tile (N tile j, K tile i, parity stream_bank).
         stream_bank = Signal()
