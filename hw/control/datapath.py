@@ -27,7 +27,7 @@ from golden import ops
 
 from ..common.arith import address_bits, times_constant
 from ..common.gearbox import Gearbox
-from ..common.pipeline import delay_line, skid_buffer
+from ..common.pipeline import delay_line, kept_copies, skid_buffer
 from ..memory.axi import AXI4Read
 from ..memory.reader import StreamReader
 from ..vector.residual import ResidualAdd
@@ -217,7 +217,9 @@ class OutputPath(wiring.Component):
             m.d.comb += [add.input.payload.residual[lane].eq(residual_now[lane]),
                          add.input.payload.addend[lane].eq(values[1][lane])]
         result = values[-1]
-        # every write leaves from registers, a cycle after its row's last stage (or the corner turn's write)
+        # every write leaves from registers, a cycle after its row's last stage (or the corner turn's write); `active`
+        # sees each enable from a copy of its own, so that the enable's net to the memories is not the scoreboard's
+        writing = []
         for space in self.spaces:
             port = getattr(self, _port_name(space))
             bits = {Space.RESIDUAL: width, Space.SCORES: 32}.get(space, 8)
@@ -233,10 +235,10 @@ class OutputPath(wiring.Component):
                     m.d.comb += [addr.eq(corner.write.addr), word.eq(corner.write.data), en.eq(1)]
             # (the write's address and word are data, valid with its enable: not reset)
             m.d.sync += port.en.eq(en)
+            writing += kept_copies(m, en, 1, f"{space.name.lower()}_writing")
             m.d.comb += [port.addr.eq(delay_line(m, addr, 1, addr.name, data=True)[-1]),
                          port.data.eq(delay_line(m, word, 1, word.name, data=True)[-1])]
-        writing = Cat(*(getattr(self, _port_name(space)).en for space in self.spaces)).any()
-        m.d.comb += self.active.eq(Cat(*valid).any() | corner.active | writing)
+        m.d.comb += self.active.eq(Cat(*valid, *writing).any() | corner.active)
         return m
 
 
