@@ -172,3 +172,10 @@ def test_pack_of_signed_arrays_as_amaranth_does():
     layout = data.StructLayout({"g": data.ArrayLayout(signed(5), 3), "b": data.ArrayLayout(data.ArrayLayout(4, 2), 2)})
     for value in ({"g": [-16, 15, -1], "b": [[1, 15], [0, 9]]}, {"g": [0, -3, 7], "b": [[2, 3], [4, 5]]}):
         assert pack(layout, value) == layout.const(value).as_value().value
+
+
+def test_a_model_memory_of_a_latency_it_cannot_give_is_refused():
+    from hw.sim.verilator import ModelMemory
+    ModelMemory(unsigned(8), 4, latency=2)
+    with pytest.raises(ValueError, match="latency = 3: 1 or 2 cycles"):
+        ModelMemory(unsigned(8), 4, latency=3)
