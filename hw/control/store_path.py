@@ -9,9 +9,9 @@ A command {memory, base, address, length, upsample, far, width, tiles, stride} i
   or SCRATCH: int8, RESIDUAL: int16, the memory's words), channel tile by channel tile: for tile c of `tiles`,
   pixels x = 0 … `width` − 1 of the near row (`base` + c·`stride` + x, weight ¾) and the far row (`far` +
   c·`stride` + x, ¼) go in, 2·`width` pixels come out, written from `address` on; `length` is not read: the
-  path works out their bytes (`upsample_length`) from its own copies of `tiles` and `width` and gives the
-  writer its command the cycle after it takes the UPSAMPLE, so no product of a command's fields is on the
-  path that hands it over. A pixel takes two reads, so the path writes a word about every cycle.
+  path works out the words it reads (`tiles` · `width`) into a register as it takes the UPSAMPLE and gives the
+  writer its command, their bytes (`upsample_length`), the cycle after, so no product of a command's fields is
+  on the path that hands it over. A pixel takes two reads, so the path writes a word about every cycle.
 Memory ports are `lib.memory` read port signatures, connected by the top level.
 """
 
@@ -51,13 +51,16 @@ class StorePath(TransferPath):
         far, near_row, far_row = Signal.like(address), Signal.like(address), Signal.like(address)
         width, stride = Signal.like(command.width), Signal.like(command.stride)
         pixels_left, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
-        tiles, dram_address, pending = Signal.like(command.tiles), Signal.like(command.address), Signal()
+        # the words an UPSAMPLE reads (tiles × width), worked out as it is taken: no product on the way to its length
+        words = Signal(len(command.tiles) + len(command.width), name="upsample_words")
+        dram_address, pending = Signal.like(command.address), Signal()
         with m.If(accepted):
             m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
                          far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride),
                          pixels_left.eq(command.width - 1), last_pixel.eq(command.width == 1),
                          tiles_left.eq(command.tiles), walking.eq(command.upsample & (command.tiles != 0)),
-                         tiles.eq(command.tiles), dram_address.eq(command.address), pending.eq(command.upsample)]
+                         words.eq(narrow_product(command.tiles, command.width)), dram_address.eq(command.address),
+                         pending.eq(command.upsample)]
         # UPSAMPLE's writer command, a cycle after the path took it (`pending`), from the registered fields
         with m.If(command.upsample):
             m.d.comb += writer.command.valid.eq(0)
@@ -67,7 +70,7 @@ class StorePath(TransferPath):
                 for space in UPSAMPLABLE:
                     with m.Case(space):
                         m.d.comb += writer.command.payload.length.eq(
-                            upsample_length(narrow_product(tiles, width), self.spaces[space].word_bytes))
+                            upsample_length(words, self.spaces[space].word_bytes))
             with m.If(writer.command.ready):
                 m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
