@@ -172,14 +172,15 @@ class Controller(wiring.Component):
 
         refused = decoded.cause != ErrorCause.NONE
         span_bits = (self.buffer_span - 1).bit_length()
+        # the host's TASK and whether the model has it, a cycle late from registers (no comparison in the decision)
+        task, bad_task = Signal.like(front.route.payload.task, name="task_held"), Signal(name="bad_task")
+        m.d.sync += [task.eq(self.task), bad_task.eq(self.task >= self.tasks)]
         with m.Switch(word.opcode):
             with m.Case(Opcode.LOAD):
                 ops = word.operands.load
                 address, good = self.dram_address(m, decoded, "load", Mux(ops.per_expert, loop.offset, 0))
                 params_half = decoded.params_half
-                with m.If(ops.per_expert & ~loop.active):
-                    refuse(ErrorCause.BAD_OPERAND)
-                with m.Elif(~good):
+                with m.If((ops.per_expert & ~loop.active) | ~good):
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Elif(refused):
                     refuse(decoded.cause)
@@ -261,9 +262,9 @@ class Controller(wiring.Component):
                 ops = word.operands.route
                 # the router's weight set: the layer itself, or layer mod 2 when it holds two (`router_layers_held`)
                 m.d.comb += [front.route.payload.layer.eq(ops.layer[:len(front.route.payload.layer)]),
-                             front.route.payload.task.eq(self.task),
+                             front.route.payload.task.eq(task),
                              front.route.payload.tokens.eq(ops.tokens)]
-                with m.If(self.task >= self.tasks):
+                with m.If(bad_task):
                     refuse(ErrorCause.BAD_TASK)
                 with m.Elif(refused):
                     refuse(decoded.cause)
