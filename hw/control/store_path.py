@@ -54,7 +54,9 @@ class StorePath(TransferPath):
         # the words an UPSAMPLE reads (tiles × width), worked out as it is taken: no product on the way to its length
         words = Signal(len(command.tiles) + len(command.width), name="upsample_words")
         dram_address, pending = Signal.like(command.address), Signal()
+        more_words = Signal()         # a STORE's words_left ≠ 0, a register beside it: no comparison in `fetch`
         with m.If(accepted):
+            m.d.sync += more_words.eq(command.length != 0)
             m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
                          far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride),
                          pixels_left.eq(command.width - 1), last_pixel.eq(command.width == 1),
@@ -132,11 +134,12 @@ class StorePath(TransferPath):
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
 
-        m.d.comb += [fetch_word.eq(~upsample & self.busy & (words_left != 0) & (~word_valid | taken)),
+        m.d.comb += [fetch_word.eq(~upsample & self.busy & more_words & (~word_valid | taken)),
                      fetch_pixel.eq(walking & (phase | ~pair_valid | pair_taken)), fetch.eq(fetch_word | fetch_pixel)]
         with m.If(~upsample):
             with m.If(fetch_word):
-                m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), word_valid.eq(1)]
+                m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), more_words.eq(words_left != 1),
+                             word_valid.eq(1)]
             with m.Elif(taken):
                 m.d.sync += word_valid.eq(0)
         with m.Else():
@@ -156,7 +159,7 @@ class StorePath(TransferPath):
                                      near_row.eq(near_row + stride), far_row.eq(far_row + stride)]
                     with m.Else():
                         m.d.sync += [address.eq(address + 1), far.eq(far + 1)]
-        drained = ~Cat(*held).any() & Mux(upsample, ~walking & ~pair_valid, (words_left == 0) & ~word_valid)
+        drained = ~Cat(*held).any() & Mux(upsample, ~walking & ~pair_valid, ~more_words & ~word_valid)
         with m.If(~accepted & self.busy & drained & ~writer.data.valid & writer.idle):
             m.d.sync += self.busy.eq(0)
         return m
