@@ -233,7 +233,7 @@ class WeightLoader(wiring.Component):
                          write.en.eq(Mux(arriving & (head.buffer == b), byte_enable << (lane * bus), 0))]
             reader = memory.read_port()
             m.d.comb += reader.addr.eq(read_address >> select_bits)
-            memory_words.append(delay_line(m, reader.data, 1, f"buffer{b}_word", data=True)[-1])
+            memory_words.append(delay_line(m, reader.data, self.READ_LATENCY - 1, f"buffer{b}_word", data=True)[-1])
         with m.If(arriving):
             m.d.sync += Assert(state[head.buffer] == BufferState.LOADING, "the loader writes a buffer not LOADING")
         word = Signal(8 * self.memory_bytes)

@@ -106,8 +106,8 @@ class TileSequencer(wiring.Component):
             m.d.sync += load_r.eq(Mux(load_r == beats - 1, 0, load_r + 1))
             with m.If(load_r == beats - 1):
                 m.d.sync += load_bank.eq(~load_bank)
-        # The word read this cycle enters the array next cycle.
-        # the word's row, bank and whether it ends the tile wait beside its read for its data
+        # The word read this cycle enters the array OPERAND_READ_LATENCY cycles later: its row, bank and whether it
+        # ends the tile wait beside its read for its data.
         load = self.load.payload
         load_last = delay_line(m, load_done, OPERAND_READ_LATENCY, "load_last")[-1]
         m.d.comb += [self.load.valid.eq(delay_line(m, issue_load, OPERAND_READ_LATENCY, "load_valid")[-1]),
