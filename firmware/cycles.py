@@ -443,7 +443,7 @@ class CycleModel:
     LOAD_FIXED = 5           # a load path command after its last beat: the gearbox, the write registers, the write
     STORE_FIXED = 9          # a STORE after its last beat: the skid buffer, the write response
     END_FIXED = 7            # HALT to STATUS.done
-    LAYERNORM = (31, 18, 44)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
+    LAYERNORM = (31, 18, 45)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
     SOFTMAX = (21, 4, 10)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):

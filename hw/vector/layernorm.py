@@ -10,9 +10,10 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    after the division's last), and S·r (S·|S| and S·r by a `WideMultiplier`, four cycles each). About 31 cycles
    for a typical row; it overlaps the next row's sums and the previous row's output.
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
-   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Twelve stages (x·r in registered DSP
+   Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Thirteen stages (x·r in registered DSP
    blocks, `WideMultiplier`, four of them; x̂ into a register of the fabric, then x̂·G_o in a DSP block,
-   `Multiplier`, two); the pipeline stops as a whole while the output is not taken.
+   `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add); the pipeline stops as
+   a whole while the output is not taken.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
@@ -36,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, radix4_step, rounding_sum,
+from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, kept_bit, radix4_step,
                             shift_right, times_constant, tree_sum)
 from ..common.multiplier import Multiplier, WideMultiplier
 from .rows import BankState, RowBuffer, lane_mask, pick
@@ -45,6 +46,7 @@ __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
 
 GAMMA_BITS = 16          # G < 2^15 (docs/numerics.md, section 6)
 BETA_BITS = 48           # B: beyond ±2^47 every output saturates (|x̂·G| < 2^33, sh ≤ 63 − … checked on write)
+ROUNDING_BITS = BETA_BITS + 2          # x̂·G + B + 2^(sh−1) − 1 + its kept bit
 NORMALISED_BITS = 18     # x̂ in Q.12: |x̂| ≤ √D · 2^12 < 2^17 for D ≤ 1024
 DIVIDEND_BITS = 62       # 2^62 // v'
 ROOT_BITS = DIVIDEND_BITS // 2 + 1     # r = isqrt(2^62 // v') ≤ 2^31
@@ -54,7 +56,7 @@ SHIFT_BASE = ops.LN_NORM_BITS - ops.LN_FRACTION_BITS    # x̂'s shift is 19 + e
 class LayerNorm(wiring.Component):
     SUM_STAGES = 3         # side registers: the beat, its squares, the adder trees (then the accumulators)
     SCALE_STAGES = WideMultiplier.LATENCY       # x·r: the beat read, then the registered DSP blocks
-    NORMALISE_STAGES = 8 + SCALE_STAGES
+    NORMALISE_STAGES = 9 + SCALE_STAGES
 
     def __init__(self, dim: int, lanes: int = 16, *, output_bits=(8,), width: int = 16, param_sets: int = 1,
                  max_rows: int = 4096):
@@ -128,7 +130,6 @@ class LayerNorm(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes, beats, dim = self.lanes, self.beats, self.dim
-        outputs = len(self.output_bits)
         params_reads = self._parameter_memories(m)
         command = Signal.like(self.command.payload, reset_less=True)      # taken with `busy`
         busy = Signal()
@@ -215,16 +216,7 @@ class LayerNorm(wiring.Component):
         for b in range(2):
             with m.If(advance & valid[scaled_stage + 1] & released.last & (released.bank == b)):
                 m.d.sync += statistics_held[b].eq(0)
-        # Per output, set with the command: 2^(sh−1) − 1 and the mask of the bits at and above sh+b−1, so each lane
-        # rounds with one adder and saturates at ±2^(sh+b−1) by an OR and an AND of its bits (`beyond`).
-        rounding_width = BETA_BITS + 2
-        out_halves = [Signal(rounding_width, name=f"half{o}", reset_less=True) for o in range(outputs)]
-        saturating = [Signal(rounding_width - 1, name=f"saturating{o}", reset_less=True) for o in range(outputs)]
-        with m.If(self.command.valid & self.command.ready):
-            for o, bits in enumerate(self.output_bits):
-                shift = self.command.payload.shifts[o]
-                m.d.sync += [out_halves[o].eq(half_minus_one(shift)),
-                             saturating[o].eq(bits_from(shift + (bits - 1), rounding_width - 1))]
+        out_halves, saturating = self._output_constants(m)
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
         # the bank's e and 2^(18+e) − 1 for x̂'s stage, picked a stage early into registers (as the beat enters
         # `centred`; the bank's statistics stay held until it leaves it)
@@ -253,8 +245,10 @@ class LayerNorm(wiring.Component):
                 m.d.comb += [gain.a.eq(normalised), gain.b.eq(params[o].gamma[lane]), gain.en.eq(advance)]
                 gained = gain.p
                 beta = Signal(signed(BETA_BITS), name=f"beta{o}_{lane}", reset_less=True)
-                affine = Signal(signed(BETA_BITS + 1), name=f"affine{o}_{lane}", reset_less=True)
-                rounded = Signal(signed(rounding_width), name=f"rounded{o}_{lane}", reset_less=True)
+                affine, to_round = (Signal(signed(BETA_BITS + 1), name=f"{n}{o}_{lane}", reset_less=True)
+                                    for n in ("affine", "to_round"))
+                kept = Signal(name=f"kept{o}_{lane}", reset_less=True)      # bit sh of the value to round
+                rounded = Signal(signed(ROUNDING_BITS), name=f"rounded{o}_{lane}", reset_less=True)
                 y = self.output.payload.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 above, below = beyond(rounded, saturating[o])
@@ -263,8 +257,9 @@ class LayerNorm(wiring.Component):
                     m.d.sync += [
                         beta.eq(betas[o][lane]),                                                     # stage 9
                         affine.eq(gained + beta),                                                    # stage 10
-                        rounded.eq(rounding_sum(affine, command.shifts[o], out_halves[o])),          # stage 11
-                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 12
+                        to_round.eq(affine), kept.eq(kept_bit(affine, command.shifts[o])),           # stage 11
+                        rounded.eq(to_round + out_halves[o] + kept),                                 # stage 12
+                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 13
                     ]
         m.d.comb += self.output.payload.last.eq(sides[-1].last)
         with m.If(advance & valid[-1] & sides[-1].last):
@@ -275,6 +270,19 @@ class LayerNorm(wiring.Component):
             m.d.sync += out_rows.eq(0)
             rows.reset(m)
         return m
+
+    def _output_constants(self, m):
+        """Per output, set with the command: 2^(sh−1) − 1 and the mask of the bits at and above sh+b−1, so each
+        lane rounds with one adder and saturates at ±2^(sh+b−1) by an OR and an AND of its bits (`beyond`)."""
+        outputs = len(self.output_bits)
+        halves = [Signal(ROUNDING_BITS, name=f"half{o}", reset_less=True) for o in range(outputs)]
+        saturating = [Signal(ROUNDING_BITS - 1, name=f"saturating{o}", reset_less=True) for o in range(outputs)]
+        with m.If(self.command.valid & self.command.ready):
+            for o, bits in enumerate(self.output_bits):
+                shift = self.command.payload.shifts[o]
+                m.d.sync += [halves[o].eq(half_minus_one(shift)),
+                             saturating[o].eq(bits_from(shift + (bits - 1), ROUNDING_BITS - 1))]
+        return halves, saturating
 
     def _parameter_memories(self, m) -> list:
         """One memory of γ and β per output (words of a few thousand bits are more than the simulator compiles),
