@@ -23,9 +23,9 @@ class Drain(wiring.Component):
     decoded from that register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle,
     each only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the
     issue) and, in GELU mode, ⌈C / gelu_lanes⌉ cycles apart. An issued row addresses the accumulator on
-    `drain_tile`, `drain_row` (its word back on `word` a cycle later) and the row-scale memory (`row_read`:
-    attention·V's per-row multiplier and shift). `tile_drained` pulses with the tile's last row's issue, freeing its
-    accumulator bank; `drain_tile` is then the count of tiles drained.
+    `drain_tile`, `drain_row` (its word back on `word` a cycle later) and the row-scale memory (`row_read`, read
+    every cycle at `drain_row`: attention·V's per-row multiplier and shift). `tile_drained` pulses with the tile's
+    last row's issue, freeing its accumulator bank; `drain_tile` is then the count of tiles drained.
 
     `result` carries a row `LATENCY` = `DRAIN_STAGES` cycles after its issue (valid for one cycle), with its
     columns' GELU formats; `arriving` says one arrives next cycle, `active` that a row is in the pipeline.
@@ -119,9 +119,10 @@ class Drain(wiring.Component):
         fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), DRAIN_STAGES, "fraction_bits",
                                data=True)
         m.d.comb += [fractions[0][c].eq(params[c].fraction_bits) for c in range(g.cols)]
-        # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word; its
-        # 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
-        m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(issue)]
+        # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word, every
+        # cycle at `drain_row` (which moves only on an issue, so no enable fans out from `issue` to the block RAM);
+        # its 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
+        m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(1)]
         row_shift = Signal(range(pw + 1), reset_less=True)
         m.d.sync += row_shift.eq(at_most(self.row_read.data.shift, pw))
         row_half = Signal(pw)
