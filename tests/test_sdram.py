@@ -22,6 +22,7 @@ from hw.sim.sdram import SDRAMModel
 CLOCK = 125e6
 QUICK = SDRAMChip(timing=dataclasses.replace(ULX3S_SDRAM.timing, power_up=2_000.0))   # a short power-up wait
 SLOW_ROW_CYCLE = SDRAMChip(timing=dataclasses.replace(QUICK.timing, tRC=90.0))       # tRC beyond tRAS + tRP
+ONE_CYCLE_RULES = SDRAMChip(timing=dataclasses.replace(QUICK.timing, tRCD=8.0, tRP=8.0, tRRD=8.0))   # met at once
 LIMIT_CYCLES = 60_000
 PINS = ("cke", "cs_n", "ras_n", "cas_n", "we_n", "ba", "a", "dq_oe", "dqm")
 
@@ -114,7 +115,7 @@ class Master:
 
 
 @pytest.mark.parametrize("data_width, stall, seed, chip", [(32, 0.0, 1, QUICK), (64, 0.3, 2, SLOW_ROW_CYCLE),
-                                                           (128, 0.5, 3, QUICK)])
+                                                           (128, 0.5, 3, QUICK), (32, 0.2, 4, ONE_CYCLE_RULES)])
 def test_random_traffic_reads_back_what_was_written(data_width, stall, seed, chip):
     controller = SDRAMController(chip, CLOCK, data_width=data_width, id_width=2)
     rng = random.Random(seed)

@@ -25,6 +25,8 @@ is counted in cycles of `clock_hz` (tests run it against `hw.sim.sdram.SDRAMMode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
@@ -99,6 +101,28 @@ class SDRAMController(wiring.Component):
         return m
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """A timing rule's counter: a rule of n cycles loads n − 1 into `value`, which steps down to 0; `met` is
+    `value` = 0 as a register of its own (from `value` = 1 a cycle before), so a decision reads a flip-flop, not
+    a comparison. Per bank: `value` and `met` are `Array`s, and `rule[bank]` is that bank's rule."""
+    value: object
+    met: object
+
+    @staticmethod
+    def counter(m: Module, name: str, longest: int) -> "_Rule":
+        rule = _Rule(Signal(range(max(longest, 2)), name=name), Signal(init=1, name=f"{name}_met"))
+        with m.If(rule.value != 0):
+            m.d.sync += [rule.value.eq(rule.value - 1), rule.met.eq(rule.value == 1)]
+        return rule
+
+    def __getitem__(self, bank) -> "_Rule":
+        return _Rule(self.value[bank], self.met[bank])
+
+    def load(self, m: Module, cycles: int):
+        m.d.sync += [self.value.eq(max(cycles, 1) - 1), self.met.eq(cycles <= 1)]
+
+
 class _Build:
     """The controller's logic, part by part, on shared signals (one instance per elaboration)."""
 
@@ -129,15 +153,15 @@ class _Build:
         self.dq_in = Signal(chip.data_width)
         m.d.sync += self.dq_in.eq(pins.dq_i)
 
-        # Timing counters: a rule of n cycles loads n − 1 and is met when the counter is 0.
+        # Timing counters: a rule of n cycles loads n − 1 and is met when the counter is 0 (`_Rule`).
         def per_bank(name):
-            return Array(self._counter(f"{name}_{b}", max(t.tRCD, t.tRAS, t.tWR, t.tRP, t.tRC))
-                         for b in range(banks))
+            rules = [_Rule.counter(m, f"{name}_{b}", max(t.tRCD, t.tRAS, t.tWR, t.tRP, t.tRC)) for b in range(banks)]
+            return _Rule(Array(rule.value for rule in rules), Array(rule.met for rule in rules))
 
         self.to_rw, self.to_precharge, self.to_active, self.to_reactivate = (
             per_bank(name) for name in ("trcd", "tras_twr", "trp", "trc"))
-        self.rrd = self._counter("trrd", t.tRRD)
-        self.wait = self._counter("wait", max(t.power_up, t.tRFC, t.tRP, t.tMRD))
+        self.rrd = _Rule.counter(m, "trrd", t.tRRD)
+        self.wait = _Rule.counter(m, "wait", max(t.power_up, t.tRFC, t.tRP, t.tMRD))
         self.open = Array(Signal(name=f"open_{b}") for b in range(banks))
         self.open_row = Array(Signal(chip.address_width, name=f"row_{b}") for b in range(banks))
         self.refresh_timer, self.refresh_due = Signal(range(t.tREFI)), Signal()
@@ -161,15 +185,6 @@ class _Build:
                                         "id": self.signature.id_width})
         self.launched, self.spend = Signal(self.entry), Signal()
         self.respond, self.respond_error = Signal(), Signal()
-
-    def _counter(self, name, longest):
-        value = Signal(range(max(longest, 2)), name=name)
-        with self.m.If(value != 0):
-            self.m.d.sync += value.eq(value - 1)
-        return value
-
-    def _load(self, counter, cycles):
-        self.m.d.sync += counter.eq(max(cycles, 1) - 1)
 
     def _issue(self, code, bank=0, address=0):
         self.m.d.comb += [self.command.eq(Cat(*reversed(code))), self.bank_pin.eq(bank),
@@ -253,24 +268,24 @@ class _Build:
         m, t, wait = self.m, self.t, self.wait
         refreshes = Signal(range(self.chip.init_refreshes + 1))
         with m.State("power-up"):
-            self._load(wait, t.power_up)
+            wait.load(m, t.power_up)
             m.next = "power-up wait"
         with m.State("power-up wait"):
-            with m.If(wait == 0):
+            with m.If(wait.met):
                 self._issue(_PRECHARGE, 0, 1 << 10)
-                self._load(wait, t.tRP)
+                wait.load(m, t.tRP)
                 m.next = "init refresh"
         with m.State("init refresh"):
-            with m.If((wait == 0) & (refreshes == self.chip.init_refreshes)):
+            with m.If(wait.met & (refreshes == self.chip.init_refreshes)):
                 self._issue(_LOAD_MODE, 0, self.c.cas_latency << 4)
-                self._load(wait, t.tMRD)
+                wait.load(m, t.tMRD)
                 m.next = "mode"
-            with m.Elif(wait == 0):
+            with m.Elif(wait.met):
                 self._issue(_REFRESH)
-                self._load(wait, t.tRFC)
+                wait.load(m, t.tRFC)
                 m.d.sync += refreshes.eq(refreshes + 1)
         with m.State("mode"):
-            with m.If(wait == 0):
+            with m.If(wait.met):
                 m.d.sync += [self.c.ready.eq(1), self.refresh_timer.eq(t.tREFI - 1)]
                 m.next = "run"
 
@@ -282,15 +297,15 @@ class _Build:
         with m.If(self.refresh_timer == 0):
             m.d.sync += self.refresh_due.eq(1)
         with m.If(self.refresh_due & Cat(*self.open).any()):
-            with m.If(Cat((self.to_precharge[b] == 0) | ~self.open[b] for b in banks).all()):
+            with m.If(Cat(self.to_precharge.met[b] | ~self.open[b] for b in banks).all()):
                 self._issue(_PRECHARGE, 0, 1 << 10)
                 m.d.sync += self.hit.eq(0)
                 for b in banks:
                     m.d.sync += self.open[b].eq(0)
-                    self._load(self.to_active[b], t.tRP)
-        with m.Elif(self.refresh_due & Cat(self.to_active[b] == 0 for b in banks).all() & (self.wait == 0)):
+                    self.to_active[b].load(m, t.tRP)
+        with m.Elif(self.refresh_due & Cat(self.to_active.met[b] for b in banks).all() & self.wait.met):
             self._issue(_REFRESH)
-            self._load(self.wait, t.tRFC)
+            self.wait.load(m, t.tRFC)
             m.d.sync += self.refresh_due.eq(self.refresh_timer == 0)
         return ~self.refresh_due
 
@@ -314,17 +329,17 @@ class _Build:
         """The word's bank has another row open, or none: PRECHARGE it, or ACTIVATE the word's row."""
         m, t, bank = self.m, self.t, self.bank
         with m.If(self.open[bank]):
-            with m.If(self.to_precharge[bank] == 0):
+            with m.If(self.to_precharge.met[bank]):
                 self._issue(_PRECHARGE, bank, 0)
                 m.d.sync += self.open[bank].eq(0)
-                self._load(self.to_active[bank], t.tRP)
-        with m.Elif((self.to_active[bank] == 0) & (self.to_reactivate[bank] == 0) & (self.rrd == 0)):
+                self.to_active[bank].load(m, t.tRP)
+        with m.Elif(self.to_active.met[bank] & self.to_reactivate.met[bank] & self.rrd.met):
             self._issue(_ACTIVE, bank, self.row)
             m.d.sync += [self.open[bank].eq(1), self.open_row[bank].eq(self.row), self.hit.eq(1)]
-            self._load(self.to_rw[bank], t.tRCD)
-            self._load(self.to_precharge[bank], t.tRAS)
-            self._load(self.to_reactivate[bank], t.tRC)
-            self._load(self.rrd, t.tRRD)
+            self.to_rw[bank].load(m, t.tRCD)
+            self.to_precharge[bank].load(m, t.tRAS)
+            self.to_reactivate[bank].load(m, t.tRC)
+            self.rrd.load(m, t.tRRD)
 
     def serve(self):
         """The word's command, one a cycle: a refused burst's words pass without one; a WRITE waits for its W
@@ -336,17 +351,17 @@ class _Build:
         with m.If(self.serving & self.failed):
             with m.If(Mux(self.writing, self.w_valid | ~last_word, self.credits != 0)):
                 self._advance()
-        with m.Elif(self.serving & self.known & (self.wait == 0)):
+        with m.Elif(self.serving & self.known & self.wait.met):
             with m.If(~self.hit):
                 self._open_row()
-            with m.Elif((self.to_rw[bank] == 0) & self.writing & self.w_valid & ~self.reads_due):
+            with m.Elif(self.to_rw.met[bank] & self.writing & self.w_valid & ~self.reads_due):
                 self._issue(_WRITE, bank, self.column)
                 m.d.comb += [self.dq_out.eq(self.w_beat.data.word_select(self.in_beat, chip.data_width)),
                              self.dq_enable.eq(1),
                              self.mask.eq(~self.w_beat.strb.word_select(self.in_beat, chip.data_width // 8))]
-                with m.If(self.to_precharge[bank] <= self.t.tWR - 1):     # the counter steps down too
-                    self._load(self.to_precharge[bank], self.t.tWR)
+                with m.If(self.to_precharge.value[bank] <= self.t.tWR - 1):     # the counter steps down too
+                    self.to_precharge[bank].load(m, self.t.tWR)
                 self._advance()
-            with m.Elif((self.to_rw[bank] == 0) & ~self.writing & (self.credits != 0)):
+            with m.Elif(self.to_rw.met[bank] & ~self.writing & (self.credits != 0)):
                 self._issue(_READ, bank, self.column)
                 self._advance()
