@@ -63,16 +63,20 @@ class StorePath(TransferPath):
                          tiles_left.eq(command.tiles), walking.eq(command.upsample & (command.tiles != 0)),
                          words.eq(narrow_product(command.tiles, command.width)), dram_address.eq(command.address),
                          pending.eq(command.upsample)]
-        # UPSAMPLE's writer command, a cycle after the path took it (`pending`), from the registered fields
+        # UPSAMPLE's writer command, two cycles after the path took it (`pending`, then `length_known`): its bytes
+        # a register of their own, from the registered words and memory, so that no memory's multiplexer runs on
+        # into the writer's burst arithmetic
+        dram_length, length_known = Signal.like(writer.command.payload.length), Signal()
+        with m.Switch(source):
+            for space in UPSAMPLABLE:
+                with m.Case(space):
+                    m.d.sync += dram_length.eq(upsample_length(words, self.spaces[space].word_bytes))
+        m.d.sync += length_known.eq(pending & ~accepted)
         with m.If(command.upsample):
             m.d.comb += writer.command.valid.eq(0)
-        with m.If(pending):
-            m.d.comb += [writer.command.valid.eq(1), writer.command.payload.address.eq(dram_address)]
-            with m.Switch(source):
-                for space in UPSAMPLABLE:
-                    with m.Case(space):
-                        m.d.comb += writer.command.payload.length.eq(
-                            upsample_length(words, self.spaces[space].word_bytes))
+        with m.If(pending & length_known):
+            m.d.comb += [writer.command.valid.eq(1), writer.command.payload.address.eq(dram_address),
+                         writer.command.payload.length.eq(dram_length)]
             with m.If(writer.command.ready):
                 m.d.sync += pending.eq(0)
         # Words out of the memory: `word_valid` while the read port holds an untaken word (STORE); UPSAMPLE
