@@ -9,9 +9,10 @@ A command {memory, base, address, length, upsample, far, width, tiles, stride} i
   or SCRATCH: int8, RESIDUAL: int16, the memory's words), channel tile by channel tile: for tile c of `tiles`,
   pixels x = 0 … `width` − 1 of the near row (`base` + c·`stride` + x, weight ¾) and the far row (`far` +
   c·`stride` + x, ¼) go in, 2·`width` pixels come out, written from `address` on; `length` is not read: the
-  path works out the words it reads (`tiles` · `width`) into a register as it takes the UPSAMPLE and gives the
-  writer its command, their bytes (`upsample_length`), the cycle after, so no product of a command's fields is
-  on the path that hands it over. A pixel takes two reads, so the path writes a word about every cycle.
+  path works out their bytes (`upsample_length` of `tiles` · `width` words of `memory`) into a register as it
+  takes the UPSAMPLE and gives the writer its command the cycle after, so neither a product of a command's fields
+  nor the memory's choice is on the path that hands it over. A pixel takes two reads, so the path writes a word
+  about every cycle.
 Memory ports are `lib.memory` read port signatures, connected by the top level.
 """
 
@@ -51,8 +52,8 @@ class StorePath(TransferPath):
         far, near_row, far_row = Signal.like(address), Signal.like(address), Signal.like(address)
         width, stride = Signal.like(command.width), Signal.like(command.stride)
         pixels_left, tiles_left = Signal.like(command.width), Signal.like(command.tiles)
-        # the words an UPSAMPLE reads (tiles × width), worked out as it is taken: no product on the way to its length
-        words = Signal(len(command.tiles) + len(command.width), name="upsample_words")
+        # an UPSAMPLE's bytes, worked out as it is taken: no product or memory's choice on the way to the writer
+        dram_length = Signal.like(writer.command.payload.length)
         dram_address, pending = Signal.like(command.address), Signal()
         more_words = Signal()         # a STORE's words_left ≠ 0, a register beside it: no comparison in `fetch`
         with m.If(accepted):
@@ -61,20 +62,16 @@ class StorePath(TransferPath):
                          far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride),
                          pixels_left.eq(command.width - 1), last_pixel.eq(command.width == 1),
                          tiles_left.eq(command.tiles), walking.eq(command.upsample & (command.tiles != 0)),
-                         words.eq(narrow_product(command.tiles, command.width)), dram_address.eq(command.address),
-                         pending.eq(command.upsample)]
-        # UPSAMPLE's writer command, two cycles after the path took it (`pending`, then `length_known`): its bytes
-        # a register of their own, from the registered words and memory, so that no memory's multiplexer runs on
-        # into the writer's burst arithmetic
-        dram_length, length_known = Signal.like(writer.command.payload.length), Signal()
-        with m.Switch(source):
-            for space in UPSAMPLABLE:
-                with m.Case(space):
-                    m.d.sync += dram_length.eq(upsample_length(words, self.spaces[space].word_bytes))
-        m.d.sync += length_known.eq(pending & ~accepted)
+                         dram_address.eq(command.address), pending.eq(command.upsample)]
+            with m.Switch(command.memory):
+                for space in UPSAMPLABLE:
+                    with m.Case(space):
+                        m.d.sync += dram_length.eq(upsample_length(narrow_product(command.tiles, command.width),
+                                                                   self.spaces[space].word_bytes))
+        # UPSAMPLE's writer command, a cycle after the path took it (`pending`), from the registers
         with m.If(command.upsample):
             m.d.comb += writer.command.valid.eq(0)
-        with m.If(pending & length_known):
+        with m.If(pending):
             m.d.comb += [writer.command.valid.eq(1), writer.command.payload.address.eq(dram_address),
                          writer.command.payload.length.eq(dram_length)]
             with m.If(writer.command.ready):
