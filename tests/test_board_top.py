@@ -50,6 +50,7 @@ def test_the_board_platform_prepares_the_top_with_its_pins_and_clock():
         assert f'"{pin}"' in constraints, pin
     assert 'FREQUENCY NET "pll_clock" 50000000.0 HZ;' in constraints          # the PLL output, by its name
     assert "EHXPLLL" in plan.files["top.il"]
+    assert plan.files["top.il"].count("cell \\DCCA ") == 1    # `sync`'s reset (the stand-in has no reset registers)
 
 
 @pytest.mark.parametrize("accel, named", [
@@ -92,14 +93,24 @@ def test_a_failed_build_names_what_synthesis_overflows(tmp_path):
 
 def test_the_controller_and_the_units_take_no_domain_reset_in_the_units_domain():
     """With `unit_domain` (the board top's reset-less `units`), the controller and every unit are clocked by that
-    domain and have no reset port: the domain's reset reaches the host and the reset registers alone."""
+    domain and have no domain reset port: the domain's reset reaches the host and the reset registers alone. With
+    `global_buffer` (the board's DCCA), it is given the two reset registers, and the controller resets from the net
+    it returns for its own, every unit from the net for the units' register, none from a register itself."""
     import re
-    from amaranth import ClockDomain, ClockSignal
+    from amaranth import ClockDomain, ClockSignal, Signal
     from amaranth.back import rtlil
+    buffered = []
+
+    def global_buffer(m, signal, name):
+        net = Signal(name=f"{name}_global")
+        m.d.comb += net.eq(signal)
+        buffered.append((name, signal.name))
+        return net
 
     class Wrapped(wiring.Component):
         def __init__(self):
-            self.accelerator = Accelerator(model_preset("tiny"), accelerator_preset("4x4"), unit_domain="units")
+            self.accelerator = Accelerator(model_preset("tiny"), accelerator_preset("4x4"), unit_domain="units",
+                                           global_buffer=global_buffer)
             super().__init__({})
 
         def elaborate(self, platform):
@@ -115,27 +126,29 @@ def test_the_controller_and_the_units_take_no_domain_reset_in_the_units_domain()
             module = line.split("\\")[1].removeprefix("top.accelerator.")
         elif found := re.match(r"\s*wire width 1 input \d+\s+\\(\w+)$", line):
             ports.setdefault(module, set()).add(found.group(1))
-    units = ("controller", "engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path",
-             "softmax_path", "router", "arbiter")
-    clocks = {"clk", "rst", "units_clk"}
-    assert {unit: ports[unit] & clocks for unit in units} == {unit: {"units_clk"} for unit in units}
+    registers = {f"{RESET_COPY}controller", f"{RESET_COPY}units"}
+    assert buffered == [(name, name) for name in sorted(registers)]
+    units = ("engine", "loader", "load_path", "store_path", "fetch_reader", "output", "norm_path", "softmax_path",
+             "router", "arbiter")
+    resets = {"clk", "rst", "units_clk"} | registers | {f"{name}_global" for name in registers}
+    assert {unit: ports[unit] & resets for unit in ("controller", *units)} == {
+        "controller": {"units_clk", f"{RESET_COPY}controller_global"},
+        **{unit: {"units_clk", f"{RESET_COPY}units_global"} for unit in units}}
     assert {"clk", "rst"} <= ports["host"]
 
 
 @pytest.mark.parametrize("kept", [True, False])
 def test_the_board_flow_keeps_the_copies_of_a_register(tmp_path, kept):
-    """The accelerator resets each unit from a register of its own, and the accumulator chooses each column's sum
-    from a copy of its own of two flags; Yosys merges alike flip-flops, so the board flow marks them `keep` after
-    reading the RTLIL: with its script one reset flip-flop for each of the 10 units and one for the controller (its
-    own soft reset), and a copy of each flag per column; without it one reset for the units in all and the
-    controller's, and one of each flag."""
+    """The accumulator chooses each column's sum from a copy of its own of two flags; Yosys merges alike flip-flops,
+    so the board flow marks them `keep` after reading the RTLIL: with its script a copy of each flag per column,
+    without it one of each flag."""
     from amaranth.back import rtlil
     from hw.flow.board import _KEEP_COPIES
     from hw.flow.export import require_tool
     accel = accelerator_preset("4x4")
     accelerator = Accelerator.for_model(model_preset("tiny"), accel)
     (tmp_path / "top.il").write_text(rtlil.convert(accelerator, name="top"))
-    counts = [(f"{RESET_COPY}*", 11 if kept else 2), (f"{KEPT_COPY}first*", accel.array_cols if kept else 1),
+    counts = [(f"{KEPT_COPY}first*", accel.array_cols if kept else 1),
               (f"{KEPT_COPY}collided*", accel.array_cols if kept else 1)]
     script = ("read_rtlil top.il; " + (f"{_KEEP_COPIES}; " if kept else "") + "proc; opt_merge; opt_clean; "
               + "; ".join(f"tee -q -a count.txt select -count w:{wires} %ci1:+$dff[Q] t:$dff %i"

@@ -12,7 +12,7 @@ on the ULX3S (clock, reset, pins); the simulator runs it as it is (`firmware.sim
   port (`AXI4Arbiter`, the accelerator first), served by the controller; the host bridge (`hw.board.bridge`)
   on the UART, its register port on the accelerator's host registers.
 `accelerator`: a component of `Accelerator.Signature(accel)` in the accelerator's place (default the accelerator
-of `model` on `accel`, its units in `unit_domain`: `Accelerator`).
+of `model` on `accel`, its units in `unit_domain`, its reset nets through `global_buffer`: `Accelerator`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AcceleratorConfig, ModelConfig
 
-from ..control.accelerator import Accelerator
+from ..control.accelerator import Accelerator, GlobalBuffer
 from ..memory.arbiter import AXI4Arbiter
 from ..memory.sdram import SDRAMController, SDRAMPins
 from ..memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
@@ -38,15 +38,15 @@ __all__ = ["BoardSystem"]
 class BoardSystem(wiring.Component):
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float, divisor: int,
                  chip: SDRAMChip = ULX3S_SDRAM, accelerator: wiring.Component | None = None,
-                 unit_domain: str = "sync"):
+                 unit_domain: str = "sync", global_buffer: GlobalBuffer | None = None):
         try:                                          # every check before any part is built
             chip.timing.cycles(clock_hz)
             self.receiver, self.transmitter = UARTReceiver(divisor), UARTTransmitter(divisor)
         except ValueError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
-        self.accelerator = accelerator if accelerator is not None else Accelerator(model, accel,
-                                                                                  unit_domain=unit_domain)
+        self.accelerator = accelerator if accelerator is not None else Accelerator(
+            model, accel, unit_domain=unit_domain, global_buffer=global_buffer)
         self.sdram_controller = SDRAMController(chip, clock_hz, data_width=8 * accel.dram_bytes_per_beat,
                                                 cas_latency=2 if clock_hz <= 100e6 else 3)
         self.bridge = HostBridge(bus_bytes=accel.dram_bytes_per_beat, resync_cycles=RESYNC_BYTES * 10 * divisor)

@@ -4,7 +4,9 @@ on the board's clock and pins.
 `ULX3STop(model, accel, clock_hz=…, baud=…)`, elaborated for amaranth-boards' ULX3S platform:
 - the 25 MHz oscillator through the ECP5 PLL (`pll_dividers`) to the `sync` clock at `clock_hz`, held in reset
   until the PLL locks (a reset synchronizer); the accelerator's controller and units on the same clock in a
-  reset-less domain, `units`, each reset from its own register in `sync` (`Accelerator`'s `unit_domain`);
+  reset-less domain, `units`, reset from two registers in `sync` (`Accelerator`'s `unit_domain`); `sync`'s reset
+  and those two registers reach their flip-flops over global nets (`ecp5_global`: with the clock, 4 of the 8
+  that may reach logic);
 - `BoardSystem` at `baud` on the USB serial port's UART pins, and on the board's 32 MiB SDRAM: the SDRAM clock
   is the `sync` clock inverted (a DDR output), so commands and data, launched on the rising edge, are sampled
   by the chip half a cycle later;
@@ -14,7 +16,7 @@ The host's side is `firmware.board`.
 
 from __future__ import annotations
 
-from amaranth import ClockDomain, ClockSignal, Instance, Module, Signal
+from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -24,7 +26,7 @@ from ..memory.sdram_chip import ULX3S_SDRAM, SDRAMChip
 from .system import BoardSystem
 from .uart import divisor_for
 
-__all__ = ["ULX3STop", "pll_dividers", "DEFAULT_CLOCK_HZ"]
+__all__ = ["ULX3STop", "pll_dividers", "ecp5_global", "DEFAULT_CLOCK_HZ"]
 
 OSCILLATOR_HZ = 25e6
 # The default clock, 25 MHz × 5/6 = 20.83 MHz: the tiny accelerator on 4×4 routed at 24.25 MHz (its controller's
@@ -54,6 +56,15 @@ def pll_dividers(input_hz: float, output_hz: float) -> tuple[int, int, int]:
     return best[1:]
 
 
+
+def ecp5_global(m: Module, signal: Value, name: str) -> Signal:
+    """`signal` on one of the ECP5's global nets, through a DCCA (no clock enable, so that nextpnr may place it at
+    the centre): the same few nanoseconds to each of a reset's thousands of flip-flops, where a fabric net (nextpnr
+    promotes clocks alone) spans the chip (e9ecbf7: 11.2 and 13.9 ns to a reset input)."""
+    net = Signal(name=f"{name}_global")
+    m.submodules[f"{name}_global"] = Instance("DCCA", i_CLKI=signal, o_CLKO=net)
+    return net
+
 class ULX3STop(wiring.Component):
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float = DEFAULT_CLOCK_HZ,
                  baud: float = 3_000_000, chip: SDRAMChip = ULX3S_SDRAM, accelerator: wiring.Component | None = None):
@@ -62,7 +73,8 @@ class ULX3STop(wiring.Component):
         try:                                          # every check before any part is built
             self.dividers = pll_dividers(OSCILLATOR_HZ, clock_hz)
             self.system = BoardSystem(model, accel, clock_hz=clock_hz, divisor=divisor_for(clock_hz, baud),
-                                      chip=chip, accelerator=accelerator, unit_domain="units")
+                                      chip=chip, accelerator=accelerator, unit_domain="units",
+                                      global_buffer=ecp5_global)
         except ValueError:
             self._MustUse__silence = True             # never built, so never elaborated
             raise
@@ -98,7 +110,10 @@ class ULX3STop(wiring.Component):
         # in `sync`, is set while `sync` resets)
         m.domains.units = ClockDomain("units", reset_less=True)
         m.d.comb += [ClockSignal("sync").eq(clock), ClockSignal("units").eq(clock)]
-        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        m.domains.lock = ClockDomain("lock")       # the PLL's lock, synchronized: `sync`'s reset before its global
+        m.d.comb += ClockSignal("lock").eq(clock)
+        m.submodules.reset = ResetSynchronizer(~locked, domain="lock")
+        m.d.comb += ResetSignal("sync").eq(ecp5_global(m, ResetSignal("lock"), "reset"))
         platform.add_clock_constraint(clock, self.clock_hz)
 
     def _uart(self, m, platform):

@@ -12,8 +12,8 @@ needs). Ports, with the AMBA names (`axi__araddr`, `host__awvalid`, … in Veril
 A run: the host writes the region registers and TASK, then CONTROL.start (the controller reads the region registers
 as it fetches the instructions, so they hold for the whole run); STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
-returns everything to idle (the controller and the units a cycle later, the units as after start: each from its own
-register of the reset, so that no one net reaches every unit). The AXI4 bursts in flight then end by the rules
+returns everything to idle (the controller and the units a cycle later, the units as after start: the controller from
+a register of its own, the units from another, each net through `global_buffer`). The AXI4 bursts in flight then end by the rules
 (`hw.memory.quiesce.AXI4Quiesce` at the port: reads to their last beat, dropped; a write's missing beats with no
 byte strobe, so a write cut short leaves some of its bytes written), and a run started meanwhile waits for them.
 Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
@@ -24,9 +24,14 @@ EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gat
 `unit_domain` (default `sync`): the clock domain the controller and the units run in, `sync` renamed. Their
 reset registers are in `sync` and set while it resets; a board top passes a reset-less domain on `sync`'s clock
 (`hw.board.top`), so that the domain's reset net reaches the reset registers and not every unit's flip-flops.
+`global_buffer` (default none): `(m, signal, name) -> Value`, `signal` on one of the device's global nets, which
+reach thousands of loads with one short delay where a fabric net spans the chip; the two reset registers' nets go
+through it (`hw.board.top` passes the ECP5's DCCA), else each register drives its loads itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from amaranth import Cat, DomainRenamer, Module, Mux, ResetInserter, Shape, Signal, Value
 from amaranth.lib import wiring
@@ -57,9 +62,10 @@ from .isa import InstructionSet, Opcode, Space
 from .memories import TWO_PORTED, check_top_level, feed_rows, onchip_spaces
 from .registers import COUNTERS
 
-__all__ = ["Accelerator", "RESET_COPY"]
+__all__ = ["Accelerator", "GlobalBuffer", "RESET_COPY"]
 
-RESET_COPY = f"{KEPT_COPY}reset_"     # the prefix of the units' reset registers (kept apart in synthesis)
+RESET_COPY = f"{KEPT_COPY}reset_"     # the prefix of the two reset registers (kept apart in synthesis)
+GlobalBuffer = Callable[[Module, Value, str], Value]     # (m, signal, name): `signal` on a global net
 
 
 class Accelerator(wiring.Component):
@@ -73,7 +79,7 @@ class Accelerator(wiring.Component):
                               "issued": Out(1)})
 
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, addr_width: int = 32, fetch_depth: int = 8,
-                 unit_domain: str = "sync"):
+                 unit_domain: str = "sync", global_buffer: GlobalBuffer | None = None):
         try:
             check_compatible(model, accel)
             check_top_level(model, accel)
@@ -81,6 +87,7 @@ class Accelerator(wiring.Component):
             self._MustUse__silence = True             # never built, so never elaborated
             raise
         self.model, self.accel, self.addr_width, self.unit_domain = model, accel, addr_width, unit_domain
+        self.global_buffer = global_buffer
         self.isa = InstructionSet(model, accel)
         self.spaces = onchip_spaces(model, accel)
         self.config_hash = config_hash(model, accel)
@@ -125,12 +132,14 @@ class Accelerator(wiring.Component):
     def for_model(cls, model: ModelConfig, accel: AcceleratorConfig) -> "Accelerator":
         return cls(model, accel)
 
-    def _reset_by(self, m, name: str, reset, unit) -> Signal:
-        """Submodule `name`, `unit` in `unit_domain` (`sync` renamed), reset by `reset` a cycle later from a register
-        of its own (set while the domain resets); returns that register."""
+    def _reset_by(self, m, name: str, reset, units: dict) -> Signal:
+        """The submodules `units` (by name) in `unit_domain` (`sync` renamed), reset by `reset` a cycle later from a
+        register named after `name` (set while the domain resets) through `global_buffer`; returns the register."""
         copy = Signal(init=1, name=f"{RESET_COPY}{name}")
         m.d.sync += copy.eq(reset)
-        m.submodules[name] = DomainRenamer(self.unit_domain)(ResetInserter(copy)(unit))
+        net = self.global_buffer(m, copy, f"{RESET_COPY}{name}") if self.global_buffer else copy
+        for unit_name, unit in units.items():
+            m.submodules[unit_name] = DomainRenamer(self.unit_domain)(ResetInserter(net)(unit))
         return copy
 
     def _memories(self, m):
@@ -213,18 +222,17 @@ class Accelerator(wiring.Component):
         clear = controller.clear | host.soft_reset
         m.submodules.host = host
 
-        # The controller is reset by the host's soft reset a cycle later, and each unit by `clear` a cycle later,
-        # each from a register of its own (set while the domain resets), so that each reset net starts at its own
-        # flip-flop (`RESET_COPY` names them, the board flow keeps them apart), not at the host's register; a unit's
-        # error flag is not reported while its reset is pending.
-        resetting = {"controller": self._reset_by(m, "controller", host.soft_reset, controller)}
+        # The controller is reset by the host's soft reset a cycle later, and the units by `clear` a cycle later, each
+        # from a register of its own (set while the domain resets), so that the reset nets start at flip-flops
+        # (`RESET_COPY` names them, the board flow keeps them apart) and not at the host's register; a unit's error
+        # flag is not reported while its reset is pending.
+        self._reset_by(m, "controller", host.soft_reset, {"controller": controller})
         arbiter = ReadArbiter(AXI4Read.Signature(self.addr_width, self.bus.data_width), 3,
                               depth=3 * self.accel.dram_outstanding)
         units = {name: getattr(self, name) for name in ("engine", "loader", "load_path", "store_path",
                                                         "fetch_reader", "output", "norm_path", "softmax_path",
                                                         "router")}
-        for name, unit in {**units, "arbiter": arbiter}.items():
-            resetting[name] = self._reset_by(m, name, clear, unit)
+        resetting = self._reset_by(m, "units", clear, {**units, "arbiter": arbiter})
         wiring.connect(m, wiring.flipped(self.host), host.bus)
         m.d.comb += [self.irq.eq(host.irq), self.issued.eq(controller.issued)]
 
@@ -262,9 +270,9 @@ class Accelerator(wiring.Component):
                      self.router.tokens.payload.eq(router_tokens.payload),
                      router_tokens.ready.eq(self.router.tokens.ready)]
         gemm_active = engine.busy | engine.out.valid | self.output.active
-        m.d.comb += [getattr(controller, f"{kind}_error").eq(unit.error & ~resetting[name]) for kind, name, unit in (
-            ("fetch", "fetch_reader", self.fetch_reader), ("load", "load_path", self.load_path),
-            ("loader", "loader", loader), ("gemm", "engine", engine), ("store", "store_path", self.store_path))]
+        m.d.comb += [getattr(controller, f"{kind}_error").eq(unit.error & ~resetting) for kind, unit in (
+            ("fetch", self.fetch_reader), ("load", self.load_path), ("loader", loader), ("gemm", engine),
+            ("store", self.store_path))]
         m.d.comb += [controller.fetch_idle.eq(self.fetch_reader.idle), controller.load_busy.eq(self.load_path.busy),
                      controller.loader_idle.eq(loader.idle),
                      controller.slab_full.eq(loader.full), controller.slab_accepts.eq(loader.accepts),
