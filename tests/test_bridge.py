@@ -45,10 +45,12 @@ class SimulatedPipe:
 
     def __init__(self, ctx, bridge):
         self.ctx, self.bridge, self.received = ctx, bridge, bytearray()
+        self.response_ready = set()      # (RREADY, BREADY) of the register port, as seen in every cycle
 
     async def tick(self):
         ctx = self.ctx
         ctx.set(self.bridge.tx.ready, 1)
+        self.response_ready.add((ctx.get(self.bridge.registers.rready), ctx.get(self.bridge.registers.bready)))
         _, _, valid, byte = await ctx.tick().sample(self.bridge.tx.valid, self.bridge.tx.payload)
         if valid:
             self.received.append(byte)
@@ -100,6 +102,7 @@ def test_the_host_code_reads_and_writes_registers_and_dram_through_the_bridge():
         seen["id"] = await link.read32(register("ID").offset)
         await link.write32(register("TASK").offset, 0xA5A5_0003)
         seen["task"] = await link.read32(register("TASK").offset)
+        seen["response ready"] = pipe.response_ready       # the bridge's contract: always ready for a response
         for address, data in blocks.items():
             await link.write_dram(address, data)
         for address, data in blocks.items():
@@ -107,6 +110,7 @@ def test_the_host_code_reads_and_writes_registers_and_dram_through_the_bridge():
 
     model = run_board(bench)
     assert seen["id"] >> 16 == ID_MAGIC and seen["task"] == 0xA5A5_0003
+    assert seen["response ready"] == {(1, 1)}
     assert all(seen[address] == data for address, data in blocks.items())
     assert model.writes == sum(len(d) for d in blocks.values()) // 2
 

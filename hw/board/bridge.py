@@ -4,7 +4,9 @@ AXI4 memory beats; replies go back on another byte stream (the board's UART, `hw
 `HostBridge(bus_bytes, addr_width, register_addr_width, resync_cycles)`:
 - `rx`: the request bytes, taken as they come (`ready` is always high: a UART cannot wait).
 - `tx`: the reply bytes, a stream.
-- `registers`: AXI4-Lite master (32-bit data): one transfer a READ32 / WRITE32, at the request's byte offset.
+- `registers`: AXI4-Lite master (32-bit data): one transfer a READ32 / WRITE32, at the request's byte offset;
+  RREADY and BREADY always high (a response comes only while the bridge waits for it), so that no state of the
+  bridge reaches the registers' response logic.
 - `memory`: AXI4 master, `8 · bus_bytes` bits: single-beat INCR bursts (ARLEN/AWLEN 0, ARSIZE the bus), one
   outstanding; WSTRB all ones; ID 0. A WRITE_MEM beat is written while the next one arrives: its write must
   finish within one beat's bytes on the line (thousands of cycles at 3 Mbaud), or the bytes behind it are lost.
@@ -76,7 +78,7 @@ class HostBridge(wiring.Component):
                      mem.awlen.eq(0), mem.awsize.eq(size), mem.awburst.eq(Burst.INCR),
                      mem.wstrb.eq((1 << bus) - 1), mem.wlast.eq(1),
                      regs.araddr.eq(header[:8]), regs.awaddr.eq(header[:8]), regs.wdata.eq(header[8:40]),
-                     regs.wstrb.eq(0xF), tx.payload.eq(out[:8])]
+                     regs.wstrb.eq(0xF), regs.rready.eq(1), regs.bready.eq(1), tx.payload.eq(out[:8])]
 
         def reply(first, *more):
             """Send the status `first` and the 32-bit `more`, then the CRC; then idle, or (a status other than
@@ -211,7 +213,6 @@ class HostBridge(wiring.Component):
             with m.If(regs.arready):
                 m.next = "register read data"
         with m.State("register read data"):
-            m.d.comb += regs.rready.eq(1)
             with m.If(regs.rvalid):
                 reply(response_status(regs.rresp), regs.rdata)
         with m.State("register write"):
@@ -222,6 +223,5 @@ class HostBridge(wiring.Component):
             with m.If(now.all()):
                 m.next = "register write response"
         with m.State("register write response"):
-            m.d.comb += regs.bready.eq(1)
             with m.If(regs.bvalid):
                 reply(response_status(regs.bresp))
