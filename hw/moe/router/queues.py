@@ -20,7 +20,8 @@ class QueueBuilder(wiring.Component):
     """Counts the routes as they are taken (`taken`, with their `route_experts`); after the layer's last route
     (`routed` = `token_count`, the gate stage `gates_idle`): prefix sums of the per-expert counts, each
     non-empty expert leaving on `experts` ({expert, base, count}, ascending; the loader's schedule) as its
-    base is known, then each token's k entries placed at their expert's base + fill from the route records
+    base is known, then each token's k entries placed at their expert's next slot (its base, then one on for each
+    entry placed; a register an expert, so no add runs into the queue's write address) from the route records
     (`record_read`, data a cycle after the address) into the queue (`queue_write`: {token, weight}), so every
     queue lists its tokens in ascending order. T · (k + 1) + E cycles after the last route, plus any wait on
     `experts`; then `done` pulses. Counts clear at `start`.
@@ -67,7 +68,7 @@ class QueueBuilder(wiring.Component):
         # Prefix sums; the non-empty experts leave meanwhile
         summing, placing = Signal(), Signal()
         sum_index = Signal(range(E + 1))
-        bases = [Signal(range(g.queue_depth + 1), name=f"base{e}") for e in range(E)]
+        next_slots = [Signal(range(g.queue_depth + 1), name=f"next_slot{e}") for e in range(E)]
         running = Signal(range(g.queue_depth + 1))
         with m.If(self.routing & ~summing & ~placing & (self.routed == self.token_count) & self.gates_idle
                   & (self.token_count != 0)):
@@ -80,28 +81,26 @@ class QueueBuilder(wiring.Component):
             m.d.sync += [running.eq(running + count_now), sum_index.eq(sum_index + 1)]
             for e in range(E):
                 with m.If(sum_index == e):
-                    m.d.sync += bases[e].eq(running)
+                    m.d.sync += next_slots[e].eq(running)
             with m.If(sum_index == E - 1):
                 m.d.sync += [summing.eq(0), placing.eq(1)]
 
         # Placement: slot 0's cycle reads the record; slots 1 … k write its entries (record data holds meanwhile)
         place_token, place_slot = Signal.like(self.routed), Signal(range(k + 1))
         record, queue = self.record_read, self.queue_write
-        fill = [Signal(range(g.max_tokens + 1), name=f"fill{e}") for e in range(E)]
         m.d.comb += record.addr.eq(place_token)
         with m.If(summing):
             m.d.sync += [place_token.eq(0), place_slot.eq(0)]
-            m.d.sync += [f.eq(0) for f in fill]
         with m.If(placing):
             entry = (place_slot - 1).as_unsigned()
             expert_id = record.data.experts[entry]
             writing_entry = place_slot != 0
-            m.d.comb += [queue.addr.eq(select(bases, expert_id) + select(fill, expert_id)),
+            m.d.comb += [queue.addr.eq(select(next_slots, expert_id)),
                          queue.data.token.eq(place_token), queue.data.weight.eq(record.data.weights[entry]),
                          queue.en.eq(writing_entry), record.en.eq(place_slot == 0)]
             for e in range(E):
                 with m.If(writing_entry & (expert_id == e)):
-                    m.d.sync += fill[e].eq(fill[e] + 1)
+                    m.d.sync += next_slots[e].eq(next_slots[e] + 1)
             m.d.sync += place_slot.eq(Mux(place_slot == k, 0, place_slot + 1))
             with m.If(place_slot == k):
                 m.d.sync += place_token.eq(place_token + 1)
