@@ -55,9 +55,13 @@ class StorePath(TransferPath):
         # an UPSAMPLE's bytes, worked out as it is taken: no product or memory's choice on the way to the writer
         dram_length = Signal.like(writer.command.payload.length)
         dram_address, pending = Signal.like(command.address), Signal()
-        more_words = Signal()         # a STORE's words_left ≠ 0, a register beside it: no comparison in `fetch`
+        # a STORE's words_left ≠ 0 (never an UPSAMPLE's), a register beside it: no comparison in `fetch`; and
+        # whether the command reads each memory, a register each: no comparison on the way to its read enable
+        more_words = Signal()
+        reads_from = {space: Signal(name=f"reads_from_{space.name.lower()}") for space in self.spaces}
         with m.If(accepted):
-            m.d.sync += more_words.eq(command.length != 0)
+            m.d.sync += more_words.eq(~command.upsample & (command.length != 0))
+            m.d.sync += [reads_from[space].eq(command.memory == space) for space in self.spaces]
             m.d.sync += [upsample.eq(command.upsample), phase.eq(0), far.eq(command.far), near_row.eq(command.base),
                          far_row.eq(command.far), width.eq(command.width), stride.eq(command.stride),
                          pixels_left.eq(command.width - 1), last_pixel.eq(command.width == 1),
@@ -90,9 +94,16 @@ class StorePath(TransferPath):
         for width_bytes, (gearbox, spaces, chosen) in self._gearboxes(m, False, accepted).items():
             m.submodules[f"gearbox{width_bytes}"] = gearbox
             word = Signal(8 * width_bytes, name=f"word{width_bytes}")
+            bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
+            assert len(bits) <= 1, "memories of one word width hold values of one width"
+            word_ready, offered = Signal(name=f"word_ready{width_bytes}"), Signal(name=f"offered{width_bytes}")
+            pair_ready = Signal(name=f"pair_ready{width_bytes}") if bits else 0
+            # `fetch` as this group's readiness decides it (the chosen group's is `fetch`): its memories' read
+            # enables from registers and this group's skid buffers, no choice among the groups on the way
+            group_fetch = (more_words & (~word_valid | word_ready)) | (walking & (phase | ~pair_valid | pair_ready))
             for space in spaces:
                 port = getattr(self, space.name.lower())
-                m.d.comb += [port.addr.eq(read_address), port.en.eq(fetch & (source == space))]
+                m.d.comb += [port.addr.eq(read_address), port.en.eq(group_fetch & reads_from[space])]
                 with m.If(source == space):
                     m.d.comb += word.eq(port.data)
             # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
@@ -100,22 +111,18 @@ class StorePath(TransferPath):
             # `offered`: `word_valid` for this group's STORE, a register of its own (a STORE's group is set as it
             # is taken, before its first read), so that the choice is not on the skid buffer's input
             stored, stored_valid, stored_ready = Signal.like(word, name=f"stored{width_bytes}"), Signal(), Signal()
-            word_ready, offered = Signal(name=f"word_ready{width_bytes}"), Signal(name=f"offered{width_bytes}")
             with m.If(fetch):
                 m.d.sync += offered.eq(~upsample & chosen)
             with m.Elif(word_ready):
                 m.d.sync += offered.eq(0)
             skid_buffer(m, offered, word_ready, {"word": word}, stored_valid, stored_ready, {"word": stored})
             held += [~word_ready, stored_valid]
-            bits = {UPSAMPLABLE[space] for space in spaces if space in UPSAMPLABLE}
-            assert len(bits) <= 1, "memories of one word width hold values of one width"
             if bits:
                 lanes, (value_bits,) = 8 * width_bytes // min(bits), bits
                 m.submodules[f"upsampler{width_bytes}"] = upsampler = Upsampler(lanes, value_bits, value_bits)
                 near = Signal(8 * width_bytes, name=f"near{width_bytes}", reset_less=True)
                 with m.If(fetch_pixel & phase):      # the near pixel, read the cycle before, is on the port
                     m.d.sync += near.eq(word)
-                pair_ready = Signal(name=f"pair_ready{width_bytes}")
                 skid_buffer(m, pair_valid & chosen, pair_ready, {"pair": Cat(near, word, pair_last)},
                             upsampler.input.valid, upsampler.input.ready, {"pair": upsampler.input.payload})
                 held += [~pair_ready, upsampler.input.valid, upsampler.output.valid]
@@ -135,7 +142,7 @@ class StorePath(TransferPath):
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
 
-        m.d.comb += [fetch_word.eq(~upsample & self.busy & more_words & (~word_valid | taken)),
+        m.d.comb += [fetch_word.eq(more_words & (~word_valid | taken)),
                      fetch_pixel.eq(walking & (phase | ~pair_valid | pair_taken)), fetch.eq(fetch_word | fetch_pixel)]
         with m.If(~upsample):
             with m.If(fetch_word):
