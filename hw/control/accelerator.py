@@ -13,9 +13,10 @@ A run: the host writes the region registers and TASK, then CONTROL.start (the co
 as it fetches the instructions, so they hold for the whole run); STATUS.done rises when the program
 has halted or faulted (ERROR, ERROR_PC). The performance counters count from start to done. CONTROL.soft_reset
 returns everything to idle (the controller and the units a cycle later, the units as after start: the controller from
-a register of its own, the units from another, each net through `global_buffer`). The AXI4 bursts in flight then end by the rules
-(`hw.memory.quiesce.AXI4Quiesce` at the port: reads to their last beat, dropped; a write's missing beats with no
-byte strobe, so a write cut short leaves some of its bytes written), and a run started meanwhile waits for them.
+a register of its own, the units from another, each net through `global_buffer`). The AXI4 bursts in flight then
+end by the rules (`hw.memory.quiesce.AXI4Quiesce` at the port: reads to their last beat, dropped; a write's missing
+beats with no byte strobe, so a write cut short leaves some of its bytes written), and a run started meanwhile
+waits for them.
 Every instruction of `hw.control.isa` runs: a whole backbone inference, any task, from one program
 (docs/architecture.md, section 11). The experts: the router's list of active experts drives the controller's
 EXPERTS loop, its token queues serve the engine's gather (fc1) and token and gate reads
