@@ -56,7 +56,6 @@ def pll_dividers(input_hz: float, output_hz: float) -> tuple[int, int, int]:
     return best[1:]
 
 
-
 def ecp5_global(m: Module, signal: Value, name: str) -> Signal:
     """`signal` on one of the ECP5's global nets, through a DCCA (no clock enable, so that nextpnr may place it at
     the centre): the same few nanoseconds to each of a reset's thousands of flip-flops, where a fabric net (nextpnr
@@ -64,6 +63,7 @@ def ecp5_global(m: Module, signal: Value, name: str) -> Signal:
     net = Signal(name=f"{name}_global")
     m.submodules[f"{name}_global"] = Instance("DCCA", i_CLKI=signal, o_CLKO=net)
     return net
+
 
 class ULX3STop(wiring.Component):
     def __init__(self, model: ModelConfig, accel: AcceleratorConfig, *, clock_hz: float = DEFAULT_CLOCK_HZ,
