@@ -43,7 +43,7 @@ class StorePath(TransferPath):
     def elaborate(self, platform):
         m = Module()
         writer = self.unit
-        source, address, words_left, accepted = self._front(m)
+        _, address, words_left, accepted = self._front(m)
         command = self.command.payload
         # UPSAMPLE's walk: the near and far rows' addresses, the pixels of the channel tile after the next
         # (`last_pixel` when none) and the tiles left (`walking` while any); `phase` 1 when the next read is the
@@ -88,6 +88,11 @@ class StorePath(TransferPath):
         pair_valid, pair_last, pair_taken, upsampling = Signal(), Signal(), Signal(), Signal()
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(writer.data.payload)
         read_address = Mux(upsample & phase, far, address)
+
+        def reads(word_taken, pair_taken):
+            """(a STORE's next word is read, an UPSAMPLE's next pixel is read) when the port's word leaves on
+            `word_taken` and its pair on `pair_taken`"""
+            return more_words & (~word_valid | word_taken), walking & (phase | ~pair_valid | pair_taken)
         # Whether any group holds a word, a pair, an upsampled pixel or a bus word: an OR over the groups, not the
         # chosen group's (the others hold nothing while the path is busy), so `chosen` does not reach `busy`
         held = []
@@ -100,11 +105,11 @@ class StorePath(TransferPath):
             pair_ready = Signal(name=f"pair_ready{width_bytes}") if bits else 0
             # `fetch` as this group's readiness decides it (the chosen group's is `fetch`): its memories' read
             # enables from registers and this group's skid buffers, no choice among the groups on the way
-            group_fetch = (more_words & (~word_valid | word_ready)) | (walking & (phase | ~pair_valid | pair_ready))
+            group_fetch = Cat(*reads(word_ready, pair_ready)).any()
             for space in spaces:
                 port = getattr(self, space.name.lower())
                 m.d.comb += [port.addr.eq(read_address), port.en.eq(group_fetch & reads_from[space])]
-                with m.If(source == space):
+                with m.If(reads_from[space]):
                     m.d.comb += word.eq(port.data)
             # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
             # gearbox's and the upsampler's readiness does not reach `fetch` and the memories' enables.
@@ -142,8 +147,8 @@ class StorePath(TransferPath):
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
 
-        m.d.comb += [fetch_word.eq(more_words & (~word_valid | taken)),
-                     fetch_pixel.eq(walking & (phase | ~pair_valid | pair_taken)), fetch.eq(fetch_word | fetch_pixel)]
+        m.d.comb += [Cat(fetch_word, fetch_pixel).eq(Cat(*reads(taken, pair_taken))),
+                     fetch.eq(fetch_word | fetch_pixel)]
         with m.If(~upsample):
             with m.If(fetch_word):
                 m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1), more_words.eq(words_left != 1),
