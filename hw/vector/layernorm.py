@@ -12,8 +12,9 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Thirteen stages (x·r in registered DSP
    blocks, `WideMultiplier`, four of them; x̂ into a register of the fabric, then x̂·G_o in a DSP block,
-   `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add); the pipeline stops as
-   a whole while the output is not taken.
+   `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add). The last stage is a
+   skid buffer's (`hw.common.pipeline.skid_buffer`): the output's `ready` reaches only its registers, and the
+   twelve stages before it stop as a whole once its skid entry is full and stage 12 holds a beat.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
@@ -40,6 +41,7 @@ from golden import ops
 from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, kept_bit, radix4_step,
                             shift_right, times_constant, tree_sum)
 from ..common.multiplier import Multiplier, WideMultiplier
+from ..common.pipeline import skid_buffer
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -183,18 +185,23 @@ class LayerNorm(wiring.Component):
 
         # --- 3. Normalise --------------------------------------------------------------------------------------
         out_rows = Signal.like(command.rows)
-        advance = Signal()
-        valid = [Signal(name=f"normalise{stage}_valid") for stage in range(self.NORMALISE_STAGES)]
-        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.output.valid.eq(valid[-1])]
+        # the last stage is a skid buffer's main register (`skid_buffer`): the stages before it advance while its
+        # skid entry is empty or stage 12 is, both registers, so the output's `ready` reaches no further
+        advance, staged_ready = Signal(), Signal()
+        valid = [Signal(name=f"normalise{stage}_valid") for stage in range(self.NORMALISE_STAGES - 1)]
+        m.d.comb += advance.eq(staged_ready | ~valid[-1])
+        staged = Signal.like(self.output.payload)
+        skid_buffer(m, valid[-1], staged_ready, {"beat": staged}, self.output.valid, self.output.ready,
+                    {"beat": self.output.payload})
         m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         side = data.StructLayout({"bank": 1, "beat": unsigned(len(rows.read_beat)), "last": 1})
         sides = [Signal(side, name=f"normalise_side{stage}", reset_less=True)      # valid with `valid`
-                 for stage in range(self.NORMALISE_STAGES)]
+                 for stage in range(self.NORMALISE_STAGES - 1)]
         with m.If(advance):
             m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank),
                          sides[0].beat.eq(rows.read_beat), sides[0].last.eq(rows.read_last)]
-            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
-            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.NORMALISE_STAGES - 1)]
+            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.NORMALISE_STAGES - 1)]
         # sides[scaled_stage]: the beat whose x·r is in `scaled`, the multiplier's output (stage 1 + SCALE_STAGES)
         scaled_stage = self.SCALE_STAGES
         # the parameter word is read two stages early and registered, to enter the gain's DSP block with x̂ (stage
@@ -217,7 +224,7 @@ class LayerNorm(wiring.Component):
             with m.If(advance & valid[scaled_stage + 1] & released.last & (released.bank == b)):
                 m.d.sync += statistics_held[b].eq(0)
         out_halves, saturating = self._output_constants(m)
-        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-1].last)
         # the bank's e and 2^(18+e) − 1 for x̂'s stage, picked a stage early into registers (as the beat enters
         # `centred`; the bank's statistics stay held until it leaves it)
         row_e = Signal.like(exponents[0], name="normalise_e", reset_less=True)
@@ -249,7 +256,7 @@ class LayerNorm(wiring.Component):
                                     for n in ("affine", "to_round"))
                 kept = Signal(name=f"kept{o}_{lane}", reset_less=True)      # bit sh of the value to round
                 rounded = Signal(signed(ROUNDING_BITS), name=f"rounded{o}_{lane}", reset_less=True)
-                y = self.output.payload.data[f"y{o}"][lane]
+                y = staged.data[f"y{o}"][lane]
                 high, low = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
                 above, below = beyond(rounded, saturating[o])
                 saturated = Mux(above, high, Mux(below, low, shift_right(rounded, command.shifts[o], bits)))
@@ -259,10 +266,10 @@ class LayerNorm(wiring.Component):
                         affine.eq(gained + beta),                                                    # stage 10
                         to_round.eq(affine), kept.eq(kept_bit(affine, command.shifts[o])),           # stage 11
                         rounded.eq(to_round + out_halves[o] + kept),                                 # stage 12
-                        y.eq(Mux(edge_lanes[lane], saturated, 0)),                                   # stage 13
                     ]
-        m.d.comb += self.output.payload.last.eq(sides[-1].last)
-        with m.If(advance & valid[-1] & sides[-1].last):
+                m.d.comb += y.eq(Mux(edge_lanes[lane], saturated, 0))            # into stage 13: the skid buffer
+        m.d.comb += staged.last.eq(sides[-1].last)
+        with m.If(self.output.valid & self.output.ready & self.output.payload.last):
             m.d.sync += out_rows.eq(out_rows + 1)
             with m.If(out_rows + 1 == command.rows):
                 m.d.sync += busy.eq(0)

@@ -49,7 +49,7 @@ class GateWeights(wiring.Component):
         g = self.geometry
         k = g.top_k
         winners = self.winners.payload
-        # (the division's and the products' registers are data, set as a token's winners are taken and valid with
+        # (the division's registers are data, set as a token's winners are taken, and the products valid with
         # the flags below: not reset)
         divisor = Signal.like(winners.total, reset_less=True)
         remainder = Signal(unsigned(EXP_BITS + index_bits(g.experts) + 2), reset_less=True)
@@ -72,7 +72,6 @@ class GateWeights(wiring.Component):
                          remainder.eq(1 << (62 - QUOTIENT_BITS))]
             m.d.sync += [winners_expert[j].eq(winners.experts[j]) for j in range(k)]
             m.d.sync += [winners_e[j].eq(winners.e[j]) for j in range(k)]
-            m.d.sync += [products[j].eq(0) for j in range(k)]
         with m.If(dividing):
             trial = Signal.like(remainder)
             m.d.comb += trial.eq(remainder << 1)            # the dividend's remaining bits are 0
@@ -81,8 +80,10 @@ class GateWeights(wiring.Component):
                          step.eq(step + 1)]
             with m.If(step == QUOTIENT_BITS - 1):
                 m.d.sync += [dividing.eq(0), adding_last.eq(1)]
-        with m.If(dividing | adding_last):                  # the bit found the cycle before (0 at the first step)
-            m.d.sync += [products[j].eq((products[j] << 1) + Mux(quotient[0], winners_e[j], 0)) for j in range(k)]
+        # the bit found the cycle before (0 at the first step) added while dividing and adding the last, 0 after
+        # (rounding reads them in its cycle): no enable, and the choice by two registers alone
+        m.d.sync += [products[j].eq(Mux(dividing | adding_last, (products[j] << 1) + Mux(quotient[0], winners_e[j], 0),
+                                        0)) for j in range(k)]
         with m.If(adding_last):
             m.d.sync += [adding_last.eq(0), rounding.eq(1)]
         with m.If(rounding):
