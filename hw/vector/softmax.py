@@ -7,8 +7,9 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
 2. **Exponentials** (`lanes` per cycle, the row read back): d = max − x, u = round_shift(d · m_exp, s_exp) in
    Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) of a 64-entry table T (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
    so P ∈ [0, 127] with the row maximum exactly 127. The ROM holds P itself for each of u's 512 low values
-   (a block RAM read by u's nine bits, no arithmetic after it). Six stages; the pipeline stops as a whole while
-   the output is not taken.
+   (a block RAM read by u's nine bits, no arithmetic after it). Six stages, the last a skid buffer's
+   (`hw.common.pipeline.skid_buffer`): the output's `ready` and the row scale's readiness reach only its registers,
+   and the five stages before it stop as a whole once its skid entry is full and stage 5 holds a beat.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, m_v · recip accumulated from those bits a cycle behind them
    (the product times 4 plus 0, m_v, 2·m_v or 3·m_v: an adder, no multiplier block), then normalised to 15 bits
@@ -36,6 +37,7 @@ from golden import ops
 
 from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
                     shift_right, times_constant, tree_sum)
+from ..common.pipeline import skid_buffer
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax", "score_bits"]
@@ -128,23 +130,28 @@ class Softmax(wiring.Component):
         rows.set_state(m, final.bank, BankState.READY, final.valid & final.last)
 
         # --- 2. Exponentials -----------------------------------------------------------------------------------
-        advance = Signal()
-        valid = [Signal(name=f"exp{stage}_valid") for stage in range(self.EXP_STAGES)]
+        advance, staged_ready = Signal(), Signal()
+        valid = [Signal(name=f"exp{stage}_valid") for stage in range(self.EXP_STAGES - 1)]
         side = data.StructLayout({"bank": 1, "last": 1})
         sides = [Signal(side, name=f"exp_side{stage}", reset_less=True)           # data, valid with `valid`
-                 for stage in range(self.EXP_STAGES)]
-        scale_free = Signal()              # the row scale can take a row's sum
-        leaving = valid[-1] & (~sides[-1].last | scale_free)
-        m.d.comb += [advance.eq(~valid[-1] | (self.output.ready & leaving)), self.output.valid.eq(leaving)]
+                 for stage in range(self.EXP_STAGES - 1)]
+        m.d.comb += advance.eq(staged_ready | ~valid[-1])
+        # stage 6 is the skid buffer's main register; a row's last beat leaves it only while the row scale is free
+        scale_free, held_valid, held_ready = Signal(), Signal(), Signal()   # `scale_free`: it can take a row's sum
+        staged, held = Signal.like(self.output.payload), Signal.like(self.output.payload)
+        skid_buffer(m, valid[-1], staged_ready, {"beat": staged}, held_valid, held_ready, {"beat": held})
+        leaving = ~held.last | scale_free
+        m.d.comb += [self.output.valid.eq(held_valid & leaving), held_ready.eq(self.output.ready & leaving),
+                     self.output.payload.eq(held)]
         m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         with m.If(advance):
             m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank), sides[0].last.eq(rows.read_last)]
-            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.EXP_STAGES)]
-            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.EXP_STAGES)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.EXP_STAGES - 1)]
+            m.d.sync += [sides[i].eq(sides[i - 1]) for i in range(1, self.EXP_STAGES - 1)]
         # the bank's maximum is read at stage 1; the bank is free after that
         rows.set_state(m, sides[0].bank, BankState.FREE, advance & valid[0] & sides[0].last)
         row_max = pick(sides[0].bank, maxima)
-        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-2].last)
+        edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-1].last)
         # Per command: 2^(s−1) − 1 and the sum from which u is past the table (P = 0), 2^(s + 9), capped past
         # the product's range; so each lane rounds with one adder and keeps only u's low nine bits.
         product_width = width + 1 + len(command.exp_multiplier)
@@ -166,7 +173,7 @@ class Softmax(wiring.Component):
             rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}", reset_less=True)   # before the shift
             exponent = Signal(P_TABLE_BITS, name=f"exponent{lane}")                        # u's low nine bits
             zero = Signal(name=f"zero{lane}", reset_less=True)
-            p = self.output.payload.p[lane]
+            p = staged.p[lane]
             m.d.comb += [exponent.eq(shift_right(rounding, command.exp_shift, len(exponent))),
                          reads[lane].addr.eq(exponent), reads[lane].en.eq(advance)]
             with m.If(advance):
@@ -176,17 +183,17 @@ class Softmax(wiring.Component):
                     rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
                     zero.eq(rounding >= zero_from),                                                # stage 5 (+ P[u])
                 ]
-                m.d.sync += p.eq(Mux(edge_lanes[lane] & ~zero, reads[lane].data, 0))               # stage 6
-            beat_p.append(p)
-        m.d.comb += self.output.payload.last.eq(sides[-1].last)
+            m.d.comb += p.eq(Mux(edge_lanes[lane] & ~zero, reads[lane].data, 0))                # into stage 6
+            beat_p.append(held.p[lane])
+        m.d.comb += staged.last.eq(sides[-1].last)
 
         # --- 3. Row scale ----------------------------------------------------------------------------------------
         beat_sum = tree_sum(p.as_unsigned() for p in beat_p)
         row_sum = Signal(unsigned(self.sum_width))
         taken = self.output.valid & self.output.ready
         with m.If(taken):
-            m.d.sync += row_sum.eq(Mux(sides[-1].last, 0, row_sum + beat_sum))
-        rows_out = self._row_scale(m, command, row_sum + beat_sum, taken & sides[-1].last, scale_free, busy)
+            m.d.sync += row_sum.eq(Mux(held.last, 0, row_sum + beat_sum))
+        rows_out = self._row_scale(m, command, row_sum + beat_sum, taken & held.last, scale_free, busy)
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += rows_out.eq(0)
             rows.reset(m)
