@@ -95,8 +95,9 @@ def test_readers_behind_the_arbiter_get_their_own_bytes(count, bus, max_burst, o
         for _ in range(40_000):
             for r, reader in enumerate(dut.readers):
                 ctx.set(reader.command.valid, bool(pending[r]))
-                if pending[r]:
-                    ctx.set(reader.command.payload, {"address": pending[r][0][0], "length": pending[r][0][1]})
+                # a command not offered is ignored, however misaligned its fields
+                address, length = pending[r][0] if pending[r] else (1, 3)
+                ctx.set(reader.command.payload, {"address": address, "length": length})
                 ctx.set(reader.data.ready, rng.random() >= stall)
             dram.drive(ctx, dut.bus)
             taken = [bool(pending[r]) and ctx.get(reader.command.ready) for r, reader in enumerate(dut.readers)]

@@ -65,21 +65,23 @@ class DramTransfer(wiring.Component):
         dropped = Signal(name=f"{channel}_dropped")      # the command taken moves nothing: misaligned or empty
         command = self.command.payload
         m.d.comb += self.command.ready.eq(~active)
-        # A command is taken whole into the registers, and one that moves nothing is dropped a cycle later, so
-        # that no comparison of the command's fields decides the registers' enable.
-        with m.If(self.command.valid & ~active):
+        # While no command is active the registers follow the command's fields, offered or not (nothing reads them
+        # then), so neither `valid` nor a comparison of the fields reaches their enable; a command taken moves
+        # into `active`, and one that moves nothing is dropped a cycle later.
+        with m.If(~active):
             misaligned = command.address[:size] != 0
-            m.d.sync += [active.eq(1), dropped.eq(misaligned | (command.length == 0)), address.eq(command.address),
-                         beats_left.eq((command.length + bus - 1) >> size),
+            m.d.sync += [address.eq(command.address), beats_left.eq((command.length + bus - 1) >> size),
                          tail.eq(Mux(command.length[:size] == 0, bus, command.length[:size]))]
-            with m.If(misaligned):
-                m.d.sync += self.error.eq(1)
+            with m.If(self.command.valid):
+                m.d.sync += [active.eq(1), dropped.eq(misaligned | (command.length == 0))]
+                with m.If(misaligned):
+                    m.d.sync += self.error.eq(1)
         with m.If(dropped):
             m.d.sync += [active.eq(0), dropped.eq(0)]
         valid, ready = signal("valid"), signal("ready")
         issue = Signal(name=f"{channel}_issue")
         beats, last, known = planned_burst(m, address, beats_left, self.max_burst, size, prefix=channel,
-                                           changing=(self.command.valid & ~active) | issue)
+                                           changing=~active | issue)
         m.d.comb += issue.eq(active & ~dropped & known & (~valid | ready) & room)
         with m.If(valid & ready):
             m.d.sync += valid.eq(0)
