@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from amaranth import Mux, Signal
 
-__all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "KEPT_COPY",
-           "REGISTERED_READ_LATENCY"]
+__all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "skid_stage",
+           "KEPT_COPY", "REGISTERED_READ_LATENCY"]
 
 # The name prefix of registers that synthesis keeps apart (the board flow marks their flip-flops `keep`): Yosys's
 # `opt_merge` would merge registers alike back into one, whose net reaches every load.
@@ -72,3 +72,16 @@ def skid_buffer(m, in_valid, in_ready, in_fields: dict, out_valid, out_ready, ou
         m.d.sync += skid_valid.eq(1)
     with m.If(in_ready):
         m.d.sync += [skid[name].eq(in_fields[name]) for name in in_fields]
+
+
+def skid_stage(m, valid, output) -> tuple:
+    """The last stage of a pipeline that stops as a whole, a skid buffer's (`skid_buffer`) into `output` (`valid`,
+    `ready`, `payload`: a stream interface or a namespace of signals): its main register is the stage. Returns
+    (`advance`, `staged`): the stages before move while its skid entry is empty or the stage before it (whose
+    `valid` this is) holds nothing, both registers, so `output.ready` reaches no further than its registers;
+    `staged` is the stage's value (like `output.payload`), which the caller works out from the stage before."""
+    advance, ready = Signal(), Signal()
+    staged = Signal.like(output.payload)
+    m.d.comb += advance.eq(ready | ~valid)
+    skid_buffer(m, valid, ready, {"beat": staged}, output.valid, output.ready, {"beat": output.payload})
+    return advance, staged

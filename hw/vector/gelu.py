@@ -10,8 +10,10 @@ multiplier per lane.
 engine gives each column of fc1 its own); `output` (stream): [lanes] signed(16), the same beats in order,
 `LATENCY` = 13 cycles later when nothing stalls (one adder, shifter, lookup or multiplier a stage; the table's
 word lands in a register beside the block RAM, then in one before the multiplier; each rounding adds
-2^(s−1) − 1 while it picks the kept bit, then adds that bit). The pipeline stops as a whole while the output is
-not taken. An f outside 5…15 in any lane sets the sticky `error` (that lane's output is meaningless).
+2^(s−1) − 1 while it picks the kept bit, then adds that bit). The last stage is a skid buffer's
+(`hw.common.pipeline.skid_stage`): the output's `ready` reaches only its registers, and the twelve stages before it
+(and `input.ready`) stop as a whole once its skid entry is full and stage 12 holds a beat. An f outside 5…15 in
+any lane sets the sticky `error` (that lane's output is meaningless).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from amaranth.lib.wiring import In, Out
 from golden import ops
 
 from ..common.arith import half_minus_one, kept_bit
+from ..common.pipeline import skid_stage
+
 __all__ = ["Gelu"]
 
 LAST_INDEX = len(ops.GELU_TABLE) - 2     # the last interval's start: |z| beyond it takes δ(5.5) ≈ 0
@@ -66,13 +70,12 @@ class Gelu(wiring.Component):
                                                            depth=len(rom), init=rom, attrs={"rom_style": "block"})
             reads += [memory.read_port(), memory.read_port()]
 
-        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
-        advance = Signal()
-        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
-                     self.output.valid.eq(valid[-1])]
+        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY - 1)]
+        advance, staged = skid_stage(m, valid[-1], self.output)      # stage 13
+        m.d.comb += self.input.ready.eq(advance)
         with m.If(advance):
             m.d.sync += [valid[0].eq(self.input.valid)]
-            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY - 1)]
             fractions = self.input.payload.fraction_bits
             with m.If(self.input.valid & Cat(*(f < MIN_FRACTION_BITS for f in fractions)).any()):   # 4 bits: ≤ 15
                 m.d.sync += self.error.eq(1)
@@ -130,6 +133,5 @@ class Gelu(wiring.Component):
                     delta.eq(delta_halfway + kept[1]),                                                  # stage 12
                 ]
                 m.d.sync += [relu[i].eq(relu[i - 1]) for i in range(1, self.LATENCY - 1)]
-                m.d.sync += self.output.payload[lane].eq(                                               # stage 13
-                    relu[-1] - (delta >> tail[11]))
+            m.d.comb += staged[lane].eq(relu[-1] - (delta >> tail[11]))                                 # into 13
         return m

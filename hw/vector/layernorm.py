@@ -13,7 +13,7 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Thirteen stages (x·r in registered DSP
    blocks, `WideMultiplier`, four of them; x̂ into a register of the fabric, then x̂·G_o in a DSP block,
    `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add). The last stage is a
-   skid buffer's (`hw.common.pipeline.skid_buffer`): the output's `ready` reaches only its registers, and the
+   skid buffer's (`hw.common.pipeline.skid_stage`): the output's `ready` reaches only its registers, and the
    twelve stages before it stop as a whole once its skid entry is full and stage 12 holds a beat.
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
@@ -41,7 +41,7 @@ from golden import ops
 from ..common.arith import (beyond, bits_from, half_minus_one, highest_bit, index_bits, kept_bit, radix4_step,
                             shift_right, times_constant, tree_sum)
 from ..common.multiplier import Multiplier, WideMultiplier
-from ..common.pipeline import skid_buffer
+from ..common.pipeline import skid_stage
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["LayerNorm", "BETA_BITS", "GAMMA_BITS"]
@@ -185,14 +185,8 @@ class LayerNorm(wiring.Component):
 
         # --- 3. Normalise --------------------------------------------------------------------------------------
         out_rows = Signal.like(command.rows)
-        # the last stage is a skid buffer's main register (`skid_buffer`): the stages before it advance while its
-        # skid entry is empty or stage 12 is, both registers, so the output's `ready` reaches no further
-        advance, staged_ready = Signal(), Signal()
         valid = [Signal(name=f"normalise{stage}_valid") for stage in range(self.NORMALISE_STAGES - 1)]
-        m.d.comb += advance.eq(staged_ready | ~valid[-1])
-        staged = Signal.like(self.output.payload)
-        skid_buffer(m, valid[-1], staged_ready, {"beat": staged}, self.output.valid, self.output.ready,
-                    {"beat": self.output.payload})
+        advance, staged = skid_stage(m, valid[-1], self.output)      # the last stage (stage 13)
         m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         side = data.StructLayout({"bank": 1, "beat": unsigned(len(rows.read_beat)), "last": 1})
         sides = [Signal(side, name=f"normalise_side{stage}", reset_less=True)      # valid with `valid`

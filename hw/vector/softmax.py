@@ -8,7 +8,7 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
    Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) of a 64-entry table T (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
    so P ∈ [0, 127] with the row maximum exactly 127. The ROM holds P itself for each of u's 512 low values
    (a block RAM read by u's nine bits, no arithmetic after it). Six stages, the last a skid buffer's
-   (`hw.common.pipeline.skid_buffer`): the output's `ready` and the row scale's readiness reach only its registers,
+   (`hw.common.pipeline.skid_stage`): the output's `ready` and the row scale's readiness reach only its registers,
    and the five stages before it stop as a whole once its skid entry is full and stage 5 holds a beat.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, m_v · recip accumulated from those bits a cycle behind them
@@ -28,6 +28,8 @@ computed (the previous row's has been taken). `busy` until the command's last ro
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -37,7 +39,7 @@ from golden import ops
 
 from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
                     shift_right, times_constant, tree_sum)
-from ..common.pipeline import skid_buffer
+from ..common.pipeline import skid_stage
 from .rows import BankState, RowBuffer, lane_mask, pick
 
 __all__ = ["Softmax", "score_bits"]
@@ -130,19 +132,17 @@ class Softmax(wiring.Component):
         rows.set_state(m, final.bank, BankState.READY, final.valid & final.last)
 
         # --- 2. Exponentials -----------------------------------------------------------------------------------
-        advance, staged_ready = Signal(), Signal()
         valid = [Signal(name=f"exp{stage}_valid") for stage in range(self.EXP_STAGES - 1)]
         side = data.StructLayout({"bank": 1, "last": 1})
         sides = [Signal(side, name=f"exp_side{stage}", reset_less=True)           # data, valid with `valid`
                  for stage in range(self.EXP_STAGES - 1)]
-        m.d.comb += advance.eq(staged_ready | ~valid[-1])
-        # stage 6 is the skid buffer's main register; a row's last beat leaves it only while the row scale is free
-        scale_free, held_valid, held_ready = Signal(), Signal(), Signal()   # `scale_free`: it can take a row's sum
-        staged, held = Signal.like(self.output.payload), Signal.like(self.output.payload)
-        skid_buffer(m, valid[-1], staged_ready, {"beat": staged}, held_valid, held_ready, {"beat": held})
-        leaving = ~held.last | scale_free
-        m.d.comb += [self.output.valid.eq(held_valid & leaving), held_ready.eq(self.output.ready & leaving),
-                     self.output.payload.eq(held)]
+        # stage 6 (`held`), a skid buffer's: a row's last beat leaves it only while the row scale is free
+        scale_free = Signal()              # the row scale can take a row's sum
+        held = SimpleNamespace(valid=Signal(), ready=Signal(), payload=Signal.like(self.output.payload))
+        advance, staged = skid_stage(m, valid[-1], held)
+        leaving = ~held.payload.last | scale_free
+        m.d.comb += [self.output.valid.eq(held.valid & leaving), held.ready.eq(self.output.ready & leaving),
+                     self.output.payload.eq(held.payload)]
         m.d.comb += [rows.issue.eq(busy & advance & rows.readable), rows.read_enable.eq(advance)]
         with m.If(advance):
             m.d.sync += [valid[0].eq(rows.issue), sides[0].bank.eq(rows.read_bank), sides[0].last.eq(rows.read_last)]
@@ -184,7 +184,7 @@ class Softmax(wiring.Component):
                     zero.eq(rounding >= zero_from),                                                # stage 5 (+ P[u])
                 ]
             m.d.comb += p.eq(Mux(edge_lanes[lane] & ~zero, reads[lane].data, 0))                # into stage 6
-            beat_p.append(held.p[lane])
+            beat_p.append(held.payload.p[lane])
         m.d.comb += staged.last.eq(sides[-1].last)
 
         # --- 3. Row scale ----------------------------------------------------------------------------------------
@@ -192,8 +192,8 @@ class Softmax(wiring.Component):
         row_sum = Signal(unsigned(self.sum_width))
         taken = self.output.valid & self.output.ready
         with m.If(taken):
-            m.d.sync += row_sum.eq(Mux(held.last, 0, row_sum + beat_sum))
-        rows_out = self._row_scale(m, command, row_sum + beat_sum, taken & held.last, scale_free, busy)
+            m.d.sync += row_sum.eq(Mux(held.payload.last, 0, row_sum + beat_sum))
+        rows_out = self._row_scale(m, command, row_sum + beat_sum, taken & held.payload.last, scale_free, busy)
         with m.If(self.command.valid & self.command.ready):
             m.d.sync += rows_out.eq(0)
             rows.reset(m)
