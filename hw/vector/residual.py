@@ -6,8 +6,9 @@ reach 2^15 and is saturated first, as `golden.ops.gate_weighted` does.
 
 `input` (stream): {residual[lanes], addend[lanes] (one bit wider than the residual)}; `output` (stream):
 [lanes] of the residual format, the same beats in order `LATENCY` = 3 cycles later when nothing stalls (the
-addend saturated, the sum, its saturation: a stage each). The pipeline stops as a whole while the output is not
-taken.
+addend saturated, the sum, its saturation: a stage each). The last stage is a skid buffer's
+(`hw.common.pipeline.skid_stage`): the output's `ready` reaches only its registers, and the two stages before it
+(and `input.ready`) stop as a whole once its skid entry is full and stage 2 holds a beat.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import ops
+
+from ..common.pipeline import skid_stage
 
 __all__ = ["ResidualAdd"]
 
@@ -56,12 +59,11 @@ class ResidualAdd(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY)]
-        advance = Signal()
-        m.d.comb += [advance.eq(~valid[-1] | self.output.ready), self.input.ready.eq(advance),
-                     self.output.valid.eq(valid[-1])]
+        valid = [Signal(name=f"valid{stage}") for stage in range(self.LATENCY - 1)]
+        advance, staged = skid_stage(m, valid[-1], self.output)         # stage 3
+        m.d.comb += self.input.ready.eq(advance)
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.input.valid), *(valid[i].eq(valid[i - 1]) for i in range(1, self.LATENCY))]
+            m.d.sync += [valid[0].eq(self.input.valid), *(valid[i].eq(valid[i - 1]) for i in range(1, len(valid)))]
         for lane in range(self.lanes):
             residual = Signal(signed(self.width), name=f"residual{lane}", reset_less=True)     # data, valid with
             addend = Signal(signed(self.width), name=f"addend{lane}", reset_less=True)         # `valid`
@@ -71,6 +73,6 @@ class ResidualAdd(wiring.Component):
                     residual.eq(self.input.payload.residual[lane]),                                 # stage 1
                     addend.eq(_saturate(self.input.payload.addend[lane], self.width)),
                     total.eq(residual + addend),                                                    # stage 2
-                    self.output.payload[lane].eq(_saturate(total, self.width)),                     # stage 3
                 ]
+            m.d.comb += staged[lane].eq(_saturate(total, self.width))                               # into 3
         return m
