@@ -4,11 +4,12 @@
 - `axi` (AXI4 slave, `data_width` bits, a multiple of 16): INCR bursts of the full bus width (ARSIZE/AWSIZE =
   log2 of the bus bytes), served one at a time in the order accepted (AR and AW alternate when both wait).
   A burst of another size or type, or one reaching past the chip, is answered SLVERR without touching the
-  SDRAM (read data 0; write data taken and dropped). W beats are taken into a buffer of `W_BUFFER` beats
-  ahead of their WRITEs (WREADY from its fill alone, whatever the burst), so a W beat may be taken before its
-  AW and before the burst ahead of it is done. WSTRB masks bytes (through DQM). RRESP/BRESP OKAY
-  otherwise; RID/BID echo ARID/AWID. A read burst's beats follow each other at one word a cycle when RREADY
-  keeps up; the return buffer holds `read_buffer` beats, and reads are issued only against free room.
+  SDRAM (read data 0; write data taken and dropped). W beats are taken into `W_BUFFER` beats of buffer (the
+  last two, slots the WRITEs read in turn) ahead of their WRITEs (WREADY from its fill alone, whatever the
+  burst), so a W beat may be taken before its AW and before the burst ahead of it is done. WSTRB masks bytes
+  (through DQM). RRESP/BRESP OKAY otherwise; RID/BID echo ARID/AWID. A read burst's beats follow each other at
+  one word a cycle when RREADY keeps up; the return buffer holds `read_buffer` beats, and reads are issued only
+  against free room.
 - `sdram`: the chip's pins, all driven from registers, `PIN_STAGES` = 2 cycles after the decision (so that
   neither the decision's logic nor the pins pull the other's registers across the chip); DQ's input is
   registered too, so read data reach the beat assembler CL + 3 cycles after the READ is decided.
@@ -56,8 +57,8 @@ class SDRAMPins(wiring.Signature):
         })
 
 
-# W beats held between the port and the WRITE decision: 3 take one a cycle (the output register and two more,
-# since the buffer's WREADY does not look at the beat leaving it).
+# W beats held between the port and the WRITE decision: a buffer's output register and two slots the WRITEs read in
+# turn (the decision moves only the slots' read side).
 W_BUFFER = 3
 PIN_STAGES = 2      # registers from a command's decision to the pins
 
@@ -221,16 +222,32 @@ class _Build:
         m.d.sync += self.credits.eq(self.credits - self.spend + Mux(axi.rvalid & axi.rready, c.words_per_beat, 0))
 
     def write_data(self):
-        """W beats through a buffer of `W_BUFFER` (full rate): WREADY and the valid beat the WRITE decision
-        waits on leave its registers, so the master's W handshake does not run on through the command decision
-        into the master again."""
+        """W beats through a buffer, then two slots the WRITEs read in turn (`W_BUFFER` beats in all): WREADY and
+        the valid beat the WRITE decision waits on leave registers, so the master's W handshake does not run on
+        through the command decision into the master again; and the decision's `w_taken` moves only the slots'
+        read side (a pointer and a flag), while the buffer's read and the slots' enables come from registers."""
         m, axi = self.m, self.axi
         beat = data.StructLayout({"data": self.signature.data_width, "strb": self.signature.data_width // 8})
-        m.submodules.w_buffer = buffer = SyncFIFOBuffered(width=beat.size, depth=W_BUFFER)
-        self.w_beat, self.w_taken = data.View(beat, buffer.r_data), Signal()
-        self.w_valid = buffer.r_rdy
+        m.submodules.w_buffer = buffer = SyncFIFOBuffered(width=beat.size, depth=W_BUFFER - 2)
         m.d.comb += [buffer.w_data.eq(Cat(axi.wdata, axi.wstrb)), buffer.w_en.eq(axi.wvalid),
-                     axi.wready.eq(buffer.w_rdy), buffer.r_en.eq(self.w_taken)]
+                     axi.wready.eq(buffer.w_rdy)]
+        slots = [Signal(beat, name=f"w_slot{index}", reset_less=True) for index in range(2)]   # valid with `full`
+        full, filling, reading = Signal(2), Signal(), Signal()
+        self.w_taken = Signal()
+        self.w_beat = data.View(beat, Mux(reading, slots[1], slots[0]))
+        self.w_valid = full.bit_select(reading, 1)
+        fill = ~full.bit_select(filling, 1)
+        m.d.comb += buffer.r_en.eq(fill)
+        for index, slot in enumerate(slots):
+            with m.If(fill & (filling == index)):
+                m.d.sync += slot.eq(buffer.r_data)
+        # a slot is filled only while empty, and read only while full: never the same slot in one cycle
+        m.d.sync += full.eq((full | Mux(fill & buffer.r_rdy, Mux(filling, 0b10, 0b01), 0))
+                            & ~Mux(self.w_taken, Mux(reading, 0b10, 0b01), 0))
+        with m.If(fill & buffer.r_rdy):
+            m.d.sync += filling.eq(~filling)
+        with m.If(self.w_taken):
+            m.d.sync += reading.eq(~reading)
 
     def write_response(self):
         """One response held at a time (a write burst is taken only while none is)."""
