@@ -443,6 +443,7 @@ class CycleModel:
     LOAD_FIXED = 5           # a load path command after its last beat: the gearbox, the write registers, the write
     STORE_FIXED = 9          # a STORE after its last beat: the skid buffer, the write response
     END_FIXED = 7            # HALT to STATUS.done
+    SEEN = 1                 # the decision sees a unit idle a cycle after it is (`Scoreboard.seen`, a ready's register)
     LAYERNORM = (31, 18, 45)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
     SOFTMAX = (21, 4, 10)
 
@@ -512,7 +513,7 @@ class CycleModel:
         def end(name):
             if name in transfers:
                 units[name].end = port.end(transfers.pop(name)) + self.LOAD_FIXED
-            return units[name].end
+            return units[name].end + self.SEEN
 
         def slab_full(buffer):
             if buffer in transfers:

@@ -81,7 +81,7 @@ from .gemm_issue import issue_gemm
 from .predecode import PREDECODED, predecode, prepare, prepared_layout, reach, reached_layout
 from .upsample_issue import issue_upsample
 from .loop import ExpertsLoop
-from .scoreboard import GEMM_TOUCHES, Scoreboard
+from .scoreboard import GEMM_TOUCHES, UNITS, Scoreboard
 from .stage import issue_stage
 from .memories import OnChip
 
@@ -198,7 +198,7 @@ class Controller(wiring.Component):
                                       & ~touched.params_writing.bit_select(params_half, 1))
                         else:
                             here = go(front.load.ready & ~reading[space.value] & ~writing[space.value]
-                                      & ~((ops.region == Region.OUTPUT) & self.store_busy))
+                                      & ~((ops.region == Region.OUTPUT) & touched.seen.store_busy))
                         m.d.comb += [front.load.valid.eq(here), touched.load_issued.eq(here),
                                      touched.load_space.eq(space), touched.load_half.eq(params_half)]
             with m.Case(Opcode.GEMM):
@@ -237,7 +237,7 @@ class Controller(wiring.Component):
                 m.d.comb += [command.rows.eq(ops.rows), command.set.eq(ops.set), command.eps.eq(norm_config.eps),
                              command.shifts.eq(norm_config.shifts), command.source.eq(ops.source),
                              command.destination.eq(ops.destination), command.route.eq(ops.route)]
-                with m.If((ops.route & ~self.router_busy) | refused):   # the router's copy needs a ROUTE waiting
+                with m.If((ops.route & ~touched.seen.router_busy) | refused):   # the router's copy needs a ROUTE
                     refuse(ErrorCause.BAD_OPERAND)
                 with m.Else():
                     m.d.comb += front.norm.valid.eq(go(
@@ -295,8 +295,13 @@ class Controller(wiring.Component):
         m.d.comb += [fetch.running.eq(running), fetch.program_addr.eq(self.program_addr),
                      fetch.reader_idle.eq(self.fetch_idle)]
         m.submodules.scoreboard = touched = Scoreboard()
-        for unit in ("load_busy", "gemm_active", "store_busy", "norm_busy", "softmax_busy", "router_busy"):
-            m.d.comb += getattr(touched, unit).eq(getattr(self, unit))
+        starting = {"load_busy": self.load.valid, "gemm_active": self.gemm.valid | self.output_start,
+                    "store_busy": self.store.valid, "norm_busy": self.norm.valid, "softmax_busy": self.softmax.valid,
+                    "router_busy": self.route.valid}       # the commands' ports: each taken when valid
+        for unit in UNITS:
+            m.d.comb += [getattr(touched, unit).eq(getattr(self, unit)),
+                         getattr(touched.starting, unit).eq(starting[unit])]
+        seen = touched.seen         # the units' flags a cycle late (`Scoreboard`)
         m.d.comb += self.gemm_touches.eq(touched.gemm_touches)
         reading, writing = touched.reading, touched.writing
         pc = Signal(32)
@@ -330,15 +335,15 @@ class Controller(wiring.Component):
                                                 if name in ("eps", "shifts")}))
         softmax_config = Signal(data.StructLayout({name: field.shape for name, field in self.softmax_command
                                                    if name not in ("rows", "source", "half", "destination")}))
-        idle = ~self.load_busy & self.loader_idle & ~self.gemm_active & ~(slab.holding & slab.releasing) \
-            & ~self.store_busy & ~self.norm_busy & ~self.softmax_busy & ~self.router_busy
+        idle = ~seen.load_busy & self.loader_idle & ~seen.gemm_active & ~(slab.holding & slab.releasing) \
+            & ~seen.store_busy & ~seen.norm_busy & ~seen.softmax_busy & ~seen.router_busy
         refusal, refusal_cause, fault, fault_cause = Signal(), Signal(ErrorCause), Signal(), Signal(ErrorCause)
         m.d.sync += [fault.eq(refusal), fault_cause.eq(refusal_cause)]
         issue, halt = Signal(), Signal()
 
         # Release the slab buffer a GEMM held once its product is written (unless it keeps it for the next).
         m.d.comb += self.release.payload.eq(slab.held)
-        with m.If(slab.holding & ~self.gemm_active & ~self.output_start & (slab.releasing | slab.other_wanted)):
+        with m.If(slab.holding & ~seen.gemm_active & ~self.output_start & (slab.releasing | slab.other_wanted)):
             m.d.comb += self.release.valid.eq(1)
             m.d.sync += slab.holding.eq(0)
 

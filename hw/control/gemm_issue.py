@@ -92,11 +92,11 @@ def issue_gemm(ctrl, m, front, ops, decoded, refuse, go, reading, writing, touch
                                | touched.scores_reading.bit_select(scores_half, 1),
                                writing.bit_select(ops.destination.as_value(), 1)
                                | reading.bit_select(ops.destination.as_value(), 1))
-        free = ~ctrl.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
+        free = ~touched.seen.gemm_active & ~writing.bit_select(source, 1) & ~writing.bit_select(stationary, 1) \
             & ~(ops.row_scaled & writing[Space.ROW_SCALES.value]) \
             & ~(~from_slab & reading[Space.SCRATCH.value]) \
             & ~touched.params_writing.bit_select(params_half, 1) & ~destination_used \
-            & ~(listed & ctrl.router_busy) \
+            & ~(listed & touched.seen.router_busy) \
             & ~((ops.mode == GemmMode.GELU) & writing[Space.HIDDEN.value])
         slab_ready = Mux(from_slab, reuse | (~slab.holding & front.take.ready), ~slab.holding)
         issue = go(free & front.gemm.ready & slab_ready)

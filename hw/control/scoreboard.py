@@ -8,7 +8,9 @@ from amaranth.lib.wiring import In, Out
 
 from .isa import Space
 
-__all__ = ["Scoreboard", "GEMM_TOUCHES"]
+__all__ = ["Scoreboard", "GEMM_TOUCHES", "UNITS"]
+
+UNITS = ("load_busy", "gemm_active", "store_busy", "norm_busy", "softmax_busy", "router_busy")
 
 GEMM_TOUCHES = data.StructLayout({"source": Space, "stationary": Space, "destination": Space, "scores_half": 1,
                                   "params_half": 1, "row_scaled": 1, "gathers": 1})
@@ -29,12 +31,18 @@ class Scoreboard(wiring.Component):
     `gemm_touches`: the last GEMM's (its source and stationary operand select the engine's read ports).
     `store_waits` (a bit per `Space`): what a STORE or UPSAMPLE from that memory waits for: a unit in flight writes
     it, or (SCRATCH) a GEMM in flight reads its stationary operand there, on the port the store path reads from
-    (`hw.memory.interleaved`)."""
+    (`hw.memory.interleaved`).
+
+    The units' busy flags are taken a cycle late: `seen` (a bit per flag of `UNITS`) is each flag, or its unit's
+    `starting` (the controller's command to it is taken in that cycle), a cycle before; every output above is of
+    `seen`. So a unit is seen busy from the cycle after its command is taken (from the next decision on, three
+    cycles after the last) and idle a cycle after it is, and no unit's logic or net runs into the issue decision
+    but a flip-flop's."""
 
     def __init__(self):
         super().__init__({
-            "load_busy": In(1), "gemm_active": In(1), "store_busy": In(1), "norm_busy": In(1),
-            "softmax_busy": In(1), "router_busy": In(1),
+            **{name: In(1) for name in UNITS}, "starting": In(data.StructLayout(dict.fromkeys(UNITS, 1))),
+            "seen": Out(data.StructLayout(dict.fromkeys(UNITS, 1))),
             "load_issued": In(1), "load_space": In(Space), "load_half": In(1), "store_issued": In(1),
             "store_space": In(Space),
             "gemm_issued": In(1), "gemm": In(GEMM_TOUCHES), "softmax_issued": In(1), "softmax_half": In(1),
@@ -45,6 +53,8 @@ class Scoreboard(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        seen = self.seen
+        m.d.sync += [getattr(seen, name).eq(getattr(self, name) | getattr(self.starting, name)) for name in UNITS]
         load, store, gemm = Signal(Space), Signal(Space), self.gemm_touches
         load_half = Signal()
         with m.If(self.load_issued):
@@ -58,29 +68,30 @@ class Scoreboard(wiring.Component):
             m.d.sync += softmax_half.eq(self.softmax_half)
         for half in range(2):
             m.d.comb += [
-                self.scores_writing[half].eq(self.gemm_active & (gemm.destination == Space.SCORES)
+                self.scores_writing[half].eq(seen.gemm_active & (gemm.destination == Space.SCORES)
                                              & (gemm.scores_half == half)),
-                self.scores_reading[half].eq((self.softmax_busy & (softmax_half == half))
-                                             | (self.store_busy & (store == Space.SCORES))),
-                self.params_writing[half].eq(self.load_busy & (load == Space.PARAMS) & (load_half == half)),
-                self.params_reading[half].eq(self.gemm_active & (gemm.params_half == half)),
+                self.scores_reading[half].eq((seen.softmax_busy & (softmax_half == half))
+                                             | (seen.store_busy & (store == Space.SCORES))),
+                self.params_writing[half].eq(seen.load_busy & (load == Space.PARAMS) & (load_half == half)),
+                self.params_reading[half].eq(seen.gemm_active & (gemm.params_half == half)),
             ]
         for space in Space:
             always = lambda busy, spaces: busy & Const(space in spaces)    # noqa: E731
             m.d.comb += [
-                self.writing[space.value].eq((self.load_busy & (load == space))
-                                             | (self.gemm_active & (gemm.destination == space))
-                                             | always(self.norm_busy, (Space.ACTIVATION,))
-                                             | always(self.softmax_busy, (Space.ACTIVATION, Space.ROW_SCALES))
-                                             | always(self.router_busy, (Space.ROUTES,))),
-                self.reading[space.value].eq((self.store_busy & (store == space))
-                                             | (self.gemm_active & ((gemm.source == space) | (gemm.stationary == space)))
-                                             | always(self.gemm_active, (Space.PARAMS,))
-                                             | always(self.gemm_active & gemm.row_scaled, (Space.ROW_SCALES,))
-                                             | always(self.norm_busy, (Space.RESIDUAL, Space.NORMS))
-                                             | always(self.softmax_busy, (Space.SCORES,))),
+                self.writing[space.value].eq((seen.load_busy & (load == space))
+                                             | (seen.gemm_active & (gemm.destination == space))
+                                             | always(seen.norm_busy, (Space.ACTIVATION,))
+                                             | always(seen.softmax_busy, (Space.ACTIVATION, Space.ROW_SCALES))
+                                             | always(seen.router_busy, (Space.ROUTES,))),
+                self.reading[space.value].eq((seen.store_busy & (store == space))
+                                             | (seen.gemm_active
+                                                & ((gemm.source == space) | (gemm.stationary == space)))
+                                             | always(seen.gemm_active, (Space.PARAMS,))
+                                             | always(seen.gemm_active & gemm.row_scaled, (Space.ROW_SCALES,))
+                                             | always(seen.norm_busy, (Space.RESIDUAL, Space.NORMS))
+                                             | always(seen.softmax_busy, (Space.SCORES,))),
                 self.store_waits[space.value].eq(self.writing[space.value]
-                                                 | (self.gemm_active & (gemm.stationary == space)
+                                                 | (seen.gemm_active & (gemm.stationary == space)
                                                     & Const(space == Space.SCRATCH))),
             ]
         return m

@@ -11,6 +11,11 @@ simulator asserts it). In that cycle the controller moves on (`issued` is high: 
 EXPERTS loop, a CONFIG's register, what the scoreboard records) and nothing issues, so each decision sees the units
 with the last command in them. So an instruction takes three cycles at least, and a command starts a cycle after its
 decision; a fault ends the run a cycle after its decision.
+
+The decision sees a unit's `ready` from a register, a cycle late (the loader's `slab_accepts` and `slab_full` as
+they are), as it sees the units' busy flags (`Scoreboard.seen`): the next decision comes two cycles after a command
+is taken, and sees the unit's `ready` of the cycle after it. So no unit's logic or net runs into the decision, and
+an instruction that waits for a unit issues a cycle after the unit is free.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ def issue_stage(ctrl, m, issue, scoreboard):
     for name in COMMANDS:
         port, command = getattr(ctrl, name), getattr(front, name)
         m.d.sync += [port.valid.eq(command.valid), port.payload.eq(command.payload)]
-        if name not in ("descriptor", "take"):
-            m.d.comb += command.ready.eq(port.ready)
+        if name not in ("descriptor", "take"):      # the unit's ready, a cycle late
+            ready = Signal(name=f"{name}_ready_seen")
+            m.d.sync += ready.eq(port.ready)
+            m.d.comb += command.ready.eq(ready)
         with m.If(port.valid):
             m.d.sync += Assert(port.ready, f"the unit did not take the controller's {name} command")
     m.d.comb += [front.descriptor.ready.eq(ctrl.slab_accepts.bit_select(front.descriptor.payload.buffer, 1)),
