@@ -14,7 +14,8 @@ from hw.vector.upsample import Upsampler
 
 def _maps(rng, lanes, in_bits, count):
     """Feature maps [lanes, H, W] with the extremes (−2^(b−1), 2^(b−1) − 1), all-limit maps that saturate at 8
-    bits, sixteenths that end in halves (ties to even), and one-row and one-column maps."""
+    bits, sixteenths that end in halves (ties to even), one-row and one-column maps, and (b > 8) maps whose sums
+    step across 8 bits' saturation, its rounding ties included."""
     low, high = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
     maps = []
     for index in range(count):
@@ -27,6 +28,11 @@ def _maps(rng, lanes, in_bits, count):
         if index == 2:
             feature_map[:] = 8 * rng.integers(-4, 4, shape) + 2
         maps.append(feature_map)
+    if in_bits > 8:     # sums around 8 bits' saturation ties: 15·127 + d and −15·128 + d, d one pixel of four
+        for edge, step in ((127, 1), (-128, -1)):
+            boundary = np.full((lanes, 2, 28), edge)
+            boundary[:, 1, 1::2] = edge + step * np.arange(1, 15)
+            maps.append(boundary)
     return maps
 
 
