@@ -295,15 +295,11 @@ class Controller(wiring.Component):
         m.d.comb += [fetch.running.eq(running), fetch.program_addr.eq(self.program_addr),
                      fetch.reader_idle.eq(self.fetch_idle)]
         m.submodules.scoreboard = touched = Scoreboard()
-        starting = {"load_busy": self.load.valid, "gemm_active": self.gemm.valid | self.output_start,
-                    "store_busy": self.store.valid, "norm_busy": self.norm.valid, "softmax_busy": self.softmax.valid,
-                    "router_busy": self.route.valid}       # the commands' ports: each taken when valid
-        for unit in UNITS:
-            m.d.comb += [getattr(touched, unit).eq(getattr(self, unit)),
-                         getattr(touched.starting, unit).eq(starting[unit])]
-        seen = touched.seen         # the units' flags a cycle late (`Scoreboard`)
+        m.d.comb += [getattr(touched, unit).eq(getattr(self, unit)) for unit in UNITS]
+        m.d.comb += touched.starting.eq(Cat(self.load.valid, self.gemm.valid | self.output_start, self.store.valid,
+                                            self.norm.valid, self.softmax.valid, self.route.valid))   # UNITS' order
         m.d.comb += self.gemm_touches.eq(touched.gemm_touches)
-        reading, writing = touched.reading, touched.writing
+        reading, writing, seen = touched.reading, touched.writing, touched.seen     # `seen`: the units a cycle late
         pc = Signal(32)
         loop = ExpertsLoop(self.expert_entry, experts=self.num_experts, depth=self.body_depth,
                            width=INSTRUCTION_BITS + PREDECODED.size)

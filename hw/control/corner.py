@@ -6,8 +6,7 @@ engine's lanes). C consecutive rows of an N tile (a block of C keys; the last bl
 fill one of two C × C buffers; a full block leaves as C words, one a cycle, word q holding dimension q of the
 tile for the block's keys (keys past the GEMM's `rows` zero): N tile i (dimensions i·C …) of key block j goes to
 words `base + (j·stride + i)·C + q`, the layout of a W of K = stride·C dimensions by N = keys, a row a word.
-A beat is taken while its buffer is free (`result.ready`); a word's write leaves from registers, a cycle after it
-is picked; `active` while a block waits or leaves, and until its last word's write has left.
+A beat is taken while its buffer is free (`result.ready`); `active` while a block waits or leaves.
 """
 
 from __future__ import annotations
@@ -76,11 +75,8 @@ class CornerTurn(wiring.Component):
                      for r in range(c)))
         busy = full.bit_select(draining, 1)
         done = busy & (q == c - 1)
-        # the write leaves from registers, a cycle after its word is picked (the word is data, valid with `en`)
-        en = Signal(name="write_en")
-        address, value = Signal.like(self.write.addr, reset_less=True), Signal.like(self.write.data, reset_less=True)
-        m.d.sync += [en.eq(busy), value.eq(word), address.eq(Mux(draining, meta[1].base, meta[0].base) + q)]
-        m.d.comb += [self.write.en.eq(en), self.write.addr.eq(address), self.write.data.eq(value)]
+        m.d.comb += [self.write.en.eq(busy), self.write.data.eq(word),
+                     self.write.addr.eq(Mux(draining, meta[1].base, meta[0].base) + q)]
         with m.If(busy):
             m.d.sync += q.eq(Mux(done, 0, q + 1))
         with m.If(done):
@@ -90,5 +86,5 @@ class CornerTurn(wiring.Component):
                             & ~Mux(done, Mux(draining, 0b10, 0b01), 0))
         with m.If(self.start):
             m.d.sync += [fill.eq(0), draining.eq(0), q.eq(0)]
-        m.d.comb += self.active.eq(full.any() | en)
+        m.d.comb += self.active.eq(full.any())
         return m

@@ -10,7 +10,6 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import narrow_product
-from ..common.pipeline import skid_buffer
 from .isa import INSTRUCTION_BITS
 
 __all__ = ["ExpertsLoop"]
@@ -18,8 +17,7 @@ __all__ = ["ExpertsLoop"]
 
 class ExpertsLoop(wiring.Component):
     """The active experts of the last ROUTE ({expert, base, count} from the router's `experts` stream, in its
-    ascending order, through a skid buffer into a queue; up to `experts` of them, forgotten at `restart`) and the
-    body of the EXPERTS loop.
+    ascending order; up to `experts` of them, forgotten at `restart`) and the body of the EXPERTS loop.
 
     `enter` (with `body` ≥ 1, `stride` and the body's `first_pc`): if an expert is known (`expert_ready`), the
     loop starts its first pass on it (`active`), else it `skipping`s the body: the controller pops `body`
@@ -51,17 +49,11 @@ class ExpertsLoop(wiring.Component):
         m = Module()
         queue = SyncFIFO(width=data.Layout.cast(self.entry).size, depth=self.max_experts)
         m.submodules.active_experts = ResetInserter(self.restart)(queue)
-        # the experts reach the queue through a skid buffer, so no handshake runs from the router's prefix sums
-        # into the queue and back; while it holds one, the router counts as busy (a ROUTE's restart comes a cycle
-        # after the router is seen idle, once the buffer has emptied into the queue, which has room for them all)
-        entry = Signal(self.entry)
-        skid_buffer(m, self.experts.valid, self.experts.ready, {"entry": self.experts.payload}, queue.w_en,
-                    queue.w_rdy, {"entry": entry})
-        m.d.comb += queue.w_data.eq(entry)
-        routing = self.router_busy | queue.w_en | ~self.experts.ready
+        m.d.comb += [queue.w_data.eq(self.experts.payload), queue.w_en.eq(self.experts.valid),
+                     self.experts.ready.eq(queue.w_rdy)]
         head = data.View(self.entry, queue.r_data)
         advance = Signal()
-        m.d.comb += [self.expert_ready.eq(queue.r_rdy), self.no_more.eq(~queue.r_rdy & ~routing),
+        m.d.comb += [self.expert_ready.eq(queue.r_rdy), self.no_more.eq(~queue.r_rdy & ~self.router_busy),
                      queue.r_en.eq(advance)]
         length, index = Signal.like(self.body), Signal.like(self.body)
         stride, first_pc = Signal(32), Signal(32)

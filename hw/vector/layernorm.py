@@ -12,9 +12,8 @@ Three parts work on three rows at once, rows kept in a two-row buffer:
 3. **Normalise** (`lanes` values per cycle, the row read back): x̂ = round_shift(D·(x·r) − S·r, 19 + e) in
    Q.12, then per output o: y_o = sat_b(round_shift(x̂·G_o + B_o, sh_o)). Thirteen stages (x·r in registered DSP
    blocks, `WideMultiplier`, four of them; x̂ into a register of the fabric, then x̂·G_o in a DSP block,
-   `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add). The last stage is a
-   skid buffer's (`hw.common.pipeline.skid_stage`): the output's `ready` reaches only its registers, and the
-   twelve stages before it stop as a whole once its skid entry is full and stage 12 holds a beat.
+   `Multiplier`, two; the bit that rounds to even picked a stage before the rounding add). The last is a skid
+   buffer's (`hw.common.pipeline.skid_stage`: `ready` reaches only its registers; the others stop together).
 
 So a row costs max(statistics, ⌈D / lanes⌉ + about 18) cycles once the pipeline is full (the second term: a bank
 holds its row from the first beat in to the last beat read, two banks; its r, S·r and e stay held a few stages
