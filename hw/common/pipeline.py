@@ -1,11 +1,12 @@
-"""Pipeline building blocks shared by the units: data registers, delay lines, credit counters and skid buffers."""
+"""Pipeline building blocks shared by the units: data registers, delay lines, credit counters, skid buffers and
+two buffers used in turn."""
 
 from __future__ import annotations
 
 from amaranth import Mux, Signal
 
 __all__ = ["data_register", "delay_line", "kept_copies", "credit_counter", "skid_buffer", "skid_stage",
-           "KEPT_COPY", "REGISTERED_READ_LATENCY"]
+           "ping_pong", "KEPT_COPY", "REGISTERED_READ_LATENCY"]
 
 # The name prefix of registers that synthesis keeps apart (the board flow marks their flip-flops `keep`): Yosys's
 # `opt_merge` would merge registers alike back into one, whose net reaches every load.
@@ -85,3 +86,20 @@ def skid_stage(m, valid, output) -> tuple:
     m.d.comb += advance.eq(ready | ~valid)
     skid_buffer(m, valid, ready, {"beat": staged}, output.valid, output.ready, {"beat": output.payload})
     return advance, staged
+
+
+def ping_pong(m, filled, emptied, name: str) -> tuple:
+    """The bookkeeping of two buffers used in turn: one fills while the other empties. `filled`: the buffer
+    `filling` is full now (it must not be full already); `emptied`: the buffer `emptying` is empty now (it must be
+    full). Returns (`full`, a bit a buffer; `filling`; `emptying`), registers named `{name}_…`: a buffer fills
+    only while not full and empties only while full, so the two sides never meet in one buffer, and each
+    pointer moves only on its own side's event."""
+    full = Signal(2, name=f"{name}_full")
+    filling, emptying = Signal(name=f"{name}_filling"), Signal(name=f"{name}_emptying")
+    m.d.sync += full.eq((full | Mux(filled, Mux(filling, 0b10, 0b01), 0))
+                        & ~Mux(emptied, Mux(emptying, 0b10, 0b01), 0))
+    with m.If(filled):
+        m.d.sync += filling.eq(~filling)
+    with m.If(emptied):
+        m.d.sync += emptying.eq(~emptying)
+    return full, filling, emptying

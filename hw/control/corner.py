@@ -17,6 +17,7 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import narrow_product
+from ..common.pipeline import ping_pong
 
 __all__ = ["CornerTurn"]
 
@@ -45,8 +46,6 @@ class CornerTurn(wiring.Component):
             m.d.sync += job.eq(self.job)
         buffers = [[[Signal(8, name=f"buffer{b}_row{r}_lane{q}", reset_less=True) for q in range(c)] for r in range(c)]
                    for b in range(2)]
-        full = Signal(2)
-        fill = Signal()
         meta = [Signal(data.StructLayout({"base": unsigned(len(job.base)), "rows": unsigned(shift + 1)}),
                        name=f"meta{b}") for b in range(2)]
 
@@ -55,8 +54,11 @@ class CornerTurn(wiring.Component):
         slot = beat.row[:shift] if shift else Const(0, 1)
         block = beat.row >> shift
         last_of_block = (slot == c - 1) | (beat.row == job.rows - 1)
+        taken, done = Signal(), Signal()
+        # a block fills the buffer that is not full; the one that drains is full: never the same
+        full, fill, draining = ping_pong(m, taken & last_of_block, done, "blocks")
         m.d.comb += self.result.ready.eq(~full.bit_select(fill, 1))
-        taken = self.result.valid & self.result.ready
+        m.d.comb += taken.eq(self.result.valid & self.result.ready)
         block_base = Signal.like(job.base)
         m.d.comb += block_base.eq(job.base + ((narrow_product(block, job.stride) + beat.tile) << shift))
         for b in range(2):
@@ -65,25 +67,18 @@ class CornerTurn(wiring.Component):
                     m.d.sync += [buffers[b][r][q].eq(beat.data[q][:8]) for q in range(c)]
             with m.If(taken & (fill == b) & last_of_block):
                 m.d.sync += [meta[b].base.eq(block_base), meta[b].rows.eq(slot + 1)]
-        with m.If(taken & last_of_block):
-            m.d.sync += fill.eq(~fill)
 
         # Blocks out, in the order they filled: word q is lane q of every row (rows past the block's zero).
-        draining, q = Signal(), Signal(range(c))
+        q = Signal(range(c))
         rows_valid = Mux(draining, meta[1].rows, meta[0].rows)
         word = Cat(*(Mux(r < rows_valid, Mux(draining, Array(buffers[1][r])[q], Array(buffers[0][r])[q]), 0)
                      for r in range(c)))
         busy = full.bit_select(draining, 1)
-        done = busy & (q == c - 1)
+        m.d.comb += done.eq(busy & (q == c - 1))
         m.d.comb += [self.write.en.eq(busy), self.write.data.eq(word),
                      self.write.addr.eq(Mux(draining, meta[1].base, meta[0].base) + q)]
         with m.If(busy):
             m.d.sync += q.eq(Mux(done, 0, q + 1))
-        with m.If(done):
-            m.d.sync += draining.eq(~draining)
-        # a block fills the buffer that is not full; the one that drains is full: never the same
-        m.d.sync += full.eq((full | Mux(taken & last_of_block, Mux(fill, 0b10, 0b01), 0))
-                            & ~Mux(done, Mux(draining, 0b10, 0b01), 0))
         with m.If(self.start):
             m.d.sync += [fill.eq(0), draining.eq(0), q.eq(0)]
         m.d.comb += self.active.eq(full.any())

@@ -34,7 +34,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..common.arith import times_constant
-from ..common.pipeline import delay_line
+from ..common.pipeline import delay_line, ping_pong
 from .axi import AXI4, Burst, Response
 from .sdram_chip import SDRAMChip
 
@@ -232,22 +232,14 @@ class _Build:
         m.d.comb += [buffer.w_data.eq(Cat(axi.wdata, axi.wstrb)), buffer.w_en.eq(axi.wvalid),
                      axi.wready.eq(buffer.w_rdy)]
         slots = [Signal(beat, name=f"w_slot{index}", reset_less=True) for index in range(2)]   # valid with `full`
-        full, filling, reading = Signal(2), Signal(), Signal()
-        self.w_taken = Signal()
+        self.w_taken, fill = Signal(), Signal()
+        full, filling, reading = ping_pong(m, fill & buffer.r_rdy, self.w_taken, "w_slots")
         self.w_beat = data.View(beat, Mux(reading, slots[1], slots[0]))
         self.w_valid = full.bit_select(reading, 1)
-        fill = ~full.bit_select(filling, 1)
-        m.d.comb += buffer.r_en.eq(fill)
+        m.d.comb += [fill.eq(~full.bit_select(filling, 1)), buffer.r_en.eq(fill)]
         for index, slot in enumerate(slots):
             with m.If(fill & (filling == index)):
                 m.d.sync += slot.eq(buffer.r_data)
-        # a slot is filled only while empty, and read only while full: never the same slot in one cycle
-        m.d.sync += full.eq((full | Mux(fill & buffer.r_rdy, Mux(filling, 0b10, 0b01), 0))
-                            & ~Mux(self.w_taken, Mux(reading, 0b10, 0b01), 0))
-        with m.If(fill & buffer.r_rdy):
-            m.d.sync += filling.eq(~filling)
-        with m.If(self.w_taken):
-            m.d.sync += reading.eq(~reading)
 
     def write_response(self):
         """One response held at a time (a write burst is taken only while none is)."""
