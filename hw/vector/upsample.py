@@ -89,10 +89,14 @@ class Upsampler(wiring.Component):
         m.d.sync += summed_valid.eq(emit | (summed_valid & ~moving))
         # The rounded pixel leaves through a skid buffer, so the output's readiness reaches its registers alone,
         # not the taps, the input's readiness or the pixels' enables.
+        # The saturation is decided from the sum beside its rounding, not after it: round_shift(s, 4) (half to even)
+        # is above `high` from s = 16·high + 8 on (the tie rounds to the even high + 1) and below `low` up to
+        # s = 16·low − 9 (the tie at 16·low − 8 rounds to the even low).
         rounded = Signal.like(self.output.payload)
         for j in range(lanes):
             value = round_shift(summed[j], 4)
-            m.d.comb += rounded[j].eq(Mux(value > high, high, Mux(value < low, low, value)))
+            m.d.comb += rounded[j].eq(Mux(summed[j] >= 16 * high + 8, high,
+                                          Mux(summed[j] <= 16 * low - 9, low, value)))
         skid_buffer(m, summed_valid, rounded_ready, {"out": rounded}, self.output.valid, self.output.ready,
                     {"out": self.output.payload})
         m.d.comb += self.input.ready.eq(~emitting | room & (step == steps - 1))

@@ -49,8 +49,7 @@ class GateWeights(wiring.Component):
         g = self.geometry
         k = g.top_k
         winners = self.winners.payload
-        # (the division's registers are data, set as a token's winners are taken, and the products valid with
-        # the flags below: not reset)
+        # (the division's and the products' registers are data, valid with the flags below: not reset)
         divisor = Signal.like(winners.total, reset_less=True)
         remainder = Signal(unsigned(EXP_BITS + index_bits(g.experts) + 2), reset_less=True)
         quotient = Signal(unsigned(QUOTIENT_BITS), reset_less=True)
@@ -64,14 +63,17 @@ class GateWeights(wiring.Component):
         routed = self.routed
         m.d.comb += [self.idle.eq(~dividing & ~adding_last & ~rounding & ~emitting),
                      self.winners.ready.eq(self.idle)]
-        with m.If(self.winners.valid & self.winners.ready):
+        # while idle the division's registers follow the winners offered, taken or not (nothing reads them then), so
+        # the winners' valid reaches `dividing` alone
+        with m.If(self.idle):
             s_noisy = sum(winners.e[j] for j in range(k))
-            m.d.sync += [dividing.eq(1), step.eq(0), quotient.eq(0),
-                         divisor.eq(s_noisy if g.gate == "noisy" else winners.total),
+            m.d.sync += [step.eq(0), quotient.eq(0), divisor.eq(s_noisy if g.gate == "noisy" else winners.total),
                          # the dividend's bits above the quotient's: 2^62 >> 33 = 2^29 < S
                          remainder.eq(1 << (62 - QUOTIENT_BITS))]
             m.d.sync += [winners_expert[j].eq(winners.experts[j]) for j in range(k)]
             m.d.sync += [winners_e[j].eq(winners.e[j]) for j in range(k)]
+            with m.If(self.winners.valid):
+                m.d.sync += dividing.eq(1)
         with m.If(dividing):
             trial = Signal.like(remainder)
             m.d.comb += trial.eq(remainder << 1)            # the dividend's remaining bits are 0
