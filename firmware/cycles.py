@@ -195,10 +195,10 @@ def uniform_counts(model) -> dict[int, list[int]]:
 
 
 def program_config(accel: AcceleratorConfig) -> AcceleratorConfig:
-    """`accel` with what the model's timing of a program does not depend on set aside: its name, the GELU lanes
-    (the engine's timing alone) and the vector lanes (they move LayerNorm's parameter sets in NORMS, which the
-    scoreboard keeps whole). Configurations that differ only there time the same instructions."""
-    return accel.replace(name="program", requant_lanes=1, vector_lanes=1)
+    """`accel` with what the model's timing of a program does not depend on set aside: its name, the GELU and
+    drain lanes (the engine's timing alone) and the vector lanes (they move LayerNorm's parameter sets in NORMS,
+    which the scoreboard keeps whole). Configurations that differ only there time the same instructions."""
+    return accel.replace(name="program", requant_lanes=1, drain_lanes=None, vector_lanes=1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -426,8 +426,9 @@ class CycleModel:
     The costs, from the units' contracts and the RTL's pipeline depths (`hw.compute.gemm.geometry`):
     - GEMM: K tiles · N tiles · max(M, a weight tile's load cycles b, (b + L + M) / 2) (M = 1: 2M; a weight word is in
       L = `OPERAND_READ_LATENCY` cycles after its read, a tile streams the cycle after its weights are in, and loads
-      once the tile two before it has streamed), then the first tile's load, the operand stream, the array (R + C),
-      the drain (`DRAIN_STAGES`) and the last N tile's M rows (GELU: ⌈C / requant lanes⌉ cycles a row, then its
+      once the tile two before it has streamed), or N tiles · M · d where the drain takes a row in d = C / drain
+      lanes cycles and that is longer, then the first tile's load, the operand stream, the array (R + C), the drain
+      (`DRAIN_STAGES`) and the last N tile's M rows (d cycles a row; GELU: at least ⌈C / requant lanes⌉, then its
       pipeline); transposed output adds the corner turn's 2C − 4;
     - LayerNorm and the softmax: rows · max(the per-row statistics, the row's beats + the two-row buffer's gap);
     - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
@@ -454,7 +455,8 @@ class CycleModel:
         self.tiles = tiles
         self.r, self.c = accel.array_rows, accel.array_cols
         self.beats = tiles(self.r, feed_rows(accel))                    # cycles to load a weight tile
-        self.gelu_gap = tiles(self.c, min(accel.requant_lanes, self.c))  # cycles between GELU rows
+        self.drain_gap = self.c // accel.drain_lanes                     # cycles between the drain's rows
+        self.gelu_gap = max(tiles(self.c, min(accel.requant_lanes, self.c)), self.drain_gap)    # between GELU rows
         self.bus = accel.dram_bytes_per_beat
         self.spaces = onchip_spaces(model, accel)
         self.load_latency = OPERAND_READ_LATENCY                        # a weight word's read to the array
@@ -479,11 +481,12 @@ class CycleModel:
         rows = 2 * m if m == 1 else m
         # a tile streams the cycle after its weights are in, and loads once the tile two before has streamed
         tiles = issue["k_tiles"] * issue["n_tiles"]
-        streamed = max(rows * tiles, self.beats * tiles, (self.beats + self.load_latency + rows) * tiles // 2)
+        streamed = max(rows * tiles, self.beats * tiles, (self.beats + self.load_latency + rows) * tiles // 2,
+                       m * self.drain_gap * issue["n_tiles"])
         if issue["mode"] == GemmMode.GELU.value:
-            tail = m * self.gelu_gap + self.gelu_stages + self.GELU_FIXED
+            tail = m * self.gelu_gap + self.gelu_stages + self.GELU_FIXED + self.drain_gap - 1
         else:
-            tail = m
+            tail = m * self.drain_gap
         transpose = 2 * self.c - 4 if issue["transpose"] else 0
         return streamed + self.fixed + tail + transpose
 

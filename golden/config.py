@@ -261,6 +261,7 @@ class AcceleratorConfig:
     residual_width: int = 16              # bits of the residual stream, LayerNorm input and router input
     vector_lanes: int = 16                # elements per cycle of LayerNorm / softmax / GELU / combine units
     requant_lanes: int = 4                # GELU lanes in the GEMM engine's output path (values per cycle)
+    drain_lanes: int | None = None        # columns the GEMM engine's drain requantizes a cycle (default C: a row)
     requant_multiplier_width: int = 16    # bits of the requantization multiplier
 
     def __post_init__(self):
@@ -296,6 +297,12 @@ class AcceleratorConfig:
                               "must be at least 2 so loading overlaps compute (ping/pong)")
         if self.weight_feed_bytes is None:
             object.__setattr__(self, "weight_feed_bytes", self.array_cols)
+        if self.drain_lanes is None:
+            object.__setattr__(self, "drain_lanes", self.array_cols)
+        _int("drain_lanes", self.drain_lanes)
+        if self.array_cols % self.drain_lanes:
+            raise ConfigError("drain_lanes", self.drain_lanes,
+                              f"must divide array_cols ({self.array_cols}): a row drains in whole chunks of lanes")
         _int("weight_feed_bytes", self.weight_feed_bytes)
         row_bytes = self.array_cols * self.operand_width // 8
         if self.operand_width % 8 or self.weight_feed_bytes % row_bytes \
@@ -475,5 +482,6 @@ def accelerator_preset(name: str) -> AcceleratorConfig:
     if sep and rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0:
         base = min(ACCELERATOR_PRESETS.values(),
                    key=lambda c: abs(c.macs_per_cycle - int(rows) * int(cols)))
-        return base.replace(name=name, array_rows=int(rows), array_cols=int(cols), weight_feed_bytes=None)
+        return base.replace(name=name, array_rows=int(rows), array_cols=int(cols), weight_feed_bytes=None,
+                            drain_lanes=None)
     return _preset("accelerator", ACCELERATOR_PRESETS, name)

@@ -434,12 +434,13 @@ def test_the_backbone_is_bit_exact_for_every_task_back_to_back_in_verilator(quan
 
 
 @pytest.mark.long(60)
-def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_and_small_slabs(quantized):
+def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_small_slabs_and_a_narrow_drain(quantized):
     """A weight feed of two array rows a cycle: slab tiles load in half the cycles, and SCRATCH sits in two banks
     so that attention's Kᵀ and V (the stationary operand there) come two rows a read too; under stalls. Slab
     buffers of 1.5 KiB split every matrix past qkv into slabs, an expert's fc2 (64 × 32, 2 KiB) into two: each
-    slab's COMBINE GEMM adds into the residual from its own first N tile (`d_base`)."""
-    accel = ACCEL.replace(weight_feed_bytes=2 * ACCEL.array_cols, weight_buffer_bytes=1536)
+    slab's COMBINE GEMM adds into the residual from its own first N tile (`d_base`). The engine's drain has two
+    lanes, half the columns: every output mode (GELU, COMBINE, the per-row scales of P·V) a row in two chunks."""
+    accel = ACCEL.replace(weight_feed_bytes=2 * ACCEL.array_cols, weight_buffer_bytes=1536, drain_lanes=2)
     fc2 = matrix_layout(TINY.expert_hidden, TINY.embed_dim, accel)
     assert [slab.first_tile for slab in fc2.slabs] == [0, 6]
     image = quantize_image(quantized, natural_images(TINY, 1, 9)[0])

@@ -28,8 +28,10 @@ def _case(rng, max_m, max_k, max_n, kind):
     return x, w, bias, multiplier, shift
 
 
-def _run_cases(rows, cols, cases, *, max_m, max_k, max_n, seed, ready_probability=1.0, load_rows=1):
-    engine = GemmEngine(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n, load_rows=load_rows)
+def _run_cases(rows, cols, cases, *, max_m, max_k, max_n, seed, ready_probability=1.0, load_rows=1,
+               drain_lanes=None):
+    engine = GemmEngine(rows, cols, max_m=max_m, max_k=max_k, max_n=max_n, load_rows=load_rows,
+                        drain_lanes=drain_lanes)
     bench = GemmBench(engine)
     failures, cycles = [], []
 
@@ -122,6 +124,26 @@ def test_cycles_follow_the_dataflow_bound():
         assert bound <= spent <= bound + _fill(rows, cols) + m
 
 
+@pytest.mark.parametrize("drain_lanes", [2, 1])
+def test_narrow_drain(drain_lanes):
+    """A drain of fewer lanes than columns (a row in C / lanes chunks): bit-exact in every mode, extremes and
+    back-pressure included; a GEMM of one K tile is then the drain's: its N tiles' M rows, C / lanes cycles each."""
+    rng = np.random.default_rng(20 + drain_lanes)
+    cases = [(*_case(rng, 9, 10, 9, ["random", "min", "max", "alternating"][i % 4]), MODES[i % 4], i % 3 == 0, None)
+             for i in range(12)]
+    chunks = 4 // drain_lanes
+    for m in (1, 6):                                # one K tile, three N tiles
+        x, w = rng.integers(-128, 128, (m, 4)), rng.integers(-128, 128, (4, 12))
+        multiplier, shift = ops.quantize_multiplier(np.full(12, 0.01))
+        cases.append((x, w, np.zeros(12, int), multiplier, shift, GemmMode.INT8, False, None))
+    cycles = _run_cases(4, 4, cases, max_m=9, max_k=10, max_n=12, seed=21, drain_lanes=drain_lanes)
+    _run_cases(4, 4, cases[:12], max_m=9, max_k=10, max_n=12, seed=22, ready_probability=0.4,
+               drain_lanes=drain_lanes)
+    for (x, *_), spent in zip(cases[-2:], cycles[-2:]):
+        drained = 3 * len(x) * chunks
+        assert drained <= spent <= drained + 3 * (chunks + 2) + _fill(4, 4) + chunks
+
+
 @pytest.mark.parametrize("load_rows", [2, 4])
 def test_wider_weight_feed(load_rows):
     """load_rows array rows enter per cycle: bit-exact, and a tile with M rows (M = 1 counting 2) costs
@@ -157,13 +179,14 @@ def test_lint_fails_on_broken_verilog():
         lint("module broken(input a); assign b = a; endmodule", "broken")
 
 
-@pytest.mark.parametrize("experts, k, tokens, n", [(4, 2, 9, 6), (6, 1, 7, 9), (3, 3, 5, 4)])
-def test_experts_gather_and_emit_gate_weighted_rows_like_the_golden_combine(experts, k, tokens, n):
+@pytest.mark.parametrize("experts, k, tokens, n, drain_lanes", [(4, 2, 9, 6, None), (6, 1, 7, 9, None),
+                                                                (3, 3, 5, 4, None), (4, 2, 9, 6, 2)])
+def test_experts_gather_and_emit_gate_weighted_rows_like_the_golden_combine(experts, k, tokens, n, drain_lanes):
     """A whole MoE layer's fc2 expert by expert in COMBINE mode (experts with no token skipped, one token,
     many; odd experts in two commands, N tile 0 then the rest, as a matrix over two slab buffers runs; `ready`
     low at random): each command's rows are its tokens' y·g rounded to the residual's step (`CombineTerms`),
     and added into a residual near its limits as the output path does, expert by expert, they give
-    `golden.ops.combine` bit for bit."""
+    `golden.ops.combine` bit for bit; with a drain of fewer lanes too."""
     from hw.compute.gemm import combine_model
     from hw.compute.gemm.combine import CombineTerms
     from hw.vector.residual import ResidualAdd
@@ -189,7 +212,7 @@ def test_experts_gather_and_emit_gate_weighted_rows_like_the_golden_combine(expe
         bias = rng.integers(-4000, 4000, n)
         multiplier, shift = ops.quantize_multiplier(rng.uniform(0.5, 4.0, n))
         layers.append((w, bias, multiplier, shift, np.nonzero((ids == e).any(-1))[0]))
-    engine = GemmEngine(3, 4, max_m=tokens, max_k=hidden, max_n=n)
+    engine = GemmEngine(3, 4, max_m=tokens, max_k=hidden, max_n=n, drain_lanes=drain_lanes)
     bench = GemmBench(engine)
     emitted = []
 
@@ -229,11 +252,12 @@ def test_experts_gather_and_emit_gate_weighted_rows_like_the_golden_combine(expe
     assert not np.array_equal(residual, before + sum(emitted)), "no sum saturated"
 
 
-def test_per_row_scales_like_attention_times_v():
+@pytest.mark.parametrize("drain_lanes", [None, 1])
+def test_per_row_scales_like_attention_times_v(drain_lanes):
     """`row_scaled`: each row requantized with its own multiplier and shift (the softmax unit's row scales),
-    shifts from 0 to 63 included, with back-pressure."""
+    shifts from 0 to 63 included, with back-pressure; through a drain of every column a cycle, or of one."""
     rng = np.random.default_rng(8)
-    engine = GemmEngine(3, 5, max_m=12, max_k=14, max_n=9)
+    engine = GemmEngine(3, 5, max_m=12, max_k=14, max_n=9, drain_lanes=drain_lanes)
     bench = GemmBench(engine)
     failures = []
 
@@ -256,15 +280,15 @@ def test_per_row_scales_like_attention_times_v():
     assert not failures
 
 
-@pytest.mark.parametrize("gelu_lanes", [3, 2, 1])
-def test_gelu_mode_like_fc1(gelu_lanes):
+@pytest.mark.parametrize("gelu_lanes, drain_lanes", [(3, None), (2, None), (1, None), (3, 1)])
+def test_gelu_mode_like_fc1(gelu_lanes, drain_lanes):
     """GELU: requantize to int16, each column in its own Q.f, GELU, requantize to int8 with the command's hidden
     multiplier and shift, exactly as the golden MLP; f from 5 to 15 changing column by column (and tile by tile
     while rows are in flight), saturation of the hidden activation both ways, and back-pressure, with the GELU
-    path as wide as the array or narrower (rows serialized through it); a column's fraction-bit count below 5
-    sets the error."""
+    path as wide as the array or narrower (rows serialized through it), behind a drain as wide or of one lane; a
+    column's fraction-bit count below 5 sets the error."""
     rng = np.random.default_rng(9 + gelu_lanes)
-    engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8, gelu_lanes=gelu_lanes)
+    engine = GemmEngine(4, 3, max_m=10, max_k=12, max_n=8, gelu_lanes=gelu_lanes, drain_lanes=drain_lanes)
     bench = GemmBench(engine)
     failures = []
 

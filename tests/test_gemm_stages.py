@@ -278,17 +278,18 @@ DRAIN_CASES = [  # (mode flags, saturation width or None for the accumulator's, 
 ]
 
 
-@pytest.mark.parametrize("gelu_lanes", [1, 3])
+@pytest.mark.parametrize("gelu_lanes, drain_lanes", [(1, None), (3, None), (3, 1)])
 @pytest.mark.parametrize("flags, bits, rows, n_tiles", DRAIN_CASES)
-def test_drain_is_its_model(flags, bits, rows, n_tiles, gelu_lanes):
+def test_drain_is_its_model(flags, bits, rows, n_tiles, gelu_lanes, drain_lanes):
     """Tiles finished at random times, drained row by row through the lanes as the model says (extreme words
-    and biases), each row issued only with a FIFO place (`room` at random), GELU rows ⌈C / gelu_lanes⌉ cycles
-    apart, results `DRAIN_STAGES` after their issue, and one `tile_drained` with each tile's last row."""
+    and biases), each row issued only with a FIFO place (`room` at random), rows `drain_chunks` cycles apart
+    (every column a cycle, or one: three chunks a row) and GELU rows at least ⌈C / gelu_lanes⌉, results
+    `drain_latency` after their issue, and one `tile_drained` with each tile's last row."""
     from hw.compute.gemm.drain import Drain
-    geometry = GemmGeometry(2, 3, 5, 4, 9, gelu_lanes=gelu_lanes)
+    geometry = GemmGeometry(2, 3, 5, 4, 9, gelu_lanes=gelu_lanes, drain_lanes=drain_lanes)
     aw, widths = geometry.accumulator_width, geometry.saturation_widths
     bits = aw if bits is None else bits
-    rng = np.random.default_rng(rows * 7 + n_tiles + gelu_lanes)
+    rng = np.random.default_rng(rows * 7 + n_tiles + gelu_lanes + 100 * geometry.drain_chunks)
     low, high = -(1 << (aw - 1)), (1 << (aw - 1)) - 1
     words = rng.choice([low, high, 0, -1, *rng.integers(low, high, 8)], size=(n_tiles, rows, 3))
     p_base = int(rng.integers(0, geometry.p_depth - n_tiles + 1))
@@ -344,10 +345,12 @@ def test_drain_is_its_model(flags, bits, rows, n_tiles, gelu_lanes):
     assert [(row, tile, values) for _, row, tile, values, _ in got] == expected
     assert [fractions for _, row, tile, _, fractions in got] == \
         [[column["fraction_bits"] for column in params[tile]] for _, tile, _ in expected]
-    assert [cycle for cycle, *_ in got] == [cycle + Drain.LATENCY for cycle in issued]
+    assert [cycle for cycle, *_ in got] == [cycle + geometry.drain_latency for cycle in issued]
     assert drained_with == [(tile, rows - 1) for tile in range(n_tiles)]
+    gaps = [b - a for a, b in zip(issued, issued[1:])]
+    assert min(gaps, default=geometry.drain_chunks) >= geometry.drain_chunks
     if flags.get("gelu"):
-        assert min(b - a for a, b in zip(issued, issued[1:])) >= geometry.gelu_chunks
+        assert min(gaps, default=geometry.gelu_chunks) >= geometry.gelu_chunks
 
 
 @pytest.mark.parametrize("places", [2, 5])

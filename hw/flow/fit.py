@@ -93,8 +93,8 @@ class Multipliers:
 
 
 def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) -> Multipliers:
-    """Multiplier blocks of the units as built, on `target`: the array; the GEMM output path (per column the
-    requantizer's acc × m and the gate weight's y × g, per GELU lane its interpolation and the hidden
+    """Multiplier blocks of the units as built, on `target`: the array; the GEMM output path (per drain lane the
+    requantizer's acc × m, per column the gate weight's y × g, per GELU lane its interpolation and the hidden
     requantization); the router (its MACs, the logit distance times the exponent multiplier; its gate weights
     shift and add); the vector units (per lane LayerNorm's x², x·r and γ per output, the softmax's d·m;
     once LayerNorm's S·|S| / S·r). Nothing else takes one: the control's address and length products and the
@@ -109,7 +109,8 @@ def multipliers(model: ModelConfig, accel: AcceleratorConfig, target: Target) ->
     per_lane = m(rw, rw) + m(rw, 32) + 2 * m(18, 16) + m(score + 1, mw + 1)
     return Multipliers({
         "systolic array": accel.macs_per_cycle * m(ow, ow),
-        "GEMM output path": accel.array_cols * (m(acc + 1, mw) + m(18, 16)) + gelu_lanes * (m(10, 10) + m(16, 16)),
+        "GEMM output path": accel.drain_lanes * m(acc + 1, mw) + accel.array_cols * m(18, 16)
+                            + gelu_lanes * (m(10, 10) + m(16, 16)),
         "router": accel.router_macs_per_cycle * m(rw, ow) + m(router.logit_width + 1, exponent_multiplier + 1),
         "vector units": accel.vector_lanes * per_lane + m(rw + 10, 32),
     })

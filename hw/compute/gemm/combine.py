@@ -12,7 +12,7 @@ from golden import ops
 from ...common.arith import index_bits, round_shift
 from ...common.multiplier import Multiplier
 from ...common.pipeline import data_register, delay_line
-from .geometry import DRAIN_STAGES, GemmGeometry, GemmMode
+from .geometry import GemmGeometry, GemmMode
 
 __all__ = ["CombineTerms", "COMBINE_LATENCY", "TERM_SHIFT"]
 
@@ -28,8 +28,8 @@ class CombineTerms(wiring.Component):
 
     The token and the gate are read when the row issues into the drain (`issue`, row m on `row`; `scatter_read`
     and `gate_read`, data a cycle later) and travel with it; the row arrives on `result` (`valid` for one cycle)
-    `DRAIN_STAGES` cycles later. y and g enter the multipliers' input registers, the product leaves their output
-    registers and is rounded into `term`: {row: t, tile: the row's N tile, data: the terms} holds it from
+    the drain's latency (`drain_latency`) later. y and g enter the multipliers' input registers, the product leaves
+    their output registers and is rounded into `term`: {row: t, tile: the row's N tile, data: the terms} holds it from
     `COMBINE_LATENCY` cycles after the row arrived, and `arriving` announces it the cycle before (the output
     FIFO's contract). `active` says a row is between `result` and `term`.
     """
@@ -60,8 +60,8 @@ class CombineTerms(wiring.Component):
         g = self.geometry
         for port in (self.scatter_read, self.gate_read):
             m.d.comb += [port.addr.eq(self.list_base + self.row), port.en.eq(self.issue)]
-        token = delay_line(m, self.scatter_read.data, DRAIN_STAGES - 1 + COMBINE_LATENCY, "token", data=True)[-1]
-        gate = delay_line(m, self.gate_read.data, DRAIN_STAGES - 1, "gate", data=True)[-1]
+        token = delay_line(m, self.scatter_read.data, g.drain_latency - 1 + COMBINE_LATENCY, "token", data=True)[-1]
+        gate = delay_line(m, self.gate_read.data, g.drain_latency - 1, "gate", data=True)[-1]
         tile = delay_line(m, self.result.tile, COMBINE_LATENCY, "tile", data=True)[-1]
         valid = delay_line(m, self.result.valid, COMBINE_LATENCY, "valid")
         terms = data_register(m, self.term.data, "terms")

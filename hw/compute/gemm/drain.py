@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,22 +16,23 @@ __all__ = ["Drain"]
 
 
 class Drain(wiring.Component):
-    """Drains each N tile the accumulator has finished (`tiles_done` ahead of the tiles drained) through C
-    `RequantizerLane`s.
+    """Drains each N tile the accumulator has finished (`tiles_done` ahead of the tiles drained) through
+    `drain_lanes` `RequantizerLane`s (C by default; with fewer, a row enters them `drain_lanes` columns a cycle,
+    in `drain_chunks` = C / `drain_lanes` cycles).
 
-    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register; each column's 2^(shift−1) − 1
-    decoded from that register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle,
-    each only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the
-    issue) and, in GELU mode, ⌈C / gelu_lanes⌉ cycles apart. An issued row addresses the accumulator on
-    `drain_tile`, `drain_row` (its word back on `word` a cycle later) and the row-scale memory (`row_read`, read
-    every cycle at `drain_row`: attention·V's per-row multiplier and shift). `tile_drained` pulses with the tile's
-    last row's issue, freeing its accumulator bank; `drain_tile` is then the count of tiles drained.
+    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register; 2^(shift−1) − 1 decoded
+    from that register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle, each
+    only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the issue),
+    `drain_chunks` cycles apart and, in GELU mode, at least ⌈C / gelu_lanes⌉. An issued row addresses the
+    accumulator on `drain_tile`, `drain_row` (its word back on `word` a cycle later, kept for the later chunks)
+    and the row-scale memory (`row_read`, read every cycle at `drain_row`: attention·V's per-row multiplier and
+    shift). `tile_drained` pulses with the tile's last row's issue, freeing its accumulator bank; `drain_tile`
+    is then the count of tiles drained. The next tile's parameters load once the last row's chunks have entered.
 
-    `result` carries a row `LATENCY` = `DRAIN_STAGES` cycles after its issue (valid for one cycle), with its
-    columns' GELU formats; `arriving` says one arrives next cycle, `active` that a row is in the pipeline.
-    `command` is read in the cycle `start` is set; `flags` hold for the command.
+    `result` carries a row `drain_latency` = `DRAIN_STAGES` + `drain_chunks` − 1 cycles after its issue (valid
+    for one cycle), with its columns' GELU formats; `arriving` says one arrives next cycle, `active` that a row is
+    in the pipeline. `command` is read in the cycle `start` is set; `flags` hold for the command.
     """
-    LATENCY = DRAIN_STAGES
 
     @staticmethod
     def model(geometry: GemmGeometry, words, params, flags: dict, row_scales=None):
@@ -87,23 +88,25 @@ class Drain(wiring.Component):
         draining, params_ready, drain_last = Signal(), Signal(), Signal()    # drain_last: drain_m = M − 1
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols), reset_less=True)    # valid with `params_ready`
-        # 2^(shift−1) − 1 per column from the registered parameters (the block RAM's output is not decoded)
-        halves = [Signal(pw, name=f"half{c}") for c in range(g.cols)]
-        shifts = [Signal(range(pw + 1), name=f"shift{c}") for c in range(g.cols)]   # signals: each decoded once
-        m.d.comb += [shift.eq(at_most(params[c].shift, pw)) for c, shift in enumerate(shifts)]
-        m.d.comb += [half.eq(half_minus_one(shift, pw)) for half, shift in zip(halves, shifts)]
-        with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining):
+        # the chunks of the row issued last still entering the lanes (their cycles after the issue but the last)
+        entering = Signal(range(max(g.drain_chunks, 2)))
+        with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining & (entering == 0)):
             m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
-        # GELU rows are spaced ⌈C / gelu_lanes⌉ cycles apart (the GELU path serializes each row)
-        spacing = Signal(range(max(g.gelu_chunks, 2)))
+        # Rows are spaced `drain_chunks` cycles apart, GELU rows at least ⌈C / gelu_lanes⌉ (the GELU path
+        # serializes each row).
+        spacing = Signal(range(max(g.gelu_chunks, g.drain_chunks, 2)))
         issue = self.issue
         m.d.comb += issue.eq(draining & params_ready & self.room & (spacing == 0))
-        with m.If(issue & flags.gelu):
-            m.d.sync += spacing.eq(g.gelu_chunks - 1)
-        with m.Elif(spacing != 0):
-            m.d.sync += spacing.eq(spacing - 1)
+        with m.If(issue):
+            m.d.sync += [spacing.eq(Mux(flags.gelu, max(g.gelu_chunks, g.drain_chunks) - 1, g.drain_chunks - 1)),
+                         entering.eq(g.drain_chunks - 1)]
+        with m.Else():
+            with m.If(spacing != 0):
+                m.d.sync += spacing.eq(spacing - 1)
+            with m.If(entering != 0):
+                m.d.sync += entering.eq(entering - 1)
         m.d.comb += self.tile_drained.eq(issue & drain_last)
         with m.If(issue):
             m.d.sync += [drain_m.eq(drain_m + 1), drain_last.eq(~drain_last & (drain_m == m_before_last))]
@@ -111,12 +114,13 @@ class Drain(wiring.Component):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
 
         # The row's place in the pipeline, and its columns' Q.f (the next tile's parameters may load meanwhile).
-        valid = delay_line(m, issue, DRAIN_STAGES, "drain_valid")
+        latency, chunks, lanes = g.drain_latency, g.drain_chunks, g.drain_lanes
+        valid = delay_line(m, issue, latency, "drain_valid")
         position = data.StructLayout({"row": len(drain_m), "tile": len(drained)})       # data, valid with `valid`
-        stages = delay_line(m, Signal(position, name="issued"), DRAIN_STAGES, "drain", data=True)
+        stages = delay_line(m, Signal(position, name="issued"), latency, "drain", data=True)
         m.d.comb += [stages[0].row.eq(drain_m), stages[0].tile.eq(drained)]
         fraction_layout = data.ArrayLayout(FRACTION_WIDTH, g.cols)
-        fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), DRAIN_STAGES, "fraction_bits",
+        fractions = delay_line(m, Signal(fraction_layout, name="fraction_bits"), latency, "fraction_bits",
                                data=True)
         m.d.comb += [fractions[0][c].eq(params[c].fraction_bits) for c in range(g.cols)]
         # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word, every
@@ -125,16 +129,56 @@ class Drain(wiring.Component):
         m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(1)]
         row_shift = Signal(range(pw + 1), reset_less=True)
         m.d.sync += row_shift.eq(at_most(self.row_read.data.shift, pw))
+        # Chunk k of a row (columns k·L …, L lanes) enters the lanes k cycles after chunk 0, which takes the word
+        # as it arrives: the later chunks take it, and the row's multiplier and shift, from registers kept then.
+        word = [self.word[c] for c in range(g.cols)]
+        kept_multiplier = Signal.like(self.row_read.data.multiplier, reset_less=True)
+        kept_shift = Signal.like(row_shift, reset_less=True)
+        with m.If(valid[1]):
+            for c in range(lanes, g.cols):
+                word[c] = Signal.like(self.word[c], name=f"kept_word{c}", reset_less=True)
+                m.d.sync += word[c].eq(self.word[c])
+            m.d.sync += kept_multiplier.eq(self.row_read.data.multiplier)
+        with m.If(valid[2]):
+            m.d.sync += kept_shift.eq(row_shift)
+        later = Cat(*valid[2:1 + chunks]).any()        # a chunk past the first in the lanes' first cycle, or second
+        later_second = Cat(*valid[3:2 + chunks]).any()
+
+        def chunk_of(values, c):
+            """Lane c's value of `values` (per column) for the chunk entering now."""
+            chosen = values(c)
+            for k in range(1, chunks):
+                chosen = Mux(valid[1 + k], values(k * lanes + c), chosen)
+            return chosen
+
+        lane_row_shift = Signal.like(row_shift)
+        m.d.comb += lane_row_shift.eq(Mux(later_second, kept_shift, row_shift))
         row_half = Signal(pw)
-        m.d.comb += row_half.eq(half_minus_one(row_shift))
-        for c in range(g.cols):
+        m.d.comb += row_half.eq(half_minus_one(lane_row_shift))
+        values = []
+        for c in range(lanes):
             lane = m.submodules[f"lane{c}"] = RequantizerLane(g)
-            m.d.comb += [lane.word.eq(self.word[c]), lane.bias.eq(params[c].bias),
-                         lane.multiplier.eq(params[c].multiplier), lane.shift.eq(params[c].shift),
-                         lane.half.eq(halves[c]), lane.row_multiplier.eq(self.row_read.data.multiplier),
-                         lane.row_shift.eq(row_shift), lane.row_half.eq(row_half),
+            # 2^(shift−1) − 1 from the registered parameters (the block RAM's output is not decoded)
+            shift = Signal(range(pw + 1), name=f"shift{c}")
+            m.d.comb += shift.eq(at_most(chunk_of(lambda k: params[k].shift, c), pw))
+            m.d.comb += [lane.word.eq(chunk_of(lambda k: word[k], c)),
+                         lane.bias.eq(chunk_of(lambda k: params[k].bias, c)),
+                         lane.multiplier.eq(chunk_of(lambda k: params[k].multiplier, c)),
+                         lane.shift.eq(chunk_of(lambda k: params[k].shift, c)), lane.half.eq(half_minus_one(shift, pw)),
+                         lane.row_multiplier.eq(Mux(later, kept_multiplier, self.row_read.data.multiplier)),
+                         lane.row_shift.eq(lane_row_shift), lane.row_half.eq(row_half),
                          lane.row_scaled.eq(flags.row_scaled), lane.raw.eq(flags.raw), lane.relu.eq(flags.relu),
-                         lane.saturate.eq(flags.saturate), self.result.data[c].eq(lane.value)]
+                         lane.saturate.eq(flags.saturate)]
+            values.append(lane.value)
+        # The row leaves with its last chunk; the chunks before wait in registers.
+        for k in range(chunks):
+            for c in range(lanes):
+                value = values[c]
+                if k < chunks - 1:
+                    value = Signal.like(values[c], name=f"chunk{k}_lane{c}", reset_less=True)
+                    with m.If(valid[DRAIN_STAGES + k]):
+                        m.d.sync += value.eq(values[c])
+                m.d.comb += self.result.data[k * lanes + c].eq(value)
         final = stages[-1]
         m.d.comb += [self.result.valid.eq(valid[-1]), self.result.row.eq(final.row),
                      self.result.tile.eq(final.tile), self.result.fraction_bits.eq(fractions[-1]),

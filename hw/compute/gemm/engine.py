@@ -64,8 +64,8 @@ from .sequencer import TileSequencer
 __all__ = ["GemmEngine"]
 
 _SIZES = ("rows", "cols", "max_m", "max_k", "max_n", "x_stride", "x_depth", "w_depth", "p_depth", "index_depth",
-          "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "operand_width", "accumulator_width",
-          "multiplier_width")
+          "load_rows", "load_beats", "gelu_lanes", "gelu_chunks", "drain_lanes", "drain_chunks", "operand_width",
+          "accumulator_width", "multiplier_width")
 
 
 class GemmEngine(wiring.Component):
@@ -97,10 +97,11 @@ class GemmEngine(wiring.Component):
     def __init__(self, rows: int, cols: int, *, max_m: int, max_k: int, max_n: int, x_stride: int | None = None,
                  w_depth: int | None = None, p_depth: int | None = None, index_depth: int | None = None,
                  operand_width: int = 8, accumulator_width: int = 32, multiplier_width: int = 16,
-                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None):
+                 load_rows: int = 1, gelu_lanes: int | None = None, x_depth: int | None = None,
+                 drain_lanes: int | None = None):
         self.geometry = GemmGeometry(rows, cols, max_m, max_k, max_n, x_stride, w_depth, p_depth, index_depth,
                                      operand_width, accumulator_width, multiplier_width, load_rows, gelu_lanes,
-                                     x_depth)
+                                     x_depth, drain_lanes)
         for name in _SIZES:
             setattr(self, name, getattr(self.geometry, name))
         super().__init__(self.Signature(self.geometry))
@@ -116,7 +117,7 @@ class GemmEngine(wiring.Component):
                    max_n=largest_n, x_stride=model.num_tokens, operand_width=accel.operand_width,
                    accumulator_width=accel.accumulator_width, multiplier_width=accel.requant_multiplier_width,
                    load_rows=accel.weight_feed_bytes // (accel.array_cols * accel.operand_width // 8),
-                   gelu_lanes=min(accel.requant_lanes, accel.array_cols), **sizes)
+                   gelu_lanes=min(accel.requant_lanes, accel.array_cols), drain_lanes=accel.drain_lanes, **sizes)
 
     model = staticmethod(gemm_model)
 

@@ -72,8 +72,9 @@ def _positive(name, value):
 @dataclass(frozen=True)
 class GemmGeometry:
     """An engine around a `rows` × `cols` array for matrices up to `max_m` × `max_k` × `max_n`: X rows `x_stride`
-    words apart per K tile, `load_rows` weight rows per cycle, GELU `gelu_lanes` values per cycle, and the depths
-    of the memories behind its read ports (0: the least the sizes need)."""
+    words apart per K tile, `load_rows` weight rows per cycle, GELU `gelu_lanes` values per cycle, the drain
+    `drain_lanes` columns per cycle (a divisor of `cols`: a row in `drain_chunks` cycles), and the depths of the
+    memories behind its read ports (0: the least the sizes need)."""
     rows: int
     cols: int
     max_m: int
@@ -89,6 +90,7 @@ class GemmGeometry:
     load_rows: int = 1
     gelu_lanes: int | None = None
     x_depth: int | None = None
+    drain_lanes: int | None = None
 
     def __post_init__(self):
         for name in ("rows", "cols", "max_m", "max_k", "max_n", "operand_width", "accumulator_width",
@@ -99,12 +101,15 @@ class GemmGeometry:
                 _positive(name, getattr(self, name))
         if self.x_stride is not None and self.x_stride < self.max_m:
             raise ValueError(f"GemmEngine x_stride = {self.x_stride}: must be at least max_m ({self.max_m})")
-        for name, top in (("load_rows", self.rows), ("gelu_lanes", self.cols)):
+        for name, top in (("load_rows", self.rows), ("gelu_lanes", self.cols), ("drain_lanes", self.cols)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 1 <= value <= top):
                 raise ValueError(f"GemmEngine {name} = {value!r}: must be from 1 to {top}")
+        if self.drain_lanes is not None and self.cols % self.drain_lanes:
+            raise ValueError(f"GemmEngine drain_lanes = {self.drain_lanes}: must divide cols ({self.cols})")
         x_stride = self.max_m if self.x_stride is None else self.x_stride
         defaults = {"x_stride": self.max_m, "x_depth": x_stride * self.k_tiles_max, "gelu_lanes": self.cols,
+                    "drain_lanes": self.cols,
                     "p_depth": self.n_tiles_max,
                     "index_depth": self.max_m, "w_depth": self.k_tiles_max * self.n_tiles_max * self.load_beats}
         for name, value in defaults.items():
@@ -131,6 +136,16 @@ class GemmGeometry:
         return tiles(self.cols, self.gelu_lanes)
 
     @property
+    def drain_chunks(self) -> int:
+        """Cycles a row spends entering the drain's lanes (`drain_lanes` columns a cycle)."""
+        return self.cols // self.drain_lanes
+
+    @property
+    def drain_latency(self) -> int:
+        """Cycles from a row's issue into the drain to the whole row out of it: its last chunk's."""
+        return DRAIN_STAGES + self.drain_chunks - 1
+
+    @property
     def product_width(self) -> int:
         """The requantizer's (acc + bias) · multiplier, signed."""
         return self.accumulator_width + 1 + self.multiplier_width + 1
@@ -140,8 +155,8 @@ class GemmGeometry:
         """Output FIFO places: a row holds one from its issue until it leaves the FIFO, so they cover the rows
         a path holds at its rate: one per cycle through the drain, one per ⌈C / gelu_lanes⌉ cycles through
         GELU."""
-        gelu_path = DRAIN_STAGES + 1 + self.gelu_chunks + GELU_STAGES
-        return max(DRAIN_STAGES, -(-gelu_path // self.gelu_chunks)) + 3
+        gelu_path = self.drain_latency + 1 + self.gelu_chunks + GELU_STAGES
+        return max(self.drain_latency, -(-gelu_path // self.gelu_chunks)) + 3
 
     @property
     def saturation_widths(self) -> list[int]:
