@@ -89,8 +89,9 @@ class Drain(wiring.Component):
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols), reset_less=True)    # valid with `params_ready`
         # the chunks of the row issued last still entering the lanes (their cycles after the issue but the last)
-        entering = Signal(range(max(g.drain_chunks, 2)))
-        with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining & (entering == 0)):
+        entering = Signal(range(g.drain_chunks)) if g.drain_chunks > 1 else None
+        chunks_in = 1 if entering is None else entering == 0
+        with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining & chunks_in):
             m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
             m.d.sync += [params.eq(self.p_read.data), params_ready.eq(1)]
@@ -100,13 +101,11 @@ class Drain(wiring.Component):
         issue = self.issue
         m.d.comb += issue.eq(draining & params_ready & self.room & (spacing == 0))
         with m.If(issue):
-            m.d.sync += [spacing.eq(Mux(flags.gelu, max(g.gelu_chunks, g.drain_chunks) - 1, g.drain_chunks - 1)),
-                         entering.eq(g.drain_chunks - 1)]
-        with m.Else():
-            with m.If(spacing != 0):
-                m.d.sync += spacing.eq(spacing - 1)
-            with m.If(entering != 0):
-                m.d.sync += entering.eq(entering - 1)
+            m.d.sync += spacing.eq(Mux(flags.gelu, max(g.gelu_chunks, g.drain_chunks) - 1, g.drain_chunks - 1))
+        with m.Elif(spacing != 0):
+            m.d.sync += spacing.eq(spacing - 1)
+        if entering is not None:
+            m.d.sync += entering.eq(Mux(issue, g.drain_chunks - 1, Mux(entering != 0, entering - 1, 0)))
         m.d.comb += self.tile_drained.eq(issue & drain_last)
         with m.If(issue):
             m.d.sync += [drain_m.eq(drain_m + 1), drain_last.eq(~drain_last & (drain_m == m_before_last))]
