@@ -71,6 +71,8 @@ ACCEL_ERRORS = [
     ({"residual_width": 20}, "residual_width", "fix the residual stream at 16 bits"),
     ({"requant_multiplier_width": 24}, "requant_multiplier_width", "16-bit signed field"),
     ({"router_weights_resident": 1}, "router_weights_resident", "bool"),
+    ({"drain_lanes": 0}, "drain_lanes", "at least 1"),
+    ({"drain_lanes": 3}, "drain_lanes", "must divide array_cols"),
 ]
 
 
@@ -90,7 +92,7 @@ def test_unknown_presets():
 
 def test_rxc_accelerator_from_name():
     accel = accelerator_preset("3x5")
-    assert (accel.array_rows, accel.array_cols, accel.weight_feed_bytes) == (3, 5, 5)
+    assert (accel.array_rows, accel.array_cols, accel.weight_feed_bytes, accel.drain_lanes) == (3, 5, 5, 5)
 
 
 def test_accumulator_bits_needed_by_hand():
