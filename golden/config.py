@@ -440,13 +440,16 @@ ACCELERATOR_PRESETS: dict[str, AcceleratorConfig] = {
         AcceleratorConfig(name="4x4", array_rows=4, array_cols=4, weight_buffer_bytes=16 * 1024,
                           token_block=32, dram_data_width=64, router_macs_per_cycle=16, vector_lanes=1,
                           requant_lanes=2),
-        # 8×8: what m3vit-tiny-cityscapes needs to fit the ULX3S-85F's 208 DP16KD (183 by the plan, beside
+        # 8×8: what m3vit-tiny-cityscapes needs to fit the ULX3S-85F's 208 DP16KD (181 by the plan, beside
         # the units' own tables): 18 KiB slabs (the floor the heads' conv_3 sets), query blocks of 16 rows and
         # the routers' weights two MoE layers at a time; by the cycle model 0.2 % more cycles than 36 KiB slabs,
-        # blocks of 32 and every router resident (docs/architecture.md, section 13).
+        # blocks of 32 and every router resident. And less logic, without which no 8×8 top routes there: a drain
+        # of 4 lanes, 8 router MACs and one GELU lane (34 MULT18X18D and 6,500 flip-flops fewer; 0.5 % more cycles
+        # than 8, 32 and 2); the tiny model's top then routes or nearly, m3vit-tiny-cityscapes' needs fewer block
+        # RAMs too (docs/architecture.md, section 13).
         AcceleratorConfig(name="8x8", array_rows=8, array_cols=8, weight_buffer_bytes=18 * 1024,
-                          token_block=16, dram_data_width=64, router_macs_per_cycle=32, vector_lanes=1,
-                          requant_lanes=2, router_weights_resident=False),
+                          token_block=16, dram_data_width=64, router_macs_per_cycle=8, vector_lanes=1,
+                          requant_lanes=1, drain_lanes=4, router_weights_resident=False),
         # ZCU104 class: a whole m3vit-tiny expert matrix per slab, all of its 129 tokens in one block; four
         # bursts in flight cover the DRAM latency at a full 32 bytes per cycle (a 256-bit port: at a 150 MHz
         # fabric clock, 4.8 GB/s, which one 128-bit HP port at 300 MHz behind a width converter carries).
