@@ -88,9 +88,11 @@ class Drain(wiring.Component):
         draining, params_ready, drain_last = Signal(), Signal(), Signal()    # drain_last: drain_m = M − 1
         m.d.comb += [self.p_read.addr.eq(p_base + drained), self.p_read.en.eq(~params_ready)]
         params = Signal(data.ArrayLayout(g.column, g.cols), reset_less=True)    # valid with `params_ready`
-        # the chunks of the row issued last still entering the lanes (their cycles after the issue but the last)
-        entering = Signal(range(g.drain_chunks)) if g.drain_chunks > 1 else None
-        chunks_in = 1 if entering is None else entering == 0
+        # A row's place in the pipeline: `valid[k]` is the issue k cycles late; its chunks enter the lanes at
+        # valid[1 … chunks], and the next tile starts once those before the last are in.
+        latency, chunks, lanes = g.drain_latency, g.drain_chunks, g.drain_lanes
+        valid = delay_line(m, self.issue, latency, "drain_valid")
+        chunks_in = ~Cat(*valid[1:chunks]).any() if chunks > 1 else 1
         with m.If(self.busy & (drained < self.tiles_done) & ~params_ready & ~draining & chunks_in):
             m.d.sync += [draining.eq(1), drain_m.eq(0), drain_last.eq(single_row)]
         with m.If(draining & ~params_ready):
@@ -104,17 +106,13 @@ class Drain(wiring.Component):
             m.d.sync += spacing.eq(Mux(flags.gelu, max(g.gelu_chunks, g.drain_chunks) - 1, g.drain_chunks - 1))
         with m.Elif(spacing != 0):
             m.d.sync += spacing.eq(spacing - 1)
-        if entering is not None:
-            m.d.sync += entering.eq(Mux(issue, g.drain_chunks - 1, Mux(entering != 0, entering - 1, 0)))
         m.d.comb += self.tile_drained.eq(issue & drain_last)
         with m.If(issue):
             m.d.sync += [drain_m.eq(drain_m + 1), drain_last.eq(~drain_last & (drain_m == m_before_last))]
             with m.If(drain_last):
                 m.d.sync += [draining.eq(0), params_ready.eq(0), drained.eq(drained + 1)]
 
-        # The row's place in the pipeline, and its columns' Q.f (the next tile's parameters may load meanwhile).
-        latency, chunks, lanes = g.drain_latency, g.drain_chunks, g.drain_lanes
-        valid = delay_line(m, issue, latency, "drain_valid")
+        # The row's place and its columns' Q.f travel beside `valid` (the next tile's parameters may load meanwhile).
         position = data.StructLayout({"row": len(drain_m), "tile": len(drained)})       # data, valid with `valid`
         stages = delay_line(m, Signal(position, name="issued"), latency, "drain", data=True)
         m.d.comb += [stages[0].row.eq(drain_m), stages[0].tile.eq(drained)]
