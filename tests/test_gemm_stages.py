@@ -14,10 +14,6 @@ from hw.sim import simulate
 GEOMETRY = GemmGeometry(2, 2, 4, 4, 4)
 
 
-def _half(shift, width):
-    return (1 << (min(shift, width) - 1)) - 1 if min(shift, width) > 0 else 0
-
-
 def _cases(rng, count, lane):
     """Random values for `lane` with the extremes first: the word's and the bias's ends, every shift's edge."""
     width, widths = lane.word_width, lane.widths
@@ -68,10 +64,8 @@ def test_requantizer_lane_is_its_model(seed, word_width, widths):
             ctx.set(lane.saturate, 1 << case["width_index"])
             for name in ("word", "bias", "multiplier", "shift", "row_multiplier"):
                 ctx.set(getattr(lane, name), case[name])
-            ctx.set(lane.half, _half(case["shift"], pw))
             await ctx.tick()
             ctx.set(lane.row_shift, min(case["row_shift"], pw))            # a cycle after the word
-            ctx.set(lane.row_half, _half(case["row_shift"], pw))
             await ctx.tick().repeat(RequantizerLane.LATENCY - 1)
             got.append(ctx.get(lane.value))
 

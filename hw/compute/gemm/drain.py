@@ -7,7 +7,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...common.arith import at_most, half_minus_one, index_bits
+from ...common.arith import at_most, index_bits
 from ...common.pipeline import delay_line
 from .geometry import DRAIN_STAGES, FRACTION_WIDTH, GemmGeometry
 from .requantizer import RequantizerLane
@@ -20,8 +20,7 @@ class Drain(wiring.Component):
     `drain_lanes` `RequantizerLane`s (C by default; with fewer, a row enters them `drain_lanes` columns a cycle,
     in `drain_chunks` = C / `drain_lanes` cycles).
 
-    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register; 2^(shift−1) − 1 decoded
-    from that register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle, each
+    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle, each
     only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the issue),
     `drain_chunks` cycles apart and, in GELU mode, at least ⌈C / gelu_lanes⌉. An issued row addresses the
     accumulator on `drain_tile`, `drain_row` (its word back on `word` a cycle later, kept for the later chunks)
@@ -121,8 +120,8 @@ class Drain(wiring.Component):
                                data=True)
         m.d.comb += [fractions[0][c].eq(params[c].fraction_bits) for c in range(g.cols)]
         # Per-row scaling (attention·V): the row's multiplier and shift are read with its accumulator word, every
-        # cycle at `drain_row` (which moves only on an issue, so no enable fans out from `issue` to the block RAM);
-        # its 2^(shift−1) − 1 is decoded once for the row from the registered shift, a stage later.
+        # cycle at `drain_row` (which moves only on an issue, so no enable fans out from `issue` to the block RAM),
+        # the shift clamped into a register.
         m.d.comb += [self.row_read.addr.eq(drain_m), self.row_read.en.eq(1)]
         row_shift = Signal(range(pw + 1), reset_less=True)
         m.d.sync += row_shift.eq(at_most(self.row_read.data.shift, pw))
@@ -150,20 +149,15 @@ class Drain(wiring.Component):
 
         lane_row_shift = Signal.like(row_shift)
         m.d.comb += lane_row_shift.eq(Mux(later_second, kept_shift, row_shift))
-        row_half = Signal(pw)
-        m.d.comb += row_half.eq(half_minus_one(lane_row_shift))
         values = []
         for c in range(lanes):
             lane = m.submodules[f"lane{c}"] = RequantizerLane(g)
-            # 2^(shift−1) − 1 from the registered parameters (the block RAM's output is not decoded)
-            shift = Signal(range(pw + 1), name=f"shift{c}")
-            m.d.comb += shift.eq(at_most(chunk_of(lambda k: params[k].shift, c), pw))
             m.d.comb += [lane.word.eq(chunk_of(lambda k: word[k], c)),
                          lane.bias.eq(chunk_of(lambda k: params[k].bias, c)),
                          lane.multiplier.eq(chunk_of(lambda k: params[k].multiplier, c)),
-                         lane.shift.eq(chunk_of(lambda k: params[k].shift, c)), lane.half.eq(half_minus_one(shift, pw)),
+                         lane.shift.eq(chunk_of(lambda k: params[k].shift, c)),
                          lane.row_multiplier.eq(Mux(later, kept_multiplier, self.row_read.data.multiplier)),
-                         lane.row_shift.eq(lane_row_shift), lane.row_half.eq(row_half),
+                         lane.row_shift.eq(lane_row_shift),
                          lane.row_scaled.eq(flags.row_scaled), lane.raw.eq(flags.raw), lane.relu.eq(flags.relu),
                          lane.saturate.eq(flags.saturate)]
             values.append(lane.value)

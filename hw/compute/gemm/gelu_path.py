@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import at_most, half_minus_one
+from ...common.arith import at_most
 from ...common.pipeline import delay_line
 from ...vector.gelu import Gelu
 from .geometry import FRACTION_WIDTH, GELU_STAGES, GemmGeometry
@@ -75,17 +75,15 @@ class GeluPath(wiring.Component):
         m.d.comb += [gelu.input.payload.fraction_bits[lane].eq(pending_f[lane]) for lane in range(lanes)]
 
         # Each GELU lane's int16 value into int8 through a requantizer lane (× m_h, round, saturate), with the
-        # command's shift clamped to the lane's product and 2^(s_h−1) − 1 decoded once, when it is taken.
+        # command's shift clamped to the lane's product when it is taken.
         requantizers = [RequantizerLane(g, word_width=16, saturation_widths=[8]) for _ in range(lanes)]
         width = requantizers[0].product_width
         # (the command's, set at its start: not reset)
         hidden_multiplier = Signal.like(self.command.hidden_multiplier, reset_less=True)
-        hidden_shift, hidden_half = Signal(range(width + 1), reset_less=True), Signal(width, reset_less=True)
-        clamped_shift = Signal.like(hidden_shift)       # a signal: decoded once, not copied into each pattern
-        m.d.comb += clamped_shift.eq(at_most(self.command.hidden_shift, width))
+        hidden_shift = Signal(range(width + 1), reset_less=True)
         with m.If(self.start):
-            m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier), hidden_shift.eq(clamped_shift),
-                         hidden_half.eq(half_minus_one(clamped_shift, width))]
+            m.d.sync += [hidden_multiplier.eq(self.command.hidden_multiplier),
+                         hidden_shift.eq(at_most(self.command.hidden_shift, width))]
         # each chunk's row, tile and whether it is the row's last, beside the GELU lanes (data, valid with `valid`)
         valid = delay_line(m, serializing, GELU_STAGES, "gelu_valid")
         side_layout = data.StructLayout({"row": len(row.row), "tile": len(row.tile), "last": 1})
@@ -96,7 +94,7 @@ class GeluPath(wiring.Component):
             m.submodules[f"hidden{lane}"] = requantizer
             m.d.comb += [requantizer.word.eq(gelu.output.payload[lane]), requantizer.bias.eq(0),
                          requantizer.multiplier.eq(hidden_multiplier), requantizer.shift.eq(hidden_shift),
-                         requantizer.half.eq(hidden_half), requantizer.saturate.eq(1),
+                         requantizer.saturate.eq(1),
                          out_chunk[lane].eq(requantizer.value)]
         # chunks gathered into the row: the newest at the top, the row complete with its last chunk
         gathered = Signal(data.ArrayLayout(signed(8), chunks * lanes), reset_less=True)

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import ops
 
-from ...common.arith import at_most, kept_bit_of_byte, kept_byte
+from ...common.arith import at_most, half_minus_one, kept_bit_of_byte, kept_byte
 from ...common.multiplier import WideMultiplier
 from ...common.pipeline import delay_line
 from .geometry import REQUANTIZER_STAGES, GemmGeometry
@@ -24,9 +24,8 @@ class RequantizerLane(wiring.Component):
     and RAW's), the GELU path's take GELU's int16 values into int8 (`word_width` 16, `saturation_widths`
     [8]).
 
-    Cycle 0 (with `word`): `bias`, the column's `multiplier`, `shift` and `half` = 2^(min(shift, P)−1) − 1 (P =
-    `product_width`), the row's `row_multiplier`, and the command's flags; cycle 1: the row's `row_shift`
-    (clamped to P) and `row_half`. `row_scaled` takes the row's multiplier and shift instead of the column's;
+    Cycle 0 (with `word`): `bias`, the column's `multiplier` and `shift`, the row's `row_multiplier`, and the
+    command's flags; cycle 1: the row's `row_shift` (clamped to P = `product_width`). `row_scaled` takes the row's multiplier and shift instead of the column's;
     `raw` passes word + bias unscaled (no rounding). `saturate` is one-hot over `saturation_widths`: the signed
     width the value is clamped to (the drain's last, the accumulator's, for RAW); `relu` clamps at 0 too.
     The flags hold for the whole command.
@@ -34,7 +33,8 @@ class RequantizerLane(wiring.Component):
     Stages, one register each so the lane meets timing on FPGA block RAMs and DSP blocks: the word, + bias, the
     product (a `WideMultiplier`: the DSPs' input and output registers and one beside them, two partial products
     when word + bias is wider than a DSP operand, one otherwise; × 1 for RAW), the product (the partials' sum),
-    + 2^(shift−1) − 1 (and the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
+    + 2^(shift−1) − 1 (decoded the stage before from the shift, which travels with the value, clamped to P; and
+    the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
     check, saturate.
     No register is reset but `value`'s: the lane carries no valid bit, its user does.
     """
@@ -49,16 +49,14 @@ class RequantizerLane(wiring.Component):
             self._MustUse__silence = True             # never built, so never elaborated
             raise ValueError(f"RequantizerLane saturation widths {self.widths}: from 1 to the word's "
                              f"{self.word_width} + 1 bits")
-        self.product_width = half = self.word_width + 1 + g.multiplier_width + 1
+        self.product_width = self.word_width + 1 + g.multiplier_width + 1
         super().__init__({
             "word": In(signed(self.word_width)),
             "bias": In(signed(self.word_width)),
             "multiplier": In(unsigned(g.multiplier_width)),
             "shift": In(unsigned(ops.SHIFT_BITS)),
-            "half": In(unsigned(half)),
             "row_multiplier": In(unsigned(g.multiplier_width)),
             "row_shift": In(range(self.product_width + 1)),
-            "row_half": In(unsigned(half)),
             "row_scaled": In(1),
             "raw": In(1),
             "relu": In(1),
@@ -99,20 +97,21 @@ class RequantizerLane(wiring.Component):
         halfway_held = Signal.like(halfway, reset_less=True)
         rounded, coarse, shifted = (Signal(signed(pw + 1), name=n, reset_less=True)
                                     for n in ("rounded", "coarse", "shifted"))
-        # the shift and 2^(shift−1) − 1 travel with the value; the row's replace the column's at stage 1
-        shift_column, half_column = Signal(ops.SHIFT_BITS, reset_less=True), Signal.like(self.half, reset_less=True)
+        # the shift travels with the value, the row's replacing the column's at stage 1; 2^(shift−1) − 1 is
+        # decoded from it into a register beside the product
+        shift_column = Signal(ops.SHIFT_BITS, reset_less=True)
         shift = [shift_column,
                  *delay_line(m, Mux(row_scaled, self.row_shift, shift_column), 9, "shift", data=True)[1:]]
-        half = [half_column, *delay_line(m, Mux(row_scaled, self.row_half, half_column), 5, "half", data=True)[1:]]
+        half = Signal(pw, reset_less=True)
         m.d.sync += [
             # the accumulator word straight into a register (the block RAM's output register)
             read.eq(self.word), bias.eq(self.bias),
             multiplier.eq(Mux(row_scaled, self.row_multiplier, self.multiplier)),
             shift[0].eq(Mux(raw, 0, at_most(self.shift, pw))),
-            half[0].eq(Mux(raw, 0, self.half)),
+            half.eq(half_minus_one(shift[4], pw)),
             biased.eq(read + bias), scale.eq(Mux(raw, 1, multiplier)),
             # the kept bit picked in two steps (its byte, then the bit) beside + 2^(shift−1) − 1
-            halfway.eq(product + half[5]),
+            halfway.eq(product + half),
             byte.eq(kept_byte(product, shift[5])),
             halfway_held.eq(halfway), kept.eq(kept_bit_of_byte(byte, shift[6])),
             rounded.eq(halfway_held + kept),
