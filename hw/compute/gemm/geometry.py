@@ -153,10 +153,11 @@ class GemmGeometry:
     @property
     def fifo_places(self) -> int:
         """Output FIFO places: a row holds one from its issue until it leaves the FIFO, so they cover the rows
-        a path holds at its rate: one per cycle through the drain, one per ⌈C / gelu_lanes⌉ cycles through
-        GELU."""
+        a path holds at its rate: one per `drain_chunks` cycles through the drain, one per ⌈C / gelu_lanes⌉
+        cycles (or `drain_chunks`, if more) through GELU."""
         gelu_path = self.drain_latency + 1 + self.gelu_chunks + GELU_STAGES
-        return max(self.drain_latency, -(-gelu_path // self.gelu_chunks)) + 3
+        gelu_spacing = max(self.gelu_chunks, self.drain_chunks)
+        return max(-(-self.drain_latency // self.drain_chunks), -(-gelu_path // gelu_spacing)) + 3
 
     @property
     def saturation_widths(self) -> list[int]:
