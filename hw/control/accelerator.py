@@ -160,13 +160,13 @@ class Accelerator(wiring.Component):
                 wiring.connect(m, storage.shared, getattr(store, name))
             else:
                 storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
-                write, reader = storage.write_port(), storage.read_port()
+                write, reader = storage.write_port(granularity=load.granularity.get(space)), storage.read_port()
             # a unit's write port into a memory is named after its Space
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
                        if name in unit.signature.members]
-            if writers:
-                m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
-                             write.data.eq(writers[0].data)]
+            if writers:      # (a lane-written memory's only writer is the load path: its enables as they are)
+                m.d.comb += [write.en.eq(writers[0].en if len(writers) == 1 else Cat(*(w.en for w in writers)).any()),
+                             write.addr.eq(writers[0].addr), write.data.eq(writers[0].data)]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]

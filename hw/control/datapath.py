@@ -3,6 +3,8 @@
 - `LoadPath`: `LOAD` into ACTIVATION, SCRATCH, RESIDUAL or PARAMS. A command {address, length, memory, base}
   is taken when the path is idle; its bytes (a whole number of the memory's words) come through a
   `StreamReader` and a `Gearbox` to the memory's word width and are written to words `base`, `base` + 1, ….
+  PARAMS (`LANE_WRITTEN`: only LOADs write it), where its word spans several bus words, takes each bus word
+  into its lane of the word instead (a write port of bus-word granularity, a lane's enable each), no gearbox.
   `busy` from the cycle after the command until its last word is written.
 - `StorePath` (`store_path.py`): `STORE` and `UPSAMPLE`, on-chip memory → DRAM.
 - `OutputPath`: the GEMM engine's result rows into ACTIVATION, SCRATCH (int8), RESIDUAL (int16) or SCORES
@@ -36,13 +38,15 @@ from .isa import Space
 from .memories import OnChip
 
 __all__ = ["TransferPath", "LoadPath", "OutputPath", "NormPath", "LOADABLE", "STORABLE",
-           "UPSAMPLABLE", "GEMM_DESTINATIONS", "upsample_length"]
+           "UPSAMPLABLE", "GEMM_DESTINATIONS", "LANE_WRITTEN", "upsample_length"]
 
 LOADABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.NORMS, Space.ROUTER,
             Space.ROUTER_PARAMS, Space.HIDDEN)
 STORABLE = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROUTES)
 UPSAMPLABLE = {Space.ACTIVATION: 8, Space.SCRATCH: 8, Space.RESIDUAL: 16}     # the memories' value bits
 GEMM_DESTINATIONS = (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES)
+# memories no unit but the load path writes: where a word spans several bus words, each is written into its lane
+LANE_WRITTEN = (Space.PARAMS,)
 
 
 def upsample_length(words, word_bytes: int):
@@ -60,8 +64,9 @@ class TransferPath(wiring.Component):
     taken while the path is idle), a port per memory (`port`: a write or a read port signature), and the words
     of the transfer, counted from the command's `base` (`fields`: the command's further fields)."""
 
-    def __init__(self, spaces: dict[Space, OnChip], kept, unit, axi, port, fields=None):
+    def __init__(self, spaces: dict[Space, OnChip], kept, unit, axi, port, fields=None, granularity=None):
         self.spaces = {space: spaces[space] for space in kept}
+        self.granularity = granularity or {}        # {space: bits a write enable covers}, where not the word
         self.unit = unit
         self.address_width = max(address_bits(memory.depth) for memory in self.spaces.values())
         super().__init__({
@@ -70,7 +75,9 @@ class TransferPath(wiring.Component):
                 "length": unsigned(24), **(fields or {})}))),
             "axi": Out(axi(unit.addr_width, 8 * unit.bus_bytes)),
             **{_port_name(space): In(port(addr_width=max(1, address_bits(memory.depth)),   # HIDDEN: one word
-                                          shape=unsigned(8 * memory.word_bytes)))
+                                          shape=unsigned(8 * memory.word_bytes),
+                                          **({"granularity": self.granularity[space]}
+                                             if space in self.granularity else {})))
                for space, memory in self.spaces.items()},
             "busy": Out(1),
             "error": Out(1),
@@ -97,19 +104,27 @@ class TransferPath(wiring.Component):
                         m.d.sync += words_left.eq((command.length + memory.word_bytes - 1) >> shift)
         return space, address, words_left, accepted
 
-    def _gearboxes(self, m, bus_to_words: bool, accepted) -> dict:
-        """A `Gearbox` between bus words and each memory word width: {width: (gearbox, spaces of that width,
-        whether the command's memory is one of them: a register set as the command is `accepted`)}."""
+    def _by_width(self, m, accepted, spaces) -> dict:
+        """`spaces` by word width: {width: (spaces of that width, whether the command's memory is one of them: a
+        register set as the command is `accepted`)}."""
         widths = {}
-        for space, memory in self.spaces.items():
-            widths.setdefault(memory.word_bytes, []).append(space)
-        bus, gearboxes = 8 * self.unit.bus_bytes, {}
-        for width, spaces in widths.items():
+        for space in spaces:
+            widths.setdefault(self.spaces[space].word_bytes, []).append(space)
+        groups = {}
+        for width, kept in widths.items():
             chosen = Signal(name=f"chosen{width}")
             with m.If(accepted):
-                m.d.sync += chosen.eq(Cat(*(self.command.payload.memory == space for space in spaces)).any())
-            gearboxes[width] = (Gearbox(bus, 8 * width) if bus_to_words else Gearbox(8 * width, bus), spaces, chosen)
-        return gearboxes
+                m.d.sync += chosen.eq(Cat(*(self.command.payload.memory == space for space in kept)).any())
+            groups[width] = (kept, chosen)
+        return groups
+
+    def _gearboxes(self, m, bus_to_words: bool, accepted) -> dict:
+        """A `Gearbox` between bus words and each memory word width (not the lane-written memories'): {width:
+        (gearbox, spaces of that width, whether the command's memory is one of them)}."""
+        bus = 8 * self.unit.bus_bytes
+        return {width: (Gearbox(bus, 8 * width) if bus_to_words else Gearbox(8 * width, bus), spaces, chosen)
+                for width, (spaces, chosen) in self._by_width(
+                    m, accepted, [space for space in self.spaces if space not in self.granularity]).items()}
 
 
 class LoadPath(TransferPath):
@@ -118,7 +133,10 @@ class LoadPath(TransferPath):
     the cycle after it leaves the gearbox; `busy` from the command until the last word is written."""
 
     def __init__(self, spaces: dict[Space, OnChip], reader: StreamReader):
-        super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature)
+        bus = reader.bus_bytes
+        lanes = {space: 8 * bus for space in LANE_WRITTEN if space in spaces and spaces[space].word_bytes > bus}
+        assert all(spaces[space].word_bytes % bus == 0 for space in lanes), "a lane-written word: whole bus words"
+        super().__init__(spaces, LOADABLE, reader, AXI4Read.Signature, WritePort.Signature, granularity=lanes)
 
     def elaborate(self, platform):
         m = Module()
@@ -145,6 +163,25 @@ class LoadPath(TransferPath):
                 port = getattr(self, _port_name(space))
                 m.d.sync += writing[space].eq(gearbox.output.valid & (target == space) & (words_left != 0))
                 m.d.comb += [port.addr.eq(write_address), port.data.eq(write_data), port.en.eq(writing[space])]
+        # the lane-written memories: each bus word into its lane (one-hot `lane`, from the first at each command),
+        # the word complete with its last lane's
+        for width, (spaces, chosen) in self._by_width(m, accepted, self.granularity).items():
+            ratio = width // reader.bus_bytes
+            lane = Signal(ratio, name=f"lane{width}", init=1)
+            lane_data = Signal.like(beat, name=f"lane_data{width}", reset_less=True)   # valid with the enables
+            m.d.sync += lane_data.eq(beat)
+            with m.If(accepted):
+                m.d.sync += lane.eq(1)
+            with m.If(chosen):
+                m.d.comb += [beat_ready.eq(1), word_valid.eq(beat_valid & lane[-1])]
+                with m.If(beat_valid):
+                    m.d.sync += lane.eq(lane.rotate_left(1))
+            for space in spaces:
+                port, enables = getattr(self, _port_name(space)), Signal(ratio, name=f"lanes_{space.name.lower()}")
+                here = beat_valid & chosen & (target == space) & (words_left != 0)
+                m.d.sync += [enables.eq(Mux(here, lane, 0)), writing[space].eq(here)]
+                m.d.comb += [port.addr.eq(write_address), port.data.eq(Cat(*[lane_data] * ratio)),
+                             port.en.eq(enables)]
         m.d.sync += write_address.eq(address)
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
