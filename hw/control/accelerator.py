@@ -147,6 +147,8 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
+        # PARAMS keeps of each column's 64-bit word its bias and fields alone (`PARAMETER_WORD`)
+        columns, kept = self.accel.array_cols, 32 + sum(bits for _, bits, _, _ in PARAMETER_WORD)
         from_slab = self.controller.gemm_touches.stationary == Space.WEIGHTS
         for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES,
                       Space.ROUTES):
@@ -159,14 +161,19 @@ class Accelerator(wiring.Component):
                 write, reader = storage.write, storage.read
                 wiring.connect(m, storage.shared, getattr(store, name))
             else:
-                storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
-                write, reader = storage.write_port(granularity=load.granularity.get(space)), storage.read_port()
+                shape, granularity = 8 * memory.word_bytes, load.granularity.get(space)
+                if space == Space.PARAMS:
+                    shape, granularity = columns * kept, granularity and kept
+                storage = m.submodules[name] = Memory(shape=shape, depth=memory.depth, init=[])
+                write, reader = storage.write_port(granularity=granularity), storage.read_port()
             # a unit's write port into a memory is named after its Space
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
                        if name in unit.signature.members]
             if writers:      # (a lane-written memory's only writer is the load path: its enables as they are)
                 m.d.comb += [write.en.eq(writers[0].en if len(writers) == 1 else Cat(*(w.en for w in writers)).any()),
-                             write.addr.eq(writers[0].addr), write.data.eq(writers[0].data)]
+                             write.addr.eq(writers[0].addr),
+                             write.data.eq(writers[0].data if space != Space.PARAMS else
+                                           Cat(*(writers[0].data[64 * c:64 * c + kept] for c in range(columns))))]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
@@ -191,11 +198,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += [reader.addr.eq(engine.row_read.addr), reader.en.eq(engine.row_read.en),
                              engine.row_read.data.eq(reader.data[:ROW_SCALE.size])]
             if space == Space.PARAMS:
-                m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en)]
-                fields = sum(bits for _, bits, _, _ in PARAMETER_WORD)
-                m.d.comb += engine.p_read.data.eq(Cat(*(Cat(reader.data[64 * c:64 * c + 32],
-                                                            reader.data[64 * c + 32:64 * c + 32 + fields])
-                                                        for c in range(self.accel.array_cols))))
+                m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en),
+                             engine.p_read.data.eq(reader.data)]
         wiring.connect(m, load.norms, norm.norms)
         m.d.comb += [self.controller.hidden_write.data.eq(load.hidden.data),
                      self.controller.hidden_write.en.eq(load.hidden.en)]
