@@ -20,13 +20,14 @@ class Drain(wiring.Component):
     `drain_lanes` `RequantizerLane`s (C by default; with fewer, a row enters them `drain_lanes` columns a cycle,
     in `drain_chunks` = C / `drain_lanes` cycles).
 
-    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register), then rows m = 0 … M − 1 issue (`issue`, one-cycle pulses) at most one per cycle, each
-    only while the output FIFO has a place (`room`, a register: the FIFO counts a place as taken from the issue),
-    `drain_chunks` cycles apart and, in GELU mode, at least ⌈C / gelu_lanes⌉. An issued row addresses the
-    accumulator on `drain_tile`, `drain_row` (its word back on `word` a cycle later, kept for the later chunks)
-    and the row-scale memory (`row_read`, read every cycle at `drain_row`: attention·V's per-row multiplier and
-    shift). `tile_drained` pulses with the tile's last row's issue, freeing its accumulator bank; `drain_tile`
-    is then the count of tiles drained. The next tile's parameters load once the last row's chunks have entered.
+    Per N tile j: its parameter word is read at p_base + j (`p_read`, into a register), then rows m = 0 … M − 1
+    issue (`issue`, one-cycle pulses) at most one per cycle, each only while the output FIFO has a place (`room`, a
+    register: the FIFO counts a place as taken from the issue), `drain_chunks` cycles apart and, in GELU mode, at
+    least ⌈C / gelu_lanes⌉. An issued row addresses the accumulator on `drain_tile`, `drain_row` (its word back on
+    `word` a cycle later, kept for the later chunks) and the row-scale memory (`row_read`, read every cycle at
+    `drain_row`: attention·V's per-row multiplier and shift). `tile_drained` pulses with the tile's last row's
+    issue, freeing its accumulator bank; `drain_tile` is then the count of tiles drained. The next tile's parameters
+    load once the last row's chunks have entered.
 
     `result` carries a row `drain_latency` = `DRAIN_STAGES` + `drain_chunks` − 1 cycles after its issue (valid
     for one cycle), with its columns' GELU formats; `arriving` says one arrives next cycle, `active` that a row is

@@ -25,17 +25,16 @@ class RequantizerLane(wiring.Component):
     [8]).
 
     Cycle 0 (with `word`): `bias`, the column's `multiplier` and `shift`, the row's `row_multiplier`, and the
-    command's flags; cycle 1: the row's `row_shift` (clamped to P = `product_width`). `row_scaled` takes the row's multiplier and shift instead of the column's;
-    `raw` passes word + bias unscaled (no rounding). `saturate` is one-hot over `saturation_widths`: the signed
-    width the value is clamped to (the drain's last, the accumulator's, for RAW); `relu` clamps at 0 too.
-    The flags hold for the whole command.
+    command's flags; cycle 1: the row's `row_shift` (clamped to P = `product_width`). `row_scaled` takes the row's
+    multiplier and shift instead of the column's; `raw` passes word + bias unscaled (no rounding). `saturate` is
+    one-hot over `saturation_widths`: the signed width the value is clamped to (the drain's last, the accumulator's,
+    for RAW); `relu` clamps at 0 too. The flags hold for the whole command.
 
     Stages, one register each so the lane meets timing on FPGA block RAMs and DSP blocks: the word, + bias, the
     product (a `WideMultiplier`: the DSPs' input and output registers and one beside them, two partial products
     when word + bias is wider than a DSP operand, one otherwise; × 1 for RAW), the product (the partials' sum),
     + 2^(shift−1) − 1 (decoded the stage before from the shift, which travels with the value, clamped to P; and
-    the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range
-    check, saturate.
+    the kept bit's byte), the kept bit, + kept bit, shift by bytes, by bits, the range check, saturate.
     No register is reset but `value`'s: the lane carries no valid bit, its user does.
     """
     LATENCY = REQUANTIZER_STAGES
