@@ -594,12 +594,15 @@ def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
 
 
 @pytest.mark.long(50)
-def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden):
+@pytest.mark.parametrize("bus", [64, 128])
+def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden, bus):
     """fc2's column parameters go into the PARAMS half fc1 does not read: watched cycle by cycle, the load path
-    writes PARAMS while the engine runs fc1, and the result stays bit-exact."""
+    writes PARAMS while the engine runs fc1, and the result stays bit-exact. A 64-bit bus carries a column's
+    parameters a beat, a 128-bit one two columns' (a lane's write enable covering both)."""
     images, tensors = golden
-    program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
-    accelerator = Accelerator.for_model(TINY, ACCEL)
+    accel = ACCEL.replace(dram_data_width=bus)
+    program = mlp_program(quantized, accel, 0, tensors[0]["blocks.0.mid"])
+    accelerator = Accelerator.for_model(TINY, accel)
     seen = {"overlapped": 0}
 
     class Watching(SimulatorTransport):
@@ -611,11 +614,11 @@ def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden)
     result = {}
 
     async def testbench(ctx):
-        result["run"] = await Driver(Watching(ctx, accelerator, DRAM_BYTES, latency=8), TINY, ACCEL).run(program)
+        result["run"] = await Driver(Watching(ctx, accelerator, DRAM_BYTES, latency=8), TINY, accel).run(program)
 
     run_simulation(accelerator, testbench)
     assert result["run"].ok and seen["overlapped"] > 0
-    assert np.array_equal(residual_from_bytes(result["run"].outputs["out"], TINY, ACCEL), tensors[0]["blocks.0.out"])
+    assert np.array_equal(residual_from_bytes(result["run"].outputs["out"], TINY, accel), tensors[0]["blocks.0.out"])
 
 
 @pytest.mark.parametrize("accel, parameter", [("4x8", "array_rows × array_cols"), ("3x3", "array_rows × array_cols")])

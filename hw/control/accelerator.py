@@ -46,7 +46,7 @@ from ..compute.gemm import GemmEngine
 from ..memory.arbiter import ReadArbiter
 from ..memory.axi import AXI4, AXI4Lite, AXI4Read, AXI4Write, join
 from ..memory.interleaved import InterleavedMemory
-from ..memory.layout import PARAMETER_WORD
+from ..memory.layout import HEADER_COLUMN_BYTES, PARAMETER_WORD
 from ..memory.loader import WeightLoader
 from ..memory.quiesce import AXI4Quiesce
 from ..memory.reader import StreamReader
@@ -147,11 +147,8 @@ class Accelerator(wiring.Component):
         """The on-chip memories and their ports, wired to the paths and the engine (NORMS lives in LayerNorm)."""
         engine, output, load, store, norm = self.engine, self.output, self.load_path, self.store_path, self.norm_path
         x_data = {}
-        # PARAMS keeps of each column's 64-bit word its bias and fields alone (`PARAMETER_WORD`)
-        columns, kept = self.accel.array_cols, 32 + sum(bits for _, bits, _, _ in PARAMETER_WORD)
         from_slab = self.controller.gemm_touches.stationary == Space.WEIGHTS
-        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.PARAMS, Space.SCORES, Space.ROW_SCALES,
-                      Space.ROUTES):
+        for space in (Space.ACTIVATION, Space.SCRATCH, Space.RESIDUAL, Space.SCORES, Space.ROW_SCALES, Space.ROUTES):
             memory, name = self.spaces[space], space.name.lower()
             if space in TWO_PORTED:      # the store path on port A with the writers (never at once), the rest on B
                 # (the array's operands, X and SCRATCH's stationary W, from registered outputs)
@@ -161,19 +158,14 @@ class Accelerator(wiring.Component):
                 write, reader = storage.write, storage.read
                 wiring.connect(m, storage.shared, getattr(store, name))
             else:
-                shape, granularity = 8 * memory.word_bytes, load.granularity.get(space)
-                if space == Space.PARAMS:
-                    shape, granularity = columns * kept, granularity and kept
-                storage = m.submodules[name] = Memory(shape=shape, depth=memory.depth, init=[])
-                write, reader = storage.write_port(granularity=granularity), storage.read_port()
+                storage = m.submodules[name] = Memory(shape=8 * memory.word_bytes, depth=memory.depth, init=[])
+                write, reader = storage.write_port(), storage.read_port()
             # a unit's write port into a memory is named after its Space
             writers = [getattr(unit, name) for unit in (load, output, norm, self.softmax_path)
                        if name in unit.signature.members]
-            if writers:      # (a lane-written memory's only writer is the load path: its enables as they are)
-                m.d.comb += [write.en.eq(writers[0].en if len(writers) == 1 else Cat(*(w.en for w in writers)).any()),
-                             write.addr.eq(writers[0].addr),
-                             write.data.eq(writers[0].data if space != Space.PARAMS else
-                                           Cat(*(writers[0].data[64 * c:64 * c + kept] for c in range(columns))))]
+            if writers:
+                m.d.comb += [write.en.eq(Cat(*(w.en for w in writers)).any()), write.addr.eq(writers[0].addr),
+                             write.data.eq(writers[0].data)]
             for other in writers[1:]:        # the scoreboard keeps writers of one memory apart in time
                 with m.If(other.en):
                     m.d.comb += [write.addr.eq(other.addr), write.data.eq(other.data)]
@@ -197,9 +189,7 @@ class Accelerator(wiring.Component):
             if space == Space.ROW_SCALES:
                 m.d.comb += [reader.addr.eq(engine.row_read.addr), reader.en.eq(engine.row_read.en),
                              engine.row_read.data.eq(reader.data[:ROW_SCALE.size])]
-            if space == Space.PARAMS:
-                m.d.comb += [reader.addr.eq(engine.p_read.addr), reader.en.eq(engine.p_read.en),
-                             engine.p_read.data.eq(reader.data)]
+        self._params(m)
         wiring.connect(m, load.norms, norm.norms)
         m.d.comb += [self.controller.hidden_write.data.eq(load.hidden.data),
                      self.controller.hidden_write.en.eq(load.hidden.en)]
@@ -211,6 +201,21 @@ class Accelerator(wiring.Component):
                      engine.w_read.data.eq(Mux(from_slab, self.loader.read.data, stationary.data))]
         m.d.comb += engine.x_read.data.eq(Mux(self.controller.gemm_touches.source == Space.SCRATCH,
                                               x_data[Space.SCRATCH], x_data[Space.ACTIVATION]))
+
+    def _params(self, m):
+        """PARAMS, written by LOADs alone: of each column's `HEADER_COLUMN_BYTES` DRAM word it keeps the bias and
+        the fields the engine reads (`PARAMETER_WORD`), a write enable a column: the load path's enable of the
+        lane (bus word) that carries the column, or its one enable where the bus carries whole words."""
+        load, read = self.load_path.params, self.engine.p_read
+        columns, column_bits = self.accel.array_cols, 8 * HEADER_COLUMN_BYTES
+        kept = 32 + sum(bits for _, bits, _, _ in PARAMETER_WORD)
+        lane_bits = len(load.data) // len(load.en)
+        storage = m.submodules.params = Memory(shape=columns * kept, depth=self.spaces[Space.PARAMS].depth, init=[])
+        write, reader = storage.write_port(granularity=kept), storage.read_port()
+        m.d.comb += [write.addr.eq(load.addr),
+                     write.en.eq(Cat(*(load.en[column_bits * c // lane_bits] for c in range(columns)))),
+                     write.data.eq(Cat(*(load.data[column_bits * c:column_bits * c + kept] for c in range(columns)))),
+                     reader.addr.eq(read.addr), reader.en.eq(read.en), read.data.eq(reader.data)]
 
     def _experts(self, m):
         """The router's token queues behind the engine's gather (fc1) or token and gate (COMBINE fc2) reads."""

@@ -146,6 +146,7 @@ class LoadPath(TransferPath):
         # each word is written from registers a cycle after it leaves its gearbox (the bus's handshake does not
         # reach the memories' ports)
         write_address = Signal.like(address)
+        # (a word being written into each memory: a register, a lane-written memory's any of its lanes' enables)
         writing = {space: Signal(name=f"writing_{space.name.lower()}") for space in self.spaces}
         # the bus's words pass a skid buffer first, so its handshake does not reach the gearboxes' registers either
         beat_valid, beat_ready, beat = Signal(), Signal(), Signal.like(reader.data.payload)
@@ -179,9 +180,9 @@ class LoadPath(TransferPath):
             for space in spaces:
                 port, enables = getattr(self, _port_name(space)), Signal(ratio, name=f"lanes_{space.name.lower()}")
                 here = beat_valid & chosen & (target == space) & (words_left != 0)
-                m.d.sync += [enables.eq(Mux(here, lane, 0)), writing[space].eq(here)]
+                m.d.sync += enables.eq(Mux(here, lane, 0))
                 m.d.comb += [port.addr.eq(write_address), port.data.eq(Cat(*[lane_data] * ratio)),
-                             port.en.eq(enables)]
+                             port.en.eq(enables), writing[space].eq(enables.any())]
         m.d.sync += write_address.eq(address)
         with m.If(word_valid & (words_left != 0)):
             m.d.sync += [address.eq(address + 1), words_left.eq(words_left - 1)]
