@@ -26,6 +26,7 @@ from golden.quantized import QuantizedModel
 from hw.compute.gemm.geometry import GemmMode
 from hw.control.isa import InstructionSet, Opcode, Space
 from hw.moe.router.gates import GateWeights
+from hw.moe.router.logits import SETTLE
 from hw.moe.router.topk import ExponentTopK
 
 from .assembler import Assembler, Instruction
@@ -431,7 +432,7 @@ class CycleModel:
       (`DRAIN_STAGES`) and the last N tile's M rows (d cycles a row; GELU: at least ⌈C / requant lanes⌉, then its
       pipeline); transposed output adds the corner turn's 2C − 4;
     - LayerNorm and the softmax: rows · max(the per-row statistics, the row's beats + the two-row buffer's gap);
-    - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 4) behind LayerNorm's rows, then top-k, the gate weights and the
+    - the router: per token ⌈E/E'⌉·(⌈D/d'⌉ + E' + 5) behind LayerNorm's rows, then top-k, the gate weights and the
       queues' prefix sums (the experts known: EXPERTS), then the queues (T·(k + 1): the gathering GEMMs);
     - DRAM reads: `_ReadPort`; a load path beat takes ⌈bus / the memory's word⌉ cycles to write;
     - a STORE or UPSAMPLE from SCRATCH and a GEMM with its stationary operand there wait for each other (one port).
@@ -468,7 +469,8 @@ class CycleModel:
         self.span = 1 << (words - 1).bit_length()
         e, macs = model.num_experts, accel.router_macs_per_cycle
         groups = min(e, macs)
-        self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + 4)
+        # a group's chunks, its logits written, the pipeline between (`SETTLE`) and the next token's start
+        self.router_token = tiles(e, groups) * (tiles(model.embed_dim, macs // groups) + groups + SETTLE + 1)
         # after the last token's logits: its top-k, its gate weights, the queues' prefix sums
         self.router_known = e + ExponentTopK.LATENCY + GateWeights.CYCLES_PER_TOKEN + e
         self.router_queues = model.num_tokens * (model.top_k + 1)

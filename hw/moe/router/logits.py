@@ -15,6 +15,8 @@ from .geometry import RouterGeometry
 
 __all__ = ["LogitUnit"]
 
+SETTLE = 4      # cycles from a group's last chunk read to its first logit written: operands, product, sum, accumulator
+
 
 class LogitUnit(wiring.Component):
     """Logits l = x · W of the task's router for each token of a layer, E' = min(E, macs) experts × d' =
@@ -26,7 +28,9 @@ class LogitUnit(wiring.Component):
     summed per expert, then the E' logits are written one per cycle into half h of the logits memory
     (`logit_write`, address h·E + expert) while a register keeps their maximum (the first expert's logit, then
     any strictly greater), copied into `l_max[h]` the cycle after `done` (valid from the second cycle after it,
-    and held until the half's next token is done). Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
+    and held until the half's next token is done). Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 4): a chunk's words
+    are registered as they leave the memories (the weights' block RAMs and the multiplexer of their blocks), then
+    multiplied (the multipliers' inputs from registers), summed and accumulated.
 
     Double buffer with the next stage: a token starts only into a half whose `full` bit is clear; `done`
     pulses the half's bit when its E logits are written. `command` (layer, task, tokens) is read in the cycle
@@ -83,7 +87,7 @@ class LogitUnit(wiring.Component):
         mac_half, mac_group, mac_chunk = Signal(), Signal(range(max(G, 2))), Signal(range(max(C, 2)))
         issuing, writing = Signal(), Signal()
         write_index = Signal(range(Eg + 1))
-        settle = Signal(range(4))
+        settle = Signal(range(SETTLE + 1))
         logits_half = Signal()             # the half written next
         token_done = Signal(2)             # halves of the token buffer released this cycle
         token_read = token_buffer.read_port()
@@ -96,22 +100,28 @@ class LogitUnit(wiring.Component):
         start_mac = ~mac_busy & filled.bit_select(mac_half, 1) & ~self.full.bit_select(logits_half, 1)
         with m.If(start_mac):
             m.d.sync += [mac_busy.eq(1), issuing.eq(1), mac_group.eq(0), mac_chunk.eq(0)]
-        # chunk (g, c) is read in one cycle, multiplied in the next, summed per expert, then accumulated
+        # chunk (g, c) is read in one cycle, its words registered in the next (`operands`), multiplied in the
+        # next, summed per expert, then accumulated
         read_valid, read_first = Signal(), Signal()
         m.d.sync += [read_valid.eq(issuing), read_first.eq(mac_chunk == 0)]
-        # (the products, sums and accumulators are data, valid with `product_valid`, `sum_valid` and `writing`:
-        # not reset)
+        # (the operands, products, sums and accumulators are data, valid with `operand_valid`, `product_valid`,
+        # `sum_valid` and `writing`: not reset)
+        token_operands = Signal(g.token_beat, reset_less=True)
+        weight_operands = Signal(g.weight_word, reset_less=True)
+        m.d.sync += [token_operands.eq(token_read.data), weight_operands.eq(weights_read.data)]
         products = [[Signal(signed(g.input_width + 8), name=f"product{e}_{j}", reset_less=True) for j in range(lanes)]
                     for e in range(Eg)]
         sums = [Signal(signed(g.input_width + 8 + lanes.bit_length()), name=f"sum{e}", reset_less=True)
                 for e in range(Eg)]
         accumulators = [Signal(signed(g.logit_width), name=f"acc{e}", reset_less=True) for e in range(Eg)]
+        operand_valid, operand_first = Signal(), Signal()
         product_valid, product_first, sum_valid, sum_first = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [product_valid.eq(read_valid), product_first.eq(read_first),
+        m.d.sync += [operand_valid.eq(read_valid), operand_first.eq(read_first),
+                     product_valid.eq(operand_valid), product_first.eq(operand_first),
                      sum_valid.eq(product_valid), sum_first.eq(product_first)]
         for e in range(Eg):
             for j in range(lanes):
-                m.d.sync += products[e][j].eq(token_read.data[j] * weights_read.data[e * lanes + j])
+                m.d.sync += products[e][j].eq(token_operands[j] * weight_operands[e * lanes + j])
             m.d.sync += sums[e].eq(sum(products[e]))
             with m.If(sum_valid):
                 m.d.sync += accumulators[e].eq(Mux(sum_first, 0, accumulators[e]) + sums[e])
@@ -121,7 +131,7 @@ class LogitUnit(wiring.Component):
         with m.If(issuing):
             m.d.sync += mac_chunk.eq(Mux(mac_chunk == C - 1, 0, mac_chunk + 1))
             with m.If(mac_chunk == C - 1):
-                m.d.sync += [issuing.eq(0), settle.eq(3)]
+                m.d.sync += [issuing.eq(0), settle.eq(SETTLE)]
         with m.If(settle != 0):
             m.d.sync += settle.eq(settle - 1)
             with m.If(settle == 1):

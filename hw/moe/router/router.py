@@ -3,7 +3,7 @@ token queues of one MoE layer, bit for bit `golden.ops.route` and `golden.model.
 
 Three stages work on three tokens at once, then one pass builds the queues:
 1. **Logits** (`LogitUnit`): `macs` multiply-accumulates per cycle as E' = min(E, macs) experts × d' = macs / E'
-   dims. Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 3).
+   dims. Cycles per token: ⌈E/E'⌉ · (⌈D/d'⌉ + E' + 4).
 2. **Exponentials and top-k** (`ExponentTopK`): one logit per cycle, a k-deep insertion sorter, the sum S over
    all E (`vmoe`) or, in the next stage, over the k winners (`noisy`). E + 13 cycles.
 3. **Gate weights** (`GateWeights`): 2^62 // S by restoring division, each quotient bit shifted and added into
@@ -37,7 +37,7 @@ from golden.config import AcceleratorConfig, ModelConfig
 from ...common.arith import address_bits, times_constant
 from .gates import GateWeights
 from .geometry import RouterGeometry
-from .logits import LogitUnit
+from .logits import SETTLE, LogitUnit
 from .queues import QueueBuilder
 from .topk import ExponentTopK
 
@@ -75,7 +75,7 @@ class Router(wiring.Component):
     @property
     def cycles_per_token(self) -> int:
         """The slowest stage's cycles per token (the stages overlap across tokens)."""
-        return max(self.groups * (self.chunks + self.group_experts + 3),
+        return max(self.groups * (self.chunks + self.group_experts + SETTLE),
                    self.num_experts + ExponentTopK.LATENCY - 1, GateWeights.CYCLES_PER_TOKEN)
 
     @staticmethod
