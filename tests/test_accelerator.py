@@ -594,11 +594,12 @@ def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
 
 
 @pytest.mark.long(50)
-@pytest.mark.parametrize("bus", [64, 128])
+@pytest.mark.parametrize("bus", [64, 128, 256])
 def test_the_next_matrix_parameters_load_while_a_product_runs(quantized, golden, bus):
     """fc2's column parameters go into the PARAMS half fc1 does not read: watched cycle by cycle, the load path
     writes PARAMS while the engine runs fc1, and the result stays bit-exact. A 64-bit bus carries a column's
-    parameters a beat, a 128-bit one two columns' (a lane's write enable covering both)."""
+    parameters a beat, a 128-bit one two columns' (a lane's write enable covering both), a 256-bit one the whole
+    word (one enable)."""
     images, tensors = golden
     accel = ACCEL.replace(dram_data_width=bus)
     program = mlp_program(quantized, accel, 0, tensors[0]["blocks.0.mid"])
