@@ -26,15 +26,17 @@ from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.flow.fit import TARGETS, FitError, fit_report, target
 from hw.flow.formal import PROOFS, FormalError
 from hw.control.isa import IsaError
+from hw.control.memories import check_top_level
 from hw.flow.synth import PLACE_AND_ROUTE_TARGETS, SynthError
 
 from golden.errors import CheckpointError
 from firmware.board import LinkError
+from firmware.compiler import CompileError
 from firmware.driver import DriverError
 from golden.files import atomic_open
 
 USER_ERRORS = (ConfigError, FitError, CheckpointError, QuantizedFileError, QuantizationError, SynthError, ImageError,
-               IsaError, LinkError, DriverError, SceneError)
+               IsaError, LinkError, DriverError, SceneError, CompileError)
 MAX_SEED = 2 ** 32 - 1
 
 
@@ -181,6 +183,7 @@ def fit_table() -> str:
             for target_name, fpga in TARGETS.items():
                 try:
                     report = fit_report(model, accel, fpga)
+                    check_top_level(model, accel)
                 except ConfigError as error:     # a preset the accelerator cannot run at all
                     rows.append(f"| {model_name} | {accel_name} | {target_name} | — | — | — | "
                                 f"no: `{error.parameter}` = {error.value}, {error.rule} |")
@@ -203,7 +206,9 @@ def cmd_fit(args) -> int:
     if args.table:
         print(fit_table())
         return 0
-    report = fit_report(model_preset(args.preset), accelerator_preset(args.accel), target(args.target))
+    model, accel = model_preset(args.preset), accelerator_preset(args.accel)
+    report = fit_report(model, accel, target(args.target))
+    check_top_level(model, accel)
     print(json.dumps(report.to_dict(), indent=2) if args.json else _format_fit(report.to_dict()))
     return 0 if report.fits else 1
 
@@ -349,7 +354,6 @@ def cmd_demo(args) -> int:
     else:
         config = model_preset(args.preset or "tiny")
         network, _ = load_float(config, 0, args.checkpoint)
-    from hw.control.memories import check_top_level
     accel = accelerator_preset(args.accel)
     check_compatible(config, accel)
     check_top_level(config, accel)
@@ -496,7 +500,6 @@ def cmd_header(args) -> int:
 def _backbone_inputs(args):
     """The model, accelerator, tasks, quantized model and image of `m3vit run` and the benches that share its
     options."""
-    from hw.control.memories import check_top_level
     model, accel = model_preset(args.preset), accelerator_preset(args.accel)
     check_compatible(model, accel)
     check_top_level(model, accel)
@@ -602,7 +605,6 @@ def cmd_bench_model(args) -> int:
     """The cycle model against the RTL (Verilator) per array and task: every layer's cycles and the whole
     inference's."""
     from firmware.cycles import compare
-    from hw.control.memories import check_top_level
     model = model_preset(args.preset)
     tasks = list(range(model.num_tasks)) if args.task == "all" else [model.task_index(args.task)]
     arrays = []
@@ -635,7 +637,6 @@ def cmd_bench_model(args) -> int:
 def cmd_report(args) -> int:
     """One configuration's performance report: every task's inference simulated (Verilator) and modelled."""
     from firmware.report import performance_report
-    from hw.control.memories import check_top_level
     from hw.flow.fit import target
     model = model_preset(args.preset)
     accel = accelerator_preset(args.accel)

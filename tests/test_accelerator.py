@@ -4,6 +4,7 @@ AXI4 channel included), runs back to back, every fault ending the run with its c
 holding a GEMM until its slab is in, the EXPERTS loop."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from firmware.driver import Driver, DriverError
 from firmware.run import run_lines
 from firmware.image import DramMap, residual_bytes, residual_from_bytes, routes_from_bytes, x_bytes
 from firmware.sim import SimulatorTransport, accelerator_for, simulate
-from golden.config import ConfigError, accelerator_preset, model_preset
+from golden.config import ACCELERATOR_PRESETS, MODEL_PRESETS, ConfigError, accelerator_preset, model_preset
 from golden.float_model import M3ViT, quantize_model
 from golden.images import natural_images
 from golden.model import run
@@ -26,7 +27,7 @@ from hw.control.accelerator import Accelerator
 from hw.control.datapath import UPSAMPLABLE
 from hw.compute.gemm.geometry import GemmMode, tiles
 from hw.compute.gemm.images import pack_w
-from hw.control.isa import ErrorCause, InstructionSet, Opcode, Operand, Region, Space, Stationary
+from hw.control.isa import ErrorCause, InstructionSet, IsaError, Opcode, Operand, Region, Space, Stationary
 from hw.control.memories import onchip_spaces
 from hw.control.registers import Control, Status, register
 from hw.memory.layout import matrix_layout
@@ -388,6 +389,35 @@ def test_the_experts_body_buffer_holds_the_body_the_configuration_compiles_to(mo
     bodies = [int(line.split("body=")[1].split()[0]) for line in run_lines(program) if line.startswith("EXPERTS")]
     depth = InstructionSet(model, accel).body_depth
     assert len(bodies) == len(model.moe_blocks) and max(bodies) <= depth < max(bodies) + 16
+
+
+# what the top level refuses of the presets, and the words naming why
+REFUSED = {("tiny", "32x32"): "the head dimension (16) a multiple of the array's columns",
+           ("m3vit-small-nyud", "4x4"): "the on-chip memories are too deep",
+           ("m3vit-small-nyud", "8x8"): "smaller than the narrowest slab",
+           ("m3vit-small-pascal", "4x4"): "the on-chip memories are too deep",
+           ("m3vit-small-pascal", "8x8"): "smaller than the narrowest slab"}
+
+
+@pytest.mark.parametrize("accel", ACCELERATOR_PRESETS)
+@pytest.mark.parametrize("model", MODEL_PRESETS)
+def test_every_preset_pair_compiles_its_whole_inference_or_is_refused_by_name(model, accel):
+    """Every model preset on every accelerator preset: the whole inference (the backbone, then every task's head)
+    compiles, or the configuration is refused up front with an error that names why. (The tiny model's
+    classifier ring once overflowed RESIDUAL on the default 16×16, and on 32×32 its 16-wide heads split qkv's Kᵀ
+    tiles: both were tracebacks from deep inside the compiler.)"""
+    config = model_preset(model)
+
+    def compile_inference():
+        image = np.zeros((config.in_channels, *config.image_size), np.int8)
+        return backbone_program(QuantizedModel.blank(config), accelerator_preset(accel), image, heads=True,
+                                listing=False)
+    if (model, accel) in REFUSED:
+        with pytest.raises((ConfigError, IsaError), match=re.escape(REFUSED[model, accel])):
+            compile_inference()
+    else:
+        program = compile_inference()
+        assert sorted(program.heads) == list(range(config.num_tasks))
 
 
 def _check_backbone(result, golden, accel=ACCEL, model=TINY):

@@ -47,6 +47,8 @@ CASES = [
     (["info", "--task", "99"], "task"),
     (["fit", "--accel", "0x0"], "accelerator"),
     (["fit", "--target", "zcu999"], "zcu999"),
+    (["fit", "--preset", TINY, "--accel", "32x32"], "the head dimension (16) a multiple of the array's columns"),
+    (["run", "--preset", TINY, "--accel", "32x32"], "the head dimension (16) a multiple of the array's columns"),
     (["elaborate", "gemm", "--array", "100000x100000", "-o", "{o}/rtl"], "at most 128"),
     (["elaborate", "gemm", "-o", "{f}/plain_file/rtl"], "not writable"),
     (["elaborate", "multiplier", "-o", "{o}/rtl"], "invalid choice"),

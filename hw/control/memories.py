@@ -67,6 +67,10 @@ def check_top_level(model: ModelConfig, accel: AcceleratorConfig) -> None:
     if r != c or r & (r - 1):
         raise ConfigError("array_rows × array_cols", f"{r}x{c}", "the top level wires a GEMM's output tiles "
                           "into the next one's K tiles, so it needs a square array of a power-of-two side")
+    if model.head_dim % c:
+        raise ConfigError("array_cols", c, f"qkv writes each of the {model.num_heads} heads' K through the corner-turn "
+                          f"as whole N tiles of Kᵀ, so the top level needs the head dimension ({model.head_dim}) a "
+                          "multiple of the array's columns")
     for name, size in (("array_rows", r), ("vector_lanes", accel.vector_lanes)):
         if model.embed_dim % size or accel.vector_lanes & (accel.vector_lanes - 1):
             raise ConfigError(name, size, f"the top level moves rows of {model.embed_dim} values in words of "
@@ -92,7 +96,7 @@ def onchip_spaces(model: ModelConfig, accel: AcceleratorConfig) -> dict[Space, O
         Space.ACTIVATION: OnChip(Space.ACTIVATION, r, plan["activation"].depth),
         Space.SCRATCH: OnChip(Space.SCRATCH, r, tiles(max(plan["scratch"].depth, x_words(model.patch_dim),
                                                           x_words(hidden)), feed_rows(accel)) * feed_rows(accel)),
-        Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, t * tiles(model.embed_dim, c)),
+        Space.RESIDUAL: OnChip(Space.RESIDUAL, 2 * c, plan["residual"].depth),    # or a head's classifier ring
         Space.PARAMS: OnChip(Space.PARAMS, HEADER_COLUMN_BYTES * c, 2 * n_tiles),     # two matrices, a half each
         # LayerNorm's two parameter sets: per beat of `vector_lanes` channels, γ (16 bits) and β (48 bits) for
         # its two outputs, `LayerNorm.params_layout`

@@ -78,6 +78,10 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     channels = lambda count: -(-count // accel.array_rows) * accel.array_rows      # noqa: E731
     last_row = channels(convs[-1].out_channels) * convs[-1].width // accel.array_rows   # words, the classifier's input
     ring_rows = [HEAD_RING_ROWS] * (len(convs) - 1) + [0 if head_row_in_activation(model) else 1]
+    # the classifier writes its int16 output rows into a ring of three in RESIDUAL, over the residual stream (which
+    # the head no longer reads)
+    classifier_ring = max(HEAD_RING_ROWS * -(-layers[-1].out_channels // c) * layers[-1].width
+                          for layers in map(model.head_layers, range(model.num_tasks)))
     head_bits = max((HEAD_BAND_ROWS * channels(conv.in_channels) * (index > 0) + rows * channels(conv.out_channels))
                     * conv.width * ow for index, (conv, rows) in enumerate(zip(convs, ring_rows)))
     router_weights = accel.router_layers_held(model) * model.num_tasks * model.num_experts * d * ow
@@ -86,7 +90,8 @@ def onchip_memories(model: ModelConfig, accel: AcceleratorConfig) -> list[Memory
     banks = feed_rows(accel)
     index_bits = max(1, (t - 1).bit_length())
     memories = [
-        Memory("residual", c * rw, t * -(-d // c), purpose="residual stream, every token", two_ports=True),
+        Memory("residual", c * rw, max(t * -(-d // c), classifier_ring),
+               purpose="residual stream, every token, or a task head's ring of classifier output rows", two_ports=True),
         Memory("activation", stream_width, max(t * (-(-d // accel.array_rows) + -(-t // accel.array_rows)),
                                                last_row if head_row_in_activation(model) else 0),
                purpose="LayerNorm output / attention output and one head's P, or a task head's last convolution "
