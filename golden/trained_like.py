@@ -425,10 +425,23 @@ class _Shaper:
             values = values.abs().reshape(-1, self.count, tokens.shape[0] // self.count)
             return values.transpose(0, 1).reshape(self.count, -1).double()
 
+        def image_squares(values):
+            values = values.reshape(-1, self.count, tokens.shape[0] // self.count)
+            return torch.linalg.vector_norm(values, dim=(0, 2), dtype=torch.float64) ** 2
+
+        body_pre, sink_values = pre[body], F.gelu(pre[quiet & ~body])
+        sink_squares = image_squares(sink_values)
+
         def set_body(g):
-            fc1_w[body], fc1_b[body] = g * body_w, g * body_b
-            quiet_values = torch.cat([per_image(F.gelu(g * pre[body])), per_image(F.gelu(pre[quiet & ~body]))], -1)
-            fixed["top"], fixed["squares"] = quiet_values.topk(largest, dim=-1).values, quiet_values.pow(2).sum(-1)
+            """The body units at gain g: their sum of squares per image now (the hidden's rms bisects on it), their
+            largest values when the tails ask (`body_top`), their weights once the gain is found."""
+            fixed.update(gain=g, squares=image_squares(F.gelu(g * body_pre)) + sink_squares, top=None)
+
+        def body_top():
+            if fixed["top"] is None:
+                values = torch.cat([per_image(F.gelu(fixed["gain"] * body_pre)), per_image(sink_values)], -1)
+                fixed["top"] = values.topk(largest, dim=-1).values
+            return fixed["top"]
 
         def loud_values():
             return torch.cat([F.gelu(tokens @ fc1_w[expert, rows].T + fc1_b[expert, rows]).abs()
@@ -439,7 +452,7 @@ class _Shaper:
 
         def hidden_tails():
             values = loud_values()
-            return _tails_from(torch.cat([fixed["top"], values], -1), fixed["squares"] + values.pow(2).sum(-1),
+            return _tails_from(torch.cat([body_top(), values], -1), fixed["squares"] + values.pow(2).sum(-1),
                                count)
 
         def output():
@@ -468,6 +481,7 @@ class _Shaper:
                 # a steeper slope, fewer units near the top: bisect on the negated percentile
                 _bisect_linear(set_knob("slope"), lambda: -hidden_tails()[1], -gelu_target[1], 0.0, 0.95)
         _bisect(set_knob("gain"), lambda: hidden_tails()[0], gelu_target[0], 0.01, 1000.0)
+        fc1_w[body], fc1_b[body] = fixed["gain"] * body_w, fixed["gain"] * body_b
         for _ in range(2):
             _bisect_linear(set_outlier_bias, lambda: self.tails(output())[1], out_target[1], -abs(outlier), 100.0)
             _bisect_linear(set_sink_row, lambda: self.spike_peak(output(), sign), out_target[0], -100.0, 100.0)
