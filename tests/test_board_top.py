@@ -139,17 +139,16 @@ def test_the_controller_and_the_units_take_no_domain_reset_in_the_units_domain()
 
 @pytest.mark.parametrize("kept", [True, False])
 def test_the_board_flow_keeps_the_copies_of_a_register(tmp_path, kept):
-    """The accumulator chooses each column's sum from a copy of its own of two flags; Yosys merges alike flip-flops,
-    so the board flow marks them `keep` after reading the RTLIL: with its script a copy of each flag per column,
-    without it one of each flag."""
+    """The GEMM engine's accumulator chooses each column's sum from a copy of its own of two flags; Yosys merges
+    alike flip-flops, so the board flow marks them `keep` after reading the RTLIL: with its script a copy of each
+    flag per column, without it one of each flag."""
     from amaranth.back import rtlil
+    from hw.compute.gemm import GemmEngine
     from hw.flow.board import _KEEP_COPIES
     from hw.flow.export import require_tool
-    accel = accelerator_preset("4x4")
-    accelerator = Accelerator.for_model(model_preset("tiny"), accel)
-    (tmp_path / "top.il").write_text(rtlil.convert(accelerator, name="top"))
-    counts = [(f"{KEPT_COPY}first*", accel.array_cols if kept else 1),
-              (f"{KEPT_COPY}collided*", accel.array_cols if kept else 1)]
+    columns = 4
+    (tmp_path / "top.il").write_text(rtlil.convert(GemmEngine(4, columns, max_m=40, max_k=40, max_n=40), name="top"))
+    counts = [(f"{KEPT_COPY}first*", columns if kept else 1), (f"{KEPT_COPY}collided*", columns if kept else 1)]
     script = ("read_rtlil top.il; " + (f"{_KEEP_COPIES}; " if kept else "") + "proc; opt_merge; opt_clean; "
               + "; ".join(f"tee -q -a count.txt select -count w:{wires} %ci1:+$dff[Q] t:$dff %i"
                           for wires, _ in counts))
