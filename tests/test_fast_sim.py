@@ -44,11 +44,11 @@ def _drive(bench, cases, seed, ready_probability):
 def test_same_results_and_cycles_as_the_python_simulator():
     rng = np.random.default_rng(11)
     cases = _cases(rng, 8, 10)
-    engine = GemmEngine(3, 5, max_m=10, max_k=10, max_n=10)
-    python_bench = GemmBench(engine)
+    # the engine of `test_many_cases_up_to_40_cubed[3-5]`: one Verilator build for both
+    python_bench = GemmBench(GemmEngine(3, 5, max_m=40, max_k=40, max_n=40))
     testbench, python_results = _drive(python_bench, cases, 3, 0.6)
     simulate(python_bench, testbench)
-    fast_bench = GemmModelBench(GemmEngine(3, 5, max_m=10, max_k=10, max_n=10))
+    fast_bench = GemmModelBench(GemmEngine(3, 5, max_m=40, max_k=40, max_n=40))
     testbench, fast_results = _drive(fast_bench, cases, 3, 0.6)
     run(fast_bench.context, testbench)
     for (python_y, python_cycles), (fast_y, fast_cycles), case in zip(python_results, fast_results, cases):
@@ -125,6 +125,13 @@ def test_build_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
     Verilated(_Wide(), "wide")  # a real build: its library stays, Verilator's object files go
     (build,) = tmp_path.glob("wide-*")
     assert (build / "model.so").exists() and not (build / "obj").exists()
+    # Verilator's run-time library, built with the first design, serves the next, and is never pruned
+    (runtime,) = tmp_path.glob("runtime-*/libverilated.a")
+    built = runtime.stat().st_mtime_ns
+    monkeypatch.setattr(verilator, "CACHE_ENTRIES", 1)
+    os.utime(runtime.parent, (hour_ago, hour_ago))
+    Verilated(_Counter(5), "counter")
+    assert list(tmp_path.glob("runtime-*/libverilated.a")) == [runtime] and runtime.stat().st_mtime_ns == built
 
 
 class _Counter(wiring.Component):
