@@ -1,6 +1,6 @@
-"""The fit plan against Yosys: the accelerator of the `tiny` preset on a 4×4 array, synthesized for the ULX3S-85F,
-its block RAMs counted memory by memory against the plan's, and its multipliers unit by unit (docs/architecture.md,
-section 9). About three minutes."""
+"""The fit plan against Yosys: the accelerator of the `tiny` preset on a 4×4 array, synthesized for the ULX3S-85F
+through its memory mapping (`blocks_netlist`), its block RAMs counted memory by memory against the plan's, and its
+multipliers unit by unit (docs/architecture.md, section 9). About a minute."""
 
 import re
 
@@ -8,7 +8,7 @@ from golden.config import accelerator_preset, model_preset
 from hw.control.accelerator import Accelerator
 from hw.flow.board import blocks_by_memory
 from hw.flow.fit import fit_report, target
-from hw.flow.synth import synthesized_netlist
+from hw.flow.synth import blocks_netlist
 
 # The plan's memories, by the names of what the top level builds for them (a regular expression each).
 BUILT_AS = {
@@ -34,7 +34,7 @@ UNIT_TABLES = r"engine\.gelu_path\.gelu\.table\d+|norm_path\.layernorm\.params\d
 
 def test_the_plan_counts_what_synthesis_builds():
     model, accel, ecp5 = model_preset("tiny"), accelerator_preset("4x4"), target("ulx3s-85f")
-    cells, netlist = synthesized_netlist(Accelerator.for_model(model, accel), "top")
+    cells, netlist = blocks_netlist(Accelerator.for_model(model, accel), "top")
     (kind,) = (block.name for block in ecp5.memory_blocks)
     built = blocks_by_memory(netlist, {kind})
     assert sum(built.values()) == cells[kind]
