@@ -689,12 +689,11 @@ def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, g
 
     results = []
 
-    async def testbench(ctx):
-        results.append(await Driver(Watching(ctx, accelerator, DRAM_BYTES, latency=9), TINY, ACCEL).run(
-            program, issues=count))
-
     async def host(transport):
         return await Driver(transport, TINY, ACCEL).run(program, issues=count)
+
+    async def testbench(ctx):
+        results.append(await host(Watching(ctx, accelerator, DRAM_BYTES, latency=9)))
 
     run_simulation(accelerator, testbench)
     results.append(simulate(accelerator, host, DRAM_BYTES, simulator="verilator", latency=9))
