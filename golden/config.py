@@ -398,11 +398,17 @@ def check_compatible(model: ModelConfig, accel: AcceleratorConfig) -> None:
 
 
 def config_hash(model: ModelConfig, accel: AcceleratorConfig) -> int:
-    """32 bits that name the pair (the first four bytes of the SHA-256 of their canonical JSON, big-endian):
-    the hardware reports the hash it was generated from (`CONFIG_HASH`), the driver refuses a program and a
-    DRAM image built for another."""
-    text = json.dumps({"model": model.to_dict(), "accelerator": accel.to_dict()}, sort_keys=True,
-                      separators=(",", ":"))
+    """32 bits that name the hardware the pair builds (the first four bytes of the SHA-256 of their canonical
+    JSON, big-endian): the hardware reports the hash it was generated from (`CONFIG_HASH`), the driver refuses a
+    program and a DRAM image built for another. What only labels or restates a value is left out, so that two
+    configurations of the same hardware share their hash (and so their Verilog): the two `name`s, and
+    `token_block` is taken as the rows a block holds (`tokens_per_block`: None and any value from the model's
+    tokens up are the same)."""
+    hardware = {"model": model.to_dict(), "accelerator": accel.to_dict()}
+    for part in hardware.values():
+        del part["name"]
+    hardware["accelerator"]["token_block"] = accel.tokens_per_block(model)
+    text = json.dumps(hardware, sort_keys=True, separators=(",", ":"))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 

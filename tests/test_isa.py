@@ -153,6 +153,12 @@ def test_config_hash_names_the_configuration():
     hashes = {config_hash(TINY, a), config_hash(TINY, b), config_hash(SMALL, a), config_hash(TINY, a.replace(
         dram_outstanding=a.dram_outstanding + 1))}
     assert len(hashes) == 4 and all(0 <= h < 1 << 32 for h in hashes)
+    # the same hardware however it is named or its query blocks written; blocks of fewer rows are other hardware
+    tokens = TINY.num_tokens
+    assert a.token_block > tokens and config_hash(TINY, a) == config_hash(
+        TINY.replace(name="renamed"), a.replace(name="renamed", token_block=None)) == config_hash(
+        TINY, a.replace(token_block=tokens))
+    assert config_hash(TINY, a.replace(token_block=tokens - 1)) != config_hash(TINY, a)
 
 
 _C_ENCODER = r"""

@@ -7,7 +7,7 @@ import pytest
 
 from firmware.cycles import estimate
 from firmware.sweep import AXES, Point, evaluate, grid, load_records, pareto, run_sweep, select
-from golden.config import model_preset
+from golden.config import accelerator_preset, config_hash, model_preset
 from m3vit.cli import main
 
 TINY_AXES = {"array": (4, 8), "weight_buffer_bytes": (16 * 1024,), "dram_data_width": (64, 128),
@@ -176,7 +176,10 @@ def test_verify_simulates_a_point_against_the_model(tmp_path, monkeypatch, threa
     monkeypatch.setenv(JOBS_VARIABLE, "2")                        # the worker's setting is undone after
     model = model_preset("tiny")
     quantize_model(M3ViT.trained_like(model, seed=2), natural_images(model, 4, 1)).save(tmp_path / "q.npz")
-    record = evaluate(Point("tiny", 4, 16 * 1024, 64, 1, 2))
+    point = Point("tiny", 4, 16 * 1024, 64, 1, 2)
+    # the 4×4 preset's hardware under another name: the session's other tests built its Verilator model
+    assert config_hash(model, point.accel()) == config_hash(model, accelerator_preset("4x4"))
+    record = evaluate(point)
     (result,) = verify([record], {"tiny": str(tmp_path / "q.npz")}, tmp_path)
     assert result["key"] == record["key"] and result["head"] is False
     assert result["total_error"] == pytest.approx((result["model_cycles"] - result["cycles"]) / result["cycles"])
