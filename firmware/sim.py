@@ -188,10 +188,10 @@ SIMULATORS = ("pysim", "verilator", "board")
 BOARD_DIVISOR = 4           # the simulated board's UART cycles a bit: the fewest it takes (the board's: 7)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def accelerator_for(model, accel) -> Accelerator:
-    """`Accelerator.for_model(model, accel)`, one per process for each pair: a simulation may reuse it, and the
-    fast simulator converts it to Verilog once."""
+    """`Accelerator.for_model(model, accel)`, one per process for each of the last four pairs: a simulation may
+    reuse it, and the fast simulator converts it to Verilog once (half a minute for the tiny 4×4 one)."""
     return Accelerator.for_model(model, accel)
 
 

@@ -462,44 +462,37 @@ def test_the_backbone_is_bit_exact_for_every_task_back_to_back_in_verilator(quan
     assert loaded < len(program.model) + len(program.image) + 16 * len(program.words)  # inactive experts stay in DRAM
 
 
-@pytest.mark.long(70)
-def test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_small_slabs_a_narrow_drain_and_query_blocks(
-        quantized):
-    """A weight feed of two array rows a cycle: slab tiles load in half the cycles, and SCRATCH sits in two banks
-    so that attention's Kᵀ and V (the stationary operand there) come two rows a read too; under stalls. Slab
-    buffers of 1.5 KiB split every matrix past qkv into slabs, an expert's fc2 (64 × 32, 2 KiB) into two: each
-    slab's COMBINE GEMM adds into the residual from its own first N tile (`d_base`). The engine's drain has two
-    lanes, half the columns: every output mode (GELU, COMBINE, the per-row scales of P·V) a row in two chunks.
-    Token blocks of 5 query rows for attention's 17 tokens: per head Q·Kᵀ, the softmax and P·V block by block
-    (5, 5, 5, 2 rows), eight blocks alternating between SCORES' halves, each half only a block's rows; the other
-    products on every token at once. PARAMS on a 128-bit bus: a lane covers two columns."""
-    accel = ACCEL.replace(weight_feed_bytes=2 * ACCEL.array_cols, weight_buffer_bytes=1536, drain_lanes=2,
-                          dram_data_width=128, token_block=5)
-    fc2 = matrix_layout(TINY.expert_hidden, TINY.embed_dim, accel)
-    assert [slab.first_tile for slab in fc2.slabs] == [0, 6]
-    assert onchip_spaces(TINY, accel)[Space.SCORES].depth == 2 * 5 * -(-TINY.num_tokens // accel.array_cols)
-    image = quantize_image(quantized, natural_images(TINY, 1, 9)[0])
-    golden = run(quantized, image, 1)
-    program = backbone_program(quantized, accel, image)
-    softmaxes = [line for line in program.text.splitlines() if line.startswith("SOFTMAX")]
-    assert [int(line.split("rows=")[1].split()[0]) for line in softmaxes] == [5, 5, 5, 2] * TINY.num_heads * TINY.depth
-    (result,) = _run([program], "verilator", tasks=[1], accel=accel, latency=10, stall=0.15, seed=8)
-    _check_backbone(result, golden, accel)
-
-
-@pytest.mark.long(40)
-def test_router_weights_of_two_layers_at_a_time_are_bit_exact():
-    """A router holding two MoE layers' weights (`router_weights_resident` off) for three MoE layers: each
-    layer's weights load into set layer mod 2 while the layer before routes; the whole backbone of every task,
-    back to back in Verilator under stalls, bit-exact; every router weight read once per run, none at a start-up;
-    a ROUTE past the model's MoE layers refused."""
+@pytest.mark.long(80)
+def test_the_backbone_is_bit_exact_with_every_option_off_its_default():
+    """Every option off its default in one design, under stalls, the whole backbone of every task back to back in
+    Verilator, bit-exact:
+    - a weight feed of two array rows a cycle: slab tiles load in half the cycles, and SCRATCH sits in two banks
+      so that attention's Kᵀ and V (the stationary operand there) come two rows a read too;
+    - slab buffers of 1.5 KiB split every matrix past qkv into slabs, an expert's fc2 (64 × 32, 2 KiB) into two:
+      each slab's COMBINE GEMM adds into the residual from its own first N tile (`d_base`);
+    - the engine's drain has two lanes, half the columns: every output mode (GELU, COMBINE, the per-row scales of
+      P·V) a row in two chunks;
+    - token blocks of 5 query rows for attention's 17 tokens: per head Q·Kᵀ, the softmax and P·V block by block
+      (5, 5, 5, 2 rows), eight blocks alternating between SCORES' halves, each half only a block's rows; the
+      other products on every token at once;
+    - PARAMS on a 128-bit bus: a lane's write enable covers two columns;
+    - a router holding two MoE layers' weights (`router_weights_resident` off) for three MoE layers: each layer's
+      weights load into set layer mod 2 while the layer before routes; every router weight read once per run,
+      none at a start-up; a ROUTE past the model's MoE layers refused."""
     model = dataclasses.replace(TINY, moe_blocks=(1, 2, 3))
-    accel = ACCEL.replace(router_weights_resident=False, dram_data_width=256)
+    accel = ACCEL.replace(weight_feed_bytes=2 * ACCEL.array_cols, weight_buffer_bytes=1536, drain_lanes=2,
+                          dram_data_width=128, token_block=5, router_weights_resident=False)
+    fc2 = matrix_layout(model.expert_hidden, model.embed_dim, accel)
+    assert [slab.first_tile for slab in fc2.slabs] == [0, 6]
+    assert onchip_spaces(model, accel)[Space.SCORES].depth == 2 * 5 * -(-model.num_tokens // accel.array_cols)
     assert accel.router_layers_held(model) == 2 and onchip_spaces(model, accel)[Space.ROUTER].depth * 3 \
         == onchip_spaces(model, ACCEL)[Space.ROUTER].depth * 2
     quantized = quantize_model(M3ViT.trained_like(model, seed=1), natural_images(model, 8, 11))
     image = quantize_image(quantized, natural_images(model, 1, 9)[0])
     program = backbone_program(quantized, accel, image)
+    softmaxes = [line for line in program.text.splitlines() if line.startswith("SOFTMAX")]
+    assert [int(line.split("rows=")[1].split()[0]) for line in softmaxes] == [5, 5, 5, 2] * model.num_heads \
+        * model.depth
     assert program.entry == 0        # no start-up: nothing stays resident
     assembler = ProgramBuilder(quantized, accel).assembler
     loads = [assembler.decode(word) for word in program.words]
@@ -672,9 +665,7 @@ def test_verilator_agrees_with_the_python_simulator_cycle_for_cycle(quantized, g
     cycle in Python: fc2's column parameters go into the PARAMS half fc1 does not read, the load path writing
     PARAMS while the engine runs fc1. (A wider bus carries several columns' parameters a beat, a lane's write
     enable covering them: the whole backbone runs bit-exact on a 128-bit bus in
-    `test_the_backbone_is_bit_exact_with_two_rows_a_weight_feed_word_small_slabs_a_narrow_drain_and_query_blocks`
-    and on a 256-bit one, the whole word a single enable, in
-    `test_router_weights_of_two_layers_at_a_time_are_bit_exact`.)"""
+    `test_the_backbone_is_bit_exact_with_every_option_off_its_default`.)"""
     _, tensors = golden
     program = mlp_program(quantized, ACCEL, 0, tensors[0]["blocks.0.mid"])
     count = len(program.words)
