@@ -224,3 +224,29 @@ def test_bad_image_and_task(tiny_model):
         tiny_model(torch.zeros(1, 3, 16, 32))
     with pytest.raises(ValueError, match=r"task = 2: must be a task index in \[0, 2\)"):
         tiny_model(torch.zeros(1, 3, 32, 32), 2)
+
+
+def test_shaping_calibration_and_the_reference_run_on_one_thread(monkeypatch):
+    """The synthetic model's shaping, calibration and the float reference see one torch thread (a reduction split
+    among threads sums in another order: the same seed would give another model on a machine of another core
+    count), and the caller's thread count comes back after each."""
+    import numpy as np
+
+    import golden.trained_like
+    from golden.float_model import calibrate, float_inference
+    seen = []
+    monkeypatch.setattr(golden.trained_like, "shape_like_trained", lambda model, seed: seen.append(
+        torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = M3ViT.trained_like(TINY, 0)
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda *args, **kwargs: seen.append(torch.get_num_threads())
+                            or forward(*args, **kwargs))
+        image = np.random.default_rng(0).random((1, 3, *TINY.image_size), np.float32)
+        calibrate(model, image, tasks=[0])
+        float_inference(model, image[0])
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
