@@ -4,6 +4,7 @@ same cycle counts, on a small engine; then many cases at a size the Python simul
 import numpy as np
 import pytest
 from amaranth import Module, Signal, signed, unsigned
+from amaranth.hdl import Assert
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -135,11 +136,12 @@ def test_build_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
 
 
 class _Counter(wiring.Component):
-    """Counts from 3 each cycle; `reached` while the count is `target`."""
+    """Counts from 3 each cycle; `reached` while the count is `target`. With `forbidden`, asserts at each edge that
+    the count is not that."""
     reached: Out(1)
 
-    def __init__(self, target):
-        self.target = target
+    def __init__(self, target, forbidden=None):
+        self.target, self.forbidden = target, forbidden
         super().__init__()
 
     def elaborate(self, platform):
@@ -147,6 +149,8 @@ class _Counter(wiring.Component):
         count = Signal(8, init=3)
         m.d.sync += count.eq(count + 1)
         m.d.comb += self.reached.eq(count == self.target)
+        if self.forbidden is not None:
+            m.d.sync += Assert(count != self.forbidden, f"the count reached {self.forbidden}")
         return m
 
 
@@ -160,6 +164,31 @@ def test_tick_until_stops_after_the_edge_that_raises_the_port():
     assert model.tick_until(model.component.reached, 10) == 10      # the count is 13
     assert model.tick_until(model.component.reached, 100) == 27     # 40 after 27 more edges
     assert model.get(model.component.reached) == 1 and model.cycles == 37
+
+
+def test_a_failed_assertion_raises_in_either_simulator_and_the_process_goes_on():
+    """Verilator ends the process at a failed assertion; the harness stops the ticks there and raises
+    `AssertionError` with the assertion's message, as Amaranth's simulator does."""
+    for simulator in ("pysim", "verilator"):
+        component = _Counter(255, forbidden=5)
+
+        async def testbench(ctx):
+            await ctx.tick()                        # the edges at counts 3 and 4
+            await ctx.tick()
+            await ctx.tick()
+
+        with pytest.raises(AssertionError, match="^Assertion violated: the count reached 5") as error:
+            if simulator == "pysim":
+                simulate(component, testbench)
+            else:
+                run(VerilatorContext(Verilated(component, "checked")), testbench)
+    assert "of the verilated _Counter, in cycle 3)" in str(error.value)
+    for ticks in ("tick", "tick_until"):
+        model = Verilated(_Counter(255, forbidden=7), "checked")
+        model.tick(1)
+        with pytest.raises(AssertionError, match="reached 7 .* in cycle 5"):
+            model.tick(100) if ticks == "tick" else model.tick_until(model.component.reached, 1000)
+        assert model.cycles == 5
 
 
 def test_pack_leaves_a_field_out_as_amaranth_does():

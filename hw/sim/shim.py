@@ -36,9 +36,22 @@ struct Device {{
 }};
 struct Sim {{
   V{top} top; std::vector<Memory> memories; std::vector<Device *> devices;
+  std::string stopped;        /* the file:line of the design's first failed assertion */
   ~Sim() {{ for (Device *d : devices) delete d; }}
-  bool failed() const {{ for (const Device *d : devices) if (!d->error.empty()) return true; return false; }}
+  bool failed() const {{
+    if (!stopped.empty()) return true;
+    for (const Device *d : devices) if (!d->error.empty()) return true;
+    return false;
+  }}
 }};
+/* The model being evaluated. A failed assertion ($stop) calls `vl_stop` (the run-time library is built without
+   its own, `VL_USER_STOP`): it is noted in that model, and the ticks stop, where Verilator's would end the
+   process. */
+static Sim *evaluating = nullptr;
+void vl_stop(const char *filename, int linenum, const char *) {{
+  if (evaluating && evaluating->stopped.empty())
+    evaluating->stopped = std::string(filename) + ":" + std::to_string(linenum);
+}}
 
 static void set_port(V{top} *t, int port, const uint32_t *w) {{
   switch (port) {{
@@ -57,7 +70,7 @@ static void set1(Sim *s, int port, uint32_t value) {{ uint32_t w[2] = {{value, 0
 extern "C" {{
 void *sim_new() {{ return new Sim; }}
 void sim_delete(void *h) {{ delete static_cast<Sim *>(h); }}
-void sim_eval(void *h) {{ static_cast<Sim *>(h)->top.eval(); }}
+void sim_eval(void *h) {{ evaluating = static_cast<Sim *>(h); evaluating->top.eval(); }}
 void sim_set(void *h, int port, const uint32_t *w) {{ set_port(&static_cast<Sim *>(h)->top, port, w); }}
 void sim_get(void *h, int port, uint32_t *w) {{ get_port(&static_cast<Sim *>(h)->top, port, w); }}
 int sim_add_memory(void *h, int addr, int en, int data, int words, int depth, int latency) {{
@@ -71,11 +84,13 @@ void sim_store(void *h, int memory, int address, const uint32_t *w) {{
   for (int i = 0; i < m.words; i++) m.storage[(size_t)address * m.words + i] = w[i];
 }}
 const char *sim_device_error(void *device) {{ return static_cast<Device *>(device)->error.c_str(); }}
+const char *sim_stopped(void *h) {{ return static_cast<Sim *>(h)->stopped.c_str(); }}
 }}
 /* One rising edge, two evaluations: the clock low with the devices' outputs for this cycle (the design's
    combinational answer to them is what the devices and the memories sample), then the clock high. */
 static void tick(Sim *s, int clock) {{
   uint32_t one = 1, zero = 0, address[2], enable[2];
+  evaluating = s;
   set_port(&s->top, clock, &zero);
   for (Device *d : s->devices) if (d->error.empty()) d->drive(s);
   s->top.eval();
@@ -104,11 +119,15 @@ static void tick(Sim *s, int clock) {{
   for (Device *d : s->devices) if (d->error.empty()) {{ d->advance(s); d->cycle++; }}
 }}
 extern "C" {{
-void sim_tick(void *h, int clock, int cycles) {{
-  for (int cycle = 0; cycle < cycles; cycle++) tick(static_cast<Sim *>(h), clock);
+/* `cycles` rising edges, or up to the first that fails an assertion; how many ran. */
+int sim_tick(void *h, int clock, int cycles) {{
+  Sim *s = static_cast<Sim *>(h);
+  int cycle = 0;
+  while (cycle < cycles && s->stopped.empty()) {{ tick(s, clock); cycle++; }}
+  return cycle;
 }}
 /* Up to `cycles` rising edges, stopping after the first that leaves bit 0 of port `until` high (or at a device's
-   rule broken); the edges run. */
+   rule broken, or an assertion failed); the edges run. */
 long long sim_tick_until(void *h, int clock, int until, long long cycles) {{
   Sim *s = static_cast<Sim *>(h);
   uint32_t value[2];

@@ -13,7 +13,8 @@ port, as `lib.memory` builds one).
 The design is never reset: it is built without a reset (`hw.flow.export.simulation_verilog`) and its registers
 start at their initial values, as after a reset. Each cycle is two evaluations (the clock low with the inputs of the
 cycle, then high), and with no logic on a reset input Verilator's input-driven logic is only what the ports
-themselves drive.
+themselves drive. A failed `Assert` of the design stops the ticks at the edge that failed it and raises
+`AssertionError` with its message, as Amaranth's simulator does (Verilator's own would end the process).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -102,6 +104,9 @@ class Verilated:
         self._lib.sim_tick_until.restype = ctypes.c_longlong
         self._lib.sim_device_error.argtypes = [ctypes.c_void_p]
         self._lib.sim_device_error.restype = ctypes.c_char_p
+        self._lib.sim_stopped.argtypes = [ctypes.c_void_p]
+        self._lib.sim_stopped.restype = ctypes.c_char_p
+        self._verilog = verilog
         self._devices = []
         self._handle = self._lib.sim_new()
         self._words = (ctypes.c_uint32 * max(2, (max(len(s) for s in signals) + 31) // 32))()
@@ -168,8 +173,7 @@ class Verilated:
     def tick(self, cycles: int = 1) -> None:
         """`cycles` rising edges; memories added with `add_memory` and native devices serve their ports on
         each."""
-        self._lib.sim_tick(self._handle, self._clock, cycles)
-        self.ran(cycles)
+        self.ran(self._lib.sim_tick(self._handle, self._clock, cycles))
 
     def tick_until(self, port, cycles: int) -> int:
         """Rising edges until one leaves the one-bit `port` high, at most `cycles`; how many ran. The whole loop
@@ -183,10 +187,24 @@ class Verilated:
         settled, and a device's rule broken on them raises."""
         self._dirty = False
         self.cycles += cycles
+        stopped = self._lib.sim_stopped(self._handle).decode()
+        if stopped:
+            raise AssertionError(f"Assertion violated: {self._assertion(stopped)} ({stopped} of the verilated "
+                                 f"{type(self.component).__name__}, in cycle {self.cycles:,})")
         for device, error in self._devices:
             message = self._lib.sim_device_error(device)
             if message:
                 raise error(message.decode())
+
+    def _assertion(self, location: str) -> str:
+        """The message of the assertion at `location` (file:line of the model's Verilog: Yosys writes it a line or
+        two before, `$write("message")` under the assertion's own condition)."""
+        line = int(location.rsplit(":", 1)[1])
+        for text in reversed(self._verilog.splitlines()[max(0, line - 3):line - 1]):
+            found = re.search(r'\$write\("(.*)"\);', text)
+            if found:
+                return found[1]
+        return "an assertion of the design failed"
 
     def add_memory(self, memory: "ModelMemory", port) -> None:
         """Serve the component's read port `port` (addr, en, data) from `memory`, natively."""
@@ -198,7 +216,7 @@ class Verilated:
 
 # Verilator's options and the variables of its makefile, the same for every design (the run-time library is
 # shared on that ground)
-VERILATOR_FLAGS = ("--output-groups", "0", "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-fPIC")
+VERILATOR_FLAGS = ("--output-groups", "0", "-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-fPIC", "-CFLAGS", "-DVL_USER_STOP")
 MAKE_VARIABLES = ("CFG_CXXFLAGS_PCH_I=-include", f"OPT_FAST={CXX_OPTIONS}", f"OPT_GLOBAL={CXX_OPTIONS}", "OPT_SLOW=-O0")
 
 
