@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden.config import config_hash
 from hw.board.system import BoardSystem
 from hw.board.top import DEFAULT_CLOCK_HZ
 from hw.control.accelerator import Accelerator
@@ -188,11 +189,20 @@ SIMULATORS = ("pysim", "verilator", "board")
 BOARD_DIVISOR = 4           # the simulated board's UART cycles a bit: the fewest it takes (the board's: 7)
 
 
-@functools.lru_cache(maxsize=4)
+_ACCELERATORS: dict[int, Accelerator] = {}     # config_hash → its accelerator, the least recently used first
+
+
 def accelerator_for(model, accel) -> Accelerator:
-    """`Accelerator.for_model(model, accel)`, one per process for each of the last four pairs: a simulation may
-    reuse it, and the fast simulator converts it to Verilog once (half a minute for the tiny 4×4 one)."""
-    return Accelerator.for_model(model, accel)
+    """`Accelerator.for_model(model, accel)`, one per process for each of the last four hardware configurations
+    (`config_hash`: pairs that differ only in their names, or in how they write blocks of all tokens, build the same
+    hardware and share it): a simulation may reuse it, and the fast simulator converts it to Verilog once (half a
+    minute for the tiny 4×4 one)."""
+    hardware = config_hash(model, accel)
+    accelerator = _ACCELERATORS.pop(hardware, None)
+    _ACCELERATORS[hardware] = Accelerator.for_model(model, accel) if accelerator is None else accelerator
+    while len(_ACCELERATORS) > 4:
+        del _ACCELERATORS[next(iter(_ACCELERATORS))]
+    return _ACCELERATORS[hardware]
 
 
 @functools.lru_cache(maxsize=2)

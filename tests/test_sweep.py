@@ -169,6 +169,7 @@ def test_synthesis_of_pareto_points_through_the_targets_flow(tmp_path, monkeypat
 def test_verify_simulates_a_point_against_the_model(tmp_path, monkeypatch, threaded_cluster):
     """A point in Verilator on the image's own routing, the model on the same instructions; cached after."""
     import firmware.cycles as cycles
+    from firmware.sim import accelerator_for
     from firmware.sweep import verify
     from golden.float_model import M3ViT, quantize_model
     from golden.images import natural_images
@@ -177,8 +178,10 @@ def test_verify_simulates_a_point_against_the_model(tmp_path, monkeypatch, threa
     model = model_preset("tiny")
     quantize_model(M3ViT.trained_like(model, seed=2), natural_images(model, 4, 1)).save(tmp_path / "q.npz")
     point = Point("tiny", 4, 16 * 1024, 64, 1, 2)
-    # the 4×4 preset's hardware under another name: the session's other tests built its Verilator model
+    # the 4×4 preset's hardware under another name: the worker's other tests converted it, and built its Verilator
+    # model
     assert config_hash(model, point.accel()) == config_hash(model, accelerator_preset("4x4"))
+    assert accelerator_for(model, point.accel()) is accelerator_for(model, accelerator_preset("4x4"))
     record = evaluate(point)
     (result,) = verify([record], {"tiny": str(tmp_path / "q.npz")}, tmp_path)
     assert result["key"] == record["key"] and result["head"] is False
