@@ -595,7 +595,6 @@ def test_a_program_address_off_the_bus_words_ends_the_run_at_once(quantized):
     assert good.ok and good.outputs["echo"] == payload
 
 
-@pytest.mark.long(55)
 def test_gemm_waits_until_its_slab_is_loaded(quantized, golden):
     """With a slow DRAM that stalls on every channel, the GEMM right behind its slab's LOAD is held by the
     scoreboard until the buffer is full: no assertion fails (a take sent before the buffer is full is one the loader
