@@ -447,7 +447,7 @@ class CycleModel:
     END_FIXED = 7            # HALT to STATUS.done
     SEEN = 1                 # the decision sees a unit idle a cycle after it is (`Scoreboard.seen`, a ready's register)
     LAYERNORM = (31, 18, 45)     # per-row statistics, a row's gap beyond its beats, the first row's pipeline
-    SOFTMAX = (21, 4, 10)
+    SOFTMAX = (21, 4, 13)
 
     def __init__(self, model, accel: AcceleratorConfig, *, latency: int = 10):
         from hw.compute.gemm.geometry import DRAIN_STAGES, GELU_STAGES, OPERAND_READ_LATENCY, STREAM_STAGES, tiles

@@ -7,9 +7,10 @@ Rows of `length` scores (the keys, T) go through a two-row buffer:
 2. **Exponentials** (`lanes` per cycle, the row read back): d = max − x, u = round_shift(d · m_exp, s_exp) in
    Q.6, P = round_shift(T[u mod 64], 15 + ⌊u / 64⌋) of a 64-entry table T (0 once ⌊u / 64⌋ ≥ 8: T < 2^22),
    so P ∈ [0, 127] with the row maximum exactly 127. The ROM holds P itself for each of u's 512 low values
-   (a block RAM read by u's nine bits, no arithmetic after it). Six stages, the last a skid buffer's
+   (a block RAM read by u's nine bits, no arithmetic after it). Nine stages: d · m_exp from d's register in
+   registered DSP blocks (`WideMultiplier`, four stages), the last a skid buffer's
    (`hw.common.pipeline.skid_stage`): the output's `ready` and the row scale's readiness reach only its registers,
-   and the five stages before it stop as a whole once its skid entry is full and stage 5 holds a beat.
+   and the eight stages before it stop as a whole once its skid entry is full and stage 8 holds a beat.
 3. **Row scale** (one row at a time, beside the next row's exponentials): S = ΣP, recip = 2^32 // S by
    restoring division two quotient bits per cycle, m_v · recip accumulated from those bits a cycle behind them
    (the product times 4 plus 0, m_v, 2·m_v or 3·m_v: an adder, no multiplier block), then normalised to 15 bits
@@ -39,6 +40,7 @@ from golden import ops
 
 from ..common.arith import (bit_length, capped_power_of_two, half_minus_one, index_bits, radix4_step, rounding_sum,
                     shift_right, times_constant, tree_sum)
+from ..common.multiplier import WideMultiplier
 from ..common.pipeline import skid_stage
 from .rows import BankState, RowBuffer, lane_mask, pick
 
@@ -69,7 +71,7 @@ def score_bits(head_dim: int) -> int:
 
 class Softmax(wiring.Component):
     MAX_STAGES = 2
-    EXP_STAGES = 6
+    EXP_STAGES = 2 + WideMultiplier.LATENCY + 3     # the read and d; d·m_exp; the rounding sum, P[u], the skid stage
 
     def __init__(self, length: int, lanes: int = 16, *, score_width: int = 32, max_rows: int = 4096):
         for name, value in (("length", length), ("lanes", lanes), ("max_rows", max_rows)):
@@ -154,7 +156,8 @@ class Softmax(wiring.Component):
         edge_lanes = lane_mask(m, "edge_lanes", lanes, rows.edge, sides[-1].last)
         # Per command: 2^(s−1) − 1 and the sum from which u is past the table (P = 0), 2^(s + 9), capped past
         # the product's range; so each lane rounds with one adder and keeps only u's low nine bits.
-        product_width = width + 1 + len(command.exp_multiplier)
+        multiplier_shape = command.exp_multiplier.shape()
+        product_width = width + 1 + multiplier_shape.width
         exp_half = Signal(product_width, name="exp_half", reset_less=True)
         zero_from = Signal(product_width + 2, name="zero_from", reset_less=True)
         with m.If(self.command.valid & self.command.ready):
@@ -169,19 +172,21 @@ class Softmax(wiring.Component):
         beat_p = []
         for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
             distance = Signal(unsigned(width + 1), name=f"distance{lane}", reset_less=True)           # d = max − x
-            product = Signal(unsigned(product_width), name=f"product{lane}", reset_less=True)
+            multiplier = m.submodules[f"exp_product{lane}"] = WideMultiplier(distance.shape(), multiplier_shape)
+            product = multiplier.p[:product_width]
             rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}", reset_less=True)   # before the shift
             exponent = Signal(P_TABLE_BITS, name=f"exponent{lane}")                        # u's low nine bits
             zero = Signal(name=f"zero{lane}", reset_less=True)
             p = staged.p[lane]
             m.d.comb += [exponent.eq(shift_right(rounding, command.exp_shift, len(exponent))),
                          reads[lane].addr.eq(exponent), reads[lane].en.eq(advance)]
+            m.d.comb += [multiplier.a.eq(distance), multiplier.b.eq(command.exp_multiplier),    # stages 3-6
+                         multiplier.en.eq(advance)]
             with m.If(advance):
                 m.d.sync += [
                     distance.eq(row_max - rows.read_data[lane]),                                    # stage 2
-                    product.eq(distance * command.exp_multiplier),                                 # stage 3
-                    rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 4
-                    zero.eq(rounding >= zero_from),                                                # stage 5 (+ P[u])
+                    rounding.eq(rounding_sum(product, command.exp_shift, exp_half)),               # stage 7
+                    zero.eq(rounding >= zero_from),                                                # stage 8 (+ P[u])
                 ]
             m.d.comb += p.eq(Mux(edge_lanes[lane] & ~zero, reads[lane].data, 0))                # into stage 6
             beat_p.append(held.payload.p[lane])
