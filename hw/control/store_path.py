@@ -18,11 +18,14 @@ Memory ports are `lib.memory` read port signatures, connected by the top level.
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib.memory import ReadPort
 
 from ..common.arith import narrow_product
-from ..common.pipeline import skid_buffer
+from ..common.pipeline import kept_copies, skid_buffer
 from ..memory.axi import AXI4Write
 from ..memory.writer import StoreWriter
 from ..vector.upsample import Upsampler
@@ -31,6 +34,8 @@ from .isa import Space
 from .memories import OnChip
 
 __all__ = ["StorePath"]
+
+SELECT_BITS = 32          # bits of a read word masked by one copy of its memory's select
 
 
 class StorePath(TransferPath):
@@ -106,11 +111,20 @@ class StorePath(TransferPath):
             # `fetch` as this group's readiness decides it (the chosen group's is `fetch`): its memories' read
             # enables from registers and this group's skid buffers, no choice among the groups on the way
             group_fetch = Cat(*reads(word_ready, pair_ready)).any()
+            # The word: each memory's data masked by its `reads_from` and the masks ORed, one LUT level a pair of
+            # memories. The masks come from copies of `reads_from`, one for each `SELECT_BITS` of the word, placed
+            # beside their bits (one register's net across the die to every bit was the path). A copy follows
+            # `reads_from` a cycle later, which changes only as a command is taken, two cycles before its first
+            # word is on the port at the earliest (the read is decided from registers set with the command).
+            parts = []
             for space in spaces:
                 port = getattr(self, space.name.lower())
                 m.d.comb += [port.addr.eq(read_address), port.en.eq(group_fetch & reads_from[space])]
-                with m.If(reads_from[space]):
-                    m.d.comb += word.eq(port.data)
+                selects = kept_copies(m, reads_from[space], -(-len(word) // SELECT_BITS),
+                                      f"{space.name.lower()}_select")
+                parts.append(Cat(*(Mux(select, port.data[low:low + SELECT_BITS], 0)
+                                   for low, select in zip(range(0, len(word), SELECT_BITS), selects))))
+            m.d.comb += word.eq(reduce(operator.or_, parts))
             # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
             # gearbox's and the upsampler's readiness does not reach `fetch` and the memories' enables.
             # `offered`: `word_valid` for this group's STORE, a register of its own (a STORE's group is set as it
