@@ -100,7 +100,7 @@ class StorePath(TransferPath):
             return more_words & (~word_valid | word_taken), walking & (phase | ~pair_valid | pair_taken)
         # Whether any group holds a word, a pair, an upsampled pixel or a bus word: an OR over the groups, not the
         # chosen group's (the others hold nothing while the path is busy), so `chosen` does not reach `busy`
-        held = []
+        held, beats = [], []
         for width_bytes, (gearbox, spaces, chosen) in self._gearboxes(m, False, accepted).items():
             m.submodules[f"gearbox{width_bytes}"] = gearbox
             word = Signal(8 * width_bytes, name=f"word{width_bytes}")
@@ -111,19 +111,12 @@ class StorePath(TransferPath):
             # `fetch` as this group's readiness decides it (the chosen group's is `fetch`): its memories' read
             # enables from registers and this group's skid buffers, no choice among the groups on the way
             group_fetch = Cat(*reads(word_ready, pair_ready)).any()
-            # The word: each memory's data masked by its `reads_from` and the masks ORed, one LUT level a pair of
-            # memories. The masks come from copies of `reads_from`, one for each `SELECT_BITS` of the word, placed
-            # beside their bits (one register's net across the die to every bit was the path). A copy follows
-            # `reads_from` a cycle later, which changes only as a command is taken, two cycles before its first
-            # word is on the port at the earliest (the read is decided from registers set with the command).
+            # The word: each memory's data masked by its `reads_from` (`_masked`) and the masks ORed
             parts = []
             for space in spaces:
                 port = getattr(self, space.name.lower())
                 m.d.comb += [port.addr.eq(read_address), port.en.eq(group_fetch & reads_from[space])]
-                selects = kept_copies(m, reads_from[space], -(-len(word) // SELECT_BITS),
-                                      f"{space.name.lower()}_select")
-                parts.append(Cat(*(Mux(select, port.data[low:low + SELECT_BITS], 0)
-                                   for low, select in zip(range(0, len(word), SELECT_BITS), selects))))
+                parts.append(_masked(m, port.data, reads_from[space], f"{space.name.lower()}_select"))
             m.d.comb += word.eq(reduce(operator.or_, parts))
             # The words, and UPSAMPLE's pixel pairs, pass a skid buffer on their way out of the port, so the
             # gearbox's and the upsampler's readiness does not reach `fetch` and the memories' enables.
@@ -156,7 +149,9 @@ class StorePath(TransferPath):
             held.append(gearbox.output.valid)
             with m.If(chosen):
                 m.d.comb += [taken.eq(word_ready), beat_valid.eq(gearbox.output.valid),
-                             beat.eq(gearbox.output.payload), gearbox.output.ready.eq(beat_ready)]
+                             gearbox.output.ready.eq(beat_ready)]
+            beats.append(_masked(m, gearbox.output.payload, chosen, f"beat_select{width_bytes}"))
+        m.d.comb += beat.eq(reduce(operator.or_, beats))
         # Bus words to the writer through a skid buffer: the bus's WREADY reaches no further into the path
         skid_buffer(m, beat_valid, beat_ready, {"data": beat}, writer.data.valid, writer.data.ready,
                     {"data": writer.data.payload})
@@ -191,3 +186,14 @@ class StorePath(TransferPath):
             m.d.sync += self.busy.eq(0)
         return m
 
+
+def _masked(m, value, select, name: str):
+    """`value` where `select` is set, else 0, one LUT level a pair of such values ORed: the mask comes from copies
+    of the register `select`, one for each `SELECT_BITS` of the value, each placed beside its bits (one register's
+    net across the die to every bit of a word and of the bus word was the path). A copy follows `select` a cycle
+    later; the selects (which memory the command reads, which width group it uses) change only as a command is
+    taken, and its first word is on a port two cycles later at the earliest (the read is decided from registers
+    set with the command), its first bus word later still."""
+    copies = kept_copies(m, select, -(-len(value) // SELECT_BITS), name)
+    return Cat(*(Mux(copy, value[low:low + SELECT_BITS], 0) for low, copy in zip(range(0, len(value), SELECT_BITS),
+                                                                               copies)))
