@@ -35,7 +35,7 @@ from .memories import OnChip
 
 __all__ = ["StorePath"]
 
-SELECT_BITS = 32          # bits of a read word masked by one copy of its memory's select
+SELECT_BITS = 32          # bits of a word (a memory's read word, the bus word) masked by one copy of its select
 
 
 class StorePath(TransferPath):
