@@ -173,7 +173,7 @@ class Softmax(wiring.Component):
         for lane in range(lanes):        # the lanes' stages are data, valid with `valid`: not reset
             distance = Signal(unsigned(width + 1), name=f"distance{lane}", reset_less=True)           # d = max − x
             multiplier = m.submodules[f"exp_product{lane}"] = WideMultiplier(distance.shape(), multiplier_shape)
-            product = multiplier.p[:product_width]
+            product = multiplier.p                                                  # d · m_exp, exactly
             rounding = Signal(unsigned(product_width + 1), name=f"rounding{lane}", reset_less=True)   # before the shift
             exponent = Signal(P_TABLE_BITS, name=f"exponent{lane}")                        # u's low nine bits
             zero = Signal(name=f"zero{lane}", reset_less=True)
